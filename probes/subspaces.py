@@ -1,0 +1,205 @@
+"""Subspaces the probes measure against (DESIGN §2): activation eigenspaces, the unembedding's
+prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 throughout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Spectrum",
+    "check_k",
+    "eig_subspace",
+    "gram_matrix",
+    "haar_basis",
+    "haar_from_generator",
+    "prediction_basis",
+    "prediction_spectrum",
+]
+
+#: Default number of unembedding rows upcast to float64 at a time (4096 rows x 4096 cols = 128 MiB).
+DEFAULT_CHUNK_ROWS = 4096
+
+
+def check_k(k: int, d: int, what: str = "k") -> int:
+    """Return k as an int if 1 <= k <= d, else raise a ValueError that says how to fix it."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        try:
+            if int(k) != k:
+                raise TypeError
+            k = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
+    if not 1 <= k <= d:
+        raise ValueError(
+            f"{what}={k} is out of range for a space of dimension d={d}: need 1 <= {what} <= d; "
+            f"pass a {what} in [1, {d}] (clip a k grid to d before calling)"
+        )
+    return k
+
+
+def haar_from_generator(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Haar-random orthonormal d x k basis drawn from `generator` (QR of a Gaussian, sign-fixed)."""
+    k = check_k(k, d)
+    g = torch.randn(d, k, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    # Without the sign fix QR's convention (positive-ish diag(R) is not guaranteed) biases Q.
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return q * signs
+
+
+def haar_basis(d: int, k: int, seed: int) -> torch.Tensor:
+    """Orthonormal basis (d x k, float64) of a Haar-random k-dim subspace, deterministic in seed."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    return haar_from_generator(d, k, gen)
+
+
+def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Flip each column so its largest-magnitude entry is positive (a deterministic sign rule)."""
+    idx = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[idx, torch.arange(vectors.shape[1], device=vectors.device)])
+    signs[signs == 0] = 1.0
+    return vectors * signs
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigen-decomposition of a symmetric d x d matrix: eigenvalues descending (float64) and
+    eigenvectors as columns in the same order, each sign-fixed (largest-|entry| positive)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+    @property
+    def d(self) -> int:
+        """Dimension of the space."""
+        return int(self.eigenvalues.shape[0])
+
+    def top(self, k: int) -> torch.Tensor:
+        """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first."""
+        k = check_k(k, self.d)
+        return self.eigenvectors[:, :k]
+
+    def bottom(self, k: int) -> torch.Tensor:
+        """d x k orthonormal basis of the k lowest-eigenvalue directions, LOWEST first."""
+        k = check_k(k, self.d)
+        return self.eigenvectors[:, -k:].flip(1)
+
+    def singular_values(self) -> torch.Tensor:
+        """sqrt of the (clamped non-negative) eigenvalues: the singular values of W when this is the
+        spectrum of the Gram matrix W^T W (see `prediction_spectrum`)."""
+        return self.eigenvalues.clamp(min=0).sqrt()
+
+    def spikedness(self, k: int) -> dict[str, float]:
+        """Share of the trace in the top k eigenvalues, and the participation ratio (Σλ)²/Σλ²
+        (1 for a rank-1 matrix, d for an isotropic one). NaN when the trace is zero."""
+        k = check_k(k, self.d)
+        lam = self.eigenvalues
+        total = float(lam.sum())
+        sq = float((lam * lam).sum())
+        share = float(lam[:k].sum()) / total if total != 0 else float("nan")
+        pr = total * total / sq if sq != 0 else float("nan")
+        return {"topk_share": share, "participation_ratio": pr}
+
+
+def _validate_square(m: torch.Tensor, name: str) -> None:
+    if not isinstance(m, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{name} must be a square d x d matrix, got shape {tuple(m.shape)}")
+    if m.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(m.shape)})")
+    if not torch.isfinite(m).all():
+        n_bad = int((~torch.isfinite(m)).sum())
+        raise ValueError(f"{name} has {n_bad} non-finite (NaN/inf) entries; recompute the statistics")
+
+
+def _spectrum_of_symmetric(m: torch.Tensor) -> Spectrum:
+    """eigh in float64 of an (already validated) symmetric matrix, reordered descending."""
+    m = m.to(torch.float64)
+    m = 0.5 * (m + m.T)
+    evals, evecs = torch.linalg.eigh(m)
+    evals = evals.flip(0)
+    evecs = _fix_signs(evecs.flip(1))
+    return Spectrum(eigenvalues=evals, eigenvectors=evecs)
+
+
+def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6) -> Spectrum:
+    """Spectrum of a second-moment matrix C = E[a aᵀ] (DESIGN §2), eigenvalues descending.
+
+    C must be square, finite and symmetric: max|C - Cᵀ| <= sym_rtol * max|C| (float32
+    accumulation leaves asymmetry ~1e-7; anything larger means the wrong matrix was passed)."""
+    _validate_square(second_moment, "second_moment")
+    m = second_moment.to(torch.float64)
+    scale = float(m.abs().max())
+    asym = float((m - m.T).abs().max())
+    if asym > sym_rtol * max(scale, torch.finfo(torch.float64).tiny):
+        raise ValueError(
+            f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
+            f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)"
+        )
+    return _spectrum_of_symmetric(m)
+
+
+def gram_matrix(
+    W: torch.Tensor,
+    column_gain: torch.Tensor | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """float64 Gram matrix (W·diag(g))ᵀ(W·diag(g)) of a V x d matrix, accumulated over row chunks so
+    only `chunk_rows` rows are ever upcast at once (a 150k x 4096 unembedding stays in its dtype)."""
+    if not isinstance(W, torch.Tensor) or W.ndim != 2 or min(W.shape) == 0:
+        shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
+        raise ValueError(f"W must be a non-empty 2-D V x d tensor, got {shape}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    d = W.shape[1]
+    gain = None
+    if column_gain is not None:
+        if column_gain.ndim != 1 or column_gain.shape[0] != d:
+            raise ValueError(
+                f"final_norm_gain must have shape ({d},) to match W's {d} columns, "
+                f"got {tuple(column_gain.shape)}"
+            )
+        gain = column_gain.to(device=W.device, dtype=torch.float64)
+        if not torch.isfinite(gain).all():
+            raise ValueError("final_norm_gain has non-finite (NaN/inf) entries")
+    gram = torch.zeros(d, d, dtype=torch.float64, device=W.device)
+    for start in range(0, W.shape[0], chunk_rows):
+        block = W[start : start + chunk_rows].to(torch.float64)
+        if not torch.isfinite(block).all():
+            raise ValueError(f"W has non-finite (NaN/inf) entries in rows {start}..{start + block.shape[0] - 1}")
+        if gain is not None:
+            block = block * gain
+        gram.addmm_(block.T, block)
+    return gram
+
+
+def prediction_spectrum(
+    W_U: torch.Tensor,
+    final_norm_gain: torch.Tensor | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Spectrum:
+    """Right singular structure of the unembedding W_U (V x d), or of W_U·diag(γ) when the final
+    norm's gain γ is given, via eigh of the float64 Gram matrix: eigenvalues are σ², eigenvectors
+    the right singular vectors (use `.singular_values()` for σ)."""
+    return _spectrum_of_symmetric(gram_matrix(W_U, final_norm_gain, chunk_rows=chunk_rows))
+
+
+def prediction_basis(
+    W_U: torch.Tensor,
+    k: int,
+    final_norm_gain: torch.Tensor | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Prediction subspace P_k (DESIGN §2): d x k float64 basis of the top-k right singular vectors
+    of W_U (or of W_U·diag(γ)). For the singular values too, call `prediction_spectrum`."""
+    if isinstance(W_U, torch.Tensor) and W_U.ndim == 2:
+        check_k(k, W_U.shape[1])  # fail before the expensive Gram pass
+    return prediction_spectrum(W_U, final_norm_gain, chunk_rows=chunk_rows).top(k)

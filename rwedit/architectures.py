@@ -1,0 +1,448 @@
+"""Architecture registry: one data entry per model family, mapping roles to modules and layouts.
+
+Every linear map is handled as ``W`` of shape ``d_out x d_in`` (``y = W x``), whatever the module
+stores: GPT-2's ``Conv1D`` keeps the transpose, GPT-NeoX interleaves Q/K/V per head in one matrix,
+GPT-2 and Phi-3 fuse them contiguously, Phi-3 fuses gate and up.  The registry hides all of that
+behind :class:`RoleView`.  Adding an architecture = one :class:`ArchSpec` entry + one test config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+
+ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down", "unembed")
+LAYER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
+#: Roles that read the residual stream (their input side is the residual stream).
+READ_ROLES: tuple[str, ...] = ("q", "k", "v", "up", "gate")
+#: Roles that write into the residual stream (their output side is the residual stream).
+WRITE_ROLES: tuple[str, ...] = ("o", "down")
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised for a ``model_type`` that has no registry entry."""
+
+
+@dataclass(frozen=True)
+class RoleSlot:
+    """Where one role lives inside a layer.
+
+    ``module`` is the path relative to the layer; ``fused`` names the layout of a fused matrix
+    (see :data:`FUSED_LAYOUTS`); ``norm`` is the norm module whose output this role reads
+    (``None`` when the role reads the raw residual stream or the attention output).
+    """
+
+    module: str
+    fused: str | None = None
+    norm: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Registry entry for one architecture family (all names are module paths of the HF model)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # e.g. "model.layers"
+    roles: Mapping[str, RoleSlot]
+    embed: str
+    unembed: str
+    final_norm: str
+    conv1d: bool = False  # GPT-2 style Conv1D (weight stored d_in x d_out)
+    #: old on-disk names for module paths (checkpoints written by older transformers versions)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def base_prefix(self) -> str:
+        """First path component of the base model (checkpoints sometimes omit it)."""
+        return self.layers.split(".", 1)[0]
+
+
+# --- fused layouts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes read from a model config that the layouts need."""
+
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Dims":
+        hidden = int(_cfg(config, "hidden_size", "n_embd"))
+        n_heads = int(_cfg(config, "num_attention_heads", "n_head"))
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // n_heads
+        inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        return cls(
+            n_layers=int(_cfg(config, "num_hidden_layers", "n_layer")),
+            hidden=hidden,
+            n_heads=n_heads,
+            n_kv_heads=int(n_kv),
+            head_dim=int(head_dim),
+            intermediate=int(inter),
+            vocab=int(config.vocab_size),
+            tied=bool(tied),
+        )
+
+
+def _cfg(config: Any, *names: str) -> Any:
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    raise ValueError(f"model config has none of {names}; cannot size the architecture")
+
+
+def _contiguous(sizes: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for role, n in sizes:
+        out[role] = torch.arange(start, start + n)
+        start += n
+    return out
+
+
+def _qkv_contiguous(d: Dims) -> dict[str, torch.Tensor]:
+    """Q rows, then K rows, then V rows (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``; GQA-aware)."""
+    kv = d.n_kv_heads * d.head_dim
+    return _contiguous([("q", d.n_heads * d.head_dim), ("k", kv), ("v", kv)])
+
+
+def _qkv_per_head(d: Dims) -> dict[str, torch.Tensor]:
+    """GPT-NeoX ``query_key_value``: rows grouped per head as [q_h | k_h | v_h]."""
+    hd = d.head_dim
+    head = torch.arange(d.n_heads)[:, None] * (3 * hd)
+    within = torch.arange(hd)[None, :]
+    return {role: (head + p * hd + within).reshape(-1) for p, role in enumerate(("q", "k", "v"))}
+
+
+def _gate_up_contiguous(d: Dims) -> dict[str, torch.Tensor]:
+    """Phi-3 ``gate_up_proj``: gate rows first, then up rows."""
+    return _contiguous([("gate", d.intermediate), ("up", d.intermediate)])
+
+
+#: name -> function(Dims) -> {role: row indices of that role in the fused d_out x d_in matrix}
+FUSED_LAYOUTS = {
+    "qkv_contiguous": _qkv_contiguous,
+    "qkv_per_head": _qkv_per_head,
+    "gate_up_contiguous": _gate_up_contiguous,
+}
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def _llama_like(
+    name: str,
+    model_types: tuple[str, ...],
+    attn_norm: str | None = "input_layernorm",
+    mlp_norm: str | None = "post_attention_layernorm",
+    notes: str = "",
+) -> ArchSpec:
+    return ArchSpec(
+        name=name,
+        model_types=model_types,
+        layers="model.layers",
+        roles={
+            "q": RoleSlot("self_attn.q_proj", norm=attn_norm),
+            "k": RoleSlot("self_attn.k_proj", norm=attn_norm),
+            "v": RoleSlot("self_attn.v_proj", norm=attn_norm),
+            "o": RoleSlot("self_attn.o_proj"),
+            "gate": RoleSlot("mlp.gate_proj", norm=mlp_norm),
+            "up": RoleSlot("mlp.up_proj", norm=mlp_norm),
+            "down": RoleSlot("mlp.down_proj"),
+        },
+        embed="model.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.norm",
+        notes=notes,
+    )
+
+
+ARCHITECTURES: tuple[ArchSpec, ...] = (
+    ArchSpec(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers="transformer.h",
+        roles={
+            "q": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
+            "k": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
+            "v": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
+            "o": RoleSlot("attn.c_proj"),
+            "up": RoleSlot("mlp.c_fc", norm="ln_2"),
+            "down": RoleSlot("mlp.c_proj"),
+        },
+        embed="transformer.wte",
+        unembed="lm_head",
+        final_norm="transformer.ln_f",
+        conv1d=True,
+        notes="Conv1D stores W transposed; Q/K/V fused contiguously in c_attn; no gate.",
+    ),
+    ArchSpec(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        layers="gpt_neox.layers",
+        roles={
+            "q": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
+            "k": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
+            "v": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
+            "o": RoleSlot("attention.dense"),
+            "up": RoleSlot("mlp.dense_h_to_4h", norm="post_attention_layernorm"),
+            "down": RoleSlot("mlp.dense_4h_to_h"),
+        },
+        embed="gpt_neox.embed_in",
+        unembed="lm_head",
+        final_norm="gpt_neox.final_layer_norm",
+        aliases={"lm_head": "embed_out"},
+        notes="Pythia. Q/K/V interleaved per head; checkpoints name the unembedding embed_out.",
+    ),
+    _llama_like("llama", ("llama",)),
+    _llama_like("mistral", ("mistral",)),
+    _llama_like("qwen2", ("qwen2",), notes="q/k/v carry biases (ignored by weight deltas)."),
+    _llama_like("olmo", ("olmo",), notes="Norms are parameter-free LayerNorms."),
+    _llama_like(
+        "olmo2",
+        ("olmo2",),
+        attn_norm=None,
+        mlp_norm=None,
+        notes="Post-norm blocks: q/k/v and gate/up read the raw residual stream; q_norm/k_norm follow q/k.",
+    ),
+    ArchSpec(
+        name="phi3",
+        model_types=("phi3",),
+        layers="model.layers",
+        roles={
+            "q": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
+            "k": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
+            "v": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
+            "o": RoleSlot("self_attn.o_proj"),
+            "gate": RoleSlot("mlp.gate_up_proj", fused="gate_up_contiguous", norm="post_attention_layernorm"),
+            "up": RoleSlot("mlp.gate_up_proj", fused="gate_up_contiguous", norm="post_attention_layernorm"),
+            "down": RoleSlot("mlp.down_proj"),
+        },
+        embed="model.embed_tokens",
+        unembed="lm_head",
+        final_norm="model.norm",
+        notes="qkv_proj fused contiguously (GQA-aware); gate_up_proj = [gate; up].",
+    ),
+    _llama_like("gemma", ("gemma",), notes="RMSNorm scales by (1 + weight); embeddings tied."),
+    _llama_like("gemma2", ("gemma2",), mlp_norm="pre_feedforward_layernorm", notes="Sandwich norms."),
+)
+
+_BY_MODEL_TYPE: dict[str, ArchSpec] = {mt: spec for spec in ARCHITECTURES for mt in spec.model_types}
+
+ADD_ARCH_HINT = (
+    "To add one, append an ArchSpec to rwedit.architectures.ARCHITECTURES naming the layer list, "
+    "the module of each role (q, k, v, o, up, gate, down), the norm each reader reads, the embedding, "
+    "unembedding and final norm, and any fused layout; then add its tiny config to "
+    "tests/tiny_models.py so the role-view tests check it against the model's own computation."
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_MODEL_TYPE)
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    """Registry entry for ``model_type``; an unknown one fails with the list of supported types."""
+    try:
+        return _BY_MODEL_TYPE[model_type]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not in rwedit's registry. "
+            f"Supported model_type values: {', '.join(supported_model_types())}. {ADD_ARCH_HINT}"
+        ) from None
+
+
+# --- role views ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """One role of one layer as a ``d_out x d_in`` matrix inside its stored tensor.
+
+    ``param`` is the weight's name in the model's state dict; ``rows`` selects the role's rows of the
+    (transposed, for Conv1D) fused matrix, ``None`` meaning all of them.
+    """
+
+    layer: int | None
+    role: str
+    module: str
+    param: str
+    transposed: bool
+    rows: torch.Tensor | None
+    shape: tuple[int, int]  # (d_out, d_in) of the role
+    stored_shape: tuple[int, ...]
+    norm: str | None = None
+
+    @property
+    def d_out(self) -> int:
+        return self.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.shape[1]
+
+    def _full(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.t() if self.transposed else stored
+
+    def check_stored(self, stored: torch.Tensor | tuple[int, ...], where: str = "") -> None:
+        shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else tuple(stored)
+        if shape != self.stored_shape:
+            raise ValueError(
+                f"{where}{self.param}: stored shape {shape} does not match the {self.stored_shape} "
+                f"that the model config implies for role {self.role!r}"
+            )
+
+    def extract(self, stored: torch.Tensor) -> torch.Tensor:
+        """Return the role's ``W`` (d_out x d_in) from the stored tensor (a copy when sliced)."""
+        full = self._full(stored)
+        return full if self.rows is None else full.index_select(0, self.rows.to(full.device))
+
+    def add_(self, stored: torch.Tensor, delta: torch.Tensor) -> None:
+        """Add ``delta`` (d_out x d_in) into the stored tensor in place, through any fused layout."""
+        if tuple(delta.shape) != self.shape:
+            raise ValueError(f"delta for {self.role!r} has shape {tuple(delta.shape)}, expected {self.shape}")
+        full = self._full(stored)
+        delta = delta.to(device=full.device, dtype=full.dtype)
+        if self.rows is None:
+            full.add_(delta)
+        else:
+            full.index_add_(0, self.rows.to(full.device), delta)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An :class:`ArchSpec` bound to one model config: names and shapes of every role view."""
+
+    spec: ArchSpec
+    dims: Dims
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Layout":
+        return cls(arch_spec(config.model_type), Dims.from_config(config))
+
+    @property
+    def n_layers(self) -> int:
+        return self.dims.n_layers
+
+    def roles(self) -> tuple[str, ...]:
+        """Roles this architecture has, in canonical order (``gate`` only where it exists)."""
+        return tuple(r for r in ROLES if r == "unembed" or r in self.spec.roles)
+
+    def has_role(self, role: str) -> bool:
+        return role == "unembed" or role in self.spec.roles
+
+    def view(self, layer: int | None, role: str) -> RoleView:
+        """The view of ``role`` at ``layer`` (``layer`` is ignored for ``unembed``)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        d = self.dims
+        if role == "unembed":
+            module = self.spec.embed if d.tied else self.spec.unembed
+            return RoleView(
+                None, role, module, f"{module}.weight", False, None, (d.vocab, d.hidden), (d.vocab, d.hidden),
+                norm=self.spec.final_norm,
+            )
+        if role not in self.spec.roles:
+            raise ValueError(
+                f"{self.spec.name} has no {role!r} role; its roles are {', '.join(self.roles())}"
+            )
+        if layer is None or not (0 <= int(layer) < d.n_layers):
+            raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{d.n_layers - 1}")
+        slot = self.spec.roles[role]
+        module = f"{self.spec.layers}.{int(layer)}.{slot.module}"
+        shapes = self._role_shapes()
+        if slot.fused is None:
+            rows = None
+            shape = shapes[role]
+            full_out = shape[0]
+        else:
+            parts = FUSED_LAYOUTS[slot.fused](d)
+            rows = parts[role]
+            full_out = sum(len(r) for r in parts.values())
+            shape = (len(rows), shapes[role][1])
+        d_in = shape[1]
+        stored = (d_in, full_out) if self.spec.conv1d else (full_out, d_in)
+        norm = f"{self.spec.layers}.{int(layer)}.{slot.norm}" if slot.norm else None
+        return RoleView(int(layer), role, module, f"{module}.weight", self.spec.conv1d, rows, shape, stored, norm)
+
+    def _role_shapes(self) -> dict[str, tuple[int, int]]:
+        d = self.dims
+        q_out, kv_out = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
+        return {
+            "q": (q_out, d.hidden),
+            "k": (kv_out, d.hidden),
+            "v": (kv_out, d.hidden),
+            "o": (d.hidden, q_out),
+            "up": (d.intermediate, d.hidden),
+            "gate": (d.intermediate, d.hidden),
+            "down": (d.hidden, d.intermediate),
+        }
+
+    def views(self, roles: Iterable[str] | None = None, layers: Iterable[int] | None = None) -> list[RoleView]:
+        """All views for the given roles and layers, layer-major, ``unembed`` last."""
+        roles = tuple(self.roles() if roles is None else roles)
+        for r in roles:
+            if not self.has_role(r):
+                self.view(0, r)  # raises the clear error
+        layers = tuple(range(self.n_layers) if layers is None else layers)
+        out = [self.view(layer, r) for layer in layers for r in roles if r != "unembed"]
+        if "unembed" in roles:
+            out.append(self.view(None, "unembed"))
+        return out
+
+    def checkpoint_names(self, param: str) -> list[str]:
+        """Names under which ``param`` may be stored on disk (current, without base prefix, aliased)."""
+        names = [param]
+        for new, old in self.spec.aliases.items():
+            if param == new or param.startswith(new + "."):
+                names.append(old + param[len(new):])
+        prefix = self.spec.base_prefix + "."
+        names += [n[len(prefix):] for n in list(names) if n.startswith(prefix)]
+        return names
+
+
+# --- in-memory model helpers -----------------------------------------------------------------
+
+
+def model_layout(model: torch.nn.Module) -> Layout:
+    return Layout.from_config(model.config)
+
+
+def get_weight(model: torch.nn.Module, layer: int | None, role: str) -> torch.Tensor:
+    """``W`` (d_out x d_in) of a role in a loaded model, as a detached copy."""
+    view = model_layout(model).view(layer, role)
+    param = model.get_parameter(view.param)
+    view.check_stored(param)
+    return view.extract(param.detach()).clone()
+
+
+@torch.no_grad()
+def add_delta(model: torch.nn.Module, layer: int | None, role: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (d_out x d_in) to a role's weight in place, through fused/transposed storage.
+
+    An edit of the unembedding of a model with tied embeddings changes the embedding too; it is
+    refused so that the caller decides explicitly (untie first).
+    """
+    layout = model_layout(model)
+    view = layout.view(layer, role)
+    if role == "unembed" and layout.dims.tied:
+        raise ValueError(
+            "the unembedding is tied to the input embedding in this model: editing it would edit both. "
+            "Untie the weights first (model.config.tie_word_embeddings = False and clone lm_head.weight)."
+        )
+    param = model.get_parameter(view.param)
+    view.check_stored(param)
+    view.add_(param.data, delta)
