@@ -1,0 +1,276 @@
+"""Relative subspace fraction (RSF) of a weight delta against a subspace (DESIGN §3).
+
+read:  f = ‖ΔW B‖²_F / ‖ΔW‖²_F        (B: d_in x k),   RSF = f / (k / d_in)
+write: f = ‖Bᵀ ΔW‖²_F / ‖ΔW‖²_F       (B: d_out x k),  RSF = f / (k / d_out)
+both:  f = (‖B_Lᵀ ΔW‖² + ‖ΔW B_R‖²) / ‖ΔW‖²,            RSF = f / (k_L/d_out + k_R/d_in)
+
+A Haar-random B gives E[f] = k/d exactly, so E[RSF] = 1 under the null. All sums are float64 and
+the delta is upcast one row-chunk at a time, so a large delta never needs a float64 copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence, Union
+
+import torch
+
+from .subspaces import check_k, haar_basis, haar_from_generator
+
+__all__ = [
+    "RSFResult",
+    "isotropic_baseline",
+    "random_null",
+    "random_null_samples",
+    "rsf",
+    "rsf_nested",
+    "subspace_fraction",
+]
+
+Side = Literal["read", "write", "both"]
+Basis = Union[torch.Tensor, "tuple[torch.Tensor, torch.Tensor]"]
+KSpec = Union[int, "tuple[int, int]"]
+
+_SIDES = ("read", "write", "both")
+#: Elements of the delta upcast to float64 per chunk (2^22 -> 32 MiB).
+_CHUNK_ELEMENTS = 1 << 22
+#: Default tolerance on max|BᵀB − I| (a float32 eigh basis at d = 4096 is orthonormal to ~1e-6).
+DEFAULT_ORTHO_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class RSFResult:
+    """One RSF measurement. For side="both", k and d are (k_L, k_R) and (d_out, d_in).
+    fraction/rsf are NaN, with `reason` set, when the measurement is undefined (zero delta)."""
+
+    side: str
+    fraction: float
+    rsf: float
+    k: KSpec
+    d: KSpec
+    baseline: float
+    delta_norm: float
+    reason: str | None = None
+
+
+def isotropic_baseline(side: Side, k: KSpec, shape: tuple[int, int]) -> float:
+    """Expected fraction for a Haar-random subspace: k/d_in (read), k/d_out (write),
+    k_L/d_out + k_R/d_in (both); `shape` is the delta's (d_out, d_in)."""
+    d_out, d_in = shape
+    if side == "read":
+        return k / d_in
+    if side == "write":
+        return k / d_out
+    if side == "both":
+        k_l, k_r = k
+        return k_l / d_out + k_r / d_in
+    raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_side(side: str) -> None:
+    if side not in _SIDES:
+        raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+
+
+def _check_delta(delta: torch.Tensor) -> None:
+    if not isinstance(delta, torch.Tensor):
+        raise ValueError(f"delta must be a torch.Tensor, got {type(delta).__name__}")
+    if delta.ndim != 2 or min(delta.shape) == 0:
+        raise ValueError(f"delta must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(delta.shape)}")
+    if delta.is_complex():
+        raise ValueError("delta must be real, got a complex tensor")
+
+
+def _check_basis(basis: torch.Tensor, rows: int, what: str, device: torch.device, ortho_atol: float) -> torch.Tensor:
+    """Validate one basis (rows x k, finite, orthonormal columns) and return it as float64."""
+    if not isinstance(basis, torch.Tensor):
+        raise ValueError(f"{what} basis must be a torch.Tensor, got {type(basis).__name__}")
+    if basis.ndim != 2:
+        raise ValueError(
+            f"{what} basis must be 2-D with shape ({rows}, k), got shape {tuple(basis.shape)} "
+            "(a single direction v goes in as v[:, None])"
+        )
+    if basis.shape[0] != rows:
+        raise ValueError(
+            f"{what} basis has the wrong number of rows: expected shape ({rows}, k) to match the "
+            f"delta, got {tuple(basis.shape)}"
+        )
+    check_k(basis.shape[1], rows, what=f"{what} basis columns k")
+    b = basis.to(device=device, dtype=torch.float64)
+    if not torch.isfinite(b).all():
+        raise ValueError(f"{what} basis has non-finite (NaN/inf) entries")
+    err = float((b.T @ b - torch.eye(b.shape[1], dtype=torch.float64, device=device)).abs().max())
+    if err > ortho_atol:
+        raise ValueError(
+            f"{what} basis columns are not orthonormal: max|B^T B - I| = {err:.3g} > {ortho_atol:g}; "
+            "orthonormalise it first (torch.linalg.qr) or pass eigenvectors computed in float64"
+        )
+    return b
+
+
+def _split_both(basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(basis, (tuple, list)) and len(basis) == 2):
+        raise ValueError("side='both' takes basis=(B_L, B_R): a write-side d_out x k_L and a read-side d_in x k_R basis")
+    return basis[0], basis[1]
+
+
+# ----------------------------------------------------------------------------- core sums
+
+
+def _read_energies(mat: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Per-column ‖mat b_j‖² (float64, length k) and ‖mat‖²_F, upcasting mat one row-chunk at a time."""
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // mat.shape[1])
+    energies = torch.zeros(basis.shape[1], dtype=torch.float64, device=basis.device)
+    total = torch.zeros((), dtype=torch.float64, device=basis.device)
+    for start in range(0, mat.shape[0], rows_per_chunk):
+        block = mat[start : start + rows_per_chunk].to(device=basis.device, dtype=torch.float64)
+        proj = block @ basis
+        energies += (proj * proj).sum(dim=0)
+        total += (block * block).sum()
+    return energies, float(total)
+
+
+def _energies(delta: torch.Tensor, side: str, bases: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], float]:
+    """Column energies for each basis of `side` ([read] / [write] / [write, read]) and ‖ΔW‖²_F."""
+    if side == "read":
+        e, total = _read_energies(delta, bases[0])
+        out = [e]
+    elif side == "write":
+        e, total = _read_energies(delta.T, bases[0])  # ‖Bᵀ ΔW‖_F = ‖ΔWᵀ B‖_F
+        out = [e]
+    else:
+        e_l, total = _read_energies(delta.T, bases[0])
+        e_r, _ = _read_energies(delta, bases[1])
+        out = [e_l, e_r]
+    if not math.isfinite(total):
+        n_bad = int((~torch.isfinite(delta)).sum())
+        raise ValueError(
+            f"delta has {n_bad} non-finite (NaN/inf) entries (shape {tuple(delta.shape)}); "
+            "check the checkpoints or the dtype the delta was formed in"
+        )
+    return out, total
+
+
+def _validated_bases(delta: torch.Tensor, side: str, basis: Basis, ortho_atol: float) -> tuple[torch.Tensor, ...]:
+    d_out, d_in = delta.shape
+    dev = delta.device
+    if side == "read":
+        return (_check_basis(basis, d_in, "read-side (d_in)", dev, ortho_atol),)
+    if side == "write":
+        return (_check_basis(basis, d_out, "write-side (d_out)", dev, ortho_atol),)
+    b_l, b_r = _split_both(basis)
+    return (
+        _check_basis(b_l, d_out, "write-side B_L (d_out)", dev, ortho_atol),
+        _check_basis(b_r, d_in, "read-side B_R (d_in)", dev, ortho_atol),
+    )
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def rsf_nested(
+    delta: torch.Tensor,
+    basis_max: Basis,
+    side: Side,
+    ks: Sequence[KSpec],
+    *,
+    ortho_atol: float = DEFAULT_ORTHO_ATOL,
+) -> list[RSFResult]:
+    """RSF for each k in `ks`, using the first k columns of `basis_max` (nested top-k bases), from a
+    single projection: ‖ΔW B_k‖² is a cumulative sum of per-column energies. For side="both",
+    basis_max = (B_L, B_R) and each k is an int (same k both sides) or a pair (k_L, k_R)."""
+    _check_side(side)
+    _check_delta(delta)
+    bases = _validated_bases(delta, side, basis_max, ortho_atol)
+    d_out, d_in = delta.shape
+    energies, total = _energies(delta, side, bases)
+    cums = [torch.cumsum(e, dim=0) for e in energies]
+    norm = math.sqrt(total)
+    results = []
+    for k in ks:
+        if side == "both":
+            k_l, k_r = (k, k) if not isinstance(k, (tuple, list)) else k
+            k_l = check_k(k_l, bases[0].shape[1], what="k_L (columns of B_L)")
+            k_r = check_k(k_r, bases[1].shape[1], what="k_R (columns of B_R)")
+            captured = float(cums[0][k_l - 1] + cums[1][k_r - 1])
+            k_rec: KSpec = (k_l, k_r)
+            d_rec: KSpec = (d_out, d_in)
+        else:
+            k_rec = check_k(k, bases[0].shape[1], what="k (columns of the basis)")
+            captured = float(cums[0][k_rec - 1])
+            d_rec = d_in if side == "read" else d_out
+        baseline = isotropic_baseline(side, k_rec, (d_out, d_in))
+        if total == 0.0:
+            frac, ratio, reason = math.nan, math.nan, "zero delta"
+        else:
+            frac, reason = captured / total, None
+            ratio = frac / baseline
+        results.append(RSFResult(side, frac, ratio, k_rec, d_rec, baseline, norm, reason))
+    return results
+
+
+def rsf(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> RSFResult:
+    """RSF of `delta` (d_out x d_in) against all columns of `basis` on `side` (DESIGN §3).
+    Zero delta -> NaN with reason "zero delta"; bad shapes, NaN, non-orthonormal basis -> ValueError."""
+    _check_side(side)
+    if side == "both":
+        b_l, b_r = _split_both(basis)
+        k: KSpec = (b_l.shape[1] if b_l.ndim == 2 else 0, b_r.shape[1] if b_r.ndim == 2 else 0)
+    else:
+        k = basis.shape[1] if isinstance(basis, torch.Tensor) and basis.ndim == 2 else 0
+    return rsf_nested(delta, basis, side, [k], ortho_atol=ortho_atol)[0]
+
+
+def subspace_fraction(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> float:
+    """The raw fraction f of ‖ΔW‖²_F captured by the subspace(s) (NaN for a zero delta)."""
+    return rsf(delta, basis, side, ortho_atol=ortho_atol).fraction
+
+
+def random_null_samples(delta: torch.Tensor, side: Side, k: KSpec, seeds: Sequence[int]) -> torch.Tensor:
+    """RSF of `delta` against one Haar-random basis per seed (float64 tensor, one value per seed),
+    all seeds projected in one pass. For side="both", seed s draws B_L then B_R from one generator."""
+    _check_side(side)
+    _check_delta(delta)
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: pass at least one seed (several, to get an sd)")
+    d_out, d_in = delta.shape
+    if side == "both":
+        k_l, k_r = (k, k) if not isinstance(k, (tuple, list)) else k
+        k_l, k_r = check_k(k_l, d_out, "k_L"), check_k(k_r, d_in, "k_R")
+        draws = []
+        for s in seeds:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(int(s))
+            draws.append((haar_from_generator(d_out, k_l, gen), haar_from_generator(d_in, k_r, gen)))
+        stacked = (
+            torch.cat([b for b, _ in draws], dim=1).to(delta.device),
+            torch.cat([b for _, b in draws], dim=1).to(delta.device),
+        )
+        widths = (k_l, k_r)
+        k_rec: KSpec = (k_l, k_r)
+    else:
+        d = d_in if side == "read" else d_out
+        k_rec = check_k(k, d)
+        stacked = tuple([torch.cat([haar_basis(d, k_rec, s) for s in seeds], dim=1).to(delta.device)])
+        widths = (k_rec,)
+    energies, total = _energies(delta, side, stacked)
+    if total == 0.0:
+        return torch.full((len(seeds),), math.nan, dtype=torch.float64)
+    captured = sum(e.reshape(len(seeds), w).sum(dim=1) for e, w in zip(energies, widths))
+    baseline = isotropic_baseline(side, k_rec, (d_out, d_in))
+    return (captured / total / baseline).cpu()
+
+
+def random_null(delta: torch.Tensor, side: Side, k: KSpec, seeds: Sequence[int]) -> tuple[float, float]:
+    """(mean, sd) of RSF over Haar-random k-dim subspaces, one per seed; E[RSF] = 1 exactly.
+    sd uses ddof=1 (NaN for a single seed); both are NaN for a zero delta."""
+    vals = random_null_samples(delta, side, k, seeds)
+    mean = float(vals.mean())
+    sd = float(vals.std(correction=1)) if vals.numel() > 1 else math.nan
+    return mean, sd
+
