@@ -1,0 +1,61 @@
+"""Per-role weight-delta norms of a checkpoint pair: where did post-training change the weights?"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from rwedit.checkpoints import CheckpointPair
+
+
+@dataclass(frozen=True)
+class DeltaNorm:
+    """‖W_base‖_F, ‖W_post‖_F and ‖ΔW‖_F of one role of one layer (``layer`` empty for unembed)."""
+
+    layer: int | None
+    role: str
+    d_out: int
+    d_in: int
+    base_norm: float
+    post_norm: float
+    delta_norm: float
+
+    @property
+    def relative(self) -> float:
+        return self.delta_norm / self.base_norm if self.base_norm > 0 else float("nan")
+
+
+def delta_norms(
+    pair: CheckpointPair,
+    roles: Iterable[str] | None = None,
+    layers: Iterable[int] | None = None,
+    progress: bool = True,
+) -> list[DeltaNorm]:
+    """Stream the pair once and return the Frobenius norms of every role's base, post and delta."""
+    views = pair.layout.views(roles, layers)
+    out = []
+    for rp in tqdm(pair.iter_roles(roles, layers), total=len(views), desc="delta norms", disable=not progress):
+        out.append(DeltaNorm(
+            rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
+            float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
+            float(torch.linalg.vector_norm(rp.post - rp.base)),
+        ))
+    return out
+
+
+def write_csv(rows: list[DeltaNorm], path: str | Path) -> Path:
+    """One row per (layer, role) with a ``relative`` column (‖ΔW‖/‖W_base‖)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(DeltaNorm.__dataclass_fields__) + ["relative"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**asdict(r), "layer": "" if r.layer is None else r.layer, "relative": r.relative})
+    return path
