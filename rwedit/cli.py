@@ -22,6 +22,10 @@ examples:
   rwedit archs                                    supported architectures and their role modules
   rwedit deltas --base BASE --post POST --out deltas.csv
                                                   per-layer, per-role ||dW||_F of a checkpoint pair
+  rwedit probe --base BASE --post POST --calib text.txt.gz --out probe/
+                                                  RSF grid (read/write side vs activation/prediction
+                                                  subspaces, random null), plots, summary.md
+  rwedit svd --base BASE --post POST --out svd/   singular-value scaling and rotation consistency
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
@@ -62,6 +66,46 @@ def _cmd_deltas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _roles(text: str | None) -> tuple[str, ...] | None:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from rwedit.probes.grid import GridSettings
+    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe
+
+    calib = None
+    if args.calib:
+        calib = CalibrationSettings(args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
+                                    batch_size=args.batch_size, field=args.field, device=args.device)
+    settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, seed=args.seed, centred=args.centred,
+                            prediction_gain=args.fold_final_norm, roles=_roles(args.roles),
+                            layers=args.layers)
+    out = run_rsf_probe(args.base, args.post, args.out, calib, settings, allow_pickle=args.allow_pickle,
+                        cache_dir=args.cache_dir, progress=not args.quiet)
+    print(f"wrote {out}/rsf.csv, headline.csv, summary.md and plots")
+    print((out / "summary.md").read_text().split("## Files")[0])
+    return 0
+
+
+def _cmd_svd(args: argparse.Namespace) -> int:
+    from rwedit.probes.pipeline import run_svd_probe
+
+    r = args.r if args.r == "full" else int(args.r)
+    out = run_svd_probe(args.base, args.post, args.out, r=r, method=args.method, roles=_roles(args.roles),
+                        allow_pickle=args.allow_pickle, progress=not args.quiet)
+    print(f"wrote {out}/svd.csv, summary.md and plots")
+    print((out / "summary.md").read_text().split("## Files")[0])
+    return 0
+
+
 def _pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base checkpoint: local folder or Hub id org/name[@revision]")
     p.add_argument("--post", required=True, help="post-trained checkpoint of the same architecture")
@@ -92,6 +136,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the table as CSV to this path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["deltas"] = _cmd_deltas
+
+    p = sub.add_parser(
+        "probe",
+        help="relative-subspace-fraction (RSF) grid of W_post - W_base, with plots and a summary",
+        description="RSF of every layer x role delta on the read side (vs the principal subspace of the "
+        "module's input activations, from --calib) and the write side (vs the prediction subspace of the "
+        "unembedding), against random subspaces as the null. Writes rsf.csv (tidy, one row per layer x "
+        "role x side x subspace x k), headline.csv, spectrum.csv, heatmaps, RSF-vs-k curves, summary.md "
+        "and meta.json (every setting and the statistics' provenance).",
+    )
+    _pair_args(p)
+    p.add_argument("--calib", help="calibration text for activation subspaces: .txt[.gz] (one text per line), "
+                   ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name")
+    p.add_argument("--calib-tokens", type=int, default=50_000, help="token budget of the calibration set (default 50000)")
+    p.add_argument("--seq-len", type=int, default=256, help="calibration sequence length (default 256)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--field", help="jsonl/dataset field holding the text")
+    p.add_argument("--device", default="cpu", help="device for the calibration forward passes (cpu, cuda, auto)")
+    p.add_argument("--k", type=_ints, default=(1, 4, 16, 64), help="subspace dimensions, e.g. 1,4,16,64 (clipped to d)")
+    p.add_argument("--null-seeds", type=int, default=8, help="random subspaces per delta for the null (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--centred", action="store_true", help="activation subspace from the centred covariance")
+    p.add_argument("--fold-final-norm", action="store_true", help="prediction subspace of W_U diag(gamma_final)")
+    p.add_argument("--roles", help="comma-separated roles (default: all)")
+    p.add_argument("--layers", type=_ints, help="comma-separated layers (default: all)")
+    p.add_argument("--out", default="rwedit-probe", help="output folder (default ./rwedit-probe)")
+    p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands["probe"] = _cmd_probe
+
+    p = sub.add_parser(
+        "svd",
+        help="SVD structure probe: singular-value scaling and singular-vector rotations (He & Cao)",
+        description="Per matrix: least-squares singular-value scale and residual, orthogonality and "
+        "consistency of the left/right rotations, reparameterisation error. Writes svd.csv, plots, summary.md.",
+    )
+    _pair_args(p)
+    p.add_argument("--r", default="64", help="top-r singular triplets, or 'full' (default 64)")
+    p.add_argument("--method", choices=("auto", "full", "lowrank"), default="auto",
+                   help="full SVD, randomized svd_lowrank, or auto (full when min(d) <= 1024)")
+    p.add_argument("--roles", help="comma-separated roles (default: all layer roles)")
+    p.add_argument("--out", default="rwedit-svd", help="output folder (default ./rwedit-svd)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands["svd"] = _cmd_svd
 
     parser.set_defaults(_commands=commands)
     return parser

@@ -1,0 +1,224 @@
+"""Activation statistics: second moments ``E[a aᵀ]`` of each reader's actual inputs, with provenance.
+
+Forward pre-hooks on the modules of the chosen roles sum ``a aᵀ`` and ``a`` over a calibration set.
+Roles that read the same tensor (q/k/v read the attention input, gate/up the MLP input) share one
+hook and one matrix.  Results are saved as safetensors + JSON and reused only when the model, the
+exact token ids and the settings all match (a content-addressed cache key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from rwedit.architectures import LAYER_ROLES, Layout, model_layout
+from rwedit.data import batches, tensor_hash
+from rwedit.probes.subspaces import Spectrum, eig_subspace
+
+#: roles that read the same input tensor share one statistic
+INPUT_GROUP = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
+               "o": "o_in", "down": "down_in"}
+STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """What a statistic depends on besides the model and the tokens (recorded in every result)."""
+
+    roles: tuple[str, ...] = ("q", "o", "up", "down")
+    layers: tuple[int, ...] | None = None  # None = all
+    dtype: str = "float64"  # accumulation dtype of the sums
+    seq_len: int = 256
+    batch_size: int = 8
+
+
+@dataclass
+class ActivationStats:
+    """Sums of ``a aᵀ`` and ``a`` per (layer, input group), with the count and provenance."""
+
+    sums: dict[tuple[int, str], torch.Tensor]
+    firsts: dict[tuple[int, str], torch.Tensor]
+    n_tokens: int
+    meta: dict = field(default_factory=dict)
+
+    def _key(self, layer: int, role: str) -> tuple[int, str]:
+        key = (int(layer), INPUT_GROUP[role])
+        if key not in self.sums:
+            have = sorted({f"{g}@{l}" for l, g in self.sums})
+            raise KeyError(f"no activation statistics for role {role!r} at layer {layer}; collected: {have}")
+        return key
+
+    def mean(self, layer: int, role: str) -> torch.Tensor:
+        return self.firsts[self._key(layer, role)] / self.n_tokens
+
+    def second_moment(self, layer: int, role: str, centred: bool = False) -> torch.Tensor:
+        """``E[a aᵀ]`` (uncentred, the default) or the covariance ``E[a aᵀ] − μ μᵀ`` (centred)."""
+        key = self._key(layer, role)
+        m = self.sums[key] / self.n_tokens
+        if centred:
+            mu = self.firsts[key] / self.n_tokens
+            m = m - torch.outer(mu, mu)
+        return m
+
+    def spectrum(self, layer: int, role: str, centred: bool = False) -> Spectrum:
+        return eig_subspace(self.second_moment(layer, role, centred))
+
+    def has(self, layer: int, role: str) -> bool:
+        return (int(layer), INPUT_GROUP.get(role, "")) in self.sums
+
+    # --- persistence ---
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``stats.safetensors`` + ``stats.json`` atomically (temp folder, then rename)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
+        tensors = {}
+        for (layer, group), s in self.sums.items():
+            tensors[f"{layer}.{group}.sum_aaT"] = s.contiguous()
+            tensors[f"{layer}.{group}.sum_a"] = self.firsts[(layer, group)].contiguous()
+        save_file(tensors, tmp / "stats.safetensors")
+        (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ActivationStats":
+        folder = Path(folder)
+        meta = json.loads((folder / "stats.json").read_text())
+        raw = load_file(folder / "stats.safetensors")
+        sums, firsts = {}, {}
+        for name, t in raw.items():
+            layer, group, what = name.split(".", 2)
+            (sums if what == "sum_aaT" else firsts)[(int(layer), group)] = t
+        return cls(sums, firsts, int(meta.pop("n_tokens")), meta)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity of a model's weights: config plus a strided sample of every parameter."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _hook_targets(layout: Layout, roles: Sequence[str], layers: Iterable[int]) -> dict[tuple[int, str], str]:
+    """(layer, input group) -> module path to hook (the first role of the group present)."""
+    targets: dict[tuple[int, str], str] = {}
+    for layer in layers:
+        for role in roles:
+            if role not in INPUT_GROUP:
+                raise ValueError(f"activation statistics exist for layer roles {LAYER_ROLES}, not {role!r}")
+            key = (layer, INPUT_GROUP[role])
+            if key not in targets:
+                targets[key] = layout.view(layer, role).module
+    return targets
+
+
+@torch.no_grad()
+def collect_activation_stats(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    settings: StatsSettings = StatsSettings(),
+    source: str = "",
+    progress: bool = True,
+) -> ActivationStats:
+    """Run ``model`` over packed ``token_ids`` (n × seq_len) and sum each hooked input's ``a aᵀ``.
+
+    Accumulators live on the hooked module's device (multi-GPU safe) in ``settings.dtype``.
+    """
+    layout = model_layout(model)
+    roles = tuple(r for r in settings.roles if layout.has_role(r) and r != "unembed")
+    layers = tuple(range(layout.n_layers)) if settings.layers is None else tuple(settings.layers)
+    targets = _hook_targets(layout, roles, layers)
+    acc_dtype = getattr(torch, settings.dtype)
+    sums: dict[tuple[int, str], torch.Tensor] = {}
+    firsts: dict[tuple[int, str], torch.Tensor] = {}
+
+    def make_hook(key):
+        def hook(module, args):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(acc_dtype)
+            if key not in sums:
+                sums[key] = torch.zeros(a.shape[1], a.shape[1], dtype=acc_dtype, device=a.device)
+                firsts[key] = torch.zeros(a.shape[1], dtype=acc_dtype, device=a.device)
+            sums[key].addmm_(a.T, a)
+            firsts[key].add_(a.sum(0))
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_pre_hook(make_hook(key)) for key, path in targets.items()]
+    device = next(model.parameters()).device
+    n_tokens = 0
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=token_ids.numel(), desc="activation stats", unit="tok", disable=not progress) as bar:
+            for batch in batches(token_ids, settings.batch_size):
+                model(input_ids=batch.to(device), use_cache=False)
+                n_tokens += batch.numel()
+                bar.update(batch.numel())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    meta = {
+        "version": STATS_VERSION,
+        "source": source,
+        "n_sequences": int(token_ids.shape[0]),
+        "tokens_sha256": tensor_hash(token_ids),
+        "settings": {**asdict(settings), "roles": list(roles), "layers": list(layers)},
+        "model_fingerprint": model_fingerprint(model),
+        "model_type": model.config.model_type,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "accumulation": f"sums of a a^T in {settings.dtype}; centring is chosen when the statistic is read",
+    }
+    return ActivationStats({k: v.cpu() for k, v in sums.items()}, {k: v.cpu() for k, v in firsts.items()},
+                           n_tokens, meta)
+
+
+def cache_key(model: torch.nn.Module, token_ids: torch.Tensor, settings: StatsSettings) -> str:
+    payload = json.dumps({"v": STATS_VERSION, "model": model_fingerprint(model), "tokens": tensor_hash(token_ids),
+                          "settings": asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit")) / "stats"
+
+
+def cached_activation_stats(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    settings: StatsSettings = StatsSettings(),
+    source: str = "",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ActivationStats:
+    """Load the statistics for exactly this model, these tokens and settings, or collect and save them."""
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(model, token_ids, settings)
+    if (folder / "stats.json").exists():
+        stats = ActivationStats.load(folder)
+        stats.meta["cache"] = {"path": str(folder), "hit": True}
+        return stats
+    stats = collect_activation_stats(model, token_ids, settings, source, progress)
+    stats.save(folder)
+    stats.meta["cache"] = {"path": str(folder), "hit": False}
+    return stats

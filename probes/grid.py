@@ -1,0 +1,176 @@
+"""The RSF grid of DESIGN §3 over a checkpoint pair (streamed) or over deltas held in memory.
+
+One row per layer × role × side × subspace × k, each with the random-subspace null (mean, sd over
+seeds) of the same delta, side and k, so that a reader sees at once whether an RSF is significant.
+Which subspace applies where:
+  activation  read side of any layer role (the principal subspace of that module's own inputs)
+  prediction  any side that lives in the residual stream: read side of q k v up gate
+              and unembed, write side of o and down
+  random      every side (one seeded Haar subspace; the null columns come from other seeds)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rwedit.architectures import READ_ROLES, Layout
+from rwedit.checkpoints import CheckpointPair, TensorReader
+from rwedit.probes.activations import INPUT_GROUP, ActivationStats
+from rwedit.probes.rsf import random_null_samples, rsf_nested
+from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
+
+DEFAULT_KS = (1, 4, 16, 64)
+SUBSPACES = ("activation", "prediction", "random")
+COLUMNS = ("layer", "role", "pathway", "side", "subspace", "k", "d", "fraction", "rsf", "null_mean", "null_sd",
+           "null_z", "delta_norm", "reason")
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """Every open choice of the grid; recorded next to the results."""
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    sides: tuple[str, ...] = ("read", "write")
+    subspaces: tuple[str, ...] = SUBSPACES
+    null_seeds: int = 8
+    seed: int = 0  # the "random" subspace row uses this seed; the null uses seed+1 .. seed+null_seeds
+    centred: bool = False  # activation subspace from the centred covariance instead of E[a aᵀ]
+    prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U
+    roles: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        bad = [s for s in self.sides if s not in ("read", "write")]
+        if bad:
+            raise ValueError(f"sides must be read and/or write, not {bad}")
+        bad = [s for s in self.subspaces if s not in SUBSPACES]
+        if bad:
+            raise ValueError(f"unknown subspace {bad}; choose from {SUBSPACES}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if self.null_seeds < 2:
+            raise ValueError("null_seeds must be >= 2 to give a standard deviation")
+
+
+def pathway(role: str) -> str:
+    return "read" if role in READ_ROLES or role == "unembed" else "write"
+
+
+def residual_side(role: str, side: str) -> bool:
+    """Whether this side of the role lives in the residual stream (readers' input, writers' output)."""
+    return (side == "read") == (pathway(role) == "read")
+
+
+@dataclass
+class GridContext:
+    """What the grid needs besides the deltas: sizes, activation stats, the prediction spectrum."""
+
+    hidden: int
+    stats: ActivationStats | None = None
+    prediction: Spectrum | None = None
+    _spectra: dict = field(default_factory=dict, repr=False)
+
+    def activation_spectrum(self, layer: int, role: str, centred: bool) -> Spectrum | None:
+        if self.stats is None or role not in INPUT_GROUP or not self.stats.has(layer, role):
+            return None
+        key = (layer, INPUT_GROUP[role], centred)
+        if key not in self._spectra:
+            self._spectra[key] = self.stats.spectrum(layer, role, centred)
+        return self._spectra[key]
+
+
+def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
+    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in)."""
+    layout = pair.layout
+    with TensorReader(pair.base) as r:
+        W_U = r.read(layout.view(None, "unembed").param, dtype=None)
+        g = r.read(f"{layout.spec.final_norm}.weight", torch.float32) if gain else None
+    if g is not None and pair.base.model_type.startswith("gemma"):
+        g = 1.0 + g  # Gemma's RMSNorm scales by (1 + weight)
+    return prediction_spectrum(W_U, g)
+
+
+def _ks_for(ks: Sequence[int], d: int) -> list[int]:
+    return sorted({min(k, d) for k in ks})
+
+
+def rows_for_delta(
+    delta: torch.Tensor,
+    layer: int | None,
+    role: str,
+    ctx: GridContext,
+    settings: GridSettings,
+) -> list[dict]:
+    """All grid rows for one delta (d_out × d_in)."""
+    d_out, d_in = delta.shape
+    out: list[dict] = []
+    for side in settings.sides:
+        d = d_in if side == "read" else d_out
+        ks = _ks_for(settings.ks, d)
+        kmax = ks[-1]
+        seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
+        null = {k: random_null_samples(delta, side, k, seeds) for k in ks}
+        bases: dict[str, torch.Tensor] = {}
+        if "activation" in settings.subspaces and side == "read" and layer is not None:
+            spec = ctx.activation_spectrum(layer, role, settings.centred)
+            if spec is not None and spec.d == d:
+                bases["activation"] = spec.top(kmax)
+        if "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side):
+            bases["prediction"] = ctx.prediction.top(kmax)
+        if "random" in settings.subspaces:
+            bases["random"] = haar_basis(d, kmax, settings.seed)
+        for name, basis in bases.items():
+            for k, res in zip(ks, rsf_nested(delta, basis.to(delta.device), side, ks)):
+                vals = null[k]
+                mean = float(vals.mean())
+                sd = float(vals.std(correction=1))
+                z = (res.rsf - mean) / sd if sd > 0 and not math.isnan(res.rsf) else math.nan
+                out.append({
+                    "layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": name,
+                    "k": k, "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd,
+                    "null_z": z, "delta_norm": res.delta_norm, "reason": res.reason or "",
+                })
+    return out
+
+
+def rsf_grid_deltas(
+    deltas: Mapping[tuple[int | None, str], torch.Tensor] | Iterable[tuple[int | None, str, torch.Tensor]],
+    ctx: GridContext,
+    settings: GridSettings = GridSettings(),
+    progress: bool = True,
+    total: int | None = None,
+) -> Iterator[dict]:
+    """Rows for deltas given in memory: a mapping (layer, role) -> ΔW or an iterable of triples."""
+    items = ((l, r, d) for (l, r), d in deltas.items()) if isinstance(deltas, Mapping) else deltas
+    if total is None and isinstance(deltas, Mapping):
+        total = len(deltas)
+    for layer, role, delta in tqdm(items, total=total, desc="RSF grid", disable=not progress):
+        yield from rows_for_delta(delta, layer, role, ctx, settings)
+
+
+def rsf_grid_pair(
+    pair: CheckpointPair,
+    stats: ActivationStats | None = None,
+    settings: GridSettings = GridSettings(),
+    progress: bool = True,
+) -> Iterator[dict]:
+    """Stream the pair once and yield the grid rows; memory stays O(largest tensor)."""
+    roles = settings.roles or pair.layout.roles()
+    ctx = grid_context(pair.layout, stats, prediction_from_pair(pair, settings.prediction_gain)
+                       if "prediction" in settings.subspaces else None)
+    n = len(pair.layout.views(roles, settings.layers))
+    triples = ((rp.layer, rp.role, rp.post - rp.base) for rp in pair.iter_roles(roles, settings.layers))
+    yield from rsf_grid_deltas(triples, ctx, settings, progress, total=n)
+
+
+def grid_context(layout: Layout, stats: ActivationStats | None, prediction: Spectrum | None) -> GridContext:
+    return GridContext(hidden=layout.dims.hidden, stats=stats, prediction=prediction)
+
+
+def settings_dict(settings: GridSettings) -> dict:
+    return asdict(settings)

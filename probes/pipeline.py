@@ -1,0 +1,232 @@
+"""End-to-end probes on a checkpoint pair: results file + headline + plots + summary in one folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rwedit import __version__
+from rwedit.checkpoints import Checkpoint, CheckpointPair
+from rwedit.data import pack_tokens, read_texts
+from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+from rwedit.probes.grid import COLUMNS, GridSettings, rsf_grid_pair
+from rwedit.probes.report import (
+    markdown_table,
+    plot_rsf_heatmaps,
+    plot_rsf_vs_k,
+    rsf_headline,
+    write_json,
+    write_rows,
+)
+from rwedit.probes.svd import svd_structure
+
+SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
+               "reparam_error", "truncation_floor")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Where activation statistics come from (recorded in every result)."""
+
+    data: str
+    tokens: int = 50_000
+    seq_len: int = 256
+    batch_size: int = 8
+    field: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32"):
+    """The model and tokenizer of a resolved checkpoint folder (never a second Hub lookup)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ckpt.path)
+    except Exception as e:
+        raise ValueError(f"{ckpt.source}: no usable tokenizer in {ckpt.path} ({type(e).__name__}); "
+                         f"save one with tokenizer.save_pretrained(folder)") from None
+    kwargs = {"device_map": "auto"} if device == "auto" else {}
+    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, dtype), **kwargs)
+    if device != "auto":
+        model.to(device)
+    return model.eval(), tok
+
+
+def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
+                         cache_dir: str | Path | None = None, progress: bool = True) -> ActivationStats:
+    """Collect (or reuse from the cache) second moments of the base model's reader inputs."""
+    model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype)
+    texts = read_texts(calib.data, field=calib.field)
+    ids = pack_tokens(tok, texts, calib.seq_len, calib.tokens)
+    settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)
+    stats = cached_activation_stats(model, ids, settings, source=str(calib.data), cache_dir=cache_dir,
+                                    progress=progress)
+    del model
+    return stats
+
+
+def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) -> list[dict]:
+    """Top-k variance share and participation ratio of every collected input's spectrum."""
+    from rwedit.probes.activations import INPUT_GROUP
+
+    rows = []
+    seen = set()
+    roles_of = {}
+    for role, group in INPUT_GROUP.items():
+        roles_of.setdefault(group, role)
+    for layer, group in sorted(stats.sums):
+        if (layer, group) in seen:
+            continue
+        seen.add((layer, group))
+        spec = stats.spectrum(layer, roles_of[group], centred)
+        for k in sorted({min(k, spec.d) for k in ks}):
+            s = spec.spikedness(k)
+            rows.append({"layer": layer, "input": group, "k": k, "d": spec.d, "topk_share": s["topk_share"],
+                         "participation_ratio": s["participation_ratio"], "top_eigenvalue": float(spec.eigenvalues[0])})
+    return rows
+
+
+def run_rsf_probe(
+    base: str,
+    post: str,
+    out: str | Path,
+    calib: CalibrationSettings | None = None,
+    settings: GridSettings = GridSettings(),
+    allow_pickle: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """RSF grid of (post − base): ``rsf.csv``, ``headline.csv``, plots and ``summary.md`` in ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
+                          Checkpoint.open(post, allow_pickle=allow_pickle))  # validated before heavy work
+    out.mkdir(parents=True, exist_ok=True)
+    roles = settings.roles or pair.layout.roles()
+    stats = None
+    if calib is not None and "activation" in settings.subspaces:
+        stat_roles = tuple(r for r in roles if r != "unembed")
+        stats = activation_stats_for(pair.base, calib, stat_roles, cache_dir, progress)
+    rows = list(rsf_grid_pair(pair, stats, settings, progress))
+    df = write_rows(rows, out / "rsf.csv", COLUMNS)
+    head = rsf_headline(df)
+    head.to_csv(out / "headline.csv", index=False)
+    plots = plot_rsf_heatmaps(df, out) + [plot_rsf_vs_k(df, out)]
+    spiked = []
+    if stats is not None:
+        spiked = spikedness_rows(stats, settings.ks, settings.centred)
+        write_rows(spiked, out / "spectrum.csv", list(spiked[0]) if spiked else [])
+    meta = {
+        "rwedit_version": __version__,
+        "probe": "rsf",
+        "base": base, "post": post, "model_type": pair.base.model_type,
+        "grid": asdict(settings),
+        "calibration": asdict(calib) if calib else None,
+        "activation_stats": stats.meta if stats else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "files": ["rsf.csv", "headline.csv", "summary.md"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else []),
+    }
+    write_json(meta, out / "meta.json")
+    (out / "summary.md").write_text(_rsf_summary(head, meta, spiked, plots))
+    return out
+
+
+def _rsf_summary(head, meta, spiked, plots) -> str:
+    calib = meta["calibration"]
+    lines = [
+        f"# RSF probe: {meta['post']} vs {meta['base']}",
+        "",
+        f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.",
+        "RSF = share of ||dW||_F^2 inside a k-dim subspace divided by k/d (1 = isotropic). "
+        "`null_mean ± null_sd` is the RSF of the same delta against random subspaces "
+        f"({meta['grid']['null_seeds']} seeds); `z_mean` = (RSF − null)/sd averaged over layers.",
+        "",
+    ]
+    if calib:
+        st = meta["activation_stats"]
+        lines.append(
+            f"Activation subspaces: top eigenvectors of {'centred covariance' if meta['grid']['centred'] else 'E[a aᵀ] (uncentred)'} "
+            f"of each module's inputs over {st['n_sequences'] * calib['seq_len']} tokens of `{calib['data']}` "
+            f"(seq_len {calib['seq_len']}; cache {'hit' if st.get('cache', {}).get('hit') else 'miss'})."
+        )
+    else:
+        lines.append("No calibration data given (--calib): activation-subspace rows are absent.")
+    lines.append(f"Prediction subspace: top right singular vectors of W_U{' · diag(γ_final)' if meta['grid']['prediction_gain'] else ''} of the base.")
+    lines += ["", "## Headline (mean over layers)", "", markdown_table(head[head["subspace"] != "random"]), ""]
+    if spiked:
+        import pandas as pd
+
+        sp = pd.DataFrame(spiked).groupby(["input", "k"])[["topk_share", "participation_ratio"]].mean().reset_index()
+        lines += ["## Spikedness of the activation spectra (mean over layers)", "", markdown_table(sp), ""]
+    lines += ["## Files", ""] + [f"- `{f}`" for f in meta["files"]] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def run_svd_probe(
+    base: str,
+    post: str,
+    out: str | Path,
+    r: int | str = 64,
+    method: str = "auto",
+    roles: tuple[str, ...] | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> Path:
+    """HC's SVD structure probe per matrix: ``svd.csv``, plots and ``summary.md`` in ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
+                          Checkpoint.open(post, allow_pickle=allow_pickle))
+    out.mkdir(parents=True, exist_ok=True)
+    roles = roles or tuple(x for x in pair.layout.roles() if x != "unembed")
+    rows = []
+    n = len(pair.layout.views(roles))
+    for rp in tqdm(pair.iter_roles(roles), total=n, desc="SVD probe", disable=not progress):
+        m = svd_structure(rp.base, rp.post, r=r, method=method)
+        rows.append({"layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
+    df = write_rows(rows, out / "svd.csv", SVD_COLUMNS)
+    plots = _plot_svd(df, out)
+    head = df.groupby("role", sort=False)[["scale", "scale_residual", "orth_U", "orth_V", "consistency",
+                                           "reparam_error"]].agg(["mean", "std"])
+    head.columns = [f"{a}_{b}" for a, b in head.columns]
+    head = head.reset_index()
+    meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post,
+            "model_type": pair.base.model_type, "r": r, "method": method, "roles": list(roles),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(meta, out / "meta.json")
+    text = [f"# SVD structure probe: {post} vs {base}", "",
+            f"Top-{r} singular triplets ({method}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
+            "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
+            "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ.",
+            "", "## Per role (mean and sd over layers)", "", markdown_table(head), "", "## Files", "",
+            "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
+           [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "summary.md").write_text("\n".join(text) + "\n")
+    return out
+
+
+def _plot_svd(df, out: Path) -> list[Path]:
+    from rwedit.probes.report import _mpl
+
+    plt = _mpl()
+    paths = []
+    for metric, ylabel in (("scale", "singular-value scale s"), ("consistency", "‖Q_U − Q_V‖ / ‖Q_U‖")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for role, g in df.groupby("role", sort=False):
+            ax.plot(g["layer"], g[metric], marker="o", label=role)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{metric} per layer and role")
+        ax.legend(fontsize=8, ncol=4)
+        fig.tight_layout()
+        p = out / f"svd_{metric}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,92 @@
+"""Activation statistics equal XᵀX/n of inputs captured independently, for every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rwedit.architectures import model_layout
+from rwedit.data import DataError, pack_tokens, read_texts
+from rwedit.probes.activations import (
+    ActivationStats,
+    StatsSettings,
+    cached_activation_stats,
+    collect_activation_stats,
+)
+from tiny_models import TINY_CONFIGS, tiny_model
+
+
+@pytest.fixture(scope="module")
+def wiki_ids(wiki_texts, wiki_tokenizer):
+    return pack_tokens(wiki_tokenizer, wiki_texts, seq_len=32, token_budget=32 * 12)
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_second_moments_equal_directly_captured_inputs(model_type, wiki_ids, wiki_tokenizer):
+    model = tiny_model(model_type, vocab_size=len(wiki_tokenizer))
+    layout = model_layout(model)
+    roles = [r for r in ("q", "k", "v", "o", "up", "gate", "down") if layout.has_role(r)]
+    captured: dict[tuple[int, str], list[torch.Tensor]] = {}
+    hooks = []
+    for layer in range(layout.n_layers):
+        for role in roles:  # one hook per role module, independent of rwedit's grouping
+            mod = model.get_submodule(layout.view(layer, role).module)
+            hooks.append(mod.register_forward_pre_hook(
+                lambda m, a, key=(layer, role): captured.setdefault(key, []).append(a[0].detach().double())))
+    stats = collect_activation_stats(model, wiki_ids, StatsSettings(roles=tuple(roles), batch_size=5), progress=False)
+    for h in hooks:
+        h.remove()
+    assert stats.n_tokens == wiki_ids.numel()
+    for (layer, role), xs in captured.items():
+        X = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+        n = X.shape[0]
+        assert n == wiki_ids.numel()
+        C = X.T @ X / n
+        torch.testing.assert_close(stats.second_moment(layer, role), C, rtol=1e-9, atol=1e-9)
+        mu = X.mean(0)
+        torch.testing.assert_close(stats.second_moment(layer, role, centred=True), torch.cov(X.T, correction=0),
+                                   rtol=1e-8, atol=1e-9)
+        torch.testing.assert_close(stats.mean(layer, role), mu)
+        assert stats.second_moment(layer, role).dtype == torch.float64
+
+
+def test_shared_inputs_are_collected_once_and_stats_round_trip(tmp_path, wiki_ids, wiki_tokenizer):
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    settings = StatsSettings(roles=("q", "k", "v", "gate", "up", "down"), batch_size=4)
+    stats = collect_activation_stats(model, wiki_ids, settings, source="wikitext", progress=False)
+    assert sorted({g for _, g in stats.sums}) == ["attn_in", "down_in", "mlp_in"]
+    assert stats.second_moment(0, "q") is not None and torch.equal(stats.second_moment(0, "k"), stats.second_moment(0, "q"))
+    with pytest.raises(KeyError, match="no activation statistics for role 'o'"):
+        stats.second_moment(0, "o")
+    stats.save(tmp_path / "s")
+    again = ActivationStats.load(tmp_path / "s")
+    assert again.n_tokens == stats.n_tokens and again.meta["source"] == "wikitext"
+    assert again.meta["settings"]["seq_len"] == 256 and again.meta["tokens_sha256"] == stats.meta["tokens_sha256"]
+    torch.testing.assert_close(again.second_moment(1, "down"), stats.second_moment(1, "down"), rtol=0, atol=0)
+
+
+def test_cache_reuses_only_exact_matches(tmp_path, wiki_ids, wiki_tokenizer, monkeypatch):
+    import rwedit.probes.activations as act
+
+    model = tiny_model("gpt2", vocab_size=len(wiki_tokenizer))
+    settings = StatsSettings(roles=("q",), batch_size=6)
+    calls = []
+    real = act.collect_activation_stats
+    monkeypatch.setattr(act, "collect_activation_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = act.cached_activation_stats(model, wiki_ids, settings, cache_dir=tmp_path, progress=False)
+    b = act.cached_activation_stats(model, wiki_ids, settings, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 1 and b.meta["cache"]["hit"] and not a.meta["cache"]["hit"]
+    torch.testing.assert_close(a.second_moment(0, "q"), b.second_moment(0, "q"), rtol=0, atol=0)
+    act.cached_activation_stats(model, wiki_ids[:-1], settings, cache_dir=tmp_path, progress=False)  # other data
+    other = tiny_model("gpt2", seed=3, vocab_size=len(wiki_tokenizer))
+    act.cached_activation_stats(other, wiki_ids, settings, cache_dir=tmp_path, progress=False)  # other weights
+    assert len(calls) == 3
+
+
+def test_empty_and_short_data_are_refused(tmp_path, wiki_tokenizer):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="no non-empty texts"):
+        read_texts(empty)
+    with pytest.raises(DataError, match="fewer than one sequence"):
+        pack_tokens(wiki_tokenizer, ["a b"], seq_len=64, token_budget=128)

@@ -1,0 +1,114 @@
+"""The probe commands end to end on two tiny checkpoints, checked against independent recomputation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from rwedit.architectures import get_weight
+from rwedit.cli import main
+from rwedit.data import pack_tokens
+from rwedit.probes.activations import StatsSettings, collect_activation_stats
+from rwedit.probes.grid import GridSettings, rsf_grid_pair
+from rwedit.checkpoints import CheckpointPair
+from conftest import WIKITEXT
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory, wiki_tokenizer):
+    root = tmp_path_factory.mktemp("pair")
+    base = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    post = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    post.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in post.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    for name, m in (("base", base), ("post", post)):
+        m.save_pretrained(root / name)
+        wiki_tokenizer.save_pretrained(root / name)
+    return root, base, post
+
+
+def test_probe_cli_writes_results_plots_and_summary(tiny_pair, tmp_path, capsys):
+    root, base, post = tiny_pair
+    out = tmp_path / "probe"
+    rc = main(["probe", "--base", str(root / "base"), "--post", str(root / "post"), "--calib", str(WIKITEXT),
+               "--calib-tokens", "2048", "--seq-len", "64", "--k", "1,4,16,64", "--null-seeds", "4",
+               "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert rc == 0
+    df = pd.read_csv(out / "rsf.csv")
+    for col in ("layer", "role", "side", "subspace", "k", "d", "fraction", "rsf", "null_mean", "null_sd", "delta_norm"):
+        assert col in df.columns
+    assert (df.k <= df.d).all() and set(df[df.d == 32]["k"]) == {1, 4, 16, 32}  # 64 clipped to d = 32
+    assert set(df[df.d == 512]["k"]) == {1, 4, 16, 64}
+    assert set(df["subspace"]) == {"activation", "prediction", "random"}
+    # activation rows only on the read side; prediction on residual-stream sides only
+    assert set(df[df.subspace == "activation"]["side"]) == {"read"}
+    pred = df[df.subspace == "prediction"]
+    assert set(pred[pred.side == "write"]["role"]) == {"o", "down"}
+    # k = d captures everything: fraction 1, RSF 1
+    full = df[df.k == df.d]
+    assert ((full["fraction"] - 1).abs() < 1e-9).all()
+    # independent recomputation of one row: read side of layer 1 q vs its activation subspace, k = 4
+    row = df[(df.layer == 1) & (df.role == "q") & (df.side == "read") & (df.subspace == "activation") & (df.k == 4)].iloc[0]
+    dW = (get_weight(post, 1, "q") - get_weight(base, 1, "q")).double()
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(root / "base")
+    from rwedit.data import read_texts
+    ids = pack_tokens(tok, read_texts(WIKITEXT), 64, 2048)
+    X = []
+    h = base.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda m, a: X.append(a[0].reshape(-1, 32).double()))
+    with torch.no_grad():
+        for i in range(0, len(ids), 8):
+            base(input_ids=ids[i:i + 8])
+    h.remove()
+    X = torch.cat(X)
+    evals, evecs = torch.linalg.eigh(X.T @ X / len(X))
+    B = evecs[:, -4:]
+    frac = float((dW @ B).pow(2).sum() / dW.pow(2).sum())
+    assert math.isclose(row["fraction"], frac, rel_tol=1e-6)
+    assert math.isclose(row["rsf"], frac / (4 / 32), rel_tol=1e-6)
+    assert math.isclose(row["delta_norm"], float(dW.norm()), rel_tol=1e-6)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["calibration"]["seq_len"] == 64 and meta["activation_stats"]["model_fingerprint"]
+    assert meta["grid"]["null_seeds"] == 4
+    summary = (out / "summary.md").read_text()
+    assert "Headline" in summary and "Spikedness" in summary
+    for f in ("rsf_heatmap_read_activation.png", "rsf_heatmap_write_prediction.png", "rsf_vs_k.png", "headline.csv",
+              "spectrum.csv"):
+        assert (out / f).stat().st_size > 0
+    # headline = mean over layers of rsf.csv
+    head = pd.read_csv(out / "headline.csv")
+    h = head[(head.role == "o") & (head.side == "write") & (head.subspace == "prediction") & (head.k == 4)].iloc[0]
+    want = df[(df.role == "o") & (df.side == "write") & (df.subspace == "prediction") & (df.k == 4)]["rsf"].mean()
+    assert math.isclose(h["rsf_mean"], want, rel_tol=1e-12)
+
+
+def test_zero_delta_rows_are_nan_with_a_reason(tiny_pair):
+    root, base, post = tiny_pair
+    pair = CheckpointPair(root / "base", root / "base")
+    rows = list(rsf_grid_pair(pair, None, GridSettings(roles=("q",), layers=(0,), null_seeds=2), progress=False))
+    assert rows and all(math.isnan(r["rsf"]) and r["reason"] == "zero delta" for r in rows)
+
+
+def test_svd_cli_writes_results(tiny_pair, tmp_path):
+    root, base, post = tiny_pair
+    out = tmp_path / "svd"
+    assert main(["svd", "--base", str(root / "base"), "--post", str(root / "post"), "--r", "8", "--out", str(out), "--quiet"]) == 0
+    df = pd.read_csv(out / "svd.csv")
+    for col in ("layer", "role", "r", "scale", "scale_residual", "orth_U", "orth_V", "consistency", "reparam_error"):
+        assert col in df.columns
+    assert len(df) == 2 * 7 and (df["r"] == 8).all()
+    # scale recomputed independently from singular values
+    W0, W1 = get_weight(base, 0, "down").double(), get_weight(post, 0, "down").double()
+    s0, s1 = torch.linalg.svdvals(W0)[:8], torch.linalg.svdvals(W1)[:8]
+    want = float(s0 @ s1 / (s0 @ s0))
+    got = df[(df.layer == 0) & (df.role == "down")]["scale"].iloc[0]
+    assert math.isclose(got, want, rel_tol=1e-9)
+    assert (out / "svd_scale.png").exists() and (out / "summary.md").exists()
