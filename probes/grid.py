@@ -129,7 +129,8 @@ def rows_for_delta(
                 vals = null[k]
                 mean = float(vals.mean())
                 sd = float(vals.std(correction=1))
-                z = (res.rsf - mean) / sd if sd > 0 and not math.isnan(res.rsf) else math.nan
+                # at k = d every subspace is the whole space: sd is float noise and z means nothing
+                z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
                 out.append({
                     "layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": name,
                     "k": k, "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd,

@@ -99,14 +99,16 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     plt = _mpl()
     sides = [s for s in ("read", "write") if s in set(df["side"])]
     fig, axes = plt.subplots(1, len(sides), figsize=(6.5 * len(sides), 4.5), squeeze=False)
+    colors = {r: f"C{i}" for i, r in enumerate(ROLE_ORDER)}
     for ax, side in zip(axes[0], sides):
-        part = df[df["side"] == side]
+        part = df[(df["side"] == side) & (df["subspace"] != "random")]
+        # the null band of the deltas actually plotted (the null depends on the delta and on d)
         null = part.groupby("k")[["null_mean", "null_sd"]].mean()
         ax.fill_between(null.index, null["null_mean"] - 2 * null["null_sd"], null["null_mean"] + 2 * null["null_sd"],
                         color="grey", alpha=0.25, label="random null ±2 sd")
-        for (role, sub), g in part[part["subspace"] != "random"].groupby(["role", "subspace"]):
+        for (role, sub), g in part.groupby(["role", "subspace"], observed=True):
             m = g.groupby("k")["rsf"].mean()
-            ax.plot(m.index, m.values, marker="o", label=f"{role} vs {sub}",
+            ax.plot(m.index, m.values, marker="o", color=colors.get(role, "k"), label=f"{role} vs {sub}",
                     linestyle="-" if sub == "activation" else "--")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
