@@ -45,9 +45,9 @@ class GridSettings:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        bad = [s for s in self.sides if s not in ("read", "write")]
+        bad = [s for s in self.sides if s not in ("read", "write", "both")]
         if bad:
-            raise ValueError(f"sides must be read and/or write, not {bad}")
+            raise ValueError(f"sides must be among read, write, both; not {bad}")
         bad = [s for s in self.subspaces if s not in SUBSPACES]
         if bad:
             raise ValueError(f"unknown subspace {bad}; choose from {SUBSPACES}")
@@ -89,9 +89,13 @@ def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
     layout = pair.layout
     with TensorReader(pair.base) as r:
         W_U = r.read(layout.view(None, "unembed").param, dtype=None)
-        g = r.read(f"{layout.spec.final_norm}.weight", torch.float32) if gain else None
-    if g is not None and pair.base.model_type.startswith("gemma"):
-        g = 1.0 + g  # Gemma's RMSNorm scales by (1 + weight)
+        g = None
+        if gain:
+            name = f"{layout.spec.final_norm}.weight"
+            if name not in pair.base.keys() and not any(n in pair.base.keys() for n in layout.checkpoint_names(name)):
+                raise ValueError(f"{pair.base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
+                                 f"into the prediction subspace; drop prediction_gain")
+            g = layout.final_norm_gain(r.read(name, torch.float32))
     return prediction_spectrum(W_U, g)
 
 
@@ -110,6 +114,9 @@ def rows_for_delta(
     d_out, d_in = delta.shape
     out: list[dict] = []
     for side in settings.sides:
+        if side == "both":
+            out += _two_sided_rows(delta, layer, role, ctx, settings)
+            continue
         d = d_in if side == "read" else d_out
         ks = _ks_for(settings.ks, d)
         kmax = ks[-1]
@@ -126,17 +133,35 @@ def rows_for_delta(
             bases["random"] = haar_basis(d, kmax, settings.seed)
         for name, basis in bases.items():
             for k, res in zip(ks, rsf_nested(delta, basis.to(delta.device), side, ks)):
-                vals = null[k]
-                mean = float(vals.mean())
-                sd = float(vals.std(correction=1))
-                # at k = d every subspace is the whole space: sd is float noise and z means nothing
-                z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
-                out.append({
-                    "layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": name,
-                    "k": k, "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd,
-                    "null_z": z, "delta_norm": res.delta_norm, "reason": res.reason or "",
-                })
+                out.append(_row(layer, role, side, name, k, d, res, null[k]))
     return out
+
+
+def _row(layer, role, side, subspace, k, d, res, vals) -> dict:
+    mean = float(vals.mean())
+    sd = float(vals.std(correction=1))
+    # at k = d every subspace is the whole space: sd is float noise and z means nothing
+    z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
+    return {"layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": subspace, "k": k,
+            "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd, "null_z": z,
+            "delta_norm": res.delta_norm, "reason": res.reason or ""}
+
+
+def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings) -> list[dict]:
+    """DESIGN §3's two-sided variant for writers: prediction subspace on the output side plus the
+    activation subspace of the module's inputs on the input side (rows only where both exist)."""
+    if pathway(role) != "write" or ctx.prediction is None or layer is None:
+        return []
+    spec = ctx.activation_spectrum(layer, role, settings.centred)
+    d_out, d_in = delta.shape
+    if spec is None or spec.d != d_in:
+        return []
+    ks = _ks_for(settings.ks, min(d_out, d_in))
+    bases = (ctx.prediction.top(ks[-1]).to(delta.device), spec.top(ks[-1]).to(delta.device))
+    seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
+    return [_row(layer, role, "both", "prediction+activation", k, f"{d_out}+{d_in}", res,
+                 random_null_samples(delta, "both", k, seeds))
+            for k, res in zip(ks, rsf_nested(delta, bases, "both", ks))]
 
 
 def rsf_grid_deltas(

@@ -51,6 +51,8 @@ class ArchSpec:
     unembed: str
     final_norm: str
     conv1d: bool = False  # GPT-2 style Conv1D (weight stored d_in x d_out)
+    #: the norms scale by (norm_offset + weight): 1.0 for Gemma's RMSNorm, 0.0 elsewhere
+    norm_offset: float = 0.0
     #: old on-disk names for module paths (checkpoints written by older transformers versions)
     aliases: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
@@ -148,6 +150,7 @@ def _llama_like(
     model_types: tuple[str, ...],
     attn_norm: str | None = "input_layernorm",
     mlp_norm: str | None = "post_attention_layernorm",
+    norm_offset: float = 0.0,
     notes: str = "",
 ) -> ArchSpec:
     return ArchSpec(
@@ -166,6 +169,7 @@ def _llama_like(
         embed="model.embed_tokens",
         unembed="lm_head",
         final_norm="model.norm",
+        norm_offset=norm_offset,
         notes=notes,
     )
 
@@ -236,8 +240,9 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         final_norm="model.norm",
         notes="qkv_proj fused contiguously (GQA-aware); gate_up_proj = [gate; up].",
     ),
-    _llama_like("gemma", ("gemma",), notes="RMSNorm scales by (1 + weight); embeddings tied."),
-    _llama_like("gemma2", ("gemma2",), mlp_norm="pre_feedforward_layernorm", notes="Sandwich norms."),
+    _llama_like("gemma", ("gemma",), norm_offset=1.0, notes="RMSNorm scales by (1 + weight); embeddings tied."),
+    _llama_like("gemma2", ("gemma2",), mlp_norm="pre_feedforward_layernorm", norm_offset=1.0,
+                notes="Sandwich norms; RMSNorm scales by (1 + weight)."),
 )
 
 _BY_MODEL_TYPE: dict[str, ArchSpec] = {mt: spec for spec in ARCHITECTURES for mt in spec.model_types}
@@ -402,6 +407,10 @@ class Layout:
         if "unembed" in roles:
             out.append(self.view(None, "unembed"))
         return out
+
+    def final_norm_gain(self, weight: torch.Tensor | None) -> torch.Tensor | None:
+        """The per-channel gain γ the final norm applies, from its stored weight (None if parameter-free)."""
+        return None if weight is None else weight.float() + self.spec.norm_offset
 
     def checkpoint_names(self, param: str) -> list[str]:
         """Names under which ``param`` may be stored on disk (current, without base prefix, aliased)."""

@@ -112,3 +112,40 @@ def test_svd_cli_writes_results(tiny_pair, tmp_path):
     got = df[(df.layer == 0) & (df.role == "down")]["scale"].iloc[0]
     assert math.isclose(got, want, rel_tol=1e-9)
     assert (out / "svd_scale.png").exists() and (out / "summary.md").exists()
+
+
+def test_two_sided_rows_match_the_formula(tiny_pair, wiki_tokenizer):
+    root, base, post = tiny_pair
+    pair = CheckpointPair(root / "base", root / "post")
+    from rwedit.data import read_texts
+    ids = pack_tokens(wiki_tokenizer, read_texts(WIKITEXT, limit=400), 32, 32 * 8)
+    stats = collect_activation_stats(base, ids, StatsSettings(roles=("down",)), progress=False)
+    rows = list(rsf_grid_pair(pair, stats, GridSettings(ks=(4,), sides=("both",), roles=("down",), null_seeds=3),
+                              progress=False))
+    assert [r["layer"] for r in rows] == [0, 1] and all(r["subspace"] == "prediction+activation" for r in rows)
+    dW = (get_weight(post, 0, "down") - get_weight(base, 0, "down")).double()
+    WU = get_weight(base, None, "unembed").double()
+    BL = torch.linalg.svd(WU, full_matrices=False).Vh[:4].T          # top right singular vectors of W_U
+    BR = torch.linalg.eigh(stats.second_moment(0, "down")).eigenvectors[:, -4:]
+    f = float(((BL.T @ dW).pow(2).sum() + (dW @ BR).pow(2).sum()) / dW.pow(2).sum())
+    assert math.isclose(rows[0]["fraction"], f, rel_tol=1e-6)
+    assert math.isclose(rows[0]["rsf"], f / (4 / 32 + 4 / 48), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["gemma", "llama"])
+def test_prediction_subspace_with_folded_final_norm(tmp_path, model_type):
+    from rwedit.probes.grid import prediction_from_pair
+
+    model = tiny_model(model_type)
+    with torch.no_grad():
+        model.model.norm.weight.copy_(torch.linspace(-0.5, 2.0, 32))
+    model.save_pretrained(tmp_path / "m")
+    pair = CheckpointPair(tmp_path / "m", tmp_path / "m")
+    # Gemma scales by (1 + w), computed in float32 as the model does
+    gamma = (model.model.norm.weight.float() + (1.0 if model_type == "gemma" else 0.0)).double()
+    WU = get_weight(model, None, "unembed").double()
+    for gain, M in ((False, WU), (True, WU * gamma)):
+        want = torch.linalg.svd(M, full_matrices=False).Vh[:3].T
+        got = prediction_from_pair(pair, gain=gain).top(3)
+        # same subspace: the projector onto it agrees (signs of singular vectors are arbitrary)
+        torch.testing.assert_close(got @ got.T, want @ want.T, atol=1e-8, rtol=0)
