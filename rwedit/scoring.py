@@ -1,0 +1,69 @@
+"""Sequence log-probabilities of responses given prompts: the one primitive that edits (gradient
+closed form), direct behaviour metrics and the organism's preference checks all share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Right-padded ``input_ids``/``attention_mask`` with a mask of the response (scored) tokens."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor  # True where the *label* at position t+1 belongs to the response
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int = 256) -> Encoded:
+    """Tokenise prompt and response separately and join them; over-long items keep the response
+    (up to half the budget) and the *end* of the prompt, where a dialogue's last turns are."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rows, masks = [], []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    for p, r in zip(prompts, responses):
+        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ri = tokenizer(r, add_special_tokens=False)["input_ids"]
+        if bos is not None:
+            pi = [bos] + pi
+        if not ri:
+            raise ValueError(f"empty response after tokenisation (prompt starts {p[:40]!r})")
+        ri = ri[: max(1, max_len // 2)] if len(pi) + len(ri) > max_len else ri
+        pi = pi[-(max_len - len(ri)):] if len(pi) + len(ri) > max_len else pi
+        if not pi:  # something must precede the first scored token
+            pi, ri = ri[:1], ri[1:] or ri
+        rows.append(pi + ri)
+        masks.append([False] * len(pi) + [True] * len(ri))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, : len(r)] = torch.tensor(r)
+        att[i, : len(r)] = 1
+        resp[i, : len(r)] = torch.tensor(m)
+    return Encoded(ids, att, resp)
+
+
+def response_logprob(model, enc: Encoded) -> torch.Tensor:
+    """Sum of log p(response token | everything before it) per row (differentiable)."""
+    device = next(model.parameters()).device
+    ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = enc.response_mask[:, 1:].to(device)
+    return (logp * mask).sum(-1)
+
+
+def token_ce(model, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over packed (unpadded) sequences (differentiable)."""
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
