@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from rwedit import __version__
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.data import pack_tokens, read_texts
+from rwedit.models import load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.grid import COLUMNS, GridSettings, rsf_grid_pair
 from rwedit.probes.report import (
@@ -39,22 +40,6 @@ class CalibrationSettings:
     field: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
-
-
-def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32"):
-    """The model and tokenizer of a resolved checkpoint folder (never a second Hub lookup)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(ckpt.path)
-    except Exception as e:
-        raise ValueError(f"{ckpt.source}: no usable tokenizer in {ckpt.path} ({type(e).__name__}); "
-                         f"save one with tokenizer.save_pretrained(folder)") from None
-    kwargs = {"device_map": "auto"} if device == "auto" else {}
-    model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, dtype), **kwargs)
-    if device != "auto":
-        model.to(device)
-    return model.eval(), tok
 
 
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],

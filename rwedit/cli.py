@@ -26,6 +26,10 @@ examples:
                                                   RSF grid (read/write side vs activation/prediction
                                                   subspaces, random null), plots, summary.md
   rwedit svd --base BASE --post POST --out svd/   singular-value scaling and rotation consistency
+  rwedit edit --spec recipes/edit-example.yaml --out edits/
+                                                  rank-1 edit + matched controls as PEFT adapters
+  rwedit apply edits/adapters/NAME --prompt "..."  base vs edited generation
+  rwedit export edits/adapters/NAME --push-to-hub you/name
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
@@ -106,6 +110,50 @@ def _cmd_svd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rwedit.editor.pipeline import load_conditions_folder, run_edit
+    from rwedit.editor.spec import EditSpec
+
+    spec = EditSpec.from_yaml(args.spec)
+    if args.model:
+        spec = replace(spec, model=args.model)
+    out = run_edit(spec, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,
+                   progress=not args.quiet)
+    info = load_conditions_folder(out)
+    print(f"wrote {len(info['conditions'])} adapters to {out}/adapters (edits.json summarises them)")
+    print(f"{'adapter':<28} {'kind':<10} {'alpha':>6} {'layers':<10} {'role':<5} {'RSF_read@k4':>11}")
+    for c in info["conditions"]:
+        e = c["edits"][0]
+        rsf = e.get("rsf_read_activation_k4")
+        print(f"{c['name']:<28} {c['kind']:<10} {c['alpha']:>6g} {','.join(str(x['layer']) for x in c['edits']):<10} "
+              f"{e['role']:<5} {'' if rsf is None else format(rsf, '11.3g'):>11}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from rwedit.editor.export import push_to_hub, refresh_card
+
+    metrics = json.loads(open(args.metrics).read()) if args.metrics else None
+    folder = refresh_card(args.adapter, metrics)
+    print(f"model card and rwedit.json refreshed in {folder}")
+    if args.push_to_hub:
+        url = push_to_hub(folder, args.push_to_hub, private=not args.public)
+        print(f"uploaded to {args.push_to_hub} ({'public' if args.public else 'private'}): {url}")
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from rwedit.editor.pipeline import compare_generation
+
+    res = compare_generation(args.adapter, args.model, args.prompt, args.max_new_tokens)
+    print(f"prompt: {res['prompt']}\n\n[base]   {res['base']}\n\n[edited] {res['edited']}")
+    return 0
+
+
 def _pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base checkpoint: local folder or Hub id org/name[@revision]")
     p.add_argument("--post", required=True, help="post-trained checkpoint of the same architecture")
@@ -181,6 +229,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     commands["svd"] = _cmd_svd
 
+    p = sub.add_parser(
+        "edit",
+        help="build a rank-1 edit and its matched controls as PEFT adapters from a YAML spec",
+        description="Reads an edit spec (see recipes/edit-example.yaml), computes the read direction v "
+        "(principal/lowvar eigenvector of the module's input second moment, random, or given) and the write "
+        "direction b (closed form: observed delta or accumulated gradient), builds the matched controls "
+        "(random v x N seeds, low-variance v, write-pathway edit) at the same ||dW||_F = |alpha|, and saves "
+        "each as a PEFT adapter folder under OUT/adapters/NAME with rwedit.json and a model card.",
+    )
+    p.add_argument("--spec", required=True, help="edit spec YAML")
+    p.add_argument("--model", help="override the spec's model (local folder or Hub id)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (accelerate device_map)")
+    p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands["edit"] = _cmd_edit
+
+    p = sub.add_parser(
+        "export",
+        help="refresh an adapter's model card (optionally with metrics) and push it to the Hub",
+        description="ADAPTER is a folder written by `rwedit edit` (OUT/adapters/NAME). The model card and "
+        "rwedit.json are rewritten, with --metrics (a JSON object of metric -> value or {value, stderr}) "
+        "attached; --push-to-hub uploads the folder (private unless --public) using your Hugging Face login "
+        "or HF_TOKEN; the token is never written anywhere. Offline, the upload fails and the folder is left intact.",
+    )
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("--metrics", help="JSON file of behaviour/probe metrics to put on the card")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo (org/name)")
+    p.add_argument("--public", action="store_true", help="make the Hub repo public (default: private)")
+    commands["export"] = _cmd_export
+
+    p = sub.add_parser("apply", help="greedy generation from the base model and from base + adapter, side by side")
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("--model", help="base model (default: the one recorded in the adapter's rwedit.json)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    commands["apply"] = _cmd_apply
+
     parser.set_defaults(_commands=commands)
     return parser
 
@@ -193,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args._commands[args.command](args)
-    except (ValueError, FileNotFoundError, KeyboardInterrupt) as e:
+    except (ValueError, OSError, RuntimeError, KeyboardInterrupt) as e:
         if args.debug:
             raise
         msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)

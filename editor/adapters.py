@@ -1,0 +1,105 @@
+"""Conditions as PEFT LoRA adapters: ``lora_A = vᵀ``, ``lora_B = α b`` (r = 1, lora_alpha = 1, no dropout).
+
+A fused matrix (GPT-2 ``c_attn``, NeoX ``query_key_value``, Phi-3 ``qkv_proj``/``gate_up_proj``) takes
+one LoRA over the whole matrix with ``lora_B`` zero outside the edited role's rows; GPT-2's ``Conv1D``
+needs ``fan_in_fan_out=True``.  All conditions of an experiment load as named adapters on one base
+model and are switched with ``set_adapter`` — the model is loaded once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from rwedit.architectures import Layout, model_layout
+from rwedit.editor.edits import Condition, RankOneEdit
+
+RESERVED = ("lora", ".")
+
+
+def _module_edits(layout: Layout, edits: Sequence[RankOneEdit]) -> dict[str, list[RankOneEdit]]:
+    by_module: dict[str, list[RankOneEdit]] = defaultdict(list)
+    for e in edits:
+        by_module[layout.view(e.layer, e.role).module].append(e)
+    return dict(by_module)
+
+
+def lora_config(layout: Layout, condition: Condition) -> LoraConfig:
+    """A LoRA config targeting exactly the edited modules (rank = edits per module, scale 1)."""
+    mods = _module_edits(layout, condition.edits)
+    ranks = {m: len(es) for m, es in mods.items()}
+    r = max(ranks.values())
+    return LoraConfig(
+        r=r,
+        lora_alpha=r,  # scaling = lora_alpha / r = 1 for the default rank
+        lora_dropout=0.0,
+        target_modules=sorted(mods),
+        fan_in_fan_out=layout.spec.conv1d,
+        bias="none",
+        init_lora_weights=False,
+        rank_pattern={m: k for m, k in ranks.items() if k != r},
+        alpha_pattern={m: k for m, k in ranks.items() if k != r},
+    )
+
+
+def _check_name(name: str) -> None:
+    low = name.lower()
+    if not name or any(x in low for x in RESERVED):
+        raise ValueError(f"adapter name {name!r} is not allowed: names must be non-empty and must not contain "
+                         f"'lora' or '.' (PEFT's key renaming breaks on them)")
+
+
+@torch.no_grad()
+def _write_weights(peft_model: PeftModel, layout: Layout, condition: Condition) -> None:
+    name = condition.name
+    for module, edits in _module_edits(layout, condition.edits).items():
+        lora_layer = peft_model.base_model.model.get_submodule(module)
+        A = lora_layer.lora_A[name].weight  # (r, d_in)
+        B = lora_layer.lora_B[name].weight  # (d_out_full, r)
+        B.zero_()
+        for j, e in enumerate(edits):
+            view = layout.view(e.layer, e.role)
+            A[j].copy_(e.v.to(A.dtype))
+            col = torch.zeros(B.shape[0], dtype=torch.float64)
+            if view.rows is None:
+                col += e.alpha * e.b
+            else:
+                col.index_add_(0, view.rows, e.alpha * e.b)
+            B[:, j].copy_(col.to(B.dtype))
+        if lora_layer.scaling[name] != 1.0:
+            raise RuntimeError(f"LoRA scaling of {module} is {lora_layer.scaling[name]}, expected 1")
+
+
+def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[Condition]) -> PeftModel:
+    """Load every condition as a named adapter on one model; returns the PeftModel (active: the first)."""
+    if not conditions:
+        raise ValueError("no conditions to attach")
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate condition names: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    for n in names:
+        _check_name(n)
+    base = model.base_model.model if isinstance(model, PeftModel) else model
+    layout = model_layout(base)
+    for c in conditions:
+        for e in c.edits:
+            if e.role == "unembed":
+                raise ValueError("edits of the unembedding are not supported as adapters (tied in many models)")
+    peft_model = model if isinstance(model, PeftModel) else None
+    for c in conditions:
+        cfg = lora_config(layout, c)
+        if peft_model is None:
+            peft_model = get_peft_model(base, cfg, adapter_name=c.name)
+        else:
+            peft_model.add_adapter(c.name, cfg)
+        _write_weights(peft_model, layout, c)
+        got = sorted(n for n, m in peft_model.base_model.model.named_modules()
+                     if hasattr(m, "lora_A") and c.name in m.lora_A)
+        if got != sorted(cfg.target_modules):
+            raise RuntimeError(f"adapter {c.name}: LoRA landed on {got}, expected {sorted(cfg.target_modules)}")
+    peft_model.set_adapter(conditions[0].name)
+    peft_model.eval()
+    return peft_model

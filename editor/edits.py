@@ -1,0 +1,236 @@
+"""Rank-1 edits and their matched controls, built from one :class:`EditSpec`.
+
+Every edit is ``ΔW = α · b vᵀ`` with ``‖b‖ = ‖v‖ = 1``, so ``‖ΔW‖_F = |α|``: an edit and its controls
+share the layer(s), ``|α|`` and the ``b`` rule, and differ only in the kind of direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from rwedit.architectures import get_weight, model_layout
+from rwedit.checkpoints import Checkpoint, CheckpointPair
+from rwedit.data import pack_tokens, read_pairs, read_texts
+from rwedit.editor.closed_forms import Probe, delta_b, delta_v, gradient_products, unit
+from rwedit.editor.spec import EditSpec, SpecError
+from rwedit.probes.activations import ActivationStats
+from rwedit.probes.subspaces import haar_basis, prediction_spectrum
+
+
+@dataclass
+class RankOneEdit:
+    """``ΔW = alpha · b vᵀ`` on one role of one layer (b: d_out, v: d_in, both unit, float64)."""
+
+    layer: int
+    role: str
+    b: torch.Tensor
+    v: torch.Tensor
+    alpha: float
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.alpha * torch.outer(self.b, self.v)
+
+    @property
+    def norm(self) -> float:
+        return abs(self.alpha)
+
+
+@dataclass
+class Condition:
+    """One adapter's worth of edits: the main edit or one control, at one alpha."""
+
+    name: str
+    kind: str  # principal | lowvar | random | given | write
+    alpha: float
+    edits: list[RankOneEdit]
+    seed: int | None = None
+    index: int | None = None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "seed": self.seed, "index": self.index,
+                "edits": [{"layer": e.layer, "role": e.role, "norm": e.norm, **e.provenance} for e in self.edits]}
+
+
+def alpha_tag(alpha: float) -> str:
+    """An adapter-name-safe spelling of alpha (PEFT names may not contain dots)."""
+    s = f"{alpha:g}".replace("-", "m").replace(".", "p")
+    return f"a{s}"
+
+
+def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict[int, int]) -> list[dict]:
+    """The read directions v of the edit and of its read-pathway controls, per layer."""
+    e = spec.edit
+    kind, index = e.direction()
+    out: list[dict] = []
+
+    def spectrum(layer):
+        if stats is None:
+            raise SpecError(f"v = {e.v} needs activation statistics (calibration data)")
+        return stats.spectrum(layer, e.role, e.centred)
+
+    def eig(layer, which: str, i: int) -> tuple[torch.Tensor, float]:
+        sp = spectrum(layer)
+        if not 0 <= i < sp.d:
+            raise SpecError(f"{which}[{i}] out of range: the {e.role} input at layer {layer} has d = {sp.d}")
+        j = i if which == "principal" else sp.d - 1 - i
+        return sp.eigenvectors[:, j], float(sp.eigenvalues[j])
+
+    def given_v(layer):
+        v = torch.tensor(e.v_given, dtype=torch.float64)
+        if v.numel() != d_in[layer]:
+            raise SpecError(f"edit.v_given has {v.numel()} numbers; the {e.role} input has d = {d_in[layer]}")
+        v = unit(v, "edit.v_given")
+        rule = "as given"
+        if e.b == "given" and stats is not None and stats.has(layer, e.role):
+            if float(stats.mean(layer, e.role) @ v) < 0:  # eigenvector-style sign ambiguity: fix it by a rule
+                v = -v
+            rule = "flipped so that the mean calibration activation projects positively on v"
+        return v, rule
+
+    def main():
+        vs = {}
+        for layer in e.layers:
+            if kind in ("principal", "lowvar"):
+                v, lam = eig(layer, kind, index)
+                vs[layer] = (v, {"v_kind": kind, "v_index": index, "v_eigenvalue": lam})
+            elif kind == "random":
+                vs[layer] = (haar_basis(d_in[layer], 1, spec.seed)[:, 0], {"v_kind": "random", "v_seed": spec.seed})
+            else:
+                v, rule = given_v(layer)
+                vs[layer] = (v, {"v_kind": "given", "v_sign_rule": rule})
+        return vs
+
+    out.append({"kind": kind, "index": index if kind in ("principal", "lowvar") else None,
+                "seed": spec.seed if kind == "random" else None, "v": main()})
+    for j in range(spec.controls.random):
+        seed = spec.seed + 1 + j  # the main edit (if random) uses spec.seed itself
+        out.append({"kind": "random", "index": None, "seed": seed,
+                    "v": {l: (haar_basis(d_in[l], 1, seed)[:, 0], {"v_kind": "random", "v_seed": seed}) for l in e.layers}})
+    for j in range(spec.controls.lowvar):
+        vs = {}
+        for layer in e.layers:
+            v, lam = eig(layer, "lowvar", j)
+            vs[layer] = (v, {"v_kind": "lowvar", "v_index": j, "v_eigenvalue": lam})
+        out.append({"kind": "lowvar", "index": j, "seed": None, "v": vs})
+    return out
+
+
+def build_conditions(
+    spec: EditSpec,
+    model: torch.nn.Module,
+    tokenizer=None,
+    stats: ActivationStats | None = None,
+    batch_size: int = 4,
+) -> list[Condition]:
+    """The edit and all its matched controls, one :class:`Condition` per direction kind and alpha."""
+    e = spec.edit
+    layout = model_layout(model)
+    if e.role == "unembed" or not layout.has_role(e.role):
+        raise SpecError(f"{layout.spec.name} has no {e.role!r} role to edit; roles: {', '.join(layout.roles()[:-1])}")
+    for layer in e.layers:
+        layout.view(layer, e.role)  # clear error for an out-of-range layer
+    d_in = {l: layout.view(l, e.role).d_in for l in e.layers}
+    directions = _direction_vectors(spec, stats, d_in)
+    write_role = spec.controls.write
+    if write_role is not None and not layout.has_role(write_role):
+        raise SpecError(f"{layout.spec.name} has no {write_role!r} role for the write control")
+
+    # --- b for every (direction, layer); the write control's input direction w for a fixed u ---
+    u = None
+    if write_role is not None:
+        W_U = get_weight(model, None, "unembed").float()
+        u = prediction_spectrum(W_U).top(1)[:, 0]  # top prediction direction (residual stream)
+    bs: dict[tuple[int, int], torch.Tensor] = {}
+    ws: dict[int, torch.Tensor] = {}
+    rule = e.b
+    if rule == "delta":
+        observed = _observed_deltas(spec, [(l, e.role) for l in e.layers] +
+                                    ([(l, write_role) for l in e.layers] if write_role else []))
+        for i, d in enumerate(directions):
+            for l, (v, _) in d["v"].items():
+                bs[(i, l)] = unit(delta_b(observed[(l, e.role)], v), f"ΔW_obs v at layer {l}")
+        if write_role:
+            for l in e.layers:
+                ws[l] = unit(delta_v(observed[(l, write_role)], u), f"ΔW_obsᵀ u of {write_role} at layer {l}")
+    elif rule == "gradient":
+        probes, keys = [], []
+        for i, d in enumerate(directions):
+            for l, (v, _) in d["v"].items():
+                probes.append(Probe(l, e.role, v, "Gv"))
+                keys.append(("b", i, l))
+        if write_role:
+            for l in e.layers:
+                probes.append(Probe(l, write_role, u, "GTu"))
+                keys.append(("w", None, l))
+        data = _objective_data(spec, tokenizer)
+        prods = gradient_products(model, probes, e.objective, data, tokenizer=tokenizer, batch_size=batch_size,
+                                  max_len=e.max_len)
+        for (what, i, l), g in zip(keys, prods):
+            if what == "b":
+                bs[(i, l)] = unit(-g, f"−G v at layer {l}")
+            else:
+                ws[l] = unit(-g, f"−Gᵀ u of {write_role} at layer {l}")
+    else:
+        b = torch.tensor(e.b_given, dtype=torch.float64)
+        for i, d in enumerate(directions):
+            for l in d["v"]:
+                d_out = layout.view(l, e.role).d_out
+                if b.numel() != d_out:
+                    raise SpecError(f"edit.b_given has {b.numel()} numbers; the {e.role} output has d = {d_out}")
+                bs[(i, l)] = unit(b, "edit.b_given")
+
+    b_prov = {"b_rule": rule}
+    if rule == "gradient":
+        b_prov.update(objective=e.objective, data=e.data, data_limit=e.data_limit, b_sign="descent on the loss (−G v)")
+    elif rule == "delta":
+        b_prov.update(post=spec.post)
+
+    conditions: list[Condition] = []
+    for alpha in spec.alpha:
+        for i, d in enumerate(directions):
+            edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov}) for l, (v, prov) in d["v"].items()]
+            tag = d["kind"] + (str(d["index"]) if d["index"] is not None else "") + \
+                (f"_s{d['seed']}" if d["seed"] is not None else "")
+            conditions.append(Condition(f"{tag}_{alpha_tag(alpha)}", d["kind"], alpha, edits, d["seed"], d["index"]))
+        if write_role:
+            edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
+                                 {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
+                                  **b_prov}) for l in e.layers]
+            conditions.append(Condition(f"write_{write_role}_{alpha_tag(alpha)}", "write", alpha, edits))
+    return conditions
+
+
+def _observed_deltas(spec: EditSpec, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+    pair = CheckpointPair(Checkpoint.open(spec.model), Checkpoint.open(spec.post))
+    roles = sorted({r for _, r in keys})
+    layers = sorted({l for l, _ in keys})
+    out = {}
+    for rp in pair.iter_roles(roles=roles, layers=layers):
+        if (rp.layer, rp.role) in keys:
+            out[(rp.layer, rp.role)] = rp.delta
+    return out
+
+
+def _objective_data(spec: EditSpec, tokenizer):
+    e = spec.edit
+    if tokenizer is None:
+        raise SpecError("b: gradient needs the model's tokenizer")
+    if e.objective == "preference":
+        return read_pairs(e.data, limit=e.data_limit)
+    texts = read_texts(e.data)
+    return pack_tokens(tokenizer, texts, seq_len=e.max_len, token_budget=e.data_limit * e.max_len)
+
+
+def norms_match(conditions: Sequence[Condition], rtol: float = 1e-9) -> bool:
+    """True when every edit of every condition with the same |alpha| has the same ‖ΔW‖_F."""
+    by_alpha: dict[float, set[float]] = {}
+    for c in conditions:
+        for e in c.edits:
+            by_alpha.setdefault(abs(c.alpha), set()).add(float(torch.linalg.matrix_norm(e.delta)))
+    return all(max(v) - min(v) <= rtol * max(v) and math.isclose(max(v), a, rel_tol=rtol) for a, v in by_alpha.items())

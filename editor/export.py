@@ -1,0 +1,147 @@
+"""Adapter folders a user can load with ``PeftModel.from_pretrained``: weights, config, a machine-
+readable ``rwedit.json`` and a model card, written to a temporary folder and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from rwedit import __version__
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class ExportError(RuntimeError):
+    """An export or upload failed; local files are left as they were."""
+
+
+@contextmanager
+def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; on success rename it to ``target``.
+
+    An existing ``target`` is refused unless ``overwrite``; on any error the temporary folder is
+    removed and ``target`` is untouched, so nothing half-written is ever left behind.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; choose another --out or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def base_model_id(model: str) -> str | None:
+    """The Hub id for card metadata, when the base is one (local paths have none)."""
+    ref = model.split("@")[0]
+    return ref if _HUB_ID.match(ref) and not Path(model).exists() else None
+
+
+def model_card(info: dict) -> str:
+    """A model card (Hub front matter + what was edited, how, and what it did)."""
+    spec, cond = info["spec"], info["condition"]
+    front = ["---", "library_name: peft", "tags:", "- rwedit", "- rank-1-edit", "- lora", "- interpretability"]
+    bid = base_model_id(spec["model"])
+    if bid:
+        front.insert(1, f"base_model: {bid}")
+    front.append("---")
+    e = spec["edit"]
+    lines = front + [
+        "",
+        f"# rwedit rank-1 edit: `{cond['name']}`",
+        "",
+        f"A closed-form rank-1 weight edit ΔW = α·b vᵀ (‖b‖ = ‖v‖ = 1, so ‖ΔW‖_F = |α| = {abs(cond['alpha']):g}) "
+        f"of base model `{spec['model']}`, stored as a PEFT LoRA adapter (r = 1, lora_alpha = 1, "
+        f"lora_A = vᵀ, lora_B = α b). Made with rwedit {info['rwedit_version']}.",
+        "",
+        f"- **condition**: `{cond['kind']}`" + (f" (seed {cond['seed']})" if cond.get("seed") is not None else "")
+        + (f" (index {cond['index']})" if cond.get("index") is not None else ""),
+        f"- **experiment's main edit**: role `{e['role']}`, layers {list(e['layers'])}, v = `{e['v']}`, b rule = "
+        f"`{e['b']}`" + (f" (objective `{e['objective']}` on `{e['data']}`)" if e["b"] == "gradient" else "")
+        + (f" (observed post-trained checkpoint `{spec['post']}`)" if e["b"] == "delta" else ""),
+        "",
+        "| layer | role | ‖ΔW‖_F | v | v eigenvalue | v seed | b rule |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ed in cond["edits"]:
+        lam = ed.get("v_eigenvalue")
+        lines.append(f"| {ed['layer']} | {ed['role']} | {ed['norm']:.4g} | {ed.get('v_kind', '')}"
+                     f"{'[' + str(ed['v_index']) + ']' if ed.get('v_index') is not None else ''} | "
+                     f"{'' if lam is None else format(lam, '.4g')} | {ed.get('v_seed', '')} | {ed.get('b_rule', '')} |")
+    stats = info.get("activation_stats")
+    if stats:
+        lines += ["", f"Activation directions come from E[a aᵀ] of the edited module's inputs over "
+                      f"{stats.get('n_tokens', '?')} tokens of `{stats.get('source', '?')}` "
+                      f"(token ids sha256 `{str(stats.get('tokens_sha256', ''))[:12]}…`)."]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        lines += ["", "## Measured effects", "", "| metric | value | stderr |", "|---|---|---|"]
+        for k, v in metrics.items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} | {v.get('value', '')} | {v.get('stderr', '')} |")
+            else:
+                lines.append(f"| {k} | {v} | |")
+    else:
+        lines += ["", "No behaviour scores were attached when this card was written "
+                      "(`rwedit export DIR --metrics results.json` adds them)."]
+    lines += ["", "## Use", "", "```python", "from peft import PeftModel",
+              "from transformers import AutoModelForCausalLM",
+              f"base = AutoModelForCausalLM.from_pretrained({spec['model']!r})",
+              "model = PeftModel.from_pretrained(base, 'PATH_OR_REPO_OF_THIS_ADAPTER')", "```", "",
+              "`rwedit.json` holds the full specification, every direction's provenance and the seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def write_card_files(folder: Path, info: dict) -> None:
+    info = {"rwedit_version": __version__, **info}
+    (folder / "rwedit.json").write_text(json.dumps(info, indent=2, default=str))
+    (folder / "README.md").write_text(model_card(info))
+
+
+def refresh_card(folder: str | Path, metrics: dict | None = None) -> Path:
+    """Re-write an exported adapter's card, optionally with behaviour/probe metrics attached."""
+    folder = Path(folder)
+    meta_path = folder / "rwedit.json"
+    if not meta_path.exists():
+        raise ExportError(f"{folder} is not an rwedit adapter folder (no rwedit.json)")
+    info = json.loads(meta_path.read_text())
+    if metrics is not None:
+        info["metrics"] = metrics
+    write_card_files(folder, info)
+    return folder
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload an adapter folder with huggingface_hub (token from the usual login or HF_TOKEN)."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").exists():
+        raise ExportError(f"{folder} holds no adapter_config.json: export an adapter folder first")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="rwedit adapter export")
+    except Exception as e:
+        raise ExportError(
+            f"could not upload {folder} to the Hub repo {repo_id!r}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. The local folder is intact; check your network and "
+            f"`huggingface-cli login` (or HF_TOKEN), then run the export again."
+        ) from None
+    return str(getattr(info, "commit_url", info))

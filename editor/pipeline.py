@@ -1,0 +1,118 @@
+"""From a spec to a folder of adapters (the edit and its matched controls) in one call."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from rwedit import __version__
+from rwedit.checkpoints import Checkpoint
+from rwedit.data import pack_tokens, read_texts
+from rwedit.editor.adapters import attach_conditions
+from rwedit.editor.edits import Condition, build_conditions, norms_match
+from rwedit.editor.export import atomic_folder, write_card_files
+from rwedit.editor.spec import EditSpec
+from rwedit.models import load_model_and_tokenizer
+from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+
+PROBE_KS = (1, 4, 16)
+
+
+def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True) -> ActivationStats | None:
+    """Activation statistics of the edited role's inputs (cached), when the spec has calibration data."""
+    c = spec.calibration
+    if c is None:
+        return None
+    ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
+    settings = StatsSettings(roles=(spec.edit.role,), layers=tuple(spec.edit.layers), seq_len=c.seq_len,
+                             batch_size=c.batch_size)
+    return cached_activation_stats(model, ids, settings, source=c.data, cache_dir=cache_dir, progress=progress)
+
+
+def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | None) -> None:
+    """Read-side RSF of each rank-1 ΔW against the activation subspace: ‖A_kᵀ v‖² / (k/d)."""
+    if stats is None:
+        return
+    for c in conditions:
+        for e in c.edits:
+            if not stats.has(e.layer, e.role):
+                continue
+            sp = stats.spectrum(e.layer, e.role, centred=False)
+            for k in PROBE_KS:
+                if k <= sp.d:
+                    frac = float((sp.top(k).T @ e.v).pow(2).sum())
+                    e.provenance[f"rsf_read_activation_k{k}"] = frac / (k / sp.d)
+
+
+def run_edit(
+    spec: EditSpec,
+    out: str | Path,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:  # fail before the heavy work, not after it
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    ckpt = Checkpoint.open(spec.model)
+    model, tok = load_model_and_tokenizer(ckpt, device=device)
+    stats = edit_stats(spec, model, tok, cache_dir, progress)
+    conditions = build_conditions(spec, model, tok, stats)
+    if not norms_match(conditions):
+        raise RuntimeError("internal error: controls do not share the edit's ||ΔW||_F")
+    attach_probe_metrics(conditions, stats)
+    peft_model = attach_conditions(model, conditions)
+    stats_meta = None
+    if stats is not None:
+        stats_meta = {k: stats.meta.get(k) for k in ("source", "tokens_sha256", "settings", "model_fingerprint")}
+        stats_meta["n_tokens"] = stats.n_tokens
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        names = [c.name for c in conditions]
+        peft_model.save_pretrained(str(tmp / "adapters"), selected_adapters=names)
+        for c in conditions:
+            write_card_files(tmp / "adapters" / c.name, {"spec": spec.to_dict(), "condition": c.describe(),
+                                                         "activation_stats": stats_meta})
+        summary = {
+            "rwedit_version": __version__,
+            "spec": spec.to_dict(),
+            "activation_stats": stats_meta,
+            "conditions": [c.describe() for c in conditions],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / "edits.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
+    return out
+
+
+def load_conditions_folder(out: str | Path) -> dict:
+    """The ``edits.json`` summary of an edit folder."""
+    return json.loads((Path(out) / "edits.json").read_text())
+
+
+@torch.no_grad()
+def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: str, max_new_tokens: int = 40) -> dict:
+    """Greedy continuations of ``prompt`` by the base model and by base + adapter (one model load)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    info = json.loads((adapter_dir / "rwedit.json").read_text()) if (adapter_dir / "rwedit.json").exists() else {}
+    src = model_src or info.get("spec", {}).get("model")
+    if not src:
+        raise ValueError("give --model: the adapter folder does not name its base model")
+    model, tok = load_model_and_tokenizer(Checkpoint.open(src))
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    enc = tok(prompt, return_tensors="pt")
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    n = enc["input_ids"].shape[1]
+    with peft_model.disable_adapter():
+        base = peft_model.generate(**enc, **kw)[0, n:]
+    edited = peft_model.generate(**enc, **kw)[0, n:]
+    return {"prompt": prompt, "base": tok.decode(base, skip_special_tokens=True),
+            "edited": tok.decode(edited, skip_special_tokens=True)}

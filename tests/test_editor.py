@@ -1,0 +1,179 @@
+"""From a spec to adapter folders: matched norms, reproducible seeds, closed forms, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from rwedit.architectures import add_delta, get_weight
+from rwedit.editor.export import ExportError, push_to_hub, refresh_card
+from rwedit.editor.pipeline import compare_generation, run_edit
+from rwedit.editor.spec import EditSpec, SpecError
+from rwedit.cli import main
+from conftest import HH_RLHF, WIKITEXT
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, wiki_tokenizer):
+    root = tmp_path_factory.mktemp("edit-models")
+    base = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    post = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    post.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in post.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    for name, m in (("base", base), ("post", post)):
+        m.save_pretrained(root / name)
+        wiki_tokenizer.save_pretrained(root / name)
+    return root, base, post
+
+
+def _spec(root, **edit):
+    e = dict(layers=[1], role="q", v="principal[0]", b="gradient", objective="preference", data=str(HH_RLHF),
+             data_limit=6, max_len=64)
+    e.update(edit)
+    return EditSpec.from_dict({
+        "model": str(root / "base"), "post": str(root / "post"),
+        "calibration": {"data": str(WIKITEXT), "tokens": 1024, "seq_len": 64},
+        "edit": e, "alpha": [1.0, -2.0], "controls": {"random": 3, "lowvar": 1, "write": "o"}, "seed": 0,
+    })
+
+
+def _factors(folder):
+    sd = load_file(folder / "adapter_model.safetensors")
+    A = next(v for k, v in sd.items() if "lora_A" in k)
+    B = next(v for k, v in sd.items() if "lora_B" in k)
+    return A.double(), B.double()
+
+
+def test_edit_folder_has_matched_controls_cards_and_loadable_adapters(models, tmp_path, wiki_tokenizer):
+    root, base, post = models
+    out = run_edit(_spec(root), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    info = json.loads((out / "edits.json").read_text())
+    kinds = [c["kind"] for c in info["conditions"]]
+    assert len(kinds) == 2 * (1 + 3 + 1 + 1)
+    assert kinds.count("random") == 6 and kinds.count("write") == 2 and kinds.count("principal") == 2
+    for c in info["conditions"]:
+        folder = out / "adapters" / c["name"]
+        A, B = _factors(folder)
+        assert math.isclose(float(A.norm() * B.norm()), abs(c["alpha"]), rel_tol=1e-6)  # ||ΔW||_F = |alpha|
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: peft") and c["name"] in card
+        meta = json.loads((folder / "rwedit.json").read_text())
+        assert meta["activation_stats"]["n_tokens"] == 1024 and meta["rwedit_version"]
+    principal = next(c for c in info["conditions"] if c["kind"] == "principal")
+    assert principal["edits"][0]["v_eigenvalue"] > 0
+    lowvar = next(c for c in info["conditions"] if c["kind"] == "lowvar")
+    assert lowvar["edits"][0]["v_eigenvalue"] < principal["edits"][0]["v_eigenvalue"]
+    # the principal direction is the top of the activation subspace: its read-side RSF at k=1 is d/1
+    assert math.isclose(principal["edits"][0]["rsf_read_activation_k1"], 32.0, rel_tol=1e-6)
+    # the saved adapter equals W + alpha b v^T applied by hand (b, v read back from the adapter factors)
+    name = principal["name"]
+    A, B = _factors(out / "adapters" / name)
+    ref = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    ref.load_state_dict(base.state_dict())
+    add_delta(ref, 1, "q", (B @ A).float())
+    ids = torch.randint(3, 500, (2, 12))
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapters" / name)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, ref(ids).logits, atol=2e-5, rtol=2e-5)
+    peft_model.unload()
+
+
+def test_random_controls_are_reproducible_and_differ_across_seeds(models, tmp_path):
+    root, *_ = models
+    spec = replace(_spec(root), alpha=(1.0,))
+    a = run_edit(spec, tmp_path / "a", cache_dir=tmp_path / "cache", progress=False)
+    b = run_edit(spec, tmp_path / "b", cache_dir=tmp_path / "cache", progress=False)
+    names = [c["name"] for c in json.loads((a / "edits.json").read_text())["conditions"] if c["kind"] == "random"]
+    assert len(names) == 3
+    for n in names:
+        assert (a / "adapters" / n / "adapter_model.safetensors").read_bytes() == \
+               (b / "adapters" / n / "adapter_model.safetensors").read_bytes()
+    vs = [_factors(a / "adapters" / n)[0] for n in names]
+    assert all(float((vs[i] @ vs[j].T).abs()) < 0.99 for i in range(3) for j in range(i + 1, 3))
+
+
+def test_delta_rule_restricts_the_observed_delta(models, tmp_path):
+    root, base, post = models
+    spec = replace(_spec(root, b="delta"), alpha=(2.0,))
+    out = run_edit(spec, tmp_path / "d", cache_dir=tmp_path / "cache", progress=False)
+    info = json.loads((out / "edits.json").read_text())
+    dW = (get_weight(post, 1, "q") - get_weight(base, 1, "q")).double()
+    for c in info["conditions"]:
+        A, B = _factors(out / "adapters" / c["name"])
+        if c["kind"] == "write":  # b = top prediction direction u, v ∝ ΔW_o^T u
+            dWo = (get_weight(post, 1, "o") - get_weight(base, 1, "o")).double()
+            u = B[:, 0] / 2.0
+            want = dWo.T @ u
+            torch.testing.assert_close(A[0], want / want.norm(), atol=1e-6, rtol=0)
+            continue
+        v = A[0]
+        want = dW @ v
+        torch.testing.assert_close(B[:, 0] / 2.0, want / want.norm(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(role="gate_proj"), "edit.role"),
+    (dict(role="unembed"), "unembedding"),
+    (dict(v="principal[99]"), r"principal\[99\] out of range"),
+    (dict(v="top"), "edit.v"),
+])
+def test_bad_specs_fail_clearly_and_write_nothing(models, tmp_path, change, match):
+    root, *_ = models
+    with pytest.raises(SpecError, match=match):
+        run_edit(_spec(root, **change), tmp_path / "x", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial-*"))
+
+
+def test_other_bad_inputs(models, tmp_path):
+    root, *_ = models
+    with pytest.raises(SpecError, match="non-zero"):
+        replace(_spec(root), alpha=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"layers 0\.\.1"):
+        run_edit(_spec(root, layers=[7]), tmp_path / "y", cache_dir=tmp_path / "cache", progress=False)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        run_edit(_spec(root), tmp_path / "exists", progress=False)
+    gpt2 = tiny_model("gpt2")
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    spec = EditSpec.from_dict({"model": str(tmp_path / "gpt2"), "alpha": 1.0,
+                               "edit": {"layers": [0], "role": "gate", "v": "random", "b": "given",
+                                        "b_given": [1.0] * 48},
+                               "controls": {"random": 1, "lowvar": 0, "write": None}})
+    from rwedit.editor.edits import build_conditions
+    with pytest.raises(SpecError, match="no 'gate' role"):
+        build_conditions(spec, gpt2)
+
+
+def test_export_push_offline_fails_and_leaves_the_folder(models, tmp_path, monkeypatch):
+    root, *_ = models
+    out = run_edit(replace(_spec(root), alpha=(1.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    folder = out / "adapters" / "principal0_a1"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "README.md"}
+    refresh_card(folder, {"preference_acc": {"value": 0.61, "stderr": 0.02}})
+    assert "| preference_acc | 0.61 | 0.02 |" in (folder / "README.md").read_text()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_test_token")
+    with pytest.raises(ExportError, match="local folder is intact") as e:
+        push_to_hub(folder, "someone/some-edit")
+    assert "hf_secret_test_token" not in str(e.value)
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "README.md"}
+    assert before.keys() <= after.keys() and all(after[k] == v for k, v in before.items() if k != "rwedit.json")
+    assert not any("hf_secret" in p.read_text(errors="ignore") for p in folder.iterdir())
+    assert main(["export", str(folder), "--push-to-hub", "someone/some-edit"]) == 2
+
+
+def test_apply_shows_base_and_edited_generations(models, tmp_path, capsys):
+    root, *_ = models
+    out = run_edit(replace(_spec(root), alpha=(25.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    res = compare_generation(out / "adapters" / "principal0_a25", None, "The history of", max_new_tokens=8)
+    assert set(res) == {"prompt", "base", "edited"} and res["base"] != res["edited"]
