@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 Side = Literal["read", "write", "both"]
-Basis = Union[torch.Tensor, "tuple[torch.Tensor, torch.Tensor]"]
-KSpec = Union[int, "tuple[int, int]"]
+Basis = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+KSpec = Union[int, tuple[int, int]]
 
 _SIDES = ("read", "write", "both")
 #: Elements of the delta upcast to float64 per chunk (2^22 -> 32 MiB).
@@ -187,20 +187,23 @@ def rsf_nested(
     _check_delta(delta)
     bases = _validated_bases(delta, side, basis_max, ortho_atol)
     d_out, d_in = delta.shape
+    # resolve every k before the heavy projection, so a bad grid fails fast
+    if side == "both":
+        plan = [
+            (_nested_k(kl, bases[0], "k_L", d_out), _nested_k(kr, bases[1], "k_R", d_in))
+            for kl, kr in (k if isinstance(k, (tuple, list)) else (k, k) for k in ks)
+        ]
+    else:
+        plan = [_nested_k(k, bases[0], "k", bases[0].shape[0]) for k in ks]
     energies, total = _energies(delta, side, bases)
     cums = [torch.cumsum(e, dim=0) for e in energies]
     norm = math.sqrt(total)
     results = []
-    for k in ks:
+    for k_rec in plan:
         if side == "both":
-            k_l, k_r = (k, k) if not isinstance(k, (tuple, list)) else k
-            k_l = check_k(k_l, bases[0].shape[1], what="k_L (columns of B_L)")
-            k_r = check_k(k_r, bases[1].shape[1], what="k_R (columns of B_R)")
-            captured = float(cums[0][k_l - 1] + cums[1][k_r - 1])
-            k_rec: KSpec = (k_l, k_r)
+            captured = float(cums[0][k_rec[0] - 1] + cums[1][k_rec[1] - 1])
             d_rec: KSpec = (d_out, d_in)
         else:
-            k_rec = check_k(k, bases[0].shape[1], what="k (columns of the basis)")
             captured = float(cums[0][k_rec - 1])
             d_rec = d_in if side == "read" else d_out
         baseline = isotropic_baseline(side, k_rec, (d_out, d_in))
@@ -211,6 +214,17 @@ def rsf_nested(
             ratio = frac / baseline
         results.append(RSFResult(side, frac, ratio, k_rec, d_rec, baseline, norm, reason))
     return results
+
+
+def _nested_k(k: int, basis: torch.Tensor, what: str, d: int) -> int:
+    """Validate a nested k against the columns available in the basis (and the space dimension d)."""
+    k = check_k(k, d, what=what)
+    if k > basis.shape[1]:
+        raise ValueError(
+            f"{what}={k} exceeds the {basis.shape[1]} columns of the basis (space dimension d={d}): "
+            f"pass a basis with at least {k} columns or keep {what} <= {basis.shape[1]}"
+        )
+    return k
 
 
 def rsf(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> RSFResult:

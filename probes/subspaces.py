@@ -3,6 +3,7 @@ prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 t
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,12 @@ DEFAULT_CHUNK_ROWS = 4096
 
 def check_k(k: int, d: int, what: str = "k") -> int:
     """Return k as an int if 1 <= k <= d, else raise a ValueError that says how to fix it."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        try:
-            if int(k) != k:
-                raise TypeError
-            k = int(k)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)  # ints and numpy integers; floats and bools are refused
+    except TypeError:
+        raise ValueError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
     if not 1 <= k <= d:
         raise ValueError(
             f"{what}={k} is out of range for a space of dimension d={d}: need 1 <= {what} <= d; "
@@ -81,7 +81,7 @@ class Spectrum:
     def top(self, k: int) -> torch.Tensor:
         """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first."""
         k = check_k(k, self.d)
-        return self.eigenvectors[:, :k]
+        return self.eigenvectors[:, :k].contiguous()
 
     def bottom(self, k: int) -> torch.Tensor:
         """d x k orthonormal basis of the k lowest-eigenvalue directions, LOWEST first."""

@@ -1,0 +1,283 @@
+"""RSF checked against closed forms, planted signals of known size and plain numpy formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rwedit.probes import rsf as rsf_mod
+from rwedit.probes.rsf import RSFResult, random_null, random_null_samples, rsf, rsf_nested, subspace_fraction
+from rwedit.probes.subspaces import eig_subspace, prediction_basis
+
+
+def np_orthonormal(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal d x k from a numpy Gaussian. The QR runs in torch: numpy's OpenBLAS LAPACK
+    contends with torch's OpenMP threads on a 2-core box (a 512 x 512 QR took 4 s instead of 0.1 s)."""
+    return torch.linalg.qr(torch.from_numpy(rng.standard_normal((d, k))))[0].numpy()
+
+
+def t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# ----------------------------------------------------------------------------- exact closed forms
+
+
+def test_rank_one_inside_subspace_read_fraction_one():
+    rng = np.random.default_rng(0)
+    d_out, d_in, k = 12, 40, 5
+    B = np_orthonormal(d_in, k, rng)
+    v = B @ rng.standard_normal(k)
+    delta = np.outer(rng.standard_normal(d_out), v)
+    res = rsf(t(delta), t(B), "read")
+    assert isinstance(res, RSFResult) and res.reason is None
+    assert res.fraction == pytest.approx(1.0, abs=1e-12)
+    assert res.rsf == pytest.approx(d_in / k, rel=1e-12)
+    assert (res.k, res.d, res.baseline) == (k, d_in, pytest.approx(k / d_in))
+    assert res.delta_norm == pytest.approx(np.linalg.norm(delta), rel=1e-12)
+
+
+def test_rank_one_at_angle_gives_cos_squared():
+    # v = cosθ e_in + sinθ e_out with e_in ∈ span B, e_out ⟂ span B  ->  f = cos²θ exactly
+    rng = np.random.default_rng(1)
+    d_in, k, theta = 30, 4, 0.7
+    Q = np_orthonormal(d_in, d_in, rng)
+    B, e_in, e_out = Q[:, :k], Q[:, 1], Q[:, k + 3]
+    delta = np.outer(rng.standard_normal(9), math.cos(theta) * e_in + math.sin(theta) * e_out)
+    assert subspace_fraction(t(delta), t(B), "read") == pytest.approx(math.cos(theta) ** 2, abs=1e-12)
+    assert subspace_fraction(t(np.outer(rng.standard_normal(9), e_out)), t(B), "read") == pytest.approx(0.0, abs=1e-24)
+
+
+def test_write_side_and_both_closed_forms():
+    rng = np.random.default_rng(2)
+    d_out, d_in, k_l, k_r = 24, 18, 3, 5
+    B_l, B_r = np_orthonormal(d_out, k_l, rng), np_orthonormal(d_in, k_r, rng)
+    u, v = B_l @ rng.standard_normal(k_l), B_r @ rng.standard_normal(k_r)
+    w = rsf(t(np.outer(u, rng.standard_normal(d_in))), t(B_l), "write")
+    assert w.fraction == pytest.approx(1.0, abs=1e-12) and w.rsf == pytest.approx(d_out / k_l, rel=1e-12)
+    both = rsf(t(np.outer(u, v)), (t(B_l), t(B_r)), "both")
+    baseline = k_l / d_out + k_r / d_in
+    assert both.fraction == pytest.approx(2.0, abs=1e-12)
+    assert both.baseline == pytest.approx(baseline, rel=1e-15)
+    assert both.rsf == pytest.approx(2.0 / baseline, rel=1e-12)
+    assert both.k == (k_l, k_r) and both.d == (d_out, d_in)
+
+
+# ----------------------------------------------------------------------------- numpy independence
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_fractions_match_plain_numpy(dtype):
+    rng = np.random.default_rng(3)
+    d_out, d_in, k = 33, 21, 6
+    delta_t = t(rng.standard_normal((d_out, d_in)) * rng.uniform(0.1, 3, size=d_in)).to(dtype)
+    D = delta_t.double().numpy()  # the exact values the probe sees
+    B_r, B_l = np_orthonormal(d_in, k, rng), np_orthonormal(d_out, k + 2, rng)
+    tot = np.sum(D**2)
+    f_read = np.sum((D @ B_r) ** 2) / tot
+    f_write = np.sum((B_l.T @ D) ** 2) / tot
+    assert subspace_fraction(delta_t, t(B_r), "read") == pytest.approx(f_read, rel=1e-12)
+    assert subspace_fraction(delta_t, t(B_l), "write") == pytest.approx(f_write, rel=1e-12)
+    both = rsf(delta_t, (t(B_l), t(B_r)), "both")
+    assert both.fraction == pytest.approx(f_read + f_write, rel=1e-12)
+    assert both.rsf == pytest.approx((f_read + f_write) / ((k + 2) / d_out + k / d_in), rel=1e-12)
+
+
+def test_nested_matches_per_k_and_numpy():
+    rng = np.random.default_rng(4)
+    D = rng.standard_normal((40, 25)) + 3 * np.outer(rng.standard_normal(40), rng.standard_normal(25))
+    B_r, B_l = np_orthonormal(25, 10, rng), np_orthonormal(40, 10, rng)
+    ks = [1, 2, 5, 10]
+    for side, B in (("read", B_r), ("write", B_l)):
+        nested = rsf_nested(t(D), t(B), side, ks)
+        for k, res in zip(ks, nested):
+            proj = D @ B[:, :k] if side == "read" else B[:, :k].T @ D
+            f = np.sum(proj**2) / np.sum(D**2)
+            d = D.shape[1] if side == "read" else D.shape[0]
+            assert res.k == k and res.fraction == pytest.approx(f, rel=1e-12)
+            assert res.rsf == pytest.approx(f * d / k, rel=1e-12)
+            single = rsf(t(D), t(B[:, :k]), side)
+            assert single.fraction == pytest.approx(res.fraction, rel=1e-12)
+    both = rsf_nested(t(D), (t(B_l), t(B_r)), "both", [3, (2, 7)])
+    f27 = (np.sum((B_l[:, :2].T @ D) ** 2) + np.sum((D @ B_r[:, :7]) ** 2)) / np.sum(D**2)
+    assert both[0].k == (3, 3) and both[1].k == (2, 7)
+    assert both[1].fraction == pytest.approx(f27, rel=1e-12)
+    assert both[1].rsf == pytest.approx(f27 / (2 / 40 + 7 / 25), rel=1e-12)
+
+
+def test_chunked_accumulation_matches(monkeypatch):
+    rng = np.random.default_rng(5)
+    D, B = rng.standard_normal((37, 29)), np_orthonormal(29, 4, rng)
+    whole = rsf(t(D), t(B), "read").fraction
+    monkeypatch.setattr(rsf_mod, "_CHUNK_ELEMENTS", 50)  # 1 row per chunk
+    assert rsf(t(D), t(B), "read").fraction == pytest.approx(whole, rel=1e-13)
+    assert rsf(t(D), t(np_orthonormal(37, 3, rng)), "write").delta_norm == pytest.approx(np.linalg.norm(D), rel=1e-13)
+
+
+# ----------------------------------------------------------------------------- planted signals
+
+
+def planted_fraction_and_tol(sig: float, nu: float, d_out: int, d_in: int, k: int, side: str) -> tuple[float, float]:
+    """Closed-form E-ratio of f for ΔW = sig·(unit rank-1 inside the subspace) + N(0, nu²) iid, and a
+    5-sigma tolerance. The captured part is X = sig² + c + χ_X, the total Y = sig² + c + χ_Y with
+    c = 2·sig·(unit cross term) ~ N(0, 4 sig² nu²) shared by both, χ_X of mean m·k·nu² and sd
+    nu²·sqrt(2 m k) (m = d_out read side, d_in write side), χ_Y of mean d_out·d_in·nu² and sd
+    nu²·sqrt(2 d_out d_in). First order: δf = (δX − f δY)/Y."""
+    m = d_out if side == "read" else d_in
+    X = sig**2 + m * k * nu**2
+    Y = sig**2 + d_out * d_in * nu**2
+    f = X / Y
+    sd_c = 2 * sig * nu
+    sd_x = nu**2 * math.sqrt(2 * m * k)
+    sd_y = nu**2 * math.sqrt(2 * d_out * d_in)
+    tol = 5 * (sd_c * (1 - f) + sd_x + f * sd_y) / Y
+    return f, tol
+
+
+def test_planted_read_signal_against_spiked_covariance():
+    rng = np.random.default_rng(10)
+    d_out, d_in, k = 192, 384, 4
+    # known spiked covariance: 6 spikes, then a flat bulk
+    Q = np_orthonormal(d_in, d_in, rng)
+    lam = np.concatenate([[60.0, 40.0, 25.0, 15.0, 8.0, 4.0], np.ones(d_in - 6)])
+    C = (Q * lam) @ Q.T
+    spec = eig_subspace(t(C))
+    B = spec.top(k)
+    assert np.linalg.norm(B.numpy() @ B.numpy().T - Q[:, :k] @ Q[:, :k].T) < 1e-8  # it is the planted span
+    sig = 1.0
+    nu = 1.0 / math.sqrt(d_out * d_in)  # noise energy ≈ signal energy
+    b = rng.standard_normal(d_out)
+    b /= np.linalg.norm(b)
+    delta = sig * np.outer(b, Q[:, 0]) + nu * rng.standard_normal((d_out, d_in))
+    res = rsf(t(delta), B, "read")
+    f_exp, tol = planted_fraction_and_tol(sig, nu, d_out, d_in, k, "read")
+    assert tol < 0.05 * f_exp  # the check is informative at this size
+    assert res.fraction == pytest.approx(f_exp, abs=tol)
+    assert res.rsf == pytest.approx(f_exp * d_in / k, abs=tol * d_in / k)
+    assert res.rsf > 20  # RSF >> 1: far outside any null band
+    # the low-variance end of the same spectrum sees only noise: RSF near 1
+    assert rsf(t(delta), spec.bottom(k), "read").rsf < 2.0
+
+
+def test_isotropic_delta_falls_in_null_band():
+    rng = np.random.default_rng(11)
+    d_out, d_in, k = 192, 384, 4
+    Q = np_orthonormal(d_in, d_in, rng)
+    lam = np.concatenate([[60.0, 40.0, 25.0, 15.0, 8.0], np.ones(d_in - 5)])
+    B = eig_subspace(t((Q * lam) @ Q.T)).top(k)
+    noise = t(rng.standard_normal((d_out, d_in)))
+    mean, sd = random_null(noise, "read", k, seeds=range(100))
+    # closed form for a Gaussian ΔW and a fixed k-dim B: f ~ Beta(d_out k/2, d_out (d_in - k)/2).
+    # random_null instead varies B for this fixed ΔW; the Haar quadratic-form variance
+    # Var tr(AP) = 2k(d-k)/(d(d-1)(d+2)) (tr A² - (tr A)²/d) with A = ΔWᵀΔW (Wishart) gives the same
+    # sd up to O(1/d) terms, so the two agree within the ~10% sampling error of a 100-seed sd.
+    a, bb = d_out * k / 2, d_out * (d_in - k) / 2
+    sd_beta = math.sqrt(a * bb / ((a + bb) ** 2 * (a + bb + 1))) * d_in / k
+    assert mean == pytest.approx(1.0, abs=4 * sd / 10)
+    assert sd == pytest.approx(sd_beta, rel=0.3)
+    assert abs(rsf(noise, B, "read").rsf - mean) < 4 * sd
+
+
+def test_planted_write_signal_against_unembedding_subspace():
+    rng = np.random.default_rng(12)
+    V, d, d_in, k = 700, 128, 256, 8
+    P = np_orthonormal(V, d, rng)
+    Qd = np_orthonormal(d, d, rng)
+    sing = np.concatenate([np.linspace(40.0, 20.0, k), np.linspace(5.0, 1.0, d - k)])
+    W_U = (P * sing) @ Qd.T  # known right singular vectors Qd
+    B = prediction_basis(t(W_U), k)
+    assert np.linalg.norm(B.numpy() @ B.numpy().T - Qd[:, :k] @ Qd[:, :k].T) < 1e-8
+    sig, nu = 1.0, 1.0 / math.sqrt(d * d_in)
+    c = rng.standard_normal(d_in)
+    c /= np.linalg.norm(c)
+    delta = sig * np.outer(Qd[:, 0], c) + nu * rng.standard_normal((d, d_in))  # writes along q_1
+    res = rsf(t(delta), B, "write")
+    f_exp, tol = planted_fraction_and_tol(sig, nu, d, d_in, k, "write")
+    assert res.fraction == pytest.approx(f_exp, abs=tol)
+    assert res.rsf == pytest.approx(f_exp * d / k, abs=tol * d / k)
+    noise = t(rng.standard_normal((d, d_in)))
+    mean, sd = random_null(noise, "write", k, seeds=range(100))
+    assert abs(rsf(noise, B, "write").rsf - mean) < 4 * sd
+    assert res.rsf > mean + 20 * sd
+
+
+def test_random_null_of_rank_one_delta_matches_beta_law():
+    # ΔW = b vᵀ: RSF = (d/k)·‖Bᵀv‖² with ‖Bᵀv‖² ~ Beta(k/2, (d-k)/2) for Haar B: mean 1 exactly.
+    rng = np.random.default_rng(13)
+    d_in, k, n = 40, 3, 400
+    delta = t(np.outer(rng.standard_normal(7), rng.standard_normal(d_in)))
+    a, b = k / 2, (d_in - k) / 2
+    sd_exact = (d_in / k) * math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    mean, sd = random_null(delta, "read", k, seeds=range(n))
+    assert mean == pytest.approx(1.0, abs=4 * sd_exact / math.sqrt(n))
+    assert sd == pytest.approx(sd_exact, rel=0.2)
+    # samples are the per-seed RSF against haar_basis(d, k, seed), deterministic
+    samples = random_null_samples(delta, "read", k, seeds=[5, 6])
+    from rwedit.probes.subspaces import haar_basis
+
+    assert samples[0] == pytest.approx(rsf(delta, haar_basis(d_in, k, 5), "read").rsf, rel=1e-12)
+    assert torch.equal(samples, random_null_samples(delta, "read", k, seeds=[5, 6]))
+    # both sides: E = 1 as well
+    mean_b, _ = random_null(t(rng.standard_normal((15, 20))), "both", (2, 3), seeds=range(200))
+    assert mean_b == pytest.approx(1.0, abs=0.1)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_zero_delta_gives_nan_with_reason_never_raises():
+    B = t(np_orthonormal(10, 3, np.random.default_rng(0)))
+    for side, basis in (("read", B), ("write", t(np_orthonormal(6, 2, np.random.default_rng(1)))), ("both", None)):
+        if side == "both":
+            basis = (t(np_orthonormal(6, 2, np.random.default_rng(1))), B)
+        res = rsf(torch.zeros(6, 10), basis, side)
+        assert math.isnan(res.fraction) and math.isnan(res.rsf)
+        assert res.reason == "zero delta" and res.delta_norm == 0.0
+    assert all(math.isnan(x) for x in random_null(torch.zeros(6, 10), "read", 3, seeds=[0, 1]))
+
+
+def test_bad_k_messages():
+    delta = torch.randn(6, 10)
+    with pytest.raises(ValueError, match=r"k=11 .*d=10.*1 <= k <= d"):
+        random_null(delta, "read", 11, seeds=[0])
+    with pytest.raises(ValueError, match=r"k=0 .*d=6"):
+        random_null(delta, "write", 0, seeds=[0])
+    B = t(np_orthonormal(10, 3, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match=r"k=4 exceeds the 3 columns .*d=10"):
+        rsf_nested(delta, B, "read", [1, 4])
+    with pytest.raises(ValueError, match=r"k=0 .*d=10"):
+        rsf_nested(delta, B, "read", [0])
+    with pytest.raises(ValueError, match=r"k_R=5 exceeds the 3 columns"):
+        rsf_nested(delta, (t(np_orthonormal(6, 5, np.random.default_rng(1))), B), "both", [(2, 5)])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        random_null(delta, "read", 2, seeds=[])
+
+
+def test_bad_shapes_and_values():
+    rng = np.random.default_rng(0)
+    delta = torch.randn(6, 10)
+    with pytest.raises(ValueError, match=r"expected shape \(10, k\).*got \(6, 3\)"):
+        rsf(delta, t(np_orthonormal(6, 3, rng)), "read")
+    with pytest.raises(ValueError, match=r"expected shape \(6, k\).*got \(10, 3\)"):
+        rsf(delta, t(np_orthonormal(10, 3, rng)), "write")
+    with pytest.raises(ValueError, match=r"v\[:, None\]"):
+        rsf(delta, torch.ones(10) / math.sqrt(10), "read")
+    with pytest.raises(ValueError, match=r"side must be one of"):
+        rsf(delta, t(np_orthonormal(10, 3, rng)), "left")
+    with pytest.raises(ValueError, match=r"basis=\(B_L, B_R\)"):
+        rsf(delta, t(np_orthonormal(10, 3, rng)), "both")
+    with pytest.raises(ValueError, match="not orthonormal"):
+        rsf(delta, 2.0 * t(np_orthonormal(10, 3, rng)), "read")
+    nan_delta = delta.clone()
+    nan_delta[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"delta has 1 non-finite"):
+        rsf(nan_delta, t(np_orthonormal(10, 3, rng)), "read")
+    inf_delta = delta.clone()
+    inf_delta[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        random_null(inf_delta, "write", 2, seeds=[0, 1])
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        rsf(torch.randn(10), t(np_orthonormal(10, 3, rng)), "read")

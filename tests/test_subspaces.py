@@ -1,0 +1,201 @@
+"""Subspace maths checked against constructions with known answers (numpy-built, closed forms)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rwedit.probes.subspaces import (
+    Spectrum,
+    eig_subspace,
+    gram_matrix,
+    haar_basis,
+    prediction_basis,
+    prediction_spectrum,
+)
+
+
+def np_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    """A random d x d orthogonal matrix built with numpy only."""
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def projector_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """‖P_a − P_b‖_F for the orthogonal projectors onto the column spans of a and b."""
+    return float(np.linalg.norm(a @ a.T - b @ b.T))
+
+
+# ----------------------------------------------------------------------------- haar_basis
+
+
+def test_haar_basis_orthonormal_deterministic_float64():
+    b = haar_basis(50, 7, seed=3)
+    assert b.shape == (50, 7) and b.dtype == torch.float64
+    assert np.allclose(b.T.numpy() @ b.numpy(), np.eye(7), atol=1e-12)
+    assert torch.equal(b, haar_basis(50, 7, seed=3))
+    assert not torch.allclose(b, haar_basis(50, 7, seed=4))
+
+
+def test_haar_basis_is_haar_distributed():
+    # Haar: E[B Bᵀ] = (k/d) I, and E[B_00] = 0 (QR without the sign fix biases B_00 to one sign).
+    d, k, n = 8, 2, 1000
+    bases = np.stack([haar_basis(d, k, seed=s).numpy() for s in range(n)])
+    mean_proj = np.einsum("nik,njk->ij", bases, bases) / n
+    # diagonal of P is Beta(k/2, (d-k)/2): mean k/d, var ab/((a+b)^2 (a+b+1))
+    a, b = k / 2, (d - k) / 2
+    sd_diag = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    assert np.abs(np.diag(mean_proj) - k / d).max() < 5 * sd_diag / math.sqrt(n)
+    assert np.abs(mean_proj - np.diag(np.diag(mean_proj))).max() < 5 * sd_diag / math.sqrt(n)
+    # each entry of a Haar unit vector has mean 0 and variance 1/d
+    assert abs(bases[:, 0, 0].mean()) < 5 / math.sqrt(d * n)
+
+
+@pytest.mark.parametrize("k", [0, 9, -1])
+def test_haar_basis_bad_k(k):
+    with pytest.raises(ValueError, match=rf"k={k}.*d=8"):
+        haar_basis(8, k, seed=0)
+
+
+@pytest.mark.parametrize("k", [True, 2.0, "3"])
+def test_k_must_be_an_integer(k):
+    with pytest.raises(ValueError, match="must be an integer"):
+        haar_basis(8, k, seed=0)
+
+
+def test_numpy_integer_k_accepted():
+    assert haar_basis(8, np.int64(3), seed=0).shape == (8, 3)
+
+
+# ----------------------------------------------------------------------------- eig_subspace
+
+
+def spiked(d: int, lam: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    q = np_orthogonal(d, np.random.default_rng(seed))
+    return (q * lam) @ q.T, q
+
+
+def test_eig_subspace_recovers_known_spectrum():
+    d = 30
+    lam = np.concatenate([[50.0, 20.0, 9.0, 4.0], np.linspace(1.0, 0.1, d - 4)])
+    c, q = spiked(d, lam, seed=1)
+    spec = eig_subspace(torch.from_numpy(c))
+    assert isinstance(spec, Spectrum) and spec.d == d
+    assert np.allclose(spec.eigenvalues.numpy(), np.sort(lam)[::-1], atol=1e-10)
+    for k in (1, 3, 4):
+        assert projector_gap(spec.top(k).numpy(), q[:, :k]) < 1e-9
+    # bottom: lowest-variance first
+    bot = spec.bottom(2).numpy()
+    assert abs(abs(bot[:, 0] @ q[:, -1]) - 1) < 1e-9 and abs(abs(bot[:, 1] @ q[:, -2]) - 1) < 1e-9
+    # orthonormal eigenvectors, and the stated sign rule: largest-|entry| of each column positive
+    v = spec.eigenvectors.numpy()
+    assert np.allclose(v.T @ v, np.eye(d), atol=1e-12)
+    assert (v[np.abs(v).argmax(axis=0), np.arange(d)] > 0).all()
+
+
+def test_spikedness_closed_forms():
+    d = 20
+    lam = np.array([10.0, 5.0, 2.0] + [1.0] * (d - 3))
+    c, _ = spiked(d, lam, seed=2)
+    sp = eig_subspace(torch.from_numpy(c)).spikedness(3)
+    assert sp["topk_share"] == pytest.approx(17.0 / (17.0 + d - 3), rel=1e-12)
+    assert sp["participation_ratio"] == pytest.approx((17.0 + d - 3) ** 2 / (129.0 + d - 3), rel=1e-12)
+    iso = eig_subspace(torch.eye(d, dtype=torch.float64)).spikedness(5)
+    assert iso == pytest.approx({"topk_share": 5 / d, "participation_ratio": float(d)}, rel=1e-12)
+    x = np.random.default_rng(0).standard_normal(d)
+    rank1 = eig_subspace(torch.from_numpy(np.outer(x, x))).spikedness(1)
+    assert rank1 == pytest.approx({"topk_share": 1.0, "participation_ratio": 1.0}, rel=1e-9)
+
+
+def test_eig_subspace_float32_input_accepted():
+    a = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    c = (a.T @ a) / 500  # float32: asymmetry at rounding level
+    spec = eig_subspace(c)
+    ref = np.linalg.eigvalsh(c.double().numpy())[::-1]
+    assert spec.eigenvalues.dtype == torch.float64
+    assert np.allclose(spec.eigenvalues.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.ones(3, 4, dtype=torch.float64), "square"),
+        (torch.ones(4, dtype=torch.float64), "square"),
+        (torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64), "not symmetric"),
+        (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]], dtype=torch.float64), "non-finite"),
+    ],
+)
+def test_eig_subspace_rejects_bad_matrices(bad, match):
+    with pytest.raises(ValueError, match=match):
+        eig_subspace(bad)
+
+
+@pytest.mark.parametrize("k", [0, 7])
+def test_spectrum_bad_k_says_k_and_d(k):
+    spec = eig_subspace(torch.eye(6, dtype=torch.float64))
+    for call in (spec.top, spec.bottom, spec.spikedness):
+        with pytest.raises(ValueError, match=rf"k={k} .*d=6.*1 <= k <= d"):
+            call(k)
+
+
+# ----------------------------------------------------------------------------- prediction basis
+
+
+def planted_unembedding(V: int, d: int, sing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """W_U = P diag(sing) Qᵀ with known right singular vectors Q (columns)."""
+    rng = np.random.default_rng(seed)
+    p = np.linalg.qr(rng.standard_normal((V, d)))[0]
+    q = np_orthogonal(d, rng)
+    return (p * sing) @ q.T, q
+
+
+def test_prediction_basis_recovers_planted_right_singular_vectors():
+    V, d = 400, 48
+    sing = np.concatenate([[30.0, 20.0, 12.0, 8.0, 5.0], np.linspace(2.0, 0.5, d - 5)])
+    w_u, q = planted_unembedding(V, d, sing, seed=5)
+    W = torch.from_numpy(w_u)
+    for k in (1, 3, 5):
+        assert projector_gap(prediction_basis(W, k).numpy(), q[:, :k]) < 1e-8
+    spec = prediction_spectrum(W)
+    assert np.allclose(spec.singular_values().numpy(), sing, rtol=1e-9)
+    # chunked accumulation is the same Gram matrix
+    assert torch.allclose(gram_matrix(W, chunk_rows=7), torch.from_numpy(w_u.T @ w_u), rtol=1e-12, atol=1e-10)
+
+
+def test_prediction_basis_with_final_norm_gain_matches_numpy_svd():
+    rng = np.random.default_rng(7)
+    V, d, k = 300, 32, 4
+    w_u = rng.standard_normal((V, d)) * np.linspace(3.0, 0.2, d)  # distinct column scales
+    gamma = rng.uniform(0.5, 2.0, size=d)
+    w32 = torch.from_numpy(w_u).float()  # stored dtype float32; compare against its exact values
+    got = prediction_basis(w32, k, final_norm_gain=torch.from_numpy(gamma).float(), chunk_rows=64)
+    assert got.dtype == torch.float64 and got.shape == (d, k)
+    gamma32 = torch.from_numpy(gamma).float().double().numpy()
+    ref_vh = np.linalg.svd(w32.double().numpy() * gamma32)[2]
+    assert projector_gap(got.numpy(), ref_vh[:k].T) < 1e-8
+    # without the gain the subspace differs (the option actually does something)
+    plain = prediction_basis(w32, k).numpy()
+    assert projector_gap(plain, ref_vh[:k].T) > 1e-3
+
+
+def test_prediction_basis_bfloat16_input():
+    w = torch.randn(200, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    ref = np.linalg.svd(w.double().numpy())[1]
+    assert np.allclose(prediction_spectrum(w, chunk_rows=33).singular_values().numpy(), ref, rtol=1e-9)
+
+
+def test_prediction_basis_bad_inputs():
+    w = torch.randn(50, 8)
+    with pytest.raises(ValueError, match=r"k=9 .*d=8"):
+        prediction_basis(w, 9)
+    with pytest.raises(ValueError, match=r"k=0 .*d=8"):
+        prediction_basis(w, 0)
+    with pytest.raises(ValueError, match=r"final_norm_gain must have shape \(8,\)"):
+        prediction_basis(w, 2, final_norm_gain=torch.ones(7))
+    bad = w.clone()
+    bad[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        prediction_basis(bad, 2)
