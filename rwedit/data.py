@@ -33,6 +33,9 @@ def read_texts(source: str | Path, field: str | None = None, limit: int | None =
     """Non-empty texts from a ``.txt[.gz]`` file (one per line), a ``.jsonl[.gz]`` file (``field``,
     default ``text``, or ``chosen`` for preference data), a folder saved by ``datasets``, or a
     ``datasets`` Hub name when the Hub is reachable."""
+    from rwedit.bundled import resolve
+
+    source = resolve(source)
     path = Path(str(source)).expanduser()
     texts: list[str] = []
     if path.is_file():
@@ -146,16 +149,18 @@ def split_hh(chosen: str, rejected: str) -> PreferencePair:
     return PreferencePair(prompt, chosen[cut:], rejected[cut:])
 
 
-def read_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
+def read_pairs(path: str | Path, limit: int | None = None, indices: range | None = None) -> list[PreferencePair]:
     """Preference pairs from a jsonl[.gz] file with either ``prompt/chosen/rejected`` or hh-rlhf's
-    ``chosen/rejected`` full transcripts."""
-    path = Path(path)
+    ``chosen/rejected`` full transcripts; ``indices`` keeps only those line indices (a fixed split)."""
+    from rwedit.bundled import resolve
+
+    path = Path(resolve(path))
     if not path.is_file():
         raise DataError(f"preference data {path} not found")
     out = []
     with _open_text(path) as f:
-        for line in f:
-            if not line.strip():
+        for i, line in enumerate(f):
+            if not line.strip() or (indices is not None and i not in indices):
                 continue
             r = json.loads(line)
             out.append(PreferencePair(r["prompt"], r["chosen"], r["rejected"]) if "prompt" in r
