@@ -169,6 +169,8 @@ class EditSpec:
 
 
 def _resolve(p: str, base_dir: str | Path) -> str:
-    """Paths in a spec are relative to the spec file (unless absolute or not existing there)."""
+    """Paths in a spec are relative to the spec file (unless absolute, bundled:, or not existing there)."""
+    if p.startswith("bundled:"):
+        return p
     cand = Path(base_dir) / p
     return str(cand) if not Path(p).is_absolute() and cand.exists() else p

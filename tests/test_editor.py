@@ -177,3 +177,17 @@ def test_apply_shows_base_and_edited_generations(models, tmp_path, capsys):
     out = run_edit(replace(_spec(root), alpha=(25.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
     res = compare_generation(out / "adapters" / "principal0_a25", None, "The history of", max_new_tokens=8)
     assert set(res) == {"prompt", "base", "edited"} and res["base"] != res["edited"]
+
+
+def test_example_recipe_runs_as_is_with_a_local_model(tmp_path, wiki_tokenizer, capsys):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "edit-example.yaml"
+    model = tiny_model("gpt_neox", vocab_size=len(wiki_tokenizer), num_hidden_layers=5)
+    model.save_pretrained(tmp_path / "m")
+    wiki_tokenizer.save_pretrained(tmp_path / "m")
+    rc = main(["edit", "--spec", str(recipe), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "out"),
+               "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "wrote 24 adapters" in out and "principal0_a1" in out and "write_o_a4" in out
