@@ -69,17 +69,17 @@ def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict
     kind, index = e.direction()
     out: list[dict] = []
 
-    def spectrum(layer):
+    def eig(layer, which: str, i: int) -> tuple[torch.Tensor, float]:
         if stats is None:
             raise SpecError(f"v = {e.v} needs activation statistics (calibration data)")
-        return stats.spectrum(layer, e.role, e.centred)
-
-    def eig(layer, which: str, i: int) -> tuple[torch.Tensor, float]:
-        sp = spectrum(layer)
-        if not 0 <= i < sp.d:
-            raise SpecError(f"{which}[{i}] out of range: the {e.role} input at layer {layer} has d = {sp.d}")
-        j = i if which == "principal" else sp.d - 1 - i
-        return sp.eigenvectors[:, j], float(sp.eigenvalues[j])
+        d = d_in[layer]
+        if not 0 <= i < d:
+            raise SpecError(f"{which}[{i}] out of range: the {e.role} input at layer {layer} has d = {d}")
+        if which == "principal":
+            sp = stats.spectrum(layer, e.role, e.centred, top=i + 1)
+            return sp.top(i + 1)[:, i], float(sp.eigenvalues[i])
+        sp = stats.spectrum(layer, e.role, e.centred, top=0, bottom=i + 1)
+        return sp.bottom(i + 1)[:, i], float(sp.eigenvalues[sp.d - 1 - i])
 
     def given_v(layer):
         v = torch.tensor(e.v_given, dtype=torch.float64)

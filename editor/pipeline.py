@@ -41,9 +41,9 @@ def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | N
         for e in c.edits:
             if not stats.has(e.layer, e.role):
                 continue
-            sp = stats.spectrum(e.layer, e.role, centred=False)
+            sp = stats.spectrum(e.layer, e.role, centred=False, top=max(PROBE_KS))
             for k in PROBE_KS:
-                if k <= sp.d:
+                if k <= min(sp.d, sp.n_top):
                     frac = float((sp.top(k).T @ e.v).pow(2).sum())
                     e.provenance[f"rsf_read_activation_k{k}"] = frac / (k / sp.d)
 

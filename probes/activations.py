@@ -15,9 +15,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -28,7 +29,7 @@ from rwedit.probes.subspaces import Spectrum, eig_subspace
 #: roles that read the same input tensor share one statistic
 INPUT_GROUP = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
                "o": "o_in", "down": "down_in"}
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: spectra stored with the sums
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,39 @@ class StatsSettings:
     batch_size: int = 8
 
 
+#: eigenvectors kept per end of each spectrum in memory and in the cache (eigenvalues are kept in full)
+SPECTRUM_KEEP = 256
+
+
+class _LazyTensors(Mapping):
+    """Read-on-access view of the sums in a stats file, so loading never holds every d x d matrix."""
+
+    def __init__(self, path: Path, names: dict[tuple[int, str], str]):
+        self._path, self._names = path, names
+
+    def __getitem__(self, key):
+        with safe_open(self._path, framework="pt") as f:
+            return f.get_tensor(self._names[key])
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @dataclass
 class ActivationStats:
-    """Sums of ``a aᵀ`` and ``a`` per (layer, input group), with the count and provenance."""
+    """Sums of ``a aᵀ`` and ``a`` per (layer, input group), with the count and provenance.
 
-    sums: dict[tuple[int, str], torch.Tensor]
-    firsts: dict[tuple[int, str], torch.Tensor]
+    Eigen-decompositions are computed once per (layer, group, centring), kept truncated to the top and
+    bottom `SPECTRUM_KEEP` eigenvectors, and saved with the sums, so a later probe reuses them."""
+
+    sums: Mapping[tuple[int, str], torch.Tensor]
+    firsts: Mapping[tuple[int, str], torch.Tensor]
     n_tokens: int
     meta: dict = field(default_factory=dict)
+    spectra: dict[tuple[int, str, bool], Spectrum] = field(default_factory=dict, repr=False)
 
     def _key(self, layer: int, role: str) -> tuple[int, str]:
         key = (int(layer), INPUT_GROUP[role])
@@ -70,8 +96,28 @@ class ActivationStats:
             m = m - torch.outer(mu, mu)
         return m
 
-    def spectrum(self, layer: int, role: str, centred: bool = False) -> Spectrum:
-        return eig_subspace(self.second_moment(layer, role, centred))
+    def spectrum(self, layer: int, role: str, centred: bool = False, top: int | None = None,
+                 bottom: int = 0) -> Spectrum:
+        """Eigen-decomposition of the (centred) second moment holding at least `top` leading and `bottom`
+        trailing eigenvectors (``top=None``: all of them).  Reuses the stored decomposition when it has
+        enough columns; otherwise runs eigh and stores the result truncated to `SPECTRUM_KEEP`."""
+        key = (*self._key(layer, role), bool(centred))
+        sp = self.spectra.get(key)
+        d = sp.d if sp is not None else None
+        need_top = d if top is None else top
+        if sp is None or need_top is None or sp.n_top < min(need_top, sp.d) or sp.n_bottom < min(bottom, sp.d):
+            full = eig_subspace(self.second_moment(layer, role, centred))
+            self.spectra[key] = full.truncated(max(SPECTRUM_KEEP, top or 0, bottom))
+            return full
+        return sp
+
+    def precompute_spectra(self, centred: bool = False, progress: bool = True) -> None:
+        """Decompose every collected input once (what `save` then stores for later probes)."""
+        roles_of: dict[str, str] = {}
+        for role, group in INPUT_GROUP.items():
+            roles_of.setdefault(group, role)
+        for layer, group in tqdm(sorted(self.sums), desc="eigendecompositions", disable=not progress):
+            self.spectrum(layer, roles_of[group], centred, top=0)
 
     def has(self, layer: int, role: str) -> bool:
         return (int(layer), INPUT_GROUP.get(role, "")) in self.sums
@@ -79,15 +125,26 @@ class ActivationStats:
     # --- persistence ---
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``stats.safetensors`` + ``stats.json`` atomically (temp folder, then rename)."""
+        """Write ``stats.safetensors`` (sums) and ``spectra.safetensors`` (the decompositions computed so
+        far, truncated) + ``stats.json`` atomically (temp folder, then rename)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
         tensors = {}
-        for (layer, group), s in self.sums.items():
-            tensors[f"{layer}.{group}.sum_aaT"] = s.contiguous()
+        for (layer, group) in self.sums:
+            tensors[f"{layer}.{group}.sum_aaT"] = self.sums[(layer, group)].contiguous()
             tensors[f"{layer}.{group}.sum_a"] = self.firsts[(layer, group)].contiguous()
         save_file(tensors, tmp / "stats.safetensors")
+        del tensors
+        spectra = {}
+        for (layer, group, centred), sp in self.spectra.items():
+            name = f"{layer}.{group}.{'centred' if centred else 'raw'}"
+            spectra[f"{name}.eigenvalues"] = sp.eigenvalues.contiguous()
+            spectra[f"{name}.top"] = sp.eigenvectors.contiguous()
+            if sp.low_vectors is not None:
+                spectra[f"{name}.bottom"] = sp.low_vectors.contiguous()
+        if spectra:
+            save_file(spectra, tmp / "spectra.safetensors")
         (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
         if folder.exists():
             import shutil
@@ -98,14 +155,28 @@ class ActivationStats:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ActivationStats":
+        """Open saved statistics: the mean vectors and stored spectra in memory, the d x d sums read
+        only when a decomposition has to be recomputed."""
         folder = Path(folder)
         meta = json.loads((folder / "stats.json").read_text())
-        raw = load_file(folder / "stats.safetensors")
-        sums, firsts = {}, {}
-        for name, t in raw.items():
-            layer, group, what = name.split(".", 2)
-            (sums if what == "sum_aaT" else firsts)[(int(layer), group)] = t
-        return cls(sums, firsts, int(meta.pop("n_tokens")), meta)
+        names, firsts = {}, {}
+        with safe_open(folder / "stats.safetensors", framework="pt") as f:
+            for name in f.keys():
+                layer, group, what = name.split(".", 2)
+                if what == "sum_aaT":
+                    names[(int(layer), group)] = name
+                else:
+                    firsts[(int(layer), group)] = f.get_tensor(name)
+        spectra: dict[tuple[int, str, bool], Spectrum] = {}
+        if (folder / "spectra.safetensors").exists():
+            raw = load_file(folder / "spectra.safetensors")
+            for name in raw:
+                layer, group, kind, what = name.split(".")
+                if what == "eigenvalues":
+                    spectra[(int(layer), group, kind == "centred")] = Spectrum(
+                        raw[name], raw[f"{layer}.{group}.{kind}.top"], raw.get(f"{layer}.{group}.{kind}.bottom"))
+        return cls(_LazyTensors(folder / "stats.safetensors", names), firsts, int(meta.pop("n_tokens")), meta,
+                   spectra)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -219,6 +290,7 @@ def cached_activation_stats(
         stats.meta["cache"] = {"path": str(folder), "hit": True}
         return stats
     stats = collect_activation_stats(model, token_ids, settings, source, progress)
+    stats.precompute_spectra(progress=progress)
     stats.save(folder)
     stats.meta["cache"] = {"path": str(folder), "hit": False}
     return stats

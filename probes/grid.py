@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import READ_ROLES, Layout
 from rwedit.checkpoints import CheckpointPair, TensorReader
 from rwedit.probes.activations import INPUT_GROUP, ActivationStats
-from rwedit.probes.rsf import random_null_samples, rsf_nested
+from rwedit.probes.rsf import random_null_nested, random_null_samples, rsf_nested
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 
 DEFAULT_KS = (1, 4, 16, 64)
@@ -73,15 +73,12 @@ class GridContext:
     hidden: int
     stats: ActivationStats | None = None
     prediction: Spectrum | None = None
-    _spectra: dict = field(default_factory=dict, repr=False)
 
-    def activation_spectrum(self, layer: int, role: str, centred: bool) -> Spectrum | None:
+    def activation_spectrum(self, layer: int, role: str, centred: bool, top: int) -> Spectrum | None:
+        """The input spectrum of this reader with at least `top` leading eigenvectors (stats memoise it)."""
         if self.stats is None or role not in INPUT_GROUP or not self.stats.has(layer, role):
             return None
-        key = (layer, INPUT_GROUP[role], centred)
-        if key not in self._spectra:
-            self._spectra[key] = self.stats.spectrum(layer, role, centred)
-        return self._spectra[key]
+        return self.stats.spectrum(layer, role, centred, top=top)
 
 
 def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
@@ -121,10 +118,10 @@ def rows_for_delta(
         ks = _ks_for(settings.ks, d)
         kmax = ks[-1]
         seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
-        null = {k: random_null_samples(delta, side, k, seeds) for k in ks}
+        null = random_null_nested(delta, side, ks, seeds)
         bases: dict[str, torch.Tensor] = {}
         if "activation" in settings.subspaces and side == "read" and layer is not None:
-            spec = ctx.activation_spectrum(layer, role, settings.centred)
+            spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
             if spec is not None and spec.d == d:
                 bases["activation"] = spec.top(kmax)
         if "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side):
@@ -152,11 +149,11 @@ def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings
     activation subspace of the module's inputs on the input side (rows only where both exist)."""
     if pathway(role) != "write" or ctx.prediction is None or layer is None:
         return []
-    spec = ctx.activation_spectrum(layer, role, settings.centred)
     d_out, d_in = delta.shape
+    ks = _ks_for(settings.ks, min(d_out, d_in))
+    spec = ctx.activation_spectrum(layer, role, settings.centred, ks[-1])
     if spec is None or spec.d != d_in:
         return []
-    ks = _ks_for(settings.ks, min(d_out, d_in))
     bases = (ctx.prediction.top(ks[-1]).to(delta.device), spec.top(ks[-1]).to(delta.device))
     seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
     return [_row(layer, role, "both", "prediction+activation", k, f"{d_out}+{d_in}", res,

@@ -68,7 +68,7 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
         if (layer, group) in seen:
             continue
         seen.add((layer, group))
-        spec = stats.spectrum(layer, roles_of[group], centred)
+        spec = stats.spectrum(layer, roles_of[group], centred, top=0)
         for k in sorted({min(k, spec.d) for k in ks}):
             s = spec.spikedness(k)
             rows.append({"layer": layer, "input": group, "k": k, "d": spec.d, "topk_share": s["topk_share"],

@@ -67,26 +67,61 @@ def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Eigen-decomposition of a symmetric d x d matrix: eigenvalues descending (float64) and
-    eigenvectors as columns in the same order, each sign-fixed (largest-|entry| positive)."""
+    """Eigen-decomposition of a symmetric d x d matrix: all eigenvalues descending (float64) and
+    eigenvectors as columns in the same order, each sign-fixed (largest-|entry| positive).
+
+    A spectrum may keep only its top and bottom columns (`truncated`): the eigenvalues stay complete,
+    `eigenvectors` holds the top m columns and `low_vectors` the lowest ones, lowest first.  That is
+    what the statistics cache stores, so a probe never re-runs eigh nor holds d x d matrices."""
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
+    low_vectors: torch.Tensor | None = None
 
     @property
     def d(self) -> int:
         """Dimension of the space."""
         return int(self.eigenvalues.shape[0])
 
+    @property
+    def complete(self) -> bool:
+        """Whether every eigenvector is held (not a truncated spectrum)."""
+        return self.eigenvectors.shape[1] == self.d
+
+    @property
+    def n_top(self) -> int:
+        return int(self.eigenvectors.shape[1])
+
+    @property
+    def n_bottom(self) -> int:
+        if self.complete:
+            return self.d
+        return 0 if self.low_vectors is None else int(self.low_vectors.shape[1])
+
     def top(self, k: int) -> torch.Tensor:
         """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first."""
         k = check_k(k, self.d)
+        if k > self.n_top:
+            raise ValueError(f"this spectrum keeps only its top {self.n_top} eigenvectors; k={k} needs the full "
+                             f"decomposition (ActivationStats.spectrum(..., top={k}) recomputes it)")
         return self.eigenvectors[:, :k].contiguous()
 
     def bottom(self, k: int) -> torch.Tensor:
         """d x k orthonormal basis of the k lowest-eigenvalue directions, LOWEST first."""
         k = check_k(k, self.d)
-        return self.eigenvectors[:, -k:].flip(1)
+        if self.complete:
+            return self.eigenvectors[:, -k:].flip(1)
+        if k > self.n_bottom:
+            raise ValueError(f"this spectrum keeps only its bottom {self.n_bottom} eigenvectors; k={k} needs the "
+                             f"full decomposition (ActivationStats.spectrum(..., bottom={k}) recomputes it)")
+        return self.low_vectors[:, :k].contiguous()
+
+    def truncated(self, m: int) -> "Spectrum":
+        """The same spectrum keeping only the top m and bottom m eigenvectors (itself if 2m >= d)."""
+        if 2 * m >= self.d or not self.complete:
+            return self
+        return Spectrum(self.eigenvalues, self.eigenvectors[:, :m].contiguous(),
+                        self.eigenvectors[:, -m:].flip(1).contiguous())
 
     def singular_values(self) -> torch.Tensor:
         """sqrt of the (clamped non-negative) eigenvalues: the singular values of W when this is the

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from rwedit.architectures import model_layout
 from rwedit.data import DataError, pack_tokens, read_texts
+from rwedit.probes.subspaces import eig_subspace
 from rwedit.probes.activations import (
     ActivationStats,
     StatsSettings,
@@ -90,3 +92,32 @@ def test_empty_and_short_data_are_refused(tmp_path, wiki_tokenizer):
         read_texts(empty)
     with pytest.raises(DataError, match="fewer than one sequence"):
         pack_tokens(wiki_tokenizer, ["a b"], seq_len=64, token_budget=128)
+
+
+def test_stored_spectra_are_truncated_reused_and_recomputed_when_short(tmp_path, wiki_ids, wiki_tokenizer, monkeypatch):
+    """Saved statistics carry their eigendecompositions (top/bottom columns), a reload reuses them
+    without eigh, and asking for more columns than stored recomputes the exact decomposition."""
+    import rwedit.probes.activations as act
+
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    stats = collect_activation_stats(model, wiki_ids, StatsSettings(roles=("q", "down"), batch_size=4), progress=False)
+    monkeypatch.setattr(act, "SPECTRUM_KEEP", 3)
+    stats.precompute_spectra(progress=False)
+    stats.save(tmp_path / "s")
+    again = ActivationStats.load(tmp_path / "s")
+    C = stats.second_moment(1, "down")  # independent reference: numpy eigh of the raw second moment
+    lam, vec = np.linalg.eigh(C.numpy())
+    d = C.shape[0]
+
+    calls = []
+    monkeypatch.setattr(act, "eig_subspace", lambda m: calls.append(1) or eig_subspace(m))
+    sp = again.spectrum(1, "down", top=3, bottom=2)
+    assert calls == [] and not sp.complete and sp.n_top == 3 and sp.n_bottom == 3
+    np.testing.assert_allclose(sp.eigenvalues.numpy(), lam[::-1], rtol=1e-10, atol=1e-12)
+    for got, ref in ((sp.top(3), vec[:, ::-1][:, :3]), (sp.bottom(2), vec[:, :2])):
+        np.testing.assert_allclose(np.abs(got.numpy().T @ ref), np.eye(got.shape[1]), atol=1e-8)
+    with pytest.raises(ValueError, match="keeps only its top 3"):
+        sp.top(4)
+    full = again.spectrum(1, "down", top=d)  # more than stored: recomputed from the (lazily read) sums
+    assert calls == [1] and full.complete
+    np.testing.assert_allclose(np.abs(full.top(d).numpy().T @ vec[:, ::-1]), np.eye(d), atol=1e-6)

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from rwedit.probes import rsf as rsf_mod
-from rwedit.probes.rsf import RSFResult, random_null, random_null_samples, rsf, rsf_nested, subspace_fraction
+from rwedit.probes.rsf import (
+    RSFResult,
+    random_null,
+    random_null_nested,
+    random_null_samples,
+    rsf,
+    rsf_nested,
+    subspace_fraction,
+)
 from rwedit.probes.subspaces import eig_subspace, prediction_basis
 
 
@@ -223,6 +231,34 @@ def test_random_null_of_rank_one_delta_matches_beta_law():
     # both sides: E = 1 as well
     mean_b, _ = random_null(t(rng.standard_normal((15, 20))), "both", (2, 3), seeds=range(200))
     assert mean_b == pytest.approx(1.0, abs=0.1)
+
+
+def test_nested_null_is_the_prefix_rsf_and_follows_the_beta_law():
+    """Each seed's k-column prefix of one Haar basis gives the plain numpy RSF, and over many seeds the
+    samples of a rank-1 delta follow Beta(k/2, (d-k)/2)·d/k for every k at once."""
+    from rwedit.probes.subspaces import haar_basis
+
+    rng = np.random.default_rng(21)
+    d_in, ks, n = 50, (1, 4, 10), 300
+    delta = np.outer(rng.standard_normal(9), rng.standard_normal(d_in)) + 0.1 * rng.standard_normal((9, d_in))
+    got = random_null_nested(t(delta), "read", ks, seeds=[3, 4])
+    for k in ks:
+        B = haar_basis(d_in, max(ks), 3).numpy()[:, :k]
+        ref = np.linalg.norm(delta @ B) ** 2 / np.linalg.norm(delta) ** 2 / (k / d_in)
+        assert float(got[k][0]) == pytest.approx(ref, rel=1e-5)  # float32 products
+    w = random_null_nested(t(delta.T.copy()), "write", ks, seeds=[3, 4])
+    assert torch.allclose(w[4], got[4], rtol=1e-5)
+    rank1 = t(np.outer(rng.standard_normal(7), rng.standard_normal(d_in)))
+    many = random_null_nested(rank1, "read", ks, seeds=range(n))
+    for k in ks:
+        a, b = k / 2, (d_in - k) / 2
+        sd_exact = (d_in / k) * math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+        assert float(many[k].mean()) == pytest.approx(1.0, abs=4 * sd_exact / math.sqrt(n))
+        assert float(many[k].std()) == pytest.approx(sd_exact, rel=0.2)
+    zero = random_null_nested(torch.zeros(3, 5), "read", (2,), seeds=[1, 2])
+    assert torch.isnan(zero[2]).all()
+    with pytest.raises(ValueError, match="out of range"):
+        random_null_nested(rank1, "read", (d_in + 1,), seeds=[1])
 
 
 # ----------------------------------------------------------------------------- bad input
