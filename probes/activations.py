@@ -38,7 +38,13 @@ class StatsSettings:
 
     roles: tuple[str, ...] = ("q", "o", "up", "down")
     layers: tuple[int, ...] | None = None  # None = all
-    dtype: str = "float64"  # accumulation dtype of the sums
+    #: "float64": products and sums in float64 (exact; the default); "mixed": each batch's a aᵀ in float32,
+    #: summed across batches in float64 (~2x faster on CPU, relative error ~1e-7); "float32": all float32
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        if self.dtype not in ("float64", "mixed", "float32"):
+            raise ValueError(f"StatsSettings.dtype must be float64, mixed or float32, not {self.dtype!r}")
     seq_len: int = 256
     batch_size: int = 8
 
@@ -220,18 +226,22 @@ def collect_activation_stats(
     roles = tuple(r for r in settings.roles if layout.has_role(r) and r != "unembed")
     layers = tuple(range(layout.n_layers)) if settings.layers is None else tuple(settings.layers)
     targets = _hook_targets(layout, roles, layers)
-    acc_dtype = getattr(torch, settings.dtype)
+    acc_dtype = torch.float32 if settings.dtype == "float32" else torch.float64
+    prod_dtype = torch.float32 if settings.dtype != "float64" else torch.float64
     sums: dict[tuple[int, str], torch.Tensor] = {}
     firsts: dict[tuple[int, str], torch.Tensor] = {}
 
     def make_hook(key):
         def hook(module, args):
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(acc_dtype)
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(prod_dtype)
             if key not in sums:
                 sums[key] = torch.zeros(a.shape[1], a.shape[1], dtype=acc_dtype, device=a.device)
                 firsts[key] = torch.zeros(a.shape[1], dtype=acc_dtype, device=a.device)
-            sums[key].addmm_(a.T, a)
-            firsts[key].add_(a.sum(0))
+            if prod_dtype == acc_dtype:
+                sums[key].addmm_(a.T, a)
+            else:  # mixed: this batch's product in float32, the running sum in float64
+                sums[key].add_(a.T @ a)
+            firsts[key].add_(a.sum(0, dtype=acc_dtype))
         return hook
 
     handles = [model.get_submodule(path).register_forward_pre_hook(make_hook(key)) for key, path in targets.items()]

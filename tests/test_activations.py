@@ -121,3 +121,21 @@ def test_stored_spectra_are_truncated_reused_and_recomputed_when_short(tmp_path,
     full = again.spectrum(1, "down", top=d)  # more than stored: recomputed from the (lazily read) sums
     assert calls == [1] and full.complete
     np.testing.assert_allclose(np.abs(full.top(d).numpy().T @ vec[:, ::-1]), np.eye(d), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("mixed", 1e-5), ("float32", 1e-4)])
+def test_faster_accumulation_modes_stay_close_to_direct_float64(dtype, rtol, wiki_ids, wiki_tokenizer):
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    captured = []
+    h = model.get_submodule(model_layout(model).view(1, "down").module).register_forward_pre_hook(
+        lambda m, a: captured.append(a[0].detach().double().reshape(-1, a[0].shape[-1])))
+    stats = collect_activation_stats(model, wiki_ids, StatsSettings(roles=("down",), batch_size=4, dtype=dtype),
+                                     progress=False)
+    h.remove()
+    X = torch.cat(captured)
+    C = X.T @ X / X.shape[0]
+    got = stats.second_moment(1, "down").double()
+    assert float((got - C).abs().max() / C.abs().max()) < rtol
+    assert (stats.sums[(1, "down_in")].dtype == torch.float64) == (dtype == "mixed")
+    with pytest.raises(ValueError, match="float64, mixed or float32"):
+        StatsSettings(dtype="float16")
