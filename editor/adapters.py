@@ -9,6 +9,7 @@ model and are switched with ``set_adapter`` — the model is loaded once.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -101,5 +102,41 @@ def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[C
         if got != sorted(cfg.target_modules):
             raise RuntimeError(f"adapter {c.name}: LoRA landed on {got}, expected {sorted(cfg.target_modules)}")
     peft_model.set_adapter(conditions[0].name)
+    peft_model.eval()
+    return peft_model
+
+
+def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Sequence[str]) -> PeftModel:
+    """Load saved named adapters (``folder/<name>``) onto one model, refusing incomplete ones.
+
+    PEFT does not fail on missing keys and these adapters are saved with ``init_lora_weights=False``,
+    so a missing tensor would silently be random: every target module's lora_A and lora_B must be in
+    the file, and every key PEFT reports missing for the adapter is an error."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not names:
+        raise ValueError("no adapter names to load")
+    peft_model = None
+    for n in names:
+        path = folder / n
+        if not (path / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{path} is not an adapter folder (no adapter_config.json)")
+        targets = json.loads((path / "adapter_config.json").read_text())["target_modules"]
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
+            keys = set(f.keys())
+        for t in targets:
+            for part in ("lora_A", "lora_B"):
+                if not any(k.endswith(f"{t}.{part}.weight") for k in keys):
+                    raise RuntimeError(f"adapter {n}: {path} has no {part} weight for {t}; re-create the adapter")
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=n)
+        else:
+            res = peft_model.load_adapter(str(path), adapter_name=n)
+            missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k and f".{n}." in k]
+            if missing:
+                raise RuntimeError(f"adapter {n}: weights missing after loading: {missing[:4]}")
     peft_model.eval()
     return peft_model

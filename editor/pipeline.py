@@ -63,11 +63,25 @@ def run_edit(
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
     ckpt = Checkpoint.open(spec.model)
     model, tok = load_model_and_tokenizer(ckpt, device=device)
+    build_and_save(spec, model, tok, out, overwrite=overwrite, cache_dir=cache_dir, progress=progress, t0=t0)
+    return out
+
+
+def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False,
+                   cache_dir: str | Path | None = None, progress: bool = True, t0: float | None = None,
+                   extra_metrics=None):
+    """Build the conditions on an already loaded model, attach them as named adapters and save the folder
+    (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
+    ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = Path(out)
     stats = edit_stats(spec, model, tok, cache_dir, progress)
     conditions = build_conditions(spec, model, tok, stats)
     if not norms_match(conditions):
         raise RuntimeError("internal error: controls do not share the edit's ||ΔW||_F")
     attach_probe_metrics(conditions, stats)
+    if extra_metrics is not None:
+        extra_metrics(conditions, model)
     peft_model = attach_conditions(model, conditions)
     stats_meta = None
     if stats is not None:
@@ -88,7 +102,7 @@ def run_edit(
         }
         (tmp / "edits.json").write_text(json.dumps(summary, indent=2, default=str))
         (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
-    return out
+    return peft_model, conditions
 
 
 def load_conditions_folder(out: str | Path) -> dict:

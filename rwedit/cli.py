@@ -30,9 +30,66 @@ examples:
                                                   rank-1 edit + matched controls as PEFT adapters
   rwedit apply edits/adapters/NAME --prompt "..."  base vs edited generation
   rwedit export edits/adapters/NAME --push-to-hub you/name
+  rwedit eval --model BASE --adapters edits/adapters --tasks rwedit_hh_preference --limit 100
+                                                  lm-eval + direct metrics, base and each adapter
+  rwedit run recipes/control-experiment.yaml --out runs/ctl
+                                                  the causal control experiment: probe, edits,
+                                                  scores, report (--resume after an interruption)
+  rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rwedit.evals.experiment import Recipe, run_experiment
+
+    recipe = Recipe.from_yaml(args.recipe, overrides={"model": args.model, "post": args.post})
+    out = run_experiment(recipe, args.out, resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir)
+    print(f"wrote {out}/report.md (results: {out}/results.jsonl)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rwedit.evals.report import write_report
+
+    print(f"wrote {write_report(args.folder, args.primary)}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rwedit.checkpoints import Checkpoint
+    from rwedit.evals.direct import DirectScorer
+    from rwedit.evals.lmeval import BASE, EvalSettings, LMEvalScorer
+    from rwedit.models import load_model_and_tokenizer
+
+    settings = EvalSettings(tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
+                            batch_size=args.batch_size)
+    model, tok = load_model_and_tokenizer(Checkpoint.open(args.model), device=args.device)
+    names = []
+    if args.adapters:
+        from rwedit.editor.adapters import load_adapter_folder
+
+        root = Path(args.adapters)
+        names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
+        if not names:
+            raise ValueError(f"{root} holds no adapter folders (none with adapter_config.json)")
+        model = load_adapter_folder(model, root, names)
+    lme = LMEvalScorer(model, tok, settings)
+    direct = None if args.no_direct else DirectScorer(model, tok)
+    sink = open(args.out, "w") if args.out else sys.stdout
+    try:
+        for name in [BASE] + names:
+            row = {"condition": name, **(direct.score(name) if direct else {}), **lme.score(name)}
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+    finally:
+        if args.out:
+            sink.close()
+    return 0
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
@@ -267,6 +324,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     commands["apply"] = _cmd_apply
+
+    p = sub.add_parser(
+        "run",
+        help="run a recipe: probe the pair, build the edit and its controls, score every condition, report",
+        description="Runs an experiment recipe (see recipes/control-experiment.yaml) into OUT: probe/ (RSF of the "
+        "observed pair), edit/ (adapters of the edit and its matched controls, with model cards), results.jsonl "
+        "(one row per condition: probe metrics next to behaviour metrics with stderr), report.md and plots. "
+        "The store is append-only; after an interruption (even kill -9) rerun with --resume and nothing already "
+        "stored is recomputed. A folder started by a different recipe is refused.",
+    )
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("--out", help="output folder (default: the recipe's out:, else runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    p.add_argument("--model", help="override the recipe's base model (local folder or Hub id)")
+    p.add_argument("--post", help="override the recipe's post-trained model")
+    p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands["run"] = _cmd_run
+
+    p = sub.add_parser("report", help="rebuild report.md, headline.csv, verdicts.csv and plots of a run",
+                       description="Reads DIR/results.jsonl and DIR/run.json only; nothing is recomputed.")
+    p.add_argument("folder", help="experiment folder written by `rwedit run`")
+    p.add_argument("--primary", help="behaviour metric of the verdicts (default: the recipe's primary:)")
+    commands["report"] = _cmd_report
+
+    p = sub.add_parser(
+        "eval",
+        help="score a base model and its adapters with lm-eval and the direct metrics",
+        description="Loads the model once and scores the base and every adapter in --adapters (a folder of "
+        "adapter folders, e.g. OUT/adapters of `rwedit edit`) by switching adapters in place. Bundled offline "
+        "tasks: rwedit_hh_preference, rwedit_blimp, rwedit_wikitext; any registered lm-eval task works when its "
+        "data can be downloaded. Writes one JSON line per condition to --out (default: stdout).",
+    )
+    p.add_argument("--model", required=True, help="base model (local folder or Hub id)")
+    p.add_argument("--adapters", help="folder of adapter folders to score next to the base")
+    p.add_argument("--tasks", default="rwedit_hh_preference,rwedit_blimp,rwedit_wikitext", help="comma list")
+    p.add_argument("--limit", type=int, help="items per task (default: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-direct", action="store_true", help="skip the direct metrics")
+    p.add_argument("--out", help="JSONL output file")
+    p.add_argument("--device", default="cpu")
+    commands["eval"] = _cmd_eval
 
     parser.set_defaults(_commands=commands)
     return parser

@@ -14,6 +14,7 @@ HH_HELDOUT = range(1900, 2312)
 WIKITEXT_VALID = ROOT / "wikitext-2" / "valid.txt.gz"
 WIKITEXT_TEST = ROOT / "wikitext-2" / "test.txt.gz"
 HH_RLHF = ROOT / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+BLIMP = ROOT / "blimp"
 
 
 def resolve(path: str | Path) -> Path | str:

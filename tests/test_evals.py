@@ -1,0 +1,129 @@
+"""Behaviour scoring: lm-eval through adapters vs a direct computation with a hand-edited model;
+direct metrics vs plain torch; the bundled tasks load offline whatever the working directory."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from rwedit.architectures import add_delta
+from rwedit.editor.adapters import attach_conditions
+from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.evals.direct import DirectScorer, DirectSettings
+from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results
+from rwedit.evals.tasks import BUNDLED_TASKS, blimp_items, task_dir, wikitext_articles
+from tiny_models import tiny_model
+
+ALPHA = 4.0
+
+
+def _unit(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    return x / x.norm()
+
+
+@pytest.fixture(scope="module")
+def edited(wiki_tokenizer):
+    """A tiny Llama with one rank-1 adapter on q of layer 1, and a copy edited by hand through the registry."""
+    base = tiny_model("llama", vocab_size=len(wiki_tokenizer), max_position_embeddings=1024,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    d = base.config.hidden_size
+    b, v = _unit(d, 1), _unit(d, 2)
+    by_hand = copy.deepcopy(base)
+    add_delta(by_hand, 1, "q", ALPHA * torch.outer(b, v))
+    plain = copy.deepcopy(base)
+    peft_model = attach_conditions(base, [Condition("edit1", "given", ALPHA, [RankOneEdit(1, "q", b, v, ALPHA)])])
+    return peft_model, by_hand, plain
+
+
+def _direct_loglik(model, tok, context: str, continuation: str) -> float:
+    """log p(continuation | context) with lm-eval's tokenisation rules, computed with plain torch."""
+    if context == "":
+        cont = tok(continuation, add_special_tokens=False)["input_ids"]
+        ctx = [tok.bos_token_id]
+    else:
+        n_sp = len(context) - len(context.rstrip())
+        if n_sp:
+            continuation, context = context[-n_sp:] + continuation, context[:-n_sp]
+        whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        cont = whole[len(ctx):]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+    targets = ids[0, 1:]
+    lp = logp.gather(-1, targets[:, None])[:, 0]
+    return float(lp[-len(cont):].sum())
+
+
+def test_lmeval_per_item_logliks_equal_a_direct_computation(edited, wiki_tokenizer):
+    peft_model, by_hand, plain = edited
+    scorer = LMEvalScorer(peft_model, wiki_tokenizer, EvalSettings(tasks=("rwedit_hh_preference", "rwedit_blimp"),
+                                                                    limit=3, batch_size=4))
+    for adapter, reference in (("edit1", by_hand), ("base", plain), ("edit1", by_hand)):
+        out = scorer.run(adapter, log_samples=True)
+        n = 0
+        for task in ("rwedit_hh_preference", "rwedit_blimp"):
+            for s in out["samples"][task]:
+                for (context, continuation), resp in zip(s["arguments"], s["filtered_resps"]):
+                    want = _direct_loglik(reference, wiki_tokenizer, context, continuation)
+                    assert resp[0] == pytest.approx(want, rel=1e-4, abs=1e-3), (adapter, task)
+                    n += 1
+        assert n == 12
+        flat = flatten_results(out["results"])
+        assert 0.0 <= flat["rwedit_blimp/acc"] <= 1.0 and flat["rwedit_blimp/acc_stderr"] is not None
+
+
+def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):
+    peft_model, by_hand, plain = edited
+    s = DirectSettings(pairs=4, texts=3, seq_len=32, max_len=200, batch_size=2)
+    scorer = DirectScorer(peft_model, wiki_tokenizer, s)
+    base, ed = scorer.score("base"), scorer.score("edit1")
+    assert base["kl_base_edited"] == pytest.approx(0.0, abs=1e-9) and base["pref_margin_shift"] == 0.0
+    # KL(base ‖ edited) per sequence, from the two plain models
+    with torch.no_grad():
+        lp_b = torch.log_softmax(plain(input_ids=scorer.ids).logits[:, :-1].double(), -1)
+        lp_e = torch.log_softmax(by_hand(input_ids=scorer.ids).logits[:, :-1].double(), -1)
+    kl = torch.nn.functional.kl_div(lp_e, lp_b, log_target=True, reduction="none").sum(-1).mean(-1)
+    assert ed["kl_base_edited"] == pytest.approx(float(kl.mean()), rel=1e-4)
+    assert ed["kl_base_edited_stderr"] == pytest.approx(float(kl.std(correction=1)) / math.sqrt(3), rel=1e-3)
+    ce_e = -lp_e.gather(-1, scorer.ids[:, 1:, None]).squeeze(-1).mean(-1)
+    assert ed["ppl"] == pytest.approx(math.exp(float(ce_e.mean())), rel=1e-4)
+    # preference margins per pair, from the hand-edited model: [bos] + prompt + response tokens
+    def loglik(prompt, response):
+        pi = [wiki_tokenizer.bos_token_id] + wiki_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ri = wiki_tokenizer(response, add_special_tokens=False)["input_ids"]
+        if len(pi) + len(ri) > s.max_len:  # the documented rule: response up to half, the prompt's end
+            ri = ri[: s.max_len // 2]
+            pi = pi[-(s.max_len - len(ri)):]
+        ids = torch.tensor([pi + ri])
+        with torch.no_grad():
+            lp = torch.log_softmax(by_hand(input_ids=ids).logits[0, :-1].double(), -1)
+        return float(lp.gather(-1, ids[0, 1:, None])[-len(ri):].sum())
+
+    margins = torch.tensor([loglik(p.prompt, p.chosen) - loglik(p.prompt, p.rejected) for p in scorer.pairs])
+    assert ed["pref_margin"] == pytest.approx(float(margins.mean()), rel=1e-4, abs=1e-3)
+    assert ed["pref_acc"] == pytest.approx(float((margins > 0).double().mean()))
+    assert ed["pref_margin_stderr"] == pytest.approx(float(margins.std(correction=1)) / 2, rel=1e-3)
+    assert ed["pref_margin_shift"] == pytest.approx(ed["pref_margin"] - base["pref_margin"], abs=1e-6)
+
+
+def test_bundled_task_data_is_real_and_resolves_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = task_dir(tmp_path / "tasks")
+    for name in BUNDLED_TASKS:
+        text = (folder / f"{name}.yaml").read_text()
+        assert "__DATA_DIR__" not in text and str(folder / "data") in text
+    arts = wikitext_articles()
+    assert len(arts) == 62 and arts[0].startswith("= Robert")
+    items = blimp_items()
+    assert len(items) == 8000 and len({i["UID"] for i in items[:8]}) == 8  # interleaved paradigms
+    assert task_dir(tmp_path / "tasks") == folder  # built once
+    with pytest.raises(ValueError, match="unknown lm-eval task"):
+        from rwedit.evals.tasks import check_tasks
+
+        check_tasks(["rwedit_nope"], type("TM", (), {"all_tasks": ["rwedit_blimp"]})())
