@@ -100,7 +100,7 @@ def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict
                 v, lam = eig(layer, kind, index)
                 vs[layer] = (v, {"v_kind": kind, "v_index": index, "v_eigenvalue": lam})
             elif kind == "random":
-                vs[layer] = (haar_basis(d_in[layer], 1, spec.seed)[:, 0], {"v_kind": "random", "v_seed": spec.seed})
+                vs[layer] = (haar_basis(d_in[layer], 1, spec.seed)[:, 0].clone(), {"v_kind": "random", "v_seed": spec.seed})
             else:
                 v, rule = given_v(layer)
                 vs[layer] = (v, {"v_kind": "given", "v_sign_rule": rule})
@@ -111,7 +111,7 @@ def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict
     for j in range(spec.controls.random):
         seed = spec.seed + 1 + j  # the main edit (if random) uses spec.seed itself
         out.append({"kind": "random", "index": None, "seed": seed,
-                    "v": {l: (haar_basis(d_in[l], 1, seed)[:, 0], {"v_kind": "random", "v_seed": seed}) for l in e.layers}})
+                    "v": {l: (haar_basis(d_in[l], 1, seed)[:, 0].clone(), {"v_kind": "random", "v_seed": seed}) for l in e.layers}})
     for j in range(spec.controls.lowvar):
         vs = {}
         for layer in e.layers:

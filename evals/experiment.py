@@ -132,7 +132,9 @@ def _prediction_metrics(conditions, model) -> None:
     subspace: ‖U_kᵀ x‖² / (k/d); written into the edits' provenance."""
     from rwedit.architectures import READ_ROLES
 
-    base = model.base_model.model if hasattr(model, "base_model") else model
+    from peft import PeftModel
+
+    base = model.base_model.model if isinstance(model, PeftModel) else model
     pred = prediction_spectrum(get_weight(base, None, "unembed").float().cpu())
     for cond in conditions:
         for e in cond.edits:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import READ_ROLES, Layout
 from rwedit.checkpoints import CheckpointPair, TensorReader
 from rwedit.probes.activations import INPUT_GROUP, ActivationStats
-from rwedit.probes.rsf import random_null_nested, random_null_samples, rsf_nested
+from rwedit.probes.rsf import RSFResult, _energies, random_null_samples, rsf_nested
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 
 DEFAULT_KS = (1, 4, 16, 64)
@@ -43,8 +43,16 @@ class GridSettings:
     prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U
     roles: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
+    #: precision of the projections ΔW·B (sums are float64 either way); float32 changes RSF by ~1e-7 relative
+    precision: str = "float32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.precision == "float64" else torch.float32
 
     def __post_init__(self):
+        if self.precision not in ("float32", "float64"):
+            raise ValueError(f"precision must be float32 or float64, not {self.precision!r}")
         bad = [s for s in self.sides if s not in ("read", "write", "both")]
         if bad:
             raise ValueError(f"sides must be among read, write, both; not {bad}")
@@ -118,7 +126,6 @@ def rows_for_delta(
         ks = _ks_for(settings.ks, d)
         kmax = ks[-1]
         seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
-        null = random_null_nested(delta, side, ks, seeds)
         bases: dict[str, torch.Tensor] = {}
         if "activation" in settings.subspaces and side == "read" and layer is not None:
             spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
@@ -128,9 +135,23 @@ def rows_for_delta(
             bases["prediction"] = ctx.prediction.top(kmax)
         if "random" in settings.subspaces:
             bases["random"] = haar_basis(d, kmax, settings.seed)
-        for name, basis in bases.items():
-            for k, res in zip(ks, rsf_nested(delta, basis.to(delta.device), side, ks)):
-                out.append(_row(layer, role, side, name, k, d, res, null[k]))
+        # one projection of ΔW onto every basis of this side at once: the subspaces and the null seeds
+        blocks = list(bases.values()) + [haar_basis(d, kmax, s) for s in seeds]
+        (energies,), total = _energies(delta, side, (torch.cat(blocks, dim=1).to(delta.device),), settings.dtype)
+        cums = torch.cumsum(energies.reshape(len(blocks), kmax), dim=1).cpu()
+        null_cums = cums[len(bases):]
+        norm = math.sqrt(total)
+        for j, name in enumerate(bases):
+            for k in ks:
+                base = k / d
+                if total == 0.0:
+                    res = RSFResult(side, math.nan, math.nan, k, d, base, 0.0, "zero delta")
+                    vals = torch.full((len(seeds),), math.nan, dtype=torch.float64)
+                else:
+                    frac = float(cums[j, k - 1]) / total
+                    res = RSFResult(side, frac, frac / base, k, d, base, norm, None)
+                    vals = null_cums[:, k - 1] / total / base
+                out.append(_row(layer, role, side, name, k, d, res, vals))
     return out
 
 

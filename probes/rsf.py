@@ -131,9 +131,8 @@ def _read_energies(mat: torch.Tensor, basis: torch.Tensor, dtype: torch.dtype = 
     for start in range(0, mat.shape[0], rows_per_chunk):
         block = mat[start : start + rows_per_chunk].to(device=basis.device, dtype=dtype)
         proj = (block @ basis).to(torch.float64)
-        block = block.to(torch.float64)
         energies += (proj * proj).sum(dim=0)
-        total += (block * block).sum()
+        total += torch.sum(block * block, dtype=torch.float64)
     return energies, float(total)
 
 
@@ -183,6 +182,7 @@ def rsf_nested(
     ks: Sequence[KSpec],
     *,
     ortho_atol: float = DEFAULT_ORTHO_ATOL,
+    dtype: torch.dtype = torch.float64,
 ) -> list[RSFResult]:
     """RSF for each k in `ks`, using the first k columns of `basis_max` (nested top-k bases), from a
     single projection: ‖ΔW B_k‖² is a cumulative sum of per-column energies. For side="both",
@@ -199,7 +199,7 @@ def rsf_nested(
         ]
     else:
         plan = [_nested_k(k, bases[0], "k", bases[0].shape[0]) for k in ks]
-    energies, total = _energies(delta, side, bases)
+    energies, total = _energies(delta, side, bases, dtype)
     cums = [torch.cumsum(e, dim=0) for e in energies]
     norm = math.sqrt(total)
     results = []

@@ -3,6 +3,7 @@ prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 t
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -51,9 +52,16 @@ def haar_from_generator(d: int, k: int, generator: torch.Generator) -> torch.Ten
 
 
 def haar_basis(d: int, k: int, seed: int) -> torch.Tensor:
-    """Orthonormal basis (d x k, float64) of a Haar-random k-dim subspace, deterministic in seed."""
+    """Orthonormal basis (d x k, float64) of a Haar-random k-dim subspace, deterministic in seed.
+    Memoised (a grid draws the same seeds for every layer): treat the result as read-only."""
+    k = check_k(k, d)  # before the cache: int() would turn k=True into 1
+    return _haar_cached(int(d), k, int(seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _haar_cached(d: int, k: int, seed: int) -> torch.Tensor:
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
+    gen.manual_seed(seed)
     return haar_from_generator(d, k, gen)
 
 

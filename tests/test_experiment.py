@@ -1,0 +1,149 @@
+"""The experiment runner: a small grid completes; an interrupted run resumes to exactly the rows of an
+uninterrupted one; a changed recipe is refused; the report's numbers follow from the stored rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from rwedit.cli import main
+from rwedit.evals import experiment as exp
+from rwedit.evals.experiment import Recipe, run_experiment
+from rwedit.evals.report import t975
+from rwedit.evals.store import ExperimentError, ResultStore
+from conftest import WIKITEXT
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, wiki_tokenizer):
+    root = tmp_path_factory.mktemp("exp-models")
+    kw = dict(vocab_size=len(wiki_tokenizer), max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2)
+    base, post = tiny_model("llama", **kw), tiny_model("llama", **kw)
+    post.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in post.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    for name, m in (("base", base), ("post", post)):
+        m.save_pretrained(root / name)
+        wiki_tokenizer.save_pretrained(root / name)
+    return root
+
+
+def recipe_dict(root, alpha=(2.0,)):
+    return {
+        "name": "tiny-control",
+        "edit": {"model": str(root / "base"), "post": str(root / "post"),
+                 "calibration": {"data": str(WIKITEXT), "tokens": 512, "seq_len": 64},
+                 "edit": {"layers": [1], "role": "q", "v": "principal[0]", "b": "delta"},
+                 "alpha": list(alpha), "controls": {"random": 3, "lowvar": 1, "write": "o"}},
+        "eval": {"tasks": ["rwedit_hh_preference"], "limit": 2, "batch_size": 4},
+        "direct": {"pairs": 4, "texts": 2, "seq_len": 32, "max_len": 128},
+        "probe": {"ks": [1, 4], "null_seeds": 2},
+        "export": ["principal0_a2"],
+    }
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def finished(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    run_experiment(Recipe.from_dict(recipe_dict(pair)), out, progress=False,
+                   cache_dir=tmp_path_factory.mktemp("cache"))
+    return out
+
+
+def test_small_grid_completes_with_probe_edits_scores_and_report(finished):
+    rows = ResultStore(finished).rows()
+    names = [r["condition"] for r in rows]
+    assert names[0] == "base" and len(names) == 1 + 1 + 3 + 1 + 1 and len(set(names)) == len(names)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"base", "principal", "random", "lowvar", "write"}
+    for r in rows[1:]:
+        assert r["delta_norm"] == pytest.approx(2.0)  # matched norm
+        assert r["pref_margin_shift_stderr"] > 0 and "rwedit_hh_preference/acc" in r
+    p = next(r for r in rows if r["kind"] == "principal")
+    assert p["rsf_read_activation_k1"] > 1  # v is the top eigenvector: concentrated by construction
+    for f in ("report.md", "headline.csv", "verdicts.csv", "probe/rsf.csv", "edit/edits.json",
+              "edit/adapters/principal0_a2/README.md"):
+        assert (finished / f).exists(), f
+    card = json.loads((finished / "edit/adapters/principal0_a2/rwedit.json").read_text())
+    assert card["metrics"]["pref_margin_shift"] == pytest.approx(p["pref_margin_shift"])
+
+
+def test_interrupted_run_resumes_to_the_same_rows_and_a_changed_recipe_is_refused(pair, finished, tmp_path,
+                                                                                   monkeypatch):
+    recipe = Recipe.from_dict(recipe_dict(pair))
+    out = tmp_path / "b"
+    run_experiment(recipe, out, progress=False, cache_dir=tmp_path / "cache", stop_after=3)
+    assert len(ResultStore(out).rows()) == 3 and not (out / "report.md").exists()
+    with open(out / "results.jsonl", "a") as f:  # what kill -9 in the middle of a write leaves behind
+        f.write('{"condition": "random_s1_a2", "pref_mar')
+    with pytest.raises(ExperimentError, match="--resume"):
+        run_experiment(recipe, out, progress=False, cache_dir=tmp_path / "cache")
+    scored = []
+    real = exp.DirectScorer.score
+    monkeypatch.setattr(exp.DirectScorer, "score", lambda self, name: scored.append(name) or real(self, name))
+    run_experiment(recipe, out, resume=True, progress=False, cache_dir=tmp_path / "cache")
+    want, got = _strip(ResultStore(finished).rows()), _strip(ResultStore(out).rows())
+    assert len(scored) == len(want) - 3 and not set(scored) & {r["condition"] for r in got[:3]}
+    assert [r["condition"] for r in got] == [r["condition"] for r in want]  # no duplicates, same order
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["condition"], k)
+            else:
+                assert a[k] == b[k], (a["condition"], k)
+    changed = Recipe.from_dict(recipe_dict(pair, alpha=(3.0,)))
+    with pytest.raises(ExperimentError, match=r"different recipe.*edit\.alpha"):
+        run_experiment(changed, out, resume=True, progress=False)
+
+
+def test_report_numbers_follow_from_the_stored_rows(finished):
+    rows = [json.loads(line) for line in (finished / "results.jsonl").read_text().splitlines()]
+    base = rows[0]
+    m = "pref_margin_shift"
+    p = next(r for r in rows if r["kind"] == "principal")
+    rand = [r for r in rows if r["kind"] == "random"]
+    # principal vs random at matched norm, recomputed here from the rows
+    ep, sp = abs(p[m]), p[f"{m}_stderr"]
+    er = [abs(r[m]) for r in rand]
+    mean_r = sum(er) / len(er)
+    sd_r = math.sqrt(sum((x - mean_r) ** 2 for x in er) / (len(er) - 1))
+    se = math.sqrt(sp ** 2 + (sd_r / math.sqrt(len(er))) ** 2)
+    effect = ep - mean_r
+    lo, hi = effect - t975(len(er) - 1) * se, effect + t975(len(er) - 1) * se
+    ver = pd.read_csv(finished / "verdicts.csv")
+    v = ver[(ver["control"] == "random") & (ver["metric"] == m)].iloc[0]
+    assert v["effect"] == pytest.approx(effect) and v["ci_low"] == pytest.approx(lo) and v["ci_high"] == pytest.approx(hi)
+    answer = "yes" if lo > 0 else ("no" if hi < 0 else "inconclusive")
+    md = (finished / "report.md").read_text()
+    assert f"**{answer}** (α = 2): principal read-pathway edits shift {m} more than random" in md
+    assert f"effect {effect:.3g}, 95% CI [{lo:.3g}, {hi:.3g}]" in md
+    # headline: the random group's mean shift and t interval; lm-eval shifts are differences to the base row
+    head = pd.read_csv(finished / "headline.csv")
+    h = head[(head["metric"] == m) & (head["kind"] == "random")].iloc[0]
+    shifts = [r[m] for r in rand]
+    mu = sum(shifts) / 3
+    half = t975(2) * math.sqrt(sum((x - mu) ** 2 for x in shifts) / 2) / math.sqrt(3)
+    assert h["shift"] == pytest.approx(mu) and h["ci_high"] == pytest.approx(mu + half)
+    assert f"| random | 2 | 3 | 2 | {mu:.3g} | [{mu - half:.3g}, {mu + half:.3g}]" in md
+    acc = head[(head["metric"] == "rwedit_hh_preference/acc") & (head["kind"] == "principal")].iloc[0]
+    assert acc["shift"] == pytest.approx(p["rwedit_hh_preference/acc"] - base["rwedit_hh_preference/acc"])
+
+
+def test_report_cli_regenerates_without_recomputing(finished, capsys):
+    (finished / "report.md").unlink()
+    assert main(["report", str(finished)]) == 0
+    assert (finished / "report.md").exists() and "report.md" in capsys.readouterr().out
+    assert main(["report", str(finished.parent / "missing")]) == 2
