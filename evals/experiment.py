@@ -116,23 +116,18 @@ def _edit_probe_metrics(c: dict) -> dict:
     out: dict[str, Any] = {"delta_norm": sum(e["norm"] ** 2 for e in edits) ** 0.5,
                            "layers": [e["layer"] for e in edits], "role": edits[0]["role"],
                            "pathway": "read" if edits[0]["role"] in READ_ROLES else "write"}
-    for k in PROBE_KS:
-        vals = [e.get(f"rsf_read_activation_k{k}") for e in edits]
-        vals = [v for v in vals if v is not None]
-        out[f"rsf_read_activation_k{k}"] = sum(vals) / len(vals) if vals else None
-    for k in PROBE_KS:
-        vals = [e.get(f"rsf_residual_prediction_k{k}") for e in edits]
-        vals = [v for v in vals if v is not None]
-        out[f"rsf_residual_prediction_k{k}"] = sum(vals) / len(vals) if vals else None
+    for name in (f"rsf_{what}_k{k}" for what in ("read_activation", "residual_prediction") for k in PROBE_KS):
+        vals = [e[name] for e in edits if e.get(name) is not None]
+        out[name] = sum(vals) / len(vals) if vals else None
     return out
 
 
 def _prediction_metrics(conditions, model) -> None:
     """RSF of each rank-1 edit's residual-stream side (v for readers, b for writers) against the prediction
     subspace: ‖U_kᵀ x‖² / (k/d); written into the edits' provenance."""
-    from rwedit.architectures import READ_ROLES
-
     from peft import PeftModel
+
+    from rwedit.architectures import READ_ROLES
 
     base = model.base_model.model if isinstance(model, PeftModel) else model
     pred = prediction_spectrum(get_weight(base, None, "unembed").float().cpu())
@@ -158,7 +153,7 @@ def run_experiment(recipe: Recipe, out: str | Path | None = None, resume: bool =
     out = Path(out or recipe.out or Path("runs") / recipe.name)
     spec = recipe.edit
     store = ResultStore(out)
-    Checkpoint.open(spec.model)  # fail on an unreachable/missing model before writing anything
+    base_ckpt = Checkpoint.open(spec.model)  # fail on an unreachable/missing model before writing anything
     if spec.post:
         Checkpoint.open(spec.post)
     store.begin(recipe.config(), resume)
@@ -177,7 +172,7 @@ def run_experiment(recipe: Recipe, out: str | Path | None = None, resume: bool =
                       cache_dir=cache_dir, progress=progress)
 
     # 2. the conditions, as named adapters on one loaded model
-    model, tok = load_model_and_tokenizer(Checkpoint.open(spec.model), device=recipe.device)
+    model, tok = load_model_and_tokenizer(base_ckpt, device=recipe.device)
     edit_dir = out / "edit"
     if (edit_dir / "edits.json").exists():
         import json

@@ -107,12 +107,12 @@ class ResultStore:
 
     def append(self, row: dict) -> None:
         """Write one complete row (dropping a cut-off line a crash may have left first)."""
-        if self.path.exists():
-            data = self.path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):
-                with open(self.path, "r+b") as f:
-                    f.truncate(cut)
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a cut-off line: drop it (only then is the file read whole)
+                    f.seek(0)
+                    f.truncate(f.read().rfind(b"\n") + 1)
         line = json.dumps(_json_safe(row), default=str) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

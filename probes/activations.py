@@ -29,6 +29,8 @@ from rwedit.probes.subspaces import Spectrum, eig_subspace
 #: roles that read the same input tensor share one statistic
 INPUT_GROUP = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
                "o": "o_in", "down": "down_in"}
+#: one role that reads each input group (to address a group through the role-keyed API)
+GROUP_ROLE = {g: r for r, g in reversed(list(INPUT_GROUP.items()))}
 STATS_VERSION = 2  # 2: spectra stored with the sums
 
 
@@ -119,11 +121,8 @@ class ActivationStats:
 
     def precompute_spectra(self, centred: bool = False, progress: bool = True) -> None:
         """Decompose every collected input once (what `save` then stores for later probes)."""
-        roles_of: dict[str, str] = {}
-        for role, group in INPUT_GROUP.items():
-            roles_of.setdefault(group, role)
         for layer, group in tqdm(sorted(self.sums), desc="eigendecompositions", disable=not progress):
-            self.spectrum(layer, roles_of[group], centred, top=0)
+            self.spectrum(layer, GROUP_ROLE[group], centred, top=0)
 
     def has(self, layer: int, role: str) -> bool:
         return (int(layer), INPUT_GROUP.get(role, "")) in self.sums

@@ -57,18 +57,15 @@ def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tu
 
 def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) -> list[dict]:
     """Top-k variance share and participation ratio of every collected input's spectrum."""
-    from rwedit.probes.activations import INPUT_GROUP
+    from rwedit.probes.activations import GROUP_ROLE
 
     rows = []
     seen = set()
-    roles_of = {}
-    for role, group in INPUT_GROUP.items():
-        roles_of.setdefault(group, role)
     for layer, group in sorted(stats.sums):
         if (layer, group) in seen:
             continue
         seen.add((layer, group))
-        spec = stats.spectrum(layer, roles_of[group], centred, top=0)
+        spec = stats.spectrum(layer, GROUP_ROLE[group], centred, top=0)
         for k in sorted({min(k, spec.d) for k in ks}):
             s = spec.spikedness(k)
             rows.append({"layer": layer, "input": group, "k": k, "d": spec.d, "topk_share": s["topk_share"],
