@@ -17,22 +17,13 @@ from rwedit.editor.pipeline import compare_generation, run_edit
 from rwedit.editor.spec import EditSpec, SpecError
 from rwedit.cli import main
 from conftest import HH_RLHF, WIKITEXT
-from tiny_models import tiny_model
+from tiny_models import save_pair, tiny_model, tiny_pair
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, wiki_tokenizer):
-    root = tmp_path_factory.mktemp("edit-models")
-    base = tiny_model("llama", vocab_size=len(wiki_tokenizer))
-    post = tiny_model("llama", vocab_size=len(wiki_tokenizer))
-    post.load_state_dict(base.state_dict())
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in post.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    for name, m in (("base", base), ("post", post)):
-        m.save_pretrained(root / name)
-        wiki_tokenizer.save_pretrained(root / name)
+    base, post = tiny_pair(wiki_tokenizer, seed=7)
+    root = save_pair(tmp_path_factory.mktemp("edit-models"), wiki_tokenizer, models=(base, post))
     return root, base, post
 
 

@@ -8,7 +8,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from rwedit.cli import main
 from rwedit.evals import experiment as exp
@@ -16,24 +15,13 @@ from rwedit.evals.experiment import Recipe, run_experiment
 from rwedit.evals.report import t975
 from rwedit.evals.store import ExperimentError, ResultStore
 from conftest import WIKITEXT
-from tiny_models import tiny_model
+from tiny_models import save_pair
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, wiki_tokenizer):
-    root = tmp_path_factory.mktemp("exp-models")
-    kw = dict(vocab_size=len(wiki_tokenizer), max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
-              eos_token_id=2)
-    base, post = tiny_model("llama", **kw), tiny_model("llama", **kw)
-    post.load_state_dict(base.state_dict())
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in post.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    for name, m in (("base", base), ("post", post)):
-        m.save_pretrained(root / name)
-        wiki_tokenizer.save_pretrained(root / name)
-    return root
+    return save_pair(tmp_path_factory.mktemp("exp-models"), wiki_tokenizer, seed=3, max_position_embeddings=1024,
+                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def recipe_dict(root, alpha=(2.0,)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, CONFIG_MAPPING
 
@@ -56,3 +58,29 @@ def tiny_model(model_type: str, seed: int = 0, attn_implementation: str = "eager
                 continue
             p.normal_(0.0, 0.3 if p.dim() > 1 else 0.1)
     return model.eval()
+
+
+def tiny_pair(tokenizer=None, noise: float = 0.05, seed: int = 3, model_type: str = "llama", **overrides):
+    """A tiny base model and a "post-trained" copy of it: every parameter plus ``noise`` · N(0, 1) drawn
+    from a generator seeded with ``seed``. With a tokenizer the vocabulary is the tokenizer's."""
+    if tokenizer is not None:
+        overrides.setdefault("vocab_size", len(tokenizer))
+    base, post = tiny_model(model_type, **overrides), tiny_model(model_type, **overrides)
+    post.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in post.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g))
+    return base, post
+
+
+def save_pair(root, tokenizer, noise: float = 0.05, seed: int = 3, model_type: str = "llama", *, models=None,
+              **overrides) -> Path:
+    """Save a base/post pair (``tiny_pair(tokenizer, noise, seed, model_type, **overrides)``, or the given
+    ``models=(base, post)``) as ``root/base`` and ``root/post``, each with ``tokenizer``; returns ``root``."""
+    root = Path(root)
+    base, post = models if models is not None else tiny_pair(tokenizer, noise, seed, model_type, **overrides)
+    for name, m in (("base", base), ("post", post)):
+        m.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
