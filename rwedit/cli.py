@@ -43,7 +43,13 @@ Run `rwedit COMMAND --help` for the options of a command.
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rwedit.evals.experiment import Recipe, run_experiment
+    from rwedit.evals.svd_experiment import EXPERIMENT as SVD_EXPERIMENT, recipe_kind, run_svd_experiment
 
+    if recipe_kind(args.recipe) == SVD_EXPERIMENT:  # `experiment: svd-structure` (recipes/svd-structure.yaml)
+        out = run_svd_experiment(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
+                                 overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir)
+        print(f"wrote {out}/report.md (results: {out}/results.jsonl)")
+        return 0
     recipe = Recipe.from_yaml(args.recipe, overrides={"model": args.model, "post": args.post})
     out = run_experiment(recipe, args.out, resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir)
     print(f"wrote {out}/report.md (results: {out}/results.jsonl)")
@@ -52,7 +58,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from rwedit.evals.report import write_report
+    from rwedit.evals.svd_experiment import is_svd_run
 
+    if is_svd_run(args.folder):  # a run of recipes/svd-structure.yaml: its own report (verdicts per claim)
+        from rwedit.evals.svd_report import write_svd_report
+
+        print(f"wrote {write_svd_report(args.folder)}")
+        return 0
     print(f"wrote {write_report(args.folder, args.primary)}")
     return 0
 

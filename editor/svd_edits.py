@@ -1,0 +1,243 @@
+"""Weight constructions of He & Cao's SVD-structure tests (DESIGN §4), and writing them into a model.
+
+Notation, for one matrix (``d_out x d_in``, ``y = W x``), ``m = min(d_out, d_in)``:
+
+    W_base = U Σ Vᵀ,   W_post = U' Σ' V'ᵀ          (thin SVDs, σ descending)
+
+Every construction works on the top ``r`` triplets of both matrices (``r = m`` for ``rank="full"``,
+the default) and leaves the post-trained rest untouched:
+
+    P' = U'_r Σ'_r V'_rᵀ          (the top-r part of W_post)
+    E  = W_post − P'              (the post residual: exactly 0 when r = m, up to float64 rounding)
+    W_cond = E + C_cond           (only the top-r part is replaced)
+
+with ``Q_U = U_rᵀ U'_r`` and ``Q_V = V_rᵀ V'_r`` (r x r; HC: ``U' ≈ U Q``, ``V' ≈ V Q`` with ONE shared
+orthogonal ``Q``), ``polar(M)`` the orthogonal polar factor (``A Bᵀ`` for ``M = A S Bᵀ``) and
+
+    post                  C = P'                                      (W_cond = W_post)
+    sv_replacement        C = U'_r (s Σ_r) V'_rᵀ                      post vectors, base values scaled
+                          s = ⟨σ_f, σ'_f⟩ / ⟨σ_f, σ_f⟩, least squares over the top f = min(fit_r, r)
+    reparam               C = U_r Q Σ'_r (V_r Q)ᵀ,  Q = polar((Q_U + Q_V)/2)
+                          base vectors, one shared rotation, post values (HC's reparameterisation)
+    swap                  C = U_r polar(Q_V) Σ'_r V'_rᵀ
+                          the left rotation replaced by the right one; right side and values exactly post
+    disrupt_left_random   C = U_r R Σ'_r V'_rᵀ,   R Haar-random on O(r), seeded per matrix
+    disrupt_right_random  C = U'_r Σ'_r (V_r R)ᵀ, R Haar-random on O(r), seeded per matrix
+
+What each one keeps, exactly, with ``rank="full"``:
+- ``sv_replacement``: singular vectors of W_post, singular values ``s·σ``. (With ``r = m`` this is
+  :func:`rwedit.probes.svd.singular_value_replacement`; the tests check the two against each other.)
+- ``reparam``, ``swap``, ``disrupt_*``: singular values ``σ'`` (``Q``, ``polar(Q_V)`` and ``R`` are
+  orthogonal and ``U_r``, ``V_r`` have orthonormal columns). ``swap`` and ``disrupt_left`` keep the
+  right singular vectors ``V'`` exactly; ``disrupt_right`` keeps the left ones ``U'``.
+- When the replaced side is square (``d_out = m`` for the left side), ``U_r Q_U = U'_r`` exactly, so
+  ``swap`` / ``disrupt_left`` replace exactly the left rotation ``Q_U`` of ``W_post = U Q_U Σ' V'ᵀ``;
+  ``disrupt_left`` then gives a Haar-random left basis, independent of both checkpoints' left vectors.
+  When that side is tall (``d_out > r``, e.g. ``up``/``gate`` in full mode, or any matrix in top-r
+  mode), ``U_r Q_U`` is only the projection of ``U'_r`` onto span(U_r): the constructions also move the
+  left singular subspace into the base's. ``reparam`` has the same property and serves as the
+  control for it: its distance from W_post is recorded with every result (``rel_change_vs_post``).
+
+Top-r mode (``rank`` an int, for matrices too large for a full SVD of every condition): ``E`` is
+orthogonal to ``U'_r`` and ``V'_r``, so ``sv_replacement`` has singular values ``s σ_r ∪ σ'_{>r}``
+exactly; for the others the spectrum of ``E + C`` is ``σ'`` only approximately (C's vectors are not
+orthogonal to E's). ``method="lowrank"`` computes the top-r triplets with ``torch.svd_lowrank`` (see
+:mod:`rwedit.probes.svd` for its accuracy); ``E`` is always the exact difference ``W_post − P'``, so
+``post`` reproduces ``W_post`` to float rounding whatever the method.
+
+Signs: ``post``, ``sv_replacement``, ``reparam`` and ``swap`` are invariant under the SVD's sign choices
+(a flip of a pair (u_i, v_i) cancels; see :mod:`rwedit.probes.svd`). A disrupted matrix for a given
+seed depends on them (deterministic for a given LAPACK build); its distribution does not.
+
+All maths in float64 on the weights' device; results are cast to the stored dtype when written.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Literal, Union
+
+import torch
+
+from rwedit.architectures import LAYER_ROLES, RoleView, model_layout
+from rwedit.probes.svd import AUTO_FULL_MAX_DIM, polar_factor, singular_value_scale, top_svd
+
+__all__ = [
+    "CONDITION_KINDS",
+    "RANDOM_KINDS",
+    "Decomposition",
+    "WeightSnapshot",
+    "condition_matrix",
+    "decompose",
+    "haar_orthogonal",
+    "matrix_seed",
+    "set_weight",
+]
+
+#: every construction this module knows, in report order
+CONDITION_KINDS: tuple[str, ...] = ("post", "sv_replacement", "reparam", "swap", "disrupt_left_random",
+                                    "disrupt_right_random")
+#: constructions that draw a random orthogonal matrix (one condition per seed)
+RANDOM_KINDS: tuple[str, ...] = ("disrupt_left_random", "disrupt_right_random")
+
+Rank = Union[int, Literal["full"]]
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Top-r triplets of W_base (U, sb, V) and W_post (Up, sp, Vp) in float64, and the post residual E."""
+
+    U: torch.Tensor
+    sb: torch.Tensor
+    V: torch.Tensor
+    Up: torch.Tensor
+    sp: torch.Tensor
+    Vp: torch.Tensor
+    residual: torch.Tensor  # E = W_post − Up diag(sp) Vpᵀ (float64)
+    r: int
+    method: str
+
+
+def _rank(rank: Rank, shape: torch.Size) -> int:
+    m = min(shape)
+    if rank == "full":
+        return m
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int or 'full', got {rank!r}")
+    return min(rank, m)
+
+
+def decompose(W_base: torch.Tensor, W_post: torch.Tensor, rank: Rank = "full", method: str = "auto",
+              seed: int = 0) -> Decomposition:
+    """Top-r SVDs of both matrices (``method``: "full", "lowrank", or "auto" = full SVD when
+    ``rank="full"`` or min(d) <= 1024) and the post residual ``E``."""
+    if W_base.shape != W_post.shape or W_base.ndim != 2:
+        raise ValueError(f"W_base and W_post must be matrices of one shape, got {tuple(W_base.shape)} "
+                         f"and {tuple(W_post.shape)}")
+    for name, w in (("W_base", W_base), ("W_post", W_post)):
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"{name} has non-finite entries")
+        if not bool(w.any()):
+            raise ValueError(f"{name} is all zeros: it has no singular vectors to take a rotation from")
+    r = _rank(rank, W_base.shape)
+    if method == "auto":
+        method = "full" if (r == min(W_base.shape) or min(W_base.shape) <= AUTO_FULL_MAX_DIM) else "lowrank"
+    if method not in ("full", "lowrank"):
+        raise ValueError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
+    U, sb, V = top_svd(W_base, r, method, seed=seed)
+    Up, sp, Vp = top_svd(W_post, r, method, seed=seed)
+    E = W_post.to(torch.float64) - (Up * sp) @ Vp.T
+    return Decomposition(U, sb, V, Up, sp, Vp, E, r, method)
+
+
+def haar_orthogonal(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A Haar-random n x n orthogonal matrix (float64): QR of a Gaussian matrix with the signs of R's
+    diagonal moved into Q (Mezzadri 2007), drawn from its own generator (the global RNG is untouched)."""
+    g = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(n, n, generator=g, dtype=torch.float64)
+    q, rr = torch.linalg.qr(z)
+    d = torch.sign(torch.diagonal(rr))
+    d[d == 0] = 1.0
+    return (q * d).to(device)
+
+
+def matrix_seed(seed: int, layer: int | None, role: str, kind: str) -> int:
+    """A stable per-matrix seed, so that a condition's R differs between matrices and is reproducible."""
+    return zlib.crc32(f"{seed}:{layer}:{role}:{kind}".encode())
+
+
+def condition_matrix(kind: str, W_base: torch.Tensor, W_post: torch.Tensor, *, rank: Rank = "full",
+                     fit_r: int = 64, method: str = "auto", seed: int | None = None,
+                     dec: Decomposition | None = None) -> torch.Tensor:
+    """``W_cond`` of one condition (see the module docstring), in W_post's dtype and device.
+    ``seed`` (required for the random kinds) seeds R directly: derive one per matrix with
+    :func:`matrix_seed`. Pass ``dec`` to reuse a :func:`decompose` of the same pair."""
+    if kind not in CONDITION_KINDS:
+        raise ValueError(f"unknown condition kind {kind!r}; kinds: {', '.join(CONDITION_KINDS)}")
+    if kind in RANDOM_KINDS and seed is None:
+        raise ValueError(f"{kind} draws a random orthogonal matrix: give a seed")
+    d = dec if dec is not None else decompose(W_base, W_post, rank, method)
+    U, sb, V, Up, sp, Vp, r = d.U, d.sb, d.V, d.Up, d.sp, d.Vp, d.r
+    if kind == "post":
+        C = (Up * sp) @ Vp.T
+    elif kind == "sv_replacement":
+        f = max(1, min(int(fit_r), r))
+        s, _ = singular_value_scale(sb[:f], sp[:f])
+        C = (Up * (s * sb)) @ Vp.T
+    elif kind == "reparam":
+        Q = polar_factor(0.5 * (U.T @ Up + V.T @ Vp))
+        C = ((U @ Q) * sp) @ (V @ Q).T
+    elif kind == "swap":
+        C = ((U @ polar_factor(V.T @ Vp)) * sp) @ Vp.T
+    elif kind == "disrupt_left_random":
+        R = haar_orthogonal(r, seed, U.device)
+        C = ((U @ R) * sp) @ Vp.T
+    else:  # disrupt_right_random
+        R = haar_orthogonal(r, seed, U.device)
+        C = (Up * sp) @ (V @ R).T
+    return (d.residual + C).to(dtype=W_post.dtype, device=W_post.device)
+
+
+# ----------------------------------------------------------------------------- in a model
+
+
+def set_weight(model: torch.nn.Module, layer: int | None, role: str, W: torch.Tensor) -> None:
+    """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (the rows of a
+    fused matrix that belong to other roles are untouched). The tied unembedding is refused."""
+    layout = model_layout(model)
+    view = layout.view(layer, role)
+    if role == "unembed" and layout.dims.tied:
+        raise ValueError("the unembedding is tied to the input embedding: overwriting it would change both")
+    if tuple(W.shape) != view.shape:
+        raise ValueError(f"W for layer {layer} role {role!r} has shape {tuple(W.shape)}, expected {view.shape}")
+    param = model.get_parameter(view.param)
+    view.check_stored(param)
+    with torch.no_grad():
+        full = param.data.t() if view.transposed else param.data
+        W = W.to(device=full.device, dtype=full.dtype)
+        if view.rows is None:
+            full.copy_(W)
+        else:
+            full.index_copy_(0, view.rows.to(full.device), W)
+
+
+class WeightSnapshot:
+    """Exact copies (on the CPU) of the stored tensors behind some (layer, role) matrices of a model.
+
+    ``restore()`` copies them back bit for bit, whatever was written in between; ``original(layer, role)``
+    is the role's ``W`` as it was when the snapshot was taken. Use as a context manager to restore on exit
+    (also after an exception)."""
+
+    def __init__(self, model: torch.nn.Module, targets: Iterable[tuple[int, str]]):
+        self.model = model
+        layout = model_layout(model)
+        self.views: dict[tuple[int, str], RoleView] = {}
+        self.saved: dict[str, torch.Tensor] = {}
+        for layer, role in targets:
+            if role not in LAYER_ROLES:
+                raise ValueError(f"role {role!r}: the SVD conditions act on layer matrices ({', '.join(LAYER_ROLES)})")
+            view = layout.view(layer, role)
+            self.views[(layer, role)] = view
+            if view.param not in self.saved:
+                p = model.get_parameter(view.param)
+                self.saved[view.param] = p.detach().to("cpu", copy=True)
+
+    def original(self, layer: int, role: str) -> torch.Tensor:
+        view = self.views[(layer, role)]
+        return view.extract(self.saved[view.param]).clone()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, t in self.saved.items():
+                self.model.get_parameter(name).data.copy_(t)
+
+    def __enter__(self) -> "WeightSnapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+

@@ -1,0 +1,289 @@
+"""The SVD-structure experiment's report, computed from its results store alone (``rwedit report DIR``).
+
+For each behaviour metric named in the recipe's ``verdicts.metrics``:
+- a condition's **shift vs post** ``d = value − post`` with its stderr: the paired stderr of the direct
+  metrics (``pref_margin``, ``pref_acc``, ``ce``, ``ppl``: the scorer's reference is the post model), or
+  ``sqrt(se² + se_post²)`` for lm-eval metrics (two independent-looking scores; conservative);
+- a group of seeded conditions (the random disruptions) as one entry: mean over seeds, stderr
+  ``sqrt(s²/n + mean(se_i²))`` (spread over seeds plus the evaluation noise, which the seeds share and
+  which does not average out), 95% interval with the t quantile of n − 1 degrees of freedom;
+- post-training's own change ``G = post − base``; the **retained fraction** ``(value − base) / G``
+  (1 = behaves like post, 0 = like base).
+
+HC's claims as plain verdicts (95% intervals; ``G``'s own uncertainty enters only the testability check):
+- *keeps the score* (``sv_replacement``; also ``reparam`` and ``swap``): **yes** when the whole interval of
+  ``sign(G)·d`` lies above ``−keep_margin·|G|`` (the condition keeps at least ``1 − keep_margin`` of what
+  post-training changed, or goes further), **no** when it lies wholly below, *inconclusive* otherwise,
+  *untestable* when ``G``'s interval contains 0 (post and base do not differ on that metric);
+- *collapses* (the random disruptions): **yes** when the condition is worse, in the metric's own
+  direction, than both post and base (the whole interval of the difference to the worse of the two is
+  below 0), **no** when it is better than that one, *inconclusive* otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from rwedit.evals.report import Z, _fmt, t975
+from rwedit.evals.store import ResultStore
+
+#: direct metrics whose shift vs post is stored paired (key of the shift)
+PAIRED = {"pref_margin": "pref_margin_shift_vs_post", "pref_acc": "pref_acc_shift_vs_post",
+          "ce": "ce_shift_vs_post", "ppl": "ppl_change_vs_post"}
+KEEP_KINDS = {
+    "sv_replacement": "singular-value replacement (post singular vectors, base singular values × s) keeps the score",
+    "reparam": "the reparameterisation (base vectors, one shared rotation Q, post singular values) keeps the score",
+    "swap": "swapping the left rotation for the right one keeps the score",
+}
+COLLAPSE_KINDS = {
+    "disrupt_left_random": "replacing the left rotation by a random orthogonal matrix collapses the score",
+    "disrupt_right_random": "replacing the right rotation by a random orthogonal matrix collapses the score",
+}
+ORDER = ["post", "base", "sv_replacement", "reparam", "swap", "disrupt_left_random", "disrupt_right_random"]
+WEIGHT_COLS = {"rel_change_vs_post": "‖W−W_post‖/‖W_post‖", "scale": "scale s", "scale_residual": "s residual",
+               "consistency": "consistency", "reparam_error": "reparam err."}
+
+
+def direction(metric: str) -> int:
+    """+1 when higher is better, −1 for losses, perplexities and divergences."""
+    last = metric.split("/")[-1]
+    if last in ("ce", "ppl") or "perplexity" in last or last in ("bits_per_byte", "kl_post_condition"):
+        return -1
+    return 1
+
+
+def _num(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def shift_vs_post(row: dict, post: dict, metric: str) -> tuple[float | None, float | None]:
+    """(value − post, its stderr) of one row for one metric."""
+    if metric in PAIRED and PAIRED[metric] in row:
+        return _num(row.get(PAIRED[metric])), _num(row.get(PAIRED[metric] + "_stderr"))
+    v, p = _num(row.get(metric)), _num(post.get(metric))
+    if v is None or p is None:
+        return None, None
+    if row is post:
+        return 0.0, 0.0
+    sv, sp = _num(row.get(metric + "_stderr")), _num(post.get(metric + "_stderr"))
+    return v - p, (None if sv is None or sp is None else math.sqrt(sv ** 2 + sp ** 2))
+
+
+def summary(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
+    """One row per (condition kind, metric): value, shift vs post with stderr and 95% CI, retained fraction."""
+    post = next(r for r in rows if r["condition"] == "post")
+    base = next(r for r in rows if r["condition"] == "base")
+    kinds = [k for k in ORDER if any(r["kind"] == k for r in rows)]
+    kinds += sorted({r["kind"] for r in rows} - set(kinds))
+    out = []
+    for m in metrics:
+        g_shift, g_se = shift_vs_post(base, post, m)  # base − post
+        G = None if g_shift is None else -g_shift
+        for kind in kinds:
+            members = [r for r in rows if r["kind"] == kind]
+            sh = [shift_vs_post(r, post, m) for r in members]
+            vals = [_num(r.get(m)) for r in members]
+            if any(s is None for s, _ in sh):
+                continue
+            n = len(members)
+            mean = sum(s for s, _ in sh) / n
+            ses = [se for _, se in sh]
+            if n > 1:
+                sd = math.sqrt(sum((s - mean) ** 2 for s, _ in sh) / (n - 1))
+                se = math.sqrt(sd ** 2 / n + sum(x ** 2 for x in ses) / n) if None not in ses else sd / math.sqrt(n)
+                q = t975(n - 1)
+            else:
+                se, q = ses[0], Z
+            value = sum(vals) / n if None not in vals else None
+            vse = [_num(r.get(m + "_stderr")) for r in members]
+            value_se = (math.sqrt(sum(x ** 2 for x in vse) / n + (sd ** 2 / n if n > 1 else 0.0))
+                        if None not in vse else None)
+            lo, hi = (mean - q * se, mean + q * se) if se is not None else (None, None)
+            testable = G is not None and g_se is not None and abs(G) > Z * g_se
+            out.append({"metric": m, "kind": kind, "n": n, "value": value, "value_stderr": value_se, "shift": mean,
+                        "shift_stderr": se, "ci_low": lo, "ci_high": hi, "q": q, "post_minus_base": G,
+                        "post_minus_base_stderr": g_se, "gap_significant": testable,
+                        "retained": (1.0 + mean / G) if testable else None})
+    return pd.DataFrame(out)
+
+
+def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
+    """HC's claims per metric (see the module docstring for the rules)."""
+    out = []
+    for m, g in summ.groupby("metric", sort=False):
+        byk = {r["kind"]: r for _, r in g.iterrows()}
+        base = byk.get("base")
+        for kind, claim in list(KEEP_KINDS.items()) + list(COLLAPSE_KINDS.items()):
+            r = byk.get(kind)
+            if r is None:
+                continue
+            v = {"metric": m, "kind": kind, "claim": claim, "n": int(r["n"]), "shift": r["shift"],
+                 "ci_low": r["ci_low"], "ci_high": r["ci_high"], "retained": r["retained"]}
+            G = r["post_minus_base"]
+            if r["shift_stderr"] is None or pd.isna(r["shift_stderr"]):
+                v.update(answer="no interval", test_low=None, test_high=None, threshold=None)
+            elif kind in KEEP_KINDS:
+                if not r["gap_significant"]:
+                    v.update(answer="untestable", test_low=None, test_high=None, threshold=None)
+                else:
+                    sg = 1.0 if G > 0 else -1.0
+                    lo, hi = sorted((sg * r["ci_low"], sg * r["ci_high"]))
+                    thr = -keep_margin * abs(G)
+                    v.update(test_low=lo, test_high=hi, threshold=thr,
+                             answer="yes" if lo > thr else ("no" if hi < thr else "inconclusive"))
+            else:
+                d = direction(m)
+                # the worse of post (shift 0) and base (shift base − post) in the metric's direction
+                b_shift, b_se = (base["shift"], base["shift_stderr"]) if base is not None else (0.0, 0.0)
+                ref_is_base = base is not None and d * b_shift < 0
+                ref, ref_se = (b_shift, 0.0 if pd.isna(b_se) else b_se) if ref_is_base else (0.0, 0.0)
+                diff = d * (r["shift"] - ref)
+                se = math.sqrt(r["shift_stderr"] ** 2 + ref_se ** 2)
+                lo, hi = diff - r["q"] * se, diff + r["q"] * se
+                v.update(test_low=lo, test_high=hi, threshold=0.0, reference="base" if ref_is_base else "post",
+                         answer="yes" if hi < 0 else ("no" if lo > 0 else "inconclusive"))
+            out.append(v)
+    return out
+
+
+def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
+    """Bars: each condition's shift vs post per metric with the 95% interval the verdicts use (paired for the
+    direct metrics); the solid line is post (0), the dashed one the base model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(summ["metric"]))
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        g = summ[(summ["metric"] == m) & (summ["kind"] != "post")]
+        x = list(range(len(g)))
+        lo = [s - a if not pd.isna(a) else 0.0 for s, a in zip(g["shift"], g["ci_low"])]
+        hi = [b - s if not pd.isna(b) else 0.0 for s, b in zip(g["shift"], g["ci_high"])]
+        colours = ["tab:grey" if k == "base" else "tab:red" if k in COLLAPSE_KINDS else "tab:green" for k in g["kind"]]
+        ax.bar(x, g["shift"], yerr=[lo, hi], color=colours, capsize=3)
+        ax.axhline(0.0, color="black", lw=0.8, label="post")
+        b = g[g["kind"] == "base"]
+        if not b.empty:
+            ax.axhline(float(b["shift"].iloc[0]), color="black", ls="--", lw=0.8, label="base")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{k}\n(n={n})" if n > 1 else k for k, n in zip(g["kind"], g["n"])], rotation=45,
+                           ha="right", fontsize=7)
+        ax.set_title(f"{m} ({'higher' if direction(m) > 0 else 'lower'} is better)", fontsize=9)
+        ax.set_ylabel("shift vs post", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("SVD-structure conditions: shift vs the post model (mean, 95% interval)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ci(lo, hi) -> str:
+    return f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and not pd.isna(lo) else "–"
+
+
+def write_svd_report(folder: str | Path) -> Path:
+    """``report.md``, ``conditions.csv``, ``verdicts.csv`` and ``svd_conditions.png`` from the store alone."""
+    folder = Path(folder)
+    store = ResultStore(folder)
+    rows = store.rows()
+    if not rows:
+        raise ValueError(f"{folder}: no results yet (results.jsonl is empty or missing)")
+    meta = json.loads(store.meta_path.read_text())
+    cfg = meta["config"]
+    names = {r["condition"] for r in rows}
+    if not {"post", "base"} <= names:
+        raise ValueError(f"{folder}: the store has no {'post' if 'post' not in names else 'base'} row yet: "
+                         f"resume the run (rwedit run RECIPE --out {folder} --resume)")
+    wanted = list((cfg.get("verdicts") or {}).get("metrics") or [])
+    metrics = [m for m in wanted if any(r.get(m) is not None for r in rows)]
+    absent = [m for m in wanted if m not in metrics]
+    summ = summary(rows, metrics)
+    summ.to_csv(folder / "conditions.csv", index=False)
+    keep_margin = float((cfg.get("verdicts") or {}).get("keep_margin", 0.5))
+    ver = verdicts(summ, keep_margin) if not summ.empty else []
+    pd.DataFrame(ver).to_csv(folder / "verdicts.csv", index=False)
+    plot = plot_conditions(summ, folder / "svd_conditions.png") if not summ.empty else None
+
+    sel = cfg.get("matrices") or {}
+    cond = cfg.get("conditions") or {}
+    n_mat = next((r.get("n_matrices") for r in rows if r.get("n_matrices")), "?")
+    L = [f"# SVD-structure experiment: {cfg.get('name', folder.name)}", "",
+         f"Base `{cfg.get('model')}`, post `{cfg.get('post')}`. Every condition replaces {n_mat} matrices "
+         f"(roles {', '.join(sel.get('roles') or ['all'])}; layers {'all' if sel.get('layers') is None else sel['layers']}) "
+         f"of the post model, rank {cond.get('rank')} (s fitted on the top {cond.get('fit_r')} singular values); "
+         f"random disruptions use seeds {cond.get('seeds')}. Recipe hash `{meta['config_hash']}`, started "
+         f"{meta['started']}.", ""]
+    L += ["## Verdicts", ""]
+    if absent:
+        L += [f"Metrics named in `verdicts.metrics` but absent from the rows: {', '.join(absent)}.", ""]
+    if not ver:
+        L += ["No verdicts: no metric of `verdicts.metrics` has values in the rows.", ""]
+    for v in ver:
+        r = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == v["kind"])].iloc[0]
+        post_v = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == "post")]["value"].iloc[0]
+        base_r = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == "base")]
+        base_v = base_r["value"].iloc[0] if not base_r.empty else None
+        who = f"{v['kind']} (mean of {v['n']} seeds)" if v["n"] > 1 else v["kind"]
+        text = (f"- **{v['claim']}: {v['answer']}** — `{v['metric']}`: {who} {_fmt(r['value'])} vs post "
+                f"{_fmt(post_v)}, base {_fmt(base_v)}; shift vs post {_fmt(v['shift'])}, 95% CI "
+                f"{_ci(v['ci_low'], v['ci_high'])}")
+        if v["kind"] in KEEP_KINDS:
+            if v["answer"] == "untestable":
+                text += (f"; post − base = {_fmt(r['post_minus_base'] + 0.0)} ± {_fmt(r['post_minus_base_stderr'], 2)} "
+                         f"is not distinguishable from 0 on this metric")
+            elif v["threshold"] is not None:
+                text += (f"; retains {_fmt(100 * r['retained'], 3)}% of post-training's change "
+                         f"(needed: the interval above {_fmt(v['threshold'])} in the direction of post − base, "
+                         f"i.e. at least {_fmt(100 * (1 - keep_margin), 3)}% kept)")
+        elif v.get("test_low") is not None:
+            text += (f"; vs the worse of post and base ({v['reference']}), in the metric's better direction: "
+                     f"{_ci(v['test_low'], v['test_high'])} (collapse: wholly below 0)")
+        L.append(text + ".")
+    L += ["", f"*keeps the score*: **yes** when the 95% interval of the shift vs post, signed in the direction "
+          f"post-training moved the metric, lies wholly above −{keep_margin:g}·|post − base|; **no** when wholly "
+          "below; *untestable* when post and base do not differ on the metric. *collapses*: **yes** when the "
+          "condition is worse than both post and base (the 95% interval of its difference to the worse of the two "
+          "lies below 0), **no** when it is better than that one. Groups of seeds: mean over seeds, stderr "
+          "√(s²/n + mean se²), t interval.", ""]
+
+    L += ["## Conditions", ""]
+    for m in metrics:
+        g = summ[summ["metric"] == m]
+        L += [f"### `{m}` ({'higher' if direction(m) > 0 else 'lower'} is better)", "",
+              "| condition | n | value ± se | shift vs post | 95% CI | retained fraction |", "|---|---|---|---|---|---|"]
+        for _, r in g.iterrows():
+            L.append(f"| {r['kind']} | {r['n']} | {_fmt(r['value'])} ± {_fmt(r['value_stderr'], 2)} | "
+                     f"{_fmt(r['shift'])} | {_ci(r['ci_low'], r['ci_high'])} | {_fmt(r['retained'])} |")
+        L.append("")
+    L += ["Retained fraction = (value − base) / (post − base): 1 behaves like post, 0 like base (– when post and "
+          "base do not differ significantly).", ""]
+
+    L += ["## Weights and every condition", "",
+          "Means over the replaced matrices. Structure metrics compare each condition's matrices with the base "
+          "(probes/svd.py: scale s in σ ≈ sσ_base and its residual, consistency ‖Q_U − Q_V‖/‖Q_U‖, reparameterisation "
+          "error); the `post` row is the SVD probe of the pair.", ""]
+    beh = [c for c in ("kl_post_condition", "pref_margin_shift_vs_post", "ce_shift_vs_post") if c in rows[0]]
+    cols = list(WEIGHT_COLS) + beh
+    L += ["| condition | " + " | ".join(WEIGHT_COLS.get(c, c) for c in cols) + " |", "|---" * (1 + len(cols)) + "|"]
+    for r in rows:
+        cells = [_fmt(r.get(c)) + (f" ± {_fmt(r.get(c + '_stderr'), 2)}" if r.get(c + "_stderr") is not None else "")
+                 for c in cols]
+        L.append(f"| {r['condition']} | " + " | ".join(cells) + " |")
+    L += ["", "`kl_post_condition`: KL(post ‖ condition) of next-token distributions on held-out text "
+          "(nats/token); `*_shift_vs_post`: paired shift against the post model.", ""]
+    if plot is not None:
+        L += ["## Plot", "", f"![{plot.stem}]({plot.name})", ""]
+    L += ["## Files", "", "- `results.jsonl`: one row per condition (`pandas.read_json(path, lines=True)`)",
+          "- `conditions.csv`, `verdicts.csv`: the tables above", "- `matrices/<condition>.csv`: per-matrix metrics",
+          "- `run.json`: the recipe, its hash, versions"]
+    (folder / "report.md").write_text("\n".join(L) + "\n")
+    return folder / "report.md"
