@@ -19,6 +19,9 @@ tensor from safetensors, so a pair of large checkpoints never sits in memory at 
 
 EPILOG = """\
 examples:
+  rwedit quickstart                               offline, end to end on the bundled model organism:
+                                                  probes, edits vs controls, lm-eval scores, report
+  rwedit organism                                 build/reuse the organism (pretrained, aligned, SFT)
   rwedit archs                                    supported architectures and their role modules
   rwedit deltas --base BASE --post POST --out deltas.csv
                                                   per-layer, per-role ||dW||_F of a checkpoint pair
@@ -42,9 +45,26 @@ Run `rwedit COMMAND --help` for the options of a command.
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
     from rwedit.evals.experiment import Recipe, run_experiment
     from rwedit.evals.svd_experiment import EXPERIMENT as SVD_EXPERIMENT, recipe_kind, run_svd_experiment
 
+    path = Path(args.recipe)
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if isinstance(raw, dict) and "organism" in raw:  # recipes/quickstart.yaml or recipes/organism.yaml
+        if "experiment" in raw:
+            from rwedit.quickstart import QuickstartRecipe, run_quickstart
+
+            report = run_quickstart(QuickstartRecipe.from_yaml(path), args.out or "runs/quickstart",
+                                    model=args.model, post=args.post, progress=not args.quiet,
+                                    cache_dir=args.cache_dir)
+            print(f"wrote {report}")
+            return 0
+        args.graded, args.reduced, args.root = False, False, None
+        return _cmd_organism(args)
     if recipe_kind(args.recipe) == SVD_EXPERIMENT:  # `experiment: svd-structure` (recipes/svd-structure.yaml)
         out = run_svd_experiment(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
                                  overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir)
@@ -223,6 +243,46 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_path(given: str | None, name: str) -> str:
+    """The given recipe, else the one shipped with rwedit (``rwedit/recipes``: works from any directory)."""
+    if given:
+        return given
+    from importlib.resources import files
+
+    return str(files("rwedit.recipes") / name)
+
+
+def _cmd_organism(args: argparse.Namespace) -> int:
+    from rwedit.organism import OrganismConfig, build_organism, check_aligned, reduced, summary_lines
+
+    cfg = OrganismConfig.from_yaml(_recipe_path(args.recipe, "organism.yaml"))
+    if args.reduced:
+        cfg = reduced(cfg)
+    org = build_organism(cfg, args.root, progress=not args.quiet, lambdas=None if args.graded else (0.0, 1.0))
+    report = org.report()
+    print("\n".join(summary_lines(report)))
+    print(f"\npretrained: {org.pretrained}\naligned:    {org.aligned}\nSFT:        {org.sft}")
+    check_aligned(report)
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from rwedit.quickstart import QuickstartRecipe, run_quickstart
+
+    recipe = QuickstartRecipe.from_yaml(_recipe_path(args.recipe, "quickstart.yaml"))
+    if args.graded:
+        from dataclasses import replace
+
+        recipe = replace(recipe, graded=True)
+    path = run_quickstart(recipe, args.out, model=args.model, post=args.post, sft=args.sft,
+                          progress=not args.quiet, cache_dir=args.cache_dir, organism_root=args.organism_root,
+                          use_reduced=args.reduced)
+    text = path.read_text()
+    print("\n" + text.split("## The organism")[0].split("## Models")[0])
+    print(f"report: {path}")
+    return 0
+
+
 def _pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base checkpoint: local folder or Hub id org/name[@revision]")
     p.add_argument("--post", required=True, help="post-trained checkpoint of the same architecture")
@@ -378,6 +438,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSONL output file")
     p.add_argument("--device", default="cpu")
     commands["eval"] = _cmd_eval
+
+    p = sub.add_parser(
+        "organism",
+        help="build (or reuse) the offline model organism: CE-pretrained Llama, DPO-aligned, SFT control",
+        description="Trains a byte-level BPE tokenizer and a small Llama on the bundled WikiText-2 text (+ the "
+        "training pairs' prompts) with transformers.Trainer, then aligns it with TRL's DPO on hh-rlhf training "
+        "pairs (lines 0-1899) and trains the SFT control (CE on the chosen responses, same data and steps). "
+        "--graded adds the graded objective lambda*L_pref + (1-lambda)*L_CE for every lambda of the recipe. "
+        "Deterministic from the recipe's seed; every stage is cached by a hash of its settings under "
+        "$RWEDIT_CACHE/organism (default ~/.cache/rwedit/organism) and reused. Prints held-out loss and "
+        "preference metrics before/after; fails if the aligned model is not measurably aligned.",
+    )
+    p.add_argument("--recipe", help="organism recipe YAML (default: the shipped recipes/organism.yaml)")
+    p.add_argument("--graded", action="store_true", help="also train every lambda of align.lambdas")
+    p.add_argument("--reduced", action="store_true", help="a seconds-scale organism (tiny dims, few steps) for smoke tests")
+    p.add_argument("--root", help="where organisms are cached (default $RWEDIT_CACHE/organism)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    commands["organism"] = _cmd_organism
+
+    p = sub.add_parser(
+        "quickstart",
+        help="offline end to end: organism, RSF/SVD probes, trajectories, causal control experiment, report",
+        description="Builds (or reuses) the model organism, probes (pretrained -> aligned) and (pretrained -> SFT) "
+        "with the RSF grid and the SVD structure probe, measures the training-side RSF trajectories, runs the causal "
+        "control experiment (principal read-pathway rank-1 edit vs random, low-variance and write-pathway controls "
+        "at matched norm, alpha sweep) scored with the bundled lm-eval tasks and direct metrics, exports the edit "
+        "adapter with its model card, and writes OUT/report.md whose first screen says what was found. "
+        "The organism is built once (minutes on a CPU) and cached; later runs reuse it. "
+        "--model/--post run the same on any pair. Rerunning into the same OUT resumes.",
+    )
+    p.add_argument("--recipe", help="quickstart recipe YAML (default: the shipped recipes/quickstart.yaml)")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    p.add_argument("--model", help="base checkpoint instead of the organism (local folder or Hub id)")
+    p.add_argument("--post", help="its post-trained checkpoint (with --model)")
+    p.add_argument("--sft", help="optional second post-trained checkpoint to probe (e.g. an SFT control)")
+    p.add_argument("--graded", action="store_true", help="also train the graded-objective grid and plot RSF vs lambda")
+    p.add_argument("--reduced", action="store_true", help="the seconds-scale organism (smoke test of the whole path)")
+    p.add_argument("--organism-root", help="where organisms are cached (default $RWEDIT_CACHE/organism)")
+    p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    commands["quickstart"] = _cmd_quickstart
 
     parser.set_defaults(_commands=commands)
     return parser
