@@ -23,25 +23,9 @@ from pathlib import Path
 
 import torch
 
+from _common import LLAMA_100M_CACHE, build_llama_100m, llama_100m_edit_spec, llama_100m_stats
+
 ROOT = Path(__file__).resolve().parent
-
-
-def build_pair(cache: Path) -> None:
-    """A ~100M Llama (hidden 768, 12 layers, MLP 2048, vocab 32000) and a perturbed copy, once."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (cache / "done").exists():
-        return
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                      intermediate_size=2048, vocab_size=32000, max_position_embeddings=1024)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(cache / "base")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1e-3 * torch.randn_like(p))
-    model.save_pretrained(cache / "post")
-    (cache / "done").write_text("ok")
 
 
 def timed(fn, repeat: int = 1) -> list[float]:
@@ -55,7 +39,7 @@ def timed(fn, repeat: int = 1) -> list[float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "llama-100m")
+    ap.add_argument("--cache", type=Path, default=LLAMA_100M_CACHE)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "adapters.json")
     args = ap.parse_args()
 
@@ -63,25 +47,16 @@ def main() -> int:
 
     from rwedit.editor.adapters import attach_conditions
     from rwedit.editor.edits import build_conditions
-    from rwedit.editor.spec import EditSpec
-    from rwedit.probes.activations import StatsSettings, cached_activation_stats
 
-    build_pair(args.cache)
+    build_llama_100m(args.cache)
     base = str(args.cache / "base")
     load_s = timed(lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), repeat=3)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
 
-    spec = EditSpec.from_dict({
-        "model": base, "post": str(args.cache / "post"),
-        "calibration": {"data": "unused: token ids are given directly", "tokens": 8192, "seq_len": 256},
-        "edit": {"layers": [6], "role": "q", "v": "principal[0]", "b": "delta"},
-        "alpha": [1.0, 2.0], "controls": {"random": 3, "lowvar": 1, "write": "o"},
-    })
-    ids = torch.randint(3, 32000, (32, 256), generator=torch.Generator().manual_seed(0))
-    stats_settings = StatsSettings(roles=("q", "o"), layers=(6,), seq_len=256)
-    stats = cached_activation_stats(model, ids, stats_settings, cache_dir=args.cache / "stats", progress=False)
-    stats = cached_activation_stats(model, ids, stats_settings, cache_dir=args.cache / "stats", progress=False)
+    spec = llama_100m_edit_spec(args.cache)
+    stats = llama_100m_stats(model, args.cache)
+    stats = llama_100m_stats(model, args.cache)
     assert stats.meta["cache"]["hit"], "statistics should come from the cache"
 
     t = time.perf_counter()

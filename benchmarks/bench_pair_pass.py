@@ -39,13 +39,13 @@ import importlib
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from _common import emit, measured
+from _common import run_child as _run_child
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache" / "llama-1.1b-pair"
@@ -228,43 +228,6 @@ def checkpoint_files(folder: Path) -> list[Path]:
 # --- the measured steps (each runs in its own child process) ----------------------------------
 
 
-def _status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class RssSampler:
-    """Samples RssAnon / RssFile of this process every few ms, keeping the peaks (and peak total)."""
-
-    def __init__(self, interval_s: float = 0.005):
-        self.interval_s = interval_s
-        self.peak_anon = self.peak_file = self.peak_total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        anon, fil = _status_kb("RssAnon"), _status_kb("RssFile")
-        self.peak_anon, self.peak_file = max(self.peak_anon, anon), max(self.peak_file, fil)
-        self.peak_total = max(self.peak_total, anon + fil)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> "RssSampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
 def step_read(base: Path, post: Path, chunk_mb: int = 8) -> dict:
     """(a) Read every byte of both checkpoints' safetensors files, discarding the data."""
     buf = bytearray(chunk_mb << 20)
@@ -327,44 +290,34 @@ def child_main(step: str, base: Path, post: Path, profile: Path | None) -> None:
     """Run one step in this (fresh) process and print its figures as one tagged JSON line."""
     for mod in STEP_IMPORTS[step]:  # imports (seconds, mostly transformers' lazy modules) are not timed
         importlib.import_module(mod)
-    rss_start_kb = _status_kb("VmRSS")
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    with RssSampler() as sampler:
-        t0 = time.perf_counter()
+
+    def work() -> dict:
         if profile is not None:
             import cProfile
 
             prof = cProfile.Profile()
-            out = prof.runcall(STEPS[step], base, post)
+            res = prof.runcall(STEPS[step], base, post)
             prof.dump_stats(str(profile))
-        else:
-            out = STEPS[step](base, post)
-        wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            return res
+        return STEPS[step](base, post)
+
+    out, m = measured(work)
     out.update(
         step=step,
-        wall_s=wall,
+        wall_s=m["wall_s"],
         # user+system CPU of all this process's threads: less sensitive than wall time to other
         # processes competing for the cores (it can exceed wall time when torch uses several threads)
-        cpu_s=(ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        cpu_s=m["cpu_s"],
         # VmHWM is this process's own high-water mark (its mm is new at exec).  ru_maxrss is kept for
         # reference only: Linux folds the *parent's* peak into a child's ru_maxrss at exec (the child
         # is forked/vforked from the parent's mm), so it is never below the driver's own peak.
-        peak_rss_mb=_status_kb("VmHWM") / 1024,
-        ru_maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB on Linux
-        rss_start_mb=rss_start_kb / 1024,
-        sampled_peak_anon_mb=sampler.peak_anon / 1024,
-        sampled_peak_file_mb=sampler.peak_file / 1024,
+        peak_rss_mb=m["vmhwm_kb"] / 1024,
+        ru_maxrss_mb=m["ru_maxrss_kb"] / 1024,
+        rss_start_mb=m["rss_start_kb"] / 1024,
+        sampled_peak_anon_mb=m["peak_anon_kb"] / 1024,
+        sampled_peak_file_mb=m["peak_file_kb"] / 1024,
     )
-    print(CHILD_TAG + json.dumps(out), flush=True)
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds spent busy by the whole machine since boot (all cores, from /proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    emit(CHILD_TAG, out)
 
 
 def run_child(step: str, base: Path, post: Path, profile: Path | None = None) -> dict:
@@ -376,22 +329,9 @@ def run_child(step: str, base: Path, post: Path, profile: Path | None = None) ->
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--base", str(base), "--post", str(post)]
     if profile is not None:
         cmd += ["--child-profile", str(profile)]
-    ru0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _busy_cpu_s()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    process_wall = time.perf_counter() - t0
-    ru1, busy1 = resource.getrusage(resource.RUSAGE_CHILDREN), _busy_cpu_s()
-    own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"step {step!r} failed (exit {proc.returncode})")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_TAG)]
-    if not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"step {step!r} reported no result")
-    out = json.loads(lines[-1][len(CHILD_TAG):])
-    out["process_wall_s"] = process_wall
-    out["other_procs_cores"] = max(0.0, (busy1 - busy0) - own) / process_wall
+    out, info = _run_child(cmd, CHILD_TAG, step)
+    out["process_wall_s"] = info["process_wall_s"]
+    out["other_procs_cores"] = info["other_procs_cores"]
     return out
 
 

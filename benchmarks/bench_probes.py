@@ -40,12 +40,13 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from _common import emit, measured
+from _common import run_child as _run_child
+from _common import status_kb as _status_kb
 
 HERE = Path(__file__).resolve().parent
 PAIR_CACHE = HERE / ".cache" / "llama-1.1b-pair"
@@ -69,41 +70,6 @@ ACTS_MODEL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
 
 
 # --- memory measurement ----------------------------------------------------------------------
-
-
-def _status_kb(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class RssSampler:
-    """Keeps the peaks of RssAnon and RssFile of this process, sampled every few milliseconds."""
-
-    def __init__(self, interval_s: float = 0.01):
-        self.interval_s, self.peak_anon, self.peak_file = interval_s, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        self.peak_anon = max(self.peak_anon, _status_kb("RssAnon"))
-        self.peak_file = max(self.peak_file, _status_kb("RssFile"))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> "RssSampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def _mb(kb: float) -> float:
@@ -551,40 +517,26 @@ def child_main(step: str, params: dict) -> None:
 
     for mod in PRE_IMPORTS + (["transformers.models.llama.modeling_llama"] if step == "acts" else []):
         importlib.import_module(mod)  # imports are not part of any measurement
-    rss_start = _status_kb("VmRSS")
     load0 = os.getloadavg()
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    with RssSampler() as s:
-        t0 = time.perf_counter()
-        out = STEPS[step](params)
-        out.setdefault("wall_s", time.perf_counter() - t0)
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    out, m = measured(lambda: STEPS[step](params), interval_s=0.01)
+    out.setdefault("wall_s", m["wall_s"])
     import torch
 
     out["process"] = dict(
-        peak_rss_mb=_mb(_status_kb("VmHWM")),  # this process's own high-water mark
-        ru_maxrss_mb=_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+        peak_rss_mb=_mb(m["vmhwm_kb"]),  # this process's own high-water mark
+        ru_maxrss_mb=_mb(m["ru_maxrss_kb"]),
         # CPU seconds of all threads over the step: less sensitive than wall time to other jobs on the machine
-        cpu_s=(ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-        rss_start_mb=_mb(rss_start), peak_anon_mb=_mb(s.peak_anon), peak_file_mb=_mb(s.peak_file),
+        cpu_s=m["cpu_s"],
+        rss_start_mb=_mb(m["rss_start_kb"]), peak_anon_mb=_mb(m["peak_anon_kb"]), peak_file_mb=_mb(m["peak_file_kb"]),
         torch_threads=torch.get_num_threads(), loadavg_before=load0, loadavg_after=os.getloadavg())
-    print(CHILD_TAG + json.dumps(out), flush=True)
+    emit(CHILD_TAG, out)
 
 
 def run_child(step: str, params: dict) -> dict:
     """Run one step in a fresh interpreter (stderr passes through) and return what it reports."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--child-args", json.dumps(params)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    lines = proc.stdout.splitlines()
-    for ln in lines:
-        if not ln.startswith(CHILD_TAG):
-            print("    | " + ln)
-    tagged = [ln for ln in lines if ln.startswith(CHILD_TAG)]
-    if proc.returncode != 0 or not tagged:
-        raise SystemExit(f"step {step!r} failed (exit {proc.returncode})")
-    out = json.loads(tagged[-1][len(CHILD_TAG):])
-    out["process"]["process_wall_s"] = time.perf_counter() - t0
+    out, info = _run_child(cmd, CHILD_TAG, step, pass_stderr=True, echo_prefix="    | ")
+    out["process"]["process_wall_s"] = info["process_wall_s"]
     return out
 
 
