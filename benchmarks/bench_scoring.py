@@ -162,10 +162,12 @@ def _summary(out: dict, task: str) -> dict:
 
 
 def _cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children (lm-eval runs ``pip list`` in a subprocess
+    for its environment report on every simple_evaluate)."""
     import resource
 
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
 def step_ab(p: dict) -> dict:
@@ -291,7 +293,7 @@ def run_interleaved(p: dict, names: list[str]) -> tuple[dict, list[dict]]:
     import subprocess
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ab", "--child-args", json.dumps(p)]
-    t_start, busy_start = time.perf_counter(), busy_cpu_s()
+    t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def read_tagged(tag: str) -> dict:
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a), (b), (c) interleaved by condition ({args.task}, limit {args.limit}): one process holds (a)'s bare "
           f"model and (b)'s experiment (one load, {n} adapters, LMEvalScorer); (c) one fresh process per condition ...",
           flush=True)
-    ab, c_runs = run_interleaved(common, names)
+    ab, c_runs = run_interleaved(dict(common, names=names), names)
     a, b = ab["a"], ab["b"]
     print(f"  (a) sum {a['sum_s']:.1f} s; (b) total {b['total_s']:.1f} s (setup {sum(b['setup_s'].values()):.1f} s, "
           f"scoring {b['scoring_s']:.1f} s)", flush=True)
