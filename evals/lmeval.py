@@ -38,8 +38,10 @@ class EvalSettings:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task_manager(cache_root: str | None):
-    return task_manager(cache_root)  # indexing lm-eval's task registry takes ~10 s: do it once per process
+def _cached_task_manager(cache_root: str | None, tasks: tuple[str, ...]):
+    # indexing lm-eval's built-in registry takes ~10 s: skip it when only bundled tasks are asked for, and
+    # build each manager once per process
+    return task_manager(cache_root, tasks)
 
 
 @contextlib.contextmanager
@@ -84,7 +86,7 @@ class LMEvalScorer:
         if tokenizer is None:
             raise ValueError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
         self.model, self.settings = model, settings
-        self.tm = _cached_task_manager(None if task_cache is None else str(task_cache))
+        self.tm = _cached_task_manager(None if task_cache is None else str(task_cache), tuple(settings.tasks))
         check_tasks(list(settings.tasks), self.tm)
         kw = {"max_length": settings.max_length} if settings.max_length else {}
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)

@@ -103,11 +103,14 @@ def task_dir(cache_root: str | Path | None = None) -> Path:
     return folder
 
 
-def task_manager(cache_root: str | Path | None = None):
-    """An lm-eval TaskManager that knows the bundled ``rwedit_*`` tasks (and every built-in one)."""
+def task_manager(cache_root: str | Path | None = None, tasks: list[str] | tuple[str, ...] | None = None):
+    """An lm-eval TaskManager that knows the bundled ``rwedit_*`` tasks.  When every name in ``tasks`` is a
+    bundled one, lm-eval's own registry (~10 s of YAML indexing per process) is left out; otherwise (or with
+    ``tasks=None``) every built-in task is indexed too."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(task_dir(cache_root)))
+    only_bundled = tasks is not None and len(tasks) > 0 and all(t in BUNDLED_TASKS for t in tasks)
+    return TaskManager(include_path=str(task_dir(cache_root)), include_defaults=not only_bundled)
 
 
 def check_tasks(names: list[str], tm) -> None:

@@ -169,8 +169,13 @@ def run_svd_probe(
     roles = roles or tuple(x for x in pair.layout.roles() if x != "unembed")
     rows = []
     n = len(pair.layout.views(roles))
+    clipped: dict[str, int] = {}
     for rp in tqdm(pair.iter_roles(roles), total=n, desc="SVD probe", disable=not progress):
-        m = svd_structure(rp.base, rp.post, r=r, method=method)
+        r_eff = r
+        if r != "full" and int(r) > min(rp.base.shape):  # a matrix smaller than r: all its triplets
+            r_eff = min(rp.base.shape)
+            clipped[f"{rp.layer}.{rp.role}"] = r_eff
+        m = svd_structure(rp.base, rp.post, r=r_eff, method=method)
         rows.append({"layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
     df = write_rows(rows, out / "svd.csv", SVD_COLUMNS)
     plots = _plot_svd(df, out)
@@ -179,13 +184,15 @@ def run_svd_probe(
     head.columns = [f"{a}_{b}" for a, b in head.columns]
     head = head.reset_index()
     meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post,
-            "model_type": pair.base.model_type, "r": r, "method": method, "roles": list(roles),
+            "model_type": pair.base.model_type, "r": r, "r_clipped_to_rank": clipped, "method": method,
+            "roles": list(roles),
             "seconds": round(time.perf_counter() - t0, 2)}
     write_json(meta, out / "meta.json")
     text = [f"# SVD structure probe: {post} vs {base}", "",
             f"Top-{r} singular triplets ({method}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
             "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
-            "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ.",
+            "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ." +
+            (f" {len(clipped)} matrices have fewer than {r} singular values and use all of theirs." if clipped else ""),
             "", "## Per role (mean and sd over layers)", "", markdown_table(head), "", "## Files", "",
             "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
            [f"![{p.stem}]({p.name})" for p in plots]

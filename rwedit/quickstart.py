@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from rwedit.organism import Organism, OrganismConfig, OrganismError, build_organism, check_keys, reduced
+from rwedit.organism import (Organism, OrganismConfig, OrganismError, build_organism, check_aligned, check_keys,
+                             reduced)
 
 #: the claims the report checks, with the headline k of the RSF grid they are read at
 CLAIM_K = 4
@@ -107,6 +108,7 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
         t = time.perf_counter()
         org = build_organism(cfg, organism_root, progress, lambdas=lambdas)
         times["organism"] = time.perf_counter() - t
+        check_aligned(org.report())  # an organism whose alignment did not take is a failure, not a finding
         model, post, sft = str(org.pretrained), str(org.aligned), str(org.sft)
     elif post is None:
         raise OrganismError("--model needs --post (the post-trained checkpoint of the same architecture)")
@@ -260,12 +262,16 @@ def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> d
             "min": float(sel["rsf_min"].min()), "max": float(sel["rsf_max"].max())}
 
 
-def _describe(c: dict | None) -> tuple[str, str]:
-    """(verdict word, numbers) of an RSF against its random null: above / isotropic / below."""
+def _describe(c: dict | None, expect: str | None = None) -> tuple[str, str]:
+    """(verdict word, numbers) of an RSF against its random null: above / isotropic / below, and — when
+    ``expect`` names what the claim predicts ("concentrated" or "isotropic") — whether this agrees."""
     if c is None:
         return "not measured", ""
-    word = "concentrated (above the random null)" if c["z"] > 3 else (
-        "below the random null" if c["z"] < -3 else "consistent with isotropic (within 3 null sd)")
+    kind = "concentrated" if c["z"] > 3 else ("below" if c["z"] < -3 else "isotropic")
+    word = {"concentrated": "concentrated (above the random null)", "below": "below the random null",
+            "isotropic": "consistent with isotropic (within 3 null sd)"}[kind]
+    if expect is not None:
+        word += " — **as the claim predicts**" if kind == expect else f" — **not what the claim predicts** ({expect})"
     return word, (f"RSF {c['rsf']:.3g} (layers {c['min']:.3g}–{c['max']:.3g}) vs random {c['null_mean']:.3g} ± "
                   f"{c['null_sd']:.2g}, mean z {c['z']:.3g}")
 
@@ -277,19 +283,21 @@ def findings(out: Path, k: int = CLAIM_K) -> list[str]:
     head_s = out / "probe_sft" / "headline.csv"
     if head_a.exists():
         h = pd.read_csv(head_a)
-        w, n = _describe(_rsf_claim(h, READ_ROLES_CLAIM, "read", "activation", k))
+        w, n = _describe(_rsf_claim(h, READ_ROLES_CLAIM, "read", "activation", k), "concentrated")
         lines.append(f"- **RW: alignment concentrates on the read side of q, k** (vs activation subspace A_{k}): "
                      f"{w}. {n}.")
-        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k))
+        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k), "isotropic")
         lines.append(f"- **RW: alignment is isotropic on the write side of o, down** (vs prediction subspace "
                      f"P_{k}): {w}. {n}.")
     if head_s.exists():
         h = pd.read_csv(head_s)
-        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k))
+        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k), "concentrated")
         lines.append(f"- **RW: cross-entropy training writes into the prediction subspace** (SFT control, write "
                      f"side of o, down vs P_{k}): {w}. {n}.")
         w, n = _describe(_rsf_claim(h, READ_ROLES_CLAIM, "read", "activation", k))
         lines.append(f"- SFT control, read side of q, k vs A_{k}: {w}. {n}.")
+    if head_a.exists() and head_s.exists():
+        lines += contrast_lines(out, k)
     traj = out / "training" / "trajectory_pretrain.csv"
     if traj.exists():
         s = claim_series(pd.read_csv(traj), k)
@@ -316,6 +324,28 @@ def findings(out: Path, k: int = CLAIM_K) -> list[str]:
                          f"{d['consistency'].mean():.3g} (range {d['consistency'].min():.3g}–"
                          f"{d['consistency'].max():.3g}); reparameterisation error {d['reparam_error'].mean():.3g}.")
     return lines
+
+
+def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
+    """RW's contrast between the two regimes, paired over (layer, role): write-side RSF of o, down vs P_k
+    under CE (SFT control) minus under the preference loss (aligned), with a t interval."""
+    from rwedit.evals.report import t975
+
+    def rows(name):
+        d = pd.read_csv(out / f"probe_{name}" / "rsf.csv")
+        d = d[d["role"].isin(WRITE_ROLES_CLAIM) & (d["side"] == "write") & (d["subspace"] == "prediction") &
+              (d["k"] == k)]
+        return d.set_index(["layer", "role"])["rsf"]
+
+    diff = (rows("sft") - rows("aligned")).dropna()
+    if len(diff) < 2:
+        return []
+    m, se = float(diff.mean()), float(diff.std(ddof=1) / len(diff) ** 0.5)
+    h = t975(len(diff) - 1) * se
+    word = "yes" if m - h > 0 else ("no: the reverse" if m + h < 0 else "inconclusive")
+    return [f"- **RW contrast: CE writes more into the prediction subspace than the preference loss** (write-side "
+            f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {len(diff)} layer × role matrices): "
+            f"**{word}** ({m:.3g}, 95% CI [{m - h:.3g}, {m + h:.3g}])."]
 
 
 def spectrum_lines(out: Path, k: int = CLAIM_K) -> list[str]:

@@ -127,3 +127,12 @@ def test_bundled_task_data_is_real_and_resolves_from_any_directory(tmp_path, mon
         from rwedit.evals.tasks import check_tasks
 
         check_tasks(["rwedit_nope"], type("TM", (), {"all_tasks": ["rwedit_blimp"]})())
+
+
+def test_task_manager_skips_lm_evals_registry_only_when_every_task_is_bundled(tmp_path):
+    from rwedit.evals.tasks import task_manager
+
+    only = task_manager(tmp_path / "tasks", tasks=["rwedit_blimp", "rwedit_hh_preference"])
+    assert set(BUNDLED_TASKS) <= set(only.all_tasks) and "hellaswag" not in only.all_tasks
+    mixed = task_manager(tmp_path / "tasks", tasks=["rwedit_blimp", "hellaswag"])
+    assert {"hellaswag", "rwedit_blimp"} <= set(mixed.all_tasks)
