@@ -394,13 +394,19 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
             lines.append(f"![{rel}]({rel})")
     pngs = sorted(str(p.relative_to(out)) for p in out.glob("probe_*/*.png"))
     lines += ["", "Other plots: " + ", ".join(f"`{p}`" for p in pngs), ""]
-    lines += ["## Wall time (s)", "", " · ".join(f"{k} {v}" for k, v in times.items()), "",
+    prev = out / "quickstart.json"
+    old = json.loads(prev.read_text()) if prev.exists() else {}
+    runs = old.get("runs", [old["seconds"]] if "seconds" in old else []) + [times]
+    lines += ["## Wall time (s)", ""] + [
+        f"- run {i + 1}{' (resumed: finished stages reused)' if i else ''}: " +
+        " · ".join(f"{k} {v}" for k, v in t.items()) for i, t in enumerate(runs)] + ["",
               "## Files", "", "- `probe_<pair>/`: RSF grid (`rsf.csv`, `headline.csv`, `spectrum.csv`, `summary.md`)",
               "- `svd_<pair>/`: SVD structure probe (`svd.csv`, `summary.md`)",
               "- `training/`: RSF trajectories and the graded-objective grid (CSV + PNG)",
               "- `experiment/`: the control experiment (results.jsonl, report.md, adapters)",
               "- `quickstart.json`: models, wall times, organism measurements"]
-    (out / "quickstart.json").write_text(json.dumps({"models": models, "seconds": times, "organism": organism},
+    (out / "quickstart.json").write_text(json.dumps({"models": models, "seconds": times, "runs": runs,
+                                                     "organism": organism},
                                                      indent=2, default=str))
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
