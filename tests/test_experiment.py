@@ -135,3 +135,12 @@ def test_report_cli_regenerates_without_recomputing(finished, capsys):
     assert main(["report", str(finished)]) == 0
     assert (finished / "report.md").exists() and "report.md" in capsys.readouterr().out
     assert main(["report", str(finished.parent / "missing")]) == 2
+
+
+def test_t_quantiles_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 31):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4), df  # 3-decimal table
+    for df in (31, 40, 60, 120, 1000):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4), df
+    assert math.isnan(t975(0))
