@@ -306,6 +306,14 @@ def findings(out: Path, k: int = CLAIM_K) -> list[str]:
         lines.append(f"- Pretraining trajectory (W_t − W_0 vs the final model's P_{k}): write-side RSF of o, down "
                      f"at the last snapshot {last['mean']:.3g} ± {last['sem']:.2g} (sem over layers/roles); "
                      "see `training/trajectory.png`.")
+    graded = out / "training" / "graded_rsf.csv"
+    if graded.exists():
+        parts = []
+        for label, ser in claim_series(pd.read_csv(graded), k).items():
+            cells = ", ".join(f"λ={lam:g}: {r['mean']:.3g} ± {r['sem']:.2g}" for lam, r in ser.iterrows())
+            parts.append(f"{label.split(':')[0]}-side RSF {cells}")
+        lines.append("- **Graded objective λ·L_pref + (1 − λ)·L_CE** (RW: write-side RSF should fall as λ → 1): "
+                     + "; ".join(parts) + " (sem over layers/roles); see `training/graded_rsf.png`.")
     ver = out / "experiment" / "verdicts.csv"
     if ver.exists() and ver.stat().st_size > 1:
         v = pd.read_csv(ver)

@@ -230,6 +230,14 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
                  (graded["side"] == "write") & (graded["subspace"] == "prediction") & (graded["k"] == 4)]
     assert len(row) == 1 and row["rsf"].iloc[0] == pytest.approx(rsf(half[name] - pre[name]), rel=1e-5)
 
+    # the report's graded line carries the mean over layers of these rows
+    from rwedit.quickstart import findings
+
+    line = next(x for x in findings(tmp_path) if "Graded objective" in x)
+    w = graded[graded["role"].isin(["o", "down"]) & (graded["side"] == "write") &
+               (graded["subspace"] == "prediction") & (graded["k"] == 4) & (graded["lambda"] == 0.5)]["rsf"]
+    assert f"λ=0.5: {w.mean():.3g}" in line.split("write-side RSF λ")[1]
+
     snaps = torch.load(org.pretrained / "trajectory_snapshots.pt")
     traj = pd.read_csv(tmp_path / "training/trajectory_pretrain.csv")
     step = max(snaps)
