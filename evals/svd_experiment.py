@@ -285,11 +285,9 @@ class _BaseReader:
 
 def _probe_metrics(W_base: torch.Tensor, W_post: torch.Tensor, W_cond: torch.Tensor,
                    probe: SVDProbeSettings) -> dict[str, float]:
-    from rwedit.probes.svd import svd_structure
+    from rwedit.probes.svd import clip_rank, svd_structure
 
-    m = min(W_base.shape)
-    r = probe.r if probe.r == "full" else min(int(probe.r), m)
-    s = svd_structure(W_base, W_cond, r=r, method=probe.method)
+    s = svd_structure(W_base, W_cond, r=clip_rank(probe.r, W_base.shape), method=probe.method)
     wp = W_post.double()
     out = {k: getattr(s, k) for k in PROBE_KEYS}
     out["rel_change_vs_post"] = float(torch.linalg.matrix_norm(W_cond.double() - wp) / torch.linalg.matrix_norm(wp))

@@ -23,7 +23,7 @@ from rwedit.probes.report import (
     write_json,
     write_rows,
 )
-from rwedit.probes.svd import svd_structure
+from rwedit.probes.svd import clip_rank, svd_structure
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
                "reparam_error", "truncation_floor")
@@ -171,9 +171,8 @@ def run_svd_probe(
     n = len(pair.layout.views(roles))
     clipped: dict[str, int] = {}
     for rp in tqdm(pair.iter_roles(roles), total=n, desc="SVD probe", disable=not progress):
-        r_eff = r
-        if r != "full" and int(r) > min(rp.base.shape):  # a matrix smaller than r: all its triplets
-            r_eff = min(rp.base.shape)
+        r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
+        if r_eff != "full" and r_eff < int(r):
             clipped[f"{rp.layer}.{rp.role}"] = r_eff
         m = svd_structure(rp.base, rp.post, r=r_eff, method=method)
         rows.append({"layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})

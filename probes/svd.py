@@ -99,6 +99,12 @@ def _check_pair(W_base: torch.Tensor, W_post: torch.Tensor) -> None:
             raise ValueError(f"{name} has {int((~torch.isfinite(w)).sum())} non-finite (NaN/inf) entries")
 
 
+def clip_rank(r: Rank, shape: torch.Size) -> Rank:
+    """``r`` for one matrix of a model-wide setting: at most min(d_out, d_in), the singular values it has
+    (``"full"`` stays ``"full"``)."""
+    return r if r == "full" else min(int(r), min(shape))
+
+
 def _resolve_rank(r: Rank, shape: torch.Size) -> int:
     m = min(shape)
     if isinstance(r, str) and r == "full":
