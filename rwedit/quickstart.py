@@ -195,14 +195,18 @@ def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bo
         plot_graded(graded_csv, tdir / "graded_rsf.png")
 
 
+def _claim_rows(df: pd.DataFrame, roles, side: str, subspace: str, k: int) -> pd.DataFrame:
+    """The rows of an RSF table for one claim: these roles, this side and subspace, this k."""
+    return df[df["role"].astype(str).isin(roles) & (df["side"] == side) & (df["subspace"] == subspace) &
+              (df["k"] == k)]
+
+
 def claim_series(df: pd.DataFrame, k: int = CLAIM_K) -> dict[str, pd.DataFrame]:
     """Read-side RSF of q,k vs the activation subspace and write-side RSF of o,down vs the prediction
     subspace, mean over layers and roles, per value of the first column (step or λ)."""
     x = df.columns[0]
-    read = df[(df["role"].isin(READ_ROLES_CLAIM)) & (df["side"] == "read") & (df["subspace"] == "activation") &
-              (df["k"] == k)]
-    write = df[(df["role"].isin(WRITE_ROLES_CLAIM)) & (df["side"] == "write") & (df["subspace"] == "prediction") &
-               (df["k"] == k)]
+    read = _claim_rows(df, READ_ROLES_CLAIM, "read", "activation", k)
+    write = _claim_rows(df, WRITE_ROLES_CLAIM, "write", "prediction", k)
     return {f"read: {'/'.join(READ_ROLES_CLAIM)} vs activation A_{k}": read.groupby(x)["rsf"].agg(["mean", "sem"]),
             f"write: {'/'.join(WRITE_ROLES_CLAIM)} vs prediction P_{k}": write.groupby(x)["rsf"].agg(["mean", "sem"])}
 
@@ -253,8 +257,7 @@ def plot_graded(csv: Path, path: Path) -> Path:
 
 
 def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> dict | None:
-    sel = head[(head["role"].astype(str).isin(roles)) & (head["side"] == side) & (head["subspace"] == subspace) &
-               (head["k"] == k)]
+    sel = _claim_rows(head, roles, side, subspace, k)
     if sel.empty:
         return None
     return {"rsf": float(sel["rsf_mean"].mean()), "null_mean": float(sel["null_mean"].mean()),
@@ -340,9 +343,7 @@ def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
     from rwedit.evals.report import t975
 
     def rows(name):
-        d = pd.read_csv(out / f"probe_{name}" / "rsf.csv")
-        d = d[d["role"].isin(WRITE_ROLES_CLAIM) & (d["side"] == "write") & (d["subspace"] == "prediction") &
-              (d["k"] == k)]
+        d = _claim_rows(pd.read_csv(out / f"probe_{name}" / "rsf.csv"), WRITE_ROLES_CLAIM, "write", "prediction", k)
         return d.set_index(["layer", "role"])["rsf"]
 
     diff = (rows("sft") - rows("aligned")).dropna()
