@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 from rwedit import __version__
+from rwedit.errors import ExportError  # noqa: F401  (re-exported)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-class ExportError(RuntimeError):
-    """An export or upload failed; local files are left as they were."""
 
 
 @contextmanager

@@ -22,12 +22,9 @@ from typing import Any
 import yaml
 
 from rwedit.architectures import READ_ROLES, ROLES, WRITE_ROLES
+from rwedit.errors import SpecError  # noqa: F401  (re-exported)
 
 _DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)\])?$|^(random|given)$")
-
-
-class SpecError(ValueError):
-    """An edit specification is invalid; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)

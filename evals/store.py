@@ -15,9 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-
-class ExperimentError(RuntimeError):
-    """The experiment folder and the request do not fit together; the message says what to do."""
+from rwedit.errors import ExperimentError  # noqa: F401  (re-exported)
 
 
 def canonical(obj) -> str:

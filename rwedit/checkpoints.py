@@ -18,25 +18,15 @@ import torch
 from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
+from rwedit.errors import (  # noqa: F401  (re-exported)
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    NonFiniteWeightError,
+)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used as asked; the message says what was wrong and what to do."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """Neither a local folder nor a reachable (or cached) Hub repository."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """Two checkpoints of a pair differ in architecture, layer count or a tensor shape."""
-
-
-class NonFiniteWeightError(CheckpointError):
-    """A weight tensor contains NaN or Inf."""
 
 
 # --- sources ---------------------------------------------------------------------------------

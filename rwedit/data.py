@@ -16,9 +16,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-
-class DataError(ValueError):
-    """A data source is missing, empty or malformed; the message says which and what to do."""
+from rwedit.errors import DataError  # noqa: F401  (re-exported)
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -26,12 +26,9 @@ import torch
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, HH_TRAIN, WIKITEXT_TEST, WIKITEXT_VALID
 from rwedit.data import PreferencePair, read_pairs, read_texts
+from rwedit.errors import OrganismError  # noqa: F401  (re-exported)
 
 ORGANISM_VERSION = 2  # bump when a change here alters the weights a config produces (2: DPO in float32)
-
-
-class OrganismError(ValueError):
-    """A bad organism setting or a failed training stage; the message says what to change."""
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -1,0 +1,234 @@
+"""One configuration base for every YAML recipe, spec and command-line setting.
+
+A configuration is a frozen dataclass deriving from :class:`Config`. ``from_dict`` walks its type hints:
+nested configs become nested sections, lists become tuples, every value is type-checked, unknown keys
+are refused with a did-you-mean, and fields marked ``path=True`` are resolved relative to the YAML file
+they came from. Field help lives in the field's metadata (:func:`option`), so the CLI shows the same text
+as the recipe documentation. Errors are :class:`~rwedit.errors.ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from rwedit.errors import ConfigError
+
+C = TypeVar("C", bound="Config")
+_MISSING = dataclasses.MISSING
+
+
+def option(default: Any = _MISSING, *, factory: Any = _MISSING, help: str = "", path: bool = False,
+           aliases: tuple[str, ...] = ()) -> Any:
+    """A config field with its help text (shown by the CLI and the docs); ``path=True`` resolves the value
+    relative to the YAML file; ``aliases`` are other accepted spellings of the key (e.g. ``layer``)."""
+    meta = {"help": help, "path": path, "aliases": tuple(aliases)}
+    if factory is not _MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def resolve_path(value: str, base_dir: str | Path | None) -> str:
+    """A path as written in a YAML file: relative to that file when it exists there; ``bundled:`` names,
+    absolute paths, Hub ids and paths that do not exist next to the file are left as written."""
+    value = str(value)
+    if base_dir is None or value.startswith("bundled:") or Path(value).is_absolute():
+        return value
+    cand = Path(base_dir) / value
+    return str(cand) if cand.exists() else value
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                "dict": "a mapping"}.get(tp.__name__, tp.__name__)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list (each {_type_name(typing.get_args(tp)[0])})"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Config:
+    """Base of every rwedit configuration dataclass (subclasses are ``@dataclass(frozen=True)``)."""
+
+    #: what the section is called in messages when it is the top level of a file
+    _section: ClassVar[str] = ""
+
+    # --- parsing -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any] | None, *, base_dir: str | Path | None = None,
+                  where: str = "") -> C:
+        """Build the config from a mapping (a parsed YAML section), checking every key and type."""
+        data = {} if data is None else data
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or cls._section or cls.__name__}: expected a mapping of settings, "
+                              f"got {_show(data)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        alias = {a: f.name for f in fields.values() for a in f.metadata.get("aliases", ())}
+        unknown = [k for k in data if k not in fields and k not in alias]
+        if unknown:
+            k = unknown[0]
+            near = difflib.get_close_matches(str(k), list(fields) + list(alias), n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else ""
+            raise ConfigError(f"{_join(where, k)}: unknown key{hint}; known keys: {', '.join(fields)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = alias.get(key, key)
+            if name in kwargs:
+                raise ConfigError(f"{_join(where, key)}: given twice (as `{name}` and an alias)")
+            f = fields[name]
+            value = _coerce(value, hints[name], _join(where, name), base_dir)
+            if f.metadata.get("path") and value is not None:
+                value = (tuple(resolve_path(v, base_dir) for v in value) if isinstance(value, tuple)
+                         else resolve_path(value, base_dir))
+            kwargs[name] = value
+        missing = [n for n, f in fields.items() if n not in kwargs and f.default is _MISSING
+                   and f.default_factory is _MISSING]
+        if missing:
+            raise ConfigError(f"{where or cls._section or cls.__name__}: needs `{missing[0]}:` "
+                              f"({cls.help(missing[0]) or 'no default'})")
+        try:
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path, *, section: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> C:
+        """Parse a YAML file (or one top-level ``section`` of it when present); ``overrides`` (e.g. from the
+        command line; None values ignored) replace top-level keys before checking."""
+        raw = read_yaml(path)
+        if section is not None and section in raw:
+            raw = raw[section]
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: `{section}:` must be a mapping of settings")
+        raw = dict(raw)
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return cls.from_dict(raw, base_dir=Path(path).parent, where="")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    # --- documentation and output ------------------------------------------------------------
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field ``name`` (shared by the CLI and the recipe docs)."""
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f.metadata.get("help", "")
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts/lists (what YAML and JSON hold)."""
+        return dataclasses.asdict(self)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing file, a syntax error (with its line) or another top
+    level is a :class:`ConfigError`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem} (indent with spaces, not tabs)") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping (key: value lines) at the top level")
+    return raw
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any:
+    """``value`` checked against (and converted to) type hint ``tp``; ``where`` names it in errors."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: must be {_type_name(tp)}, not null")
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where, base_dir)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_show(value)}")
+    if isinstance(tp, type) and issubclass(tp, Config):
+        return tp.from_dict(value, base_dir=base_dir, where=where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]", base_dir) for i, v in enumerate(items))
+        if len(items) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {_show(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]", base_dir) for i, (v, a) in enumerate(zip(items, args)))
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_show(value)}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+        return value
+    if value is None:
+        raise ConfigError(f"{where}: must be {_type_name(tp)}, not null")
+    return value
+
+
+__all__ = ["Config", "option", "read_yaml", "resolve_path"]

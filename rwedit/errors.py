@@ -1,0 +1,62 @@
+"""One error base for everything rwedit refuses: the CLI catches :class:`RweditError` and prints its
+message (which says what was wrong and what to do) instead of a traceback.
+
+Each subclass also derives from the built-in exception a Python caller would expect (``ValueError``
+for bad input, ``FileNotFoundError`` for a missing source, ``RuntimeError`` for a run that cannot go
+on), so ``except ValueError`` keeps working in user code.
+"""
+
+from __future__ import annotations
+
+
+class RweditError(Exception):
+    """Base of every error rwedit raises on purpose; the message is meant for the user."""
+
+
+class ConfigError(RweditError, ValueError):
+    """A YAML recipe, spec or command-line setting is malformed; the message names the key and the fix."""
+
+
+class SpecError(ConfigError):
+    """An edit specification or experiment recipe is invalid; the message names the field and the fix."""
+
+
+class OrganismError(ConfigError):
+    """A bad organism setting or a failed training stage; the message says what to change."""
+
+
+class UnsupportedArchitectureError(RweditError, ValueError):
+    """A ``model_type`` that has no registry entry."""
+
+
+class CheckpointError(RweditError, ValueError):
+    """A checkpoint cannot be used as asked; the message says what was wrong and what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """Neither a local folder nor a reachable (or cached) Hub repository."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Two checkpoints of a pair differ in architecture, layer count or a tensor shape."""
+
+
+class NonFiniteWeightError(CheckpointError):
+    """A weight tensor contains NaN or Inf."""
+
+
+class DataError(RweditError, ValueError):
+    """A data source is missing, empty or malformed; the message says which and what to do."""
+
+
+class ExperimentError(RweditError, RuntimeError):
+    """The experiment folder and the request do not fit together; the message says what to do."""
+
+
+class ExportError(RweditError, RuntimeError):
+    """An export or upload failed; local files are left as they were."""
+
+
+__all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
+           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteWeightError",
+           "DataError", "ExperimentError", "ExportError"]

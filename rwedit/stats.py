@@ -1,0 +1,136 @@
+"""The one statistics module: means with standard errors, 95% intervals, differences and verdicts.
+
+Every report, the quickstart and the organism's alignment check take their intervals from here, and
+quantiles come from ``scipy.stats`` (Student t for a mean over n members with n − 1 degrees of freedom,
+the normal for a single measurement with its own standard error).
+
+A group of conditions (several random seeds, several low-variance indices) has two standard errors,
+chosen by what the group stands for (:func:`over_members`):
+
+- *a sample of directions* (the control experiment's random controls): the question is whether the
+  principal edit lies beyond the distribution of control directions, so the spread over members,
+  ``s/√n``, is the uncertainty; each member's evaluation noise is already part of that spread;
+- *one construction measured several times* (the SVD-structure experiment's seeded disruptions): the
+  question is whether the construction's mean differs from the post model, scored on the same items
+  for every seed, so the evaluation noise the seeds share does not average out and is added:
+  ``√(s²/n + mean(se_i²))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+LEVEL = 0.95
+
+
+def quantile(df: float | None = None, level: float = LEVEL) -> float:
+    """Two-sided quantile at ``level``: Student t with ``df`` degrees of freedom, the normal when ``df`` is
+    None or infinite; NaN when ``df < 1`` (no interval from one member)."""
+    from scipy import stats
+
+    p = 0.5 + level / 2
+    if df is None or math.isinf(df):
+        return float(stats.norm.ppf(p))
+    if df < 1:
+        return math.nan
+    return float(stats.t.ppf(p, df))
+
+
+def mean_se(x) -> tuple[float, float]:
+    """Mean and its standard error (sd with ddof = 1 over √n) of a tensor or a sequence of numbers."""
+    import torch
+
+    t = x.double() if isinstance(x, torch.Tensor) else torch.as_tensor(list(x), dtype=torch.float64)
+    return float(t.mean()), float(t.std(correction=1) / math.sqrt(t.numel()))
+
+
+def combined_se(*ses: float | None) -> float | None:
+    """√(Σ se²) of independent estimates (None when any is unknown)."""
+    if any(s is None or (isinstance(s, float) and math.isnan(s)) for s in ses):
+        return None
+    return math.sqrt(sum(s * s for s in ses))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its standard error and a two-sided interval (t with ``df``, else normal)."""
+
+    estimate: float
+    se: float | None
+    df: float | None = None
+    n: int = 1
+    how: str = ""
+    level: float = LEVEL
+
+    @property
+    def q(self) -> float:
+        return quantile(self.df, self.level)
+
+    @property
+    def half(self) -> float:
+        return math.nan if self.se is None or math.isnan(self.se) else self.q * self.se
+
+    @property
+    def low(self) -> float:
+        return self.estimate - self.half
+
+    @property
+    def high(self) -> float:
+        return self.estimate + self.half
+
+    def verdict(self, threshold: float = 0.0) -> str:
+        """``yes`` when the whole interval lies above ``threshold``, ``no`` below it, else ``inconclusive``."""
+        return verdict(self.low, self.high, threshold)
+
+    def text(self, digits: int = 3) -> str:
+        """``mean [low, high]`` for reports."""
+        return f"{self.estimate:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
+
+
+def interval(estimate: float, se: float | None, df: float | None = None, how: str = "") -> Interval:
+    """A single estimate with its standard error (normal quantile unless ``df`` is given)."""
+    return Interval(float(estimate), None if se is None else float(se), df, 1, how or "±z·stderr")
+
+
+def over_members(values: Sequence[float], ses: Sequence[float | None] | None = None) -> Interval:
+    """Mean over a group's members with a t interval on n − 1 degrees of freedom; one member keeps its own
+    stderr (normal quantile). ``ses`` given (none None): the members' shared evaluation noise is added,
+    ``√(s²/n + mean(se²))`` — see the module docstring for when each applies."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no members to summarise")
+    mean = sum(values) / n
+    if n == 1:
+        return interval(mean, None if ses is None else ses[0])
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    if ses is not None and all(s is not None for s in ses):
+        se = math.sqrt(sd ** 2 / n + sum(s * s for s in ses) / n)
+        how = f"t over {n} members + evaluation noise"
+    else:
+        se = sd / math.sqrt(n)
+        how = f"t over {n} members"
+    return Interval(mean, se, n - 1, n, how)
+
+
+def difference(a: Interval, b: Interval) -> Interval:
+    """``a − b`` of two independent estimates: √(se_a² + se_b²), with the smaller of their t degrees of
+    freedom (normal when both are single measurements)."""
+    dfs = [d for d in (a.df, b.df) if d is not None]
+    return Interval(a.estimate - b.estimate, combined_se(a.se, b.se), min(dfs) if dfs else None,
+                    min(a.n, b.n), "unpaired difference")
+
+
+def verdict(low: float, high: float, threshold: float = 0.0) -> str:
+    """``yes`` when the interval [low, high] lies wholly above ``threshold``, ``no`` wholly below it,
+    ``inconclusive`` otherwise (also when it is undefined)."""
+    if low > threshold:
+        return "yes"
+    if high < threshold:
+        return "no"
+    return "inconclusive"
+
+
+__all__ = ["LEVEL", "Interval", "combined_se", "difference", "interval", "mean_se", "over_members", "quantile",
+           "verdict"]
