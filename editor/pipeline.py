@@ -18,6 +18,7 @@ from rwedit.editor.export import atomic_folder, write_card_files
 from rwedit.editor.spec import EditSpec
 from rwedit.models import load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+from rwedit.probes.rsf import rank1_rsf
 
 PROBE_KS = (1, 4, 16)
 
@@ -34,7 +35,8 @@ def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True
 
 
 def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | None) -> None:
-    """Read-side RSF of each rank-1 ΔW against the activation subspace: ‖A_kᵀ v‖² / (k/d)."""
+    """Read-side RSF of each rank-1 ΔW = b vᵀ against the activation subspace A_k of the role's inputs
+    (:func:`~rwedit.probes.rsf.rank1_rsf` of v: ‖A_kᵀ v‖² / (k/d))."""
     if stats is None:
         return
     for c in conditions:
@@ -44,8 +46,7 @@ def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | N
             sp = stats.spectrum(e.layer, e.role, centred=False, top=max(PROBE_KS))
             for k in PROBE_KS:
                 if k <= min(sp.d, sp.n_top):
-                    frac = float((sp.top(k).T @ e.v).pow(2).sum())
-                    e.provenance[f"rsf_read_activation_k{k}"] = frac / (k / sp.d)
+                    e.provenance[f"rsf_read_activation_k{k}"] = rank1_rsf(e.v, sp.top(k))
 
 
 def run_edit(

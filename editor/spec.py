@@ -15,42 +15,31 @@ The YAML form mirrors the dataclasses one to one::
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
-
-import yaml
+from dataclasses import dataclass
 
 from rwedit.architectures import READ_ROLES, ROLES, WRITE_ROLES
+from rwedit.config import Config, option
 from rwedit.errors import SpecError  # noqa: F401  (re-exported)
+from rwedit.probes.pipeline import CalibrationSettings
 
 _DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)\])?$|^(random|given)$")
 
 
 @dataclass(frozen=True)
-class CalibrationSpec:
-    data: str
-    tokens: int = 50_000
-    seq_len: int = 256
-    batch_size: int = 8
-    field: str | None = None
-
-
-@dataclass(frozen=True)
-class EditTarget:
+class EditTarget(Config):
     """Where the edit goes and how its two directions are chosen."""
 
-    layers: tuple[int, ...]
-    role: str
-    v: str = "principal[0]"  # principal[i] | lowvar[i] | random | given
-    b: str = "gradient"  # delta | gradient | given
-    objective: str = "preference"  # for b: gradient — preference | ce
-    data: str | None = None  # pairs (preference) or text (ce) for b: gradient
-    data_limit: int = 256
-    max_len: int = 256
-    v_given: tuple[float, ...] | None = None
-    b_given: tuple[float, ...] | None = None
-    centred: bool = False  # principal/lowvar from the centred covariance
+    layers: tuple[int, ...] = option(aliases=("layer",), help="layer indices the edit is applied to")
+    role: str = option(help="the edited matrix: q k v up gate (read pathway) or o down (write pathway)")
+    v: str = option("principal[0]", help="input direction: principal[i] | lowvar[i] | random | given")
+    b: str = option("gradient", help="output direction: delta (ΔW_obs v) | gradient (−G v) | given")
+    objective: str = option("preference", help="for b: gradient — preference | ce")
+    data: str | None = option(None, path=True, help="pairs (preference) or text (ce) for b: gradient")
+    data_limit: int = option(256, help="items of `data` the gradient is accumulated over")
+    max_len: int = option(256, help="tokens per item for b: gradient")
+    v_given: tuple[float, ...] | None = option(None, help="the input direction for v: given (d_in numbers)")
+    b_given: tuple[float, ...] | None = option(None, help="the output direction for b: given (d_out numbers)")
+    centred: bool = option(False, help="principal/lowvar from the centred covariance")
 
     def direction(self) -> tuple[str, int]:
         m = _DIRECTION.match(self.v)
@@ -62,24 +51,26 @@ class EditTarget:
 
 
 @dataclass(frozen=True)
-class Controls:
+class Controls(Config):
     """Matched controls generated from the same spec (same layers, |alpha| and b rule)."""
 
-    random: int = 5  # number of random-v seeds
-    lowvar: int = 1  # number of lowest-variance directions (lowvar[0..n-1])
-    write: str | None = "o"  # write-pathway role for the write control (o or down), or null
+    random: int = option(5, help="number of random-v seeds (the null)")
+    lowvar: int = option(1, help="number of lowest-variance directions (lowvar[0..n-1])")
+    write: str | None = option("o", help="write-pathway role of the write control (o or down), or null")
 
 
 @dataclass(frozen=True)
-class EditSpec:
-    model: str
-    edit: EditTarget
-    alpha: tuple[float, ...] = (1.0,)
-    post: str | None = None
-    calibration: CalibrationSpec | None = None
-    controls: Controls = field(default_factory=Controls)
-    seed: int = 0
-    name: str = "edit"
+class EditSpec(Config):
+    """A rank-1 edit and its matched controls (``rwedit edit --spec``; the ``edit:`` section of a recipe)."""
+
+    model: str = option(help="base checkpoint: local folder or Hub id (org/name[@revision])")
+    edit: EditTarget = option(help="where the edit goes and how v and b are chosen")
+    alpha: tuple[float, ...] = option((1.0,), help="signed doses; ||ΔW||_F = |alpha| for every edit and control")
+    post: str | None = option(None, help="the observed post-trained checkpoint (needed by b: delta)")
+    calibration: CalibrationSettings | None = option(None, help="calibration data for the activation subspace")
+    controls: Controls = option(factory=Controls, help="the matched controls")
+    seed: int = option(0, help="seed of the random directions (controls use seed+1, seed+2, ...)")
+    name: str = option("edit", help="the spec's name")
 
     def __post_init__(self):
         e = self.edit
@@ -116,58 +107,3 @@ class EditSpec:
             raise SpecError("controls.write needs a closed-form b rule (delta or gradient), not b: given")
         if self.controls.random < 0 or self.controls.lowvar < 0:
             raise SpecError("controls.random and controls.lowvar must be >= 0")
-
-    # --- YAML ---
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: str | Path | None = None) -> "EditSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise SpecError(f"unknown spec keys {sorted(unknown)}; known keys are {sorted(known)}")
-        if "model" not in d or "edit" not in d:
-            raise SpecError("a spec needs at least `model:` and `edit:`")
-        d = dict(d)
-        e = dict(d["edit"])
-        bad = set(e) - {f.name for f in fields(EditTarget)}
-        if bad:
-            raise SpecError(f"unknown edit keys {sorted(bad)}; known: {[f.name for f in fields(EditTarget)]}")
-        layers = e.get("layers", e.pop("layer", None))
-        e["layers"] = tuple([layers] if isinstance(layers, int) else layers or ())
-        for k in ("v_given", "b_given"):
-            if e.get(k) is not None:
-                e[k] = tuple(float(x) for x in e[k])
-        if base_dir is not None and e.get("data"):
-            e["data"] = _resolve(e["data"], base_dir)
-        d["edit"] = EditTarget(**e)
-        a = d.get("alpha", (1.0,))
-        d["alpha"] = tuple(float(x) for x in (a if isinstance(a, (list, tuple)) else [a]))
-        if d.get("calibration") is not None:
-            c = dict(d["calibration"])
-            if base_dir is not None:
-                c["data"] = _resolve(c["data"], base_dir)
-            d["calibration"] = CalibrationSpec(**c)
-        d["controls"] = Controls(**(d.get("controls") or {}))
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "EditSpec":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"spec file {path} not found") from None
-        if not isinstance(raw, dict):
-            raise SpecError(f"{path}: expected a YAML mapping at the top level")
-        return cls.from_dict(raw, base_dir=path.parent)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _resolve(p: str, base_dir: str | Path) -> str:
-    """Paths in a spec are relative to the spec file (unless absolute, bundled:, or not existing there)."""
-    if p.startswith("bundled:"):
-        return p
-    cand = Path(base_dir) / p
-    return str(cand) if not Path(p).is_absolute() and cand.exists() else p

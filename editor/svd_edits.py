@@ -1,4 +1,6 @@
-"""Weight constructions of He & Cao's SVD-structure tests (DESIGN §4), and writing them into a model.
+"""Weight constructions of He & Cao's SVD-structure tests (is post-training carried by the singular vectors
+or the singular values of each matrix?), and exact snapshots of the weights they overwrite.  A condition
+is written into a model with :func:`rwedit.architectures.set_weight`.
 
 Notation, for one matrix (``d_out x d_in``, ``y = W x``), ``m = min(d_out, d_in)``:
 
@@ -56,23 +58,20 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Literal, Union
+from typing import Literal, Union
 
 import torch
 
-from rwedit.architectures import LAYER_ROLES, RoleView, model_layout
 from rwedit.probes.svd import AUTO_FULL_MAX_DIM, polar_factor, singular_value_scale, top_svd
 
 __all__ = [
     "CONDITION_KINDS",
     "RANDOM_KINDS",
     "Decomposition",
-    "WeightSnapshot",
     "condition_matrix",
     "decompose",
     "haar_orthogonal",
     "matrix_seed",
-    "set_weight",
 ]
 
 #: every construction this module knows, in report order
@@ -183,61 +182,3 @@ def condition_matrix(kind: str, W_base: torch.Tensor, W_post: torch.Tensor, *, r
 
 
 # ----------------------------------------------------------------------------- in a model
-
-
-def set_weight(model: torch.nn.Module, layer: int | None, role: str, W: torch.Tensor) -> None:
-    """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (the rows of a
-    fused matrix that belong to other roles are untouched). The tied unembedding is refused."""
-    layout = model_layout(model)
-    view = layout.view(layer, role)
-    if role == "unembed" and layout.dims.tied:
-        raise ValueError("the unembedding is tied to the input embedding: overwriting it would change both")
-    if tuple(W.shape) != view.shape:
-        raise ValueError(f"W for layer {layer} role {role!r} has shape {tuple(W.shape)}, expected {view.shape}")
-    param = model.get_parameter(view.param)
-    view.check_stored(param)
-    with torch.no_grad():
-        full = param.data.t() if view.transposed else param.data
-        W = W.to(device=full.device, dtype=full.dtype)
-        if view.rows is None:
-            full.copy_(W)
-        else:
-            full.index_copy_(0, view.rows.to(full.device), W)
-
-
-class WeightSnapshot:
-    """Exact copies (on the CPU) of the stored tensors behind some (layer, role) matrices of a model.
-
-    ``restore()`` copies them back bit for bit, whatever was written in between; ``original(layer, role)``
-    is the role's ``W`` as it was when the snapshot was taken. Use as a context manager to restore on exit
-    (also after an exception)."""
-
-    def __init__(self, model: torch.nn.Module, targets: Iterable[tuple[int, str]]):
-        self.model = model
-        layout = model_layout(model)
-        self.views: dict[tuple[int, str], RoleView] = {}
-        self.saved: dict[str, torch.Tensor] = {}
-        for layer, role in targets:
-            if role not in LAYER_ROLES:
-                raise ValueError(f"role {role!r}: the SVD conditions act on layer matrices ({', '.join(LAYER_ROLES)})")
-            view = layout.view(layer, role)
-            self.views[(layer, role)] = view
-            if view.param not in self.saved:
-                p = model.get_parameter(view.param)
-                self.saved[view.param] = p.detach().to("cpu", copy=True)
-
-    def original(self, layer: int, role: str) -> torch.Tensor:
-        view = self.views[(layer, role)]
-        return view.extract(self.saved[view.param]).clone()
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for name, t in self.saved.items():
-                self.model.get_parameter(name).data.copy_(t)
-
-    def __enter__(self) -> "WeightSnapshot":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-

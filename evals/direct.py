@@ -1,4 +1,5 @@
-"""Direct behaviour metrics computed next to lm-eval, each with a standard error (DESIGN §7).
+"""Direct behaviour metrics computed next to lm-eval, each a mean over held-out items with its standard
+error (sd over items / √n, :func:`rwedit.stats.mean_se`):
 
 - preference margin ``log p(chosen) − log p(rejected)`` of held-out pairs, its accuracy, and both
   shifted against the base model *per pair* (paired differences: a much smaller stderr);
@@ -8,40 +9,38 @@ The base model's reference values are computed once, with the adapters disabled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
+from rwedit.config import Config, option
 from rwedit.data import DataError, batches, pack_tokens, read_pairs, read_texts
-from rwedit.evals.lmeval import select
+from rwedit.editor.interventions import Unchanged, adapter_or_base
+from rwedit.errors import ConfigError
 from rwedit.scoring import encode_pairs, response_logprob
+from rwedit.stats import mean_se
 
 
 @dataclass(frozen=True)
-class DirectSettings:
+class DirectSettings(Config):
     """Held-out data of the direct metrics (recorded with every result)."""
 
-    pairs: int = 64  # held-out preference pairs
-    pairs_data: str = str(HH_RLHF)
-    pairs_heldout: tuple[int, int] | None = (HH_HELDOUT.start, HH_HELDOUT.stop)  # line range; None: all lines
-    texts: int = 16  # held-out sequences for KL and perplexity
-    text_data: str = str(WIKITEXT_TEST)
-    seq_len: int = 128
-    max_len: int = 256  # prompt + response tokens per preference item
-    batch_size: int = 8
+    pairs: int = option(64, help="held-out preference pairs: margin log p(chosen) − log p(rejected)")
+    pairs_data: str = option(str(HH_RLHF), path=True, help="preference pairs (.jsonl[.gz], hh-rlhf format)")
+    pairs_heldout: tuple[int, int] | None = option((HH_HELDOUT.start, HH_HELDOUT.stop),
+                                                   help="line range of the held-out pairs (null: all lines)")
+    texts: int = option(16, help="held-out text sequences for KL(reference ‖ condition) and cross-entropy")
+    text_data: str = option(str(WIKITEXT_TEST), path=True, help="held-out text (.txt[.gz], one text per line)")
+    seq_len: int = option(128, help="tokens per held-out text sequence")
+    max_len: int = option(256, help="prompt + response tokens per preference item")
+    batch_size: int = option(8, help="batch size of the direct metrics")
 
     def __post_init__(self):
         if self.pairs < 2 or self.texts < 2:
-            raise ValueError("direct.pairs and direct.texts must be >= 2 (a standard error needs two items)")
-
-
-def mean_se(x: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error (sd with ddof=1 over sqrt(n))."""
-    x = x.double()
-    return float(x.mean()), float(x.std(correction=1) / math.sqrt(x.numel()))
+            raise ConfigError("direct.pairs and direct.texts must be >= 2 (a standard error needs two items)")
 
 
 class DirectScorer:
@@ -56,7 +55,7 @@ class DirectScorer:
         self.pairs = pairs
         self.ids = pack_tokens(tokenizer, read_texts(settings.text_data), settings.seq_len,
                                settings.texts * settings.seq_len)
-        with select(model, None):
+        with Unchanged().applied(model):
             self.base_margin = self._margins()
             self.base_logp, self.base_ce = self._text_pass(None)
 
@@ -88,8 +87,9 @@ class DirectScorer:
 
     @torch.no_grad()
     def score(self, adapter: str | None = None) -> dict[str, float]:
-        """All direct metrics of one condition (the base when ``adapter`` is None or "base")."""
-        with select(self.model, adapter):
+        """All direct metrics of the model as it is (``adapter``: that adapter made active first; ``"base"``:
+        adapters disabled), paired against the reference values taken when the scorer was built."""
+        with contextlib.nullcontext() if adapter is None else adapter_or_base(adapter).applied(self.model):
             margin = self._margins()
             kl, ce = self._text_pass(self.base_logp)
         acc = (margin > 0).double()

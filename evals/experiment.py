@@ -1,7 +1,10 @@
-"""The causal control experiment (DESIGN §5–§7): one recipe, one model load, every condition scored.
+"""The causal control experiment: does a rank-1 edit along a principal read direction change behaviour more
+than matched controls (random, low-variance and write-pathway edits of the same norm)? One recipe, one
+model load, every condition scored.
 
 A recipe names the base (and post-trained) checkpoint, the calibration data, the probe settings, the
-edit with its matched controls and α sweep, and the behaviour tasks.  The runner
+edit with its matched controls and α sweep, and the behaviour tasks. Registered as the ``control`` kind
+of :mod:`rwedit.evals.core`, whose runner
   1. probes the observed pair (RSF grid, if ``post`` is given) into ``OUT/probe``;
   2. builds the edit and its controls as named adapters into ``OUT/edit`` (reused on --resume);
   3. scores the base and each condition (direct metrics + lm-eval) into ``OUT/results.jsonl``,
@@ -11,107 +14,77 @@ edit with its matched controls and α sweep, and the behaviour tasks.  The runne
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, fields
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from tqdm.auto import tqdm
-
-from rwedit.architectures import get_weight
+from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
-from rwedit.editor.spec import EditSpec, SpecError
-from rwedit.evals.direct import DirectScorer, DirectSettings
-from rwedit.evals.lmeval import BASE, EvalSettings, LMEvalScorer
-from rwedit.evals.store import ExperimentError, ResultStore
-from rwedit.models import load_model_and_tokenizer
+from rwedit.config import Config, option
+from rwedit.editor.interventions import BASE, Adapter, Unchanged
+from rwedit.editor.pipeline import PROBE_KS
+from rwedit.editor.spec import EditSpec
+from rwedit.errors import ExperimentError, SpecError
+from rwedit.evals.core import Condition, ExperimentKind, ExperimentRecipe, Prepared, register_experiment
+from rwedit.evals.store import ResultStore
+from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
 
-PROBE_KS = (1, 4, 16)
+EXPERIMENT = "control"
 
 
 @dataclass(frozen=True)
-class ProbeSection:
+class ProbeSection(Config):
     """RSF grid of the observed pair (post − base) run before the edits; skipped without ``post``."""
 
-    enabled: bool = True
-    ks: tuple[int, ...] = (1, 4, 16, 64)
-    null_seeds: int = 8
+    enabled: bool = option(True, help="probe the observed pair (post − base) before the edits")
+    ks: tuple[int, ...] = option((1, 4, 16, 64), help="subspace dimensions of the RSF grid")
+    null_seeds: int = option(8, help="random subspaces per delta for the null")
 
 
 @dataclass(frozen=True)
-class Recipe:
-    name: str
-    edit: EditSpec
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    direct: DirectSettings | None = field(default_factory=DirectSettings)
-    probe: ProbeSection = field(default_factory=ProbeSection)
-    export: tuple[str, ...] = ()  # condition names whose adapter cards get the behaviour numbers
-    primary: str = "pref_margin_shift"  # the behaviour metric of the report's verdicts
-    out: str | None = None
-    device: str = "cpu"
+class Recipe(ExperimentRecipe):
+    """The control experiment's recipe: the common experiment settings plus the edit spec and its probe.
+    ``model``/``post`` may stand at the top (like every recipe) or inside ``edit:`` (as in an edit spec);
+    the top level (and ``--model``/``--post``) wins."""
+
+    experiment: str = option(EXPERIMENT, help="the experiment kind: `rwedit run` dispatches on it")
+    edit: EditSpec | None = option(None, help="the edit spec, exactly as for `rwedit edit`")
+    probe: ProbeSection = option(factory=ProbeSection, help="RSF grid of post − base before the edits")
+    export: tuple[str, ...] = option((), help="conditions whose adapter cards get the measured numbers")
+    primary: str = option("pref_margin_shift", help="the behaviour metric the verdicts are about")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: str | Path | None = None) -> "Recipe":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise SpecError(f"unknown recipe keys {sorted(bad)}; known: {sorted(known)}")
-        if "edit" not in d:
+    def from_dict(cls, data: dict[str, Any] | None, *, base_dir: str | Path | None = None,
+                  where: str = "") -> "Recipe":
+        d = dict(data or {})
+        if isinstance(d.get("edit"), dict):
+            edit = dict(d["edit"])
+            for key in ("model", "post"):
+                if d.get(key) is not None:
+                    edit[key] = d[key]
+                elif edit.get(key) is not None:
+                    d[key] = edit[key]
+            d["edit"] = edit
+        return super().from_dict(d, base_dir=base_dir, where=where)
+
+    def __post_init__(self):
+        if self.experiment != EXPERIMENT:
+            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
+        if self.edit is None:
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
-        d = dict(d)
-        d.setdefault("name", "experiment")
-        d["edit"] = EditSpec.from_dict(d["edit"], base_dir)
-        ev = dict(d.get("eval") or {})
-        if "tasks" in ev:
-            ev["tasks"] = tuple(ev["tasks"])
-        d["eval"] = EvalSettings(**ev)
-        if d.get("direct", {}) is None:
-            d["direct"] = None
-        else:
-            dr = dict(d.get("direct") or {})
-            if "pairs_heldout" in dr and dr["pairs_heldout"] is not None:
-                dr["pairs_heldout"] = tuple(dr["pairs_heldout"])
-            d["direct"] = DirectSettings(**dr)
-        pr = dict(d.get("probe") or {})
-        if "ks" in pr:
-            pr["ks"] = tuple(pr["ks"])
-        d["probe"] = ProbeSection(**pr)
-        ex = d.get("export") or ()
-        d["export"] = tuple([ex] if isinstance(ex, str) else ex)
-        return cls(**d)
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Recipe":
-        path = Path(path)
-        if not path.exists():
-            raise SpecError(f"recipe {path} not found")
-        raw = yaml.safe_load(path.read_text())
-        if not isinstance(raw, dict):
-            raise SpecError(f"{path}: expected a YAML mapping at the top level")
-        for key, val in (overrides or {}).items():  # e.g. {"model": ..., "post": ...} from the command line
-            if val is not None:
-                raw.setdefault("edit", {})[key] = val
-        try:
-            return cls.from_dict(raw, base_dir=path.parent)
-        except TypeError as e:
-            raise SpecError(f"{path}: {e}") from None
-
-    def config(self) -> dict:
-        """What the results depend on (hashed to keep two recipes' rows apart); ``out`` is not part of it."""
-        d = asdict(self)
-        d.pop("out")
-        return d
+    def check_sources(self) -> None:
+        Checkpoint.open(self.edit.model)
+        if self.edit.post:
+            Checkpoint.open(self.edit.post)
 
 
 def _edit_probe_metrics(c: dict) -> dict:
     """Probe metrics of a condition's ΔW: norm, read-side RSF against the activation subspace (from the
     edit folder) and RSF against the prediction subspace on the residual side of each edit."""
-    from rwedit.architectures import READ_ROLES
-
     edits = c["edits"]
     out: dict[str, Any] = {"delta_norm": sum(e["norm"] ** 2 for e in edits) ** 0.5,
                            "layers": [e["layer"] for e in edits], "role": edits[0]["role"],
@@ -124,10 +97,8 @@ def _edit_probe_metrics(c: dict) -> dict:
 
 def _prediction_metrics(conditions, model) -> None:
     """RSF of each rank-1 edit's residual-stream side (v for readers, b for writers) against the prediction
-    subspace: ‖U_kᵀ x‖² / (k/d); written into the edits' provenance."""
+    subspace, written into the edits' provenance."""
     from peft import PeftModel
-
-    from rwedit.architectures import READ_ROLES
 
     base = model.base_model.model if isinstance(model, PeftModel) else model
     pred = prediction_spectrum(get_weight(base, None, "unembed").float().cpu())
@@ -138,47 +109,32 @@ def _prediction_metrics(conditions, model) -> None:
                 continue
             for k in PROBE_KS:
                 if k <= pred.d:
-                    frac = float((pred.top(k).T @ x.double()).pow(2).sum())
-                    e.provenance[f"rsf_residual_prediction_k{k}"] = frac / (k / pred.d)
+                    e.provenance[f"rsf_residual_prediction_k{k}"] = rank1_rsf(x, pred.top(k))
 
 
-def run_experiment(recipe: Recipe, out: str | Path | None = None, resume: bool = False, progress: bool = True,
-                   cache_dir: str | Path | None = None, stop_after: int | None = None) -> Path:
-    """Run (or resume) the experiment into ``out``; returns the folder.  ``stop_after`` ends the run after
-    that many newly scored conditions (for tests of interrupted runs)."""
+def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepared:
+    """Probe the observed pair, build (or reload) the edit and its controls as named adapters on one loaded
+    model, and list the base and every adapter as conditions."""
     from rwedit.editor.adapters import load_adapter_folder
     from rwedit.editor.pipeline import build_and_save
-    from rwedit.evals.report import write_report
+    from rwedit.evals.direct import DirectScorer
+    from rwedit.evals.lmeval import LMEvalScorer
+    from rwedit.models import load_model_and_tokenizer
 
-    out = Path(out or recipe.out or Path("runs") / recipe.name)
     spec = recipe.edit
-    store = ResultStore(out)
-    base_ckpt = Checkpoint.open(spec.model)  # fail on an unreachable/missing model before writing anything
-    if spec.post:
-        Checkpoint.open(spec.post)
-    store.begin(recipe.config(), resume)
-    t0 = time.perf_counter()
-
-    # 1. the observed pair
     if recipe.probe.enabled and spec.post and not (out / "probe" / "meta.json").exists():
         from rwedit.probes.grid import GridSettings
-        from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe
+        from rwedit.probes.pipeline import run_rsf_probe
 
-        c = spec.calibration
-        calib = CalibrationSettings(data=c.data, tokens=c.tokens, seq_len=c.seq_len, batch_size=c.batch_size,
-                                    field=c.field, device=recipe.device) if c else None
+        calib = None if spec.calibration is None else replace(spec.calibration, device=recipe.device)
         run_rsf_probe(spec.model, spec.post, out / "probe", calib,
                       GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds),
                       cache_dir=cache_dir, progress=progress)
 
-    # 2. the conditions, as named adapters on one loaded model
-    model, tok = load_model_and_tokenizer(base_ckpt, device=recipe.device)
+    model, tok = load_model_and_tokenizer(Checkpoint.open(spec.model), device=recipe.device)
     edit_dir = out / "edit"
     if (edit_dir / "edits.json").exists():
-        import json
-
-        summary = json.loads((edit_dir / "edits.json").read_text())
-        conditions = summary["conditions"]
+        conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
         peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
     else:
         peft_model, conds = build_and_save(spec, model, tok, edit_dir, cache_dir=cache_dir, progress=progress,
@@ -186,39 +142,19 @@ def run_experiment(recipe: Recipe, out: str | Path | None = None, resume: bool =
         conditions = [c.describe() for c in conds]
     peft_model.eval()
 
-    # 3. score what is not stored yet
-    done = store.done()
-    todo = [BASE] + [c["name"] for c in conditions]
-    missing = [n for n in todo if n not in done]
-    info = {c["name"]: c for c in conditions}
-    if missing:
-        direct = DirectScorer(peft_model, tok, recipe.direct) if recipe.direct else None
-        lme = LMEvalScorer(peft_model, tok, recipe.eval) if recipe.eval.tasks else None
-        for i, name in enumerate(tqdm(missing, desc="conditions", disable=not progress)):
-            if stop_after is not None and i >= stop_after:
-                break
-            t = time.perf_counter()
-            row: dict[str, Any] = {"condition": name}
-            if name == BASE:
-                row.update(kind=BASE, alpha=0.0, seed=None, index=None, delta_norm=0.0, pathway=None)
-            else:
-                c = info[name]
-                row.update(kind=c["kind"], alpha=c["alpha"], seed=c["seed"], index=c["index"])
-                row.update(_edit_probe_metrics(c))
-            if direct is not None:
-                row.update(direct.score(name))
-            if lme is not None:
-                row.update(lme.score(name))
-            row["seconds"] = round(time.perf_counter() - t, 2)
-            store.append(row)
-    if len(store.done()) < len(todo):
-        return out  # stopped early: resume later
-    write_report(out)
-    _refresh_exports(out, recipe)
-    return out
+    def scorers():
+        out = [DirectScorer(peft_model, tok, recipe.direct)] if recipe.direct else []
+        return out + ([LMEvalScorer(peft_model, tok, recipe.eval)] if recipe.eval else [])
+
+    rows = [Condition(BASE, Unchanged(), dict(kind=BASE, alpha=0.0, seed=None, index=None, delta_norm=0.0,
+                                              pathway=None))]
+    rows += [Condition(c["name"], Adapter(c["name"]), dict(kind=c["kind"], alpha=c["alpha"], seed=c["seed"],
+                                                           index=c["index"], **_edit_probe_metrics(c)))
+             for c in conditions]
+    return Prepared(peft_model, rows, scorers)
 
 
-def _refresh_exports(out: Path, recipe: Recipe) -> None:
+def _refresh_exports(recipe: Recipe, out: Path) -> None:
     """Put each exported condition's behaviour and probe numbers into its adapter card."""
     from rwedit.editor.export import refresh_card
 
@@ -227,3 +163,14 @@ def _refresh_exports(out: Path, recipe: Recipe) -> None:
         if name not in rows:
             raise ExperimentError(f"export: no condition named {name!r}; conditions: {sorted(rows)}")
         refresh_card(out / "edit" / "adapters" / name, {k: v for k, v in rows[name].items() if v is not None})
+
+
+def _report(folder, primary: str | None = None):
+    from rwedit.evals.report import write_report
+
+    return write_report(folder, primary)
+
+
+KIND = register_experiment(ExperimentKind(
+    EXPERIMENT, Recipe, help="a rank-1 edit vs its matched controls (random, low-variance, write-pathway), "
+    "scored as adapters on one loaded model", prepare=_prepare, report=_report, finish=_refresh_exports))

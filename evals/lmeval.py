@@ -10,31 +10,32 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
+from rwedit.config import Config, option
+from rwedit.editor.interventions import BASE, adapter_or_base
+from rwedit.errors import ConfigError
 from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, task_manager
-
-BASE = "base"
 
 
 @dataclass(frozen=True)
-class EvalSettings:
+class EvalSettings(Config):
     """Which lm-eval tasks, on how many items, in which batches (recorded with every result)."""
 
-    tasks: tuple[str, ...] = tuple(BUNDLED_TASKS)
-    limit: int | None = None  # items per task (None: all)
-    batch_size: int = 8
-    num_fewshot: int | None = None
-    max_length: int | None = None  # context window for lm-eval (default: the model's)
-    bootstrap_iters: int = 1000
+    tasks: tuple[str, ...] = option(tuple(BUNDLED_TASKS), help="lm-eval task names (bundled offline tasks: "
+                                    + ", ".join(BUNDLED_TASKS) + "; any lm-eval task with the Hub)")
+    limit: int | None = option(None, help="items per task (null: all)")
+    batch_size: int = option(8, help="lm-eval batch size")
+    num_fewshot: int | None = option(None, help="few-shot examples (null: the task's default)")
+    max_length: int | None = option(None, help="context window for lm-eval (null: the model's)")
+    bootstrap_iters: int = option(1000, help="lm-eval's bootstrap iterations for stderr")
 
     def __post_init__(self):
         if not self.tasks:
-            raise ValueError("eval.tasks is empty: name at least one task, e.g. rwedit_hh_preference")
+            raise ConfigError("eval.tasks is empty: name at least one task, e.g. rwedit_hh_preference")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"eval.limit = {self.limit}: give a positive number of items or null for all")
+            raise ConfigError(f"eval.limit = {self.limit}: give a positive number of items or null for all")
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,22 +43,6 @@ def _cached_task_manager(cache_root: str | None, tasks: tuple[str, ...]):
     # indexing lm-eval's built-in registry takes ~10 s: skip it when only bundled tasks are asked for, and
     # build each manager once per process
     return task_manager(cache_root, tasks)
-
-
-@contextlib.contextmanager
-def select(model, adapter: str | None) -> Iterator[None]:
-    """Make ``adapter`` active on a PeftModel (``None`` or ``"base"``: all adapters disabled)."""
-    if adapter in (None, BASE):
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                yield
-        else:
-            yield
-        return
-    if adapter not in getattr(model, "peft_config", {}):
-        raise KeyError(f"no adapter named {adapter!r}; loaded: {sorted(getattr(model, 'peft_config', {}))}")
-    model.set_adapter(adapter)
-    yield
 
 
 def flatten_results(results: dict) -> dict[str, float | None]:
@@ -93,16 +78,19 @@ class LMEvalScorer:
 
     @torch.no_grad()
     def run(self, adapter: str | None = None, log_samples: bool = False) -> dict:
-        """The raw ``simple_evaluate`` output for one condition."""
+        """The raw ``simple_evaluate`` output of the model as it is (``adapter``: that adapter of a PeftModel
+        made active first, ``"base"``: all disabled)."""
         from lm_eval import simple_evaluate
 
         s = self.settings
-        with select(self.model, adapter):
+        state = contextlib.nullcontext() if adapter is None else adapter_or_base(adapter).applied(self.model)
+        with state:
             return simple_evaluate(model=self.lm, tasks=list(s.tasks), task_manager=self.tm, limit=s.limit,
                                    num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters,
                                    log_samples=log_samples, use_cache=None, cache_requests=False,
                                    verbosity="ERROR")
 
     def score(self, adapter: str | None = None) -> dict[str, float | None]:
-        """Flat metrics with stderr for one condition, e.g. ``rwedit_blimp/acc``, ``rwedit_blimp/acc_stderr``."""
+        """Flat metrics with stderr of the model as it is (or with ``adapter``), e.g. ``rwedit_blimp/acc``,
+        ``rwedit_blimp/acc_stderr``."""
         return flatten_results(self.run(adapter)["results"])

@@ -2,41 +2,100 @@
 
 Every behaviour metric becomes a *shift* against the base row (direct metrics carry their paired
 stderr; lm-eval metrics combine the two stderrs), divided by ‖ΔW‖_F for the per-unit-norm view.
-Conditions of one kind and α with several members (random seeds, low-variance indices) are summarised
-over members with a t interval; single conditions use their own stderr.  Verdicts compare the
-*magnitude* of the shift of the principal read-pathway edit with each control at matched norm."""
+Conditions of one kind and α with several members (random seeds, low-variance indices) are a sample of
+directions: summarised over members with a t interval (:func:`rwedit.stats.over_members`); single
+conditions use their own stderr.  Verdicts compare the *magnitude* of the shift of the principal
+read-pathway edit with each control at matched norm.
+
+The small helpers both experiment reports share (reading a run, number and interval cells, markdown
+tables, figures) are here: :func:`load_run`, :func:`fmt`, :func:`fmt_ci`, :func:`fmt_se`, :func:`md_table`,
+:func:`row_table`, :func:`pyplot`, :func:`save_figure`."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from rwedit.evals.store import ResultStore
+from rwedit.stats import Interval, combined_se, difference, interval, over_members
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
 DIRECT_SHIFTS = {"pref_margin_shift": "preference margin shift (nats)", "pref_acc_shift": "preference accuracy shift",
                  "kl_base_edited": "KL(base ‖ edited), nats/token", "ce_shift": "held-out CE shift (nats/token)",
                  "ppl_change": "held-out perplexity change"}
 KIND_ORDER = ["principal", "given", "random", "lowvar", "write"]
-Z = 1.959963984540054
-
-#: two-sided 95% Student-t quantiles for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def t975(df: int) -> float:
-    """Two-sided 95% Student-t quantile: the table to 30 degrees of freedom, beyond it the Cornish–Fisher
-    expansion around the normal quantile (error < 1e-4 from 31 on)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = Z
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+# ----------------------------------------------------------------------------- shared by both reports
+
+
+def load_run(folder: str | Path) -> tuple[list[dict], dict]:
+    """The rows of a run folder's results store and its ``run.json``; raises when there are no rows yet."""
+    store = ResultStore(folder)
+    rows = store.rows()
+    if not rows:
+        raise ValueError(f"{folder}: no results yet (results.jsonl is empty or missing)")
+    return rows, json.loads(store.meta_path.read_text())
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt(x, digits=3) -> str:
+    """A number with ``digits`` significant digits; ``–`` when missing, ``∞`` when infinite."""
+    if _missing(x):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return f"{x:.{digits}g}"
+
+
+def fmt_ci(low, high) -> str:
+    """``[low, high]``, or ``–`` when the interval is undefined."""
+    return "–" if _missing(low) else f"[{fmt(low)}, {fmt(high)}]"
+
+
+def fmt_se(value, se) -> str:
+    """``value ± se`` (the stderr to 2 digits), or the value alone when its stderr is missing."""
+    return fmt(value) + ("" if _missing(se) else f" ± {fmt(se, 2)}")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def row_table(rows: list[dict], cols: Sequence[str], labels: dict[str, str] | None = None) -> list[str]:
+    """One table row per stored row: its condition, then each column as ``value ± stderr``."""
+    labels = labels or {}
+    return md_table(["condition"] + [labels.get(c, c) for c in cols],
+                    [[r["condition"]] + [fmt_se(r.get(c), r.get(c + "_stderr")) for c in cols] for r in rows])
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the control experiment
 
 
 def lmeval_metrics(rows: list[dict]) -> list[str]:
@@ -61,8 +120,7 @@ def long_shifts(rows: list[dict]) -> pd.DataFrame:
             else:
                 v, b = r.get(m), base.get(m)
                 shift = None if v is None or b is None else v - b
-                sv, sb = r.get(f"{m}_stderr"), base.get(f"{m}_stderr")
-                se = None if sv is None or sb is None else math.sqrt(sv ** 2 + sb ** 2)
+                se = combined_se(r.get(f"{m}_stderr"), base.get(f"{m}_stderr"))
             if shift is None:
                 continue
             n = r["delta_norm"]
@@ -72,20 +130,21 @@ def long_shifts(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _members(values: Sequence[float], ses: Sequence[float | None]) -> Interval:
+    """A group of conditions as a sample of directions (t over members), one condition with its own stderr."""
+    if len(values) > 1:
+        return over_members(list(values))
+    se = ses[0]
+    return interval(values[0], None if _missing(se) else se, how="±1.96 stderr")
+
+
 def summarise(group: pd.DataFrame) -> dict:
     """Mean shift of a (kind, α) group with a 95% interval: over members if several, else ±1.96·stderr."""
-    n = len(group)
-    mean, mean_pn = float(group["shift"].mean()), float(group["per_norm"].mean())
-    if n > 1:
-        half = t975(n - 1) * float(group["shift"].std(ddof=1)) / math.sqrt(n)
-        how = f"t over {n} members"
-    else:
-        se = group["stderr"].iloc[0]
-        half = Z * se if se is not None and not pd.isna(se) else math.nan
-        how = "±1.96 stderr"
+    iv = _members(group["shift"].tolist(), group["stderr"].tolist())
     norm = float(group["delta_norm"].mean())
-    return {"n": n, "shift": mean, "ci_low": mean - half, "ci_high": mean + half, "per_norm": mean_pn,
-            "per_norm_ci_low": (mean - half) / norm, "per_norm_ci_high": (mean + half) / norm, "interval": how}
+    return {"n": len(group), "shift": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
+            "per_norm": float(group["per_norm"].mean()), "per_norm_ci_low": iv.low / norm,
+            "per_norm_ci_high": iv.high / norm, "interval": iv.how}
 
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
@@ -107,23 +166,15 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str) -> dict |
     p, c = sel[sel["kind"] == "principal"], sel[sel["kind"] == control]
     if p.empty or c.empty:
         return None
-    ep = float(p["shift"].abs().mean())
-    sp = p["stderr"].iloc[0] if len(p) == 1 else float(p["shift"].abs().std(ddof=1)) / math.sqrt(len(p))
-    ec = float(c["shift"].abs().mean())
-    if len(c) > 1:
-        sc, dof = float(c["shift"].abs().std(ddof=1)) / math.sqrt(len(c)), len(c) - 1
-    else:
-        sc, dof = c["stderr"].iloc[0], None
-    if sp is None or sc is None or pd.isna(sp) or pd.isna(sc):
+    pi = _members(p["shift"].abs().tolist(), p["stderr"].tolist())
+    ci = _members(c["shift"].abs().tolist(), c["stderr"].tolist())
+    d = difference(pi, ci)
+    if d.se is None:
         return None
-    se = math.sqrt(sp ** 2 + sc ** 2)
-    q = t975(dof) if dof else Z
-    effect = ep - ec
-    lo, hi = effect - q * se, effect + q * se
-    answer = "yes" if lo > 0 else ("no" if hi < 0 else "inconclusive")
+    ep, ec = pi.estimate, ci.estimate
     return {"metric": metric, "alpha": alpha, "control": control, "n_control": len(c), "principal_abs": ep,
-            "control_abs": ec, "effect": effect, "ci_low": lo, "ci_high": hi,
-            "ratio": ep / ec if ec > 0 else math.inf, "answer": answer}
+            "control_abs": ec, "effect": d.estimate, "ci_low": d.low, "ci_high": d.high,
+            "ratio": ep / ec if ec > 0 else math.inf, "answer": d.verdict()}
 
 
 CLAIMS = {
@@ -143,21 +194,9 @@ def verdicts(df: pd.DataFrame, metric: str) -> list[dict]:
     return out
 
 
-def _fmt(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float) and math.isinf(x):
-        return "∞"
-    return f"{x:.{digits}g}"
-
-
 def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
     """Shift vs α per direction kind; groups with several members as mean and 95% band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sel = headline(df[df["metric"] == metric])
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in [k for k in KIND_ORDER if k in set(sel["kind"])] + sorted(set(sel["kind"]) - set(KIND_ORDER)):
@@ -169,21 +208,32 @@ def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_ylabel(DIRECT_SHIFTS.get(metric, f"{metric} shift"))
     ax.set_title(f"dose–response: {metric}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _primary(meta: dict, primary: str | None) -> str:
+    return primary or meta["config"].get("primary", "pref_margin_shift")
+
+
+def headline_lines(folder: str | Path, primary: str | None = None) -> list[str]:
+    """The markdown lines of the report's "Headline" section of a finished run folder (its ``## Headline``
+    heading, then the table of the primary metric by direction kind), computed from the results store.
+    ``primary`` defaults to the recipe's primary metric."""
+    rows, meta = load_run(folder)
+    primary = _primary(meta, primary)
+    head = headline(long_shifts(rows))
+    sel = head[head["metric"] == primary] if not head.empty else head
+    table = [[h["kind"], fmt(h["alpha"]), str(h["n"]), fmt(h["delta_norm"]), fmt(h["shift"]),
+              fmt_ci(h["ci_low"], h["ci_high"]), fmt(h["per_norm"]), h["interval"]] for _, h in sel.iterrows()]
+    return [f"## Headline: {primary} by direction kind", ""] + md_table(
+        ["kind", "α", "n", "‖ΔW‖", "shift", "95% CI", "shift per unit ‖ΔW‖", "interval"], table)
 
 
 def write_report(folder: str | Path, primary: str | None = None) -> Path:
     """``report.md``, ``headline.csv``, ``verdicts.csv`` and dose–response plots from the store alone."""
     folder = Path(folder)
-    store = ResultStore(folder)
-    rows = store.rows()
-    if not rows:
-        raise ValueError(f"{folder}: no results yet (results.jsonl is empty or missing)")
-    meta = json.loads(store.meta_path.read_text())
-    primary = primary or meta["config"].get("primary", "pref_margin_shift")
+    rows, meta = load_run(folder)
+    primary = _primary(meta, primary)
     df = long_shifts(rows)
     head = headline(df)
     head.to_csv(folder / "headline.csv", index=False)
@@ -203,27 +253,17 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
         lines += [f"No verdict: the store has no principal edit and control rows for {primary}.", ""]
     for v in ver:
         claim = CLAIMS[v["control"]].format(m=primary)
-        lines.append(f"- **{v['answer']}** (α = {_fmt(v['alpha'])}): {claim}. |shift| principal "
-                     f"{_fmt(v['principal_abs'])} vs {v['control']} {_fmt(v['control_abs'])} (n = {v['n_control']}); "
-                     f"effect {_fmt(v['effect'])}, 95% CI [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}], "
-                     f"ratio {_fmt(v['ratio'])}.")
+        lines.append(f"- **{v['answer']}** (α = {fmt(v['alpha'])}): {claim}. |shift| principal "
+                     f"{fmt(v['principal_abs'])} vs {v['control']} {fmt(v['control_abs'])} (n = {v['n_control']}); "
+                     f"effect {fmt(v['effect'])}, 95% CI {fmt_ci(v['ci_low'], v['ci_high'])}, "
+                     f"ratio {fmt(v['ratio'])}.")
     lines += ["", "A verdict is *yes* when the whole 95% interval of (|shift| of the principal edit − mean |shift| "
               "of the control) is above 0, *no* when it is below 0, *inconclusive* otherwise.", ""]
-    lines += [f"## Headline: {primary} by direction kind", "",
-              "| kind | α | n | ‖ΔW‖ | shift | 95% CI | shift per unit ‖ΔW‖ | interval |", "|---|---|---|---|---|---|---|---|"]
-    for _, h in head[head["metric"] == primary].iterrows():
-        lines.append(f"| {h['kind']} | {_fmt(h['alpha'])} | {h['n']} | {_fmt(h['delta_norm'])} | {_fmt(h['shift'])} | "
-                     f"[{_fmt(h['ci_low'])}, {_fmt(h['ci_high'])}] | {_fmt(h['per_norm'])} | {h['interval']} |")
+    lines += headline_lines(folder, primary)
     lines += ["", "## Every condition", ""]
     probe_cols = ["delta_norm", "rsf_read_activation_k1", "rsf_read_activation_k16", "rsf_residual_prediction_k1"]
     beh_cols = [c for c in ("pref_margin_shift", "pref_acc_shift", "kl_base_edited", "ppl_change") if c in rows[0]]
-    beh_cols += lmeval_metrics(rows)
-    lines += ["| condition | " + " | ".join(probe_cols + beh_cols) + " |", "|---" * (1 + len(probe_cols + beh_cols)) + "|"]
-    for r in rows:
-        cells = [_fmt(r.get(c)) for c in probe_cols]
-        cells += [_fmt(r.get(c)) + (f" ± {_fmt(r.get(c + '_stderr'), 2)}" if r.get(c + "_stderr") is not None else "")
-                  for c in beh_cols]
-        lines.append(f"| {r['condition']} | " + " | ".join(cells) + " |")
+    lines += row_table(rows, probe_cols + beh_cols + lmeval_metrics(rows))
     lines += ["", "RSF columns: read-side RSF of v against the activation subspace of the edited input (k = 1, 16), "
               "and RSF of the residual-stream side of the edit against the prediction subspace (k = 1); 1 = isotropic.",
               "", "## Plots", ""]

@@ -4,13 +4,14 @@ For each behaviour metric named in the recipe's ``verdicts.metrics``:
 - a condition's **shift vs post** ``d = value − post`` with its stderr: the paired stderr of the direct
   metrics (``pref_margin``, ``pref_acc``, ``ce``, ``ppl``: the scorer's reference is the post model), or
   ``sqrt(se² + se_post²)`` for lm-eval metrics (two independent-looking scores; conservative);
-- a group of seeded conditions (the random disruptions) as one entry: mean over seeds, stderr
+- a group of seeded conditions (the random disruptions) as one entry, one construction measured several
+  times (:func:`rwedit.stats.over_members` with the members' stderrs): mean over seeds, stderr
   ``sqrt(s²/n + mean(se_i²))`` (spread over seeds plus the evaluation noise, which the seeds share and
   which does not average out), 95% interval with the t quantile of n − 1 degrees of freedom;
 - post-training's own change ``G = post − base``; the **retained fraction** ``(value − base) / G``
   (1 = behaves like post, 0 = like base).
 
-HC's claims as plain verdicts (95% intervals; ``G``'s own uncertainty enters only the testability check):
+He & Cao's (HC) claims as plain verdicts (95% intervals; ``G``'s own uncertainty enters only the testability check):
 - *keeps the score* (``sv_replacement``; also ``reparam`` and ``swap``): **yes** when the whole interval of
   ``sign(G)·d`` lies above ``−keep_margin·|G|`` (the condition keeps at least ``1 − keep_margin`` of what
   post-training changed, or goes further), **no** when it lies wholly below, *inconclusive* otherwise,
@@ -22,14 +23,13 @@ HC's claims as plain verdicts (95% intervals; ``G``'s own uncertainty enters onl
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from rwedit.evals.report import Z, _fmt, t975
-from rwedit.evals.store import ResultStore
+from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, pyplot, row_table, save_figure
+from rwedit.stats import Interval, combined_se, difference, interval, over_members, verdict
 
 #: direct metrics whose shift vs post is stored paired (key of the shift)
 PAIRED = {"pref_margin": "pref_margin_shift_vs_post", "pref_acc": "pref_acc_shift_vs_post",
@@ -69,8 +69,7 @@ def shift_vs_post(row: dict, post: dict, metric: str) -> tuple[float | None, flo
         return None, None
     if row is post:
         return 0.0, 0.0
-    sv, sp = _num(row.get(metric + "_stderr")), _num(post.get(metric + "_stderr"))
-    return v - p, (None if sv is None or sp is None else math.sqrt(sv ** 2 + sp ** 2))
+    return v - p, combined_se(_num(row.get(metric + "_stderr")), _num(post.get(metric + "_stderr")))
 
 
 def summary(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
@@ -83,6 +82,8 @@ def summary(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
     for m in metrics:
         g_shift, g_se = shift_vs_post(base, post, m)  # base − post
         G = None if g_shift is None else -g_shift
+        # the keep claims are testable only where post and base differ: G's 95% interval excludes 0
+        testable = G is not None and interval(G, g_se).verdict() != "inconclusive"
         for kind in kinds:
             members = [r for r in rows if r["kind"] == kind]
             sh = [shift_vs_post(r, post, m) for r in members]
@@ -90,25 +91,24 @@ def summary(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
             if any(s is None for s, _ in sh):
                 continue
             n = len(members)
-            mean = sum(s for s, _ in sh) / n
-            ses = [se for _, se in sh]
-            if n > 1:
-                sd = math.sqrt(sum((s - mean) ** 2 for s, _ in sh) / (n - 1))
-                se = math.sqrt(sd ** 2 / n + sum(x ** 2 for x in ses) / n) if None not in ses else sd / math.sqrt(n)
-                q = t975(n - 1)
-            else:
-                se, q = ses[0], Z
-            value = sum(vals) / n if None not in vals else None
+            iv = over_members([s for s, _ in sh], [se for _, se in sh])
             vse = [_num(r.get(m + "_stderr")) for r in members]
-            value_se = (math.sqrt(sum(x ** 2 for x in vse) / n + (sd ** 2 / n if n > 1 else 0.0))
-                        if None not in vse else None)
-            lo, hi = (mean - q * se, mean + q * se) if se is not None else (None, None)
-            testable = G is not None and g_se is not None and abs(G) > Z * g_se
-            out.append({"metric": m, "kind": kind, "n": n, "value": value, "value_stderr": value_se, "shift": mean,
-                        "shift_stderr": se, "ci_low": lo, "ci_high": hi, "q": q, "post_minus_base": G,
+            value = over_members(vals, vse) if None not in vals else None
+            has_ci = iv.se is not None
+            out.append({"metric": m, "kind": kind, "n": n, "value": None if value is None else value.estimate,
+                        "value_stderr": None if value is None or None in vse else value.se, "shift": iv.estimate,
+                        "shift_stderr": iv.se, "ci_low": iv.low if has_ci else None,
+                        "ci_high": iv.high if has_ci else None, "q": iv.q, "df": iv.df, "post_minus_base": G,
                         "post_minus_base_stderr": g_se, "gap_significant": testable,
-                        "retained": (1.0 + mean / G) if testable else None})
+                        "retained": (1.0 + iv.estimate / G) if testable else None})
     return pd.DataFrame(out)
+
+
+def _shift_interval(r) -> Interval:
+    """A summary row's shift vs post as an :class:`Interval` (t on its degrees of freedom, else normal)."""
+    df = r.get("df")
+    return Interval(float(r["shift"]), float(r["shift_stderr"]), None if df is None or pd.isna(df) else float(df),
+                    int(r["n"]))
 
 
 def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
@@ -133,19 +133,19 @@ def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
                     sg = 1.0 if G > 0 else -1.0
                     lo, hi = sorted((sg * r["ci_low"], sg * r["ci_high"]))
                     thr = -keep_margin * abs(G)
-                    v.update(test_low=lo, test_high=hi, threshold=thr,
-                             answer="yes" if lo > thr else ("no" if hi < thr else "inconclusive"))
+                    v.update(test_low=lo, test_high=hi, threshold=thr, answer=verdict(lo, hi, thr))
             else:
                 d = direction(m)
                 # the worse of post (shift 0) and base (shift base − post) in the metric's direction
                 b_shift, b_se = (base["shift"], base["shift_stderr"]) if base is not None else (0.0, 0.0)
                 ref_is_base = base is not None and d * b_shift < 0
-                ref, ref_se = (b_shift, 0.0 if pd.isna(b_se) else b_se) if ref_is_base else (0.0, 0.0)
-                diff = d * (r["shift"] - ref)
-                se = math.sqrt(r["shift_stderr"] ** 2 + ref_se ** 2)
-                lo, hi = diff - r["q"] * se, diff + r["q"] * se
-                v.update(test_low=lo, test_high=hi, threshold=0.0, reference="base" if ref_is_base else "post",
-                         answer="yes" if hi < 0 else ("no" if lo > 0 else "inconclusive"))
+                ref = interval(b_shift, 0.0 if pd.isna(b_se) else b_se) if ref_is_base else interval(0.0, 0.0)
+                cond = _shift_interval(r)
+                # the condition minus the reference, in the metric's better direction
+                diff = difference(cond, ref) if d > 0 else difference(ref, cond)
+                # collapse: the whole interval below 0 (i.e. its negation wholly above 0)
+                v.update(test_low=diff.low, test_high=diff.high, threshold=0.0,
+                         reference="base" if ref_is_base else "post", answer=verdict(-diff.high, -diff.low))
             out.append(v)
     return out
 
@@ -153,11 +153,7 @@ def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
 def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
     """Bars: each condition's shift vs post per metric with the 95% interval the verdicts use (paired for the
     direct metrics); the solid line is post (0), the dashed one the base model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metrics = list(dict.fromkeys(summ["metric"]))
     if not metrics:
         return None
@@ -180,24 +176,13 @@ def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel("shift vs post", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("SVD-structure conditions: shift vs the post model (mean, 95% interval)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _ci(lo, hi) -> str:
-    return f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and not pd.isna(lo) else "–"
+    return save_figure(fig, path)
 
 
 def write_svd_report(folder: str | Path) -> Path:
     """``report.md``, ``conditions.csv``, ``verdicts.csv`` and ``svd_conditions.png`` from the store alone."""
     folder = Path(folder)
-    store = ResultStore(folder)
-    rows = store.rows()
-    if not rows:
-        raise ValueError(f"{folder}: no results yet (results.jsonl is empty or missing)")
-    meta = json.loads(store.meta_path.read_text())
+    rows, meta = load_run(folder)
     cfg = meta["config"]
     names = {r["condition"] for r in rows}
     if not {"post", "base"} <= names:
@@ -233,20 +218,20 @@ def write_svd_report(folder: str | Path) -> Path:
         base_r = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == "base")]
         base_v = base_r["value"].iloc[0] if not base_r.empty else None
         who = f"{v['kind']} (mean of {v['n']} seeds)" if v["n"] > 1 else v["kind"]
-        text = (f"- **{v['claim']}: {v['answer']}** — `{v['metric']}`: {who} {_fmt(r['value'])} vs post "
-                f"{_fmt(post_v)}, base {_fmt(base_v)}; shift vs post {_fmt(v['shift'])}, 95% CI "
-                f"{_ci(v['ci_low'], v['ci_high'])}")
+        text = (f"- **{v['claim']}: {v['answer']}** — `{v['metric']}`: {who} {fmt(r['value'])} vs post "
+                f"{fmt(post_v)}, base {fmt(base_v)}; shift vs post {fmt(v['shift'])}, 95% CI "
+                f"{fmt_ci(v['ci_low'], v['ci_high'])}")
         if v["kind"] in KEEP_KINDS:
             if v["answer"] == "untestable":
-                text += (f"; post − base = {_fmt(r['post_minus_base'] + 0.0)} ± {_fmt(r['post_minus_base_stderr'], 2)} "
+                text += (f"; post − base = {fmt(r['post_minus_base'] + 0.0)} ± {fmt(r['post_minus_base_stderr'], 2)} "
                          f"is not distinguishable from 0 on this metric")
             elif v["threshold"] is not None:
-                text += (f"; retains {_fmt(100 * r['retained'], 3)}% of post-training's change "
-                         f"(needed: the interval above {_fmt(v['threshold'])} in the direction of post − base, "
-                         f"i.e. at least {_fmt(100 * (1 - keep_margin), 3)}% kept)")
+                text += (f"; retains {fmt(100 * r['retained'], 3)}% of post-training's change "
+                         f"(needed: the interval above {fmt(v['threshold'])} in the direction of post − base, "
+                         f"i.e. at least {fmt(100 * (1 - keep_margin), 3)}% kept)")
         elif v.get("test_low") is not None:
             text += (f"; vs the worse of post and base ({v['reference']}), in the metric's better direction: "
-                     f"{_ci(v['test_low'], v['test_high'])} (collapse: wholly below 0)")
+                     f"{fmt_ci(v['test_low'], v['test_high'])} (collapse: wholly below 0)")
         L.append(text + ".")
     L += ["", f"*keeps the score*: **yes** when the 95% interval of the shift vs post, signed in the direction "
           f"post-training moved the metric, lies wholly above −{keep_margin:g}·|post − base|; **no** when wholly "
@@ -258,11 +243,10 @@ def write_svd_report(folder: str | Path) -> Path:
     L += ["## Conditions", ""]
     for m in metrics:
         g = summ[summ["metric"] == m]
-        L += [f"### `{m}` ({'higher' if direction(m) > 0 else 'lower'} is better)", "",
-              "| condition | n | value ± se | shift vs post | 95% CI | retained fraction |", "|---|---|---|---|---|---|"]
-        for _, r in g.iterrows():
-            L.append(f"| {r['kind']} | {r['n']} | {_fmt(r['value'])} ± {_fmt(r['value_stderr'], 2)} | "
-                     f"{_fmt(r['shift'])} | {_ci(r['ci_low'], r['ci_high'])} | {_fmt(r['retained'])} |")
+        L += [f"### `{m}` ({'higher' if direction(m) > 0 else 'lower'} is better)", ""]
+        L += md_table(["condition", "n", "value ± se", "shift vs post", "95% CI", "retained fraction"],
+                      [[r["kind"], str(r["n"]), fmt_se(r["value"], r["value_stderr"]), fmt(r["shift"]),
+                        fmt_ci(r["ci_low"], r["ci_high"]), fmt(r["retained"])] for _, r in g.iterrows()])
         L.append("")
     L += ["Retained fraction = (value − base) / (post − base): 1 behaves like post, 0 like base (– when post and "
           "base do not differ significantly).", ""]
@@ -272,12 +256,7 @@ def write_svd_report(folder: str | Path) -> Path:
           "(probes/svd.py: scale s in σ ≈ sσ_base and its residual, consistency ‖Q_U − Q_V‖/‖Q_U‖, reparameterisation "
           "error); the `post` row is the SVD probe of the pair.", ""]
     beh = [c for c in ("kl_post_condition", "pref_margin_shift_vs_post", "ce_shift_vs_post") if c in rows[0]]
-    cols = list(WEIGHT_COLS) + beh
-    L += ["| condition | " + " | ".join(WEIGHT_COLS.get(c, c) for c in cols) + " |", "|---" * (1 + len(cols)) + "|"]
-    for r in rows:
-        cells = [_fmt(r.get(c)) + (f" ± {_fmt(r.get(c + '_stderr'), 2)}" if r.get(c + "_stderr") is not None else "")
-                 for c in cols]
-        L.append(f"| {r['condition']} | " + " | ".join(cells) + " |")
+    L += row_table(rows, list(WEIGHT_COLS) + beh, WEIGHT_COLS)
     L += ["", "`kl_post_condition`: KL(post ‖ condition) of next-token distributions on held-out text "
           "(nats/token); `*_shift_vs_post`: paired shift against the post model.", ""]
     if plot is not None:

@@ -22,15 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rwedit.architectures import LAYER_ROLES, Layout, model_layout
+# INPUT_GROUP / GROUP_ROLE (which roles read one input tensor) live in the registry; importable from here too
+from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
-#: roles that read the same input tensor share one statistic
-INPUT_GROUP = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
-               "o": "o_in", "down": "down_in"}
-#: one role that reads each input group (to address a group through the role-keyed API)
-GROUP_ROLE = {g: r for r, g in reversed(list(INPUT_GROUP.items()))}
 STATS_VERSION = 2  # 2: spectra stored with the sums
 
 

@@ -1,4 +1,5 @@
-"""The RSF grid of DESIGN §3 over a checkpoint pair (streamed) or over deltas held in memory.
+"""The RSF grid (relative subspace fraction of each weight delta against activation, prediction and random
+subspaces, next to its random-subspace null) over a checkpoint pair (streamed) or over deltas held in memory.
 
 One row per layer × role × side × subspace × k, each with the random-subspace null (mean, sd over
 seeds) of the same delta, side and k, so that a reader sees at once whether an RSF is significant.
@@ -18,9 +19,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rwedit.architectures import READ_ROLES, Layout
+from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
 from rwedit.checkpoints import CheckpointPair, TensorReader
-from rwedit.probes.activations import INPUT_GROUP, ActivationStats
+from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import RSFResult, _energies, random_null_samples, rsf_nested
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 
@@ -166,8 +167,8 @@ def _row(layer, role, side, subspace, k, d, res, vals) -> dict:
 
 
 def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings) -> list[dict]:
-    """DESIGN §3's two-sided variant for writers: prediction subspace on the output side plus the
-    activation subspace of the module's inputs on the input side (rows only where both exist)."""
+    """The two-sided RSF for writers: prediction subspace on the output side plus the activation
+    subspace of the module's inputs on the input side (rows only where both exist)."""
     if pathway(role) != "write" or ctx.prediction is None or layer is None:
         return []
     d_out, d_in = delta.shape

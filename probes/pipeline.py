@@ -6,11 +6,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from rwedit import __version__
 from rwedit.checkpoints import Checkpoint, CheckpointPair
+from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
 from rwedit.models import load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
@@ -30,16 +32,18 @@ SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_
 
 
 @dataclass(frozen=True)
-class CalibrationSettings:
-    """Where activation statistics come from (recorded in every result)."""
+class CalibrationSettings(Config):
+    """Where activation statistics come from (recorded in every result): the ``calibration:`` section of
+    edit specs and recipes, and the ``--calib*`` options of ``rwedit probe``."""
 
-    data: str
-    tokens: int = 50_000
-    seq_len: int = 256
-    batch_size: int = 8
-    field: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
+    data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
+                       "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
+    tokens: int = option(50_000, help="token budget of the calibration set")
+    seq_len: int = option(256, help="calibration sequence length (tokens)")
+    batch_size: int = option(8, help="sequences per forward pass")
+    field: str | None = option(None, help="jsonl/dataset field holding the text")
+    device: str = option("cpu", help="device of the calibration forward passes (cpu, cuda, auto)")
+    dtype: str = option("float32", help="the model's dtype during the calibration passes")
 
 
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
@@ -73,6 +77,14 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
     return rows
 
 
+@dataclass(frozen=True)
+class ProbeRun:
+    """What a probe run returns: the folder it wrote and the headline table its ``summary.md`` shows."""
+
+    folder: Path
+    table: pd.DataFrame
+
+
 def run_rsf_probe(
     base: str,
     post: str,
@@ -82,7 +94,7 @@ def run_rsf_probe(
     allow_pickle: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-) -> Path:
+) -> ProbeRun:
     """RSF grid of (post − base): ``rsf.csv``, ``headline.csv``, plots and ``summary.md`` in ``out``."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -115,7 +127,7 @@ def run_rsf_probe(
     }
     write_json(meta, out / "meta.json")
     (out / "summary.md").write_text(_rsf_summary(head, meta, spiked, plots))
-    return out
+    return ProbeRun(out, head[head["subspace"] != "random"].reset_index(drop=True))
 
 
 def _rsf_summary(head, meta, spiked, plots) -> str:
@@ -159,7 +171,7 @@ def run_svd_probe(
     roles: tuple[str, ...] | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
-) -> Path:
+) -> ProbeRun:
     """HC's SVD structure probe per matrix: ``svd.csv``, plots and ``summary.md`` in ``out``."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -196,13 +208,13 @@ def run_svd_probe(
             "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
            [f"![{p.stem}]({p.name})" for p in plots]
     (out / "summary.md").write_text("\n".join(text) + "\n")
-    return out
+    return ProbeRun(out, head)
 
 
 def _plot_svd(df, out: Path) -> list[Path]:
-    from rwedit.probes.report import _mpl
+    from rwedit.probes.report import pyplot
 
-    plt = _mpl()
+    plt = pyplot()
     paths = []
     for metric, ylabel in (("scale", "singular-value scale s"), ("consistency", "‖Q_U − Q_V‖ / ‖Q_U‖")):
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -9,16 +9,20 @@ from typing import Sequence
 
 import pandas as pd
 
-ROLE_ORDER = ("q", "k", "v", "o", "up", "gate", "down", "unembed")
+from rwedit.architectures import ROLES
 
 
-def _mpl():
+def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (plots are written to files)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_mpl = pyplot  # old private name, kept until its last importers switch to pyplot
 
 
 def write_rows(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -42,7 +46,7 @@ def rsf_headline(df: pd.DataFrame) -> pd.DataFrame:
         null_sd=("null_sd", "mean"),
         z_mean=("null_z", "mean"),
     ).reset_index()
-    out["role"] = pd.Categorical(out["role"], [r for r in ROLE_ORDER if r in set(out["role"])], ordered=True)
+    out["role"] = pd.Categorical(out["role"], [r for r in ROLES if r in set(out["role"])], ordered=True)
     return out.sort_values(["subspace", "side", "role", "k"]).reset_index(drop=True)
 
 
@@ -69,12 +73,12 @@ def _heat_k(df: pd.DataFrame, prefer: int = 16) -> int:
 
 def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int | None = None) -> list[Path]:
     """One layer × role heatmap of RSF per (side, subspace), at one k (default: 16 or the nearest below)."""
-    plt = _mpl()
+    plt = pyplot()
     k = k or _heat_k(df)
     layer_rows = df[df["layer"].notna() & (df["k"] == k)]
     paths = []
     for (side, sub), part in layer_rows.groupby(["side", "subspace"]):
-        roles = [r for r in ROLE_ORDER if r in set(part["role"])]
+        roles = [r for r in ROLES if r in set(part["role"])]
         table = part.pivot_table(index="layer", columns="role", values="rsf", aggfunc="mean").reindex(columns=roles)
         fig, ax = plt.subplots(figsize=(1.1 * len(roles) + 2.5, 0.32 * len(table) + 1.8))
         im = ax.imshow(table.values.astype(float), aspect="auto", cmap="viridis", interpolation="nearest")
@@ -96,10 +100,10 @@ def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int | None = None) -> list
 
 def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     """RSF against k per role (mean over layers), one panel per side, with the random null band."""
-    plt = _mpl()
+    plt = pyplot()
     sides = [s for s in ("read", "write") if s in set(df["side"])]
     fig, axes = plt.subplots(1, len(sides), figsize=(6.5 * len(sides), 4.5), squeeze=False)
-    colors = {r: f"C{i}" for i, r in enumerate(ROLE_ORDER)}
+    colors = {r: f"C{i}" for i, r in enumerate(ROLES)}
     for ax, side in zip(axes[0], sides):
         part = df[(df["side"] == side) & (df["subspace"] != "random")]
         # the null band of the deltas actually plotted (the null depends on the delta and on d)

@@ -1,4 +1,5 @@
-"""Relative subspace fraction (RSF) of a weight delta against a subspace (DESIGN §3).
+"""Relative subspace fraction (RSF) of a weight delta against a subspace: the share of ‖ΔW‖²_F that the
+subspace captures on one side of ΔW, divided by the share a random subspace of the same size captures.
 
 read:  f = ‖ΔW B‖²_F / ‖ΔW‖²_F        (B: d_in x k),   RSF = f / (k / d_in)
 write: f = ‖Bᵀ ΔW‖²_F / ‖ΔW‖²_F       (B: d_out x k),  RSF = f / (k / d_out)
@@ -23,6 +24,7 @@ __all__ = [
     "isotropic_baseline",
     "random_null",
     "random_null_samples",
+    "rank1_rsf",
     "rsf",
     "rsf_nested",
     "subspace_fraction",
@@ -232,7 +234,7 @@ def _nested_k(k: int, basis: torch.Tensor, what: str, d: int) -> int:
 
 
 def rsf(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> RSFResult:
-    """RSF of `delta` (d_out x d_in) against all columns of `basis` on `side` (DESIGN §3).
+    """RSF of `delta` (d_out x d_in) against all columns of `basis` on `side` (formulas in the module doc).
     Zero delta -> NaN with reason "zero delta"; bad shapes, NaN, non-orthonormal basis -> ValueError."""
     _check_side(side)
     if side == "both":
@@ -241,6 +243,26 @@ def rsf(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DE
     else:
         k = basis.shape[1] if isinstance(basis, torch.Tensor) and basis.ndim == 2 else 0
     return rsf_nested(delta, basis, side, [k], ortho_atol=ortho_atol)[0]
+
+
+def rank1_rsf(x: torch.Tensor, basis: torch.Tensor, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> float:
+    """RSF of a rank-1 delta on the side whose factor is ``x``, against the span of ``basis``'s columns:
+    ``‖basisᵀ x̂‖² / (k/d)`` with ``x̂ = x/‖x‖`` (``basis``: d x k, orthonormal columns, d = len(x)).
+
+    It equals ``rsf(outer(b, x), basis, "read").rsf`` for any nonzero ``b`` (x read side) and
+    ``rsf(outer(x, v), basis, "write").rsf`` for any nonzero ``v`` (x write side): the other factor
+    cancels from the fraction.  Float64; NaN for a zero ``x``, as :func:`rsf` gives for a zero delta."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 1 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty 1-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x has non-finite (NaN/inf) entries")
+    b = _check_basis(basis, x.numel(), "basis (len(x))", x.device, ortho_atol)
+    norm2 = float(x @ x)
+    if norm2 == 0.0:
+        return math.nan
+    k = b.shape[1]
+    return float((b.T @ x).pow(2).sum()) / norm2 / (k / x.numel())
 
 
 def subspace_fraction(delta: torch.Tensor, basis: Basis, side: Side, *, ortho_atol: float = DEFAULT_ORTHO_ATOL) -> float:

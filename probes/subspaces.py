@@ -1,4 +1,4 @@
-"""Subspaces the probes measure against (DESIGN §2): activation eigenspaces, the unembedding's
+"""Subspaces the probes measure against: activation eigenspaces, the unembedding's
 prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 throughout."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def _spectrum_of_symmetric(m: torch.Tensor) -> Spectrum:
 
 
 def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6) -> Spectrum:
-    """Spectrum of a second-moment matrix C = E[a aᵀ] (DESIGN §2), eigenvalues descending.
+    """Spectrum of a second-moment matrix C = E[a aᵀ] of a module's inputs, eigenvalues descending.
 
     C must be square, finite and symmetric: max|C - Cᵀ| <= sym_rtol * max|C| (float32
     accumulation leaves asymmetry ~1e-7; anything larger means the wrong matrix was passed)."""
@@ -241,8 +241,9 @@ def prediction_basis(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Prediction subspace P_k (DESIGN §2): d x k float64 basis of the top-k right singular vectors
-    of W_U (or of W_U·diag(γ)). For the singular values too, call `prediction_spectrum`."""
+    """Prediction subspace P_k (the residual-stream directions the unembedding reads most strongly):
+    d x k float64 basis of the top-k right singular vectors of W_U (or of W_U·diag(γ)). For the
+    singular values too, call `prediction_spectrum`."""
     if isinstance(W_U, torch.Tensor) and W_U.ndim == 2:
         check_k(k, W_U.shape[1])  # fail before the expensive Gram pass
     return prediction_spectrum(W_U, final_norm_gain, chunk_rows=chunk_rows).top(k)

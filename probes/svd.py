@@ -1,4 +1,5 @@
-"""SVD structure probe for one (W_base, W_post) pair (DESIGN §4, after He & Cao).
+"""SVD structure probe for one (W_base, W_post) pair, after He & Cao: does post-training keep the base's
+singular vectors up to one shared rotation and rescale the singular values?
 
 With W_base = U Σ Vᵀ and W_post = U' Σ' V'ᵀ (top r of each): the least-squares scale s in σ' ≈ s σ,
 the rotations Q_U = Uᵀ U', Q_V = Vᵀ V', how orthogonal they are, their consistency
@@ -209,7 +210,8 @@ def svd_structure(
     oversampling: int | None = None,
     niter: int = 6,
 ) -> SVDMetrics:
-    """HC structure metrics (DESIGN §4) of one d_out x d_in pair over the top r triplets.
+    """HC structure metrics (scale, rotations, consistency, reparameterisation error; see the module
+    doc) of one d_out x d_in pair over the top r triplets.
     method "auto" = full SVD when min(d) <= 1024 or r == "full", else randomized (see module doc
     for the accepted lowrank error); all maths in float64."""
     _check_pair(W_base, W_post)

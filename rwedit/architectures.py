@@ -3,13 +3,16 @@
 Every linear map is handled as ``W`` of shape ``d_out x d_in`` (``y = W x``), whatever the module
 stores: GPT-2's ``Conv1D`` keeps the transpose, GPT-NeoX interleaves Q/K/V per head in one matrix,
 GPT-2 and Phi-3 fuse them contiguously, Phi-3 fuses gate and up.  The registry hides all of that
-behind :class:`RoleView`.  Adding an architecture = one :class:`ArchSpec` entry + one test config.
+behind :class:`RoleView`, and every weight read or write of one role goes through it
+(:func:`get_weight`, :func:`add_delta`, :func:`set_weight`).  Adding an architecture =
+:func:`register_architecture` of one :class:`ArchSpec` (from user code; no edit of the package needed),
+plus :func:`register_fused_layout` for a fused matrix whose row layout is not yet in :data:`FUSED_LAYOUTS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -19,6 +22,13 @@ LAYER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
 READ_ROLES: tuple[str, ...] = ("q", "k", "v", "up", "gate")
 #: Roles that write into the residual stream (their output side is the residual stream).
 WRITE_ROLES: tuple[str, ...] = ("o", "down")
+#: Input group of each layer role: roles that read the same input tensor share a group (q/k/v read the
+#: attention input, gate/up the MLP input), so activation statistics are collected once per group.
+INPUT_GROUP: dict[str, str] = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
+                               "o": "o_in", "down": "down_in"}
+#: one role that reads each input group (the first in :data:`LAYER_ROLES` order), to address a group
+#: through the role-keyed API
+GROUP_ROLE: dict[str, str] = {g: r for r, g in reversed(list(INPUT_GROUP.items()))}
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -134,12 +144,29 @@ def _gate_up_contiguous(d: Dims) -> dict[str, torch.Tensor]:
     return _contiguous([("gate", d.intermediate), ("up", d.intermediate)])
 
 
+FusedLayout = Callable[[Dims], Mapping[str, torch.Tensor]]
+
 #: name -> function(Dims) -> {role: row indices of that role in the fused d_out x d_in matrix}
-FUSED_LAYOUTS = {
-    "qkv_contiguous": _qkv_contiguous,
-    "qkv_per_head": _qkv_per_head,
-    "gate_up_contiguous": _gate_up_contiguous,
-}
+FUSED_LAYOUTS: dict[str, FusedLayout] = {}
+
+
+def register_fused_layout(name: str, fn: FusedLayout, *, replace: bool = False) -> None:
+    """Make ``fn`` available as ``RoleSlot(fused=name)``.  ``fn(dims)`` returns, for each role stored in
+    the fused matrix, the indices of its rows in the (untransposed) ``d_out x d_in`` matrix; together they
+    must cover every row once.  A name already registered is refused unless ``replace=True``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a fused layout needs a non-empty string name, got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"fused layout {name!r}: expected a function of Dims, got {type(fn).__name__}")
+    if name in FUSED_LAYOUTS and not replace:
+        raise ValueError(f"fused layout {name!r} is already registered ({FUSED_LAYOUTS[name].__name__}); "
+                         "pass replace=True to override it")
+    FUSED_LAYOUTS[name] = fn
+
+
+register_fused_layout("qkv_contiguous", _qkv_contiguous)
+register_fused_layout("qkv_per_head", _qkv_per_head)
+register_fused_layout("gate_up_contiguous", _gate_up_contiguous)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -174,7 +201,7 @@ def _llama_like(
     )
 
 
-ARCHITECTURES: tuple[ArchSpec, ...] = (
+_BUILTIN: tuple[ArchSpec, ...] = (
     ArchSpec(
         name="gpt2",
         model_types=("gpt2",),
@@ -245,13 +272,100 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
                 notes="Sandwich norms; RMSNorm scales by (1 + weight)."),
 )
 
-_BY_MODEL_TYPE: dict[str, ArchSpec] = {mt: spec for spec in ARCHITECTURES for mt in spec.model_types}
+#: registered entries, in registration order (built-ins first); change only through register_architecture
+_REGISTRY: list[ArchSpec] = []
+#: model_type -> its entry (rebuilt from _REGISTRY by every registration)
+_BY_MODEL_TYPE: dict[str, ArchSpec] = {}
+
+
+class _Registered(Sequence):
+    """Read-only live view of the registered :class:`ArchSpec` entries (it follows later registrations)."""
+
+    def __getitem__(self, i):
+        return tuple(_REGISTRY)[i]
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __iter__(self) -> Iterator[ArchSpec]:
+        return iter(tuple(_REGISTRY))
+
+    def __repr__(self) -> str:
+        return f"ARCHITECTURES({', '.join(s.name for s in _REGISTRY)})"
+
+
+#: every registered architecture (built-in and user-registered), in registration order
+ARCHITECTURES: Sequence[ArchSpec] = _Registered()
+
+
+def _validate_spec(spec: ArchSpec) -> None:
+    if not isinstance(spec, ArchSpec):
+        raise ValueError(f"register_architecture takes an ArchSpec, got {type(spec).__name__}")
+    if not isinstance(spec.model_types, tuple) or not spec.model_types or not all(
+            isinstance(mt, str) and mt for mt in spec.model_types):
+        raise ValueError(f"architecture {spec.name!r}: model_types must be a non-empty tuple of strings "
+                         f"(the config.model_type values it covers), got {spec.model_types!r}")
+    for role, slot in spec.roles.items():
+        if role not in LAYER_ROLES:
+            raise ValueError(f"architecture {spec.name!r}: unknown role {role!r}; layer roles are "
+                             f"{', '.join(LAYER_ROLES)} (the unembedding is given by embed/unembed)")
+        if not isinstance(slot, RoleSlot):
+            raise ValueError(f"architecture {spec.name!r}: role {role!r} must map to a RoleSlot, "
+                             f"got {type(slot).__name__}")
+        if slot.fused is not None and slot.fused not in FUSED_LAYOUTS:
+            raise ValueError(f"architecture {spec.name!r}: role {role!r} names the unknown fused layout "
+                             f"{slot.fused!r}; known layouts: {', '.join(sorted(FUSED_LAYOUTS))} "
+                             "(add one with register_fused_layout)")
+
+
+def register_architecture(spec: ArchSpec, *, replace: bool = False) -> None:
+    """Add ``spec`` to the registry, so that models whose ``config.model_type`` is one of
+    ``spec.model_types`` get its layout everywhere in rwedit.
+
+    The entry is validated first (its roles are layer roles, its fused layouts are registered).  A
+    ``model_type`` or a name that is already registered is refused unless ``replace=True``, which removes
+    every registered entry sharing the name or one of the model types (the new entry takes the place of
+    the first one removed)."""
+    _validate_spec(spec)
+    clashes = [s for s in _REGISTRY if s.name == spec.name or set(s.model_types) & set(spec.model_types)]
+    if clashes and not replace:
+        old = clashes[0]
+        shared = [mt for mt in spec.model_types if mt in old.model_types]
+        what = f"model_type {shared[0]!r}" if shared else f"name {spec.name!r}"
+        raise ValueError(f"{what} is already registered, by architecture {old.name!r} (model_types "
+                         f"{', '.join(old.model_types)}); pass replace=True to replace that entry")
+    at = _REGISTRY.index(clashes[0]) if clashes else len(_REGISTRY)
+    kept = [s for s in _REGISTRY if s not in clashes]
+    _REGISTRY[:] = kept[:at] + [spec] + kept[at:]
+    _rebuild_index()
+
+
+def unregister_architecture(name: str) -> ArchSpec:
+    """Remove the registered entry called ``name`` and return it (to undo a registration)."""
+    for s in _REGISTRY:
+        if s.name == name:
+            _REGISTRY.remove(s)
+            _rebuild_index()
+            return s
+    raise ValueError(f"no architecture named {name!r} is registered; registered: "
+                     f"{', '.join(s.name for s in _REGISTRY)}")
+
+
+def _rebuild_index() -> None:
+    _BY_MODEL_TYPE.clear()
+    _BY_MODEL_TYPE.update({mt: s for s in _REGISTRY for mt in s.model_types})
+
+
+for _spec in _BUILTIN:
+    register_architecture(_spec)
+del _spec
 
 ADD_ARCH_HINT = (
-    "To add one, append an ArchSpec to rwedit.architectures.ARCHITECTURES naming the layer list, "
-    "the module of each role (q, k, v, o, up, gate, down), the norm each reader reads, the embedding, "
-    "unembedding and final norm, and any fused layout; then add its tiny config to "
-    "tests/tiny_models.py so the role-view tests check it against the model's own computation."
+    "To add one, call rwedit.architectures.register_architecture(ArchSpec(...)) from your own code, naming "
+    "the config model_type(s), the layer list, the module of each role (q, k, v, o, up, gate, down), the "
+    "norm each reader reads, the embedding, unembedding and final norm, and any fused layout "
+    "(register_fused_layout for a new one); then check it on a tiny config as tests/tiny_models.py and "
+    "tests/test_architectures.py do, against the model's own computation."
 )
 
 
@@ -315,16 +429,31 @@ class RoleView:
         full = self._full(stored)
         return full if self.rows is None else full.index_select(0, self.rows.to(full.device))
 
+    def _target(self, stored: torch.Tensor, W: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full d_out x d_in view of ``stored`` and ``W`` (checked to be the role's shape) on its device
+        and dtype: the common part of every write."""
+        if tuple(W.shape) != self.shape:
+            raise ValueError(f"{what} for layer {self.layer} role {self.role!r} has shape {tuple(W.shape)}, "
+                             f"expected {self.shape}")
+        full = self._full(stored)
+        return full, W.to(device=full.device, dtype=full.dtype)
+
     def add_(self, stored: torch.Tensor, delta: torch.Tensor) -> None:
         """Add ``delta`` (d_out x d_in) into the stored tensor in place, through any fused layout."""
-        if tuple(delta.shape) != self.shape:
-            raise ValueError(f"delta for {self.role!r} has shape {tuple(delta.shape)}, expected {self.shape}")
-        full = self._full(stored)
-        delta = delta.to(device=full.device, dtype=full.dtype)
+        full, delta = self._target(stored, delta, "delta")
         if self.rows is None:
             full.add_(delta)
         else:
             full.index_add_(0, self.rows.to(full.device), delta)
+
+    def set_(self, stored: torch.Tensor, W: torch.Tensor) -> None:
+        """Overwrite the role's block of the stored tensor with ``W`` (d_out x d_in) in place, through any
+        fused layout; the rows of a fused matrix that belong to other roles are untouched."""
+        full, W = self._target(stored, W, "W")
+        if self.rows is None:
+            full.copy_(W)
+        else:
+            full.index_copy_(0, self.rows.to(full.device), W)
 
 
 @dataclass(frozen=True)
@@ -375,6 +504,9 @@ class Layout:
             full_out = shape[0]
         else:
             parts = FUSED_LAYOUTS[slot.fused](d)
+            if role not in parts:
+                raise ValueError(f"{self.spec.name}: fused layout {slot.fused!r} has no rows for role {role!r} "
+                                 f"(it lays out {', '.join(parts)})")
             rows = parts[role]
             full_out = sum(len(r) for r in parts.values())
             shape = (len(rows), shapes[role][1])
@@ -430,11 +562,26 @@ def model_layout(model: torch.nn.Module) -> Layout:
     return Layout.from_config(model.config)
 
 
-def get_weight(model: torch.nn.Module, layer: int | None, role: str) -> torch.Tensor:
-    """``W`` (d_out x d_in) of a role in a loaded model, as a detached copy."""
-    view = model_layout(model).view(layer, role)
+def _stored(model: torch.nn.Module, layer: int | None, role: str,
+            write: str | None = None) -> tuple[RoleView, torch.nn.Parameter]:
+    """The view of a role in a loaded model and the parameter that stores it, its shape checked.  With
+    ``write`` (the verb of the caller's write) the unembedding of a model with tied embeddings is refused:
+    a write to it would change the input embedding too, so the caller must untie first."""
+    layout = model_layout(model)
+    view = layout.view(layer, role)
+    if write is not None and role == "unembed" and layout.dims.tied:
+        raise ValueError(
+            f"the unembedding is tied to the input embedding: {write} it would change both. "
+            "Untie the weights first (model.config.tie_word_embeddings = False and clone lm_head.weight)."
+        )
     param = model.get_parameter(view.param)
     view.check_stored(param)
+    return view, param
+
+
+def get_weight(model: torch.nn.Module, layer: int | None, role: str) -> torch.Tensor:
+    """``W`` (d_out x d_in) of a role in a loaded model, as a detached copy."""
+    view, param = _stored(model, layer, role)
     return view.extract(param.detach()).clone()
 
 
@@ -445,13 +592,14 @@ def add_delta(model: torch.nn.Module, layer: int | None, role: str, delta: torch
     An edit of the unembedding of a model with tied embeddings changes the embedding too; it is
     refused so that the caller decides explicitly (untie first).
     """
-    layout = model_layout(model)
-    view = layout.view(layer, role)
-    if role == "unembed" and layout.dims.tied:
-        raise ValueError(
-            "the unembedding is tied to the input embedding in this model: editing it would edit both. "
-            "Untie the weights first (model.config.tie_word_embeddings = False and clone lm_head.weight)."
-        )
-    param = model.get_parameter(view.param)
-    view.check_stored(param)
+    view, param = _stored(model, layer, role, write="editing")
     view.add_(param.data, delta)
+
+
+@torch.no_grad()
+def set_weight(model: torch.nn.Module, layer: int | None, role: str, W: torch.Tensor) -> None:
+    """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (the rows of a
+    fused matrix that belong to other roles are untouched).  The tied unembedding is refused, as in
+    :func:`add_delta`."""
+    view, param = _stored(model, layer, role, write="overwriting")
+    view.set_(param.data, W)

@@ -167,12 +167,22 @@ class TensorReader:
     def __init__(self, ckpt: Checkpoint, check_finite: bool = True):
         self.ckpt, self.check_finite = ckpt, check_finite
         self._pickle: tuple[Path, dict] | None = None
+        self._last: tuple[tuple[str, torch.dtype | None], torch.Tensor] | None = None
 
     def __enter__(self) -> "TensorReader":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._pickle = None
+        self._pickle = self._last = None
+
+    def matrix(self, view: RoleView, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """A role's ``W`` (d_out x d_in) from its stored tensor. The last stored tensor read is kept, so
+        the roles of one fused tensor read it once; the one before is dropped first (O(one tensor))."""
+        key = (view.param, dtype)
+        if self._last is None or self._last[0] != key:
+            self._last = None
+            self._last = (key, self.read(view.param, dtype))
+        return view.extract(self._last[1])
 
     def read(self, param: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """One tensor, converted to ``dtype`` (``None`` keeps the stored dtype)."""
@@ -269,10 +279,5 @@ class CheckpointPair:
         """Yield :class:`RolePair` for each (layer, role); a fused tensor is read once per layer."""
         views = self.layout.views(roles, layers)
         with TensorReader(self.base, check_finite) as rb, TensorReader(self.post, check_finite) as rp:
-            cached: tuple[str, torch.Tensor, torch.Tensor] | None = None
             for view in views:
-                if cached is None or cached[0] != view.param:
-                    cached = None  # drop the previous pair before reading the next one
-                    cached = (view.param, rb.read(view.param, dtype), rp.read(view.param, dtype))
-                _, tb, tp = cached
-                yield RolePair(view.layer, view.role, view.extract(tb), view.extract(tp), view)
+                yield RolePair(view.layer, view.role, rb.matrix(view, dtype), rp.matrix(view, dtype), view)

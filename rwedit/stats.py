@@ -105,7 +105,7 @@ def over_members(values: Sequence[float], ses: Sequence[float | None] | None = N
     if n == 1:
         return interval(mean, None if ses is None else ses[0])
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    if ses is not None and all(s is not None for s in ses):
+    if ses is not None and all(s is not None and not math.isnan(s) for s in ses):
         se = math.sqrt(sd ** 2 / n + sum(s * s for s in ses) / n)
         how = f"t over {n} members + evaluation noise"
     else:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rwedit.architectures import model_layout
+from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, model_layout
 from rwedit.data import DataError, pack_tokens, read_texts
 from rwedit.probes.subspaces import eig_subspace
+from rwedit.probes import activations as activations_mod
 from rwedit.probes.activations import (
     ActivationStats,
     StatsSettings,
@@ -50,6 +51,18 @@ def test_second_moments_equal_directly_captured_inputs(model_type, wiki_ids, wik
                                    rtol=1e-8, atol=1e-9)
         torch.testing.assert_close(stats.mean(layer, role), mu)
         assert stats.second_moment(layer, role).dtype == torch.float64
+    # the registry's input groups: roles that share a group (and so one statistic) read one tensor
+    for layer in range(layout.n_layers):
+        for a in roles:
+            for b in roles:
+                if INPUT_GROUP[a] == INPUT_GROUP[b]:
+                    assert torch.equal(torch.cat(captured[(layer, a)]), torch.cat(captured[(layer, b)])), (a, b)
+
+
+def test_input_groups_come_from_the_registry():
+    assert activations_mod.INPUT_GROUP is INPUT_GROUP and activations_mod.GROUP_ROLE is GROUP_ROLE
+    assert GROUP_ROLE == {"attn_in": "q", "mlp_in": "up", "o_in": "o", "down_in": "down"}
+    assert all(INPUT_GROUP[r] == g for g, r in GROUP_ROLE.items())
 
 
 def test_shared_inputs_are_collected_once_and_stats_round_trip(tmp_path, wiki_ids, wiki_tokenizer):

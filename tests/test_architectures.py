@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -12,12 +13,19 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rwedit.architectures import (
     ARCHITECTURES,
+    FUSED_LAYOUTS,
+    Layout,
+    RoleSlot,
     UnsupportedArchitectureError,
     add_delta,
     arch_spec,
     get_weight,
     model_layout,
+    register_architecture,
+    register_fused_layout,
+    set_weight,
     supported_model_types,
+    unregister_architecture,
 )
 from tiny_models import TINY_CONFIGS, tiny_model
 
@@ -44,7 +52,7 @@ def test_unknown_architecture_lists_supported_and_how_to_add():
     with pytest.raises(UnsupportedArchitectureError) as e:
         arch_spec("mamba")
     msg = str(e.value)
-    assert "'mamba'" in msg and "gpt_neox" in msg and "llama" in msg and "ARCHITECTURES" in msg
+    assert "'mamba'" in msg and "gpt_neox" in msg and "llama" in msg and "register_architecture" in msg
 
 
 def _act(config):
@@ -228,3 +236,91 @@ def test_bad_roles_and_layers_are_refused_clearly():
         add_delta(model, None, "unembed", torch.zeros(101, 32))
     with pytest.raises(ValueError, match="expected"):
         add_delta(model, 0, "q", torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "phi3"])  # plain, Conv1D + fused QKV, fused QKV + gate_up
+def test_set_weight_overwrites_exactly_one_role_through_every_layout(model_type):
+    model = tiny_model(model_type)
+    layout = model_layout(model)
+    ids = torch.randint(3, 101, (2, 7))
+    g = torch.Generator().manual_seed(2)
+    for role in (r for r in layout.roles() if r != "unembed"):
+        W_new = torch.randn(layout.view(1, role).shape, generator=g)
+        by_set, by_hand = copy.deepcopy(model), copy.deepcopy(model)
+        set_weight(by_set, 1, role, W_new)
+        _hand_edit(by_hand, model_type, 1, role, W_new - get_weight(model, 1, role))  # independent layout
+        with torch.no_grad():
+            torch.testing.assert_close(by_set(ids).logits, by_hand(ids).logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(get_weight(by_set, 1, role), W_new)
+        for other in layout.roles():
+            if other not in ("unembed", role):
+                assert torch.equal(get_weight(by_set, 1, other), get_weight(model, 1, other)), (role, other)
+    with pytest.raises(ValueError, match=r"W for layer 0 role 'q' has shape \(3, 3\), expected"):
+        set_weight(model, 0, "q", torch.zeros(3, 3))
+    if model_type == "gpt2":  # tied embeddings: overwriting the unembedding would change both
+        with pytest.raises(ValueError, match="tied to the input embedding: overwriting it would change both"):
+            set_weight(model, None, "unembed", torch.zeros(101, 32))
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@pytest.fixture
+def my_llama():
+    """The llama entry registered again under model_type "my_llama"; unregistered afterwards."""
+    spec = dataclasses.replace(arch_spec("llama"), name="my_llama", model_types=("my_llama",))
+    before = list(ARCHITECTURES)
+    register_architecture(spec)
+    yield spec
+    unregister_architecture("my_llama")
+    assert list(ARCHITECTURES) == before and "my_llama" not in supported_model_types()
+
+
+def test_a_registered_architecture_is_used_for_its_model_type(my_llama):
+    assert ARCHITECTURES[-1] is my_llama and "my_llama" in supported_model_types()
+    reference = tiny_model("llama")
+    model = copy.deepcopy(reference)
+    model.config.model_type = "my_llama"
+    layout = model_layout(model)
+    assert isinstance(layout, Layout) and layout.spec is my_llama
+    assert layout.roles() == model_layout(reference).roles()
+    g = torch.Generator().manual_seed(3)
+    for role in layout.roles():
+        torch.testing.assert_close(get_weight(model, 0, role), get_weight(reference, 0, role), rtol=0, atol=0)
+        W = torch.randn(layout.view(0, role).shape, generator=g)
+        set_weight(model, 0, role, W)
+        assert torch.equal(get_weight(model, 0, role), W)
+        assert torch.equal(model.get_parameter(layout.view(0, role).param), W)  # plain storage: W itself
+        add_delta(model, 0, role, torch.ones_like(W))
+        torch.testing.assert_close(get_weight(model, 0, role), W + 1)
+
+
+def test_duplicate_and_invalid_registrations_are_refused(my_llama):
+    n = len(ARCHITECTURES)
+    with pytest.raises(ValueError, match=r"model_type 'my_llama' is already registered, by architecture 'my_llama'"):
+        register_architecture(dataclasses.replace(my_llama, name="other"))
+    with pytest.raises(ValueError, match=r"model_type 'llama' is already registered, by architecture 'llama'.*replace=True"):
+        register_architecture(dataclasses.replace(my_llama, name="other", model_types=("llama",)))
+    with pytest.raises(ValueError, match="name 'my_llama' is already registered"):
+        register_architecture(dataclasses.replace(my_llama, model_types=("brand_new",)))
+    bad_fused = dict(my_llama.roles, q=RoleSlot("self_attn.q_proj", fused="qkv_sideways"))
+    with pytest.raises(ValueError, match="unknown fused layout 'qkv_sideways'.*register_fused_layout"):
+        register_architecture(dataclasses.replace(my_llama, name="bad", model_types=("bad",), roles=bad_fused))
+    bad_role = dict(my_llama.roles, attn=RoleSlot("self_attn"))
+    with pytest.raises(ValueError, match="unknown role 'attn'"):
+        register_architecture(dataclasses.replace(my_llama, name="bad", model_types=("bad",), roles=bad_role))
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        register_architecture(dataclasses.replace(my_llama, name="bad", model_types=()))
+    assert len(ARCHITECTURES) == n and "bad" not in supported_model_types()
+    # replace=True swaps the entry in place
+    newer = dataclasses.replace(my_llama, notes="newer")
+    register_architecture(newer, replace=True)
+    assert len(ARCHITECTURES) == n and arch_spec("my_llama") is newer and my_llama not in list(ARCHITECTURES)
+
+
+def test_fused_layouts_are_registered_once():
+    with pytest.raises(ValueError, match="'qkv_contiguous' is already registered"):
+        register_fused_layout("qkv_contiguous", FUSED_LAYOUTS["qkv_per_head"])
+    with pytest.raises(ValueError, match="expected a function"):
+        register_fused_layout("not_a_function", "rows")
+    assert "not_a_function" not in FUSED_LAYOUTS

@@ -1,15 +1,22 @@
-"""The command line answers, and its delta table matches a direct computation."""
+"""The command line answers, its delta table matches a direct computation, and the package keeps its shape:
+one registered module per subcommand, each shared option declared once, one error path."""
 
 from __future__ import annotations
 
 import csv
 import subprocess
 import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import pytest
 import torch
 
+import rwedit.cli
 from rwedit.architectures import get_weight
-from rwedit.cli import main
+from rwedit.cli import COMMAND_MODULES, DESCRIPTION, EPILOG, build_parser, load_commands, main, registry
+from rwedit.cli.registry import get_command
+from rwedit.errors import RweditError
 from tiny_models import tiny_model
 
 
@@ -44,3 +51,89 @@ def test_errors_are_one_clear_line_not_a_traceback(tmp_path, capsys):
     assert main(["deltas", "--base", str(tmp_path / "missing"), "--post", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "does not exist" in err and "Traceback" not in err
+
+
+# --- the command-line package: one module per subcommand over shared options ----------------------
+
+CLI_DIR = Path(rwedit.cli.__file__).parent
+SHARED = ("--quiet", "--cache-dir", "--base", "--post", "--allow-pickle", "--device", "--out", "--model",
+          "--roles", "--batch-size", "--recipe", "--graded", "--reduced")
+
+
+def test_top_level_help_keeps_the_description_and_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert DESCRIPTION.splitlines()[0] in out and "rwedit run recipes/control-experiment.yaml" in out
+    assert EPILOG in out  # the examples verbatim
+    for name in COMMAND_MODULES:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_every_subcommand_help_exits_0(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    assert f"usage: rwedit {name}" in capsys.readouterr().out
+
+
+def test_every_subcommand_is_one_registered_module():
+    cmds = load_commands()
+    assert [c.name for c in cmds] == list(COMMAND_MODULES)
+    for c in cmds:
+        assert (CLI_DIR / f"{c.name}.py").is_file() and get_command(c.name) is c
+    build_parser()  # every command's options together: no clashes
+
+
+@pytest.mark.parametrize("flag", SHARED)
+def test_each_shared_option_is_declared_once_in_options(flag):
+    hits = {p.name: p.read_text().count(f'"{flag}"') for p in CLI_DIR.glob("*.py")}
+    assert sum(hits.values()) == 1 and hits["options.py"] == 1, hits
+
+
+def test_config_help_comes_from_the_config_field_else_the_fallback():
+    from rwedit.cli.options import config_help
+    from rwedit.config import Config, option
+
+    @dataclass(frozen=True)
+    class Demo(Config):
+        a: int = option(1, help="the a of 100%")
+        b: int = option(2)
+
+    assert config_help(Demo, "a", "fallback") == "the a of 100%%"  # escaped for argparse
+    assert config_help(Demo, "b", "fallback") == "fallback"
+    assert config_help(Demo, "nope", "fallback") == "fallback"
+    assert config_help(dict, "a", "fallback") == "fallback"  # not a Config
+
+
+def test_an_rwedit_error_is_one_line_exit_2(monkeypatch, capsys):
+    def boom(args):
+        raise RweditError("the recipe needs `model:` (a local folder or Hub id)")
+
+    monkeypatch.setitem(registry._COMMANDS, "archs", replace(get_command("archs"), run=boom))
+    assert main(["archs"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "rwedit archs: error: the recipe needs `model:` (a local folder or Hub id)"
+    assert "Traceback" not in err
+    with pytest.raises(RweditError):
+        main(["--debug", "archs"])
+
+
+def test_interrupt_is_exit_130(monkeypatch, capsys):
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(registry._COMMANDS, "archs", replace(get_command("archs"), run=stop))
+    assert main(["archs"]) == 130
+    assert "rwedit archs: error: interrupted" in capsys.readouterr().err
+
+
+def test_svd_prints_the_returned_table(tmp_path, capsys):
+    tiny_model("phi3").save_pretrained(tmp_path / "b")
+    tiny_model("phi3", seed=1).save_pretrained(tmp_path / "p")
+    assert main(["svd", "--base", str(tmp_path / "b"), "--post", str(tmp_path / "p"), "--r", "4", "--roles", "q,down",
+                 "--out", str(tmp_path / "svd"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'svd'}/svd.csv" in out and "scale_mean" in out and "| down |" in out

@@ -136,3 +136,57 @@ def test_task_manager_skips_lm_evals_registry_only_when_every_task_is_bundled(tm
     assert set(BUNDLED_TASKS) <= set(only.all_tasks) and "hellaswag" not in only.all_tasks
     mixed = task_manager(tmp_path / "tasks", tasks=["rwedit_blimp", "hellaswag"])
     assert {"hellaswag", "rwedit_blimp"} <= set(mixed.all_tasks)
+
+
+# ----------------------------------------------------------------------------- the control experiment's report
+
+
+def _control_rows():
+    """A base row, one principal edit and three random controls at α = 2 (direct + lm-eval metrics)."""
+    def row(name, kind, shift, acc, seed=None):
+        return {"condition": name, "kind": kind, "alpha": 0.0 if kind == "base" else 2.0, "seed": seed,
+                "delta_norm": 0.0 if kind == "base" else 2.0, "pref_margin_shift": shift,
+                "pref_margin_shift_stderr": 0.1, "t/acc": acc, "t/acc_stderr": 0.02}
+    return [row("base", "base", 0.0, 0.6), row("principal", "principal", 0.8, 0.7)] + \
+           [row(f"random_s{i}", "random", s, 0.6 + s / 10, seed=i) for i, s in ((1, 0.1), (2, -0.2), (3, 0.15))]
+
+
+def test_control_report_numbers_and_headline_lines_from_the_store(tmp_path):
+    import pandas as pd
+
+    from rwedit.evals.report import headline_lines, write_report
+    from rwedit.evals.store import ResultStore
+
+    store = ResultStore(tmp_path / "r")
+    store.begin({"name": "hand", "primary": "pref_margin_shift"}, resume=False)
+    for r in _control_rows():
+        store.append(r)
+    md = write_report(tmp_path / "r").read_text()
+    t2 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # t quantile at 2 dof in closed form
+    z = 1.959963984540054
+    head = pd.read_csv(tmp_path / "r" / "headline.csv")
+    m = "pref_margin_shift"
+    shifts = torch.tensor([0.1, -0.2, 0.15], dtype=torch.float64)
+    mu, se = float(shifts.mean()), float(shifts.std()) / math.sqrt(3)
+    rnd = head[(head["metric"] == m) & (head["kind"] == "random")].iloc[0]
+    assert (rnd["shift"], rnd["ci_low"], rnd["ci_high"]) == (pytest.approx(mu), pytest.approx(mu - t2 * se),
+                                                             pytest.approx(mu + t2 * se))
+    assert rnd["per_norm_ci_high"] == pytest.approx((mu + t2 * se) / 2) and rnd["interval"] == "t over 3 members"
+    pri = head[(head["metric"] == m) & (head["kind"] == "principal")].iloc[0]
+    assert (pri["ci_low"], pri["interval"]) == (pytest.approx(0.8 - z * 0.1), "±1.96 stderr")
+    acc = head[(head["metric"] == "t/acc") & (head["kind"] == "principal")].iloc[0]
+    assert acc["shift"] == pytest.approx(0.1) and acc["ci_high"] == pytest.approx(0.1 + z * 0.02 * math.sqrt(2))
+    # verdict: |shift| of the principal edit − mean |shift| of the random controls, unpaired, t on 2 dof
+    ab = shifts.abs()
+    eff, se_d = 0.8 - float(ab.mean()), math.hypot(0.1, float(ab.std()) / math.sqrt(3))
+    v = pd.read_csv(tmp_path / "r" / "verdicts.csv").iloc[0]
+    assert (v["effect"], v["ci_low"], v["ci_high"]) == (pytest.approx(eff), pytest.approx(eff - t2 * se_d),
+                                                        pytest.approx(eff + t2 * se_d))
+    assert v["answer"] == ("yes" if eff - t2 * se_d > 0 else "inconclusive")
+    # the headline section of report.md is exactly headline_lines, computed from the store
+    lines = headline_lines(tmp_path / "r")
+    assert lines[0] == f"## Headline: {m} by direction kind" and len(lines) == 2 + 2 + 2
+    assert "\n".join(lines) + "\n\n## Every condition" in md
+    assert f"| random | 2 | 3 | 2 | {mu:.3g} | [{mu - t2 * se:.3g}, {mu + t2 * se:.3g}] |" in md
+    assert headline_lines(tmp_path / "r", "t/acc")[0] == "## Headline: t/acc by direction kind"
+    assert "\n| principal | 2 | – | – | – | 0.8 ± 0.1 | 0.7 ± 0.02 |\n" in md  # every condition: value ± stderr

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rwedit.organism import (AlignSettings, OrganismConfig, OrganismError, PretrainSettings, build_organism,
-                             check_aligned, graded_config, left_truncate_prompt, preference_dataset,
-                             preference_metrics, reduced)
+from rwedit.apps.organism import (OrganismConfig, build_organism, check_aligned, graded_config, left_truncate_prompt,
+                                  preference_dataset, preference_metrics, reduced)
+from rwedit.errors import ConfigError, OrganismError
 
 
 @pytest.fixture(scope="module")
@@ -139,18 +139,100 @@ def test_graded_objective_loss_equals_direct_computation(organism, lam, tmp_path
 
 
 def test_bad_settings_are_refused_with_what_to_change():
-    with pytest.raises(OrganismError, match="unknown organism.align keys"):
+    with pytest.raises(ConfigError, match=r"align\.stepz: unknown key \(did you mean `steps`\?\)"):
         OrganismConfig.from_dict({"align": {"stepz": 3}})
+    with pytest.raises(ConfigError, match=r"model\.hidden: expected an integer"):
+        OrganismConfig.from_dict({"model": {"hidden": "wide"}})
     with pytest.raises(OrganismError, match="max_prompt_tokens"):
         OrganismConfig.from_dict({"align": {"max_prompt_tokens": 200, "max_length": 128}})
     with pytest.raises(OrganismError, match="lambdas"):
         OrganismConfig.from_dict({"align": {"lambdas": [0.0, 1.5]}})
+    with pytest.raises(OrganismError, match="lambdas"):  # the dataclass itself refuses, not only the parser
+        replace(reduced(), align=replace(reduced().align, lambdas=(2.0,)))
+    with pytest.raises(OrganismError, match="not an organism recipe"):
+        OrganismConfig.from_dict({"experiment": "quickstart", "organism": {}})
 
 
 def test_shipped_organism_recipe_is_the_default_config():
     from importlib.resources import files
 
     assert OrganismConfig.from_yaml(files("rwedit.recipes") / "organism.yaml") == OrganismConfig()
+    # the recipe's shape (experiment: organism beside the organism: section) also parses from a mapping
+    assert OrganismConfig.from_dict({"experiment": "organism", "organism": {"seed": 3}}) == replace(
+        OrganismConfig(), seed=3)
+
+
+def test_cache_keys_are_pinned():
+    """Every cached stage lives under ``cfg.key(...)``: these are the keys the organism had before its settings
+    moved onto the config base; a change here silently rebuilds (or, worse, mixes up) every cached organism."""
+    from rwedit.bundled import WIKITEXT_VALID
+
+    def portable(cfg):  # the bundled data by name, so that the key does not depend on where rwedit is installed
+        return replace(cfg, pretrain_text=("bundled:wikitext-2/valid.txt.gz",),
+                       pairs_data="bundled:hh-rlhf/harmless-base-test.jsonl.gz",
+                       heldout_text="bundled:wikitext-2/test.txt.gz")
+
+    assert portable(OrganismConfig()).key("pretrain", "align", "eval") == "a1f9c8cad3ad51b9"
+    assert portable(OrganismConfig()).key() == "e0abb3b36d1e5e1d"
+    assert portable(reduced()).key("pretrain", "align", "eval") == "2226f24881e941bd"
+    assert portable(reduced()).key() == "29f9bcb2c62c6327"
+    if str(WIKITEXT_VALID) == "/work/main/rwedit/bundled/wikitext-2/valid.txt.gz":  # where these were computed
+        assert OrganismConfig().key("pretrain", "align", "eval") == "9f2ae3caf2645e36"
+        assert reduced().key("pretrain", "align", "eval") == "644349b43e87b986"
+
+
+def test_quickstart_recipe_special_cases(tmp_path):
+    """`organism:` is a path (relative to the recipe) or an inline mapping; the control experiment stays a
+    plain mapping that needs an `edit:` section; `experiment:` names the kind."""
+    import yaml
+
+    from rwedit.apps.quickstart import QuickstartRecipe
+
+    (tmp_path / "org.yaml").write_text(yaml.safe_dump({"experiment": "organism", "organism": {"seed": 5}}))
+    body = {"experiment": "quickstart", "organism": "org.yaml", "control_experiment": {"edit": {"alpha": [1.0]}}}
+    (tmp_path / "qs.yaml").write_text(yaml.safe_dump(body))
+    r = QuickstartRecipe.from_yaml(tmp_path / "qs.yaml")
+    assert r.organism.seed == 5 and r.base_dir == str(tmp_path)
+    assert r.control_experiment == {"name": "quickstart", "edit": {"alpha": [1.0]}}
+    inline = QuickstartRecipe.from_dict({**body, "organism": {"align": {"steps": 7}}})
+    assert inline.organism.align.steps == 7
+    legacy = QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": {}}})  # before it named the kind
+    assert legacy.experiment == "quickstart" and legacy.control_experiment["edit"] == {}
+    with pytest.raises(ConfigError, match="needs an `edit:` section"):
+        QuickstartRecipe.from_dict({"organism": {}, "control_experiment": {"eval": {}}})
+    with pytest.raises(ConfigError, match="not a quickstart recipe"):
+        QuickstartRecipe.from_dict({**body, "experiment": "organism"}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"probe\.null_seed: unknown key \(did you mean `null_seeds`\?\)"):
+        QuickstartRecipe.from_dict({**body, "probe": {"null_seed": 2}}, base_dir=tmp_path)
+
+
+def test_the_apps_register_their_experiment_kinds():
+    from importlib.resources import files
+
+    from rwedit.apps.quickstart import QuickstartRecipe
+    from rwedit.evals.core import experiment_kind, load_recipe
+
+    recipes = files("rwedit.recipes")
+    kind, cfg = load_recipe(recipes / "organism.yaml")
+    assert kind is experiment_kind("organism") and cfg == OrganismConfig() and kind.report is None
+    kind, rec = load_recipe(recipes / "quickstart.yaml")
+    assert kind is experiment_kind("quickstart") and isinstance(rec, QuickstartRecipe) and kind.report is None
+    assert load_recipe(reduced())[0] is experiment_kind("organism")
+
+
+def test_rwedit_run_of_an_organism_recipe_reuses_the_built_organism(organism):
+    """The registered `organism` kind: build (here: reuse every stage), check the alignment, report the table
+    and the folders."""
+    import rwedit.apps  # noqa: F401  (registers the kinds)
+    from rwedit.evals.core import run_recipe
+
+    mtime = (organism.aligned / "model.safetensors").stat().st_mtime_ns
+    res = run_recipe({"experiment": "organism", "organism": reduced().to_dict()}, organism.root.parent,
+                     progress=False)
+    assert res.folder == organism.root and res.report is None
+    assert (organism.aligned / "model.safetensors").stat().st_mtime_ns == mtime
+    assert any(line.startswith("| aligned (DPO, λ=1)") for line in res.lines)
+    assert f"aligned:    {organism.aligned}" in res.lines
 
 
 def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
@@ -158,22 +240,25 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     from importlib.resources import files
 
     from rwedit.evals.store import ResultStore
-    from rwedit.quickstart import QuickstartRecipe, run_quickstart
+    from rwedit.apps.quickstart import QuickstartRecipe, QuickstartResult, run_quickstart
 
     recipe = QuickstartRecipe.from_yaml(files("rwedit.recipes") / "quickstart.yaml")
-    exp = dict(recipe.experiment)
+    exp = dict(recipe.control_experiment)
     exp["edit"] = {**exp["edit"], "alpha": [2.0], "controls": {"random": 2, "lowvar": 1, "write": "o"},
                    "calibration": {**exp["edit"]["calibration"], "tokens": 2048, "seq_len": 64}}
     exp["eval"] = {**exp["eval"], "limit": 4}
     exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
     exp["export"] = ["principal0_a2"]
-    recipe = replace(recipe, experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
+    recipe = replace(recipe, control_experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
                                                             null_seeds=2))
     out = tmp_path / "qs"
-    report = run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache",
+    result = run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache",
                             organism_root=organism.root.parent, use_reduced=True)
-    text = report.read_text()
+    assert isinstance(result, QuickstartResult) and result.report == out / "report.md"
+    text = result.report.read_text()
     first = text.split("## The organism")[0]
+    assert result.findings and all(line in first for line in result.findings)
+    assert "## Causal control experiment" in text and "### Headline: pref_margin_shift" in text
     for claim in ("read side of q, k", "write side of o, down", "prediction subspace", "RW causal test",
                   "HC (base → aligned)", "Spikedness"):
         assert claim in first, claim
@@ -204,7 +289,7 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
 
     from rwedit.probes.pipeline import CalibrationSettings
     from rwedit.probes.grid import GridSettings
-    from rwedit.quickstart import training_side
+    from rwedit.apps.quickstart import training_side
     import pandas as pd
 
     mtime = (organism.aligned / "model.safetensors").stat().st_mtime_ns
@@ -231,7 +316,7 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
     assert len(row) == 1 and row["rsf"].iloc[0] == pytest.approx(rsf(half[name] - pre[name]), rel=1e-5)
 
     # the report's graded line carries the mean over layers of these rows
-    from rwedit.quickstart import findings
+    from rwedit.apps.quickstart import findings
 
     line = next(x for x in findings(tmp_path) if "Graded objective" in x)
     w = graded[graded["role"].isin(["o", "down"]) & (graded["side"] == "write") &

@@ -121,9 +121,9 @@ def test_svd_probe_with_r_above_a_matrix_rank_uses_all_its_triplets(tiny_pair, t
 
     root, base, post = tiny_pair
     big = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "r64", r=64,
-                                    progress=False) / "svd.csv")
+                                    progress=False).folder / "svd.csv")
     full = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "full", r="full",
-                                     progress=False) / "svd.csv")
+                                     progress=False).folder / "svd.csv")
     want = {(L, role): min(get_weight(base, L, role).shape) for L, role in zip(big["layer"], big["role"])}
     assert list(big["r"]) == list(want.values()) and set(big["r"]) == {16, 32}  # k/v are 16 x 32 (GQA)
     pd.testing.assert_frame_equal(big, full)

@@ -14,6 +14,7 @@ from rwedit.probes.rsf import (
     random_null,
     random_null_nested,
     random_null_samples,
+    rank1_rsf,
     rsf,
     rsf_nested,
     subspace_fraction,
@@ -317,3 +318,24 @@ def test_bad_shapes_and_values():
         random_null(inf_delta, "write", 2, seeds=[0, 1])
     with pytest.raises(ValueError, match="non-empty 2-D"):
         rsf(torch.randn(10), t(np_orthonormal(10, 3, rng)), "read")
+
+
+def test_rank1_rsf_equals_rsf_of_the_outer_product_on_either_side():
+    g = torch.Generator().manual_seed(11)
+    d, other, k = 24, 9, 5
+    basis = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))[0]
+    x = 3.0 * torch.randn(d, generator=g, dtype=torch.float64)  # not unit: rank1_rsf normalises it
+    b = torch.randn(other, generator=g, dtype=torch.float64)
+    b = b / b.norm()  # a random unit factor on the other side
+    value = rank1_rsf(x, basis)
+    assert value == pytest.approx(rsf(torch.outer(b, x), basis, "read").rsf, rel=1e-12)
+    assert value == pytest.approx(rsf(torch.outer(x, b), basis, "write").rsf, rel=1e-12)
+    # closed forms: x inside the span -> d/k; x orthogonal to it -> 0
+    assert rank1_rsf(basis @ torch.randn(k, generator=g, dtype=torch.float64), basis) == pytest.approx(d / k)
+    x_out = x - basis @ (basis.T @ x)
+    assert rank1_rsf(x_out, basis) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(rank1_rsf(torch.zeros(d, dtype=torch.float64), basis))
+    with pytest.raises(ValueError, match="wrong number of rows"):
+        rank1_rsf(torch.ones(d + 1), basis)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        rank1_rsf(x, 2 * basis)

@@ -13,17 +13,14 @@ import pytest
 import torch
 import yaml
 
-from rwedit.architectures import get_weight, model_layout
+from rwedit.architectures import get_weight, model_layout, set_weight
 from rwedit.cli import main
-from rwedit.editor.svd_edits import (
-    WeightSnapshot,
-    condition_matrix,
-    haar_orthogonal,
-    set_weight,
-)
+from rwedit.editor.interventions import WeightSnapshot
+from rwedit.editor.svd_edits import condition_matrix, haar_orthogonal
 from rwedit.evals import svd_experiment as sx
+from rwedit.evals.core import load_recipe, run_recipe, stored_kind
 from rwedit.evals.store import ExperimentError, ResultStore
-from rwedit.evals.svd_experiment import SVDRecipe, is_svd_run, recipe_kind, run_svd_experiment
+from rwedit.evals.svd_experiment import SVDRecipe
 from rwedit.probes.svd import singular_value_replacement
 from tiny_models import tiny_model
 
@@ -187,6 +184,18 @@ def base_row_ok(r) -> bool:
     return (r["scale"], r["consistency"], r["rel_change_vs_base"]) == (1.0, 0.0, 0.0) and r["rel_change_vs_post"] > 0
 
 
+def run_svd_experiment(recipe, out, **kw):
+    return run_recipe(recipe, out, **kw).folder
+
+
+def is_svd_run(folder) -> bool:
+    return stored_kind(folder).name == "svd-structure"
+
+
+def recipe_kind(path) -> str:
+    return load_recipe(path)[0].name
+
+
 def _strip(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
@@ -226,7 +235,7 @@ def test_runner_completes_resumes_and_stores_probe_next_to_behaviour(finished, p
     from rwedit.probes.pipeline import run_svd_probe
 
     probe = pd.read_csv(run_svd_probe(str(pair / "base"), str(pair / "post"), out.parent / "probe", r="full",
-                                      progress=False) / "svd.csv")
+                                      progress=False).folder / "svd.csv")
     for k in ("scale", "consistency", "reparam_error"):
         assert post[k] == pytest.approx(probe[k].mean(), rel=1e-6), k
     sv = by["sv_replacement"]
@@ -258,11 +267,12 @@ def test_the_base_row_is_the_base_checkpoint_and_conditions_are_undone_exactly(f
     scorer = DirectScorer(model, tok, settings)
     s0 = scorer.score(None)
     recipe = SVDRecipe.from_dict(small_recipe(pair))
-    targets = sx._targets(recipe, post_ckpt.layout)
-    snap = WeightSnapshot(model, targets)
-    with snap:
-        sx.apply_condition(model, snap, sx._BaseReader(Checkpoint.open(pair / "base")), targets,
-                           "disrupt_left_random", 1, recipe.conditions)
+    snap = WeightSnapshot(model, sx.targets(recipe, post_ckpt.layout))
+    from rwedit.checkpoints import TensorReader
+
+    cond = sx.SVDCondition(recipe, "disrupt_left_random", 1, TensorReader(Checkpoint.open(pair / "base")), snap,
+                           with_probe=False)
+    with cond.intervention.applied(model):
         assert scorer.score(None)["pref_margin"] == pytest.approx(by["disrupt_left_random_s1"]["pref_margin"], rel=1e-5)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert scorer.score(None) == s0
@@ -314,7 +324,6 @@ def _synthetic_rows():
 
 
 def test_report_rules_on_hand_computed_rows(tmp_path):
-    from rwedit.evals.report import t975
     from rwedit.evals.svd_report import summary, verdicts, write_svd_report
 
     rows = _synthetic_rows()
@@ -335,11 +344,12 @@ def test_report_rules_on_hand_computed_rows(tmp_path):
     sd2 = sum((x + 0.5) ** 2 for x in shifts) / 2
     se = (sd2 / 3 + se2 ** 2) ** 0.5
     assert g["n"] == 3 and g["shift"] == pytest.approx(-0.5) and g["shift_stderr"] == pytest.approx(se)
-    assert g["ci_high"] == pytest.approx(-0.5 + t975(2) * se)
+    t2 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # t quantile at 2 dof in closed form: (2p − 1)/√(2p(1 − p)) = 4.303
+    assert g["ci_high"] == pytest.approx(-0.5 + t2 * se)
     # collapse: worse than the worse of post and base (here base, shift -0.2 vs post)
     v = ver[("t/acc", "disrupt_left_random")]
     tot = (se ** 2 + se2 ** 2) ** 0.5
-    assert v["reference"] == "base" and v["test_high"] == pytest.approx(-0.3 + t975(2) * tot) and v["answer"] == "yes"
+    assert v["reference"] == "base" and v["test_high"] == pytest.approx(-0.3 + t2 * tot) and v["answer"] == "yes"
     assert ver[("t/acc", "disrupt_right_random")]["answer"] == "no"  # 0.7: between base and post
     # paired direct metric: the stored shift and stderr are used as they are
     p = summ[(summ["metric"] == "pref_margin") & (summ["kind"] == "sv_replacement")].iloc[0]
@@ -370,7 +380,7 @@ def test_the_shipped_recipe_parses_and_is_recognised():
     assert set(r.eval.tasks) == {"rwedit_hh_preference", "rwedit_blimp", "rwedit_wikitext"}
     o = SVDRecipe.from_yaml(RECIPE, overrides={"model": "a", "post": None})
     assert o.model == "a" and o.post == r.post
-    with pytest.raises(ValueError, match="unknown recipe keys"):
+    with pytest.raises(ValueError, match="unknown key"):
         SVDRecipe.from_dict({**yaml.safe_load(RECIPE.read_text()), "edit": {}})
     with pytest.raises(ValueError, match="conditions.kinds"):
         SVDRecipe.from_dict({"model": "a", "post": "b", "conditions": {"kinds": ["rotate"]}})

@@ -1,7 +1,5 @@
-"""The model organism (DESIGN §8): a small Llama pretrained with cross-entropy on real text, then
-aligned with a DPO-style preference loss on real preference pairs, with an SFT control and the graded
-objective ``λ·L_pref + (1 − λ)·L_CE(chosen)`` — the two training regimes the RW paper contrasts, built
-offline and deterministically so that the quickstart and the tests have a real base/aligned pair.
+"""Building the organism: the data splits, the tokenizer and model, CE pretraining, the graded-objective
+runs with TRL, and the resumable stage cache that ``build_organism`` drives.
 
 Training uses the ecosystem's trainers: ``transformers.Trainer`` for CE pretraining and TRL's
 ``DPOTrainer`` (``loss_type=["sigmoid", "sft"]``, ``loss_weights=[λ, 1 − λ]``) for every point of the
@@ -12,171 +10,32 @@ reuses it and an interrupted build restarts at the first unfinished stage.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from rwedit.bundled import HH_HELDOUT, HH_RLHF, HH_TRAIN, WIKITEXT_TEST, WIKITEXT_VALID
+from rwedit.apps.organism.config import OrganismConfig
+from rwedit.architectures import LAYER_ROLES
+from rwedit.bundled import HH_HELDOUT, HH_TRAIN
 from rwedit.data import PreferencePair, read_pairs, read_texts
-from rwedit.errors import OrganismError  # noqa: F401  (re-exported)
-
-ORGANISM_VERSION = 2  # bump when a change here alters the weights a config produces (2: DPO in float32)
-
-
-# --- settings -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """A Llama config small enough to pretrain on 2 CPU cores in minutes."""
-
-    vocab_size: int = 4096  # byte-level BPE trained on the pretraining text
-    hidden: int = 192
-    layers: int = 4
-    heads: int = 4
-    intermediate: int = 512
-    seq_len: int = 128
-
-
-@dataclass(frozen=True)
-class PretrainSettings:
-    """Cross-entropy pretraining on WikiText-2 (validation split) plus the training pairs' prompts."""
-
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 30
-    weight_decay: float = 0.1
-    tokens: int | None = None  # cap on the packed corpus (None: all of it)
-    trajectory_every: int = 50  # snapshot interval for the within-run RSF trajectory (0: none)
-
-
-@dataclass(frozen=True)
-class AlignSettings:
-    """Preference alignment (TRL DPO) and its controls on hh-rlhf training pairs (lines 0–1899)."""
-
-    steps: int = 160
-    batch_size: int = 8  # pairs per step
-    lr: float = 3e-4
-    beta: float = 0.1
-    max_prompt_tokens: int = 64  # prompts are cut from the *left* (the last turns matter) before TRL sees them
-    max_length: int = 128  # prompt + response tokens; TRL keeps the start of the response beyond this
-    pairs: int | None = 1280  # training pairs used (None: all 1900); steps x batch_size = one pass
-    lambdas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # the graded-objective grid
-    trajectory_every: int = 40  # RSF trajectory interval of the aligned run (0: none)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Held-out measurements reported before/after each stage."""
-
-    pairs: int = 412  # held-out hh-rlhf pairs (lines 1900–2311)
-    texts: int = 64  # held-out WikiText-2 test sequences for the CE loss
-
-
-@dataclass(frozen=True)
-class OrganismConfig:
-    seed: int = 0
-    model: ModelSettings = field(default_factory=ModelSettings)
-    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
-    align: AlignSettings = field(default_factory=AlignSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    pretrain_text: tuple[str, ...] = (str(WIKITEXT_VALID),)  # plus the training pairs' prompts
-    pairs_data: str = str(HH_RLHF)
-    heldout_text: str = str(WIKITEXT_TEST)
-    threads: int | None = None  # torch threads (None: torch's default); part of the cache key only via results
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OrganismConfig":
-        d = dict(d or {})
-        check_keys(cls, d, "organism")
-        sub = {"model": ModelSettings, "pretrain": PretrainSettings, "align": AlignSettings, "eval": EvalSettings}
-        for key, kind in sub.items():
-            if key in d:
-                v = dict(d[key] or {})
-                check_keys(kind, v, f"organism.{key}")
-                if "lambdas" in v:
-                    v["lambdas"] = tuple(float(x) for x in v["lambdas"])
-                d[key] = kind(**v)
-        if "pretrain_text" in d:
-            pt = d["pretrain_text"]
-            d["pretrain_text"] = tuple([pt] if isinstance(pt, str) else pt)
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "OrganismConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise OrganismError(f"organism recipe {path} not found")
-        raw = yaml.safe_load(path.read_text()) or {}
-        return cls.from_dict(raw.get("organism", raw))
-
-    def validate(self) -> None:
-        m, a = self.model, self.align
-        if m.hidden % m.heads:
-            raise OrganismError(f"model.hidden ({m.hidden}) must be a multiple of model.heads ({m.heads})")
-        if a.max_prompt_tokens >= a.max_length:
-            raise OrganismError(f"align.max_prompt_tokens ({a.max_prompt_tokens}) must be below align.max_length "
-                                f"({a.max_length}): a prompt that fills the budget leaves nothing to score")
-        bad = [x for x in a.lambdas if not 0.0 <= x <= 1.0]
-        if bad:
-            raise OrganismError(f"align.lambdas must lie in [0, 1]; got {bad}")
-        for name, v in (("pretrain.steps", self.pretrain.steps), ("align.steps", a.steps),
-                        ("eval.pairs", self.eval.pairs), ("eval.texts", self.eval.texts)):
-            if v < 1 or (name.startswith("eval") and v < 2):
-                raise OrganismError(f"{name} must be positive (>= 2 for eval: a standard error needs two items)")
-
-    def key(self, *parts: str) -> str:
-        """Hash of what a stage depends on: the settings named by ``parts`` (+ seed, model, data, version)."""
-        d = asdict(self)
-        base = {"version": ORGANISM_VERSION, "seed": self.seed, "model": d["model"],
-                "pretrain_text": d["pretrain_text"], "pairs_data": d["pairs_data"]}
-        base.update({p: d[p] for p in parts})
-        return hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_keys(cls, d: dict, where: str) -> None:
-    """Refuse unknown keys with the list of known ones (a typo must not silently fall back to a default)."""
-    known = {f.name for f in fields(cls)}
-    bad = set(d) - known
-    if bad:
-        raise OrganismError(f"unknown {where} keys {sorted(bad)}; known: {sorted(known)}")
-
-
-def reduced(cfg: OrganismConfig = OrganismConfig()) -> OrganismConfig:
-    """A seconds-scale organism for tests and smoke runs: tiny dims, few steps, same pipeline."""
-    return replace(
-        cfg,
-        model=ModelSettings(vocab_size=512, hidden=32, layers=2, heads=2, intermediate=64, seq_len=64),
-        pretrain=PretrainSettings(steps=60, batch_size=16, lr=3e-3, warmup=5, tokens=60_000, trajectory_every=20),
-        align=AlignSettings(steps=40, batch_size=8, lr=2e-3, beta=0.1, max_prompt_tokens=40, max_length=64,
-                            pairs=320, lambdas=(0.0, 1.0), trajectory_every=20),
-        eval=EvalSettings(pairs=96, texts=16),
-    )
-
+from rwedit.errors import OrganismError
 
 # --- data -------------------------------------------------------------------------------------
 
 
 def training_pairs(cfg: OrganismConfig) -> list[PreferencePair]:
     """The fixed training split (hh-rlhf lines 0–1899), never the held-out lines."""
-    n = cfg.align.pairs
-    return read_pairs(cfg.pairs_data, limit=n, indices=HH_TRAIN)
+    return read_pairs(cfg.pairs_data, limit=cfg.align.pairs, indices=HH_TRAIN)
 
 
 def heldout_pairs(cfg: OrganismConfig) -> list[PreferencePair]:
+    """The held-out split (hh-rlhf lines 1900–2311) every evaluation reads."""
     return read_pairs(cfg.pairs_data, limit=cfg.eval.pairs, indices=HH_HELDOUT)
 
 
@@ -213,6 +72,12 @@ def left_truncate_prompt(tokenizer, prompt: str, max_tokens: int) -> tuple[str, 
     return prompt[start:], True
 
 
+def heldout_texts(cfg: OrganismConfig, tokenizer) -> torch.Tensor:
+    """The held-out WikiText-2 test sequences of the CE loss (``eval.texts`` rows of ``model.seq_len``)."""
+    return pack_documents(tokenizer, read_texts(cfg.heldout_text), cfg.model.seq_len,
+                          cfg.eval.texts * cfg.model.seq_len)
+
+
 # --- building blocks --------------------------------------------------------------------------
 
 
@@ -238,55 +103,7 @@ def fresh_model(cfg: OrganismConfig):
     return LlamaForCausalLM(config)
 
 
-@torch.no_grad()
-def heldout_ce(model, ids: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
-    """Mean next-token cross-entropy over held-out sequences and its standard error (per sequence)."""
-    from rwedit.data import batches
-    from rwedit.evals.direct import mean_se
-    from rwedit.scoring import token_ce
-
-    model.eval()
-    per = [token_ce(model, b[i:i + 1]) for b in batches(ids, batch_size) for i in range(b.shape[0])]
-    return mean_se(torch.stack(per))
-
-
-@torch.no_grad()
-def response_logps(model, tokenizer, pairs: Sequence[PreferencePair], max_len: int,
-                   batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """log p(chosen | prompt), log p(rejected | prompt) and response token counts per held-out pair."""
-    from rwedit.scoring import encode_pairs, response_logprob
-
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "n_chosen": [], "n_rejected": []}
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        prompts = [p.prompt for p in chunk]
-        for side in ("chosen", "rejected"):
-            enc = encode_pairs(tokenizer, prompts, [getattr(p, side) for p in chunk], max_len)
-            out[side].append(response_logprob(model, enc).double().cpu())
-            out[f"n_{side}"].append(enc.response_mask[:, 1:].sum(-1).double())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def preference_metrics(policy: dict[str, torch.Tensor], ref: dict[str, torch.Tensor] | None) -> dict[str, float]:
-    """Raw and length-normalised preference accuracy, the margin, and — against a reference — the
-    implicit-reward accuracy ``(Δ log π)(chosen) > (Δ log π)(rejected)`` and the paired margin shift."""
-    from rwedit.evals.direct import mean_se
-
-    margin = policy["chosen"] - policy["rejected"]
-    norm = policy["chosen"] / policy["n_chosen"] - policy["rejected"] / policy["n_rejected"]
-    out: dict[str, float] = {}
-    items = [("pref_acc", (margin > 0).double()), ("pref_acc_norm", (norm > 0).double()), ("pref_margin", margin)]
-    if ref is not None:
-        ref_margin = ref["chosen"] - ref["rejected"]
-        items += [("implicit_reward_acc", (margin - ref_margin > 0).double()), ("margin_shift", margin - ref_margin)]
-    for name, x in items:
-        out[name], out[f"{name}_stderr"] = mean_se(x)
-    out["n_pairs"] = int(margin.numel())
-    return out
-
-
-# --- the build ------------------------------------------------------------------------------
+# --- the stage cache ------------------------------------------------------------------------
 
 
 @dataclass
@@ -317,6 +134,7 @@ class Organism:
 
 
 def default_root() -> Path:
+    """Where organisms are cached: ``$RWEDIT_CACHE/organism`` (default ``~/.cache/rwedit/organism``)."""
     return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit")) / "organism"
 
 
@@ -381,7 +199,7 @@ class _Snapshots:
         return Cb()
 
 
-TRAJECTORY_ROLES = ("q", "k", "v", "o", "up", "gate", "down")
+# --- the build ------------------------------------------------------------------------------
 
 
 def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | None = None, progress: bool = True,
@@ -389,6 +207,8 @@ def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | No
     """Build (or reuse) tokenizer → pretrained → graded-objective runs for ``lambdas`` (default: the SFT
     control λ = 0 and the aligned model λ = 1; ``None``: the whole grid of ``cfg.align.lambdas``), then
     measure held-out loss and preference metrics into ``organism.json``."""
+    from rwedit.apps.organism.measure import measure
+
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -421,6 +241,8 @@ def _measured(report: dict) -> set[float]:
 def _pretrain(cfg: OrganismConfig, out: Path, progress: bool) -> dict:
     from transformers import Trainer, TrainingArguments
 
+    from rwedit.apps.organism.measure import heldout_ce
+
     p = cfg.pretrain
     texts = pretraining_texts(cfg)
     _say(progress, f"training a {cfg.model.vocab_size}-token byte-level BPE on {len(texts)} texts")
@@ -428,12 +250,12 @@ def _pretrain(cfg: OrganismConfig, out: Path, progress: bool) -> dict:
     ids = pack_documents(tok, texts, cfg.model.seq_len, p.tokens)
     model = fresh_model(cfg)
     n_params = sum(x.numel() for x in model.parameters())
-    held = pack_documents(tok, read_texts(cfg.heldout_text), cfg.model.seq_len, cfg.eval.texts * cfg.model.seq_len)
+    held = heldout_texts(cfg, tok)
     ce0 = heldout_ce(model, held)
     _say(progress, f"pretraining a {n_params / 1e6:.2f} M-parameter Llama for {p.steps} steps × {p.batch_size} × "
                    f"{cfg.model.seq_len} tokens on {ids.numel()} tokens (held-out CE at init {ce0[0]:.2f})")
     data = [{"input_ids": r, "labels": r} for r in ids]
-    snaps = _Snapshots(p.trajectory_every, TRAJECTORY_ROLES)
+    snaps = _Snapshots(p.trajectory_every, LAYER_ROLES)
     args = _training_args(TrainingArguments, out, cfg, p.steps, p.batch_size, p.lr, p.warmup, p.weight_decay,
                           progress)
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[snaps])
@@ -480,6 +302,7 @@ def _align(cfg: OrganismConfig, pretrained: Path, lam: float, out: Path, progres
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from rwedit.probes.grid import GridSettings
     from rwedit.probes.trajectory import RSFTrajectoryCallback
 
     tok = AutoTokenizer.from_pretrained(pretrained)
@@ -488,10 +311,8 @@ def _align(cfg: OrganismConfig, pretrained: Path, lam: float, out: Path, progres
     callbacks = []
     if lam == 1.0 and cfg.align.trajectory_every:
         stats = _calibration_stats(model, tok, cfg)
-        from rwedit.probes.grid import GridSettings
-
         callbacks.append(RSFTrajectoryCallback(out / "trajectory.csv", stats,
-                                               GridSettings(roles=TRAJECTORY_ROLES, ks=(1, 4, 16), null_seeds=4),
+                                               GridSettings(roles=LAYER_ROLES, ks=(1, 4, 16), null_seeds=4),
                                                every_n_steps=cfg.align.trajectory_every))
     args = graded_config(cfg, lam, out, progress)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
@@ -516,83 +337,10 @@ def _calibration_stats(model, tok, cfg: OrganismConfig, tokens: int = 16_384):
     from rwedit.probes.activations import StatsSettings, collect_activation_stats
 
     ids = pack_documents(tok, read_texts(cfg.pretrain_text[0]), cfg.model.seq_len, tokens)
-    return collect_activation_stats(model, ids, StatsSettings(roles=TRAJECTORY_ROLES, seq_len=cfg.model.seq_len),
+    return collect_activation_stats(model, ids, StatsSettings(roles=LAYER_ROLES, seq_len=cfg.model.seq_len),
                                     source=cfg.pretrain_text[0], progress=False)
 
 
-def measure(org: Organism, lambdas: Sequence[float], progress: bool = True) -> dict:
-    """Held-out CE and preference metrics of the pretrained model and every built λ run (reference: the
-    pretrained model), read back from the saved folders so the numbers describe what was saved."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cfg = org.config
-    tok = AutoTokenizer.from_pretrained(org.pretrained)
-    pairs = heldout_pairs(cfg)
-    held = pack_documents(tok, read_texts(cfg.heldout_text), cfg.model.seq_len, cfg.eval.texts * cfg.model.seq_len)
-    max_len = cfg.align.max_length
-    _say(progress, f"measuring held-out CE ({held.shape[0]} WikiText-2 test sequences) and preferences "
-                   f"({len(pairs)} held-out hh-rlhf pairs)")
-
-    def load(p):
-        return AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()
-
-    pre = load(org.pretrained)
-    ref = response_logps(pre, tok, pairs, max_len)
-    report = {"config": asdict(cfg), "root": str(org.root),
-              "pretrain": json.loads((org.pretrained / "stage.json").read_text()),
-              "models": {"pretrained": {"path": str(org.pretrained), "heldout_ce": heldout_ce(pre, held),
-                                        **preference_metrics(ref, None)}}}
-    del pre
-    for lam in lambdas:
-        m = load(org.lam_dir(lam))
-        pol = response_logps(m, tok, pairs, max_len)
-        report["models"][f"lambda_{lam:g}"] = {
-            "path": str(org.lam_dir(lam)), "lambda": lam, "heldout_ce": heldout_ce(m, held),
-            **preference_metrics(pol, ref), "stage": json.loads((org.lam_dir(lam) / "stage.json").read_text())}
-    return report
-
-
-def check_aligned(report: dict) -> None:
-    """The aligned model must prefer held-out chosen responses measurably more than the pretrained one
-    (paired margin shift with its 95% interval above 0); otherwise the organism is not aligned."""
-    a = report["models"].get("lambda_1")
-    if a is None:
-        raise OrganismError("no aligned model (λ = 1) was built")
-    lo = a["margin_shift"] - 1.96 * a["margin_shift_stderr"]
-    if not lo > 0:
-        raise OrganismError(
-            f"the aligned organism is not aligned: held-out margin shift {a['margin_shift']:.3g} ± "
-            f"{a['margin_shift_stderr']:.2g} (implicit-reward accuracy {a['implicit_reward_acc']:.3f}); "
-            f"raise align.steps or align.lr")
-
-
-def summary_lines(report: dict) -> list[str]:
-    """Markdown lines: held-out CE and preference metrics per model, with standard errors."""
-    pt = report["pretrain"]
-    lines = [f"Organism: Llama, {pt['params'] / 1e6:.2f} M parameters, {pt['tokens_seen'] / 1e6:.2f} M pretraining "
-             f"tokens seen ({pt['tokens_per_second']} tokens/s); folders under `{report['root']}`.", "",
-             "| model | held-out CE (WikiText-2 test) | pref acc | pref acc (length-norm.) | implicit-reward acc "
-             "| margin shift vs pretrained (nats) |", "|---|---|---|---|---|---|"]
-    lines.append(f"| random init | {pt['heldout_ce_init'][0]:.3f} ± {pt['heldout_ce_init'][1]:.2g} | | | | |")
-
-    def pm(d, k):
-        return f"{d[k]:.3f} ± {d[k + '_stderr']:.2g}" if k in d else ""
-
-    for name, d in report["models"].items():
-        label = {"pretrained": "pretrained (CE)", "lambda_1": "aligned (DPO, λ=1)",
-                 "lambda_0": "SFT control (λ=0)"}.get(name, f"graded λ={d.get('lambda')}")
-        ce = d["heldout_ce"]
-        lines.append(f"| {label} | {ce[0]:.3f} ± {ce[1]:.2g} | {pm(d, 'pref_acc')} | {pm(d, 'pref_acc_norm')} | "
-                     f"{pm(d, 'implicit_reward_acc')} | {pm(d, 'margin_shift')} |")
-    lines.append("")
-    lines.append(f"Held-out: {report['models']['pretrained']['n_pairs']} hh-rlhf pairs (lines 1900–2311, never "
-                 "trained on); ± is one standard error over pairs (sequences for CE); the margin shift is paired.")
-    return lines
-
-
-def fmt_ci(mean: float, se: float) -> str:
-    return f"{mean:.3g} [{mean - 1.96 * se:.3g}, {mean + 1.96 * se:.3g}]"
-
-
-__all__ = ["OrganismConfig", "ModelSettings", "PretrainSettings", "AlignSettings", "EvalSettings", "Organism",
-           "build_organism", "reduced", "measure", "check_aligned", "summary_lines"]
+__all__ = ["Organism", "build_organism", "build_tokenizer", "default_root", "fresh_model", "graded_config",
+           "heldout_pairs", "heldout_texts", "left_truncate_prompt", "pack_documents", "preference_dataset",
+           "pretraining_texts", "training_pairs"]

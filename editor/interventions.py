@@ -1,0 +1,182 @@
+"""Interventions: what a condition does to a loaded model, applied and undone around scoring.
+
+``with intervention.applied(model):`` puts the model in the condition's state and restores it on exit
+(also after an exception), so one loaded model serves every condition of an experiment and scorers
+score the model as it is. Kinds are registered by name (:func:`register_intervention`):
+
+- ``unchanged``   the model as loaded (PEFT adapters, if any, disabled);
+- ``adapter``     one named PEFT adapter made active with ``set_adapter``;
+- ``weights``     per-(layer, role) matrices written in place through the architecture registry's role
+                  views and restored bit for bit from a CPU snapshot of the stored tensors;
+- ``checkpoint``  every parameter overwritten from another checkpoint, streamed one tensor at a time
+                  (never two models in memory); it is not undone, so it comes last (``final``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ClassVar, Iterable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from rwedit.architectures import LAYER_ROLES, RoleView, model_layout, set_weight
+from rwedit.checkpoints import Checkpoint, TensorReader
+from rwedit.errors import ExperimentError
+
+BASE = "base"
+_INTERVENTIONS: dict[str, type["Intervention"]] = {}
+
+
+def register_intervention(name: str):
+    """Class decorator: make an intervention kind available under ``name``."""
+
+    def deco(cls):
+        if name in _INTERVENTIONS and _INTERVENTIONS[name] is not cls:
+            raise ValueError(f"intervention kind {name!r} is already registered ({_INTERVENTIONS[name].__name__})")
+        cls.kind = name
+        _INTERVENTIONS[name] = cls
+        return cls
+
+    return deco
+
+
+def intervention_kinds() -> dict[str, type["Intervention"]]:
+    return dict(_INTERVENTIONS)
+
+
+class Intervention:
+    """Base: a change to a loaded model that :meth:`applied` makes and undoes."""
+
+    kind: ClassVar[str] = ""
+    #: True when the change cannot be undone: the runner applies it after every other condition
+    final: ClassVar[bool] = False
+
+    def applied(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        raise NotImplementedError
+
+
+@register_intervention("unchanged")
+class Unchanged(Intervention):
+    """The model as loaded; on a PeftModel every adapter is disabled."""
+
+    @contextlib.contextmanager
+    def applied(self, model):
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                yield
+        else:
+            yield
+
+
+@register_intervention("adapter")
+class Adapter(Intervention):
+    """One named adapter of a PeftModel made active (``set_adapter``: a pointer switch, no weight copy)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @contextlib.contextmanager
+    def applied(self, model):
+        loaded = sorted(getattr(model, "peft_config", {}))
+        if self.name not in loaded:
+            raise KeyError(f"no adapter named {self.name!r}; loaded: {loaded}")
+        model.set_adapter(self.name)
+        yield
+
+
+def adapter_or_base(name: str | None) -> Intervention:
+    """``Adapter(name)``, or :class:`Unchanged` for ``None`` / ``"base"``."""
+    return Unchanged() if name in (None, BASE) else Adapter(name)
+
+
+class WeightSnapshot:
+    """Exact CPU copies of the stored tensors behind some (layer, role) matrices of a model.
+
+    ``restore()`` copies them back bit for bit whatever was written in between; ``original(layer, role)``
+    is the role's ``W`` as it was when the snapshot was taken. As a context manager it restores on exit."""
+
+    def __init__(self, model: torch.nn.Module, targets: Iterable[tuple[int, str]]):
+        self.model = model
+        layout = model_layout(model)
+        self.views: dict[tuple[int, str], RoleView] = {}
+        self.saved: dict[str, torch.Tensor] = {}
+        for layer, role in targets:
+            if role not in LAYER_ROLES:
+                raise ValueError(f"role {role!r}: weight writes act on layer matrices ({', '.join(LAYER_ROLES)})")
+            view = layout.view(layer, role)
+            self.views[(layer, role)] = view
+            if view.param not in self.saved:
+                self.saved[view.param] = model.get_parameter(view.param).detach().to("cpu", copy=True)
+
+    @property
+    def targets(self) -> list[tuple[int, str]]:
+        return list(self.views)
+
+    def original(self, layer: int, role: str) -> torch.Tensor:
+        view = self.views[(layer, role)]
+        return view.extract(self.saved[view.param]).clone()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, t in self.saved.items():
+                self.model.get_parameter(name).data.copy_(t)
+
+    def __enter__(self) -> "WeightSnapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+#: ``build(layer, role, W_original) -> W_new`` (d_out x d_in) for one target matrix
+WeightBuilder = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+@register_intervention("weights")
+class WeightWrite(Intervention):
+    """Per-matrix replacements written through the registry's role views (fused/transposed storage
+    handled there) and undone bit for bit from ``snapshot`` (shared by every condition of a run)."""
+
+    def __init__(self, snapshot: WeightSnapshot, build: WeightBuilder, label: str = "", progress: bool = False):
+        self.snapshot, self.build, self.label, self.progress = snapshot, build, label, progress
+
+    @contextlib.contextmanager
+    def applied(self, model):
+        try:
+            for layer, role in tqdm(self.snapshot.targets, desc=f"  {self.label}", leave=False,
+                                    disable=not self.progress):
+                W = self.build(layer, role, self.snapshot.original(layer, role))
+                if W is not None:
+                    set_weight(model, layer, role, W)
+            yield
+        finally:
+            self.snapshot.restore()
+
+
+@register_intervention("checkpoint")
+class CheckpointLoad(Intervention):
+    """Every parameter of the model overwritten in place by the tensor of the same name in ``ckpt``
+    (streamed, one tensor at a time, converted to the parameter's dtype; tied parameters appear once).
+    Not undone: the runner applies it last."""
+
+    final = True
+
+    def __init__(self, ckpt: Checkpoint, progress: bool = False):
+        self.ckpt, self.progress = ckpt, progress
+
+    @contextlib.contextmanager
+    def applied(self, model) -> Iterator[None]:
+        with TensorReader(self.ckpt) as reader, torch.no_grad():
+            for name, p in tqdm(list(model.named_parameters()), desc="  checkpoint weights", leave=False,
+                                disable=not self.progress):
+                t = reader.read(name, dtype=p.dtype)
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ExperimentError(f"{self.ckpt.source}: {name} has shape {tuple(t.shape)}, the model "
+                                          f"{tuple(p.shape)}")
+                p.data.copy_(t)
+        yield
+
+
+__all__ = ["BASE", "Adapter", "CheckpointLoad", "Intervention", "Unchanged", "WeightSnapshot", "WeightWrite",
+           "adapter_or_base", "intervention_kinds", "register_intervention"]

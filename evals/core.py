@@ -1,0 +1,235 @@
+"""One core for every experiment: kinds registered by name, one runner loop, one resumable store.
+
+An experiment kind (the control experiment, the SVD-structure experiment, and the applications'
+quickstart and organism) is registered with :func:`register_experiment`: its recipe class (a
+:class:`~rwedit.config.Config`), a ``prepare`` step that loads the model once and lists the conditions
+(each an :class:`~rwedit.editor.interventions.Intervention` plus the row fields it carries) and the
+scorers, and its report. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
+the conditions not stored yet → for each, ``with intervention.applied(model)`` score the model as it
+is → append the row → the kind's report. The kind is stored in ``run.json`` (the recipe's
+``experiment:``), and :func:`write_report` dispatches on it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from tqdm.auto import tqdm
+
+from rwedit.config import Config, option, read_yaml
+from rwedit.editor.interventions import Intervention
+from rwedit.errors import ConfigError, ExperimentError
+from rwedit.evals.direct import DirectSettings
+from rwedit.evals.lmeval import EvalSettings
+from rwedit.evals.store import ResultStore
+
+DEFAULT_KIND = "control"
+
+
+@dataclass(frozen=True)
+class ExperimentRecipe(Config):
+    """What every experiment recipe has: its kind, the checkpoints, the scoring, where it runs."""
+
+    experiment: str = option(DEFAULT_KIND, help="the experiment kind: `rwedit run` dispatches on it")
+    name: str = option("experiment", help="names the default output folder runs/NAME")
+    model: str | None = option(None, help="base checkpoint: local folder or Hub id (org/name[@revision])")
+    post: str | None = option(None, help="its post-trained version (same architecture and shapes)")
+    eval: EvalSettings | None = option(factory=EvalSettings, help="lm-eval tasks on one loaded model (null: none)")
+    direct: DirectSettings | None = option(factory=DirectSettings,
+                                           help="direct metrics with standard errors (null: none)")
+    device: str = option("cpu", help="cpu, cuda, or auto (accelerate device_map)")
+    out: str | None = option(None, help="output folder (default runs/NAME); not part of the recipe hash")
+
+    def config(self) -> dict:
+        """What the results depend on (hashed by the store to keep two recipes' rows apart)."""
+        d = self.to_dict()
+        d.pop("out")
+        return d
+
+    def folder(self, out: str | Path | None) -> Path:
+        return Path(out or self.out or Path("runs") / self.name)
+
+
+class Scorer(Protocol):
+    def score(self) -> dict[str, Any]:
+        """Metrics of the model as it is now."""
+
+
+@dataclass
+class Condition:
+    """One row of an experiment: an intervention and the row fields that go with it."""
+
+    name: str
+    intervention: Intervention
+    info: dict[str, Any] = field(default_factory=dict)  # known before scoring (kind, alpha, probe metrics)
+    measure: Callable[[], dict[str, Any]] | None = None  # measured while applied, before scoring
+    after: Callable[[dict[str, Any]], None] | None = None  # called with the stored row
+
+
+@dataclass
+class Prepared:
+    """A kind's loaded model, its conditions in scoring order and its scorers."""
+
+    model: Any
+    conditions: list[Condition]
+    scorers: list[Scorer] | Callable[[], list[Scorer]]  # a callable is called only when something is missing
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run wrote its results and what to tell the user."""
+
+    folder: Path
+    report: Path | None
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    """A registered experiment kind. Store-based kinds give ``prepare`` and ``report``; an application with
+    its own stages gives ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult``."""
+
+    name: str
+    recipe: type[Config]
+    help: str = ""
+    prepare: Callable[..., Prepared] | None = None  # (recipe, out, *, progress, cache_dir) -> Prepared
+    report: Callable[..., Path] | None = None  # (folder, **options) -> report path
+    finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
+    run: Callable[..., RunResult] | None = None
+
+
+_KINDS: dict[str, ExperimentKind] = {}
+
+
+def register_experiment(kind: ExperimentKind, *, replace: bool = False) -> ExperimentKind:
+    """Make ``kind`` available to ``rwedit run``/``report`` under ``kind.name``."""
+    if (kind.prepare is None) == (kind.run is None):
+        raise ValueError(f"experiment kind {kind.name!r}: give exactly one of prepare (store-based) or run")
+    if kind.name in _KINDS and not replace:
+        raise ValueError(f"experiment kind {kind.name!r} is already registered; pass replace=True to override")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def experiment_kinds() -> list[ExperimentKind]:
+    """The registered kinds (the applications register theirs when ``rwedit.apps`` is imported)."""
+    _load_builtin()
+    return list(_KINDS.values())
+
+
+def experiment_kind(name: str) -> ExperimentKind:
+    _load_builtin()
+    if name not in _KINDS:
+        raise ConfigError(f"experiment: {name!r} is not a registered experiment kind; registered: "
+                          f"{', '.join(sorted(_KINDS))}")
+    return _KINDS[name]
+
+
+def _load_builtin() -> None:
+    import rwedit.evals.experiment  # noqa: F401  (registers "control")
+    import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
+
+
+def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> tuple[ExperimentKind, Config]:
+    """The kind and the parsed recipe of a YAML path, a mapping or a recipe object (``experiment:`` names the
+    kind; without it, ``control``). ``overrides`` (None values ignored) replace top-level keys."""
+    ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(source, Config):
+        kind = experiment_kind(getattr(source, "experiment", DEFAULT_KIND))
+        if ov:
+            source = type(source).from_dict({**source.to_dict(), **ov})
+        return kind, source
+    if isinstance(source, dict):
+        kind = experiment_kind(str(source.get("experiment") or DEFAULT_KIND))
+        return kind, kind.recipe.from_dict({**source, **ov})
+    raw = read_yaml(source)
+    kind = experiment_kind(str(raw.get("experiment") or DEFAULT_KIND))
+    if kind.run is not None:  # an application: its run takes the overrides itself
+        return kind, kind.recipe.from_yaml(source)
+    return kind, kind.recipe.from_yaml(source, overrides=ov)
+
+
+def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None, *, resume: bool = False,
+               progress: bool = True, overrides: dict[str, Any] | None = None,
+               cache_dir: str | Path | None = None, stop_after: int | None = None) -> RunResult:
+    """Run (or resume) any registered kind's recipe into ``out``."""
+    kind, recipe = load_recipe(source, overrides)
+    if kind.run is not None:
+        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir, overrides=overrides)
+    return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
+                          stop_after=stop_after)
+
+
+def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Path | None = None, *,
+                   resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
+                   stop_after: int | None = None) -> RunResult:
+    """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
+    interrupted runs); a stopped run returns without a report and ``--resume`` finishes it."""
+    out = recipe.folder(out)
+    check = getattr(recipe, "check_sources", None)
+    if check is not None:
+        check()  # a missing model or a mismatched pair fails before anything is written
+    store = ResultStore(out)
+    store.begin(recipe.config(), resume)
+    prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
+    names = [c.name for c in prep.conditions]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"{kind.name}: duplicate condition names {sorted(n for n in set(names) if names.count(n) > 1)}")
+    done = store.done()
+    missing = [c for c in prep.conditions if c.name not in done]
+    final = [c for c in missing if c.intervention.final]
+    missing = [c for c in missing if not c.intervention.final] + final  # what cannot be undone goes last
+    scorers = (prep.scorers() if callable(prep.scorers) else prep.scorers) if missing else []
+    for i, c in enumerate(tqdm(missing, desc="conditions", disable=not progress)):
+        if stop_after is not None and i >= stop_after:
+            break
+        t = time.perf_counter()
+        row: dict[str, Any] = {"condition": c.name, **c.info}
+        with c.intervention.applied(prep.model):
+            if c.measure is not None:
+                row.update(c.measure())
+            for scorer in scorers:
+                row.update(scorer.score())
+        row["seconds"] = round(time.perf_counter() - t, 2)
+        store.append(row)
+        if c.after is not None:
+            c.after(row)
+    if not set(names) <= store.done():
+        return RunResult(out, None, [f"stopped after {len(store.done())} of {len(names)} conditions: "
+                                     f"rerun with --resume to finish {out}"])
+    report = kind.report(out)
+    if kind.finish is not None:
+        kind.finish(recipe, out)
+    return RunResult(out, report, [f"wrote {report} (results: {out / 'results.jsonl'})"])
+
+
+def stored_kind(folder: str | Path) -> ExperimentKind:
+    """The kind of the run stored in ``folder`` (its ``run.json``; runs from before the key: control)."""
+    meta = Path(folder) / "run.json"
+    if not meta.exists():
+        raise ExperimentError(f"{folder} holds no rwedit experiment (no run.json); give the folder `rwedit run` "
+                              f"wrote")
+    try:
+        cfg = json.loads(meta.read_text()).get("config", {})
+    except ValueError:
+        raise ExperimentError(f"{meta} is not valid JSON; the run folder is damaged") from None
+    return experiment_kind(str(cfg.get("experiment") or DEFAULT_KIND))
+
+
+def write_report(folder: str | Path, **options: Any) -> Path:
+    """Rebuild the report of a stored run with its own kind's report (options it does not take are ignored)."""
+    kind = stored_kind(folder)
+    if kind.report is None:
+        raise ExperimentError(f"{folder}: experiment kind {kind.name!r} has no report to rebuild")
+    accepted = inspect.signature(kind.report).parameters
+    return kind.report(folder, **{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+__all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",
+           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "stored_kind",
+           "write_report"]

@@ -1,0 +1,26 @@
+"""The model organism: a small Llama pretrained with cross-entropy on real text, then aligned with a
+DPO-style preference loss on real preference pairs, with an SFT control and the graded objective
+``λ·L_pref + (1 − λ)·L_CE(chosen)``. These are the two training regimes whose weight changes the
+read/write hypothesis contrasts (preference losses concentrate on what the model reads, CE writes into
+the prediction subspace), built offline and deterministically so that the quickstart and the tests
+have a real base/aligned pair.
+
+- :mod:`.config`: the settings, their validation, the stage cache key and the ``reduced`` variant;
+- :mod:`.training`: data splits, tokenizer, model, CE pretraining, TRL alignment, ``build_organism``;
+- :mod:`.measure`: held-out CE and preference metrics, ``check_aligned``, ``summary_lines``.
+"""
+
+from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, AlignSettings, EvalSettings, ModelSettings,
+                                         OrganismConfig, PretrainSettings, reduced)
+from rwedit.apps.organism.measure import (check_aligned, fmt_ci, heldout_ce, measure, preference_metrics,
+                                          response_logps, summary_lines)
+from rwedit.apps.organism.training import (Organism, build_organism, build_tokenizer, default_root, fresh_model,
+                                           graded_config, heldout_pairs, heldout_texts, left_truncate_prompt,
+                                           pack_documents, preference_dataset, pretraining_texts, training_pairs)
+from rwedit.errors import OrganismError
+
+__all__ = ["KIND", "ORGANISM_VERSION", "AlignSettings", "EvalSettings", "ModelSettings", "Organism", "OrganismConfig",
+           "OrganismError", "PretrainSettings", "build_organism", "build_tokenizer", "check_aligned",
+           "default_root", "fmt_ci", "fresh_model", "graded_config", "heldout_ce", "heldout_pairs", "heldout_texts",
+           "left_truncate_prompt", "measure", "pack_documents", "preference_dataset", "preference_metrics",
+           "pretraining_texts", "reduced", "response_logps", "summary_lines", "training_pairs"]

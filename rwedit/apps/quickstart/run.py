@@ -1,0 +1,195 @@
+"""Running the quickstart: every stage into one folder, resumable (a rerun reuses what is finished).
+
+1. build (or reuse) the organism: CE-pretrained Llama, its DPO-aligned and SFT-control versions
+   (or take ``model/post[/sft]`` for any pair);
+2. RSF and SVD probes of (pretrained → aligned) and (pretrained → SFT);
+3. the within-run RSF trajectories (pretraining and alignment) and, with ``graded: true``, RSF vs λ of
+   the graded objective;
+4. the causal control experiment (``rwedit.evals.experiment``) on (pretrained, aligned), its edit
+   adapter exported with a model card;
+5. ``OUT/report.md`` whose first screen lists what was found, per claim, with numbers and intervals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rwedit.apps.organism import Organism, build_organism, check_aligned, reduced
+from rwedit.apps.quickstart.recipe import QuickstartRecipe
+from rwedit.apps.quickstart.report import CLAIM_K, claim_series, findings, spectrum_lines, write_quickstart_report
+from rwedit.architectures import LAYER_ROLES
+from rwedit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    """What a quickstart run produced: the report's path and the "What was found" lines (one per claim)."""
+
+    report: Path
+    findings: list[str]
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[quickstart] {msg}", flush=True)
+
+
+def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart", model: str | None = None,
+                   post: str | None = None, sft: str | None = None, progress: bool = True,
+                   cache_dir: str | Path | None = None, organism_root: str | Path | None = None,
+                   use_reduced: bool = False) -> QuickstartResult:
+    """Run every stage into ``out`` (resuming what is finished); returns the report and what was found."""
+    from rwedit.evals.core import run_recipe
+    from rwedit.evals.experiment import Recipe
+    from rwedit.probes.grid import GridSettings
+    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe, run_svd_probe
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    org: Organism | None = None
+    if model is None:
+        cfg = reduced(recipe.organism) if use_reduced else recipe.organism
+        lambdas = None if recipe.graded else (0.0, 1.0)
+        _say(progress, "stage 1/5: the model organism (cached by recipe hash; first build takes minutes)")
+        t = time.perf_counter()
+        org = build_organism(cfg, organism_root, progress, lambdas=lambdas)
+        times["organism"] = time.perf_counter() - t
+        check_aligned(org.report())  # an organism whose alignment did not take is a failure, not a finding
+        model, post, sft = str(org.pretrained), str(org.aligned), str(org.sft)
+    elif post is None:
+        raise ConfigError("--model needs --post (the post-trained checkpoint of the same architecture)")
+    pairs = {"aligned": post} | ({"sft": sft} if sft else {})
+
+    p = recipe.probe
+    calib = CalibrationSettings(p.data, tokens=p.tokens, seq_len=p.seq_len)
+    grid = GridSettings(ks=p.ks, null_seeds=p.null_seeds)
+    t = time.perf_counter()
+    for name, path in pairs.items():
+        _say(progress, f"stage 2/5: RSF and SVD probes of base → {name}")
+        if not (out / f"probe_{name}" / "meta.json").exists():
+            run_rsf_probe(model, path, out / f"probe_{name}", calib, grid, cache_dir=cache_dir, progress=progress)
+        if not (out / f"svd_{name}" / "meta.json").exists():
+            run_svd_probe(model, path, out / f"svd_{name}", r=p.svd_r, progress=progress)
+    times["probes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if org is not None:
+        _say(progress, "stage 3/5: RSF trajectories (pretraining, alignment) and the graded objective")
+        training_side(org, out, calib, grid, cache_dir, progress)
+    times["training_side"] = time.perf_counter() - t
+
+    _say(progress, "stage 4/5: causal control experiment (edit vs matched controls, scored with lm-eval)")
+    t = time.perf_counter()
+    exp = dict(recipe.control_experiment)
+    exp["edit"] = {**exp["edit"], "model": model, "post": post}
+    exp["probe"] = {**(exp.get("probe") or {}), "enabled": False}  # the pair was probed in stage 2
+    rec = Recipe.from_dict(exp, base_dir=recipe.base_dir)
+    exp_dir = out / "experiment"
+    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists(), progress=progress, cache_dir=cache_dir)
+    times["experiment"] = time.perf_counter() - t
+
+    _say(progress, "stage 5/5: report")
+    times["total"] = time.perf_counter() - t0
+    found = findings(out) + spectrum_lines(out)
+    path = write_quickstart_report(out, org.report() if org else None, {"model": model, **pairs},
+                                   {k: round(v, 1) for k, v in times.items()}, rec.export, found,
+                                   primary=rec.primary)
+    _say(progress, f"done in {times['total'] / 60:.1f} min: {path}")
+    return QuickstartResult(report=path, findings=found)
+
+
+# --- training-side analyses -----------------------------------------------------------------------
+
+
+def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bool) -> None:
+    """Trajectory CSVs/plots for pretraining and alignment, and the graded-objective plot (if built)."""
+    import torch
+
+    from rwedit.checkpoints import Checkpoint, CheckpointPair
+    from rwedit.probes.grid import (COLUMNS, GridContext, GridSettings, prediction_from_pair, rsf_grid_deltas,
+                                    rsf_grid_pair)
+    from rwedit.probes.pipeline import activation_stats_for
+    from rwedit.probes.report import write_rows
+
+    tdir = out / "training"
+    tdir.mkdir(exist_ok=True)
+    pre = Checkpoint.open(org.pretrained)
+    stats = activation_stats_for(pre, calib, LAYER_ROLES, cache_dir, progress=False)
+    tgrid = GridSettings(roles=LAYER_ROLES, ks=(1, 4, 16), null_seeds=4)
+    pred = prediction_from_pair(CheckpointPair(pre, pre))
+    # pretraining: W_t − W_0 against the *final* pretrained model's subspaces (they do not exist at W_0)
+    traj_csv = tdir / "trajectory_pretrain.csv"
+    if not traj_csv.exists():
+        snaps = torch.load(org.pretrained / "trajectory_snapshots.pt")
+        w0 = snaps[0]
+        ctx = GridContext(hidden=pre.layout.dims.hidden, stats=stats, prediction=pred)
+        rows = []
+        for step in sorted(s for s in snaps if s > 0):
+            deltas = {k: snaps[step][k] - w0[k] for k in w0}
+            rows += [{"step": step, **r} for r in rsf_grid_deltas(deltas, ctx, tgrid, progress=False)]
+        write_rows(rows, traj_csv, ("step",) + COLUMNS)
+    align_csv = org.aligned / "trajectory.csv"
+    plot_trajectories({"pretraining (CE)": traj_csv, "alignment (DPO)": align_csv}, tdir / "trajectory.png")
+    built = sorted(float(p.name.split("_")[1]) for p in (org.root / "graded").glob("lambda_*")
+                   if (p / "stage.json").exists())
+    graded_csv = tdir / "graded_rsf.csv"
+    if len(built) > 2:
+        rows = []
+        for lam in built:
+            pair = CheckpointPair(pre, Checkpoint.open(org.lam_dir(lam)))
+            rows += [{"lambda": lam, **r} for r in rsf_grid_pair(pair, stats, tgrid, progress=False)]
+        write_rows(rows, graded_csv, ("lambda",) + COLUMNS)
+        plot_graded(graded_csv, tdir / "graded_rsf.png")
+
+
+def _plot_series(ax, series: dict[str, pd.DataFrame]) -> None:
+    for label, s in series.items():
+        ax.errorbar(s.index, s["mean"], yerr=s["sem"].fillna(0), marker="o", capsize=2, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+
+
+def plot_trajectories(csvs: dict[str, Path], path: Path) -> Path | None:
+    """One panel per training run: read- and write-side claim RSF of W_t − W_0 against the step."""
+    from rwedit.probes.report import pyplot
+
+    have = {k: v for k, v in csvs.items() if Path(v).exists()}
+    if not have:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(have), figsize=(5.5 * len(have), 4), squeeze=False)
+    for ax, (name, csv) in zip(axes[0], have.items()):
+        _plot_series(ax, claim_series(pd.read_csv(csv)))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"RSF (k = {CLAIM_K}; 1 = isotropic)")
+        ax.set_title(f"{name}: RSF of W_t − W_0")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_graded(csv: Path, path: Path) -> Path:
+    """Read- and write-side claim RSF of W_λ − W_pretrained against λ."""
+    from rwedit.probes.report import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _plot_series(ax, claim_series(pd.read_csv(csv)))
+    ax.set_xlabel("λ  (loss = λ·L_pref + (1 − λ)·L_CE)")
+    ax.set_ylabel(f"RSF (k = {CLAIM_K}; 1 = isotropic)")
+    ax.set_title("graded objective: RSF of W_λ − W_pretrained")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["QuickstartResult", "plot_graded", "plot_trajectories", "run_quickstart", "training_side"]

@@ -1,0 +1,127 @@
+"""The ``rwedit`` command line: a thin layer over the Python API, one module per subcommand.
+
+Each module in :data:`COMMAND_MODULES` registers a :class:`~rwedit.cli.registry.Command` (name, help,
+``add_arguments(parser)``, ``run(args) -> int``); options shared by several commands live in
+:mod:`rwedit.cli.options`. Adding a subcommand is one new module here plus one entry in
+:data:`COMMAND_MODULES`. Only the chosen command's options are built, so ``rwedit --help`` and light
+commands do not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Iterable, Sequence
+
+from rwedit import __version__
+from rwedit.cli.options import HelpFormatter
+from rwedit.cli.registry import Command, get_command, register, registered_commands
+from rwedit.errors import RweditError
+
+DESCRIPTION = """\
+rwedit: weight-space interventions on Hugging Face causal language models.
+
+Measure where post-training changed a model's weights (read vs write pathway), apply closed-form
+rank-1 edits with matched controls as PEFT adapters, and score their behavioural effect.
+Every command reads local folders or Hub ids (org/name[@revision]); weights are streamed tensor by
+tensor from safetensors, so a pair of large checkpoints never sits in memory at once.
+"""
+
+EPILOG = """\
+examples:
+  rwedit quickstart                               offline, end to end on the bundled model organism:
+                                                  probes, edits vs controls, lm-eval scores, report
+  rwedit organism                                 build/reuse the organism (pretrained, aligned, SFT)
+  rwedit archs                                    supported architectures and their role modules
+  rwedit deltas --base BASE --post POST --out deltas.csv
+                                                  per-layer, per-role ||dW||_F of a checkpoint pair
+  rwedit probe --base BASE --post POST --calib text.txt.gz --out probe/
+                                                  RSF grid (read/write side vs activation/prediction
+                                                  subspaces, random null), plots, summary.md
+  rwedit svd --base BASE --post POST --out svd/   singular-value scaling and rotation consistency
+  rwedit edit --spec recipes/edit-example.yaml --out edits/
+                                                  rank-1 edit + matched controls as PEFT adapters
+  rwedit apply edits/adapters/NAME --prompt "..."  base vs edited generation
+  rwedit export edits/adapters/NAME --push-to-hub you/name
+  rwedit eval --model BASE --adapters edits/adapters --tasks rwedit_hh_preference --limit 100
+                                                  lm-eval + direct metrics, base and each adapter
+  rwedit run recipes/control-experiment.yaml --out runs/ctl
+                                                  the causal control experiment: probe, edits,
+                                                  scores, report (--resume after an interruption)
+  rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
+
+Run `rwedit COMMAND --help` for the options of a command.
+"""
+
+#: the subcommand modules (``rwedit.cli.NAME``), in the order ``rwedit --help`` lists them
+COMMAND_MODULES = (
+    "archs",
+    "deltas",
+    "probe",
+    "svd",
+    "edit",
+    "export",
+    "apply",
+    "run",
+    "report",
+    "eval",
+    "organism",
+    "quickstart",
+)
+
+
+def load_commands() -> list[Command]:
+    """Import every module of :data:`COMMAND_MODULES` (each registers its command) and return them."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+    return registered_commands()
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``rwedit`` parser. Every subcommand is listed; the options of those named in ``commands``
+    (default: all) are added, which is all parsing a command line naming one of them needs."""
+    parser = argparse.ArgumentParser(
+        prog="rwedit", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"rwedit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None if commands is None else set(commands)
+    for cmd in load_commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, formatter_class=HelpFormatter)
+        if wanted is None or cmd.name in wanted:
+            cmd.add_arguments(p)
+    return parser
+
+
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The subcommand an argument list names: its first word that is not an option (the top-level
+    options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``rwedit`` command line; returns the exit status (2 for an error, 130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = _command_named(argv)
+    parser = build_parser([name] if name else [])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return get_command(args.command).run(args)
+    except (RweditError, ValueError, OSError, RuntimeError, KeyboardInterrupt) as e:
+        if args.debug:
+            raise
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"rwedit {args.command}: error: {msg}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 2
+
+
+__all__ = ["DESCRIPTION", "EPILOG", "COMMAND_MODULES", "Command", "build_parser", "main", "register"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

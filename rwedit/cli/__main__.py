@@ -1,0 +1,5 @@
+import sys
+
+from rwedit.cli import main
+
+sys.exit(main())

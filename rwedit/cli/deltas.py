@@ -1,0 +1,43 @@
+"""``rwedit deltas``: per-layer, per-role Frobenius norms of W_post - W_base, streamed."""
+
+from __future__ import annotations
+
+import argparse
+
+from rwedit.cli import options
+from rwedit.cli.registry import Command, register
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_pair(p)
+    options.add_roles(p)
+    options.add_out(p, what="also write the table as CSV to this file")
+    options.add_quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rwedit.checkpoints import Checkpoint, CheckpointPair
+    from rwedit.probes.norms import delta_norms, write_csv
+
+    pair = CheckpointPair(
+        Checkpoint.open(args.base, allow_pickle=args.allow_pickle),
+        Checkpoint.open(args.post, allow_pickle=args.allow_pickle),
+    )
+    roles = options.roles_arg(args.roles)
+    rows = delta_norms(pair, roles=list(roles) if roles else None, progress=not args.quiet)
+    if args.out:
+        print(f"wrote {write_csv(rows, args.out)}")
+    print(f"{'layer':>5} {'role':<8} {'shape':>13} {'||W_base||':>11} {'||dW||':>11} {'relative':>9}")
+    for r in rows:
+        layer = "-" if r.layer is None else r.layer
+        print(f"{layer:>5} {r.role:<8} {f'{r.d_out}x{r.d_in}':>13} {r.base_norm:11.4g} {r.delta_norm:11.4g} {r.relative:9.3g}")
+    return 0
+
+
+COMMAND = register(Command(
+    "deltas",
+    help="per-layer, per-role Frobenius norms of W_post - W_base (streamed)",
+    description="Stream two checkpoints tensor by tensor and report ||W_base||, ||dW|| and "
+    "||dW||/||W_base|| for every layer and role (q k v o up gate down unembed).",
+    add_arguments=add_arguments, run=run,
+))

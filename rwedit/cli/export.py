@@ -1,0 +1,40 @@
+"""``rwedit export``: refresh an adapter's model card (optionally with metrics) and push it to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+
+from rwedit.cli.registry import Command, register
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("--metrics", help="JSON file of behaviour/probe metrics to put on the card")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo (org/name)")
+    p.add_argument("--public", action="store_true", help="make the Hub repo public (default: private)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rwedit.editor.export import push_to_hub, refresh_card
+
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    folder = refresh_card(args.adapter, metrics)
+    print(f"model card and rwedit.json refreshed in {folder}")
+    if args.push_to_hub:
+        url = push_to_hub(folder, args.push_to_hub, private=not args.public)
+        print(f"uploaded to {args.push_to_hub} ({'public' if args.public else 'private'}): {url}")
+    return 0
+
+
+COMMAND = register(Command(
+    "export",
+    help="refresh an adapter's model card (optionally with metrics) and push it to the Hub",
+    description="ADAPTER is a folder written by `rwedit edit` (OUT/adapters/NAME). The model card and "
+    "rwedit.json are rewritten, with --metrics (a JSON object of metric -> value or {value, stderr}) "
+    "attached; --push-to-hub uploads the folder (private unless --public) using your Hugging Face login "
+    "or HF_TOKEN; the token is never written anywhere. Offline, the upload fails and the folder is left intact.",
+    add_arguments=add_arguments, run=run,
+))

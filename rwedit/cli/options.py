@@ -1,0 +1,160 @@
+"""Options shared by several ``rwedit`` subcommands, each declared once here with one help text.
+
+A command module adds what it needs (``add_pair(p)``, ``add_quiet(p)`` ...) and declares only the
+options that are its own. Where a flag sets a field of a configuration class, its help comes from that
+field (:func:`config_help`), so the command line and the recipe documentation say the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+HUB_OR_FOLDER = "local folder or Hub id org/name[@revision]"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description or epilog on its own; a paragraph with indented lines (a
+    list, examples) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(out)
+
+
+def config_help(config: Any, field: str, fallback: str) -> str:
+    """The help text of ``field`` of a configuration class (``rwedit.config.Config``: ``Cls.help(field)``),
+    given as the class or as ``"module:Class"`` (imported only when the command's options are built);
+    ``fallback`` when the class has no help for it. ``%`` is escaped for argparse."""
+    if isinstance(config, str):
+        module, _, name = config.partition(":")
+        config = getattr(importlib.import_module(module), name)
+    try:
+        text = config.help(field)
+    except (AttributeError, KeyError, TypeError):  # not (yet) a Config, or no such field
+        text = ""
+    text = text.strip() if isinstance(text, str) else ""
+    return (text or fallback).replace("%", "%%")
+
+
+# --- value parsers ---------------------------------------------------------------------------------
+
+def ints(text: str) -> tuple[int, ...]:
+    """``"1,4,16"`` -> ``(1, 4, 16)`` (an argparse ``type``)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def roles_arg(text: str | None) -> tuple[str, ...] | None:
+    """``"q,k, down"`` -> ``("q", "k", "down")``; None or empty -> None (every role)."""
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def _default_note(when_omitted: str | None) -> str:
+    return f" (default: {when_omitted})" if when_omitted else ""
+
+
+def add_model(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
+    """``--model``: the base checkpoint (``when_omitted`` says what is used without it)."""
+    p.add_argument("--model", required=required,
+                   help=f"base checkpoint: {HUB_OR_FOLDER}{_default_note(when_omitted)}")
+
+
+def add_post(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
+    """``--post``: the post-trained checkpoint compared with the base."""
+    p.add_argument("--post", required=required,
+                   help=f"post-trained checkpoint of the same architecture{_default_note(when_omitted)}")
+
+
+def add_allow_pickle(p: argparse.ArgumentParser) -> None:
+    """``--allow-pickle``: accept ``*.bin`` pickle weights."""
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept *.bin pickle weights (they can execute code when loaded; off by default)")
+
+
+def add_pair(p: argparse.ArgumentParser) -> None:
+    """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair."""
+    p.add_argument("--base", required=True, help=f"base checkpoint: {HUB_OR_FOLDER}")
+    add_post(p, required=True)
+    add_allow_pickle(p)
+
+
+def add_roles(p: argparse.ArgumentParser) -> None:
+    """``--roles``: a comma-separated subset of roles (parse with :func:`roles_arg`)."""
+    p.add_argument("--roles", help="comma-separated subset of roles among q k v o up gate down unembed "
+                   "(default: every role the command covers)")
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+def add_out(p: argparse.ArgumentParser, *, what: str = "output folder", default: str | None = None,
+            required: bool = False, when_omitted: str | None = None) -> None:
+    """``--out``: where results go; ``what`` names it (folder or file) and ``default``/``when_omitted``
+    say what happens without it."""
+    note = _default_note(when_omitted or (default and str(default)))
+    p.add_argument("--out", default=default, required=required, help=f"{what}{note}")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``: where forward passes run."""
+    p.add_argument("--device", default="cpu",
+                   help="device of the forward passes: cpu, cuda, or auto (accelerate device_map) (default cpu)")
+
+
+def add_batch_size(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``: sequences per forward pass."""
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+
+
+def add_cache_dir(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: the activation-statistics cache."""
+    p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bars or progress lines."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")
+
+
+# --- the model organism ------------------------------------------------------------------------------
+
+def add_recipe_option(p: argparse.ArgumentParser, shipped: str) -> None:
+    """``--recipe``: a recipe YAML, else the one shipped with rwedit (see :func:`recipe_path`)."""
+    p.add_argument("--recipe", help=f"recipe YAML (default: the shipped recipes/{shipped})")
+
+
+def recipe_path(given: str | None, name: str) -> str:
+    """The given recipe, else the one shipped with rwedit (``rwedit/recipes``: works from any directory)."""
+    if given:
+        return given
+    from importlib.resources import files
+
+    return str(files("rwedit.recipes") / name)
+
+
+def add_graded(p: argparse.ArgumentParser) -> None:
+    """``--graded``: also train the graded-objective grid."""
+    p.add_argument("--graded", action="store_true",
+                   help="also train the graded objective for every lambda of the recipe's align.lambdas")
+
+
+def add_reduced(p: argparse.ArgumentParser) -> None:
+    """``--reduced``: the seconds-scale organism."""
+    p.add_argument("--reduced", action="store_true",
+                   help="a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
+
+
+def add_organism_root(p: argparse.ArgumentParser, flag: str = "--organism-root") -> None:
+    """Where organisms are cached (``rwedit organism`` spells the flag ``--root``)."""
+    p.add_argument(flag, help="where organisms are cached (default $RWEDIT_CACHE/organism)")

@@ -1,0 +1,59 @@
+"""``rwedit run``: run an experiment recipe into a folder; the recipe's ``experiment:`` key names its kind."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from rwedit.cli import options
+from rwedit.cli.registry import Command, register
+
+
+def kinds_text() -> str:
+    """The registered experiment kinds, one per line (for ``rwedit run --help``)."""
+    try:
+        import rwedit.apps  # noqa: F401  (the applications register their kinds on import)
+        from rwedit.evals.core import DEFAULT_KIND, experiment_kinds
+    except ImportError as e:
+        return f"experiment kinds: not available ({e})"
+    kinds = list(experiment_kinds())
+    width = max((len(k.name) for k in kinds), default=0)
+    lines = [f"experiment kinds (`experiment: NAME` at the top of a recipe chooses one; default {DEFAULT_KIND}):"]
+    for k in kinds:
+        lines.append(textwrap.fill(k.help or "", width=100, initial_indent=f"  {k.name:<{width}}  ",
+                                   subsequent_indent=" " * (width + 4)) if k.help else f"  {k.name}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = kinds_text()
+    p.add_argument("recipe", help="recipe YAML")
+    options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    options.add_model(p, when_omitted="the recipe's")
+    options.add_post(p, when_omitted="the recipe's")
+    options.add_cache_dir(p)
+    options.add_quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import rwedit.apps  # noqa: F401  (registers the organism and quickstart kinds)
+    from rwedit.evals.core import run_recipe
+
+    result = run_recipe(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
+                        overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir)
+    print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
+    return 0
+
+
+COMMAND = register(Command(
+    "run",
+    help="run a recipe: probe the pair, build the edit and its controls, score every condition, report",
+    description="Runs an experiment recipe (see recipes/control-experiment.yaml) into OUT: probe/ (RSF of the "
+    "observed pair), edit/ (adapters of the edit and its matched controls, with model cards), results.jsonl "
+    "(one row per condition: probe metrics next to behaviour metrics with stderr), report.md and plots. "
+    "The store is append-only; after an interruption (even kill -9) rerun with --resume and nothing already "
+    "stored is recomputed. A folder started by a different recipe is refused. "
+    "`experiment: NAME` at the top of the recipe chooses another registered kind (listed below).",
+    add_arguments=add_arguments, run=run,
+))
