@@ -9,7 +9,7 @@ read-pathway edit with each control at matched norm.
 
 The small helpers both experiment reports share (reading a run, number and interval cells, markdown
 tables, figures) are here: :func:`load_run`, :func:`fmt`, :func:`fmt_ci`, :func:`fmt_se`, :func:`md_table`,
-:func:`row_table`, :func:`pyplot`, :func:`save_figure`."""
+:func:`row_table` (figures: :func:`rwedit.probes.report.save_figure`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from rwedit.evals.store import ResultStore
+from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, over_members
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
@@ -75,24 +76,6 @@ def row_table(rows: list[dict], cols: Sequence[str], labels: dict[str, str] | No
     labels = labels or {}
     return md_table(["condition"] + [labels.get(c, c) for c in cols],
                     [[r["condition"]] + [fmt_se(r.get(c), r.get(c + "_stderr")) for c in cols] for r in rows])
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (120 dpi) and close a figure."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- the control experiment
@@ -208,7 +191,7 @@ def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_ylabel(DIRECT_SHIFTS.get(metric, f"{metric} shift"))
     ax.set_title(f"dose–response: {metric}")
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def _primary(meta: dict, primary: str | None) -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, pyplot, row_table, save_figure
+from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, row_table
+from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, over_members, verdict
 
 #: direct metrics whose shift vs post is stored paired (key of the shift)
@@ -176,7 +177,7 @@ def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel("shift vs post", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("SVD-structure conditions: shift vs the post model (mean, 95% interval)", fontsize=10)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def write_svd_report(folder: str | Path) -> Path:

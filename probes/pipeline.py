@@ -212,7 +212,7 @@ def run_svd_probe(
 
 
 def _plot_svd(df, out: Path) -> list[Path]:
-    from rwedit.probes.report import pyplot
+    from rwedit.probes.report import pyplot, save_figure
 
     plt = pyplot()
     paths = []
@@ -224,9 +224,5 @@ def _plot_svd(df, out: Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{metric} per layer and role")
         ax.legend(fontsize=8, ncol=4)
-        fig.tight_layout()
-        p = out / f"svd_{metric}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, out / f"svd_{metric}.png"))
     return paths

@@ -22,7 +22,12 @@ def pyplot():
     return plt
 
 
-_mpl = pyplot  # old private name, kept until its last importers switch to pyplot
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return Path(path)
 
 
 def write_rows(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -90,11 +95,7 @@ def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int | None = None) -> list
         fig.colorbar(im, ax=ax, label="RSF")
         for (i, j), v in pd.DataFrame(table.values).stack().items():
             ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7, color="w")
-        fig.tight_layout()
-        p = out / f"rsf_heatmap_{side}_{sub}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, out / f"rsf_heatmap_{side}_{sub}.png"))
     return paths
 
 
@@ -121,11 +122,7 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
         ax.set_ylabel("RSF (mean over layers)")
         ax.set_title(f"{side} side")
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    p = out / "rsf_vs_k.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, out / "rsf_vs_k.png")
 
 
 def write_json(obj: dict, path: Path) -> Path:

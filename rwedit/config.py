@@ -175,6 +175,16 @@ def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+#: scalar types of config fields: (accepts the YAML value, what the error says was expected, conversion);
+#: a bool is not an int here, an int is a float
+_SCALARS: dict[type, tuple[Any, str, Any]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}
+
+
 def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any:
     """``value`` checked against (and converted to) type hint ``tp``; ``where`` names it in errors."""
     origin = typing.get_origin(tp)
@@ -210,22 +220,11 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
-        return value
+    if tp in _SCALARS:
+        accepts, what, convert = _SCALARS[tp]
+        if not accepts(value):
+            raise ConfigError(f"{where}: expected {what}, got {_show(value)}")
+        return convert(value)
     if value is None:
         raise ConfigError(f"{where}: must be {_type_name(tp)}, not null")
     return value

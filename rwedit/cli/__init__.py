@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from typing import Iterable, Sequence
 
@@ -72,9 +73,16 @@ COMMAND_MODULES = (
 
 
 def load_commands() -> list[Command]:
-    """Import every module of :data:`COMMAND_MODULES` (each registers its command) and return them."""
+    """Register every module of :data:`COMMAND_MODULES` and return the registered commands. A module is a
+    subcommand: the first line of its docstring is the one-line help, the rest its ``--help`` description,
+    and it defines ``add_arguments(parser)`` and ``run(args) -> int``."""
     for name in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}")
+        mod = importlib.import_module(f"{__name__}.{name}")
+        if name not in {c.name for c in registered_commands()}:
+            first, _, rest = inspect.cleandoc(mod.__doc__ or name).partition("\n")
+            description = " ".join(rest.split()) or None  # the help formatter wraps it again
+            register(Command(name, help=first.rstrip("."), description=description,
+                             add_arguments=mod.add_arguments, run=mod.run))
     return registered_commands()
 
 

@@ -1,11 +1,10 @@
-"""``rwedit apply``: greedy generation from the base model and from base + adapter, side by side."""
+"""Greedy generation from the base model and from base + adapter, side by side."""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +20,3 @@ def run(args: argparse.Namespace) -> int:
     res = compare_generation(args.adapter, args.model, args.prompt, args.max_new_tokens)
     print(f"prompt: {res['prompt']}\n\n[base]   {res['base']}\n\n[edited] {res['edited']}")
     return 0
-
-
-COMMAND = register(Command("apply", help="greedy generation from the base model and from base + adapter, side by side",
-                           add_arguments=add_arguments, run=run))

@@ -1,10 +1,8 @@
-"""``rwedit archs``: the supported architectures and the modules of each role."""
+"""List supported architectures and the modules of each role."""
 
 from __future__ import annotations
 
 import argparse
-
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +23,3 @@ def run(args: argparse.Namespace) -> int:
         if spec.notes:
             print(f"  note: {spec.notes}")
     return 0
-
-
-COMMAND = register(Command("archs", help="list supported architectures and the modules of each role",
-                           add_arguments=add_arguments, run=run))

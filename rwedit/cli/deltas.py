@@ -1,11 +1,14 @@
-"""``rwedit deltas``: per-layer, per-role Frobenius norms of W_post - W_base, streamed."""
+"""Per-layer, per-role Frobenius norms of W_post - W_base (streamed).
+
+Stream two checkpoints tensor by tensor and report ||W_base||, ||dW|| and ||dW||/||W_base|| for every layer
+and role (q k v o up gate down unembed).
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,12 +35,3 @@ def run(args: argparse.Namespace) -> int:
         layer = "-" if r.layer is None else r.layer
         print(f"{layer:>5} {r.role:<8} {f'{r.d_out}x{r.d_in}':>13} {r.base_norm:11.4g} {r.delta_norm:11.4g} {r.relative:9.3g}")
     return 0
-
-
-COMMAND = register(Command(
-    "deltas",
-    help="per-layer, per-role Frobenius norms of W_post - W_base (streamed)",
-    description="Stream two checkpoints tensor by tensor and report ||W_base||, ||dW|| and "
-    "||dW||/||W_base|| for every layer and role (q k v o up gate down unembed).",
-    add_arguments=add_arguments, run=run,
-))

@@ -1,11 +1,17 @@
-"""``rwedit edit``: a rank-1 edit and its matched controls as PEFT adapters, from a YAML spec."""
+"""Build a rank-1 edit and its matched controls as PEFT adapters from a YAML spec.
+
+Reads an edit spec (see recipes/edit-example.yaml), computes the read direction v (principal/lowvar
+eigenvector of the module's input second moment, random, or given) and the write direction b (closed form:
+observed delta or accumulated gradient), builds the matched controls (random v x N seeds, low-variance v,
+write-pathway edit) at the same ||dW||_F = |alpha|, and saves each as a PEFT adapter folder under
+OUT/adapters/NAME with rwedit.json and a model card.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,15 +44,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{c['name']:<28} {c['kind']:<10} {c['alpha']:>6g} {','.join(str(x['layer']) for x in c['edits']):<10} "
               f"{e['role']:<5} {'' if rsf is None else format(rsf, '11.3g'):>11}")
     return 0
-
-
-COMMAND = register(Command(
-    "edit",
-    help="build a rank-1 edit and its matched controls as PEFT adapters from a YAML spec",
-    description="Reads an edit spec (see recipes/edit-example.yaml), computes the read direction v "
-    "(principal/lowvar eigenvector of the module's input second moment, random, or given) and the write "
-    "direction b (closed form: observed delta or accumulated gradient), builds the matched controls "
-    "(random v x N seeds, low-variance v, write-pathway edit) at the same ||dW||_F = |alpha|, and saves "
-    "each as a PEFT adapter folder under OUT/adapters/NAME with rwedit.json and a model card.",
-    add_arguments=add_arguments, run=run,
-))

@@ -1,4 +1,10 @@
-"""``rwedit eval``: score a base model and its adapters with lm-eval and the direct metrics."""
+"""Score a base model and its adapters with lm-eval and the direct metrics.
+
+Loads the model once and scores the base and every adapter in --adapters (a folder of adapter folders, e.g.
+OUT/adapters of `rwedit edit`) by switching adapters in place. Bundled offline tasks: rwedit_hh_preference,
+rwedit_blimp, rwedit_wikitext; any registered lm-eval task works when its data can be downloaded. Writes one
+JSON line per condition to --out (default: stdout).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import argparse
 import sys
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,14 +58,3 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             sink.close()
     return 0
-
-
-COMMAND = register(Command(
-    "eval",
-    help="score a base model and its adapters with lm-eval and the direct metrics",
-    description="Loads the model once and scores the base and every adapter in --adapters (a folder of "
-    "adapter folders, e.g. OUT/adapters of `rwedit edit`) by switching adapters in place. Bundled offline "
-    "tasks: rwedit_hh_preference, rwedit_blimp, rwedit_wikitext; any registered lm-eval task works when its "
-    "data can be downloaded. Writes one JSON line per condition to --out (default: stdout).",
-    add_arguments=add_arguments, run=run,
-))

@@ -1,10 +1,14 @@
-"""``rwedit export``: refresh an adapter's model card (optionally with metrics) and push it to the Hub."""
+"""Refresh an adapter's model card (optionally with metrics) and push it to the Hub.
+
+ADAPTER is a folder written by `rwedit edit` (OUT/adapters/NAME). The model card and rwedit.json are
+rewritten, with --metrics (a JSON object of metric -> value or {value, stderr}) attached; --push-to-hub
+uploads the folder (private unless --public) using your Hugging Face login or HF_TOKEN; the token is never
+written anywhere. Offline, the upload fails and the folder is left intact.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,14 +31,3 @@ def run(args: argparse.Namespace) -> int:
         url = push_to_hub(folder, args.push_to_hub, private=not args.public)
         print(f"uploaded to {args.push_to_hub} ({'public' if args.public else 'private'}): {url}")
     return 0
-
-
-COMMAND = register(Command(
-    "export",
-    help="refresh an adapter's model card (optionally with metrics) and push it to the Hub",
-    description="ADAPTER is a folder written by `rwedit edit` (OUT/adapters/NAME). The model card and "
-    "rwedit.json are rewritten, with --metrics (a JSON object of metric -> value or {value, stderr}) "
-    "attached; --push-to-hub uploads the folder (private unless --public) using your Hugging Face login "
-    "or HF_TOKEN; the token is never written anywhere. Offline, the upload fails and the folder is left intact.",
-    add_arguments=add_arguments, run=run,
-))

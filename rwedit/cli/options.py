@@ -158,3 +158,12 @@ def add_reduced(p: argparse.ArgumentParser) -> None:
 def add_organism_root(p: argparse.ArgumentParser, flag: str = "--organism-root") -> None:
     """Where organisms are cached (``rwedit organism`` spells the flag ``--root``)."""
     p.add_argument(flag, help="where organisms are cached (default $RWEDIT_CACHE/organism)")
+
+
+def show_probe(res, files: str, title: str) -> int:
+    """Print what a probe command wrote and its returned table (a ``ProbeRun``); the exit status."""
+    from rwedit.probes.report import markdown_table
+
+    print(f"wrote {res.folder}/{files}")
+    print(f"\n{title}:\n\n{markdown_table(res.table)}")
+    return 0

@@ -1,11 +1,19 @@
-"""``rwedit organism``: build (or reuse) the offline model organism."""
+"""Build (or reuse) the offline model organism: CE-pretrained Llama, DPO-aligned, SFT control.
+
+Trains a byte-level BPE tokenizer and a small Llama on the bundled WikiText-2 text (+ the training pairs'
+prompts) with transformers.Trainer, then aligns it with TRL's DPO on hh-rlhf training pairs (lines 0-1899)
+and trains the SFT control (CE on the chosen responses, same data and steps). --graded adds the graded
+objective lambda*L_pref + (1-lambda)*L_CE for every lambda of the recipe. Deterministic from the recipe's
+seed; every stage is cached by a hash of its settings under $RWEDIT_CACHE/organism (default
+~/.cache/rwedit/organism) and reused. Prints held-out loss and preference metrics before/after; fails if the
+aligned model is not measurably aligned.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,17 +36,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"\npretrained: {org.pretrained}\naligned:    {org.aligned}\nSFT:        {org.sft}")
     check_aligned(report)
     return 0
-
-
-COMMAND = register(Command(
-    "organism",
-    help="build (or reuse) the offline model organism: CE-pretrained Llama, DPO-aligned, SFT control",
-    description="Trains a byte-level BPE tokenizer and a small Llama on the bundled WikiText-2 text (+ the "
-    "training pairs' prompts) with transformers.Trainer, then aligns it with TRL's DPO on hh-rlhf training "
-    "pairs (lines 0-1899) and trains the SFT control (CE on the chosen responses, same data and steps). "
-    "--graded adds the graded objective lambda*L_pref + (1-lambda)*L_CE for every lambda of the recipe. "
-    "Deterministic from the recipe's seed; every stage is cached by a hash of its settings under "
-    "$RWEDIT_CACHE/organism (default ~/.cache/rwedit/organism) and reused. Prints held-out loss and "
-    "preference metrics before/after; fails if the aligned model is not measurably aligned.",
-    add_arguments=add_arguments, run=run,
-))

@@ -1,4 +1,11 @@
-"""``rwedit probe``: the relative-subspace-fraction (RSF) grid of W_post - W_base."""
+"""Relative-subspace-fraction (RSF) grid of W_post - W_base, with plots and a summary.
+
+RSF of every layer x role delta on the read side (vs the principal subspace of the module's input
+activations, from --calib) and the write side (vs the prediction subspace of the unembedding), against
+random subspaces as the null. Writes rsf.csv (tidy, one row per layer x role x side x subspace x k),
+headline.csv, spectrum.csv, heatmaps, RSF-vs-k curves, summary.md and meta.json (every setting and the
+statistics' provenance).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,6 @@ import argparse
 
 from rwedit.cli import options
 from rwedit.cli.options import config_help
-from rwedit.cli.registry import Command, register
 
 CALIBRATION = "rwedit.probes.pipeline:CalibrationSettings"
 GRID = "rwedit.probes.grid:GridSettings"
@@ -45,7 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.grid import GridSettings
     from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe
-    from rwedit.probes.report import markdown_table
 
     calib = None
     if args.calib:
@@ -54,20 +59,8 @@ def run(args: argparse.Namespace) -> int:
     settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, seed=args.seed, centred=args.centred,
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)
-    res = run_rsf_probe(args.base, args.post, args.out, calib, settings, allow_pickle=args.allow_pickle,
-                        cache_dir=args.cache_dir, progress=not args.quiet)
-    print(f"wrote {res.folder}/rsf.csv, headline.csv, summary.md and plots")
-    print(f"\nRSF headline (mean over layers; 1 = isotropic):\n\n{markdown_table(res.table)}")
-    return 0
-
-
-COMMAND = register(Command(
-    "probe",
-    help="relative-subspace-fraction (RSF) grid of W_post - W_base, with plots and a summary",
-    description="RSF of every layer x role delta on the read side (vs the principal subspace of the "
-    "module's input activations, from --calib) and the write side (vs the prediction subspace of the "
-    "unembedding), against random subspaces as the null. Writes rsf.csv (tidy, one row per layer x "
-    "role x side x subspace x k), headline.csv, spectrum.csv, heatmaps, RSF-vs-k curves, summary.md "
-    "and meta.json (every setting and the statistics' provenance).",
-    add_arguments=add_arguments, run=run,
-))
+    return options.show_probe(run_rsf_probe(args.base, args.post, args.out, calib, settings,
+                                            allow_pickle=args.allow_pickle, cache_dir=args.cache_dir,
+                                            progress=not args.quiet),
+                              "rsf.csv, headline.csv, summary.md and plots",
+                              "RSF headline (mean over layers; 1 = isotropic)")

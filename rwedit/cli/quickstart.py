@@ -1,11 +1,19 @@
-"""``rwedit quickstart``: offline, end to end on the model organism (or any pair), into one report."""
+"""Offline end to end: organism, RSF/SVD probes, trajectories, causal control experiment, report.
+
+Builds (or reuses) the model organism, probes (pretrained -> aligned) and (pretrained -> SFT) with the RSF
+grid and the SVD structure probe, measures the training-side RSF trajectories, runs the causal control
+experiment (principal read-pathway rank-1 edit vs random, low-variance and write-pathway controls at matched
+norm, alpha sweep) scored with the bundled lm-eval tasks and direct metrics, exports the edit adapter with
+its model card, and writes OUT/report.md whose first screen says what was found. The organism is built once
+(minutes on a CPU) and cached; later runs reuse it. --model/--post run the same on any pair. Rerunning into
+the same OUT resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,17 +45,3 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"\nreport: {result.report}")
     return 0
-
-
-COMMAND = register(Command(
-    "quickstart",
-    help="offline end to end: organism, RSF/SVD probes, trajectories, causal control experiment, report",
-    description="Builds (or reuses) the model organism, probes (pretrained -> aligned) and (pretrained -> SFT) "
-    "with the RSF grid and the SVD structure probe, measures the training-side RSF trajectories, runs the causal "
-    "control experiment (principal read-pathway rank-1 edit vs random, low-variance and write-pathway controls "
-    "at matched norm, alpha sweep) scored with the bundled lm-eval tasks and direct metrics, exports the edit "
-    "adapter with its model card, and writes OUT/report.md whose first screen says what was found. "
-    "The organism is built once (minutes on a CPU) and cached; later runs reuse it. "
-    "--model/--post run the same on any pair. Rerunning into the same OUT resumes.",
-    add_arguments=add_arguments, run=run,
-))

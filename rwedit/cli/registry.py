@@ -1,4 +1,5 @@
-"""The registry of ``rwedit`` subcommands: each command module registers one :class:`Command` on import."""
+"""The registry of ``rwedit`` subcommands. Every module named in ``rwedit.cli.COMMAND_MODULES`` becomes one
+:class:`Command`; :func:`register` adds one from anywhere else (a plugin)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""``rwedit report``: rebuild a run's report from its stored results, for the kind recorded in run.json."""
+"""Rebuild report.md, headline.csv, verdicts.csv and plots of a run.
+
+Reads DIR/results.jsonl and DIR/run.json only; nothing is recomputed. The report is the one of the
+experiment kind recorded in DIR/run.json.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,12 +20,3 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"wrote {write_report(args.folder, primary=args.primary)}")
     return 0
-
-
-COMMAND = register(Command(
-    "report",
-    help="rebuild report.md, headline.csv, verdicts.csv and plots of a run",
-    description="Reads DIR/results.jsonl and DIR/run.json only; nothing is recomputed. The report is the one "
-    "of the experiment kind recorded in DIR/run.json.",
-    add_arguments=add_arguments, run=run,
-))

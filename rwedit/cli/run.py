@@ -1,4 +1,12 @@
-"""``rwedit run``: run an experiment recipe into a folder; the recipe's ``experiment:`` key names its kind."""
+"""Run a recipe: probe the pair, build the edit and its controls, score every condition, report.
+
+Runs an experiment recipe (see recipes/control-experiment.yaml) into OUT: probe/ (RSF of the observed pair),
+edit/ (adapters of the edit and its matched controls, with model cards), results.jsonl (one row per
+condition: probe metrics next to behaviour metrics with stderr), report.md and plots. The store is append-
+only; after an interruption (even kill -9) rerun with --resume and nothing already stored is recomputed. A
+folder started by a different recipe is refused. `experiment: NAME` at the top of the recipe chooses another
+registered kind (listed below).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,6 @@ import argparse
 import textwrap
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def kinds_text() -> str:
@@ -44,16 +51,3 @@ def run(args: argparse.Namespace) -> int:
                         overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir)
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0
-
-
-COMMAND = register(Command(
-    "run",
-    help="run a recipe: probe the pair, build the edit and its controls, score every condition, report",
-    description="Runs an experiment recipe (see recipes/control-experiment.yaml) into OUT: probe/ (RSF of the "
-    "observed pair), edit/ (adapters of the edit and its matched controls, with model cards), results.jsonl "
-    "(one row per condition: probe metrics next to behaviour metrics with stderr), report.md and plots. "
-    "The store is append-only; after an interruption (even kill -9) rerun with --resume and nothing already "
-    "stored is recomputed. A folder started by a different recipe is refused. "
-    "`experiment: NAME` at the top of the recipe chooses another registered kind (listed below).",
-    add_arguments=add_arguments, run=run,
-))

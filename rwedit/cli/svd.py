@@ -1,11 +1,14 @@
-"""``rwedit svd``: the SVD structure probe (singular-value scaling and singular-vector rotations)."""
+"""SVD structure probe: singular-value scaling and singular-vector rotations (He & Cao).
+
+Per matrix: least-squares singular-value scale and residual, orthogonality and consistency of the left/right
+rotations, reparameterisation error. Writes svd.csv, plots, summary.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from rwedit.cli import options
-from rwedit.cli.registry import Command, register
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,21 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.pipeline import run_svd_probe
-    from rwedit.probes.report import markdown_table
 
     r = args.r if args.r == "full" else int(args.r)
-    res = run_svd_probe(args.base, args.post, args.out, r=r, method=args.method,
-                        roles=options.roles_arg(args.roles), allow_pickle=args.allow_pickle,
-                        progress=not args.quiet)
-    print(f"wrote {res.folder}/svd.csv, summary.md and plots")
-    print(f"\nPer role (mean and sd over layers):\n\n{markdown_table(res.table)}")
-    return 0
-
-
-COMMAND = register(Command(
-    "svd",
-    help="SVD structure probe: singular-value scaling and singular-vector rotations (He & Cao)",
-    description="Per matrix: least-squares singular-value scale and residual, orthogonality and "
-    "consistency of the left/right rotations, reparameterisation error. Writes svd.csv, plots, summary.md.",
-    add_arguments=add_arguments, run=run,
-))
+    return options.show_probe(run_svd_probe(args.base, args.post, args.out, r=r, method=args.method,
+                                            roles=options.roles_arg(args.roles), allow_pickle=args.allow_pickle,
+                                            progress=not args.quiet),
+                              "svd.csv, summary.md and plots", "Per role (mean and sd over layers)")

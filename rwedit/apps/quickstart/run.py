@@ -156,7 +156,7 @@ def _plot_series(ax, series: dict[str, pd.DataFrame]) -> None:
 
 def plot_trajectories(csvs: dict[str, Path], path: Path) -> Path | None:
     """One panel per training run: read- and write-side claim RSF of W_t − W_0 against the step."""
-    from rwedit.probes.report import pyplot
+    from rwedit.probes.report import pyplot, save_figure
 
     have = {k: v for k, v in csvs.items() if Path(v).exists()}
     if not have:
@@ -169,15 +169,12 @@ def plot_trajectories(csvs: dict[str, Path], path: Path) -> Path | None:
         ax.set_ylabel(f"RSF (k = {CLAIM_K}; 1 = isotropic)")
         ax.set_title(f"{name}: RSF of W_t − W_0")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_graded(csv: Path, path: Path) -> Path:
     """Read- and write-side claim RSF of W_λ − W_pretrained against λ."""
-    from rwedit.probes.report import pyplot
+    from rwedit.probes.report import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -186,10 +183,7 @@ def plot_graded(csv: Path, path: Path) -> Path:
     ax.set_ylabel(f"RSF (k = {CLAIM_K}; 1 = isotropic)")
     ax.set_title("graded objective: RSF of W_λ − W_pretrained")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["QuickstartResult", "plot_graded", "plot_trajectories", "run_quickstart", "training_side"]
