@@ -130,9 +130,27 @@ def experiment_kind(name: str) -> ExperimentKind:
     return _KINDS[name]
 
 
+#: entry-point group of installed packages that register kinds, interventions or architectures on import
+PLUGIN_GROUP = "rwedit.plugins"
+_plugins_loaded = False
+
+
 def _load_builtin() -> None:
+    """Register the built-in kinds and import every installed plugin (entry points in :data:`PLUGIN_GROUP`)."""
+    global _plugins_loaded
     import rwedit.evals.experiment  # noqa: F401  (registers "control")
     import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
+
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must say which one it is
+            raise ConfigError(f"rwedit plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
 
 
 def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> tuple[ExperimentKind, Config]:

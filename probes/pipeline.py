@@ -61,7 +61,7 @@ def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tu
 
 def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) -> list[dict]:
     """Top-k variance share and participation ratio of every collected input's spectrum."""
-    from rwedit.probes.activations import GROUP_ROLE
+    from rwedit.architectures import GROUP_ROLE
 
     rows = []
     seen = set()

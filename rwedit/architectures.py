@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from rwedit.errors import UnsupportedArchitectureError  # noqa: F401  (re-exported)
+
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down", "unembed")
 LAYER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
 #: Roles that read the residual stream (their input side is the residual stream).
@@ -29,10 +31,6 @@ INPUT_GROUP: dict[str, str] = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "
 #: one role that reads each input group (the first in :data:`LAYER_ROLES` order), to address a group
 #: through the role-keyed API
 GROUP_ROLE: dict[str, str] = {g: r for r, g in reversed(list(INPUT_GROUP.items()))}
-
-
-class UnsupportedArchitectureError(ValueError):
-    """Raised for a ``model_type`` that has no registry entry."""
 
 
 @dataclass(frozen=True)
