@@ -90,6 +90,12 @@ def adapter_or_base(name: str | None) -> Intervention:
     return Unchanged() if name in (None, BASE) else Adapter(name)
 
 
+def with_adapter(model, name: str | None) -> contextlib.AbstractContextManager:
+    """The scorers' optional ``adapter`` argument: ``None`` leaves the model as it is, a name (or ``"base"``)
+    applies :func:`adapter_or_base` around the scoring."""
+    return contextlib.nullcontext() if name is None else adapter_or_base(name).applied(model)
+
+
 class WeightSnapshot:
     """Exact CPU copies of the stored tensors behind some (layer, role) matrices of a model.
 
@@ -179,4 +185,4 @@ class CheckpointLoad(Intervention):
 
 
 __all__ = ["BASE", "Adapter", "CheckpointLoad", "Intervention", "Unchanged", "WeightSnapshot", "WeightWrite",
-           "adapter_or_base", "intervention_kinds", "register_intervention"]
+           "adapter_or_base", "intervention_kinds", "register_intervention", "with_adapter"]

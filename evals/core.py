@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 from tqdm.auto import tqdm
 
-from rwedit.config import Config, option, read_yaml
+from rwedit.config import Config, given, option, read_yaml
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
@@ -50,6 +50,10 @@ class ExperimentRecipe(Config):
         d = self.to_dict()
         d.pop("out")
         return d
+
+    def check_sources(self) -> None:
+        """Open the recipe's checkpoints (and check them against each other) before anything is written;
+        kinds with checkpoints override it."""
 
     def folder(self, out: str | Path | None) -> Path:
         return Path(out or self.out or Path("runs") / self.name)
@@ -156,7 +160,7 @@ def _load_builtin() -> None:
 def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> tuple[ExperimentKind, Config]:
     """The kind and the parsed recipe of a YAML path, a mapping or a recipe object (``experiment:`` names the
     kind; without it, ``control``). ``overrides`` (None values ignored) replace top-level keys."""
-    ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    ov = given(overrides)
     if isinstance(source, Config):
         kind = experiment_kind(getattr(source, "experiment", DEFAULT_KIND))
         if ov:
@@ -189,9 +193,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
     interrupted runs); a stopped run returns without a report and ``--resume`` finishes it."""
     out = recipe.folder(out)
-    check = getattr(recipe, "check_sources", None)
-    if check is not None:
-        check()  # a missing model or a mismatched pair fails before anything is written
+    recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
     store = ResultStore(out)
     store.begin(recipe.config(), resume)
     prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)

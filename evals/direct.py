@@ -9,7 +9,6 @@ The base model's reference values are computed once, with the adapters disabled.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import torch
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
 from rwedit.config import Config, option
 from rwedit.data import DataError, batches, pack_tokens, read_pairs, read_texts
-from rwedit.editor.interventions import Unchanged, adapter_or_base
+from rwedit.editor.interventions import Unchanged, with_adapter
 from rwedit.errors import ConfigError
 from rwedit.scoring import encode_pairs, response_logprob
 from rwedit.stats import mean_se
@@ -89,7 +88,7 @@ class DirectScorer:
     def score(self, adapter: str | None = None) -> dict[str, float]:
         """All direct metrics of the model as it is (``adapter``: that adapter made active first; ``"base"``:
         adapters disabled), paired against the reference values taken when the scorer was built."""
-        with contextlib.nullcontext() if adapter is None else adapter_or_base(adapter).applied(self.model):
+        with with_adapter(self.model, adapter):
             margin = self._margins()
             kl, ce = self._text_pass(self.base_logp)
         acc = (margin > 0).double()

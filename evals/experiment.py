@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,13 @@ class Recipe(ExperimentRecipe):
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
 
+    @cached_property
+    def base_checkpoint(self) -> Checkpoint:
+        """The base checkpoint, opened once per recipe object (checked first, then loaded)."""
+        return Checkpoint.open(self.edit.model)
+
     def check_sources(self) -> None:
-        Checkpoint.open(self.edit.model)
+        _ = self.base_checkpoint  # opened here: a missing model fails before anything is written
         if self.edit.post:
             Checkpoint.open(self.edit.post)
 
@@ -131,7 +137,7 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
                       GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds),
                       cache_dir=cache_dir, progress=progress)
 
-    model, tok = load_model_and_tokenizer(Checkpoint.open(spec.model), device=recipe.device)
+    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device)
     edit_dir = out / "edit"
     if (edit_dir / "edits.json").exists():
         conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]

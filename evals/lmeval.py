@@ -6,7 +6,6 @@ used: it is not keyed by adapter, so a second adapter would silently get the fir
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from rwedit.config import Config, option
-from rwedit.editor.interventions import BASE, adapter_or_base
+from rwedit.editor.interventions import with_adapter
 from rwedit.errors import ConfigError
 from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, task_manager
 
@@ -83,8 +82,7 @@ class LMEvalScorer:
         from lm_eval import simple_evaluate
 
         s = self.settings
-        state = contextlib.nullcontext() if adapter is None else adapter_or_base(adapter).applied(self.model)
-        with state:
+        with with_adapter(self.model, adapter):
             return simple_evaluate(model=self.lm, tasks=list(s.tasks), task_manager=self.tm, limit=s.limit,
                                    num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters,
                                    log_samples=log_samples, use_cache=None, cache_requests=False,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,13 @@ class SVDRecipe(ExperimentRecipe):
         out.append(("base", "base", None))
         return out
 
+    @cached_property
     def pair(self) -> CheckpointPair:
+        """The base and post checkpoints, opened and checked against each other once per recipe object."""
         return CheckpointPair(Checkpoint.open(self.model), Checkpoint.open(self.post))
 
     def check_sources(self) -> None:
-        targets(self, self.pair().layout)  # a missing model, a mismatched pair or a bad selection fails here
+        targets(self, self.pair.layout)  # a missing model, a mismatched pair or a bad selection fails here
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -263,7 +266,7 @@ def _prepare(recipe: SVDRecipe, out: Path, *, progress: bool, cache_dir=None) ->
     from rwedit.evals.lmeval import LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
 
-    pair = recipe.pair()
+    pair = recipe.pair
     model, tok = load_model_and_tokenizer(pair.post, device=recipe.device, dtype=recipe.dtype)
     snap = WeightSnapshot(model, targets(recipe, pair.layout))
     base = TensorReader(pair.base)

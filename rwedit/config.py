@@ -123,12 +123,11 @@ class Config:
             raw = raw[section]
             if not isinstance(raw, dict):
                 raise ConfigError(f"{path}: `{section}:` must be a mapping of settings")
-        raw = dict(raw)
-        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        raw = {**raw, **given(overrides)}
         try:
             return cls.from_dict(raw, base_dir=Path(path).parent, where="")
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise type(e)(f"{path}: {e}") from None  # the subclass (SpecError, OrganismError) is kept
 
     # --- documentation and output ------------------------------------------------------------
 
@@ -169,6 +168,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping (key: value lines) at the top level")
     return raw
+
+
+def given(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The overrides that were given: command-line options left out arrive as None and change nothing."""
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 def _join(where: str, key: Any) -> str:
@@ -230,4 +234,4 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
     return value
 
 
-__all__ = ["Config", "option", "read_yaml", "resolve_path"]
+__all__ = ["Config", "given", "option", "read_yaml", "resolve_path"]

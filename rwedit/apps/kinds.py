@@ -15,11 +15,9 @@ from typing import Any
 
 from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, reduced
 from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRecipe
+from rwedit.config import given
+from rwedit.errors import OrganismError
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
-
-
-def _given(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None, *, resume: bool = True,
@@ -29,7 +27,7 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     changes nothing."""
     from rwedit.apps.quickstart.run import run_quickstart
 
-    ov = _given(overrides)
+    ov = given(overrides)
     if ov.get("graded"):
         recipe = replace(recipe, graded=True)
     folder = Path(out or Path("runs") / recipe.name)
@@ -47,15 +45,18 @@ def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, res
     from rwedit.apps.organism.measure import check_aligned, summary_lines
     from rwedit.apps.organism.training import build_organism
 
-    ov = _given(overrides)
+    ov = given(overrides)
     if ov.get("reduced"):
         cfg = reduced(cfg)
     org = build_organism(cfg, out or ov.get("organism_root"), progress=progress,
                          lambdas=None if ov.get("graded") else (0.0, 1.0))
     report = org.report()
-    check_aligned(report)
     lines = summary_lines(report) + ["", f"pretrained: {org.pretrained}", f"aligned:    {org.aligned}",
                                      f"SFT:        {org.sft}"]
+    try:
+        check_aligned(report)
+    except OrganismError as e:  # the measurements are what the user needs to see next to the failure
+        raise OrganismError("\n".join(lines + ["", str(e)])) from None
     return RunResult(org.root, None, lines)
 
 

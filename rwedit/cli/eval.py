@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rwedit.checkpoints import Checkpoint
+    from rwedit.editor.interventions import BASE
     from rwedit.evals.direct import DirectScorer
-    from rwedit.evals.lmeval import BASE, EvalSettings, LMEvalScorer
+    from rwedit.evals.lmeval import EvalSettings, LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
 
     settings = EvalSettings(tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,

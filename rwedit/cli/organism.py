@@ -25,14 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.apps.organism import OrganismConfig, build_organism, check_aligned, reduced, summary_lines
+    from rwedit.apps.kinds import run_organism_kind
+    from rwedit.apps.organism import OrganismConfig
 
     cfg = OrganismConfig.from_yaml(options.recipe_path(args.recipe, "organism.yaml"))
-    if args.reduced:
-        cfg = reduced(cfg)
-    org = build_organism(cfg, args.root, progress=not args.quiet, lambdas=None if args.graded else (0.0, 1.0))
-    report = org.report()
-    print("\n".join(summary_lines(report)))
-    print(f"\npretrained: {org.pretrained}\naligned:    {org.aligned}\nSFT:        {org.sft}")
-    check_aligned(report)
+    result = run_organism_kind(cfg, args.root, progress=not args.quiet,
+                               overrides={"graded": args.graded, "reduced": args.reduced})
+    print("\n".join(result.lines))
     return 0

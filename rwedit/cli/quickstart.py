@@ -30,18 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.apps.quickstart import QuickstartRecipe, run_quickstart
+    from rwedit.apps.kinds import run_quickstart_kind
+    from rwedit.apps.quickstart import QuickstartRecipe
 
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"))
-    if args.graded:
-        from dataclasses import replace
-
-        recipe = replace(recipe, graded=True)
-    result = run_quickstart(recipe, args.out, model=args.model, post=args.post, sft=args.sft,
-                            progress=not args.quiet, cache_dir=args.cache_dir, organism_root=args.organism_root,
-                            use_reduced=args.reduced)
-    print()
-    for line in result.findings:
-        print(line)
-    print(f"\nreport: {result.report}")
+    result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
+                                 overrides={"model": args.model, "post": args.post, "sft": args.sft,
+                                            "graded": args.graded, "reduced": args.reduced,
+                                            "organism_root": args.organism_root})
+    print("\n" + "\n".join(result.lines))
     return 0

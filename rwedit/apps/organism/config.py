@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rwedit.bundled import HH_RLHF, WIKITEXT_TEST, WIKITEXT_VALID
-from rwedit.config import Config, option, read_yaml
-from rwedit.errors import ConfigError, OrganismError
+from rwedit.config import Config, option
+from rwedit.errors import OrganismError
 
 ORGANISM_VERSION = 2  # bump when a change here alters the weights a config produces (2: DPO in float32)
 
@@ -106,20 +106,6 @@ class OrganismConfig(Config):
         if isinstance(data, dict) and not where:
             data = _unwrap(data, "")
         return super().from_dict(data, base_dir=base_dir, where=where)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, *, section: str | None = "organism",
-                  overrides: dict[str, Any] | None = None) -> "OrganismConfig":
-        """An organism recipe: the ``organism:`` section (or the whole file when it has none); a top-level
-        ``experiment: organism`` marks the recipe's kind and is checked, not parsed as a setting.
-        ``overrides`` (None values ignored) replace keys of the section."""
-        path = Path(path)
-        raw = _unwrap(read_yaml(path), f"{path}: ", section or "organism")
-        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        try:
-            return cls.from_dict(raw, base_dir=path.parent, where="")
-        except ConfigError as e:
-            raise type(e)(f"{path}: {e}") from None
 
     def validate(self) -> None:
         m, a = self.model, self.align
