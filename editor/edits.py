@@ -16,7 +16,7 @@ from rwedit.architectures import get_weight, model_layout
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.data import pack_tokens, read_pairs, read_texts
 from rwedit.editor.closed_forms import Probe, delta_b, delta_v, gradient_products, unit
-from rwedit.editor.spec import EditSpec, SpecError
+from rwedit.editor.spec import EditSpec, SpecError, alpha_tag, condition_name  # noqa: F401  (alpha_tag re-exported)
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.subspaces import haar_basis, prediction_spectrum
 
@@ -55,12 +55,6 @@ class Condition:
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "seed": self.seed, "index": self.index,
                 "edits": [{"layer": e.layer, "role": e.role, "norm": e.norm, **e.provenance} for e in self.edits]}
-
-
-def alpha_tag(alpha: float) -> str:
-    """An adapter-name-safe spelling of alpha (PEFT names may not contain dots)."""
-    s = f"{alpha:g}".replace("-", "m").replace(".", "p")
-    return f"a{s}"
 
 
 def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict[int, int]) -> list[dict]:
@@ -195,14 +189,13 @@ def build_conditions(
     for alpha in spec.alpha:
         for i, d in enumerate(directions):
             edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov}) for l, (v, prov) in d["v"].items()]
-            tag = d["kind"] + (str(d["index"]) if d["index"] is not None else "") + \
-                (f"_s{d['seed']}" if d["seed"] is not None else "")
-            conditions.append(Condition(f"{tag}_{alpha_tag(alpha)}", d["kind"], alpha, edits, d["seed"], d["index"]))
+            conditions.append(Condition(condition_name(d["kind"], alpha, d["index"], d["seed"]), d["kind"], alpha,
+                                        edits, d["seed"], d["index"]))
         if write_role:
             edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
                                  {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
                                   **b_prov}) for l in e.layers]
-            conditions.append(Condition(f"write_{write_role}_{alpha_tag(alpha)}", "write", alpha, edits))
+            conditions.append(Condition(condition_name("write", alpha, role=write_role), "write", alpha, edits))
     return conditions
 
 

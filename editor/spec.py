@@ -22,6 +22,22 @@ from rwedit.config import Config, option
 from rwedit.errors import SpecError  # noqa: F401  (re-exported)
 from rwedit.probes.pipeline import CalibrationSettings
 
+def alpha_tag(alpha: float) -> str:
+    """An adapter-name-safe spelling of alpha (PEFT names may not contain dots)."""
+    s = f"{alpha:g}".replace("-", "m").replace(".", "p")
+    return f"a{s}"
+
+
+def condition_name(kind: str, alpha: float, index: int | None = None, seed: int | None = None,
+                   role: str | None = None) -> str:
+    """The adapter/condition name of one edit condition, e.g. ``principal0_a1``, ``random_s3_a1``,
+    ``write_o_a1`` (a write control names its role)."""
+    if kind == "write":
+        return f"write_{role}_{alpha_tag(alpha)}"
+    tag = kind + (str(index) if index is not None else "") + (f"_s{seed}" if seed is not None else "")
+    return f"{tag}_{alpha_tag(alpha)}"
+
+
 _DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)\])?$|^(random|given)$")
 
 
@@ -107,3 +123,22 @@ class EditSpec(Config):
             raise SpecError("controls.write needs a closed-form b rule (delta or gradient), not b: given")
         if self.controls.random < 0 or self.controls.lowvar < 0:
             raise SpecError("controls.random and controls.lowvar must be >= 0")
+        if any(layer < 0 for layer in e.layers) or len(set(e.layers)) != len(e.layers):
+            raise SpecError(f"edit.layers = {list(e.layers)}: give distinct layer indices >= 0")
+        if len(set(self.alpha)) != len(self.alpha):
+            raise SpecError(f"alpha = {list(self.alpha)}: each dose once (a repeated alpha would name two "
+                            f"conditions alike)")
+
+    def condition_names(self) -> list[str]:
+        """The names of every condition this spec builds, in build order, known before any model is loaded
+        (a recipe's references to them are checked against this list)."""
+        kind, index = self.edit.direction()
+        main = (kind, index if kind in ("principal", "lowvar") else None, self.seed if kind == "random" else None)
+        dirs = [main] + [("random", None, self.seed + 1 + j) for j in range(self.controls.random)] + \
+               [("lowvar", j, None) for j in range(self.controls.lowvar)]
+        names = []
+        for alpha in self.alpha:
+            names += [condition_name(k, alpha, i, s) for k, i, s in dirs]
+            if self.controls.write is not None:
+                names.append(condition_name("write", alpha, role=self.controls.write))
+        return names

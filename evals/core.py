@@ -13,7 +13,6 @@ is → append the row → the kind's report. The kind is stored in ``run.json`` 
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,14 +191,33 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
                    stop_after: int | None = None) -> RunResult:
     """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
     interrupted runs); a stopped run returns without a report and ``--resume`` finishes it."""
+    from rwedit.models import check_device
+
     out = recipe.folder(out)
+    check_device(getattr(recipe, "device", "cpu"))
     recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
     store = ResultStore(out)
+    created = not out.exists()
+    try:
+        with store.locked():  # one writer per store: a second `run --resume` here is refused
+            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume)
+    except BaseException:
+        if created and not store.path.exists():  # failed before its first row: leave nothing behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
+                stop_after: int | None, resume: bool) -> RunResult:
+    out = store.folder
     store.begin(recipe.config(), resume)
     prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
     names = [c.name for c in prep.conditions]
     if len(set(names)) != len(names):
         raise ExperimentError(f"{kind.name}: duplicate condition names {sorted(n for n in set(names) if names.count(n) > 1)}")
+    store.plan(names)
     done = store.done()
     missing = [c for c in prep.conditions if c.name not in done]
     final = [c for c in missing if c.intervention.final]
@@ -214,7 +232,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
             if c.measure is not None:
                 row.update(c.measure())
             for scorer in scorers:
-                row.update(scorer.score())
+                row.update(check_scores(scorer.score(), c.name))
         row["seconds"] = round(time.perf_counter() - t, 2)
         store.append(row)
         if c.after is not None:
@@ -228,16 +246,26 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     return RunResult(out, report, [f"wrote {report} (results: {out / 'results.jsonl'})"])
 
 
+def check_scores(scores: dict[str, Any], condition: str) -> dict[str, Any]:
+    """A scorer's metrics, refused when a metric (not a stderr, which is undefined for one item) is NaN or
+    Inf: a model whose weights or adapter broke gives such numbers, and they must not become a verdict."""
+    import math
+
+    from rwedit.errors import NonFiniteError
+
+    bad = [k for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)
+           and not k.endswith(("_stderr", "_se"))]
+    if bad:
+        raise NonFiniteError(
+            f"condition {condition!r}: {', '.join(f'{k} = {scores[k]}' for k in bad[:4])}; a non-finite score "
+            f"means the model (or its adapter) produced NaN/Inf logits. Nothing was stored for it; check the "
+            f"model's weights (`rwedit deltas`) and the edit's alpha")
+    return scores
+
+
 def stored_kind(folder: str | Path) -> ExperimentKind:
     """The kind of the run stored in ``folder`` (its ``run.json``; runs from before the key: control)."""
-    meta = Path(folder) / "run.json"
-    if not meta.exists():
-        raise ExperimentError(f"{folder} holds no rwedit experiment (no run.json); give the folder `rwedit run` "
-                              f"wrote")
-    try:
-        cfg = json.loads(meta.read_text()).get("config", {})
-    except ValueError:
-        raise ExperimentError(f"{meta} is not valid JSON; the run folder is damaged") from None
+    cfg = ResultStore(folder).meta().get("config", {})
     return experiment_kind(str(cfg.get("experiment") or DEFAULT_KIND))
 
 
@@ -247,7 +275,16 @@ def write_report(folder: str | Path, **options: Any) -> Path:
     if kind.report is None:
         raise ExperimentError(f"{folder}: experiment kind {kind.name!r} has no report to rebuild")
     accepted = inspect.signature(kind.report).parameters
-    return kind.report(folder, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    path = kind.report(folder, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    missing = ResultStore(folder).missing()
+    if missing and path is not None and Path(path).suffix == ".md":
+        from rwedit.outputs import write_text
+
+        banner = (f"> **Unfinished run: {len(missing)} condition(s) not scored yet** ({', '.join(missing[:8])}"
+                  f"{', …' if len(missing) > 8 else ''}). Every number below is from the rows stored so far; "
+                  f"`rwedit run RECIPE --out {folder} --resume` finishes it.\n\n")
+        write_text(path, banner + Path(path).read_text())
+    return path
 
 
 __all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",

@@ -41,8 +41,20 @@ class CheckpointMismatchError(CheckpointError):
     """Two checkpoints of a pair differ in architecture, layer count or a tensor shape."""
 
 
-class NonFiniteWeightError(CheckpointError):
+class NonFiniteError(RweditError, ValueError):
+    """A NaN or Inf where a number must be finite (a score, a statistic, a gradient); the message names it."""
+
+
+class NonFiniteWeightError(NonFiniteError, CheckpointError):
     """A weight tensor contains NaN or Inf."""
+
+
+class DeviceError(ConfigError):
+    """A device the installed torch cannot use."""
+
+
+class OutputExistsError(RweditError, FileExistsError):
+    """An output folder exists already; nothing is written unless ``--overwrite`` is given."""
 
 
 class DataError(RweditError, ValueError):
@@ -53,10 +65,19 @@ class ExperimentError(RweditError, RuntimeError):
     """The experiment folder and the request do not fit together; the message says what to do."""
 
 
+class StoreLockedError(ExperimentError):
+    """Another process is writing the same results store; the message names it."""
+
+
 class ExportError(RweditError, RuntimeError):
     """An export or upload failed; local files are left as they were."""
 
 
+class AdapterMismatchError(RweditError, ValueError):
+    """An adapter is applied to a model other than the one it was made for."""
+
+
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
-           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteWeightError",
-           "DataError", "ExperimentError", "ExportError"]
+           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteError",
+           "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "ExperimentError",
+           "StoreLockedError", "ExportError", "AdapterMismatchError"]

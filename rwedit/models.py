@@ -5,16 +5,44 @@ from __future__ import annotations
 import torch
 
 from rwedit.checkpoints import Checkpoint
+from rwedit.errors import CheckpointError, DeviceError
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def check_device(device: str) -> str:
+    """``device`` if the installed torch can run on it (``auto`` always can: accelerate places the model);
+    otherwise a :class:`DeviceError` saying what this torch offers."""
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"device {device!r} is not a device name; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: this torch ({torch.__version__}) has no usable CUDA "
+                              f"(CPU-only build or no GPU visible); use --device cpu, or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!r}: rwedit runs on cpu, cuda or mps (or auto)")
+    return device
 
 
 def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32"):
     """``(model.eval(), tokenizer)``; ``device="auto"`` spreads the model with accelerate's device_map."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_device(device)
+    if dtype not in DTYPES:
+        raise DeviceError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     try:
         tok = AutoTokenizer.from_pretrained(ckpt.path)
     except Exception as e:
-        raise ValueError(f"{ckpt.source}: no usable tokenizer in {ckpt.path} ({type(e).__name__}); "
+        raise CheckpointError(f"{ckpt.source}: no usable tokenizer in {ckpt.path} ({type(e).__name__}); "
                          f"save one with tokenizer.save_pretrained(folder)") from None
     kwargs = {"device_map": "auto"} if device == "auto" else {}
     model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, dtype), **kwargs)

@@ -127,7 +127,7 @@ def test_interrupt_is_exit_130(monkeypatch, capsys):
 
     monkeypatch.setitem(registry._COMMANDS, "archs", replace(get_command("archs"), run=stop))
     assert main(["archs"]) == 130
-    assert "rwedit archs: error: interrupted" in capsys.readouterr().err
+    assert "rwedit archs: interrupted" in capsys.readouterr().err
 
 
 def test_svd_prints_the_returned_table(tmp_path, capsys):

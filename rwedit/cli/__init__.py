@@ -110,8 +110,12 @@ def _command_named(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``rwedit`` command line; returns the exit status (2 for an error, 130 when interrupted)."""
+    """Run one ``rwedit`` command line; returns the exit status: 0 done, 2 refused (bad input, with a
+    message saying what to do), 1 an unexpected failure (a bug; ``--debug`` shows its traceback), 130
+    interrupted. ``--debug`` may stand anywhere on the line."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     name = _command_named(argv)
     parser = build_parser([name] if name else [])
     args = parser.parse_args(argv)
@@ -120,15 +124,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return get_command(args.command).run(args)
-    except (RweditError, ValueError, OSError, RuntimeError, KeyboardInterrupt) as e:
-        if args.debug:
+    except KeyboardInterrupt:
+        if debug:
             raise
-        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"rwedit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 — the one place every failure is turned into a message
+        if debug:
+            raise
+        status, msg = describe_error(e)
         print(f"rwedit {args.command}: error: {msg}", file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 2
+        return status
 
 
-__all__ = ["DESCRIPTION", "EPILOG", "COMMAND_MODULES", "Command", "build_parser", "main", "register"]
+def describe_error(e: BaseException) -> tuple[int, str]:
+    """Exit status and one- or two-line message for an exception that reached the CLI."""
+    if isinstance(e, RweditError):
+        return 2, str(e)
+    if isinstance(e, OSError) and (e.filename or e.strerror):  # a path the user gave: missing, denied, disk full
+        where = f"{e.filename}: " if e.filename else ""
+        return 2, f"{where}{e.strerror or e}"
+    if isinstance(e, MemoryError):
+        return 2, "out of memory: ask for less at once (smaller batches, fewer layers or roles) or use a bigger machine"
+    first = str(e).splitlines()[0] if str(e) else ""
+    return 1, (f"unexpected {type(e).__name__}: {first}\nThis is a bug in rwedit, not in your input: rerun with "
+               f"--debug for the traceback and report it.")
+
+
+__all__ = ["DESCRIPTION", "EPILOG", "COMMAND_MODULES", "Command", "build_parser", "describe_error", "main", "register"]
 
 
 if __name__ == "__main__":

@@ -106,9 +106,20 @@ def add_out(p: argparse.ArgumentParser, *, what: str = "output folder", default:
     p.add_argument("--out", default=default, required=required, help=f"{what}{note}")
 
 
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: refused at parse time when this torch cannot use it."""
+    from rwedit.errors import DeviceError
+    from rwedit.models import check_device
+
+    try:
+        return check_device(text)
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     """``--device``: where forward passes run."""
-    p.add_argument("--device", default="cpu",
+    p.add_argument("--device", default="cpu", type=device_arg,
                    help="device of the forward passes: cpu, cuda, or auto (accelerate device_map) (default cpu)")
 
 
