@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
 from rwedit.checkpoints import CheckpointPair, TensorReader
+from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import RSFResult, _energies, random_null_samples, rsf_nested
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
@@ -106,7 +107,25 @@ def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
 
 
 def _ks_for(ks: Sequence[int], d: int) -> list[int]:
-    return sorted({min(k, d) for k in ks})
+    """The subspace dimensions that mean something for a side of dimension d: k < d (a k ≥ d subspace is
+    the whole space, RSF = 1 by construction and its null has no spread)."""
+    return sorted({k for k in ks if k < d})
+
+
+def check_ks(settings: GridSettings, layout: Layout, roles: Sequence[str]) -> dict[int, int]:
+    """Before any work: ``{k: matrix sides it is skipped for}`` for each k that is not below some side's
+    dimension; a k not below *any* probed side's dimension is a :class:`ConfigError`."""
+    dims = []
+    for view in layout.views(roles, settings.layers):
+        for side in settings.sides:
+            dims.append(min(view.d_in, view.d_out) if side == "both" else view.d_in if side == "read" else view.d_out)
+    skipped = {k: sum(k >= d for d in dims) for k in settings.ks}
+    useless = [k for k, n in skipped.items() if dims and n == len(dims)]
+    if useless:
+        raise ConfigError(f"k = {', '.join(map(str, useless))}: not below the dimension of any probed matrix side "
+                          f"(largest d = {max(dims)}); a k ≥ d subspace is the whole space (RSF = 1 by "
+                          f"construction). Give subspace dimensions below {max(dims)}")
+    return {k: n for k, n in skipped.items() if n}
 
 
 def rows_for_delta(
@@ -125,6 +144,8 @@ def rows_for_delta(
             continue
         d = d_in if side == "read" else d_out
         ks = _ks_for(settings.ks, d)
+        if not ks:
+            continue
         kmax = ks[-1]
         seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
         bases: dict[str, torch.Tensor] = {}
@@ -173,6 +194,8 @@ def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings
         return []
     d_out, d_in = delta.shape
     ks = _ks_for(settings.ks, min(d_out, d_in))
+    if not ks:
+        return []
     spec = ctx.activation_spectrum(layer, role, settings.centred, ks[-1])
     if spec is None or spec.d != d_in:
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -11,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.checkpoints import CheckpointPair
+from rwedit.outputs import make_folder, write_text
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class DeltaNorm:
     base_norm: float
     post_norm: float
     delta_norm: float
+    #: ‖ΔW‖ a bare dtype conversion of the base would show (pairs stored in two dtypes; else 0)
+    rounding_floor: float = 0.0
 
     @property
     def relative(self) -> float:
@@ -43,19 +47,19 @@ def delta_norms(
         out.append(DeltaNorm(
             rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
             float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
-            float(torch.linalg.vector_norm(rp.post - rp.base)),
+            float(torch.linalg.vector_norm(rp.post - rp.base)), pair.rounding_floor(rp.base),
         ))
     return out
 
 
 def write_csv(rows: list[DeltaNorm], path: str | Path) -> Path:
     """One row per (layer, role) with a ``relative`` column (‖ΔW‖/‖W_base‖)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_folder(Path(path).parent) / Path(path).name
     fields = list(DeltaNorm.__dataclass_fields__) + ["relative"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**asdict(r), "layer": "" if r.layer is None else r.layer, "relative": r.relative})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**asdict(r), "layer": "" if r.layer is None else r.layer, "relative": r.relative})
+    write_text(path, buf.getvalue())
     return path

@@ -16,15 +16,16 @@ from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
 from rwedit.models import load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
-from rwedit.probes.grid import COLUMNS, GridSettings, rsf_grid_pair
+from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_pair
 from rwedit.probes.report import (
     markdown_table,
     plot_rsf_heatmaps,
     plot_rsf_vs_k,
     rsf_headline,
-    write_json,
     write_rows,
 )
+from rwedit.errors import ConfigError
+from rwedit.outputs import atomic_folder, check_output_folder, write_json
 from rwedit.probes.svd import clip_rank, svd_structure
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
@@ -91,17 +92,28 @@ def run_rsf_probe(
     out: str | Path,
     calib: CalibrationSettings | None = None,
     settings: GridSettings = GridSettings(),
-    allow_pickle: bool = False,
+    allow_pickle: bool | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    allow_dtype_mismatch: bool = False,
 ) -> ProbeRun:
-    """RSF grid of (post − base): ``rsf.csv``, ``headline.csv``, plots and ``summary.md`` in ``out``."""
+    """RSF grid of (post − base): ``rsf.csv``, ``headline.csv``, plots and ``summary.md`` in ``out``
+    (written whole into a temporary folder and renamed into place; an existing ``out`` needs ``overwrite``)."""
     t0 = time.perf_counter()
-    out = Path(out)
+    final = check_output_folder(out, overwrite)
     pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
-                          Checkpoint.open(post, allow_pickle=allow_pickle))  # validated before heavy work
-    out.mkdir(parents=True, exist_ok=True)
+                          Checkpoint.open(post, allow_pickle=allow_pickle),
+                          allow_dtype_mismatch=allow_dtype_mismatch)  # validated before heavy work
     roles = settings.roles or pair.layout.roles()
+    skipped_ks = check_ks(settings, pair.layout, roles)
+    with atomic_folder(final, overwrite) as out:
+        head = _rsf_probe_into(out, pair, base, post, calib, settings, roles, skipped_ks, cache_dir, progress, t0)
+    return ProbeRun(final, head)
+
+
+def _rsf_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, calib, settings: GridSettings, roles,
+                    skipped_ks: dict[int, int], cache_dir, progress: bool, t0: float) -> pd.DataFrame:
     stats = None
     if calib is not None and "activation" in settings.subspaces:
         stat_roles = tuple(r for r in roles if r != "unembed")
@@ -122,12 +134,31 @@ def run_rsf_probe(
         "grid": asdict(settings),
         "calibration": asdict(calib) if calib else None,
         "activation_stats": stats.meta if stats else None,
+        "k_skipped": {str(k): n for k, n in skipped_ks.items()},
+        "dtype_mismatch": _rounding_floor(pair, roles, settings, df),
         "seconds": round(time.perf_counter() - t0, 2),
         "files": ["rsf.csv", "headline.csv", "summary.md"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else []),
     }
-    write_json(meta, out / "meta.json")
+    write_json(out / "meta.json", meta)
     (out / "summary.md").write_text(_rsf_summary(head, meta, spiked, plots))
-    return ProbeRun(out, head[head["subspace"] != "random"].reset_index(drop=True))
+    return head[head["subspace"] != "random"].reset_index(drop=True)
+
+
+def _rounding_floor(pair: CheckpointPair, roles, settings: GridSettings, df: pd.DataFrame) -> dict | None:
+    """For a pair stored in two dtypes: the ‖ΔW‖ a bare conversion of the base shows, against the deltas."""
+    if pair.dtype_mismatch is None:
+        return None
+    from rwedit.probes.norms import delta_norms
+
+    norms = delta_norms(pair, roles, settings.layers, progress=False)
+    ratios = sorted(n.delta_norm / n.rounding_floor for n in norms if n.rounding_floor > 0)
+    return {"base": pair.dtype_mismatch[0], "post": pair.dtype_mismatch[1],
+            "median_delta_over_floor": ratios[len(ratios) // 2] if ratios else None,
+            "min_delta_over_floor": ratios[0] if ratios else None}
+
+
+def _g(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
 
 
 def _rsf_summary(head, meta, spiked, plots) -> str:
@@ -150,6 +181,16 @@ def _rsf_summary(head, meta, spiked, plots) -> str:
         )
     else:
         lines.append("No calibration data given (--calib): activation-subspace rows are absent.")
+    if meta.get("k_skipped"):
+        lines.append("Skipped: " + "; ".join(f"k = {k} for {n} matrix side(s) whose dimension is not above it"
+                                              for k, n in meta["k_skipped"].items())
+                     + " (a k ≥ d subspace is the whole space: RSF = 1 by construction).")
+    mm = meta.get("dtype_mismatch")
+    if mm:
+        lines.append(f"**Mixed precision**: base stored as {mm['base']}, post as {mm['post']}; each ‖ΔW‖ contains "
+                     f"rounding noise. ‖ΔW‖ / (‖ΔW‖ of a bare conversion of the base): median "
+                     f"{_g(mm['median_delta_over_floor'])}, min {_g(mm['min_delta_over_floor'])} "
+                     f"(near 1 = the delta is rounding noise).")
     lines.append(f"Prediction subspace: top right singular vectors of W_U{' · diag(γ_final)' if meta['grid']['prediction_gain'] else ''} of the base.")
     lines += ["", "## Headline (mean over layers)", "", markdown_table(head[head["subspace"] != "random"]), ""]
     if spiked:
@@ -169,16 +210,28 @@ def run_svd_probe(
     r: int | str = 64,
     method: str = "auto",
     roles: tuple[str, ...] | None = None,
-    allow_pickle: bool = False,
+    allow_pickle: bool | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    allow_dtype_mismatch: bool = False,
 ) -> ProbeRun:
-    """HC's SVD structure probe per matrix: ``svd.csv``, plots and ``summary.md`` in ``out``."""
+    """HC's SVD structure probe per matrix: ``svd.csv``, plots and ``summary.md`` in ``out`` (written whole
+    into a temporary folder and renamed into place; an existing ``out`` needs ``overwrite``)."""
     t0 = time.perf_counter()
-    out = Path(out)
+    final = check_output_folder(out, overwrite)
+    if r != "full" and (not isinstance(r, int) or r < 1):
+        raise ConfigError(f"r = {r!r}: give a positive number of singular triplets, or 'full'")
     pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
-                          Checkpoint.open(post, allow_pickle=allow_pickle))
-    out.mkdir(parents=True, exist_ok=True)
+                          Checkpoint.open(post, allow_pickle=allow_pickle), allow_dtype_mismatch=allow_dtype_mismatch)
     roles = roles or tuple(x for x in pair.layout.roles() if x != "unembed")
+    pair.layout.views(roles)  # an unknown role fails here, before any work
+    with atomic_folder(final, overwrite) as out:
+        head = _svd_probe_into(out, pair, base, post, r, method, roles, progress, t0)
+    return ProbeRun(final, head)
+
+
+def _svd_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, r, method: str, roles, progress: bool,
+                    t0: float) -> pd.DataFrame:
     rows = []
     n = len(pair.layout.views(roles))
     clipped: dict[str, int] = {}
@@ -196,9 +249,9 @@ def run_svd_probe(
     head = head.reset_index()
     meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post,
             "model_type": pair.base.model_type, "r": r, "r_clipped_to_rank": clipped, "method": method,
-            "roles": list(roles),
+            "roles": list(roles), "dtype_mismatch": list(pair.dtype_mismatch) if pair.dtype_mismatch else None,
             "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(meta, out / "meta.json")
+    write_json(out / "meta.json", meta)
     text = [f"# SVD structure probe: {post} vs {base}", "",
             f"Top-{r} singular triplets ({method}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
             "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
@@ -208,7 +261,7 @@ def run_svd_probe(
             "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
            [f"![{p.stem}]({p.name})" for p in plots]
     (out / "summary.md").write_text("\n".join(text) + "\n")
-    return ProbeRun(out, head)
+    return head
 
 
 def _plot_svd(df, out: Path) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -125,6 +124,4 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     return save_figure(fig, out / "rsf_vs_k.png")
 
 
-def write_json(obj: dict, path: Path) -> Path:
-    path.write_text(json.dumps(obj, indent=2, default=str))
-    return path
+

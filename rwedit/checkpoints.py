@@ -7,9 +7,11 @@ from headers (architecture, layer count, every role's shape) is checked before t
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +28,18 @@ from rwedit.errors import (  # noqa: F401  (re-exported)
 )
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+#: whether pickle weights are accepted where a caller does not say (the CLI's --allow-pickle sets it)
+_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("rwedit_allow_pickle", default=False)
+
+
+@contextmanager
+def pickle_allowed(allow: bool = True) -> Iterator[None]:
+    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise."""
+    token = _ALLOW_PICKLE.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_PICKLE.reset(token)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
@@ -57,8 +71,16 @@ def _tensor_files(path: Path) -> tuple[str, list[Path]]:
     if st:
         index = path / "model.safetensors.index.json"
         if index.exists():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CheckpointError(f"{index} is not a safetensors index (JSON with a `weight_map`); "
+                                      f"re-download the checkpoint or delete the index") from None
             st = [path / n for n in names]
+            absent = [p.name for p in st if not p.exists()]
+            if absent:
+                raise CheckpointError(f"{path}: the index names shard(s) that are not there: {', '.join(absent[:3])}; "
+                                      f"the download is incomplete: download the checkpoint again")
         return "safetensors", st
     pk = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and "optimizer" not in p.name
                 and "training_args" not in p.name and "scheduler" not in p.name and "rng_state" not in p.name)
@@ -67,6 +89,55 @@ def _tensor_files(path: Path) -> tuple[str, list[Path]]:
     raise CheckpointError(
         f"{path} holds no weights: expected *.safetensors (or, with allow_pickle, pytorch_model*.bin)"
     )
+
+
+_DTYPE_NAMES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float64": "F64"}
+
+
+def _read_config(path: Path):
+    """The folder's transformers config; a damaged ``config.json`` or an unknown model type is a
+    :class:`CheckpointError` that names the folder."""
+    from transformers import AutoConfig
+
+    try:
+        json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e}); re-download the checkpoint") from None
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path / 'config.json'}: transformers cannot read it ({first}); is the "
+                              f"model_type supported by the installed transformers?") from None
+
+
+@contextmanager
+def _open_safetensors(f: Path):
+    """``safe_open`` of one file; an empty, truncated or corrupt file is a :class:`CheckpointError` naming it."""
+    try:
+        h = safe_open(f, framework="pt")
+    except Exception as e:  # noqa: BLE001 — SafetensorError and OSError alike
+        size = f.stat().st_size if f.exists() else 0
+        what = "is empty" if size == 0 else f"is not a readable safetensors file ({size} bytes; {e})"
+        raise CheckpointError(f"{f} {what}: the download or copy was cut short or the file is corrupt; "
+                              f"download or copy it again") from None
+    with h:
+        yield h
+
+
+def _load_pickle(f: Path) -> dict:
+    """A pickle weight file with ``weights_only=True`` (no code runs); anything else is refused, named."""
+    import pickle
+
+    try:
+        return torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{f}: torch refused to unpickle it with weights_only=True ({str(e).splitlines()[0]}); "
+                              f"it holds more than tensors. Convert it to safetensors where you trust it "
+                              f"(model.save_pretrained(folder, safe_serialization=True))") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{f} cannot be read as a torch weight file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                              f"it is damaged or truncated: download or copy it again") from None
 
 
 @dataclass
@@ -88,14 +159,15 @@ class Checkpoint:
         cls,
         source: str | os.PathLike,
         revision: str | None = None,
-        allow_pickle: bool = False,
+        allow_pickle: bool | None = None,
         cache_dir: str | None = None,
     ) -> "Checkpoint":
         """Resolve a local folder or Hub id (``org/name`` or ``org/name@revision``) to a checkpoint.
 
         Pickle weights (``*.bin``) can execute code when loaded and are refused unless
-        ``allow_pickle=True``.
+        ``allow_pickle=True`` (None: as :func:`pickle_allowed` says; default no).
         """
+        allow_pickle = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
         src = str(source)
         path = Path(src).expanduser()
         if path.is_dir():
@@ -108,17 +180,18 @@ class Checkpoint:
         else:
             raise CheckpointNotFoundError(f"checkpoint folder {src!r} does not exist")
         if not (path / "config.json").exists():
-            raise CheckpointError(f"{path} has no config.json: is it a Hugging Face model folder?")
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(path)
+            hint = (" It holds adapter_config.json: it is a PEFT adapter, not a model; give the base model "
+                    "(adapters are applied with `rwedit apply`/`rwedit eval --adapters`)"
+                    if (path / "adapter_config.json").exists() else " Is it a Hugging Face model folder?")
+            raise CheckpointError(f"{path} has no config.json.{hint}")
+        config = _read_config(path)
         layout = Layout.from_config(config)
         fmt, files = _tensor_files(path)
         if fmt == "pickle" and not allow_pickle:
             raise CheckpointError(
                 f"{src} has only pickle weights ({files[0].name}): loading them can execute arbitrary code. "
-                f"Convert them to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust "
-                f"the source."
+                f"Convert them to safetensors (model.save_pretrained(folder) writes them), or, if you trust "
+                f"the source, pass --allow-pickle (Python: allow_pickle=True)."
             )
         ckpt = cls(src, path, config, layout, fmt, files)
         ckpt._index()
@@ -127,15 +200,35 @@ class Checkpoint:
     def _index(self) -> None:
         for f in self.files:
             if self.format == "safetensors":
-                with safe_open(f, framework="pt") as h:
+                with _open_safetensors(f) as h:
                     for k in h.keys():
                         sl = h.get_slice(k)
                         self._where[k], self._shapes[k], self._dtypes[k] = f, tuple(sl.get_shape()), sl.get_dtype()
             else:
-                sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+                sd = _load_pickle(f)
                 for k, t in sd.items():
                     self._where[k], self._shapes[k], self._dtypes[k] = f, tuple(t.shape), str(t.dtype)
                 del sd
+
+    def dtype(self, param: str) -> str:
+        """The stored dtype of a model parameter's tensor (``F32``, ``BF16`` ... for safetensors)."""
+        return _DTYPE_NAMES.get(self._dtypes[self.find(param)], self._dtypes[self.find(param)])
+
+    def tokenizer_vocab(self) -> dict[str, int] | None:
+        """The token → id map of the checkpoint's tokenizer files (None when it ships none that can be read
+        without loading the tokenizer): ``tokenizer.json``'s model vocab, else ``vocab.json``."""
+        for name, get in (("tokenizer.json", lambda d: d.get("model", {}).get("vocab")), ("vocab.json", lambda d: d)):
+            f = self.path / name
+            if f.exists():
+                try:
+                    vocab = get(json.loads(f.read_text()))
+                except (ValueError, AttributeError):
+                    raise CheckpointError(f"{f} is not valid JSON; the tokenizer files are damaged") from None
+                if isinstance(vocab, dict):
+                    return vocab
+                if isinstance(vocab, list):  # unigram models: [[piece, score], ...]
+                    return {str(p[0]): i for i, p in enumerate(vocab)}
+        return None
 
     @property
     def model_type(self) -> str:
@@ -191,11 +284,15 @@ class TensorReader:
         if self.ckpt.format == "safetensors":
             # open per tensor: a handle kept open keeps every page it touched mapped, so a pass over a
             # 4 GB pair would end with 4 GB of file-backed RSS; reopening costs one header parse
-            with safe_open(f, framework="pt") as h:
-                t = h.get_tensor(name)
+            with _open_safetensors(f) as h:
+                try:
+                    t = h.get_tensor(name)
+                except Exception as e:  # noqa: BLE001 — a damaged file; say which
+                    raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({e}); the file is damaged or "
+                                          f"truncated: download or copy it again") from None
         else:
             if self._pickle is None or self._pickle[0] != f:
-                self._pickle = (f, torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+                self._pickle = (f, _load_pickle(f))
             t = self._pickle[1][name]
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
@@ -206,8 +303,8 @@ class TensorReader:
             n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise NonFiniteWeightError(
                 f"{self.ckpt.source}: tensor {name!r} contains {n_nan} NaN and {n_inf} Inf values "
-                f"(after conversion to {dtype}); fix or re-export the checkpoint, or pass check_finite=False "
-                f"to skip this check"
+                f"(after conversion to {dtype}). rwedit does not probe, edit or score non-finite weights: "
+                f"fix or re-export the checkpoint (a training run that diverged, or a failed conversion)"
             )
         return t
 
@@ -233,10 +330,14 @@ class RolePair:
 class CheckpointPair:
     """Two checkpoints of one architecture, walked role by role and layer by layer."""
 
-    def __init__(self, base: Checkpoint | str, post: Checkpoint | str, allow_pickle: bool = False):
+    def __init__(self, base: Checkpoint | str, post: Checkpoint | str, allow_pickle: bool | None = None,
+                 allow_dtype_mismatch: bool = False):
         self.base = base if isinstance(base, Checkpoint) else Checkpoint.open(base, allow_pickle=allow_pickle)
         self.post = post if isinstance(post, Checkpoint) else Checkpoint.open(post, allow_pickle=allow_pickle)
         self.layout = self.base.layout
+        self.allow_dtype_mismatch = allow_dtype_mismatch
+        #: (base dtype, post dtype) when the pair's role tensors are stored in different dtypes (allowed)
+        self.dtype_mismatch: tuple[str, str] | None = None
         self.validate()
 
     def validate(self, roles: Iterable[str] | None = None) -> None:
@@ -265,6 +366,43 @@ class CheckpointPair:
                 view.check_stored(sb, where=f"{b.source!r} and {p.source!r}: ")
             except ValueError as e:
                 raise CheckpointMismatchError(str(e)) from None
+            db, dp = b.dtype(view.param), p.dtype(view.param)
+            if db != dp:
+                if not self.allow_dtype_mismatch:
+                    raise CheckpointMismatchError(
+                        f"dtypes differ at layer {view.layer} role {view.role!r} ({view.param}): base {b.source!r} "
+                        f"stores {db}, post {p.source!r} stores {dp}. Their difference would contain the rounding "
+                        f"noise of the conversion (about 2^-8 of each weight for bfloat16) as if it were a "
+                        f"post-training change. Compare checkpoints saved in one dtype, or pass "
+                        f"--allow-dtype-mismatch (Python: allow_dtype_mismatch=True) to probe it anyway: the "
+                        f"rounding-noise floor is then reported next to each delta")
+                self.dtype_mismatch = (db, dp)
+        self._check_tokenizers()
+
+    def _check_tokenizers(self) -> None:
+        """Base and post must map token ids to the same tokens (when both ship readable tokenizer files):
+        otherwise the embedding and unembedding rows of the two mean different tokens."""
+        vb, vp = self.base.tokenizer_vocab(), self.post.tokenizer_vocab()
+        if vb is None or vp is None or vb == vp:
+            return
+        ib, ip = {i: t for t, i in vb.items()}, {i: t for t, i in vp.items()}
+        differ = sorted(i for i in set(ib) & set(ip) if ib[i] != ip[i])
+        if not differ and set(ib) <= set(ip):  # the post only added tokens (e.g. chat markers): same ids
+            return
+        example = f" (e.g. id {differ[0]}: {ib[differ[0]]!r} vs {ip[differ[0]]!r})" if differ else ""
+        raise CheckpointMismatchError(
+            f"tokenizers differ: {self.base.source!r} and {self.post.source!r} map {len(differ)} token id(s) to "
+            f"different tokens{example} (vocabularies of {len(vb)} and {len(vp)}). The embedding and unembedding "
+            f"rows of the two would mean different tokens: compare a model with its own post-trained version")
+
+    def rounding_floor(self, base: torch.Tensor) -> float:
+        """‖W − round(W)‖_F when the pair is stored in two dtypes: the delta a pure dtype conversion of the
+        base would show (0.0 for a pair stored in one dtype)."""
+        if self.dtype_mismatch is None:
+            return 0.0
+        names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+        low = max((names.get(d, torch.float32) for d in self.dtype_mismatch), key=lambda t: torch.finfo(t).eps)
+        return float(torch.linalg.matrix_norm(base.float() - base.to(low).float()))
 
     def __iter__(self) -> Iterator[RolePair]:
         return self.iter_roles()

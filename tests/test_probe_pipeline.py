@@ -45,16 +45,16 @@ def test_probe_cli_writes_results_plots_and_summary(tiny_pair, tmp_path, capsys)
     df = pd.read_csv(out / "rsf.csv")
     for col in ("layer", "role", "side", "subspace", "k", "d", "fraction", "rsf", "null_mean", "null_sd", "delta_norm"):
         assert col in df.columns
-    assert (df.k <= df.d).all() and set(df[df.d == 32]["k"]) == {1, 4, 16, 32}  # 64 clipped to d = 32
+    # k ≥ d is the whole space (RSF = 1 by construction): skipped for the d = 32 sides, and said so
+    assert (df.k < df.d).all() and set(df[df.d == 32]["k"]) == {1, 4, 16}
     assert set(df[df.d == 512]["k"]) == {1, 4, 16, 64}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["k_skipped"]["64"] > 0 and "k = 64 for" in (out / "summary.md").read_text()
     assert set(df["subspace"]) == {"activation", "prediction", "random"}
     # activation rows only on the read side; prediction on residual-stream sides only
     assert set(df[df.subspace == "activation"]["side"]) == {"read"}
     pred = df[df.subspace == "prediction"]
     assert set(pred[pred.side == "write"]["role"]) == {"o", "down"}
-    # k = d captures everything: fraction 1, RSF 1
-    full = df[df.k == df.d]
-    assert ((full["fraction"] - 1).abs() < 1e-6).all()  # float32 projections (GridSettings.precision)
     # independent recomputation of one row: read side of layer 1 q vs its activation subspace, k = 4
     row = df[(df.layer == 1) & (df.role == "q") & (df.side == "read") & (df.subspace == "activation") & (df.k == 4)].iloc[0]
     dW = (get_weight(post, 1, "q") - get_weight(base, 1, "q")).double()

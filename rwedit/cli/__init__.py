@@ -123,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "allow_pickle", False):
+            from rwedit.checkpoints import pickle_allowed
+
+            with pickle_allowed():
+                return get_command(args.command).run(args)
         return get_command(args.command).run(args)
     except KeyboardInterrupt:
         if debug:

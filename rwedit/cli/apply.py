@@ -12,6 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_model(p, when_omitted="the one recorded in the adapter's rwedit.json")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
+    options.add_allow_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,16 +22,20 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.checkpoints import Checkpoint, CheckpointPair
     from rwedit.probes.norms import delta_norms, write_csv
 
-    pair = CheckpointPair(
-        Checkpoint.open(args.base, allow_pickle=args.allow_pickle),
-        Checkpoint.open(args.post, allow_pickle=args.allow_pickle),
-    )
+    pair = CheckpointPair(Checkpoint.open(args.base), Checkpoint.open(args.post),
+                          allow_dtype_mismatch=args.allow_dtype_mismatch)
     roles = options.roles_arg(args.roles)
     rows = delta_norms(pair, roles=list(roles) if roles else None, progress=not args.quiet)
     if args.out:
         print(f"wrote {write_csv(rows, args.out)}")
-    print(f"{'layer':>5} {'role':<8} {'shape':>13} {'||W_base||':>11} {'||dW||':>11} {'relative':>9}")
+    floor = pair.dtype_mismatch is not None
+    if floor:
+        print(f"base and post are stored as {pair.dtype_mismatch[0]} and {pair.dtype_mismatch[1]}: `floor` is the "
+              f"||dW|| a bare conversion of the base would show; a delta near it is rounding noise")
+    print(f"{'layer':>5} {'role':<8} {'shape':>13} {'||W_base||':>11} {'||dW||':>11} {'relative':>9}"
+          + (f" {'floor':>11}" if floor else ""))
     for r in rows:
         layer = "-" if r.layer is None else r.layer
-        print(f"{layer:>5} {r.role:<8} {f'{r.d_out}x{r.d_in}':>13} {r.base_norm:11.4g} {r.delta_norm:11.4g} {r.relative:9.3g}")
+        print(f"{layer:>5} {r.role:<8} {f'{r.d_out}x{r.d_in}':>13} {r.base_norm:11.4g} {r.delta_norm:11.4g} "
+              f"{r.relative:9.3g}" + (f" {r.rounding_floor:11.4g}" if floor else ""))
     return 0

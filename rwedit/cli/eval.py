@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-direct", action="store_true", help="skip the direct metrics")
     options.add_out(p, what="JSONL output file", when_omitted="standard output")
     options.add_device(p)
+    options.add_allow_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:

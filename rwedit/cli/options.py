@@ -83,11 +83,20 @@ def add_allow_pickle(p: argparse.ArgumentParser) -> None:
                    help="accept *.bin pickle weights (they can execute code when loaded; off by default)")
 
 
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace an existing output folder whole (never mixed with the old files)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
+
+
 def add_pair(p: argparse.ArgumentParser) -> None:
     """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair."""
     p.add_argument("--base", required=True, help=f"base checkpoint: {HUB_OR_FOLDER}")
     add_post(p, required=True)
     add_allow_pickle(p)
+    p.add_argument("--allow-dtype-mismatch", action="store_true",
+                   help="compare checkpoints stored in different dtypes (e.g. float32 vs bfloat16); the summary "
+                   "then states the rounding-noise floor such a delta carries")
 
 
 def add_roles(p: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         GRID, "layers", "comma-separated layers (default: all)"))
     options.add_out(p, default="rwedit-probe")
     options.add_cache_dir(p)
+    options.add_overwrite(p)
     options.add_quiet(p)
 
 
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)
     return options.show_probe(run_rsf_probe(args.base, args.post, args.out, calib, settings,
-                                            allow_pickle=args.allow_pickle, cache_dir=args.cache_dir,
-                                            progress=not args.quiet),
+                                            cache_dir=args.cache_dir, progress=not args.quiet,
+                                            overwrite=args.overwrite,
+                                            allow_dtype_mismatch=args.allow_dtype_mismatch),
                               "rsf.csv, headline.csv, summary.md and plots",
                               "RSF headline (mean over layers; 1 = isotropic)")

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_out(p, default="runs/quickstart")
     options.add_model(p, when_omitted="the organism's pretrained model")
     options.add_post(p, when_omitted="the organism's aligned model; with --model")
+    options.add_allow_pickle(p)
     p.add_argument("--sft", help="optional second post-trained checkpoint to probe (e.g. an SFT control)")
     options.add_graded(p)
     options.add_reduced(p)

@@ -11,21 +11,35 @@ import argparse
 from rwedit.cli import options
 
 
+def rank_arg(text: str) -> int | str:
+    """``--r``: a positive integer or ``full``."""
+    if text == "full":
+        return text
+    try:
+        r = int(text)
+    except ValueError:
+        r = 0
+    if r < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return r
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_pair(p)
-    p.add_argument("--r", default="64", help="top-r singular triplets, or 'full' (default 64)")
+    p.add_argument("--r", default=64, type=rank_arg, help="top-r singular triplets, or 'full' (default 64)")
     p.add_argument("--method", choices=("auto", "full", "lowrank"), default="auto",
                    help="full SVD, randomized svd_lowrank, or auto (full when min(d) <= 1024)")
     options.add_roles(p)
     options.add_out(p, default="rwedit-svd")
+    options.add_overwrite(p)
     options.add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.pipeline import run_svd_probe
 
-    r = args.r if args.r == "full" else int(args.r)
-    return options.show_probe(run_svd_probe(args.base, args.post, args.out, r=r, method=args.method,
-                                            roles=options.roles_arg(args.roles), allow_pickle=args.allow_pickle,
-                                            progress=not args.quiet),
+    return options.show_probe(run_svd_probe(args.base, args.post, args.out, r=args.r, method=args.method,
+                                            roles=options.roles_arg(args.roles), progress=not args.quiet,
+                                            overwrite=args.overwrite,
+                                            allow_dtype_mismatch=args.allow_dtype_mismatch),
                               "svd.csv, summary.md and plots", "Per role (mean and sd over layers)")
