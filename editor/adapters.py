@@ -17,6 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from rwedit.architectures import Layout, model_layout
 from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.errors import AdapterMismatchError
 
 RESERVED = ("lora", ".")
 
@@ -106,8 +107,43 @@ def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[C
     return peft_model
 
 
-def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Sequence[str]) -> PeftModel:
-    """Load saved named adapters (``folder/<name>``) onto one model, refusing incomplete ones.
+def adapter_info(path: str | Path) -> dict:
+    """An adapter folder's ``rwedit.json`` ({} for adapters rwedit did not make); a folder that is not an
+    adapter, or a damaged config, is an :class:`AdapterMismatchError` naming it."""
+    import json
+
+    path = Path(path)
+    if not (path / "adapter_config.json").exists():
+        hint = " (it holds config.json: a model, not an adapter)" if (path / "config.json").exists() else ""
+        raise AdapterMismatchError(f"{path} is not an adapter folder (no adapter_config.json){hint}")
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+        return json.loads((path / "rwedit.json").read_text()) if (path / "rwedit.json").exists() else {}
+    except ValueError as e:
+        raise AdapterMismatchError(f"{path}: adapter_config.json or rwedit.json is not valid JSON ({e}); "
+                                   f"re-create the adapter") from None
+
+
+def check_adapter_base(path: str | Path, fingerprint: str, force: bool = False) -> None:
+    """Refuse to apply an adapter to a model other than the base it was made for: its ``rwedit.json``
+    records the base's weight fingerprint, compared with ``fingerprint`` (``model_fingerprint`` of the plain
+    model, taken before any adapter is attached; a model of the same shape but other weights would
+    otherwise be accepted silently). ``force`` applies it anyway."""
+    recorded = adapter_info(path).get("base_fingerprint")
+    if recorded is None or force:
+        return
+    if fingerprint != recorded:
+        made_for = adapter_info(path).get("spec", {}).get("model", "?")
+        raise AdapterMismatchError(
+            f"{path} was made for the base {made_for!r} (weights fingerprint {recorded[:12]}…), but the model it "
+            f"is applied to has other weights of the same shape: its edit directions would mean nothing there. "
+            f"Give the base it was made for with --model, or pass --force to apply it anyway")
+
+
+def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Sequence[str],
+                        force: bool = False) -> PeftModel:
+    """Load saved named adapters (``folder/<name>``) onto one model, refusing incomplete ones and ones made
+    for another base (:func:`check_adapter_base`; ``force`` skips that check).
 
     PEFT does not fail on missing keys and these adapters are saved with ``init_lora_weights=False``,
     so a missing tensor would silently be random: every target module's lora_A and lora_B must be in
@@ -116,27 +152,43 @@ def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Seque
 
     from safetensors import safe_open
 
+    from rwedit.probes.activations import model_fingerprint
+
     folder = Path(folder)
     if not names:
-        raise ValueError("no adapter names to load")
+        raise AdapterMismatchError(f"{folder}: no adapter names to load")
+    if isinstance(model, PeftModel) or any("lora_" in n for n, _ in model.named_parameters()):
+        raise AdapterMismatchError("load_adapter_folder takes the plain base model (adapters already attached)")
+    fingerprint = None if force else model_fingerprint(model)
     peft_model = None
     for n in names:
         path = folder / n
-        if not (path / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{path} is not an adapter folder (no adapter_config.json)")
-        targets = json.loads((path / "adapter_config.json").read_text())["target_modules"]
-        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
-            keys = set(f.keys())
+        adapter_info(path)
+        check_adapter_base(path, fingerprint, force)
+        targets = json.loads((path / "adapter_config.json").read_text()).get("target_modules") or []
+        try:
+            with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
+                keys = set(f.keys())
+        except Exception as e:  # noqa: BLE001 — missing or damaged weights file
+            raise AdapterMismatchError(f"{path / 'adapter_model.safetensors'} cannot be read ({e}); re-create the "
+                                       f"adapter") from None
         for t in targets:
             for part in ("lora_A", "lora_B"):
                 if not any(k.endswith(f"{t}.{part}.weight") for k in keys):
-                    raise RuntimeError(f"adapter {n}: {path} has no {part} weight for {t}; re-create the adapter")
-        if peft_model is None:
-            peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=n)
-        else:
-            res = peft_model.load_adapter(str(path), adapter_name=n)
+                    raise AdapterMismatchError(f"adapter {n}: {path} has no {part} weight for {t}; re-create the "
+                                               f"adapter")
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=n)
+                res = None
+            else:
+                res = peft_model.load_adapter(str(path), adapter_name=n)
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or module names of another model
+            raise AdapterMismatchError(f"adapter {n} ({path}) does not fit this model: "
+                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if res is not None:
             missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k and f".{n}." in k]
             if missing:
-                raise RuntimeError(f"adapter {n}: weights missing after loading: {missing[:4]}")
+                raise AdapterMismatchError(f"adapter {n}: weights missing after loading: {missing[:4]}")
     peft_model.eval()
     return peft_model

@@ -4,6 +4,7 @@ objective restricted to ``v``, computed with hooks without ever materialising ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -11,6 +12,7 @@ import torch
 
 from rwedit.architectures import model_layout
 from rwedit.data import PreferencePair, batches
+from rwedit.errors import DataError, NonFiniteError
 from rwedit.scoring import encode_pairs, response_logprob, token_ce
 
 
@@ -39,7 +41,7 @@ def _objective_batches(model, tokenizer, objective: str, data, batch_size: int, 
     if objective == "preference":
         pairs: Sequence[PreferencePair] = data
         if not pairs:
-            raise ValueError("the preference objective needs at least one pair")
+            raise DataError("the preference objective needs at least one pair")
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
             prompts = [p.prompt for p in chunk]
@@ -50,12 +52,12 @@ def _objective_batches(model, tokenizer, objective: str, data, batch_size: int, 
     elif objective == "ce":
         ids: torch.Tensor = data
         if ids.numel() == 0:
-            raise ValueError("the ce objective needs at least one sequence")
+            raise DataError("the ce objective needs at least one sequence")
         n = ids.shape[0]
         for chunk in batches(ids, batch_size):
             yield token_ce(model, chunk) * chunk.shape[0] / n
     else:
-        raise ValueError(f"unknown objective {objective!r}; use 'preference' or 'ce'")
+        raise DataError(f"unknown objective {objective!r}; use 'preference' or 'ce'")
 
 
 def gradient_products(
@@ -128,7 +130,12 @@ def gradient_products(
 
 def unit(x: torch.Tensor, what: str) -> torch.Tensor:
     n = float(torch.linalg.vector_norm(x))
-    if not n > 0:
-        raise ValueError(f"{what} is zero: the closed form gives no direction (is the delta/gradient zero "
-                         f"along this v?)")
+    if not math.isfinite(n):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteError(f"{what} has {bad} non-finite (NaN/Inf) entries: the model's loss or activations "
+                             f"overflowed on the objective data. Check the data (empty or extreme items) and the "
+                             f"model's weights; nothing was written")
+    if n == 0:
+        raise DataError(f"{what} is zero: the closed form gives no direction (is the delta/gradient zero "
+                        f"along this v?)")
     return (x / n).double()

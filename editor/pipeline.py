@@ -14,10 +14,12 @@ from rwedit.checkpoints import Checkpoint
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, build_conditions, norms_match
-from rwedit.editor.export import atomic_folder, write_card_files
+from rwedit.editor.export import write_card_files
 from rwedit.editor.spec import EditSpec
+from rwedit.errors import AdapterMismatchError, ConfigError
 from rwedit.models import load_model_and_tokenizer
-from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+from rwedit.outputs import atomic_folder, check_output_folder, dumps
+from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.rsf import rank1_rsf
 
 PROBE_KS = (1, 4, 16)
@@ -59,10 +61,9 @@ def run_edit(
 ) -> Path:
     """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters``."""
     t0 = time.perf_counter()
-    out = Path(out)
-    if out.exists() and not overwrite:  # fail before the heavy work, not after it
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = check_output_folder(out, overwrite)  # fail before the heavy work, not after it
     ckpt = Checkpoint.open(spec.model)
+    spec.check_fits(ckpt)
     model, tok = load_model_and_tokenizer(ckpt, device=device)
     build_and_save(spec, model, tok, out, overwrite=overwrite, cache_dir=cache_dir, progress=progress, t0=t0)
     return out
@@ -75,11 +76,12 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first."""
     t0 = time.perf_counter() if t0 is None else t0
-    out = Path(out)
+    out = check_output_folder(out, overwrite)
+    fingerprint = model_fingerprint(model.base_model.model if hasattr(model, "peft_config") else model)
     stats = edit_stats(spec, model, tok, cache_dir, progress)
     conditions = build_conditions(spec, model, tok, stats)
     if not norms_match(conditions):
-        raise RuntimeError("internal error: controls do not share the edit's ||ΔW||_F")
+        raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError
     attach_probe_metrics(conditions, stats)
     if extra_metrics is not None:
         extra_metrics(conditions, model)
@@ -93,7 +95,8 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
         peft_model.save_pretrained(str(tmp / "adapters"), selected_adapters=names)
         for c in conditions:
             write_card_files(tmp / "adapters" / c.name, {"spec": spec.to_dict(), "condition": c.describe(),
-                                                         "activation_stats": stats_meta})
+                                                         "activation_stats": stats_meta,
+                                                         "base_fingerprint": fingerprint})
         summary = {
             "rwedit_version": __version__,
             "spec": spec.to_dict(),
@@ -101,7 +104,7 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
             "conditions": [c.describe() for c in conditions],
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        (tmp / "edits.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "edits.json").write_text(dumps(summary, indent=2))
         (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
     return peft_model, conditions
 
@@ -112,17 +115,22 @@ def load_conditions_folder(out: str | Path) -> dict:
 
 
 @torch.no_grad()
-def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: str, max_new_tokens: int = 40) -> dict:
+def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: str, max_new_tokens: int = 40,
+                       force: bool = False) -> dict:
     """Greedy continuations of ``prompt`` by the base model and by base + adapter (one model load)."""
-    from peft import PeftModel
+    from rwedit.editor.adapters import adapter_info, load_adapter_folder
 
     adapter_dir = Path(adapter_dir)
-    info = json.loads((adapter_dir / "rwedit.json").read_text()) if (adapter_dir / "rwedit.json").exists() else {}
+    info = adapter_info(adapter_dir)
     src = model_src or info.get("spec", {}).get("model")
     if not src:
-        raise ValueError("give --model: the adapter folder does not name its base model")
+        raise AdapterMismatchError(f"{adapter_dir} does not name its base model (no rwedit.json); give --model")
+    if not prompt.strip():
+        raise ConfigError("--prompt is empty: give the text to continue")
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens}: give at least 1")
     model, tok = load_model_and_tokenizer(Checkpoint.open(src))
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    peft_model = load_adapter_folder(model, adapter_dir.parent, [adapter_dir.name], force=force)
     enc = tok(prompt, return_tensors="pt")
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     n = enc["input_ids"].shape[1]

@@ -129,6 +129,28 @@ class EditSpec(Config):
             raise SpecError(f"alpha = {list(self.alpha)}: each dose once (a repeated alpha would name two "
                             f"conditions alike)")
 
+    def check_fits(self, base, post=None) -> None:
+        """Before any model is loaded: the edit's layers and roles exist in the base checkpoint (a
+        :class:`~rwedit.checkpoints.Checkpoint`), a ``given`` direction has the role's size, and for
+        ``b: delta`` the post checkpoint pairs with the base."""
+        layout, e = base.layout, self.edit
+        for role in (e.role, self.controls.write):
+            if role is not None and not layout.has_role(role):
+                raise SpecError(f"{base.source}: {layout.spec.name} has no {role!r} role; its roles: "
+                                f"{', '.join(r for r in layout.roles() if r != 'unembed')}")
+        bad = [layer for layer in e.layers if layer >= layout.n_layers]
+        if bad:
+            raise SpecError(f"edit.layers = {list(e.layers)}: {base.source} has layers 0..{layout.n_layers - 1}")
+        view = layout.view(e.layers[0], e.role)
+        for name, given, d in (("v_given", e.v_given, view.d_in), ("b_given", e.b_given, view.d_out)):
+            if given is not None and len(given) != d:
+                raise SpecError(f"edit.{name} has {len(given)} numbers; the {e.role} {'input' if name == 'v_given' else 'output'} "
+                                f"of {base.source} has d = {d}")
+        if e.b == "delta" and post is not None:
+            from rwedit.checkpoints import CheckpointPair
+
+            CheckpointPair(base, post).validate([e.role] + ([self.controls.write] if self.controls.write else []))
+
     def condition_names(self) -> list[str]:
         """The names of every condition this spec builds, in build order, known before any model is loaded
         (a recipe's references to them are checked against this list)."""

@@ -63,6 +63,7 @@ from typing import Literal, Union
 import torch
 
 from rwedit.probes.svd import AUTO_FULL_MAX_DIM, polar_factor, singular_value_scale, top_svd
+from rwedit.errors import ConfigError
 
 __all__ = [
     "CONDITION_KINDS",
@@ -106,7 +107,7 @@ def _rank(rank: Rank, shape: torch.Size) -> int:
     if rank == "full":
         return m
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int or 'full', got {rank!r}")
+        raise ConfigError(f"rank must be a positive int or 'full', got {rank!r}")
     return min(rank, m)
 
 
@@ -115,18 +116,18 @@ def decompose(W_base: torch.Tensor, W_post: torch.Tensor, rank: Rank = "full", m
     """Top-r SVDs of both matrices (``method``: "full", "lowrank", or "auto" = full SVD when
     ``rank="full"`` or min(d) <= 1024) and the post residual ``E``."""
     if W_base.shape != W_post.shape or W_base.ndim != 2:
-        raise ValueError(f"W_base and W_post must be matrices of one shape, got {tuple(W_base.shape)} "
+        raise ConfigError(f"W_base and W_post must be matrices of one shape, got {tuple(W_base.shape)} "
                          f"and {tuple(W_post.shape)}")
     for name, w in (("W_base", W_base), ("W_post", W_post)):
         if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"{name} has non-finite entries")
+            raise ConfigError(f"{name} has non-finite entries")
         if not bool(w.any()):
-            raise ValueError(f"{name} is all zeros: it has no singular vectors to take a rotation from")
+            raise ConfigError(f"{name} is all zeros: it has no singular vectors to take a rotation from")
     r = _rank(rank, W_base.shape)
     if method == "auto":
         method = "full" if (r == min(W_base.shape) or min(W_base.shape) <= AUTO_FULL_MAX_DIM) else "lowrank"
     if method not in ("full", "lowrank"):
-        raise ValueError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
+        raise ConfigError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
     U, sb, V = top_svd(W_base, r, method, seed=seed)
     Up, sp, Vp = top_svd(W_post, r, method, seed=seed)
     E = W_post.to(torch.float64) - (Up * sp) @ Vp.T
@@ -156,9 +157,9 @@ def condition_matrix(kind: str, W_base: torch.Tensor, W_post: torch.Tensor, *, r
     ``seed`` (required for the random kinds) seeds R directly: derive one per matrix with
     :func:`matrix_seed`. Pass ``dec`` to reuse a :func:`decompose` of the same pair."""
     if kind not in CONDITION_KINDS:
-        raise ValueError(f"unknown condition kind {kind!r}; kinds: {', '.join(CONDITION_KINDS)}")
+        raise ConfigError(f"unknown condition kind {kind!r}; kinds: {', '.join(CONDITION_KINDS)}")
     if kind in RANDOM_KINDS and seed is None:
-        raise ValueError(f"{kind} draws a random orthogonal matrix: give a seed")
+        raise ConfigError(f"{kind} draws a random orthogonal matrix: give a seed")
     d = dec if dec is not None else decompose(W_base, W_post, rank, method)
     U, sb, V, Up, sp, Vp, r = d.U, d.sb, d.V, d.Up, d.sp, d.Vp, d.r
     if kind == "post":

@@ -14,6 +14,7 @@ of :mod:`rwedit.evals.core`, whose runner
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -76,6 +77,12 @@ class Recipe(ExperimentRecipe):
         if self.edit is None:
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
+        known = [BASE] + self.edit.condition_names()
+        unknown = [n for n in self.export if n not in known]
+        if unknown:  # found now, not after every condition has been scored
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            raise SpecError(f"export: no condition named {unknown[0]!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                            f"this recipe's conditions: {', '.join(known)}")
 
     @cached_property
     def base_checkpoint(self) -> Checkpoint:
@@ -83,9 +90,16 @@ class Recipe(ExperimentRecipe):
         return Checkpoint.open(self.edit.model)
 
     def check_sources(self) -> None:
-        _ = self.base_checkpoint  # opened here: a missing model fails before anything is written
-        if self.edit.post:
-            Checkpoint.open(self.edit.post)
+        """Open the checkpoints and check the edit against them before anything is written: a missing
+        model, a layer or role the model lacks, a mismatched pair."""
+        post = Checkpoint.open(self.edit.post) if self.edit.post else None
+        self.edit.check_fits(self.base_checkpoint, post)
+        if post is not None and self.probe.enabled:
+            from rwedit.checkpoints import CheckpointPair
+            from rwedit.probes.grid import GridSettings, check_ks
+
+            pair = CheckpointPair(self.base_checkpoint, post)
+            check_ks(GridSettings(ks=self.probe.ks), pair.layout, pair.layout.roles())
 
 
 def _edit_probe_metrics(c: dict) -> dict:

@@ -23,6 +23,7 @@ import pandas as pd
 from rwedit.evals.store import ResultStore
 from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, over_members
+from rwedit.errors import ExperimentError
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
 DIRECT_SHIFTS = {"pref_margin_shift": "preference margin shift (nats)", "pref_acc_shift": "preference accuracy shift",
@@ -39,7 +40,7 @@ def load_run(folder: str | Path) -> tuple[list[dict], dict]:
     store = ResultStore(folder)
     rows = store.rows()
     if not rows:
-        raise ValueError(f"{folder}: no results yet (results.jsonl is empty or missing)")
+        raise ExperimentError(f"{folder}: no results yet (results.jsonl is empty or missing)")
     return rows, json.loads(store.meta_path.read_text())
 
 
@@ -91,7 +92,7 @@ def long_shifts(rows: list[dict]) -> pd.DataFrame:
     """One row per (condition, metric): shift against the base, its stderr, and both per unit ‖ΔW‖."""
     base = next((r for r in rows if r["condition"] == "base"), None)
     if base is None:
-        raise ValueError("the store has no base row: the run did not get far enough (resume it)")
+        raise ExperimentError("the store has no base row: the run did not get far enough (resume it)")
     out = []
     metrics = [m for m in DIRECT_SHIFTS if m in base] + lmeval_metrics(rows)
     for r in rows:

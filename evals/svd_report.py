@@ -31,6 +31,7 @@ import pandas as pd
 from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, row_table
 from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, over_members, verdict
+from rwedit.errors import ExperimentError
 
 #: direct metrics whose shift vs post is stored paired (key of the shift)
 PAIRED = {"pref_margin": "pref_margin_shift_vs_post", "pref_acc": "pref_acc_shift_vs_post",
@@ -187,7 +188,7 @@ def write_svd_report(folder: str | Path) -> Path:
     cfg = meta["config"]
     names = {r["condition"] for r in rows}
     if not {"post", "base"} <= names:
-        raise ValueError(f"{folder}: the store has no {'post' if 'post' not in names else 'base'} row yet: "
+        raise ExperimentError(f"{folder}: the store has no {'post' if 'post' not in names else 'base'} row yet: "
                          f"resume the run (rwedit run RECIPE --out {folder} --resume)")
     wanted = list((cfg.get("verdicts") or {}).get("metrics") or [])
     metrics = [m for m in wanted if any(r.get(m) is not None for r in rows)]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rwedit.bundled import BLIMP, HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
 from rwedit.data import read_pairs
+from rwedit.errors import ConfigError
 
 TEMPLATES = Path(__file__).parent / "tasks"
 #: task name -> what it measures (the names are prefixed so that no built-in task shadows them)
@@ -118,5 +119,5 @@ def check_tasks(names: list[str], tm) -> None:
     known = set(tm.all_tasks)
     bad = [n for n in names if n not in known]
     if bad:
-        raise ValueError(f"unknown lm-eval task(s) {bad}; bundled offline tasks: {', '.join(BUNDLED_TASKS)} "
+        raise ConfigError(f"unknown lm-eval task(s) {bad}; bundled offline tasks: {', '.join(BUNDLED_TASKS)} "
                          f"(any registered lm-eval task works when its data can be downloaded)")

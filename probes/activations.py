@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 # INPUT_GROUP / GROUP_ROLE (which roles read one input tensor) live in the registry; importable from here too
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
+from rwedit.errors import DataError, NonFiniteError
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
 STATS_VERSION = 2  # 2: spectra stored with the sums
@@ -255,6 +256,14 @@ def collect_activation_stats(
         for h in handles:
             h.remove()
         model.train(was_training)
+    if n_tokens == 0:
+        raise DataError("no calibration tokens: the calibration data gave no sequences (is it empty, or shorter "
+                        "than one sequence?)")
+    for (layer, group), s in sums.items():
+        if not bool(torch.isfinite(s).all()):  # an overflow in the forward pass, not in the weights
+            raise NonFiniteError(f"activation statistics of layer {layer} {group} inputs are not finite: the model "
+                                 f"overflowed on the calibration data (dtype {next(model.parameters()).dtype}). Use "
+                                 f"float32, or check the data; nothing was cached")
     meta = {
         "version": STATS_VERSION,
         "source": source,

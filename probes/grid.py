@@ -54,17 +54,17 @@ class GridSettings:
 
     def __post_init__(self):
         if self.precision not in ("float32", "float64"):
-            raise ValueError(f"precision must be float32 or float64, not {self.precision!r}")
+            raise ConfigError(f"precision must be float32 or float64, not {self.precision!r}")
         bad = [s for s in self.sides if s not in ("read", "write", "both")]
         if bad:
-            raise ValueError(f"sides must be among read, write, both; not {bad}")
+            raise ConfigError(f"sides must be among read, write, both; not {bad}")
         bad = [s for s in self.subspaces if s not in SUBSPACES]
         if bad:
-            raise ValueError(f"unknown subspace {bad}; choose from {SUBSPACES}")
+            raise ConfigError(f"unknown subspace {bad}; choose from {SUBSPACES}")
         if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"ks must be positive integers, got {self.ks}")
+            raise ConfigError(f"ks must be positive integers, got {self.ks}")
         if self.null_seeds < 2:
-            raise ValueError("null_seeds must be >= 2 to give a standard deviation")
+            raise ConfigError("null_seeds must be >= 2 to give a standard deviation")
 
 
 def pathway(role: str) -> str:
@@ -100,7 +100,7 @@ def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
         if gain:
             name = f"{layout.spec.final_norm}.weight"
             if name not in pair.base.keys() and not any(n in pair.base.keys() for n in layout.checkpoint_names(name)):
-                raise ValueError(f"{pair.base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
+                raise ConfigError(f"{pair.base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
                                  f"into the prediction subspace; drop prediction_gain")
             g = layout.final_norm_gain(r.read(name, torch.float32))
     return prediction_spectrum(W_U, g)

@@ -11,6 +11,7 @@ the delta is upcast one row-chunk at a time, so a large delta never needs a floa
 
 from __future__ import annotations
 
+from rwedit.errors import ConfigError
 import math
 from dataclasses import dataclass
 from typing import Literal, Sequence, Union
@@ -67,7 +68,7 @@ def isotropic_baseline(side: Side, k: KSpec, shape: tuple[int, int]) -> float:
     if side == "both":
         k_l, k_r = k
         return k_l / d_out + k_r / d_in
-    raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+    raise ConfigError(f"side must be one of {_SIDES}, got {side!r}")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -75,39 +76,39 @@ def isotropic_baseline(side: Side, k: KSpec, shape: tuple[int, int]) -> float:
 
 def _check_side(side: str) -> None:
     if side not in _SIDES:
-        raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
+        raise ConfigError(f"side must be one of {_SIDES}, got {side!r}")
 
 
 def _check_delta(delta: torch.Tensor) -> None:
     if not isinstance(delta, torch.Tensor):
-        raise ValueError(f"delta must be a torch.Tensor, got {type(delta).__name__}")
+        raise ConfigError(f"delta must be a torch.Tensor, got {type(delta).__name__}")
     if delta.ndim != 2 or min(delta.shape) == 0:
-        raise ValueError(f"delta must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(delta.shape)}")
+        raise ConfigError(f"delta must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(delta.shape)}")
     if delta.is_complex():
-        raise ValueError("delta must be real, got a complex tensor")
+        raise ConfigError("delta must be real, got a complex tensor")
 
 
 def _check_basis(basis: torch.Tensor, rows: int, what: str, device: torch.device, ortho_atol: float) -> torch.Tensor:
     """Validate one basis (rows x k, finite, orthonormal columns) and return it as float64."""
     if not isinstance(basis, torch.Tensor):
-        raise ValueError(f"{what} basis must be a torch.Tensor, got {type(basis).__name__}")
+        raise ConfigError(f"{what} basis must be a torch.Tensor, got {type(basis).__name__}")
     if basis.ndim != 2:
-        raise ValueError(
+        raise ConfigError(
             f"{what} basis must be 2-D with shape ({rows}, k), got shape {tuple(basis.shape)} "
             "(a single direction v goes in as v[:, None])"
         )
     if basis.shape[0] != rows:
-        raise ValueError(
+        raise ConfigError(
             f"{what} basis has the wrong number of rows: expected shape ({rows}, k) to match the "
             f"delta, got {tuple(basis.shape)}"
         )
     check_k(basis.shape[1], rows, what=f"{what} basis columns k")
     b = basis.to(device=device, dtype=torch.float64)
     if not torch.isfinite(b).all():
-        raise ValueError(f"{what} basis has non-finite (NaN/inf) entries")
+        raise ConfigError(f"{what} basis has non-finite (NaN/inf) entries")
     err = float((b.T @ b - torch.eye(b.shape[1], dtype=torch.float64, device=device)).abs().max())
     if err > ortho_atol:
-        raise ValueError(
+        raise ConfigError(
             f"{what} basis columns are not orthonormal: max|B^T B - I| = {err:.3g} > {ortho_atol:g}; "
             "orthonormalise it first (torch.linalg.qr) or pass eigenvectors computed in float64"
         )
@@ -116,7 +117,7 @@ def _check_basis(basis: torch.Tensor, rows: int, what: str, device: torch.device
 
 def _split_both(basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(basis, (tuple, list)) and len(basis) == 2):
-        raise ValueError("side='both' takes basis=(B_L, B_R): a write-side d_out x k_L and a read-side d_in x k_R basis")
+        raise ConfigError("side='both' takes basis=(B_L, B_R): a write-side d_out x k_L and a read-side d_in x k_R basis")
     return basis[0], basis[1]
 
 
@@ -153,7 +154,7 @@ def _energies(delta: torch.Tensor, side: str, bases: tuple[torch.Tensor, ...],
         out = [e_l, e_r]
     if not math.isfinite(total):
         n_bad = int((~torch.isfinite(delta)).sum())
-        raise ValueError(
+        raise ConfigError(
             f"delta has {n_bad} non-finite (NaN/inf) entries (shape {tuple(delta.shape)}); "
             "check the checkpoints or the dtype the delta was formed in"
         )
@@ -226,7 +227,7 @@ def _nested_k(k: int, basis: torch.Tensor, what: str, d: int) -> int:
     """Validate a nested k against the columns available in the basis (and the space dimension d)."""
     k = check_k(k, d, what=what)
     if k > basis.shape[1]:
-        raise ValueError(
+        raise ConfigError(
             f"{what}={k} exceeds the {basis.shape[1]} columns of the basis (space dimension d={d}): "
             f"pass a basis with at least {k} columns or keep {what} <= {basis.shape[1]}"
         )
@@ -253,10 +254,10 @@ def rank1_rsf(x: torch.Tensor, basis: torch.Tensor, *, ortho_atol: float = DEFAU
     ``rsf(outer(x, v), basis, "write").rsf`` for any nonzero ``v`` (x write side): the other factor
     cancels from the fraction.  Float64; NaN for a zero ``x``, as :func:`rsf` gives for a zero delta."""
     if not isinstance(x, torch.Tensor) or x.ndim != 1 or x.numel() == 0:
-        raise ValueError(f"x must be a non-empty 1-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        raise ConfigError(f"x must be a non-empty 1-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
     x = x.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("x has non-finite (NaN/inf) entries")
+        raise ConfigError("x has non-finite (NaN/inf) entries")
     b = _check_basis(basis, x.numel(), "basis (len(x))", x.device, ortho_atol)
     norm2 = float(x @ x)
     if norm2 == 0.0:
@@ -277,7 +278,7 @@ def random_null_samples(delta: torch.Tensor, side: Side, k: KSpec, seeds: Sequen
     _check_delta(delta)
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed (several, to get an sd)")
+        raise ConfigError("seeds is empty: pass at least one seed (several, to get an sd)")
     d_out, d_in = delta.shape
     if side == "both":
         k_l, k_r = (k, k) if not isinstance(k, (tuple, list)) else k
@@ -314,10 +315,10 @@ def random_null_nested(delta: torch.Tensor, side: str, ks: Sequence[int], seeds:
     _check_side(side)
     _check_delta(delta)
     if side == "both":
-        raise ValueError("random_null_nested takes side 'read' or 'write'; use random_null_samples for 'both'")
+        raise ConfigError("random_null_nested takes side 'read' or 'write'; use random_null_samples for 'both'")
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed (several, to get an sd)")
+        raise ConfigError("seeds is empty: pass at least one seed (several, to get an sd)")
     d_out, d_in = delta.shape
     d = d_in if side == "read" else d_out
     ks = sorted({check_k(k, d) for k in ks})

@@ -3,6 +3,7 @@ prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 t
 
 from __future__ import annotations
 
+from rwedit.errors import ConfigError
 import functools
 import operator
 from dataclasses import dataclass
@@ -31,9 +32,9 @@ def check_k(k: int, d: int, what: str = "k") -> int:
             raise TypeError
         k = operator.index(k)  # ints and numpy integers; floats and bools are refused
     except TypeError:
-        raise ValueError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
+        raise ConfigError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
     if not 1 <= k <= d:
-        raise ValueError(
+        raise ConfigError(
             f"{what}={k} is out of range for a space of dimension d={d}: need 1 <= {what} <= d; "
             f"pass a {what} in [1, {d}] (clip a k grid to d before calling)"
         )
@@ -110,7 +111,7 @@ class Spectrum:
         """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first."""
         k = check_k(k, self.d)
         if k > self.n_top:
-            raise ValueError(f"this spectrum keeps only its top {self.n_top} eigenvectors; k={k} needs the full "
+            raise ConfigError(f"this spectrum keeps only its top {self.n_top} eigenvectors; k={k} needs the full "
                              f"decomposition (ActivationStats.spectrum(..., top={k}) recomputes it)")
         return self.eigenvectors[:, :k].contiguous()
 
@@ -120,7 +121,7 @@ class Spectrum:
         if self.complete:
             return self.eigenvectors[:, -k:].flip(1)
         if k > self.n_bottom:
-            raise ValueError(f"this spectrum keeps only its bottom {self.n_bottom} eigenvectors; k={k} needs the "
+            raise ConfigError(f"this spectrum keeps only its bottom {self.n_bottom} eigenvectors; k={k} needs the "
                              f"full decomposition (ActivationStats.spectrum(..., bottom={k}) recomputes it)")
         return self.low_vectors[:, :k].contiguous()
 
@@ -150,14 +151,14 @@ class Spectrum:
 
 def _validate_square(m: torch.Tensor, name: str) -> None:
     if not isinstance(m, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"{name} must be a square d x d matrix, got shape {tuple(m.shape)}")
+        raise ConfigError(f"{name} must be a square d x d matrix, got shape {tuple(m.shape)}")
     if m.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(m.shape)})")
+        raise ConfigError(f"{name} is empty (shape {tuple(m.shape)})")
     if not torch.isfinite(m).all():
         n_bad = int((~torch.isfinite(m)).sum())
-        raise ValueError(f"{name} has {n_bad} non-finite (NaN/inf) entries; recompute the statistics")
+        raise ConfigError(f"{name} has {n_bad} non-finite (NaN/inf) entries; recompute the statistics")
 
 
 def _spectrum_of_symmetric(m: torch.Tensor) -> Spectrum:
@@ -180,7 +181,7 @@ def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6) -> Spec
     scale = float(m.abs().max())
     asym = float((m - m.T).abs().max())
     if asym > sym_rtol * max(scale, torch.finfo(torch.float64).tiny):
-        raise ValueError(
+        raise ConfigError(
             f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
             f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)"
         )
@@ -197,25 +198,25 @@ def gram_matrix(
     only `chunk_rows` rows are ever upcast at once (a 150k x 4096 unembedding stays in its dtype)."""
     if not isinstance(W, torch.Tensor) or W.ndim != 2 or min(W.shape) == 0:
         shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
-        raise ValueError(f"W must be a non-empty 2-D V x d tensor, got {shape}")
+        raise ConfigError(f"W must be a non-empty 2-D V x d tensor, got {shape}")
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
     d = W.shape[1]
     gain = None
     if column_gain is not None:
         if column_gain.ndim != 1 or column_gain.shape[0] != d:
-            raise ValueError(
+            raise ConfigError(
                 f"final_norm_gain must have shape ({d},) to match W's {d} columns, "
                 f"got {tuple(column_gain.shape)}"
             )
         gain = column_gain.to(device=W.device, dtype=torch.float64)
         if not torch.isfinite(gain).all():
-            raise ValueError("final_norm_gain has non-finite (NaN/inf) entries")
+            raise ConfigError("final_norm_gain has non-finite (NaN/inf) entries")
     gram = torch.zeros(d, d, dtype=torch.float64, device=W.device)
     for start in range(0, W.shape[0], chunk_rows):
         block = W[start : start + chunk_rows].to(torch.float64)
         if not torch.isfinite(block).all():
-            raise ValueError(f"W has non-finite (NaN/inf) entries in rows {start}..{start + block.shape[0] - 1}")
+            raise ConfigError(f"W has non-finite (NaN/inf) entries in rows {start}..{start + block.shape[0] - 1}")
         if gain is not None:
             block = block * gain
         gram.addmm_(block.T, block)

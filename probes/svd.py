@@ -29,6 +29,7 @@ method="full" there. Timing guide (2 CPU cores, 2048 x 2048, r = 64): full 4-8 s
 
 from __future__ import annotations
 
+from rwedit.errors import ConfigError
 import math
 import operator
 from dataclasses import dataclass
@@ -88,16 +89,16 @@ class SVDMetrics:
 def _check_pair(W_base: torch.Tensor, W_post: torch.Tensor) -> None:
     for name, w in (("W_base", W_base), ("W_post", W_post)):
         if not isinstance(w, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+            raise ConfigError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
         if w.ndim != 2 or min(w.shape) == 0:
-            raise ValueError(f"{name} must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(w.shape)}")
+            raise ConfigError(f"{name} must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(w.shape)}")
     if W_base.shape != W_post.shape:
-        raise ValueError(
+        raise ConfigError(
             f"W_base and W_post must have the same shape, got {tuple(W_base.shape)} and {tuple(W_post.shape)}"
         )
     for name, w in (("W_base", W_base), ("W_post", W_post)):
         if not torch.isfinite(w).all():
-            raise ValueError(f"{name} has {int((~torch.isfinite(w)).sum())} non-finite (NaN/inf) entries")
+            raise ConfigError(f"{name} has {int((~torch.isfinite(w)).sum())} non-finite (NaN/inf) entries")
 
 
 def clip_rank(r: Rank, shape: torch.Size) -> Rank:
@@ -115,15 +116,15 @@ def _resolve_rank(r: Rank, shape: torch.Size) -> int:
             raise TypeError
         r = operator.index(r)
     except TypeError:
-        raise ValueError(f"r must be a positive int or 'full', got {r!r}") from None
+        raise ConfigError(f"r must be a positive int or 'full', got {r!r}") from None
     if not 1 <= r <= m:
-        raise ValueError(f"r={r} is out of range for a {tuple(shape)} matrix: need 1 <= r <= {m}, or r='full'")
+        raise ConfigError(f"r={r} is out of range for a {tuple(shape)} matrix: need 1 <= r <= {m}, or r='full'")
     return r
 
 
 def _resolve_method(method: str, r: Rank, shape: torch.Size) -> str:
     if method not in ("auto", "full", "lowrank"):
-        raise ValueError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
+        raise ConfigError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
     if method == "auto":
         return "full" if (r == "full" or min(shape) <= AUTO_FULL_MAX_DIM) else "lowrank"
     return method
@@ -146,10 +147,10 @@ def top_svd(
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return u[:, :r], s[:r], vh[:r].T
     if method != "lowrank":
-        raise ValueError(f"method must be 'full' or 'lowrank', got {method!r}")
+        raise ConfigError(f"method must be 'full' or 'lowrank', got {method!r}")
     p = r if oversampling is None else oversampling
     if p < 0 or niter < 0:
-        raise ValueError(f"oversampling and niter must be >= 0, got {p} and {niter}")
+        raise ConfigError(f"oversampling and niter must be >= 0, got {p} and {niter}")
     q = min(r + p, min(w.shape))
     devices = [w.get_device()] if w.is_cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -264,7 +265,7 @@ def singular_value_replacement(W_base: torch.Tensor, W_post: torch.Tensor, r: Ra
     _check_pair(W_base, W_post)
     rr = _resolve_rank(r, W_base.shape)
     if not bool(W_base.any()):
-        raise ValueError("W_base is all zeros: it has no singular values to transplant")
+        raise ConfigError("W_base is all zeros: it has no singular values to transplant")
     sb = torch.linalg.svdvals(W_base.to(torch.float64))
     u2, sp, vh2 = torch.linalg.svd(W_post.to(torch.float64), full_matrices=False)
     s, _ = singular_value_scale(sb[:rr], sp[:rr])

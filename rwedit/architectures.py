@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from rwedit.errors import UnsupportedArchitectureError  # noqa: F401  (re-exported)
+from rwedit.errors import ConfigError
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down", "unembed")
 LAYER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
@@ -112,7 +113,7 @@ def _cfg(config: Any, *names: str) -> Any:
         v = getattr(config, n, None)
         if v is not None:
             return v
-    raise ValueError(f"model config has none of {names}; cannot size the architecture")
+    raise ConfigError(f"model config has none of {names}; cannot size the architecture")
 
 
 def _contiguous(sizes: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
@@ -417,7 +418,7 @@ class RoleView:
     def check_stored(self, stored: torch.Tensor | tuple[int, ...], where: str = "") -> None:
         shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else tuple(stored)
         if shape != self.stored_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}{self.param}: stored shape {shape} does not match the {self.stored_shape} "
                 f"that the model config implies for role {self.role!r}"
             )
@@ -431,7 +432,7 @@ class RoleView:
         """The full d_out x d_in view of ``stored`` and ``W`` (checked to be the role's shape) on its device
         and dtype: the common part of every write."""
         if tuple(W.shape) != self.shape:
-            raise ValueError(f"{what} for layer {self.layer} role {self.role!r} has shape {tuple(W.shape)}, "
+            raise ConfigError(f"{what} for layer {self.layer} role {self.role!r} has shape {tuple(W.shape)}, "
                              f"expected {self.shape}")
         full = self._full(stored)
         return full, W.to(device=full.device, dtype=full.dtype)
@@ -479,7 +480,7 @@ class Layout:
     def view(self, layer: int | None, role: str) -> RoleView:
         """The view of ``role`` at ``layer`` (``layer`` is ignored for ``unembed``)."""
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+            raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
         d = self.dims
         if role == "unembed":
             module = self.spec.embed if d.tied else self.spec.unembed
@@ -488,11 +489,11 @@ class Layout:
                 norm=self.spec.final_norm,
             )
         if role not in self.spec.roles:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.spec.name} has no {role!r} role; its roles are {', '.join(self.roles())}"
             )
         if layer is None or not (0 <= int(layer) < d.n_layers):
-            raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{d.n_layers - 1}")
+            raise ConfigError(f"layer {layer!r} out of range: the model has layers 0..{d.n_layers - 1}")
         slot = self.spec.roles[role]
         module = f"{self.spec.layers}.{int(layer)}.{slot.module}"
         shapes = self._role_shapes()
@@ -503,7 +504,7 @@ class Layout:
         else:
             parts = FUSED_LAYOUTS[slot.fused](d)
             if role not in parts:
-                raise ValueError(f"{self.spec.name}: fused layout {slot.fused!r} has no rows for role {role!r} "
+                raise ConfigError(f"{self.spec.name}: fused layout {slot.fused!r} has no rows for role {role!r} "
                                  f"(it lays out {', '.join(parts)})")
             rows = parts[role]
             full_out = sum(len(r) for r in parts.values())
@@ -568,7 +569,7 @@ def _stored(model: torch.nn.Module, layer: int | None, role: str,
     layout = model_layout(model)
     view = layout.view(layer, role)
     if write is not None and role == "unembed" and layout.dims.tied:
-        raise ValueError(
+        raise ConfigError(
             f"the unembedding is tied to the input embedding: {write} it would change both. "
             "Untie the weights first (model.config.tie_word_embeddings = False and clone lm_head.weight)."
         )

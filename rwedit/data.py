@@ -27,6 +27,45 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
 
 
+_FILE_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".gz", ".csv", ".parquet")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A source meant as a local file or folder (so "not found" is the message, not "unreachable Hub")."""
+    return source.startswith((".", "/", "~")) or source.endswith(_FILE_SUFFIXES) or source.count("/") > 1
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file (gzip by suffix); undecodable or damaged files are a
+    :class:`DataError` naming the file and line."""
+    n = 0
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                yield n, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: line {n + 1} is not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read after line {n} ({e}); is the file damaged or not really "
+                        f"{'gzip' if path.suffix == '.gz' else 'text'}?") from None
+
+
+def _records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` of a JSON-lines file; a line that is not a JSON object is a
+    :class:`DataError` naming the file, the line and what a record should hold (``expected``)."""
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno}); each line must be "
+                            f"one JSON object with {expected}") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: line {n} is a JSON {type(rec).__name__}, not an object with {expected}")
+        yield n, rec
+
+
 def read_texts(source: str | Path, field: str | None = None, limit: int | None = None, split: str = "train") -> list[str]:
     """Non-empty texts from a ``.txt[.gz]`` file (one per line), a ``.jsonl[.gz]`` file (``field``,
     default ``text``, or ``chosen`` for preference data), a folder saved by ``datasets``, or a
@@ -37,31 +76,28 @@ def read_texts(source: str | Path, field: str | None = None, limit: int | None =
     path = Path(str(source)).expanduser()
     texts: list[str] = []
     if path.is_file():
-        with _open_text(path) as f:
-            if _is_jsonl(path):
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    rec = json.loads(line)
-                    key = field or next((k for k in ("text", "chosen") if k in rec), None)
-                    if key is None or key not in rec:
-                        raise DataError(f"{path}: line {i + 1} has no field {field or 'text'!r}; fields are {sorted(rec)}")
-                    texts.append(rec[key])
+        if _is_jsonl(path):
+            for n, rec in _records(path, f"a text field ({field or 'text'!r})"):
+                key = field or next((k for k in ("text", "chosen") if k in rec), None)
+                if key is None or key not in rec:
+                    raise DataError(f"{path}: line {n} has no field {field or 'text'!r}; its fields are "
+                                    f"{sorted(rec)} (choose one with --field / calibration.field)")
+                if not isinstance(rec[key], str):
+                    raise DataError(f"{path}: line {n}: field {key!r} holds a {type(rec[key]).__name__}, not text")
+                texts.append(rec[key])
+                if limit and len(texts) >= limit:
+                    break
+        else:
+            for _, line in _lines(path):
+                if line.strip():
+                    texts.append(line.strip())
                     if limit and len(texts) >= limit:
                         break
-            else:
-                for line in f:
-                    if line.strip():
-                        texts.append(line.strip())
-                        if limit and len(texts) >= limit:
-                            break
     elif path.is_dir():
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-        texts = [t for t in ds[field or "text"][: limit or None] if t and t.strip()]
+        texts = _dataset_folder_texts(path, field, limit, split)
+    elif _looks_like_path(str(source)):
+        raise DataError(f"{source}: no such file or folder (check the path; relative paths in a recipe are read "
+                        f"next to the recipe file)")
     else:
         import datasets
 
@@ -77,6 +113,30 @@ def read_texts(source: str | Path, field: str | None = None, limit: int | None =
     if not texts:
         raise DataError(f"{source}: no non-empty texts found; check the path and the field name")
     return texts
+
+
+def _dataset_folder_texts(path: Path, field: str | None, limit: int | None, split: str) -> list[str]:
+    """Texts of a folder written by ``datasets``' ``save_to_disk``; an empty or foreign folder, a missing
+    split or column is a :class:`DataError` that names what is there."""
+    import datasets
+
+    if not any(path.iterdir()):
+        raise DataError(f"{path} is an empty folder; give a text/jsonl file or a folder written by "
+                        f"datasets' save_to_disk")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(f"{path} is not a folder written by datasets' save_to_disk ({str(e).splitlines()[0]}); "
+                        f"give a .txt/.jsonl file or such a folder") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
+        ds = ds[split]
+    col = field or "text"
+    if col not in ds.column_names:
+        raise DataError(f"{path}: no column {col!r}; columns: {', '.join(ds.column_names)} (choose one with "
+                        f"--field / calibration.field)")
+    return [t for t in ds[col][: limit or None] if isinstance(t, str) and t.strip()]
 
 
 def pack_tokens(
@@ -154,17 +214,25 @@ def read_pairs(path: str | Path, limit: int | None = None, indices: range | None
 
     path = Path(resolve(path))
     if not path.is_file():
-        raise DataError(f"preference data {path} not found")
+        raise DataError(f"preference data {path} not found" + (" (it is a folder: give the .jsonl file)"
+                                                               if path.is_dir() else ""))
+    expected = "`prompt`, `chosen`, `rejected` (or hh-rlhf's `chosen`, `rejected` transcripts)"
     out = []
-    with _open_text(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip() or (indices is not None and i not in indices):
-                continue
-            r = json.loads(line)
+    for n, r in _records(path, expected):
+        if indices is not None and n - 1 not in indices:
+            continue
+        need = ("prompt", "chosen", "rejected") if "prompt" in r else ("chosen", "rejected")
+        lacking = [k for k in need if not isinstance(r.get(k), str)]
+        if lacking:
+            raise DataError(f"{path}: line {n} lacks text field(s) {', '.join(lacking)}; a pair needs {expected}; "
+                            f"this line has {sorted(r)}")
+        try:
             out.append(PreferencePair(r["prompt"], r["chosen"], r["rejected"]) if "prompt" in r
                        else split_hh(r["chosen"], r["rejected"]))
-            if limit and len(out) >= limit:
-                break
+        except DataError as e:
+            raise DataError(f"{path}: line {n}: {e}") from None
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise DataError(f"{path}: no preference pairs")
     return out

@@ -3,6 +3,7 @@ closed form), direct behaviour metrics and the organism's preference checks all 
 
 from __future__ import annotations
 
+from rwedit.errors import DataError
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,7 +24,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
     """Tokenise prompt and response separately and join them; over-long items keep the response
     (up to half the budget) and the *end* of the prompt, where a dialogue's last turns are."""
     if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        raise DataError(f"{len(prompts)} prompts but {len(responses)} responses")
     rows, masks = [], []
     bos = getattr(tokenizer, "bos_token_id", None)
     for p, r in zip(prompts, responses):
@@ -32,7 +33,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
         if bos is not None:
             pi = [bos] + pi
         if not ri:
-            raise ValueError(f"empty response after tokenisation (prompt starts {p[:40]!r})")
+            raise DataError(f"empty response after tokenisation (prompt starts {p[:40]!r})")
         ri = ri[: max(1, max_len // 2)] if len(pi) + len(ri) > max_len else ri
         pi = pi[-(max_len - len(ri)):] if len(pi) + len(ri) > max_len else pi
         if not pi:  # something must precede the first scored token

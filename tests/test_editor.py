@@ -132,6 +132,7 @@ def test_other_bad_inputs(models, tmp_path):
     with pytest.raises(ValueError, match=r"layers 0\.\.1"):
         run_edit(_spec(root, layers=[7]), tmp_path / "y", cache_dir=tmp_path / "cache", progress=False)
     (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "old.txt").write_text("an earlier run")
     with pytest.raises(FileExistsError, match="already exists"):
         run_edit(_spec(root), tmp_path / "exists", progress=False)
     gpt2 = tiny_model("gpt2")

@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_to_the_same_rows_and_a_changed_recipe_is_refuse
                 assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["condition"], k)
             else:
                 assert a[k] == b[k], (a["condition"], k)
-    changed = Recipe.from_dict(recipe_dict(pair, alpha=(3.0,)))
+    changed = Recipe.from_dict(recipe_dict(pair, alpha=(2.0, 3.0)))
     with pytest.raises(ExperimentError, match=r"different recipe.*edit\.alpha"):
         run_experiment(changed, out, resume=True, progress=False)
 

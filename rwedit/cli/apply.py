@@ -13,11 +13,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     options.add_allow_pickle(p)
+    options.add_force(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.editor.pipeline import compare_generation
 
-    res = compare_generation(args.adapter, args.model, args.prompt, args.max_new_tokens)
+    res = compare_generation(args.adapter, args.model, args.prompt, args.max_new_tokens, force=args.force)
     print(f"prompt: {res['prompt']}\n\n[base]   {res['base']}\n\n[edited] {res['edited']}")
     return 0

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_out(p, what="JSONL output file", when_omitted="standard output")
     options.add_device(p)
     options.add_allow_pickle(p)
+    options.add_force(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
         if not names:
             raise ValueError(f"{root} holds no adapter folders (none with adapter_config.json)")
-        model = load_adapter_folder(model, root, names)
+        model = load_adapter_folder(model, root, names, force=args.force)
     lme = LMEvalScorer(model, tok, settings)
     direct = None if args.no_direct else DirectScorer(model, tok)
     sink = open(args.out, "w") if args.out else sys.stdout

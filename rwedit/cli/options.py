@@ -89,6 +89,12 @@ def add_overwrite(p: argparse.ArgumentParser) -> None:
                    help="replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
 
 
+def add_force(p: argparse.ArgumentParser) -> None:
+    """``--force``: apply adapters to a base whose weights differ from the one they were made for."""
+    p.add_argument("--force", action="store_true",
+                   help="apply adapters even to a model whose weights differ from the base they were made for")
+
+
 def add_pair(p: argparse.ArgumentParser) -> None:
     """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair."""
     p.add_argument("--base", required=True, help=f"base checkpoint: {HUB_OR_FOLDER}")
