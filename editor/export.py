@@ -4,44 +4,14 @@ readable ``rwedit.json`` and a model card, written to a temporary folder and ren
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rwedit import __version__
-from rwedit.errors import ExportError  # noqa: F401  (re-exported)
+from rwedit.errors import ExportError
+from rwedit.outputs import dumps, write_text
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-@contextmanager
-def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; on success rename it to ``target``.
-
-    An existing ``target`` is refused unless ``overwrite``; on any error the temporary folder is
-    removed and ``target`` is untouched, so nothing half-written is ever left behind.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --out or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def base_model_id(model: str) -> str | None:
@@ -106,9 +76,33 @@ def model_card(info: dict) -> str:
 
 
 def write_card_files(folder: Path, info: dict) -> None:
+    """``rwedit.json`` and the model card ``README.md``; both are built first and each file is replaced
+    atomically, so a failure leaves the folder as it was."""
     info = {"rwedit_version": __version__, **info}
-    (folder / "rwedit.json").write_text(json.dumps(info, indent=2, default=str))
-    (folder / "README.md").write_text(model_card(info))
+    text, card = dumps(info, indent=2), model_card(info)
+    write_text(folder / "rwedit.json", text)
+    write_text(folder / "README.md", card)
+
+
+def check_metrics(metrics, where: str) -> dict:
+    """Metrics for a card: a mapping of name → value (numbers finite) or → {value, stderr} of finite numbers."""
+    import math
+
+    def ok(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(metrics, dict):
+        raise ExportError(f"{where}: expected a JSON object of metric -> value or {{value, stderr}}, got a "
+                          f"{type(metrics).__name__}; nothing was changed")
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            vals = [v.get("value"), *([v["stderr"]] if v.get("stderr") is not None else [])]
+            if "value" not in v or not all(ok(x) for x in vals):
+                raise ExportError(f"{where}: metric {k!r} = {v!r}: give {{\"value\": number, \"stderr\": number}} "
+                                  f"with finite numbers; nothing was changed")
+        elif isinstance(v, float) and not ok(v):
+            raise ExportError(f"{where}: metric {k!r} = {v!r} is not a finite number; nothing was changed")
+    return metrics
 
 
 def refresh_card(folder: str | Path, metrics: dict | None = None) -> Path:
@@ -117,9 +111,12 @@ def refresh_card(folder: str | Path, metrics: dict | None = None) -> Path:
     meta_path = folder / "rwedit.json"
     if not meta_path.exists():
         raise ExportError(f"{folder} is not an rwedit adapter folder (no rwedit.json)")
-    info = json.loads(meta_path.read_text())
+    try:
+        info = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ExportError(f"{meta_path} is not valid JSON ({e}); re-create the adapter with `rwedit edit`") from None
     if metrics is not None:
-        info["metrics"] = metrics
+        info["metrics"] = check_metrics(metrics, "metrics")
     write_card_files(folder, info)
     return folder
 

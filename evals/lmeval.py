@@ -57,7 +57,8 @@ def flatten_results(results: dict) -> dict[str, float | None]:
                 num = float(val)
             except (TypeError, ValueError):
                 num = None  # lm-eval writes "N/A" where it has no stderr
-            out[f"{task}/{name}"] = None if num is not None and math.isnan(num) else num
+            # an undefined stderr (one item) is null; a NaN metric stays NaN so the runner refuses it
+            out[f"{task}/{name}"] = None if num is not None and math.isnan(num) and "_stderr" in name else num
     return out
 
 
@@ -68,7 +69,7 @@ class LMEvalScorer:
         from lm_eval.models.huggingface import HFLM
 
         if tokenizer is None:
-            raise ValueError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
+            raise ConfigError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
         self.model, self.settings = model, settings
         self.tm = _cached_task_manager(None if task_cache is None else str(task_cache), tuple(settings.tasks))
         check_tasks(list(settings.tasks), self.tm)

@@ -170,6 +170,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file given on the command line; missing or invalid is a :class:`ConfigError` naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
 def given(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """The overrides that were given: command-line options left out arrive as None and change nothing."""
     return {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -234,4 +247,4 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
     return value
 
 
-__all__ = ["Config", "given", "option", "read_yaml", "resolve_path"]
+__all__ = ["Config", "given", "option", "read_json", "read_yaml", "resolve_path"]

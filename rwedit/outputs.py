@@ -54,7 +54,8 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
     temporary folder is removed and ``target`` is untouched."""
     target = check_output_folder(target, overwrite, flag)
     make_folder(target.parent)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    _remove_stale_partials(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
     os.chmod(tmp, umask_mode())  # mkdtemp makes 0700; a results folder is shared like any other
     try:
         yield tmp
@@ -68,6 +69,25 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove temporary folders of ``target`` left by a process that was killed (``kill -9``, power loss):
+    their name carries the writer's pid, and a pid that no longer runs here cannot finish them."""
+    for tmp in target.parent.glob(f".{target.name}.partial-*"):
+        pid = tmp.name[len(f".{target.name}.partial-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str) -> Path:

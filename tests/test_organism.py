@@ -162,23 +162,32 @@ def test_shipped_organism_recipe_is_the_default_config():
         OrganismConfig(), seed=3)
 
 
-def test_cache_keys_are_pinned():
-    """Every cached stage lives under ``cfg.key(...)``: these are the keys the organism had before its settings
-    moved onto the config base; a change here silently rebuilds (or, worse, mixes up) every cached organism."""
+def test_cache_keys_are_pinned_and_follow_the_data_not_its_path(tmp_path):
+    """Every cached stage lives under ``cfg.key(...)``. The data enter by content (sha256 of the file), so the
+    key is the same for a bundled name, the installed absolute path and a copy elsewhere (another clone
+    reuses the cache), and changes when a byte of the data does. Pinned: a change here silently rebuilds
+    (or, worse, mixes up) every cached organism."""
+    import shutil
+
     from rwedit.bundled import WIKITEXT_VALID
 
-    def portable(cfg):  # the bundled data by name, so that the key does not depend on where rwedit is installed
+    def portable(cfg):
         return replace(cfg, pretrain_text=("bundled:wikitext-2/valid.txt.gz",),
                        pairs_data="bundled:hh-rlhf/harmless-base-test.jsonl.gz",
                        heldout_text="bundled:wikitext-2/test.txt.gz")
 
-    assert portable(OrganismConfig()).key("pretrain", "align", "eval") == "a1f9c8cad3ad51b9"
-    assert portable(OrganismConfig()).key() == "e0abb3b36d1e5e1d"
-    assert portable(reduced()).key("pretrain", "align", "eval") == "2226f24881e941bd"
-    assert portable(reduced()).key() == "29f9bcb2c62c6327"
-    if str(WIKITEXT_VALID) == "/work/main/rwedit/bundled/wikitext-2/valid.txt.gz":  # where these were computed
-        assert OrganismConfig().key("pretrain", "align", "eval") == "9f2ae3caf2645e36"
-        assert reduced().key("pretrain", "align", "eval") == "644349b43e87b986"
+    assert OrganismConfig().key("pretrain", "align", "eval") == "1c2a668cfd2b20dd"
+    assert OrganismConfig().key() == "0578baeed8f8784a"
+    assert reduced().key("pretrain", "align", "eval") == "51a4b4aa83616593"
+    assert reduced().key() == "022cc1fb97b12c9d"
+    for cfg in (OrganismConfig(), reduced()):
+        assert portable(cfg).key("pretrain", "align") == cfg.key("pretrain", "align")
+    copy = tmp_path / "valid.txt.gz"
+    shutil.copy(WIKITEXT_VALID, copy)
+    assert replace(reduced(), pretrain_text=(str(copy),)).key("pretrain") == reduced().key("pretrain")
+    with open(copy, "ab") as f:
+        f.write(b"\0")
+    assert replace(reduced(), pretrain_text=(str(copy),)).key("pretrain") != reduced().key("pretrain")
 
 
 def test_quickstart_recipe_special_cases(tmp_path):

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rwedit.cli import options
+from rwedit.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,36 +29,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from rwedit.checkpoints import Checkpoint
     from rwedit.editor.interventions import BASE
     from rwedit.evals.direct import DirectScorer
+    from rwedit.evals.core import check_scores
     from rwedit.evals.lmeval import EvalSettings, LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
+    from rwedit.outputs import dumps, make_folder, write_text
 
-    settings = EvalSettings(tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
-                            batch_size=args.batch_size)
-    model, tok = load_model_and_tokenizer(Checkpoint.open(args.model), device=args.device)
+    settings = EvalSettings.from_dict({"tasks": [t for t in args.tasks.split(",") if t], "limit": args.limit,
+                                       "batch_size": args.batch_size}, where="eval")
+    if args.out:
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a folder; give a file name for the JSONL rows")
     names = []
+    root = None
     if args.adapters:
-        from rwedit.editor.adapters import load_adapter_folder
-
         root = Path(args.adapters)
+        if not root.is_dir():
+            raise ConfigError(f"--adapters {root}: no such folder (give the folder that holds the adapter folders, "
+                              f"e.g. OUT/adapters of `rwedit edit`)")
         names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
         if not names:
-            raise ValueError(f"{root} holds no adapter folders (none with adapter_config.json)")
+            raise ConfigError(f"--adapters {root} holds no adapter folders (none with adapter_config.json)")
+    ckpt = Checkpoint.open(args.model)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: give at least 1")
+    model, tok = load_model_and_tokenizer(ckpt, device=args.device)
+    if names:
+        from rwedit.editor.adapters import load_adapter_folder
+
         model = load_adapter_folder(model, root, names, force=args.force)
     lme = LMEvalScorer(model, tok, settings)
     direct = None if args.no_direct else DirectScorer(model, tok)
-    sink = open(args.out, "w") if args.out else sys.stdout
-    try:
-        for name in [BASE] + names:
-            row = {"condition": name, **(direct.score(name) if direct else {}), **lme.score(name)}
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-    finally:
-        if args.out:
-            sink.close()
+    lines = []
+    for name in [BASE] + names:
+        row = {"condition": name, **check_scores({**(direct.score(name) if direct else {}), **lme.score(name)}, name)}
+        lines.append(dumps(row) + "\n")
+        if not args.out:
+            sys.stdout.write(lines[-1])
+            sys.stdout.flush()
+    if args.out:  # written whole at the end: an interrupted eval leaves no half file
+        make_folder(Path(args.out).parent)
+        print(f"wrote {write_text(args.out, ''.join(lines))}")
     return 0

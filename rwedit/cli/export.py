@@ -19,12 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
+    from rwedit.config import read_json
     from rwedit.editor.export import push_to_hub, refresh_card
 
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    metrics = read_json(args.metrics) if args.metrics else None
     folder = refresh_card(args.adapter, metrics)
     print(f"model card and rwedit.json refreshed in {folder}")
     if args.push_to_hub:

@@ -125,10 +125,23 @@ class OrganismConfig(Config):
     def key(self, *parts: str) -> str:
         """Hash of what a stage depends on: the settings named by ``parts`` (+ seed, model, data, version)."""
         d = asdict(self)
+        # data by content, not by path: the same organism from another clone or install reuses its cache
         base = {"version": ORGANISM_VERSION, "seed": self.seed, "model": d["model"],
-                "pretrain_text": d["pretrain_text"], "pairs_data": d["pairs_data"]}
+                "pretrain_text": _content_id(d["pretrain_text"]), "pairs_data": _content_id(d["pairs_data"])}
         base.update({p: d[p] for p in parts})
         return hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _content_id(source: Any) -> Any:
+    """sha256 of a data file's bytes (a name that is not a local file stays as written; lists item by item)."""
+    from rwedit.bundled import resolve
+
+    if isinstance(source, (list, tuple)):
+        return [_content_id(s) for s in source]
+    path = Path(str(resolve(source)))
+    if not path.is_file():
+        return str(source)
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _unwrap(raw: dict[str, Any], where: str, section: str = "organism") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from rwedit.architectures import LAYER_ROLES
 from rwedit.bundled import HH_HELDOUT, HH_TRAIN
 from rwedit.data import PreferencePair, read_pairs, read_texts
 from rwedit.errors import OrganismError
+from rwedit.outputs import atomic_folder
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -150,15 +151,11 @@ def _stage(folder: Path, build: Callable[[Path], dict], progress: bool, what: st
     if done.exists():
         _say(progress, f"{what}: reusing {folder}")
         return json.loads(done.read_text())
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.perf_counter()
-    info = build(tmp)
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    (tmp / "stage.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder, overwrite=True) as tmp:  # an unfinished folder (no stage.json) is replaced
+        t0 = time.perf_counter()
+        info = build(tmp)
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        (tmp / "stage.json").write_text(json.dumps(info, indent=2))
     _say(progress, f"{what}: done in {info['seconds']} s")
     return info
 
