@@ -197,6 +197,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     check_device(getattr(recipe, "device", "cpu"))
     recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
     store = ResultStore(out)
+    store.check_folder()
     created = not out.exists()
     try:
         with store.locked():  # one writer per store: a second `run --resume` here is refused

@@ -49,6 +49,13 @@ class ResultStore:
         self.meta_path = self.folder / "run.json"
         self.path = self.folder / "results.jsonl"
 
+    def check_folder(self) -> None:
+        """Refuse a folder that exists, holds files and is not an rwedit run (before the lock is taken)."""
+        if (self.folder.exists() and not self.meta_path.exists()
+                and any(p.name != LOCK_NAME for p in self.folder.iterdir())):
+            raise ExperimentError(f"{self.folder} exists and is not an rwedit experiment (no run.json); "
+                                  f"choose another --out")
+
     def begin(self, config: dict, resume: bool, extra: dict | None = None) -> dict:
         """Start a new run or check that ``config`` is the one an existing run started with."""
         h = config_hash(config)
@@ -148,8 +155,8 @@ class ResultStore:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise ExperimentError(f"{self.path}: line {i + 1} is not valid JSON; the store was edited by hand? "
-                                      f"fix or remove that line and --resume") from None
+                raise ExperimentError(f"{self.path}: line {i + 1} is not valid JSON (edited by hand?); fix or remove "
+                                      f"that line and run the command again") from None
             if not isinstance(row, dict) or "condition" not in row:
                 raise ExperimentError(f"{self.path}: line {i + 1} is not a result row (no `condition`); "
                                       f"remove that line")

@@ -181,7 +181,7 @@ class Checkpoint:
             raise CheckpointNotFoundError(f"checkpoint folder {src!r} does not exist")
         if not (path / "config.json").exists():
             hint = (" It holds adapter_config.json: it is a PEFT adapter, not a model; give the base model "
-                    "(adapters are applied with `rwedit apply`/`rwedit eval --adapters`)"
+                    "(adapters are applied by `rwedit apply` and `rwedit eval`)"
                     if (path / "adapter_config.json").exists() else " Is it a Hugging Face model folder?")
             raise CheckpointError(f"{path} has no config.json.{hint}")
         config = _read_config(path)

@@ -87,7 +87,7 @@ class Config:
         unknown = [k for k in data if k not in fields and k not in alias]
         if unknown:
             k = unknown[0]
-            near = difflib.get_close_matches(str(k), list(fields) + list(alias), n=1)
+            near = difflib.get_close_matches(str(k), list(fields) + list(alias), n=1, cutoff=0.5)
             hint = f" (did you mean `{near[0]}`?)" if near else ""
             raise ConfigError(f"{_join(where, k)}: unknown key{hint}; known keys: {', '.join(fields)}")
         kwargs: dict[str, Any] = {}
@@ -213,7 +213,10 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
             if type(None) in args:
                 return None
             raise ConfigError(f"{where}: must be {_type_name(tp)}, not null")
-        for arg in (a for a in args if a is not type(None)):
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:  # Optional[X]: X's own message names the nested key that is wrong
+            return _coerce(value, candidates[0], where, base_dir)
+        for arg in candidates:
             try:
                 return _coerce(value, arg, where, base_dir)
             except ConfigError:

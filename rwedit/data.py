@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -45,7 +46,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, line
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: line {n + 1} is not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot be read after line {n} ({e}); is the file damaged or not really "
                         f"{'gzip' if path.suffix == '.gz' else 'text'}?") from None
 

@@ -22,11 +22,11 @@ def check_device(device: str) -> str:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {device!r}: this torch ({torch.__version__}) has no usable CUDA "
-                              f"(CPU-only build or no GPU visible); use --device cpu, or install a CUDA build of torch")
+                              f"(CPU-only build or no GPU visible); run on cpu, or install a CUDA build of torch")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"device {device!r}: MPS is not available here; use --device cpu")
+        raise DeviceError(f"device {device!r}: MPS is not available here; run on cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device {device!r}: rwedit runs on cpu, cuda or mps (or auto)")
     return device

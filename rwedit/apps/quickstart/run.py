@@ -50,6 +50,14 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
 
     t0 = time.perf_counter()
     out = Path(out)
+    if model is not None:  # a mistyped or mismatched pair fails before anything is written
+        from rwedit.checkpoints import CheckpointPair
+
+        if post is None:
+            raise ConfigError("--model needs --post (the post-trained checkpoint of the same architecture)")
+        CheckpointPair(model, post)
+        if sft:
+            CheckpointPair(model, sft)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     org: Organism | None = None
