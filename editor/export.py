@@ -14,6 +14,13 @@ from rwedit.outputs import dumps, write_text
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
+def check_repo_id(repo_id: str) -> str:
+    """A Hub repository id ``org/name`` (checked before anything is written or uploaded)."""
+    if not _HUB_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".", "-")):
+        raise ExportError(f"{repo_id!r} is not a Hub repository id; give it as org/name (e.g. you/my-edit)")
+    return repo_id
+
+
 def base_model_id(model: str) -> str | None:
     """The Hub id for card metadata, when the base is one (local paths have none)."""
     ref = model.split("@")[0]
@@ -135,7 +142,8 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
     except Exception as e:
         raise ExportError(
             f"could not upload {folder} to the Hub repo {repo_id!r}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. The local folder is intact; check your network and "
-            f"`huggingface-cli login` (or HF_TOKEN), then run the export again."
+            f"{str(e).splitlines()[0] if str(e) else ''}. Nothing was uploaded; the local folder holds the refreshed "
+            f"card and is complete. Check your network and `huggingface-cli login` (or HF_TOKEN), then run the "
+            f"export again."
         ) from None
     return str(getattr(info, "commit_url", info))

@@ -17,7 +17,7 @@ from rwedit.editor.edits import Condition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
 from rwedit.editor.spec import EditSpec
 from rwedit.errors import AdapterMismatchError, ConfigError
-from rwedit.models import load_model_and_tokenizer
+from rwedit.models import check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.rsf import rank1_rsf
@@ -30,6 +30,7 @@ def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True
     c = spec.calibration
     if c is None:
         return None
+    check_window(model, c.seq_len, "calibration.seq_len")
     ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
     settings = StatsSettings(roles=(spec.edit.role,), layers=tuple(spec.edit.layers), seq_len=c.seq_len,
                              batch_size=c.batch_size)

@@ -14,6 +14,7 @@ The YAML form mirrors the dataclasses one to one::
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -96,6 +97,8 @@ class EditSpec(Config):
         kind, _ = e.direction()
         if not e.layers:
             raise SpecError("edit.layers is empty: give at least one layer index")
+        if any(not math.isfinite(a) for a in self.alpha):
+            raise SpecError(f"alpha = {list(self.alpha)}: every alpha must be a finite number")
         if not self.alpha or any(a == 0 for a in self.alpha):
             raise SpecError(f"alpha = {list(self.alpha)}: every alpha must be non-zero (||ΔW||_F = |alpha|)")
         if e.b not in ("delta", "gradient", "given"):
@@ -146,6 +149,17 @@ class EditSpec(Config):
             if given is not None and len(given) != d:
                 raise SpecError(f"edit.{name} has {len(given)} numbers; the {e.role} {'input' if name == 'v_given' else 'output'} "
                                 f"of {base.source} has d = {d}")
+        from rwedit.models import check_window
+
+        if self.calibration is not None:
+            check_window(base.config, self.calibration.seq_len, "calibration.seq_len")
+        if e.b == "gradient":
+            check_window(base.config, e.max_len, "edit.max_len")
+        kind, index = e.direction()
+        n_dirs = {"principal": index + 1, "lowvar": max(index + 1, self.controls.lowvar)}.get(kind, self.controls.lowvar)
+        if n_dirs > view.d_in:
+            raise SpecError(f"edit.v = {e.v} with controls.lowvar = {self.controls.lowvar} needs {n_dirs} eigen-"
+                            f"directions of the {e.role} input, which has only d = {view.d_in}")
         if e.b == "delta" and post is not None:
             from rwedit.checkpoints import CheckpointPair
 

@@ -58,6 +58,25 @@ class ExperimentRecipe(Config):
         return Path(out or self.out or Path("runs") / self.name)
 
 
+def check_metric(name: str, recipe: ExperimentRecipe, key: str, direct_names=None) -> None:
+    """Before any work: a metric a recipe names (``key``) is one its scorers will produce: a direct metric
+    (``direct_names``, default every direct metric) when ``direct:`` is on, or ``TASK/METRIC`` of a task in
+    ``eval.tasks``."""
+    import difflib
+
+    from rwedit.evals.direct import DIRECT_METRICS
+
+    direct = tuple(direct_names or DIRECT_METRICS) if recipe.direct is not None else ()
+    tasks = tuple(recipe.eval.tasks) if recipe.eval is not None else ()
+    if name in direct or name.split("/", 1)[0] in tasks and "/" in name:
+        return
+    known = list(direct) + [f"{t}/acc" for t in tasks]
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    raise ConfigError(f"{key}: {name!r} is not a metric this recipe scores{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                      f"direct metrics{'' if direct else ' (direct: is off)'}: {', '.join(direct) or '–'}; lm-eval "
+                      f"metrics are TASK/METRIC for a task in eval.tasks ({', '.join(tasks) or 'none'})")
+
+
 class Scorer(Protocol):
     def score(self) -> dict[str, Any]:
         """Metrics of the model as it is now."""

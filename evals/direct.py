@@ -23,6 +23,11 @@ from rwedit.scoring import encode_pairs, response_logprob
 from rwedit.stats import mean_se
 
 
+#: every metric DirectScorer.score returns (each with a ``_stderr``)
+DIRECT_METRICS = ("pref_margin", "pref_acc", "pref_margin_shift", "pref_acc_shift", "kl_base_edited", "ce",
+                  "ce_shift", "ppl", "ppl_change")
+
+
 @dataclass(frozen=True)
 class DirectSettings(Config):
     """Held-out data of the direct metrics (recorded with every result)."""
@@ -46,7 +51,11 @@ class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
     def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings()):
+        from rwedit.models import check_window
+
         self.model, self.tok, self.s = model, tokenizer, settings
+        check_window(model, settings.seq_len, "direct.seq_len")
+        check_window(model, settings.max_len, "direct.max_len")
         rng = range(*settings.pairs_heldout) if settings.pairs_heldout else None
         pairs = read_pairs(settings.pairs_data, limit=settings.pairs, indices=rng)
         if len(pairs) < 2:

@@ -28,7 +28,8 @@ from rwedit.editor.interventions import BASE, Adapter, Unchanged
 from rwedit.editor.pipeline import PROBE_KS
 from rwedit.editor.spec import EditSpec
 from rwedit.errors import ExperimentError, SpecError
-from rwedit.evals.core import Condition, ExperimentKind, ExperimentRecipe, Prepared, register_experiment
+from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
+                               register_experiment)
 from rwedit.evals.store import ResultStore
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
@@ -77,6 +78,7 @@ class Recipe(ExperimentRecipe):
         if self.edit is None:
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
+        check_metric(self.primary, self, "primary")
         known = [BASE] + self.edit.condition_names()
         unknown = [n for n in self.export if n not in known]
         if unknown:  # found now, not after every condition has been scored

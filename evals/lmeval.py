@@ -84,10 +84,16 @@ class LMEvalScorer:
 
         s = self.settings
         with with_adapter(self.model, adapter):
-            return simple_evaluate(model=self.lm, tasks=list(s.tasks), task_manager=self.tm, limit=s.limit,
-                                   num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters,
-                                   log_samples=log_samples, use_cache=None, cache_requests=False,
-                                   verbosity="ERROR")
+            try:
+                return simple_evaluate(model=self.lm, tasks=list(s.tasks), task_manager=self.tm, limit=s.limit,
+                                       num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters,
+                                       log_samples=log_samples, use_cache=None, cache_requests=False,
+                                       verbosity="ERROR")
+            except AssertionError as e:  # lm-eval asserts when a continuation does not fit the window
+                raise ConfigError(
+                    f"lm-eval could not score {', '.join(s.tasks)}: an item is longer than the model's window of "
+                    f"{self.lm.max_length} tokens ({str(e) or 'continuation longer than max_length'}). Score "
+                    f"with a model that has a longer window, or choose tasks with shorter items") from None
 
     def score(self, adapter: str | None = None) -> dict[str, float | None]:
         """Flat metrics with stderr of the model as it is (or with ``adapter``), e.g. ``rwedit_blimp/acc``,

@@ -219,6 +219,9 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
     rows, meta = load_run(folder)
     primary = _primary(meta, primary)
     df = long_shifts(rows)
+    if not df.empty and primary not in set(df["metric"]):
+        raise ExperimentError(f"primary metric {primary!r} is not among this run's metrics: "
+                              f"{', '.join(sorted(set(df['metric'])))}")
     head = headline(df)
     head.to_csv(folder / "headline.csv", index=False)
     ver = verdicts(df, primary) if primary in set(df["metric"]) else []

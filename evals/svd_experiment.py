@@ -42,7 +42,10 @@ from rwedit.config import Config, option
 from rwedit.editor.interventions import CheckpointLoad, Unchanged, WeightSnapshot, WeightWrite
 from rwedit.editor.svd_edits import CONDITION_KINDS, RANDOM_KINDS, condition_matrix, decompose, matrix_seed
 from rwedit.errors import SpecError
-from rwedit.evals.core import Condition, ExperimentKind, ExperimentRecipe, Prepared, register_experiment
+from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
+                               register_experiment)
+from rwedit.evals.direct import DIRECT_METRICS
+from rwedit.models import DTYPES
 
 EXPERIMENT = "svd-structure"
 #: the direct metrics' keys, renamed because their reference is the post model, not a base
@@ -119,6 +122,11 @@ class SVDRecipe(ExperimentRecipe):
             raise SpecError("conditions.seeds is empty: the random disruptions need at least one seed")
         if self.eval is None and self.direct is None:
             raise SpecError("nothing to score: give eval: and/or direct:")
+        if self.dtype not in DTYPES:
+            raise SpecError(f"dtype: {self.dtype!r}; use one of {', '.join(DTYPES)}")
+        if self.verdicts.metrics != VerdictSettings().metrics:  # the defaults: those not scored are skipped
+            for m in self.verdicts.metrics:
+                check_metric(m, self, "verdicts.metrics", DIRECT_METRICS + tuple(DIRECT_RENAME.values()))
 
     def condition_list(self) -> list[tuple[str, str, int | None]]:
         """``(name, kind, seed)`` in scoring order: post first, base last."""

@@ -14,7 +14,7 @@ from rwedit import __version__
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
-from rwedit.models import load_model_and_tokenizer
+from rwedit.models import check_window, load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_pair
 from rwedit.probes.report import (
@@ -50,6 +50,7 @@ class CalibrationSettings(Config):
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
                          cache_dir: str | Path | None = None, progress: bool = True) -> ActivationStats:
     """Collect (or reuse from the cache) second moments of the base model's reader inputs."""
+    check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
     model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype)
     texts = read_texts(calib.data, field=calib.field)
     ids = pack_tokens(tok, texts, calib.seq_len, calib.tokens)

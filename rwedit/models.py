@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rwedit.checkpoints import Checkpoint
-from rwedit.errors import CheckpointError, DeviceError
+from rwedit.errors import CheckpointError, ConfigError, DeviceError
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -30,6 +30,25 @@ def check_device(device: str) -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device {device!r}: rwedit runs on cpu, cuda or mps (or auto)")
     return device
+
+
+def context_window(model_or_config) -> int | None:
+    """The number of positions a model was built for (None when its config does not say)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_window(model_or_config, length: int, setting: str) -> None:
+    """Refuse a sequence length past the model's context window (positions it never saw, or an index
+    error for learned position embeddings), naming the setting to change."""
+    window = context_window(model_or_config)
+    if window is not None and length > window:
+        raise ConfigError(f"{setting} = {length} tokens is longer than the model's context window of {window} "
+                          f"positions; set {setting} to at most {window}")
 
 
 def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32"):

@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="adapter folder")
     options.add_model(p, when_omitted="the one recorded in the adapter's rwedit.json")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=options.positive_int, default=40)
     options.add_allow_pickle(p)
     options.add_force(p)
 

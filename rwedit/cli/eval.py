@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_model(p, required=True)
     p.add_argument("--adapters", help="folder of adapter folders to score next to the base")
     p.add_argument("--tasks", default="rwedit_hh_preference,rwedit_blimp,rwedit_wikitext", help="comma list")
-    p.add_argument("--limit", type=int, help="items per task (default: all)")
+    p.add_argument("--limit", type=options.positive_int, help="items per task (default: all)")
     options.add_batch_size(p)
     p.add_argument("--no-direct", action="store_true", help="skip the direct metrics")
     options.add_out(p, what="JSONL output file", when_omitted="standard output")

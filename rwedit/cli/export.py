@@ -22,6 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.config import read_json
     from rwedit.editor.export import push_to_hub, refresh_card
 
+    from rwedit.editor.export import check_repo_id
+
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)  # before the card is touched
     metrics = read_json(args.metrics) if args.metrics else None
     folder = refresh_card(args.adapter, metrics)
     print(f"model card and rwedit.json refreshed in {folder}")

@@ -54,6 +54,17 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts and sizes: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def roles_arg(text: str | None) -> tuple[str, ...] | None:
     """``"q,k, down"`` -> ``("q", "k", "down")``; None or empty -> None (every role)."""
     return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
@@ -140,7 +151,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_batch_size(p: argparse.ArgumentParser) -> None:
     """``--batch-size``: sequences per forward pass."""
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (default 8)")
 
 
 def add_cache_dir(p: argparse.ArgumentParser) -> None:

@@ -23,16 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", help=config_help(
         CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
         ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
-    p.add_argument("--calib-tokens", type=int, default=50_000, help=config_help(
+    p.add_argument("--calib-tokens", type=options.positive_int, default=50_000, help=config_help(
         CALIBRATION, "tokens", "token budget of the calibration set") + " (default %(default)s)")
-    p.add_argument("--seq-len", type=int, default=256, help=config_help(
+    p.add_argument("--seq-len", type=options.positive_int, default=256, help=config_help(
         CALIBRATION, "seq_len", "calibration sequence length") + " (default %(default)s)")
     options.add_batch_size(p)
     p.add_argument("--field", help=config_help(CALIBRATION, "field", "jsonl/dataset field holding the text"))
     options.add_device(p)
     p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
         GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (clipped to d)") + " (default 1,4,16,64)")
-    p.add_argument("--null-seeds", type=int, default=8, help=config_help(
+    p.add_argument("--null-seeds", type=options.positive_int, default=8, help=config_help(
         GRID, "null_seeds", "random subspaces per delta for the null") + " (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help=config_help(
         GRID, "seed", "seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)") + " (default %(default)s)")

@@ -50,6 +50,9 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
 
     t0 = time.perf_counter()
     out = Path(out)
+    if model is None and (post is not None or sft is not None):
+        raise ConfigError("--post/--sft need --model (the base they were post-trained from); without --model the "
+                          "quickstart builds and uses the bundled organism")
     if model is not None:  # a mistyped or mismatched pair fails before anything is written
         from rwedit.checkpoints import CheckpointPair
 
