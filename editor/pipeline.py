@@ -15,7 +15,7 @@ from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
-from rwedit.editor.spec import EditSpec
+from rwedit.editor.spec import EditSpec, SpecError
 from rwedit.errors import AdapterMismatchError, ConfigError
 from rwedit.models import check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
@@ -31,6 +31,12 @@ def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True
     if c is None:
         return None
     check_window(model, c.seq_len, "calibration.seq_len")
+    param = next(model.parameters())
+    if c.device not in ("cpu", param.device.type, "auto") or c.dtype not in ("float32", str(param.dtype).split(".")[-1]):
+        raise SpecError(f"calibration.device/dtype = {c.device}/{c.dtype}, but the edit's model is on "
+                        f"{param.device.type} in {str(param.dtype).split('.')[-1]}: the statistics are collected on the "
+                        f"model the edit is built on. Choose the device where the model is loaded, or drop "
+                        f"calibration.device/dtype")
     ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
     settings = StatsSettings(roles=(spec.edit.role,), layers=tuple(spec.edit.layers), seq_len=c.seq_len,
                              batch_size=c.batch_size)

@@ -236,10 +236,13 @@ def _svd_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, r, me
     rows = []
     n = len(pair.layout.views(roles))
     clipped: dict[str, int] = {}
+    unchanged: list[str] = []
     for rp in tqdm(pair.iter_roles(roles), total=n, desc="SVD probe", disable=not progress):
         r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
         if r_eff != "full" and r_eff < int(r):
             clipped[f"{rp.layer}.{rp.role}"] = r_eff
+        if torch.equal(rp.base, rp.post):
+            unchanged.append(f"{rp.layer}.{rp.role}")
         m = svd_structure(rp.base, rp.post, r=r_eff, method=method)
         rows.append({"layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
     df = write_rows(rows, out / "svd.csv", SVD_COLUMNS)
@@ -251,13 +254,16 @@ def _svd_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, r, me
     meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post,
             "model_type": pair.base.model_type, "r": r, "r_clipped_to_rank": clipped, "method": method,
             "roles": list(roles), "dtype_mismatch": list(pair.dtype_mismatch) if pair.dtype_mismatch else None,
+            "unchanged_matrices": unchanged,
             "seconds": round(time.perf_counter() - t0, 2)}
     write_json(out / "meta.json", meta)
     text = [f"# SVD structure probe: {post} vs {base}", "",
             f"Top-{r} singular triplets ({method}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
             "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
             "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ." +
-            (f" {len(clipped)} matrices have fewer than {r} singular values and use all of theirs." if clipped else ""),
+            (f" {len(clipped)} matrices have fewer than {r} singular values and use all of theirs." if clipped else "")
+            + (f" **{len(unchanged)} of {len(rows)} matrices are identical in base and post** (no delta: their "
+               f"scale 1 and zero rotation say nothing about post-training)." if unchanged else ""),
             "", "## Per role (mean and sd over layers)", "", markdown_table(head), "", "## Files", "",
             "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
            [f"![{p.stem}]({p.name})" for p in plots]

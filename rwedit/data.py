@@ -60,7 +60,7 @@ def _records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno}); each line must be "
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}, column {e.colno}); each line must be "
                             f"one JSON object with {expected}") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}: line {n} is a JSON {type(rec).__name__}, not an object with {expected}")

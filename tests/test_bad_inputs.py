@@ -167,7 +167,7 @@ CASES = [
          ("differ", "other_shape")),
     Case("deltas-arch-mismatch", "mismatched checkpoints", lambda ws: ["deltas", *_pair("gpt2")(ws)],
          ("architectures differ", "gpt2")),
-    Case("deltas-dtype-mismatch", "mixed precision pair", lambda ws: ["deltas", *_pair("post_bf16")(ws)],
+    Case("deltas-dtype-mismatch", "mixed-precision pair", lambda ws: ["deltas", *_pair("post_bf16")(ws)],
          ("dtypes differ", "BF16", "--allow-dtype-mismatch")),
     Case("deltas-nan-weight", "NaN/Inf weights", lambda ws: ["deltas", *_pair("post_nan")(ws)],
          ("1 NaN", "q_proj", "post_nan")),
@@ -210,7 +210,7 @@ CASES = [
     Case("probe-calib-not-utf8", "malformed data line",
          lambda ws: ["probe", *_pair("post", "--calib", str(ws / "data/latin1.txt"), "--out", str(ws / "o6"))(ws)],
          ("latin1.txt", "UTF-8"), out="o6"),
-    Case("probe-calib-damaged-gzip", "damaged data file",
+    Case("probe-calib-damaged-gzip", "damaged or malformed data file",
          lambda ws: ["probe", *_pair("post", "--calib", str(ws / "data/bad.txt.gz"), "--out", str(ws / "o7"))(ws)],
          ("bad.txt.gz", "damaged"), out="o7"),
     Case("probe-calib-mistyped-path", "missing or mistyped path",
@@ -238,7 +238,7 @@ CASES = [
          ("--r", "many"), out="s2"),
     Case("svd-out-exists", "existing output", lambda ws: ["svd", *_pair("post", "--out", str(ws / "existing"))(ws)],
          ("existing", "already exists", "--overwrite")),
-    Case("svd-dtype-mismatch", "mixed precision pair",
+    Case("svd-dtype-mismatch", "mixed-precision pair",
          lambda ws: ["svd", *_pair("post_bf16", "--out", str(ws / "s3"))(ws)],
          ("dtypes differ", "--allow-dtype-mismatch"), out="s3"),
     # --- edit: specs
@@ -316,7 +316,7 @@ CASES = [
          lambda ws: ["probe", *_pair("post", "--batch-size", "0", "--out", str(ws / "o13"))(ws)],
          ("--batch-size", "positive integer"), out="o13"),
     # --- export
-    Case("export-metrics-bad-json", "malformed data file",
+    Case("export-metrics-bad-json", "damaged or malformed data file",
          lambda ws: ["export", str(ws / "e/adapters/random_s0_a1"), "--metrics", str(ws / "data/metrics_bad.json")],
          ("metrics_bad.json", "not valid JSON")),
     Case("export-metrics-nan", "NaN/Inf values",
@@ -461,6 +461,7 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(case, ws, tmp_path, capsys
         status = e.code
     cap = capsys.readouterr()
     err = cap.err
+    print(f"[case] {case.id} | {err.strip().splitlines()[-1] if err.strip() else ''}")  # shown with -s
     assert status == 2, (status, err[-2000:])
     assert "Traceback" not in err + cap.out
     for pattern in case.names:
@@ -647,3 +648,13 @@ def test_outputs_get_the_umask_and_strict_json(ws, tmp_path):
     with atomic_folder(tmp_path / "made2"):
         pass
     assert not stale.exists() and (tmp_path / "made2").is_dir()
+
+
+def test_docs_errors_lists_every_class_case_and_test():
+    """docs/errors.md stays true: every class and case here has its row, every test it names exists."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    for case in CASES:
+        assert case.cls.lower() in doc.lower(), case.cls
+        assert case.id in doc, case.id
+    for name in set(re.findall(r"`(test_\w+)`", doc)):
+        assert name in globals(), name
