@@ -218,15 +218,15 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     store = ResultStore(out)
     store.check_folder()
     created = not out.exists()
-    try:
-        with store.locked():  # one writer per store: a second `run --resume` here is refused
+    with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
+        try:
             return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume)
-    except BaseException:
-        if created and not store.path.exists():  # failed before its first row: leave nothing behind
-            import shutil
+        except BaseException:
+            if created and not store.path.exists():  # failed before its first row: leave nothing behind
+                import shutil
 
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
@@ -273,11 +273,12 @@ def check_scores(scores: dict[str, Any], condition: str) -> dict[str, Any]:
 
     from rwedit.errors import NonFiniteError
 
-    bad = [k for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)
-           and not k.endswith(("_stderr", "_se"))]
+    bad = [k for k, v in scores.items() if not k.endswith(("_stderr", "_se")) and (
+        (isinstance(v, float) and not math.isfinite(v))
+        or (isinstance(v, list) and any(isinstance(x, float) and not math.isfinite(x) for x in v)))]
     if bad:
         raise NonFiniteError(
-            f"condition {condition!r}: {', '.join(f'{k} = {scores[k]}' for k in bad[:4])}; a non-finite score "
+            f"condition {condition!r}: {', '.join(k + ' is not finite' for k in bad[:4])}; a non-finite score "
             f"means the model (or its adapter) produced NaN/Inf logits. Nothing was stored for it; check the "
             f"model's weights (`rwedit deltas`) and the edit's alpha")
     return scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,6 +24,12 @@ from rwedit.scoring import encode_pairs, response_logprob
 from rwedit.stats import mean_se
 
 
+#: suffix of the per-item values stored beside a metric (``pref_margin_shift_items``: one number per pair,
+#: in item order, the same items for every condition: any two conditions can be compared item by item)
+ITEMS = "_items"
+#: the metrics whose per-item values are stored (paired shifts against the reference model)
+ITEM_METRICS = ("pref_margin_shift", "ce_shift", "kl_base_edited")
+
 #: every metric DirectScorer.score returns (each with a ``_stderr``)
 DIRECT_METRICS = ("pref_margin", "pref_acc", "pref_margin_shift", "pref_acc_shift", "kl_base_edited", "ce",
                   "ce_shift", "ppl", "ppl_change")
@@ -32,7 +39,8 @@ DIRECT_METRICS = ("pref_margin", "pref_acc", "pref_margin_shift", "pref_acc_shif
 class DirectSettings(Config):
     """Held-out data of the direct metrics (recorded with every result)."""
 
-    pairs: int = option(64, help="held-out preference pairs: margin log p(chosen) − log p(rejected)")
+    pairs: int | Literal["all"] = option(64, help="held-out preference pairs: margin log p(chosen) − log p(rejected) "
+                                         "(all: every pair of the held-out range)")
     pairs_data: str = option(str(HH_RLHF), path=True, help="preference pairs (.jsonl[.gz], hh-rlhf format)")
     pairs_heldout: tuple[int, int] | None = option((HH_HELDOUT.start, HH_HELDOUT.stop),
                                                    help="line range of the held-out pairs (null: all lines)")
@@ -43,7 +51,7 @@ class DirectSettings(Config):
     batch_size: int = option(8, help="batch size of the direct metrics")
 
     def __post_init__(self):
-        if self.pairs < 2 or self.texts < 2:
+        if (self.pairs != "all" and self.pairs < 2) or self.texts < 2:
             raise ConfigError("direct.pairs and direct.texts must be >= 2 (a standard error needs two items)")
 
 
@@ -57,7 +65,7 @@ class DirectScorer:
         check_window(model, settings.seq_len, "direct.seq_len")
         check_window(model, settings.max_len, "direct.max_len")
         rng = range(*settings.pairs_heldout) if settings.pairs_heldout else None
-        pairs = read_pairs(settings.pairs_data, limit=settings.pairs, indices=rng)
+        pairs = read_pairs(settings.pairs_data, limit=None if settings.pairs == "all" else settings.pairs, indices=rng)
         if len(pairs) < 2:
             raise DataError(f"{settings.pairs_data}: only {len(pairs)} held-out pairs; need at least 2")
         self.pairs = pairs
@@ -108,6 +116,8 @@ class DirectScorer:
                         ("ce_shift", ce - self.base_ce)):
             m, se = mean_se(x)
             out[name], out[f"{name}_stderr"] = m, se
+            if name in ITEM_METRICS:
+                out[name + ITEMS] = [float(v) for v in x]
         ppl_b, ppl = math.exp(float(self.base_ce.mean())), math.exp(out["ce"])
         out["ppl"], out["ppl_stderr"] = ppl, ppl * out["ce_stderr"]  # delta method
         out["ppl_change"] = ppl - ppl_b

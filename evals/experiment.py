@@ -30,6 +30,7 @@ from rwedit.editor.spec import EditSpec
 from rwedit.errors import ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
+from rwedit.evals.direct import ITEMS
 from rwedit.evals.store import ResultStore
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
@@ -184,7 +185,8 @@ def _refresh_exports(recipe: Recipe, out: Path) -> None:
     for name in recipe.export:
         if name not in rows:
             raise ExperimentError(f"export: no condition named {name!r}; conditions: {sorted(rows)}")
-        refresh_card(out / "edit" / "adapters" / name, {k: v for k, v in rows[name].items() if v is not None})
+        refresh_card(out / "edit" / "adapters" / name, {k: v for k, v in rows[name].items()
+                                                        if v is not None and not k.endswith(ITEMS)})
 
 
 def _report(folder, primary: str | None = None):

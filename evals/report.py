@@ -22,7 +22,9 @@ import pandas as pd
 
 from rwedit.evals.store import ResultStore
 from rwedit.probes.report import pyplot, save_figure
-from rwedit.stats import Interval, combined_se, difference, interval, over_members
+from rwedit.evals.direct import ITEMS
+from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
+                          over_members)
 from rwedit.errors import ExperimentError
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
@@ -144,8 +146,40 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
     return h.sort_values(["metric", "alpha", "kind_order"]).drop(columns="kind_order").reset_index(drop=True)
 
 
-def compare(df: pd.DataFrame, metric: str, alpha: float, control: str) -> dict | None:
-    """|shift| of the principal edit minus the mean |shift| of a control at the same α, with a 95% CI."""
+def direction(config: dict, metric: str, alpha: float) -> int | None:
+    """+1 when a larger ``metric`` is in the direction of the edit's objective, −1 when a smaller one is, None
+    when the b rule defines no direction (then verdicts test the magnitude of the shift). ``b: gradient`` of
+    the preference margin and ``b: delta`` of an aligned checkpoint push the margin up; ``b: gradient`` of
+    cross-entropy pushes CE down; a negative α reverses the push."""
+    e = (config.get("edit") or {}).get("edit") or {}
+    b, objective = e.get("b"), e.get("objective", "preference")
+    up = {"pref_margin_shift": 1, "pref_acc_shift": 1}
+    if b == "delta" or (b == "gradient" and objective == "preference"):
+        sign = up.get(metric)
+    elif b == "gradient" and objective == "ce":
+        sign = {"ce_shift": -1, "ppl_change": -1}.get(metric)
+    else:
+        sign = None
+    return None if sign is None else sign * (1 if alpha > 0 else -1)
+
+
+def _items(rows: Sequence[dict], metric: str):
+    """The per-item values of ``metric`` of each row (None when any row lacks them)."""
+    import numpy as np
+
+    vals = [r.get(metric + ITEMS) for r in rows]
+    if not rows or any(v is None for v in vals) or len({len(v) for v in vals}) != 1:
+        return None
+    return np.asarray(vals, dtype=np.float64)
+
+
+def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Sequence[dict] | None = None,
+            config: dict | None = None, seed: int = 0) -> dict | None:
+    """The principal edit against a control at the same α. With per-item values stored (the same items for
+    every condition) the verdict is *paired*: a hierarchical bootstrap over items and control members of the
+    signed shift in the objective's direction (:func:`direction`), or of the magnitude where the b rule
+    defines none, with its minimum detectable effect and the items that would detect the observed effect.
+    The unpaired comparison of |shift| (each condition's own stderr, t over members) is kept beside it."""
     sel = df[(df["metric"] == metric) & (df["alpha"] == alpha)]
     p, c = sel[sel["kind"] == "principal"], sel[sel["kind"] == control]
     if p.empty or c.empty:
@@ -153,12 +187,31 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str) -> dict |
     pi = _members(p["shift"].abs().tolist(), p["stderr"].tolist())
     ci = _members(c["shift"].abs().tolist(), c["stderr"].tolist())
     d = difference(pi, ci)
-    if d.se is None:
-        return None
     ep, ec = pi.estimate, ci.estimate
-    return {"metric": metric, "alpha": alpha, "control": control, "n_control": len(c), "principal_abs": ep,
-            "control_abs": ec, "effect": d.estimate, "ci_low": d.low, "ci_high": d.high,
-            "ratio": ep / ec if ec > 0 else math.inf, "answer": d.verdict()}
+    out = {"metric": metric, "alpha": alpha, "control": control, "n_control": len(c), "principal_abs": ep,
+           "control_abs": ec, "ratio": ep / ec if ec > 0 else math.inf,
+           "unpaired_effect": d.estimate, "unpaired_ci_low": d.low, "unpaired_ci_high": d.high,
+           "unpaired_answer": d.verdict() if d.se is not None else "inconclusive"}
+    by_name = {r["condition"]: r for r in rows or []}
+    P = _items([by_name[n] for n in p["condition"] if n in by_name], metric) if rows else None
+    C = _items([by_name[n] for n in c["condition"] if n in by_name], metric) if rows else None
+    if P is None or C is None or P.shape[1] != C.shape[1] or P.shape[1] < 2:
+        out.update(test="magnitude (unpaired: no per-item values stored)", effect=d.estimate, ci_low=d.low,
+                   ci_high=d.high, answer=out["unpaired_answer"], n_items=None, mde=None, items_needed=None)
+        return out if d.se is not None else None
+    sign = direction(config or {}, metric, alpha)
+    statistic = "magnitude" if sign is None else "signed"
+    s = 1 if sign is None else sign
+    iv = hierarchical_bootstrap(s * P.mean(axis=0), s * C, statistic, seed=seed)
+    diffs = s * (P.mean(axis=0) - C.mean(axis=0))  # per-item paired differences (for the power line)
+    sd = float(diffs.std(ddof=1))
+    test = ("signed: shift in the direction of the edit's objective (larger is "
+            f"{'up' if s > 0 else 'down'} for {metric} at α = {alpha:g})" if sign is not None else
+            "magnitude: |mean shift| (the b rule defines no direction for this metric)")
+    out.update(test=test, effect=iv.estimate, ci_low=iv.low, ci_high=iv.high, answer=iv.verdict(),
+               n_items=int(P.shape[1]), mde=mde(sd, int(P.shape[1])), items_needed=items_to_detect(iv.estimate, sd),
+               interval=iv.how)
+    return out
 
 
 CLAIMS = {
@@ -168,11 +221,12 @@ CLAIMS = {
 }
 
 
-def verdicts(df: pd.DataFrame, metric: str) -> list[dict]:
+def verdicts(df: pd.DataFrame, metric: str, rows: Sequence[dict] | None = None, config: dict | None = None) -> list[dict]:
+    """One verdict per control kind and α (paired where per-item values are stored, see :func:`compare`)."""
     out = []
     for control in CLAIMS:
         for alpha in sorted(df["alpha"].unique(), key=abs):
-            v = compare(df, metric, alpha, control)
+            v = compare(df, metric, alpha, control, rows, config)
             if v is not None:
                 out.append(v)
     return out
@@ -224,7 +278,7 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
                               f"{', '.join(sorted(set(df['metric'])))}")
     head = headline(df)
     head.to_csv(folder / "headline.csv", index=False)
-    ver = verdicts(df, primary) if primary in set(df["metric"]) else []
+    ver = verdicts(df, primary, rows, meta["config"]) if primary in set(df["metric"]) else []
     pd.DataFrame(ver).to_csv(folder / "verdicts.csv", index=False)
     plots = [plot_dose_response(df, m, folder / f"dose_response_{m.replace('/', '_')}.png")
              for m in dict.fromkeys([primary] + [m for m in ("pref_acc_shift", "kl_base_edited")
@@ -240,12 +294,19 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
         lines += [f"No verdict: the store has no principal edit and control rows for {primary}.", ""]
     for v in ver:
         claim = CLAIMS[v["control"]].format(m=primary)
-        lines.append(f"- **{v['answer']}** (α = {fmt(v['alpha'])}): {claim}. |shift| principal "
-                     f"{fmt(v['principal_abs'])} vs {v['control']} {fmt(v['control_abs'])} (n = {v['n_control']}); "
-                     f"effect {fmt(v['effect'])}, 95% CI {fmt_ci(v['ci_low'], v['ci_high'])}, "
-                     f"ratio {fmt(v['ratio'])}.")
-    lines += ["", "A verdict is *yes* when the whole 95% interval of (|shift| of the principal edit − mean |shift| "
-              "of the control) is above 0, *no* when it is below 0, *inconclusive* otherwise.", ""]
+        lines.append(f"- **{v['answer']}** (α = {fmt(v['alpha'])}): {claim}. Test: {v['test']}. Effect "
+                     f"{fmt(v['effect'])}, 95% CI {fmt_ci(v['ci_low'], v['ci_high'])} ({v.get('interval') or 'unpaired'}); "
+                     f"|shift| principal {fmt(v['principal_abs'])} vs {v['control']} {fmt(v['control_abs'])} "
+                     f"(n = {v['n_control']}), ratio {fmt(v['ratio'])}.")
+        if v.get("n_items"):
+            lines.append(f"  - power: over {v['n_items']} items the minimum detectable effect (80% power, α = 0.05) is "
+                         f"{fmt(v['mde'])}; detecting the observed {fmt(v['effect'])} would take "
+                         f"{fmt(v['items_needed'])} items. Unpaired (each condition's own stderr): "
+                         f"{v['unpaired_answer']}, {fmt(v['unpaired_effect'])} "
+                         f"{fmt_ci(v['unpaired_ci_low'], v['unpaired_ci_high'])}.")
+    lines += ["", "A verdict is *yes* when the whole 95% interval of the effect (principal edit − control) is above 0, "
+              "*no* when it is below 0, *inconclusive* otherwise. Paired verdicts compare the conditions item by item "
+              "on the same held-out items; the unpaired comparison is shown beside them.", ""]
     lines += headline_lines(folder, primary)
     lines += ["", "## Every condition", ""]
     probe_cols = ["delta_norm", "rsf_read_activation_k1", "rsf_read_activation_k16", "rsf_residual_prediction_k1"]

@@ -44,7 +44,7 @@ from rwedit.editor.svd_edits import CONDITION_KINDS, RANDOM_KINDS, condition_mat
 from rwedit.errors import SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
-from rwedit.evals.direct import DIRECT_METRICS
+from rwedit.evals.direct import DIRECT_METRICS, ITEMS
 from rwedit.models import DTYPES
 
 EXPERIMENT = "svd-structure"
@@ -264,8 +264,9 @@ class _RenamedDirect:
     def score(self) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for k, v in self.scorer.score().items():
-            stem, se = (k[: -len("_stderr")], "_stderr") if k.endswith("_stderr") else (k, "")
-            row[DIRECT_RENAME.get(stem, stem) + se] = v
+            suffix = next((s for s in ("_stderr", ITEMS) if k.endswith(s)), "")
+            stem = k[: len(k) - len(suffix)]
+            row[DIRECT_RENAME.get(stem, stem) + suffix] = v
         return row
 
 

@@ -122,6 +122,91 @@ def difference(a: Interval, b: Interval) -> Interval:
                     min(a.n, b.n), "unpaired difference")
 
 
+POWER = 0.80
+
+
+def mde(sd: float, n: int, level: float = LEVEL, power: float = POWER) -> float:
+    """Minimum detectable effect of a mean over ``n`` items with per-item sd ``sd``: the true effect a
+    two-sided test at ``1 − level`` detects with probability ``power``, (z_{1−α/2} + z_power)·sd/√n."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return (quantile(None, level) + float(stats.norm.ppf(power))) * sd / math.sqrt(n)
+
+
+def items_to_detect(effect: float, sd: float, level: float = LEVEL, power: float = POWER) -> float:
+    """Items a paired mean needs for ``effect`` to be detected with probability ``power``: the n at which
+    :func:`mde` equals |effect| (inf for a zero effect)."""
+    from scipy import stats
+
+    if not math.isfinite(sd) or not math.isfinite(effect):
+        return math.nan
+    if effect == 0:
+        return math.inf
+    z = quantile(None, level) + float(stats.norm.ppf(power))
+    return float(math.ceil((z * sd / abs(effect)) ** 2))
+
+
+def hierarchical_bootstrap(principal, controls, statistic: str = "signed", n_boot: int = 2000, seed: int = 0,
+                           level: float = LEVEL) -> Interval:
+    """Paired comparison of a condition with a group of control members scored on the same items.
+
+    ``principal``: per-item values (n,); ``controls``: per-item values of each member (m, n). The effect is
+    ``mean_i p_i − mean_j mean_i c_ji`` (``signed``) or ``|mean_i p_i| − mean_j |mean_i c_ji|``
+    (``magnitude``). The interval resamples members (with replacement) and, independently, items (the same
+    items for the condition and every member, which keeps the pairing) ``n_boot`` times; its percentile
+    bounds are returned with the bootstrap sd as ``se``."""
+    import numpy as np
+
+    p = np.asarray(principal, dtype=np.float64)
+    c = np.atleast_2d(np.asarray(controls, dtype=np.float64))
+    if p.ndim != 1 or c.shape[1] != p.shape[0] or p.shape[0] < 2:
+        raise ValueError(f"need per-item values of one condition (n,) and of control members (m, n) on the same "
+                         f"n >= 2 items; got {p.shape} and {c.shape}")
+    if statistic not in ("signed", "magnitude"):
+        raise ValueError(f"statistic must be signed or magnitude, not {statistic!r}")
+
+    def stat(pm, cm):  # pm: (B,) condition means; cm: (B, m) member means
+        if statistic == "signed":
+            return pm - cm.mean(axis=1)
+        return np.abs(pm) - np.abs(cm).mean(axis=1)
+
+    n, m = p.shape[0], c.shape[0]
+    est = float(stat(p.mean()[None], c.mean(axis=1)[None])[0])
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, n, size=(n_boot, n))
+    members = rng.integers(0, m, size=(n_boot, m)) if m > 1 else np.zeros((n_boot, 1), dtype=int)
+    pm = p[items].mean(axis=1)
+    # member means over the resampled items: (B, m) via per-member column sums of the item counts
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n), items.ravel()), 1.0)
+    all_means = counts @ c.T / n  # (B, m_all): every member's mean over each bootstrap's items
+    cm = np.take_along_axis(all_means, members, axis=1)
+    boot = stat(pm, cm)
+    a = (1 - level) / 2
+    low, high = np.quantile(boot, [a, 1 - a])
+    how = f"paired {statistic}, hierarchical bootstrap over {n} items" + (f" and {m} members" if m > 1 else "") + \
+          f" ({n_boot} resamples, seed {seed})"
+    return BootInterval(est, float(boot.std(ddof=1)), None, n, how, level, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class BootInterval(Interval):
+    """An :class:`Interval` whose bounds are bootstrap percentiles rather than ± quantile·se."""
+
+    boot_low: float = math.nan
+    boot_high: float = math.nan
+
+    @property
+    def low(self) -> float:
+        return self.boot_low
+
+    @property
+    def high(self) -> float:
+        return self.boot_high
+
+
 def verdict(low: float, high: float, threshold: float = 0.0) -> str:
     """``yes`` when the interval [low, high] lies wholly above ``threshold``, ``no`` wholly below it,
     ``inconclusive`` otherwise (also when it is undefined)."""
@@ -132,5 +217,5 @@ def verdict(low: float, high: float, threshold: float = 0.0) -> str:
     return "inconclusive"
 
 
-__all__ = ["LEVEL", "Interval", "combined_se", "difference", "interval", "mean_se", "over_members", "quantile",
-           "verdict"]
+__all__ = ["LEVEL", "POWER", "BootInterval", "Interval", "combined_se", "difference", "hierarchical_bootstrap",
+           "interval", "items_to_detect", "mde", "mean_se", "over_members", "quantile", "verdict"]

@@ -561,22 +561,24 @@ def test_unexpected_errors_say_bug_and_exit_1(monkeypatch, capsys):
 
 
 def test_two_concurrent_runs_on_one_folder_one_is_refused_rows_unique(ws, tmp_path):
-    """A second `run --resume` while the first holds the store is refused (naming the holder); the first
-    finishes with every condition once."""
+    """While one writer holds a run's store, a `run --resume` from another process is refused, naming the
+    holder; once the writer is gone the run finishes, and a second `--resume` adds no row (every condition
+    once). The writer here is this test process holding the store's lock, as a running `rwedit run` does
+    for its whole run, so the overlap is certain rather than a race."""
     from rwedit.evals.store import ResultStore
 
-    recipe = _yaml(ws, "conc.yaml", _recipe(ws, probe={"enabled": False}, eval={
-        "tasks": ["rwedit_hh_preference"], "limit": 16, "batch_size": 2}))
+    recipe = _yaml(ws, "conc.yaml", _recipe(ws, probe={"enabled": False}, eval=None))
     out = tmp_path / "run"
     env = {**os.environ, "RWEDIT_CACHE": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([*RWEDIT, "run", recipe, "--out", str(out), "--resume", "--quiet"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.pid, p.wait(timeout=600), p.communicate()[1]) for p in procs]
-    ok = [r for r in results if r[1] == 0]
-    refused = [r for r in results if r[1] == 2]
-    assert len(ok) == 1 and len(refused) == 1, [(code, err[-500:]) for _, code, err in results]
-    err = refused[0][2]
-    assert "being written by another rwedit process" in err and f"pid {ok[0][0]}" in err and "Traceback" not in err
+    cmd = [*RWEDIT, "run", recipe, "--out", str(out), "--resume", "--quiet"]
+    with ResultStore(out).locked():
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "being written by another rwedit process" in second.stderr and f"pid {os.getpid()}" in second.stderr
+    assert "Traceback" not in second.stderr and not (out / "results.jsonl").exists()
+    for _ in range(2):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
     names = [r["condition"] for r in ResultStore(out).rows()]
     assert len(names) == len(set(names)) == len(ResultStore(out).meta()["conditions"])
 

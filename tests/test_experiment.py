@@ -123,11 +123,30 @@ def test_report_numbers_follow_from_the_stored_rows(finished):
     lo, hi = effect - t975(len(er) - 1) * se, effect + t975(len(er) - 1) * se
     ver = pd.read_csv(finished / "verdicts.csv")
     v = ver[(ver["control"] == "random") & (ver["metric"] == m)].iloc[0]
-    assert v["effect"] == pytest.approx(effect) and v["ci_low"] == pytest.approx(lo) and v["ci_high"] == pytest.approx(hi)
+    assert v["unpaired_effect"] == pytest.approx(effect) and v["unpaired_ci_low"] == pytest.approx(lo)
+    assert v["unpaired_ci_high"] == pytest.approx(hi)
     answer = "yes" if lo > 0 else ("no" if hi < 0 else "inconclusive")
     md = (finished / "report.md").read_text()
-    assert f"**{answer}** (α = 2): principal read-pathway edits shift {m} more than random" in md
-    assert f"effect {effect:.3g}, 95% CI [{lo:.3g}, {hi:.3g}]" in md
+    assert f"Unpaired (each condition's own stderr): {answer}, {effect:.3g} [{lo:.3g}, {hi:.3g}]" in md
+    # the paired verdict, from the per-item values every row stores (b: delta, α > 0: a larger margin is
+    # in the edit's direction, so the test is signed): effect and power line recomputed here
+    P = p[f"{m}_items"]
+    C = [r[f"{m}_items"] for r in rand]
+    n = len(P)
+    assert n == 4 and all(len(c) == n for c in C)
+    cbar = [sum(c[i] for c in C) / len(C) for i in range(n)]
+    d = [P[i] - cbar[i] for i in range(n)]
+    est = sum(d) / n
+    assert v["effect"] == pytest.approx(est) and v["n_items"] == n and v["test"].startswith("signed")
+    assert v["ci_low"] <= est <= v["ci_high"]
+    from statistics import NormalDist, stdev
+
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    assert v["mde"] == pytest.approx(z * stdev(d) / math.sqrt(n))
+    assert v["items_needed"] == math.ceil((z * stdev(d) / abs(est)) ** 2)
+    paired = "yes" if v["ci_low"] > 0 else ("no" if v["ci_high"] < 0 else "inconclusive")
+    assert f"**{paired}** (α = 2): principal read-pathway edits shift {m} more than random" in md
+    assert "Test: signed: shift in the direction of the edit's objective" in md and "minimum detectable effect" in md
     # headline: the random group's mean shift and t interval; lm-eval shifts are differences to the base row
     head = pd.read_csv(finished / "headline.csv")
     h = head[(head["metric"] == m) & (head["kind"] == "random")].iloc[0]
