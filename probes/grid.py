@@ -23,13 +23,14 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
 from rwedit.checkpoints import CheckpointPair, TensorReader
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
-from rwedit.probes.rsf import RSFResult, _energies, random_null_samples, rsf_nested
+from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
+                               rsf_nested)
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 
 DEFAULT_KS = (1, 4, 16, 64)
 SUBSPACES = ("activation", "prediction", "random")
 COLUMNS = ("layer", "role", "pathway", "side", "subspace", "k", "d", "fraction", "rsf", "null_mean", "null_sd",
-           "null_z", "delta_norm", "reason")
+           "null_z", "null_exact_sd", "null_exact_z", "delta_norm", "reason")
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def rows_for_delta(
     """All grid rows for one delta (d_out × d_in)."""
     d_out, d_in = delta.shape
     out: list[dict] = []
+    conc = None  # tr G² for the exact null, computed once per delta
     for side in settings.sides:
         if side == "both":
             out += _two_sided_rows(delta, layer, role, ctx, settings)
@@ -163,6 +165,8 @@ def rows_for_delta(
         cums = torch.cumsum(energies.reshape(len(blocks), kmax), dim=1).cpu()
         null_cums = cums[len(bases):]
         norm = math.sqrt(total)
+        if conc is None:
+            conc = gram_concentration(delta) if total > 0 else math.nan
         for j, name in enumerate(bases):
             for k in ks:
                 base = k / d
@@ -173,18 +177,19 @@ def rows_for_delta(
                     frac = float(cums[j, k - 1]) / total
                     res = RSFResult(side, frac, frac / base, k, d, base, norm, None)
                     vals = null_cums[:, k - 1] / total / base
-                out.append(_row(layer, role, side, name, k, d, res, vals))
+                out.append(_row(layer, role, side, name, k, d, res, vals, exact_null_sd(conc, d, k)))
     return out
 
 
-def _row(layer, role, side, subspace, k, d, res, vals) -> dict:
+def _row(layer, role, side, subspace, k, d, res, vals, exact_sd: float = math.nan) -> dict:
+    """One grid row: the RSF, its seeded null (mean, sd, z) and its exact null (mean 1, sd in closed form)."""
     mean = float(vals.mean())
     sd = float(vals.std(correction=1))
-    # at k = d every subspace is the whole space: sd is float noise and z means nothing
     z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
+    exact_z = (res.rsf - 1.0) / exact_sd if exact_sd > 0 and not math.isnan(res.rsf) else math.nan
     return {"layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": subspace, "k": k,
             "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd, "null_z": z,
-            "delta_norm": res.delta_norm, "reason": res.reason or ""}
+            "null_exact_sd": exact_sd, "null_exact_z": exact_z, "delta_norm": res.delta_norm, "reason": res.reason or ""}
 
 
 def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings) -> list[dict]:

@@ -49,6 +49,8 @@ def rsf_headline(df: pd.DataFrame) -> pd.DataFrame:
         null_mean=("null_mean", "mean"),
         null_sd=("null_sd", "mean"),
         z_mean=("null_z", "mean"),
+        null_exact_sd=("null_exact_sd", "mean"),
+        exact_z_mean=("null_exact_z", "mean"),
     ).reset_index()
     out["role"] = pd.Categorical(out["role"], [r for r in ROLES if r in set(out["role"])], ordered=True)
     return out.sort_values(["subspace", "side", "role", "k"]).reset_index(drop=True)

@@ -339,3 +339,24 @@ def random_null(delta: torch.Tensor, side: Side, k: KSpec, seeds: Sequence[int])
     sd = float(vals.std(correction=1)) if vals.numel() > 1 else math.nan
     return mean, sd
 
+
+
+def gram_concentration(delta: torch.Tensor) -> float:
+    """tr G² of the delta's normalised Gram matrix G = ΔWᵀΔW / ‖ΔW‖²_F (tr G = 1), i.e. Σσ⁴ / (Σσ²)²:
+    1 for a rank-1 delta, 1/rank for a flat one. The read-side and write-side Gram matrices share their
+    non-zero eigenvalues, so one number serves both sides; computed from the smaller Gram matrix."""
+    a = delta.float()
+    small = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
+    total = float(torch.diagonal(small).double().sum())
+    if total == 0.0:
+        return math.nan
+    return float(small.double().pow(2).sum()) / total ** 2
+
+
+def exact_null_sd(concentration: float, d: int, k: int) -> float:
+    """The exact sd of RSF against a Haar-random k-dim subspace of a d-dim side (its mean is exactly 1):
+    Var f = 2k(d−k) / (d(d−1)(d+2)) · (tr G² − 1/d) for the captured fraction f, and RSF = f·d/k."""
+    if not 1 <= k < d or not math.isfinite(concentration):
+        return math.nan
+    var_f = 2 * k * (d - k) / (d * (d - 1) * (d + 2)) * max(concentration - 1 / d, 0.0)
+    return math.sqrt(var_f) * d / k
