@@ -98,7 +98,7 @@ def findings(out: Path, k: int = CLAIM_K) -> list[str]:
         v = pd.read_csv(ver)
         for control, g in v.groupby("control", sort=False):
             parts = [f"α={r['alpha']:g}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, "
-                     f"{r['ci_high']:.3g}])" for _, r in g.iterrows()]
+                     f"{r['ci_high']:.3g}]" + _power(r) + ")" for _, r in g.iterrows()]
             lines.append(f"- **RW causal test: principal read-pathway edit shifts {g['metric'].iloc[0]} more than the "
                          f"{control} control at matched ‖ΔW‖**: " + "; ".join(parts) + ".")
     for name in ("aligned", "sft"):
@@ -204,3 +204,13 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
 
 __all__ = ["CLAIM_K", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "claim_series", "contrast_lines", "findings",
            "spectrum_lines", "write_quickstart_report"]
+
+
+def _power(r) -> str:
+    """The power line of a paired verdict row (empty for an unpaired one)."""
+    if "n_items" not in r or pd.isna(r.get("n_items")):
+        return ""
+    test = str(r.get("test", "")).split(":")[0]
+    return (f"; {test} paired test over {int(r['n_items'])} items, minimum detectable effect {r['mde']:.3g}, "
+            f"{r['items_needed']:.0f} items would detect the observed effect; unpaired: {r['unpaired_answer']}")
+
