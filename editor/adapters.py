@@ -140,6 +140,39 @@ def check_adapter_base(path: str | Path, fingerprint: str, force: bool = False) 
             f"Give the base it was made for with --model, or pass --force to apply it anyway")
 
 
+def _module_dims(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a linear module (Linear, or GPT-2's transposed Conv1D)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    w = getattr(module, "weight", None)
+    if w is not None and w.dim() == 2 and type(module).__name__ == "Conv1D":
+        return int(w.shape[0]), int(w.shape[1])
+    return None
+
+
+def _check_fits(model: torch.nn.Module, path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every module the adapter edits exists in ``model`` with the adapter's input and output sizes."""
+    for key, shape in sorted(shapes.items()):
+        for part, side in (("lora_A", 1), ("lora_B", 0)):
+            tag = f".{part}."
+            if tag not in key:
+                continue
+            module_path = key.split(tag)[0].removeprefix("base_model.model.")
+            try:
+                module = model.get_submodule(module_path)
+            except AttributeError:
+                raise AdapterMismatchError(
+                    f"{path} edits {module_path}, which this model ({type(model).__name__}) does not have: the adapter "
+                    f"was made for another architecture. Give the base it was made for with --model") from None
+            dims = _module_dims(module)
+            want = None if dims is None else dims[0] if part == "lora_A" else dims[1]
+            if dims is not None and shape[side] != want:
+                raise AdapterMismatchError(
+                    f"{path} edits {module_path} with {'input' if part == 'lora_A' else 'output'} size {shape[side]}, "
+                    f"but this model's has {want}: the adapter was made for a model of another size. Give the "
+                    f"base it was made for with --model")
+
+
 def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Sequence[str],
                         force: bool = False) -> PeftModel:
     """Load saved named adapters (``folder/<name>``) onto one model, refusing incomplete ones and ones made
@@ -164,14 +197,16 @@ def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Seque
     for n in names:
         path = folder / n
         adapter_info(path)
-        check_adapter_base(path, fingerprint, force)
         targets = json.loads((path / "adapter_config.json").read_text()).get("target_modules") or []
         try:
             with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
                 keys = set(f.keys())
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
         except Exception as e:  # noqa: BLE001 — missing or damaged weights file
             raise AdapterMismatchError(f"{path / 'adapter_model.safetensors'} cannot be read ({e}); re-create the "
                                        f"adapter") from None
+        _check_fits(model, path, shapes)  # another architecture or size: said as such, before the fingerprint
+        check_adapter_base(path, fingerprint, force)
         for t in targets:
             for part in ("lora_A", "lora_B"):
                 if not any(k.endswith(f"{t}.{part}.weight") for k in keys):

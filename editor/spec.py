@@ -156,10 +156,11 @@ class EditSpec(Config):
         if e.b == "gradient":
             check_window(base.config, e.max_len, "edit.max_len")
         kind, index = e.direction()
-        n_dirs = {"principal": index + 1, "lowvar": max(index + 1, self.controls.lowvar)}.get(kind, self.controls.lowvar)
-        if n_dirs > view.d_in:
-            raise SpecError(f"edit.v = {e.v} with controls.lowvar = {self.controls.lowvar} needs {n_dirs} eigen-"
-                            f"directions of the {e.role} input, which has only d = {view.d_in}")
+        for what, n_dirs in (("edit.v = " + e.v, index + 1 if kind in ("principal", "lowvar") else 0),
+                             (f"controls.lowvar = {self.controls.lowvar}", self.controls.lowvar)):
+            if n_dirs > view.d_in:
+                raise SpecError(f"{what} needs {n_dirs} eigendirections of the {e.role} input, which has only "
+                                f"d = {view.d_in}")
         if e.b == "delta" and post is not None:
             from rwedit.checkpoints import CheckpointPair
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
 from rwedit.errors import DataError, NonFiniteError
-from rwedit.outputs import umask_mode
+from rwedit.outputs import follow_umask, umask_mode
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
 STATS_VERSION = 2  # 2: spectra stored with the sums
@@ -133,7 +133,7 @@ class ActivationStats:
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-        os.chmod(tmp, umask_mode())  # mkdtemp makes 0700: a shared cache follows the umask
+        os.chmod(tmp, umask_mode())  # mkdtemp makes 0700 (and safetensors 0600): a shared cache follows the umask
         tensors = {}
         for (layer, group) in self.sums:
             tensors[f"{layer}.{group}.sum_aaT"] = self.sums[(layer, group)].contiguous()
@@ -150,6 +150,7 @@ class ActivationStats:
         if spectra:
             save_file(spectra, tmp / "spectra.safetensors")
         (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
+        follow_umask(tmp)
         if folder.exists():
             import shutil
 

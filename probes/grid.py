@@ -234,6 +234,7 @@ def rsf_grid_pair(
 ) -> Iterator[dict]:
     """Stream the pair once and yield the grid rows; memory stays O(largest tensor)."""
     roles = settings.roles or pair.layout.roles()
+    check_ks(settings, pair.layout, roles)
     ctx = grid_context(pair.layout, stats, prediction_from_pair(pair, settings.prediction_gain)
                        if "prediction" in settings.subspaces else None)
     n = len(pair.layout.views(roles, settings.layers))

@@ -8,6 +8,7 @@ from headers (architecture, layer count, every role's shape) is checked before t
 from __future__ import annotations
 
 import contextvars
+import difflib
 import json
 import os
 import re
@@ -174,6 +175,14 @@ class Checkpoint:
             pass
         elif path.exists():
             raise CheckpointError(f"{src} is a file; give the checkpoint folder that holds config.json")
+        elif _HUB_ID.match(src) and not src.startswith((".", "/", "~")) and Path(src.split("/")[0]).is_dir():
+            # `pair/bse` where ./pair is a folder: a mistyped local path, not a Hub id
+            parent = Path(src.split("@")[0]).parent
+            near = difflib.get_close_matches(Path(src).name, [p.name for p in parent.iterdir() if p.is_dir()], n=1)
+            hint = f" (did you mean {str(parent / near[0])!r}?)" if near else ""
+            raise CheckpointNotFoundError(
+                f"checkpoint folder {src!r} does not exist{hint}; ./{src.split('/')[0]} is a local folder, so this "
+                f"is read as a local path. For the Hub repository of that name, run from another directory")
         elif _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
             repo_id, _, rev = src.partition("@")
             path = _hub_snapshot(repo_id, revision or rev or None, allow_pickle, cache_dir)

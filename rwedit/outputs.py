@@ -59,6 +59,7 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
     os.chmod(tmp, umask_mode())  # mkdtemp makes 0700; a results folder is shared like any other
     try:
         yield tmp
+        follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -69,6 +70,14 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the umask's mode (some writers, safetensors among them,
+    create files 0600)."""
+    files, dirs = umask_mode(0o666), umask_mode(0o777)
+    for p in folder.rglob("*"):
+        os.chmod(p, dirs if p.is_dir() else files)
 
 
 def _remove_stale_partials(target: Path) -> None:
@@ -136,5 +145,5 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["atomic_folder", "check_output_folder", "dumps", "json_safe", "make_folder", "umask_mode",
+__all__ = ["atomic_folder", "check_output_folder", "dumps", "follow_umask", "json_safe", "make_folder", "umask_mode",
            "write_json", "write_text"]

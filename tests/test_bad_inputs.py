@@ -163,6 +163,8 @@ CASES = [
     # --- checkpoints
     Case("deltas-missing-folder", "missing or mistyped path", ["deltas", "--base", "./no/such/model", "--post", "x"],
          (r"no/such/model", "does not exist")),
+    Case("deltas-mistyped-local-path", "missing or mistyped path", ["deltas", "--base", "m/bse", "--post", "m/post"],
+         ("'m/bse' does not exist", "did you mean 'm/base'", "local folder")),
     Case("deltas-shape-mismatch", "mismatched checkpoints", lambda ws: ["deltas", *_pair("other_shape")(ws)],
          ("differ", "other_shape")),
     Case("deltas-arch-mismatch", "mismatched checkpoints", lambda ws: ["deltas", *_pair("gpt2")(ws)],
@@ -213,6 +215,9 @@ CASES = [
     Case("probe-calib-damaged-gzip", "damaged or malformed data file",
          lambda ws: ["probe", *_pair("post", "--calib", str(ws / "data/bad.txt.gz"), "--out", str(ws / "o7"))(ws)],
          ("bad.txt.gz", "damaged"), out="o7"),
+    Case("probe-calib-bundled-typo", "missing or mistyped path",
+         lambda ws: ["probe", *_pair("post", "--calib", "bundled:wikitext-2/vaild.txt.gz", "--out", str(ws / "o14"))(ws)],
+         ("no bundled file", "vaild", "valid.txt.gz"), out="o14"),
     Case("probe-calib-mistyped-path", "missing or mistyped path",
          lambda ws: ["probe", *_pair("post", "--calib", "data/no-such-file.txt", "--out", str(ws / "o8"))(ws)],
          ("no-such-file.txt", "no such file"), out="o8"),
@@ -276,6 +281,17 @@ CASES = [
          lambda ws: ["edit", "--spec", _yaml(ws, "bsize.yaml", _spec(ws / "m/base", b_given=[1.0] * 5)),
                      "--out", str(ws / "x9")],
          ("b_given", "5 numbers", "d = 32"), out="x9"),
+    Case("edit-lowvar-beyond-d", "does not fit the model",
+         lambda ws: ["edit", "--spec", _yaml(ws, "lowvar.yaml", {**_spec(ws / "m/base", v="principal[0]"), "calibration": {
+             "data": "bundled:wikitext-2/valid.txt.gz", "seq_len": 64}, "controls": {"random": 1, "lowvar": 100,
+                                                                                   "write": None}}),
+                     "--out", str(ws / "x18")],
+         ("controls.lowvar = 100", "only d = 32"), out="x18"),
+    Case("edit-calibration-device-unused", "bad setting",
+         lambda ws: ["edit", "--spec", _yaml(ws, "caldev.yaml", {**_spec(ws / "m/base", v="principal[0]"), "calibration": {
+             "data": "bundled:wikitext-2/valid.txt.gz", "seq_len": 64, "tokens": 256, "dtype": "bfloat16"}}),
+                     "--out", str(ws / "x19")],
+         ("calibration.device/dtype", "bfloat16", "float32"), out="x19"),
     Case("edit-pairs-missing-fields", "missing data field",
          lambda ws: ["edit", "--spec", _yaml(ws, "pairs1.yaml", _spec(ws / "m/base", b="gradient", b_given=None,
                                                                       data=str(ws / "data/pairs_missing.jsonl"))),
@@ -334,6 +350,12 @@ CASES = [
     Case("apply-other-base", "adapter on another model",
          lambda ws: ["apply", str(ws / "e/adapters/random_s0_a1"), "--model", str(ws / "m/post"), "--prompt", "Hi"],
          ("random_s0_a1", "other weights", "--force")),
+    Case("apply-other-architecture", "adapter on another model",
+         lambda ws: ["apply", str(ws / "e/adapters/random_s0_a1"), "--model", str(ws / "m/gpt2"), "--prompt", "Hi"],
+         ("random_s0_a1", "another architecture")),
+    Case("apply-other-size", "adapter on another model",
+         lambda ws: ["apply", str(ws / "e/adapters/random_s0_a1"), "--model", str(ws / "m/other_shape"), "--prompt", "Hi"],
+         ("random_s0_a1", "another size", "has 48")),
     Case("apply-not-an-adapter", "not an adapter folder",
          lambda ws: ["apply", str(ws / "m/base"), "--prompt", "Hi"], ("base", "not an adapter folder")),
     Case("apply-empty-prompt", "bad option value",
@@ -411,10 +433,25 @@ CASES = [
     Case("quickstart-post-without-model", "bad option value",
          lambda ws: ["quickstart", "--post", str(ws / "m/post"), "--out", str(ws / "q2")],
          ("--post", "need --model"), out="q2"),
+    Case("quickstart-control-section-typo", "unknown key",
+         lambda ws: ["quickstart", "--recipe", _quickstart_recipe(ws), "--reduced", "--out", str(ws / "q3")],
+         ("control_experiment.eval.batchsize", "did you mean `batch_size`"), out="q3"),
     Case("quickstart-missing-model", "missing or mistyped path",
          lambda ws: ["quickstart", "--model", "./no-such-base", "--post", "./no-such-post", "--out", str(ws / "q1")],
          ("no-such-base", "does not exist"), out="q1"),
 ]
+
+
+def _quickstart_recipe(ws) -> str:
+    """The shipped quickstart recipe with a typo in its control experiment's eval section."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("rwedit.recipes") / "quickstart.yaml"))
+    r = yaml.safe_load(shipped.read_text())
+    if isinstance(r.get("organism"), str):
+        r["organism"] = str(shipped.parent / r["organism"])
+    r["control_experiment"]["eval"] = {**(r["control_experiment"].get("eval") or {}), "batchsize": 4}
+    return _yaml(ws, "qs-typo.yaml", r)
 
 
 def _store(ws, name: str, rows: list[str], meta: str | None = None) -> Path:
@@ -453,6 +490,7 @@ def test_at_least_40_cases_across_every_command():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_a_clear_error_and_loses_nothing(case, ws, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RWEDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ws)  # relative paths in a case are relative to the workspace
     argv = case.argv(ws) if callable(case.argv) else list(case.argv)
     before = _snapshot(ws)
     try:
@@ -642,6 +680,17 @@ def test_outputs_get_the_umask_and_strict_json(ws, tmp_path):
     assert (tmp_path / "made").stat().st_mode & 0o777 == 0o755
     data = json.loads((tmp_path / "made" / "x.json").read_text())  # strict: no NaN literal
     assert data == {"a": None, "b": [1.0, None], "null_reasons": {"a": "not finite (nan)", "b[1]": "not finite (inf)"}}
+    # files too: safetensors writes 0600, an adapter folder is shared like any other output
+    from rwedit.editor.pipeline import run_edit
+    from rwedit.editor.spec import EditSpec
+
+    old = os.umask(0o022)
+    try:
+        out = run_edit(EditSpec.from_dict(_spec(ws / "m" / "base")), tmp_path / "perm", progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert modes <= {0o644, 0o755} and 0o644 in modes
     # a killed writer's temporary folder (a pid that no longer runs) is cleared by the next writer
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -660,3 +709,12 @@ def test_docs_errors_lists_every_class_case_and_test():
         assert case.id in doc, case.id
     for name in set(re.findall(r"`(test_\w+)`", doc)):
         assert name in globals(), name
+
+
+def test_svd_of_identical_checkpoints_says_there_is_no_delta(ws, tmp_path, capsys):
+    """Identical base and post read as a 'perfect rotation' unless the summary says the delta is zero."""
+    assert main(["svd", "--base", str(ws / "m/base"), "--post", str(ws / "m/base"), "--r", "4", "--roles", "q",
+                 "--out", str(tmp_path / "same"), "--quiet"]) == 0
+    summary = (tmp_path / "same" / "summary.md").read_text()
+    assert "2 of 2 matrices are identical in base and post" in summary
+

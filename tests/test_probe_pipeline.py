@@ -93,7 +93,7 @@ def test_probe_cli_writes_results_plots_and_summary(tiny_pair, tmp_path, capsys)
 def test_zero_delta_rows_are_nan_with_a_reason(tiny_pair):
     root, base, post = tiny_pair
     pair = CheckpointPair(root / "base", root / "base")
-    rows = list(rsf_grid_pair(pair, None, GridSettings(roles=("q",), layers=(0,), null_seeds=2), progress=False))
+    rows = list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4, 16), roles=("q",), layers=(0,), null_seeds=2), progress=False))
     assert rows and all(math.isnan(r["rsf"]) and r["reason"] == "zero delta" for r in rows)
 
 

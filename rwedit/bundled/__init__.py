@@ -25,5 +25,7 @@ def resolve(path: str | Path) -> Path | str:
     p = ROOT / s[len(PREFIX):]
     if not p.exists():
         have = sorted(str(q.relative_to(ROOT)) for q in ROOT.rglob("*.gz"))
-        raise FileNotFoundError(f"no bundled file {s!r}; bundled files: {', '.join(have)}")
+        from rwedit.errors import DataError
+
+        raise DataError(f"no bundled file {s!r}; bundled files: {', '.join(have)}")
     return p

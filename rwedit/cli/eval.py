@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from rwedit.checkpoints import Checkpoint
@@ -63,7 +64,15 @@ def run(args: argparse.Namespace) -> int:
 
         model = load_adapter_folder(model, root, names, force=args.force)
     lme = LMEvalScorer(model, tok, settings)
-    direct = None if args.no_direct else DirectScorer(model, tok)
+    direct = None
+    if not args.no_direct:  # the direct metrics' default lengths, shortened to fit the model's window
+        from rwedit.evals.direct import DirectSettings
+        from rwedit.models import context_window
+
+        d, window = DirectSettings(), context_window(model)
+        if window is not None:
+            d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
+        direct = DirectScorer(model, tok, d)
     lines = []
     for name in [BASE] + names:
         row = {"condition": name, **check_scores({**(direct.score(name) if direct else {}), **lme.score(name)}, name)}

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", help=config_help(CALIBRATION, "field", "jsonl/dataset field holding the text"))
     options.add_device(p)
     p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
-        GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (clipped to d)") + " (default 1,4,16,64)")
+        GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (a k not below a side's d is skipped there)") + " (default 1,4,16,64)")
     p.add_argument("--null-seeds", type=options.positive_int, default=8, help=config_help(
         GRID, "null_seeds", "random subspaces per delta for the null") + " (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help=config_help(

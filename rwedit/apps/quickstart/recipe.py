@@ -78,7 +78,19 @@ class QuickstartRecipe(Config):
         d["control_experiment"] = {"name": d.get("name", "quickstart"), **exp}
         if base_dir is not None:
             d.setdefault("base_dir", str(base_dir))
-        return super().from_dict(d, base_dir=base_dir, where=where)
+        recipe = super().from_dict(d, base_dir=base_dir, where=where)
+        recipe.control_recipe("<model>", "<post>")  # every key, type and name checked now, not after training
+        return recipe
+
+    def control_recipe(self, model: str, post: str):
+        """The control experiment's recipe for this base/post pair (its probe off: the quickstart probes the
+        pair itself)."""
+        from rwedit.evals.experiment import Recipe
+
+        exp = dict(self.control_experiment)
+        exp["edit"] = {**exp["edit"], "model": model, "post": post}
+        exp["probe"] = {**(exp.get("probe") or {}), "enabled": False}
+        return Recipe.from_dict(exp, base_dir=self.base_dir, where="control_experiment")
 
 
 __all__ = ["KIND", "ProbeSettings", "QuickstartRecipe"]

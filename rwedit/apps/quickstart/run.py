@@ -97,10 +97,7 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
 
     _say(progress, "stage 4/5: causal control experiment (edit vs matched controls, scored with lm-eval)")
     t = time.perf_counter()
-    exp = dict(recipe.control_experiment)
-    exp["edit"] = {**exp["edit"], "model": model, "post": post}
-    exp["probe"] = {**(exp.get("probe") or {}), "enabled": False}  # the pair was probed in stage 2
-    rec = Recipe.from_dict(exp, base_dir=recipe.base_dir)
+    rec = recipe.control_recipe(model, post)  # the pair was probed in stage 2
     exp_dir = out / "experiment"
     run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists(), progress=progress, cache_dir=cache_dir)
     times["experiment"] = time.perf_counter() - t
