@@ -16,12 +16,9 @@ def rank_arg(text: str) -> int | str:
     if text == "full":
         return text
     try:
-        r = int(text)
-    except ValueError:
-        r = 0
-    if r < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
-    return r
+        return options.positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
