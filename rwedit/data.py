@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from rwedit.errors import DataError  # noqa: F401  (re-exported)
+from rwedit.errors import DataError, DataNotFoundError  # noqa: F401  (DataError re-exported)
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -97,7 +97,7 @@ def read_texts(source: str | Path, field: str | None = None, limit: int | None =
     elif path.is_dir():
         texts = _dataset_folder_texts(path, field, limit, split)
     elif _looks_like_path(str(source)):
-        raise DataError(f"{source}: no such file or folder (check the path; relative paths in a recipe are read "
+        raise DataNotFoundError(f"{source}: no such file or folder (check the path; relative paths in a recipe are read "
                         f"next to the recipe file)")
     else:
         import datasets

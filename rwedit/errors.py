@@ -61,6 +61,10 @@ class DataError(RweditError, ValueError):
     """A data source is missing, empty or malformed; the message says which and what to do."""
 
 
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file (a bundled name, a path) that does not exist."""
+
+
 class ExperimentError(RweditError, RuntimeError):
     """The experiment folder and the request do not fit together; the message says what to do."""
 
@@ -79,5 +83,5 @@ class AdapterMismatchError(RweditError, ValueError):
 
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
            "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteError",
-           "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "ExperimentError",
+           "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "DataNotFoundError", "ExperimentError",
            "StoreLockedError", "ExportError", "AdapterMismatchError"]

@@ -198,15 +198,20 @@ def test_quickstart_recipe_special_cases(tmp_path):
     from rwedit.apps.quickstart import QuickstartRecipe
 
     (tmp_path / "org.yaml").write_text(yaml.safe_dump({"experiment": "organism", "organism": {"seed": 5}}))
-    body = {"experiment": "quickstart", "organism": "org.yaml", "control_experiment": {"edit": {"alpha": [1.0]}}}
+    ctl = {"alpha": [1.0], "edit": {"layers": [0], "role": "q", "v": "random", "b": "given", "b_given": [1.0]},
+           "controls": {"random": 1, "lowvar": 0, "write": None}}
+    body = {"experiment": "quickstart", "organism": "org.yaml", "control_experiment": {"edit": ctl}}
     (tmp_path / "qs.yaml").write_text(yaml.safe_dump(body))
     r = QuickstartRecipe.from_yaml(tmp_path / "qs.yaml")
     assert r.organism.seed == 5 and r.base_dir == str(tmp_path)
-    assert r.control_experiment == {"name": "quickstart", "edit": {"alpha": [1.0]}}
+    assert r.control_experiment == {"name": "quickstart", "edit": ctl}
     inline = QuickstartRecipe.from_dict({**body, "organism": {"align": {"steps": 7}}})
     assert inline.organism.align.steps == 7
-    legacy = QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": {}}})  # before it named the kind
-    assert legacy.experiment == "quickstart" and legacy.control_experiment["edit"] == {}
+    legacy = QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": ctl}})  # before it named the kind
+    assert legacy.experiment == "quickstart" and legacy.control_experiment["edit"] == ctl
+    with pytest.raises(ConfigError, match=r"control_experiment\.edit\.edit\.lay: unknown key"):  # checked when read
+        QuickstartRecipe.from_dict({**body, "control_experiment": {"edit": {**ctl, "edit": {**ctl["edit"], "lay": 1}}}},
+                                   base_dir=tmp_path)
     with pytest.raises(ConfigError, match="needs an `edit:` section"):
         QuickstartRecipe.from_dict({"organism": {}, "control_experiment": {"eval": {}}})
     with pytest.raises(ConfigError, match="not a quickstart recipe"):

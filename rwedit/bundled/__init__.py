@@ -25,7 +25,7 @@ def resolve(path: str | Path) -> Path | str:
     p = ROOT / s[len(PREFIX):]
     if not p.exists():
         have = sorted(str(q.relative_to(ROOT)) for q in ROOT.rglob("*.gz"))
-        from rwedit.errors import DataError
+        from rwedit.errors import DataNotFoundError
 
-        raise DataError(f"no bundled file {s!r}; bundled files: {', '.join(have)}")
+        raise DataNotFoundError(f"no bundled file {s!r}; bundled files: {', '.join(have)}")
     return p
