@@ -95,7 +95,25 @@ class LMEvalScorer:
                     f"{self.lm.max_length} tokens ({str(e) or 'continuation longer than max_length'}). Score "
                     f"with a model that has a longer window, or choose tasks with shorter items") from None
 
-    def score(self, adapter: str | None = None) -> dict[str, float | None]:
+    def score(self, adapter: str | None = None) -> dict[str, float | list[float] | None]:
         """Flat metrics with stderr of the model as it is (or with ``adapter``), e.g. ``rwedit_blimp/acc``,
-        ``rwedit_blimp/acc_stderr``."""
-        return flatten_results(self.run(adapter)["results"])
+        ``rwedit_blimp/acc_stderr``, and each metric's per-item values in document order
+        (``rwedit_blimp/acc_items``: the same documents for every condition, so conditions compare item by
+        item)."""
+        out = self.run(adapter, log_samples=True)
+        return {**flatten_results(out["results"]), **item_values(out.get("samples") or {})}
+
+
+def item_values(samples: dict) -> dict[str, list[float]]:
+    """``{"task/metric_items": [value per document, in doc_id order]}`` from lm-eval's logged samples
+    (numeric per-document metrics of the unfiltered responses only)."""
+    from rwedit.evals.direct import ITEMS
+
+    out: dict[str, list[float]] = {}
+    for task, rows in samples.items():
+        rows = sorted((r for r in rows if r.get("filter", "none") == "none"), key=lambda r: r["doc_id"])
+        for metric in (rows[0].get("metrics") or []) if rows else []:
+            vals = [r.get(metric) for r in rows]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                out[f"{task}/{metric}{ITEMS}"] = [float(v) for v in vals]
+    return out

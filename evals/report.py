@@ -87,7 +87,7 @@ def row_table(rows: list[dict], cols: Sequence[str], labels: dict[str, str] | No
 def lmeval_metrics(rows: list[dict]) -> list[str]:
     """The lm-eval ``task/metric`` columns that have a value in the base row."""
     base = next(r for r in rows if r["condition"] == "base")
-    return sorted(k for k, v in base.items() if "/" in k and not k.endswith("_stderr") and v is not None)
+    return sorted(k for k, v in base.items() if "/" in k and not k.endswith(("_stderr", ITEMS)) and v is not None)
 
 
 def long_shifts(rows: list[dict]) -> pd.DataFrame:
@@ -153,7 +153,8 @@ def direction(config: dict, metric: str, alpha: float) -> int | None:
     cross-entropy pushes CE down; a negative α reverses the push."""
     e = (config.get("edit") or {}).get("edit") or {}
     b, objective = e.get("b"), e.get("objective", "preference")
-    up = {"pref_margin_shift": 1, "pref_acc_shift": 1}
+    up = {"pref_margin_shift": 1, "pref_acc_shift": 1, "rwedit_hh_preference/acc": 1,
+          "rwedit_hh_preference/acc_norm": 1}
     if b == "delta" or (b == "gradient" and objective == "preference"):
         sign = up.get(metric)
     elif b == "gradient" and objective == "ce":
@@ -163,14 +164,21 @@ def direction(config: dict, metric: str, alpha: float) -> int | None:
     return None if sign is None else sign * (1 if alpha > 0 else -1)
 
 
-def _items(rows: Sequence[dict], metric: str):
-    """The per-item values of ``metric`` of each row (None when any row lacks them)."""
+def _items(rows: Sequence[dict], metric: str, base: dict | None = None):
+    """The per-item shifts of ``metric`` of each row against the base (None when any row lacks them): the
+    direct metrics store shifts already; lm-eval metrics store values, and the base row's are subtracted."""
     import numpy as np
 
     vals = [r.get(metric + ITEMS) for r in rows]
     if not rows or any(v is None for v in vals) or len({len(v) for v in vals}) != 1:
         return None
-    return np.asarray(vals, dtype=np.float64)
+    out = np.asarray(vals, dtype=np.float64)
+    if metric not in DIRECT_SHIFTS:
+        ref = (base or {}).get(metric + ITEMS)
+        if ref is None or len(ref) != out.shape[1]:
+            return None
+        out = out - np.asarray(ref, dtype=np.float64)[None, :]
+    return out
 
 
 def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Sequence[dict] | None = None,
@@ -193,8 +201,9 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Seq
            "unpaired_effect": d.estimate, "unpaired_ci_low": d.low, "unpaired_ci_high": d.high,
            "unpaired_answer": d.verdict() if d.se is not None else "inconclusive"}
     by_name = {r["condition"]: r for r in rows or []}
-    P = _items([by_name[n] for n in p["condition"] if n in by_name], metric) if rows else None
-    C = _items([by_name[n] for n in c["condition"] if n in by_name], metric) if rows else None
+    base = by_name.get("base")
+    P = _items([by_name[n] for n in p["condition"] if n in by_name], metric, base) if rows else None
+    C = _items([by_name[n] for n in c["condition"] if n in by_name], metric, base) if rows else None
     if P is None or C is None or P.shape[1] != C.shape[1] or P.shape[1] < 2:
         out.update(test="magnitude (unpaired: no per-item values stored)", effect=d.estimate, ci_low=d.low,
                    ci_high=d.high, answer=out["unpaired_answer"], n_items=None, mde=None, items_needed=None)

@@ -13,7 +13,7 @@ from rwedit.architectures import add_delta
 from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, RankOneEdit
 from rwedit.evals.direct import DirectScorer, DirectSettings
-from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results
+from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results, item_values
 from rwedit.evals.tasks import BUNDLED_TASKS, blimp_items, task_dir, wikitext_articles
 from tiny_models import tiny_model
 
@@ -76,6 +76,14 @@ def test_lmeval_per_item_logliks_equal_a_direct_computation(edited, wiki_tokeniz
         assert n == 12
         flat = flatten_results(out["results"])
         assert 0.0 <= flat["rwedit_blimp/acc"] <= 1.0 and flat["rwedit_blimp/acc_stderr"] is not None
+        # per-item values in document order: each is 1 when the correct choice has the highest loglik
+        items = item_values(out["samples"])
+        for task in ("rwedit_hh_preference", "rwedit_blimp"):
+            vals = items[f"{task}/acc_items"]
+            samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+            want = [float(max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0]) == s["target"])
+                    for s in samples]
+            assert vals == want and sum(vals) / len(vals) == pytest.approx(flat[f"{task}/acc"])
 
 
 def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):

@@ -164,3 +164,20 @@ def test_report_cli_regenerates_without_recomputing(finished, capsys):
     assert main(["report", str(finished)]) == 0
     assert (finished / "report.md").exists() and "report.md" in capsys.readouterr().out
     assert main(["report", str(finished.parent / "missing")]) == 2
+
+
+def test_lmeval_metrics_get_paired_verdicts_from_their_per_item_values(finished):
+    """lm-eval rows store per-document values (acc per item); a verdict on an lm-eval metric pairs them
+    against the base row's: recomputed here from the stored lists."""
+    from rwedit.evals.report import compare, long_shifts
+    from rwedit.evals.store import ResultStore
+
+    rows = ResultStore(finished).rows()
+    m = "rwedit_hh_preference/acc"
+    base = rows[0][m + "_items"]
+    assert len(base) == 2 and sum(base) / 2 == pytest.approx(rows[0][m])
+    v = compare(long_shifts(rows), m, 2.0, "random", rows, json.loads((finished / "run.json").read_text())["config"])
+    p = next(r for r in rows if r["kind"] == "principal")[m + "_items"]
+    rand = [r[m + "_items"] for r in rows if r["kind"] == "random"]
+    want = sum(a - b for a, b in zip(p, base)) / 2 - sum(sum(a - b for a, b in zip(c, base)) / 2 for c in rand) / 3
+    assert v["n_items"] == 2 and v["effect"] == pytest.approx(want) and v["test"].startswith("signed")
