@@ -187,6 +187,12 @@ def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | 
     if isinstance(source, dict):
         kind = experiment_kind(str(source.get("experiment") or DEFAULT_KIND))
         return kind, kind.recipe.from_dict({**source, **ov})
+    from rwedit.recipes import find, shipped
+
+    source = find(source)  # a shipped recipe by name, from any folder
+    if not Path(source).exists():
+        raise ConfigError(f"{source}: no such recipe file, and no shipped recipe of that name (shipped: "
+                          f"{', '.join(shipped())}; `rwedit recipes` lists them)")
     raw = read_yaml(source)
     kind = experiment_kind(str(raw.get("experiment") or DEFAULT_KIND))
     if kind.run is not None:  # an application: its run takes the overrides itself

@@ -137,3 +137,20 @@ def test_svd_prints_the_returned_table(tmp_path, capsys):
                  "--out", str(tmp_path / "svd"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'svd'}/svd.csv" in out and "scale_mean" in out and "| down |" in out
+
+
+def test_shipped_recipes_are_listed_and_run_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from rwedit.evals.core import load_recipe
+    from rwedit.recipes import find, shipped
+
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("control-experiment", "svd-structure", "quickstart", "organism", "edit-example"):
+        assert name in out
+    assert "The causal control experiment of the read/write (RW) hypothesis" in out and "DESIGN" not in out
+    kind, recipe = load_recipe("svd-structure")
+    assert kind.name == "svd-structure" and recipe.experiment == "svd-structure"
+    assert find("control-experiment.yaml") == shipped()["control-experiment"]
+    assert main(["run", "no-such-recipe"]) == 2
+    assert "no shipped recipe of that name" in capsys.readouterr().err

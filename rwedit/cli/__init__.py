@@ -51,6 +51,7 @@ examples:
                                                   the causal control experiment: probe, edits,
                                                   scores, report (--resume after an interruption)
   rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
+  rwedit recipes                                  the shipped recipes; `rwedit run NAME` runs one by name
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
@@ -69,6 +70,7 @@ COMMAND_MODULES = (
     "eval",
     "organism",
     "quickstart",
+    "recipes",
 )
 
 
@@ -129,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with pickle_allowed():
                 return get_command(args.command).run(args)
         return get_command(args.command).run(args)
+    except BrokenPipeError:  # `rwedit recipes | head`: the reader has gone, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise

@@ -15,7 +15,7 @@ from rwedit.cli import options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", required=True, help="edit spec YAML")
+    p.add_argument("--spec", required=True, help="edit spec YAML, or a shipped one by name (edit-example)")
     options.add_model(p, when_omitted="the spec's model")
     options.add_out(p, required=True, what="output folder (must not exist unless --overwrite)")
     options.add_overwrite(p)
@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.editor.pipeline import load_conditions_folder, run_edit
     from rwedit.editor.spec import EditSpec
 
-    spec = EditSpec.from_yaml(args.spec)
+    from rwedit.recipes import find
+
+    spec = EditSpec.from_yaml(find(args.spec))
     if args.model:
         spec = replace(spec, model=args.model)
     out = run_edit(spec, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,

@@ -173,11 +173,9 @@ def add_recipe_option(p: argparse.ArgumentParser, shipped: str) -> None:
 
 def recipe_path(given: str | None, name: str) -> str:
     """The given recipe, else the one shipped with rwedit (``rwedit/recipes``: works from any directory)."""
-    if given:
-        return given
-    from importlib.resources import files
+    from rwedit.recipes import find, shipped
 
-    return str(files("rwedit.recipes") / name)
+    return str(find(given)) if given else str(shipped()[name.removesuffix(".yaml")])
 
 
 def add_graded(p: argparse.ArgumentParser) -> None:

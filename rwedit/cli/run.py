@@ -34,7 +34,7 @@ def kinds_text() -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = kinds_text()
-    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
     options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     options.add_allow_pickle(p)
