@@ -124,16 +124,18 @@ def adapter_info(path: str | Path) -> dict:
                                    f"re-create the adapter") from None
 
 
-def check_adapter_base(path: str | Path, fingerprint: str, force: bool = False) -> None:
+def check_adapter_base(path: str | Path, fingerprint: str, force: bool = False, info: dict | None = None) -> None:
     """Refuse to apply an adapter to a model other than the base it was made for: its ``rwedit.json``
     records the base's weight fingerprint, compared with ``fingerprint`` (``model_fingerprint`` of the plain
     model, taken before any adapter is attached; a model of the same shape but other weights would
-    otherwise be accepted silently). ``force`` applies it anyway."""
-    recorded = adapter_info(path).get("base_fingerprint")
+    otherwise be accepted silently). ``force`` applies it anyway; ``info``: the folder's ``rwedit.json`` when
+    already read (:func:`adapter_info`)."""
+    info = adapter_info(path) if info is None else info
+    recorded = info.get("base_fingerprint")
     if recorded is None or force:
         return
     if fingerprint != recorded:
-        made_for = adapter_info(path).get("spec", {}).get("model", "?")
+        made_for = info.get("spec", {}).get("model", "?")
         raise AdapterMismatchError(
             f"{path} was made for the base {made_for!r} (weights fingerprint {recorded[:12]}…), but the model it "
             f"is applied to has other weights of the same shape: its edit directions would mean nothing there. "
@@ -196,7 +198,7 @@ def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Seque
     peft_model = None
     for n in names:
         path = folder / n
-        adapter_info(path)
+        info = adapter_info(path)
         targets = json.loads((path / "adapter_config.json").read_text()).get("target_modules") or []
         try:
             with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
@@ -206,7 +208,7 @@ def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Seque
             raise AdapterMismatchError(f"{path / 'adapter_model.safetensors'} cannot be read ({e}); re-create the "
                                        f"adapter") from None
         _check_fits(model, path, shapes)  # another architecture or size: said as such, before the fingerprint
-        check_adapter_base(path, fingerprint, force)
+        check_adapter_base(path, fingerprint, force, info)
         for t in targets:
             for part in ("lora_A", "lora_B"):
                 if not any(k.endswith(f"{t}.{part}.weight") for k in keys):

@@ -132,10 +132,11 @@ class EditSpec(Config):
             raise SpecError(f"alpha = {list(self.alpha)}: each dose once (a repeated alpha would name two "
                             f"conditions alike)")
 
-    def check_fits(self, base, post=None) -> None:
+    def check_fits(self, base) -> None:
         """Before any model is loaded: the edit's layers and roles exist in the base checkpoint (a
-        :class:`~rwedit.checkpoints.Checkpoint`), a ``given`` direction has the role's size, and for
-        ``b: delta`` the post checkpoint pairs with the base."""
+        :class:`~rwedit.checkpoints.Checkpoint`), a ``given`` direction and the eigendirections asked for fit
+        the role's size, and the sequence lengths fit the model's window. (For ``b: delta`` the caller checks
+        the pair: ``CheckpointPair(base, post)``.)"""
         layout, e = base.layout, self.edit
         for role in (e.role, self.controls.write):
             if role is not None and not layout.has_role(role):
@@ -161,10 +162,6 @@ class EditSpec(Config):
             if n_dirs > view.d_in:
                 raise SpecError(f"{what} needs {n_dirs} eigendirections of the {e.role} input, which has only "
                                 f"d = {view.d_in}")
-        if e.b == "delta" and post is not None:
-            from rwedit.checkpoints import CheckpointPair
-
-            CheckpointPair(base, post).validate([e.role] + ([self.controls.write] if self.controls.write else []))
 
     def condition_names(self) -> list[str]:
         """The names of every condition this spec builds, in build order, known before any model is loaded

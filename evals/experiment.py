@@ -95,14 +95,15 @@ class Recipe(ExperimentRecipe):
     def check_sources(self) -> None:
         """Open the checkpoints and check the edit against them before anything is written: a missing
         model, a layer or role the model lacks, a mismatched pair."""
-        post = Checkpoint.open(self.edit.post) if self.edit.post else None
-        self.edit.check_fits(self.base_checkpoint, post)
-        if post is not None and self.probe.enabled:
-            from rwedit.checkpoints import CheckpointPair
-            from rwedit.probes.grid import GridSettings, check_ks
+        from rwedit.checkpoints import CheckpointPair
+        from rwedit.probes.grid import GridSettings, check_ks
 
-            pair = CheckpointPair(self.base_checkpoint, post)
-            check_ks(GridSettings(ks=self.probe.ks), pair.layout, pair.layout.roles())
+        post = Checkpoint.open(self.edit.post) if self.edit.post else None
+        self.edit.check_fits(self.base_checkpoint)
+        if post is not None and (self.edit.edit.b == "delta" or self.probe.enabled):
+            pair = CheckpointPair(self.base_checkpoint, post)  # validated once, for b: delta and for the probe
+            if self.probe.enabled:
+                check_ks(GridSettings(ks=self.probe.ks), pair.layout, pair.layout.roles())
 
 
 def _edit_probe_metrics(c: dict) -> dict:

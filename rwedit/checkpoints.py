@@ -92,7 +92,21 @@ def _tensor_files(path: Path) -> tuple[str, list[Path]]:
     )
 
 
-_DTYPE_NAMES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float64": "F64"}
+#: safetensors' dtype names of the float dtypes, and the torch names a pickle index records for them
+_STORED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_DTYPE_NAMES = {str(t): name for name, t in _STORED_DTYPES.items()}
+
+
+def check_finite(t: torch.Tensor, what: str, note: str = "") -> None:
+    """Refuse a weight tensor with NaN/Inf entries, naming it (``what``) and counting them. A sum is NaN/Inf
+    when any entry is (or, rarely, when it overflows: then the exact test decides); it costs ~1/30 of an
+    elementwise isfinite pass."""
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise NonFiniteWeightError(
+            f"{what} contains {n_nan} NaN and {n_inf} Inf values{note}. rwedit does not probe, edit or score "
+            f"non-finite weights: fix or re-export the checkpoint (a training run that diverged, or a failed "
+            f"conversion)")
 
 
 def _read_config(path: Path):
@@ -221,7 +235,8 @@ class Checkpoint:
 
     def dtype(self, param: str) -> str:
         """The stored dtype of a model parameter's tensor (``F32``, ``BF16`` ... for safetensors)."""
-        return _DTYPE_NAMES.get(self._dtypes[self.find(param)], self._dtypes[self.find(param)])
+        stored = self._dtypes[self.find(param)]
+        return _DTYPE_NAMES.get(stored, stored)
 
     def tokenizer_vocab(self) -> dict[str, int] | None:
         """The token → id map of the checkpoint's tokenizer files (None when it ships none that can be read
@@ -305,16 +320,8 @@ class TensorReader:
             t = self._pickle[1][name]
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
-        # a sum is NaN/Inf when any entry is (or, rarely, when it overflows: then the exact test decides);
-        # it costs ~1/30 of an elementwise isfinite pass
-        if (self.check_finite and t.is_floating_point() and not bool(torch.isfinite(t.sum()))
-                and not bool(torch.isfinite(t).all())):
-            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-            raise NonFiniteWeightError(
-                f"{self.ckpt.source}: tensor {name!r} contains {n_nan} NaN and {n_inf} Inf values "
-                f"(after conversion to {dtype}). rwedit does not probe, edit or score non-finite weights: "
-                f"fix or re-export the checkpoint (a training run that diverged, or a failed conversion)"
-            )
+        if self.check_finite:
+            check_finite(t, f"{self.ckpt.source}: tensor {name!r}", f" (after conversion to {dtype})")
         return t
 
 
@@ -409,8 +416,8 @@ class CheckpointPair:
         base would show (0.0 for a pair stored in one dtype)."""
         if self.dtype_mismatch is None:
             return 0.0
-        names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-        low = max((names.get(d, torch.float32) for d in self.dtype_mismatch), key=lambda t: torch.finfo(t).eps)
+        low = max((_STORED_DTYPES.get(d, torch.float32) for d in self.dtype_mismatch),
+                  key=lambda t: torch.finfo(t).eps)
         return float(torch.linalg.matrix_norm(base.float() - base.to(low).float()))
 
     def __iter__(self) -> Iterator[RolePair]:

@@ -73,13 +73,8 @@ def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str =
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:
     """Refuse a model with a NaN/Inf weight (it would be scored, and e.g. an argmax-based task could report
-    perfect accuracy), naming the first such parameter. A sum per tensor is cheap; the exact test decides."""
-    from rwedit.errors import NonFiniteWeightError
+    perfect accuracy), naming the first such parameter."""
+    from rwedit.checkpoints import check_finite
 
     for name, p in model.named_parameters():
-        if p.is_floating_point() and not bool(torch.isfinite(p.detach().sum())) and not bool(torch.isfinite(p).all()):
-            n_nan, n_inf = int(torch.isnan(p).sum()), int(torch.isinf(p).sum())
-            raise NonFiniteWeightError(
-                f"{source}: parameter {name!r} contains {n_nan} NaN and {n_inf} Inf values. rwedit does not "
-                f"probe, edit or score non-finite weights: fix or re-export the checkpoint (a training run that "
-                f"diverged, or a failed conversion)")
+        check_finite(p.detach(), f"{source}: parameter {name!r}")
