@@ -156,38 +156,62 @@ def hierarchical_bootstrap(principal, controls, statistic: str = "signed", n_boo
     ``mean_i p_i − mean_j mean_i c_ji`` (``signed``) or ``|mean_i p_i| − mean_j |mean_i c_ji|``
     (``magnitude``). The interval resamples members (with replacement) and, independently, items (the same
     items for the condition and every member, which keeps the pairing) ``n_boot`` times; its percentile
-    bounds are returned with the bootstrap sd as ``se``."""
+    bounds are returned with the bootstrap sd as ``se``. (One replicate unit of :func:`pooled_bootstrap`.)"""
     import numpy as np
 
-    p = np.asarray(principal, dtype=np.float64)
-    c = np.atleast_2d(np.asarray(controls, dtype=np.float64))
-    if p.ndim != 1 or c.shape[1] != p.shape[0] or p.shape[0] < 2:
-        raise ValueError(f"need per-item values of one condition (n,) and of control members (m, n) on the same "
-                         f"n >= 2 items; got {p.shape} and {c.shape}")
+    return pooled_bootstrap(np.asarray(principal, dtype=np.float64)[None, :], [controls], None, statistic, n_boot,
+                            seed, level)
+
+
+def pooled_bootstrap(units, controls, groups=None, statistic: str = "signed", n_boot: int = 2000, seed: int = 0,
+                     level: float = LEVEL) -> Interval:
+    """The pooled paired effect of U replicate units (e.g. principal directions × layers), each compared with
+    its own group of control members, every condition scored on the same n items.
+
+    ``units``: per-item values (U, n); ``controls``: one (m_g, n) array of member values per control group;
+    ``groups``: the control group of each unit (length U; default all 0). A unit's effect is the statistic of
+    :func:`hierarchical_bootstrap` against its group; the pooled effect is their mean over units. The
+    interval resamples items (one draw shared by every condition: the pairing, and the correlation between
+    units scored on the same items, are kept), the members of each control group (one draw per group, shared
+    by the units that use it) and the units (the between-unit spread: a random-effects interval), ``n_boot``
+    times; percentile bounds, bootstrap sd as ``se``."""
+    import numpy as np
+
+    P = np.atleast_2d(np.asarray(units, dtype=np.float64))
+    Cs = [np.atleast_2d(np.asarray(c, dtype=np.float64)) for c in controls]
+    U, n = P.shape
+    g = np.zeros(U, dtype=int) if groups is None else np.asarray(groups, dtype=int)
+    if n < 2 or not Cs or any(c.shape[1] != n or c.shape[0] < 1 for c in Cs):
+        raise ValueError(f"need per-item values of each unit (U, n) and of control members (m, n) on the same "
+                         f"n >= 2 items; got {P.shape} and {[c.shape for c in Cs]}")
+    if g.shape != (U,) or g.min() < 0 or g.max() >= len(Cs):
+        raise ValueError(f"groups must give each of the {U} units a control group in 0..{len(Cs) - 1}")
     if statistic not in ("signed", "magnitude"):
         raise ValueError(f"statistic must be signed or magnitude, not {statistic!r}")
+    f = (lambda x: x) if statistic == "signed" else np.abs
 
-    def stat(pm, cm):  # pm: (B,) condition means; cm: (B, m) member means
-        if statistic == "signed":
-            return pm - cm.mean(axis=1)
-        return np.abs(pm) - np.abs(cm).mean(axis=1)
+    def effect(pm, cms):  # pm: (B, U) unit means; cms[g]: (B, m_g) member means of group g -> (B, U)
+        cstat = np.stack([f(cm).mean(axis=1) for cm in cms], axis=1)  # (B, G)
+        return f(pm) - cstat[:, g]
 
-    n, m = p.shape[0], c.shape[0]
-    est = float(stat(p.mean()[None], c.mean(axis=1)[None])[0])
+    est = float(effect(P.mean(axis=1)[None], [c.mean(axis=1)[None] for c in Cs]).mean())
     rng = np.random.default_rng(seed)
     items = rng.integers(0, n, size=(n_boot, n))
-    members = rng.integers(0, m, size=(n_boot, m)) if m > 1 else np.zeros((n_boot, 1), dtype=int)
-    pm = p[items].mean(axis=1)
-    # member means over the resampled items: (B, m) via per-member column sums of the item counts
+    members = [rng.integers(0, c.shape[0], size=(n_boot, c.shape[0])) if c.shape[0] > 1
+               else np.zeros((n_boot, 1), dtype=int) for c in Cs]
+    pick = rng.integers(0, U, size=(n_boot, U)) if U > 1 else np.zeros((n_boot, 1), dtype=int)
+    # every condition's mean over each bootstrap's items, via the item counts: (B, n) @ (n, ·)
     counts = np.zeros((n_boot, n))
     np.add.at(counts, (np.repeat(np.arange(n_boot), n), items.ravel()), 1.0)
-    all_means = counts @ c.T / n  # (B, m_all): every member's mean over each bootstrap's items
-    cm = np.take_along_axis(all_means, members, axis=1)
-    boot = stat(pm, cm)
+    pm = counts @ P.T / n
+    cms = [np.take_along_axis(counts @ c.T / n, mem, axis=1) for c, mem in zip(Cs, members)]
+    boot = np.take_along_axis(effect(pm, cms), pick, axis=1).mean(axis=1)
     a = (1 - level) / 2
     low, high = np.quantile(boot, [a, 1 - a])
-    how = f"paired {statistic}, hierarchical bootstrap over {n} items" + (f" and {m} members" if m > 1 else "") + \
-          f" ({n_boot} resamples, seed {seed})"
+    m = sorted({c.shape[0] for c in Cs})
+    how = (f"paired {statistic}, hierarchical bootstrap over {n} items"
+           + (f", {'/'.join(map(str, m))} members" if max(m) > 1 else "")
+           + (f" and {U} units" if U > 1 else "") + f" ({n_boot} resamples, seed {seed})")
     return BootInterval(est, float(boot.std(ddof=1)), None, n, how, level, float(low), float(high))
 
 
@@ -218,4 +242,4 @@ def verdict(low: float, high: float, threshold: float = 0.0) -> str:
 
 
 __all__ = ["LEVEL", "POWER", "BootInterval", "Interval", "combined_se", "difference", "hierarchical_bootstrap",
-           "interval", "items_to_detect", "mde", "mean_se", "over_members", "quantile", "verdict"]
+           "interval", "pooled_bootstrap", "items_to_detect", "mde", "mean_se", "over_members", "quantile", "verdict"]

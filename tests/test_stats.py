@@ -208,3 +208,65 @@ def test_minimum_detectable_effect_and_items_needed_follow_the_textbook_formula(
     assert items_to_detect(0.1, 0.7) == math.ceil((z * 0.7 / 0.1) ** 2)
     assert mde(0.7, items_to_detect(0.1, 0.7)) <= 0.1 < mde(0.7, items_to_detect(0.1, 0.7) - 1)
     assert math.isinf(items_to_detect(0.0, 1.0)) and math.isnan(mde(1.0, 1))
+
+
+def _units(rng, n, mu, tau, U=8, m=4, groups=2, shared=1.0, own=0.3):
+    """U replicate units (true effects mu + N(0, tau²)) in ``groups`` control groups of m members each, every
+    condition on the same n items with a shared per-item sensitivity."""
+    import numpy as np
+
+    u = rng.normal(0, shared, n)
+    effects = mu + rng.normal(0, tau, U)
+    P = np.stack([e + u + rng.normal(0, own, n) for e in effects])
+    Cs = [np.stack([u + rng.normal(0, own, n) for _ in range(m)]) for _ in range(groups)]
+    return P, Cs, np.arange(U) % groups, effects
+
+
+def test_pooled_estimate_is_the_mean_of_the_unit_effects_recomputed_with_numpy():
+    import numpy as np
+
+    from rwedit.stats import hierarchical_bootstrap, pooled_bootstrap
+
+    rng = np.random.default_rng(11)
+    P, Cs, g, _ = _units(rng, 50, 0.2, 0.1)
+    for stat, f in (("signed", lambda x: x), ("magnitude", np.abs)):
+        units = [f(P[u].mean()) - f(Cs[g[u]].mean(axis=1)).mean() for u in range(len(P))]
+        iv = pooled_bootstrap(P, Cs, g, stat, n_boot=300)
+        assert iv.estimate == pytest.approx(np.mean(units))
+        one = pooled_bootstrap(P[:1], Cs[:1], None, stat, n_boot=300, seed=4)
+        assert one.estimate == pytest.approx(units[0])
+        h = hierarchical_bootstrap(P[0], Cs[0], stat, n_boot=300, seed=4)
+        assert (one.low, one.high, one.se) == (h.low, h.high, h.se)
+
+
+def test_pooled_interval_covers_the_mean_effect_of_heterogeneous_units():
+    """Units whose true effects differ (tau > 0): the interval resampling units covers the mean effect at
+    about the nominal rate; an interval that held the units fixed (items and members only) would not."""
+    import numpy as np
+
+    from rwedit.stats import pooled_bootstrap
+
+    rng = np.random.default_rng(5)
+    cover = 0
+    runs = 80
+    for s in range(runs):
+        P, Cs, g, effects = _units(rng, 400, 0.3, 0.25, U=8)
+        iv = pooled_bootstrap(P, Cs, g, "signed", n_boot=600, seed=s)
+        cover += iv.low <= 0.3 <= iv.high
+    assert cover / runs >= 0.85  # nominal 95%; holding the units fixed covers ~20% here (measured)
+
+
+def test_replicate_units_detect_more_often_than_one_unit():
+    """Eight units with the same planted effect: the pooled verdict detects it in most simulations, one unit
+    alone in about half (the shared control members limit the gain; pooling shrinks the units' own noise)."""
+    import numpy as np
+
+    from rwedit.stats import hierarchical_bootstrap, pooled_bootstrap
+
+    rng = np.random.default_rng(0)
+    runs, single, pooled = 30, 0, 0
+    for s in range(runs):
+        P, Cs, g, _ = _units(rng, 60, 0.12, 0.0, U=8, own=0.4)
+        single += hierarchical_bootstrap(P[0], Cs[0], "signed", n_boot=400, seed=s).verdict() == "yes"
+        pooled += pooled_bootstrap(P, Cs, g, "signed", n_boot=400, seed=s).verdict() == "yes"
+    assert pooled / runs >= 0.75 and pooled - single >= 0.2 * runs
