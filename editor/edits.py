@@ -60,8 +60,6 @@ class Condition:
 def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict[int, int]) -> list[dict]:
     """The read directions v of the edit and of its read-pathway controls, per layer."""
     e = spec.edit
-    kind, index = e.direction()
-    out: list[dict] = []
 
     def eig(layer, which: str, i: int) -> tuple[torch.Tensor, float]:
         if stats is None:
@@ -87,32 +85,22 @@ def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict
             rule = "flipped so that the mean calibration activation projects positively on v"
         return v, rule
 
-    def main():
+    def vectors(kind, index, seed):
         vs = {}
         for layer in e.layers:
             if kind in ("principal", "lowvar"):
                 v, lam = eig(layer, kind, index)
                 vs[layer] = (v, {"v_kind": kind, "v_index": index, "v_eigenvalue": lam})
             elif kind == "random":
-                vs[layer] = (haar_basis(d_in[layer], 1, spec.seed)[:, 0].clone(), {"v_kind": "random", "v_seed": spec.seed})
+                vs[layer] = (haar_basis(d_in[layer], 1, seed)[:, 0].clone(), {"v_kind": "random", "v_seed": seed})
             else:
                 v, rule = given_v(layer)
                 vs[layer] = (v, {"v_kind": "given", "v_sign_rule": rule})
         return vs
 
-    out.append({"kind": kind, "index": index if kind in ("principal", "lowvar") else None,
-                "seed": spec.seed if kind == "random" else None, "v": main()})
-    for j in range(spec.controls.random):
-        seed = spec.seed + 1 + j  # the main edit (if random) uses spec.seed itself
-        out.append({"kind": "random", "index": None, "seed": seed,
-                    "v": {l: (haar_basis(d_in[l], 1, seed)[:, 0].clone(), {"v_kind": "random", "v_seed": seed}) for l in e.layers}})
-    for j in range(spec.controls.lowvar):
-        vs = {}
-        for layer in e.layers:
-            v, lam = eig(layer, "lowvar", j)
-            vs[layer] = (v, {"v_kind": "lowvar", "v_index": j, "v_eigenvalue": lam})
-        out.append({"kind": "lowvar", "index": j, "seed": None, "v": vs})
-    return out
+    # the edited direction(s), then the controls: random seeds spec.seed+1.. (a random main edit uses spec.seed)
+    return [{"kind": kind, "index": index, "seed": seed, "v": vectors(kind, index, seed)}
+            for kind, index, seed in spec.direction_kinds()]
 
 
 def build_conditions(
@@ -187,15 +175,19 @@ def build_conditions(
 
     conditions: list[Condition] = []
     for alpha in spec.alpha:
-        for i, d in enumerate(directions):
-            edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov}) for l, (v, prov) in d["v"].items()]
-            conditions.append(Condition(condition_name(d["kind"], alpha, d["index"], d["seed"]), d["kind"], alpha,
-                                        edits, d["seed"], d["index"]))
-        if write_role:
-            edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
-                                 {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
-                                  **b_prov}) for l in e.layers]
-            conditions.append(Condition(condition_name("write", alpha, role=write_role), "write", alpha, edits))
+        for layers in e.units():
+            layer = layers[0] if e.per_layer else None
+            for i, d in enumerate(directions):
+                edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov})
+                         for l, (v, prov) in d["v"].items() if l in layers]
+                conditions.append(Condition(condition_name(d["kind"], alpha, d["index"], d["seed"], layer=layer),
+                                            d["kind"], alpha, edits, d["seed"], d["index"]))
+            if write_role:
+                edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
+                                     {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
+                                      **b_prov}) for l in layers]
+                conditions.append(Condition(condition_name("write", alpha, role=write_role, layer=layer), "write",
+                                            alpha, edits))
     return conditions
 
 

@@ -30,16 +30,18 @@ def alpha_tag(alpha: float) -> str:
 
 
 def condition_name(kind: str, alpha: float, index: int | None = None, seed: int | None = None,
-                   role: str | None = None) -> str:
+                   role: str | None = None, layer: int | None = None) -> str:
     """The adapter/condition name of one edit condition, e.g. ``principal0_a1``, ``random_s3_a1``,
-    ``write_o_a1`` (a write control names its role)."""
+    ``write_o_a1`` (a write control names its role); ``L3_principal0_a1`` when each layer is its own
+    replicate unit (``edit.per_layer``)."""
+    prefix = "" if layer is None else f"L{layer}_"
     if kind == "write":
-        return f"write_{role}_{alpha_tag(alpha)}"
+        return f"{prefix}write_{role}_{alpha_tag(alpha)}"
     tag = kind + (str(index) if index is not None else "") + (f"_s{seed}" if seed is not None else "")
-    return f"{tag}_{alpha_tag(alpha)}"
+    return f"{prefix}{tag}_{alpha_tag(alpha)}"
 
 
-_DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)\])?$|^(random|given)$")
+_DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)(?:\.\.(\d+))?\])?$|^(random|given)$")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class EditTarget(Config):
 
     layers: tuple[int, ...] = option(aliases=("layer",), help="layer indices the edit is applied to")
     role: str = option(help="the edited matrix: q k v up gate (read pathway) or o down (write pathway)")
-    v: str = option("principal[0]", help="input direction: principal[i] | lowvar[i] | random | given")
+    v: str = option("principal[0]", help="input direction: principal[i] | lowvar[i] | random | given; "
+                    "principal[0..3] asks for four replicate directions, each with the same controls")
     b: str = option("gradient", help="output direction: delta (ΔW_obs v) | gradient (−G v) | given")
     objective: str = option("preference", help="for b: gradient — preference | ce")
     data: str | None = option(None, path=True, help="pairs (preference) or text (ce) for b: gradient")
@@ -57,14 +60,26 @@ class EditTarget(Config):
     v_given: tuple[float, ...] | None = option(None, help="the input direction for v: given (d_in numbers)")
     b_given: tuple[float, ...] | None = option(None, help="the output direction for b: given (d_out numbers)")
     centred: bool = option(False, help="principal/lowvar from the centred covariance")
+    per_layer: bool = option(False, help="each layer is its own replicate unit with its own conditions and "
+                             "controls (else one edit spans every listed layer)")
 
-    def direction(self) -> tuple[str, int]:
+    def directions(self) -> list[tuple[str, int]]:
+        """The (kind, index) of each edited direction: one, or several for a range such as principal[0..3]."""
         m = _DIRECTION.match(self.v)
         if not m:
-            raise SpecError(f"edit.v = {self.v!r}: use principal[i], lowvar[i], random or given")
-        if m.group(3):
-            return m.group(3), 0
-        return m.group(1), int(m.group(2) or 0)
+            raise SpecError(f"edit.v = {self.v!r}: use principal[i], principal[i..j] (replicates), lowvar[i], "
+                            f"random or given")
+        if m.group(4):
+            return [(m.group(4), 0)]
+        lo = int(m.group(2) or 0)
+        hi = lo if m.group(3) is None else int(m.group(3))
+        if hi < lo:
+            raise SpecError(f"edit.v = {self.v!r}: the range {lo}..{hi} is empty; write it low..high")
+        return [(m.group(1), i) for i in range(lo, hi + 1)]
+
+    def units(self) -> list[tuple[int, ...]]:
+        """The layer groups of the conditions: each layer alone (``per_layer``) or all together."""
+        return [(layer,) for layer in self.layers] if self.per_layer else [tuple(self.layers)]
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ class EditSpec(Config):
         if e.role not in ROLES or e.role == "unembed":
             raise SpecError(f"edit.role = {e.role!r}: choose one of {', '.join(r for r in ROLES if r != 'unembed')} "
                             f"(the unembedding is not edited: it is tied in many models)")
-        kind, _ = e.direction()
+        kind = e.directions()[0][0]
         if not e.layers:
             raise SpecError("edit.layers is empty: give at least one layer index")
         if any(not math.isfinite(a) for a in self.alpha):
@@ -156,7 +171,7 @@ class EditSpec(Config):
             check_window(base.config, self.calibration.seq_len, "calibration.seq_len")
         if e.b == "gradient":
             check_window(base.config, e.max_len, "edit.max_len")
-        kind, index = e.direction()
+        kind, index = e.directions()[-1]
         for what, n_dirs in (("edit.v = " + e.v, index + 1 if kind in ("principal", "lowvar") else 0),
                              (f"controls.lowvar = {self.controls.lowvar}", self.controls.lowvar)):
             if n_dirs > view.d_in:
@@ -166,13 +181,18 @@ class EditSpec(Config):
     def condition_names(self) -> list[str]:
         """The names of every condition this spec builds, in build order, known before any model is loaded
         (a recipe's references to them are checked against this list)."""
-        kind, index = self.edit.direction()
-        main = (kind, index if kind in ("principal", "lowvar") else None, self.seed if kind == "random" else None)
-        dirs = [main] + [("random", None, self.seed + 1 + j) for j in range(self.controls.random)] + \
-               [("lowvar", j, None) for j in range(self.controls.lowvar)]
         names = []
         for alpha in self.alpha:
-            names += [condition_name(k, alpha, i, s) for k, i, s in dirs]
-            if self.controls.write is not None:
-                names.append(condition_name("write", alpha, role=self.controls.write))
+            for layers in self.edit.units():
+                layer = layers[0] if self.edit.per_layer else None
+                names += [condition_name(k, alpha, i, s, layer=layer) for k, i, s in self.direction_kinds()]
+                if self.controls.write is not None:
+                    names.append(condition_name("write", alpha, role=self.controls.write, layer=layer))
         return names
+
+    def direction_kinds(self) -> list[tuple[str, int | None, int | None]]:
+        """(kind, index, seed) of the edited direction(s), then of the read-pathway controls, in build order."""
+        main = [(kind, index if kind in ("principal", "lowvar") else None, self.seed if kind == "random" else None)
+                for kind, index in self.edit.directions()]
+        return main + [("random", None, self.seed + 1 + j) for j in range(self.controls.random)] + \
+            [("lowvar", j, None) for j in range(self.controls.lowvar)]

@@ -18,13 +18,14 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from rwedit.evals.store import ResultStore
 from rwedit.probes.report import pyplot, save_figure
 from rwedit.evals.direct import ITEMS
 from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
-                          over_members)
+                          over_members, pooled_bootstrap)
 from rwedit.errors import ExperimentError
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
@@ -111,7 +112,7 @@ def long_shifts(rows: list[dict]) -> pd.DataFrame:
                 continue
             n = r["delta_norm"]
             out.append({"condition": r["condition"], "kind": r["kind"], "alpha": r["alpha"], "seed": r.get("seed"),
-                        "delta_norm": n, "metric": m, "shift": shift, "stderr": se,
+                        "index": r.get("index"), "layers": tuple(r.get("layers") or ()), "delta_norm": n, "metric": m, "shift": shift, "stderr": se,
                         "per_norm": shift / n, "per_norm_stderr": None if se is None else se / n})
     return pd.DataFrame(out)
 
@@ -167,8 +168,6 @@ def direction(config: dict, metric: str, alpha: float) -> int | None:
 def _items(rows: Sequence[dict], metric: str, base: dict | None = None):
     """The per-item shifts of ``metric`` of each row against the base (None when any row lacks them): the
     direct metrics store shifts already; lm-eval metrics store values, and the base row's are subtracted."""
-    import numpy as np
-
     vals = [r.get(metric + ITEMS) for r in rows]
     if not rows or any(v is None for v in vals) or len({len(v) for v in vals}) != 1:
         return None
@@ -181,13 +180,22 @@ def _items(rows: Sequence[dict], metric: str, base: dict | None = None):
     return out
 
 
+def unit_label(layers: Sequence[int], index) -> str:
+    """A replicate unit's name in tables and plots: its layer(s) and direction, e.g. ``L1 principal[2]``."""
+    where = "L" + ",".join(str(l) for l in layers) if layers else "all layers"
+    return f"{where} principal[{int(index) if index is not None and not _missing(index) else 0}]"
+
+
 def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Sequence[dict] | None = None,
             config: dict | None = None, seed: int = 0) -> dict | None:
     """The principal edit against a control at the same α. With per-item values stored (the same items for
-    every condition) the verdict is *paired*: a hierarchical bootstrap over items and control members of the
-    signed shift in the objective's direction (:func:`direction`), or of the magnitude where the b rule
-    defines none, with its minimum detectable effect and the items that would detect the observed effect.
-    The unpaired comparison of |shift| (each condition's own stderr, t over members) is kept beside it."""
+    every condition) the verdict is *paired*: the signed shift in the objective's direction
+    (:func:`direction`), or the magnitude where the b rule defines none, by a hierarchical bootstrap over
+    items and control members, with its minimum detectable effect and the items that would detect the
+    observed effect. Several principal conditions (directions × layers) are replicate units, each compared
+    with the controls of its own layer(s): the verdict is their pooled effect (bootstrap over items, members
+    and units, :func:`rwedit.stats.pooled_bootstrap`) and ``units`` lists each unit's own. The unpaired
+    comparison of |shift| (each condition's own stderr, t over members) is kept beside it."""
     sel = df[(df["metric"] == metric) & (df["alpha"] == alpha)]
     p, c = sel[sel["kind"] == "principal"], sel[sel["kind"] == control]
     if p.empty or c.empty:
@@ -202,24 +210,55 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Seq
            "unpaired_answer": d.verdict() if d.se is not None else "inconclusive"}
     by_name = {r["condition"]: r for r in rows or []}
     base = by_name.get("base")
-    P = _items([by_name[n] for n in p["condition"] if n in by_name], metric, base) if rows else None
-    C = _items([by_name[n] for n in c["condition"] if n in by_name], metric, base) if rows else None
-    if P is None or C is None or P.shape[1] != C.shape[1] or P.shape[1] < 2:
+    groups: dict[tuple, object] = {}
+    for layers, g in c.groupby("layers", sort=False):
+        C = _items([by_name[n] for n in g["condition"] if n in by_name], metric, base) if rows else None
+        if C is not None and len(C) == len(g):
+            groups[layers] = C
+    units = []
+    for _, r in p.iterrows():
+        P = _items([by_name[r["condition"]]], metric, base) if r["condition"] in by_name else None
+        C = groups.get(r["layers"])
+        if P is not None and C is not None and P.shape[1] == C.shape[1] and P.shape[1] >= 2:
+            units.append((r, P[0], r["layers"]))
+    if not units or len({u[1].shape[0] for u in units}) != 1:
         out.update(test="magnitude (unpaired: no per-item values stored)", effect=d.estimate, ci_low=d.low,
-                   ci_high=d.high, answer=out["unpaired_answer"], n_items=None, mde=None, items_needed=None)
+                   ci_high=d.high, answer=out["unpaired_answer"], n_items=None, mde=None, items_needed=None,
+                   n_units=len(p), units=[])
         return out if d.se is not None else None
     sign = direction(config or {}, metric, alpha)
     statistic = "magnitude" if sign is None else "signed"
     s = 1 if sign is None else sign
-    iv = hierarchical_bootstrap(s * P.mean(axis=0), s * C, statistic, seed=seed)
-    diffs = s * (P.mean(axis=0) - C.mean(axis=0))  # per-item paired differences (for the power line)
-    sd = float(diffs.std(ddof=1))
+    keys = list(dict.fromkeys(u[2] for u in units))
+    Cs = [s * groups[k] for k in keys]
+    n = int(units[0][1].shape[0])
+
+    def power(P, gidx):  # per-item paired differences of the (pooled) units against their controls
+        diffs = (s * P - np.stack([Cs[g].mean(axis=0) for g in gidx])).mean(axis=0)
+        sd = float(diffs.std(ddof=1))
+        return mde(sd, n), sd
+
+    per_unit = []
+    for r, P, layers in units:
+        g = keys.index(layers)
+        iv = hierarchical_bootstrap(s * P, Cs[g], statistic, seed=seed)
+        m, sd = power(P[None], [g])
+        per_unit.append({"condition": r["condition"], "unit": unit_label(layers, r["index"]), "effect": iv.estimate,
+                         "ci_low": iv.low, "ci_high": iv.high, "answer": iv.verdict(), "mde": m,
+                         "items_needed": items_to_detect(iv.estimate, sd)})
+    P = np.stack([u[1] for u in units])
+    gidx = [keys.index(u[2]) for u in units]
+    iv = pooled_bootstrap(s * P, Cs, gidx, statistic, seed=seed)
+    m, sd = power(P, gidx)
     test = ("signed: shift in the direction of the edit's objective (larger is "
             f"{'up' if s > 0 else 'down'} for {metric} at α = {alpha:g})" if sign is not None else
             "magnitude: |mean shift| (the b rule defines no direction for this metric)")
-    out.update(test=test, effect=iv.estimate, ci_low=iv.low, ci_high=iv.high, answer=iv.verdict(),
-               n_items=int(P.shape[1]), mde=mde(sd, int(P.shape[1])), items_needed=items_to_detect(iv.estimate, sd),
-               interval=iv.how)
+    if len(units) > 1:
+        test += f"; pooled over {len(units)} replicate units (directions × layers), each against its own layer's controls"
+    out.update(test=test, effect=iv.estimate, ci_low=iv.low, ci_high=iv.high, answer=iv.verdict(), n_items=n,
+               mde=m, items_needed=items_to_detect(iv.estimate, sd), interval=iv.how, n_units=len(units),
+               unit_sd=float(np.std([u["effect"] for u in per_unit], ddof=1)) if len(units) > 1 else None,
+               units=per_unit)
     return out
 
 
@@ -239,6 +278,44 @@ def verdicts(df: pd.DataFrame, metric: str, rows: Sequence[dict] | None = None, 
             if v is not None:
                 out.append(v)
     return out
+
+
+def unit_table(ver: Sequence[dict]) -> pd.DataFrame:
+    """One row per (verdict, replicate unit): the unit's own paired effect against its controls."""
+    return pd.DataFrame([{"metric": v["metric"], "alpha": v["alpha"], "control": v["control"], **u}
+                         for v in ver for u in v.get("units") or []],
+                        columns=["metric", "alpha", "control", "condition", "unit", "effect", "ci_low", "ci_high",
+                                 "answer", "mde", "items_needed"])
+
+
+def plot_forest(ver: Sequence[dict], metric: str, path: Path) -> Path:
+    """Forest plot: each replicate unit's paired effect with its 95% interval and the pooled estimate, one
+    panel per control (columns) and α (rows), zero marked."""
+    plt = pyplot()
+    ver = [v for v in ver if v.get("units")]
+    controls = list(dict.fromkeys(v["control"] for v in ver))
+    alphas = sorted({v["alpha"] for v in ver}, key=abs)
+    n_units = max(len(v["units"]) for v in ver)
+    fig, axes = plt.subplots(len(alphas), len(controls), squeeze=False, sharey=True,
+                             figsize=(max(5.5, 3.2 * len(controls) + 1.2), 0.28 * (n_units + 2) * len(alphas) + 1.2))
+    for v in ver:
+        ax = axes[alphas.index(v["alpha"])][controls.index(v["control"])]
+        u = v["units"]
+        y = np.arange(len(u), 0, -1)
+        eff = np.array([x["effect"] for x in u])
+        err = np.array([[x["effect"] - x["ci_low"] for x in u], [x["ci_high"] - x["effect"] for x in u]])
+        ax.errorbar(eff, y, xerr=err, fmt="o", ms=3, color="tab:blue", lw=1)
+        ax.errorbar([v["effect"]], [0], xerr=[[v["effect"] - v["ci_low"]], [v["ci_high"] - v["effect"]]], fmt="D",
+                    ms=6, color="black", lw=2)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(list(y) + [0], [x["unit"] for x in u] + ["pooled"], fontsize=7)
+        ax.set_title(f"vs {v['control']}, α = {v['alpha']:g}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"paired effect on {metric}", fontsize=8)
+    fig.suptitle("principal − control per replicate unit, 95% CI\n(pooled: bootstrap over items, members and units)",
+                 fontsize=9)
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -288,11 +365,16 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
     head = headline(df)
     head.to_csv(folder / "headline.csv", index=False)
     ver = verdicts(df, primary, rows, meta["config"]) if primary in set(df["metric"]) else []
-    pd.DataFrame(ver).to_csv(folder / "verdicts.csv", index=False)
+    pd.DataFrame([{k: v for k, v in x.items() if k != "units"} for x in ver]).to_csv(folder / "verdicts.csv",
+                                                                                   index=False)
     plots = [plot_dose_response(df, m, folder / f"dose_response_{m.replace('/', '_')}.png")
              for m in dict.fromkeys([primary] + [m for m in ("pref_acc_shift", "kl_base_edited")
                                                   if m in set(df["metric"])] + lmeval_metrics(rows))
              if m in set(df["metric"])]
+    units = unit_table(ver)
+    units.to_csv(folder / "units.csv", index=False)
+    if units["condition"].nunique() > 1:
+        plots.append(plot_forest(ver, primary, folder / "forest.png"))
 
     lines = [f"# rwedit experiment: {meta['config'].get('name', folder.name)}", ""]
     n_cond = len([r for r in rows if r["condition"] != "base"])
@@ -313,6 +395,11 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
                          f"{fmt(v['items_needed'])} items. Unpaired (each condition's own stderr): "
                          f"{v['unpaired_answer']}, {fmt(v['unpaired_effect'])} "
                          f"{fmt_ci(v['unpaired_ci_low'], v['unpaired_ci_high'])}.")
+        if (v.get("n_units") or 0) > 1 and v.get("units"):
+            u = v["units"]
+            lines.append(f"  - replicate units: {len(u)} (directions × layers); per-unit effects "
+                         f"{fmt(min(x['effect'] for x in u))} to {fmt(max(x['effect'] for x in u))} (sd {fmt(v['unit_sd'])}), "
+                         f"{sum(x['answer'] == 'yes' for x in u)} of {len(u)} *yes* alone; `units.csv`, `forest.png`.")
     lines += ["", "A verdict is *yes* when the whole 95% interval of the effect (principal edit − control) is above 0, "
               "*no* when it is below 0, *inconclusive* otherwise. Paired verdicts compare the conditions item by item "
               "on the same held-out items; the unpaired comparison is shown beside them.", ""]
@@ -331,7 +418,8 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
                   "Full tables: `probe/rsf.csv`, `probe/headline.csv`, `probe/summary.md`.", ""]
         lines += [f"![{p.stem}](probe/{p.name})" for p in probe_pngs]
     lines += ["", "## Files", "", "- `results.jsonl`: one row per condition (load with `pandas.read_json(path, lines=True)`)",
-              "- `headline.csv`, `verdicts.csv`: the tables above for every metric", "- `edit/adapters/<condition>`: "
+              "- `headline.csv`, `verdicts.csv`: the tables above for every metric; `units.csv`: each replicate "
+              "unit's paired effect against its own controls", "- `edit/adapters/<condition>`: "
               "PEFT adapters (`PeftModel.from_pretrained`) with model cards", "- `run.json`: the recipe, its hash, versions"]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"

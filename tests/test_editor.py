@@ -112,6 +112,41 @@ def test_delta_rule_restricts_the_observed_delta(models, tmp_path):
         torch.testing.assert_close(B[:, 0] / 2.0, want / want.norm(), atol=1e-6, rtol=0)
 
 
+def test_replicate_units_are_one_condition_per_layer_and_direction(models, tmp_path):
+    """principal[0..2] on layers 0 and 1 with per_layer: six principal units, each with its own controls at
+    its layer; the principal directions are orthogonal with falling eigenvalues, and each b is the observed
+    delta of its own layer along its own v (recomputed from the two models' weights)."""
+    root, base, post = models
+    spec = replace(_spec(root, b="delta", v="principal[0..2]", layers=[0, 1], per_layer=True), alpha=(2.0,))
+    out = run_edit(spec, tmp_path / "u", cache_dir=tmp_path / "cache", progress=False)
+    conds = json.loads((out / "edits.json").read_text())["conditions"]
+    assert [c["name"] for c in conds] == spec.condition_names()
+    assert [c["name"] for c in conds if c["kind"] == "principal"] == \
+        [f"L{l}_principal{i}_a2" for l in (0, 1) for i in range(3)]
+    assert sum(c["kind"] == "random" for c in conds) == 2 * 3 and sum(c["kind"] == "write" for c in conds) == 2
+    for layer in (0, 1):
+        mine = [c for c in conds if c["name"].startswith(f"L{layer}_")]
+        assert len(mine) == 3 + 3 + 1 + 1 and all([e["layer"] for e in c["edits"]] == [layer] for c in mine)
+        principal = [c for c in mine if c["kind"] == "principal"]
+        vs = torch.stack([_factors(out / "adapters" / c["name"])[0][0] for c in principal])
+        torch.testing.assert_close(vs @ vs.T, torch.eye(3, dtype=vs.dtype), atol=1e-6, rtol=0)
+        lams = [c["edits"][0]["v_eigenvalue"] for c in principal]
+        assert lams == sorted(lams, reverse=True) and lams[2] > 0
+        dW = (get_weight(post, layer, "q") - get_weight(base, layer, "q")).double()
+        for c in mine:
+            if c["kind"] != "write":
+                A, B = _factors(out / "adapters" / c["name"])
+                want = dW @ A[0]
+                torch.testing.assert_close(B[:, 0] / 2.0, want / want.norm(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("v,match", [("principal[3..1]", "range 3..1 is empty"), ("principal[0..]", "principal")])
+def test_bad_replicate_ranges_are_refused(models, v, match):
+    root, *_ = models
+    with pytest.raises(SpecError, match=match):
+        _spec(root, v=v).edit.directions()
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(role="gate_proj"), "edit.role"),
     (dict(role="unembed"), "unembedding"),

@@ -181,3 +181,36 @@ def test_lmeval_metrics_get_paired_verdicts_from_their_per_item_values(finished)
     rand = [r[m + "_items"] for r in rows if r["kind"] == "random"]
     want = sum(a - b for a, b in zip(p, base)) / 2 - sum(sum(a - b for a, b in zip(c, base)) / 2 for c in rand) / 3
     assert v["n_items"] == 2 and v["effect"] == pytest.approx(want) and v["test"].startswith("signed")
+
+
+def test_replicate_units_pool_into_one_verdict_recomputed_from_the_rows(pair, tmp_path):
+    """principal[0..1] on layers 0 and 1, each layer its own unit: four units, each against its own layer's
+    random controls; the pooled effect is the mean of the unit effects, each recomputed here from the
+    stored per-item values, and the report lists the units beside a forest plot."""
+    import numpy as np
+
+    d = recipe_dict(pair)
+    d["edit"]["edit"].update(layers=[0, 1], v="principal[0..1]", per_layer=True)
+    d["edit"]["controls"] = {"random": 2, "lowvar": 0, "write": None}
+    d.update(eval=None, probe={"enabled": False}, export=["L1_principal1_a2"])
+    d["direct"]["pairs"] = 6
+    out = run_experiment(Recipe.from_dict(d), tmp_path / "u", progress=False, cache_dir=tmp_path / "cache")
+    rows = ResultStore(out).rows()
+    m = "pref_margin_shift_items"
+    units = {}
+    for layer in (0, 1):
+        C = np.array([r[m] for r in rows if r["kind"] == "random" and r["layers"] == [layer]])
+        assert C.shape == (2, 6)
+        for r in rows:
+            if r["kind"] == "principal" and r["layers"] == [layer]:
+                units[r["condition"]] = float(np.mean(r[m]) - C.mean())
+    assert sorted(units) == ["L0_principal0_a2", "L0_principal1_a2", "L1_principal0_a2", "L1_principal1_a2"]
+    v = pd.read_csv(out / "verdicts.csv").iloc[0]
+    assert v["n_units"] == 4 and v["effect"] == pytest.approx(np.mean(list(units.values())))
+    assert v["ci_low"] <= v["effect"] <= v["ci_high"] and "pooled over 4 replicate units" in v["test"]
+    u = pd.read_csv(out / "units.csv")
+    assert dict(zip(u["condition"], u["effect"])) == pytest.approx(units)
+    assert v["unit_sd"] == pytest.approx(np.std(list(units.values()), ddof=1))
+    md = (out / "report.md").read_text()
+    assert "replicate units: 4 (directions × layers)" in md and "![forest](forest.png)" in md
+    assert (out / "forest.png").stat().st_size > 0
