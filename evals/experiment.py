@@ -44,7 +44,12 @@ class ProbeSection(Config):
 
     enabled: bool = option(True, help="probe the observed pair (post − base) before the edits")
     ks: tuple[int, ...] = option((1, 4, 16, 64), help="subspace dimensions of the RSF grid")
-    null_seeds: int = option(8, help="random subspaces per delta for the null")
+    null_seeds: int = option(8, help="random subspaces per delta for the seeded null; 0: the exact null alone")
+
+    def __post_init__(self):
+        from rwedit.probes.grid import GridSettings
+
+        GridSettings(ks=self.ks, null_seeds=self.null_seeds)  # refused when the recipe is read
 
 
 @dataclass(frozen=True)

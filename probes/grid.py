@@ -40,6 +40,7 @@ class GridSettings:
     ks: tuple[int, ...] = DEFAULT_KS
     sides: tuple[str, ...] = ("read", "write")
     subspaces: tuple[str, ...] = SUBSPACES
+    #: random subspaces per delta for the seeded null; 0: the exact null alone (mean 1, sd in closed form)
     null_seeds: int = 8
     seed: int = 0  # the "random" subspace row uses this seed; the null uses seed+1 .. seed+null_seeds
     centred: bool = False  # activation subspace from the centred covariance instead of E[a aᵀ]
@@ -64,8 +65,12 @@ class GridSettings:
             raise ConfigError(f"unknown subspace {bad}; choose from {SUBSPACES}")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"ks must be positive integers, got {self.ks}")
-        if self.null_seeds < 2:
-            raise ConfigError("null_seeds must be >= 2 to give a standard deviation")
+        if self.null_seeds == 1 or self.null_seeds < 0:
+            raise ConfigError(f"null_seeds = {self.null_seeds}: give >= 2 random subspaces (a standard deviation "
+                              f"needs two), or 0 for the exact null alone")
+        if self.null_seeds == 0 and "both" in self.sides:
+            raise ConfigError("null_seeds = 0 (the exact null) has no closed form for the two-sided RSF "
+                              "(sides: both); give null_seeds >= 2")
 
 
 def pathway(role: str) -> str:
@@ -182,11 +187,15 @@ def rows_for_delta(
 
 
 def _row(layer, role, side, subspace, k, d, res, vals, exact_sd: float = math.nan) -> dict:
-    """One grid row: the RSF, its seeded null (mean, sd, z) and its exact null (mean 1, sd in closed form)."""
-    mean = float(vals.mean())
-    sd = float(vals.std(correction=1))
-    z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
+    """One grid row: the RSF, its null (mean, sd, z: from the seeds, or the exact null when there are none)
+    and its exact null (mean 1, sd in closed form)."""
     exact_z = (res.rsf - 1.0) / exact_sd if exact_sd > 0 and not math.isnan(res.rsf) else math.nan
+    if len(vals):
+        mean = float(vals.mean())
+        sd = float(vals.std(correction=1))
+        z = (res.rsf - mean) / sd if sd > 1e-9 and not math.isnan(res.rsf) else math.nan
+    else:  # null_seeds = 0: the exact null stands in the null columns
+        mean, sd, z = (math.nan if math.isnan(res.rsf) else 1.0), exact_sd, exact_z
     return {"layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": subspace, "k": k,
             "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd, "null_z": z,
             "null_exact_sd": exact_sd, "null_exact_z": exact_z, "delta_norm": res.delta_norm, "reason": res.reason or ""}

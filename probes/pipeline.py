@@ -169,8 +169,10 @@ def _rsf_summary(head, meta, spiked, plots) -> str:
         "",
         f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.",
         "RSF = share of ||dW||_F^2 inside a k-dim subspace divided by k/d (1 = isotropic). "
-        "`null_mean ± null_sd` is the RSF of the same delta against random subspaces "
-        f"({meta['grid']['null_seeds']} seeds); `z_mean` = (RSF − null)/sd averaged over layers. "
+        + (f"`null_mean ± null_sd` is the RSF of the same delta against random subspaces "
+           f"({meta['grid']['null_seeds']} seeds); " if meta['grid']['null_seeds'] else
+           "`null_mean ± null_sd` is the exact null below (null_seeds = 0: no random subspaces were drawn); ")
+        + "`z_mean` = (RSF − null)/sd averaged over layers. "
         "`null_exact_sd` is the exact sd of that null (its mean is exactly 1: Var f = 2k(d−k)/(d(d−1)(d+2))·(tr G² − 1/d) "
         "with G the delta's normalised Gram matrix), `exact_z_mean` the z against it.",
         "",

@@ -15,6 +15,7 @@ from rwedit.data import pack_tokens
 from rwedit.probes.activations import StatsSettings, collect_activation_stats
 from rwedit.probes.grid import GridSettings, rsf_grid_pair
 from rwedit.checkpoints import CheckpointPair
+from rwedit.errors import ConfigError
 from conftest import WIKITEXT
 from tiny_models import tiny_model
 
@@ -95,6 +96,32 @@ def test_zero_delta_rows_are_nan_with_a_reason(tiny_pair):
     pair = CheckpointPair(root / "base", root / "base")
     rows = list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4, 16), roles=("q",), layers=(0,), null_seeds=2), progress=False))
     assert rows and all(math.isnan(r["rsf"]) and r["reason"] == "zero delta" for r in rows)
+
+
+def test_exact_null_alone_fills_the_null_columns_and_leaves_the_rsf_unchanged(tiny_pair):
+    """null_seeds = 0: no random subspaces; the null columns are the exact null (mean 1, its closed-form sd,
+    recomputed here from the delta's singular values), the RSF values equal the seeded grid's."""
+    root, base, post = tiny_pair
+    pair = CheckpointPair(root / "base", root / "post")
+    kw = dict(ks=(1, 4, 16), roles=("q", "down"), layers=(0,))
+    exact = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=0, **kw), progress=False))
+    seeded = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=3, **kw), progress=False))
+    assert [r["rsf"] for r in exact] == [r["rsf"] for r in seeded]
+    for r in exact:
+        dW = (get_weight(post, 0, r["role"]) - get_weight(base, 0, r["role"])).double()
+        s2 = torch.linalg.svdvals(dW) ** 2
+        g2 = float((s2 ** 2).sum() / s2.sum() ** 2)
+        d, k = r["d"], r["k"]
+        sd = math.sqrt(2 * k * (d - k) / (d * (d - 1) * (d + 2)) * (g2 - 1 / d)) * d / k
+        assert r["null_mean"] == 1.0 and r["null_sd"] == pytest.approx(sd, rel=1e-4) == r["null_exact_sd"]
+        assert r["null_z"] == pytest.approx((r["rsf"] - 1) / sd, rel=1e-4)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(null_seeds=1), "give >= 2 random subspaces"),
+                                      (dict(null_seeds=0, sides=("both",)), "no closed form for the two-sided")])
+def test_null_settings_without_a_null_are_refused(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        GridSettings(**kw)
 
 
 def test_svd_cli_writes_results(tiny_pair, tmp_path):

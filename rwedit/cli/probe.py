@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_device(p)
     p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
         GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (a k not below a side's d is skipped there)") + " (default 1,4,16,64)")
-    p.add_argument("--null-seeds", type=options.positive_int, default=8, help=config_help(
-        GRID, "null_seeds", "random subspaces per delta for the null") + " (default %(default)s)")
+    p.add_argument("--null-seeds", type=options.count, default=8, help=config_help(
+        GRID, "null_seeds", "random subspaces per delta for the seeded null; 0: the exact null alone (faster)")
+        + " (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help=config_help(
         GRID, "seed", "seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)") + " (default %(default)s)")
     p.add_argument("--centred", action="store_true", help=config_help(
