@@ -9,7 +9,11 @@ What it measures, and why
    about what a bare streaming pass over the pair costs (target <= 2x) and to hold O(largest tensor) in
    memory.  Two steps, each in a fresh subprocess so that its peak RSS is its own:
      (i)  bare - ``CheckpointPair.iter_roles`` computing ||ΔW||_F per role (the floor of any pair probe);
-     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings(), progress=False))``.
+     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings(), progress=False))`` (8 seeds + exact null);
+     (iii) the grid with each null alone: 8 seeds without the exact null (``exact_null=False``), and the exact
+          null without seeds (``null_seeds=0``) — the exact null's sd needs Σσ⁴ of each delta, one Gram
+          matrix of the smaller side, d_out·d_in·min(d) multiply-adds, against the seeds' 8·64 columns of
+          projections per side.
    The activation statistics are SYNTHETIC: real ones would need a forward pass of the 1.1B model over a
    calibration set (hours on 2 CPU cores, and the synthetic pair's random weights give no meaningful
    activations anyway).  They have the exact sizes a real float64 collection would have (attn_in, mlp_in,
@@ -200,7 +204,8 @@ def _grid_settings(p: dict):
     from rwedit.probes.grid import GridSettings
 
     layers = p.get("layers")
-    return GridSettings(layers=tuple(layers) if layers is not None else None)
+    return GridSettings(layers=tuple(layers) if layers is not None else None, null_seeds=p.get("null_seeds", 8),
+                        exact_null=p.get("exact_null", True))
 
 
 def _load_stats(p: dict):
@@ -243,6 +248,7 @@ def step_grid(p: dict) -> dict:
     spectra_bytes = 8 * n_layers * sum(d * (1 + 2 * min(SPECTRUM_KEEP, d // 2)) for d in dims.values())
     return dict(wall_s=wall, stats_load_s=load_s, anon_after_stats_load_mb=_mb(anon_after_load),
                 spectra_cache_bytes_est=spectra_bytes, settings=dict(ks=list(settings.ks), null_seeds=settings.null_seeds,
+                exact_null=settings.exact_null,
                 subspaces=list(settings.subspaces), layers=p.get("layers") or "all"), summary=_summarise_rows(rows))
 
 
@@ -572,9 +578,18 @@ def run_grid_part(args, res: dict) -> None:
     b["all_wall_s"] = [round(r["wall_s"], 2) for r in bare]
     res["bare"] = b
     print(f"  {b['wall_s']:.1f} s", flush=True)
-    print("(ii) full RSF grid (no progress output; this is the long one) ...", flush=True)
+    print("(ii) full RSF grid: 8 null seeds + the exact null (the default) ...", flush=True)
     g = run_child("grid", common)
     res["grid"] = g
+    # the null's two routes, each alone: the seeds' projections vs one Gram matrix per delta (Σσ⁴)
+    for key, extra, label in (("grid_seeds_only", dict(exact_null=False), "8 null seeds, no exact null"),
+                              ("grid_exact_only", dict(null_seeds=0), "the exact null alone (null_seeds 0)")):
+        print(f"(iii) RSF grid, {label} ...", flush=True)
+        res[key] = run_child("grid", dict(common, **extra))
+    res["null_variants"] = {key: dict(wall_s=res[key]["wall_s"], over_bare=res[key]["wall_s"] / b["wall_s"],
+                                      within_time_target=res[key]["wall_s"] / b["wall_s"] <= GRID_TIME_TARGET,
+                                      settings=res[key]["settings"])
+                            for key in ("grid", "grid_seeds_only", "grid_exact_only")}
     largest_f32_mb = b["largest_numel"] * 4 / 2**20
     ratio = g["wall_s"] / b["wall_s"]
     res["grid_checks"] = dict(
@@ -618,6 +633,12 @@ def print_grid(res: dict) -> None:
     print(f"grid / bare time: {c['grid_over_bare_time']:.1f}x (target <= {GRID_TIME_TARGET}x: "
           f"{'yes' if c['within_time_target'] else 'NO'}); with the stats load: "
           f"{c['grid_plus_stats_load_over_bare_time']:.1f}x; CPU seconds grid / bare: {c['grid_over_bare_cpu']:.1f}x")
+    if "null_variants" in res:
+        labels = {"grid": "8 seeds + exact null (default)", "grid_seeds_only": "8 seeds, no exact null",
+                  "grid_exact_only": "exact null alone (null_seeds 0)"}
+        for key, v in res["null_variants"].items():
+            print(f"  grid, {labels[key]:<34} {v['wall_s']:>7.1f} s = {v['over_bare']:.1f}x bare "
+                  f"(target <= {GRID_TIME_TARGET}x: {'yes' if v['within_time_target'] else 'NO'})")
     print(f"peak RSS grid / bare: {c['grid_over_bare_peak_rss']:.1f}x (anon {c['grid_over_bare_peak_anon']:.1f}x); "
           f"largest tensor (unembed, f32) {c['largest_tensor_f32_mb']:.0f} MB; grid peak anon = "
           f"{c['grid_peak_anon_over_largest_tensor']:.0f}x it, of which after loading the stats "

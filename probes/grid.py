@@ -47,6 +47,9 @@ class GridSettings:
     prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U
     roles: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
+    #: the exact null's sd per row: one Gram matrix per delta, O(d_out·d_in·min(d_out, d_in)) — cheap on small
+    #: models, more than the seeds' projections on 7B-size matrices (off: the exact-null columns are NaN)
+    exact_null: bool = True
     #: precision of the projections ΔW·B (sums are float64 either way); float32 changes RSF by ~1e-7 relative
     precision: str = "float32"
 
@@ -68,6 +71,9 @@ class GridSettings:
         if self.null_seeds == 1 or self.null_seeds < 0:
             raise ConfigError(f"null_seeds = {self.null_seeds}: give >= 2 random subspaces (a standard deviation "
                               f"needs two), or 0 for the exact null alone")
+        if self.null_seeds == 0 and not self.exact_null:
+            raise ConfigError("null_seeds = 0 and exact_null off leave no null at all; give null_seeds >= 2 or "
+                              "keep the exact null")
         if self.null_seeds == 0 and "both" in self.sides:
             raise ConfigError("null_seeds = 0 (the exact null) has no closed form for the two-sided RSF "
                               "(sides: both); give null_seeds >= 2")
@@ -171,7 +177,7 @@ def rows_for_delta(
         null_cums = cums[len(bases):]
         norm = math.sqrt(total)
         if conc is None:
-            conc = gram_concentration(delta) if total > 0 else math.nan
+            conc = gram_concentration(delta) if total > 0 and settings.exact_null else math.nan
         for j, name in enumerate(bases):
             for k in ks:
                 base = k / d

@@ -258,11 +258,13 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
 
     recipe = QuickstartRecipe.from_yaml(files("rwedit.recipes") / "quickstart.yaml")
     exp = dict(recipe.control_experiment)
+    assert exp["edit"]["edit"]["per_layer"] and exp["edit"]["edit"]["v"] == "principal[0..3]"  # replicate units
     exp["edit"] = {**exp["edit"], "alpha": [2.0], "controls": {"random": 2, "lowvar": 1, "write": "o"},
+                   "edit": {**exp["edit"]["edit"], "layers": [0, 1], "v": "principal[0..1]"},
                    "calibration": {**exp["edit"]["calibration"], "tokens": 2048, "seq_len": 64}}
     exp["eval"] = {**exp["eval"], "limit": 4}
     exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
-    exp["export"] = ["principal0_a2"]
+    exp["export"] = ["L1_principal0_a2"]
     recipe = replace(recipe, control_experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
                                                             null_seeds=2))
     out = tmp_path / "qs"
@@ -277,10 +279,13 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
                   "HC (base → aligned)", "Spikedness"):
         assert claim in first, claim
     rows = ResultStore(out / "experiment").rows()
-    assert [r["kind"] for r in rows] == ["base", "principal", "random", "random", "lowvar", "write"]
-    card = json.loads((out / "experiment/edit/adapters/principal0_a2/rwedit.json").read_text())
-    assert card["metrics"]["pref_margin_shift"] == pytest.approx(rows[1]["pref_margin_shift"])
+    assert [r["kind"] for r in rows] == ["base"] + 2 * ["principal", "principal", "random", "random", "lowvar", "write"]
+    card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
+    exported = next(r for r in rows if r["condition"] == "L1_principal0_a2")
+    assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
+    assert "paired test over 8 items, pooled over 4 replicate units" in first
     for f in ("probe_aligned/rsf.csv", "probe_sft/rsf.csv", "svd_aligned/svd.csv", "training/trajectory.png",
+              "experiment/forest.png", "experiment/units.csv",
               "training/trajectory_pretrain.csv", "experiment/report.md", "quickstart.json"):
         assert (out / f).exists(), f
     # the claim numbers in the report are the probe's own headline numbers

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--null-seeds", type=options.count, default=8, help=config_help(
         GRID, "null_seeds", "random subspaces per delta for the seeded null; 0: the exact null alone (faster)")
         + " (default %(default)s)")
+    p.add_argument("--no-exact-null", dest="exact_null", action="store_false", help=config_help(
+        GRID, "exact_null", "skip the exact null's sd (one Gram matrix per delta: costly on 7B-size matrices)"))
     p.add_argument("--seed", type=int, default=0, help=config_help(
         GRID, "seed", "seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)") + " (default %(default)s)")
     p.add_argument("--centred", action="store_true", help=config_help(
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calib:
         calib = CalibrationSettings(data=args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
                                     batch_size=args.batch_size, field=args.field, device=args.device)
-    settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, seed=args.seed, centred=args.centred,
+    settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed, centred=args.centred,
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)
     return options.show_probe(run_rsf_probe(args.base, args.post, args.out, calib, settings,

@@ -162,7 +162,10 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     lines += found
     lines += ["", "RSF = share of ‖ΔW‖²_F inside a k-dim subspace over k/d (1 = isotropic); z = (RSF − random "
               "null mean) / null sd, averaged over layers. Verdicts: *yes* when the whole 95% interval of "
-              "(|shift| principal − |shift| control) is above 0, *no* below, *inconclusive* otherwise.", ""]
+              "the paired effect (principal − control item by item on the same held-out items, signed in the "
+              "direction of the edit's objective, pooled over the replicate units) is above 0, *no* below, "
+              "*inconclusive* otherwise; each comes with its minimum detectable effect (80% power) and the items "
+              "that would detect the observed effect.", ""]
     if organism:
         lines += ["## The organism", ""] + summary_lines(organism) + [""]
     lines += ["## Models", ""] + [f"- {k}: `{v}`" for k, v in models.items()] + [""]
@@ -176,7 +179,7 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
         lines += [f"Exported adapter (model card with the measured numbers): `experiment/edit/adapters/{n}`"
                   for n in exported] + [""]
     lines += ["## Plots", ""]
-    for rel in ("experiment/dose_response_pref_margin_shift.png", "training/trajectory.png",
+    for rel in ("experiment/forest.png", "experiment/dose_response_pref_margin_shift.png", "training/trajectory.png",
                 "training/graded_rsf.png", "probe_aligned/rsf_heatmap_read.png", "probe_aligned/rsf_heatmap_write.png",
                 "svd_aligned/svd_consistency.png"):
         if (out / rel).exists():
@@ -211,6 +214,8 @@ def _power(r) -> str:
     if "n_items" not in r or pd.isna(r.get("n_items")):
         return ""
     test = str(r.get("test", "")).split(":")[0]
-    return (f"; {test} paired test over {int(r['n_items'])} items, minimum detectable effect {r['mde']:.3g}, "
+    units = int(r["n_units"]) if "n_units" in r and not pd.isna(r.get("n_units")) else 1
+    pooled = (f", pooled over {units} replicate units (sd between units {r['unit_sd']:.3g})" if units > 1 else "")
+    return (f"; {test} paired test over {int(r['n_items'])} items{pooled}, minimum detectable effect {r['mde']:.3g}, "
             f"{r['items_needed']:.0f} items would detect the observed effect; unpaired: {r['unpaired_answer']}")
 
