@@ -44,7 +44,8 @@ class ProbeSection(Config):
 
     enabled: bool = option(True, help="probe the observed pair (post − base) before the edits")
     ks: tuple[int, ...] = option((1, 4, 16, 64), help="subspace dimensions of the RSF grid")
-    null_seeds: int = option(8, help="random subspaces per delta for the seeded null; 0: the exact null alone")
+    null_seeds: int = option(0, help="random subspaces per delta for a seeded null beside the exact one; 0: the "
+                             "exact null alone (mean 1, sd in closed form; as costly as 8 seeds, and exact)")
 
     def __post_init__(self):
         from rwedit.probes.grid import GridSettings
@@ -85,9 +86,16 @@ class Recipe(ExperimentRecipe):
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
         check_metric(self.primary, self, "primary")
-        known = [BASE] + self.edit.condition_names()
+        self._check_export(self.edit)  # found now, not after every condition has been scored
+
+    def _check_export(self, spec: EditSpec) -> None:
+        """Every ``export:`` entry names a condition of ``spec`` (when its names are known without a model)."""
+        names = spec.condition_names()
+        if names is None:
+            return
+        known = [BASE] + names
         unknown = [n for n in self.export if n not in known]
-        if unknown:  # found now, not after every condition has been scored
+        if unknown:
             near = difflib.get_close_matches(unknown[0], known, n=1)
             raise SpecError(f"export: no condition named {unknown[0]!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
                             f"this recipe's conditions: {', '.join(known)}")
@@ -105,6 +113,7 @@ class Recipe(ExperimentRecipe):
 
         post = Checkpoint.open(self.edit.post) if self.edit.post else None
         self.edit.check_fits(self.base_checkpoint)
+        self._check_export(self.edit.resolved(self.base_checkpoint.layout.n_layers))
         if post is not None and (self.edit.edit.b == "delta" or self.probe.enabled):
             pair = CheckpointPair(self.base_checkpoint, post)  # validated once, for b: delta and for the probe
             if self.probe.enabled:

@@ -40,8 +40,9 @@ class GridSettings:
     ks: tuple[int, ...] = DEFAULT_KS
     sides: tuple[str, ...] = ("read", "write")
     subspaces: tuple[str, ...] = SUBSPACES
-    #: random subspaces per delta for the seeded null; 0: the exact null alone (mean 1, sd in closed form)
-    null_seeds: int = 8
+    #: the null: 0 = the exact null alone (mean 1, sd in closed form; default: exact, and at 1.1B as costly as
+    #: 8 seeds); n >= 2 adds a seeded null of n random subspaces, whose mean and sd then fill the null columns
+    null_seeds: int = 0
     seed: int = 0  # the "random" subspace row uses this seed; the null uses seed+1 .. seed+null_seeds
     centred: bool = False  # activation subspace from the centred covariance instead of E[a aᵀ]
     prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U

@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_device(p)
     p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
         GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (a k not below a side's d is skipped there)") + " (default 1,4,16,64)")
-    p.add_argument("--null-seeds", type=options.count, default=8, help=config_help(
-        GRID, "null_seeds", "random subspaces per delta for the seeded null; 0: the exact null alone (faster)")
+    p.add_argument("--null-seeds", type=options.count, default=0, help=config_help(
+        GRID, "null_seeds", "random subspaces per delta for a seeded null beside the exact one; 0: the exact null alone")
         + " (default %(default)s)")
     p.add_argument("--no-exact-null", dest="exact_null", action="store_false", help=config_help(
         GRID, "exact_null", "skip the exact null's sd (one Gram matrix per delta: costly on 7B-size matrices)"))

@@ -24,7 +24,8 @@ class ProbeSettings(Config):
     tokens: int = option(32_768, help="calibration tokens")
     seq_len: int = option(128, help="calibration sequence length")
     ks: tuple[int, ...] = option((1, 4, 16, 64), help="subspace dimensions k of the RSF grid")
-    null_seeds: int = option(8, help="random subspaces per delta for the seeded null; 0: the exact null alone")
+    null_seeds: int = option(0, help="random subspaces per delta for a seeded null beside the exact one; 0: the "
+                             "exact null alone (mean 1, sd in closed form)")
     svd_r: int | str = option("full", help="rank of the SVD probe (`full` for small matrices)")
 
     def __post_init__(self):
