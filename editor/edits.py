@@ -111,8 +111,9 @@ def build_conditions(
     batch_size: int = 4,
 ) -> list[Condition]:
     """The edit and all its matched controls, one :class:`Condition` per direction kind and alpha."""
-    e = spec.edit
     layout = model_layout(model)
+    spec = spec.resolved(layout.n_layers)
+    e = spec.edit
     if e.role == "unembed" or not layout.has_role(e.role):
         raise SpecError(f"{layout.spec.name} has no {e.role!r} role to edit; roles: {', '.join(layout.roles()[:-1])}")
     for layer in e.layers:

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from rwedit import __version__
+from rwedit.architectures import model_layout
 from rwedit.checkpoints import Checkpoint
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.adapters import attach_conditions
@@ -84,7 +85,10 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first."""
     t0 = time.perf_counter() if t0 is None else t0
     out = check_output_folder(out, overwrite)
-    fingerprint = model_fingerprint(model.base_model.model if hasattr(model, "peft_config") else model)
+    bare = model.base_model.model if hasattr(model, "peft_config") else model
+    given_layers = list(spec.edit.layers)
+    spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
+    fingerprint = model_fingerprint(bare)
     stats = edit_stats(spec, model, tok, cache_dir, progress)
     conditions = build_conditions(spec, model, tok, stats)
     if not norms_match(conditions):
@@ -107,6 +111,7 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
         summary = {
             "rwedit_version": __version__,
             "spec": spec.to_dict(),
+            "layers_given": given_layers,
             "activation_stats": stats_meta,
             "conditions": [c.describe() for c in conditions],
             "seconds": round(time.perf_counter() - t0, 2),

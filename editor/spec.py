@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rwedit.architectures import READ_ROLES, ROLES, WRITE_ROLES
 from rwedit.config import Config, option
@@ -41,6 +41,32 @@ def condition_name(kind: str, alpha: float, index: int | None = None, seed: int 
     return f"{prefix}{tag}_{alpha_tag(alpha)}"
 
 
+_NAMED_LAYERS = {"first": 0.0, "mid": 0.5, "middle": 0.5, "last": 1.0}
+
+
+def resolve_layer(x: int | float | str, n_layers: int | None) -> int:
+    """One layer of a spec as an index into a model of ``n_layers`` layers: an index, a negative index from
+    the end, a fraction of the depth f in [0, 1] (round(f·(n − 1)), halves up: 0.5 is the middle layer) or a
+    name (first, mid, last). With ``n_layers`` None only the form is checked (returns −1)."""
+    what = f"edit.layers entry {x!r}"
+    if isinstance(x, str):
+        if x.strip().lower() not in _NAMED_LAYERS:
+            raise SpecError(f"{what}: use an index, a fraction of the depth (0.5) or one of "
+                            f"{', '.join(_NAMED_LAYERS)}")
+        x = _NAMED_LAYERS[x.strip().lower()]
+    if isinstance(x, float):
+        if not 0.0 <= x <= 1.0:
+            raise SpecError(f"{what}: a fraction of the depth lies in [0, 1] (0.5 = the middle layer); for an "
+                            f"index write an integer")
+        return -1 if n_layers is None else int(math.floor(x * (n_layers - 1) + 0.5))
+    if n_layers is None:
+        return -1
+    index = x + n_layers if x < 0 else x
+    if not 0 <= index < n_layers:
+        raise SpecError(f"{what}: the model has layers 0..{n_layers - 1} (or -{n_layers}..-1 from the end)")
+    return index
+
+
 _DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)(?:\.\.(\d+))?\])?$|^(random|given)$")
 
 
@@ -48,7 +74,9 @@ _DIRECTION = re.compile(r"^(principal|lowvar)(?:\[(\d+)(?:\.\.(\d+))?\])?$|^(ran
 class EditTarget(Config):
     """Where the edit goes and how its two directions are chosen."""
 
-    layers: tuple[int, ...] = option(aliases=("layer",), help="layer indices the edit is applied to")
+    layers: tuple[int | float | str, ...] = option(aliases=("layer",), help=(
+        "layers the edit is applied to: an index (3), from the end (-1 = the last), a fraction of the depth "
+        "(0.5 = the middle layer, 1.0 = the last) or mid / first / last; resolved for each model"))
     role: str = option(help="the edited matrix: q k v up gate (read pathway) or o down (write pathway)")
     v: str = option("principal[0]", help="input direction: principal[i] | lowvar[i] | random | given; "
                     "principal[0..3] asks for four replicate directions, each with the same controls")
@@ -76,6 +104,11 @@ class EditTarget(Config):
         if hi < lo:
             raise SpecError(f"edit.v = {self.v!r}: the range {lo}..{hi} is empty; write it low..high")
         return [(m.group(1), i) for i in range(lo, hi + 1)]
+
+    @property
+    def absolute(self) -> bool:
+        """Whether every layer is a plain index >= 0 (nothing to resolve against a model)."""
+        return all(isinstance(x, int) and x >= 0 for x in self.layers)
 
     def units(self) -> list[tuple[int, ...]]:
         """The layer groups of the conditions: each layer alone (``per_layer``) or all together."""
@@ -141,25 +174,40 @@ class EditSpec(Config):
             raise SpecError("controls.write needs a closed-form b rule (delta or gradient), not b: given")
         if self.controls.random < 0 or self.controls.lowvar < 0:
             raise SpecError("controls.random and controls.lowvar must be >= 0")
-        if any(layer < 0 for layer in e.layers) or len(set(e.layers)) != len(e.layers):
-            raise SpecError(f"edit.layers = {list(e.layers)}: give distinct layer indices >= 0")
+        for x in e.layers:
+            resolve_layer(x, None)  # the form is checked now; the range when the model is known
+        if len(set(e.layers)) != len(e.layers):
+            raise SpecError(f"edit.layers = {list(e.layers)}: give each layer once")
         if len(set(self.alpha)) != len(self.alpha):
             raise SpecError(f"alpha = {list(self.alpha)}: each dose once (a repeated alpha would name two "
                             f"conditions alike)")
+
+    def resolved(self, n_layers: int) -> "EditSpec":
+        """This spec with its layers resolved to indices for a model of ``n_layers`` layers (relative layers —
+        −1, 0.5, mid — name different indices in different models; two that land on one index are refused)."""
+        e = self.edit
+        if e.absolute and all(x < n_layers for x in e.layers):
+            return self
+        layers = tuple(resolve_layer(x, n_layers) for x in e.layers)
+        if len(set(layers)) != len(layers):
+            raise SpecError(f"edit.layers = {list(e.layers)} resolve to {list(layers)} in a {n_layers}-layer model: "
+                            f"two name the same layer")
+        return replace(self, edit=replace(e, layers=layers))
 
     def check_fits(self, base) -> None:
         """Before any model is loaded: the edit's layers and roles exist in the base checkpoint (a
         :class:`~rwedit.checkpoints.Checkpoint`), a ``given`` direction and the eigendirections asked for fit
         the role's size, and the sequence lengths fit the model's window. (For ``b: delta`` the caller checks
         the pair: ``CheckpointPair(base, post)``.)"""
-        layout, e = base.layout, self.edit
+        layout = base.layout
+        try:
+            e = self.resolved(layout.n_layers).edit
+        except SpecError as err:
+            raise SpecError(f"{base.source}: {err}") from None
         for role in (e.role, self.controls.write):
             if role is not None and not layout.has_role(role):
                 raise SpecError(f"{base.source}: {layout.spec.name} has no {role!r} role; its roles: "
                                 f"{', '.join(r for r in layout.roles() if r != 'unembed')}")
-        bad = [layer for layer in e.layers if layer >= layout.n_layers]
-        if bad:
-            raise SpecError(f"edit.layers = {list(e.layers)}: {base.source} has layers 0..{layout.n_layers - 1}")
         view = layout.view(e.layers[0], e.role)
         for name, given, d in (("v_given", e.v_given, view.d_in), ("b_given", e.b_given, view.d_out)):
             if given is not None and len(given) != d:
@@ -178,9 +226,12 @@ class EditSpec(Config):
                 raise SpecError(f"{what} needs {n_dirs} eigendirections of the {e.role} input, which has only "
                                 f"d = {view.d_in}")
 
-    def condition_names(self) -> list[str]:
+    def condition_names(self) -> list[str] | None:
         """The names of every condition this spec builds, in build order, known before any model is loaded
-        (a recipe's references to them are checked against this list)."""
+        (a recipe's references to them are checked against this list); None when they depend on the model
+        (per-layer units named by relative layers: resolve the spec first)."""
+        if self.edit.per_layer and not self.edit.absolute:
+            return None
         names = []
         for alpha in self.alpha:
             for layers in self.edit.units():

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 from tqdm.auto import tqdm
 
-from rwedit.config import Config, given, option, read_yaml
+from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
@@ -175,18 +175,21 @@ def _load_builtin() -> None:
             raise ConfigError(f"rwedit plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
 
 
-def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> tuple[ExperimentKind, Config]:
+def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None,
+                sets: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentKind, Config]:
     """The kind and the parsed recipe of a YAML path, a mapping or a recipe object (``experiment:`` names the
-    kind; without it, ``control``). ``overrides`` (None values ignored) replace top-level keys."""
+    kind; without it, ``control``). ``overrides`` (None values ignored) replace top-level keys; ``sets``
+    (``edit.layers=[3]``, :func:`rwedit.config.apply_sets`) replace nested ones, and land in the recipe the
+    run records."""
     ov = given(overrides)
     if isinstance(source, Config):
         kind = experiment_kind(getattr(source, "experiment", DEFAULT_KIND))
-        if ov:
-            source = type(source).from_dict({**source.to_dict(), **ov})
+        if ov or sets:
+            source = type(source).from_dict(apply_sets({**source.to_dict(), **ov}, sets))
         return kind, source
     if isinstance(source, dict):
         kind = experiment_kind(str(source.get("experiment") or DEFAULT_KIND))
-        return kind, kind.recipe.from_dict({**source, **ov})
+        return kind, kind.recipe.from_dict(apply_sets({**source, **ov}, sets))
     from rwedit.recipes import find, shipped
 
     source = find(source)  # a shipped recipe by name, from any folder
@@ -196,15 +199,16 @@ def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | 
     raw = read_yaml(source)
     kind = experiment_kind(str(raw.get("experiment") or DEFAULT_KIND))
     if kind.run is not None:  # an application: its run takes the overrides itself
-        return kind, kind.recipe.from_yaml(source)
-    return kind, kind.recipe.from_yaml(source, overrides=ov)
+        return kind, kind.recipe.from_yaml(source, sets=sets)
+    return kind, kind.recipe.from_yaml(source, overrides=ov, sets=sets)
 
 
 def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None, *, resume: bool = False,
                progress: bool = True, overrides: dict[str, Any] | None = None,
-               cache_dir: str | Path | None = None, stop_after: int | None = None) -> RunResult:
-    """Run (or resume) any registered kind's recipe into ``out``."""
-    kind, recipe = load_recipe(source, overrides)
+               cache_dir: str | Path | None = None, stop_after: int | None = None,
+               sets: list[str] | tuple[str, ...] = ()) -> RunResult:
+    """Run (or resume) any registered kind's recipe into ``out``; ``sets`` as in :func:`load_recipe`."""
+    kind, recipe = load_recipe(source, overrides, sets)
     if kind.run is not None:
         return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir, overrides=overrides)
     return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,

@@ -115,15 +115,16 @@ class Config:
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path, *, section: str | None = None,
-                  overrides: dict[str, Any] | None = None) -> C:
+                  overrides: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = ()) -> C:
         """Parse a YAML file (or one top-level ``section`` of it when present); ``overrides`` (e.g. from the
-        command line; None values ignored) replace top-level keys before checking."""
+        command line; None values ignored) replace top-level keys, then ``sets`` (``edit.layers=[3]``, see
+        :func:`apply_sets`) replace nested ones, before checking."""
         raw = read_yaml(path)
         if section is not None and section in raw:
             raw = raw[section]
             if not isinstance(raw, dict):
                 raise ConfigError(f"{path}: `{section}:` must be a mapping of settings")
-        raw = {**raw, **given(overrides)}
+        raw = apply_sets({**raw, **given(overrides)}, sets)
         try:
             return cls.from_dict(raw, base_dir=Path(path).parent, where="")
         except ConfigError as e:
@@ -188,6 +189,38 @@ def given(overrides: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
+def apply_sets(raw: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``raw`` with each ``dotted.key=value`` of ``sets`` applied (the value read as YAML: ``[3]`` is a list,
+    ``50`` a number, ``null`` None); missing sections are created, and the result is checked like any recipe
+    (an unknown key is refused with its dotted path). ``raw`` itself is not changed."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in sets or ():
+        key, eq, text = str(item).partition("=")
+        parts = [k.strip() for k in key.split(".")]
+        if not eq or not all(parts):
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE with a dotted key, e.g. --set edit.layers=[3] "
+                              f"or --set eval.limit=50")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML (quote strings with spaces or colons)") \
+                from None
+        node = out
+        for i, k in enumerate(parts[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: `{'.'.join(parts[:i + 1])}` is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
@@ -250,4 +283,4 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
     return value
 
 
-__all__ = ["Config", "given", "option", "read_json", "read_yaml", "resolve_path"]
+__all__ = ["Config", "apply_sets", "given", "option", "read_json", "read_yaml", "resolve_path"]

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_overwrite(p)
     options.add_allow_pickle(p)
     options.add_device(p)
+    options.add_set(p)
     options.add_cache_dir(p)
     options.add_quiet(p)
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rwedit.recipes import find
 
-    spec = EditSpec.from_yaml(find(args.spec))
+    spec = EditSpec.from_yaml(find(args.spec), sets=args.sets)
     if args.model:
         spec = replace(spec, model=args.model)
     out = run_edit(spec, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,

@@ -175,6 +175,13 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")
 
 
+def add_set(p: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): override any recipe key, recorded in the run's recipe."""
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, dotted, the value read as YAML (repeatable): --set edit.layers=[3] "
+                        "--set eval.limit=50; the override is part of the recorded recipe (and of its hash)")
+
+
 # --- the model organism ------------------------------------------------------------------------------
 
 def add_recipe_option(p: argparse.ArgumentParser, shipped: str) -> None:

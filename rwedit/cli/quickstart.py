@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_graded(p)
     options.add_reduced(p)
     options.add_organism_root(p)
+    options.add_set(p)
     options.add_cache_dir(p)
     options.add_quiet(p)
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.kinds import run_quickstart_kind
     from rwedit.apps.quickstart import QuickstartRecipe
 
-    recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"))
+    recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
     result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
                                  overrides={"model": args.model, "post": args.post, "sft": args.sft,
                                             "graded": args.graded, "reduced": args.reduced,

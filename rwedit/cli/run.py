@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_allow_pickle(p)
     options.add_model(p, when_omitted="the recipe's")
     options.add_post(p, when_omitted="the recipe's")
+    options.add_set(p)
     options.add_cache_dir(p)
     options.add_quiet(p)
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.evals.core import run_recipe
 
     result = run_recipe(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
-                        overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir)
+                        overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir,
+                        sets=args.sets)
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0
