@@ -64,7 +64,6 @@ from _common import run_child as _run_child
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results" / "scoring.json"
-TASK_CACHE = HERE / ".cache" / "tasks"
 CHILD_TAG = "@@BENCH_SCORING@@ "
 STEP_TAG = "@@BENCH_SCORING_STEP@@ "  # progress of the (a)+(b) process, which waits for the driver before each condition
 B_OVER_A_TARGET = 1.2  # the experiment within 1.2x of the bare passes
@@ -123,9 +122,9 @@ def step_setup(p: dict) -> dict:
     build_llama_100m(cache)
     tok = ensure_tokenizer(cache / "base")
     names = ensure_adapters(cache)
-    from rwedit.evals.tasks import task_dir
+    from rwedit.evals.tasks import task_path
 
-    tasks = str(task_dir(p["task_cache"]))
+    tasks = str(task_path())
     import torch
     from transformers import AutoConfig
 
@@ -208,7 +207,7 @@ def step_ab(p: dict) -> dict:
     peft_model = load_adapter_folder(model, p["adapters"], p["names"])
     t2 = time.perf_counter()
     settings = EvalSettings(tasks=(p["task"],), limit=p["limit"], batch_size=p["batch_size"])
-    scorer = LMEvalScorer(peft_model, tok, settings, task_cache=p["task_cache"])
+    scorer = LMEvalScorer(peft_model, tok, settings)
     t3 = time.perf_counter()
     b_setup = dict(load_model_tokenizer=t1 - t0, load_adapter_folder=t2 - t1, scorer_task_manager_hflm=t3 - t2)
     b_setup_cpu = _cpu_s() - c0
@@ -343,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="HFLM batch size (default: %(default)s)")
     ap.add_argument("--conditions", type=int, default=12, help="conditions scored, <= 12 (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=LLAMA_100M_CACHE, help="model pair folder (default: %(default)s)")
-    ap.add_argument("--task-cache", type=Path, default=TASK_CACHE, help="bundled task folder (default: %(default)s)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output (default: %(default)s)")
     ap.add_argument("--child", choices=sorted(STEPS) + ["naive"], help=argparse.SUPPRESS)
     ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
@@ -358,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     print(f"setup: model pair, tokenizer, 12 adapters, task folder in {args.cache} ...", flush=True)
-    setup = run_child("setup", dict(cache=str(args.cache), task_cache=str(args.task_cache), task=args.task,
+    setup = run_child("setup", dict(cache=str(args.cache), task=args.task,
                                     limit=args.limit, batch_size=args.batch_size))
     names = setup["names"][: args.conditions]
     n = len(names)
     common = dict(base=str(args.cache / "base"), adapters=str(args.cache / "adapters"), task=args.task,
                   limit=args.limit, batch_size=args.batch_size, task_dir=setup["task_dir"],
-                  task_cache=str(args.task_cache), eval_kwargs=setup["eval_kwargs"])
+                  eval_kwargs=setup["eval_kwargs"])
     print(f"  {setup['n_params'] / 1e6:.0f}M parameters, tokenizer {setup['tokenizer']['vocab']} tokens, "
           f"conditions: {', '.join(names)}", flush=True)
 

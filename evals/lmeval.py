@@ -38,10 +38,10 @@ class EvalSettings(Config):
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task_manager(cache_root: str | None, tasks: tuple[str, ...]):
+def _cached_task_manager(tasks: tuple[str, ...]):
     # indexing lm-eval's built-in registry takes ~10 s: skip it when only bundled tasks are asked for, and
     # build each manager once per process
-    return task_manager(cache_root, tasks)
+    return task_manager(tasks)
 
 
 def flatten_results(results: dict) -> dict[str, float | None]:
@@ -65,13 +65,13 @@ def flatten_results(results: dict) -> dict[str, float | None]:
 class LMEvalScorer:
     """Scores conditions of one loaded model with lm-eval, switching adapters in place."""
 
-    def __init__(self, model, tokenizer, settings: EvalSettings = EvalSettings(), task_cache: str | None = None):
+    def __init__(self, model, tokenizer, settings: EvalSettings = EvalSettings()):
         from lm_eval.models.huggingface import HFLM
 
         if tokenizer is None:
             raise ConfigError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
         self.model, self.settings = model, settings
-        self.tm = _cached_task_manager(None if task_cache is None else str(task_cache), tuple(settings.tasks))
+        self.tm = _cached_task_manager(tuple(settings.tasks))
         check_tasks(list(settings.tasks), self.tm)
         kw = {"max_length": settings.max_length} if settings.max_length else {}
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)

@@ -1,17 +1,13 @@
-"""Bundled offline lm-eval tasks: their YAMLs live in ``evals/tasks/``, their data come from the
-real data shipped in ``rwedit/bundled``.  `task_dir()` materialises both into one folder with absolute
-paths (resolved from the installed package at load time, never from the working directory) and
-`task_manager()` hands it to lm-eval as an ``include_path``."""
+"""Bundled offline lm-eval tasks: their YAMLs live in ``evals/tasks/`` of the installed package and load
+the real data shipped in ``rwedit/bundled`` through lm-eval's ``custom_dataset`` hook, so the same folder
+works for rwedit (`task_manager()`) and for plain lm-eval
+(``lm_eval --include_path $(rwedit tasks --path) --tasks rwedit_blimp``)."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from rwedit.bundled import BLIMP, HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
@@ -21,11 +17,10 @@ from rwedit.errors import ConfigError
 TEMPLATES = Path(__file__).parent / "tasks"
 #: task name -> what it measures (the names are prefixed so that no built-in task shadows them)
 BUNDLED_TASKS = {
-    "rwedit_hh_preference": "held-out hh-rlhf pairs: chosen vs rejected final turn (acc)",
-    "rwedit_blimp": "BLiMP minimal pairs, 8 paradigms interleaved (acc)",
+    "rwedit_hh_preference": "held-out hh-rlhf pairs: chosen vs rejected final turn (acc, acc_norm)",
+    "rwedit_blimp": "BLiMP minimal pairs, 8 paradigms interleaved (acc, acc_norm)",
     "rwedit_wikitext": "WikiText-2 test articles, rolling log-likelihood (word/byte perplexity, bits per byte)",
 }
-DATA_VERSION = 1
 
 
 def _heading(line: str) -> bool:
@@ -56,62 +51,27 @@ def blimp_items(folder: Path = BLIMP) -> list[dict]:
     return out
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+def hh_preference_items() -> list[dict]:
+    """The held-out hh-rlhf pairs (lines 1900-2311 of the bundled file) as task documents."""
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+            for p in read_pairs(HH_RLHF, indices=HH_HELDOUT)]
 
 
-def _fingerprint() -> str:
-    h = hashlib.sha256(f"v{DATA_VERSION}".encode())
-    for f in sorted(TEMPLATES.iterdir()):
-        if f.suffix in (".yaml", ".py"):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def task_path() -> Path:
+    """The folder of the bundled task YAMLs, inside the installed package: give it to lm-eval as
+    ``--include_path`` (``rwedit tasks --path``); the tasks load their data from the package through
+    lm-eval's ``custom_dataset`` hook (``rwedit_task_utils.py`` beside them), from any working directory."""
+    return TEMPLATES
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit")) / "tasks"
-
-
-def task_dir(cache_root: str | Path | None = None) -> Path:
-    """The folder of ready-to-load task YAMLs and their data files (built once per template version)."""
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    folder = root / _fingerprint()
-    if (folder / "done").exists():
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tasks.tmp"))
-    data = tmp / "data"
-    data.mkdir()
-    pairs = read_pairs(HH_RLHF, indices=HH_HELDOUT)
-    _write_jsonl(data / "hh_preference_heldout.jsonl",
-                 [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
-    _write_jsonl(data / "blimp_8_paradigms.jsonl", blimp_items())
-    _write_jsonl(data / "wikitext2_test_articles.jsonl", [{"page": t} for t in wikitext_articles()])
-    final_data = folder / "data"
-    for f in TEMPLATES.iterdir():
-        if f.suffix == ".yaml":
-            (tmp / f.name).write_text(f.read_text().replace("__DATA_DIR__", str(final_data)))
-        elif f.suffix == ".py":
-            shutil.copy(f, tmp / f.name)
-    (tmp / "done").write_text("ok\n")
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def task_manager(cache_root: str | Path | None = None, tasks: list[str] | tuple[str, ...] | None = None):
+def task_manager(tasks: list[str] | tuple[str, ...] | None = None):
     """An lm-eval TaskManager that knows the bundled ``rwedit_*`` tasks.  When every name in ``tasks`` is a
     bundled one, lm-eval's own registry (~10 s of YAML indexing per process) is left out; otherwise (or with
     ``tasks=None``) every built-in task is indexed too."""
     from lm_eval.tasks import TaskManager
 
     only_bundled = tasks is not None and len(tasks) > 0 and all(t in BUNDLED_TASKS for t in tasks)
-    return TaskManager(include_path=str(task_dir(cache_root)), include_defaults=not only_bundled)
+    return TaskManager(include_path=str(task_path()), include_defaults=not only_bundled)
 
 
 def check_tasks(names: list[str], tm) -> None:

@@ -14,7 +14,7 @@ from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, RankOneEdit
 from rwedit.evals.direct import DirectScorer, DirectSettings
 from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results, item_values
-from rwedit.evals.tasks import BUNDLED_TASKS, blimp_items, task_dir, wikitext_articles
+from rwedit.evals.tasks import BUNDLED_TASKS, blimp_items, wikitext_articles
 from tiny_models import tiny_model
 
 ALPHA = 4.0
@@ -120,30 +120,68 @@ def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):
     assert ed["pref_margin_shift"] == pytest.approx(ed["pref_margin"] - base["pref_margin"], abs=1e-6)
 
 
-def test_bundled_task_data_is_real_and_resolves_from_any_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    folder = task_dir(tmp_path / "tasks")
+def test_bundled_task_data_is_real_and_unknown_tasks_are_named():
+    from rwedit.evals.tasks import check_tasks, hh_preference_items, task_path
+
     for name in BUNDLED_TASKS:
-        text = (folder / f"{name}.yaml").read_text()
-        assert "__DATA_DIR__" not in text and str(folder / "data") in text
+        text = (task_path() / f"{name}.yaml").read_text()
+        assert "custom_dataset: !function rwedit_task_utils." in text and "__DATA_DIR__" not in text
     arts = wikitext_articles()
     assert len(arts) == 62 and arts[0].startswith("= Robert")
     items = blimp_items()
     assert len(items) == 8000 and len({i["UID"] for i in items[:8]}) == 8  # interleaved paradigms
-    assert task_dir(tmp_path / "tasks") == folder  # built once
+    assert len(hh_preference_items()) == 412
     with pytest.raises(ValueError, match="unknown lm-eval task"):
-        from rwedit.evals.tasks import check_tasks
-
         check_tasks(["rwedit_nope"], type("TM", (), {"all_tasks": ["rwedit_blimp"]})())
 
 
-def test_task_manager_skips_lm_evals_registry_only_when_every_task_is_bundled(tmp_path):
+def test_task_manager_skips_lm_evals_registry_only_when_every_task_is_bundled():
     from rwedit.evals.tasks import task_manager
 
-    only = task_manager(tmp_path / "tasks", tasks=["rwedit_blimp", "rwedit_hh_preference"])
+    only = task_manager(tasks=["rwedit_blimp", "rwedit_hh_preference"])
     assert set(BUNDLED_TASKS) <= set(only.all_tasks) and "hellaswag" not in only.all_tasks
-    mixed = task_manager(tmp_path / "tasks", tasks=["rwedit_blimp", "hellaswag"])
+    mixed = task_manager(tasks=["rwedit_blimp", "hellaswag"])
     assert {"hellaswag", "rwedit_blimp"} <= set(mixed.all_tasks)
+
+
+def test_plain_lm_eval_cli_scores_the_bundled_tasks_like_rwedit(tmp_path, monkeypatch, wiki_tokenizer, capsys):
+    """`lm_eval run --include_path $(rwedit tasks --path)` from another folder, through lm-eval's own CLI
+    entry point, on a tiny model saved to disk: every bundled task loads its data and scores each document
+    exactly as rwedit's in-process scorer does."""
+    import json
+
+    from lm_eval.__main__ import cli_evaluate
+
+    from rwedit.cli import main
+
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer), max_position_embeddings=4096,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(tmp_path / "m")
+    wiki_tokenizer.save_pretrained(tmp_path / "m")
+    assert main(["tasks", "--path"]) == 0
+    include = capsys.readouterr().out.strip()
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    tasks = list(BUNDLED_TASKS)
+    monkeypatch.setattr("sys.argv", ["lm_eval", "run", "--model", "hf", "--model_args",
+                                     f"pretrained={tmp_path / 'm'},dtype=float32", "--include_path", include,
+                                     "--tasks", ",".join(tasks), "--limit", "3", "--batch_size", "2",
+                                     "--device", "cpu", "--output_path", str(work / "out"), "--log_samples"])
+    cli_evaluate()
+    result_file = next((work / "out").rglob("results_*.json"))
+    results = json.loads(result_file.read_text())["results"]
+    samples = {t: [json.loads(line) for f in (work / "out").rglob(f"samples_{t}_*.jsonl")
+                   for line in f.read_text().splitlines()] for t in tasks}
+    ours = LMEvalScorer(model, wiki_tokenizer, EvalSettings(tasks=tuple(tasks), limit=3, batch_size=2)).score()
+    theirs = {**flatten_results(results), **item_values(samples)}
+    for key in ("rwedit_blimp/acc_items", "rwedit_blimp/acc_norm_items", "rwedit_hh_preference/acc_items",
+                "rwedit_hh_preference/acc_norm_items", "rwedit_hh_preference/acc", "rwedit_blimp/acc"):
+        assert theirs[key] == ours[key], key
+    assert theirs["rwedit_wikitext/word_perplexity"] == pytest.approx(ours["rwedit_wikitext/word_perplexity"],
+                                                                      rel=1e-5)
+    lls = [s["filtered_resps"] for s in sorted(samples["rwedit_hh_preference"], key=lambda s: s["doc_id"])]
+    assert [float(float(c[0]) >= float(r[0])) for c, r in lls] == ours["rwedit_hh_preference/acc_items"]  # chosen wins
 
 
 # ----------------------------------------------------------------------------- the control experiment's report

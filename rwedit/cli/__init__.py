@@ -52,6 +52,7 @@ examples:
                                                   scores, report (--resume after an interruption)
   rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
   rwedit recipes                                  the shipped recipes; `rwedit run NAME` runs one by name
+  rwedit tasks                                    the bundled lm-eval tasks (--path: for lm_eval --include_path)
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
@@ -71,6 +72,7 @@ COMMAND_MODULES = (
     "organism",
     "quickstart",
     "recipes",
+    "tasks",
 )
 
 
