@@ -39,8 +39,9 @@ DIRECT_METRICS = ("pref_margin", "pref_acc", "pref_margin_shift", "pref_acc_shif
 class DirectSettings(Config):
     """Held-out data of the direct metrics (recorded with every result)."""
 
-    pairs: int | Literal["all"] = option(64, help="held-out preference pairs: margin log p(chosen) − log p(rejected) "
-                                         "(all: every pair of the held-out range)")
+    pairs: int | Literal["all"] = option("all", help="held-out preference pairs: margin log p(chosen) − log p(rejected) "
+                                         "(all, the default: every pair of the held-out range — the paired "
+                                         "verdicts' power; a number takes the first n)")
     pairs_data: str = option(str(HH_RLHF), path=True, help="preference pairs (.jsonl[.gz], hh-rlhf format)")
     pairs_heldout: tuple[int, int] | None = option((HH_HELDOUT.start, HH_HELDOUT.stop),
                                                    help="line range of the held-out pairs (null: all lines)")

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="rwedit_hh_preference,rwedit_blimp,rwedit_wikitext", help="comma list")
     p.add_argument("--limit", type=options.positive_int, help="items per task (default: all)")
     options.add_batch_size(p)
+    p.add_argument("--items", type=options.items, default="all", help="held-out preference pairs of the direct "
+                   "metrics, every condition on the same ones: all (default: the 412 held-out pairs) or a number")
     p.add_argument("--no-direct", action="store_true", help="skip the direct metrics")
     options.add_out(p, what="JSONL output file", when_omitted="standard output")
     options.add_device(p)
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         from rwedit.evals.direct import DirectSettings
         from rwedit.models import context_window
 
-        d, window = DirectSettings(), context_window(model)
+        d, window = DirectSettings(pairs=args.items), context_window(model)
         if window is not None:
             d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
         direct = DirectScorer(model, tok, d)

@@ -65,6 +65,19 @@ def count(text: str) -> int:
     return value
 
 
+def items(text: str) -> int | str:
+    """An argparse ``type`` for a number of held-out items: ``all`` or an integer >= 2."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected all or a number of items >= 2, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type`` for counts and sizes: an integer >= 1."""
     try:
