@@ -21,27 +21,71 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def base_model_id(model: str) -> str | None:
-    """The Hub id for card metadata, when the base is one (local paths have none)."""
+def base_model_id(info: dict) -> str | None:
+    """The base model's Hub id for the card's metadata: recorded by the edit (``base``) when the model came
+    from the Hub; for older folders, the spec's model when it has the shape of a Hub id and is no local path."""
+    base = info.get("base") or {}
+    if base.get("hub"):
+        return base["name_or_path"]
+    model = str((info.get("spec") or {}).get("model") or "")
     ref = model.split("@")[0]
-    return ref if _HUB_ID.match(ref) and not Path(model).exists() else None
+    return ref if "base" not in info and _HUB_ID.match(ref) and not Path(model).exists() else None
 
 
-def model_card(info: dict) -> str:
-    """A model card (Hub front matter + what was edited, how, and what it did)."""
+#: the public datasets behind rwedit's metrics (for the card's model-index): name -> (type, name, config, split)
+_DATASETS = (
+    (("pref_", "rwedit_hh_preference"), ("Anthropic/hh-rlhf", "hh-rlhf held-out pairs 1900-2311", "harmless-base", "test")),
+    (("blimp",), ("nyu-mll/blimp", "BLiMP (8 paradigms)", None, "train")),
+    (("wikitext", "ce_", "kl_", "ppl_"), ("Salesforce/wikitext", "WikiText-2 test", "wikitext-2-raw-v1", "test")),
+)
+
+
+def _eval_results(metrics: dict) -> list:
+    """The card's measured numbers as model-index entries: values rounded to 4 significant digits, the
+    stderr beside each (``metric_args``; from ``{value, stderr}`` or a ``NAME_stderr`` entry); metrics of
+    no known dataset are left to the card's table."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for name, v in metrics.items():
+        value, se = (v.get("value"), v.get("stderr")) if isinstance(v, dict) else (v, metrics.get(f"{name}_stderr"))
+        if name.endswith("_stderr") or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not isinstance(se, (int, float)) or isinstance(se, bool):
+            se = None
+        ds = next((d for keys, d in _DATASETS if any(k in name for k in keys)), None)
+        if ds is None:
+            continue
+        out.append(EvalResult(task_type="text-generation", dataset_type=ds[0], dataset_name=ds[1], dataset_config=ds[2],
+                              dataset_split=ds[3], metric_type=name, metric_name=name,
+                              metric_value=float(f"{value:.4g}"),
+                              metric_args=None if se is None else {"stderr": float(f"{se:.2g}")}))
+    return out
+
+
+def model_card(info: dict, repo_id: str | None = None):
+    """The adapter's model card (a ``huggingface_hub.ModelCard``): metadata (base model, adapter relation,
+    library, tags, the measured metrics as a model-index) and what was edited, how, and what it did;
+    ``repo_id`` (when pushed) is named in the usage snippet."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     spec, cond = info["spec"], info["condition"]
-    front = ["---", "library_name: peft", "tags:", "- rwedit", "- rank-1-edit", "- lora", "- interpretability"]
-    bid = base_model_id(spec["model"])
+    base = info.get("base") or {"name_or_path": spec["model"], "revision": None}
+    bid = base_model_id(info)
+    metrics = info.get("metrics") or {}
+    name = repo_id or f"rwedit-{cond['name']}"
+    data = ModelCardData(base_model=bid, library_name="peft", pipeline_tag="text-generation",
+                         tags=["rwedit", "rank-1-edit", "lora", "interpretability"], model_name=name,
+                         eval_results=_eval_results(metrics) or None)
     if bid:
-        front.insert(1, f"base_model: {bid}")
-    front.append("---")
+        data.base_model_relation = "adapter"
     e = spec["edit"]
-    lines = front + [
-        "",
+    rev = f" (revision `{base['revision']}`)" if base.get("revision") else ""
+    lines = [
         f"# rwedit rank-1 edit: `{cond['name']}`",
         "",
         f"A closed-form rank-1 weight edit ΔW = α·b vᵀ (‖b‖ = ‖v‖ = 1, so ‖ΔW‖_F = |α| = {abs(cond['alpha']):g}) "
-        f"of base model `{spec['model']}`, stored as a PEFT LoRA adapter (r = 1, lora_alpha = 1, "
+        f"of base model `{base['name_or_path']}`{rev}, stored as a PEFT LoRA adapter (r = 1, lora_alpha = 1, "
         f"lora_A = vᵀ, lora_B = α b). Made with rwedit {info['rwedit_version']}.",
         "",
         f"- **condition**: `{cond['kind']}`" + (f" (seed {cond['seed']})" if cond.get("seed") is not None else "")
@@ -63,7 +107,6 @@ def model_card(info: dict) -> str:
         lines += ["", f"Activation directions come from E[a aᵀ] of the edited module's inputs over "
                       f"{stats.get('n_tokens', '?')} tokens of `{stats.get('source', '?')}` "
                       f"(token ids sha256 `{str(stats.get('tokens_sha256', ''))[:12]}…`)."]
-    metrics = info.get("metrics") or {}
     if metrics:
         lines += ["", "## Measured effects", "", "| metric | value | stderr |", "|---|---|---|"]
         for k, v in metrics.items():
@@ -74,19 +117,24 @@ def model_card(info: dict) -> str:
     else:
         lines += ["", "No behaviour scores were attached when this card was written "
                       "(`rwedit export DIR --metrics results.json` adds them)."]
-    lines += ["", "## Use", "", "```python", "from peft import PeftModel",
+    where = repr(repo_id) if repo_id else "'PATH_OR_REPO_OF_THIS_ADAPTER'"
+    load_rev = f", revision={base['revision']!r}" if base.get("revision") else ""
+    lines += ["", "## Use", "", "```python", "from peft import AutoPeftModelForCausalLM",
+              f"model = AutoPeftModelForCausalLM.from_pretrained({where})"
+              f"  # loads {base['name_or_path']}{' @ ' + base['revision'][:12] if base.get('revision') else ''} too",
+              "```", "", "or, with the base loaded yourself:", "", "```python", "from peft import PeftModel",
               "from transformers import AutoModelForCausalLM",
-              f"base = AutoModelForCausalLM.from_pretrained({spec['model']!r})",
-              "model = PeftModel.from_pretrained(base, 'PATH_OR_REPO_OF_THIS_ADAPTER')", "```", "",
+              f"base = AutoModelForCausalLM.from_pretrained({base['name_or_path']!r}{load_rev})",
+              f"model = PeftModel.from_pretrained(base, {where})", "```", "",
               "`rwedit.json` holds the full specification, every direction's provenance and the seeds."]
-    return "\n".join(lines) + "\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
-def write_card_files(folder: Path, info: dict) -> None:
+def write_card_files(folder: Path, info: dict, repo_id: str | None = None) -> None:
     """``rwedit.json`` and the model card ``README.md``; both are built first and each file is replaced
     atomically, so a failure leaves the folder as it was."""
     info = {"rwedit_version": __version__, **info}
-    text, card = dumps(info, indent=2), model_card(info)
+    text, card = dumps(info, indent=2), str(model_card(info, repo_id))
     write_text(folder / "rwedit.json", text)
     write_text(folder / "README.md", card)
 
@@ -112,8 +160,9 @@ def check_metrics(metrics, where: str) -> dict:
     return metrics
 
 
-def refresh_card(folder: str | Path, metrics: dict | None = None) -> Path:
-    """Re-write an exported adapter's card, optionally with behaviour/probe metrics attached."""
+def refresh_card(folder: str | Path, metrics: dict | None = None, repo_id: str | None = None) -> Path:
+    """Re-write an exported adapter's card, optionally with behaviour/probe metrics attached and the Hub
+    repo it is pushed to named in its usage snippet."""
     folder = Path(folder)
     meta_path = folder / "rwedit.json"
     if not meta_path.exists():
@@ -124,7 +173,7 @@ def refresh_card(folder: str | Path, metrics: dict | None = None) -> Path:
         raise ExportError(f"{meta_path} is not valid JSON ({e}); re-create the adapter with `rwedit edit`") from None
     if metrics is not None:
         info["metrics"] = check_metrics(metrics, "metrics")
-    write_card_files(folder, info)
+    write_card_files(folder, info, repo_id)
     return folder
 
 

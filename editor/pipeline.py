@@ -11,7 +11,7 @@ import yaml
 
 from rwedit import __version__
 from rwedit.architectures import model_layout
-from rwedit.checkpoints import Checkpoint
+from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, build_conditions, norms_match
@@ -97,6 +97,10 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     if extra_metrics is not None:
         extra_metrics(conditions, model)
     peft_model = attach_conditions(model, conditions)
+    base = base_reference(spec.model, bare)
+    for c in conditions:  # what PEFT (and AutoPeftModelForCausalLM) will load the adapter onto
+        cfg = peft_model.peft_config[c.name]
+        cfg.base_model_name_or_path, cfg.revision = base["name_or_path"], base["revision"]
     stats_meta = None
     if stats is not None:
         stats_meta = {k: stats.meta.get(k) for k in ("source", "tokens_sha256", "settings", "model_fingerprint")}
@@ -104,9 +108,10 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     with atomic_folder(out, overwrite=overwrite) as tmp:
         names = [c.name for c in conditions]
         peft_model.save_pretrained(str(tmp / "adapters"), selected_adapters=names)
+        (tmp / "adapters" / "README.md").unlink(missing_ok=True)  # PEFT's boilerplate card; each adapter has its own
         for c in conditions:
             write_card_files(tmp / "adapters" / c.name, {"spec": spec.to_dict(), "condition": c.describe(),
-                                                         "activation_stats": stats_meta,
+                                                         "activation_stats": stats_meta, "base": base,
                                                          "base_fingerprint": fingerprint})
         summary = {
             "rwedit_version": __version__,
@@ -119,6 +124,16 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
         (tmp / "edits.json").write_text(dumps(summary, indent=2))
         (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
     return peft_model, conditions
+
+
+def base_reference(given: str, model) -> dict:
+    """How an adapter names its base so that it travels: the Hub id and the exact commit when the model was
+    loaded from the Hugging Face cache (whatever revision was asked for), else the path as the user gave it
+    (``rwedit.json`` adds the weights' fingerprint, which ``apply``/``eval`` check)."""
+    origin = hub_origin(getattr(model.config, "_name_or_path", "") or "")
+    if origin is not None:
+        return {"name_or_path": origin[0], "revision": origin[1], "hub": True}
+    return {"name_or_path": str(given), "revision": None, "hub": False}
 
 
 def load_conditions_folder(out: str | Path) -> dict:

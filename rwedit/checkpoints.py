@@ -155,6 +155,16 @@ def _load_pickle(f: Path) -> dict:
                               f"it is damaged or truncated: download or copy it again") from None
 
 
+_SNAPSHOT = re.compile(r"models--(?P<repo>[^/]+?)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
+
+
+def hub_origin(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(org/name, commit)`` when ``path`` is a snapshot folder of the Hugging Face cache
+    (``…/models--org--name/snapshots/<commit>``), i.e. the model came from the Hub; None for other paths."""
+    m = _SNAPSHOT.search(str(path).replace(os.sep, "/"))
+    return (m["repo"].replace("--", "/", 1), m["commit"]) if m else None
+
+
 @dataclass
 class Checkpoint:
     """One model checkpoint on disk: its config, layout and a lazy index of its tensors."""

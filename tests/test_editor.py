@@ -218,3 +218,57 @@ def test_example_recipe_runs_as_is_with_a_local_model(tmp_path, wiki_tokenizer, 
     assert rc == 0
     out = capsys.readouterr().out
     assert "wrote 24 adapters" in out and "principal0_a1" in out and "write_o_a4" in out
+
+
+def test_adapter_of_a_hub_base_names_it_loads_from_anywhere_and_has_a_parsable_card(tmp_path, monkeypatch,
+                                                                                     wiki_tokenizer):
+    """A base given as a Hub id (a local Hub cache laid out in tmp_path): the adapter records the id and the
+    exact commit, AutoPeftModelForCausalLM loads base + adapter from another folder and gives W + ΔW by hand,
+    and the card parses with ModelCard.load with the metadata and, after export --metrics, the model-index."""
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+    from peft import AutoPeftModelForCausalLM
+
+    base, post = tiny_pair(wiki_tokenizer, seed=7)
+    hub = tmp_path / "hub"
+    commits = {"base": "a" * 40, "post": "b" * 40}
+    for name, m in (("base", base), ("post", post)):
+        repo = hub / f"models--org--tiny-{name}"
+        m.save_pretrained(repo / "snapshots" / commits[name])
+        wiki_tokenizer.save_pretrained(repo / "snapshots" / commits[name])
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commits[name])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    spec = EditSpec.from_dict({
+        "model": "org/tiny-base", "post": "org/tiny-post@main",
+        "calibration": {"data": str(WIKITEXT), "tokens": 1024, "seq_len": 64},
+        "edit": {"layers": [1], "role": "q", "v": "principal[0]", "b": "delta"}, "alpha": [1.5],
+        "controls": {"random": 1, "lowvar": 0, "write": None}})
+    out = run_edit(spec, tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    folder = out / "adapters" / "principal0_a1p5"
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "org/tiny-base" and cfg["revision"] == commits["base"]
+    assert json.loads((folder / "rwedit.json").read_text())["base"] == {
+        "name_or_path": "org/tiny-base", "revision": commits["base"], "hub": True}
+    assert not (out / "adapters" / "README.md").exists()  # no stray PEFT boilerplate card above the adapters
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(folder)).eval()
+    A, B = _factors(folder)
+    ref = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    ref.load_state_dict(base.state_dict())
+    add_delta(ref, 1, "q", (B @ A).float())
+    ids = torch.randint(3, 500, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, ref(ids).logits, atol=2e-5, rtol=2e-5)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "org/tiny-base" and card.data.base_model_relation == "adapter"
+    assert card.data.library_name == "peft" and "rwedit" in card.data.tags and card.data.pipeline_tag == "text-generation"
+    (tmp_path / "m.json").write_text(json.dumps({"pref_margin_shift": {"value": 0.123456, "stderr": 0.0456},
+                                                  "delta_norm": 1.5}))
+    assert main(["export", str(folder), "--metrics", str(tmp_path / "m.json")]) == 0
+    card = ModelCard.load(folder / "README.md")
+    (res,) = card.data.eval_results  # delta_norm has no dataset: it stays in the card's table only
+    assert (res.metric_type, res.metric_value, res.metric_args) == ("pref_margin_shift", 0.1235, {"stderr": 0.046})
+    assert res.dataset_type == "Anthropic/hh-rlhf" and "| delta_norm | 1.5 |" in card.text

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)  # before the card is touched
     metrics = read_json(args.metrics) if args.metrics else None
-    folder = refresh_card(args.adapter, metrics)
+    folder = refresh_card(args.adapter, metrics, repo_id=args.push_to_hub)
     print(f"model card and rwedit.json refreshed in {folder}")
     if args.push_to_hub:
         url = push_to_hub(folder, args.push_to_hub, private=not args.public)
