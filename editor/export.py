@@ -160,6 +160,36 @@ def check_metrics(metrics, where: str) -> dict:
     return metrics
 
 
+#: row fields that describe a condition rather than measure it (kept out of a card's metrics)
+_ROW_FIELDS = {"alpha", "seed", "index", "seconds", "n_pairs", "n_texts"}
+
+
+def metrics_from_results(path: str | Path, condition: str) -> dict:
+    """A card's metrics from scored rows: ``path`` is a folder holding ``results.jsonl`` (``rwedit eval --out``,
+    ``rwedit run``) or such a file; the row of ``condition`` (the adapter's folder name) gives every measured
+    number, each with its ``_stderr`` when the row has one."""
+    path = Path(path)
+    file = path / "results.jsonl" if path.is_dir() else path
+    if not file.exists():
+        raise ExportError(f"{path}: no results.jsonl (give the --out folder of `rwedit eval` or `rwedit run`, or a "
+                          f"JSON object of metric -> value); nothing was changed")
+    rows = []
+    for i, line in enumerate(file.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise ExportError(f"{file}, line {i}: not valid JSON; nothing was changed") from None
+    row = next((r for r in rows if isinstance(r, dict) and r.get("condition") == condition), None)
+    if row is None:
+        raise ExportError(f"{file} has no row for {condition!r} (its conditions: "
+                          f"{', '.join(str(r.get('condition')) for r in rows if isinstance(r, dict))}); nothing was changed")
+    num = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+           and k not in _ROW_FIELDS}
+    return {k: ({"value": v, "stderr": num[f"{k}_stderr"]} if f"{k}_stderr" in num else v)
+            for k, v in num.items() if not k.endswith("_stderr")}
+
+
 def refresh_card(folder: str | Path, metrics: dict | None = None, repo_id: str | None = None) -> Path:
     """Re-write an exported adapter's card, optionally with behaviour/probe metrics attached and the Hub
     repo it is pushed to named in its usage snippet."""

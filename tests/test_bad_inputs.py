@@ -380,9 +380,9 @@ CASES = [
          lambda ws: ["eval", "--model", str(ws / "m/gpt2"), "--tasks", "rwedit_hh_preference", "--limit", "4",
                      "--no-direct"],
          ("window of 64", "rwedit_hh_preference")),
-    Case("eval-out-is-folder", "existing output",
+    Case("eval-out-exists", "existing output",
          lambda ws: ["eval", "--model", str(ws / "m/base"), "--limit", "2", "--out", str(ws / "existing")],
-         ("existing", "is a folder")),
+         ("existing", "already exists", "--overwrite")),
     # --- run: recipes
     Case("run-export-unknown-name", "name that refers to nothing",
          lambda ws: ["run", _yaml(ws, "r1.yaml", _recipe(ws, export=["random_s0_a2"])), "--out", str(ws / "r1")],

@@ -35,7 +35,7 @@ examples:
                                                   probes, edits vs controls, lm-eval scores, report
   rwedit organism                                 build/reuse the organism (pretrained, aligned, SFT)
   rwedit archs                                    supported architectures and their role modules
-  rwedit deltas --base BASE --post POST --out deltas.csv
+  rwedit deltas --base BASE --post POST --out deltas/
                                                   per-layer, per-role ||dW||_F of a checkpoint pair
   rwedit probe --base BASE --post POST --calib text.txt.gz --out probe/
                                                   RSF grid (read/write side vs activation/prediction
@@ -45,7 +45,7 @@ examples:
                                                   rank-1 edit + matched controls as PEFT adapters
   rwedit apply edits/adapters/NAME --prompt "..."  base vs edited generation
   rwedit export edits/adapters/NAME --push-to-hub you/name
-  rwedit eval --model BASE --adapters edits/adapters --tasks rwedit_hh_preference --limit 100
+  rwedit eval --model BASE --adapters edits/adapters --tasks rwedit_hh_preference --limit 100 --out scores/
                                                   lm-eval + direct metrics, base and each adapter
   rwedit run recipes/control-experiment.yaml --out runs/ctl
                                                   the causal control experiment: probe, edits,

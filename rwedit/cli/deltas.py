@@ -14,7 +14,8 @@ from rwedit.cli import options
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_pair(p)
     options.add_roles(p)
-    options.add_out(p, what="also write the table as CSV to this file")
+    options.add_out(p, what="output folder: also write the table as OUT/deltas.csv")
+    options.add_overwrite(p)
     options.add_quiet(p)
 
 
@@ -22,12 +23,18 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.checkpoints import Checkpoint, CheckpointPair
     from rwedit.probes.norms import delta_norms, write_csv
 
+    from rwedit.outputs import atomic_folder, check_output_folder
+
+    if args.out:
+        check_output_folder(args.out, args.overwrite)  # refused before the pass, not after it
     pair = CheckpointPair(Checkpoint.open(args.base), Checkpoint.open(args.post),
                           allow_dtype_mismatch=args.allow_dtype_mismatch)
     roles = options.roles_arg(args.roles)
     rows = delta_norms(pair, roles=list(roles) if roles else None, progress=not args.quiet)
     if args.out:
-        print(f"wrote {write_csv(rows, args.out)}")
+        with atomic_folder(args.out, overwrite=args.overwrite) as tmp:
+            write_csv(rows, tmp / "deltas.csv")
+        print(f"wrote {args.out}/deltas.csv")
     floor = pair.dtype_mismatch is not None
     if floor:
         print(f"base and post are stored as {pair.dtype_mismatch[0]} and {pair.dtype_mismatch[1]}: `floor` is the "

@@ -100,10 +100,24 @@ def _default_note(when_omitted: str | None) -> str:
     return f" (default: {when_omitted})" if when_omitted else ""
 
 
+# One vocabulary: a command that compares a pair takes --base/--post; a command that loads one model
+# (edit, apply, eval) takes --model. run and quickstart compare a pair, and accept --model as an alias of
+# --base for recipes written before.
+
+BASE_HELP = f"base checkpoint: {HUB_OR_FOLDER}"
+
+
 def add_model(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
-    """``--model``: the base checkpoint (``when_omitted`` says what is used without it)."""
+    """``--model``: the one model a command loads (``when_omitted`` says what is used without it)."""
     p.add_argument("--model", required=required,
-                   help=f"base checkpoint: {HUB_OR_FOLDER}{_default_note(when_omitted)}")
+                   help=f"the model: {HUB_OR_FOLDER}{_default_note(when_omitted)}")
+
+
+def add_base(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None,
+             dest: str = "base", model_alias: bool = False) -> None:
+    """``--base``: the base checkpoint of a pair (``model_alias``: ``--model`` is accepted for it too)."""
+    flags = ("--base", "--model") if model_alias else ("--base",)
+    p.add_argument(*flags, dest=dest, required=required, help=f"{BASE_HELP}{_default_note(when_omitted)}")
 
 
 def add_post(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
@@ -132,7 +146,7 @@ def add_force(p: argparse.ArgumentParser) -> None:
 
 def add_pair(p: argparse.ArgumentParser) -> None:
     """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair."""
-    p.add_argument("--base", required=True, help=f"base checkpoint: {HUB_OR_FOLDER}")
+    add_base(p, required=True)
     add_post(p, required=True)
     add_allow_pickle(p)
     p.add_argument("--allow-dtype-mismatch", action="store_true",
@@ -221,9 +235,10 @@ def add_reduced(p: argparse.ArgumentParser) -> None:
                    help="a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
 
 
-def add_organism_root(p: argparse.ArgumentParser, flag: str = "--organism-root") -> None:
-    """Where organisms are cached (``rwedit organism`` spells the flag ``--root``)."""
-    p.add_argument(flag, help="where organisms are cached (default $RWEDIT_CACHE/organism)")
+def add_organism_root(p: argparse.ArgumentParser) -> None:
+    """``--organism-root`` (alias ``--root``): where organisms are cached."""
+    p.add_argument("--organism-root", "--root", dest="organism_root",
+                   help="where organisms are cached (default $RWEDIT_CACHE/organism)")
 
 
 def show_probe(res, files: str, title: str) -> int:

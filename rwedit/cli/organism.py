@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_recipe_option(p, "organism.yaml")
     options.add_graded(p)
     options.add_reduced(p)
-    options.add_organism_root(p, flag="--root")
+    options.add_organism_root(p)
     options.add_quiet(p)
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.organism import OrganismConfig
 
     cfg = OrganismConfig.from_yaml(options.recipe_path(args.recipe, "organism.yaml"))
-    result = run_organism_kind(cfg, args.root, progress=not args.quiet,
+    result = run_organism_kind(cfg, args.organism_root, progress=not args.quiet,
                                overrides={"graded": args.graded, "reduced": args.reduced})
     print("\n".join(result.lines))
     return 0

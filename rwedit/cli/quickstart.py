@@ -19,7 +19,7 @@ from rwedit.cli import options
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_recipe_option(p, "quickstart.yaml")
     options.add_out(p, default="runs/quickstart")
-    options.add_model(p, when_omitted="the organism's pretrained model")
+    options.add_base(p, dest="model", model_alias=True, when_omitted="the organism's pretrained model")
     options.add_post(p, when_omitted="the organism's aligned model; with --model")
     options.add_allow_pickle(p)
     p.add_argument("--sft", help="optional second post-trained checkpoint to probe (e.g. an SFT control)")

@@ -1,6 +1,6 @@
 """List the recipes shipped with rwedit, with their one-line purpose.
 
-A shipped recipe runs by its name from any folder: `rwedit run control-experiment --model BASE --post POST`.
+A shipped recipe runs by its name from any folder: `rwedit run control-experiment --base BASE --post POST`.
 Copy one (the path is printed) to change it.
 """
 

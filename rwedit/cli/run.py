@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     options.add_allow_pickle(p)
-    options.add_model(p, when_omitted="the recipe's")
+    options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
     options.add_post(p, when_omitted="the recipe's")
     options.add_set(p)
     options.add_cache_dir(p)
