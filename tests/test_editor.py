@@ -272,3 +272,26 @@ def test_adapter_of_a_hub_base_names_it_loads_from_anywhere_and_has_a_parsable_c
     (res,) = card.data.eval_results  # delta_norm has no dataset: it stays in the card's table only
     assert (res.metric_type, res.metric_value, res.metric_args) == ("pref_margin_shift", 0.1235, {"stderr": 0.046})
     assert res.dataset_type == "Anthropic/hh-rlhf" and "| delta_norm | 1.5 |" in card.text
+
+
+def test_eval_scores_one_adapter_into_a_folder_that_export_puts_on_its_card(models, tmp_path, capsys):
+    """`rwedit eval --adapters ONE_ADAPTER --out FOLDER` writes results.jsonl (base + that adapter);
+    `rwedit export ADAPTER --metrics FOLDER` takes the adapter's row, each metric with its stderr."""
+    from huggingface_hub import ModelCard
+
+    root, *_ = models
+    out = run_edit(replace(_spec(root), alpha=(3.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    adapter = out / "adapters" / "principal0_a3"
+    assert main(["eval", "--model", str(root / "base"), "--adapters", str(adapter), "--tasks", "rwedit_blimp",
+                 "--limit", "3", "--items", "3", "--out", str(tmp_path / "scores"), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "scores" / "results.jsonl").read_text().splitlines()]
+    assert [r["condition"] for r in rows] == ["base", "principal0_a3"] and rows[1]["n_pairs"] == 3
+    assert main(["export", str(adapter), "--metrics", str(tmp_path / "scores")]) == 0
+    info = json.loads((adapter / "rwedit.json").read_text())
+    assert info["metrics"]["pref_margin_shift"] == {"value": rows[1]["pref_margin_shift"],
+                                                    "stderr": rows[1]["pref_margin_shift_stderr"]}
+    assert "alpha" not in info["metrics"] and not any(k.endswith("_items") for k in info["metrics"])
+    card = ModelCard.load(adapter / "README.md")
+    assert any(r.metric_type == "rwedit_blimp/acc" for r in card.data.eval_results)
+    assert main(["export", str(out / "adapters" / "random_s1_a3"), "--metrics", str(tmp_path / "scores")]) == 2
+    assert "no row for 'random_s1_a3'" in capsys.readouterr().err
