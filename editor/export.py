@@ -209,20 +209,28 @@ def refresh_card(folder: str | Path, metrics: dict | None = None, repo_id: str |
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
     """Upload an adapter folder with huggingface_hub (token from the usual login or HF_TOKEN)."""
-    from huggingface_hub import HfApi
-
     folder = Path(folder)
     if not (folder / "adapter_config.json").exists():
         raise ExportError(f"{folder} holds no adapter_config.json: export an adapter folder first")
+    return push_folder(folder, repo_id, private=private, repo_type="model")
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = True, repo_type: str = "model") -> str:
+    """Upload a complete local folder as a Hub repository of ``repo_type`` (model or dataset); on any failure
+    nothing is half-pushed from rwedit's side and the message says how to retry."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
     api = HfApi()
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="rwedit adapter export")
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                                 commit_message=f"rwedit {repo_type} export")
     except Exception as e:
         raise ExportError(
-            f"could not upload {folder} to the Hub repo {repo_id!r}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Nothing was uploaded; the local folder holds the refreshed "
-            f"card and is complete. Check your network and `huggingface-cli login` (or HF_TOKEN), then run the "
-            f"export again."
+            f"could not upload {folder} to the Hub {repo_type} repo {repo_id!r}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Nothing was uploaded; the local folder {folder} is complete. "
+            f"Check your network and `huggingface-cli login` (or HF_TOKEN), then run the export again, or upload it "
+            f"yourself: huggingface-cli upload {repo_id} {folder} --repo-type {repo_type}"
         ) from None
     return str(getattr(info, "commit_url", info))

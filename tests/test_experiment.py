@@ -214,3 +214,32 @@ def test_replicate_units_pool_into_one_verdict_recomputed_from_the_rows(pair, tm
     md = (out / "report.md").read_text()
     assert "replicate units: 4 (directions × layers)" in md and "![forest](forest.png)" in md
     assert (out / "forest.png").stat().st_size > 0
+
+
+def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, tmp_path, capsys):
+    """A run's tables as a dataset folder: datasets.load_dataset reads each configuration back with the
+    same rows (per-item lists kept); the card lists them; an offline push fails with the folder complete."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "ds"
+    assert main(["export-results", str(finished), "--out", str(out)]) == 0
+    rows = ResultStore(finished).rows()
+
+    def load(name):
+        return load_dataset(str(out), name, split="train", cache_dir=str(tmp_path / "hf"))
+
+    ds = load("rows")
+    assert ds["condition"] == [r["condition"] for r in rows]
+    assert ds["pref_margin_shift"] == pytest.approx([r["pref_margin_shift"] for r in rows])
+    assert ds["pref_margin_shift_items"][1] == pytest.approx(rows[1]["pref_margin_shift_items"])
+    ver = pd.read_csv(finished / "verdicts.csv")
+    assert load("verdicts")["effect"] == pytest.approx(ver["effect"].tolist())
+    grid = pd.read_csv(finished / "probe" / "rsf.csv")
+    assert load("probe_rsf_grid")["rsf"] == pytest.approx(grid["rsf"].tolist(), nan_ok=True)
+    card = DatasetCard.load(out / "README.md")
+    names = {c["config_name"] for c in card.data.configs}
+    assert {"rows", "verdicts", "headline", "units", "probe_rsf_grid"} <= names
+    assert "principal0_a2" in card.text and "rwedit" in card.data.tags
+    assert main(["export-results", str(finished), "--out", str(out), "--overwrite", "--push-to-hub", "me/results"]) == 2
+    assert "the local folder" in capsys.readouterr().err and (out / "data" / "rows.jsonl").exists()

@@ -53,11 +53,13 @@ examples:
   rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
   rwedit recipes                                  the shipped recipes; `rwedit run NAME` runs one by name
   rwedit tasks                                    the bundled lm-eval tasks (--path: for lm_eval --include_path)
+  rwedit export-results runs/ctl --out ds/ --push-to-hub you/ctl-results
+                                                  a run's tables as a Hub dataset (datasets.load_dataset)
 
 Run `rwedit COMMAND --help` for the options of a command.
 """
 
-#: the subcommand modules (``rwedit.cli.NAME``), in the order ``rwedit --help`` lists them
+#: the subcommand modules (``rwedit.cli.NAME``; the command is NAME with - for _), in ``rwedit --help`` order
 COMMAND_MODULES = (
     "archs",
     "deltas",
@@ -73,6 +75,7 @@ COMMAND_MODULES = (
     "quickstart",
     "recipes",
     "tasks",
+    "export_results",
 )
 
 
@@ -82,10 +85,11 @@ def load_commands() -> list[Command]:
     and it defines ``add_arguments(parser)`` and ``run(args) -> int``."""
     for name in COMMAND_MODULES:
         mod = importlib.import_module(f"{__name__}.{name}")
-        if name not in {c.name for c in registered_commands()}:
+        command = name.replace("_", "-")  # module export_results is the command export-results
+        if command not in {c.name for c in registered_commands()}:
             first, _, rest = inspect.cleandoc(mod.__doc__ or name).partition("\n")
             description = " ".join(rest.split()) or None  # the help formatter wraps it again
-            register(Command(name, help=first.rstrip("."), description=description,
+            register(Command(command, help=first.rstrip("."), description=description,
                              add_arguments=mod.add_arguments, run=mod.run))
     return registered_commands()
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 
+from rwedit.cli import options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("--metrics", help="metrics to put on the card: the --out folder (or results.jsonl) of `rwedit "
                    "eval` or `rwedit run`, whose row for this adapter is taken, or a JSON object of metric -> value")
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo (org/name)")
-    p.add_argument("--public", action="store_true", help="make the Hub repo public (default: private)")
+    options.add_push(p, "adapter folder, as a model repo")
 
 
 def run(args: argparse.Namespace) -> int:

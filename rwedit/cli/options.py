@@ -202,6 +202,13 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")
 
 
+def add_push(p: argparse.ArgumentParser, what: str) -> None:
+    """``--push-to-hub REPO`` and ``--public``: upload what a command wrote (``what``: adapter, dataset)."""
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help=f"upload to this Hub repo (org/name): the {what}, from your login or HF_TOKEN")
+    p.add_argument("--public", action="store_true", help="make the Hub repo public (default: private)")
+
+
 def add_set(p: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` (repeatable): override any recipe key, recorded in the run's recipe."""
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,136 @@
+"""A run's tables as a Hugging Face dataset: one folder a notebook (or the Hub) loads with
+``datasets.load_dataset(FOLDER, NAME)``, with a dataset card saying what was compared, with which settings
+and rwedit version, and where the adapters are.
+
+Works on any rwedit output folder: an experiment (``rwedit run``: rows, verdicts, headline, units), a probe
+(``rwedit probe``: the RSF grid), an SVD probe, or a quickstart folder holding several of them; each table
+becomes one dataset configuration named after where it came from (``experiment_rows``,
+``probe_aligned_rsf_grid``, …)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rwedit import __version__
+from rwedit.errors import ExportError
+from rwedit.outputs import atomic_folder, check_output_folder, write_text
+
+#: file name in an output folder -> table name (the dataset configuration's suffix)
+TABLES = {"results.jsonl": "rows", "verdicts.csv": "verdicts", "headline.csv": "headline", "units.csv": "units",
+          "rsf.csv": "rsf_grid", "svd.csv": "svd", "spectrum.csv": "spectrum", "deltas.csv": "deltas"}
+#: files that describe a folder's run (what was compared, settings)
+META = ("run.json", "meta.json", "quickstart.json")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of a run: its configuration name, the file it came from and its rows."""
+
+    name: str
+    source: Path
+    frame: pd.DataFrame
+
+
+def collect_tables(run_dir: str | Path) -> list[Table]:
+    """Every known table in ``run_dir`` and its sub-folders (two levels: a quickstart holds experiments and
+    probes), named ``<sub-folder>_<table>``; JSON Lines rows keep their list-valued columns (per-item values)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ExportError(f"{root}: no such folder (give the --out folder of `rwedit run`, `probe`, `svd`, "
+                          f"`eval` or `quickstart`)")
+    out = []
+    for path in sorted(p for pattern in ("*", "*/*", "*/*/*") for p in root.glob(pattern) if p.name in TABLES):
+        if path.stat().st_size == 0 or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        prefix = "_".join(path.relative_to(root).parts[:-1]).replace("-", "_")
+        name = f"{prefix}_{TABLES[path.name]}" if prefix else TABLES[path.name]
+        try:
+            frame = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
+        except ValueError as e:
+            raise ExportError(f"{path}: cannot be read as a table ({e})") from None
+        out.append(Table(name, path, frame))
+    if not out:
+        raise ExportError(f"{root} holds no rwedit tables ({', '.join(TABLES)}); give a folder a command wrote")
+    return out
+
+
+def _described(root: Path) -> list[tuple[str, dict]]:
+    """(relative folder, its run description) for every run.json / meta.json / quickstart.json found."""
+    found = []
+    for path in sorted(p for pattern in ("*", "*/*") for p in root.glob(pattern) if p.name in META):
+        try:
+            found.append((str(path.parent.relative_to(root)) or ".", json.loads(path.read_text())))
+        except ValueError:
+            continue
+    return found
+
+
+def _compared(desc: dict) -> str:
+    config = desc.get("config") or desc
+    base = config.get("model") or config.get("base") or (config.get("edit") or {}).get("model")
+    post = config.get("post") or (config.get("edit") or {}).get("post")
+    if desc.get("models"):  # quickstart.json
+        return ", ".join(f"{k} `{v}`" for k, v in desc["models"].items())
+    return f"base `{base}`" + (f", post `{post}`" if post else "") if base else "(see the settings)"
+
+
+def dataset_card(root: Path, tables: list[Table], repo_id: str | None):
+    """The dataset card: metadata (one configuration per table, tags) and what the tables are."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    configs = [{"config_name": t.name, "data_files": [{"split": "train", "path": f"data/{t.name}.jsonl"}]}
+               for t in tables]
+    data = DatasetCardData(pretty_name=f"rwedit results: {root.name}", tags=["rwedit", "interpretability"],
+                           configs=configs)
+    where = repo_id or "FOLDER"
+    lines = [f"# rwedit results: `{root.name}`", "",
+             f"Tables written by rwedit {__version__} (weight-space interventions on causal language models). "
+             f"Load one with `datasets.load_dataset({where!r}, NAME)`:", "",
+             "| NAME | rows | columns | from |", "|---|---|---|---|"]
+    lines += [f"| `{t.name}` | {len(t.frame)} | {len(t.frame.columns)} | `{t.source.relative_to(root)}` |" for t in tables]
+    for folder, desc in _described(root):
+        lines += ["", f"## `{folder}`", "", f"- compared: {_compared(desc)}"]
+        versions = desc.get("versions") or {"rwedit": desc.get("rwedit_version")}
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+        settings = desc.get("config") or {k: v for k, v in desc.items() if k in ("grid", "calibration", "settings")}
+        if settings:
+            lines += ["- settings:", "", "```json", json.dumps(settings, indent=1, default=str)[:4000], "```"]
+    adapters = sorted(p.parent for p in root.glob("**/adapters/*/adapter_config.json"))
+    if adapters:
+        lines += ["", "## Adapters", "", "The edit adapters these rows score (PEFT folders with model cards; push "
+                  "them with `rwedit export ADAPTER --push-to-hub org/name`):", ""]
+        lines += [f"- `{a.relative_to(root)}`" for a in adapters[:50]]
+    lines += ["", "Per-item values (lists) stay in the rows' `*_items` columns, in document order, so any two "
+              "conditions compare item by item."]
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, repo_id: str | None = None,
+                   private: bool = True) -> Path:
+    """Write ``run_dir``'s tables as a dataset folder ``out`` (``data/NAME.jsonl`` + ``README.md``), and
+    upload it as a Hub dataset when ``repo_id`` is given (the folder is complete either way)."""
+    from rwedit.editor.export import check_repo_id, push_folder
+
+    if repo_id:
+        check_repo_id(repo_id)
+    out = check_output_folder(out, overwrite)
+    root = Path(run_dir)
+    tables = collect_tables(root)
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        (tmp / "data").mkdir()
+        for t in tables:
+            if t.source.suffix == ".jsonl":  # the rows as written: strict JSON, lists kept
+                write_text(tmp / "data" / f"{t.name}.jsonl", t.source.read_text())
+            else:
+                write_text(tmp / "data" / f"{t.name}.jsonl", t.frame.to_json(orient="records", lines=True))
+        write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id)))
+    if repo_id:
+        push_folder(out, repo_id, private=private, repo_type="dataset")
+    return out
+
+
+__all__ = ["TABLES", "Table", "collect_tables", "dataset_card", "export_results"]
