@@ -319,19 +319,52 @@ def plot_forest(ver: Sequence[dict], metric: str, path: Path) -> Path:
 
 
 def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Shift vs α per direction kind; groups with several members as mean and 95% band."""
+    """Shift vs α, one panel per control kind next to the principal edit (so one noisy control does not
+    squash the others): the group mean with its 95% interval as error bars, α ticks at the doses."""
     plt = pyplot()
     sel = headline(df[df["metric"] == metric])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind in [k for k in KIND_ORDER if k in set(sel["kind"])] + sorted(set(sel["kind"]) - set(KIND_ORDER)):
-        g = sel[sel["kind"] == kind].sort_values("alpha")
-        ax.plot(g["alpha"], g["shift"], marker="o", label=f"{kind} (n={int(g['n'].max())})")
-        ax.fill_between(g["alpha"], g["ci_low"], g["ci_high"], alpha=0.2)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("α (= signed ‖ΔW‖_F)")
-    ax.set_ylabel(DIRECT_SHIFTS.get(metric, f"{metric} shift"))
-    ax.set_title(f"dose–response: {metric}")
-    ax.legend(fontsize=8)
+    kinds = [k for k in KIND_ORDER if k in set(sel["kind"])] + sorted(set(sel["kind"]) - set(KIND_ORDER))
+    controls = [k for k in kinds if k != "principal"] or kinds
+    fig, axes = plt.subplots(1, len(controls), figsize=(3.4 * len(controls) + 0.6, 3.6), squeeze=False)
+    alphas = sorted(sel["alpha"].unique())
+    for ax, control in zip(axes[0], controls):
+        for i, kind in enumerate(dict.fromkeys(["principal", control])):
+            g = sel[sel["kind"] == kind].sort_values("alpha")
+            if g.empty:
+                continue
+            err = [g["shift"] - g["ci_low"], g["ci_high"] - g["shift"]]
+            ax.errorbar(g["alpha"], g["shift"], yerr=err, marker="o", capsize=3, color=f"C{KIND_ORDER.index(kind) if kind in KIND_ORDER else i}",
+                        label=f"{kind} (n={int(g['n'].max())})")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+        ax.set_xlabel("α (= signed ‖ΔW‖_F)")
+        ax.set_title(f"principal vs {control}", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel(DIRECT_SHIFTS.get(metric, f"{metric} shift"), fontsize=8)
+    fig.suptitle(f"dose–response: {metric} (mean, 95% CI)", fontsize=10)
+    return save_figure(fig, path, dpi=120)
+
+
+def plot_overview(head: pd.DataFrame, ver: Sequence[dict], metric: str, path: Path) -> Path:
+    """The report's first figure: one panel per control at the largest |α|, the principal edit's and the
+    control's mean shift of the primary metric (95% CI), each panel on its own scale, titled with its
+    verdict and paired effect."""
+    plt = pyplot()
+    alpha = max((v["alpha"] for v in ver), key=abs)
+    ver = [v for v in ver if v["alpha"] == alpha]
+    sel = head[(head["metric"] == metric) & (head["alpha"] == alpha)].set_index("kind")
+    fig, axes = plt.subplots(1, len(ver), figsize=(3.3 * len(ver) + 0.6, 3.4), squeeze=False)
+    for ax, v in zip(axes[0], ver):
+        kinds = [k for k in ("principal", v["control"]) if k in sel.index]
+        g = sel.loc[kinds]
+        ax.bar(range(len(g)), g["shift"], yerr=[g["shift"] - g["ci_low"], g["ci_high"] - g["shift"]], capsize=4,
+               color=[f"C{KIND_ORDER.index(k)}" for k in kinds])
+        ax.set_xticks(range(len(g)), [f"{k}\n(n={int(g.loc[k, 'n'])})" for k in kinds], fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(f"vs {v['control']}: {v['answer']}\npaired {fmt(v['effect'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
+                     fontsize=8)
+    axes[0][0].set_ylabel(f"{metric} shift", fontsize=8)
+    fig.suptitle(f"principal edit vs each control at α = {alpha:g} (mean shift, 95% CI)", fontsize=9)
     return save_figure(fig, path, dpi=120)
 
 
@@ -375,11 +408,15 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
     units.to_csv(folder / "units.csv", index=False)
     if units["condition"].nunique() > 1:
         plots.append(plot_forest(ver, primary, folder / "forest.png"))
+    if ver:
+        plots.insert(0, plot_overview(head, ver, primary, folder / "overview.png"))
 
     lines = [f"# rwedit experiment: {meta['config'].get('name', folder.name)}", ""]
     n_cond = len([r for r in rows if r["condition"] != "base"])
     lines += [f"{n_cond} conditions + base, recipe hash `{meta['config_hash']}`, started {meta['started']}. "
               f"Primary behaviour metric: **{primary}** ({DIRECT_SHIFTS.get(primary, 'lm-eval metric')}).", ""]
+    if ver:
+        lines += ["![overview](overview.png)", ""]
     lines += ["## Verdicts", ""]
     if not ver:
         lines += [f"No verdict: the store has no principal edit and control rows for {primary}.", ""]
@@ -411,7 +448,7 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
     lines += ["", "RSF columns: read-side RSF of v against the activation subspace of the edited input (k = 1, 16), "
               "and RSF of the residual-stream side of the edit against the prediction subspace (k = 1); 1 = isotropic.",
               "", "## Plots", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    lines += [f"![{p.stem}]({p.name})" for p in plots if p.name != "overview.png"]
     probe_pngs = sorted((folder / "probe").glob("*.png")) if (folder / "probe").exists() else []
     if probe_pngs:
         lines += ["", "### RSF of the observed pair (post − base)", "",

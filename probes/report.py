@@ -22,9 +22,9 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out, write and close a figure; returns its path."""
+    """Lay out, write and close a figure (legends placed outside the axes included); returns its path."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return Path(path)
 
@@ -77,8 +77,22 @@ def _heat_k(df: pd.DataFrame, prefer: int = 16) -> int:
     return int(below[-1] if below else ks[0])
 
 
+def centred_log_norm(values):
+    """A colour scale for RSF: logarithmic and symmetric about 1 (isotropic), so 4x concentrated and 4x
+    depleted are equally far from the neutral colour of a diverging map."""
+    from matplotlib.colors import LogNorm
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    m = float(max(np.max(v), 1 / np.min(v), 1.5)) if v.size else 2.0
+    return LogNorm(vmin=1 / m, vmax=m)
+
+
 def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int | None = None) -> list[Path]:
-    """One layer × role heatmap of RSF per (side, subspace), at one k (default: 16 or the nearest below)."""
+    """One layer × role heatmap of RSF per (side, subspace), at one k (default: 16 or the nearest below): a
+    diverging log scale centred at 1, the null band (1 ± 2 null sd, mean over cells) marked on the colour
+    bar, and cells inside it (|z| < 2) printed in brackets."""
     plt = pyplot()
     k = k or _heat_k(df)
     layer_rows = df[df["layer"].notna() & (df["k"] == k)]
@@ -86,16 +100,26 @@ def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int | None = None) -> list
     for (side, sub), part in layer_rows.groupby(["side", "subspace"]):
         roles = [r for r in ROLES if r in set(part["role"])]
         table = part.pivot_table(index="layer", columns="role", values="rsf", aggfunc="mean").reindex(columns=roles)
-        fig, ax = plt.subplots(figsize=(1.1 * len(roles) + 2.5, 0.32 * len(table) + 1.8))
-        im = ax.imshow(table.values.astype(float), aspect="auto", cmap="viridis", interpolation="nearest")
+        z = part.pivot_table(index="layer", columns="role", values="null_z", aggfunc="mean").reindex(
+            index=table.index, columns=roles)
+        norm = centred_log_norm(table.values)
+        fig, ax = plt.subplots(figsize=(1.1 * len(roles) + 2.8, 0.32 * len(table) + 1.9))
+        im = ax.imshow(table.values.astype(float), aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ax.set_xticks(range(len(roles)), roles)
         ax.set_yticks(range(len(table)), [int(x) for x in table.index])
         ax.set_xlabel("role")
         ax.set_ylabel("layer")
-        ax.set_title(f"RSF, {side} side vs {sub} subspace, k={k} (1 = isotropic)")
-        fig.colorbar(im, ax=ax, label="RSF")
+        ax.set_title(f"RSF {side} side vs {sub}, k = {k}\n(bracketed: inside the null, |z| < 2)", fontsize=9)
+        bar = fig.colorbar(im, ax=ax, label="RSF (1 = isotropic, log scale)")
+        sd = float(part["null_sd"].mean())
+        if math.isfinite(sd) and sd > 0:
+            for y in (max(1 - 2 * sd, norm.vmin), min(1 + 2 * sd, norm.vmax)):
+                bar.ax.axhline(y, color="k", lw=1, ls="--")
         for (i, j), v in pd.DataFrame(table.values).stack().items():
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7, color="w")
+            inside = abs(z.values[i, j]) < 2 if math.isfinite(z.values[i, j]) else False
+            dark = abs(math.log(v)) > 0.6 * math.log(norm.vmax) if v > 0 else False
+            ax.text(j, i, f"({v:.2g})" if inside else f"{v:.2g}", ha="center", va="center", fontsize=7,
+                    color="w" if dark else "k")
         paths.append(save_figure(fig, out / f"rsf_heatmap_{side}_{sub}.png"))
     return paths
 
@@ -104,7 +128,7 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     """RSF against k per role (mean over layers), one panel per side, with the random null band."""
     plt = pyplot()
     sides = [s for s in ("read", "write") if s in set(df["side"])]
-    fig, axes = plt.subplots(1, len(sides), figsize=(6.5 * len(sides), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(sides), figsize=(5.5 * len(sides), 4.5), squeeze=False)
     colors = {r: f"C{i}" for i, r in enumerate(ROLES)}
     for ax, side in zip(axes[0], sides):
         part = df[(df["side"] == side) & (df["subspace"] != "random")]
@@ -118,11 +142,18 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
                     linestyle="-" if sub == "activation" else "--")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ks = sorted(int(x) for x in part["k"].unique())
+        ax.set_xticks(ks, [str(x) for x in ks])
+        ax.minorticks_off()
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xlabel("k (subspace dimension)")
         ax.set_ylabel("RSF (mean over layers)")
         ax.set_title(f"{side} side")
-        ax.legend(fontsize=7, ncol=2)
+    seen = {}  # one legend for both panels, outside the data
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen.keys()), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return save_figure(fig, out / "rsf_vs_k.png")
 
 

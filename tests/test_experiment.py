@@ -128,6 +128,7 @@ def test_report_numbers_follow_from_the_stored_rows(finished):
     answer = "yes" if lo > 0 else ("no" if hi < 0 else "inconclusive")
     md = (finished / "report.md").read_text()
     assert f"Unpaired (each condition's own stderr): {answer}, {effect:.3g} [{lo:.3g}, {hi:.3g}]" in md
+    assert md.index("![overview](overview.png)") < md.index("## Verdicts") and (finished / "overview.png").exists()
     # the paired verdict, from the per-item values every row stores (b: delta, α > 0: a larger margin is
     # in the edit's direction, so the test is signed): effect and power line recomputed here
     P = p[f"{m}_items"]

@@ -194,3 +194,13 @@ def test_prediction_subspace_with_folded_final_norm(tmp_path, model_type):
         got = prediction_from_pair(pair, gain=gain).top(3)
         # same subspace: the projector onto it agrees (signs of singular vectors are arbitrary)
         torch.testing.assert_close(got @ got.T, want @ want.T, atol=1e-8, rtol=0)
+
+
+def test_rsf_colour_scale_is_logarithmic_and_centred_at_isotropy():
+    """4x concentrated and 4x depleted sit equally far from the neutral middle of the diverging map."""
+    from rwedit.probes.report import centred_log_norm
+
+    norm = centred_log_norm([0.5, 1.0, 4.0, 2.0])
+    assert float(norm(1.0)) == pytest.approx(0.5)
+    assert float(norm(4.0)) - 0.5 == pytest.approx(0.5 - float(norm(0.25)))
+    assert (norm.vmin, norm.vmax) == pytest.approx((0.25, 4.0))

@@ -160,6 +160,8 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", "",
              "## What was found", ""]
     lines += found
+    if (out / "experiment" / "overview.png").exists():
+        lines += ["", "![overview](experiment/overview.png)"]
     lines += ["", "RSF = share of ‖ΔW‖²_F inside a k-dim subspace over k/d (1 = isotropic); z = (RSF − random "
               "null mean) / null sd, averaged over layers. Verdicts: *yes* when the whole 95% interval of "
               "the paired effect (principal − control item by item on the same held-out items, signed in the "
