@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 from tqdm.auto import tqdm
 
 from rwedit.config import Config, apply_sets, given, option, read_yaml
+from rwedit.outputs import make_folder, write_json
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
@@ -78,8 +79,21 @@ def check_metric(name: str, recipe: ExperimentRecipe, key: str, direct_names=Non
 
 
 class Scorer(Protocol):
+    """Scores the model as it is. A scorer whose engine has its own output format may keep its last output
+    as ``raw`` (a JSON-able dict); the runner saves it as ``OUT/raw/<scorer>/<condition>.json``."""
+
     def score(self) -> dict[str, Any]:
         """Metrics of the model as it is now."""
+
+
+def save_raw(out: Path, condition: str, scorers) -> None:
+    """Each scorer's own output for ``condition`` (e.g. lm-eval's results JSON with its per-task configs,
+    versions and samples), beside the store's flat row."""
+    for scorer in scorers:
+        raw = getattr(scorer, "raw", None)
+        if raw is not None:
+            folder = make_folder(out / "raw" / getattr(scorer, "name", type(scorer).__name__))
+            write_json(folder / f"{condition}.json", raw)
 
 
 @dataclass
@@ -263,6 +277,7 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
                 row.update(c.measure())
             for scorer in scorers:
                 row.update(check_scores(scorer.score(), c.name))
+        save_raw(out, c.name, scorers)  # before the row: a resumed run rewrites it if killed in between
         row["seconds"] = round(time.perf_counter() - t, 2)
         store.append(row)
         if c.after is not None:

@@ -65,12 +65,15 @@ def flatten_results(results: dict) -> dict[str, float | None]:
 class LMEvalScorer:
     """Scores conditions of one loaded model with lm-eval, switching adapters in place."""
 
+    name = "lmeval"
+
     def __init__(self, model, tokenizer, settings: EvalSettings = EvalSettings()):
         from lm_eval.models.huggingface import HFLM
 
         if tokenizer is None:
             raise ConfigError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
         self.model, self.settings = model, settings
+        self.raw: dict | None = None
         self.tm = _cached_task_manager(tuple(settings.tasks))
         check_tasks(list(settings.tasks), self.tm)
         kw = {"max_length": settings.max_length} if settings.max_length else {}
@@ -101,6 +104,7 @@ class LMEvalScorer:
         (``rwedit_blimp/acc_items``: the same documents for every condition, so conditions compare item by
         item)."""
         out = self.run(adapter, log_samples=True)
+        self.raw = out  # lm-eval's own output (results, configs, versions, samples), kept beside the flat row
         return {**flatten_results(out["results"]), **item_values(out.get("samples") or {})}
 
 

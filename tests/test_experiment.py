@@ -244,3 +244,15 @@ def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, 
     assert "principal0_a2" in card.text and "rwedit" in card.data.tags
     assert main(["export-results", str(finished), "--out", str(out), "--overwrite", "--push-to-hub", "me/results"]) == 2
     assert "the local folder" in capsys.readouterr().err and (out / "data" / "rows.jsonl").exists()
+
+
+def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
+    """OUT/raw/lmeval/<condition>.json: lm-eval's own output (per-task config, versions, samples) for every
+    condition, agreeing with the flat row."""
+    rows = ResultStore(finished).rows()
+    for r in rows:
+        raw = json.loads((finished / "raw" / "lmeval" / f"{r['condition']}.json").read_text())
+        assert {"results", "configs", "versions", "samples"} <= set(raw)
+        assert raw["configs"]["rwedit_hh_preference"]["task"] == "rwedit_hh_preference"
+        assert raw["results"]["rwedit_hh_preference"]["acc,none"] == pytest.approx(r["rwedit_hh_preference/acc"])
+        assert len(raw["samples"]["rwedit_hh_preference"]) == len(r["rwedit_hh_preference/acc_items"])

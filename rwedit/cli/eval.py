@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rwedit.models import load_model_and_tokenizer
-    from rwedit.outputs import atomic_folder, check_output_folder, dumps, write_text
+    from rwedit.outputs import atomic_folder, check_output_folder, dumps, write_json, write_text
 
     settings = EvalSettings.from_dict({"tasks": [t for t in args.tasks.split(",") if t], "limit": args.limit,
                                        "batch_size": args.batch_size}, where="eval")
@@ -81,16 +81,20 @@ def run(args: argparse.Namespace) -> int:
         if window is not None:
             d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
         direct = DirectScorer(model, tok, d)
-    lines = []
+    lines, raw = [], {}
     for name in tqdm([BASE] + names, desc="conditions", disable=args.quiet or len(names) == 0):
         row = {"condition": name, **check_scores({**(direct.score(name) if direct else {}), **lme.score(name)}, name)}
         lines.append(dumps(row) + "\n")
+        raw[name] = lme.raw
         if out is None:
             sys.stdout.write(lines[-1])
             sys.stdout.flush()
     if out is not None:  # written whole at the end: an interrupted eval leaves no half folder
         with atomic_folder(out, overwrite=args.overwrite) as tmp:
             write_text(tmp / "results.jsonl", "".join(lines))
+            (tmp / "raw" / lme.name).mkdir(parents=True)
+            for name, r in raw.items():  # lm-eval's own results JSON (configs, versions, samples) per condition
+                write_json(tmp / "raw" / lme.name / f"{name}.json", r)
         print(f"wrote {out / 'results.jsonl'} ({len(lines)} rows; `rwedit export ADAPTER --metrics {out}` puts an "
               f"adapter's row on its card)")
     return 0
