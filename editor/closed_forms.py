@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from rwedit.architectures import model_layout
 from rwedit.data import PreferencePair, batches
@@ -68,6 +69,7 @@ def gradient_products(
     tokenizer=None,
     batch_size: int = 4,
     max_len: int = 256,
+    progress: bool = False,
 ) -> list[torch.Tensor]:
     """``G v`` or ``Gᵀ u`` for each probe, with ``G = ∂L/∂W = Σ_t δ_t a_tᵀ`` of the role's ``W``.
 
@@ -114,7 +116,9 @@ def gradient_products(
             q.requires_grad_(False)  # gradients of activations only; no weight .grad buffers
         model.eval()
         with torch.enable_grad():
-            for loss in _objective_batches(model, tokenizer, objective, data, batch_size, max_len):
+            n_batches = -(-len(data) // batch_size)
+            for loss in tqdm(_objective_batches(model, tokenizer, objective, data, batch_size, max_len),
+                             total=n_batches, desc=f"gradient ({objective})", disable=not progress, leave=False):
                 loss.backward()
     finally:
         for h in handles:

@@ -109,6 +109,7 @@ def build_conditions(
     tokenizer=None,
     stats: ActivationStats | None = None,
     batch_size: int = 4,
+    progress: bool = False,
 ) -> list[Condition]:
     """The edit and all its matched controls, one :class:`Condition` per direction kind and alpha."""
     layout = model_layout(model)
@@ -153,7 +154,7 @@ def build_conditions(
                 keys.append(("w", None, l))
         data = _objective_data(spec, tokenizer)
         prods = gradient_products(model, probes, e.objective, data, tokenizer=tokenizer, batch_size=batch_size,
-                                  max_len=e.max_len)
+                                  max_len=e.max_len, progress=progress)
         for (what, i, l), g in zip(keys, prods):
             if what == "b":
                 bs[(i, l)] = unit(-g, f"−G v at layer {l}")

@@ -90,7 +90,7 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
     fingerprint = model_fingerprint(bare)
     stats = edit_stats(spec, model, tok, cache_dir, progress)
-    conditions = build_conditions(spec, model, tok, stats)
+    conditions = build_conditions(spec, model, tok, stats, progress=progress)
     if not norms_match(conditions):
         raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError
     attach_probe_metrics(conditions, stats)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
 from rwedit.config import Config, option
@@ -59,10 +60,10 @@ class DirectSettings(Config):
 class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
-    def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings()):
+    def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings(), progress: bool = False):
         from rwedit.models import check_window
 
-        self.model, self.tok, self.s = model, tokenizer, settings
+        self.model, self.tok, self.s, self.progress = model, tokenizer, settings, progress
         check_window(model, settings.seq_len, "direct.seq_len")
         check_window(model, settings.max_len, "direct.max_len")
         rng = range(*settings.pairs_heldout) if settings.pairs_heldout else None
@@ -78,7 +79,8 @@ class DirectScorer:
 
     def _margins(self) -> torch.Tensor:
         out = []
-        for i in range(0, len(self.pairs), self.s.batch_size):
+        for i in tqdm(range(0, len(self.pairs), self.s.batch_size), desc="direct: pairs", leave=False,
+                      disable=not self.progress):
             chunk = self.pairs[i: i + self.s.batch_size]
             prompts = [p.prompt for p in chunk]
             ch = response_logprob(self.model, encode_pairs(self.tok, prompts, [p.chosen for p in chunk], self.s.max_len))

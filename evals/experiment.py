@@ -181,7 +181,7 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
     peft_model.eval()
 
     def scorers():
-        out = [DirectScorer(peft_model, tok, recipe.direct)] if recipe.direct else []
+        out = [DirectScorer(peft_model, tok, recipe.direct, progress=progress)] if recipe.direct else []
         return out + ([LMEvalScorer(peft_model, tok, recipe.eval)] if recipe.eval else [])
 
     rows = [Condition(BASE, Unchanged(), dict(kind=BASE, alpha=0.0, seed=None, index=None, delta_norm=0.0,

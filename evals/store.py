@@ -140,6 +140,12 @@ class ResultStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def frame(self):
+        """The stored rows as a ``pandas.DataFrame`` (one row per condition; per-item lists stay lists)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
     def rows(self) -> list[dict]:
         """Complete rows; an unterminated last line (a crash mid-write) is ignored; a condition stored
         twice is an :class:`ExperimentError` naming both lines."""

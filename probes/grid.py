@@ -258,6 +258,15 @@ def rsf_grid_pair(
     yield from rsf_grid_deltas(triples, ctx, settings, progress, total=n)
 
 
+def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
+                   settings: GridSettings = GridSettings(), progress: bool = False):
+    """The RSF grid of a pair as a ``pandas.DataFrame`` (one row per layer × role × side × subspace × k, the
+    columns of ``rsf.csv``), for notebooks; streams like :func:`rsf_grid_pair`."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings, progress)), columns=list(COLUMNS))
+
+
 def grid_context(layout: Layout, stats: ActivationStats | None, prediction: Spectrum | None) -> GridContext:
     return GridContext(hidden=layout.dims.hidden, stats=stats, prediction=prediction)
 

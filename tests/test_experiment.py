@@ -231,7 +231,7 @@ def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, 
         return load_dataset(str(out), name, split="train", cache_dir=str(tmp_path / "hf"))
 
     ds = load("rows")
-    assert ds["condition"] == [r["condition"] for r in rows]
+    assert ds["condition"] == [r["condition"] for r in rows] == ResultStore(finished).frame()["condition"].tolist()
     assert ds["pref_margin_shift"] == pytest.approx([r["pref_margin_shift"] for r in rows])
     assert ds["pref_margin_shift_items"][1] == pytest.approx(rows[1]["pref_margin_shift_items"])
     ver = pd.read_csv(finished / "verdicts.csv")

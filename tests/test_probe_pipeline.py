@@ -98,6 +98,18 @@ def test_zero_delta_rows_are_nan_with_a_reason(tiny_pair):
     assert rows and all(math.isnan(r["rsf"]) and r["reason"] == "zero delta" for r in rows)
 
 
+def test_the_grid_as_a_dataframe_holds_the_streamed_rows(tiny_pair):
+    from rwedit.probes.grid import COLUMNS, rsf_grid_frame
+
+    root, *_ = tiny_pair
+    pair = CheckpointPair(root / "base", root / "post")
+    settings = GridSettings(ks=(1, 4), roles=("q", "o"), layers=(1,))
+    df = rsf_grid_frame(pair, None, settings)
+    rows = list(rsf_grid_pair(pair, None, settings, progress=False))
+    assert list(df.columns) == list(COLUMNS) and len(df) == len(rows)
+    assert df["rsf"].tolist() == pytest.approx([r["rsf"] for r in rows], nan_ok=True)
+
+
 def test_exact_null_alone_fills_the_null_columns_and_leaves_the_rsf_unchanged(tiny_pair):
     """null_seeds = 0: no random subspaces; the null columns are the exact null (mean 1, its closed-form sd,
     recomputed here from the delta's singular values), the RSF values equal the seeded grid's."""

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         d, window = DirectSettings(pairs=args.items), context_window(model)
         if window is not None:
             d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
-        direct = DirectScorer(model, tok, d)
+        direct = DirectScorer(model, tok, d, progress=not args.quiet)
     lines, raw = [], {}
     for name in tqdm([BASE] + names, desc="conditions", disable=args.quiet or len(names) == 0):
         row = {"condition": name, **check_scores({**(direct.score(name) if direct else {}), **lme.score(name)}, name)}
