@@ -54,39 +54,26 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def count(text: str) -> int:
-    """An argparse ``type`` for a number of things that may be none: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+def _at_least(minimum: int, expected: str, word: str | None = None):
+    """An argparse ``type``: an integer >= ``minimum`` (or ``word``, e.g. ``all``), else ``expected...``."""
+    def parse(text: str):
+        if word is not None and text.strip().lower() == word:
+            return word
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def items(text: str) -> int | str:
-    """An argparse ``type`` for a number of held-out items: ``all`` or an integer >= 2."""
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected all or a number of items >= 2, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type`` for counts and sizes: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+#: argparse types: a number of things that may be none; held-out items (all, or >= 2 for a standard error);
+#: counts and sizes
+count = _at_least(0, "an integer >= 0")
+items = _at_least(2, "all or a number of items >= 2", word="all")
+positive_int = _at_least(1, "a positive integer")
 
 
 def roles_arg(text: str | None) -> tuple[str, ...] | None:
