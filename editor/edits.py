@@ -194,7 +194,7 @@ def build_conditions(
 
 
 def _observed_deltas(spec: EditSpec, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
-    pair = CheckpointPair(Checkpoint.open(spec.model), Checkpoint.open(spec.post))
+    pair = CheckpointPair(Checkpoint.open(spec.model), spec.post)  # post: a checkpoint or a LoRA adapter folder
     roles = sorted({r for _, r in keys})
     layers = sorted({l for l, _ in keys})
     out = {}

@@ -111,7 +111,7 @@ class Recipe(ExperimentRecipe):
         from rwedit.checkpoints import CheckpointPair
         from rwedit.probes.grid import GridSettings, check_ks
 
-        post = Checkpoint.open(self.edit.post) if self.edit.post else None
+        post = self.edit.post  # a checkpoint, or a LoRA adapter folder over the base
         self.edit.check_fits(self.base_checkpoint)
         self._check_export(self.edit.resolved(self.base_checkpoint.layout.n_layers))
         if post is not None and (self.edit.edit.b == "delta" or self.probe.enabled):

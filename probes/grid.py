@@ -254,7 +254,7 @@ def rsf_grid_pair(
     ctx = grid_context(pair.layout, stats, prediction_from_pair(pair, settings.prediction_gain)
                        if "prediction" in settings.subspaces else None)
     n = len(pair.layout.views(roles, settings.layers))
-    triples = ((rp.layer, rp.role, rp.post - rp.base) for rp in pair.iter_roles(roles, settings.layers))
+    triples = ((rp.layer, rp.role, rp.delta) for rp in pair.iter_roles(roles, settings.layers))
     yield from rsf_grid_deltas(triples, ctx, settings, progress, total=n)
 
 

@@ -47,7 +47,7 @@ def delta_norms(
         out.append(DeltaNorm(
             rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
             float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
-            float(torch.linalg.vector_norm(rp.post - rp.base)), pair.rounding_floor(rp.base),
+            float(torch.linalg.vector_norm(rp.delta)), pair.rounding_floor(rp.base),
         ))
     return out
 

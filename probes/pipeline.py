@@ -103,9 +103,8 @@ def run_rsf_probe(
     (written whole into a temporary folder and renamed into place; an existing ``out`` needs ``overwrite``)."""
     t0 = time.perf_counter()
     final = check_output_folder(out, overwrite)
-    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
-                          Checkpoint.open(post, allow_pickle=allow_pickle),
-                          allow_dtype_mismatch=allow_dtype_mismatch)  # validated before heavy work
+    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle), post, allow_pickle=allow_pickle,
+                          allow_dtype_mismatch=allow_dtype_mismatch)  # validated before heavy work; post may be a LoRA
     roles = settings.roles or pair.layout.roles()
     skipped_ks = check_ks(settings, pair.layout, roles)
     with atomic_folder(final, overwrite) as out:
@@ -226,8 +225,8 @@ def run_svd_probe(
     final = check_output_folder(out, overwrite)
     if r != "full" and (not isinstance(r, int) or r < 1):
         raise ConfigError(f"r = {r!r}: give a positive number of singular triplets, or 'full'")
-    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle),
-                          Checkpoint.open(post, allow_pickle=allow_pickle), allow_dtype_mismatch=allow_dtype_mismatch)
+    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle), post, allow_pickle=allow_pickle,
+                          allow_dtype_mismatch=allow_dtype_mismatch)
     roles = roles or tuple(x for x in pair.layout.roles() if x != "unembed")
     pair.layout.views(roles)  # an unknown role fails here, before any work
     with atomic_folder(final, overwrite) as out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import json
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -214,7 +215,7 @@ class Checkpoint:
             raise CheckpointNotFoundError(f"checkpoint folder {src!r} does not exist")
         if not (path / "config.json").exists():
             hint = (" It holds adapter_config.json: it is a PEFT adapter, not a model; give the base model "
-                    "(adapters are applied by `rwedit apply` and `rwedit eval`)"
+                    "(adapters are applied by `rwedit apply` and `rwedit eval`, and probed as `--post` of their base)"
                     if (path / "adapter_config.json").exists() else " Is it a Hugging Face model folder?")
             raise CheckpointError(f"{path} has no config.json.{hint}")
         config = _read_config(path)
@@ -340,26 +341,146 @@ class TensorReader:
 
 @dataclass
 class RolePair:
-    """One role of one layer in both checkpoints, as ``d_out x d_in`` matrices."""
+    """One role of one layer in both checkpoints, as ``d_out x d_in`` matrices (``known_delta``: the exact
+    ΔW when the post side is base + a low-rank adapter, rather than the float difference post − base)."""
 
     layer: int | None
     role: str
     base: torch.Tensor
     post: torch.Tensor
     view: RoleView
+    known_delta: torch.Tensor | None = None
 
     @property
     def delta(self) -> torch.Tensor:
-        return self.post - self.base
+        return self.post - self.base if self.known_delta is None else self.known_delta
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<which>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
+
+
+def _pattern_value(patterns: dict | None, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key that matches the end of the module name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+@dataclass
+class LoraPost:
+    """A PEFT LoRA adapter as the post side of a pair: post = base + scale·B·A on each targeted module,
+    computed per module from the adapter file — the merged model is never formed. Roles the adapter does not
+    target have an exact zero delta. GPT-2's ``Conv1D`` (``fan_in_fan_out``) and fused modules (qkv_proj,
+    c_attn, gate_up_proj) map to roles through the registry's views, as the base's own tensors do."""
+
+    source: str
+    path: Path
+    base: Checkpoint
+    config: dict
+    #: module name -> (A: r × in, B: out × r, scale), float64
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+
+    @property
+    def layout(self) -> Layout:
+        return self.base.layout
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, base: Checkpoint, allow_pickle: bool | None = None) -> "LoraPost":
+        """Read ``folder``'s adapter_config.json and weights, refusing what is not a plain LoRA delta."""
+        path = Path(folder)
+        try:
+            config = json.loads((path / "adapter_config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}/adapter_config.json cannot be read ({e})") from None
+        kind = str(config.get("peft_type", "")).upper()
+        if kind != "LORA":
+            raise CheckpointError(f"{path} is a PEFT {kind or 'unknown'} adapter; as the post side rwedit takes LoRA "
+                                  f"adapters (ΔW = scale·B·A). Merge it into the base (PeftModel.merge_and_unload) "
+                                  f"and save the merged model, then compare with that")
+        if config.get("use_dora"):
+            raise CheckpointError(f"{path} is a DoRA adapter: its magnitude vector rescales whole columns of W + ΔW, "
+                                  f"so its delta is not B·A. Merge it (PeftModel.merge_and_unload), save the merged "
+                                  f"model and give that as --post")
+        st, pt = path / "adapter_model.safetensors", path / "adapter_model.bin"
+        if st.exists():
+            with _open_safetensors(st) as h:
+                weights = {k: h.get_tensor(k) for k in h.keys()}
+        elif pt.exists():
+            allow = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
+            if not allow:
+                raise CheckpointError(f"{pt}: pickle weights can execute code when loaded; convert the adapter to "
+                                      f"safetensors or pass --allow-pickle if you trust it")
+            weights = _load_pickle(pt)
+        else:
+            raise CheckpointError(f"{path} holds adapter_config.json but no adapter_model.safetensors")
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in weights.items():
+            if key.endswith(".base_layer.weight"):  # a copy of the base's own weight (PEFT saves it for tied ones)
+                continue
+            m = _LORA_KEY.match(key)
+            if m is None:
+                what = ("embedding LoRA" if "lora_embedding" in key else
+                        "modules_to_save (whole replaced tensors)" if "modules_to_save" in key else "a tensor")
+                raise CheckpointError(f"{path}: {key!r} is {what}, not a lora_A/lora_B factor; rwedit reads plain "
+                                      f"LoRA adapters as the post side. Merge it (PeftModel.merge_and_unload), save the "
+                                      f"merged model and give that as --post")
+            check_finite(t, f"{path}: tensor {key!r}")
+            parts.setdefault(m["module"], {})[m["which"]] = t.to(torch.float64)
+        modules = {v.module: v for v in base.layout.views(None)}
+        unknown = sorted(set(parts) - set(modules))
+        if unknown:
+            raise CheckpointError(f"{path}: the adapter targets {unknown[0]!r}, which is no role module of {base.source} "
+                                  f"({base.layout.spec.name}); its role modules are like {next(iter(modules))!r}. Is "
+                                  f"it an adapter of another model?")
+        factors = {}
+        alpha0, r0 = config.get("lora_alpha", 8), config.get("r", 8)
+        for module, ab in parts.items():
+            if set(ab) != {"lora_A", "lora_B"}:
+                raise CheckpointError(f"{path}: module {module!r} has only {', '.join(ab)}; the adapter file is incomplete")
+            A, B = ab["lora_A"], ab["lora_B"]
+            view = modules[module]
+            stored = base.shape(view.param)
+            out_in = (stored[1], stored[0]) if view.transposed else tuple(stored)
+            if A.shape[0] != B.shape[1] or (B.shape[0], A.shape[1]) != out_in:
+                raise CheckpointError(f"{path}: LoRA factors of {module!r} give a {B.shape[0]}x{A.shape[1]} delta "
+                                      f"(rank {A.shape[0]}), but {base.source} has a {out_in[0]}x{out_in[1]} weight "
+                                      f"there: it is an adapter of another model")
+            r = _pattern_value(config.get("rank_pattern"), module, r0)
+            alpha = _pattern_value(config.get("alpha_pattern"), module, alpha0)
+            factors[module] = (A, B, alpha / (math.sqrt(r) if config.get("use_rslora") else r))
+        return cls(str(folder), path, base, config, factors)
+
+    def role_delta(self, view: RoleView, dtype: torch.dtype | None = torch.float32) -> torch.Tensor | None:
+        """The exact ΔW (d_out × d_in) of one role, or None where the adapter leaves it untouched."""
+        f = self.factors.get(view.module)
+        if f is None:
+            return None
+        A, B, scale = f
+        d = scale * (B @ A)  # the module's forward map, out × in
+        d = view.extract(d.T if view.transposed else d)  # through the stored layout, like the base's tensor
+        return d if dtype is None else d.to(dtype)
+
+
+def open_post(ref: str | os.PathLike | Checkpoint | LoraPost, base: Checkpoint,
+              allow_pickle: bool | None = None) -> Checkpoint | LoraPost:
+    """The post side of a pair: a checkpoint (folder or Hub id), or a LoRA adapter folder (one holding
+    ``adapter_config.json``: base + that adapter)."""
+    if isinstance(ref, (Checkpoint, LoraPost)):
+        return ref
+    path = Path(str(ref)).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+        return LoraPost.open(path, base, allow_pickle)
+    return Checkpoint.open(ref, allow_pickle=allow_pickle)
 
 
 class CheckpointPair:
     """Two checkpoints of one architecture, walked role by role and layer by layer."""
 
-    def __init__(self, base: Checkpoint | str, post: Checkpoint | str, allow_pickle: bool | None = None,
+    def __init__(self, base: Checkpoint | str, post: Checkpoint | LoraPost | str, allow_pickle: bool | None = None,
                  allow_dtype_mismatch: bool = False):
         self.base = base if isinstance(base, Checkpoint) else Checkpoint.open(base, allow_pickle=allow_pickle)
-        self.post = post if isinstance(post, Checkpoint) else Checkpoint.open(post, allow_pickle=allow_pickle)
+        self.post = open_post(post, self.base, allow_pickle)  # a checkpoint, or a LoRA adapter over the base
         self.layout = self.base.layout
         self.allow_dtype_mismatch = allow_dtype_mismatch
         #: (base dtype, post dtype) when the pair's role tensors are stored in different dtypes (allowed)
@@ -367,8 +488,11 @@ class CheckpointPair:
         self.validate()
 
     def validate(self, roles: Iterable[str] | None = None) -> None:
-        """Fail before any heavy work, naming the first mismatch between the two checkpoints."""
+        """Fail before any heavy work, naming the first mismatch between the two checkpoints (an adapter post
+        was checked against the base when it was opened)."""
         b, p = self.base, self.post
+        if isinstance(p, LoraPost):
+            return
         if b.model_type != p.model_type:
             raise CheckpointMismatchError(
                 f"architectures differ: base {b.source!r} is {b.model_type!r}, post {p.source!r} is {p.model_type!r}"
@@ -442,6 +566,14 @@ class CheckpointPair:
     ) -> Iterator[RolePair]:
         """Yield :class:`RolePair` for each (layer, role); a fused tensor is read once per layer."""
         views = self.layout.views(roles, layers)
+        if isinstance(self.post, LoraPost):  # post = base + scale·B·A: only the base is read
+            with TensorReader(self.base, check_finite) as rb:
+                for view in views:
+                    W = rb.matrix(view, dtype)
+                    d = self.post.role_delta(view, W.dtype)
+                    d = torch.zeros_like(W) if d is None else d
+                    yield RolePair(view.layer, view.role, W, W + d, view, d)
+            return
         with TensorReader(self.base, check_finite) as rb, TensorReader(self.post, check_finite) as rp:
             for view in views:
                 yield RolePair(view.layer, view.role, rb.matrix(view, dtype), rp.matrix(view, dtype), view)

@@ -190,7 +190,7 @@ CASES = [
     Case("deltas-unknown-arch", "unknown architecture", lambda ws: ["deltas", *_pair("bert")(ws)],
          ("bert",)),
     Case("deltas-adapter-as-model", "not a model folder",
-         lambda ws: ["deltas", "--base", str(ws / "m" / "base"), "--post", str(ws / "e" / "adapters" / "random_s0_a1")],
+         lambda ws: ["deltas", "--base", str(ws / "e" / "adapters" / "random_s0_a1"), "--post", str(ws / "m" / "post")],
          ("adapter_config.json", "not a model")),
     Case("deltas-unknown-role", "bad option value", lambda ws: ["deltas", *_pair("post", "--roles", "q,zz")(ws)],
          ("zz",)),

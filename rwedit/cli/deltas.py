@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_folder(args.out, args.overwrite)  # refused before the pass, not after it
-    pair = CheckpointPair(Checkpoint.open(args.base), Checkpoint.open(args.post),
+    pair = CheckpointPair(Checkpoint.open(args.base), args.post,
                           allow_dtype_mismatch=args.allow_dtype_mismatch)
     roles = options.roles_arg(args.roles)
     rows = delta_norms(pair, roles=list(roles) if roles else None, progress=not args.quiet)

@@ -1,0 +1,135 @@
+"""A PEFT LoRA adapter as the post side of a pair: post = base + scale·B·A per module, from the adapter file,
+equal to probing the merged model — for Llama, GPT-2 (Conv1D, fan_in_fan_out) and Phi-3 (fused qkv and
+gate_up, rsLoRA) — while only the base checkpoint's tensors are read."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from rwedit.checkpoints import CheckpointError, CheckpointPair, LoraPost, TensorReader
+from rwedit.cli import main
+from rwedit.probes.grid import GridSettings, rsf_grid_frame
+from tiny_models import VOCAB, tiny_model
+
+TARGETS = {"llama": (["q_proj", "k_proj", "o_proj", "up_proj", "gate_proj", "down_proj"], {}),  # not v
+           "gpt2": (["c_attn", "c_proj", "c_fc"], {"fan_in_fan_out": True}),
+           "phi3": (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], {"use_rslora": True,
+                                                                           "rank_pattern": {"down_proj": 2},
+                                                                           "alpha_pattern": {"o_proj": 3}})}
+
+
+def _trained_lora(model_type: str, root):
+    """A base model, a LoRA adapter trained a few steps on it, and the merged model, saved under ``root``."""
+    base = tiny_model(model_type)
+    base.save_pretrained(root / "base")
+    targets, extra = TARGETS[model_type]
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.0, **extra)
+    peft = get_peft_model(copy.deepcopy(base), cfg)
+    opt = torch.optim.SGD([p for p in peft.parameters() if p.requires_grad], lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        ids = torch.randint(3, VOCAB, (2, 12), generator=g)
+        peft(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    peft.save_pretrained(root / "lora")
+    peft.merge_and_unload().save_pretrained(root / "merged")
+    return root / "base", root / "lora", root / "merged"
+
+
+@pytest.mark.parametrize("model_type", sorted(TARGETS))
+def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tmp_path, monkeypatch):
+    base, lora, merged = _trained_lora(model_type, tmp_path)
+    reads = []
+    real_read = TensorReader.read
+
+    def spy(self, param, dtype=torch.float32):
+        reads.append((str(self.ckpt.path), param))
+        return real_read(self, param, dtype)
+
+    monkeypatch.setattr(TensorReader, "read", spy)
+    settings = GridSettings(ks=(1, 4), subspaces=("prediction", "random"))
+    pair = CheckpointPair(str(base), str(lora))
+    assert isinstance(pair.post, LoraPost)
+    got = rsf_grid_frame(pair, None, settings)
+    assert {p for p, _ in reads} == {str(base)}  # the adapter's post side reads no second checkpoint
+    dup = [r for r in set(reads) if reads.count(r) > 1]  # each base tensor once (fused ones too); W_U is read
+    assert len(dup) <= 1 and all(reads.count(r) == 2 for r in dup)  # once more for the prediction subspace
+    want = rsf_grid_frame(CheckpointPair(str(base), str(merged)), None, settings)
+    assert len(got) == len(want) and (got["role"] == want["role"]).all()
+    assert got["delta_norm"].tolist() == pytest.approx(want["delta_norm"].tolist(), rel=1e-4, abs=1e-6)
+    assert got["rsf"].tolist() == pytest.approx(want["rsf"].tolist(), rel=2e-3, abs=1e-4, nan_ok=True)
+    if model_type == "llama":  # v is not targeted: an exact zero delta, as in the merged model
+        v = got[got["role"] == "v"]
+        assert (v["delta_norm"] == 0).all() and (v["reason"] == "zero delta").all()
+    # the SVD probe and the norms through the CLI, against the merged pair
+    for name, post in (("lora", lora), ("merged", merged)):
+        assert main(["svd", "--base", str(base), "--post", str(post), "--r", "4", "--out", str(tmp_path / f"svd_{name}"),
+                     "--quiet"]) == 0
+        assert main(["deltas", "--base", str(base), "--post", str(post), "--out", str(tmp_path / f"d_{name}"),
+                     "--quiet"]) == 0
+    a, b = pd.read_csv(tmp_path / "svd_lora" / "svd.csv"), pd.read_csv(tmp_path / "svd_merged" / "svd.csv")
+    for col in ("scale", "consistency"):
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-3, abs=1e-5, nan_ok=True), col
+    a, b = pd.read_csv(tmp_path / "d_lora" / "deltas.csv"), pd.read_csv(tmp_path / "d_merged" / "deltas.csv")
+    assert a["delta_norm"].tolist() == pytest.approx(b["delta_norm"].tolist(), rel=1e-4, abs=1e-6)
+
+
+def test_lora_scale_and_layout_follow_the_adapter_config(tmp_path):
+    """ΔW of one module recomputed by hand from the saved factors (rank/alpha patterns, rsLoRA, Conv1D)."""
+    from safetensors.torch import load_file
+
+    base, lora, _ = _trained_lora("phi3", tmp_path)
+    pair = CheckpointPair(str(base), str(lora))
+    sd = load_file(lora / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.mlp.down_proj"
+    A, B = sd[f"{key}.lora_A.weight"].double(), sd[f"{key}.lora_B.weight"].double()
+    assert A.shape[0] == 2  # rank_pattern
+    rp = next(pair.iter_roles(roles=["down"], layers=[0]))
+    torch.testing.assert_close(rp.delta.double(), 8 / math.sqrt(2) * (B @ A), rtol=1e-6, atol=1e-7)
+
+
+def test_adapters_that_are_not_plain_lora_are_refused_with_the_way_out(tmp_path):
+    base, lora, _ = _trained_lora("llama", tmp_path)
+    cfg = json.loads((lora / "adapter_config.json").read_text())
+    for change, match in ((dict(use_dora=True), "DoRA"), (dict(peft_type="IA3"), "PEFT IA3 adapter")):
+        (lora / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(CheckpointError, match=match) as e:
+            CheckpointPair(str(base), str(lora))
+        assert "merge_and_unload" in str(e.value)
+    (lora / "adapter_config.json").write_text(json.dumps(cfg))
+    other = tiny_model("llama", hidden_size=48, intermediate_size=64)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="adapter of another model"):
+        CheckpointPair(str(tmp_path / "other"), str(lora))
+
+
+def test_b_delta_reads_the_observed_delta_from_a_lora_post(tmp_path, wiki_tokenizer):
+    """The closed form b ∝ ΔW_obs v with the post side given as a LoRA adapter folder: b recomputed from
+    the merged model's weights."""
+    from safetensors.torch import load_file
+
+    from rwedit.architectures import get_weight
+    from rwedit.editor.pipeline import run_edit
+    from rwedit.editor.spec import EditSpec
+    from transformers import AutoModelForCausalLM
+
+    base, lora, merged = _trained_lora("llama", tmp_path)
+    wiki_tokenizer.save_pretrained(base)  # the edit loads the base model with its tokenizer
+    spec = EditSpec.from_dict({"model": str(base), "post": str(lora), "alpha": [2.0], "seed": 3,
+                               "edit": {"layers": [1], "role": "q", "v": "random", "b": "delta"},
+                               "controls": {"random": 0, "lowvar": 0, "write": None}})
+    out = run_edit(spec, tmp_path / "e", progress=False)
+    sd = load_file(out / "adapters" / "random_s3_a2" / "adapter_model.safetensors")
+    A = next(v for k, v in sd.items() if "lora_A" in k).double()[0]
+    B = next(v for k, v in sd.items() if "lora_B" in k).double()[:, 0] / 2.0
+    m0, m1 = (AutoModelForCausalLM.from_pretrained(str(p)) for p in (base, merged))
+    want = (get_weight(m1, 1, "q") - get_weight(m0, 1, "q")).double() @ A
+    torch.testing.assert_close(B, want / want.norm(), atol=1e-4, rtol=0)
