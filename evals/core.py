@@ -51,9 +51,11 @@ class ExperimentRecipe(Config):
         d.pop("out")
         return d
 
-    def check_sources(self) -> None:
+    def check_sources(self) -> dict | None:
         """Open the recipe's checkpoints (and check them against each other) before anything is written;
-        kinds with checkpoints override it."""
+        kinds with checkpoints override it and return what the run records of them
+        (:func:`rwedit.checkpoints.source_info`: the resolved Hub commit or a content fingerprint)."""
+        return None
 
     def folder(self, out: str | Path | None) -> Path:
         return Path(out or self.out or Path("runs") / self.name)
@@ -238,13 +240,13 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
 
     out = recipe.folder(out)
     check_device(getattr(recipe, "device", "cpu"))
-    recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
+    sources = recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
     store = ResultStore(out)
     store.check_folder()
     created = not out.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
-            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume)
+            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources)
         except BaseException:
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
@@ -254,9 +256,9 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
 
 
 def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
-                stop_after: int | None, resume: bool) -> RunResult:
+                stop_after: int | None, resume: bool, sources: dict | None = None) -> RunResult:
     out = store.folder
-    store.begin(recipe.config(), resume)
+    store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
     prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
     names = [c.name for c in prep.conditions]
     if len(set(names)) != len(names):

@@ -105,19 +105,23 @@ class Recipe(ExperimentRecipe):
         """The base checkpoint, opened once per recipe object (checked first, then loaded)."""
         return Checkpoint.open(self.edit.model)
 
-    def check_sources(self) -> None:
+    def check_sources(self) -> dict:
         """Open the checkpoints and check the edit against them before anything is written: a missing
-        model, a layer or role the model lacks, a mismatched pair."""
-        from rwedit.checkpoints import CheckpointPair
+        model, a layer or role the model lacks, a mismatched pair; returns what the run records of them."""
+        from rwedit.checkpoints import CheckpointPair, open_post, source_info
         from rwedit.probes.grid import GridSettings, check_ks
 
-        post = self.edit.post  # a checkpoint, or a LoRA adapter folder over the base
         self.edit.check_fits(self.base_checkpoint)
         self._check_export(self.edit.resolved(self.base_checkpoint.layout.n_layers))
-        if post is not None and (self.edit.edit.b == "delta" or self.probe.enabled):
-            pair = CheckpointPair(self.base_checkpoint, post)  # validated once, for b: delta and for the probe
-            if self.probe.enabled:
-                check_ks(GridSettings(ks=self.probe.ks), pair.layout, pair.layout.roles())
+        sources = {"base": source_info(self.base_checkpoint)}
+        if self.edit.post is not None:  # a checkpoint, or a LoRA adapter folder over the base
+            post = open_post(self.edit.post, self.base_checkpoint)
+            sources["post"] = source_info(post)
+            if self.edit.edit.b == "delta" or self.probe.enabled:
+                pair = CheckpointPair(self.base_checkpoint, post)  # validated once, for b: delta and the probe
+                if self.probe.enabled:
+                    check_ks(GridSettings(ks=self.probe.ks), pair.layout, pair.layout.roles())
+        return sources
 
 
 def _edit_probe_metrics(c: dict) -> dict:

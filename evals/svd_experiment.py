@@ -144,8 +144,9 @@ class SVDRecipe(ExperimentRecipe):
         """The base and post checkpoints, opened and checked against each other once per recipe object."""
         return CheckpointPair(Checkpoint.open(self.model), Checkpoint.open(self.post))
 
-    def check_sources(self) -> None:
+    def check_sources(self) -> dict:
         targets(self, self.pair.layout)  # a missing model, a mismatched pair or a bad selection fails here
+        return self.pair.sources()
 
 
 # ----------------------------------------------------------------------------- conditions

@@ -130,7 +130,7 @@ def _rsf_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, calib
     meta = {
         "rwedit_version": __version__,
         "probe": "rsf",
-        "base": base, "post": post, "model_type": pair.base.model_type,
+        "base": base, "post": post, "sources": pair.sources(), "model_type": pair.base.model_type,
         "grid": asdict(settings),
         "calibration": asdict(calib) if calib else None,
         "activation_stats": stats.meta if stats else None,
@@ -254,7 +254,7 @@ def _svd_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, r, me
                                            "reparam_error"]].agg(["mean", "std"])
     head.columns = [f"{a}_{b}" for a, b in head.columns]
     head = head.reset_index()
-    meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post,
+    meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post, "sources": pair.sources(),
             "model_type": pair.base.model_type, "r": r, "r_clipped_to_rank": clipped, "method": method,
             "roles": list(roles), "dtype_mismatch": list(pair.dtype_mismatch) if pair.dtype_mismatch else None,
             "unchanged_matrices": unchanged,

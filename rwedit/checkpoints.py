@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -462,6 +463,31 @@ class LoraPost:
         return d if dtype is None else d.to(dtype)
 
 
+def source_info(src: "Checkpoint | LoraPost") -> dict:
+    """What a result records of one source so that its numbers trace to exact weights: the reference as
+    given, the resolved Hub commit (a model from the Hub cache) or a content fingerprint of the local
+    files (sha256 over each weight file's size and three 64 KiB samples — start, middle, end: cheap for a
+    70B checkpoint, and changed by any re-save), and for an adapter post its base."""
+    files = [src.path / "adapter_model.safetensors"] if isinstance(src, LoraPost) else list(src.files)
+    origin = hub_origin(src.path)
+    h = hashlib.sha256()
+    for f in sorted(files):
+        if not f.exists():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            for at in (0, max(0, size // 2 - 32768), max(0, size - 65536)):
+                fh.seek(at)
+                h.update(fh.read(65536))
+    out = {"ref": src.source, "path": str(src.path), "commit": origin[1] if origin else None,
+           "hub_id": origin[0] if origin else None, "fingerprint": h.hexdigest()[:16]}
+    if isinstance(src, LoraPost):
+        out.update(kind="lora adapter over the base", rank=sorted({int(a.shape[0]) for a, _, _ in src.factors.values()}),
+                   modules=len(src.factors))
+    return out
+
+
 def open_post(ref: str | os.PathLike | Checkpoint | LoraPost, base: Checkpoint,
               allow_pickle: bool | None = None) -> Checkpoint | LoraPost:
     """The post side of a pair: a checkpoint (folder or Hub id), or a LoRA adapter folder (one holding
@@ -544,6 +570,10 @@ class CheckpointPair:
             f"tokenizers differ: {self.base.source!r} and {self.post.source!r} map {len(differ)} token id(s) to "
             f"different tokens{example} (vocabularies of {len(vb)} and {len(vp)}). The embedding and unembedding "
             f"rows of the two would mean different tokens: compare a model with its own post-trained version")
+
+    def sources(self) -> dict:
+        """:func:`source_info` of both sides (recorded in every probe's meta.json and every run.json)."""
+        return {"base": source_info(self.base), "post": source_info(self.post)}
 
     def rounding_floor(self, base: torch.Tensor) -> float:
         """‖W − round(W)‖_F when the pair is stored in two dtypes: the delta a pure dtype conversion of the

@@ -169,3 +169,33 @@ def test_folder_that_is_not_a_model_is_explained(tmp_path):
     (tmp_path / "x" / "config.json").write_text(json.dumps({"model_type": "mamba", "vocab_size": 3}))
     with pytest.raises(ValueError, match="not in rwedit's registry"):
         Checkpoint.open(tmp_path / "x")
+
+
+def test_results_record_the_resolved_commit_of_a_hub_source_and_a_fingerprint_of_a_local_one(tmp_path, monkeypatch):
+    """`org/tiny@v1` in a local Hub cache (a tag pointing at a commit) resolves offline to that snapshot; the
+    probe's meta.json records the commit, the local post its content fingerprint; re-saving the post with
+    other weights changes the fingerprint; a revision the cache lacks fails naming it."""
+    import huggingface_hub
+
+    from rwedit.cli import main
+
+    base, post = tiny_model("llama"), tiny_model("llama", seed=1)
+    repo = tmp_path / "hub" / "models--org--tiny"
+    commit = "c" * 40
+    base.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(commit)
+    post.save_pretrained(tmp_path / "post")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["svd", "--base", "org/tiny@v1", "--post", str(tmp_path / "post"), "--r", "2",
+                 "--out", str(tmp_path / "svd"), "--quiet"]) == 0
+    src = json.loads((tmp_path / "svd" / "meta.json").read_text())["sources"]
+    assert src["base"]["commit"] == commit and src["base"]["hub_id"] == "org/tiny" and src["base"]["ref"] == "org/tiny@v1"
+    assert src["post"]["commit"] is None and len(src["post"]["fingerprint"]) == 16
+    tiny_model("llama", seed=2).save_pretrained(tmp_path / "post")
+    assert main(["svd", "--base", "org/tiny@v1", "--post", str(tmp_path / "post"), "--r", "2",
+                 "--out", str(tmp_path / "svd2"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "svd2" / "meta.json").read_text())["sources"]["post"]["fingerprint"] != \
+        src["post"]["fingerprint"]
+    with pytest.raises(CheckpointNotFoundError, match="org/tiny@v2"):
+        Checkpoint.open("org/tiny@v2")

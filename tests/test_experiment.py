@@ -75,6 +75,8 @@ def test_small_grid_completes_with_probe_edits_scores_and_report(finished):
         assert (finished / f).exists(), f
     card = json.loads((finished / "edit/adapters/principal0_a2/rwedit.json").read_text())
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(p["pref_margin_shift"])
+    sources = json.loads((finished / "run.json").read_text())["sources"]  # the weights the numbers trace to
+    assert sources["base"]["fingerprint"] != sources["post"]["fingerprint"] and sources["base"]["commit"] is None
 
 
 def test_interrupted_run_resumes_to_the_same_rows_and_a_changed_recipe_is_refused(pair, finished, tmp_path,
