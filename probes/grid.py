@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
-from rwedit.checkpoints import CheckpointPair, TensorReader
+from rwedit.checkpoints import Checkpoint, CheckpointPair, LoraPost, TensorReader, iter_posts
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -104,16 +104,18 @@ class GridContext:
         return self.stats.spectrum(layer, role, centred, top=top)
 
 
-def prediction_from_pair(pair: CheckpointPair, gain: bool = False) -> Spectrum:
-    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in)."""
-    layout = pair.layout
-    with TensorReader(pair.base) as r:
+def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
+    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in); given a
+    pair or its base checkpoint."""
+    base = pair.base if isinstance(pair, CheckpointPair) else pair
+    layout = base.layout
+    with TensorReader(base) as r:
         W_U = r.read(layout.view(None, "unembed").param, dtype=None)
         g = None
         if gain:
             name = f"{layout.spec.final_norm}.weight"
-            if name not in pair.base.keys() and not any(n in pair.base.keys() for n in layout.checkpoint_names(name)):
-                raise ConfigError(f"{pair.base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
+            if name not in base.keys() and not any(n in base.keys() for n in layout.checkpoint_names(name)):
+                raise ConfigError(f"{base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
                                  f"into the prediction subspace; drop prediction_gain")
             g = layout.final_norm_gain(r.read(name, torch.float32))
     return prediction_spectrum(W_U, g)
@@ -249,13 +251,33 @@ def rsf_grid_pair(
     progress: bool = True,
 ) -> Iterator[dict]:
     """Stream the pair once and yield the grid rows; memory stays O(largest tensor)."""
-    roles = settings.roles or pair.layout.roles()
-    check_ks(settings, pair.layout, roles)
-    ctx = grid_context(pair.layout, stats, prediction_from_pair(pair, settings.prediction_gain)
+    for row in rsf_grid_posts(pair.base, {"post": pair.post}, stats, settings, progress):
+        del row["post"]
+        yield row
+
+
+def rsf_grid_posts(
+    base: Checkpoint,
+    posts: Mapping[str, "Checkpoint | LoraPost"],
+    stats: ActivationStats | None = None,
+    settings: GridSettings = GridSettings(),
+    progress: bool = True,
+) -> Iterator[dict]:
+    """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
+    its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
+    and one prediction subspace. Memory: the base tensor plus one tensor per post."""
+    layout = base.layout
+    roles = settings.roles or layout.roles()
+    check_ks(settings, layout, roles)
+    ctx = grid_context(layout, stats, prediction_from_pair(base, settings.prediction_gain)
                        if "prediction" in settings.subspaces else None)
-    n = len(pair.layout.views(roles, settings.layers))
-    triples = ((rp.layer, rp.role, rp.delta) for rp in pair.iter_roles(roles, settings.layers))
-    yield from rsf_grid_deltas(triples, ctx, settings, progress, total=n)
+    views = layout.views(roles, settings.layers)
+    names = list(posts)
+    for rps in tqdm(iter_posts(base, list(posts.values()), views), total=len(views), desc="RSF grid",
+                    disable=not progress):
+        for name, rp in zip(names, rps):
+            for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings):
+                yield {"post": name, **row}
 
 
 def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,

@@ -21,7 +21,9 @@ from rwedit.probes.report import (
     markdown_table,
     plot_rsf_heatmaps,
     plot_rsf_vs_k,
+    pyplot,
     rsf_headline,
+    save_figure,
     write_rows,
 )
 from rwedit.errors import ConfigError
@@ -142,6 +144,111 @@ def _rsf_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, calib
     write_json(out / "meta.json", meta)
     (out / "summary.md").write_text(_rsf_summary(head, meta, spiked, plots))
     return head[head["subspace"] != "random"].reset_index(drop=True)
+
+
+def post_names(posts) -> list[str]:
+    """Short distinct names of several posts (a folder's name, a Hub id's name), in order."""
+    names = []
+    for p in posts:
+        name = Path(str(p).split("@")[0].rstrip("/")).name or str(p)
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
+
+
+def run_rsf_compare(
+    base: str,
+    posts: list[str],
+    out: str | Path,
+    calib: CalibrationSettings | None = None,
+    settings: GridSettings = GridSettings(),
+    allow_pickle: bool | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    k: int = 4,
+) -> ProbeRun:
+    """Many fine-tunes of one base side by side: the RSF grid of each post (checkpoints or LoRA adapters)
+    against the base, read once per tensor for all of them with one set of activation statistics, into
+    ``rsf.csv`` (a ``post`` column), ``compare.csv`` / ``compare.png`` (per post: read side vs the
+    activation subspace and write side vs the prediction subspace at ``k``, with the null) and
+    ``summary.md``. Each post's rows equal its single-pair probe's."""
+    from rwedit.probes.grid import rsf_grid_posts
+
+    t0 = time.perf_counter()
+    final = check_output_folder(out, overwrite)
+    base_ckpt = Checkpoint.open(base, allow_pickle=allow_pickle)
+    names = post_names(posts)
+    pairs = {n: CheckpointPair(base_ckpt, p, allow_pickle=allow_pickle) for n, p in zip(names, posts)}  # all checked
+    roles = settings.roles or base_ckpt.layout.roles()
+    skipped_ks = check_ks(settings, base_ckpt.layout, roles)
+    with atomic_folder(final, overwrite) as tmp:
+        stats = None
+        if calib is not None and "activation" in settings.subspaces:
+            stats = activation_stats_for(base_ckpt, calib, tuple(r for r in roles if r != "unembed"), cache_dir, progress)
+        rows = list(rsf_grid_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, stats, settings, progress))
+        df = write_rows(rows, tmp / "rsf.csv", ["post", *COLUMNS])
+        kk = max([x for x in settings.ks if x <= k] or [min(settings.ks)])
+        table = compare_table(df, kk)
+        table.to_csv(tmp / "compare.csv", index=False)
+        plot = plot_compare(table, tmp / "compare.png")
+        sources = {"base": pairs[names[0]].sources()["base"], **{n: pr.sources()["post"] for n, pr in pairs.items()}}
+        write_json(tmp / "meta.json", {
+            "rwedit_version": __version__, "probe": "rsf-compare", "base": base, "posts": dict(zip(names, map(str, posts))),
+            "sources": sources, "model_type": base_ckpt.model_type, "grid": asdict(settings), "k": kk,
+            "calibration": asdict(calib) if calib else None, "activation_stats": stats.meta if stats else None,
+            "k_skipped": {str(x): n for x, n in skipped_ks.items()}, "seconds": round(time.perf_counter() - t0, 2)})
+        (tmp / "summary.md").write_text("\n".join([
+            f"# RSF of {len(names)} fine-tunes of `{base}`", "",
+            f"RSF at k = {kk}, mean over layers and the roles of each pathway (± sem over matrices); the null is "
+            f"the random-subspace null (mean ± sd; 1 is isotropic). One base read, one set of activation "
+            f"statistics for all posts. Full grid: `rsf.csv` (a `post` column).", "",
+            markdown_table(table), "", f"![{plot.stem}]({plot.name})", ""]))
+    return ProbeRun(final, table)
+
+
+#: the pathway claims a comparison shows: (label, side, subspace, roles)
+CLAIMS = (("read side vs activation", "read", "activation", ("q", "k", "v", "up", "gate")),
+          ("write side vs prediction", "write", "prediction", ("o", "down")))
+
+
+def compare_table(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per post and pathway claim: mean RSF at ``k`` over layers and roles, its sem over matrices, the null."""
+    out = []
+    for post, part in df.groupby("post", sort=False):
+        for label, side, sub, roles in CLAIMS:
+            sel = part[(part["side"] == side) & (part["subspace"] == sub) & (part["k"] == k) & part["role"].isin(roles)]
+            sel = sel[sel["rsf"].notna()]
+            if sel.empty:
+                continue
+            n = len(sel)
+            out.append({"post": post, "claim": label, "k": k, "matrices": n, "rsf_mean": sel["rsf"].mean(),
+                        "rsf_sem": sel["rsf"].std(ddof=1) / n ** 0.5 if n > 1 else float("nan"),
+                        "null_mean": sel["null_mean"].mean(), "null_sd": sel["null_sd"].mean(),
+                        "z_mean": sel["null_z"].mean()})
+    return pd.DataFrame(out)
+
+
+def plot_compare(table: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: each post's read- and write-side RSF (± sem), the null band (mean ± 2 sd) behind them."""
+    plt = pyplot()
+    posts = list(dict.fromkeys(table["post"]))
+    claims = list(dict.fromkeys(table["claim"]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(posts) + 3, 3.8))
+    width = 0.8 / max(len(claims), 1)
+    for j, claim in enumerate(claims):
+        t = table[table["claim"] == claim].set_index("post").reindex(posts)
+        x = [i + (j - (len(claims) - 1) / 2) * width for i in range(len(posts))]
+        ax.bar(x, t["rsf_mean"], width, yerr=t["rsf_sem"], capsize=3, label=claim)
+    lo = float((table["null_mean"] - 2 * table["null_sd"]).min())
+    hi = float((table["null_mean"] + 2 * table["null_sd"]).max())
+    ax.axhspan(max(lo, 1e-3), hi, color="grey", alpha=0.25, label="random null ±2 sd")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(posts)), posts, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(f"RSF at k = {int(table['k'].iloc[0])}")
+    ax.set_title("fine-tunes of one base: where each changed the weights", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save_figure(fig, path)
 
 
 def _rounding_floor(pair: CheckpointPair, roles, settings: GridSettings, df: pd.DataFrame) -> dict | None:

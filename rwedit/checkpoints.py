@@ -595,15 +595,28 @@ class CheckpointPair:
         check_finite: bool = True,
     ) -> Iterator[RolePair]:
         """Yield :class:`RolePair` for each (layer, role); a fused tensor is read once per layer."""
-        views = self.layout.views(roles, layers)
-        if isinstance(self.post, LoraPost):  # post = base + scale·B·A: only the base is read
-            with TensorReader(self.base, check_finite) as rb:
-                for view in views:
-                    W = rb.matrix(view, dtype)
-                    d = self.post.role_delta(view, W.dtype)
-                    d = torch.zeros_like(W) if d is None else d
-                    yield RolePair(view.layer, view.role, W, W + d, view, d)
-            return
-        with TensorReader(self.base, check_finite) as rb, TensorReader(self.post, check_finite) as rp:
-            for view in views:
-                yield RolePair(view.layer, view.role, rb.matrix(view, dtype), rp.matrix(view, dtype), view)
+        for (rp,) in iter_posts(self.base, [self.post], self.layout.views(roles, layers), dtype, check_finite):
+            yield rp
+
+
+def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list[RoleView],
+               dtype: torch.dtype | None = torch.float32, check_finite: bool = True) -> Iterator[tuple[RolePair, ...]]:
+    """For each view, one :class:`RolePair` per post against the same base tensor, which is read once for all
+    of them (many fine-tunes of one base); an adapter post reads nothing but its factors. Memory: the base
+    tensor and one tensor per post at a time."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        rb = stack.enter_context(TensorReader(base, check_finite))
+        readers = [None if isinstance(p, LoraPost) else stack.enter_context(TensorReader(p, check_finite)) for p in posts]
+        for view in views:
+            W = rb.matrix(view, dtype)
+            out = []
+            for post, reader in zip(posts, readers):
+                if reader is not None:
+                    out.append(RolePair(view.layer, view.role, W, reader.matrix(view, dtype), view))
+                    continue
+                d = post.role_delta(view, W.dtype)  # post = base + scale·B·A
+                d = torch.zeros_like(W) if d is None else d
+                out.append(RolePair(view.layer, view.role, W, W + d, view, d))
+            yield tuple(out)

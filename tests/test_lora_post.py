@@ -133,3 +133,40 @@ def test_b_delta_reads_the_observed_delta_from_a_lora_post(tmp_path, wiki_tokeni
     m0, m1 = (AutoModelForCausalLM.from_pretrained(str(p)) for p in (base, merged))
     want = (get_weight(m1, 1, "q") - get_weight(m0, 1, "q")).double() @ A
     torch.testing.assert_close(B, want / want.norm(), atol=1e-4, rtol=0)
+
+
+def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(tmp_path, monkeypatch, capsys):
+    """`probe --base B --post P1 --post P2 --post LORA`: one rsf.csv whose rows for each post equal that post's
+    single-pair probe, one comparison table and figure, and the base's tensors read once each."""
+    base, lora, merged = _trained_lora("llama", tmp_path)
+    tiny_model("llama", seed=5).save_pretrained(tmp_path / "other_ft")
+    posts = [str(merged), str(tmp_path / "other_ft"), str(lora)]
+    reads = []
+    real_read = TensorReader.read
+
+    def spy(self, param, dtype=torch.float32):
+        reads.append((str(self.ckpt.path), param))
+        return real_read(self, param, dtype)
+
+    monkeypatch.setattr(TensorReader, "read", spy)
+    args = ["--k", "1,4", "--quiet"]
+    assert main(["probe", "--base", str(base), *sum((["--post", p] for p in posts), []), "--out",
+                 str(tmp_path / "cmp"), *args]) == 0
+    base_reads = [r for r in reads if r[0] == str(base)]
+    dup = [r for r in set(base_reads) if base_reads.count(r) > 1]
+    assert len(dup) <= 1  # W_U once more for the prediction subspace; every other base tensor once for 3 posts
+    both = pd.read_csv(tmp_path / "cmp" / "rsf.csv")
+    assert list(dict.fromkeys(both["post"])) == ["merged", "other_ft", "lora"]
+    for name, post in zip(["merged", "other_ft", "lora"], posts):
+        assert main(["probe", "--base", str(base), "--post", post, "--out", str(tmp_path / f"one_{name}"), *args]) == 0
+        single = pd.read_csv(tmp_path / f"one_{name}" / "rsf.csv")
+        mine = both[both["post"] == name].drop(columns="post").reset_index(drop=True)
+        assert mine["role"].tolist() == single["role"].tolist()
+        assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), rel=1e-6, nan_ok=True)
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert set(table["post"]) == {"merged", "other_ft", "lora"} and (tmp_path / "cmp" / "compare.png").exists()
+    # the adapter and its merged model are the same fine-tune: the same comparison numbers
+    m, lo = (table[table["post"] == n].set_index("claim")["rsf_mean"] for n in ("merged", "lora"))
+    assert m.to_dict() == pytest.approx(lo.to_dict(), rel=2e-3)
+    meta = json.loads((tmp_path / "cmp" / "meta.json").read_text())
+    assert set(meta["sources"]) == {"base", "merged", "other_ft", "lora"} and meta["sources"]["lora"]["rank"] == [4]

@@ -110,7 +110,8 @@ def add_base(p: argparse.ArgumentParser, *, required: bool = False, when_omitted
 def add_post(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
     """``--post``: the post-trained checkpoint compared with the base."""
     p.add_argument("--post", required=required,
-                   help=f"post-trained checkpoint of the same architecture{_default_note(when_omitted)}")
+                   help=f"post-trained checkpoint of the same architecture, or a LoRA adapter folder over the "
+                   f"base{_default_note(when_omitted)}")
 
 
 def add_allow_pickle(p: argparse.ArgumentParser) -> None:
@@ -131,10 +132,13 @@ def add_force(p: argparse.ArgumentParser) -> None:
                    help="apply adapters even to a model whose weights differ from the base they were made for")
 
 
-def add_pair(p: argparse.ArgumentParser) -> None:
-    """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair."""
+def add_pair(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair (``many``: ``--post``
+    may be repeated, several fine-tunes of one base)."""
     add_base(p, required=True)
-    add_post(p, required=True)
+    p.add_argument("--post", required=True, action="append" if many else "store",
+                   help="post-trained checkpoint of the same architecture, or a LoRA adapter folder over the base"
+                   + ("; repeat it to compare several fine-tunes of one base" if many else ""))
     add_allow_pickle(p)
     p.add_argument("--allow-dtype-mismatch", action="store_true",
                    help="compare checkpoints stored in different dtypes (e.g. float32 vs bfloat16); the summary "

@@ -19,7 +19,7 @@ GRID = "rwedit.probes.grid:GridSettings"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    options.add_pair(p)
+    options.add_pair(p, many=True)
     p.add_argument("--calib", help=config_help(
         CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
         ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
@@ -63,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
     settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed, centred=args.centred,
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)
-    return options.show_probe(run_rsf_probe(args.base, args.post, args.out, calib, settings,
+    if len(args.post) > 1:  # several fine-tunes of one base: one table and one figure, the base read once
+        from rwedit.probes.pipeline import run_rsf_compare
+
+        return options.show_probe(run_rsf_compare(args.base, args.post, args.out, calib, settings,
+                                                  cache_dir=args.cache_dir, progress=not args.quiet,
+                                                  overwrite=args.overwrite),
+                                  "rsf.csv, compare.csv, compare.png, summary.md", "RSF per fine-tune")
+    return options.show_probe(run_rsf_probe(args.base, args.post[0], args.out, calib, settings,
                                             cache_dir=args.cache_dir, progress=not args.quiet,
                                             overwrite=args.overwrite,
                                             allow_dtype_mismatch=args.allow_dtype_mismatch),
