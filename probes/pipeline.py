@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,6 +205,111 @@ def run_rsf_compare(
             f"statistics for all posts. Full grid: `rsf.csv` (a `post` column).", "",
             markdown_table(table), "", f"![{plot.stem}]({plot.name})", ""]))
     return ProbeRun(final, table)
+
+
+def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
+    """(name, reference, step) of each member of a checkpoint series, ordered by step: a list (or a comma
+    list, or a YAML file holding one) of folders / Hub ids with revisions, or a folder of checkpoint folders
+    (a Trainer's ``checkpoint-N``). The step is the trailing number of the name or revision (else the
+    position)."""
+    import re as _re
+
+    if isinstance(spec, str):
+        path = Path(spec)
+        if path.is_dir() and not (path / "config.json").exists():
+            refs = [str(p) for p in path.iterdir() if (p / "config.json").exists() or (p / "adapter_config.json").exists()]
+            if not refs:
+                raise ConfigError(f"--series {spec}: the folder holds no checkpoint folders (with config.json)")
+        elif path.suffix in (".yaml", ".yml") and path.is_file():
+            import yaml
+
+            refs = yaml.safe_load(path.read_text())
+            if not isinstance(refs, list) or not refs:
+                raise ConfigError(f"--series {spec}: expected a YAML list of checkpoints")
+            refs = [str(r) for r in refs]
+        else:
+            refs = [r.strip() for r in spec.split(",") if r.strip()]
+    else:
+        refs = [str(r) for r in spec]
+    if len(refs) < 1:
+        raise ConfigError("--series: give at least one member")
+    out = []
+    for i, ref in enumerate(refs):
+        m = _re.search(r"(\d+)$", ref.rstrip("/"))
+        out.append((ref, int(m.group(1)) if m else i))
+    out.sort(key=lambda x: x[1])
+    names = post_names([r.replace("@", "_") for r, _ in out])
+    return [(n, r, step) for n, (r, step) in zip(names, out)]
+
+
+def run_rsf_series(
+    base: str,
+    members: str | list[str],
+    out: str | Path,
+    calib: CalibrationSettings | None = None,
+    settings: GridSettings = GridSettings(),
+    svd_r: int | str = 16,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    k: int = 4,
+    stop_after: int | None = None,
+) -> ProbeRun:
+    """The RSF grid and the SVD probe of each member of a checkpoint series against one base (one set of
+    activation statistics, cached), one member at a time into ``OUT/members/NAME/{rsf,svd}``; a member whose
+    folders are complete is not recomputed, so a killed run resumes where it stopped. ``series.csv`` (per
+    member: name, step, commit or fingerprint, read/write-side RSF at ``k``, SVD scale and consistency) and
+    ``series.png`` (each against the step) are rebuilt from the member folders."""
+    out = Path(out)
+    todo = series_members(members)
+    base_ckpt = Checkpoint.open(base)
+    for _, ref, _ in todo:  # every member fits the base before the first one is probed
+        CheckpointPair(base_ckpt, ref)
+    done_now = 0
+    for name, ref, step in tqdm(todo, desc="series", disable=not progress):
+        folder = out / "members" / name
+        if (folder / "rsf" / "meta.json").exists() and (folder / "svd" / "meta.json").exists():
+            continue
+        if stop_after is not None and done_now >= stop_after:
+            break
+        if not (folder / "rsf" / "meta.json").exists():
+            run_rsf_probe(base, ref, folder / "rsf", calib, settings, cache_dir=cache_dir, progress=False, overwrite=True)
+        run_svd_probe(base, ref, folder / "svd", r=svd_r, progress=False, overwrite=True)
+        done_now += 1
+    rows = []
+    for name, ref, step in todo:
+        folder = out / "members" / name
+        if not (folder / "svd" / "meta.json").exists():
+            continue
+        meta = json.loads((folder / "rsf" / "meta.json").read_text())
+        grid = pd.read_csv(folder / "rsf" / "rsf.csv").assign(post=name)
+        kk = max([x for x in settings.ks if x <= k] or [min(settings.ks)])
+        claims = compare_table(grid, kk).set_index("claim")["rsf_mean"].to_dict()
+        svd = pd.read_csv(folder / "svd" / "svd.csv")
+        src = meta["sources"]["post"]
+        rows.append({"member": name, "step": step, "ref": ref, "commit": src.get("commit"),
+                     "fingerprint": src.get("fingerprint"), "k": kk,
+                     **{f"rsf {c}": v for c, v in claims.items()},
+                     "svd_scale": svd["scale"].mean(), "svd_consistency": svd["consistency"].mean()})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.to_csv(out / "series.csv", index=False)
+        plot_series(table, out / "series.png")
+    return ProbeRun(out, table)
+
+
+def plot_series(table: pd.DataFrame, path: Path) -> Path:
+    """Each headline metric against the step: read- and write-side RSF side by side, then the SVD probe's."""
+    plt = pyplot()
+    rsf_cols = [c for c in table.columns if c.startswith("rsf ")]
+    cols = rsf_cols + ["svd_scale", "svd_consistency"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.2), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        ax.plot(table["step"], table[c], marker="o")
+        if c in rsf_cols:
+            ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_title(c.replace("rsf ", "RSF, "), fontsize=9)
+        ax.set_xlabel("step")
+    return save_figure(fig, path)
 
 
 #: the pathway claims a comparison shows: (label, side, subspace, roles)

@@ -44,9 +44,8 @@ def _trained_lora(model_type: str, root):
     return root / "base", root / "lora", root / "merged"
 
 
-@pytest.mark.parametrize("model_type", sorted(TARGETS))
-def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tmp_path, monkeypatch):
-    base, lora, merged = _trained_lora(model_type, tmp_path)
+def _record_reads(monkeypatch) -> list[tuple[str, str]]:
+    """(checkpoint folder, tensor) of every tensor read from now on."""
     reads = []
     real_read = TensorReader.read
 
@@ -55,6 +54,13 @@ def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tm
         return real_read(self, param, dtype)
 
     monkeypatch.setattr(TensorReader, "read", spy)
+    return reads
+
+
+@pytest.mark.parametrize("model_type", sorted(TARGETS))
+def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tmp_path, monkeypatch):
+    base, lora, merged = _trained_lora(model_type, tmp_path)
+    reads = _record_reads(monkeypatch)
     settings = GridSettings(ks=(1, 4), subspaces=("prediction", "random"))
     pair = CheckpointPair(str(base), str(lora))
     assert isinstance(pair.post, LoraPost)
@@ -141,14 +147,7 @@ def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(
     base, lora, merged = _trained_lora("llama", tmp_path)
     tiny_model("llama", seed=5).save_pretrained(tmp_path / "other_ft")
     posts = [str(merged), str(tmp_path / "other_ft"), str(lora)]
-    reads = []
-    real_read = TensorReader.read
-
-    def spy(self, param, dtype=torch.float32):
-        reads.append((str(self.ckpt.path), param))
-        return real_read(self, param, dtype)
-
-    monkeypatch.setattr(TensorReader, "read", spy)
+    reads = _record_reads(monkeypatch)
     args = ["--k", "1,4", "--quiet"]
     assert main(["probe", "--base", str(base), *sum((["--post", p] for p in posts), []), "--out",
                  str(tmp_path / "cmp"), *args]) == 0
@@ -170,3 +169,33 @@ def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(
     assert m.to_dict() == pytest.approx(lo.to_dict(), rel=2e-3)
     meta = json.loads((tmp_path / "cmp" / "meta.json").read_text())
     assert set(meta["sources"]) == {"base", "merged", "other_ft", "lora"} and meta["sources"]["lora"]["rank"] == [4]
+
+
+def test_a_checkpoint_series_is_probed_member_by_member_and_resumes(tmp_path, capsys):
+    """A folder of three Trainer-style checkpoints: each member's rows equal its single-pair probe; a run
+    stopped after the second member computes only the third when run again; series.csv is ordered by step."""
+    from rwedit.probes.grid import GridSettings
+    from rwedit.probes.pipeline import run_rsf_series
+
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    for i, step in enumerate((300, 100, 200)):
+        tiny_model("llama", seed=10 + i).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    settings = GridSettings(ks=(1, 4))
+    res = run_rsf_series(str(tmp_path / "base"), str(tmp_path / "run"), tmp_path / "s", None, settings, svd_r=2,
+                         progress=False, stop_after=2)
+    assert list(res.table["member"]) == ["checkpoint-100", "checkpoint-200"]
+    stamps = {m: (tmp_path / "s" / "members" / m / "rsf" / "meta.json").stat().st_mtime_ns
+              for m in ("checkpoint-100", "checkpoint-200")}
+    assert main(["probe", "--base", str(tmp_path / "base"), "--series", str(tmp_path / "run"), "--out",
+                 str(tmp_path / "s"), "--k", "1,4", "--svd-r", "2", "--quiet"]) == 0
+    assert {m: (tmp_path / "s" / "members" / m / "rsf" / "meta.json").stat().st_mtime_ns for m in stamps} == stamps
+    table = pd.read_csv(tmp_path / "s" / "series.csv")
+    assert table["step"].tolist() == [100, 200, 300] and table["fingerprint"].nunique() == 3
+    assert (tmp_path / "s" / "series.png").exists()
+    assert main(["probe", "--base", str(tmp_path / "base"), "--post", str(tmp_path / "run" / "checkpoint-300"),
+                 "--out", str(tmp_path / "one"), "--k", "1,4", "--quiet"]) == 0
+    mine = pd.read_csv(tmp_path / "s" / "members" / "checkpoint-300" / "rsf" / "rsf.csv")
+    single = pd.read_csv(tmp_path / "one" / "rsf.csv")
+    assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), nan_ok=True)
+    assert main(["probe", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "give --post" in capsys.readouterr().err

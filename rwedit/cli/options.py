@@ -133,10 +133,10 @@ def add_force(p: argparse.ArgumentParser) -> None:
 
 
 def add_pair(p: argparse.ArgumentParser, many: bool = False) -> None:
-    """``--base``, ``--post`` (both required) and ``--allow-pickle``: a checkpoint pair (``many``: ``--post``
-    may be repeated, several fine-tunes of one base)."""
+    """``--base``, ``--post`` and ``--allow-pickle``: a checkpoint pair (``many``: ``--post`` may be repeated,
+    several fine-tunes of one base, or left out for ``--series``, which the command then checks)."""
     add_base(p, required=True)
-    p.add_argument("--post", required=True, action="append" if many else "store",
+    p.add_argument("--post", required=not many, action="append" if many else "store",
                    help="post-trained checkpoint of the same architecture, or a LoRA adapter folder over the base"
                    + ("; repeat it to compare several fine-tunes of one base" if many else ""))
     add_allow_pickle(p)

@@ -20,6 +20,11 @@ GRID = "rwedit.probes.grid:GridSettings"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_pair(p, many=True)
+    p.add_argument("--series", help="a checkpoint series against the base instead of --post: a comma list of "
+                   "folders or Hub ids with @revision, a YAML list, or a folder of checkpoint folders (checkpoint-N); "
+                   "one member at a time into OUT/members/, resumable, with series.csv and series.png by step")
+    p.add_argument("--svd-r", type=options.positive_int, default=16,
+                   help="with --series: singular triplets of each member's SVD probe (default %(default)s)")
     p.add_argument("--calib", help=config_help(
         CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
         ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
@@ -63,6 +68,17 @@ def run(args: argparse.Namespace) -> int:
     settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed, centred=args.centred,
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)
+    from rwedit.errors import ConfigError
+
+    if bool(args.series) == bool(args.post):
+        raise ConfigError("give --post (one or several fine-tunes) or --series (a checkpoint series), not both "
+                          "and not neither")
+    if args.series:
+        from rwedit.probes.pipeline import run_rsf_series
+
+        return options.show_probe(run_rsf_series(args.base, args.series, args.out, calib, settings, svd_r=args.svd_r,
+                                                 cache_dir=args.cache_dir, progress=not args.quiet),
+                                  "members/, series.csv, series.png", "the series, member by member")
     if len(args.post) > 1:  # several fine-tunes of one base: one table and one figure, the base read once
         from rwedit.probes.pipeline import run_rsf_compare
 
