@@ -188,3 +188,30 @@ def test_shipped_recipes_are_listed_and_run_by_name_from_any_folder(tmp_path, mo
     assert find("control-experiment.yaml") == shipped()["control-experiment"]
     assert main(["run", "no-such-recipe"]) == 2
     assert "no shipped recipe of that name" in capsys.readouterr().err
+
+
+def test_the_zoo_lists_its_pairs_and_series_with_their_cached_state(tmp_path, monkeypatch, capsys):
+    """At least ten documented pairs; an entry whose checkpoints are in the local Hub cache shows as cached
+    (a cache laid out in tmp_path), the others not; a zoo pair name runs the quickstart's pair, an unknown one
+    is refused with the names."""
+    import huggingface_hub
+
+    from rwedit.apps.zoo import load_zoo
+
+    zoo = load_zoo()
+    pairs = {n: e for n, e in zoo.items() if e.kind == "pair"}
+    assert len(pairs) >= 10 and any(e.kind == "series" for e in zoo.values())
+    assert all(e.separates and "huggingface.co/" in e.source for e in zoo.values())
+    for repo in ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        folder = tmp_path / f"models--{repo.replace('/', '--')}"
+        (folder / "snapshots" / ("d" * 40)).mkdir(parents=True)
+        (folder / "snapshots" / ("d" * 40) / "config.json").write_text("{}")
+        (folder / "refs").mkdir()
+        (folder / "refs" / "main").write_text("d" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert main(["zoo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("smollm2-135m-instruct") and "[pair, cached]" in line for line in lines)
+    assert any(line.startswith("smollm2-360m-instruct") and "[pair, not cached]" in line for line in lines)
+    assert main(["quickstart", "--pair", "smollm-135", "--out", str(tmp_path / "q")]) == 2
+    assert "did you mean 'smollm2-135m-instruct'" in capsys.readouterr().err

@@ -53,6 +53,7 @@ examples:
   rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
   rwedit recipes                                  the shipped recipes; `rwedit run NAME` runs one by name
   rwedit tasks                                    the bundled lm-eval tasks (--path: for lm_eval --include_path)
+  rwedit zoo                                      well-known base/post pairs and series on the Hub, cached or not
   rwedit export-results runs/ctl --out ds/ --push-to-hub you/ctl-results
                                                   a run's tables as a Hub dataset (datasets.load_dataset)
 
@@ -75,6 +76,7 @@ COMMAND_MODULES = (
     "quickstart",
     "recipes",
     "tasks",
+    "zoo",
     "export_results",
 )
 

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_graded(p)
     options.add_reduced(p)
     options.add_organism_root(p)
+    p.add_argument("--pair", help="a zoo pair by name instead of --base/--post (`rwedit zoo` lists them; needs "
+                   "the Hub or its weights in the local Hub cache)")
     options.add_set(p)
     options.add_cache_dir(p)
     options.add_quiet(p)
@@ -35,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.kinds import run_quickstart_kind
     from rwedit.apps.quickstart import QuickstartRecipe
 
+    if args.pair:  # a zoo pair: its base and post, unless given explicitly
+        from rwedit.apps.zoo import entry
+
+        pair = entry(args.pair, kind="pair")
+        args.model, args.post = args.model or pair.base, args.post or pair.post
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
     result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
                                  overrides={"model": args.model, "post": args.post, "sft": args.sft,

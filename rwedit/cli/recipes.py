@@ -20,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     recipes = shipped()
     width = max(len(n) for n in recipes)
     for name, path in recipes.items():
-        kind = read_yaml(path).get("experiment") or ("edit spec" if name.startswith("edit") else "control")
+        raw = read_yaml(path)
+        kind = raw.get("experiment") or ("zoo (rwedit zoo)" if "pairs" in raw else
+                                         "edit spec" if name.startswith("edit") else "control")
         line = f"{name:<{width}}  [{kind}]  {purpose(path)}"
         print(line + (f"\n{'':<{width}}  {path}" if args.paths else ""))
     return 0
