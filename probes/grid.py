@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
-from rwedit.checkpoints import Checkpoint, CheckpointPair, LoraPost, TensorReader, iter_posts
+from rwedit.checkpoints import Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader, iter_posts
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -154,6 +154,8 @@ def rows_for_delta(
     d_out, d_in = delta.shape
     out: list[dict] = []
     conc = None  # tr G² for the exact null, computed once per delta
+    if "both" in settings.sides and isinstance(delta, LowRankDelta):
+        delta = delta.dense(torch.float32)  # the two-sided rows take a dense matrix
     for side in settings.sides:
         if side == "both":
             out += _two_sided_rows(delta, layer, role, ctx, settings)
@@ -276,7 +278,8 @@ def rsf_grid_posts(
     for rps in tqdm(iter_posts(base, list(posts.values()), views), total=len(views), desc="RSF grid",
                     disable=not progress):
         for name, rp in zip(names, rps):
-            for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings):
+            delta = rp.low_rank if rp.low_rank is not None else rp.delta  # an adapter's delta stays factored
+            for row in rows_for_delta(delta, rp.layer, rp.role, ctx, settings):
                 yield {"post": name, **row}
 
 

@@ -18,6 +18,8 @@ from typing import Literal, Sequence, Union
 
 import torch
 
+from rwedit.checkpoints import LowRankDelta
+
 from .subspaces import check_k, haar_basis, haar_from_generator
 
 __all__ = [
@@ -124,9 +126,16 @@ def _split_both(basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- core sums
 
 
-def _read_energies(mat: torch.Tensor, basis: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, float]:
+def _read_energies(mat: "torch.Tensor | LowRankDelta", basis: torch.Tensor,
+                   dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, float]:
     """Per-column ‖mat b_j‖² (float64, length k) and ‖mat‖²_F, casting mat to `dtype` one row-chunk at a
-    time (products in `dtype`, sums in float64)."""
+    time (products in `dtype`, sums in float64). A factored ``U Vᵀ`` costs O((d_in·k + r·k)·r): ‖U Vᵀ b‖² =
+    xᵀ(UᵀU)x with x = Vᵀb, and ‖U Vᵀ‖²_F = tr(UᵀU · VᵀV)."""
+    if isinstance(mat, LowRankDelta):
+        b = basis.to(device=mat.device, dtype=torch.float64)
+        uu, vv = mat.U.T @ mat.U, mat.V.T @ mat.V
+        x = mat.V.T @ b
+        return (x * (uu @ x)).sum(dim=0).to(basis.device), float(torch.sum(uu * vv))
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // mat.shape[1])
     energies = torch.zeros(basis.shape[1], dtype=torch.float64, device=basis.device)
     total = torch.zeros((), dtype=torch.float64, device=basis.device)
@@ -153,7 +162,7 @@ def _energies(delta: torch.Tensor, side: str, bases: tuple[torch.Tensor, ...],
         e_r, _ = _read_energies(delta, bases[1], dtype)
         out = [e_l, e_r]
     if not math.isfinite(total):
-        n_bad = int((~torch.isfinite(delta)).sum())
+        n_bad = int((~torch.isfinite(delta.dense() if isinstance(delta, LowRankDelta) else delta)).sum())
         raise ConfigError(
             f"delta has {n_bad} non-finite (NaN/inf) entries (shape {tuple(delta.shape)}); "
             "check the checkpoints or the dtype the delta was formed in"
@@ -345,6 +354,10 @@ def gram_concentration(delta: torch.Tensor) -> float:
     """tr G² of the delta's normalised Gram matrix G = ΔWᵀΔW / ‖ΔW‖²_F (tr G = 1), i.e. Σσ⁴ / (Σσ²)²:
     1 for a rank-1 delta, 1/rank for a flat one. The read-side and write-side Gram matrices share their
     non-zero eigenvalues, so one number serves both sides; computed from the smaller Gram matrix."""
+    if isinstance(delta, LowRankDelta):  # Σσ⁴ = tr((UᵀU VᵀV)²), Σσ² = tr(UᵀU VᵀV): r × r products only
+        m = (delta.U.T @ delta.U) @ (delta.V.T @ delta.V)
+        total = float(torch.trace(m))
+        return math.nan if total == 0.0 else float(torch.trace(m @ m)) / total ** 2
     a = delta.float()
     small = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
     total = float(torch.diagonal(small).double().sum())

@@ -340,21 +340,52 @@ class TensorReader:
 # --- pairs -----------------------------------------------------------------------------------
 
 
-@dataclass
-class RolePair:
-    """One role of one layer in both checkpoints, as ``d_out x d_in`` matrices (``known_delta``: the exact
-    ΔW when the post side is base + a low-rank adapter, rather than the float difference post − base)."""
+@dataclass(frozen=True)
+class LowRankDelta:
+    """ΔW = U Vᵀ (U: d_out × r, V: d_in × r, float64) — a LoRA module's delta kept in factor form, so that
+    projections and Gram statistics cost O((d_out + d_in)·r²) instead of O(d_out·d_in·k)."""
 
-    layer: int | None
-    role: str
-    base: torch.Tensor
-    post: torch.Tensor
-    view: RoleView
-    known_delta: torch.Tensor | None = None
+    U: torch.Tensor
+    V: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.U.shape[0], self.V.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.U.device
+
+    @property
+    def T(self) -> "LowRankDelta":
+        return LowRankDelta(self.V, self.U)
+
+    def dense(self, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+        d = self.U @ self.V.T
+        return d if dtype is None else d.to(dtype)
+
+
+class RolePair:
+    """One role of one layer in both checkpoints, as ``d_out x d_in`` matrices. With an adapter post the
+    delta is known exactly in factor form (``low_rank``) and ``post`` is formed only when asked for."""
+
+    def __init__(self, layer: int | None, role: str, base: torch.Tensor, post: torch.Tensor | None, view: RoleView,
+                 low_rank: LowRankDelta | None = None):
+        self.layer, self.role, self.base, self.view, self.low_rank = layer, role, base, view, low_rank
+        self._post = post
 
     @property
     def delta(self) -> torch.Tensor:
-        return self.post - self.base if self.known_delta is None else self.known_delta
+        """ΔW = post − base as a dense matrix (the exact product of the factors for an adapter post)."""
+        if self.low_rank is not None:
+            return self.low_rank.dense(self.base.dtype)
+        return self._post - self.base
+
+    @property
+    def post(self) -> torch.Tensor:
+        if self._post is None:
+            self._post = self.base + self.delta
+        return self._post
 
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<which>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
@@ -452,15 +483,16 @@ class LoraPost:
             factors[module] = (A, B, alpha / (math.sqrt(r) if config.get("use_rslora") else r))
         return cls(str(folder), path, base, config, factors)
 
-    def role_delta(self, view: RoleView, dtype: torch.dtype | None = torch.float32) -> torch.Tensor | None:
-        """The exact ΔW (d_out × d_in) of one role, or None where the adapter leaves it untouched."""
+    def role_delta(self, view: RoleView) -> LowRankDelta | None:
+        """The exact ΔW (d_out × d_in) of one role in factor form, or None where the adapter leaves it
+        untouched: the module's forward map is scale·B·A (out × in, whatever the storage layout — Conv1D too),
+        and a fused module's role is its rows of B."""
         f = self.factors.get(view.module)
         if f is None:
             return None
         A, B, scale = f
-        d = scale * (B @ A)  # the module's forward map, out × in
-        d = view.extract(d.T if view.transposed else d)  # through the stored layout, like the base's tensor
-        return d if dtype is None else d.to(dtype)
+        U = scale * (B if view.rows is None else B.index_select(0, view.rows.to(B.device)))
+        return LowRankDelta(U, A.T.contiguous())
 
 
 def source_info(src: "Checkpoint | LoraPost") -> dict:
@@ -616,7 +648,9 @@ def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list
                 if reader is not None:
                     out.append(RolePair(view.layer, view.role, W, reader.matrix(view, dtype), view))
                     continue
-                d = post.role_delta(view, W.dtype)  # post = base + scale·B·A
-                d = torch.zeros_like(W) if d is None else d
-                out.append(RolePair(view.layer, view.role, W, W + d, view, d))
+                d = post.role_delta(view)  # post = base + scale·B·A, kept in factor form
+                if d is None:  # an untargeted role: an exact zero delta
+                    d = LowRankDelta(torch.zeros(W.shape[0], 1, dtype=torch.float64),
+                                     torch.zeros(W.shape[1], 1, dtype=torch.float64))
+                out.append(RolePair(view.layer, view.role, W, None, view, d))
             yield tuple(out)

@@ -376,3 +376,23 @@ def test_exact_null_of_a_rank1_delta_is_the_beta_distribution():
         a, b = k / 2, (d - k) / 2
         var_f = a * b / ((a + b) ** 2 * (a + b + 1))
         assert exact_null_sd(1.0, d, k) == pytest.approx(math.sqrt(var_f) * d / k, rel=1e-12)
+
+
+def test_a_factored_delta_gives_the_dense_energies_and_gram_concentration():
+    """ΔW = U Vᵀ in factor form: column energies on both sides, ‖ΔW‖² and tr G² equal the dense matrix's
+    (recomputed here from its singular values)."""
+    from rwedit.checkpoints import LowRankDelta
+    from rwedit.probes.rsf import _energies, gram_concentration
+    from rwedit.probes.subspaces import haar_basis
+
+    g = torch.Generator().manual_seed(0)
+    U, V = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(24, 5, generator=g, dtype=torch.float64)
+    low, dense = LowRankDelta(U, V), U @ V.T
+    for side, d in (("read", 24), ("write", 40)):
+        B = haar_basis(d, 7, 3)
+        (e_low,), t_low = _energies(low, side, (B,))
+        (e_dense,), t_dense = _energies(dense, side, (B,))
+        torch.testing.assert_close(e_low, e_dense, rtol=1e-10, atol=1e-10)
+        assert t_low == pytest.approx(t_dense, rel=1e-12)
+    s2 = torch.linalg.svdvals(dense) ** 2
+    assert gram_concentration(low) == pytest.approx(float((s2 ** 2).sum() / s2.sum() ** 2), rel=1e-10)
