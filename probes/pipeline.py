@@ -167,12 +167,15 @@ def run_rsf_compare(
     progress: bool = True,
     overwrite: bool = False,
     k: int = 4,
+    svd_r: int | None = 16,
 ) -> ProbeRun:
     """Many fine-tunes of one base side by side: the RSF grid of each post (checkpoints or LoRA adapters)
     against the base, read once per tensor for all of them with one set of activation statistics, into
     ``rsf.csv`` (a ``post`` column), ``compare.csv`` / ``compare.png`` (per post: read side vs the
-    activation subspace and write side vs the prediction subspace at ``k``, with the null) and
-    ``summary.md``. Each post's rows equal its single-pair probe's."""
+    activation subspace and write side vs the prediction subspace at ``k``, with the null; and, unless
+    ``svd_r`` is None, the SVD probe's mean scale and consistency over the layer matrices, from a second pass
+    over the base shared by all posts into ``svd.csv``) and ``summary.md``. Each post's rows equal its
+    single-pair probe's."""
     from rwedit.probes.grid import rsf_grid_posts
 
     t0 = time.perf_counter()
@@ -190,6 +193,12 @@ def run_rsf_compare(
         df = write_rows(rows, tmp / "rsf.csv", ["post", *COLUMNS])
         kk = max([x for x in settings.ks if x <= k] or [min(settings.ks)])
         table = compare_table(df, kk)
+        if svd_r is not None:
+            svd = _svd_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, svd_r, progress)
+            svd.to_csv(tmp / "svd.csv", index=False)
+            means = svd.groupby("post")[["scale", "consistency"]].mean()
+            table["svd_scale"] = table["post"].map(means["scale"])
+            table["svd_consistency"] = table["post"].map(means["consistency"])
         table.to_csv(tmp / "compare.csv", index=False)
         plot = plot_compare(table, tmp / "compare.png")
         sources = {"base": pairs[names[0]].sources()["base"], **{n: pr.sources()["post"] for n, pr in pairs.items()}}
@@ -312,6 +321,20 @@ def plot_series(table: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _svd_posts(base: Checkpoint, posts: dict, r: int, progress: bool) -> pd.DataFrame:
+    """The SVD probe of every layer matrix of each post, the base read once per tensor for all posts."""
+    from rwedit.checkpoints import iter_posts
+
+    views = base.layout.views([x for x in base.layout.roles() if x != "unembed"])
+    rows = []
+    for rps in tqdm(iter_posts(base, list(posts.values()), views), total=len(views), desc="SVD probe",
+                    disable=not progress):
+        for name, rp in zip(posts, rps):
+            m = svd_structure(rp.base, rp.post, r=clip_rank(r, rp.base.shape))
+            rows.append({"post": name, "layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
+    return pd.DataFrame(rows)
+
+
 #: the pathway claims a comparison shows: (label, side, subspace, roles)
 CLAIMS = (("read side vs activation", "read", "activation", ("q", "k", "v", "up", "gate")),
           ("write side vs prediction", "write", "prediction", ("o", "down")))
@@ -354,6 +377,12 @@ def plot_compare(table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel(f"RSF at k = {int(table['k'].iloc[0])}")
     ax.set_title("fine-tunes of one base: where each changed the weights", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if "svd_consistency" in table:  # the SVD probe beside it: a rotation of fixed subspaces has consistency ~0
+        per = table.drop_duplicates("post").set_index("post").reindex(posts)
+        ax2 = ax.inset_axes([1.45, 0.0, 0.45, 1.0])
+        ax2.bar(range(len(posts)), per["svd_consistency"], color="C2")
+        ax2.set_xticks(range(len(posts)), posts, rotation=20, ha="right", fontsize=8)
+        ax2.set_title("SVD consistency (mean)", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -152,8 +152,9 @@ def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(
     assert main(["probe", "--base", str(base), *sum((["--post", p] for p in posts), []), "--out",
                  str(tmp_path / "cmp"), *args]) == 0
     base_reads = [r for r in reads if r[0] == str(base)]
-    dup = [r for r in set(base_reads) if base_reads.count(r) > 1]
-    assert len(dup) <= 1  # W_U once more for the prediction subspace; every other base tensor once for 3 posts
+    # one pass for the grid and one for the SVD probe, each reading a base tensor once for all 3 posts
+    # (W_U: once more for the prediction subspace, and not in the SVD pass)
+    assert max(base_reads.count(r) for r in set(base_reads)) == 2
     both = pd.read_csv(tmp_path / "cmp" / "rsf.csv")
     assert list(dict.fromkeys(both["post"])) == ["merged", "other_ft", "lora"]
     for name, post in zip(["merged", "other_ft", "lora"], posts):
@@ -164,6 +165,13 @@ def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(
         assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), rel=1e-6, nan_ok=True)
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert set(table["post"]) == {"merged", "other_ft", "lora"} and (tmp_path / "cmp" / "compare.png").exists()
+    svd = pd.read_csv(tmp_path / "cmp" / "svd.csv")  # the SVD probe per variant, in one more shared pass
+    assert main(["svd", "--base", str(base), "--post", posts[1], "--r", "16", "--out", str(tmp_path / "svd1"),
+                 "--quiet"]) == 0
+    single_svd = pd.read_csv(tmp_path / "svd1" / "svd.csv")
+    assert svd[svd["post"] == "other_ft"]["consistency"].tolist() == pytest.approx(single_svd["consistency"].tolist(),
+                                                                                   rel=1e-6)
+    assert table.groupby("post")["svd_consistency"].first()["other_ft"] == pytest.approx(single_svd["consistency"].mean())
     # the adapter and its merged model are the same fine-tune: the same comparison numbers
     m, lo = (table[table["post"] == n].set_index("claim")["rsf_mean"] for n in ("merged", "lora"))
     assert m.to_dict() == pytest.approx(lo.to_dict(), rel=2e-3)

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "folders or Hub ids with @revision, a YAML list, or a folder of checkpoint folders (checkpoint-N); "
                    "one member at a time into OUT/members/, resumable, with series.csv and series.png by step")
     p.add_argument("--svd-r", type=options.positive_int, default=16,
-                   help="with --series: singular triplets of each member's SVD probe (default %(default)s)")
+                   help="with --series or several --post: singular triplets of each SVD probe (default %(default)s)")
     p.add_argument("--calib", help=config_help(
         CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
         ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         return options.show_probe(run_rsf_compare(args.base, args.post, args.out, calib, settings,
                                                   cache_dir=args.cache_dir, progress=not args.quiet,
-                                                  overwrite=args.overwrite),
+                                                  overwrite=args.overwrite, svd_r=args.svd_r),
                                   "rsf.csv, compare.csv, compare.png, summary.md", "RSF per fine-tune")
     return options.show_probe(run_rsf_probe(args.base, args.post[0], args.out, calib, settings,
                                             cache_dir=args.cache_dir, progress=not args.quiet,
