@@ -124,7 +124,7 @@ def test_every_flag_has_help_and_a_shared_flag_reads_the_same_in_every_command()
     quiet = {"deltas", "probe", "svd", "edit", "run", "eval", "organism", "quickstart"}
     assert quiet <= set(helps["--quiet"]) and {"probe", "edit", "eval"} <= set(helps["--device"])
     assert helps["--organism-root"].keys() == {"organism", "quickstart"} == aliases["--root"]
-    assert aliases["--model"] == {"run", "quickstart"}  # the older spelling of --base where a pair is meant
+    assert aliases["--model"] == {"run", "plan", "quickstart"}  # the older spelling of --base where a pair is meant
 
 
 def test_config_help_comes_from_the_config_field_else_the_fallback():

@@ -50,6 +50,7 @@ examples:
   rwedit run recipes/control-experiment.yaml --out runs/ctl
                                                   the causal control experiment: probe, edits,
                                                   scores, report (--resume after an interruption)
+  rwedit plan recipes/control-experiment.yaml     check recipe + checkpoints (headers only), estimate the run
   rwedit report runs/ctl                          rebuild report.md and plots from results.jsonl
   rwedit recipes                                  the shipped recipes; `rwedit run NAME` runs one by name
   rwedit tasks                                    the bundled lm-eval tasks (--path: for lm_eval --include_path)
@@ -70,6 +71,7 @@ COMMAND_MODULES = (
     "export",
     "apply",
     "run",
+    "plan",
     "report",
     "eval",
     "organism",

@@ -1,0 +1,34 @@
+"""Check a recipe and its checkpoints without loading any weights, and estimate what the run will need.
+
+Parses the recipe as `rwedit run` would (every key, every name it refers to), opens the checkpoints from their
+headers only and checks the pair and the edit against them (architecture, shapes, layer counts, dtypes,
+tokenizers, layers, roles, windows), and prints each stage's peak memory and forward tokens (compute at a
+stated FLOP rate), the conditions, the sources' commits or fingerprints and the free disk. Exit 2 names the
+first thing that would have failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rwedit.cli import options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
+    options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
+    options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
+    options.add_post(p, when_omitted="the recipe's")
+    options.add_set(p)
+    options.add_allow_pickle(p)
+    p.add_argument("--gflops", type=float, default=100.0,
+                   help="compute rate for the time estimate, GFLOP/s (default %(default)s: about two CPU cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import rwedit.apps  # noqa: F401  (registers the application kinds)
+    from rwedit.apps.plan import plan_recipe
+
+    plan = plan_recipe(args.recipe, {"model": args.model, "post": args.post}, args.sets, args.out)
+    print("\n".join(plan.lines(args.gflops * 1e9)))
+    return 0
