@@ -68,6 +68,7 @@ class LMEvalScorer:
     name = "lmeval"
 
     def __init__(self, model, tokenizer, settings: EvalSettings = EvalSettings()):
+        from lm_eval.defaults import DEFAULT_OTHER_SEED
         from lm_eval.models.huggingface import HFLM
 
         if tokenizer is None:
@@ -78,20 +79,35 @@ class LMEvalScorer:
         check_tasks(list(settings.tasks), self.tm)
         kw = {"max_length": settings.max_length} if settings.max_length else {}
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)
+        # the tasks are built once and scored for every condition (simple_evaluate would rebuild them and
+        # collect torch's environment report, ~0.5 s of subprocesses, on every call); their settings as
+        # simple_evaluate sets them
+        self.tasks = self.tm.load(list(settings.tasks))
+        for task in self.tasks["tasks"].values():
+            if settings.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+                task.set_config(key="num_fewshot", value=settings.num_fewshot)
+            elif task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
 
     @torch.no_grad()
     def run(self, adapter: str | None = None, log_samples: bool = False) -> dict:
-        """The raw ``simple_evaluate`` output of the model as it is (``adapter``: that adapter of a PeftModel
-        made active first, ``"base"``: all disabled)."""
-        from lm_eval import simple_evaluate
+        """The raw output of lm-eval's ``evaluate`` (results, configs, versions, samples) for the model as it
+        is (``adapter``: that adapter of a PeftModel made active first, ``"base"``: all disabled)."""
+        import random
+
+        import numpy as np
+        from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+        from lm_eval.evaluator import evaluate
 
         s = self.settings
+        random.seed(DEFAULT_RANDOM_SEED)  # the seeds simple_evaluate sets before every evaluation (its bootstrap
+        np.random.seed(DEFAULT_OTHER_SEED)  # stderr draws from them): the same numbers as through simple_evaluate
+        torch.manual_seed(DEFAULT_OTHER_SEED)
         with with_adapter(self.model, adapter):
             try:
-                return simple_evaluate(model=self.lm, tasks=list(s.tasks), task_manager=self.tm, limit=s.limit,
-                                       num_fewshot=s.num_fewshot, bootstrap_iters=s.bootstrap_iters,
-                                       log_samples=log_samples, use_cache=None, cache_requests=False,
-                                       verbosity="ERROR")
+                return evaluate(lm=self.lm, task_dict=self.tasks, limit=s.limit, bootstrap_iters=s.bootstrap_iters,
+                                log_samples=log_samples, cache_requests=False, verbosity="ERROR")
             except AssertionError as e:  # lm-eval asserts when a continuation does not fit the window
                 raise ConfigError(
                     f"lm-eval could not score {', '.join(s.tasks)}: an item is longer than the model's window of "
