@@ -238,17 +238,19 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Seq
         sd = float(diffs.std(ddof=1))
         return mde(sd, n), sd
 
-    per_unit = []
+    per_unit, ivs = [], []
     for r, P, layers in units:
         g = keys.index(layers)
         iv = hierarchical_bootstrap(s * P, Cs[g], statistic, seed=seed)
+        ivs.append(iv)
         m, sd = power(P[None], [g])
         per_unit.append({"condition": r["condition"], "unit": unit_label(layers, r["index"]), "effect": iv.estimate,
                          "ci_low": iv.low, "ci_high": iv.high, "answer": iv.verdict(), "mde": m,
                          "items_needed": items_to_detect(iv.estimate, sd)})
     P = np.stack([u[1] for u in units])
     gidx = [keys.index(u[2]) for u in units]
-    iv = pooled_bootstrap(s * P, Cs, gidx, statistic, seed=seed)
+    # one unit: its own interval is the pooled one (pooled_bootstrap of one unit is hierarchical_bootstrap)
+    iv = ivs[0] if len(units) == 1 else pooled_bootstrap(s * P, Cs, gidx, statistic, seed=seed)
     m, sd = power(P, gidx)
     test = ("signed: shift in the direction of the edit's objective (larger is "
             f"{'up' if s > 0 else 'down'} for {metric} at α = {alpha:g})" if sign is not None else

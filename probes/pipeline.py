@@ -191,7 +191,7 @@ def run_rsf_compare(
             stats = activation_stats_for(base_ckpt, calib, tuple(r for r in roles if r != "unembed"), cache_dir, progress)
         rows = list(rsf_grid_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, stats, settings, progress))
         df = write_rows(rows, tmp / "rsf.csv", ["post", *COLUMNS])
-        kk = max([x for x in settings.ks if x <= k] or [min(settings.ks)])
+        kk = claim_k(settings, k)
         table = compare_table(df, kk)
         if svd_r is not None:
             svd = _svd_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, svd_r, progress)
@@ -285,13 +285,13 @@ def run_rsf_series(
         run_svd_probe(base, ref, folder / "svd", r=svd_r, progress=False, overwrite=True)
         done_now += 1
     rows = []
+    kk = claim_k(settings, k)
     for name, ref, step in todo:
         folder = out / "members" / name
         if not (folder / "svd" / "meta.json").exists():
             continue
         meta = json.loads((folder / "rsf" / "meta.json").read_text())
         grid = pd.read_csv(folder / "rsf" / "rsf.csv").assign(post=name)
-        kk = max([x for x in settings.ks if x <= k] or [min(settings.ks)])
         claims = compare_table(grid, kk).set_index("claim")["rsf_mean"].to_dict()
         svd = pd.read_csv(folder / "svd" / "svd.csv")
         src = meta["sources"]["post"]
@@ -338,6 +338,11 @@ def _svd_posts(base: Checkpoint, posts: dict, r: int, progress: bool) -> pd.Data
 #: the pathway claims a comparison shows: (label, side, subspace, roles)
 CLAIMS = (("read side vs activation", "read", "activation", ("q", "k", "v", "up", "gate")),
           ("write side vs prediction", "write", "prediction", ("o", "down")))
+
+
+def claim_k(settings: GridSettings, k: int) -> int:
+    """The grid's largest k not above ``k`` (its smallest if all are): the k a comparison reports."""
+    return max([x for x in settings.ks if x <= k] or [min(settings.ks)])
 
 
 def compare_table(df: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -286,6 +286,10 @@ class Checkpoint:
     def shape(self, param: str) -> tuple[int, ...]:
         return self._shapes[self.find(param)]
 
+    def element_counts(self) -> list[int]:
+        """The number of elements of each stored tensor, from the file headers (nothing is read)."""
+        return [math.prod(shape) for shape in self._shapes.values()]
+
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
 
@@ -499,7 +503,7 @@ def source_info(src: "Checkpoint | LoraPost") -> dict:
     """What a result records of one source so that its numbers trace to exact weights: the reference as
     given, the resolved Hub commit (a model from the Hub cache) or a content fingerprint of the local
     files (sha256 over each weight file's size and three 64 KiB samples — start, middle, end: cheap for a
-    70B checkpoint, and changed by any re-save), and for an adapter post its base."""
+    70B checkpoint, and changed by any re-save), and for an adapter post its kind, ranks and module count."""
     files = [src.path / "adapter_model.safetensors"] if isinstance(src, LoraPost) else list(src.files)
     origin = hub_origin(src.path)
     h = hashlib.sha256()
@@ -636,8 +640,6 @@ def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list
     """For each view, one :class:`RolePair` per post against the same base tensor, which is read once for all
     of them (many fine-tunes of one base); an adapter post reads nothing but its factors. Memory: the base
     tensor and one tensor per post at a time."""
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         rb = stack.enter_context(TensorReader(base, check_finite))
         readers = [None if isinstance(p, LoraPost) else stack.enter_context(TensorReader(p, check_finite)) for p in posts]

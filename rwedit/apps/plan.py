@@ -13,10 +13,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rwedit.checkpoints import Checkpoint, LoraPost, open_post
+import torch
 
-_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-
+from rwedit.checkpoints import Checkpoint
 
 @dataclass
 class Stage:
@@ -68,20 +67,6 @@ class Plan:
         return out
 
 
-def _params_and_bytes(ckpt: Checkpoint) -> tuple[int, int, int]:
-    """(parameters, bytes as stored, largest tensor's elements) from the safetensors headers."""
-    params = largest = 0
-    stored = 0
-    for name, shape in ckpt._shapes.items():
-        n = 1
-        for s in shape:
-            n *= s
-        params += n
-        largest = max(largest, n)
-        stored += n * _BYTES.get(ckpt._dtypes.get(name, "F32"), 4)
-    return params, stored, largest
-
-
 def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path | None = None) -> Plan:
     """The :class:`Plan` of a recipe (path, shipped name or mapping) without loading any weights."""
     from rwedit.evals.core import load_recipe
@@ -92,11 +77,13 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
         return Plan(kind.name, getattr(recipe, "name", kind.name), folder, {}, 0, None)
     folder = recipe.folder(out)
     sources = recipe.check_sources() or {}
-    base_ref = getattr(recipe, "model", None) or getattr(getattr(recipe, "edit", None), "model", None)
-    base = Checkpoint.open(base_ref)
-    params, stored, largest = _params_and_bytes(base)
+    base = getattr(recipe, "base_checkpoint", None)  # opened once by check_sources where the kind keeps it
+    if base is None:
+        base = Checkpoint.open(getattr(recipe, "model", None) or getattr(getattr(recipe, "edit", None), "model", None))
+    counts = base.element_counts()
+    params, largest = sum(counts), max(counts)
     dims = base.layout.dims
-    model_bytes = params * _BYTES.get(getattr(recipe, "dtype", "float32"), 4)
+    model_bytes = params * getattr(torch, getattr(recipe, "dtype", "float32")).itemsize
     stages: list[Stage] = []
     conditions = None
     spec = getattr(recipe, "edit", None)
@@ -105,8 +92,8 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
         conditions = spec.condition_names()
         post = getattr(recipe, "post", None) or spec.post
         if post and getattr(recipe, "probe", None) is not None and recipe.probe.enabled:
-            p = open_post(post, base)
-            what = "RSF grid of post - base, streamed tensor by tensor" + (" (adapter factors)" if isinstance(p, LoraPost) else "")
+            adapter = "kind" in sources.get("post", {})  # source_info marks an adapter post
+            what = "RSF grid of post - base, streamed tensor by tensor" + (" (adapter factors)" if adapter else "")
             stages.append(Stage("probe", what, 3 * largest * 4))
         if spec.calibration is not None:
             d = max(dims.hidden, getattr(dims, "intermediate", 0) or 0)
