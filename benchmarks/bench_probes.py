@@ -8,7 +8,7 @@ What it measures, and why
    8 null seeds, every layer and role, given cached activation statistics.  The grid promises to cost
    about what a bare streaming pass over the pair costs (target <= 2x) and to hold O(largest tensor) in
    memory.  Two steps, each in a fresh subprocess so that its peak RSS is its own:
-     (i)  bare - ``CheckpointPair.iter_roles`` computing ||ΔW||_F per role (the floor of any pair probe);
+     (i)  bare - ``delta_norms`` (the row-block pair pass) computing ||ΔW||_F per role (the floor of any pair probe);
      (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings(), progress=False))`` (8 seeds + exact null);
      (iii) the grid with each null alone: 8 seeds without the exact null (``exact_null=False``), and the exact
           null without seeds (``null_seeds=0``) — the exact null's sd needs Σσ⁴ of each delta, one Gram
@@ -187,17 +187,16 @@ def step_stats(p: dict) -> dict:
 
 
 def step_bare(p: dict) -> dict:
-    """(i) The bare pair pass: iter_roles over every (layer, role) computing ||ΔW||_F."""
-    import torch
+    """(i) The bare pair pass: ``delta_norms`` (row blocks) over every (layer, role), ||ΔW||_F and the two norms."""
     from rwedit.checkpoints import CheckpointPair
+    from rwedit.probes.norms import delta_norms
 
     t0 = time.perf_counter()
     pair = CheckpointPair(p["base"], p["post"])
-    n, sumsq, largest = 0, 0.0, 0
-    for rp in pair.iter_roles(None, p.get("layers")):
-        x = float(torch.linalg.vector_norm(rp.post - rp.base))
-        sumsq, n, largest = sumsq + x * x, n + 1, max(largest, rp.base.numel())
-    return dict(wall_s=time.perf_counter() - t0, roles=n, sumsq=sumsq, largest_numel=largest)
+    rows = delta_norms(pair, layers=p.get("layers"), progress=False)
+    largest = max(r.d_out * r.d_in for r in rows)
+    return dict(wall_s=time.perf_counter() - t0, roles=len(rows), sumsq=sum(r.delta_norm ** 2 for r in rows),
+                largest_numel=largest)
 
 
 def _grid_settings(p: dict):

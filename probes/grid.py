@@ -19,8 +19,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout
-from rwedit.checkpoints import Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader, iter_posts
+from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
+from rwedit.checkpoints import (Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader, iter_posts,
+                                stream_pair)
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -143,29 +144,52 @@ def check_ks(settings: GridSettings, layout: Layout, roles: Sequence[str]) -> di
     return {k: n for k, n in skipped.items() if n}
 
 
-def rows_for_delta(
-    delta: torch.Tensor,
-    layer: int | None,
-    role: str,
-    ctx: GridContext,
-    settings: GridSettings,
-) -> list[dict]:
-    """All grid rows for one delta (d_out × d_in)."""
-    d_out, d_in = delta.shape
-    out: list[dict] = []
-    conc = None  # tr G² for the exact null, computed once per delta
-    if "both" in settings.sides and isinstance(delta, LowRankDelta):
-        delta = delta.dense(torch.float32)  # the two-sided rows take a dense matrix
+@dataclass
+class _SidePlan:
+    """One side of one matrix: its subspace dimensions, the named bases and the null seeds' bases, stacked
+    into one ``d × (n_bases·kmax)`` matrix so that a single product projects ΔW onto all of them."""
+
+    side: str
+    d: int
+    ks: list[int]
+    names: list[str]
+    n_seeds: int
+    stacked: torch.Tensor
+
+    def rows(self, layer, role, energies: torch.Tensor, total: float, conc: float) -> list[dict]:
+        """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
+        kmax = self.ks[-1]
+        cums = torch.cumsum(energies.reshape(len(self.names) + self.n_seeds, kmax), dim=1).cpu()
+        null_cums = cums[len(self.names):]
+        norm = math.sqrt(total)
+        out = []
+        for j, name in enumerate(self.names):
+            for k in self.ks:
+                base = k / self.d
+                if total == 0.0:
+                    res = RSFResult(self.side, math.nan, math.nan, k, self.d, base, 0.0, "zero delta")
+                    vals = torch.full((self.n_seeds,), math.nan, dtype=torch.float64)
+                else:
+                    frac = float(cums[j, k - 1]) / total
+                    res = RSFResult(self.side, frac, frac / base, k, self.d, base, norm, None)
+                    vals = null_cums[:, k - 1] / total / base
+                out.append(_row(layer, role, self.side, name, k, self.d, res, vals, exact_null_sd(conc, self.d, k)))
+        return out
+
+
+def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridContext,
+                settings: GridSettings) -> list[_SidePlan]:
+    """The one-sided sides (read, write) the settings ask for that have a k below their dimension."""
+    d_out, d_in = shape
+    plans = []
     for side in settings.sides:
         if side == "both":
-            out += _two_sided_rows(delta, layer, role, ctx, settings)
             continue
         d = d_in if side == "read" else d_out
         ks = _ks_for(settings.ks, d)
         if not ks:
             continue
         kmax = ks[-1]
-        seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
         bases: dict[str, torch.Tensor] = {}
         if "activation" in settings.subspaces and side == "read" and layer is not None:
             spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
@@ -175,26 +199,72 @@ def rows_for_delta(
             bases["prediction"] = ctx.prediction.top(kmax)
         if "random" in settings.subspaces:
             bases["random"] = haar_basis(d, kmax, settings.seed)
-        # one projection of ΔW onto every basis of this side at once: the subspaces and the null seeds
-        blocks = list(bases.values()) + [haar_basis(d, kmax, s) for s in seeds]
-        (energies,), total = _energies(delta, side, (torch.cat(blocks, dim=1).to(delta.device),), settings.dtype)
-        cums = torch.cumsum(energies.reshape(len(blocks), kmax), dim=1).cpu()
-        null_cums = cums[len(bases):]
-        norm = math.sqrt(total)
+        seeds = [haar_basis(d, kmax, settings.seed + 1 + i) for i in range(settings.null_seeds)]
+        plans.append(_SidePlan(side, d, ks, list(bases), len(seeds), torch.cat(list(bases.values()) + seeds, dim=1)))
+    return plans
+
+
+def rows_for_delta(
+    delta: torch.Tensor,
+    layer: int | None,
+    role: str,
+    ctx: GridContext,
+    settings: GridSettings,
+) -> list[dict]:
+    """All grid rows for one delta (d_out × d_in) held whole (the reference the streamed grid is tested against)."""
+    out: list[dict] = []
+    conc = None  # tr G² for the exact null, computed once per delta
+    for plan in _side_plans(tuple(delta.shape), layer, role, ctx, settings):
+        (energies,), total = _energies(delta, plan.side, (plan.stacked.to(delta.device),), settings.dtype)
         if conc is None:
             conc = gram_concentration(delta) if total > 0 and settings.exact_null else math.nan
-        for j, name in enumerate(bases):
-            for k in ks:
-                base = k / d
-                if total == 0.0:
-                    res = RSFResult(side, math.nan, math.nan, k, d, base, 0.0, "zero delta")
-                    vals = torch.full((len(seeds),), math.nan, dtype=torch.float64)
-                else:
-                    frac = float(cums[j, k - 1]) / total
-                    res = RSFResult(side, frac, frac / base, k, d, base, norm, None)
-                    vals = null_cums[:, k - 1] / total / base
-                out.append(_row(layer, role, side, name, k, d, res, vals, exact_null_sd(conc, d, k)))
-    return out
+        out += plan.rows(layer, role, energies, total, conc)
+    if "both" in settings.sides:
+        if isinstance(delta, LowRankDelta):
+            delta = delta.dense(torch.float32)  # the two-sided rows take a dense matrix
+        out += _two_sided_rows(delta, layer, role, ctx, settings)
+    return _in_settings_order(out, settings)
+
+
+def _in_settings_order(rows: list[dict], settings: GridSettings) -> list[dict]:
+    """Rows ordered by side as the settings list them (the one- and two-sided rows are made apart)."""
+    order = {s: i for i, s in enumerate(settings.sides)}
+    return sorted(rows, key=lambda r: order[r["side"]])  # stable: each side keeps its subspace × k order
+
+
+class _StreamedRows:
+    """The block sinks of one matrix for the grid (projections, the exact null's Gram, the dense matrix when
+    the two-sided rows need it) and the rows made from them once the matrix is complete."""
+
+    def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings):
+        from rwedit.probes.blocks import Dense, Gram, Projections
+
+        self.view, self.ctx, self.settings = view, ctx, settings
+        self.plans = _side_plans(view.shape, view.layer, view.role, ctx, settings)
+        by_side = {p.side: p.stacked for p in self.plans}
+        self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype)
+        self.gram = Gram(view.shape, 1 if view.transposed else 0, settings.dtype) if settings.exact_null else None
+        self.dense = Dense(view.shape, settings.dtype) if "both" in settings.sides else None
+
+    def add(self, axis, index, delta, base) -> None:
+        self.proj.add(axis, index, delta)
+        if self.gram is not None:
+            self.gram.add(axis, index, delta)
+        if self.dense is not None:
+            self.dense.add(axis, index, delta)
+
+    def rows(self) -> list[dict]:
+        total = self.proj.total
+        if not math.isfinite(total):
+            raise ConfigError(f"layer {self.view.layer} role {self.view.role!r}: the delta has non-finite entries; "
+                              f"check the checkpoints or the dtype the delta was formed in")
+        conc = self.gram.concentration() if self.gram is not None and total > 0 else math.nan
+        out: list[dict] = []
+        for plan in self.plans:
+            out += plan.rows(self.view.layer, self.view.role, self.proj.energies(plan.side), total, conc)
+        if self.dense is not None:
+            out += _two_sided_rows(self.dense.matrix, self.view.layer, self.view.role, self.ctx, self.settings)
+        return _in_settings_order(out, self.settings)
 
 
 def _row(layer, role, side, subspace, k, d, res, vals, exact_sd: float = math.nan) -> dict:
@@ -275,12 +345,23 @@ def rsf_grid_posts(
                        if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)
-    for rps in tqdm(iter_posts(base, list(posts.values()), views), total=len(views), desc="RSF grid",
-                    disable=not progress):
-        for name, rp in zip(names, rps):
-            delta = rp.low_rank if rp.low_rank is not None else rp.delta  # an adapter's delta stays factored
-            for row in rows_for_delta(delta, rp.layer, rp.role, ctx, settings):
-                yield {"post": name, **row}
+    bar = tqdm(total=len(views), desc="RSF grid", disable=not progress)
+    if not any(isinstance(p, LoraPost) for p in posts.values()):  # checkpoints: streamed in row blocks
+        for view, sinks in stream_pair(base, list(posts.values()), views,
+                                       lambda v: [_StreamedRows(v, ctx, settings) for _ in names],
+                                       dtype=settings.dtype):
+            for name, sink in zip(names, sinks):
+                for row in sink.rows():
+                    yield {"post": name, **row}
+            bar.update()
+    else:
+        for rps in iter_posts(base, list(posts.values()), views):
+            for name, rp in zip(names, rps):
+                delta = rp.low_rank if rp.low_rank is not None else rp.delta  # an adapter's delta stays factored
+                for row in rows_for_delta(delta, rp.layer, rp.role, ctx, settings):
+                    yield {"post": name, **row}
+            bar.update()
+    bar.close()
 
 
 def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,

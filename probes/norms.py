@@ -11,7 +11,8 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from rwedit.checkpoints import CheckpointPair
+from rwedit.checkpoints import CheckpointPair, LoraPost, stream_pair
+from rwedit.probes.blocks import Norms
 from rwedit.outputs import make_folder, write_text
 
 
@@ -40,15 +41,25 @@ def delta_norms(
     layers: Iterable[int] | None = None,
     progress: bool = True,
 ) -> list[DeltaNorm]:
-    """Stream the pair once and return the Frobenius norms of every role's base, post and delta."""
+    """Stream the pair once, in row blocks, and return the Frobenius norms of every role's base, post and delta."""
     views = pair.layout.views(roles, layers)
+    bar = tqdm(total=len(views), desc="delta norms", disable=not progress)
     out = []
-    for rp in tqdm(pair.iter_roles(roles, layers), total=len(views), desc="delta norms", disable=not progress):
-        out.append(DeltaNorm(
-            rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
-            float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
-            float(torch.linalg.vector_norm(rp.delta)), pair.rounding_floor(rp.base),
-        ))
+    if isinstance(pair.post, LoraPost):  # an adapter's delta is small and exact in factor form
+        for rp in pair.iter_roles(roles, layers):
+            out.append(DeltaNorm(
+                rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
+                float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
+                float(torch.linalg.vector_norm(rp.delta)), pair.rounding_floor(rp.base),
+            ))
+            bar.update()
+    else:
+        low = pair.rounding_dtype()
+        for view, (n,) in stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)]):
+            out.append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
+                                 n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
+            bar.update()
+    bar.close()
     return out
 
 

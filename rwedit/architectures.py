@@ -428,6 +428,30 @@ class RoleView:
         full = self._full(stored)
         return full if self.rows is None else full.index_select(0, self.rows.to(full.device))
 
+    def block(self, stored_rows: torch.Tensor, r0: int) -> tuple[int, slice | torch.Tensor, torch.Tensor] | None:
+        """The part of the role inside rows ``r0 ..`` of its stored tensor (``stored_rows``), as ``(axis, index,
+        X)``: axis 0 means ``X = W[index, :]`` (rows of W), axis 1 ``X = W[:, index]`` (a transposed layout's
+        stored rows are columns of W). ``None`` when the block holds none of the role (another fused slice).
+        ``index`` is a slice where the role's rows are contiguous in the block, else an index tensor."""
+        r1 = r0 + stored_rows.shape[0]
+        if self.transposed:  # W = stored.T[rows]: stored rows r0..r1 are W's columns r0..r1
+            X = stored_rows.t() if self.rows is None else stored_rows.t().index_select(0, self.rows.to(stored_rows.device))
+            return 1, slice(r0, r1), X
+        if self.rows is None:
+            return 0, slice(r0, r1), stored_rows
+        rows = self.rows
+        inside = ((rows >= r0) & (rows < r1)).nonzero().flatten()
+        if inside.numel() == 0:
+            return None
+        j0, j1 = int(inside[0]), int(inside[-1]) + 1
+        if j1 - j0 == inside.numel():  # W's rows j0..j1 (a fused slice, or the part of one in this block)
+            picked = rows[j0:j1]
+            s0 = int(picked[0]) - r0
+            if int(picked[-1]) - int(picked[0]) == j1 - j0 - 1:
+                return 0, slice(j0, j1), stored_rows[s0:s0 + j1 - j0]
+            return 0, slice(j0, j1), stored_rows.index_select(0, (picked - r0).to(stored_rows.device))
+        return 0, inside, stored_rows.index_select(0, (rows[inside] - r0).to(stored_rows.device))
+
     def _target(self, stored: torch.Tensor, W: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The full d_out x d_in view of ``stored`` and ``W`` (checked to be the role's shape) on its device
         and dtype: the common part of every write."""

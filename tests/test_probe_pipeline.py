@@ -118,7 +118,8 @@ def test_exact_null_alone_fills_the_null_columns_and_leaves_the_rsf_unchanged(ti
     kw = dict(ks=(1, 4, 16), roles=("q", "down"), layers=(0,))
     exact = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=0, **kw), progress=False))
     seeded = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=3, **kw), progress=False))
-    assert [r["rsf"] for r in exact] == [r["rsf"] for r in seeded]
+    # equal up to float32 rounding: the seeds widen the one product that projects ΔW onto every basis
+    assert [r["rsf"] for r in exact] == pytest.approx([r["rsf"] for r in seeded], rel=1e-6)
     for r in exact:
         dW = (get_weight(post, 0, r["role"]) - get_weight(base, 0, r["role"])).double()
         s2 = torch.linalg.svdvals(dW) ** 2

@@ -1,0 +1,143 @@
+"""Consumers of a weight delta streamed in row (or column) blocks: the probes' sums, built up block by block
+so that a matrix is never held whole in float32 unless a consumer needs it (:class:`Dense`).
+
+Each consumer takes ``add(axis, index, delta, base)`` — ``delta = ΔW[index, :]`` for axis 0 or
+``ΔW[:, index]`` for axis 1 — and gives its result when the matrix is complete. The whole-matrix
+functions of :mod:`rwedit.probes.rsf` are their reference (tests compare the two on every layout)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class Norms:
+    """‖W_base‖², ⟨W_base, ΔW⟩ and ‖ΔW‖² (so ‖W_post‖² = ‖W_base‖² + 2⟨W_base, ΔW⟩ + ‖ΔW‖²), summed in
+    float64 over blocks; with ``low`` the rounding floor ‖W − round_low(W)‖² of a pair stored in two dtypes."""
+
+    def __init__(self, low: torch.dtype | None = None):
+        self.bb = self.bd = self.dd = self.floor = 0.0
+        self.low = low
+
+    def add(self, axis, index, delta: torch.Tensor, base: torch.Tensor) -> None:
+        d, b = delta.reshape(-1), base.reshape(-1)
+        self.bb += float(torch.dot(b, b))
+        self.bd += float(torch.dot(b, d))
+        self.dd += float(torch.dot(d, d))
+        if self.low is not None:
+            r = (b - b.to(self.low).to(b.dtype))
+            self.floor += float(torch.dot(r, r))
+
+    @property
+    def base_norm(self) -> float:
+        return math.sqrt(self.bb)
+
+    @property
+    def post_norm(self) -> float:
+        return math.sqrt(max(self.bb + 2 * self.bd + self.dd, 0.0))
+
+    @property
+    def delta_norm(self) -> float:
+        return math.sqrt(self.dd)
+
+
+class Projections:
+    """Per-column energies of ΔW against a read-side basis (‖ΔW b_j‖², b_j in R^d_in) and a write-side basis
+    (‖ΔWᵀ b_j‖², b_j in R^d_out), and ‖ΔW‖²_F. A side whose blocks cut across its basis' dimension sums
+    its energies block by block; the other side accumulates the k-column product and squares it at the end."""
+
+    def __init__(self, shape: tuple[int, int], read: torch.Tensor | None = None, write: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.shape, self.dtype = shape, dtype
+        self.read = None if read is None else read.to(dtype)
+        self.write = None if write is None else write.to(dtype)
+        self.total = 0.0
+        self._e: dict[str, torch.Tensor] = {}
+        self._acc: dict[str, torch.Tensor] = {}
+
+    def _sum(self, side: str, energies: torch.Tensor) -> None:
+        e = energies.double()
+        self._e[side] = e if side not in self._e else self._e[side] + e
+
+    def _accumulate(self, side: str, product: torch.Tensor) -> None:
+        if side in self._acc:
+            self._acc[side] += product
+        else:
+            self._acc[side] = product.clone()
+
+    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+        if delta.is_contiguous():
+            d = delta.reshape(-1)
+            self.total += float(torch.dot(d, d))
+        else:
+            self.total += float(torch.linalg.vector_norm(delta)) ** 2
+        if axis == 0:  # rows of ΔW: read energies add up; the write side needs Σ_block B[rows]ᵀ ΔW[rows]
+            if self.read is not None:
+                self._sum("read", (delta @ self.read).pow(2).sum(0))
+            if self.write is not None:
+                self._accumulate("write", self.write[index].T @ delta)
+        else:  # columns of ΔW: the mirror image
+            if self.read is not None:
+                self._accumulate("read", delta @ self.read[index])
+            if self.write is not None:
+                self._sum("write", (delta.T @ self.write).pow(2).sum(0))
+
+    def energies(self, side: str) -> torch.Tensor:
+        """Float64 ``‖ΔW b_j‖²`` (read) or ``‖ΔWᵀ b_j‖²`` (write) for every column b_j of that side's basis."""
+        if side in self._acc:
+            a = self._acc[side].double()
+            return a.pow(2).sum(0) if side == "read" else a.pow(2).sum(1)
+        if side in self._e:
+            return self._e[side]
+        basis = self.read if side == "read" else self.write
+        return torch.zeros(basis.shape[1], dtype=torch.float64)
+
+
+class Gram:
+    """Σσ⁴ / (Σσ²)² of ΔW (the exact RSF null's concentration). Blocks that run along the larger dimension
+    add up the smaller Gram matrix directly; otherwise the matrix is assembled (:class:`Dense`) and its
+    smaller Gram formed at the end — the one consumer that may hold the whole delta."""
+
+    def __init__(self, shape: tuple[int, int], axis: int, dtype: torch.dtype = torch.float32):
+        d_out, d_in = shape
+        # axis 0 blocks are rows: Σ Xᵀ X is the d_in Gram, the small one when d_in <= d_out
+        self.streamed = (d_in <= d_out) if axis == 0 else (d_out <= d_in)
+        self.axis = axis
+        self.G: torch.Tensor | None = None
+        self.dense = None if self.streamed else Dense(shape, dtype)
+
+    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+        if not self.streamed:
+            self.dense.add(axis, index, delta)
+            return
+        g = delta.T @ delta if axis == 0 else delta @ delta.T
+        if self.G is None:
+            self.G = g.clone()
+        else:
+            self.G += g
+
+    def concentration(self) -> float:
+        if not self.streamed:
+            from rwedit.probes.rsf import gram_concentration
+
+            return gram_concentration(self.dense.matrix)
+        if self.G is None:
+            return math.nan
+        G = self.G.double()
+        total = float(torch.diagonal(G).sum())
+        return math.nan if total == 0.0 else float(G.pow(2).sum()) / total ** 2
+
+
+class Dense:
+    """The whole ΔW, assembled from its blocks (for consumers that need the matrix: the two-sided RSF, a full
+    SVD)."""
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32):
+        self.matrix = torch.zeros(shape, dtype=dtype)
+
+    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+        if axis == 0:
+            self.matrix[index] = delta
+        else:
+            self.matrix[:, index] = delta

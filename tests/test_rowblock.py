@@ -1,0 +1,114 @@
+"""Row-block streaming equals the whole-tensor path: every RSF grid row, ‖ΔW‖ and the exact null, on every
+registered architecture's tiny pair (fused Q/K/V and gate/up, Conv1D's transposed storage), with blocks small
+enough to split a fused slice across two blocks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rwedit.architectures import supported_model_types
+from rwedit.checkpoints import CheckpointPair, stream_pair
+from rwedit.probes import grid as grid_mod
+from rwedit.probes.activations import StatsSettings, collect_activation_stats
+from rwedit.probes.blocks import Dense, Norms
+from rwedit.probes.grid import GridContext, GridSettings, rows_for_delta, rsf_grid_pair
+from rwedit.probes.norms import delta_norms
+from rwedit.probes.subspaces import prediction_spectrum
+
+from tiny_models import save_pair, tiny_model
+
+MODEL_TYPES = sorted(supported_model_types())
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, wiki_tokenizer):
+    """One saved tiny pair per architecture, post = base + noise (bf16 storage for one, to test conversion)."""
+    out = {}
+    for mt in MODEL_TYPES:
+        root = tmp_path_factory.mktemp(mt)
+        out[mt] = save_pair(root, wiki_tokenizer, model_type=mt)
+    return out
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            if math.isnan(x) or math.isnan(y):
+                assert math.isnan(x) and math.isnan(y), (key, x, y, a)
+            else:
+                # z-scores are differences (RSF − null mean) / sd: float32's ~1e-7 in the RSF is ~1e-5 there
+                assert x == pytest.approx(y, rel=2e-5, abs=1e-4 if key.endswith("_z") else 1e-7), (key, x, y, a)
+        else:
+            assert x == y, (key, a, b)
+
+
+@pytest.mark.parametrize("model_type,block_bytes", [(mt, 7 * 4 * 32) for mt in MODEL_TYPES] + [("llama", 1 << 20)])
+def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block_bytes, monkeypatch):
+    """Blocks of 7 rows of a 32-wide tensor cut fused Q/K/V slices in the middle; 1 MiB holds a whole tensor."""
+    pair = CheckpointPair(pairs[model_type] / "base", pairs[model_type] / "post")
+    settings = GridSettings(ks=(1, 4, 8), null_seeds=3, sides=("read", "write", "both"))
+    model = AutoModelForCausalLM.from_pretrained(pairs[model_type] / "base")
+    ids = torch.randint(3, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("q", "o", "up", "down"), batch_size=8),
+                                     progress=False)
+    real = grid_mod.stream_pair
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": block_bytes}))
+    streamed = list(rsf_grid_pair(pair, stats, settings, progress=False))
+    # the reference: every delta formed whole, as the pre-streaming grid did
+    ctx = GridContext(pair.layout.dims.hidden, stats, grid_mod.prediction_from_pair(pair))
+    whole = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)]
+    assert len(streamed) == len(whole) > 0
+    assert {r["side"] for r in whole} == {"read", "write", "both"}
+    assert {r["subspace"] for r in whole} >= {"activation", "prediction", "random"}
+    for s, w in zip(streamed, whole):
+        _close(s, w)
+    # and the exact null's concentration itself, against Σσ⁴/(Σσ²)² from the singular values
+    rp = next(pair.iter_roles(roles=["down"], layers=[1]))
+    sv = torch.linalg.svdvals(rp.delta.double())
+    conc = float((sv ** 4).sum() / (sv ** 2).sum() ** 2)
+    row = next(r for r in streamed if r["layer"] == 1 and r["role"] == "down" and r["side"] == "read"
+               and r["subspace"] == "random" and r["k"] == 4)
+    d = row["d"]
+    expect = math.sqrt(2 * 4 * (d - 4) / (d * (d - 1) * (d + 2)) * (conc - 1 / d)) * d / 4
+    assert row["null_exact_sd"] == pytest.approx(expect, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "phi3", "gpt_neox"])
+def test_streamed_blocks_reassemble_every_role_exactly(pairs, model_type):
+    """Dense sinks fed by 5-row blocks rebuild each role's ΔW bit for bit (fused and transposed layouts)."""
+    pair = CheckpointPair(pairs[model_type] / "base", pairs[model_type] / "post")
+    views = pair.layout.views()
+    got = {(v.layer, v.role): s[0].matrix for v, s in
+           stream_pair(pair.base, [pair.post], views, lambda v: [Dense(v.shape)], block_bytes=5 * 4 * 32)}
+    for rp in pair.iter_roles():
+        assert torch.equal(got[(rp.layer, rp.role)], rp.delta), (rp.layer, rp.role)
+
+
+def test_streamed_norms_equal_plain_torch(pairs):
+    pair = CheckpointPair(pairs["gpt2"] / "base", pairs["gpt2"] / "post")
+    got = {(n.layer, n.role): n for n in delta_norms(pair, progress=False)}
+    for rp in pair.iter_roles():
+        n = got[(rp.layer, rp.role)]
+        assert n.base_norm == pytest.approx(float(torch.linalg.vector_norm(rp.base.double())), rel=1e-6)
+        assert n.post_norm == pytest.approx(float(torch.linalg.vector_norm(rp.post.double())), rel=1e-6)
+        assert n.delta_norm == pytest.approx(float(torch.linalg.vector_norm(rp.delta.double())), rel=1e-6)
+
+
+def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
+    """A NaN only in the post's last rows is caught by the streamed pass with the tensor's name."""
+    base = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    post = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    with torch.no_grad():
+        post.model.layers[1].mlp.down_proj.weight[-1, -1] = float("nan")
+    save_pair(tmp_path, wiki_tokenizer, models=(base, post))
+    pair = CheckpointPair(tmp_path / "base", tmp_path / "post")
+    from rwedit.errors import NonFiniteWeightError
+
+    with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
+        list(stream_pair(pair.base, [pair.post], pair.layout.views(), lambda v: [Norms()], block_bytes=4 * 4 * 48))
