@@ -1,0 +1,271 @@
+#!/usr/bin/env python
+"""Run every benchmark and write one table: ``benchmarks/results/summary.md`` (and ``summary.json``).
+
+Usage::
+
+    python benchmarks/run_all.py            # every benchmark, the quickstart cold (organism rebuilt) and warm
+    python benchmarks/run_all.py --quick    # smaller settings, no cold quickstart (minutes, not an hour)
+    python benchmarks/run_all.py --only pair_pass,grid
+
+Each benchmark is its own script (run here as a fresh process) and measures its figure as a ratio against
+a baseline taken in the same run; this script only runs them, reads their JSON results and tabulates
+figure, target, value and whether it is met, with the machine, the load average before and after each
+benchmark and the date. A benchmark that ran while the 1-minute load average was above the core count
+is marked *loaded* in the table: its figure is not a clean one. A benchmark that fails is a row saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ROOT = HERE.parent
+
+
+@dataclass
+class Figure:
+    figure: str
+    value: float | None
+    target: str = ""
+    met: bool | None = None
+    unit: str = "x"
+
+
+@dataclass
+class Bench:
+    """One benchmark script: its arguments (full and quick), the JSON it writes, and the figures read from it."""
+
+    name: str
+    script: str
+    args: list[str]
+    quick_args: list[str]
+    results: str
+    figures: Callable[[dict], list[Figure]]
+    timeout_s: int = 3600
+
+
+BENCHES: dict[str, Bench] = {}
+
+
+def register(bench: Bench) -> Bench:
+    BENCHES[bench.name] = bench
+    return bench
+
+
+def _at(d: dict, *path, default=None):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def _le(value, target) -> bool | None:
+    return None if value is None else value <= target
+
+
+def _ge(value, target) -> bool | None:
+    return None if value is None else value >= target
+
+
+def _pair_pass(r: dict) -> list[Figure]:
+    b_a = _at(r, "ratios", "b_over_a_time")
+    rss = _at(r, "checks", "b_peak_rss_mb")
+    return [Figure("pair pass (‖ΔW‖ of every role) / warm read of all bytes", b_a, "≤ 1.5", _le(b_a, 1.5)),
+            Figure("pair pass peak RSS", rss, "≤ 600", _le(rss, 600), "MB"),
+            Figure("row-block pass / whole-tensor pass (wall)", _at(r, "ratios", "b_over_whole_time"), "< 1",
+                   _le(_at(r, "ratios", "b_over_whole_time"), 1.0))]
+
+
+def _probes(r: dict) -> list[Figure]:
+    out = []
+    g = _at(r, "grid_checks", "grid_over_bare_time")
+    if g is not None:
+        out.append(Figure("RSF grid (k 1,4,16,64, exact null) / bare pass", g, "≤ 2", _le(g, 2.0)))
+        for key, v in (_at(r, "null_variants") or {}).items():
+            out.append(Figure(f"RSF grid variant {key} / bare pass", v.get("over_bare"), "≤ 2", _le(v.get("over_bare"), 2.0)))
+    a = _at(r, "acts")
+    if a:
+        bound = 1 / (1 + a["macs_per_token"]["hooks_over_forward"])
+        for dtype, ratio in a["ratio"].items():
+            share = ratio / bound
+            out.append(Figure(f"activation hooks ({dtype}) tokens/s over bare, as a share of the FLOP ceiling "
+                              f"{bound:.2f}", share, "≥ 0.9", _ge(share, 0.9)))
+    s = _at(r, "svd")
+    if s:
+        big = [m for m in s.get("matrices", []) if tuple(m.get("shape", ())) in ((2048, 5632), (5632, 2048))]
+        if big:
+            speed = min(m["speedup"] for m in big)
+            out.append(Figure("SVD probe top-64 vs full SVD on 2048 × 5632 (speed-up)", speed, "≥ 10", _ge(speed, 10)))
+        within = [all(m["within_bound"].values()) for m in s.get("matrices", []) if m.get("planted", True)]
+        if within:
+            out.append(Figure("SVD probe: planted decaying-spectrum matrices with every metric inside the bound",
+                              sum(within) / len(within), "= 1", all(within), "share"))
+    return out
+
+
+def _scoring(r: dict) -> list[Figure]:
+    b_a, c_b = _at(r, "ratios", "b_over_a"), _at(r, "ratios", "c_over_b")
+    return [Figure("scoring: 12 conditions in one experiment / 12 bare lm-eval passes", b_a, "≤ 1.1", _le(b_a, 1.1)),
+            Figure("scoring: a fresh process per condition / one experiment", c_b, "≥ 3", _ge(c_b, 3))]
+
+
+def _adapters(r: dict) -> list[Figure]:
+    return [Figure("adapter switch / one 512-token forward", r.get("switch_over_forward"), "info", None),
+            Figure("building 12 adapters / loading the model", r.get("build_over_load"), "info", None)]
+
+
+def _sources(r: dict) -> list[Figure]:
+    lo = _at(r, "ratios", "lora_over_full_wall")
+    two = _at(r, "ratios", "two_in_one_pass_over_two_separate_wall")
+    return [Figure("RSF grid of a LoRA post / of a full post checkpoint", lo, "≤ 0.5", _le(lo, 0.5)),
+            Figure("two posts in one pass / two separate passes", two, "≤ 0.6", _le(two, 0.6))]
+
+
+register(Bench("pair_pass", "bench_pair_pass.py", ["--repeats", "2"], ["--skip-naive"], "pair_pass.json", _pair_pass))
+register(Bench("probes", "bench_probes.py", ["--profile", "never", "--no-alternatives"],
+               ["--profile", "never", "--no-alternatives", "--layers", "0,1,2,3", "--repeats", "1"],
+               "probes.json", _probes))
+register(Bench("adapters", "bench_adapters.py", [], [], "adapters.json", _adapters))
+register(Bench("scoring", "bench_scoring.py", [], ["--limit", "5"], "scoring.json", _scoring))
+register(Bench("sources", "bench_sources.py", [], [], "sources.json", _sources))
+
+
+def _quickstart(quick: bool) -> tuple[list[Figure], dict]:
+    """``rwedit quickstart`` warm (organism cached) and, unless quick, cold (organism built into a fresh root)."""
+    out, raw = [], {}
+    runs = [("warm", None)] + ([] if quick else [("cold", Path(tempfile.mkdtemp(prefix="rwedit-cold-")))])
+    for label, root in runs:
+        folder = Path(tempfile.mkdtemp(prefix="rwedit-qs-"))
+        cmd = [sys.executable, "-m", "rwedit", "quickstart", "--out", str(folder / "out"), "--quiet"]
+        if root is not None:
+            cmd += ["--organism-root", str(root / "organism"), "--cache-dir", str(root / "cache")]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        raw[label] = dict(wall_s=wall, rc=p.returncode, tail=(p.stdout + p.stderr)[-2000:])
+        target, met = ("≤ 900 s (CI budget share)", wall <= 900) if label == "cold" else ("≤ 180 s", wall <= 180)
+        out.append(Figure(f"quickstart {label}", wall if p.returncode == 0 else None, target,
+                          met if p.returncode == 0 else False, "s"))
+        shutil.rmtree(folder, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    return out, raw
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
+                torch=torch.__version__, torch_threads=torch.get_num_threads(), python=platform.python_version(),
+                platform=platform.platform())
+
+
+def run_bench(b: Bench, quick: bool) -> dict:
+    before = os.getloadavg()
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(HERE / b.script), *(b.quick_args if quick else b.args)]
+    print(f"== {b.name}: {' '.join(cmd[1:])}", flush=True)
+    try:
+        p = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=b.timeout_s)
+        rc, tail = p.returncode, (p.stdout + p.stderr)[-3000:]
+    except subprocess.TimeoutExpired:
+        rc, tail = None, f"timed out after {b.timeout_s} s"
+    wall = time.perf_counter() - t0
+    after = os.getloadavg()
+    figures: list[Figure] = []
+    if rc == 0:
+        try:
+            figures = b.figures(json.loads((RESULTS / b.results).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            figures = [Figure(f"{b.name}: results unreadable ({type(e).__name__}: {e})", None, met=False)]
+    else:
+        figures = [Figure(f"{b.name}: benchmark failed (exit {rc})", None, met=False)]
+        print(tail, file=sys.stderr)
+    return dict(name=b.name, wall_s=wall, rc=rc, load_before=before, load_after=after,
+                figures=[asdict(f) for f in figures])
+
+
+def fmt(v, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit == "s":
+        return f"{v:.1f} s"
+    if unit == "MB":
+        return f"{v:.0f} MB"
+    if unit == "share":
+        return f"{v:.2f}"
+    return f"{v:.2f}×" if abs(v) < 100 else f"{v:.0f}×"
+
+
+def write_summary(runs: list[dict], mach: dict, quick: bool, date: str) -> Path:
+    cores = mach["usable_cores"]
+    lines = ["# Benchmark summary", "",
+             f"Date: {date}. Machine: {mach['cpu']}, {cores} usable cores, torch {mach['torch']} "
+             f"({mach['torch_threads']} intra-op threads; the row-block pair pass runs one worker per thread, each "
+             f"single-threaded), Python {mach['python']}, {mach['platform']}. Mode: {'quick' if quick else 'full'}.",
+             "", "Every figure is a ratio against a baseline measured in the same run (see each script's docstring). "
+             "*loaded*: the 1-minute load average was above the core count before or after that benchmark, so its "
+             "figure is not a clean one.", "",
+             "| benchmark | figure | target | value | met | load before → after | clean |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        loaded = max(r["load_before"][0], r["load_after"][0]) > cores
+        load = f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f}"
+        for f in r["figures"]:
+            met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
+            lines.append(f"| {r['name']} | {f['figure']} | {f['target']} | {fmt(f['value'], f['unit'])} | {met} | "
+                         f"{load} | {'*loaded*' if loaded else 'yes'} |")
+    lines += ["", "Raw results: the JSON files beside this one (`summary.json` holds this table's data).", ""]
+    path = RESULTS / "summary.md"
+    path.write_text("\n".join(lines))
+    (RESULTS / "summary.json").write_text(json.dumps(dict(date=date, machine=mach, quick=quick, runs=runs), indent=1))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller settings and no cold quickstart")
+    ap.add_argument("--only", default=None,
+                    help=f"comma list of benchmarks to run: {', '.join([*BENCHES, 'quickstart'])} (default: all)")
+    args = ap.parse_args(argv)
+    names = [*BENCHES, "quickstart"] if args.only is None else args.only.split(",")
+    unknown = [n for n in names if n not in BENCHES and n != "quickstart"]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join([*BENCHES, 'quickstart'])}")
+    mach = machine()
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    runs = []
+    for name in names:
+        if name == "quickstart":
+            before, t0 = os.getloadavg(), time.perf_counter()
+            figs, raw = _quickstart(args.quick)
+            runs.append(dict(name="quickstart", wall_s=time.perf_counter() - t0, rc=0, load_before=before,
+                             load_after=os.getloadavg(), figures=[asdict(f) for f in figs], raw=raw))
+        else:
+            runs.append(run_bench(BENCHES[name], args.quick))
+        path = write_summary(runs, mach, args.quick, date)  # after each: an interrupted run keeps what it measured
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
