@@ -3,7 +3,9 @@
 A fused matrix (GPT-2 ``c_attn``, NeoX ``query_key_value``, Phi-3 ``qkv_proj``/``gate_up_proj``) takes
 one LoRA over the whole matrix with ``lora_B`` zero outside the edited role's rows; GPT-2's ``Conv1D``
 needs ``fan_in_fan_out=True``.  All conditions of an experiment load as named adapters on one base
-model and are switched with ``set_adapter`` — the model is loaded once.
+model and are switched with ``set_adapter`` — the model is loaded once. On a model placed across devices
+by accelerate (offloaded modules' weights on the meta device) each adapter's LoRA weights are kept on the
+module's execution device, so adapters attach and switch in place there too.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
 
 from rwedit.architectures import Layout, model_layout
 from rwedit.editor.edits import Condition, RankOneEdit
 from rwedit.errors import AdapterMismatchError
+from rwedit.models import execution_device
 
 RESERVED = ("lora", ".")
 
@@ -52,6 +56,18 @@ def _check_name(name: str) -> None:
     if not name or any(x in low for x in RESERVED):
         raise ValueError(f"adapter name {name!r} is not allowed: names must be non-empty and must not contain "
                          f"'lora' or '.' (PEFT's key renaming breaks on them)")
+
+
+def _place_adapter(peft_model: PeftModel, name: str) -> None:
+    """Give adapter ``name``'s LoRA weights real storage on each module's execution device where PEFT left
+    them on the meta device (it follows the base weight, which accelerate offloads to meta); the values are
+    written next (:func:`_write_weights`, or the adapter file)."""
+    for module in peft_model.base_model.model.modules():
+        for part in ("lora_A", "lora_B"):
+            layers = getattr(module, part, None)
+            if isinstance(layers, torch.nn.ModuleDict) and name in layers:
+                if any(p.device.type == "meta" for p in layers[name].parameters()):
+                    layers[name].to_empty(device=execution_device(module.get_base_layer()))
 
 
 @torch.no_grad()
@@ -97,6 +113,7 @@ def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[C
             peft_model = get_peft_model(base, cfg, adapter_name=c.name)
         else:
             peft_model.add_adapter(c.name, cfg)
+        _place_adapter(peft_model, c.name)
         _write_weights(peft_model, layout, c)
         got = sorted(n for n, m in peft_model.base_model.model.named_modules()
                      if hasattr(m, "lora_A") and c.name in m.lora_A)
@@ -214,18 +231,20 @@ def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Seque
                 if not any(k.endswith(f"{t}.{part}.weight") for k in keys):
                     raise AdapterMismatchError(f"adapter {n}: {path} has no {part} weight for {t}; re-create the "
                                                f"adapter")
-        try:
+        try:  # the adapter's modules first, placed where their base modules compute, then its weights
+            cfg = LoraConfig.from_pretrained(str(path))
+            cfg.inference_mode = True
             if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=n)
-                res = None
+                peft_model = get_peft_model(model, cfg, adapter_name=n)
             else:
-                res = peft_model.load_adapter(str(path), adapter_name=n)
-        except (RuntimeError, ValueError, KeyError) as e:  # shapes or module names of another model
+                peft_model.add_adapter(n, cfg)
+            _place_adapter(peft_model, n)
+            res = set_peft_model_state_dict(peft_model, load_peft_weights(str(path)), adapter_name=n)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes or module names of another model
             raise AdapterMismatchError(f"adapter {n} ({path}) does not fit this model: "
                                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if res is not None:
-            missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k and f".{n}." in k]
-            if missing:
-                raise AdapterMismatchError(f"adapter {n}: weights missing after loading: {missing[:4]}")
+        missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k and f".{n}." in k]
+        if missing:
+            raise AdapterMismatchError(f"adapter {n}: weights missing after loading: {missing[:4]}")
     peft_model.eval()
     return peft_model

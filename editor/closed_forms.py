@@ -74,7 +74,9 @@ def gradient_products(
     """``G v`` or ``Gᵀ u`` for each probe, with ``G = ∂L/∂W = Σ_t δ_t a_tᵀ`` of the role's ``W``.
 
     A forward hook keeps ``a_t·v`` (or ``a_t``) and a gradient hook on the module output takes
-    ``δ_t``; nothing of size d_out × d_in is ever formed, so this scales to large matrices.
+    ``δ_t``; nothing of size d_out × d_in is ever formed, so this scales to large matrices. The products are
+    taken on the module's output device and summed in float64 on the CPU, so a model placed across devices
+    (and disk) by accelerate gives the ``G v`` of the model held whole.
     """
     layout = model_layout(model)
     out = [None] * len(probes)
@@ -87,11 +89,12 @@ def gradient_products(
         rows = view.rows
 
         def fwd(module, args, output):
-            a = args[0].detach()
             y = output[0] if isinstance(output, tuple) else output
             if not y.requires_grad:
                 return
-            vec = p.vector.to(device=a.device, dtype=torch.float32)
+            # the hook sees the input where the previous module left it; δ_t arrives on the output's device
+            a = args[0].detach().to(y.device)
+            vec = p.vector.to(device=y.device, dtype=torch.float32)
             if p.side == "Gv":
                 coef = a.float() @ vec  # (B, T): a_t · v
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rwedit.architectures import LAYER_ROLES, RoleView, model_layout, set_weight
 from rwedit.checkpoints import Checkpoint, TensorReader
-from rwedit.errors import ExperimentError
+from rwedit.errors import ConfigError, ExperimentError
 
 BASE = "base"
 _INTERVENTIONS: dict[str, type["Intervention"]] = {}
@@ -113,7 +113,13 @@ class WeightSnapshot:
             view = layout.view(layer, role)
             self.views[(layer, role)] = view
             if view.param not in self.saved:
-                self.saved[view.param] = model.get_parameter(view.param).detach().to("cpu", copy=True)
+                param = model.get_parameter(view.param)
+                if param.device.type == "meta":
+                    raise ConfigError(f"{view.param} is offloaded by the device map (its weight is not held on a "
+                                      f"device), so it cannot be rewritten in place: keep layer {layer} resident "
+                                      f"(mapped to a GPU, or to cpu when nothing goes to a GPU), or drop the "
+                                      f"device map")
+                self.saved[view.param] = param.detach().to("cpu", copy=True)
 
     @property
     def targets(self) -> list[tuple[int, str]]:

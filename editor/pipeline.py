@@ -18,7 +18,7 @@ from rwedit.editor.edits import Condition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
 from rwedit.editor.spec import EditSpec, SpecError
 from rwedit.errors import AdapterMismatchError, ConfigError
-from rwedit.models import check_window, load_model_and_tokenizer
+from rwedit.models import Placement, check_window, input_device, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.rsf import rank1_rsf
@@ -66,13 +66,15 @@ def run_edit(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> Path:
-    """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters``."""
+    """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters`` (the model
+    whole on ``device``, or placed across devices by ``placement``)."""
     t0 = time.perf_counter()
     out = check_output_folder(out, overwrite)  # fail before the heavy work, not after it
     ckpt = Checkpoint.open(spec.model)
     spec.check_fits(ckpt)
-    model, tok = load_model_and_tokenizer(ckpt, device=device)
+    model, tok = load_model_and_tokenizer(ckpt, device=device, placement=placement)
     build_and_save(spec, model, tok, out, overwrite=overwrite, cache_dir=cache_dir, progress=progress, t0=t0)
     return out
 
@@ -143,8 +145,9 @@ def load_conditions_folder(out: str | Path) -> dict:
 
 @torch.no_grad()
 def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: str, max_new_tokens: int = 40,
-                       force: bool = False) -> dict:
-    """Greedy continuations of ``prompt`` by the base model and by base + adapter (one model load)."""
+                       force: bool = False, device: str = "cpu", placement: Placement | None = None) -> dict:
+    """Greedy continuations of ``prompt`` by the base model and by base + adapter (one model load, whole on
+    ``device`` or placed by ``placement``)."""
     from rwedit.editor.adapters import adapter_info, load_adapter_folder
 
     adapter_dir = Path(adapter_dir)
@@ -156,9 +159,9 @@ def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: s
         raise ConfigError("--prompt is empty: give the text to continue")
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {max_new_tokens}: give at least 1")
-    model, tok = load_model_and_tokenizer(Checkpoint.open(src))
+    model, tok = load_model_and_tokenizer(Checkpoint.open(src), device=device, placement=placement)
     peft_model = load_adapter_folder(model, adapter_dir.parent, [adapter_dir.name], force=force)
-    enc = tok(prompt, return_tensors="pt")
+    enc = tok(prompt, return_tensors="pt").to(input_device(model))
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     n = enc["input_ids"].shape[1]
     with peft_model.disable_adapter():

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 from tqdm.auto import tqdm
 
 from rwedit.config import Config, apply_sets, given, option, read_yaml
+from rwedit.models import Placement
 from rwedit.outputs import make_folder, write_json
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
@@ -43,12 +44,17 @@ class ExperimentRecipe(Config):
     direct: DirectSettings | None = option(factory=DirectSettings,
                                            help="direct metrics with standard errors (null: none)")
     device: str = option("cpu", help="cpu, cuda, or auto (accelerate device_map)")
+    placement: Placement = option(factory=Placement, help="the model placed across devices: device_map, "
+                                  "max_memory, offload_folder, dtype (as rwedit's --device-map, --max-memory, "
+                                  "--offload-folder, --dtype)")
     out: str | None = option(None, help="output folder (default runs/NAME); not part of the recipe hash")
 
     def config(self) -> dict:
         """What the results depend on (hashed by the store to keep two recipes' rows apart)."""
         d = self.to_dict()
         d.pop("out")
+        if self.placement == Placement():  # recipes that place nothing keep the hash they had before
+            d.pop("placement")
         return d
 
     def check_sources(self) -> dict | None:

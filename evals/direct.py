@@ -21,6 +21,7 @@ from rwedit.config import Config, option
 from rwedit.data import DataError, batches, pack_tokens, read_pairs, read_texts
 from rwedit.editor.interventions import Unchanged, with_adapter
 from rwedit.errors import ConfigError
+from rwedit.models import input_device
 from rwedit.scoring import encode_pairs, response_logprob
 from rwedit.stats import mean_se
 
@@ -90,7 +91,7 @@ class DirectScorer:
 
     def _text_pass(self, base_logp: list[torch.Tensor] | None):
         """Per-sequence mean CE, and either the log-probs (base pass) or the per-sequence KL(base ‖ this)."""
-        dev = next(self.model.parameters()).device
+        dev = input_device(self.model)
         ces, extra = [], []
         for j, b in enumerate(batches(self.ids, self.s.batch_size)):
             b = b.to(dev)

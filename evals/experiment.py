@@ -168,12 +168,13 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
         from rwedit.probes.grid import GridSettings
         from rwedit.probes.pipeline import run_rsf_probe
 
-        calib = None if spec.calibration is None else replace(spec.calibration, device=recipe.device)
+        calib = None if spec.calibration is None else replace(spec.calibration, device=recipe.device,
+                                                               placement=recipe.placement)
         run_rsf_probe(spec.model, spec.post, out / "probe", calib,
                       GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds),
                       cache_dir=cache_dir, progress=progress)
 
-    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device)
+    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
     edit_dir = out / "edit"
     if (edit_dir / "edits.json").exists():
         conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]

@@ -277,7 +277,8 @@ def _prepare(recipe: SVDRecipe, out: Path, *, progress: bool, cache_dir=None) ->
     from rwedit.models import load_model_and_tokenizer
 
     pair = recipe.pair
-    model, tok = load_model_and_tokenizer(pair.post, device=recipe.device, dtype=recipe.dtype)
+    model, tok = load_model_and_tokenizer(pair.post, device=recipe.device, dtype=recipe.dtype,
+                                          placement=recipe.placement)
     snap = WeightSnapshot(model, targets(recipe, pair.layout))
     base = TensorReader(pair.base)
 

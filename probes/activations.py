@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
 from rwedit.errors import DataError, NonFiniteError
+from rwedit.models import execution_device, input_device, named_weights
 from rwedit.outputs import follow_umask, umask_mode
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
@@ -185,9 +186,10 @@ class ActivationStats:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap identity of a model's weights: config plus a strided sample of every parameter."""
+    """A cheap identity of a model's weights: config plus a strided sample of every parameter (offloaded
+    weights read from their store: a dispatched model has the fingerprint of the model held whole)."""
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, p in model.named_parameters():
+    for name, p in named_weights(model):
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
         h.update(name.encode())
@@ -219,7 +221,8 @@ def collect_activation_stats(
 ) -> ActivationStats:
     """Run ``model`` over packed ``token_ids`` (n × seq_len) and sum each hooked input's ``a aᵀ``.
 
-    Accumulators live on the hooked module's device (multi-GPU safe) in ``settings.dtype``.
+    Accumulators live on each hooked module's execution device (a model placed across GPUs, CPU and disk
+    by accelerate gives the statistics of the model held whole) in ``settings.dtype``.
     """
     layout = model_layout(model)
     roles = tuple(r for r in settings.roles if layout.has_role(r) and r != "unembed")
@@ -230,12 +233,14 @@ def collect_activation_stats(
     sums: dict[tuple[int, str], torch.Tensor] = {}
     firsts: dict[tuple[int, str], torch.Tensor] = {}
 
-    def make_hook(key):
+    def make_hook(key, device):
         def hook(module, args):
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(prod_dtype)
+            # a pre-hook sees the input where the previous module left it (accelerate moves it only inside
+            # the module's forward): bring it to the accumulator, on the module's execution device
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(device=device, dtype=prod_dtype)
             if key not in sums:
-                sums[key] = torch.zeros(a.shape[1], a.shape[1], dtype=acc_dtype, device=a.device)
-                firsts[key] = torch.zeros(a.shape[1], dtype=acc_dtype, device=a.device)
+                sums[key] = torch.zeros(a.shape[1], a.shape[1], dtype=acc_dtype, device=device)
+                firsts[key] = torch.zeros(a.shape[1], dtype=acc_dtype, device=device)
             if prod_dtype == acc_dtype:
                 sums[key].addmm_(a.T, a)
             else:  # mixed: this batch's product in float32, the running sum in float64
@@ -243,8 +248,11 @@ def collect_activation_stats(
             firsts[key].add_(a.sum(0, dtype=acc_dtype))
         return hook
 
-    handles = [model.get_submodule(path).register_forward_pre_hook(make_hook(key)) for key, path in targets.items()]
-    device = next(model.parameters()).device
+    handles = []
+    for key, path in targets.items():
+        module = model.get_submodule(path)
+        handles.append(module.register_forward_pre_hook(make_hook(key, execution_device(module))))
+    device = input_device(model)
     n_tokens = 0
     t0 = time.perf_counter()
     was_training = model.training
@@ -265,7 +273,7 @@ def collect_activation_stats(
     for (layer, group), s in sums.items():
         if not bool(torch.isfinite(s).all()):  # an overflow in the forward pass, not in the weights
             raise NonFiniteError(f"activation statistics of layer {layer} {group} inputs are not finite: the model "
-                                 f"overflowed on the calibration data (dtype {next(model.parameters()).dtype}). Use "
+                                 f"overflowed on the calibration data (dtype {model.dtype}). Use "
                                  f"float32, or check the data; nothing was cached")
     meta = {
         "version": STATS_VERSION,

@@ -15,7 +15,7 @@ from rwedit import __version__
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
-from rwedit.models import check_window, load_model_and_tokenizer
+from rwedit.models import Placement, check_window, load_model_and_tokenizer
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_pair
 from rwedit.probes.report import (
@@ -48,13 +48,15 @@ class CalibrationSettings(Config):
     field: str | None = option(None, help="jsonl/dataset field holding the text")
     device: str = option("cpu", help="device of the calibration forward passes (cpu, cuda, auto)")
     dtype: str = option("float32", help="the model's dtype during the calibration passes")
+    placement: Placement | None = option(None, help="the model placed across devices for the calibration passes "
+                                         "(device_map, max_memory, offload_folder, dtype); unset: whole on device")
 
 
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
                          cache_dir: str | Path | None = None, progress: bool = True) -> ActivationStats:
     """Collect (or reuse from the cache) second moments of the base model's reader inputs."""
     check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
-    model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype)
+    model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
     texts = read_texts(calib.data, field=calib.field)
     ids = pack_tokens(tok, texts, calib.seq_len, calib.tokens)
     settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)

@@ -1,13 +1,23 @@
-"""Loading a model and its tokenizer from a resolved checkpoint folder (no second Hub lookup)."""
+"""Loading a model and its tokenizer from a resolved checkpoint folder (no second Hub lookup), whole on one
+device or placed across devices (:class:`Placement`: accelerate's device map, memory caps, disk offload)."""
 
 from __future__ import annotations
+
+import itertools
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from rwedit.checkpoints import Checkpoint
+from rwedit.config import Config, option
 from rwedit.errors import CheckpointError, ConfigError, DeviceError
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+#: device-map strategies accelerate computes itself (transformers' ``from_pretrained`` passes them on)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def check_device(device: str) -> str:
@@ -32,6 +42,123 @@ def check_device(device: str) -> str:
     return device
 
 
+def _map_device(value, where: str):
+    """One target of a device map or memory cap: a GPU ordinal, ``cpu``, ``disk`` or a device this torch
+    has; anything else is a :class:`DeviceError` saying what is accepted."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DeviceError(f"{where}: {value!r} is not a device; use a GPU number, cuda:N, cpu or disk")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int):
+        check_device(f"cuda:{value}")
+        return value
+    if value in ("cpu", "disk"):
+        return value
+    check_device(value)
+    return value
+
+
+def _json_or(text: str, what: str, example: str) -> dict | None:
+    """``text`` read as a JSON object when it looks like one (None otherwise); bad JSON is a ConfigError."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{what} {text!r} is not valid JSON ({e}); write e.g. {example}") from None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{what} {text!r}: expected a non-empty JSON object, e.g. {example}")
+    return value
+
+
+DEVICE_MAP_EXAMPLE = '\'{"model.embed_tokens": "cpu", "model.layers.0": 0, "model.layers.1": "disk", "lm_head": "cpu"}\''
+MAX_MEMORY_EXAMPLE = "'0=20GiB,cpu=64GiB' or '{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}'"
+
+
+def parse_device_map(value) -> str | dict | None:
+    """A device map as accelerate takes it: a strategy (``auto``, ``balanced``, ``balanced_low_0``,
+    ``sequential``) or a mapping module name -> device (GPU number, ``cuda:N``, ``cpu``, ``disk``), given as a
+    dict or as JSON text; None stays None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in DEVICE_MAP_STRATEGIES):
+        return value if value is None else value.strip().lower()
+    if isinstance(value, str):
+        parsed = _json_or(value, "device_map", DEVICE_MAP_EXAMPLE)
+        if parsed is None:
+            raise ConfigError(f"device_map {value!r}: use {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON map of module "
+                              f"names to devices, e.g. {DEVICE_MAP_EXAMPLE}")
+        value = parsed
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"device_map {value!r}: expected a strategy name or a non-empty map of module names to "
+                          f"devices, e.g. {DEVICE_MAP_EXAMPLE}")
+    return {str(k): _map_device(v, f"device_map[{k!r}]") for k, v in value.items()}
+
+
+def parse_max_memory(value) -> dict | None:
+    """Memory caps per device as accelerate takes them ({0: "20GiB", "cpu": "64GiB"}): from a dict, JSON text
+    or ``DEVICE=SIZE,...``; GPU keys become ints, every size must be a number of bytes or read as one
+    ("20GiB", "500MB")."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parsed = _json_or(value, "max_memory", MAX_MEMORY_EXAMPLE)
+        if parsed is None:
+            parsed = {}
+            for part in (x.strip() for x in value.split(",") if x.strip()):
+                key, eq, size = part.partition("=")
+                if not eq or not key.strip() or not size.strip():
+                    raise ConfigError(f"max_memory {value!r}: write DEVICE=SIZE pairs, e.g. {MAX_MEMORY_EXAMPLE}")
+                parsed[key.strip()] = size.strip()
+        value = parsed
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"max_memory {value!r}: expected a map of devices to sizes, e.g. {MAX_MEMORY_EXAMPLE}")
+    from accelerate.utils import convert_file_size_to_int
+
+    out = {}
+    for k, size in value.items():
+        key = _map_device(k, f"max_memory[{k!r}]")
+        try:
+            ok = not isinstance(size, bool) and convert_file_size_to_int(size) > 0
+        except (ValueError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"max_memory[{k!r}] = {size!r} is not a size; write bytes or e.g. 20GiB, 500MB")
+        out[key] = size
+    return out
+
+
+@dataclass(frozen=True)
+class Placement(Config):
+    """Where a model's weights live when it is loaded, passed to ``from_pretrained`` (accelerate) unchanged:
+    one definition for the command-line flags and the recipe's ``placement:`` section."""
+
+    device_map: str | dict | None = option(None, help="accelerate device map: auto, balanced, balanced_low_0, "
+                                           "sequential, or a JSON map of module names to devices (GPU number, "
+                                           "cpu, disk); unset: the whole model on `device` (--device)")
+    max_memory: str | dict | None = option(None, help="memory cap per device for a computed device map, e.g. "
+                                           "0=20GiB,1=20GiB,cpu=64GiB (or the same as JSON)")
+    offload_folder: str | None = option(None, help="folder for weights the device map sends to disk (needed "
+                                        "when it holds 'disk'; weights already in safetensors are read in place)")
+    dtype: str | None = option(None, help="dtype of the loaded weights: float32, bfloat16, float16, float64 "
+                               "(unset: the command's own, float32 unless it says otherwise)")
+
+    def __post_init__(self):
+        object.__setattr__(self, "device_map", parse_device_map(self.device_map))
+        object.__setattr__(self, "max_memory", parse_max_memory(self.max_memory))
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if isinstance(self.device_map, dict) and "disk" in self.device_map.values() and not self.offload_folder:
+            raise ConfigError("device_map sends modules to 'disk': give offload_folder (--offload-folder DIR), "
+                              "where accelerate keeps them")
+        if self.max_memory is not None and isinstance(self.device_map, dict):
+            raise ConfigError("max_memory caps a computed device map (auto, balanced, sequential); an explicit "
+                              "map places every module itself: drop one of them")
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether accelerate places the model (a device map is given)."""
+        return self.device_map is not None
+
+
 def context_window(model_or_config) -> int | None:
     """The number of positions a model was built for (None when its config does not say)."""
     config = getattr(model_or_config, "config", model_or_config)
@@ -51,21 +178,37 @@ def check_window(model_or_config, length: int, setting: str) -> None:
                           f"positions; set {setting} to at most {window}")
 
 
-def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32"):
-    """``(model.eval(), tokenizer)``; ``device="auto"`` spreads the model with accelerate's device_map."""
+def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32",
+                             placement: Placement | None = None):
+    """``(model.eval(), tokenizer)``: the whole model on ``device``, or placed by ``placement`` (its device
+    map, memory caps and offload folder go to ``from_pretrained`` unchanged; its dtype, when set, replaces
+    ``dtype``). ``device="auto"`` is ``device_map="auto"``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement = placement or Placement()
     check_device(device)
+    dtype = placement.dtype or dtype
     if dtype not in DTYPES:
         raise DeviceError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    device_map = placement.device_map or ("auto" if device == "auto" else None)
+    if placement.dispatched and device not in ("cpu", "auto"):
+        raise DeviceError(f"device {device!r} and device_map {placement.device_map!r} both say where the model goes: "
+                          f"give the devices in the device map (or max_memory) and leave device at cpu")
+    if device_map is None and (placement.max_memory or placement.offload_folder):
+        raise ConfigError("max_memory and offload_folder place a model across devices: give a device map too "
+                          "(--device-map auto, or a JSON map)")
     try:
         tok = AutoTokenizer.from_pretrained(ckpt.path)
     except Exception as e:
         raise CheckpointError(f"{ckpt.source}: no usable tokenizer in {ckpt.path} ({type(e).__name__}); "
                          f"save one with tokenizer.save_pretrained(folder)") from None
-    kwargs = {"device_map": "auto"} if device == "auto" else {}
+    kwargs = {} if device_map is None else {"device_map": device_map}
+    if placement.max_memory is not None:
+        kwargs["max_memory"] = placement.max_memory
+    if placement.offload_folder is not None:
+        kwargs["offload_folder"] = placement.offload_folder
     model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, dtype), **kwargs)
-    if device != "auto":
+    if device_map is None:
         model.to(device)
     check_finite_weights(model, ckpt.source)
     return model.eval(), tok
@@ -76,5 +219,41 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
     perfect accuracy), naming the first such parameter."""
     from rwedit.checkpoints import check_finite
 
-    for name, p in model.named_parameters():
+    for name, p in named_weights(model):
         check_finite(p.detach(), f"{source}: parameter {name!r}")
+
+
+# --- a model placed across devices -------------------------------------------------------------------
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its accelerate hook's execution device when it has one (an offloaded
+    module's own parameters sit on the meta device), else the device of its first real parameter or buffer."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's input ids go: the execution device of its input embedding (the first parameter of a
+    dispatched model may be offloaded)."""
+    return execution_device(model.get_input_embeddings())
+
+
+def named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.named_parameters()`` (same names, same order) with offloaded weights read from their offload
+    store, one module at a time, so a model placed across devices and disk yields the values the whole model
+    holds."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    names = [n for n, _ in model.named_parameters()]
+    for owner, group in itertools.groupby(names, key=lambda n: n.rpartition(".")[0]):
+        module = model.get_submodule(owner)
+        with align_module_device(module) if has_offloaded_params(module) else nullcontext():
+            for name in group:
+                yield name, getattr(module, name.rpartition(".")[2])

@@ -4,6 +4,7 @@ closed form), direct behaviour metrics and the organism's preference checks all 
 from __future__ import annotations
 
 from rwedit.errors import DataError
+from rwedit.models import input_device
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -54,7 +55,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
 
 def response_logprob(model, enc: Encoded) -> torch.Tensor:
     """Sum of log p(response token | everything before it) per row (differentiable)."""
-    device = next(model.parameters()).device
+    device = input_device(model)  # a dispatched model's first parameter may be offloaded (meta)
     ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)
     logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -64,7 +65,7 @@ def response_logprob(model, enc: Encoded) -> torch.Tensor:
 
 def token_ce(model, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over packed (unpadded) sequences (differentiable)."""
-    device = next(model.parameters()).device
+    device = input_device(model)  # a dispatched model's first parameter may be offloaded (meta)
     ids = ids.to(device)
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))

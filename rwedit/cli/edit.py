@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_out(p, required=True, what="output folder (must not exist unless --overwrite)")
     options.add_overwrite(p)
     options.add_allow_pickle(p)
-    options.add_device(p)
+    options.add_placement(p)
     options.add_set(p)
     options.add_cache_dir(p)
     options.add_quiet(p)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         spec = replace(spec, model=args.model)
     out = run_edit(spec, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,
-                   progress=not args.quiet)
+                   placement=options.placement(args), progress=not args.quiet)
     info = load_conditions_folder(out)
     print(f"wrote {len(info['conditions'])} adapters to {out}/adapters (edits.json summarises them)")
     print(f"{'adapter':<28} {'kind':<10} {'alpha':>6} {'layers':<10} {'role':<5} {'RSF_read@k4':>11}")

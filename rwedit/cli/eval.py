@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-direct", action="store_true", help="skip the direct metrics")
     options.add_out(p, what="output folder: results.jsonl, one row per condition", when_omitted="standard output")
     options.add_overwrite(p)
-    options.add_device(p)
+    options.add_placement(p)
     options.add_allow_pickle(p)
     options.add_force(p)
     options.add_quiet(p)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Checkpoint.open(args.model)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give at least 1")
-    model, tok = load_model_and_tokenizer(ckpt, device=args.device)
+    model, tok = load_model_and_tokenizer(ckpt, device=args.device, placement=options.placement(args))
     if names:
         from rwedit.editor.adapters import load_adapter_folder
 

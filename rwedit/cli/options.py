@@ -175,7 +175,69 @@ def device_arg(text: str) -> str:
 def add_device(p: argparse.ArgumentParser) -> None:
     """``--device``: where forward passes run."""
     p.add_argument("--device", default="cpu", type=device_arg,
-                   help="device of the forward passes: cpu, cuda, or auto (accelerate device_map) (default cpu)")
+                   help="device of the forward passes: cpu, cuda, or auto (--device-map auto) (default cpu)")
+
+
+PLACEMENT = "rwedit.models:Placement"
+#: flag -> Placement field (the four placement flags; their help is the field's)
+PLACEMENT_FLAGS = {"--device-map": "device_map", "--max-memory": "max_memory", "--offload-folder": "offload_folder",
+                   "--dtype": "dtype"}
+
+
+def _placement_type(field: str):
+    """An argparse ``type`` checking one placement value as the recipe's ``placement:`` section would (a bad
+    JSON map, an unknown strategy or size is refused at parse time, with what to write)."""
+    def parse(text: str):
+        from rwedit.errors import ConfigError
+        from rwedit.models import Placement
+
+        kwargs = {field: text}
+        if field == "device_map":  # a map with 'disk' needs the folder, which may come as another flag
+            kwargs["offload_folder"] = "-"
+        try:
+            return getattr(Placement(**kwargs), field)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+class _RecipeSet(argparse.Action):
+    """Stores a placement flag as a recipe override (``--set placement.FIELD=VALUE``, ``--set device=...``),
+    so a recipe run records it like the YAML key it stands for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import json
+
+        sets = list(getattr(namespace, "sets", None) or [])
+        sets.append(f"{self.dest}={json.dumps(values)}")
+        namespace.sets = sets
+
+
+def add_placement(p: argparse.ArgumentParser, *, recipe: bool = False) -> None:
+    """``--device`` and the placement flags ``--device-map``, ``--max-memory``, ``--offload-folder``,
+    ``--dtype`` (fields of :class:`rwedit.models.Placement`, read back with :func:`placement`). ``recipe``:
+    for a command that runs a recipe, each becomes a ``--set`` override of the recipe's ``device`` /
+    ``placement.*`` keys (the command then needs :func:`add_set`)."""
+    if recipe:
+        p.add_argument("--device", dest="device", type=device_arg, action=_RecipeSet, default=argparse.SUPPRESS,
+                       help="device of the forward passes: cpu, cuda, or auto (sets the recipe's device:)")
+    else:
+        add_device(p)
+    for flag, field in PLACEMENT_FLAGS.items():
+        kw = dict(type=_placement_type(field), metavar=field.split("_")[-1].upper())
+        help = config_help(PLACEMENT, field, field.replace("_", " "))
+        if recipe:
+            p.add_argument(flag, dest=f"placement.{field}", action=_RecipeSet, default=argparse.SUPPRESS,
+                           help=f"{help} (sets the recipe's placement.{field})", **kw)
+        else:
+            p.add_argument(flag, dest=field, help=help, **kw)
+
+
+def placement(args: argparse.Namespace):
+    """The :class:`rwedit.models.Placement` of a command's placement flags (:func:`add_placement`)."""
+    from rwedit.models import Placement
+
+    return Placement(**{field: getattr(args, field, None) for field in PLACEMENT_FLAGS.values()})
 
 
 def add_batch_size(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         CALIBRATION, "seq_len", "calibration sequence length") + " (default %(default)s)")
     options.add_batch_size(p)
     p.add_argument("--field", help=config_help(CALIBRATION, "field", "jsonl/dataset field holding the text"))
-    options.add_device(p)
+    options.add_placement(p)
     p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
         GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (a k not below a side's d is skipped there)") + " (default 1,4,16,64)")
     p.add_argument("--null-seeds", type=options.count, default=0, help=config_help(
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     calib = None
     if args.calib:
         calib = CalibrationSettings(data=args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
-                                    batch_size=args.batch_size, field=args.field, device=args.device)
+                                    batch_size=args.batch_size, field=args.field, device=args.device,
+                                    placement=options.placement(args))
     settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed, centred=args.centred,
                             prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
                             layers=args.layers)

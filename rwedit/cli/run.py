@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
     options.add_post(p, when_omitted="the recipe's")
     options.add_set(p)
+    options.add_placement(p, recipe=True)
     options.add_cache_dir(p)
     options.add_quiet(p)
 
