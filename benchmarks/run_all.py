@@ -135,6 +135,11 @@ def _sources(r: dict) -> list[Figure]:
             Figure("two posts in one pass / two separate passes", two, "≤ 0.6", _le(two, 0.6))]
 
 
+def _placement(r: dict) -> list[Figure]:
+    return [Figure(f"activation collection, model split CPU + disk offload / held whole (tokens/s, batch {b})",
+                   v.get("split_over_whole"), "info (printed)", None) for b, v in (r.get("by_batch_size") or {}).items()]
+
+
 register(Bench("pair_pass", "bench_pair_pass.py", ["--repeats", "2"], ["--skip-naive"], "pair_pass.json", _pair_pass))
 register(Bench("probes", "bench_probes.py", ["--profile", "never", "--no-alternatives"],
                ["--profile", "never", "--no-alternatives", "--layers", "0,1,2,3", "--repeats", "1"],
@@ -142,6 +147,7 @@ register(Bench("probes", "bench_probes.py", ["--profile", "never", "--no-alterna
 register(Bench("adapters", "bench_adapters.py", [], [], "adapters.json", _adapters))
 register(Bench("scoring", "bench_scoring.py", [], ["--limit", "5"], "scoring.json", _scoring))
 register(Bench("sources", "bench_sources.py", [], [], "sources.json", _sources))
+register(Bench("placement", "bench_placement.py", [], ["--repeat", "1", "--batch-sizes", "8"], "placement.json", _placement))
 
 
 def _quickstart(quick: bool) -> tuple[list[Figure], dict]:
