@@ -7,7 +7,9 @@ quickstart and organism) is registered with :func:`register_experiment`: its rec
 scorers, and its report. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
 the conditions not stored yet → for each, ``with intervention.applied(model)`` score the model as it
 is → append the row → the kind's report. The kind is stored in ``run.json`` (the recipe's
-``experiment:``), and :func:`write_report` dispatches on it.
+``experiment:``), and :func:`write_report` dispatches on it. With a :class:`~rwedit.evals.store.Shard`, the
+loop scores that share of the conditions into the shard's own store; the process that completes the last
+share writes the merged report.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
 from rwedit.evals.lmeval import EvalSettings
-from rwedit.evals.store import ResultStore
+from rwedit.evals.store import ResultStore, Shard
 
 DEFAULT_KIND = "control"
 
@@ -228,28 +230,35 @@ def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | 
 def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None, *, resume: bool = False,
                progress: bool = True, overrides: dict[str, Any] | None = None,
                cache_dir: str | Path | None = None, stop_after: int | None = None,
-               sets: list[str] | tuple[str, ...] = ()) -> RunResult:
-    """Run (or resume) any registered kind's recipe into ``out``; ``sets`` as in :func:`load_recipe`."""
+               sets: list[str] | tuple[str, ...] = (), shard: Shard | str | None = None) -> RunResult:
+    """Run (or resume) any registered kind's recipe into ``out``; ``sets`` as in :func:`load_recipe`;
+    ``shard`` (a :class:`~rwedit.evals.store.Shard` or ``"I/N"``) scores that share of the conditions only."""
     kind, recipe = load_recipe(source, overrides, sets)
+    shard = Shard.parse(shard) if isinstance(shard, str) else shard
     if kind.run is not None:
+        if shard is not None:
+            raise ConfigError(f"experiment kind {kind.name!r} runs its own stages and cannot be sharded (shard "
+                              f"{shard}, from --shard or the launcher's RANK/WORLD_SIZE or SLURM array); run it as "
+                              f"one process")
         return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir, overrides=overrides)
     return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
-                          stop_after=stop_after)
+                          stop_after=stop_after, shard=shard)
 
 
 def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Path | None = None, *,
                    resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
-                   stop_after: int | None = None) -> RunResult:
+                   stop_after: int | None = None, shard: Shard | None = None) -> RunResult:
     """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
-    interrupted runs); a stopped run returns without a report and ``--resume`` finishes it."""
+    interrupted runs); a stopped run returns without a report and ``--resume`` finishes it. With ``shard``,
+    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`)."""
     from rwedit.models import check_device
 
     out = recipe.folder(out)
     check_device(getattr(recipe, "device", "cpu"))
     sources = recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
-    store = ResultStore(out)
+    store = ResultStore(out, shard)
     store.check_folder()
-    created = not out.exists()
+    created = not store.folder.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
             return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources)
@@ -257,21 +266,28 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
 
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(store.folder, ignore_errors=True)  # a shard's own folder only: others share out
+                if shard is not None:
+                    try:
+                        store.folder.parent.rmdir()  # shards/, when no other shard has begun
+                    except OSError:
+                        pass
             raise
 
 
 def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
                 stop_after: int | None, resume: bool, sources: dict | None = None) -> RunResult:
-    out = store.folder
-    store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
-    prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
-    names = [c.name for c in prep.conditions]
-    if len(set(names)) != len(names):
-        raise ExperimentError(f"{kind.name}: duplicate condition names {sorted(n for n in set(names) if names.count(n) > 1)}")
-    store.plan(names)
+    out = store.root
+    with store.shared():  # one process at a time begins and prepares what all shards of `out` share
+        store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
+        prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
+        names = [c.name for c in prep.conditions]
+        if len(set(names)) != len(names):
+            raise ExperimentError(f"{kind.name}: duplicate condition names "
+                                  f"{sorted(n for n in set(names) if names.count(n) > 1)}")
+        mine = set(store.plan(names))
     done = store.done()
-    missing = [c for c in prep.conditions if c.name not in done]
+    missing = [c for c in prep.conditions if c.name in mine and c.name not in done]
     final = [c for c in missing if c.intervention.final]
     missing = [c for c in missing if not c.intervention.final] + final  # what cannot be undone goes last
     scorers = (prep.scorers() if callable(prep.scorers) else prep.scorers) if missing else []
@@ -290,13 +306,26 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
         store.append(row)
         if c.after is not None:
             c.after(row)
-    if not set(names) <= store.done():
-        return RunResult(out, None, [f"stopped after {len(store.done())} of {len(names)} conditions: "
-                                     f"rerun with --resume to finish {out}"])
-    report = kind.report(out)
-    if kind.finish is not None:
-        kind.finish(recipe, out)
-    return RunResult(out, report, [f"wrote {report} (results: {out / 'results.jsonl'})"])
+    if not mine <= store.done():
+        again = f" --shard {store.shard}" if store.shard is not None else ""
+        return RunResult(out, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun with "
+                                     f"--resume{again} to finish {store.folder}"])
+    if store.shard is None:
+        report = kind.report(out)
+        if kind.finish is not None:
+            kind.finish(recipe, out)
+        return RunResult(out, report, [f"wrote {report} (results: {store.path})"])
+    with store.shared():  # the shard that completes the last share writes the merged report, once
+        waiting = [s for s in ResultStore(out).shard_status() if not s.complete]
+        if waiting:
+            return RunResult(out, None, [f"shard {store.shard}: its {len(mine)} conditions are stored in "
+                                         f"{store.path}; the report waits for the other shards:"]
+                             + ["  " + s.describe(out) for s in waiting]
+                             + [f"`rwedit report {out}` merges the shards once they have finished"])
+        report = kind.report(out)
+        if kind.finish is not None:
+            kind.finish(recipe, out)
+    return RunResult(out, report, [f"wrote {report} (merged {store.shard.count} shards: {out / 'shards'})"])
 
 
 def check_scores(scores: dict[str, Any], condition: str) -> dict[str, Any]:
@@ -323,24 +352,41 @@ def stored_kind(folder: str | Path) -> ExperimentKind:
     return experiment_kind(str(cfg.get("experiment") or DEFAULT_KIND))
 
 
+def shard_problems(folder: str | Path) -> list[str]:
+    """One line for each share of a sharded run in ``folder`` that is missing or incomplete (none for a
+    complete or unsharded run); shards of another recipe or split are refused here."""
+    store = ResultStore(folder)
+    return [s.describe(Path(folder)) for s in store.shard_status() if not s.complete] if store.sharded else []
+
+
 def write_report(folder: str | Path, **options: Any) -> Path:
-    """Rebuild the report of a stored run with its own kind's report (options it does not take are ignored)."""
+    """Rebuild the report of a stored run with its own kind's report (options it does not take are ignored);
+    of a sharded run, from every shard's rows merged, saying which shard is missing or incomplete."""
     kind = stored_kind(folder)
     if kind.report is None:
         raise ExperimentError(f"{folder}: experiment kind {kind.name!r} has no report to rebuild")
+    problems = shard_problems(folder)  # also refuses shards of two recipes or splits before anything is drawn
     accepted = inspect.signature(kind.report).parameters
-    path = kind.report(folder, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    try:
+        with ResultStore(folder).shared():  # never beside a shard's process writing the same report
+            path = kind.report(folder, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    except ExperimentError as e:
+        if not problems:
+            raise
+        raise ExperimentError(f"{e}\n" + "\n".join(problems)) from None
     missing = ResultStore(folder).missing()
     if missing and path is not None and Path(path).suffix == ".md":
         from rwedit.outputs import write_text
 
+        how = ("; ".join(problems) if problems else
+               f"`rwedit run RECIPE --out {folder} --resume` finishes it")
         banner = (f"> **Unfinished run: {len(missing)} condition(s) not scored yet** ({', '.join(missing[:8])}"
                   f"{', …' if len(missing) > 8 else ''}). Every number below is from the rows stored so far; "
-                  f"`rwedit run RECIPE --out {folder} --resume` finishes it.\n\n")
+                  f"{how}.\n\n")
         write_text(path, banner + Path(path).read_text())
     return path
 
 
 __all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",
-           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "stored_kind",
-           "write_report"]
+           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "shard_problems",
+           "stored_kind", "write_report"]

@@ -13,7 +13,6 @@ tables, figures) are here: :func:`load_run`, :func:`fmt`, :func:`fmt_ci`, :func:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -39,12 +38,14 @@ KIND_ORDER = ["principal", "given", "random", "lowvar", "write"]
 
 
 def load_run(folder: str | Path) -> tuple[list[dict], dict]:
-    """The rows of a run folder's results store and its ``run.json``; raises when there are no rows yet."""
+    """The rows of a run folder's results store and its ``run.json`` (of a sharded run: every shard's rows
+    merged, and the merged description, :class:`~rwedit.evals.store.ResultStore`); raises when there are no
+    rows yet."""
     store = ResultStore(folder)
     rows = store.rows()
     if not rows:
         raise ExperimentError(f"{folder}: no results yet (results.jsonl is empty or missing)")
-    return rows, json.loads(store.meta_path.read_text())
+    return rows, store.meta()
 
 
 def _missing(x) -> bool:
@@ -456,7 +457,9 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
         lines += ["", "### RSF of the observed pair (post − base)", "",
                   "Full tables: `probe/rsf.csv`, `probe/headline.csv`, `probe/summary.md`.", ""]
         lines += [f"![{p.stem}](probe/{p.name})" for p in probe_pngs]
-    lines += ["", "## Files", "", "- `results.jsonl`: one row per condition (load with `pandas.read_json(path, lines=True)`)",
+    store = ("`shards/I-of-N/results.jsonl` (one store per shard; `rwedit.evals.store.ResultStore(folder).frame()` "
+             "merges them)" if meta.get("shards") else "`results.jsonl`")
+    lines += ["", "## Files", "", f"- {store}: one row per condition (load with `pandas.read_json(path, lines=True)`)",
               "- `headline.csv`, `verdicts.csv`: the tables above for every metric; `units.csv`: each replicate "
               "unit's paired effect against its own controls", "- `edit/adapters/<condition>`: "
               "PEFT adapters (`PeftModel.from_pretrained`) with model cards", "- `run.json`: the recipe, its hash, versions"]

@@ -5,7 +5,8 @@ and rwedit version, and where the adapters are.
 Works on any rwedit output folder: an experiment (``rwedit run``: rows, verdicts, headline, units), a probe
 (``rwedit probe``: the RSF grid), an SVD probe, or a quickstart folder holding several of them; each table
 becomes one dataset configuration named after where it came from (``experiment_rows``,
-``probe_aligned_rsf_grid``, …)."""
+``probe_aligned_rsf_grid``, …). A run split into shards (``rwedit run --shard I/N``) gives one ``rows``
+table, its shards' rows merged."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pandas as pd
 
 from rwedit import __version__
 from rwedit.errors import ExportError
-from rwedit.outputs import atomic_folder, check_output_folder, write_text
+from rwedit.evals.store import SHARDS_DIR, ResultStore
+from rwedit.outputs import atomic_folder, check_output_folder, dumps, write_text
 
 #: file name in an output folder -> table name (the dataset configuration's suffix)
 TABLES = {"results.jsonl": "rows", "verdicts.csv": "verdicts", "headline.csv": "headline", "units.csv": "units",
@@ -33,6 +35,13 @@ class Table:
     name: str
     source: Path
     frame: pd.DataFrame
+    lines: str | None = None  # JSON Lines as written (rows tables), lists and nulls kept
+
+
+def _sharded_runs(root: Path) -> list[Path]:
+    """The folders (``root`` and two levels below) holding a run split into shards."""
+    return sorted(d for pattern in ("", "*", "*/*") for d in (root.glob(pattern) if pattern else [root])
+                  if d.is_dir() and ResultStore(d).sharded)
 
 
 def collect_tables(run_dir: str | Path) -> list[Table]:
@@ -43,16 +52,23 @@ def collect_tables(run_dir: str | Path) -> list[Table]:
         raise ExportError(f"{root}: no such folder (give the --out folder of `rwedit run`, `probe`, `svd`, "
                           f"`eval` or `quickstart`)")
     out = []
+    for run in _sharded_runs(root):  # one table of the merged rows (duplicates and foreign shards refused)
+        rows = ResultStore(run).rows()
+        if rows:
+            prefix = "_".join(run.relative_to(root).parts).replace("-", "_")
+            out.append(Table(f"{prefix}_rows" if prefix else "rows", run / SHARDS_DIR, pd.DataFrame(rows),
+                             "".join(dumps(r) + "\n" for r in rows)))
     for path in sorted(p for pattern in ("*", "*/*", "*/*/*") for p in root.glob(pattern) if p.name in TABLES):
-        if path.stat().st_size == 0 or any(part.startswith(".") for part in path.relative_to(root).parts):
+        parts = path.relative_to(root).parts
+        if path.stat().st_size == 0 or any(part.startswith(".") for part in parts) or SHARDS_DIR in parts[:-1]:
             continue
-        prefix = "_".join(path.relative_to(root).parts[:-1]).replace("-", "_")
+        prefix = "_".join(parts[:-1]).replace("-", "_")
         name = f"{prefix}_{TABLES[path.name]}" if prefix else TABLES[path.name]
         try:
             frame = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
         except ValueError as e:
             raise ExportError(f"{path}: cannot be read as a table ({e})") from None
-        out.append(Table(name, path, frame))
+        out.append(Table(name, path, frame, path.read_text() if path.suffix == ".jsonl" else None))
     if not out:
         raise ExportError(f"{root} holds no rwedit tables ({', '.join(TABLES)}); give a folder a command wrote")
     return out
@@ -66,7 +82,8 @@ def _described(root: Path) -> list[tuple[str, dict]]:
             found.append((str(path.parent.relative_to(root)) or ".", json.loads(path.read_text())))
         except ValueError:
             continue
-    return found
+    found += [(str(run.relative_to(root)) or ".", ResultStore(run).meta()) for run in _sharded_runs(root)]
+    return sorted(found, key=lambda f: f[0])
 
 
 def _compared(desc: dict) -> str:
@@ -123,8 +140,8 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
     with atomic_folder(out, overwrite=overwrite) as tmp:
         (tmp / "data").mkdir()
         for t in tables:
-            if t.source.suffix == ".jsonl":  # the rows as written: strict JSON, lists kept
-                write_text(tmp / "data" / f"{t.name}.jsonl", t.source.read_text())
+            if t.lines is not None:  # the rows as written: strict JSON, lists kept
+                write_text(tmp / "data" / f"{t.name}.jsonl", t.lines)
             else:
                 write_text(tmp / "data" / f"{t.name}.jsonl", t.frame.to_json(orient="records", lines=True))
         write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id)))

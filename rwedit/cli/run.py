@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
     options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    p.add_argument("--shard", metavar="I/N",
+                   help="score share I (0 to N-1) of N disjoint, deterministic shares of the conditions into "
+                        "OUT/shards/I-of-N (its own store and lock; start the N processes at once, each resumes on "
+                        "its own with --resume); the one that finishes last writes the merged report, and `rwedit "
+                        "report OUT` merges them at any time. Default: RANK/WORLD_SIZE (torchrun, accelerate "
+                        "launch) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (a job array), if set")
     options.add_allow_pickle(p)
     options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
     options.add_post(p, when_omitted="the recipe's")
@@ -49,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import rwedit.apps  # noqa: F401  (registers the organism and quickstart kinds)
     from rwedit.evals.core import run_recipe
+    from rwedit.evals.store import Shard
 
     result = run_recipe(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
                         overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir,
-                        sets=args.sets)
+                        sets=args.sets, shard=Shard.parse(args.shard) if args.shard else Shard.from_env())
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0
