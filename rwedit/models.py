@@ -178,6 +178,18 @@ def check_window(model_or_config, length: int, setting: str) -> None:
                           f"positions; set {setting} to at most {window}")
 
 
+def local_device(device: str) -> str:
+    """``cuda`` under a launcher that starts one process per GPU (torchrun, accelerate launch: ``LOCAL_RANK``)
+    is that process's own GPU, ``cuda:LOCAL_RANK`` (modulo the GPUs visible); any other device is unchanged."""
+    import os
+
+    rank = os.environ.get("LOCAL_RANK")
+    if device != "cuda" or rank is None or not rank.isdigit():
+        return device
+    count = torch.cuda.device_count()
+    return f"cuda:{int(rank) % count}" if count > 1 else device
+
+
 def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str = "float32",
                              placement: Placement | None = None):
     """``(model.eval(), tokenizer)``: the whole model on ``device``, or placed by ``placement`` (its device
@@ -187,6 +199,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str =
 
     placement = placement or Placement()
     check_device(device)
+    device = local_device(device)
     dtype = placement.dtype or dtype
     if dtype not in DTYPES:
         raise DeviceError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")

@@ -233,3 +233,16 @@ def test_placements_that_cannot_work_together_are_refused(pair, capsys):
     assert "placement" in recipe.config() and "placement" not in Recipe.from_yaml(path).config()  # old hashes kept
     with pytest.raises(ConfigError, match="not valid JSON"):
         Recipe.from_yaml(path, sets=['placement.device_map="{bad"'])
+
+
+def test_cuda_under_a_per_gpu_launcher_is_the_process_own_gpu(monkeypatch):
+    """torchrun / accelerate launch start one process per GPU with LOCAL_RANK: `cuda` is that rank's GPU."""
+    from rwedit.models import local_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert local_device("cuda") == "cuda:2" and local_device("cuda:0") == "cuda:0" and local_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert local_device("cuda") == "cuda:1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert local_device("cuda") == "cuda"
