@@ -112,7 +112,8 @@ def _rewrite(folder: Path, change) -> None:
 
 
 def _plant_role_shape(root, texts):
-    _rewrite(root / "post", lambda t: t.update({"model.layers.1.mlp.up_proj.weight": t["model.layers.1.mlp.up_proj.weight"][:-1]}))
+    key = "model.layers.1.mlp.up_proj.weight"
+    _rewrite(root / "post", lambda t: t.update({key: t[key][:-1]}))
     return "shapes differ at layer 1 role 'up'"
 
 
@@ -310,9 +311,33 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     assert plan.params == params
     assert stages["probe: RSF grid"].memory_bytes == RUNTIME_BYTES + 3 * largest * 4 + largest * 4 + largest * 8
     assert stages["probe: statistics"].memory_bytes == RUNTIME_BYTES + params * 4 + cfg.num_hidden_layers * per_layer
-    assert plan.cache_bytes == cfg.num_hidden_layers * per_layer + (cfg.hidden_size ** 2 + (cfg.num_attention_heads * head) ** 2) * 8
+    edit_q_and_o = (cfg.hidden_size ** 2 + (cfg.num_attention_heads * head) ** 2) * 8  # the edit's layer: q, o
+    assert plan.cache_bytes == cfg.num_hidden_layers * per_layer + edit_q_and_o
     assert stages["scoring"].memory_bytes > RUNTIME_BYTES + params * 4
     assert {s.device for s in plan.stages} == {"cpu"}
+
+
+def test_plan_states_memory_per_device_the_recipe_places_stages_on(pair, tmp_path, monkeypatch):
+    """device: cuda puts the model stages' memory on the GPU (without the host process), the streaming grid
+    stays on the host, and a stage above the GPU's free memory is named; auto says its split is unknown."""
+    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+
+    recipe = _write(tmp_path / "r.yaml", _recipe(pair))
+    on_cpu = {s.name: s for s in plan_recipe(recipe, out=tmp_path / "run").stages}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    free = on_cpu["scoring"].memory_bytes - RUNTIME_BYTES - 1  # one byte short of the scoring stage on the GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=0: (free, 2 * free))
+    plan = plan_recipe(recipe, {"device": "cuda"}, out=tmp_path / "run")
+    stages = {s.name: s for s in plan.stages}
+    assert {n: s.device for n, s in stages.items()} == {"probe: statistics": "cuda", "probe: RSF grid": "cpu",
+                                                        "edit: statistics": "cuda", "scoring": "cuda"}
+    for name, s in stages.items():
+        assert s.memory_bytes == on_cpu[name].memory_bytes - (RUNTIME_BYTES if s.device == "cuda" else 0), name
+    assert any("scoring need more memory than cuda has free" in n for n in plan.notes), plan.notes
+    assert not any("probe: RSF grid" in n for n in plan.notes)
+    auto = plan_recipe(recipe, {"device": "auto"}, out=tmp_path / "run")
+    assert any("a split plan cannot know before placement" in n for n in auto.notes)
 
 
 def _bench_pair() -> tuple[Path, dict] | None:

@@ -28,7 +28,8 @@ RUNTIME_BYTES = 300 * 2**20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 #: rough sizes of what a run writes besides tensors: a condition's adapter folder (config, card, metadata),
 #: its result row and lm-eval output per item, a probe row, the plots
-ADAPTER_FILES_BYTES, ROW_BYTES, LMEVAL_ITEM_BYTES, PROBE_ROW_BYTES, PLOTS_BYTES = 16 << 10, 4 << 10, 4 << 10, 300, 4 << 20
+ADAPTER_FILES_BYTES, ROW_BYTES, LMEVAL_ITEM_BYTES = 16 << 10, 4 << 10, 4 << 10
+PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 
 
 @dataclass
@@ -70,7 +71,9 @@ class Plan:
         if not self.stages:  # an application: its own stages open their checkpoints as they run
             return out + [f"checked: the recipe's keys and names; the {self.kind} application opens and checks its "
                           f"checkpoints stage by stage when it runs"]
-        out.append("checked (headers only, no tensor read): " + "; ".join(self.checked))
+        out.append("checked (headers only, no tensor read):")
+        out += [f"  - {c}" for c in self.checked]
+        out.append("sources:")
         for side, s in self.sources.items():
             out.append(f"  {side}: {s.get('ref')} ({'commit ' + s['commit'][:12] if s.get('commit') else 'fingerprint ' + str(s.get('fingerprint'))})")
         out.append(f"  model: {self.params / 1e6:.1f} M parameters")
@@ -256,8 +259,15 @@ def stats_bytes(layout, layers=None, roles=None) -> int:
     return total
 
 
-def _available_memory() -> int | None:
-    """MemAvailable of this machine (Linux), or None."""
+def device_memory(device: str) -> int | None:
+    """Memory free now where a stage runs: the host's MemAvailable (Linux) for cpu, the CUDA device's free
+    memory for cuda[:N]; None where it cannot be known before placement (auto, another device)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device).index or 0)[0]
+    if device != "cpu":
+        return None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -299,6 +309,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
     :class:`~rwedit.errors.RweditError` naming it) what would make the run fail."""
     from rwedit.checkpoints import Checkpoint, open_post
     from rwedit.evals.core import load_recipe
+    from rwedit.models import check_device
     from rwedit.probes.activations import default_cache_dir
 
     kind, recipe = load_recipe(source, overrides, sets)  # importing rwedit.apps registered its kinds
@@ -306,6 +317,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
         folder = Path(out or getattr(recipe, "out", None) or Path("runs") / getattr(recipe, "name", kind.name))
         return Plan(kind.name, getattr(recipe, "name", kind.name), folder, {}, 0, None)
     folder = recipe.folder(out)
+    check_device(getattr(recipe, "device", "cpu"))
     sources = recipe.check_sources() or {}  # the kind's own checks: edit against the model, export names, pair
     base = getattr(recipe, "base_checkpoint", None)  # opened once by check_sources where the kind keeps it
     spec = getattr(recipe, "edit", None)
@@ -337,9 +349,10 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
     cache_bytes = 0
     output_bytes = PLOTS_BYTES
     notes = []
+    host = RUNTIME_BYTES if device == "cpu" else 0  # the process itself, where a stage runs on the host
     if device != "cpu":
         notes.append(f"device {device}: the model stages' memory is on the accelerator (the host holds the "
-                     f"runtime, ~{_gib(RUNTIME_BYTES)}, plus the accelerator's context)"
+                     f"runtime, ~{_gib(RUNTIME_BYTES)}, and the accelerator's context besides)"
                      + ("; accelerate's device_map splits it over the GPUs and the CPU, a split plan cannot know "
                         "before placement" if device == "auto" else ""))
     if spec is not None and hasattr(spec, "resolved"):
@@ -351,7 +364,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
                 n = stats_bytes(layout)
                 cache_bytes += n
                 stages.append(Stage("probe: statistics", f"E[a a^T] of every read input at {layout.n_layers} layers, "
-                                    f"float64 (cached)", RUNTIME_BYTES + model_bytes + n, spec.calibration.tokens,
+                                    f"float64 (cached)", host + model_bytes + n, spec.calibration.tokens,
                                     device))
             adapter = "kind" in sources.get("post", {})  # source_info marks an adapter post
             stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
@@ -360,15 +373,15 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
             n_views = len(layout.views())
             output_bytes += n_views * 2 * 3 * len(probe.ks) * PROBE_ROW_BYTES
         if spec.calibration is not None:
-            n = stats_bytes(layout, spec.edit.layers, [spec.edit.role] + ([spec.controls.write]
-                                                                          if spec.controls.write else []))
+            roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
+            n = stats_bytes(layout, spec.edit.layers, roles)
             cache_bytes += n
-            stages.append(Stage("edit: statistics", f"E[a a^T] of the {spec.edit.role} input at "
+            stages.append(Stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
                                 f"{len(spec.edit.layers)} layer(s), float64 (cached)",
-                                RUNTIME_BYTES + model_bytes + n, spec.calibration.tokens, device))
+                                host + model_bytes + n, spec.calibration.tokens, device))
         if spec.edit.b == "gradient":
             stages.append(Stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward each)",
-                                RUNTIME_BYTES + 2 * model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len, device))
+                                host + 2 * model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len, device))
         view = layout.view(spec.edit.layers[0], spec.edit.role)
         per_edit = (view.d_in + view.d_out) * 4 + ADAPTER_FILES_BYTES
         output_bytes += len(conditions or []) * len(spec.edit.layers) * per_edit
@@ -387,21 +400,23 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
         output_bytes += n_cond * items * LMEVAL_ITEM_BYTES
     output_bytes += n_cond * ROW_BYTES
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
-    stages.append(Stage("scoring", f"{n_cond} conditions (adapters switched in place on one loaded model)",
-                        RUNTIME_BYTES + model_bytes + n_cond * 2 * dims.hidden * 4 + batch_tokens * vocab * 4 * 2,
+    what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
+            f"per condition: the {kind.name} kind lists its conditions when the run prepares them")
+    stages.append(Stage("scoring", what,
+                        host + model_bytes + n_cond * 2 * dims.hidden * 4 + batch_tokens * vocab * 4 * 2,
                         n_cond * per_cond, device))
 
     free = _free(folder)
     cache_free = _free(cache) if cache_bytes else None
     check_disk({folder: output_bytes, cache: cache_bytes})
-    avail = _available_memory()
-    over = [s for s in stages if s.device == "cpu" and avail is not None and s.memory_bytes > avail]
-    if over:
-        notes.append(f"stage(s) {', '.join(s.name for s in over)} need more memory than this machine has "
-                     f"available now ({_gib(avail)})")
+    for dev in dict.fromkeys(s.device for s in stages):
+        avail = device_memory(dev)
+        over = [s.name for s in stages if s.device == dev and avail is not None and s.memory_bytes > avail]
+        if over:
+            notes.append(f"stage(s) {', '.join(over)} need more memory than {dev} has free now ({_gib(avail)})")
     return Plan(kind.name, recipe.name, folder, sources, params, conditions, stages, free, output_bytes,
                 cache_bytes, cache, cache_free, checked, notes, recipe)
 
 
-__all__ = ["Plan", "Stage", "check_checkpoint", "check_data", "check_pair_headers", "check_tokenizer",
-           "check_disk", "pair_pass_bytes", "plan_recipe", "stats_bytes"]
+__all__ = ["Plan", "Stage", "check_checkpoint", "check_data", "check_disk", "check_pair_headers", "check_tokenizer",
+           "device_memory", "largest_role_tensor", "pair_pass_bytes", "plan_recipe", "stats_bytes"]
