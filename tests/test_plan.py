@@ -217,6 +217,9 @@ def test_plan_of_the_good_pair_passes_without_reading_a_tensor(pair, tmp_path, n
     text = capsys.readouterr().out
     assert "conditions: 4 + base" in text and "probe: RSF grid" in text and "no tensor read" in text
     assert "data: edit.calibration.data, direct.text_data, direct.pairs_data" in text
+    for f in (pair / "post").glob("tokenizer*"):  # a post without tokenizer files: the run needs the base's only
+        f.unlink()
+    assert main(["plan", _write(tmp_path / "r.yaml", _recipe(pair)), "--out", str(out)]) == 0
     assert not out.exists()
 
 

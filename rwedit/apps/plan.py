@@ -113,10 +113,11 @@ def _stored_itemsize(name: str) -> int | None:
     return None if t is None else t.itemsize
 
 
-def check_checkpoint(ckpt) -> None:
+def check_checkpoint(ckpt, needs_tokenizer: bool = True) -> None:
     """One checkpoint's headers against its config and index: every role tensor is there with the shape the
     config implies and a float dtype, every tensor the index names is in the shard it names, and the folder
-    holds a tokenizer whose ids fit the embedding. Nothing is read but headers and tokenizer files."""
+    holds a tokenizer (where the run loads one from it: the base) whose ids fit the embedding. Nothing is read
+    but headers and tokenizer files."""
     from rwedit.errors import ConfigError
 
     index = ckpt.path / "model.safetensors.index.json"
@@ -138,13 +139,15 @@ def check_checkpoint(ckpt) -> None:
             raise CheckpointError(f"{ckpt.source}: {view.param} is stored as {dtype}, not a float dtype (a quantized "
                                   f"checkpoint?); rwedit reads float weights (F32, BF16, F16): dequantize it and save "
                                   f"it with save_pretrained first")
-    check_tokenizer(ckpt)
+    check_tokenizer(ckpt, needs_tokenizer)
 
 
-def check_tokenizer(ckpt) -> None:
-    """The folder ships tokenizer files (a run loads the tokenizer with the model) and, where the vocabulary
-    can be read from them, its largest id has a row in the embedding."""
+def check_tokenizer(ckpt, required: bool = True) -> None:
+    """The folder ships tokenizer files (``required``: a run loads the tokenizer with the base model) and,
+    where the vocabulary can be read from them, its largest id has a row in the embedding."""
     if not any((ckpt.path / f).exists() for f in TOKENIZER_FILES):
+        if not required:
+            return
         raise CheckpointError(f"{ckpt.source}: no tokenizer files in {ckpt.path} (looked for "
                               f"{', '.join(TOKENIZER_FILES)}); a run loads the tokenizer with the model: save one "
                               f"there with tokenizer.save_pretrained(folder)")
@@ -168,7 +171,7 @@ def check_pair_headers(base, post) -> None:
     CheckpointPair(base, post)
     if isinstance(post, LoraPost):
         return
-    check_checkpoint(post)
+    check_checkpoint(post, needs_tokenizer=False)  # the run loads the base's tokenizer only
     for name in base.keys():
         sb, sp = base._shapes[name], post._shapes.get(name)
         if sp is not None and sb != sp:
