@@ -13,7 +13,6 @@ from rwedit import __version__
 from rwedit.architectures import model_layout
 from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
-from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
 from rwedit.editor.spec import EditSpec, SpecError
@@ -98,6 +97,8 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     attach_probe_metrics(conditions, stats)
     if extra_metrics is not None:
         extra_metrics(conditions, model)
+    from rwedit.editor.adapters import attach_conditions  # imports peft: only where adapters are built
+
     peft_model = attach_conditions(model, conditions)
     base = base_reference(spec.model, bare)
     for c in conditions:  # what PEFT (and AutoPeftModelForCausalLM) will load the adapter onto

@@ -102,29 +102,3 @@ def test_a_recipe_that_cannot_fit_fails_before_any_work(tmp_path, wiki_tokenizer
     assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "did you mean 'L1_principal0_a2'" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
-
-def test_plan_checks_a_recipe_without_loading_weights_and_estimates_it(tmp_path, wiki_tokenizer, monkeypatch,
-                                                                       capsys):
-    """`rwedit plan`: the conditions a run would build (the resolved spec's), memory from the headers, the
-    sources' fingerprints, and a recipe that cannot fit refused with exit 2 — without loading a model or
-    writing the output folder."""
-    import transformers
-
-    from rwedit.apps.plan import plan_recipe
-    from rwedit.editor.spec import EditSpec
-
-    root = save_pair(tmp_path / "m", wiki_tokenizer, seed=3, num_hidden_layers=3, max_position_embeddings=1024,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({**_recipe(root), "probe": {"enabled": True, "ks": [1, 4]}}))
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda *a, **k: pytest.fail("plan loaded a model"))
-    plan = plan_recipe(str(recipe), out=tmp_path / "run")
-    spec = EditSpec.from_dict(_recipe(root)["edit"]).resolved(3)
-    assert plan.conditions == spec.condition_names() and plan.params > 0
-    assert {s.name for s in plan.stages} == {"probe", "activation statistics", "scoring"}
-    assert set(plan.sources) == {"base", "post"} and not (tmp_path / "run").exists()
-    assert main(["plan", str(recipe), "--set", "edit.edit.layers=[7]"]) == 2
-    assert "layers 0..2" in capsys.readouterr().err
-    assert main(["plan", str(recipe), "--out", str(tmp_path / "run")]) == 0
-    assert "conditions: 4 + base" in capsys.readouterr().out

@@ -1,10 +1,12 @@
 """Check a recipe and its checkpoints without loading any weights, and estimate what the run will need.
 
-Parses the recipe as `rwedit run` would (every key, every name it refers to), opens the checkpoints from their
-headers only and checks the pair and the edit against them (architecture, shapes, layer counts, dtypes,
-tokenizers, layers, roles, windows), and prints each stage's peak memory and forward tokens (compute at a
-stated FLOP rate), the conditions, the sources' commits or fingerprints and the free disk. Exit 2 names the
-first thing that would have failed.
+Parses the recipe as `rwedit run` would (every key, every name it refers to, export: entries), opens the
+checkpoints from their headers only and checks them against their configs and each other (architecture, layer
+counts, every tensor's shape, stored dtypes, the shards the index names, tokenizer files and vocabularies) and
+the edit against them (layers, roles, windows), opens each data file at its first records, and prints each
+stage's peak memory on the recipe's device and forward tokens (compute at a stated FLOP rate), the conditions,
+the sources' commits or fingerprints, and what the run writes against the free disk. No tensor is read. Exit 2
+names the first thing that would have failed; `rwedit run` prints the same plan before it starts.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_post(p, when_omitted="the recipe's")
     options.add_set(p)
     options.add_allow_pickle(p)
+    options.add_cache_dir(p)
     p.add_argument("--gflops", type=float, default=100.0,
                    help="compute rate for the time estimate, GFLOP/s (default %(default)s: about two CPU cores)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import rwedit.apps  # noqa: F401  (registers the application kinds)
-    from rwedit.apps.plan import plan_recipe
+    from rwedit.apps.plan import plan_recipe  # importing rwedit.apps registers the application kinds
 
-    plan = plan_recipe(args.recipe, {"model": args.model, "post": args.post}, args.sets, args.out)
+    plan = plan_recipe(args.recipe, {"model": args.model, "post": args.post}, args.sets, args.out, args.cache_dir)
     print("\n".join(plan.lines(args.gflops * 1e9)))
     return 0

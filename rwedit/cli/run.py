@@ -54,11 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import rwedit.apps  # noqa: F401  (registers the organism and quickstart kinds)
+    from rwedit.apps.plan import plan_recipe
     from rwedit.evals.core import run_recipe
     from rwedit.evals.store import Shard
 
-    result = run_recipe(args.recipe, args.out, resume=args.resume, progress=not args.quiet,
-                        overrides={"model": args.model, "post": args.post}, cache_dir=args.cache_dir,
-                        sets=args.sets, shard=Shard.parse(args.shard) if args.shard else Shard.from_env())
+    source, overrides, sets = args.recipe, {"model": args.model, "post": args.post}, args.sets
+    plan = plan_recipe(source, overrides, sets, args.out, args.cache_dir)  # what it can know fails here
+    if not args.quiet:
+        print("\n".join(plan.lines()), flush=True)
+    if plan.recipe is not None:  # run the recipe plan checked, its checkpoints already opened
+        source, overrides, sets = plan.recipe, None, ()
+    result = run_recipe(source, args.out, resume=args.resume, progress=not args.quiet, overrides=overrides,
+                        cache_dir=args.cache_dir, sets=sets,
+                        shard=Shard.parse(args.shard) if args.shard else Shard.from_env())
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0

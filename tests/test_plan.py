@@ -1,0 +1,386 @@
+"""`rwedit plan`: a planted mismatch in the pair, its files, its tokenizers, its data or its recipe is refused
+(exit 2, naming it) before any tensor is read, and the memory estimate is the one the tensor sizes give."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import yaml
+from safetensors import safe_open
+
+import rwedit.checkpoints as checkpoints_module
+from rwedit.cli import main
+from conftest import WIKITEXT
+from tiny_models import save_pair
+
+LAYERS = 3
+
+
+def _recipe(root: Path, **top) -> dict:
+    return {
+        "name": "planned",
+        "edit": {"model": str(root / "base"), "post": str(root / "post"),
+                 "calibration": {"data": str(WIKITEXT), "tokens": 512, "seq_len": 32},
+                 "edit": {"layers": ["mid"], "role": "q", "v": "principal[0]", "b": "delta"},
+                 "alpha": [2.0], "controls": {"random": 1, "lowvar": 1, "write": "o"}},
+        "probe": {"enabled": True, "ks": [1, 4]}, "eval": None,
+        "direct": {"pairs": 4, "texts": 2, "seq_len": 32, "max_len": 64},
+        "export": ["principal0_a2"], **top,
+    }
+
+
+@pytest.fixture(scope="module")
+def pair_root(tmp_path_factory, wiki_tokenizer):
+    return save_pair(tmp_path_factory.mktemp("plan") / "m", wiki_tokenizer, seed=3, num_hidden_layers=LAYERS,
+                     max_position_embeddings=128)
+
+
+@pytest.fixture
+def pair(tmp_path, pair_root):
+    """A fresh copy of the good pair, to plant one mismatch into."""
+    root = tmp_path / "m"
+    shutil.copytree(pair_root, root)
+    return root
+
+
+class _HeadersOnly:
+    """``safe_open`` that serves keys, metadata and each tensor's shape and dtype, and fails the test on any
+    tensor read."""
+
+    def __init__(self, *a, **k):
+        self._h = safe_open(*a, **k)
+
+    def __enter__(self):
+        self._h.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._h.__exit__(*exc)
+
+    def keys(self):
+        return self._h.keys()
+
+    def metadata(self):
+        return self._h.metadata()
+
+    def get_slice(self, name):
+        sl = self._h.get_slice(name)
+
+        class Slice:
+            get_shape, get_dtype = sl.get_shape, sl.get_dtype
+
+            def __getitem__(self, item):
+                pytest.fail(f"plan read tensor {name!r} (a slice)")
+
+        return Slice()
+
+    def get_tensor(self, name):
+        pytest.fail(f"plan read tensor {name!r}")
+
+
+@pytest.fixture
+def no_tensor_reads(monkeypatch):
+    """Every entry point that reads tensor data fails the test; headers stay readable."""
+    import transformers
+
+    monkeypatch.setattr(checkpoints_module, "safe_open", _HeadersOnly)
+    for mod, name in ((safetensors.torch, "load_file"), (safetensors.torch, "load"), (torch, "load"),
+                      (checkpoints_module.TensorReader, "read"),
+                      (transformers.AutoModelForCausalLM, "from_pretrained"),
+                      (transformers.AutoTokenizer, "from_pretrained")):
+        monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: pytest.fail(f"plan called {_n}"))
+
+
+def _write(path: Path, recipe: dict) -> str:
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def _rewrite(folder: Path, change) -> None:
+    """Rewrite ``folder/model.safetensors`` with ``change(tensors)`` applied (before any test patching)."""
+    f = folder / "model.safetensors"
+    tensors = safetensors.torch.load_file(f)
+    change(tensors)
+    safetensors.torch.save_file(tensors, f, metadata={"format": "pt"})
+
+
+def _plant_role_shape(root, texts):
+    key = "model.layers.1.mlp.up_proj.weight"
+    _rewrite(root / "post", lambda t: t.update({key: t[key][:-1]}))
+    return "shapes differ at layer 1 role 'up'"
+
+
+def _plant_norm_shape(root, texts):
+    key = "model.layers.2.input_layernorm.weight"
+    _rewrite(root / "post", lambda t: t.update({key: torch.cat([t[key], t[key][:1]])}))
+    return f"shapes differ at {key}"
+
+
+def _plant_missing_shard(root, texts):
+    from transformers import AutoModelForCausalLM
+
+    post = root / "post"
+    model = AutoModelForCausalLM.from_pretrained(post)
+    (post / "model.safetensors").unlink()
+    model.save_pretrained(post, max_shard_size="40KB")
+    shards = sorted(post.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (post / "model.safetensors.index.json").exists()
+    shards[1].unlink()
+    return f"the index names shard(s) that are not there: {shards[1].name}"
+
+
+def _plant_tokenizer(root, texts):
+    from rwedit.data import train_bpe_tokenizer
+
+    other = train_bpe_tokenizer(texts[1000:1600], vocab_size=len(json.loads(
+        (root / "base" / "tokenizer.json").read_text())["model"]["vocab"]))
+    for f in (root / "post").glob("tokenizer*"):
+        f.unlink()
+    other.save_pretrained(root / "post")
+    return "tokenizers differ"
+
+
+def _plant_vocab_beyond_embedding(root, texts):
+    from rwedit.data import train_bpe_tokenizer
+
+    bigger = train_bpe_tokenizer(texts[:1000], vocab_size=1024)
+    for side in ("base", "post"):
+        for f in (root / side).glob("tokenizer*"):
+            f.unlink()
+        bigger.save_pretrained(root / side)
+    return "the embedding has 512 rows"
+
+
+def _plant_dtype(root, texts):
+    _rewrite(root / "post", lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))
+    return "dtypes differ at layer 0 role 'q'"
+
+
+def _plant_no_tokenizer(root, texts):
+    for f in (root / "base").glob("tokenizer*"):
+        f.unlink()
+    return "no tokenizer files"
+
+
+PLANTS = {
+    "one layer's role shape": (_plant_role_shape, {}),
+    "one layer's norm shape": (_plant_norm_shape, {}),
+    "a missing shard": (_plant_missing_shard, {}),
+    "a tokenizer of another vocabulary": (_plant_tokenizer, {}),
+    "tokenizer ids beyond the embedding": (_plant_vocab_beyond_embedding, {}),
+    "a dtype mismatch": (_plant_dtype, {}),
+    "no tokenizer with the base": (_plant_no_tokenizer, {}),
+    "an export: typo": (None, {"export": ["principal0_a3"]}),
+    "a missing calibration file": (None, {"calib": "no-such-text.txt.gz"}),
+    "a missing direct-metrics file": (None, {"direct_text": "held-out.txt"}),
+    "calibration data of another format": (None, {"calib_jsonl": True}),
+}
+
+
+@pytest.mark.parametrize("what", list(PLANTS))
+def test_plan_refuses_a_planted_mismatch_before_any_tensor_is_read(what, pair, tmp_path, wiki_texts, monkeypatch,
+                                                                    capsys, request):
+    plant, change = PLANTS[what]
+    recipe = _recipe(pair)
+    expected = plant(pair, wiki_texts) if plant is not None else None
+    if "export" in change:
+        recipe["export"] = change["export"]
+        expected = "export: no condition named 'principal0_a3' (did you mean 'principal0_a2'?)"
+    if "calib" in change:
+        recipe["edit"]["calibration"]["data"] = change["calib"]
+        expected = "edit.calibration.data: no-such-text.txt.gz: no such file"
+    if "direct_text" in change:
+        recipe["direct"]["text_data"] = change["direct_text"]
+        expected = "direct.text_data: held-out.txt: no such file"
+    if "calib_jsonl" in change:  # records without the text field the reader looks for
+        (tmp_path / "calib.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in wiki_texts[:5]))
+        recipe["edit"]["calibration"]["data"] = str(tmp_path / "calib.jsonl")
+        expected = "edit.calibration.data: " + str(tmp_path / "calib.jsonl") + ": line 1 has no field 'text'"
+    request.getfixturevalue("no_tensor_reads")
+    out = tmp_path / "run"
+    assert main(["plan", _write(tmp_path / "r.yaml", recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert not out.exists()
+
+
+def test_plan_of_the_good_pair_passes_without_reading_a_tensor(pair, tmp_path, no_tensor_reads, capsys):
+    out = tmp_path / "run"
+    assert main(["plan", _write(tmp_path / "r.yaml", _recipe(pair)), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "conditions: 4 + base" in text and "probe: RSF grid" in text and "no tensor read" in text
+    assert "data: edit.calibration.data, direct.text_data, direct.pairs_data" in text
+    for f in (pair / "post").glob("tokenizer*"):  # a post without tokenizer files: the run needs the base's only
+        f.unlink()
+    assert main(["plan", _write(tmp_path / "r.yaml", _recipe(pair)), "--out", str(out)]) == 0
+    assert not out.exists()
+
+
+def test_plan_lists_the_resolved_conditions_and_refuses_a_layer_the_model_lacks(pair, tmp_path, no_tensor_reads,
+                                                                               capsys):
+    """The conditions a run would build (the spec resolved for this model: per-layer units at relative
+    layers), the sources' fingerprints, and a recipe that cannot fit refused with exit 2 — without writing the
+    output folder."""
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.editor.spec import EditSpec
+
+    raw = _recipe(pair)
+    raw["edit"]["edit"].update(layers=["mid", -1], per_layer=True)
+    raw["edit"]["controls"] = {"random": 1, "lowvar": 0, "write": None}
+    raw["export"] = ["L1_principal0_a2"]
+    recipe = _write(tmp_path / "r.yaml", raw)
+    plan = plan_recipe(recipe, out=tmp_path / "run")
+    assert plan.conditions == EditSpec.from_dict(raw["edit"]).resolved(LAYERS).condition_names()
+    assert plan.conditions == ["L1_principal0_a2", "L1_random_s1_a2", "L2_principal0_a2", "L2_random_s1_a2"]
+    assert [s.name for s in plan.stages] == ["probe: statistics", "probe: RSF grid", "edit: statistics", "scoring"]
+    assert set(plan.sources) == {"base", "post"} and not (tmp_path / "run").exists()
+    assert main(["plan", recipe, "--set", "edit.edit.layers=[7]", "--set", "export=[]"]) == 2
+    assert f"layers 0..{LAYERS - 1}" in capsys.readouterr().err
+
+
+def test_plan_refuses_a_run_the_disk_cannot_hold(pair, tmp_path, monkeypatch, capsys):
+    import rwedit.apps.plan as plan_module
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(plan_module.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1 << 10))
+    assert main(["plan", _write(tmp_path / "r.yaml", _recipe(pair)), "--out", str(tmp_path / "run")]) == 2
+    assert "not enough disk" in capsys.readouterr().err
+
+
+def test_run_prints_the_plan_first_and_runs_the_recipe_it_checked(pair, tmp_path, monkeypatch, capsys):
+    """`rwedit run` plans first (a mismatch fails there, nothing written), prints the plan, and hands the
+    checked recipe — base checkpoint already open — to the runner, which opens it no second time."""
+    import rwedit.evals.core as core
+    from rwedit.checkpoints import Checkpoint
+
+    opened = []
+    real_open = Checkpoint.open.__func__
+    monkeypatch.setattr(Checkpoint, "open", classmethod(lambda cls, src, *a, **k: opened.append(str(src))
+                                                        or real_open(cls, src, *a, **k)))
+    handed = []
+
+    def fake_run_recipe(source, out, **kw):
+        handed.append((source, kw))
+        source.check_sources()  # what run_experiment does first
+        return core.RunResult(Path(out), None, ["ran"])
+
+    monkeypatch.setattr(core, "run_recipe", fake_run_recipe)
+    recipe = _write(tmp_path / "r.yaml", _recipe(pair))
+    assert main(["run", recipe, "--out", str(tmp_path / "run"), "--set", "direct.texts=3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("plan: control recipe 'planned'") and text.rstrip().endswith("ran")
+    (source, kw), = handed
+    assert source.direct.texts == 3 and kw["overrides"] is None and kw["sets"] == ()
+    assert opened.count(str(pair / "base")) == 1
+
+    _plant_norm_shape(pair, None)
+    assert main(["run", recipe, "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert "shapes differ at model.layers.2.input_layernorm.weight" in capsys.readouterr().err
+    assert len(handed) == 1 and not (tmp_path / "run2").exists()
+
+
+def _role_weights(model) -> dict[str, torch.Tensor]:
+    """The weights of every role of a Llama model, by module name (an independent list: the nn.Linear
+    modules of the layers plus the unembedding)."""
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path):
+    """The streaming pass: runtime + three float32 copies of the largest role tensor + its stored bytes; the
+    statistics: d_in^2 float64 per input group per layer; the model: every stored element in float32 — each
+    re-derived from the saved model's own modules and config, not from the headers plan reads."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+
+    model = AutoModelForCausalLM.from_pretrained(pair / "base")
+    cfg = AutoConfig.from_pretrained(pair / "base")
+    largest = max(w.numel() for w in _role_weights(model).values())
+    assert largest == cfg.vocab_size * cfg.hidden_size  # the unembedding, in this tiny model
+    params = sum(t.numel() for t in model.state_dict().values())
+    head = cfg.hidden_size // cfg.num_attention_heads
+    per_layer = (cfg.hidden_size ** 2 * 2 + (cfg.num_attention_heads * head) ** 2 + cfg.intermediate_size ** 2) * 8
+
+    plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(pair)), out=tmp_path / "run")
+    stages = {s.name: s for s in plan.stages}
+    assert plan.params == params
+    assert stages["probe: RSF grid"].memory_bytes == RUNTIME_BYTES + 3 * largest * 4 + largest * 4 + largest * 8
+    assert stages["probe: statistics"].memory_bytes == RUNTIME_BYTES + params * 4 + cfg.num_hidden_layers * per_layer
+    edit_q_and_o = (cfg.hidden_size ** 2 + (cfg.num_attention_heads * head) ** 2) * 8  # the edit's layer: q, o
+    assert plan.cache_bytes == cfg.num_hidden_layers * per_layer + edit_q_and_o
+    assert stages["scoring"].memory_bytes > RUNTIME_BYTES + params * 4
+    assert {s.device for s in plan.stages} == {"cpu"}
+
+
+def test_plan_states_memory_per_device_the_recipe_places_stages_on(pair, tmp_path, monkeypatch):
+    """device: cuda puts the model stages' memory on the GPU (without the host process), the streaming grid
+    stays on the host, and a stage above the GPU's free memory is named; auto says its split is unknown."""
+    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+
+    recipe = _write(tmp_path / "r.yaml", _recipe(pair))
+    on_cpu = {s.name: s for s in plan_recipe(recipe, out=tmp_path / "run").stages}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    free = on_cpu["scoring"].memory_bytes - RUNTIME_BYTES - 1  # one byte short of the scoring stage on the GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=0: (free, 2 * free))
+    plan = plan_recipe(recipe, {"device": "cuda"}, out=tmp_path / "run")
+    stages = {s.name: s for s in plan.stages}
+    assert {n: s.device for n, s in stages.items()} == {"probe: statistics": "cuda", "probe: RSF grid": "cpu",
+                                                        "edit: statistics": "cuda", "scoring": "cuda"}
+    for name, s in stages.items():
+        assert s.memory_bytes == on_cpu[name].memory_bytes - (RUNTIME_BYTES if s.device == "cuda" else 0), name
+    assert any("scoring need more memory than cuda has free" in n for n in plan.notes), plan.notes
+    assert not any("probe: RSF grid" in n for n in plan.notes)
+    auto = plan_recipe(recipe, {"device": "auto"}, out=tmp_path / "run")
+    assert any("a split plan cannot know before placement" in n for n in auto.notes)
+
+
+def _bench_pair() -> tuple[Path, dict] | None:
+    """The foundation benchmark's synthetic 1.1B pair and its recorded results, when cached here or where the
+    results say it was built."""
+    repo = Path(__file__).resolve().parents[1]
+    results = repo / "benchmarks" / "results" / "pair_pass.json"
+    if not results.exists():
+        return None
+    rec = json.loads(results.read_text())
+    for folder in (repo / "benchmarks" / ".cache" / "llama-1.1b-pair", Path(rec.get("cache", ""))):
+        if (folder / "BUILD_COMPLETE.json").exists():
+            return folder, rec
+    return None
+
+
+@pytest.mark.slow
+def test_plan_memory_estimate_of_the_1_1b_pair_is_within_20_percent_of_the_measured_pass(tmp_path, wiki_tokenizer):
+    """The streaming-pass estimate against the peak RSS the foundation benchmark measured for that pass, and
+    the whole plan of a control recipe on the pair (headers only) in under 2 s once imported."""
+    found = _bench_pair()
+    if found is None:
+        pytest.skip("the synthetic 1.1B pair is not cached (python benchmarks/bench_pair_pass.py builds it)")
+    folder, rec = found
+    from rwedit.apps.plan import pair_pass_bytes, plan_recipe
+    from rwedit.checkpoints import Checkpoint
+
+    base, post = Checkpoint.open(folder / "base"), Checkpoint.open(folder / "post")
+    measured = rec["steps"]["rwedit"]["peak_rss_mb"] * 2**20
+    estimate = pair_pass_bytes(base, post)
+    assert abs(estimate / measured - 1) <= 0.20, (estimate / 2**20, measured / 2**20)
+
+    root = tmp_path / "pair"  # the pair's files, linked, with a tokenizer (the cache ships none)
+    for side in ("base", "post"):
+        (root / side).mkdir(parents=True)
+        for f in (folder / side).iterdir():
+            (root / side / f.name).symlink_to(f)
+        wiki_tokenizer.save_pretrained(root / side)
+    t = time.perf_counter()
+    plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(root)), out=tmp_path / "run")
+    took = time.perf_counter() - t
+    assert took < 2.0, took
+    assert math.isclose(plan.params, 1_100_048_384)
