@@ -294,8 +294,9 @@ def _role_weights(model) -> dict[str, torch.Tensor]:
 
 
 def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path):
-    """The streaming pass: runtime + three float32 copies of the largest role tensor + its stored bytes; the
-    statistics: d_in^2 float64 per input group per layer; the model: every stored element in float32 — each
+    """The streaming pass: runtime + per worker thread a float32 block and its stored-dtype read block for base
+    and post (blocks of 1 MiB of float32, or the whole tensor when smaller), plus 8 bytes an element of the
+    largest role tensor for the grid's sums; the statistics: d_in^2 float64 per input group per layer; the model: every stored element in float32 — each
     re-derived from the saved model's own modules and config, not from the headers plan reads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -312,7 +313,10 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(pair)), out=tmp_path / "run")
     stages = {s.name: s for s in plan.stages}
     assert plan.params == params
-    assert stages["probe: RSF grid"].memory_bytes == RUNTIME_BYTES + 3 * largest * 4 + largest * 4 + largest * 8
+    block = min(2**20 // 4, largest)
+    stored = next(iter(_role_weights(model).values())).element_size()  # saved in the model's dtype
+    assert stages["probe: RSF grid"].memory_bytes == (RUNTIME_BYTES + torch.get_num_threads() * 2 * block * (4 + stored)
+                                                      + largest * 8)
     assert stages["probe: statistics"].memory_bytes == RUNTIME_BYTES + params * 4 + cfg.num_hidden_layers * per_layer
     edit_q_and_o = (cfg.hidden_size ** 2 + (cfg.num_attention_heads * head) ** 2) * 8  # the edit's layer: q, o
     assert plan.cache_bytes == cfg.num_hidden_layers * per_layer + edit_q_and_o

@@ -235,16 +235,21 @@ def largest_role_tensor(ckpt) -> tuple[int, int]:
                for v in ckpt.layout.views())
 
 
-def pair_pass_bytes(base, post=None) -> int:
-    """Peak resident memory of a streaming pass over the pair's role tensors in float32 (the probe's read loop):
-    the runtime, three float32 copies of the largest role tensor (base, post, their difference) and its stored
-    bytes mapped from the file while they are copied. An adapter post adds no tensor of its size but the dense
-    delta (two copies)."""
-    from rwedit.checkpoints import LoraPost
+def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
+    """Peak resident memory of the streaming pass over the pair (``rwedit.checkpoints.stream_pair``): the
+    runtime plus, per worker thread, a float32 work block and a stored-dtype read block for base and post —
+    no tensor is held whole. An adapter post is not streamed: its densified delta (two float32 copies of the
+    largest role tensor) is the peak."""
+    import torch
+
+    from rwedit.checkpoints import BLOCK_BYTES, LoraPost
 
     numel, itemsize = largest_role_tensor(base)
-    copies = 2 if isinstance(post, LoraPost) else 3
-    return RUNTIME_BYTES + copies * numel * 4 + numel * itemsize
+    if isinstance(post, LoraPost):
+        return RUNTIME_BYTES + 2 * numel * 4
+    threads = threads or torch.get_num_threads()
+    per_block = min(BLOCK_BYTES // 4, numel)  # float32 elements of a block (at most the tensor)
+    return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 
 
 def stats_bytes(layout, layers=None, roles=None) -> int:
