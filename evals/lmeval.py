@@ -15,7 +15,7 @@ import torch
 from rwedit.config import Config, option
 from rwedit.editor.interventions import with_adapter
 from rwedit.errors import ConfigError
-from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, task_manager
+from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, needs_lm_eval_index, task_manager
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,15 @@ class EvalSettings(Config):
             raise ConfigError(f"eval.limit = {self.limit}: give a positive number of items or null for all")
 
 
-@functools.lru_cache(maxsize=4)
 def _cached_task_manager(tasks: tuple[str, ...]):
-    # indexing lm-eval's built-in registry takes ~10 s: skip it when only bundled tasks are asked for, and
-    # build each manager once per process
-    return task_manager(tasks)
+    """The TaskManager for ``tasks``: indexing lm-eval's own ~15,000 task names takes seconds, so it is done
+    only when a task is not bundled, and each of the two managers is built once per process."""
+    return _task_index(needs_lm_eval_index(tasks))
+
+
+@functools.lru_cache(maxsize=2)
+def _task_index(with_lm_eval: bool):
+    return task_manager(None if with_lm_eval else tuple(BUNDLED_TASKS))
 
 
 def flatten_results(results: dict) -> dict[str, float | None]:
