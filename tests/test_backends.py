@@ -209,3 +209,73 @@ def test_lm_evals_task_index_is_built_only_for_a_task_that_is_not_bundled(monkey
         assert built == [tuple(lmeval.BUNDLED_TASKS), None]  # None: lm-eval's defaults indexed too
     finally:
         lmeval._task_index.cache_clear()
+
+
+def test_a_switching_backend_is_built_once_and_its_probe_can_be_lm_evals_request_api(setup, wiki_tokenizer,
+                                                                                      tmp_path, monkeypatch):
+    """The vLLM route's two mechanics with lm-eval's hf model standing in: one model built, each condition's
+    folder switched in (``Backend.switch``), and the applied check on log-likelihoods of requests when the
+    lm-eval model has no HF model to call; those log-likelihoods equal a plain-torch computation."""
+    from test_evals import _direct_loglik
+
+    import rwedit.evals.lmeval as lmeval
+
+    root, peft_model, _ = setup
+    built = []
+
+    def switch(lm, name, index, folder):  # what _vllm_switch does with a LoRARequest, done with PEFT
+        from peft import PeftModel
+
+        built.append((name, index))
+        model = lm._model
+        if folder is None:
+            if isinstance(model, PeftModel):
+                model.base_model.disable_adapter_layers()
+            return
+        if not isinstance(model, PeftModel):
+            lm._model = model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+        elif name not in model.peft_config:
+            model.load_adapter(str(folder), adapter_name=name)
+        model.set_adapter(name)
+        model.base_model.enable_adapter_layers()
+
+    class RequestsOnly:  # an lm-eval model seen only through its request API (as vLLM's is)
+        def __init__(self, lm):
+            self.lm = lm
+
+        def loglikelihood(self, reqs, disable_tqdm=False):
+            return self.lm.loglikelihood(reqs, disable_tqdm=disable_tqdm)
+
+    hf = lmeval.get_backend("hf")
+    monkeypatch.setitem(lmeval._BACKENDS, "switchy", lmeval.Backend(
+        "switchy", "test", model="hf", adapter_arg="peft", defaults=hf.defaults, takes_device=True, switch=switch))
+    real_probe = lmeval.probe_outputs
+    monkeypatch.setattr(lmeval, "probe_outputs", lambda lm, tok=None: real_probe(
+        lm if tok is not None else RequestsOnly(lm), tok))
+    s = dict(tasks=("rwedit_blimp",), limit=2, batch_size=2)
+    sw = LMEvalScorer(peft_model, wiki_tokenizer, EvalSettings(**s, backend="switchy"), pretrained=root / "base",
+                      export_dir=tmp_path)
+    inproc = LMEvalScorer(peft_model, wiki_tokenizer, EvalSettings(**s))
+    models = set()
+    for name in ("edit1", "base", "edit1"):
+        assert _logliks_of(sw.run(name, log_samples=True)) == pytest.approx(
+            _logliks_of(inproc.run(name, log_samples=True)), abs=1e-5)
+        models.add(id(sw.lm))
+    assert len(models) == 1  # one lm-eval model for every condition
+    with pytest.raises(AdapterNotAppliedError):
+        sw.score("zero")
+    assert [n for n, _ in built] == ["base", "edit1", "base", "edit1", "zero"] and dict(built)["zero"] == 3
+    assert sw.applied["edit1"] > 1e-3
+    # the request-API probe itself: log p(continuation | context) of the base, computed with plain torch
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32).eval()
+    with peft_model.disable_adapter():
+        got = real_probe(RequestsOnly(inproc.lm))
+    want = [_direct_loglik(plain, wiki_tokenizer, c, x) for c, x in lmeval.PROBE_PAIRS]
+    assert got.tolist() == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def _logliks_of(out: dict) -> list[float]:
+    return [float(r[0]) for s in sorted(out["samples"]["rwedit_blimp"], key=lambda s: s["doc_id"])
+            for r in s["filtered_resps"]]
