@@ -190,6 +190,14 @@ def metrics_from_results(path: str | Path, condition: str) -> dict:
             for k, v in num.items() if not k.endswith("_stderr")}
 
 
+def save_adapter(peft_model, name: str, folder: str | Path) -> Path:
+    """Save one named adapter of a loaded PeftModel as a PEFT adapter folder (what ``PeftModel.from_pretrained``
+    and lm-eval's ``peft=`` read); returns it: ``folder/name`` (PEFT's layout), or ``folder`` for ``default``."""
+    folder = Path(folder)
+    peft_model.save_pretrained(str(folder), selected_adapters=[name])
+    return folder if name == "default" else folder / name
+
+
 def refresh_card(folder: str | Path, metrics: dict | None = None, repo_id: str | None = None) -> Path:
     """Re-write an exported adapter's card, optionally with behaviour/probe metrics attached and the Hub
     repo it is pushed to named in its usage snippet."""

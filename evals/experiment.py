@@ -187,7 +187,10 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
 
     def scorers():
         out = [DirectScorer(peft_model, tok, recipe.direct, progress=progress)] if recipe.direct else []
-        return out + ([LMEvalScorer(peft_model, tok, recipe.eval)] if recipe.eval else [])
+        # backends that load from disk get the base's folder and each condition's saved adapter folder
+        disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={
+            c["name"]: edit_dir / "adapters" / c["name"] for c in conditions})
+        return out + ([LMEvalScorer(peft_model, tok, recipe.eval, **disk)] if recipe.eval else [])
 
     rows = [Condition(BASE, Unchanged(), dict(kind=BASE, alpha=0.0, seed=None, index=None, delta_norm=0.0,
                                               pathway=None))]

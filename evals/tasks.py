@@ -70,8 +70,12 @@ def task_manager(tasks: list[str] | tuple[str, ...] | None = None):
     ``tasks=None``) every built-in task is indexed too."""
     from lm_eval.tasks import TaskManager
 
-    only_bundled = tasks is not None and len(tasks) > 0 and all(t in BUNDLED_TASKS for t in tasks)
-    return TaskManager(include_path=str(task_path()), include_defaults=not only_bundled)
+    return TaskManager(include_path=str(task_path()), include_defaults=needs_lm_eval_index(tasks))
+
+
+def needs_lm_eval_index(tasks: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether ``tasks`` (None: any) needs lm-eval's own task index, i.e. names a task that is not bundled."""
+    return not tasks or not all(t in BUNDLED_TASKS for t in tasks)
 
 
 def check_tasks(names: list[str], tm) -> None:

@@ -81,7 +81,12 @@ class AdapterMismatchError(RweditError, ValueError):
     """An adapter is applied to a model other than the one it was made for."""
 
 
+class AdapterNotAppliedError(ExperimentError):
+    """A condition's adapter leaves the scoring backend's outputs unchanged (not applied, or zero weights)."""
+
+
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
            "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteError",
            "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "DataNotFoundError", "ExperimentError",
-           "StoreLockedError", "ExportError", "AdapterMismatchError"]
+           "StoreLockedError", "ExportError", "AdapterMismatchError",
+           "AdapterNotAppliedError"]
