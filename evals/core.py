@@ -57,6 +57,11 @@ class ExperimentRecipe(Config):
         d.pop("out")
         if self.placement == Placement():  # recipes that place nothing keep the hash they had before
             d.pop("placement")
+        scoring = d.get("eval")
+        if isinstance(scoring, dict) and scoring.get("backend") == "inprocess" and not scoring.get("model_args"):
+            for key, default in (("backend", None), ("model_args", None), ("applied_atol", 1e-5)):
+                if default is None or scoring.get(key) == default:  # the default backend: the hash it had before
+                    scoring.pop(key, None)
         return d
 
     def check_sources(self) -> dict | None:
