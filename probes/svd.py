@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -213,6 +214,22 @@ def top_svd(
     return u, s, v
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the small dense steps (q x q eigenproblems, n x q products, r x r metrics) on one thread: on a
+    busy machine a multithreaded LAPACK call that small waits on descheduled threads (a 128 x 128 eigh
+    took 1.4 s on 2 threads vs 1 ms on one, with 4 other processes on 2 cores)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _orthonormalize(Z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Orthonormal basis of span(Z) (n x q, q <= n, float64) in ``dtype``: Z V Λ^(-1/2) from the eigenpairs of
     the q x q Gram matrix (two products, cheaper than Householder QR; orthonormal to ~1e-16 cond(ZᵀZ)),
@@ -270,7 +287,8 @@ def randomized_top_svd(
                 n = blk.shape[1]
                 gen = torch.Generator().manual_seed(seed)
                 start = torch.randn(n, min(r + p, n), generator=gen, dtype=torch.float64)
-                omega = torch.linalg.qr(start.to(blk.device))[0].to(dt)
+                with _one_thread():
+                    omega = torch.linalg.qr(start.to(blk.device))[0].to(dt)
             if blk.ndim != 2 or blk.shape[1] != omega.shape[0]:
                 raise ConfigError(f"row blocks must be 2-D with {omega.shape[0]} columns, got shape {tuple(blk.shape)}")
             blk = blk.to(device=omega.device, dtype=dt)
@@ -286,28 +304,30 @@ def randomized_top_svd(
         if omega.shape[1] > m:  # more columns than W has rows: keep the basis within W's rank
             omega, y, z = omega[:, :m], y[:, :m], z[:, :m]
         q = omega.shape[1]
-        # Rayleigh–Ritz on span(Ω): YᵀY = Ŵ diag(σ̃²) Ŵᵀ, ṽ = Ω ŵ, ũ = Y ŵ / σ̃; residual Wᵀũ − σ̃ṽ = Z ŵ/σ̃ − Ω ŵ σ̃
-        y64 = y.to(torch.float64)
-        lam, what = torch.linalg.eigh(y64.T @ y64)
-        lam, what = lam.flip(0)[:r], what.flip(1)[:, :r]
-        sig = lam.clamp_min(0).sqrt()
-        if not float(sig[-1]) > float(sig[0]) * 1e-6:
-            raise LowRankAccuracyError(
-                f"randomized top-{r} SVD of a {m} x {n} matrix: σ_{r}/σ_1 = {float(sig[-1] / sig[0]):.1e}, the "
-                f"matrix has (numerical) rank below r = {r}; use method='full' or a smaller r")
-        om64 = omega.to(torch.float64)
-        z64 = z.to(torch.float64)
-        res = z64 @ (what / sig) - om64 @ (what * sig)
-        err = float((torch.linalg.vector_norm(res, dim=0) / sig).max())
-        history.append(err)
-        if err <= tol:
-            return (y64 @ what) / sig, sig, om64 @ what, RangeFinderInfo(k, q, err, tol, True, tuple(history))
-        if 4 <= k < max_passes:  # the observed decay over the last 3 passes: the passes tol still needs
-            rate = (history[-1] / history[-4]) ** (1 / 3)
-            need = math.inf if rate >= 1 else math.log(tol / err) / math.log(rate)
-            if k + need > max_passes:
-                break
-        omega = _orthonormalize(z64, dt)
+        with _one_thread():  # the small steps
+            # Rayleigh–Ritz on span(Ω): YᵀY = Ŵ diag(σ̃²) Ŵᵀ, ṽ = Ω ŵ, ũ = Y ŵ / σ̃ (so W ṽ = σ̃ ũ);
+            # the residual Wᵀũ − σ̃ṽ = Z ŵ / σ̃ − Ω ŵ σ̃
+            y64 = y.to(torch.float64)
+            lam, what = torch.linalg.eigh(y64.T @ y64)
+            lam, what = lam.flip(0)[:r], what.flip(1)[:, :r]
+            sig = lam.clamp_min(0).sqrt()
+            if not float(sig[-1]) > float(sig[0]) * 1e-6:
+                raise LowRankAccuracyError(
+                    f"randomized top-{r} SVD of a {m} x {n} matrix: σ_{r}/σ_1 = {float(sig[-1] / sig[0]):.1e}, the "
+                    f"matrix has (numerical) rank below r = {r}; use method='full' or a smaller r")
+            om64 = omega.to(torch.float64)
+            z64 = z.to(torch.float64)
+            res = z64 @ (what / sig) - om64 @ (what * sig)
+            err = float((torch.linalg.vector_norm(res, dim=0) / sig).max())
+            history.append(err)
+            if err <= tol:
+                return (y64 @ what) / sig, sig, om64 @ what, RangeFinderInfo(k, q, err, tol, True, tuple(history))
+            if 4 <= k < max_passes:  # the observed decay over the last 3 passes: the passes tol still needs
+                rate = (history[-1] / history[-4]) ** (1 / 3)
+                need = math.inf if rate >= 1 else math.log(tol / err) / math.log(rate)
+                if k + need > max_passes:
+                    break
+            omega = _orthonormalize(z64, dt)
     raise LowRankAccuracyError(
         f"randomized top-{r} SVD of a {m} x {n} matrix (q = {q}) did not reach relative residual {tol:.0e}: "
         f"{history[-1]:.1e} after {len(history)} passes, and its decay ({', '.join(f'{x:.1e}' for x in history[-3:])}) "
@@ -392,18 +412,19 @@ def svd_structure(
         u, sb, v = top_svd(W_base, rr, "full")
         u2, sp, v2 = top_svd(W_post, rr, "full")
 
-    scale, scale_residual = singular_value_scale(sb, sp)
-    eye = torch.eye(rr, dtype=torch.float64, device=u.device)
-    q_u = u.T @ u2
-    q_v = v.T @ v2
-    orth_u = float(torch.linalg.matrix_norm(q_u.T @ q_u - eye))
-    orth_v = float(torch.linalg.matrix_norm(q_v.T @ q_v - eye))
-    consistency = _ratio(float(torch.linalg.matrix_norm(q_u - q_v)), float(torch.linalg.matrix_norm(q_u)))
+    with _one_thread():  # r x r and d x r products
+        scale, scale_residual = singular_value_scale(sb, sp)
+        eye = torch.eye(rr, dtype=torch.float64, device=u.device)
+        q_u = u.T @ u2
+        q_v = v.T @ v2
+        orth_u = float(torch.linalg.matrix_norm(q_u.T @ q_u - eye))
+        orth_v = float(torch.linalg.matrix_norm(q_v.T @ q_v - eye))
+        consistency = _ratio(float(torch.linalg.matrix_norm(q_u - q_v)), float(torch.linalg.matrix_norm(q_u)))
 
-    q = polar_factor(0.5 * (q_u + q_v))
-    # W_hat = (U Q) Σ' (V Q)ᵀ, applied chunk-wise: left = U Q Σ', right_t = (V Q)ᵀ
-    left = (u @ q) * sp
-    right_t = (v @ q).T
+        q = polar_factor(0.5 * (q_u + q_v))
+        # W_hat = (U Q) Σ' (V Q)ᵀ, applied chunk-wise: left = U Q Σ', right_t = (V Q)ᵀ
+        left = (u @ q) * sp
+        right_t = (v @ q).T
     reparam = _residual_norm(W_post, left, right_t) / post_norm
     if rr == min(W_post.shape):
         floor = 0.0  # nothing truncated (avoid ‖W‖² − Σσ² cancellation noise)
