@@ -56,6 +56,7 @@ __all__ = [
     "SVDMetrics",
     "polar_factor",
     "randomized_top_svd",
+    "svd_structure_rows",
     "singular_value_replacement",
     "singular_value_scale",
     "svd_structure",
@@ -101,6 +102,7 @@ class RangeFinderInfo:
     tol: float
     converged: bool
     residuals: tuple[float, ...] = ()  # the estimate after each pass (its observed decay sizes the iteration)
+    norm: float = math.nan  # ‖W‖_F, from the first pass's blocks
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ def randomized_top_svd(
 
     omega = None
     history: list[float] = []
+    sq = 0.0
     for k in range(1, max_passes + 1):
         ys, z = [], None
         for blk in blocks():
@@ -292,12 +295,19 @@ def randomized_top_svd(
             if blk.ndim != 2 or blk.shape[1] != omega.shape[0]:
                 raise ConfigError(f"row blocks must be 2-D with {omega.shape[0]} columns, got shape {tuple(blk.shape)}")
             blk = blk.to(device=omega.device, dtype=dt)
+            if k == 1:
+                sq += float(torch.linalg.vector_norm(blk)) ** 2
             y = blk @ omega
             ys.append(y)
             z = blk.T @ y if z is None else z.addmm_(blk.T, y)
         if z is None:
             raise ConfigError("the row blocks were empty: W needs at least one row")
+        if k == 1 and not (math.isfinite(sq) and sq > 0.0):
+            raise ConfigError(f"W is all zeros or has non-finite (NaN/inf) entries (‖W‖² = {sq}): no spectrum to find")
         y = torch.cat(ys) if len(ys) > 1 else ys[0]
+        if k > 1 and y.shape[0] != m:
+            raise ConfigError(f"the row blocks held {y.shape[0]} rows on pass {k} and {m} before: they must be "
+                              "the same every call")
         m, n = y.shape[0], omega.shape[0]
         if r > min(m, n):
             raise ConfigError(f"r={r} is out of range for a {m} x {n} matrix: need 1 <= r <= {min(m, n)}")
@@ -321,7 +331,8 @@ def randomized_top_svd(
             err = float((torch.linalg.vector_norm(res, dim=0) / sig).max())
             history.append(err)
             if err <= tol:
-                return (y64 @ what) / sig, sig, om64 @ what, RangeFinderInfo(k, q, err, tol, True, tuple(history))
+                info = RangeFinderInfo(k, q, err, tol, True, tuple(history), math.sqrt(sq))
+                return (y64 @ what) / sig, sig, om64 @ what, info
             if 4 <= k < max_passes:  # the observed decay over the last 3 passes: the passes tol still needs
                 rate = (history[-1] / history[-4]) ** (1 / 3)
                 need = math.inf if rate >= 1 else math.log(tol / err) / math.log(rate)
@@ -354,15 +365,24 @@ def polar_factor(M: torch.Tensor) -> torch.Tensor:
     return a @ bh
 
 
-def _residual_norm(W: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor) -> float:
-    """‖W − left @ right_t‖_F, one row-chunk of W at a time in W's working precision, summed in float64."""
-    dt = _work_dtype(W)
-    left, right_t = left.to(dt), right_t.to(dt)
+def _chunks(W: torch.Tensor) -> RowBlocks:
+    """W as row blocks of about _CHUNK_ELEMENTS entries."""
     rows = max(1, _CHUNK_ELEMENTS // W.shape[1])
-    total = 0.0
-    for start in range(0, W.shape[0], rows):
-        block = W[start : start + rows].to(device=left.device, dtype=dt)
-        total += float(torch.linalg.vector_norm(block - left[start : start + rows] @ right_t)) ** 2
+    return lambda: (W[start : start + rows] for start in range(0, W.shape[0], rows))
+
+
+def _residual_norm(rows: RowBlocks, left: torch.Tensor, right_t: torch.Tensor) -> float:
+    """‖W − left @ right_t‖_F over W's row blocks, each in its working precision, summed in float64."""
+    total, start = 0.0, 0
+    for block in rows():
+        dt = _work_dtype(block)
+        block = block.to(device=left.device, dtype=dt)
+        stop = start + block.shape[0]
+        total += float(torch.linalg.vector_norm(block - left[start:stop].to(dt) @ right_t.to(dt))) ** 2
+        start = stop
+    if start != left.shape[0]:
+        raise ConfigError(f"the row blocks held {start} rows on this pass and {left.shape[0]} before: they must "
+                          "be the same every call")
     return math.sqrt(total)
 
 
@@ -412,6 +432,40 @@ def svd_structure(
         u, sb, v = top_svd(W_base, rr, "full")
         u2, sp, v2 = top_svd(W_post, rr, "full")
 
+    return _metrics(u, sb, v, u2, sp, v2, _chunks(W_post), post_norm, min(W_post.shape), meth, passes, resid,
+                    fallback)
+
+
+def svd_structure_rows(
+    base_rows: RowBlocks,
+    post_rows: RowBlocks,
+    r: int = 64,
+    seed: int = 0,
+    *,
+    oversampling: int | None = None,
+    tol: float = RESIDUAL_TOL,
+    max_passes: int = MAX_PASSES,
+) -> SVDMetrics:
+    """:func:`svd_structure` with method="lowrank" for a pair given as row-block sources (zero-argument
+    callables returning W's row blocks top to bottom, the same every call; see :func:`randomized_top_svd`):
+    neither matrix is held whole. Passes: the range finder's over each, then one more over post for the
+    reparameterisation error. Raises :class:`LowRankAccuracyError` where the in-memory "auto" would fall
+    back to the full SVD, which needs the whole matrix."""
+    kw = dict(seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
+    u, sb, v, info_b = randomized_top_svd(base_rows, r, **kw)
+    u2, sp, v2, info_p = randomized_top_svd(post_rows, r, **kw)
+    if u.shape != u2.shape or v.shape != v2.shape:
+        raise ConfigError(f"W_base and W_post must have the same shape, got {(u.shape[0], v.shape[0])} and "
+                          f"{(u2.shape[0], v2.shape[0])}")
+    return _metrics(u, sb, v, u2, sp, v2, post_rows, info_p.norm, min(u.shape[0], v.shape[0]), "lowrank",
+                    max(info_b.passes, info_p.passes), max(info_b.residual, info_p.residual), None)
+
+
+def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tensor, sp: torch.Tensor, v2: torch.Tensor,
+             post_rows: RowBlocks, post_norm: float, d_min: int, meth: str, passes: int, resid: float,
+             fallback: str | None) -> SVDMetrics:
+    """The HC metrics from both top-r SVDs (float64); W_post is read once more, row block by row block."""
+    rr = sb.shape[0]
     with _one_thread():  # r x r and d x r products
         scale, scale_residual = singular_value_scale(sb, sp)
         eye = torch.eye(rr, dtype=torch.float64, device=u.device)
@@ -425,8 +479,8 @@ def svd_structure(
         # W_hat = (U Q) Σ' (V Q)ᵀ, applied chunk-wise: left = U Q Σ', right_t = (V Q)ᵀ
         left = (u @ q) * sp
         right_t = (v @ q).T
-    reparam = _residual_norm(W_post, left, right_t) / post_norm
-    if rr == min(W_post.shape):
+    reparam = _residual_norm(post_rows, left, right_t) / post_norm
+    if rr == d_min:
         floor = 0.0  # nothing truncated (avoid ‖W‖² − Σσ² cancellation noise)
     else:
         floor = math.sqrt(max(post_norm**2 - float(sp @ sp), 0.0)) / post_norm

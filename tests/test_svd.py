@@ -20,6 +20,7 @@ from rwedit.probes.svd import (
     singular_value_replacement,
     singular_value_scale,
     svd_structure,
+    svd_structure_rows,
 )
 
 
@@ -267,6 +268,25 @@ def test_row_blocks_give_the_whole_matrix_answer():
     assert torch.allclose(W_base.double() @ vb, ub * sb, atol=1e-5 * float(sb[0]))
     with pytest.raises(ValueError, match="row blocks must be 2-D with 260 columns"):
         randomized_top_svd(lambda: iter([W_base[:10], W_base[10:, :100]]), 4)
+
+
+def test_streamed_pair_equals_in_memory_lowrank():
+    # svd_structure_rows never holds a matrix whole: same metrics as the in-memory fast path, inside the bound
+    W_base, W_post = decaying_pair(350, 300, alpha=0.6, seed=4)
+
+    def rows(W: torch.Tensor):
+        return lambda: iter(W.split(64))
+
+    mem = svd_structure(W_base, W_post, r=16, method="lowrank", seed=1)
+    st = svd_structure_rows(rows(W_base), rows(W_post), r=16, seed=1)
+    assert st.method == "lowrank" and st.passes == mem.passes and st.residual <= RESIDUAL_TOL
+    for f in ("scale", "scale_residual", "orth_U", "orth_V", "consistency", "reparam_error", "truncation_floor"):
+        assert getattr(st, f) == pytest.approx(getattr(mem, f), rel=1e-5, abs=1e-7), f
+    full = svd_structure(W_base, W_post, r=16, method="full")
+    assert all(v <= LOWRANK_BOUND[k] for k, v in metric_errors(st, full).items())
+    shrinking = iter([W_post, W_post[:300]])
+    with pytest.raises(ValueError, match="300 rows on pass 2 and 350 before"):
+        randomized_top_svd(lambda: iter([next(shrinking)]), 16)
 
 
 def test_lowrank_is_seeded_and_leaves_global_rng_alone():
