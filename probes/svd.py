@@ -26,12 +26,12 @@ Bound ACCEPTED (`LOWRANK_BOUND`, |lowrank − full float64 SVD| per metric, when
 certificate holds; tested in tests/test_svd.py, including transposed and fused-row views):
     top-r σ relative error <= 1e-3;  |Δscale|/scale <= 1e-4;  |Δscale_residual| <= 1e-4;
     |Δconsistency| <= 1e-4;  |Δreparam_error| <= 1e-4;  |Δorth_U|, |Δorth_V| <= 5e-3.
-Calibration of tol (planted pairs σ_i = i^-α, post = rotated, rescaled base + 1% noise, r = 24..64,
-q = 2r, plus a flat Gaussian 1024 x 768): at tol 1e-1 σ, reparam_error and orth break the bound, at
-1e-2 the flat matrix's orth still does (6e-3), at 3e-3 the worst errors were σ 1.7e-5, consistency
-3.4e-6, reparam_error 2.7e-7, orth 2.5e-4 (a margin of >= 20x on every metric). Passes needed at
-3e-3: 7 (α = 0.7), 9 (α = 0.5), 13-14 (α = 0.3), 20 (flat). Timing guide (2 CPU cores, 2048 x 5632,
-r = 64): full ~10-20 s, lowrank see benchmarks/results/probes.json.
+Calibration of tol (planted pairs σ_i = i^-α, post = rotated, rescaled base + 1% noise, shapes
+300x640 .. 1024x768 incl. tall/wide, r = 24..64, q = 2r, α = 0.3..1.0, and a flat Gaussian 1024 x 768):
+at tol 1e-1 σ, reparam_error and orth break the bound, at 1e-2 the flat matrix's orth comes within 15%
+of it (4.3e-3), at 3e-3 the worst errors were σ 2.2e-5, scale 2.1e-7, scale_residual 3.7e-7,
+consistency 1.9e-6, reparam_error 6.9e-7, orth 3.6e-4 (>= 14x inside the bound). Passes needed at 3e-3:
+6 (α = 1), 7 (0.7), 9 (0.5), 12 (0.4), 14 (0.3), 20 (flat). Timing: see benchmarks/results/probes.json.
 """
 
 from __future__ import annotations
