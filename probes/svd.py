@@ -31,7 +31,9 @@ Calibration of tol (planted pairs σ_i = i^-α, post = rotated, rescaled base + 
 at tol 1e-1 σ, reparam_error and orth break the bound, at 1e-2 the flat matrix's orth comes within 15%
 of it (4.3e-3), at 3e-3 the worst errors were σ 2.2e-5, scale 2.1e-7, scale_residual 3.7e-7,
 consistency 1.9e-6, reparam_error 6.9e-7, orth 3.6e-4 (>= 14x inside the bound). Passes needed at 3e-3:
-6 (α = 1), 7 (0.7), 9 (0.5), 12 (0.4), 14 (0.3), 20 (flat). Timing: see benchmarks/results/probes.json.
+6 (α = 1), 7 (0.7), 9 (0.5), 12 (0.4), 14 (0.3), 20 (flat). Timing (2048 x 5632, r = 64, 2 shared CPU
+cores): on one thread each, lowrank 1.4 s vs full 24.7 s (17.7x); on 2 threads lowrank 0.9-1.7 s vs
+full 19-224 s, the full SVD slowing most under load (benchmarks/results/probes.json).
 """
 
 from __future__ import annotations
