@@ -12,35 +12,53 @@ multiplies column i of BOTH Q_U and Q_V (post side) or row i of both (base side)
 sign-safe. The same holds for any rotation shared by u and v inside a block of equal singular
 values; only a top-r cut that splits such a block leaves the top-r subspace itself ambiguous.
 
-Accuracy of method="lowrank" (torch.svd_lowrank, q = r + oversampling, niter power iterations)
-versus the float64 full SVD. Bound ACCEPTED at the defaults (oversampling = r, niter = 6) on
-matrices whose singular values decay at least like σ_i ∝ i^(-1/2) (`LOWRANK_BOUND`, tested in
-tests/test_svd.py on a planted pair: W_post = rotated, rescaled W_base plus 1% noise):
+Fast path, method="lowrank": a randomized range finder with subspace (power) iteration on WᵀW, in
+W's precision (float32 for float32/bf16/fp16 storage, no float64 copy of W; small products in float64).
+Each pass over W (as one tensor or as a stream of row blocks) computes Y = W Ω and Z = Wᵀ Y; the
+Rayleigh–Ritz triplets of span(Ω) (σ̃, ũ = Y ŵ / σ̃, ṽ = Ω ŵ, from the q x q Gram matrix YᵀY) satisfy
+W ṽ = σ̃ ũ exactly, and Z gives their residual Wᵀũ − σ̃ṽ at no extra product: an a posteriori error
+estimate. The iteration stops at the first pass where every top-r triplet has relative residual
+‖Wᵀũ_i − σ̃_i ṽ_i‖ / σ̃_i <= tol (`RESIDUAL_TOL`), so the number of power iterations is sized by the
+spectrum actually met; when the observed residual decay predicts that tol is out of reach within
+`MAX_PASSES` passes (a spectrum too flat at the cut), it stops early and the path fails loudly
+(`LowRankAccuracyError`), or under method="auto" falls back to the full SVD.
+Bound ACCEPTED (`LOWRANK_BOUND`, |lowrank − full float64 SVD| per metric, whenever the residual
+certificate holds; tested in tests/test_svd.py, including transposed and fused-row views):
     top-r σ relative error <= 1e-3;  |Δscale|/scale <= 1e-4;  |Δscale_residual| <= 1e-4;
     |Δconsistency| <= 1e-4;  |Δreparam_error| <= 1e-4;  |Δorth_U|, |Δorth_V| <= 5e-3.
-Measured worst case over 36 such pairs (shapes 512x384 .. 1536x4096, 4096x1536; r = 16, 32, 64,
-128; decay exponents 0.5, 0.7, 1.0; 2 seeds): σ 3.0e-4, scale 5.0e-6, scale_residual 6.4e-6,
-consistency 4.7e-6, reparam_error 1.6e-6, orth 7.1e-4 (all <= 1e-6 at exponent 1.0).
-Flatter spectra are outside the bound: at exponent 0.3 or a Gaussian (Marchenko–Pastur) matrix,
-2048 x 2048, r = 64, scale/consistency/reparam_error stayed within 1e-3 but σ was off by up to
-1.4e-2 and orth_U/orth_V by up to 0.2 (the subspace at the cut is not resolved): use
-method="full" there. Timing guide (2 CPU cores, 2048 x 2048, r = 64): full 4-8 s, lowrank 0.6 s.
+Calibration of tol (planted pairs σ_i = i^-α, post = rotated, rescaled base + 1% noise, shapes
+300x640 .. 1024x768 incl. tall/wide, r = 24..64, q = 2r, α = 0.3..1.0, and a flat Gaussian 1024 x 768):
+at tol 1e-1 σ, reparam_error and orth break the bound, at 1e-2 the flat matrix's orth comes within 15%
+of it (4.3e-3), at 3e-3 the worst errors were σ 2.2e-5, scale 2.1e-7, scale_residual 3.7e-7,
+consistency 1.9e-6, reparam_error 6.9e-7, orth 3.6e-4 (>= 14x inside the bound). Passes needed at 3e-3:
+6 (α = 1), 7 (0.7), 9 (0.5), 12 (0.4), 14 (0.3), 20 (flat). Timing (2048 x 5632, r = 64, 2 shared CPU
+cores): on one thread each, lowrank 1.4 s vs full 24.7 s (17.7x); on 2 threads lowrank 0.9-1.7 s vs
+full 19-224 s, the full SVD slowing most under load (benchmarks/results/probes.json).
 """
 
 from __future__ import annotations
 
-from rwedit.errors import ConfigError
 import math
 import operator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Union
 
 import torch
 
+from rwedit.errors import ConfigError, RweditError
+
 __all__ = [
     "LOWRANK_BOUND",
+    "MAX_PASSES",
+    "RESIDUAL_TOL",
+    "LowRankAccuracyError",
+    "RangeFinderInfo",
     "SVDMetrics",
     "polar_factor",
+    "randomized_top_svd",
+    "svd_structure_rows",
     "singular_value_replacement",
     "singular_value_scale",
     "svd_structure",
@@ -61,7 +79,32 @@ LOWRANK_BOUND = {
     "reparam_error": 1e-4,
     "orth": 5e-3,
 }
+#: the fast path's a posteriori certificate: every top-r triplet's ‖Wᵀũ − σ̃ṽ‖ / σ̃ at most this (module doc)
+RESIDUAL_TOL = 3e-3
+#: passes over W (the first from a random start, then one per power iteration) before the fast path gives up
+MAX_PASSES = 24
 _CHUNK_ELEMENTS = 1 << 22
+
+RowBlocks = Callable[[], Iterable[torch.Tensor]]
+
+
+class LowRankAccuracyError(RweditError, ArithmeticError):
+    """The randomized top-r SVD could not certify the requested accuracy (a spectrum too flat at the cut,
+    or a rank below r); the message says how far it got and to use method="full" (or "auto")."""
+
+
+@dataclass(frozen=True)
+class RangeFinderInfo:
+    """How the randomized path ended: passes over W, basis columns q, its last a posteriori estimate
+    (max relative Ritz residual of the top r), and whether that met tol."""
+
+    passes: int
+    q: int
+    residual: float
+    tol: float
+    converged: bool
+    residuals: tuple[float, ...] = ()  # the estimate after each pass (its observed decay sizes the iteration)
+    norm: float = math.nan  # ‖W‖_F, from the first pass's blocks
 
 
 @dataclass(frozen=True)
@@ -81,12 +124,32 @@ class SVDMetrics:
     sigma_base: torch.Tensor  # top-r σ (float64, CPU)
     sigma_post: torch.Tensor  # top-r σ' (float64, CPU)
     reason: str | None = None
+    passes: int = 0  # randomized path: passes over each matrix (the larger of base and post); 0 for full
+    residual: float = math.nan  # randomized path: its a posteriori estimate, max of base and post (<= tol)
+    fallback: str | None = None  # method="auto": why the randomized path gave way to the full SVD
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_pair(W_base: torch.Tensor, W_post: torch.Tensor) -> None:
+def _work_dtype(w: torch.Tensor) -> torch.dtype:
+    """Precision of the big products with w: float64 for float64 storage, else float32 (never a float64 copy)."""
+    return torch.float64 if w.dtype == torch.float64 else torch.float32
+
+
+def _fro_norm(name: str, w: torch.Tensor) -> float:
+    """‖w‖_F, refusing NaN/inf entries: one reduction in w's working precision; float64 (a copy) only when
+    that gives 0 or inf, which an under- or overflow can fake, or when the entries are not finite."""
+    nrm = float(torch.linalg.vector_norm(w, dtype=_work_dtype(w)))
+    if nrm == 0.0 or not math.isfinite(nrm):
+        nrm = float(torch.linalg.vector_norm(w.to(torch.float64)))
+        if not math.isfinite(nrm):
+            raise ConfigError(f"{name} has {int((~torch.isfinite(w)).sum())} non-finite (NaN/inf) entries")
+    return nrm
+
+
+def _check_pair(W_base: torch.Tensor, W_post: torch.Tensor) -> tuple[float, float]:
+    """Refuse a malformed pair; return the Frobenius norms of W_base and W_post (0.0 for an all-zero one)."""
     for name, w in (("W_base", W_base), ("W_post", W_post)):
         if not isinstance(w, torch.Tensor):
             raise ConfigError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
@@ -96,9 +159,7 @@ def _check_pair(W_base: torch.Tensor, W_post: torch.Tensor) -> None:
         raise ConfigError(
             f"W_base and W_post must have the same shape, got {tuple(W_base.shape)} and {tuple(W_post.shape)}"
         )
-    for name, w in (("W_base", W_base), ("W_post", W_post)):
-        if not torch.isfinite(w).all():
-            raise ConfigError(f"{name} has {int((~torch.isfinite(w)).sum())} non-finite (NaN/inf) entries")
+    return _fro_norm("W_base", W_base), _fro_norm("W_post", W_post)
 
 
 def clip_rank(r: Rank, shape: torch.Size) -> Rank:
@@ -133,34 +194,158 @@ def _resolve_method(method: str, r: Rank, shape: torch.Size) -> str:
 def top_svd(
     W: torch.Tensor,
     r: int,
-    method: Literal["full", "lowrank"] = "full",
+    method: Literal["full", "lowrank", "auto"] = "full",
     *,
     seed: int = 0,
     oversampling: int | None = None,
-    niter: int = 6,
+    tol: float = RESIDUAL_TOL,
+    max_passes: int = MAX_PASSES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-r (U, σ, V) of W in float64 (U: d_out x r, V: d_in x r), σ descending. "lowrank" runs
-    torch.svd_lowrank with q = r + oversampling (default r) columns and `niter` power iterations,
-    seeded by `seed` without touching the global RNG stream."""
-    w = W.to(torch.float64)
+    """Top-r (U, σ, V) of W in float64 (U: d_out x r, V: d_in x r), σ descending. "full" is the float64
+    LAPACK SVD; "lowrank" is :func:`randomized_top_svd` and raises :class:`LowRankAccuracyError` when it
+    cannot certify ``tol``; "auto" tries "lowrank" and falls back to "full" then."""
+    if method not in ("full", "lowrank", "auto"):
+        raise ConfigError(f"method must be 'full', 'lowrank' or 'auto', got {method!r}")
     if method == "full":
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        u, s, vh = torch.linalg.svd(W.to(torch.float64), full_matrices=False)
         return u[:, :r], s[:r], vh[:r].T
-    if method != "lowrank":
-        raise ConfigError(f"method must be 'full' or 'lowrank', got {method!r}")
-    p = r if oversampling is None else oversampling
-    if p < 0 or niter < 0:
-        raise ConfigError(f"oversampling and niter must be >= 0, got {p} and {niter}")
-    q = min(r + p, min(w.shape))
-    devices = [w.get_device()] if w.is_cuda else []
-    with torch.random.fork_rng(devices=devices):
-        if w.is_cuda:  # svd_lowrank draws its test matrix from w's device generator
-            with torch.cuda.device(w.device):
-                torch.cuda.manual_seed(seed)
-        else:
-            torch.random.default_generator.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(w, q=q, niter=niter)
-    return u[:, :r], s[:r], v[:, :r]
+    try:
+        u, s, v, _ = randomized_top_svd(W, r, seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
+    except LowRankAccuracyError:
+        if method == "lowrank":
+            raise
+        return top_svd(W, r, "full")
+    return u, s, v
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the small dense steps (q x q eigenproblems, n x q products, r x r metrics) on one thread: on a
+    busy machine a multithreaded LAPACK call that small waits on descheduled threads (a 128 x 128 eigh
+    took 1.4 s on 2 threads vs 1 ms on one, with 4 other processes on 2 cores)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _orthonormalize(Z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Orthonormal basis of span(Z) (n x q, q <= n, float64) in ``dtype``: Z V Λ^(-1/2) from the eigenpairs of
+    the q x q Gram matrix (two products, cheaper than Householder QR; orthonormal to ~1e-16 cond(ZᵀZ)),
+    Householder QR when ZᵀZ is too ill-conditioned for that."""
+    lam, vec = torch.linalg.eigh(Z.T @ Z)
+    if float(lam[0]) > float(lam[-1]) * 1e-9:
+        return (Z @ (vec / lam.sqrt())).to(dtype)
+    return torch.linalg.qr(Z)[0].to(dtype)
+
+
+def randomized_top_svd(
+    rows: torch.Tensor | RowBlocks,
+    r: int,
+    *,
+    oversampling: int | None = None,
+    tol: float = RESIDUAL_TOL,
+    max_passes: int = MAX_PASSES,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RangeFinderInfo]:
+    """Top-r (U, σ, V) of a d_out x d_in matrix W in float64, certified to relative Ritz residual <= tol
+    (module doc), and a :class:`RangeFinderInfo`; raises :class:`LowRankAccuracyError` when it cannot.
+
+    ``rows`` is W itself (any strides: a transposed or row-gathered view is fine) or a zero-argument
+    callable returning a fresh iterable of W's row blocks, top to bottom, the same every call (one call
+    per pass; each block is used once, so a stream never holds W whole). q = r + oversampling (default r)
+    basis columns, at most min(d_out, d_in); products run in ``dtype`` (default float32, float64 when W
+    is float64) on the blocks' device, on torch's intra-op threads (torch.get_num_threads()). ``seed``
+    fixes the random start without touching the global RNG."""
+    if isinstance(rows, torch.Tensor):
+        if rows.ndim != 2 or min(rows.shape) == 0:
+            raise ConfigError(f"W must be a non-empty 2-D d_out x d_in matrix, got shape {tuple(rows.shape)}")
+        dt = dtype or (torch.float64 if rows.dtype == torch.float64 else torch.float32)
+        W = rows.to(dt)  # a copy only when W is stored in another precision
+
+        def blocks() -> Iterable[torch.Tensor]:
+            return (W,)
+    else:
+        blocks, dt = rows, dtype
+    p = r if oversampling is None else int(oversampling)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"r must be a positive int, got {r!r}")
+    if p < 0 or max_passes < 1 or not 0 < tol < 1:
+        raise ConfigError(f"need oversampling >= 0, max_passes >= 1 and 0 < tol < 1; got {p}, {max_passes}, {tol}")
+
+    omega = None
+    history: list[float] = []
+    sq = 0.0
+    for k in range(1, max_passes + 1):
+        ys, z = [], None
+        for blk in blocks():
+            if omega is None:  # first block of the first pass: the sizes and the random start
+                if blk.ndim != 2 or min(blk.shape) == 0:
+                    raise ConfigError(f"row blocks must be non-empty 2-D tensors, got shape {tuple(blk.shape)}")
+                dt = dt or (torch.float64 if blk.dtype == torch.float64 else torch.float32)
+                n = blk.shape[1]
+                gen = torch.Generator().manual_seed(seed)
+                start = torch.randn(n, min(r + p, n), generator=gen, dtype=torch.float64)
+                with _one_thread():
+                    omega = torch.linalg.qr(start.to(blk.device))[0].to(dt)
+            if blk.ndim != 2 or blk.shape[1] != omega.shape[0]:
+                raise ConfigError(f"row blocks must be 2-D with {omega.shape[0]} columns, got shape {tuple(blk.shape)}")
+            blk = blk.to(device=omega.device, dtype=dt)
+            if k == 1:
+                sq += float(torch.linalg.vector_norm(blk)) ** 2
+            y = blk @ omega
+            ys.append(y)
+            z = blk.T @ y if z is None else z.addmm_(blk.T, y)
+        if z is None:
+            raise ConfigError("the row blocks were empty: W needs at least one row")
+        if k == 1 and not (math.isfinite(sq) and sq > 0.0):
+            raise ConfigError(f"W is all zeros or has non-finite (NaN/inf) entries (‖W‖² = {sq}): no spectrum to find")
+        y = torch.cat(ys) if len(ys) > 1 else ys[0]
+        if k > 1 and y.shape[0] != m:
+            raise ConfigError(f"the row blocks held {y.shape[0]} rows on pass {k} and {m} before: they must be "
+                              "the same every call")
+        m, n = y.shape[0], omega.shape[0]
+        if r > min(m, n):
+            raise ConfigError(f"r={r} is out of range for a {m} x {n} matrix: need 1 <= r <= {min(m, n)}")
+        if omega.shape[1] > m:  # more columns than W has rows: keep the basis within W's rank
+            omega, y, z = omega[:, :m], y[:, :m], z[:, :m]
+        q = omega.shape[1]
+        with _one_thread():  # the small steps
+            # Rayleigh–Ritz on span(Ω): YᵀY = Ŵ diag(σ̃²) Ŵᵀ, ṽ = Ω ŵ, ũ = Y ŵ / σ̃ (so W ṽ = σ̃ ũ);
+            # the residual Wᵀũ − σ̃ṽ = Z ŵ / σ̃ − Ω ŵ σ̃
+            y64 = y.to(torch.float64)
+            lam, what = torch.linalg.eigh(y64.T @ y64)
+            lam, what = lam.flip(0)[:r], what.flip(1)[:, :r]
+            sig = lam.clamp_min(0).sqrt()
+            if not float(sig[-1]) > float(sig[0]) * 1e-6:
+                raise LowRankAccuracyError(
+                    f"randomized top-{r} SVD of a {m} x {n} matrix: σ_{r}/σ_1 = {float(sig[-1] / sig[0]):.1e}, the "
+                    f"matrix has (numerical) rank below r = {r}; use method='full' or a smaller r")
+            om64 = omega.to(torch.float64)
+            z64 = z.to(torch.float64)
+            res = z64 @ (what / sig) - om64 @ (what * sig)
+            err = float((torch.linalg.vector_norm(res, dim=0) / sig).max())
+            history.append(err)
+            if err <= tol:
+                info = RangeFinderInfo(k, q, err, tol, True, tuple(history), math.sqrt(sq))
+                return (y64 @ what) / sig, sig, om64 @ what, info
+            if 4 <= k < max_passes:  # the observed decay over the last 3 passes: the passes tol still needs
+                rate = (history[-1] / history[-4]) ** (1 / 3)
+                need = math.inf if rate >= 1 else math.log(tol / err) / math.log(rate)
+                if k + need > max_passes:
+                    break
+            omega = _orthonormalize(z64, dt)
+    raise LowRankAccuracyError(
+        f"randomized top-{r} SVD of a {m} x {n} matrix (q = {q}) did not reach relative residual {tol:.0e}: "
+        f"{history[-1]:.1e} after {len(history)} passes, and its decay ({', '.join(f'{x:.1e}' for x in history[-3:])}) "
+        f"predicts more than max_passes = {max_passes}: the spectrum decays too slowly at the cut for the "
+        f"randomized path; use method='full' (or 'auto', which falls back to it)")
 
 
 def singular_value_scale(sigma_base: torch.Tensor, sigma_post: torch.Tensor) -> tuple[float, float]:
@@ -182,14 +367,24 @@ def polar_factor(M: torch.Tensor) -> torch.Tensor:
     return a @ bh
 
 
-def _residual_norm(W: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor) -> float:
-    """‖W − left @ right_t‖_F in float64, one row-chunk of W upcast at a time."""
+def _chunks(W: torch.Tensor) -> RowBlocks:
+    """W as row blocks of about _CHUNK_ELEMENTS entries."""
     rows = max(1, _CHUNK_ELEMENTS // W.shape[1])
-    total = 0.0
-    for start in range(0, W.shape[0], rows):
-        block = W[start : start + rows].to(device=left.device, dtype=torch.float64)
-        diff = block - left[start : start + rows] @ right_t
-        total += float((diff * diff).sum())
+    return lambda: (W[start : start + rows] for start in range(0, W.shape[0], rows))
+
+
+def _residual_norm(rows: RowBlocks, left: torch.Tensor, right_t: torch.Tensor) -> float:
+    """‖W − left @ right_t‖_F over W's row blocks, each in its working precision, summed in float64."""
+    total, start = 0.0, 0
+    for block in rows():
+        dt = _work_dtype(block)
+        block = block.to(device=left.device, dtype=dt)
+        stop = start + block.shape[0]
+        total += float(torch.linalg.vector_norm(block - left[start:stop].to(dt) @ right_t.to(dt))) ** 2
+        start = stop
+    if start != left.shape[0]:
+        raise ConfigError(f"the row blocks held {start} rows on this pass and {left.shape[0]} before: they must "
+                          "be the same every call")
     return math.sqrt(total)
 
 
@@ -209,37 +404,85 @@ def svd_structure(
     seed: int = 0,
     *,
     oversampling: int | None = None,
-    niter: int = 6,
+    tol: float = RESIDUAL_TOL,
+    max_passes: int = MAX_PASSES,
 ) -> SVDMetrics:
     """HC structure metrics (scale, rotations, consistency, reparameterisation error; see the module
     doc) of one d_out x d_in pair over the top r triplets.
-    method "auto" = full SVD when min(d) <= 1024 or r == "full", else randomized (see module doc
-    for the accepted lowrank error); all maths in float64."""
-    _check_pair(W_base, W_post)
+    method "full" = float64 LAPACK SVD; "lowrank" = :func:`randomized_top_svd` (within `LOWRANK_BOUND` of
+    "full" when it certifies ``tol``, else :class:`LowRankAccuracyError`); "auto" = full when min(d) <= 1024
+    or r == "full", else lowrank, falling back to full (``fallback`` says why) where lowrank cannot certify."""
+    norm_base, post_norm = _check_pair(W_base, W_post)
     rr = _resolve_rank(r, W_base.shape)
     meth = _resolve_method(method, r, W_base.shape)
-    for name, w in (("W_base", W_base), ("W_post", W_post)):
-        if not bool(w.any()):  # no spectrum to compare: skip the SVDs
+    for name, nrm in (("W_base", norm_base), ("W_post", post_norm)):
+        if nrm == 0.0:  # no spectrum to compare: skip the SVDs
             unknown = torch.full((rr,), math.nan, dtype=torch.float64)
             return _nan_metrics(rr, meth, unknown, unknown, f"zero {name}")
-    u, sb, v = top_svd(W_base, rr, meth, seed=seed, oversampling=oversampling, niter=niter)
-    u2, sp, v2 = top_svd(W_post, rr, meth, seed=seed, oversampling=oversampling, niter=niter)
-    post_norm = float(torch.linalg.matrix_norm(W_post.to(torch.float64)))
+    passes, resid, fallback = 0, math.nan, None
+    if meth == "lowrank":
+        kw = dict(seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
+        try:
+            u, sb, v, info_b = randomized_top_svd(W_base, rr, **kw)
+            u2, sp, v2, info_p = randomized_top_svd(W_post, rr, **kw)
+            passes, resid = max(info_b.passes, info_p.passes), max(info_b.residual, info_p.residual)
+        except LowRankAccuracyError as e:
+            if method != "auto":
+                raise
+            meth, fallback = "full", str(e)
+    if meth == "full":
+        u, sb, v = top_svd(W_base, rr, "full")
+        u2, sp, v2 = top_svd(W_post, rr, "full")
 
-    scale, scale_residual = singular_value_scale(sb, sp)
-    eye = torch.eye(rr, dtype=torch.float64, device=u.device)
-    q_u = u.T @ u2
-    q_v = v.T @ v2
-    orth_u = float(torch.linalg.matrix_norm(q_u.T @ q_u - eye))
-    orth_v = float(torch.linalg.matrix_norm(q_v.T @ q_v - eye))
-    consistency = _ratio(float(torch.linalg.matrix_norm(q_u - q_v)), float(torch.linalg.matrix_norm(q_u)))
+    return _metrics(u, sb, v, u2, sp, v2, _chunks(W_post), post_norm, min(W_post.shape), meth, passes, resid,
+                    fallback)
 
-    q = polar_factor(0.5 * (q_u + q_v))
-    # W_hat = (U Q) Σ' (V Q)ᵀ, applied chunk-wise: left = U Q Σ', right_t = (V Q)ᵀ
-    left = (u @ q) * sp
-    right_t = (v @ q).T
-    reparam = _residual_norm(W_post, left, right_t) / post_norm
-    if rr == min(W_post.shape):
+
+def svd_structure_rows(
+    base_rows: RowBlocks,
+    post_rows: RowBlocks,
+    r: int = 64,
+    seed: int = 0,
+    *,
+    oversampling: int | None = None,
+    tol: float = RESIDUAL_TOL,
+    max_passes: int = MAX_PASSES,
+) -> SVDMetrics:
+    """:func:`svd_structure` with method="lowrank" for a pair given as row-block sources (zero-argument
+    callables returning W's row blocks top to bottom, the same every call; see :func:`randomized_top_svd`):
+    neither matrix is held whole. Passes: the range finder's over each, then one more over post for the
+    reparameterisation error. Raises :class:`LowRankAccuracyError` where the in-memory "auto" would fall
+    back to the full SVD, which needs the whole matrix."""
+    kw = dict(seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
+    u, sb, v, info_b = randomized_top_svd(base_rows, r, **kw)
+    u2, sp, v2, info_p = randomized_top_svd(post_rows, r, **kw)
+    if u.shape != u2.shape or v.shape != v2.shape:
+        raise ConfigError(f"W_base and W_post must have the same shape, got {(u.shape[0], v.shape[0])} and "
+                          f"{(u2.shape[0], v2.shape[0])}")
+    return _metrics(u, sb, v, u2, sp, v2, post_rows, info_p.norm, min(u.shape[0], v.shape[0]), "lowrank",
+                    max(info_b.passes, info_p.passes), max(info_b.residual, info_p.residual), None)
+
+
+def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tensor, sp: torch.Tensor, v2: torch.Tensor,
+             post_rows: RowBlocks, post_norm: float, d_min: int, meth: str, passes: int, resid: float,
+             fallback: str | None) -> SVDMetrics:
+    """The HC metrics from both top-r SVDs (float64); W_post is read once more, row block by row block."""
+    rr = sb.shape[0]
+    with _one_thread():  # r x r and d x r products
+        scale, scale_residual = singular_value_scale(sb, sp)
+        eye = torch.eye(rr, dtype=torch.float64, device=u.device)
+        q_u = u.T @ u2
+        q_v = v.T @ v2
+        orth_u = float(torch.linalg.matrix_norm(q_u.T @ q_u - eye))
+        orth_v = float(torch.linalg.matrix_norm(q_v.T @ q_v - eye))
+        consistency = _ratio(float(torch.linalg.matrix_norm(q_u - q_v)), float(torch.linalg.matrix_norm(q_u)))
+
+        q = polar_factor(0.5 * (q_u + q_v))
+        # W_hat = (U Q) Σ' (V Q)ᵀ, applied chunk-wise: left = U Q Σ', right_t = (V Q)ᵀ
+        left = (u @ q) * sp
+        right_t = (v @ q).T
+    reparam = _residual_norm(post_rows, left, right_t) / post_norm
+    if rr == d_min:
         floor = 0.0  # nothing truncated (avoid ‖W‖² − Σσ² cancellation noise)
     else:
         floor = math.sqrt(max(post_norm**2 - float(sp @ sp), 0.0)) / post_norm
@@ -255,6 +498,9 @@ def svd_structure(
         truncation_floor=floor,
         sigma_base=sb.cpu(),
         sigma_post=sp.cpu(),
+        passes=passes,
+        residual=resid,
+        fallback=fallback,
     )
 
 
@@ -262,9 +508,9 @@ def singular_value_replacement(W_base: torch.Tensor, W_post: torch.Tensor, r: Ra
     """HC's replacement W' = U' (s Σ) V'ᵀ: post-trained singular vectors with ALL the base singular
     values, scaled by the least-squares s fitted on the top r. Full float64 SVD; returned in
     W_post's dtype and device. Sign-safe: a shared flip of (u'_i, v'_i) cancels."""
-    _check_pair(W_base, W_post)
+    norm_base, _ = _check_pair(W_base, W_post)
     rr = _resolve_rank(r, W_base.shape)
-    if not bool(W_base.any()):
+    if norm_base == 0.0:
         raise ConfigError("W_base is all zeros: it has no singular values to transplant")
     sb = torch.linalg.svdvals(W_base.to(torch.float64))
     u2, sp, vh2 = torch.linalg.svd(W_post.to(torch.float64), full_matrices=False)
