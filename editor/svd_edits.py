@@ -43,7 +43,7 @@ What each one keeps, exactly, with ``rank="full"``:
 Top-r mode (``rank`` an int, for matrices too large for a full SVD of every condition): ``E`` is
 orthogonal to ``U'_r`` and ``V'_r``, so ``sv_replacement`` has singular values ``s σ_r ∪ σ'_{>r}``
 exactly; for the others the spectrum of ``E + C`` is ``σ'`` only approximately (C's vectors are not
-orthogonal to E's). ``method="lowrank"`` computes the top-r triplets with ``torch.svd_lowrank`` (see
+orthogonal to E's). ``method="lowrank"`` computes the top-r triplets with a certified randomized SVD (see
 :mod:`rwedit.probes.svd` for its accuracy); ``E`` is always the exact difference ``W_post − P'``, so
 ``post`` reproduces ``W_post`` to float rounding whatever the method.
 
@@ -113,8 +113,9 @@ def _rank(rank: Rank, shape: torch.Size) -> int:
 
 def decompose(W_base: torch.Tensor, W_post: torch.Tensor, rank: Rank = "full", method: str = "auto",
               seed: int = 0) -> Decomposition:
-    """Top-r SVDs of both matrices (``method``: "full", "lowrank", or "auto" = full SVD when
-    ``rank="full"`` or min(d) <= 1024) and the post residual ``E``."""
+    """Top-r SVDs of both matrices (``method``: "full", "lowrank" — refused where its error bound cannot be
+    certified — or "auto": the full SVD when ``rank="full"`` or min(d) <= 1024, else the randomized one with
+    the full SVD as its fallback) and the post residual ``E``."""
     if W_base.shape != W_post.shape or W_base.ndim != 2:
         raise ConfigError(f"W_base and W_post must be matrices of one shape, got {tuple(W_base.shape)} "
                          f"and {tuple(W_post.shape)}")
@@ -124,9 +125,9 @@ def decompose(W_base: torch.Tensor, W_post: torch.Tensor, rank: Rank = "full", m
         if not bool(w.any()):
             raise ConfigError(f"{name} is all zeros: it has no singular vectors to take a rotation from")
     r = _rank(rank, W_base.shape)
-    if method == "auto":
-        method = "full" if (r == min(W_base.shape) or min(W_base.shape) <= AUTO_FULL_MAX_DIM) else "lowrank"
-    if method not in ("full", "lowrank"):
+    if method == "auto" and (r == min(W_base.shape) or min(W_base.shape) <= AUTO_FULL_MAX_DIM):
+        method = "full"  # else "auto": the certified randomized SVD, the full one where it cannot certify
+    if method not in ("full", "lowrank", "auto"):
         raise ConfigError(f"method must be 'auto', 'full' or 'lowrank', got {method!r}")
     U, sb, V = top_svd(W_base, r, method, seed=seed)
     Up, sp, Vp = top_svd(W_post, r, method, seed=seed)

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_pair(p)
     p.add_argument("--r", default=64, type=rank_arg, help="top-r singular triplets, or 'full' (default 64)")
     p.add_argument("--method", choices=("auto", "full", "lowrank"), default="auto",
-                   help="full SVD, randomized svd_lowrank, or auto (full when min(d) <= 1024)")
+                   help="full SVD, the certified randomized top-r SVD (refused where it cannot meet its error "
+                        "bound), or auto (full when min(d) <= 1024, else randomized with the full SVD as fallback)")
     options.add_roles(p)
     options.add_out(p, default="rwedit-svd")
     options.add_overwrite(p)
