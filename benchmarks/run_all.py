@@ -139,6 +139,13 @@ def _sources(r: dict) -> list[Figure]:
             Figure("two posts in one pass / two separate passes", two, "≤ 0.6", _le(two, 0.6))]
 
 
+def _shards(r: dict) -> list[Figure]:
+    two, two1 = _at(r, "ratios", "two_over_one"), _at(r, "ratios", "two_1t_over_one_1t")
+    return [Figure("12-condition grid: two shard processes / one process (wall, default threads)", two, "≤ 0.6",
+                   _le(two, 0.6)),
+            Figure("the same with one thread per process", two1, "info", None)]
+
+
 def _placement(r: dict) -> list[Figure]:
     return [Figure(f"activation collection, model split CPU + disk offload / held whole (tokens/s, batch {b})",
                    v.get("split_over_whole"), "info (printed)", None) for b, v in (r.get("by_batch_size") or {}).items()]
@@ -151,6 +158,7 @@ register(Bench("probes", "bench_probes.py", ["--profile", "never", "--no-alterna
 register(Bench("adapters", "bench_adapters.py", [], [], "adapters.json", _adapters))
 register(Bench("scoring", "bench_scoring.py", [], ["--limit", "5"], "scoring.json", _scoring))
 register(Bench("sources", "bench_sources.py", [], [], "sources.json", _sources))
+register(Bench("shards", "bench_shards.py", [], [], "shards.json", _shards))
 register(Bench("placement", "bench_placement.py", [], ["--repeat", "1", "--batch-sizes", "8"], "placement.json", _placement))
 
 
@@ -174,6 +182,49 @@ def _quickstart(quick: bool) -> tuple[list[Figure], dict]:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
     return out, raw
+
+
+def _plan(quick: bool) -> tuple[list[Figure], dict]:
+    """``rwedit plan`` of the control recipe on the synthetic 1.1B pair (files linked, the organism's tokenizer
+    added): the whole command's wall time, imports included, and the plan's own time in-process."""
+    pair = HERE / ".cache" / "llama-1.1b-pair"
+    toks = sorted(Path.home().glob(".cache/rwedit/organism/*/pretrained/tokenizer.json"))
+    if not (pair / "BUILD_COMPLETE.json").exists() or not toks:
+        return [Figure("plan on the 1.1B pair: the pair or a tokenizer is missing (run bench_pair_pass.py, "
+                       "rwedit organism)", None, met=False)], {}
+    root = Path(tempfile.mkdtemp(prefix="rwedit-plan-"))
+    for side in ("base", "post"):
+        (root / side).mkdir()
+        for f in (pair / side).iterdir():
+            (root / side / f.name).symlink_to(f)
+        for f in toks[0].parent.glob("tokenizer*.json"):
+            shutil.copy(f, root / side / f.name)
+    args = ["plan", str(ROOT / "recipes" / "control-experiment.yaml"), "--base", str(root / "base"), "--post",
+            str(root / "post"), "--out", str(root / "run")]
+    walls = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "rwedit", *args], cwd=ROOT, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+    code = ("import sys, time; from rwedit.apps.plan import plan_recipe; "
+            f"plan_recipe({str(ROOT / 'recipes' / 'control-experiment.yaml')!r}, "
+            f"{{'model': {str(root / 'base')!r}, 'post': {str(root / 'post')!r}}}, out={str(root / 'run')!r}); "
+            "t = time.perf_counter(); "
+            f"plan_recipe({str(ROOT / 'recipes' / 'control-experiment.yaml')!r}, "
+            f"{{'model': {str(root / 'base')!r}, 'post': {str(root / 'post')!r}}}, out={str(root / 'run')!r}); "
+            "print(time.perf_counter() - t)")
+    q = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    inproc = float(q.stdout.strip().splitlines()[-1]) if q.returncode == 0 and q.stdout.strip() else None
+    shutil.rmtree(root, ignore_errors=True)
+    ok = p.returncode == 0
+    return [Figure("rwedit plan on the 1.1B pair, whole command (imports included)", min(walls) if ok else None,
+                   "≤ 2 s", ok and min(walls) <= 2, "s"),
+            Figure("rwedit plan on the 1.1B pair, the plan itself (imported, second call)", inproc, "≤ 2 s",
+                   _le(inproc, 2.0), "s")], dict(walls=walls, rc=p.returncode, tail=(p.stdout + p.stderr)[-1500:])
+
+
+#: benchmarks that are a function here, not a script (name -> function(quick) -> (figures, raw))
+BUILTIN = {"plan": _plan, "quickstart": _quickstart}
 
 
 def machine() -> dict:
@@ -255,20 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller settings and no cold quickstart")
     ap.add_argument("--only", default=None,
-                    help=f"comma list of benchmarks to run: {', '.join([*BENCHES, 'quickstart'])} (default: all)")
+                    help="comma list of benchmarks to run: pair_pass, probes, adapters, scoring, sources, shards, "
+                         "placement, plan, quickstart (default: all)")
     args = ap.parse_args(argv)
-    names = [*BENCHES, "quickstart"] if args.only is None else args.only.split(",")
-    unknown = [n for n in names if n not in BENCHES and n != "quickstart"]
+    names = [*BENCHES, *BUILTIN] if args.only is None else args.only.split(",")
+    unknown = [n for n in names if n not in BENCHES and n not in BUILTIN]
     if unknown:
-        ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join([*BENCHES, 'quickstart'])}")
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join([*BENCHES, *BUILTIN])}")
     mach = machine()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = []
     for name in names:
-        if name == "quickstart":
+        if name in BUILTIN:
+            print(f"== {name}", flush=True)
             before, t0 = os.getloadavg(), time.perf_counter()
-            figs, raw = _quickstart(args.quick)
-            runs.append(dict(name="quickstart", wall_s=time.perf_counter() - t0, rc=0, load_before=before,
+            figs, raw = BUILTIN[name](args.quick)
+            runs.append(dict(name=name, wall_s=time.perf_counter() - t0, rc=0, load_before=before,
                              load_after=os.getloadavg(), figures=[asdict(f) for f in figs], raw=raw))
         else:
             runs.append(run_bench(BENCHES[name], args.quick))
