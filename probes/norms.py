@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.checkpoints import CheckpointPair, LoraPost, stream_pair
-from rwedit.probes.blocks import Norms
+from rwedit.probes.blocks import Norms, sumsq
 from rwedit.outputs import make_folder, write_text
 
 
@@ -47,11 +47,8 @@ def delta_norms(
     out = []
     if isinstance(pair.post, LoraPost):  # an adapter's delta is small and exact in factor form
         for rp in pair.iter_roles(roles, layers):
-            out.append(DeltaNorm(
-                rp.layer, rp.role, rp.view.d_out, rp.view.d_in,
-                float(torch.linalg.vector_norm(rp.base)), float(torch.linalg.vector_norm(rp.post)),
-                float(torch.linalg.vector_norm(rp.delta)), pair.rounding_floor(rp.base),
-            ))
+            out.append(DeltaNorm(rp.layer, rp.role, rp.view.d_out, rp.view.d_in, sumsq(rp.base) ** 0.5,
+                                 sumsq(rp.post) ** 0.5, sumsq(rp.delta) ** 0.5, pair.rounding_floor(rp.base)))
             bar.update()
     else:
         low = pair.rounding_dtype()
