@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from tqdm.auto import tqdm
 
 from rwedit.checkpoints import CheckpointPair, LoraPost, stream_pair
