@@ -261,7 +261,8 @@ def run_bench(b: Bench, quick: bool) -> dict:
     else:
         figures = [Figure(f"{b.name}: benchmark failed (exit {rc})", None, met=False)]
         print(tail, file=sys.stderr)
-    return dict(name=b.name, wall_s=wall, rc=rc, load_before=before, load_after=after,
+    return dict(name=b.name, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), wall_s=wall,
+                rc=rc, load_before=before, load_after=after,
                 figures=[asdict(f) for f in figures])
 
 
@@ -286,15 +287,15 @@ def write_summary(runs: list[dict], mach: dict, quick: bool, date: str) -> Path:
              "", "Every figure is a ratio against a baseline measured in the same run (see each script's docstring). "
              "*loaded*: the 1-minute load average was above the core count before or after that benchmark, so its "
              "figure is not a clean one.", "",
-             "| benchmark | figure | target | value | met | load before → after | clean |",
-             "|---|---|---|---|---|---|---|"]
+             "| benchmark | figure | target | value | met | load before → after | clean | run |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         loaded = max(r["load_before"][0], r["load_after"][0]) > cores
         load = f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f}"
         for f in r["figures"]:
             met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
             lines.append(f"| {r['name']} | {f['figure']} | {f['target']} | {fmt(f['value'], f['unit'])} | {met} | "
-                         f"{load} | {'*loaded*' if loaded else 'yes'} |")
+                         f"{load} | {'*loaded*' if loaded else 'yes'} | {r.get('date', date)} |")
     lines += ["", "Raw results: the JSON files beside this one (`summary.json` holds this table's data).", ""]
     path = RESULTS / "summary.md"
     path.write_text("\n".join(lines))
@@ -305,7 +306,7 @@ def write_summary(runs: list[dict], mach: dict, quick: bool, date: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller settings and no cold quickstart")
-    ap.add_argument("--only", default=None,
+    ap.add_argument("--only", default=None,  # the other benchmarks' rows of the last summary are kept
                     help="comma list of benchmarks to run: pair_pass, probes, adapters, scoring, sources, shards, "
                          "placement, plan, quickstart (default: all)")
     args = ap.parse_args(argv)
@@ -316,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     mach = machine()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = []
+    previous = RESULTS / "summary.json"
+    if args.only is not None and previous.exists():  # rerun some: the others' rows stay, with their own dates
+        runs = [r for r in json.loads(previous.read_text()).get("runs", []) if r["name"] not in names]
     for name in names:
         if name in BUILTIN:
             print(f"== {name}", flush=True)
             before, t0 = os.getloadavg(), time.perf_counter()
             figs, raw = BUILTIN[name](args.quick)
-            runs.append(dict(name=name, wall_s=time.perf_counter() - t0, rc=0, load_before=before,
+            runs.append(dict(name=name, date=date, wall_s=time.perf_counter() - t0, rc=0, load_before=before,
                              load_after=os.getloadavg(), figures=[asdict(f) for f in figs], raw=raw))
         else:
             runs.append(run_bench(BENCHES[name], args.quick))
