@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     previous = RESULTS / "summary.json"
     if args.only is not None and previous.exists():  # rerun some: the others' rows stay, with their own dates
-        runs = [r for r in json.loads(previous.read_text()).get("runs", []) if r["name"] not in names]
+        last = json.loads(previous.read_text())
+        runs = [{"date": last.get("date"), **r} for r in last.get("runs", []) if r["name"] not in names]
     for name in names:
         if name in BUILTIN:
             print(f"== {name}", flush=True)
