@@ -275,6 +275,8 @@ def fmt(v, unit: str) -> str:
         return f"{v:.0f} MB"
     if unit == "share":
         return f"{v:.2f}"
+    if v and abs(v) < 0.01:
+        return f"{v:.1e}×"
     return f"{v:.2f}×" if abs(v) < 100 else f"{v:.0f}×"
 
 
@@ -285,12 +287,12 @@ def write_summary(runs: list[dict], mach: dict, quick: bool, date: str) -> Path:
              f"({mach['torch_threads']} intra-op threads; the row-block pair pass runs one worker per thread, each "
              f"single-threaded), Python {mach['python']}, {mach['platform']}. Mode: {'quick' if quick else 'full'}.",
              "", "Every figure is a ratio against a baseline measured in the same run (see each script's docstring). "
-             "*loaded*: the 1-minute load average was above the core count before or after that benchmark, so its "
-             "figure is not a clean one.", "",
+             "*loaded*: the 1-minute load average was above the core count when that benchmark started (other "
+             "work on the machine), so its figure is not a clean one; the load after it includes its own threads.", "",
              "| benchmark | figure | target | value | met | load before → after | clean | run |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        loaded = max(r["load_before"][0], r["load_after"][0]) > cores
+        loaded = r["load_before"][0] > cores  # others' load: the benchmark's own threads raise "after"
         load = f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f}"
         for f in r["figures"]:
             met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
