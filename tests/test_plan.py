@@ -388,3 +388,18 @@ def test_plan_memory_estimate_of_the_1_1b_pair_is_within_20_percent_of_the_measu
     took = time.perf_counter() - t
     assert took < 2.0, took
     assert math.isclose(plan.params, 1_100_048_384)
+
+
+def test_plan_sizes_the_model_in_the_placement_dtype_and_defers_a_device_map_split(pair, tmp_path):
+    """--dtype bfloat16 halves the model in every model stage (2 bytes an element instead of float32's 4); a
+    device map puts the model stages on 'auto' (split by accelerate), the streaming grid stays on the host."""
+    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+
+    recipe = _write(tmp_path / "r.yaml", _recipe(pair))
+    whole = plan_recipe(recipe, out=tmp_path / "run")
+    placed = plan_recipe(recipe, sets=("placement.dtype=bfloat16", "placement.device_map=auto"), out=tmp_path / "run")
+    a, b = {s.name: s for s in whole.stages}, {s.name: s for s in placed.stages}
+    assert b["scoring"].device == "auto" and b["probe: RSF grid"].device == "cpu"
+    assert a["scoring"].memory_bytes - b["scoring"].memory_bytes == RUNTIME_BYTES + whole.params * 2
+    assert b["probe: RSF grid"].memory_bytes == a["probe: RSF grid"].memory_bytes
+    assert any("split" in n for n in placed.notes)

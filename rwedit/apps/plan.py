@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rwedit.errors import CheckpointError, CheckpointMismatchError, DataError, DataNotFoundError, ExperimentError
 
 #: resident memory of a Python process with torch and transformers imported, before any tensor: 230-330 MiB
@@ -349,7 +351,11 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
     params = sum(counts)
     layout, dims = base.layout, base.layout.dims
     device = getattr(recipe, "device", "cpu")
-    model_bytes = params * 4  # models are loaded in float32 (rwedit.models.load_model_and_tokenizer)
+    placement = getattr(recipe, "placement", None)
+    dtype = getattr(placement, "dtype", None) or "float32"  # models load in float32 unless placement says
+    model_bytes = params * getattr(torch, dtype).itemsize
+    if getattr(placement, "device_map", None) is not None:
+        device = "auto"  # a device map splits the model: per device, a plan cannot know before placement
     vocab = layout.view(None, "unembed").shape[0]
     stages: list[Stage] = []
     conditions = None

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
     options.add_post(p, when_omitted="the recipe's")
     options.add_set(p)
+    options.add_placement(p, recipe=True)
     options.add_allow_pickle(p)
     options.add_cache_dir(p)
     p.add_argument("--gflops", type=float, default=100.0,
