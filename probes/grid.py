@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
-from rwedit.checkpoints import (Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader, iter_posts,
-                                stream_pair)
+from rwedit.checkpoints import (Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader,
+                                explain_non_finite, iter_posts, stream_pair)
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -236,10 +236,10 @@ class _StreamedRows:
     """The block sinks of one matrix for the grid (projections, the exact null's Gram, the dense matrix when
     the two-sided rows need it) and the rows made from them once the matrix is complete."""
 
-    def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings):
+    def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings, ckpts=()):
         from rwedit.probes.blocks import Dense, Gram, Projections
 
-        self.view, self.ctx, self.settings = view, ctx, settings
+        self.view, self.ctx, self.settings, self.ckpts = view, ctx, settings, ckpts
         self.plans = _side_plans(view.shape, view.layer, view.role, ctx, settings)
         by_side = {p.side: p.stacked for p in self.plans}
         self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype)
@@ -256,6 +256,7 @@ class _StreamedRows:
     def rows(self) -> list[dict]:
         total = self.proj.total
         if not math.isfinite(total):
+            explain_non_finite(self.ckpts, self.view)  # names the tensor with NaN/Inf; else an overflow:
             raise ConfigError(f"layer {self.view.layer} role {self.view.role!r}: the delta has non-finite entries; "
                               f"check the checkpoints or the dtype the delta was formed in")
         conc = self.gram.concentration() if self.gram is not None and total > 0 else math.nan
@@ -347,9 +348,10 @@ def rsf_grid_posts(
     names = list(posts)
     bar = tqdm(total=len(views), desc="RSF grid", disable=not progress)
     if not any(isinstance(p, LoraPost) for p in posts.values()):  # checkpoints: streamed in row blocks
+        # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
         for view, sinks in stream_pair(base, list(posts.values()), views,
-                                       lambda v: [_StreamedRows(v, ctx, settings) for _ in names],
-                                       dtype=settings.dtype):
+                                       lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
+                                       dtype=settings.dtype, check_finite=False):
             for name, sink in zip(names, sinks):
                 for row in sink.rows():
                     yield {"post": name, **row}

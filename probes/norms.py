@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from rwedit.checkpoints import CheckpointPair, LoraPost, stream_pair
+from rwedit.checkpoints import CheckpointPair, LoraPost, explain_non_finite, stream_pair
 from rwedit.probes.blocks import Norms, sumsq
 from rwedit.outputs import make_folder, write_text
 
@@ -51,7 +52,10 @@ def delta_norms(
             bar.update()
     else:
         low = pair.rounding_dtype()
-        for view, (n,) in stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)]):
+        # the sums themselves show a NaN/Inf weight: no separate finiteness pass over every block
+        for view, (n,) in stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)], check_finite=False):
+            if not math.isfinite(n.bb + n.bd + n.dd):
+                explain_non_finite([pair.base, pair.post], view)
             out.append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
                                  n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
             bar.update()

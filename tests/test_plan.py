@@ -313,7 +313,9 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(pair)), out=tmp_path / "run")
     stages = {s.name: s for s in plan.stages}
     assert plan.params == params
-    block = min(2**20 // 4, largest)
+    from rwedit.checkpoints import BLOCK_BYTES
+
+    block = min(BLOCK_BYTES // 4, largest)
     stored = next(iter(_role_weights(model).values())).element_size()  # saved in the model's dtype
     assert stages["probe: RSF grid"].memory_bytes == (RUNTIME_BYTES + torch.get_num_threads() * 2 * block * (4 + stored)
                                                       + largest * 8)

@@ -112,3 +112,8 @@ def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
 
     with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
         list(stream_pair(pair.base, [pair.post], pair.layout.views(), lambda v: [Norms()], block_bytes=4 * 4 * 48))
+    # the norms and the grid skip that pass and find it from their own sums
+    with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
+        delta_norms(pair, progress=False)
+    with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
+        list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4), null_seeds=2), progress=False))
