@@ -240,7 +240,16 @@ def machine() -> dict:
                 platform=platform.platform())
 
 
+def settle(cores: int, most_s: float = 120.0) -> None:
+    """Wait (at most ``most_s``) for the 1-minute load average to fall below the core count: the previous
+    benchmark's own threads keep it near the core count for a minute after it ends."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] > cores - 0.5 and time.perf_counter() - t0 < most_s:
+        time.sleep(5)
+
+
 def run_bench(b: Bench, quick: bool) -> dict:
+    settle(len(os.sched_getaffinity(0)))
     before = os.getloadavg()
     t0 = time.perf_counter()
     cmd = [sys.executable, str(HERE / b.script), *(b.quick_args if quick else b.args)]
@@ -326,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name in BUILTIN:
             print(f"== {name}", flush=True)
+            settle(len(os.sched_getaffinity(0)))
             before, t0 = os.getloadavg(), time.perf_counter()
             figs, raw = BUILTIN[name](args.quick)
             runs.append(dict(name=name, date=date, wall_s=time.perf_counter() - t0, rc=0, load_before=before,
