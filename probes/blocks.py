@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from rwedit.probes.rsf import concentration_of_gram, gram_concentration
+
 
 def sumsq(t: torch.Tensor, chunk: int = 1 << 20) -> float:
     """‖t‖²_F as a float64 sum of float32 dots over 1M-element chunks: a single float32 reduction over a
@@ -112,7 +114,6 @@ class Gram:
         d_out, d_in = shape
         # axis 0 blocks are rows: Σ Xᵀ X is the d_in Gram, the small one when d_in <= d_out
         self.streamed = (d_in <= d_out) if axis == 0 else (d_out <= d_in)
-        self.axis = axis
         self.G: torch.Tensor | None = None
         self.dense = None if self.streamed else Dense(shape, dtype)
         if self.streamed:
@@ -144,13 +145,9 @@ class Gram:
 
     def concentration(self) -> float:
         if not self.streamed:
-            from rwedit.probes.rsf import gram_concentration
-
             return gram_concentration(self.dense.matrix)
         self._flush()
-        G = self.G.double()
-        total = float(torch.diagonal(G).sum())
-        return math.nan if total == 0.0 else float(G.pow(2).sum()) / total ** 2
+        return concentration_of_gram(self.G)
 
 
 class Dense:

@@ -359,11 +359,15 @@ def gram_concentration(delta: torch.Tensor) -> float:
         total = float(torch.trace(m))
         return math.nan if total == 0.0 else float(torch.trace(m @ m)) / total ** 2
     a = delta.float()
-    small = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
-    total = float(torch.diagonal(small).double().sum())
-    if total == 0.0:
-        return math.nan
-    return float(small.double().pow(2).sum()) / total ** 2
+    return concentration_of_gram(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a)
+
+
+def concentration_of_gram(gram: torch.Tensor) -> float:
+    """Σσ⁴ / (Σσ²)² of a delta from either of its Gram matrices (ΔWᵀΔW or ΔWΔWᵀ, however it was summed):
+    ‖G‖²_F / (tr G)², in float64; NaN for a zero delta."""
+    g = gram.double()
+    total = float(torch.diagonal(g).sum())
+    return math.nan if total == 0.0 else float(g.pow(2).sum()) / total ** 2
 
 
 def exact_null_sd(concentration: float, d: int, k: int) -> float:
