@@ -22,6 +22,7 @@ from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, with_adapter
 from rwedit.errors import AdapterNotAppliedError, ConfigError
 from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, needs_lm_eval_index, task_manager
+from rwedit.models import input_device
 
 #: the text whose first tokens probe whether an adapter is applied (any fixed text works: a rank-1 edit of a
 #: matrix the tokens pass through changes every later position's logits)
@@ -184,9 +185,8 @@ def probe_outputs(lm, tokenizer=None) -> torch.Tensor:
     if isinstance(model, torch.nn.Module):
         tok = tokenizer if tokenizer is not None else lm.tokenizer
         ids = tok(PROBE_TEXT, add_special_tokens=True)["input_ids"][:PROBE_TOKENS]
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]
+        with torch.no_grad():  # input_device: a placed model's first parameter may be offloaded (on meta)
+            logits = model(input_ids=torch.tensor([ids], device=input_device(model))).logits[0]
         return torch.log_softmax(logits.double(), dim=-1).cpu()
     from lm_eval.api.instance import Instance
 
@@ -238,8 +238,7 @@ class LMEvalScorer:
         if tokenizer is None:
             raise ConfigError("pass the tokenizer: without it HFLM looks one up on the Hub by the model's name")
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.backend = get_backend(settings.backend)
-        self.backend.check_installed()
+        self.backend = get_backend(settings.backend)  # EvalSettings checked that a registered one is installed
         self.raw: dict | None = None
         #: condition -> the applied check's max |change| of the probe log-probabilities
         self.applied: dict[str, float] = {}
@@ -322,7 +321,7 @@ class LMEvalScorer:
             args[b.adapter_arg] = str(folder)
         extra = {"batch_size": s.batch_size, "max_length": s.max_length}
         if b.takes_device:
-            extra["device"] = str(next(self.model.parameters()).device)
+            extra["device"] = str(input_device(self.model))
         extra = {k: v for k, v in extra.items() if k not in args and v is not None}
         self._args = {**args, **extra}
         return get_model(b.model).create_from_arg_obj(args, extra)
