@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -32,6 +32,12 @@ from rwedit.evals.lmeval import EvalSettings
 from rwedit.evals.store import ResultStore, Shard
 
 DEFAULT_KIND = "control"
+
+
+#: recipe settings added after runs existed, as (section, key) — key None: the whole section — hashed only
+#: where they differ from their defaults, so a recipe that leaves them alone keeps the hash it had before and
+#: its runs still resume
+HASH_WHEN_SET = (("placement", None), ("eval", "backend"), ("eval", "model_args"), ("eval", "applied_atol"))
 
 
 @dataclass(frozen=True)
@@ -52,16 +58,22 @@ class ExperimentRecipe(Config):
     out: str | None = option(None, help="output folder (default runs/NAME); not part of the recipe hash")
 
     def config(self) -> dict:
-        """What the results depend on (hashed by the store to keep two recipes' rows apart)."""
+        """What the results depend on (hashed by the store to keep two recipes' rows apart); the settings of
+        :data:`HASH_WHEN_SET` only where they differ from their defaults."""
         d = self.to_dict()
         d.pop("out")
-        if self.placement == Placement():  # recipes that place nothing keep the hash they had before
-            d.pop("placement")
-        scoring = d.get("eval")
-        if isinstance(scoring, dict) and scoring.get("backend") == "inprocess" and not scoring.get("model_args"):
-            for key, default in (("backend", None), ("model_args", None), ("applied_atol", 1e-5)):
-                if default is None or scoring.get(key) == default:  # the default backend: the hash it had before
-                    scoring.pop(key, None)
+        for section, key in HASH_WHEN_SET:
+            value = getattr(self, section, None)
+            if value is None:
+                continue
+            if key is None:
+                if value == type(value)():
+                    d.pop(section)
+            else:
+                declared = type(value).__dataclass_fields__[key]
+                default = declared.default if declared.default is not MISSING else declared.default_factory()
+                if getattr(value, key) == default:
+                    d[section].pop(key)
         return d
 
     def check_sources(self) -> dict | None:
@@ -316,9 +328,7 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
         return RunResult(out, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun with "
                                      f"--resume{again} to finish {store.folder}"])
     if store.shard is None:
-        report = kind.report(out)
-        if kind.finish is not None:
-            kind.finish(recipe, out)
+        report = _report(kind, recipe, out)
         return RunResult(out, report, [f"wrote {report} (results: {store.path})"])
     with store.shared():  # the shard that completes the last share writes the merged report, once
         waiting = [s for s in ResultStore(out).shard_status() if not s.complete]
@@ -327,10 +337,16 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
                                          f"{store.path}; the report waits for the other shards:"]
                              + ["  " + s.describe(out) for s in waiting]
                              + [f"`rwedit report {out}` merges the shards once they have finished"])
-        report = kind.report(out)
-        if kind.finish is not None:
-            kind.finish(recipe, out)
+        report = _report(kind, recipe, out)
     return RunResult(out, report, [f"wrote {report} (merged {store.shard.count} shards: {out / 'shards'})"])
+
+
+def _report(kind: ExperimentKind, recipe: ExperimentRecipe, out: Path):
+    """The kind's report of the finished run, then its finishing step (e.g. the exported adapters' cards)."""
+    report = kind.report(out)
+    if kind.finish is not None:
+        kind.finish(recipe, out)
+    return report
 
 
 def check_scores(scores: dict[str, Any], condition: str) -> dict[str, Any]:
