@@ -269,6 +269,25 @@ def add_set(p: argparse.ArgumentParser) -> None:
                         "--set eval.limit=50; the override is part of the recorded recipe (and of its hash)")
 
 
+def add_recipe_inputs(p: argparse.ArgumentParser) -> None:
+    """What a command that takes a recipe (``run``, ``plan``) reads it with: the recipe, ``--out``, the pair
+    overriding the recipe's, ``--set``, the placement flags (as recipe overrides), ``--allow-pickle`` and
+    ``--cache-dir``; :func:`recipe_overrides` reads the pair back."""
+    p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
+    add_out(p, when_omitted="the recipe's out:, else runs/NAME")
+    add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
+    add_post(p, when_omitted="the recipe's")
+    add_set(p)
+    add_placement(p, recipe=True)
+    add_allow_pickle(p)
+    add_cache_dir(p)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    """The recipe keys :func:`add_recipe_inputs`' --base/--post override (None: the recipe's own)."""
+    return {"model": args.model, "post": args.post}
+
+
 # --- the model organism ------------------------------------------------------------------------------
 
 def add_recipe_option(p: argparse.ArgumentParser, shipped: str) -> None:

@@ -17,14 +17,7 @@ from rwedit.cli import options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
-    options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
-    options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
-    options.add_post(p, when_omitted="the recipe's")
-    options.add_set(p)
-    options.add_placement(p, recipe=True)
-    options.add_allow_pickle(p)
-    options.add_cache_dir(p)
+    options.add_recipe_inputs(p)
     p.add_argument("--gflops", type=float, default=100.0,
                    help="compute rate for the time estimate, GFLOP/s (default %(default)s: about two CPU cores)")
 
@@ -32,6 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rwedit.apps.plan import plan_recipe  # importing rwedit.apps registers the application kinds
 
-    plan = plan_recipe(args.recipe, {"model": args.model, "post": args.post}, args.sets, args.out, args.cache_dir)
+    plan = plan_recipe(args.recipe, options.recipe_overrides(args), args.sets, args.out, args.cache_dir)
     print("\n".join(plan.lines(args.gflops * 1e9)))
     return 0

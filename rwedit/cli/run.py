@@ -34,8 +34,7 @@ def kinds_text() -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = kinds_text()
-    p.add_argument("recipe", help="recipe YAML, or the name of a shipped recipe (`rwedit recipes` lists them)")
-    options.add_out(p, when_omitted="the recipe's out:, else runs/NAME")
+    options.add_recipe_inputs(p)
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     p.add_argument("--shard", metavar="I/N",
                    help="score share I (0 to N-1) of N disjoint, deterministic shares of the conditions into "
@@ -43,12 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "its own with --resume); the one that finishes last writes the merged report, and `rwedit "
                         "report OUT` merges them at any time. Default: RANK/WORLD_SIZE (torchrun, accelerate "
                         "launch) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (a job array), if set")
-    options.add_allow_pickle(p)
-    options.add_base(p, dest="model", model_alias=True, when_omitted="the recipe's")
-    options.add_post(p, when_omitted="the recipe's")
-    options.add_set(p)
-    options.add_placement(p, recipe=True)
-    options.add_cache_dir(p)
     options.add_quiet(p)
 
 
@@ -58,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.evals.core import run_recipe
     from rwedit.evals.store import Shard
 
-    source, overrides, sets = args.recipe, {"model": args.model, "post": args.post}, args.sets
+    source, overrides, sets = args.recipe, options.recipe_overrides(args), args.sets
     plan = plan_recipe(source, overrides, sets, args.out, args.cache_dir)  # what it can know fails here
     if not args.quiet:
         print("\n".join(plan.lines()), flush=True)
