@@ -31,3 +31,17 @@ def wiki_tokenizer(wiki_texts):
     from rwedit.data import train_bpe_tokenizer
 
     return train_bpe_tokenizer(wiki_texts[:1000], vocab_size=512)
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """Two runs' rows: the same conditions in the same order (no duplicates), every field equal (floats to
+    1e-6), ``seconds`` aside."""
+    assert [r["condition"] for r in got] == [r["condition"] for r in want]
+    for a, b in zip(got, want):
+        a, b = ({k: v for k, v in r.items() if k != "seconds"} for r in (a, b))
+        assert a.keys() == b.keys(), a["condition"]
+        for k in a:
+            if isinstance(a[k], float) or isinstance(b[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["condition"], k)
+            else:
+                assert a[k] == b[k], (a["condition"], k)

@@ -22,7 +22,7 @@ from rwedit.cli import main
 from rwedit.errors import ConfigError, ExperimentError, StoreLockedError
 from rwedit.evals.core import run_recipe, shard_problems, write_report
 from rwedit.evals.store import ResultStore, Shard
-from conftest import WIKITEXT
+from conftest import WIKITEXT, assert_same_rows
 from tiny_models import save_pair
 
 #: a fresh interpreter inherits this process's environment (PYTHONPATH, offline flags), one torch thread each
@@ -59,19 +59,6 @@ def grid(tmp_path_factory, wiki_tokenizer):
     ref = run_recipe(root / "recipe.yaml", root / "ref", progress=False, cache_dir=root / "cache").folder
     return {"root": root, "recipe": root / "recipe.yaml", "other": root / "other.yaml", "cache": root / "cache",
             "want": ResultStore(ref).rows()}
-
-
-def same_rows(got: list[dict], want: list[dict]) -> None:
-    """The same conditions in the same order, every field equal (floats to 1e-6), ``seconds`` aside."""
-    assert [r["condition"] for r in got] == [r["condition"] for r in want]
-    for a, b in zip(got, want):
-        a, b = ({k: v for k, v in r.items() if k != "seconds"} for r in (a, b))
-        assert a.keys() == b.keys(), a["condition"]
-        for k in a:
-            if isinstance(a[k], float) or isinstance(b[k], float):
-                assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["condition"], k)
-            else:
-                assert a[k] == b[k], (a["condition"], k)
 
 
 def rows_in(path: Path) -> int:
@@ -165,7 +152,7 @@ def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, 
     want = [r["condition"] for r in grid["want"]]
     assert sorted(shares[0] + shares[1]) == sorted(want) and shares == [Shard(i, 2).take(want) for i in (0, 1)]
     assert not (out / "results.jsonl").exists() and (out / "edit" / "edits.json").exists()  # prepared once
-    same_rows(ResultStore(out).rows(), grid["want"])
+    assert_same_rows(ResultStore(out).rows(), grid["want"])
     assert ResultStore(out).frame()["condition"].tolist() == want
 
     assert main(["report", str(out)]) == 0
@@ -190,7 +177,7 @@ def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, 
     done = run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
     assert done.report == out / "report.md" and shard_problems(out) == []
     assert results.read_text().splitlines()[0] == first  # the kept row is not rescored
-    same_rows(ResultStore(out).rows(), grid["want"])
+    assert_same_rows(ResultStore(out).rows(), grid["want"])
 
 
 @pytest.mark.slow
@@ -230,7 +217,7 @@ def test_killed_shard_resumes_on_its_own_and_a_second_writer_is_refused(grid, tm
     assert [r["condition"] for r in ResultStore(out, Shard(1, 2)).rows()] == share  # kept rows, then the rest
     last = run_recipe(grid["recipe"], out, progress=False, cache_dir=grid["cache"], shard=Shard(0, 2))
     assert last.report == out / "report.md" and shard_problems(out) == []
-    same_rows(ResultStore(out).rows(), grid["want"])
+    assert_same_rows(ResultStore(out).rows(), grid["want"])
 
 
 def test_a_second_writer_of_a_shard_is_refused(grid, tmp_path):
