@@ -756,10 +756,12 @@ def stream_pair(base: Checkpoint, posts: Sequence[Checkpoint], views: Sequence[R
     block, never whole in the compute dtype; stored row blocks may split a fused role's rows, and the sinks
     receive each role's part (:meth:`RoleView.block`). ``check_finite``: a block whose delta does not sum
     to a finite number stops the pass naming its tensor; consumers whose own sums would show a NaN anyway
-    pass False and call :func:`explain_non_finite` when they see one (one pass less per block). ``threads`` workers (default: torch's intra-op
-    thread count) take one stored tensor each, every op single-threaded inside a worker: small ops on
-    cache-sized blocks lose more to waking a thread team than they gain from it, and badly so on a busy
-    machine. Memory: a few blocks per worker plus what the sinks keep."""
+    pass False and call :func:`explain_non_finite` when they see one (one pass less per block).
+
+    ``threads`` workers (default: torch's intra-op thread count) take one stored tensor each, every op
+    single-threaded inside a worker: small ops on cache-sized blocks lose more to waking a thread team than
+    they gain from it, and badly so on a busy machine. Memory: a few blocks per worker plus what the sinks
+    keep."""
     if any(isinstance(p, LoraPost) for p in posts):
         raise TypeError("stream_pair takes checkpoints; an adapter post's delta is already small (LoraPost.role_delta)")
     groups: dict[str, list[int]] = {}  # stored tensor -> its views (by position)

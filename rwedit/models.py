@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -181,8 +182,6 @@ def check_window(model_or_config, length: int, setting: str) -> None:
 def local_device(device: str) -> str:
     """``cuda`` under a launcher that starts one process per GPU (torchrun, accelerate launch: ``LOCAL_RANK``)
     is that process's own GPU, ``cuda:LOCAL_RANK`` (modulo the GPUs visible); any other device is unchanged."""
-    import os
-
     rank = os.environ.get("LOCAL_RANK")
     if device != "cuda" or rank is None or not rank.isdigit():
         return device
