@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from rwedit.evals.direct import DirectSettings
-from conftest import WIKITEXT
+from conftest import WIKITEXT, assert_same_rows
 from tiny_models import save_pair
 
 pytestmark = pytest.mark.slow
@@ -46,19 +46,6 @@ def complete_lines(path: Path) -> bytes:
 
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in complete_lines(path).decode().splitlines() if line.strip()]
-
-
-def assert_same_rows(got: list[dict], want: list[dict]) -> None:
-    assert [r["condition"] for r in got] == [r["condition"] for r in want]  # same order, no duplicates
-    for a, b in zip(got, want):
-        a = {k: v for k, v in a.items() if k != "seconds"}
-        b = {k: v for k, v in b.items() if k != "seconds"}
-        assert a.keys() == b.keys(), a["condition"]
-        for k in a:
-            if isinstance(a[k], float) or isinstance(b[k], float):
-                assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["condition"], k)
-            else:
-                assert a[k] == b[k], (a["condition"], k)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +143,9 @@ def test_the_control_experiment_recipe_runs_as_it_is_on_a_tiny_pair(wide_tokeniz
     from rwedit.bundled import HH_HELDOUT, HH_RLHF
 
     recipe = yaml.safe_load(CONTROL_RECIPE.read_text())
-    layer = max(recipe["edit"]["edit"]["layers"])  # the recipe edits layer 12: the tiny pair needs 13 layers
+    # the recipe's layers: indices (the pair needs a layer past the largest) or fractions of the depth (0.5:
+    # the middle layer, which any depth has; 3 layers give it neighbours)
+    n_layers = max([x + 1 for x in recipe["edit"]["edit"]["layers"] if isinstance(x, int) and x >= 0] + [3])
     # Positions: the longest sequence the recipe asks for (calibration, direct metrics), and room for the
     # longest hh-rlhf answer lm-eval scores (it refuses a continuation longer than the model's context),
     # rounded up to a power of two and no more: lm-eval's rolling WikiText windows are that long, and
@@ -167,7 +156,7 @@ def test_the_control_experiment_recipe_runs_as_it_is_on_a_tiny_pair(wide_tokeniz
     need = max(recipe["edit"]["calibration"]["seq_len"], direct["seq_len"], direct["max_len"], longest + 1)
     n_pos = 1 << (need - 1).bit_length()
     # narrower than the default tiny llama (hidden 16, 2 heads, 1 kv head): 25 conditions x 600 items is long
-    root = save_pair(tmp_path / "models", wide_tokenizer, seed=3, num_hidden_layers=layer + 1, hidden_size=16,
+    root = save_pair(tmp_path / "models", wide_tokenizer, seed=3, num_hidden_layers=n_layers, hidden_size=16,
                      num_attention_heads=2, num_key_value_heads=1, intermediate_size=24,
                      **{**TINY, "max_position_embeddings": n_pos})
     out = tmp_path / "run"
