@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -95,6 +96,20 @@ def measured(fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[Any, dic
         peak_anon_kb=sampler.peak_anon,
         peak_file_kb=sampler.peak_file,
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_results(path: str | Path, obj: dict) -> None:
+    """Write a results file with the machine's folders written portably (the repository's relative to its
+    root, the home folder as ~, the temporary folder as $TMPDIR): results are committed, and a machine's own
+    paths mean nothing on a reader's clone."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    for machine, portable in ((str(REPO) + "/", ""), (os.path.expanduser("~") + "/", "~/"),
+                              (tempfile.gettempdir() + "/", "$TMPDIR/")):
+        text = text.replace(machine, portable)
+    Path(path).write_text(text)
 
 
 def emit(tag: str, obj: dict) -> None:

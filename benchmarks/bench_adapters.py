@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from _common import write_results
 from _common import LLAMA_100M_CACHE, build_llama_100m, llama_100m_edit_spec, llama_100m_stats
 
 ROOT = Path(__file__).resolve().parent
@@ -91,7 +92,7 @@ def main() -> int:
     print(f"{'from_pretrained (median of 3)':<44} {load_med:10.3f} s")
     print(f"{'  ratio build / load (target < 1)':<44} {build_s / load_med:10.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
+    write_results(args.out, res)
     print(f"wrote {args.out}")
     return 0
 

@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_results
 from _common import emit, measured
 from _common import run_child as _run_child
 
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'OK' if ok else 'MISMATCH'}")
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(res, indent=2) + "\n")
+    write_results(args.results, res)
     print(f"wrote {args.results}")
     return 0 if ok else 1
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from _common import write_results
+
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "placement"
 LAYERS = 8
@@ -109,7 +111,7 @@ def main() -> int:
         "machine": platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(args.out, out)
     print(f"activation collection, {ids.numel()} tokens, {LAYERS - LAYERS // 2}/{LAYERS} layers on disk "
           f"({n_params / 1e6:.0f}M parameters):")
     for b, r in out["by_batch_size"].items():

@@ -50,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_results
 from _common import emit, measured
 from _common import run_child as _run_child
 from _common import status_kb as _status_kb
@@ -59,7 +60,7 @@ PAIR_CACHE = HERE / ".cache" / "llama-1.1b-pair"
 STATS_CACHE = HERE / ".cache" / "synthetic-stats-llama-1.1b"
 DEFAULT_RESULTS = HERE / "results" / "probes.json"
 DEFAULT_PROFILE = HERE / "results" / "probes_grid.prof"
-WIKITEXT = Path("/work/shared/data/wikitext-2/valid.txt.gz")
+WIKITEXT_NAME = "bundled:wikitext-2/valid.txt.gz"  # the calibration text the package ships
 CHILD_TAG = "@@BENCH_PROBES@@ "
 
 GRID_TIME_TARGET = 2.0  # grid wall time <= 2x the bare pair pass
@@ -400,11 +401,12 @@ def _tokens(n: int, vocab: int) -> tuple["torch.Tensor", str]:
 
     import torch
 
-    if WIKITEXT.exists():
-        raw = gzip.open(WIKITEXT).read()
-        if len(raw) >= n:
-            ids = torch.frombuffer(bytearray(raw[:n]), dtype=torch.uint8).to(torch.int64)
-            return ids, f"real text: the first {n} UTF-8 bytes of {WIKITEXT} used as token ids 0-255"
+    from rwedit.bundled import resolve
+
+    raw = gzip.open(resolve(WIKITEXT_NAME)).read()
+    if len(raw) >= n:
+        ids = torch.frombuffer(bytearray(raw[:n]), dtype=torch.uint8).to(torch.int64)
+        return ids, f"real text: the first {n} UTF-8 bytes of {WIKITEXT_NAME} used as token ids 0-255"
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, vocab, (n,), generator=g), f"random token ids in [0, {vocab})"
 
@@ -789,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         res["total_s"] = time.perf_counter() - t_start
         res["machine"]["loadavg_end"] = os.getloadavg()
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        write_results(args.results, res)
 
     if "grid" in parts or "svd" in parts:
         print(f"synthetic 1.1B pair in {args.pair_cache} ...", flush=True)

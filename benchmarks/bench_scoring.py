@@ -58,6 +58,7 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_results
 from _common import (LLAMA_100M_CACHE, build_llama_100m, busy_cpu_s, emit, llama_100m_edit_spec, llama_100m_stats,
                      measured)
 from _common import run_child as _run_child
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios=ratios, break_even=model, checks=checks, total_s=time.perf_counter() - t_start,
     )
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(res, indent=2) + "\n")
+    write_results(args.results, res)
 
     w = 52
     print()

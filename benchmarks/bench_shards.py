@@ -42,10 +42,12 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import write_results
 from _common import LLAMA_100M_CACHE, busy_cpu_s, emit
 
 HERE = Path(__file__).resolve().parent
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1, help="rounds of (one, two, one_1t, two_1t)")
-    ap.add_argument("--work", default="/tmp/rwedit-bench-shards", help="scratch folder for the runs")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "rwedit-bench-shards"), help="scratch folder for the runs")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         runs=runs, ratios=ratios,
         checks={"max_abs_diff_vs_one": checks, "rows_equal": all(v <= 1e-9 for v in checks.values())})
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
+    write_results(args.results, out)
     print(f"two shards / one process (wall, medians): {ratios['two_over_one']:.2f}x with default threads, "
           f"{ratios['two_1t_over_one_1t']:.2f}x with 1 thread per process, {ratios['two_1t_over_one']:.2f}x for 1-thread "
           f"shards vs a default-threads process (target <= {TARGET}x like for like: "

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_results
 from _common import emit, measured
 from _common import run_child as _run_child
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         "two_in_one_pass_over_two_separate_wall": two["wall_s"] / (f["wall_s"] + lo["wall_s"]),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    write_results(RESULTS, res)
     r = res["ratios"]
     print(f"\nLoRA (rank {RANK}, every linear) as post: {lo['wall_s']:.1f} s vs full post {f['wall_s']:.1f} s = "
           f"{r['lora_over_full_wall']:.2f}x (target <= 0.5x: {'met' if r['lora_over_full_wall'] <= 0.5 else 'NOT met'}); "

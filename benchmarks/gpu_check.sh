@@ -53,9 +53,10 @@ step() {  # step NAME SECONDS CMD...: run with a time box, record its wall time 
 }
 
 printf 'step\trc\twall_s\n' > "$OUT/steps.tsv"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+scratch=$(mktemp -d)  # the device machine's scratch: installed wheels and the quickstart's run
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$scratch/site" .whl/*.whl \
   || { log "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site
+export PYTHONPATH="$scratch/site"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { log "rwedit install failed"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
@@ -64,8 +65,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', 'transforme
 
 step cuda_tests 120 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
 step default_tests 240 python3 -m pytest -q -x -p no:cacheprovider
-step quickstart 180 python3 -m rwedit quickstart --out /tmp/qs --set device=cuda --quiet
-cp /tmp/qs/report.md "$OUT/quickstart_report.md" 2>/dev/null
+step quickstart 180 python3 -m rwedit quickstart --out "$scratch/qs" --set device=cuda --quiet
+cp "$scratch/qs"/report.md "$OUT/quickstart_report.md" 2>/dev/null
 step pair_pass 120 python3 benchmarks/bench_pair_pass.py --skip-naive --results "$OUT/pair_pass.json"
 step grid 150 python3 benchmarks/bench_probes.py --parts grid --layers 0,1,2,3 --repeats 1 --profile never \
   --no-alternatives --results "$OUT/probes.json"

@@ -9,12 +9,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 import pytest  # noqa: E402
 
-WIKITEXT = SHARED_DATA / "wikitext-2" / "valid.txt.gz"
-HH_RLHF = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+from rwedit.bundled import HH_RLHF, WIKITEXT_VALID as WIKITEXT  # noqa: E402,F401  the data the package ships
 
 
 @pytest.fixture(scope="session")

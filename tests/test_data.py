@@ -9,12 +9,20 @@ import pytest
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, HH_TRAIN, resolve
 from rwedit.data import DataError, pack_tokens, read_pairs, read_texts, split_hh
-from conftest import SHARED_DATA
 
 
-def test_bundled_copies_equal_the_shared_originals():
-    for rel in ("wikitext-2/valid.txt.gz", "wikitext-2/test.txt.gz", "hh-rlhf/harmless-base-test.jsonl.gz"):
-        assert resolve(f"bundled:{rel}").read_bytes() == (SHARED_DATA / rel).read_bytes()
+def test_bundled_files_match_the_checksums_in_their_readme():
+    """Every bundled file is listed in rwedit/bundled/README.md with its SHA-256, and matches it."""
+    import hashlib
+    import re
+
+    from rwedit.bundled import ROOT
+
+    table = dict(re.findall(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|$", (ROOT / "README.md").read_text(), re.M))
+    shipped = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and p.parent != ROOT}
+    assert shipped and set(table) == shipped, "files without a checksum row, or rows without a file"
+    for rel, digest in table.items():
+        assert hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() == digest, rel
     with pytest.raises(FileNotFoundError, match="bundled files"):
         resolve("bundled:nope.txt")
 
