@@ -1,5 +1,6 @@
-import sys
+"""``python -m rwedit`` is ``python -m rwedit.cli``: the spine names the top layer's module to run, and imports
+nothing from it."""
 
-from rwedit.cli import main
+import runpy
 
-sys.exit(main())
+runpy.run_module("rwedit.cli", run_name="__main__", alter_sys=True)

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: source folder of each package and its layer (the spine is rwedit/ minus its apps and cli subpackages)
+#: source folder of each package, one top-level folder a layer
 PACKAGES = {"rwedit": ROOT / "rwedit", "rwedit.probes": ROOT / "probes", "rwedit.editor": ROOT / "editor",
-            "rwedit.evals": ROOT / "evals", "rwedit.apps": ROOT / "rwedit" / "apps",
-            "rwedit.cli": ROOT / "rwedit" / "cli"}
+            "rwedit.evals": ROOT / "evals", "rwedit.apps": ROOT / "apps", "rwedit.cli": ROOT / "cli"}
 LAYERS = ["rwedit", "rwedit.probes", "rwedit.editor", "rwedit.evals", "rwedit.apps", "rwedit.cli"]
 
 
 def layer_of(module: str) -> int:
-    """The layer of a dotted ``rwedit`` module name (the longest matching package wins; ``python -m rwedit``'s
-    ``__main__`` is the command line)."""
-    if module == "rwedit.__main__":
-        return LAYERS.index("rwedit.cli")
+    """The layer of a dotted ``rwedit`` module name (the longest matching package wins)."""
     best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
     return LAYERS.index(best)
 
@@ -31,8 +27,8 @@ def modules() -> list[tuple[str, Path]]:
         for path in sorted(folder.rglob("*.py")):
             rel = path.relative_to(folder).with_suffix("")
             name = ".".join((pkg, *rel.parts)).removesuffix(".__init__")
-            if layer_of(name) == LAYERS.index(pkg):  # rwedit/apps/* belongs to rwedit.apps, not to the spine
-                out.append((name, path))
+            assert layer_of(name) == LAYERS.index(pkg), f"{path} is in {pkg}'s folder but not its layer"
+            out.append((name, path))
     return out
 
 
