@@ -134,10 +134,10 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
 
     if repo_id:
         check_repo_id(repo_id)
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, overwrite, inputs=[run_dir])
     root = Path(run_dir)
     tables = collect_tables(root)
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=overwrite, inputs=[run_dir]) as tmp:
         (tmp / "data").mkdir()
         for t in tables:
             if t.lines is not None:  # the rows as written: strict JSON, lists kept

@@ -58,6 +58,11 @@ def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | N
                     e.provenance[f"rsf_read_activation_k{k}"] = rank1_rsf(e.v, sp.top(k))
 
 
+def edit_inputs(spec: EditSpec) -> list[str]:
+    """What an edit reads (the model, its data files): never its output folder."""
+    return [spec.model, *spec.input_paths()]
+
+
 def run_edit(
     spec: EditSpec,
     out: str | Path,
@@ -70,7 +75,7 @@ def run_edit(
     """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters`` (the model
     whole on ``device``, or placed across devices by ``placement``)."""
     t0 = time.perf_counter()
-    out = check_output_folder(out, overwrite)  # fail before the heavy work, not after it
+    out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))  # fail before the heavy work
     ckpt = Checkpoint.open(spec.model)
     spec.check_fits(ckpt)
     model, tok = load_model_and_tokenizer(ckpt, device=device, placement=placement)
@@ -85,7 +90,7 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first."""
     t0 = time.perf_counter() if t0 is None else t0
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))
     bare = model.base_model.model if hasattr(model, "peft_config") else model
     given_layers = list(spec.edit.layers)
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
@@ -108,7 +113,7 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     if stats is not None:
         stats_meta = {k: stats.meta.get(k) for k in ("source", "tokens_sha256", "settings", "model_fingerprint")}
         stats_meta["n_tokens"] = stats.n_tokens
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=overwrite, inputs=edit_inputs(spec)) as tmp:
         names = [c.name for c in conditions]
         peft_model.save_pretrained(str(tmp / "adapters"), selected_adapters=names)
         (tmp / "adapters" / "README.md").unlink(missing_ok=True)  # PEFT's boilerplate card; each adapter has its own

@@ -140,6 +140,22 @@ class Config:
                 return f.metadata.get("help", "")
         raise KeyError(f"{cls.__name__} has no field {name!r}")
 
+    def input_paths(self) -> list[str]:
+        """Every file or folder this config reads through a ``path=True`` field, nested configs included
+        (``bundled:`` names resolved): what an output folder must never be (:func:`rwedit.outputs.input_clash`)."""
+        from rwedit.bundled import resolve
+
+        out: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            for v in values:
+                if isinstance(v, Config):
+                    out += v.input_paths()
+                elif f.metadata.get("path") and isinstance(v, (str, Path)):
+                    out.append(str(resolve(v)) if str(v).startswith("bundled:") else str(v))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts/lists (what YAML and JSON hold)."""
         return dataclasses.asdict(self)

@@ -3,8 +3,10 @@ atomically, JSON is strict (``null`` with a reason, never ``NaN``), and folders 
 
 A command writes into a temporary sibling of its output folder and renames it into place when it has
 finished, so an interrupted or failed command leaves the old folder (or nothing) behind, never a
-half-written one. ``--overwrite`` replaces an old folder whole; without it an existing, non-empty
-output folder is refused before any work starts (:func:`check_output_folder`).
+half-written one. ``--overwrite`` replaces an old folder whole, and only one rwedit wrote (it carries
+:data:`MARKER`); without it an existing, non-empty output folder is refused before any work starts
+(:func:`check_output_folder`). An output folder is never one of the command's inputs, nor inside or around
+one, with or without ``--overwrite``. A symlinked output folder is written through: the link is kept.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from rwedit.errors import OutputExistsError
 
@@ -35,30 +37,75 @@ def make_folder(path: str | Path) -> Path:
     return path
 
 
-def check_output_folder(target: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
-    """Refuse an existing non-empty ``target`` unless ``overwrite`` (called before any heavy work)."""
+#: the file every folder written whole by rwedit carries: ``--overwrite`` replaces only such a folder
+MARKER = ".rwedit-output"
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def input_clash(target: str | Path, inputs: Iterable[str | Path | None]) -> str | None:
+    """How ``target`` would overwrite one of ``inputs`` (it is one, holds one, or lies inside one), or None.
+    Inputs that are not local paths (Hub ids, absent files) cannot clash and are skipped."""
+    t = _real(target)
+    for given in inputs:
+        if given is None or not str(given) or not os.path.exists(os.path.expanduser(str(given))):
+            continue
+        p = _real(given)
+        if t == p:
+            return f"{target} is an input of this command ({given})"
+        if t in p.parents:
+            return f"{target} holds an input of this command ({given}); replacing it would delete that input"
+        if p in t.parents:
+            return f"{target} lies inside an input of this command ({given}); writing there would change that input"
+    return None
+
+
+def check_output_folder(target: str | Path, overwrite: bool = False, flag: str = "--out",
+                        inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse ``target`` before any heavy work: when it is, holds or lies inside one of ``inputs`` (always), when
+    it exists non-empty (unless ``overwrite``), and when ``overwrite`` would replace a folder rwedit did not
+    write (no :data:`MARKER`): a mistyped ``--out`` must never delete a model, data or a finished run."""
     target = Path(target)
+    clash = input_clash(target, inputs)
+    if clash:
+        raise OutputExistsError(f"{clash}; choose another {flag} (rwedit never writes over its inputs, "
+                                f"with or without --overwrite)")
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"{target} is a file; give a folder for {flag}")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{target} already exists and is not empty; choose another {flag}, or pass "
-                                f"--overwrite to replace it whole")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{target} already exists and is not empty; choose another {flag}, or pass "
+                                    f"--overwrite to replace it whole")
+        if not (target / MARKER).exists():
+            files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            raise OutputExistsError(f"{target} was not written by rwedit (it has no {MARKER} file), so "
+                                    f"--overwrite will not replace it: it would delete {len(files)} file(s) "
+                                    f"({shown or 'empty folders'}). Choose another {flag}, or remove that "
+                                    f"folder yourself if it is really meant to go")
     return target
 
 
 @contextmanager
-def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--out") -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; on success it replaces ``target`` whole.
+def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--out",
+                  inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; on success it replaces ``target`` whole, marked as
+    rwedit's (:data:`MARKER`).
 
-    An existing non-empty ``target`` is refused unless ``overwrite``. On any error (or Ctrl-C) the
-    temporary folder is removed and ``target`` is untouched."""
-    target = check_output_folder(target, overwrite, flag)
+    ``target`` is checked by :func:`check_output_folder`. A symlinked ``target`` is written through (the link
+    kept, its destination replaced). On any error (or Ctrl-C) the temporary folder is removed and ``target``
+    is untouched."""
+    target = check_output_folder(target, overwrite, flag, inputs)
+    if target.is_symlink():
+        target = _real(target)
     make_folder(target.parent)
     _remove_stale_partials(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
     os.chmod(tmp, umask_mode())  # mkdtemp makes 0700; a results folder is shared like any other
     try:
         yield tmp
+        (tmp / MARKER).write_text("written whole by rwedit; `--overwrite` may replace this folder\n")
         follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
