@@ -3,6 +3,7 @@ finds its defaults from any directory, and ``rwedit run control-experiment`` fin
 
 from __future__ import annotations
 
+import os
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -24,13 +25,30 @@ def purpose(path: str | Path) -> str:
     return ""
 
 
+def looks_like_path(source: str | Path) -> bool:
+    """A recipe argument with a folder separator or a YAML suffix names a file, never a shipped recipe."""
+    s = str(source)
+    return "/" in s or os.sep in s or s.endswith((".yaml", ".yml"))
+
+
 def find(source: str | Path) -> str | Path:
-    """``source`` itself when it is a file; else the shipped recipe of that name (``control-experiment`` or
-    ``control-experiment.yaml``); else ``source`` unchanged (reading it then says it was not found)."""
-    if Path(source).exists():
+    """``source`` itself when it is a file; else, for a bare name (``control-experiment``), the shipped recipe
+    of that name. A path that does not exist is "no such file" (naming the shipped recipe it may have meant),
+    never silently a shipped recipe; an unknown bare name lists the shipped ones."""
+    from rwedit.errors import ConfigError
+
+    if Path(source).is_file():
         return source
-    name = Path(str(source)).name
-    return shipped().get(name[:-5] if name.endswith(".yaml") else name, source)
+    recipes = shipped()
+    if looks_like_path(source):
+        stem = Path(str(source)).name.removesuffix(".yaml").removesuffix(".yml")
+        hint = f"; the shipped recipe of that name is run as `{stem}` (no folder, no .yaml)" if stem in recipes else ""
+        what = "is a folder, not a recipe file" if Path(source).is_dir() else "no such file"
+        raise ConfigError(f"recipe {source}: {what}{hint}")
+    if str(source) not in recipes:
+        raise ConfigError(f"recipe {source!r}: no such file, and no shipped recipe of that name; shipped: "
+                          f"{', '.join(recipes)} (`rwedit recipes` lists them)")
+    return recipes[str(source)]
 
 
 __all__ = ["find", "purpose", "shipped"]

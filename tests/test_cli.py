@@ -185,9 +185,15 @@ def test_shipped_recipes_are_listed_and_run_by_name_from_any_folder(tmp_path, mo
     assert "The causal control experiment of the read/write (RW) hypothesis" in out and "DESIGN" not in out
     kind, recipe = load_recipe("svd-structure")
     assert kind.name == "svd-structure" and recipe.experiment == "svd-structure"
-    assert find("control-experiment.yaml") == shipped()["control-experiment"]
+    assert find("control-experiment") == shipped()["control-experiment"]
     assert main(["run", "no-such-recipe"]) == 2
     assert "no shipped recipe of that name" in capsys.readouterr().err
+    # a path is a path: one that does not exist is never silently the shipped recipe of the same name
+    for path in ("control-experiment.yaml", "../../nowhere/control-experiment", "recipes/control-experiment.yaml"):
+        assert main(["run", path, "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert "no such file" in err and "run as `control-experiment`" in err, err
+    assert not (tmp_path / "never").exists()
 
 
 def test_the_zoo_lists_its_pairs_and_series_with_their_cached_state(tmp_path, monkeypatch, capsys):
