@@ -74,6 +74,32 @@ def collect_tables(run_dir: str | Path) -> list[Table]:
     return out
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """What one experiment folder lacks: planned conditions without a row, and a line per missing or
+    incomplete shard (with the command that finishes it)."""
+
+    missing: list[str]
+    notes: list[str]
+
+
+def unfinished(root: str | Path) -> dict[str, Unfinished]:
+    """``{run folder (relative): what it lacks}`` for every experiment under ``root`` (two levels) that is not
+    finished; empty when every run is complete."""
+    from rwedit.evals.core import shard_problems
+
+    root = Path(root)
+    runs = set(_sharded_runs(root)) | {p.parent for pattern in ("run.json", "*/run.json", "*/*/run.json")
+                                       for p in root.glob(pattern) if SHARDS_DIR not in p.relative_to(root).parts}
+    out = {}
+    for run in sorted(runs):
+        missing, notes = ResultStore(run).missing() or [], shard_problems(run)
+        if missing or notes:
+            out[str(run.relative_to(root)) or "."] = Unfinished(missing, notes or [f"{len(missing)} condition(s) "
+                                                                                   f"not scored: {', '.join(missing)}"])
+    return out
+
+
 def _described(root: Path) -> list[tuple[str, dict]]:
     """(relative folder, its run description) for every run.json / meta.json / quickstart.json found."""
     found = []
@@ -95,8 +121,9 @@ def _compared(desc: dict) -> str:
     return f"base `{base}`" + (f", post `{post}`" if post else "") if base else "(see the settings)"
 
 
-def dataset_card(root: Path, tables: list[Table], repo_id: str | None):
-    """The dataset card: metadata (one configuration per table, tags) and what the tables are."""
+def dataset_card(root: Path, tables: list[Table], repo_id: str | None, partial: dict[str, Unfinished] | None = None):
+    """The dataset card: metadata (one configuration per table, tags) and what the tables are; a partial
+    export says so in its first line and lists what each unfinished run lacks."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     configs = [{"config_name": t.name, "data_files": [{"split": "train", "path": f"data/{t.name}.jsonl"}]}
@@ -104,7 +131,13 @@ def dataset_card(root: Path, tables: list[Table], repo_id: str | None):
     data = DatasetCardData(pretty_name=f"rwedit results: {root.name}", tags=["rwedit", "interpretability"],
                            configs=configs)
     where = repo_id or "FOLDER"
-    lines = [f"# rwedit results: `{root.name}`", "",
+    lines = []
+    if partial:
+        missing = sorted(c for u in partial.values() for c in u.missing)
+        lines += [f"**Partial results: not every planned condition was scored** (exported with --allow-partial; "
+                  f"missing: {', '.join(missing) or 'see below'}; rows tables carry a `missing_conditions` column).", ""]
+        lines += [f"- `{run}`: " + "; ".join(u.notes) for run, u in partial.items()] + [""]
+    lines += [f"# rwedit results: `{root.name}`", "",
              f"Tables written by rwedit {__version__} (weight-space interventions on causal language models). "
              f"Load one with `datasets.load_dataset({where!r}, NAME)`:", "",
              "| NAME | rows | columns | from |", "|---|---|---|---|"]
@@ -126,10 +159,22 @@ def dataset_card(root: Path, tables: list[Table], repo_id: str | None):
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
+def _marked(table: Table, partial: dict[str, Unfinished]) -> Table:
+    """A rows table of a partial export with a ``missing_conditions`` column (the same list on every row)."""
+    if not table.name.endswith("rows"):
+        return table
+    missing = sorted(c for u in partial.values() for c in u.missing)
+    lines = None if table.lines is None else "".join(
+        dumps({**json.loads(line), "missing_conditions": missing}) + "\n" for line in table.lines.splitlines()
+        if line.strip())
+    return Table(table.name, table.source, table.frame.assign(missing_conditions=[missing] * len(table.frame)), lines)
+
+
 def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, repo_id: str | None = None,
-                   private: bool = True) -> Path:
+                   private: bool = True, allow_partial: bool = False) -> Path:
     """Write ``run_dir``'s tables as a dataset folder ``out`` (``data/NAME.jsonl`` + ``README.md``), and
-    upload it as a Hub dataset when ``repo_id`` is given (the folder is complete either way)."""
+    upload it as a Hub dataset when ``repo_id`` is given (the folder is complete either way). An unfinished
+    run (conditions or shards missing) is refused unless ``allow_partial``; then the card and a column say so."""
     from rwedit.editor.export import check_repo_id, push_folder
 
     if repo_id:
@@ -137,6 +182,14 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
     out = check_output_folder(out, overwrite, inputs=[run_dir])
     root = Path(run_dir)
     tables = collect_tables(root)
+    partial = unfinished(root)
+    if partial and not allow_partial:
+        raise ExportError(f"{root} is not finished, so its tables would be published as if complete:\n"
+                          + "\n".join(f"  {run}: " + "; ".join(u.notes) for run, u in partial.items())
+                          + "\nfinish it (`rwedit run RECIPE --out RUN --resume`, each shard likewise), or pass "
+                            "--allow-partial to export it marked as partial")
+    if partial:
+        tables = [_marked(t, partial) for t in tables]
     with atomic_folder(out, overwrite=overwrite, inputs=[run_dir]) as tmp:
         (tmp / "data").mkdir()
         for t in tables:
@@ -144,10 +197,10 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
                 write_text(tmp / "data" / f"{t.name}.jsonl", t.lines)
             else:
                 write_text(tmp / "data" / f"{t.name}.jsonl", t.frame.to_json(orient="records", lines=True))
-        write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id)))
+        write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id, partial)))
     if repo_id:
         push_folder(out, repo_id, private=private, repo_type="dataset")
     return out
 
 
-__all__ = ["TABLES", "Table", "collect_tables", "dataset_card", "export_results"]
+__all__ = ["TABLES", "Table", "collect_tables", "dataset_card", "export_results", "unfinished", "Unfinished"]

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a folder rwedit wrote (run, probe, svd, eval or quickstart output)")
     options.add_out(p, required=True, what="output folder: the dataset (data/NAME.jsonl and README.md)")
     options.add_overwrite(p)
+    p.add_argument("--allow-partial", action="store_true", help="export a run that is not finished (conditions or "
+                   "shards missing); the card's first line and a missing_conditions column say what is missing")
     options.add_push(p, "dataset folder, as a dataset repo")
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.results import collect_tables, export_results
 
     out = export_results(args.run_dir, args.out, overwrite=args.overwrite, repo_id=args.push_to_hub,
-                         private=not args.public)
+                         private=not args.public, allow_partial=args.allow_partial)
     names = [t.name for t in collect_tables(args.run_dir)]
     print(f"wrote {out} ({len(names)} tables: {', '.join(names)}); load one with "
           f"datasets.load_dataset({str(out)!r}, {names[0]!r})")

@@ -248,6 +248,31 @@ def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, 
     assert "the local folder" in capsys.readouterr().err and (out / "data" / "rows.jsonl").exists()
 
 
+def test_export_of_an_unfinished_run_is_refused_or_marked_partial(finished, tmp_path, capsys):
+    """A run killed before its last row: export-results names the missing condition and refuses; with
+    --allow-partial the card's first line and a missing_conditions column on every row say what is missing."""
+    import shutil
+
+    from huggingface_hub import DatasetCard
+
+    run = tmp_path / "killed"
+    shutil.copytree(finished, run)
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])["condition"]
+    (run / "results.jsonl").write_text("".join(lines[:-1]))
+    assert main(["export-results", str(run), "--out", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert "not finished" in err and last in err and "--allow-partial" in err and not (tmp_path / "ds").exists()
+    assert main(["export-results", str(run), "--out", str(tmp_path / "ds"), "--allow-partial"]) == 0
+    card = DatasetCard.load(tmp_path / "ds" / "README.md")
+    first = card.text.lstrip().splitlines()[0]
+    assert first.startswith("**Partial results") and last in first
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "data" / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) - 1 and all(r["missing_conditions"] == [last] for r in rows)
+    assert main(["export-results", str(finished), "--out", str(tmp_path / "whole")]) == 0  # a finished run: as before
+    assert "Partial" not in (tmp_path / "whole" / "README.md").read_text()
+
+
 def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
     """OUT/raw/lmeval/<condition>.json: lm-eval's own output (per-task config, versions, samples) for every
     condition, agreeing with the flat row."""

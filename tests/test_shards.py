@@ -174,6 +174,12 @@ def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, 
     (out / "report.md").unlink()
     problems = shard_problems(out)
     assert len(problems) == 1 and "shard 1/2 is incomplete: 2 of 3" in problems[0], problems
+    from rwedit.errors import ExportError
+
+    with pytest.raises(ExportError, match="shard 1/2 is incomplete"):  # never published as if whole
+        export_results(out, tmp_path / "ds-partial")
+    marked = export_results(out, tmp_path / "ds-partial", allow_partial=True)
+    assert (marked / "README.md").read_text().split("---", 2)[2].lstrip().startswith("**Partial results")
     done = run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
     assert done.report == out / "report.md" and shard_problems(out) == []
     assert results.read_text().splitlines()[0] == first  # the kept row is not rescored
