@@ -1,0 +1,270 @@
+"""Direction cards: what a direction *is*, in words.
+
+A read-side direction (in a module's input space) is shown by the calibration positions whose input projects
+most on it, both signs, each as its token in a window of context, and by the share of the input's second
+moment it carries. A direction in the residual stream (the input of q/k/v/up/gate, the output of o/down, a
+prediction direction) is also read through the unembedding (the logit lens, the final norm's gain folded in
+where the architecture has one): the tokens it promotes and suppresses.
+
+The contexts come from one extra pass over the calibration tokens (the directions are known only after the
+statistics), keeping a running top-k per direction and sign: memory is O(k · directions), whatever the
+number of tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from rwedit.architectures import INPUT_GROUP, READ_ROLES, WRITE_ROLES, get_weight, model_layout
+from rwedit.data import batches
+from rwedit.errors import ConfigError, DataError
+from rwedit.models import execution_device, input_device
+
+#: what each kind of direction is, for the cards' captions
+KINDS = {
+    "activation": "principal direction of the module's input activations (read side)",
+    "delta_right": "top right singular direction of ΔW (the input side the update reads)",
+    "delta_left": "top left singular direction of ΔW (the output side the update writes)",
+    "prediction": "top singular direction of the unembedding W_U (the prediction subspace)",
+    "edit_v": "the edit's input direction v",
+    "edit_b": "the edit's output direction b",
+}
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A unit vector to explain: where it lives (``layer``, ``role``, ``side``) and what it is (``kind``,
+    ``index`` among its kind, ``value``: eigenvalue or singular value where it has one)."""
+
+    kind: str
+    layer: int | None
+    role: str
+    side: str  # "read": the role's input space; "write": its output space
+    index: int
+    vector: torch.Tensor = field(repr=False, compare=False)
+    value: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"direction kind {self.kind!r}: kinds are {', '.join(KINDS)}")
+        if self.side not in ("read", "write"):
+            raise ConfigError(f"direction side {self.side!r}: read or write")
+
+    @property
+    def in_residual_stream(self) -> bool:
+        """Whether the vector lives in the residual stream, where the logit lens reads it."""
+        return self.role == "unembed" or (self.role in READ_ROLES and self.side == "read") or \
+            (self.role in WRITE_ROLES and self.side == "write")
+
+    @property
+    def reads_input(self) -> bool:
+        """Whether the vector lives in a layer module's input space, where calibration contexts drive it."""
+        return self.side == "read" and self.role in INPUT_GROUP and self.layer is not None
+
+
+@dataclass(frozen=True)
+class Context:
+    """One calibration position: its projection on the direction, its token and a window around it
+    (``left``, ``token``, ``right`` as text, so a page can highlight the token)."""
+
+    value: float
+    sequence: int
+    position: int
+    token: str
+    left: str
+    right: str
+
+
+@dataclass(frozen=True)
+class Card:
+    """A direction in words: its top contexts (both signs) and second-moment share where it reads an input;
+    the tokens it promotes and suppresses where it lives in the residual stream."""
+
+    direction: Direction
+    positive: list[Context] = field(default_factory=list)
+    negative: list[Context] = field(default_factory=list)
+    share: float | None = None  # uᵀ E[a aᵀ] u / tr E[a aᵀ]: the share of the input's second moment along u
+    promoted: list[tuple[str, float]] = field(default_factory=list)
+    suppressed: list[tuple[str, float]] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """One flat, JSON-ready row (``directions.jsonl``)."""
+        d = self.direction
+        return {"kind": d.kind, "layer": d.layer, "role": d.role, "side": d.side, "index": d.index,
+                "value": d.value, "share": self.share,
+                "top_contexts": [asdict(c) for c in self.positive],
+                "bottom_contexts": [asdict(c) for c in self.negative],
+                "promoted": [{"token": t, "logit": v} for t, v in self.promoted],
+                "suppressed": [{"token": t, "logit": v} for t, v in self.suppressed]}
+
+    def lines(self) -> list[str]:
+        """The card as a few lines of text (what ``rwedit explain`` prints)."""
+        d = self.direction
+        where = f"layer {d.layer} {d.role}" if d.layer is not None else d.role
+        head = f"{where} · {d.kind} #{d.index}" + (f" (value {d.value:.4g})" if d.value is not None else "")
+        out = [head + (f" · {100 * self.share:.1f}% of the input's second moment" if self.share is not None else "")]
+        for sign, ctx in (("+", self.positive), ("−", self.negative)):
+            if ctx:
+                out.append(f"  {sign} " + " | ".join(f"…{c.left}[{c.token}]{c.right}… ({c.value:+.3g})" for c in ctx[:3]))
+        if self.promoted:
+            out.append("  promotes:   " + ", ".join(f"{t!r} {v:+.3g}" for t, v in self.promoted))
+            out.append("  suppresses: " + ", ".join(f"{t!r} {v:+.3g}" for t, v in self.suppressed))
+        return out
+
+
+def final_norm_gain(model: torch.nn.Module) -> torch.Tensor | None:
+    """The final norm's per-channel gain (None where the architecture's final norm has no weight)."""
+    layout = model_layout(model)
+    name = layout.spec.final_norm
+    module = model.get_submodule(name) if name else None
+    weight = getattr(module, "weight", None) if module is not None else None
+    return layout.final_norm_gain(weight.detach()) if weight is not None else None
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([int(token_id)]) if tokenizer is not None else f"<{int(token_id)}>"
+
+
+@torch.no_grad()
+def logit_lens(vectors: torch.Tensor, model: torch.nn.Module, tokenizer=None, top: int = 8,
+               fold_norm: bool = True) -> list[tuple[list[tuple[str, float]], list[tuple[str, float]]]]:
+    """For each row of ``vectors`` (m × hidden, residual-stream directions): the ``top`` tokens it promotes
+    and suppresses, ``W_U (γ ⊙ u)`` with γ the final norm's gain (folded in when ``fold_norm``)."""
+    W_U = get_weight(model, None, "unembed").detach().float().cpu()
+    if vectors.dim() != 2 or vectors.shape[1] != W_U.shape[1]:
+        raise ConfigError(f"logit lens: directions must be m x {W_U.shape[1]} (the residual stream), got "
+                          f"{tuple(vectors.shape)}")
+    u = vectors.detach().float().cpu()
+    gain = final_norm_gain(model) if fold_norm else None
+    if gain is not None:
+        u = u * gain.float().cpu()
+    logits = u @ W_U.T  # m x vocab
+    k = min(top, logits.shape[1])
+    hi, lo = logits.topk(k, dim=1), (-logits).topk(k, dim=1)
+    return [([(_token_text(tokenizer, i), float(v)) for v, i in zip(hi.values[j], hi.indices[j])],
+             [(_token_text(tokenizer, i), float(-v)) for v, i in zip(lo.values[j], lo.indices[j])])
+            for j in range(logits.shape[0])]
+
+
+class _TopK:
+    """A running top-k of values (with their flat positions) for each of m columns, both signs."""
+
+    def __init__(self, m: int, k: int):
+        self.k = k
+        self.hi_v = torch.full((0, m), float("-inf"), dtype=torch.float64)
+        self.hi_i = torch.zeros((0, m), dtype=torch.int64)
+        self.lo_v, self.lo_i = self.hi_v.clone(), self.hi_i.clone()
+
+    @staticmethod
+    def _merge(vals, idx, new_v, new_i, k):
+        v, i = torch.cat([vals, new_v]), torch.cat([idx, new_i])
+        top = v.topk(min(k, v.shape[0]), dim=0)
+        return top.values, i.gather(0, top.indices)
+
+    def update(self, proj: torch.Tensor, first: int) -> None:
+        """``proj``: n × m projections of the positions ``first … first + n - 1``."""
+        pos = torch.arange(first, first + proj.shape[0], dtype=torch.int64)[:, None].expand_as(proj)
+        p = proj.to(torch.float64)
+        self.hi_v, self.hi_i = self._merge(self.hi_v, self.hi_i, p, pos, self.k)
+        lo_v, self.lo_i = self._merge(-self.lo_v, self.lo_i, -p, pos, self.k)
+        self.lo_v = -lo_v
+
+
+@torch.no_grad()
+def contexts(model: torch.nn.Module, token_ids: torch.Tensor, directions: Sequence[Direction], tokenizer=None,
+             top: int = 5, window: int = 6, batch_size: int = 8, progress: bool = True) -> dict[int, tuple]:
+    """One pass over ``token_ids`` (n × seq_len): for each read-side direction (by its index in
+    ``directions``) its top positive and negative contexts and its second-moment share. Directions of one
+    (layer, input group) share one hook and one matrix product."""
+    if token_ids.numel() == 0:
+        raise DataError("no calibration tokens to find the directions' contexts in: the calibration data is empty")
+    layout = model_layout(model)
+    groups: dict[tuple[int, str], list[int]] = {}
+    for j, d in enumerate(directions):
+        if d.reads_input:
+            groups.setdefault((d.layer, INPUT_GROUP[d.role]), []).append(j)
+    if not groups:
+        return {}
+    mats, tops, sq, tot = {}, {}, {}, {}
+    hooks, position = [], {"first": 0}
+    for key, js in groups.items():
+        layer, group = key
+        role = next(directions[j].role for j in js)
+        module = model.get_submodule(layout.view(layer, role).module)
+        dev = execution_device(module)
+        U = torch.stack([directions[j].vector.detach().double().flatten() for j in js], dim=1)
+        mats[key] = (U / U.norm(dim=0, keepdim=True)).to(dev)
+        tops[key], sq[key], tot[key] = _TopK(len(js), top), torch.zeros(len(js), dtype=torch.float64), 0.0
+
+        def hook(mod, args, key=key, dev=dev):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(device=dev, dtype=torch.float64)
+            if a.shape[1] != mats[key].shape[0]:
+                raise ConfigError(f"layer {key[0]} {key[1]}: the directions have {mats[key].shape[0]} entries, the "
+                                  f"module's input has {a.shape[1]}")
+            proj = a @ mats[key]
+            tops[key].update(proj.cpu(), position["first"])
+            sq[key] += (proj ** 2).sum(0).cpu()
+            tot[key] += float((a ** 2).sum())
+        hooks.append(module.register_forward_pre_hook(hook))
+    device, seq_len = input_device(model), token_ids.shape[1]
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=token_ids.numel(), desc="direction contexts", unit="tok", disable=not progress) as bar:
+            for batch in batches(token_ids, batch_size):
+                model(input_ids=batch.to(device), use_cache=False)
+                position["first"] += batch.numel()
+                bar.update(batch.numel())
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    flat = token_ids.reshape(-1)
+
+    def ctx(value: float, pos: int) -> Context:
+        s, p = divmod(int(pos), seq_len)
+        row = token_ids[s]
+        text = lambda ids: tokenizer.decode([int(i) for i in ids]) if tokenizer is not None else \
+            " ".join(f"<{int(i)}>" for i in ids)
+        return Context(float(value), s, p, _token_text(tokenizer, flat[pos]), text(row[max(0, p - window):p]),
+                       text(row[p + 1:p + 1 + window]))
+
+    out = {}
+    for key, js in groups.items():
+        t = tops[key]
+        for c, j in enumerate(js):
+            pos = [ctx(v, i) for v, i in zip(t.hi_v[:, c].tolist(), t.hi_i[:, c].tolist()) if v > 0]
+            neg = [ctx(v, i) for v, i in zip(t.lo_v[:, c].tolist(), t.lo_i[:, c].tolist()) if v < 0]
+            out[j] = (pos, neg, float(sq[key][c] / tot[key]) if tot[key] > 0 else None)
+    return out
+
+
+def explain(model: torch.nn.Module, directions: Sequence[Direction], token_ids: torch.Tensor | None = None,
+            tokenizer=None, top: int = 5, lens_top: int = 8, progress: bool = True) -> list[Card]:
+    """The card of every direction: contexts from one pass over ``token_ids`` (read side; skipped when None)
+    and the logit lens (residual-stream directions)."""
+    found = contexts(model, token_ids, directions, tokenizer, top=top, progress=progress) \
+        if token_ids is not None else {}
+    lens_idx = [j for j, d in enumerate(directions) if d.in_residual_stream]
+    lens = dict(zip(lens_idx, logit_lens(torch.stack([directions[j].vector.flatten() for j in lens_idx]), model,
+                                         tokenizer, top=lens_top))) if lens_idx else {}
+    cards = []
+    for j, d in enumerate(directions):
+        pos, neg, share = found.get(j, ([], [], None))
+        promoted, suppressed = lens.get(j, ([], []))
+        cards.append(Card(d, pos, neg, share, promoted, suppressed))
+    return cards
+
+
+def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
+    """The cards as a DataFrame (one row per direction; contexts and tokens as lists of dicts)."""
+    return pd.DataFrame([c.row() for c in cards])
+
+
+__all__ = ["Card", "Context", "Direction", "KINDS", "cards_frame", "contexts", "explain", "final_norm_gain",
+           "logit_lens"]

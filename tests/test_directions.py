@@ -1,0 +1,99 @@
+"""Direction cards against planted signals: a token that alone drives a chosen input direction comes first
+in that direction's contexts (its opposite token first on the negative side); a W_U row planted along a
+chosen residual direction makes that token the lens's first promoted one (final norm gain folded in)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rwedit.architectures import get_weight, set_weight
+from rwedit.probes.directions import Direction, cards_frame, explain, final_norm_gain, logit_lens
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A tiny Llama whose embeddings are orthogonal to u except token T (+c·u) and token S (−c·u), so at
+    layer 0 only those tokens' inputs have any projection on u; and whose W_U row W is c·w/γ (γ the final
+    norm's non-uniform gain), so the folded lens of w is largest at W."""
+    torch.manual_seed(0)
+    model = tiny_model("llama", seed=1)
+    d = model.config.hidden_size
+    u, w = torch.randn(d), torch.randn(d)
+    u, w = u / u.norm(), w / w.norm()
+    T, S, W = 17, 42, 63
+    with torch.no_grad():
+        E = model.get_input_embeddings().weight
+        E -= torch.outer(E @ u, u)
+        E[T] = 3.0 * u
+        E[S] = -3.0 * u
+        model.model.norm.weight.copy_(torch.linspace(0.5, 2.0, d))
+        if model.config.tie_word_embeddings:
+            pytest.skip("the tiny Llama ties W_U to the embeddings; the lens plant needs them apart")
+        gain = final_norm_gain(model)
+        W_U = get_weight(model, None, "unembed").clone()
+        W_U[W] = 4.0 * w / gain
+        set_weight(model, None, "unembed", W_U)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (24, 16), generator=g)
+    ids[(ids == T) | (ids == S)] = 5  # the planted tokens appear only where placed
+    ids[5, 7], ids[11, 3], ids[2, 9] = T, T, S
+    return model, u, w, (T, S, W), ids
+
+
+def test_the_planted_token_drives_its_input_direction(planted):
+    model, u, w, (T, S, W), ids = planted
+    d = Direction("activation", 0, "q", "read", 0, u)
+    card = explain(model, [d], ids, top=3, progress=False)[0]
+    assert [c.token for c in card.positive[:2]] == [f"<{T}>"] * 2
+    assert {(c.sequence, c.position) for c in card.positive[:2]} == {(5, 7), (11, 3)}
+    assert card.negative[0].token == f"<{S}>" and (card.negative[0].sequence, card.negative[0].position) == (2, 9)
+    assert card.positive[0].value > 0 > card.negative[0].value
+    # every other position projects to ~0 (their embeddings are orthogonal to u): float noise at most
+    others = card.positive[2:] + card.negative[1:]
+    assert others and all(abs(c.value) < 1e-5 * card.positive[0].value for c in others)
+    assert 0 < card.share < 1
+
+
+def test_the_share_equals_a_direct_second_moment_computation(planted):
+    model, u, w, _, ids = planted
+    seen = []
+    h = model.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    model(input_ids=ids, use_cache=False)
+    h.remove()
+    A = seen[0].reshape(-1, seen[0].shape[-1]).double()
+    v = torch.randn(A.shape[1], dtype=torch.float64)
+    card = explain(model, [Direction("activation", 1, "k", "read", 0, v)], ids, progress=False)[0]
+    v = v / v.norm()
+    assert card.share == pytest.approx(float(((A @ v) ** 2).sum() / (A ** 2).sum()), rel=1e-9)
+    assert card.positive[0].value == pytest.approx(float((A @ v).max()), rel=1e-9)
+
+
+def test_the_planted_row_is_the_lens_first_token_with_the_norm_folded_in(planted):
+    model, u, w, (T, S, W), ids = planted
+    (promoted, suppressed), = logit_lens(w[None], model, top=3)
+    assert promoted[0][0] == f"<{W}>"
+    want = get_weight(model, None, "unembed").float() @ (final_norm_gain(model) * w)
+    assert promoted[0][1] == pytest.approx(float(want.max()), rel=1e-6)
+    assert suppressed[0][1] == pytest.approx(float(want.min()), rel=1e-6)
+    (unfolded, _), = logit_lens(w[None], model, top=1, fold_norm=False)
+    assert unfolded[0][1] == pytest.approx(float((get_weight(model, None, "unembed").float() @ w).max()), rel=1e-6)
+
+
+def test_cards_only_show_what_their_space_supports_and_serialise(planted):
+    model, u, w, _, ids = planted
+    o_in = model.config.num_attention_heads * (model.config.hidden_size // model.config.num_attention_heads)
+    dirs = [Direction("activation", 0, "q", "read", 0, u),  # residual read: contexts and lens
+            Direction("activation", 0, "o", "read", 0, torch.randn(o_in)),  # head space: contexts, no lens
+            Direction("delta_left", 0, "down", "write", 0, w),  # residual write: lens, no contexts
+            Direction("prediction", None, "unembed", "write", 0, w)]
+    cards = explain(model, dirs, ids, progress=False)
+    assert [bool(c.positive or c.negative) for c in cards] == [True, True, False, False]
+    assert [bool(c.promoted) for c in cards] == [True, False, True, True]
+    frame = cards_frame(cards)
+    assert list(frame["role"]) == ["q", "o", "down", "unembed"]
+    json.dumps(frame.to_dict("records"))  # JSON-ready, as directions.jsonl holds it
+    assert "promotes" in "\n".join(cards[0].lines())
