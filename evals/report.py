@@ -26,6 +26,7 @@ from rwedit.evals.direct import ITEMS
 from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
                           over_members, pooled_bootstrap)
 from rwedit.errors import ExperimentError
+from rwedit.pages import write_pages
 
 #: direct metrics already expressed as a paired shift against the base (stderr from the pairs)
 DIRECT_SHIFTS = {"pref_margin_shift": "preference margin shift (nats)", "pref_acc_shift": "preference accuracy shift",
@@ -265,6 +266,9 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Seq
     return out
 
 
+#: each verdict's claim in a few words (the findings table's first column)
+SHORT_CLAIMS = {"random": "principal > random directions", "lowvar": "principal > low-variance directions",
+                "write": "principal (read) > write-pathway edit"}
 CLAIMS = {
     "random": "principal read-pathway edits shift {m} more than random directions at matched norm",
     "lowvar": "principal read-pathway edits shift {m} more than low-variance directions at matched norm",
@@ -389,8 +393,21 @@ def headline_lines(folder: str | Path, primary: str | None = None) -> list[str]:
         ["kind", "α", "n", "‖ΔW‖", "shift", "95% CI", "shift per unit ‖ΔW‖", "interval"], table)
 
 
+def findings_lines(ver: Sequence[dict], primary: str) -> list[str]:
+    """The report's first section: one row per verdict (the claim in a few words, the verdict, the effect with
+    its interval, the power, the cell it rests on); the sentences follow under "Details"."""
+    lines = ["## Findings", ""]
+    if not ver:
+        return lines + [f"No verdict: the store has no principal edit and control rows for {primary}.", ""]
+    table = [[SHORT_CLAIMS[v["control"]], f"**{v['answer']}**", f"{fmt(v['effect'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
+              f"MDE {fmt(v['mde'])} over {v['n_items']} items" if v.get("n_items") else "–",
+              f"{primary} at α = {fmt(v['alpha'])}, principal vs {v['n_control']} {v['control']}"] for v in ver]
+    return lines + md_table(["claim", "verdict", "effect (principal − control), 95% CI", "power", "rests on"], table)
+
+
 def write_report(folder: str | Path, primary: str | None = None) -> Path:
-    """``report.md``, ``headline.csv``, ``verdicts.csv`` and dose–response plots from the store alone."""
+    """``report.md`` and ``report.html``, ``headline.csv``, ``verdicts.csv`` and dose–response plots from the
+    store alone."""
     folder = Path(folder)
     rows, meta = load_run(folder)
     primary = _primary(meta, primary)
@@ -418,11 +435,10 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
     n_cond = len([r for r in rows if r["condition"] != "base"])
     lines += [f"{n_cond} conditions + base, recipe hash `{meta['config_hash']}`, started {meta['started']}. "
               f"Primary behaviour metric: **{primary}** ({DIRECT_SHIFTS.get(primary, 'lm-eval metric')}).", ""]
+    lines += findings_lines(ver, primary)
     if ver:
-        lines += ["![overview](overview.png)", ""]
-    lines += ["## Verdicts", ""]
-    if not ver:
-        lines += [f"No verdict: the store has no principal edit and control rows for {primary}.", ""]
+        lines += ["", "![overview](overview.png)"]
+    lines += ["", "### Details", ""]
     for v in ver:
         claim = CLAIMS[v["control"]].format(m=primary)
         lines.append(f"- **{v['answer']}** (α = {fmt(v['alpha'])}): {claim}. Test: {v['test']}. Effect "
@@ -463,5 +479,4 @@ def write_report(folder: str | Path, primary: str | None = None) -> Path:
               "- `headline.csv`, `verdicts.csv`: the tables above for every metric; `units.csv`: each replicate "
               "unit's paired effect against its own controls", "- `edit/adapters/<condition>`: "
               "PEFT adapters (`PeftModel.from_pretrained`) with model cards", "- `run.json`: the recipe, its hash, versions"]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-    return folder / "report.md"
+    return write_pages(folder, lines)

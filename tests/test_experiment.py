@@ -130,7 +130,11 @@ def test_report_numbers_follow_from_the_stored_rows(finished):
     answer = "yes" if lo > 0 else ("no" if hi < 0 else "inconclusive")
     md = (finished / "report.md").read_text()
     assert f"Unpaired (each condition's own stderr): {answer}, {effect:.3g} [{lo:.3g}, {hi:.3g}]" in md
-    assert md.index("![overview](overview.png)") < md.index("## Verdicts") and (finished / "overview.png").exists()
+    assert md.index("## Findings") < md.index("![overview](overview.png)") < md.index("### Details")
+    assert (finished / "overview.png").exists()
+    findings = md[md.index("## Findings"):md.index("![overview]")].strip().splitlines()[2:]  # heading, blank
+    assert findings[0].startswith("| claim | verdict |") and len(findings) == 2 + len(ver[ver["metric"] == m])
+    assert f"| **{v['answer']}** |" in "\n".join(findings)
     # the paired verdict, from the per-item values every row stores (b: delta, α > 0: a larger margin is
     # in the edit's direction, so the test is signed): effect and power line recomputed here
     P = p[f"{m}_items"]
@@ -271,6 +275,15 @@ def test_export_of_an_unfinished_run_is_refused_or_marked_partial(finished, tmp_
     assert len(rows) == len(lines) - 1 and all(r["missing_conditions"] == [last] for r in rows)
     assert main(["export-results", str(finished), "--out", str(tmp_path / "whole")]) == 0  # a finished run: as before
     assert "Partial" not in (tmp_path / "whole" / "README.md").read_text()
+
+
+def test_the_experiment_report_opens_in_a_browser_with_the_findings_first(finished, tmp_path):
+    from browser import open_page
+
+    met = open_page(finished / "report.html", tmp_path)
+    assert met["console_errors"] == [] and met["broken"] == [] and met["external"] == []
+    assert met["images"] >= 2 and met["first_table_top"] < 800, met  # the findings table in the first screen
+    assert "<h2>Findings</h2>" in (finished / "report.html").read_text()
 
 
 def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
