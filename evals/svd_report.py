@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rwedit.pages import write_pages
 from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, row_table
 from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, over_members, verdict
@@ -209,11 +210,16 @@ def write_svd_report(folder: str | Path) -> Path:
          f"of the post model, rank {cond.get('rank')} (s fitted on the top {cond.get('fit_r')} singular values); "
          f"random disruptions use seeds {cond.get('seeds')}. Recipe hash `{meta['config_hash']}`, started "
          f"{meta['started']}.", ""]
-    L += ["## Verdicts", ""]
+    L += ["## Findings", ""]
     if absent:
         L += [f"Metrics named in `verdicts.metrics` but absent from the rows: {', '.join(absent)}.", ""]
     if not ver:
         L += ["No verdicts: no metric of `verdicts.metrics` has values in the rows.", ""]
+    else:
+        L += md_table(["claim", "verdict", "shift vs post, 95% CI", "rests on"],
+                      [[v["claim"], f"**{v['answer']}**", f"{fmt(v['shift'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
+                        f"`{v['metric']}`, {v['kind']}" + (f" ({v['n']} seeds)" if v["n"] > 1 else "")] for v in ver])
+        L += ["", "### Details", ""]
     for v in ver:
         r = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == v["kind"])].iloc[0]
         post_v = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == "post")]["value"].iloc[0]
@@ -266,5 +272,4 @@ def write_svd_report(folder: str | Path) -> Path:
     L += ["## Files", "", "- `results.jsonl`: one row per condition (`pandas.read_json(path, lines=True)`)",
           "- `conditions.csv`, `verdicts.csv`: the tables above", "- `matrices/<condition>.csv`: per-matrix metrics",
           "- `run.json`: the recipe, its hash, versions"]
-    (folder / "report.md").write_text("\n".join(L) + "\n")
-    return folder / "report.md"
+    return write_pages(folder, L)

@@ -298,6 +298,8 @@ def test_report_verdicts_follow_from_the_rows_and_a_changed_recipe_is_refused(fi
         lo, hi = sorted((sg * (d - 1.959963984540054 * se), sg * (d + 1.959963984540054 * se)))
         want = "yes" if lo > -0.5 * abs(G) else ("no" if hi < -0.5 * abs(G) else "inconclusive")
     assert v["answer"] == want
+    findings = md[md.index("## Findings"):md.index("### Details")]
+    assert f"| {v['claim']} | **{want}** |" in findings  # one row per verdict, the first thing the report shows
     assert f"base singular values × s) keeps the score: {want}** — `pref_margin`" in md
     # `rwedit report` rebuilds the same report from the store alone
     (out / "report.md").unlink()
@@ -401,5 +403,5 @@ def test_the_shipped_recipe_runs_as_is_on_the_tiny_pair(pair, tmp_path):
     rows = ResultStore(out).rows()
     assert len(rows) == 11 and rows[-1]["condition"] == "base"
     assert {"rwedit_blimp/acc", "rwedit_wikitext/word_perplexity", "rwedit_hh_preference/acc"} <= set(rows[0])
-    assert "## Verdicts" in (out / "report.md").read_text()
+    assert "## Findings" in (out / "report.md").read_text() and (out / "report.html").exists()
     assert json.loads((out / "run.json").read_text())["config"]["experiment"] == "svd-structure"
