@@ -117,6 +117,38 @@ class Card:
         return out
 
 
+def activation_directions(stats, layer: int, role: str, m: int = 4, centred: bool = False) -> list[Direction]:
+    """The top-``m`` principal directions of a role's input activations (``E[a aᵀ]`` eigenvectors, the
+    statistics' own decomposition), with their eigenvalues."""
+    sp = stats.spectrum(layer, role, centred, top=m)
+    m = min(m, sp.n_top)
+    return [Direction("activation", layer, role, "read", i, sp.eigenvectors[:, i].clone(), float(sp.eigenvalues[i]))
+            for i in range(m)]
+
+
+def delta_directions(delta: torch.Tensor, layer: int | None, role: str, m: int = 4) -> list[Direction]:
+    """The top-``m`` right (input side, read) and left (output side, write) singular directions of ``ΔW``
+    (d_out × d_in), with their singular values; each pair's sign fixed so its right vector's largest entry is
+    positive (an SVD fixes it only up to a shared sign)."""
+    U, S, Vh = torch.linalg.svd(delta.detach().double(), full_matrices=False)
+    out = []
+    rank = int((S > S[0] * 1e-12).sum()) if S.numel() and S[0] > 0 else 0  # numerical rank: no noise directions
+    for i in range(min(m, rank)):
+        u, v = U[:, i], Vh[i]
+        sign = 1.0 if float(v[v.abs().argmax()]) >= 0 else -1.0
+        out += [Direction("delta_right", layer, role, "read", i, sign * v, float(S[i])),
+                Direction("delta_left", layer, role, "write", i, sign * u, float(S[i]))]
+    return out
+
+
+def prediction_directions(spectrum, m: int = 4) -> list[Direction]:
+    """The top-``m`` directions of the prediction subspace (a :class:`~rwedit.probes.subspaces.Spectrum` of
+    ``W_Uᵀ W_U``), with their eigenvalues (squared singular values of ``W_U``)."""
+    m = min(m, spectrum.n_top)
+    return [Direction("prediction", None, "unembed", "write", i, spectrum.eigenvectors[:, i].clone(),
+                      float(spectrum.eigenvalues[i])) for i in range(m)]
+
+
 def final_norm_gain(model: torch.nn.Module) -> torch.Tensor | None:
     """The final norm's per-channel gain (None where the architecture's final norm has no weight)."""
     layout = model_layout(model)
@@ -266,5 +298,5 @@ def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
     return pd.DataFrame([c.row() for c in cards])
 
 
-__all__ = ["Card", "Context", "Direction", "KINDS", "cards_frame", "contexts", "explain", "final_norm_gain",
-           "logit_lens"]
+__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "cards_frame", "contexts",
+           "delta_directions", "explain", "final_norm_gain", "logit_lens", "prediction_directions"]

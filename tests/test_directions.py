@@ -97,3 +97,39 @@ def test_cards_only_show_what_their_space_supports_and_serialise(planted):
     assert list(frame["role"]) == ["q", "o", "down", "unembed"]
     json.dumps(frame.to_dict("records"))  # JSON-ready, as directions.jsonl holds it
     assert "promotes" in "\n".join(cards[0].lines())
+
+
+def test_delta_directions_are_the_singular_vectors_of_a_planted_low_rank_update():
+    """ΔW = 3·u1 v1ᵀ + 1·u2 v2ᵀ (orthonormal u's and v's): the cards' directions are ±(v_i, u_i) with σ = 3, 1."""
+    from rwedit.probes.directions import delta_directions
+
+    g = torch.Generator().manual_seed(0)
+    Uq, _ = torch.linalg.qr(torch.randn(12, 2, generator=g, dtype=torch.float64))
+    Vq, _ = torch.linalg.qr(torch.randn(9, 2, generator=g, dtype=torch.float64))
+    delta = 3 * torch.outer(Uq[:, 0], Vq[:, 0]) + torch.outer(Uq[:, 1], Vq[:, 1])
+    dirs = delta_directions(delta, 2, "q", m=4)
+    assert [(d.kind, d.index, round(d.value, 9)) for d in dirs] == [
+        ("delta_right", 0, 3.0), ("delta_left", 0, 3.0), ("delta_right", 1, 1.0), ("delta_left", 1, 1.0)]
+    for i in range(2):
+        v, u = dirs[2 * i].vector, dirs[2 * i + 1].vector
+        assert abs(float(v @ Vq[:, i])) == pytest.approx(1, abs=1e-9) and abs(float(u @ Uq[:, i])) == pytest.approx(1, abs=1e-9)
+        assert float(u @ delta @ v) == pytest.approx(dirs[2 * i].value, abs=1e-9)  # signs paired: uᵀΔWv = +σ
+        assert float(v[v.abs().argmax()]) > 0
+
+
+def test_activation_directions_are_the_second_moment_eigenvectors(planted):
+    from rwedit.probes.activations import StatsSettings, collect_activation_stats
+    from rwedit.probes.directions import activation_directions
+
+    model, _, _, _, ids = planted
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("q",), layers=(0,)), progress=False)
+    dirs = activation_directions(stats, 0, "q", m=2)
+    seen = []
+    h = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    model(input_ids=ids, use_cache=False)
+    h.remove()
+    A = seen[0].reshape(-1, seen[0].shape[-1]).double()
+    lam, vec = torch.linalg.eigh(A.T @ A / A.shape[0])
+    for i, d in enumerate(dirs):
+        assert d.value == pytest.approx(float(lam[-1 - i]), rel=1e-6)
+        assert abs(float(d.vector.double() @ vec[:, -1 - i])) == pytest.approx(1, abs=1e-6)
