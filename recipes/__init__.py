@@ -33,7 +33,7 @@ def looks_like_path(source: str | Path) -> bool:
 
 def find(source: str | Path) -> str | Path:
     """``source`` itself when it is a file; else, for a bare name (``control-experiment``), the shipped recipe
-    of that name. A path that does not exist is "no such file" (naming the shipped recipe it may have meant),
+    of that name. A path that does not exist is "file not found" (naming the shipped recipe it may have meant),
     never silently a shipped recipe; an unknown bare name lists the shipped ones."""
     from rwedit.errors import ConfigError
 
@@ -43,10 +43,10 @@ def find(source: str | Path) -> str | Path:
     if looks_like_path(source):
         stem = Path(str(source)).name.removesuffix(".yaml").removesuffix(".yml")
         hint = f"; the shipped recipe of that name is run as `{stem}` (no folder, no .yaml)" if stem in recipes else ""
-        what = "is a folder, not a recipe file" if Path(source).is_dir() else "no such file"
-        raise ConfigError(f"recipe {source}: {what}{hint}")
+        what = "is a folder, not a recipe file" if Path(source).is_dir() else "file not found"
+        raise ConfigError(f"{source}: {what}{hint}")
     if str(source) not in recipes:
-        raise ConfigError(f"recipe {source!r}: no such file, and no shipped recipe of that name; shipped: "
+        raise ConfigError(f"{source}: file not found, and no shipped recipe of that name; shipped: "
                           f"{', '.join(recipes)} (`rwedit recipes` lists them)")
     return recipes[str(source)]
 

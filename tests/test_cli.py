@@ -192,7 +192,7 @@ def test_shipped_recipes_are_listed_and_run_by_name_from_any_folder(tmp_path, mo
     for path in ("control-experiment.yaml", "../../nowhere/control-experiment", "recipes/control-experiment.yaml"):
         assert main(["run", path, "--out", str(tmp_path / "never")]) == 2
         err = capsys.readouterr().err
-        assert "no such file" in err and "run as `control-experiment`" in err, err
+        assert "file not found" in err and "run as `control-experiment`" in err, err
     assert not (tmp_path / "never").exists()
 
 
