@@ -72,35 +72,37 @@ def test_builtins_come_first_whoever_registers_first():
     assert r["own"] == 0 and calls == [1]
 
 
+def _fake_plugins(monkeypatch, name: str, load) -> None:
+    """One installed plugin ``name`` (not loaded yet) whose import runs ``load()``."""
+
+    class EntryPoint:
+        value = f"{name}_plugin"
+
+        def load(self):
+            load()
+
+    EntryPoint.name = name
+    monkeypatch.setattr(reg, "_plugins_loaded", False)
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group: [EntryPoint()] if group == reg.PLUGIN_GROUP else [])
+
+
 def test_a_miss_loads_the_plugins_once(monkeypatch):
     r = Registry("colour")
     loaded = []
-
-    class EntryPoint:
-        name, value = "mine", "my_plugin:register"
-
-        def load(self):
-            loaded.append(1)
-            r.register("plugin_colour", 7)
-
-    monkeypatch.setattr(reg, "_plugins_loaded", False)
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [EntryPoint()] if group == reg.PLUGIN_GROUP else [])
-    assert r["plugin_colour"] == 7 and loaded == [1]
+    _fake_plugins(monkeypatch, "mine", lambda: loaded.append(r.register("plugin_colour", 7)))
+    assert r["plugin_colour"] == 7 and loaded == [7]
     with pytest.raises(NotRegisteredError):
         r["other"]
-    assert loaded == [1]  # once per process
+    assert loaded == [7]  # once per process
 
 
 def test_a_broken_plugin_is_named(monkeypatch):
-    class EntryPoint:
-        name, value = "broken", "broken_plugin:register"
+    def broken():
+        raise ImportError("no module named broken_plugin")
 
-        def load(self):
-            raise ImportError("no module named broken_plugin")
-
-    monkeypatch.setattr(reg, "_plugins_loaded", False)
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [EntryPoint()])
-    with pytest.raises(ConfigError, match=r"rwedit plugin 'broken' \(broken_plugin:register\) failed to load: "
+    _fake_plugins(monkeypatch, "broken", broken)
+    with pytest.raises(ConfigError, match=r"rwedit plugin 'broken' \(broken_plugin\) failed to load: "
                                           r"ImportError: no module named broken_plugin"):
         reg.load_plugins()
 
@@ -211,15 +213,8 @@ def test_every_command_loads_the_plugins_before_its_parser(monkeypatch, capsys):
     """A plugin's subcommand is listed and runs: main loads the plugins before it builds the parser."""
     from rwedit.cli.registry import Command, _COMMANDS
 
-    class EntryPoint:
-        name, value = "hello", "hello_plugin"
-
-        def load(self):
-            _COMMANDS.register("hello", Command("hello", "say hello", lambda p: p.add_argument("--to"),
-                                                lambda args: print(f"hello {args.to}") or 0))
-
-    monkeypatch.setattr(reg, "_plugins_loaded", False)
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [EntryPoint()])
+    hello = Command("hello", "say hello", lambda p: p.add_argument("--to"), lambda args: print(f"hello {args.to}") or 0)
+    _fake_plugins(monkeypatch, "hello", lambda: _COMMANDS.register("hello", hello))
     monkeypatch.setattr(_COMMANDS, "_entries", dict(_COMMANDS._entries))  # the plugin's command goes with the test
     assert main(["hello", "--to", "plugins"]) == 0 and capsys.readouterr().out == "hello plugins\n"
     assert "say hello" in build_parser([]).format_help()
