@@ -19,6 +19,7 @@ from rwedit import __version__
 from rwedit.cli.options import HelpFormatter
 from rwedit.cli.registry import Command, get_command, register, registered_commands
 from rwedit.errors import RweditError
+from rwedit.registry import load_plugins
 
 DESCRIPTION = """\
 rwedit: weight-space interventions on Hugging Face causal language models.
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     name = _command_named(argv)
+    load_plugins()  # before the parser: a plugin's subcommands, architectures and kinds are known to every command
     parser = build_parser([name] if name else [])
     args = parser.parse_args(argv)
     if args.command is None:

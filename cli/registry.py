@@ -1,11 +1,13 @@
 """The registry of ``rwedit`` subcommands. Every module named in ``rwedit.cli.COMMAND_MODULES`` becomes one
-:class:`Command`; :func:`register` adds one from anywhere else (a plugin)."""
+:class:`Command`; :func:`register` adds one from anywhere else (a plugin, loaded before every command)."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 from typing import Callable
+
+from rwedit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -21,23 +23,17 @@ class Command:
     description: str | None = None
 
 
-_COMMANDS: dict[str, Command] = {}
+_COMMANDS: Registry[Command] = Registry("rwedit subcommand")
 
 
-def register(command: Command) -> Command:
-    """Add ``command`` to the registry (a second command of the same name is a programming error)."""
-    if command.name in _COMMANDS and _COMMANDS[command.name] is not command:
-        raise ValueError(f"a subcommand named {command.name!r} is already registered")
-    _COMMANDS[command.name] = command
-    return command
+def register(command: Command, *, replace: bool = False) -> Command:
+    """Add ``command`` to the registry (a second command of the same name is refused unless ``replace``)."""
+    return _COMMANDS.register(command.name, command, replace=replace)
 
 
 def get_command(name: str) -> Command:
     """The registered command ``name``."""
-    try:
-        return _COMMANDS[name]
-    except KeyError:
-        raise KeyError(f"no rwedit subcommand {name!r}; registered: {', '.join(_COMMANDS)}") from None
+    return _COMMANDS[name]
 
 
 def registered_commands() -> list[Command]:

@@ -23,19 +23,18 @@ from tqdm.auto import tqdm
 from rwedit.architectures import LAYER_ROLES, RoleView, model_layout, set_weight
 from rwedit.checkpoints import Checkpoint, TensorReader
 from rwedit.errors import ConfigError, ExperimentError
+from rwedit.registry import Registry
 
 BASE = "base"
-_INTERVENTIONS: dict[str, type["Intervention"]] = {}
+_INTERVENTIONS: Registry[type["Intervention"]] = Registry("intervention kind")
 
 
-def register_intervention(name: str):
+def register_intervention(name: str, *, replace: bool = False):
     """Class decorator: make an intervention kind available under ``name``."""
 
     def deco(cls):
-        if name in _INTERVENTIONS and _INTERVENTIONS[name] is not cls:
-            raise ValueError(f"intervention kind {name!r} is already registered ({_INTERVENTIONS[name].__name__})")
+        _INTERVENTIONS.register(name, cls, replace=replace)
         cls.kind = name
-        _INTERVENTIONS[name] = cls
         return cls
 
     return deco

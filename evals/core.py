@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.models import Placement
 from rwedit.outputs import make_folder, write_json
+from rwedit.registry import Registry, load_plugins
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
@@ -166,54 +167,31 @@ class ExperimentKind:
     run: Callable[..., RunResult] | None = None
 
 
-_KINDS: dict[str, ExperimentKind] = {}
+def _load_builtin() -> None:
+    """Register the built-in kinds (first, whoever registers first)."""
+    import rwedit.evals.experiment  # noqa: F401  (registers "control")
+    import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
+
+
+_KINDS: Registry[ExperimentKind] = Registry("experiment kind", builtins=_load_builtin)
 
 
 def register_experiment(kind: ExperimentKind, *, replace: bool = False) -> ExperimentKind:
     """Make ``kind`` available to ``rwedit run``/``report`` under ``kind.name``."""
     if (kind.prepare is None) == (kind.run is None):
         raise ValueError(f"experiment kind {kind.name!r}: give exactly one of prepare (store-based) or run")
-    if kind.name in _KINDS and not replace:
-        raise ValueError(f"experiment kind {kind.name!r} is already registered; pass replace=True to override")
-    _KINDS[kind.name] = kind
-    return kind
+    return _KINDS.register(kind.name, kind, replace=replace)
 
 
 def experiment_kinds() -> list[ExperimentKind]:
-    """The registered kinds (the applications register theirs when ``rwedit.apps`` is imported)."""
-    _load_builtin()
+    """The registered kinds, the plugins' included (the applications register theirs when ``rwedit.apps`` is
+    imported)."""
+    load_plugins()
     return list(_KINDS.values())
 
 
 def experiment_kind(name: str) -> ExperimentKind:
-    _load_builtin()
-    if name not in _KINDS:
-        raise ConfigError(f"experiment: {name!r} is not a registered experiment kind; registered: "
-                          f"{', '.join(sorted(_KINDS))}")
     return _KINDS[name]
-
-
-#: entry-point group of installed packages that register kinds, interventions or architectures on import
-PLUGIN_GROUP = "rwedit.plugins"
-_plugins_loaded = False
-
-
-def _load_builtin() -> None:
-    """Register the built-in kinds and import every installed plugin (entry points in :data:`PLUGIN_GROUP`)."""
-    global _plugins_loaded
-    import rwedit.evals.experiment  # noqa: F401  (registers "control")
-    import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
-
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # a broken plugin must say which one it is
-            raise ConfigError(f"rwedit plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
 
 
 def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None,

@@ -23,6 +23,7 @@ from rwedit.editor.interventions import BASE, with_adapter
 from rwedit.errors import AdapterNotAppliedError, ConfigError
 from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, needs_lm_eval_index, task_manager
 from rwedit.models import input_device
+from rwedit.registry import Registry
 
 #: the text whose first tokens probe whether an adapter is applied (any fixed text works: a rank-1 edit of a
 #: matrix the tokens pass through changes every later position's logits)
@@ -64,15 +65,12 @@ class Backend:
                               f"or 'hf'")
 
 
-_BACKENDS: dict[str, Backend] = {}
+_BACKENDS: Registry[Backend] = Registry("lm-eval backend")
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
     """Make ``backend`` available as ``eval.backend: NAME``."""
-    if backend.name in _BACKENDS and not replace:
-        raise ValueError(f"lm-eval backend {backend.name!r} is already registered; pass replace=True to override")
-    _BACKENDS[backend.name] = backend
-    return backend
+    return _BACKENDS.register(backend.name, backend, replace=replace)
 
 
 def backends() -> list[Backend]:

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from rwedit.errors import UnsupportedArchitectureError  # noqa: F401  (re-exported)
-from rwedit.errors import ConfigError
+from rwedit.errors import AlreadyRegisteredError, ConfigError, UnsupportedArchitectureError
+from rwedit.registry import Registry
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down", "unembed")
 LAYER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
@@ -146,21 +146,16 @@ def _gate_up_contiguous(d: Dims) -> dict[str, torch.Tensor]:
 FusedLayout = Callable[[Dims], Mapping[str, torch.Tensor]]
 
 #: name -> function(Dims) -> {role: row indices of that role in the fused d_out x d_in matrix}
-FUSED_LAYOUTS: dict[str, FusedLayout] = {}
+FUSED_LAYOUTS: Registry[FusedLayout] = Registry("fused layout", hint="Add one with register_fused_layout.")
 
 
 def register_fused_layout(name: str, fn: FusedLayout, *, replace: bool = False) -> None:
     """Make ``fn`` available as ``RoleSlot(fused=name)``.  ``fn(dims)`` returns, for each role stored in
     the fused matrix, the indices of its rows in the (untransposed) ``d_out x d_in`` matrix; together they
     must cover every row once.  A name already registered is refused unless ``replace=True``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a fused layout needs a non-empty string name, got {name!r}")
     if not callable(fn):
-        raise ValueError(f"fused layout {name!r}: expected a function of Dims, got {type(fn).__name__}")
-    if name in FUSED_LAYOUTS and not replace:
-        raise ValueError(f"fused layout {name!r} is already registered ({FUSED_LAYOUTS[name].__name__}); "
-                         "pass replace=True to override it")
-    FUSED_LAYOUTS[name] = fn
+        raise ConfigError(f"fused layout {name!r}: expected a function of Dims, got {type(fn).__name__}")
+    FUSED_LAYOUTS.register(name, fn, replace=replace)
 
 
 register_fused_layout("qkv_contiguous", _qkv_contiguous)
@@ -271,26 +266,37 @@ _BUILTIN: tuple[ArchSpec, ...] = (
                 notes="Sandwich norms; RMSNorm scales by (1 + weight)."),
 )
 
-#: registered entries, in registration order (built-ins first); change only through register_architecture
-_REGISTRY: list[ArchSpec] = []
-#: model_type -> its entry (rebuilt from _REGISTRY by every registration)
-_BY_MODEL_TYPE: dict[str, ArchSpec] = {}
+#: registered entries by name, in registration order (built-ins first); change only through register_architecture
+_ARCHS: Registry[ArchSpec] = Registry("architecture")
+
+
+ADD_ARCH_HINT = (
+    "To add one, call rwedit.architectures.register_architecture(ArchSpec(...)) from your own code, naming "
+    "the config model_type(s), the layer list, the module of each role (q, k, v, o, up, gate, down), the "
+    "norm each reader reads, the embedding, unembedding and final norm, and any fused layout "
+    "(register_fused_layout for a new one); then check it on a tiny config as tests/tiny_models.py and "
+    "tests/test_architectures.py do, against the model's own computation."
+)
+
+
+#: model_type -> its entry (kept by register_architecture)
+_BY_MODEL_TYPE: Registry[ArchSpec] = Registry("architecture", error=UnsupportedArchitectureError, hint=ADD_ARCH_HINT)
 
 
 class _Registered(Sequence):
     """Read-only live view of the registered :class:`ArchSpec` entries (it follows later registrations)."""
 
     def __getitem__(self, i):
-        return tuple(_REGISTRY)[i]
+        return tuple(_ARCHS.values())[i]
 
     def __len__(self) -> int:
-        return len(_REGISTRY)
+        return len(_ARCHS)
 
     def __iter__(self) -> Iterator[ArchSpec]:
-        return iter(tuple(_REGISTRY))
+        return iter(tuple(_ARCHS.values()))
 
     def __repr__(self) -> str:
-        return f"ARCHITECTURES({', '.join(s.name for s in _REGISTRY)})"
+        return f"ARCHITECTURES({', '.join(_ARCHS)})"
 
 
 #: every registered architecture (built-in and user-registered), in registration order
@@ -323,49 +329,33 @@ def register_architecture(spec: ArchSpec, *, replace: bool = False) -> None:
 
     The entry is validated first (its roles are layer roles, its fused layouts are registered).  A
     ``model_type`` or a name that is already registered is refused unless ``replace=True``, which removes
-    every registered entry sharing the name or one of the model types (the new entry takes the place of
-    the first one removed)."""
+    every registered entry sharing the name or one of the model types (the new entry comes last)."""
     _validate_spec(spec)
-    clashes = [s for s in _REGISTRY if s.name == spec.name or set(s.model_types) & set(spec.model_types)]
+    clashes = [s for s in _ARCHS.values() if s.name == spec.name or set(s.model_types) & set(spec.model_types)]
     if clashes and not replace:
         old = clashes[0]
         shared = [mt for mt in spec.model_types if mt in old.model_types]
         what = f"model_type {shared[0]!r}" if shared else f"name {spec.name!r}"
-        raise ValueError(f"{what} is already registered, by architecture {old.name!r} (model_types "
-                         f"{', '.join(old.model_types)}); pass replace=True to replace that entry")
-    at = _REGISTRY.index(clashes[0]) if clashes else len(_REGISTRY)
-    kept = [s for s in _REGISTRY if s not in clashes]
-    _REGISTRY[:] = kept[:at] + [spec] + kept[at:]
-    _rebuild_index()
+        raise AlreadyRegisteredError(f"{what} is already registered, by architecture {old.name!r} (model_types "
+                                     f"{', '.join(old.model_types)}); pass replace=True to replace that entry")
+    for old in clashes:
+        unregister_architecture(old.name)
+    _ARCHS.register(spec.name, spec)
+    for mt in spec.model_types:
+        _BY_MODEL_TYPE.register(mt, spec)
 
 
 def unregister_architecture(name: str) -> ArchSpec:
     """Remove the registered entry called ``name`` and return it (to undo a registration)."""
-    for s in _REGISTRY:
-        if s.name == name:
-            _REGISTRY.remove(s)
-            _rebuild_index()
-            return s
-    raise ValueError(f"no architecture named {name!r} is registered; registered: "
-                     f"{', '.join(s.name for s in _REGISTRY)}")
-
-
-def _rebuild_index() -> None:
-    _BY_MODEL_TYPE.clear()
-    _BY_MODEL_TYPE.update({mt: s for s in _REGISTRY for mt in s.model_types})
+    spec = _ARCHS.unregister(name)
+    for mt in spec.model_types:
+        del _BY_MODEL_TYPE[mt]
+    return spec
 
 
 for _spec in _BUILTIN:
     register_architecture(_spec)
 del _spec
-
-ADD_ARCH_HINT = (
-    "To add one, call rwedit.architectures.register_architecture(ArchSpec(...)) from your own code, naming "
-    "the config model_type(s), the layer list, the module of each role (q, k, v, o, up, gate, down), the "
-    "norm each reader reads, the embedding, unembedding and final norm, and any fused layout "
-    "(register_fused_layout for a new one); then check it on a tiny config as tests/tiny_models.py and "
-    "tests/test_architectures.py do, against the model's own computation."
-)
 
 
 def supported_model_types() -> list[str]:
@@ -373,14 +363,8 @@ def supported_model_types() -> list[str]:
 
 
 def arch_spec(model_type: str) -> ArchSpec:
-    """Registry entry for ``model_type``; an unknown one fails with the list of supported types."""
-    try:
-        return _BY_MODEL_TYPE[model_type]
-    except KeyError:
-        raise UnsupportedArchitectureError(
-            f"architecture {model_type!r} is not in rwedit's registry. "
-            f"Supported model_type values: {', '.join(supported_model_types())}. {ADD_ARCH_HINT}"
-        ) from None
+    """Registry entry for ``model_type``; an unknown one fails with the closest and the supported types."""
+    return _BY_MODEL_TYPE[model_type]
 
 
 # --- role views ------------------------------------------------------------------------------

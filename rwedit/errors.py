@@ -25,7 +25,18 @@ class OrganismError(ConfigError):
     """A bad organism setting or a failed training stage; the message says what to change."""
 
 
-class UnsupportedArchitectureError(RweditError, ValueError):
+class NotRegisteredError(ConfigError, KeyError):
+    """A name that no registry holds (an experiment kind, a backend, a subcommand); the message names the
+    closest and the registered ones. Also a ``KeyError``: a registry is a mapping."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
+class AlreadyRegisteredError(ConfigError):
+    """A second entry under a registered name, without ``replace=True``."""
+
+
+class UnsupportedArchitectureError(NotRegisteredError):
     """A ``model_type`` that has no registry entry."""
 
 
@@ -86,6 +97,7 @@ class AdapterNotAppliedError(ExperimentError):
 
 
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
+           "NotRegisteredError", "AlreadyRegisteredError",
            "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteError",
            "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "DataNotFoundError", "ExperimentError",
            "StoreLockedError", "ExportError", "AdapterMismatchError",

@@ -53,6 +53,8 @@ def test_unknown_architecture_lists_supported_and_how_to_add():
         arch_spec("mamba")
     msg = str(e.value)
     assert "'mamba'" in msg and "gpt_neox" in msg and "llama" in msg and "register_architecture" in msg
+    with pytest.raises(UnsupportedArchitectureError, match=r"'lama' is not in rwedit's registry \(did you mean"):
+        arch_spec("lama")
 
 
 def _act(config):
@@ -324,3 +326,5 @@ def test_fused_layouts_are_registered_once():
     with pytest.raises(ValueError, match="expected a function"):
         register_fused_layout("not_a_function", "rows")
     assert "not_a_function" not in FUSED_LAYOUTS
+    with pytest.raises(KeyError, match=r"layout 'qkv_contigous' is not in rwedit's registry \(did you mean 'qkv_cont"):
+        FUSED_LAYOUTS["qkv_contigous"]

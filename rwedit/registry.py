@@ -1,0 +1,116 @@
+"""One registry shape for everything rwedit looks up by name: architectures, fused layouts, interventions,
+experiment kinds, lm-eval backends and subcommands.
+
+A :class:`Registry` maps names to entries in registration order. A second entry under a taken name is
+refused unless ``replace=True``; a lookup of an unknown name imports the installed plugins once (entry
+points in :data:`PLUGIN_GROUP`, which register on import) and then fails with the closest names and the
+registered ones. Every ``rwedit`` command loads the plugins first (:func:`load_plugins`), so a plugin's
+architecture, kind or subcommand is known to all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Generic, TypeVar
+
+from rwedit.errors import AlreadyRegisteredError, ConfigError, NotRegisteredError
+
+T = TypeVar("T")
+
+#: entry-point group of installed packages that register architectures, kinds, backends or commands on import
+PLUGIN_GROUP = "rwedit.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every installed plugin (entry points in :data:`PLUGIN_GROUP`), once per process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # first: a plugin's own lookups must not load the plugins again
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must say which one it is
+            raise ConfigError(f"rwedit plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or ``""`` when none is close."""
+    near = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.7)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+class Registry(MutableMapping, Generic[T]):
+    """Named entries of one sort (``what``, e.g. "experiment kind"), in registration order.
+
+    ``builtins`` (optional) registers the package's own entries; it runs before the first registration or
+    lookup, so they always come first. A miss raises ``error`` (a :class:`NotRegisteredError`, also a
+    ``KeyError``) naming the closest and the registered names, then ``hint``. As a mapping, item assignment
+    is ``register(..., replace=True)`` and ``del`` is :meth:`unregister`."""
+
+    def __init__(self, what: str, *, error: type[NotRegisteredError] = NotRegisteredError, hint: str = "",
+                 builtins: Callable[[], None] | None = None):
+        self.what, self.error, self.hint = what, error, hint
+        self._builtins = builtins
+        self._entries: dict[str, T] = {}
+
+    def _ready(self) -> dict[str, T]:
+        if self._builtins is not None:
+            load, self._builtins = self._builtins, None
+            load()
+        return self._entries
+
+    def register(self, name: str, entry: T, *, replace: bool = False) -> T:
+        """Add ``entry`` under ``name``; a taken name is refused unless ``replace=True`` (which keeps its
+        place in the order). The same entry registered again under its name is a no-op."""
+        entries = self._ready()
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.what} needs a non-empty string name, got {name!r}")
+        old = entries.get(name)
+        if old is not None and old is not entry and not replace:
+            raise AlreadyRegisteredError(f"{self.what} {name!r} is already registered ({_describe(old)}); pass "
+                                         f"replace=True to replace it")
+        entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> T:
+        """Remove the entry ``name`` and return it (to undo a registration)."""
+        entry = self[name]
+        del self._entries[name]
+        return entry
+
+    def __getitem__(self, name: str) -> T:
+        entries = self._ready()
+        if name not in entries:
+            load_plugins()
+        if name not in entries:
+            hint = f" {self.hint}" if self.hint else ""
+            raise self.error(f"{self.what} {name!r} is not in rwedit's registry{did_you_mean(name, entries)}; "
+                             f"registered: {', '.join(sorted(entries))}.{hint}")
+        return entries[name]
+
+    def __setitem__(self, name: str, entry: T) -> None:
+        self.register(name, entry, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._ready()))
+
+    def __len__(self) -> int:
+        return len(self._ready())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.what}: {', '.join(self._ready())})"
+
+
+def _describe(entry) -> str:
+    return getattr(entry, "__qualname__", None) or type(entry).__name__
+
+
+__all__ = ["PLUGIN_GROUP", "Registry", "did_you_mean", "load_plugins"]
