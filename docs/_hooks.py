@@ -58,3 +58,11 @@ def on_config(config, **kwargs):
 def on_shutdown(**kwargs):
     if _STAGE is not None:
         shutil.rmtree(_STAGE, ignore_errors=True)
+
+
+_ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj):(?=<code>)")
+
+
+def on_page_content(html, **kwargs):
+    """The docstrings are written with Sphinx roles (``:func:`name```); on the site the name shows as code alone."""
+    return _ROLE.sub("", html)
