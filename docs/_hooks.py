@@ -39,6 +39,7 @@ def _location(name: str) -> Path:
 @event_priority(100)  # before mkdocstrings makes its handler, which reads `paths` once
 def on_config(config, **kwargs):
     global _STAGE
+    on_shutdown()  # `mkdocs serve` calls on_config again at each rebuild: one folder at a time
     root = Path(config.config_file_path).resolve().parent
     spine = _location("rwedit")
     _STAGE = Path(tempfile.mkdtemp(prefix="rwedit-docs-"))
