@@ -1,5 +1,5 @@
-"""The README's "Extending rwedit" recipes, executed as written: a new architecture, a new condition type
-and a new experiment kind, each added in one place from outside the package, work end to end."""
+"""The "Extending rwedit" recipes of docs/extending.md, executed as written: a new architecture, a new
+condition type and a new experiment kind, each added in one place from outside the package, work end to end."""
 
 from __future__ import annotations
 
@@ -15,22 +15,22 @@ from rwedit.editor import interventions
 from rwedit.evals.store import ResultStore
 from tiny_models import save_pair, tiny_model
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
-def readme_block(name: str) -> str:
-    """The python block right after ``<!-- extending:NAME -->`` in the README."""
-    m = re.search(rf"<!-- extending:{name} -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert m, f"README has no extending:{name} block"
+def page_block(name: str) -> str:
+    """The python block right after ``<!-- extending:NAME -->`` in docs/extending.md."""
+    m = re.search(rf"<!-- extending:{name} -->\s*```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), re.S)
+    assert m, f"docs/extending.md has no extending:{name} block"
     return m.group(1)
 
 
 @pytest.fixture(scope="module")
 def ns():
-    """The three README blocks executed in one namespace (as a user's module would); registrations undone."""
+    """The page's three blocks executed in one namespace (as a user's module would); registrations undone."""
     namespace: dict = {}
     for name in ("architecture", "intervention", "experiment"):
-        exec(compile(readme_block(name), f"README:extending:{name}", "exec"), namespace)
+        exec(compile(page_block(name), f"docs/extending.md:extending:{name}", "exec"), namespace)
     yield namespace
     unregister_architecture("my_llama")
     interventions._INTERVENTIONS.pop("scale_matrix")
