@@ -20,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
-from rwedit.checkpoints import (Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader,
-                                explain_non_finite, iter_posts, stream_pair)
+from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
+from rwedit.lowrank import LowRankDelta
+from rwedit.stream import explain_non_finite, stream_pair
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -331,14 +332,14 @@ def rsf_grid_pair(
 
 def rsf_grid_posts(
     base: Checkpoint,
-    posts: Mapping[str, "Checkpoint | LoraPost"],
+    posts: Mapping[str, object],
     stats: ActivationStats | None = None,
     settings: GridSettings = GridSettings(),
     progress: bool = True,
 ) -> Iterator[dict]:
     """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
     its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
-    and one prediction subspace. Memory: the base tensor plus one tensor per post."""
+    and one prediction subspace. Memory: a few row blocks per post (an adapter's: its factors)."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
@@ -346,24 +347,14 @@ def rsf_grid_posts(
                        if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)
-    bar = tqdm(total=len(views), desc="RSF grid", disable=not progress)
-    if not any(isinstance(p, LoraPost) for p in posts.values()):  # checkpoints: streamed in row blocks
-        # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
-        for view, sinks in stream_pair(base, list(posts.values()), views,
-                                       lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
-                                       dtype=settings.dtype, check_finite=False):
-            for name, sink in zip(names, sinks):
-                for row in sink.rows():
-                    yield {"post": name, **row}
-            bar.update()
-    else:
-        for rps in iter_posts(base, list(posts.values()), views):
-            for name, rp in zip(names, rps):
-                delta = rp.low_rank if rp.low_rank is not None else rp.delta  # an adapter's delta stays factored
-                for row in rows_for_delta(delta, rp.layer, rp.role, ctx, settings):
-                    yield {"post": name, **row}
-            bar.update()
-    bar.close()
+    # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
+    for view, sinks in tqdm(stream_pair(base, list(posts.values()), views,
+                                        lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
+                                        dtype=settings.dtype, check_finite=False),
+                            total=len(views), desc="RSF grid", disable=not progress):
+        for name, sink in zip(names, sinks):
+            for row in sink.rows():
+                yield {"post": name, **row}
 
 
 def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,

@@ -45,15 +45,24 @@ def _trained_lora(model_type: str, root):
 
 
 def _record_reads(monkeypatch) -> list[tuple[str, str]]:
-    """(checkpoint folder, tensor) of every tensor read from now on."""
+    """(checkpoint folder, tensor) of every tensor read from now on: whole, or by a streaming pass (counted
+    at its first row block)."""
+    from rwedit.stream import _BlockFiles
+
     reads = []
-    real_read = TensorReader.read
+    real_read, real_block = TensorReader.read, _BlockFiles.read
 
     def spy(self, param, dtype=torch.float32):
         reads.append((str(self.ckpt.path), param))
         return real_read(self, param, dtype)
 
+    def block_spy(self, name, r0, r1, out):
+        if r0 == 0:
+            reads.append((str(self.ckpt.path), name))
+        return real_block(self, name, r0, r1, out)
+
     monkeypatch.setattr(TensorReader, "read", spy)
+    monkeypatch.setattr(_BlockFiles, "read", block_spy)
     return reads
 
 
@@ -207,3 +216,28 @@ def test_a_checkpoint_series_is_probed_member_by_member_and_resumes(tmp_path, ca
     assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), nan_ok=True)
     assert main(["probe", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "give --post" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", sorted(TARGETS))
+def test_an_adapter_streamed_in_cut_blocks_equals_its_whole_factored_delta(model_type, tmp_path, monkeypatch):
+    """The adapter as a block source: blocks of 5 stored rows (fused slices and Conv1D columns cut) give the
+    rows of the whole factored delta (the oracle ``rows_for_delta``) to float64 rounding, two-sided rows too."""
+    from rwedit.probes import grid as grid_mod
+    from rwedit.probes.grid import GridContext, prediction_from_pair, rows_for_delta, rsf_grid_pair
+
+    base, lora, _ = _trained_lora(model_type, tmp_path)
+    pair = CheckpointPair(str(base), str(lora))
+    settings = GridSettings(ks=(1, 4), null_seeds=2, sides=("read", "write", "both"), subspaces=("prediction", "random"))
+    real = grid_mod.stream_pair
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 5 * 4 * 32}))
+    got = list(rsf_grid_pair(pair, None, settings, progress=False))
+    ctx = GridContext(pair.layout.dims.hidden, None, prediction_from_pair(pair))
+    want = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.low_rank, rp.layer, rp.role, ctx, settings)]
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12, nan_ok=True), (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)
