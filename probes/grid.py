@@ -23,6 +23,7 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
 from rwedit.lowrank import LowRankDelta
 from rwedit.stream import explain_non_finite, stream_pair
+from rwedit.config import Config, option
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
@@ -36,25 +37,24 @@ COLUMNS = ("layer", "role", "pathway", "side", "subspace", "k", "d", "fraction",
 
 
 @dataclass(frozen=True)
-class GridSettings:
-    """Every open choice of the grid; recorded next to the results."""
+class GridSettings(Config):
+    """Every open choice of the RSF grid; recorded next to the results (the ``grid:`` section of a probe
+    request, the grid options of ``rwedit probe``)."""
 
-    ks: tuple[int, ...] = DEFAULT_KS
-    sides: tuple[str, ...] = ("read", "write")
-    subspaces: tuple[str, ...] = SUBSPACES
-    #: the null: 0 = the exact null alone (mean 1, sd in closed form; default: exact, and at 1.1B as costly as
-    #: 8 seeds); n >= 2 adds a seeded null of n random subspaces, whose mean and sd then fill the null columns
-    null_seeds: int = 0
-    seed: int = 0  # the "random" subspace row uses this seed; the null uses seed+1 .. seed+null_seeds
-    centred: bool = False  # activation subspace from the centred covariance instead of E[a aᵀ]
-    prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U
-    roles: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    #: the exact null's sd per row: one Gram matrix per delta, O(d_out·d_in·min(d_out, d_in)) — cheap on small
-    #: models, more than the seeds' projections on 7B-size matrices (off: the exact-null columns are NaN)
-    exact_null: bool = True
-    #: precision of the projections ΔW·B (sums are float64 either way); float32 changes RSF by ~1e-7 relative
-    precision: str = "float32"
+    ks: tuple[int, ...] = option(DEFAULT_KS, help="subspace dimensions (a k not below a side's d is skipped there)")
+    sides: tuple[str, ...] = option(("read", "write"), help="sides of each delta: read, write, both (two-sided)")
+    subspaces: tuple[str, ...] = option(SUBSPACES, help="subspaces: activation, prediction, random")
+    null_seeds: int = option(0, help="random subspaces per delta for a seeded null beside the exact one; 0: the "
+                             "exact null alone (mean 1, sd in closed form; at 1.1B as costly as 8 seeds)")
+    seed: int = option(0, help="seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)")
+    centred: bool = option(False, help="activation subspace from the centred covariance instead of E[a aᵀ]")
+    prediction_gain: bool = option(False, help="prediction subspace of W_U·diag(γ_final) instead of W_U")
+    roles: tuple[str, ...] | None = option(None, help="roles to probe (default: all)")
+    layers: tuple[int, ...] | None = option(None, help="layers to probe (default: all)")
+    exact_null: bool = option(True, help="the exact null's sd per row: one Gram matrix per delta (cheap on small "
+                              "models, more than the seeds' projections on 7B-size matrices; off: NaN)")
+    precision: str = option("float32", help="precision of the projections ΔW·B (sums are float64 either way); "
+                            "float32 changes RSF by ~1e-7 relative")
 
     @property
     def dtype(self) -> torch.dtype:

@@ -7,7 +7,6 @@ from headers (architecture, layer count, every role's shape) is checked before t
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import hashlib
 import json
@@ -24,6 +23,7 @@ from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
+from rwedit.runtime import runtime, using
 from rwedit.errors import (  # noqa: F401  (re-exported)
     CheckpointError,
     CheckpointMismatchError,
@@ -32,18 +32,16 @@ from rwedit.errors import (  # noqa: F401  (re-exported)
 )
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-#: whether pickle weights are accepted where a caller does not say (the CLI's --allow-pickle sets it)
-_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("rwedit_allow_pickle", default=False)
 
 
 @contextmanager
 def pickle_allowed(allow: bool = True) -> Iterator[None]:
-    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise."""
-    token = _ALLOW_PICKLE.set(bool(allow))
-    try:
+    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise (the run-wide
+    setting of :mod:`rwedit.runtime`)."""
+    with using(allow_pickle=bool(allow)):
         yield
-    finally:
-        _ALLOW_PICKLE.reset(token)
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
@@ -207,7 +205,7 @@ class Checkpoint:
         Pickle weights (``*.bin``) can execute code when loaded and are refused unless
         ``allow_pickle=True`` (None: as :func:`pickle_allowed` says; default no).
         """
-        allow_pickle = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
+        allow_pickle = runtime().allow_pickle if allow_pickle is None else allow_pickle
         src = str(source)
         path = Path(src).expanduser()
         if path.is_dir():
@@ -444,7 +442,7 @@ class LoraPost:
             with _open_safetensors(st) as h:
                 weights = {k: h.get_tensor(k) for k in h.keys()}
         elif pt.exists():
-            allow = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
+            allow = runtime().allow_pickle if allow_pickle is None else allow_pickle
             if not allow:
                 raise CheckpointError(f"{pt}: pickle weights can execute code when loaded; convert the adapter to "
                                       f"safetensors or pass --allow-pickle if you trust it")

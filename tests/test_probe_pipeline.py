@@ -158,18 +158,19 @@ def test_svd_cli_writes_results(tiny_pair, tmp_path):
 def test_svd_probe_with_r_above_a_matrix_rank_uses_all_its_triplets(tiny_pair, tmp_path):
     """The default r = 64 on a model of hidden 32: each matrix uses min(d_out, d_in) triplets, which is the
     same as r = 'full', and meta.json names the clipped matrices."""
-    from rwedit.probes.pipeline import run_svd_probe
+    from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe
 
     root, base, post = tiny_pair
-    big = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "r64", r=64,
-                                    progress=False).folder / "svd.csv")
-    full = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "full", r="full",
-                                     progress=False).folder / "svd.csv")
+    big, full = (run_probe(ProbeRequest(str(root / "base"), str(root / "post"), grid=None, svd=SvdSettings(r=r),
+                                        out=tmp_path / name)).svd.drop(columns="post")
+                 for r, name in ((64, "r64"), ("full", "full")))
+    assert big.equals(pd.read_csv(tmp_path / "r64" / "svd.csv"))  # the returned table is the written one
     want = {(L, role): min(get_weight(base, L, role).shape) for L, role in zip(big["layer"], big["role"])}
     assert list(big["r"]) == list(want.values()) and set(big["r"]) == {16, 32}  # k/v are 16 x 32 (GQA)
     pd.testing.assert_frame_equal(big, full)
     meta = json.loads((tmp_path / "r64" / "meta.json").read_text())
-    assert meta["r"] == 64 and meta["r_clipped_to_rank"] == {f"{L}.{role}": r for (L, role), r in want.items()}
+    assert meta["svd"]["r"] == 64
+    assert meta["svd"]["r_clipped_to_rank"] == {f"{L}.{role}": r for (L, role), r in want.items()}
 
 
 def test_two_sided_rows_match_the_formula(tiny_pair, wiki_tokenizer):
