@@ -13,7 +13,7 @@ Which subspace applies where:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
-from rwedit.lowrank import LowRankDelta
-from rwedit.stream import explain_non_finite, stream_pair
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
+from rwedit.lowrank import LowRankDelta
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
                                rsf_nested)
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
+from rwedit.stream import explain_non_finite, stream_pair
 
 DEFAULT_KS = (1, 4, 16, 64)
 SUBSPACES = ("activation", "prediction", "random")
@@ -343,8 +343,8 @@ def rsf_grid_posts(
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
-    ctx = grid_context(layout, stats, prediction_from_pair(base, settings.prediction_gain)
-                       if "prediction" in settings.subspaces else None)
+    ctx = GridContext(layout.dims.hidden, stats, prediction_from_pair(base, settings.prediction_gain)
+                      if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)
     # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
@@ -364,11 +364,3 @@ def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
     import pandas as pd
 
     return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings, progress)), columns=list(COLUMNS))
-
-
-def grid_context(layout: Layout, stats: ActivationStats | None, prediction: Spectrum | None) -> GridContext:
-    return GridContext(hidden=layout.dims.hidden, stats=stats, prediction=prediction)
-
-
-def settings_dict(settings: GridSettings) -> dict:
-    return asdict(settings)
