@@ -2,9 +2,9 @@
 
 RSF of every layer x role delta on the read side (vs the principal subspace of the module's input
 activations, from --calib) and the write side (vs the prediction subspace of the unembedding), against
-random subspaces as the null. Writes rsf.csv (tidy, one row per layer x role x side x subspace x k),
-headline.csv, spectrum.csv, heatmaps, RSF-vs-k curves, summary.md and meta.json (every setting and the
-statistics' provenance).
+random subspaces as the null, and the SVD structure probe of each matrix (unless --no-svd). Writes rsf.csv
+(tidy, one row per layer x role x side x subspace x k), headline.csv, spectrum.csv, svd.csv, heatmaps, RSF-vs-k
+curves, summary.md and meta.json (every setting and the statistics' provenance).
 """
 
 from __future__ import annotations

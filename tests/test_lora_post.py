@@ -72,7 +72,7 @@ def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tm
     reads = _record_reads(monkeypatch)
     settings = GridSettings(ks=(1, 4), subspaces=("prediction", "random"))
     pair = CheckpointPair(str(base), str(lora))
-    assert isinstance(pair.post, LoraPost)
+    assert isinstance(pair.post, LoraPost) and pair.post.delta_form == "factored"
     got = rsf_grid_frame(pair, None, settings)
     assert {p for p, _ in reads} == {str(base)}  # the adapter's post side reads no second checkpoint
     dup = [r for r in set(reads) if reads.count(r) > 1]  # each base tensor once (fused ones too); W_U is read
