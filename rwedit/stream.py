@@ -120,12 +120,12 @@ class _StoredRows:
 
 class _FactoredRows:
     """An adapter post: each role's ΔW = scale·B·A in factor form (an exact zero where the adapter does not
-    reach), cut to the base block's rows or columns; nothing is read."""
+    reach), cut to the base block's rows or columns; nothing is read, nothing is kept between blocks."""
 
     files = None  # nothing stored is read
 
     def __init__(self, post, stack: ExitStack):
-        self.post, self._deltas, self._lock = post, {}, threading.Lock()
+        self.post = post
 
     def stored(self, param: str) -> None:
         return None
@@ -134,11 +134,7 @@ class _FactoredRows:
         return None
 
     def role(self, view: RoleView, delta, r0: int, axis: int, index) -> LowRankDelta:
-        key = (view.layer, view.role)
-        with self._lock:
-            if key not in self._deltas:
-                self._deltas[key] = self.post.role_delta(view) or LowRankDelta.zero(view.shape)
-        return self._deltas[key].block(axis, index)
+        return (self.post.role_delta(view) or LowRankDelta.zero(view.shape)).block(axis, index)
 
 
 #: the block source of each kind of post (its ``delta_form``)
