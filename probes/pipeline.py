@@ -362,12 +362,13 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
     ``OUT/members/NAME`` (a complete one is not probed again, so a stopped run resumes) and ``series.csv`` /
     ``series.png`` (each member's claims and SVD means against its step), rebuilt from the member folders."""
     rq, out = run.rq, None if run.rq.out is None else Path(run.rq.out)
+    kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
     results: dict[str, ProbeResult] = {}
     done_now = 0
     for name, ref, step in tqdm(members, desc="series", disable=not runtime().progress):
         folder = None if out is None else out / "members" / name
         if folder is not None and (folder / "meta.json").exists():
-            results[name] = _read_member(folder, name, rq.claim_k)
+            results[name] = _read_member(folder, name, kk)
             continue
         if rq.stop_after is not None and done_now >= rq.stop_after:
             break
@@ -378,10 +379,9 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
         else:
             with atomic_folder(folder, overwrite=True) as tmp:
                 _pair_result(run, [(name, ref, step)], *measured, tmp)
-            results[name] = _read_member(folder, name, rq.claim_k)  # as a resumed run reads it
+            results[name] = _read_member(folder, name, kk)  # as a resumed run reads it
         done_now += 1
     rows = []
-    kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
     for name, ref, step in members:
         if name not in results:
             continue
@@ -403,15 +403,15 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
     return ProbeResult(pd.concat(frames) if frames else None, pd.concat(svds) if svds else None, table, None, meta, out)
 
 
-def _read_member(folder: Path, name: str, claim_at: int) -> ProbeResult:
-    """A series member's results read back from its folder (its claims recomputed from its ``rsf.csv``)."""
+def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
+    """A series member's results read back from its folder (its claims at ``k`` recomputed from its
+    ``rsf.csv``)."""
     meta = json.loads((folder / "meta.json").read_text())
     rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
     svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
-    k = claim_k(GridSettings.from_dict(meta["grid"]), claim_at) if rsf is not None else None
-    claims = compare_table(rsf.assign(post=name), k) if rsf is not None else pd.DataFrame()
-    return ProbeResult(None if rsf is None else rsf.assign(post=name), None if svd is None else svd.assign(post=name),
-                       claims, None, meta, folder)
+    claims = compare_table(rsf.assign(post=name), k) if rsf is not None and k is not None else pd.DataFrame()
+    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *COLUMNS]],
+                       None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims, None, meta, folder)
 
 
 def post_names(posts) -> list[str]:
@@ -462,7 +462,7 @@ def plot_series(table: pd.DataFrame, path: Path) -> Path:
     """Each headline metric against the step: read- and write-side RSF side by side, then the SVD probe's."""
     plt = pyplot()
     rsf_cols = [c for c in table.columns if c.startswith("rsf ")]
-    cols = rsf_cols + ["svd_scale", "svd_consistency"]
+    cols = rsf_cols + [c for c in ("svd_scale", "svd_consistency") if c in table]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.2), squeeze=False)
     for ax, c in zip(axes[0], cols):
         ax.plot(table["step"], table[c], marker="o")

@@ -211,6 +211,11 @@ def test_a_checkpoint_series_is_probed_member_by_member_and_resumes(tmp_path, ca
     table = pd.read_csv(tmp_path / "s" / "series.csv")
     assert table["step"].tolist() == [100, 200, 300] and table["fingerprint"].nunique() == 3
     assert (tmp_path / "s" / "series.png").exists()
+    with using(progress=False):  # in memory, the RSF grid alone: the same claims by step, no folder
+        mem = run_probe(ProbeRequest(str(tmp_path / "base"), series=str(tmp_path / "run"), grid=settings, svd=None))
+    assert mem.folder is None and mem.claims["step"].tolist() == [100, 200, 300] and "svd_scale" not in mem.claims
+    col = "rsf write side vs prediction"
+    assert mem.claims[col].tolist() == pytest.approx(table[col].tolist(), rel=1e-12)
     assert main(["probe", "--base", str(tmp_path / "base"), "--post", str(tmp_path / "run" / "checkpoint-300"),
                  "--out", str(tmp_path / "one"), "--k", "1,4", "--quiet"]) == 0
     mine = pd.read_csv(tmp_path / "s" / "members" / "checkpoint-300" / "rsf.csv")
