@@ -20,29 +20,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.checkpoints import Checkpoint, CheckpointPair
-    from rwedit.probes.norms import delta_norms, write_csv
+    import pandas as pd
 
-    from rwedit.outputs import atomic_folder, check_output_folder
+    from rwedit.probes.pipeline import NormsSettings, ProbeRequest, run_probe
+    from rwedit.runtime import using
 
+    request = ProbeRequest(args.base, (args.post,), grid=None, svd=None,
+                           norms=NormsSettings(roles=options.roles_arg(args.roles)), out=args.out,
+                           overwrite=args.overwrite, allow_dtype_mismatch=args.allow_dtype_mismatch)
+    with using(progress=not args.quiet):
+        res = run_probe(request)
     if args.out:
-        check_output_folder(args.out, args.overwrite)  # refused before the pass, not after it
-    pair = CheckpointPair(Checkpoint.open(args.base), args.post,
-                          allow_dtype_mismatch=args.allow_dtype_mismatch)
-    roles = options.roles_arg(args.roles)
-    rows = delta_norms(pair, roles=list(roles) if roles else None, progress=not args.quiet)
-    if args.out:
-        with atomic_folder(args.out, overwrite=args.overwrite) as tmp:
-            write_csv(rows, tmp / "deltas.csv")
         print(f"wrote {args.out}/deltas.csv")
-    floor = pair.dtype_mismatch is not None
-    if floor:
-        print(f"base and post are stored as {pair.dtype_mismatch[0]} and {pair.dtype_mismatch[1]}: `floor` is the "
-              f"||dW|| a bare conversion of the base would show; a delta near it is rounding noise")
+    mm = res.meta["dtype_mismatch"]
+    if mm:
+        print(f"base and post are stored as {mm['base']} and {mm['post']}: `floor` is the ||dW|| a bare conversion "
+              f"of the base would show; a delta near it is rounding noise")
     print(f"{'layer':>5} {'role':<8} {'shape':>13} {'||W_base||':>11} {'||dW||':>11} {'relative':>9}"
-          + (f" {'floor':>11}" if floor else ""))
-    for r in rows:
-        layer = "-" if r.layer is None else r.layer
+          + (f" {'floor':>11}" if mm else ""))
+    for r in res.norms.itertuples():
+        layer = "-" if pd.isna(r.layer) else r.layer
         print(f"{layer:>5} {r.role:<8} {f'{r.d_out}x{r.d_in}':>13} {r.base_norm:11.4g} {r.delta_norm:11.4g} "
-              f"{r.relative:9.3g}" + (f" {r.rounding_floor:11.4g}" if floor else ""))
+              f"{r.relative:9.3g}" + (f" {r.rounding_floor:11.4g}" if mm else ""))
     return 0

@@ -2,9 +2,9 @@
 
 RSF of every layer x role delta on the read side (vs the principal subspace of the module's input
 activations, from --calib) and the write side (vs the prediction subspace of the unembedding), against
-random subspaces as the null. Writes rsf.csv (tidy, one row per layer x role x side x subspace x k),
-headline.csv, spectrum.csv, heatmaps, RSF-vs-k curves, summary.md and meta.json (every setting and the
-statistics' provenance).
+random subspaces as the null, and the SVD structure probe of each matrix (unless --no-svd). Writes rsf.csv
+(tidy, one row per layer x role x side x subspace x k), headline.csv, spectrum.csv, svd.csv, heatmaps, RSF-vs-k
+curves, summary.md and meta.json (every setting and the statistics' provenance).
 """
 
 from __future__ import annotations
@@ -13,18 +13,22 @@ import argparse
 
 from rwedit.cli import options
 from rwedit.cli.options import config_help
+from rwedit.cli.svd import rank_arg
 
 CALIBRATION = "rwedit.probes.pipeline:CalibrationSettings"
 GRID = "rwedit.probes.grid:GridSettings"
+SVD = "rwedit.probes.pipeline:SvdSettings"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rwedit.probes.grid import DEFAULT_KS
+
     options.add_pair(p, many=True)
     p.add_argument("--series", help="a checkpoint series against the base instead of --post: a comma list of "
                    "folders or Hub ids with @revision, a YAML list, or a folder of checkpoint folders (checkpoint-N); "
                    "one member at a time into OUT/members/, resumable, with series.csv and series.png by step")
-    p.add_argument("--svd-r", type=options.positive_int, default=16,
-                   help="with --series or several --post: singular triplets of each SVD probe (default %(default)s)")
+    p.add_argument("--svd-r", type=rank_arg, help=config_help(SVD, "r", "singular triplets of each matrix's SVD probe, or 'full'"))
+    p.add_argument("--no-svd", action="store_true", help="skip the SVD structure probe (the RSF grid alone)")
     p.add_argument("--calib", help=config_help(
         CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
         ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
@@ -35,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_batch_size(p)
     p.add_argument("--field", help=config_help(CALIBRATION, "field", "jsonl/dataset field holding the text"))
     options.add_placement(p)
-    p.add_argument("--k", type=options.ints, default=(1, 4, 16, 64), help=config_help(
-        GRID, "ks", "subspace dimensions, e.g. 1,4,16,64 (a k not below a side's d is skipped there)") + " (default 1,4,16,64)")
+    p.add_argument("--k", type=options.ints, default=DEFAULT_KS, help=config_help(
+        GRID, "ks", "subspace dimensions (a k not below a side's d is skipped there)")
+        + f" (default {','.join(map(str, DEFAULT_KS))})")
     p.add_argument("--null-seeds", type=options.count, default=0, help=config_help(
         GRID, "null_seeds", "random subspaces per delta for a seeded null beside the exact one; 0: the exact null alone")
         + " (default %(default)s)")
@@ -59,37 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.grid import GridSettings
-    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe
+    from rwedit.probes.pipeline import CalibrationSettings, ProbeRequest, SvdSettings, run_probe
+    from rwedit.runtime import using
 
     calib = None
     if args.calib:
         calib = CalibrationSettings(data=args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
                                     batch_size=args.batch_size, field=args.field, device=args.device,
                                     placement=options.placement(args))
-    settings = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed, centred=args.centred,
-                            prediction_gain=args.fold_final_norm, roles=options.roles_arg(args.roles),
-                            layers=args.layers)
-    from rwedit.errors import ConfigError
-
-    if bool(args.series) == bool(args.post):
-        raise ConfigError("give --post (one or several fine-tunes) or --series (a checkpoint series), not both "
-                          "and not neither")
+    grid = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed,
+                        centred=args.centred, prediction_gain=args.fold_final_norm,
+                        roles=options.roles_arg(args.roles), layers=args.layers)
+    svd = None if args.no_svd else SvdSettings() if args.svd_r is None else SvdSettings(r=args.svd_r)
+    request = ProbeRequest(args.base, tuple(args.post or ()), series=args.series, calibration=calib, grid=grid,
+                           svd=svd, out=args.out, overwrite=args.overwrite,
+                           allow_dtype_mismatch=args.allow_dtype_mismatch)
+    with using(progress=not args.quiet, cache_dir=args.cache_dir):
+        res = run_probe(request)
     if args.series:
-        from rwedit.probes.pipeline import run_rsf_series
-
-        return options.show_probe(run_rsf_series(args.base, args.series, args.out, calib, settings, svd_r=args.svd_r,
-                                                 cache_dir=args.cache_dir, progress=not args.quiet),
-                                  "members/, series.csv, series.png", "the series, member by member")
-    if len(args.post) > 1:  # several fine-tunes of one base: one table and one figure, the base read once
-        from rwedit.probes.pipeline import run_rsf_compare
-
-        return options.show_probe(run_rsf_compare(args.base, args.post, args.out, calib, settings,
-                                                  cache_dir=args.cache_dir, progress=not args.quiet,
-                                                  overwrite=args.overwrite, svd_r=args.svd_r),
-                                  "rsf.csv, compare.csv, compare.png, summary.md", "RSF per fine-tune")
-    return options.show_probe(run_rsf_probe(args.base, args.post[0], args.out, calib, settings,
-                                            cache_dir=args.cache_dir, progress=not args.quiet,
-                                            overwrite=args.overwrite,
-                                            allow_dtype_mismatch=args.allow_dtype_mismatch),
-                              "rsf.csv, headline.csv, summary.md and plots",
+        return options.show_probe(res, "members/, series.csv, series.png", "the series, member by member")
+    if len(request.posts) > 1:
+        return options.show_probe(res, "rsf.csv, compare.csv, compare.png, summary.md", "RSF per fine-tune")
+    return options.show_probe(res, "rsf.csv, headline.csv, " + ("svd.csv, " if svd else "") + "summary.md and plots",
                               "RSF headline (mean over layers; 1 = isotropic)")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 
 from rwedit.cli import options
+from rwedit.cli.options import config_help
+
+SVD = "rwedit.probes.pipeline:SvdSettings"
 
 
 def rank_arg(text: str) -> int | str:
@@ -22,11 +25,11 @@ def rank_arg(text: str) -> int | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rwedit.probes.svd import DEFAULT_R
+
     options.add_pair(p)
-    p.add_argument("--r", default=64, type=rank_arg, help="top-r singular triplets, or 'full' (default 64)")
-    p.add_argument("--method", choices=("auto", "full", "lowrank"), default="auto",
-                   help="full SVD, the certified randomized top-r SVD (refused where it cannot meet its error "
-                        "bound), or auto (full when min(d) <= 1024, else randomized with the full SVD as fallback)")
+    p.add_argument("--r", default=DEFAULT_R, type=rank_arg, help=config_help(SVD, "r", ""))
+    p.add_argument("--method", choices=("auto", "full", "lowrank"), default="auto", help=config_help(SVD, "method", ""))
     options.add_roles(p)
     options.add_out(p, default="rwedit-svd")
     options.add_overwrite(p)
@@ -34,10 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.probes.pipeline import run_svd_probe
+    from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe
+    from rwedit.runtime import using
 
-    return options.show_probe(run_svd_probe(args.base, args.post, args.out, r=args.r, method=args.method,
-                                            roles=options.roles_arg(args.roles), progress=not args.quiet,
-                                            overwrite=args.overwrite,
-                                            allow_dtype_mismatch=args.allow_dtype_mismatch),
-                              "svd.csv, summary.md and plots", "Per role (mean and sd over layers)")
+    request = ProbeRequest(args.base, (args.post,), grid=None,
+                           svd=SvdSettings(r=args.r, method=args.method, roles=options.roles_arg(args.roles)),
+                           out=args.out, overwrite=args.overwrite, allow_dtype_mismatch=args.allow_dtype_mismatch)
+    with using(progress=not args.quiet):
+        res = run_probe(request)
+    return options.show_probe(res, "svd.csv, summary.md and plots", "Per role (mean and sd over layers)")

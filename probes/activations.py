@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 # INPUT_GROUP / GROUP_ROLE (which roles read one input tensor) live in the registry; importable from here too
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
-from rwedit.errors import DataError, NonFiniteError
+from rwedit.config import Config, option
+from rwedit.errors import ConfigError, DataError, NonFiniteError
 from rwedit.models import execution_device, input_device, named_weights
 from rwedit.outputs import follow_umask, umask_mode
 from rwedit.probes.subspaces import Spectrum, eig_subspace
@@ -34,20 +35,19 @@ STATS_VERSION = 2  # 2: spectra stored with the sums
 
 
 @dataclass(frozen=True)
-class StatsSettings:
+class StatsSettings(Config):
     """What a statistic depends on besides the model and the tokens (recorded in every result)."""
 
-    roles: tuple[str, ...] = ("q", "o", "up", "down")
-    layers: tuple[int, ...] | None = None  # None = all
-    #: "float64": products and sums in float64 (exact; the default); "mixed": each batch's a aᵀ in float32,
-    #: summed across batches in float64 (~2x faster on CPU, relative error ~1e-7); "float32": all float32
-    dtype: str = "float64"
+    roles: tuple[str, ...] = option(("q", "o", "up", "down"), help="roles whose inputs are collected")
+    layers: tuple[int, ...] | None = option(None, help="layers (default: all)")
+    dtype: str = option("float64", help="float64: products and sums in float64 (exact); mixed: each batch's "
+                        "a aᵀ in float32, summed in float64 (~2x faster on CPU, relative error ~1e-7); float32: all")
+    seq_len: int = option(256, help="tokens per sequence")
+    batch_size: int = option(8, help="sequences per forward pass")
 
     def __post_init__(self):
         if self.dtype not in ("float64", "mixed", "float32"):
-            raise ValueError(f"StatsSettings.dtype must be float64, mixed or float32, not {self.dtype!r}")
-    seq_len: int = 256
-    batch_size: int = 8
+            raise ConfigError(f"StatsSettings.dtype must be float64, mixed or float32, not {self.dtype!r}")
 
 
 #: eigenvectors kept per end of each spectrum in memory and in the cache (eigenvalues are kept in full)

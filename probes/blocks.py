@@ -1,9 +1,11 @@
-"""Consumers of a weight delta streamed in row (or column) blocks: the probes' sums, built up block by block
-so that a matrix is never held whole in float32 unless a consumer needs it (:class:`Dense`).
+"""Consumers of a weight delta streamed in row (or column) blocks (:func:`rwedit.stream.stream_pair`): the
+probes' sums, built up block by block so that a matrix is never held whole in float32 unless a consumer
+needs it (:class:`Dense`).
 
 Each consumer takes ``add(axis, index, delta, base)`` — ``delta = ΔW[index, :]`` for axis 0 or
-``ΔW[:, index]`` for axis 1 — and gives its result when the matrix is complete. The whole-matrix
-functions of :mod:`rwedit.probes.rsf` are their reference (tests compare the two on every layout)."""
+``ΔW[:, index]`` for axis 1, dense or (an adapter post) in factor form — and gives its result when the
+matrix is complete. The whole-matrix functions of :mod:`rwedit.probes.rsf` are their reference (tests
+compare the two on every layout)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,8 @@ import math
 
 import torch
 
+from rwedit.lowrank import LowRankDelta
 from rwedit.probes.rsf import concentration_of_gram, gram_concentration
-
-
-def sumsq(t: torch.Tensor, chunk: int = 1 << 20) -> float:
-    """‖t‖²_F as a float64 sum of float32 dots over 1M-element chunks: a single float32 reduction over a
-    vocabulary-sized matrix (65M elements) is off by 1e-4 (dot) to 1e-2 (``vector_norm``) relative."""
-    return sum(float(torch.dot(c, c)) for c in t.reshape(-1).split(chunk))
 
 
 class Norms:
@@ -28,7 +25,9 @@ class Norms:
         self.bb = self.bd = self.dd = self.floor = 0.0
         self.low = low
 
-    def add(self, axis, index, delta: torch.Tensor, base: torch.Tensor) -> None:
+    def add(self, axis, index, delta, base: torch.Tensor) -> None:
+        if isinstance(delta, LowRankDelta):  # an adapter's block: small, formed in the base block's dtype
+            delta = delta.dense(base.dtype)
         d, b = delta.reshape(-1), base.reshape(-1)
         self.bb += float(torch.dot(b, b))
         self.bd += float(torch.dot(b, d))
@@ -50,6 +49,47 @@ class Norms:
         return math.sqrt(self.dd)
 
 
+class _Factors:
+    """A delta fed in factor form ΔW = U Vᵀ, in blocks of U's rows (axis 0) or of V's rows (axis 1): UᵀU, VᵀV
+    and the products Vᵀ B (read side) and Uᵀ B (write side) with each side's basis B. The cut factor's terms
+    add up over the blocks; the other factor is whole in every block and taken once."""
+
+    def __init__(self):
+        self.gram: dict[str, torch.Tensor] = {}
+        self.proj: dict[str, torch.Tensor] = {}
+
+    def _put(self, store: dict, key: str, cut: bool, make) -> None:
+        if cut:
+            store[key] = make() if key not in store else store[key] + make()
+        elif key not in store:
+            store[key] = make()
+
+    def add(self, axis: int, index, low: LowRankDelta, bases: dict[str, torch.Tensor] | None = None) -> None:
+        for name, F in (("U", low.U), ("V", low.V)):
+            self._put(self.gram, name, (name == "U") == (axis == 0), lambda: F.T @ F)
+        for side, name, F in (("read", "V", low.V), ("write", "U", low.U)):
+            B = (bases or {}).get(side)
+            if B is not None:
+                cut = (name == "U") == (axis == 0)
+                self._put(self.proj, side, cut, lambda: F.T @ (B[index] if cut else B))
+
+    @property
+    def total(self) -> float:
+        """‖U Vᵀ‖²_F = tr(UᵀU · VᵀV)."""
+        return float(torch.sum(self.gram["U"] * self.gram["V"]))
+
+    def energies(self, side: str) -> torch.Tensor:
+        """‖ΔW b‖² = xᵀ(UᵀU)x with x = Vᵀb (read); ‖ΔWᵀ b‖² = yᵀ(VᵀV)y with y = Uᵀb (write)."""
+        x = self.proj[side]
+        return (x * (self.gram["U" if side == "read" else "V"] @ x)).sum(dim=0)
+
+    def concentration(self) -> float:
+        """Σσ⁴ / (Σσ²)² = tr((UᵀU VᵀV)²) / tr(UᵀU VᵀV)²: r × r products only."""
+        m = self.gram["U"] @ self.gram["V"]
+        total = float(torch.trace(m))
+        return math.nan if total == 0.0 else float(torch.trace(m @ m)) / total ** 2
+
+
 class Projections:
     """Per-column energies of ΔW against a read-side basis (‖ΔW b_j‖², b_j in R^d_in) and a write-side basis
     (‖ΔWᵀ b_j‖², b_j in R^d_out), and ‖ΔW‖²_F. A side whose blocks cut across its basis' dimension sums
@@ -60,9 +100,11 @@ class Projections:
         self.shape, self.dtype = shape, dtype
         self.read = None if read is None else read.to(dtype)
         self.write = None if write is None else write.to(dtype)
-        self.total = 0.0
+        self._bases = {"read": read, "write": write}  # as given: factored blocks project in float64
+        self._total = 0.0
         self._e: dict[str, torch.Tensor] = {}
         self._acc: dict[str, torch.Tensor] = {}
+        self._factors: _Factors | None = None
 
     def _sum(self, side: str, energies: torch.Tensor) -> None:
         e = energies.double()
@@ -74,12 +116,18 @@ class Projections:
         else:
             self._acc[side] = product.clone()
 
-    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+    def add(self, axis, index, delta, base=None) -> None:
+        if isinstance(delta, LowRankDelta):
+            if self._factors is None:
+                self._factors = _Factors()
+                self._bases = {s: b.double() for s, b in self._bases.items() if b is not None}
+            self._factors.add(axis, index, delta, self._bases)
+            return
         if delta.is_contiguous():
             d = delta.reshape(-1)
-            self.total += float(torch.dot(d, d))
+            self._total += float(torch.dot(d, d))
         else:
-            self.total += float(torch.linalg.vector_norm(delta)) ** 2
+            self._total += float(torch.linalg.vector_norm(delta)) ** 2
         if axis == 0:  # rows of ΔW: read energies add up; the write side needs Σ_block B[rows]ᵀ ΔW[rows]
             if self.read is not None:
                 self._sum("read", (delta @ self.read).pow(2).sum(0))
@@ -91,8 +139,15 @@ class Projections:
             if self.write is not None:
                 self._sum("write", (delta.T @ self.write).pow(2).sum(0))
 
+    @property
+    def total(self) -> float:
+        """‖ΔW‖²_F."""
+        return self._factors.total if self._factors is not None else self._total
+
     def energies(self, side: str) -> torch.Tensor:
         """Float64 ``‖ΔW b_j‖²`` (read) or ``‖ΔWᵀ b_j‖²`` (write) for every column b_j of that side's basis."""
+        if self._factors is not None:
+            return self._factors.energies(side)
         if side in self._acc:
             a = self._acc[side].double()
             return a.pow(2).sum(0) if side == "read" else a.pow(2).sum(1)
@@ -106,7 +161,8 @@ class Gram:
     """Σσ⁴ / (Σσ²)² of ΔW (the exact RSF null's concentration). Blocks that run along the larger dimension
     add up the smaller Gram matrix directly (gathered into ≥ ``GATHER`` rows or columns first: a Gram update
     from a thin block runs the matrix product well below its speed); otherwise the matrix is assembled
-    (:class:`Dense`) and its smaller Gram formed at the end — the one consumer that may hold the whole delta."""
+    (:class:`Dense`) and its smaller Gram formed at the end — the one consumer that may hold the whole delta. A
+    delta in factor form needs neither: its r × r Gram matrices give the number."""
 
     GATHER = 512
 
@@ -115,7 +171,9 @@ class Gram:
         # axis 0 blocks are rows: Σ Xᵀ X is the d_in Gram, the small one when d_in <= d_out
         self.streamed = (d_in <= d_out) if axis == 0 else (d_out <= d_in)
         self.G: torch.Tensor | None = None
-        self.dense = None if self.streamed else Dense(shape, dtype)
+        self.shape, self.dtype = shape, dtype
+        self.dense: Dense | None = None  # made at the first dense block that needs it
+        self._factors: _Factors | None = None
         if self.streamed:
             side = d_in if axis == 0 else d_out
             self.G = torch.zeros(side, side, dtype=dtype)
@@ -129,8 +187,13 @@ class Gram:
             self.G.addmm_(X.T, X)
             self._n = 0
 
-    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+    def add(self, axis, index, delta, base=None) -> None:
+        if isinstance(delta, LowRankDelta):
+            self._factors = self._factors or _Factors()
+            self._factors.add(axis, index, delta)
+            return
         if not self.streamed:
+            self.dense = self.dense or Dense(self.shape, self.dtype)
             self.dense.add(axis, index, delta)
             return
         X = delta if axis == 0 else delta.T  # the blocks as rows of the matrix whose Xᵀ X is the small Gram
@@ -144,6 +207,8 @@ class Gram:
         self._n += X.shape[0]
 
     def concentration(self) -> float:
+        if self._factors is not None:
+            return self._factors.concentration()
         if not self.streamed:
             return gram_concentration(self.dense.matrix)
         self._flush()
@@ -157,7 +222,9 @@ class Dense:
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32):
         self.matrix = torch.zeros(shape, dtype=dtype)
 
-    def add(self, axis, index, delta: torch.Tensor, base=None) -> None:
+    def add(self, axis, index, delta, base=None) -> None:
+        if isinstance(delta, LowRankDelta):
+            delta = delta.dense(self.matrix.dtype)
         if axis == 0:
             self.matrix[index] = delta
         else:

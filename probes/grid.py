@@ -13,20 +13,22 @@ Which subspace applies where:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
-from rwedit.checkpoints import (Checkpoint, CheckpointPair, LoraPost, LowRankDelta, TensorReader,
-                                explain_non_finite, iter_posts, stream_pair)
+from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
+from rwedit.config import Config, option
 from rwedit.errors import ConfigError
+from rwedit.lowrank import LowRankDelta
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
                                rsf_nested)
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
+from rwedit.stream import explain_non_finite, stream_pair
 
 DEFAULT_KS = (1, 4, 16, 64)
 SUBSPACES = ("activation", "prediction", "random")
@@ -35,25 +37,24 @@ COLUMNS = ("layer", "role", "pathway", "side", "subspace", "k", "d", "fraction",
 
 
 @dataclass(frozen=True)
-class GridSettings:
-    """Every open choice of the grid; recorded next to the results."""
+class GridSettings(Config):
+    """Every open choice of the RSF grid; recorded next to the results (the ``grid:`` section of a probe
+    request, the grid options of ``rwedit probe``)."""
 
-    ks: tuple[int, ...] = DEFAULT_KS
-    sides: tuple[str, ...] = ("read", "write")
-    subspaces: tuple[str, ...] = SUBSPACES
-    #: the null: 0 = the exact null alone (mean 1, sd in closed form; default: exact, and at 1.1B as costly as
-    #: 8 seeds); n >= 2 adds a seeded null of n random subspaces, whose mean and sd then fill the null columns
-    null_seeds: int = 0
-    seed: int = 0  # the "random" subspace row uses this seed; the null uses seed+1 .. seed+null_seeds
-    centred: bool = False  # activation subspace from the centred covariance instead of E[a aᵀ]
-    prediction_gain: bool = False  # prediction subspace of W_U·diag(γ_final) instead of W_U
-    roles: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    #: the exact null's sd per row: one Gram matrix per delta, O(d_out·d_in·min(d_out, d_in)) — cheap on small
-    #: models, more than the seeds' projections on 7B-size matrices (off: the exact-null columns are NaN)
-    exact_null: bool = True
-    #: precision of the projections ΔW·B (sums are float64 either way); float32 changes RSF by ~1e-7 relative
-    precision: str = "float32"
+    ks: tuple[int, ...] = option(DEFAULT_KS, help="subspace dimensions (a k not below a side's d is skipped there)")
+    sides: tuple[str, ...] = option(("read", "write"), help="sides of each delta: read, write, both (two-sided)")
+    subspaces: tuple[str, ...] = option(SUBSPACES, help="subspaces: activation, prediction, random")
+    null_seeds: int = option(0, help="random subspaces per delta for a seeded null beside the exact one; 0: the "
+                             "exact null alone (mean 1, sd in closed form; at 1.1B as costly as 8 seeds)")
+    seed: int = option(0, help="seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)")
+    centred: bool = option(False, help="activation subspace from the centred covariance instead of E[a aᵀ]")
+    prediction_gain: bool = option(False, help="prediction subspace of W_U·diag(γ_final) instead of W_U")
+    roles: tuple[str, ...] | None = option(None, help="roles to probe (default: all)")
+    layers: tuple[int, ...] | None = option(None, help="layers to probe (default: all)")
+    exact_null: bool = option(True, help="the exact null's sd per row: one Gram matrix per delta (cheap on small "
+                              "models, more than the seeds' projections on 7B-size matrices; off: NaN)")
+    precision: str = option("float32", help="precision of the projections ΔW·B (sums are float64 either way); "
+                            "float32 changes RSF by ~1e-7 relative")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -331,39 +332,29 @@ def rsf_grid_pair(
 
 def rsf_grid_posts(
     base: Checkpoint,
-    posts: Mapping[str, "Checkpoint | LoraPost"],
+    posts: Mapping[str, object],
     stats: ActivationStats | None = None,
     settings: GridSettings = GridSettings(),
     progress: bool = True,
 ) -> Iterator[dict]:
     """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
     its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
-    and one prediction subspace. Memory: the base tensor plus one tensor per post."""
+    and one prediction subspace. Memory: a few row blocks per post (an adapter's: its factors)."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
-    ctx = grid_context(layout, stats, prediction_from_pair(base, settings.prediction_gain)
-                       if "prediction" in settings.subspaces else None)
+    ctx = GridContext(layout.dims.hidden, stats, prediction_from_pair(base, settings.prediction_gain)
+                      if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)
-    bar = tqdm(total=len(views), desc="RSF grid", disable=not progress)
-    if not any(isinstance(p, LoraPost) for p in posts.values()):  # checkpoints: streamed in row blocks
-        # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
-        for view, sinks in stream_pair(base, list(posts.values()), views,
-                                       lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
-                                       dtype=settings.dtype, check_finite=False):
-            for name, sink in zip(names, sinks):
-                for row in sink.rows():
-                    yield {"post": name, **row}
-            bar.update()
-    else:
-        for rps in iter_posts(base, list(posts.values()), views):
-            for name, rp in zip(names, rps):
-                delta = rp.low_rank if rp.low_rank is not None else rp.delta  # an adapter's delta stays factored
-                for row in rows_for_delta(delta, rp.layer, rp.role, ctx, settings):
-                    yield {"post": name, **row}
-            bar.update()
-    bar.close()
+    # the projections' ‖ΔW‖² shows a NaN/Inf weight: no separate finiteness pass over every block
+    for view, sinks in tqdm(stream_pair(base, list(posts.values()), views,
+                                        lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
+                                        dtype=settings.dtype, check_finite=False),
+                            total=len(views), desc="RSF grid", disable=not progress):
+        for name, sink in zip(names, sinks):
+            for row in sink.rows():
+                yield {"post": name, **row}
 
 
 def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
@@ -373,11 +364,3 @@ def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
     import pandas as pd
 
     return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings, progress)), columns=list(COLUMNS))
-
-
-def grid_context(layout: Layout, stats: ActivationStats | None, prediction: Spectrum | None) -> GridContext:
-    return GridContext(hidden=layout.dims.hidden, stats=stats, prediction=prediction)
-
-
-def settings_dict(settings: GridSettings) -> dict:
-    return asdict(settings)

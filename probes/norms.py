@@ -11,8 +11,9 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from rwedit.checkpoints import CheckpointPair, LoraPost, explain_non_finite, stream_pair
-from rwedit.probes.blocks import Norms, sumsq
+from rwedit.checkpoints import CheckpointPair
+from rwedit.probes.blocks import Norms
+from rwedit.stream import explain_non_finite, stream_pair
 from rwedit.outputs import make_folder, write_text
 
 
@@ -43,23 +44,15 @@ def delta_norms(
 ) -> list[DeltaNorm]:
     """Stream the pair once, in row blocks, and return the Frobenius norms of every role's base, post and delta."""
     views = pair.layout.views(roles, layers)
-    bar = tqdm(total=len(views), desc="delta norms", disable=not progress)
+    low = pair.rounding_dtype()
     out = []
-    if isinstance(pair.post, LoraPost):  # an adapter's delta is small and exact in factor form
-        for rp in pair.iter_roles(roles, layers):
-            out.append(DeltaNorm(rp.layer, rp.role, rp.view.d_out, rp.view.d_in, sumsq(rp.base) ** 0.5,
-                                 sumsq(rp.post) ** 0.5, sumsq(rp.delta) ** 0.5, pair.rounding_floor(rp.base)))
-            bar.update()
-    else:
-        low = pair.rounding_dtype()
-        # the sums themselves show a NaN/Inf weight: no separate finiteness pass over every block
-        for view, (n,) in stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)], check_finite=False):
-            if not math.isfinite(n.bb + n.bd + n.dd):
-                explain_non_finite([pair.base, pair.post], view)
-            out.append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
-                                 n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
-            bar.update()
-    bar.close()
+    # the sums themselves show a NaN/Inf weight: no separate finiteness pass over every block
+    for view, (n,) in tqdm(stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)], check_finite=False),
+                           total=len(views), desc="delta norms", disable=not progress):
+        if not math.isfinite(n.bb + n.bd + n.dd):
+            explain_non_finite([pair.base, pair.post], view)
+        out.append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
+                             n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
     return out
 
 

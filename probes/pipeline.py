@@ -1,10 +1,13 @@
-"""End-to-end probes on a checkpoint pair: results file + headline + plots + summary in one folder."""
+"""The probe stage's one entry point: :func:`run_probe` over a :class:`ProbeRequest` — a base against one post,
+several fine-tunes side by side, or an ordered checkpoint series (checkpoints or LoRA adapters) — with the RSF
+grid and the SVD structure probe of every post, one pass over the pair per probe with the base read once for
+all posts. It returns the tables (:class:`ProbeResult`) and writes a folder only when asked."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,24 +15,19 @@ import torch
 from tqdm.auto import tqdm
 
 from rwedit import __version__
-from rwedit.checkpoints import Checkpoint, CheckpointPair
+from rwedit.checkpoints import Checkpoint, CheckpointPair, iter_posts
 from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
-from rwedit.models import Placement, check_window, load_model_and_tokenizer
-from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
-from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_pair
-from rwedit.probes.report import (
-    markdown_table,
-    plot_rsf_heatmaps,
-    plot_rsf_vs_k,
-    pyplot,
-    rsf_headline,
-    save_figure,
-    write_rows,
-)
 from rwedit.errors import ConfigError
+from rwedit.models import Placement, check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, write_json
-from rwedit.probes.svd import clip_rank, svd_structure
+from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_posts
+from rwedit.probes.norms import delta_norms, write_csv
+from rwedit.probes.report import (markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline,
+                                  save_figure, write_rows)
+from rwedit.probes.svd import DEFAULT_R, clip_rank, svd_structure
+from rwedit.runtime import runtime, using
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
                "reparam_error", "truncation_floor")
@@ -53,15 +51,18 @@ class CalibrationSettings(Config):
 
 
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
-                         cache_dir: str | Path | None = None, progress: bool = True) -> ActivationStats:
-    """Collect (or reuse from the cache) second moments of the base model's reader inputs."""
+                         cache_dir: str | Path | None = None, progress: bool | None = None) -> ActivationStats:
+    """Collect (or reuse from the cache) second moments of the base model's reader inputs (the cache folder
+    and progress: the run-wide settings unless given)."""
     check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
     model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
     texts = read_texts(calib.data, field=calib.field)
     ids = pack_tokens(tok, texts, calib.seq_len, calib.tokens)
     settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)
-    stats = cached_activation_stats(model, ids, settings, source=str(calib.data), cache_dir=cache_dir,
-                                    progress=progress)
+    rt = runtime()
+    stats = cached_activation_stats(model, ids, settings, source=str(calib.data),
+                                    cache_dir=rt.cache_dir if cache_dir is None else cache_dir,
+                                    progress=rt.progress if progress is None else progress)
     del model
     return stats
 
@@ -85,68 +86,332 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
 
 
 @dataclass(frozen=True)
-class ProbeRun:
-    """What a probe run returns: the folder it wrote and the headline table its ``summary.md`` shows."""
+class SvdSettings(Config):
+    """The SVD structure probe (He & Cao) of every layer matrix: the ``svd:`` section of a probe request and
+    the options of ``rwedit svd``."""
 
-    folder: Path
-    table: pd.DataFrame
+    r: int | str = option(DEFAULT_R, help=f"top-r singular triplets of each matrix (all of a smaller one's), "
+                          f"or 'full' (default {DEFAULT_R})")
+    method: str = option("auto", help="full SVD, the certified randomized top-r SVD (refused where it cannot "
+                         "meet its error bound), or auto (full when min(d) <= 1024, else randomized with the full "
+                         "SVD as fallback)")
+    roles: tuple[str, ...] | None = option(None, help="roles of the SVD probe (default: every layer role)")
 
-
-def run_rsf_probe(
-    base: str,
-    post: str,
-    out: str | Path,
-    calib: CalibrationSettings | None = None,
-    settings: GridSettings = GridSettings(),
-    allow_pickle: bool | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    allow_dtype_mismatch: bool = False,
-) -> ProbeRun:
-    """RSF grid of (post − base): ``rsf.csv``, ``headline.csv``, plots and ``summary.md`` in ``out``
-    (written whole into a temporary folder and renamed into place; an existing ``out`` needs ``overwrite``)."""
-    t0 = time.perf_counter()
-    final = check_output_folder(out, overwrite)
-    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle), post, allow_pickle=allow_pickle,
-                          allow_dtype_mismatch=allow_dtype_mismatch)  # validated before heavy work; post may be a LoRA
-    roles = settings.roles or pair.layout.roles()
-    skipped_ks = check_ks(settings, pair.layout, roles)
-    with atomic_folder(final, overwrite) as out:
-        head = _rsf_probe_into(out, pair, base, post, calib, settings, roles, skipped_ks, cache_dir, progress, t0)
-    return ProbeRun(final, head)
+    def __post_init__(self):
+        if self.r != "full" and (not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1):
+            raise ConfigError(f"r = {self.r!r}: give a positive number of singular triplets, or 'full'")
+        if self.method not in ("auto", "full", "lowrank"):
+            raise ConfigError(f"method = {self.method!r}: choose auto, full or lowrank")
 
 
-def _rsf_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, calib, settings: GridSettings, roles,
-                    skipped_ks: dict[int, int], cache_dir, progress: bool, t0: float) -> pd.DataFrame:
+@dataclass(frozen=True)
+class NormsSettings(Config):
+    """The norms probe: ‖W_base‖, ‖W_post‖ and ‖ΔW‖ of every role (``deltas.csv``), one streamed pass."""
+
+    roles: tuple[str, ...] | None = option(None, help="roles (default: every role, unembed included)")
+    layers: tuple[int, ...] | None = option(None, help="layers (default: all)")
+
+
+@dataclass(frozen=True)
+class ProbeRequest(Config):
+    """One probe run: a base against one post, several fine-tunes of it side by side, or an ordered checkpoint
+    series (posts: checkpoints or LoRA adapter folders), with the RSF grid and the SVD probe of each post.
+    Every setting holds in every mode; progress, the statistics cache and pickle permission are run-wide
+    (:mod:`rwedit.runtime`)."""
+
+    base: str = option(help="the base: a checkpoint folder or Hub id[@revision]")
+    posts: tuple[str, ...] = option((), help="the post side: one, or several fine-tunes of the base side by side "
+                                    "(checkpoint folders, Hub ids, LoRA adapter folders)")
+    series: str | None = option(None, help="instead of posts, a checkpoint series ordered by step: a comma list, "
+                                "a YAML list file or a folder of checkpoint folders (checkpoint-N); with `out`, "
+                                "probed member by member into OUT/members/ and resumable")
+    calibration: CalibrationSettings | None = option(None, help="calibration data of the activation subspaces "
+                                                     "(unset: no activation rows)")
+    grid: GridSettings | None = option(factory=GridSettings, help="the RSF grid (null: no RSF probe)")
+    svd: SvdSettings | None = option(factory=SvdSettings, help="the SVD structure probe (null: none)")
+    norms: NormsSettings | None = option(None, help="the per-role weight and delta norms (unset: none)")
+    claim_k: int = option(4, help="k of the per-post claims table (the grid's largest k not above it)")
+    out: str | None = option(None, path=True, help="write the results into this folder (unset: only return them)")
+    overwrite: bool = option(False, help="replace an existing output folder")
+    allow_dtype_mismatch: bool = option(False, help="probe a post stored in another dtype than the base (the "
+                                        "rounding-noise floor is reported next to the deltas)")
+    stop_after: int | None = option(None, help="a series: probe at most this many new members (a later run resumes)")
+
+    def __post_init__(self):
+        if isinstance(self.posts, (str, Path)) or not isinstance(self.posts, tuple):
+            object.__setattr__(self, "posts", (str(self.posts),) if isinstance(self.posts, (str, Path))
+                               else tuple(map(str, self.posts)))
+        if self.out is not None:
+            object.__setattr__(self, "out", str(self.out))
+        if bool(self.series) == bool(self.posts):
+            raise ConfigError("give --post / posts (one or several fine-tunes) or --series / series (a checkpoint "
+                              "series), not both and not neither")
+        if self.grid is None and self.svd is None and self.norms is None:
+            raise ConfigError("grid, svd and norms are all off: nothing to probe")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What :func:`run_probe` measured, as tables: ``rsf`` (the grid) and ``svd`` (per matrix), each with a
+    ``post`` column; ``claims``, per post the pathway claims at one k with their null and the SVD means (a
+    series: by step); ``headline``, a single post's grid averaged over layers (without a grid: its SVD
+    metrics per role); ``meta`` (every setting and source); ``folder``, where they were written (None when not
+    asked); ``norms``, the per-role norms (a ``post`` column)."""
+
+    rsf: pd.DataFrame | None
+    svd: pd.DataFrame | None
+    claims: pd.DataFrame
+    headline: pd.DataFrame | None
+    meta: dict
+    folder: Path | None = None
+    norms: pd.DataFrame | None = None
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The table a command shows: a single post's headline, else the per-post claims."""
+        return self.headline if self.headline is not None else self.claims
+
+
+@dataclass
+class _Run:
+    """A request opened and checked: the base, every post's pair, the roles and the statistics."""
+
+    rq: ProbeRequest
+    base: Checkpoint
+    pairs: dict[str, CheckpointPair]
+    roles: tuple[str, ...]
+    svd_roles: tuple[str, ...]
+    k_skipped: dict[int, int]
+    stats: ActivationStats | None
+    t0: float
+
+    def measure(self, names: list[str]) -> tuple[list[dict], list[dict], dict, dict, dict]:
+        """The grid rows and the SVD rows of the named posts, each with its ``post``, in the order of the pass
+        (one pass over the pair per probe, the base read once for all), the matrices whose rank clipped r,
+        each post's unchanged matrices and its norms."""
+        rq, posts = self.rq, {n: self.pairs[n].post for n in names}
+        progress = runtime().progress
+        rsf = list(rsf_grid_posts(self.base, posts, self.stats, rq.grid, progress)) if rq.grid is not None else []
+        svd: list[dict] = []
+        clipped: dict[str, int] = {}
+        unchanged: dict[str, list[str]] = {n: [] for n in names}
+        if rq.svd is not None:
+            r, views = rq.svd.r, self.base.layout.views(self.svd_roles)
+            for rps in tqdm(iter_posts(self.base, list(posts.values()), views), total=len(views), desc="SVD probe",
+                            disable=not progress):
+                for name, rp in zip(names, rps):
+                    r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
+                    if r_eff != "full" and r_eff < int(r):
+                        clipped[f"{rp.layer}.{rp.role}"] = r_eff
+                    if torch.equal(rp.base, rp.post):
+                        unchanged[name].append(f"{rp.layer}.{rp.role}")
+                    m = svd_structure(rp.base, rp.post, r=r_eff, method=rq.svd.method)
+                    svd.append({"post": name, "layer": rp.layer, "role": rp.role,
+                                **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
+        norms = {n: delta_norms(self.pairs[n], rq.norms.roles, rq.norms.layers, progress) for n in names} \
+            if rq.norms is not None else {}
+        return rsf, svd, clipped, unchanged, norms
+
+    def settings_meta(self) -> dict:
+        rq = self.rq
+        return {"rwedit_version": __version__,
+                "probe": "+".join(p for p, s in (("rsf", rq.grid), ("svd", rq.svd), ("norms", rq.norms)) if s),
+                "base": rq.base, "model_type": self.base.model_type,
+                **({"grid": asdict(rq.grid), "calibration": asdict(rq.calibration) if rq.calibration else None,
+                    "activation_stats": self.stats.meta if self.stats else None,
+                    "k_skipped": {str(k): n for k, n in self.k_skipped.items()}} if rq.grid else {}),
+                **({"svd": asdict(rq.svd)} if rq.svd else {}), **({"norms": asdict(rq.norms)} if rq.norms else {})}
+
+
+def run_probe(request: ProbeRequest) -> ProbeResult:
+    """Probe the request's posts against its base (:class:`ProbeRequest`). Every post is opened and checked
+    against the base before any heavy work; the activation statistics are collected once."""
+    rq, t0 = request, time.perf_counter()
+    final = check_output_folder(rq.out, rq.overwrite) if rq.out is not None and not rq.series else None
+    base = Checkpoint.open(rq.base)
+    members = series_members(rq.series) if rq.series else [(n, p, None) for n, p in zip(post_names(rq.posts), rq.posts)]
+    pairs = {n: CheckpointPair(base, ref, allow_dtype_mismatch=rq.allow_dtype_mismatch) for n, ref, _ in members}
+    roles = tuple((rq.grid.roles if rq.grid else None) or base.layout.roles())
+    k_skipped = check_ks(rq.grid, base.layout, roles) if rq.grid else {}
+    svd_roles = tuple((rq.svd.roles if rq.svd else None) or [x for x in base.layout.roles() if x != "unembed"])
+    base.layout.views(svd_roles)  # an unknown role fails here, before any work
     stats = None
-    if calib is not None and "activation" in settings.subspaces:
-        stat_roles = tuple(r for r in roles if r != "unembed")
-        stats = activation_stats_for(pair.base, calib, stat_roles, cache_dir, progress)
-    rows = list(rsf_grid_pair(pair, stats, settings, progress))
-    df = write_rows(rows, out / "rsf.csv", COLUMNS)
-    head = rsf_headline(df)
-    head.to_csv(out / "headline.csv", index=False)
-    plots = plot_rsf_heatmaps(df, out) + [plot_rsf_vs_k(df, out)]
-    spiked = []
-    if stats is not None:
-        spiked = spikedness_rows(stats, settings.ks, settings.centred)
-        write_rows(spiked, out / "spectrum.csv", list(spiked[0]) if spiked else [])
-    meta = {
-        "rwedit_version": __version__,
-        "probe": "rsf",
-        "base": base, "post": post, "sources": pair.sources(), "model_type": pair.base.model_type,
-        "grid": asdict(settings),
-        "calibration": asdict(calib) if calib else None,
-        "activation_stats": stats.meta if stats else None,
-        "k_skipped": {str(k): n for k, n in skipped_ks.items()},
-        "dtype_mismatch": _rounding_floor(pair, roles, settings, df),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "files": ["rsf.csv", "headline.csv", "summary.md"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else []),
-    }
-    write_json(out / "meta.json", meta)
-    (out / "summary.md").write_text(_rsf_summary(head, meta, spiked, plots))
-    return head[head["subspace"] != "random"].reset_index(drop=True)
+    if rq.calibration is not None and rq.grid is not None and "activation" in rq.grid.subspaces:
+        stats = activation_stats_for(base, rq.calibration, tuple(r for r in roles if r != "unembed"))
+    run = _Run(rq, base, pairs, roles, svd_roles, k_skipped, stats, t0)
+    if rq.series:
+        return _run_series(run, members)
+    measured = run.measure(list(pairs))
+    write = _pair_result if len(pairs) == 1 else _compare_result
+    if final is None:
+        return write(run, members, *measured, None)
+    with atomic_folder(final, rq.overwrite) as tmp:
+        res = write(run, members, *measured, tmp)
+    return replace(res, folder=final)
+
+
+def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict], clipped: dict,
+                 unchanged: dict[str, list[str]], norms: dict, out: Path | None) -> ProbeResult:
+    """One post's results, and its folder when ``out`` is given: ``rsf.csv``, ``headline.csv``,
+    ``spectrum.csv``, ``svd.csv``, the plots, ``meta.json`` and ``summary.md``."""
+    rq = run.rq
+    (name, ref, _), = members
+    pair = run.pairs[name]
+    rows = [{k: v for k, v in r.items() if k != "post"} for r in rows]
+    svd_rows = [{k: v for k, v in r.items() if k != "post"} for r in svd_rows]
+    files, plots, spiked = [], [], []
+    df = head = svd = svd_head = None
+    if rq.grid is not None:
+        df = pd.DataFrame(rows, columns=list(COLUMNS))
+        head = rsf_headline(df)
+        if run.stats is not None:
+            spiked = spikedness_rows(run.stats, rq.grid.ks, rq.grid.centred)
+        if out is not None:
+            df.to_csv(out / "rsf.csv", index=False)
+            head.to_csv(out / "headline.csv", index=False)
+            plots += plot_rsf_heatmaps(df, out) + [plot_rsf_vs_k(df, out)]
+            if spiked:
+                write_rows(spiked, out / "spectrum.csv", list(spiked[0]))
+            files += ["rsf.csv", "headline.csv"]
+    if rq.svd is not None:
+        svd = pd.DataFrame(svd_rows, columns=list(SVD_COLUMNS))
+        svd_head = svd.groupby("role", sort=False)[["scale", "scale_residual", "orth_U", "orth_V", "consistency",
+                                                    "reparam_error"]].agg(["mean", "std"])
+        svd_head.columns = [f"{a}_{b}" for a, b in svd_head.columns]
+        svd_head = svd_head.reset_index()
+        if out is not None:
+            svd.to_csv(out / "svd.csv", index=False)
+            plots += _plot_svd(svd, out)
+            files += ["svd.csv"]
+    if norms and out is not None:
+        write_csv(norms[name], out / "deltas.csv")
+        files += ["deltas.csv"]
+    meta = {**run.settings_meta(), "post": str(ref), "sources": pair.sources(),
+            "dtype_mismatch": _rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None)}
+    if rq.svd is not None:
+        meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
+    meta["seconds"] = round(time.perf_counter() - run.t0, 2)
+    meta["files"] = files + ["summary.md"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else [])
+    claims = _claims(run, [name], None if df is None else df.assign(post=name),
+                     None if svd is None else svd.assign(post=name))
+    if out is not None:
+        write_json(out / "meta.json", meta)
+        (out / "summary.md").write_text(_summary(meta, head, spiked, svd_head, len(svd_rows), plots))
+    return ProbeResult(None if df is None else df.assign(post=name)[["post", *COLUMNS]],
+                       None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims,
+                       svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True), meta,
+                       norms=_norms_frame(norms))
+
+
+def _norms_frame(norms: dict[str, list]) -> pd.DataFrame | None:
+    """The norms of each post as one table (a ``post`` column; ``layer`` is NA for unembed)."""
+    if not norms:
+        return None
+    df = pd.DataFrame([{"post": n, **asdict(r), "relative": r.relative} for n, rows in norms.items() for r in rows])
+    return df.astype({"layer": "Int64"})
+
+
+def _claims(run: _Run, names: list[str], rsf: pd.DataFrame | None, svd: pd.DataFrame | None) -> pd.DataFrame:
+    """Per post: the pathway claims at the request's k (:func:`compare_table`) and the SVD probe's mean scale
+    and consistency over the layer matrices (``rsf``, ``svd``: with a ``post`` column)."""
+    rq = run.rq
+    table = compare_table(rsf, claim_k(rq.grid, rq.claim_k)) if rsf is not None else pd.DataFrame({"post": names})
+    if svd is not None and not table.empty:
+        means = svd.groupby("post")[["scale", "consistency"]].mean()
+        table["svd_scale"] = table["post"].map(means["scale"])
+        table["svd_consistency"] = table["post"].map(means["consistency"])
+    return table
+
+
+def _compare_result(run: _Run, members: list, rsf: list[dict], svd: list[dict], clipped: dict, unchanged: dict,
+                    norms: dict, out: Path | None) -> ProbeResult:
+    """Several posts side by side: ``rsf.csv`` and ``svd.csv`` (a ``post`` column), ``compare.csv`` /
+    ``compare.png`` (:func:`_claims`), ``meta.json`` and ``summary.md`` in ``out`` when given."""
+    rq = run.rq
+    names = [n for n, _, _ in members]
+    df = pd.DataFrame(rsf, columns=["post", *COLUMNS]) if rq.grid else None
+    sv = pd.DataFrame(svd) if rq.svd else None
+    table = _claims(run, names, df, sv)
+    sources = {"base": run.pairs[names[0]].sources()["base"], **{n: run.pairs[n].sources()["post"] for n in names}}
+    kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
+    meta = {**run.settings_meta(), "probe": "rsf-compare", "posts": {n: str(ref) for n, ref, _ in members},
+            "sources": sources, "k": kk, "seconds": round(time.perf_counter() - run.t0, 2)}
+    if out is not None:
+        if df is not None:
+            df.to_csv(out / "rsf.csv", index=False)
+        if sv is not None:
+            sv.to_csv(out / "svd.csv", index=False)
+        table.to_csv(out / "compare.csv", index=False)
+        if norms:
+            _norms_frame(norms).to_csv(out / "deltas.csv", index=False)
+        plot = plot_compare(table, out / "compare.png") if "rsf_mean" in table else None
+        write_json(out / "meta.json", meta)
+        svd_note = (f" SVD probe: top-{rq.svd.r} singular triplets of each matrix (`svd.csv`; the table shows its "
+                    f"mean scale and consistency)." if rq.svd else "")
+        (out / "summary.md").write_text("\n".join([
+            f"# RSF of {len(names)} fine-tunes of `{rq.base}`", "",
+            f"RSF at k = {kk}, mean over layers and the roles of each pathway (± sem over matrices); the null is "
+            f"the random-subspace null (mean ± sd; 1 is isotropic). One base read, one set of activation "
+            f"statistics for all posts. Full grid: `rsf.csv` (a `post` column).{svd_note}", "",
+            markdown_table(table), ""] + ([f"![{plot.stem}]({plot.name})", ""] if plot else [])))
+    return ProbeResult(df, sv, table, None, meta, out, _norms_frame(norms))
+
+
+def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
+    """A checkpoint series, member by member: with ``out``, each member's single-post folder under
+    ``OUT/members/NAME`` (a complete one is not probed again, so a stopped run resumes) and ``series.csv`` /
+    ``series.png`` (each member's claims and SVD means against its step), rebuilt from the member folders."""
+    rq, out = run.rq, None if run.rq.out is None else Path(run.rq.out)
+    kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
+    results: dict[str, ProbeResult] = {}
+    done_now = 0
+    for name, ref, step in tqdm(members, desc="series", disable=not runtime().progress):
+        folder = None if out is None else out / "members" / name
+        if folder is not None and (folder / "meta.json").exists():
+            results[name] = _read_member(folder, name, kk)
+            continue
+        if rq.stop_after is not None and done_now >= rq.stop_after:
+            break
+        with using(progress=False):
+            measured = run.measure([name])
+        if folder is None:
+            results[name] = _pair_result(run, [(name, ref, step)], *measured, None)
+        else:
+            with atomic_folder(folder, overwrite=True) as tmp:
+                _pair_result(run, [(name, ref, step)], *measured, tmp)
+            results[name] = _read_member(folder, name, kk)  # as a resumed run reads it
+        done_now += 1
+    rows = []
+    for name, ref, step in members:
+        if name not in results:
+            continue
+        res = results[name]
+        src = res.meta["sources"]["post"]
+        claims = res.claims.set_index("claim")["rsf_mean"].to_dict() if "claim" in res.claims else {}
+        rows.append({"member": name, "step": step, "ref": ref, "commit": src.get("commit"),
+                     "fingerprint": src.get("fingerprint"), "k": kk, **{f"rsf {c}": v for c, v in claims.items()},
+                     **({"svd_scale": res.svd["scale"].mean(), "svd_consistency": res.svd["consistency"].mean()}
+                        if res.svd is not None else {})})
+    table = pd.DataFrame(rows)
+    if out is not None and not table.empty:
+        table.to_csv(out / "series.csv", index=False)
+        plot_series(table, out / "series.png")
+    frames = [r.rsf for r in results.values() if r.rsf is not None]
+    svds = [r.svd for r in results.values() if r.svd is not None]
+    meta = {**run.settings_meta(), "probe": "rsf-series", "members": {n: ref for n, ref, _ in members},
+            "seconds": round(time.perf_counter() - run.t0, 2)}
+    return ProbeResult(pd.concat(frames) if frames else None, pd.concat(svds) if svds else None, table, None, meta, out)
+
+
+def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
+    """A series member's results read back from its folder (its claims at ``k`` recomputed from its
+    ``rsf.csv``)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
+    svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
+    claims = compare_table(rsf.assign(post=name), k) if rsf is not None and k is not None else pd.DataFrame()
+    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *COLUMNS]],
+                       None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims, None, meta, folder)
 
 
 def post_names(posts) -> list[str]:
@@ -156,66 +421,6 @@ def post_names(posts) -> list[str]:
         name = Path(str(p).split("@")[0].rstrip("/")).name or str(p)
         names.append(name if name not in names else f"{name}_{len(names)}")
     return names
-
-
-def run_rsf_compare(
-    base: str,
-    posts: list[str],
-    out: str | Path,
-    calib: CalibrationSettings | None = None,
-    settings: GridSettings = GridSettings(),
-    allow_pickle: bool | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    k: int = 4,
-    svd_r: int | None = 16,
-) -> ProbeRun:
-    """Many fine-tunes of one base side by side: the RSF grid of each post (checkpoints or LoRA adapters)
-    against the base, read once per tensor for all of them with one set of activation statistics, into
-    ``rsf.csv`` (a ``post`` column), ``compare.csv`` / ``compare.png`` (per post: read side vs the
-    activation subspace and write side vs the prediction subspace at ``k``, with the null; and, unless
-    ``svd_r`` is None, the SVD probe's mean scale and consistency over the layer matrices, from a second pass
-    over the base shared by all posts into ``svd.csv``) and ``summary.md``. Each post's rows equal its
-    single-pair probe's."""
-    from rwedit.probes.grid import rsf_grid_posts
-
-    t0 = time.perf_counter()
-    final = check_output_folder(out, overwrite)
-    base_ckpt = Checkpoint.open(base, allow_pickle=allow_pickle)
-    names = post_names(posts)
-    pairs = {n: CheckpointPair(base_ckpt, p, allow_pickle=allow_pickle) for n, p in zip(names, posts)}  # all checked
-    roles = settings.roles or base_ckpt.layout.roles()
-    skipped_ks = check_ks(settings, base_ckpt.layout, roles)
-    with atomic_folder(final, overwrite) as tmp:
-        stats = None
-        if calib is not None and "activation" in settings.subspaces:
-            stats = activation_stats_for(base_ckpt, calib, tuple(r for r in roles if r != "unembed"), cache_dir, progress)
-        rows = list(rsf_grid_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, stats, settings, progress))
-        df = write_rows(rows, tmp / "rsf.csv", ["post", *COLUMNS])
-        kk = claim_k(settings, k)
-        table = compare_table(df, kk)
-        if svd_r is not None:
-            svd = _svd_posts(base_ckpt, {n: pr.post for n, pr in pairs.items()}, svd_r, progress)
-            svd.to_csv(tmp / "svd.csv", index=False)
-            means = svd.groupby("post")[["scale", "consistency"]].mean()
-            table["svd_scale"] = table["post"].map(means["scale"])
-            table["svd_consistency"] = table["post"].map(means["consistency"])
-        table.to_csv(tmp / "compare.csv", index=False)
-        plot = plot_compare(table, tmp / "compare.png")
-        sources = {"base": pairs[names[0]].sources()["base"], **{n: pr.sources()["post"] for n, pr in pairs.items()}}
-        write_json(tmp / "meta.json", {
-            "rwedit_version": __version__, "probe": "rsf-compare", "base": base, "posts": dict(zip(names, map(str, posts))),
-            "sources": sources, "model_type": base_ckpt.model_type, "grid": asdict(settings), "k": kk,
-            "calibration": asdict(calib) if calib else None, "activation_stats": stats.meta if stats else None,
-            "k_skipped": {str(x): n for x, n in skipped_ks.items()}, "seconds": round(time.perf_counter() - t0, 2)})
-        (tmp / "summary.md").write_text("\n".join([
-            f"# RSF of {len(names)} fine-tunes of `{base}`", "",
-            f"RSF at k = {kk}, mean over layers and the roles of each pathway (± sem over matrices); the null is "
-            f"the random-subspace null (mean ± sd; 1 is isotropic). One base read, one set of activation "
-            f"statistics for all posts. Full grid: `rsf.csv` (a `post` column).", "",
-            markdown_table(table), "", f"![{plot.stem}]({plot.name})", ""]))
-    return ProbeRun(final, table)
 
 
 def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
@@ -253,66 +458,11 @@ def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
     return [(n, r, step) for n, (r, step) in zip(names, out)]
 
 
-def run_rsf_series(
-    base: str,
-    members: str | list[str],
-    out: str | Path,
-    calib: CalibrationSettings | None = None,
-    settings: GridSettings = GridSettings(),
-    svd_r: int | str = 16,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-    k: int = 4,
-    stop_after: int | None = None,
-) -> ProbeRun:
-    """The RSF grid and the SVD probe of each member of a checkpoint series against one base (one set of
-    activation statistics, cached), one member at a time into ``OUT/members/NAME/{rsf,svd}``; a member whose
-    folders are complete is not recomputed, so a killed run resumes where it stopped. ``series.csv`` (per
-    member: name, step, commit or fingerprint, read/write-side RSF at ``k``, SVD scale and consistency) and
-    ``series.png`` (each against the step) are rebuilt from the member folders."""
-    out = Path(out)
-    todo = series_members(members)
-    base_ckpt = Checkpoint.open(base)
-    for _, ref, _ in todo:  # every member fits the base before the first one is probed
-        CheckpointPair(base_ckpt, ref)
-    done_now = 0
-    for name, ref, step in tqdm(todo, desc="series", disable=not progress):
-        folder = out / "members" / name
-        if (folder / "rsf" / "meta.json").exists() and (folder / "svd" / "meta.json").exists():
-            continue
-        if stop_after is not None and done_now >= stop_after:
-            break
-        if not (folder / "rsf" / "meta.json").exists():
-            run_rsf_probe(base, ref, folder / "rsf", calib, settings, cache_dir=cache_dir, progress=False, overwrite=True)
-        run_svd_probe(base, ref, folder / "svd", r=svd_r, progress=False, overwrite=True)
-        done_now += 1
-    rows = []
-    kk = claim_k(settings, k)
-    for name, ref, step in todo:
-        folder = out / "members" / name
-        if not (folder / "svd" / "meta.json").exists():
-            continue
-        meta = json.loads((folder / "rsf" / "meta.json").read_text())
-        grid = pd.read_csv(folder / "rsf" / "rsf.csv").assign(post=name)
-        claims = compare_table(grid, kk).set_index("claim")["rsf_mean"].to_dict()
-        svd = pd.read_csv(folder / "svd" / "svd.csv")
-        src = meta["sources"]["post"]
-        rows.append({"member": name, "step": step, "ref": ref, "commit": src.get("commit"),
-                     "fingerprint": src.get("fingerprint"), "k": kk,
-                     **{f"rsf {c}": v for c, v in claims.items()},
-                     "svd_scale": svd["scale"].mean(), "svd_consistency": svd["consistency"].mean()})
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table.to_csv(out / "series.csv", index=False)
-        plot_series(table, out / "series.png")
-    return ProbeRun(out, table)
-
-
 def plot_series(table: pd.DataFrame, path: Path) -> Path:
     """Each headline metric against the step: read- and write-side RSF side by side, then the SVD probe's."""
     plt = pyplot()
     rsf_cols = [c for c in table.columns if c.startswith("rsf ")]
-    cols = rsf_cols + ["svd_scale", "svd_consistency"]
+    cols = rsf_cols + [c for c in ("svd_scale", "svd_consistency") if c in table]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.2), squeeze=False)
     for ax, c in zip(axes[0], cols):
         ax.plot(table["step"], table[c], marker="o")
@@ -321,20 +471,6 @@ def plot_series(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(c.replace("rsf ", "RSF, "), fontsize=9)
         ax.set_xlabel("step")
     return save_figure(fig, path)
-
-
-def _svd_posts(base: Checkpoint, posts: dict, r: int, progress: bool) -> pd.DataFrame:
-    """The SVD probe of every layer matrix of each post, the base read once per tensor for all posts."""
-    from rwedit.checkpoints import iter_posts
-
-    views = base.layout.views([x for x in base.layout.roles() if x != "unembed"])
-    rows = []
-    for rps in tqdm(iter_posts(base, list(posts.values()), views), total=len(views), desc="SVD probe",
-                    disable=not progress):
-        for name, rp in zip(posts, rps):
-            m = svd_structure(rp.base, rp.post, r=clip_rank(r, rp.base.shape))
-            rows.append({"post": name, "layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
-    return pd.DataFrame(rows)
 
 
 #: the pathway claims a comparison shows: (label, side, subspace, roles)
@@ -393,13 +529,11 @@ def plot_compare(table: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _rounding_floor(pair: CheckpointPair, roles, settings: GridSettings, df: pd.DataFrame) -> dict | None:
+def _rounding_floor(pair: CheckpointPair, roles, layers) -> dict | None:
     """For a pair stored in two dtypes: the ‖ΔW‖ a bare conversion of the base shows, against the deltas."""
     if pair.dtype_mismatch is None:
         return None
-    from rwedit.probes.norms import delta_norms
-
-    norms = delta_norms(pair, roles, settings.layers, progress=False)
+    norms = delta_norms(pair, roles, layers, progress=False)
     ratios = sorted(n.delta_norm / n.rounding_floor for n in norms if n.rounding_floor > 0)
     return {"base": pair.dtype_mismatch[0], "post": pair.dtype_mismatch[1],
             "median_delta_over_floor": ratios[len(ratios) // 2] if ratios else None,
@@ -410,12 +544,23 @@ def _g(x) -> str:
     return "–" if x is None else f"{x:.3g}"
 
 
-def _rsf_summary(head, meta, spiked, plots) -> str:
+def _summary(meta: dict, head, spiked, svd_head, n_svd: int, plots) -> str:
+    """``summary.md`` of one post: what each probe measured, how, and its headline table."""
+    what = "RSF probe" if "grid" in meta else "SVD structure probe" if "svd" in meta else "Weight-delta norms"
+    lines = [f"# {what}: {meta['post']} vs {meta['base']}", "",
+             f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.", ""]
+    if "grid" in meta:
+        lines += _rsf_lines(head, meta, spiked)
+    if "svd" in meta:
+        lines += _svd_lines(meta, svd_head, n_svd)
+    lines += ["## Files", ""] + [f"- `{f}`" for f in meta["files"]] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _rsf_lines(head, meta: dict, spiked) -> list[str]:
     calib = meta["calibration"]
     lines = [
-        f"# RSF probe: {meta['post']} vs {meta['base']}",
-        "",
-        f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.",
         "RSF = share of ||dW||_F^2 inside a k-dim subspace divided by k/d (1 = isotropic). "
         + (f"`null_mean ± null_sd` is the RSF of the same delta against random subspaces "
            f"({meta['grid']['null_seeds']} seeds); " if meta['grid']['null_seeds'] else
@@ -451,76 +596,20 @@ def _rsf_summary(head, meta, spiked, plots) -> str:
 
         sp = pd.DataFrame(spiked).groupby(["input", "k"])[["topk_share", "participation_ratio"]].mean().reset_index()
         lines += ["## Spikedness of the activation spectra (mean over layers)", "", markdown_table(sp), ""]
-    lines += ["## Files", ""] + [f"- `{f}`" for f in meta["files"]] + [""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def run_svd_probe(
-    base: str,
-    post: str,
-    out: str | Path,
-    r: int | str = 64,
-    method: str = "auto",
-    roles: tuple[str, ...] | None = None,
-    allow_pickle: bool | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    allow_dtype_mismatch: bool = False,
-) -> ProbeRun:
-    """HC's SVD structure probe per matrix: ``svd.csv``, plots and ``summary.md`` in ``out`` (written whole
-    into a temporary folder and renamed into place; an existing ``out`` needs ``overwrite``)."""
-    t0 = time.perf_counter()
-    final = check_output_folder(out, overwrite)
-    if r != "full" and (not isinstance(r, int) or r < 1):
-        raise ConfigError(f"r = {r!r}: give a positive number of singular triplets, or 'full'")
-    pair = CheckpointPair(Checkpoint.open(base, allow_pickle=allow_pickle), post, allow_pickle=allow_pickle,
-                          allow_dtype_mismatch=allow_dtype_mismatch)
-    roles = roles or tuple(x for x in pair.layout.roles() if x != "unembed")
-    pair.layout.views(roles)  # an unknown role fails here, before any work
-    with atomic_folder(final, overwrite) as out:
-        head = _svd_probe_into(out, pair, base, post, r, method, roles, progress, t0)
-    return ProbeRun(final, head)
-
-
-def _svd_probe_into(out: Path, pair: CheckpointPair, base: str, post: str, r, method: str, roles, progress: bool,
-                    t0: float) -> pd.DataFrame:
-    rows = []
-    n = len(pair.layout.views(roles))
-    clipped: dict[str, int] = {}
-    unchanged: list[str] = []
-    for rp in tqdm(pair.iter_roles(roles), total=n, desc="SVD probe", disable=not progress):
-        r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
-        if r_eff != "full" and r_eff < int(r):
-            clipped[f"{rp.layer}.{rp.role}"] = r_eff
-        if torch.equal(rp.base, rp.post):
-            unchanged.append(f"{rp.layer}.{rp.role}")
-        m = svd_structure(rp.base, rp.post, r=r_eff, method=method)
-        rows.append({"layer": rp.layer, "role": rp.role, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
-    df = write_rows(rows, out / "svd.csv", SVD_COLUMNS)
-    plots = _plot_svd(df, out)
-    head = df.groupby("role", sort=False)[["scale", "scale_residual", "orth_U", "orth_V", "consistency",
-                                           "reparam_error"]].agg(["mean", "std"])
-    head.columns = [f"{a}_{b}" for a, b in head.columns]
-    head = head.reset_index()
-    meta = {"rwedit_version": __version__, "probe": "svd", "base": base, "post": post, "sources": pair.sources(),
-            "model_type": pair.base.model_type, "r": r, "r_clipped_to_rank": clipped, "method": method,
-            "roles": list(roles), "dtype_mismatch": list(pair.dtype_mismatch) if pair.dtype_mismatch else None,
-            "unchanged_matrices": unchanged,
-            "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(out / "meta.json", meta)
-    text = [f"# SVD structure probe: {post} vs {base}", "",
-            f"Top-{r} singular triplets ({method}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
+def _svd_lines(meta: dict, head, n: int) -> list[str]:
+    svd = meta["svd"]
+    r, clipped, unchanged = svd["r"], svd["r_clipped_to_rank"], svd["unchanged_matrices"]
+    return [f"## SVD structure (He & Cao)", "",
+            f"Top-{r} singular triplets ({svd['method']}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
             "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
             "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ." +
             (f" {len(clipped)} matrices have fewer than {r} singular values and use all of theirs." if clipped else "")
-            + (f" **{len(unchanged)} of {len(rows)} matrices are identical in base and post** (no delta: their "
+            + (f" **{len(unchanged)} of {n} matrices are identical in base and post** (no delta: their "
                f"scale 1 and zero rotation say nothing about post-training)." if unchanged else ""),
-            "", "## Per role (mean and sd over layers)", "", markdown_table(head), "", "## Files", "",
-            "- `svd.csv`", "- `meta.json`"] + [f"- `{p.name}`" for p in plots] + [""] + \
-           [f"![{p.stem}]({p.name})" for p in plots]
-    (out / "summary.md").write_text("\n".join(text) + "\n")
-    return head
+            "", "### Per role (mean and sd over layers)", "", markdown_table(head), ""]
 
 
 def _plot_svd(df, out: Path) -> list[Path]:
@@ -538,3 +627,22 @@ def _plot_svd(df, out: Path) -> list[Path]:
         ax.legend(fontsize=8, ncol=4)
         paths.append(save_figure(fig, out / f"svd_{metric}.png"))
     return paths
+
+
+def run_rsf_probe(base: str, post: str, out: str | Path, calib: CalibrationSettings | None = None,
+                  settings: GridSettings = GridSettings(), allow_pickle: bool | None = None,
+                  cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
+                  allow_dtype_mismatch: bool = False) -> ProbeResult:
+    """Deprecated (for callers not yet converted): :func:`run_probe` of one post, the RSF grid alone."""
+    with using(progress=progress, cache_dir=cache_dir, allow_pickle=allow_pickle):
+        return run_probe(ProbeRequest(base, (str(post),), calibration=calib, grid=settings, svd=None, out=out,
+                                      overwrite=overwrite, allow_dtype_mismatch=allow_dtype_mismatch))
+
+
+def run_svd_probe(base: str, post: str, out: str | Path, r: int | str = DEFAULT_R, method: str = "auto",
+                  roles: tuple[str, ...] | None = None, allow_pickle: bool | None = None, progress: bool = True,
+                  overwrite: bool = False, allow_dtype_mismatch: bool = False) -> ProbeResult:
+    """Deprecated (for callers not yet converted): :func:`run_probe` of one post, the SVD probe alone."""
+    with using(progress=progress, allow_pickle=allow_pickle):
+        return run_probe(ProbeRequest(base, (str(post),), grid=None, svd=SvdSettings(r, method, roles), out=out,
+                                      overwrite=overwrite, allow_dtype_mismatch=allow_dtype_mismatch))

@@ -18,7 +18,7 @@ from typing import Literal, Sequence, Union
 
 import torch
 
-from rwedit.checkpoints import LowRankDelta
+from rwedit.lowrank import LowRankDelta
 
 from .subspaces import check_k, haar_basis, haar_from_generator
 

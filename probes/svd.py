@@ -67,6 +67,9 @@ __all__ = [
 
 Rank = Union[int, Literal["full"]]
 Method = Literal["auto", "full", "lowrank"]
+#: the one default rank of the SVD probe (``rwedit svd``, a probe request, the SVD experiment): the top 64
+#: triplets of each matrix (all of a smaller one's), cheap at any scale; every output that depends on it states it
+DEFAULT_R = 64
 
 #: `auto` uses the full SVD when min(d_out, d_in) is at most this.
 AUTO_FULL_MAX_DIM = 1024
@@ -399,7 +402,7 @@ def _nan_metrics(r: int, method: str, sb: torch.Tensor, sp: torch.Tensor, reason
 def svd_structure(
     W_base: torch.Tensor,
     W_post: torch.Tensor,
-    r: Rank = 64,
+    r: Rank = DEFAULT_R,
     method: Method = "auto",
     seed: int = 0,
     *,
@@ -441,7 +444,7 @@ def svd_structure(
 def svd_structure_rows(
     base_rows: RowBlocks,
     post_rows: RowBlocks,
-    r: int = 64,
+    r: int = DEFAULT_R,
     seed: int = 0,
     *,
     oversampling: int | None = None,

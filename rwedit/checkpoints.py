@@ -7,25 +7,23 @@ from headers (architecture, layer count, every role's shape) is checked before t
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import hashlib
 import json
 import math
 import os
 import re
-import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import ClassVar, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
+from rwedit.lowrank import LowRankDelta
+from rwedit.runtime import runtime, using
 from rwedit.errors import (  # noqa: F401  (re-exported)
     CheckpointError,
     CheckpointMismatchError,
@@ -34,19 +32,26 @@ from rwedit.errors import (  # noqa: F401  (re-exported)
 )
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-#: whether pickle weights are accepted where a caller does not say (the CLI's --allow-pickle sets it)
-_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("rwedit_allow_pickle", default=False)
 
 
 @contextmanager
 def pickle_allowed(allow: bool = True) -> Iterator[None]:
-    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise."""
-    token = _ALLOW_PICKLE.set(bool(allow))
-    try:
+    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise (the run-wide
+    setting of :mod:`rwedit.runtime`)."""
+    with using(allow_pickle=bool(allow)):
         yield
-    finally:
-        _ALLOW_PICKLE.reset(token)
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
+
+
+def __getattr__(name: str):
+    """Deprecated homes: the streaming pass moved to :mod:`rwedit.stream`."""
+    if name in ("BLOCK_BYTES", "BlockSink", "explain_non_finite", "stream_pair"):
+        import rwedit.stream
+
+        return getattr(rwedit.stream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -174,6 +179,8 @@ def hub_origin(path: str | os.PathLike) -> tuple[str, str] | None:
 class Checkpoint:
     """One model checkpoint on disk: its config, layout and a lazy index of its tensors."""
 
+    #: as a post: its delta is its own stored tensors minus the base's (see :mod:`rwedit.stream`)
+    delta_form: ClassVar[str] = "stored"
     source: str
     path: Path
     config: object
@@ -198,7 +205,7 @@ class Checkpoint:
         Pickle weights (``*.bin``) can execute code when loaded and are refused unless
         ``allow_pickle=True`` (None: as :func:`pickle_allowed` says; default no).
         """
-        allow_pickle = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
+        allow_pickle = runtime().allow_pickle if allow_pickle is None else allow_pickle
         src = str(source)
         path = Path(src).expanduser()
         if path.is_dir():
@@ -359,31 +366,6 @@ class TensorReader:
 # --- pairs -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LowRankDelta:
-    """ΔW = U Vᵀ (U: d_out × r, V: d_in × r, float64) — a LoRA module's delta kept in factor form, so that
-    projections and Gram statistics cost O((d_out + d_in)·r²) instead of O(d_out·d_in·k)."""
-
-    U: torch.Tensor
-    V: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.U.shape[0], self.V.shape[0])
-
-    @property
-    def device(self) -> torch.device:
-        return self.U.device
-
-    @property
-    def T(self) -> "LowRankDelta":
-        return LowRankDelta(self.V, self.U)
-
-    def dense(self, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
-        d = self.U @ self.V.T
-        return d if dtype is None else d.to(dtype)
-
-
 class RolePair:
     """One role of one layer in both checkpoints, as ``d_out x d_in`` matrices. With an adapter post the
     delta is known exactly in factor form (``low_rank``) and ``post`` is formed only when asked for."""
@@ -431,6 +413,8 @@ class LoraPost:
     config: dict
     #: module name -> (A: r × in, B: out × r, scale), float64
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    #: its delta is known in factor form, per role (:meth:`role_delta`); nothing of a post checkpoint is read
+    delta_form: ClassVar[str] = "factored"
 
     @property
     def layout(self) -> Layout:
@@ -458,7 +442,7 @@ class LoraPost:
             with _open_safetensors(st) as h:
                 weights = {k: h.get_tensor(k) for k in h.keys()}
         elif pt.exists():
-            allow = _ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle
+            allow = runtime().allow_pickle if allow_pickle is None else allow_pickle
             if not allow:
                 raise CheckpointError(f"{pt}: pickle weights can execute code when loaded; convert the adapter to "
                                       f"safetensors or pass --allow-pickle if you trust it")
@@ -668,160 +652,6 @@ def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list
                 if reader is not None:
                     out.append(RolePair(view.layer, view.role, W, reader.matrix(view, dtype), view))
                     continue
-                d = post.role_delta(view)  # post = base + scale·B·A, kept in factor form
-                if d is None:  # an untargeted role: an exact zero delta
-                    d = LowRankDelta(torch.zeros(W.shape[0], 1, dtype=torch.float64),
-                                     torch.zeros(W.shape[1], 1, dtype=torch.float64))
+                d = post.role_delta(view) or LowRankDelta.zero(view.shape)  # base + scale·B·A, in factor form
                 out.append(RolePair(view.layer, view.role, W, None, view, d))
             yield tuple(out)
-
-
-# --- row-block streaming -----------------------------------------------------------------------
-
-#: float32 bytes of one row block: near a core's cache through conversion, subtraction and every consumer,
-#: large enough that per-block Python costs (serialised by the GIL across workers) vanish. Measured on the
-#: 1.1B pair's norms pass, 2 workers: 0.5 MiB 2.36 s, 1 MiB 1.73 s, 2 MiB 1.50 s, 4 MiB 1.43 s
-BLOCK_BYTES = 4 << 20
-
-
-def explain_non_finite(ckpts: Sequence[Checkpoint], view: RoleView) -> None:
-    """Raise :class:`NonFiniteWeightError` naming the stored tensor of ``view`` that holds NaN/Inf in the first of
-    ``ckpts`` that has one (the whole tensor is read, so the error counts every entry); returns when none does
-    (a sum that overflowed). Streaming consumers call it when a sum they made is not finite."""
-    for c in ckpts:
-        TensorReader(c).read(c.find(view.param), dtype=None)
-
-
-class BlockSink(Protocol):
-    """Consumes a role's delta block by block: ``add(axis, index, delta, base)`` with ``delta = ΔW[index, :]``
-    (axis 0) or ``ΔW[:, index]`` (axis 1) and ``base`` the same block of W_base, both in the compute dtype.
-    The blocks are reused after the call: a sink keeps results, never the tensors."""
-
-    def add(self, axis: int, index: slice | torch.Tensor, delta: torch.Tensor, base: torch.Tensor) -> None: ...
-
-
-class _BlockFiles:
-    """Positioned reads of one checkpoint's stored row blocks into caller-owned buffers: no memory map (so no
-    file-backed pages stay in the process), no whole-tensor copy; safe from several threads. Pickle
-    checkpoints are held one tensor at a time and sliced (read by one thread)."""
-
-    def __init__(self, ckpt: Checkpoint, stack: ExitStack):
-        self.ckpt, self.stack, self._fds, self._whole = ckpt, stack, {}, None
-        self._lock = threading.Lock()
-
-    def _fd(self, f: Path) -> int:
-        with self._lock:
-            if f not in self._fds:
-                fd = os.open(f, os.O_RDONLY)
-                self.stack.callback(os.close, fd)
-                self._fds[f] = fd
-            return self._fds[f]
-
-    @property
-    def positioned(self) -> bool:
-        return self.ckpt.format == "safetensors"
-
-    def read(self, name: str, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
-        """Stored rows r0..r1 of tensor ``name`` (stored dtype), in the front of the flat uint8 buffer ``out``."""
-        shape, dtype = self.ckpt._shapes[name], _STORED_DTYPES.get(self.ckpt._dtypes[name])
-        if not self.positioned or dtype is None:
-            with self._lock:
-                if self._whole is None or self._whole[0] != name:
-                    self._whole = None
-                    self._whole = (name, TensorReader(self.ckpt, check_finite=False).read(name, dtype=None))
-                return self._whole[1][r0:r1]
-        cols = math.prod(shape[1:])
-        size = torch.finfo(dtype).bits // 8
-        n = (r1 - r0) * cols * size
-        view = memoryview(out.numpy())[:n]
-        start, done = self.ckpt.data_offset(name) + r0 * cols * size, 0
-        fd = self._fd(self.ckpt._where[name])
-        while done < n:
-            got = os.preadv(fd, [view[done:]], start + done)
-            if got <= 0:
-                raise CheckpointError(f"{self.ckpt._where[name]}: tensor {name!r} ends early (the file is "
-                                      f"truncated): download or copy it again")
-            done += got
-        return out[:n].view(dtype).view(r1 - r0, *shape[1:])
-
-
-def stream_pair(base: Checkpoint, posts: Sequence[Checkpoint], views: Sequence[RoleView],
-                sinks: Callable[[RoleView], Sequence[BlockSink]], *, dtype: torch.dtype = torch.float32,
-                block_bytes: int = BLOCK_BYTES, check_finite: bool = True, threads: int | None = None
-                ) -> Iterator[tuple[RoleView, Sequence[BlockSink]]]:
-    """Stream every view's ΔW = post − base in row blocks of the stored tensors and feed them to the view's
-    sinks (``sinks(view)``: one per post); yield ``(view, sinks)`` in order once a view's blocks are all in.
-
-    Each stored tensor is read once (the roles of a fused tensor share its blocks) and converted block by
-    block, never whole in the compute dtype; stored row blocks may split a fused role's rows, and the sinks
-    receive each role's part (:meth:`RoleView.block`). ``check_finite``: a block whose delta does not sum
-    to a finite number stops the pass naming its tensor; consumers whose own sums would show a NaN anyway
-    pass False and call :func:`explain_non_finite` when they see one (one pass less per block).
-
-    ``threads`` workers (default: torch's intra-op thread count) take one stored tensor each, every op
-    single-threaded inside a worker: small ops on cache-sized blocks lose more to waking a thread team than
-    they gain from it, and badly so on a busy machine. Memory: a few blocks per worker plus what the sinks
-    keep."""
-    if any(isinstance(p, LoraPost) for p in posts):
-        raise TypeError("stream_pair takes checkpoints; an adapter post's delta is already small (LoraPost.role_delta)")
-    groups: dict[str, list[int]] = {}  # stored tensor -> its views (by position)
-    for j, v in enumerate(views):
-        groups.setdefault(v.param, []).append(j)
-    ckpts = [base, *posts]
-    plans = []  # (stored name per checkpoint, rows, rows per block, columns, the group's views)
-    for param, members in groups.items():
-        names = [c.find(param) for c in ckpts]
-        shape = base._shapes[names[0]]
-        cols = math.prod(shape[1:])
-        per = max(1, block_bytes // max(1, cols * torch.finfo(dtype).bits // 8))
-        plans.append((names, shape[0], per, cols, [views[j] for j in members]))
-    max_elems = max((min(per, rows) * cols for _, rows, per, cols, _ in plans), default=1)
-    width = max(torch.finfo(_STORED_DTYPES.get(c._dtypes[n], torch.float64)).bits // 8
-                for c in ckpts for names, *_ in plans for n in names)
-    local = threading.local()
-
-    with ExitStack() as stack:
-        files = [_BlockFiles(c, stack) for c in ckpts]
-        if not all(f.positioned for f in files):
-            threads = 1  # a pickle shard is loaded whole: one reader
-        threads = max(1, threads or torch.get_num_threads())
-
-        def run(i: int, made: list) -> list:
-            """All row blocks of stored tensor ``i`` into its views' sinks (in a worker thread)."""
-            names, rows, per, _, group = plans[i]
-            if not hasattr(local, "raw"):
-                torch.set_num_threads(1)  # this worker's ops only (the setting is per thread)
-                local.raw = [torch.empty(max_elems * width, dtype=torch.uint8) for _ in ckpts]
-                local.work = [torch.empty(max_elems, dtype=dtype) for _ in ckpts]
-            for r0 in range(0, rows, per):
-                raw = [f.read(n, r0, min(rows, r0 + per), buf) for f, n, buf in zip(files, names, local.raw)]
-                n = raw[0].numel()
-                b = local.work[0][:n].view(raw[0].shape).copy_(raw[0])
-                deltas = []
-                for k, r in enumerate(raw[1:], start=1):
-                    # convert, then subtract in place (a mixed-dtype torch.sub into `out` measured 40% slower)
-                    d = local.work[k][:n].view(r.shape).copy_(r).sub_(b)
-                    if check_finite and not bool(torch.isfinite(d.sum())):
-                        explain_non_finite([base, posts[k - 1]], group[0])
-                    deltas.append(d)
-                for v, vs in zip(group, made):
-                    part = v.block(b, r0)
-                    if part is None:
-                        continue
-                    axis, index, Xb = part
-                    for sink, d in zip(vs, deltas):
-                        sink.add(axis, index, v.block(d, r0)[2], Xb)
-            return made
-
-        pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="rwedit-stream"))
-        stack.callback(pool.shutdown, cancel_futures=True)
-        pending: deque = deque()
-        for i in range(len(plans)):
-            # the sinks are made here, in order, so that whatever they compute lazily is computed once
-            pending.append((i, pool.submit(run, i, [sinks(v) for v in plans[i][4]])))
-            while len(pending) > threads:
-                j, fut = pending.popleft()
-                yield from zip(plans[j][4], fut.result())
-        while pending:
-            j, fut = pending.popleft()
-            yield from zip(plans[j][4], fut.result())

@@ -45,15 +45,24 @@ def _trained_lora(model_type: str, root):
 
 
 def _record_reads(monkeypatch) -> list[tuple[str, str]]:
-    """(checkpoint folder, tensor) of every tensor read from now on."""
+    """(checkpoint folder, tensor) of every tensor read from now on: whole, or by a streaming pass (counted
+    at its first row block)."""
+    from rwedit.stream import _BlockFiles
+
     reads = []
-    real_read = TensorReader.read
+    real_read, real_block = TensorReader.read, _BlockFiles.read
 
     def spy(self, param, dtype=torch.float32):
         reads.append((str(self.ckpt.path), param))
         return real_read(self, param, dtype)
 
+    def block_spy(self, name, r0, r1, out):
+        if r0 == 0:
+            reads.append((str(self.ckpt.path), name))
+        return real_block(self, name, r0, r1, out)
+
     monkeypatch.setattr(TensorReader, "read", spy)
+    monkeypatch.setattr(_BlockFiles, "read", block_spy)
     return reads
 
 
@@ -63,7 +72,7 @@ def test_lora_post_equals_the_merged_pair_and_reads_only_the_base(model_type, tm
     reads = _record_reads(monkeypatch)
     settings = GridSettings(ks=(1, 4), subspaces=("prediction", "random"))
     pair = CheckpointPair(str(base), str(lora))
-    assert isinstance(pair.post, LoraPost)
+    assert isinstance(pair.post, LoraPost) and pair.post.delta_form == "factored"
     got = rsf_grid_frame(pair, None, settings)
     assert {p for p, _ in reads} == {str(base)}  # the adapter's post side reads no second checkpoint
     dup = [r for r in set(reads) if reads.count(r) > 1]  # each base tensor once (fused ones too); W_U is read
@@ -161,13 +170,11 @@ def test_three_fine_tunes_of_one_base_give_the_rows_of_three_single_pair_probes(
         assert main(["probe", "--base", str(base), "--post", post, "--out", str(tmp_path / f"one_{name}"), *args]) == 0
         single = pd.read_csv(tmp_path / f"one_{name}" / "rsf.csv")
         mine = both[both["post"] == name].drop(columns="post").reset_index(drop=True)
-        assert mine["role"].tolist() == single["role"].tolist()
-        assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), rel=1e-6, nan_ok=True)
+        pd.testing.assert_frame_equal(mine, single, check_exact=True, check_dtype=False)  # the same numbers, to the bit
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert set(table["post"]) == {"merged", "other_ft", "lora"} and (tmp_path / "cmp" / "compare.png").exists()
     svd = pd.read_csv(tmp_path / "cmp" / "svd.csv")  # the SVD probe per variant, in one more shared pass
-    assert main(["svd", "--base", str(base), "--post", posts[1], "--r", "16", "--out", str(tmp_path / "svd1"),
-                 "--quiet"]) == 0
+    assert main(["svd", "--base", str(base), "--post", posts[1], "--out", str(tmp_path / "svd1"), "--quiet"]) == 0
     single_svd = pd.read_csv(tmp_path / "svd1" / "svd.csv")
     assert svd[svd["post"] == "other_ft"]["consistency"].tolist() == pytest.approx(single_svd["consistency"].tolist(),
                                                                                    rel=1e-6)
@@ -183,27 +190,61 @@ def test_a_checkpoint_series_is_probed_member_by_member_and_resumes(tmp_path, ca
     """A folder of three Trainer-style checkpoints: each member's rows equal its single-pair probe; a run
     stopped after the second member computes only the third when run again; series.csv is ordered by step."""
     from rwedit.probes.grid import GridSettings
-    from rwedit.probes.pipeline import run_rsf_series
+    from rwedit.probes.pipeline import ProbeRequest, run_probe
 
     tiny_model("llama").save_pretrained(tmp_path / "base")
     for i, step in enumerate((300, 100, 200)):
         tiny_model("llama", seed=10 + i).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
     settings = GridSettings(ks=(1, 4))
-    res = run_rsf_series(str(tmp_path / "base"), str(tmp_path / "run"), tmp_path / "s", None, settings, svd_r=2,
-                         progress=False, stop_after=2)
-    assert list(res.table["member"]) == ["checkpoint-100", "checkpoint-200"]
-    stamps = {m: (tmp_path / "s" / "members" / m / "rsf" / "meta.json").stat().st_mtime_ns
+    from rwedit.probes.pipeline import SvdSettings
+    from rwedit.runtime import using
+
+    with using(progress=False):
+        res = run_probe(ProbeRequest(str(tmp_path / "base"), series=str(tmp_path / "run"), grid=settings,
+                                     svd=SvdSettings(r=2), out=tmp_path / "s", stop_after=2))
+    assert list(res.claims["member"]) == ["checkpoint-100", "checkpoint-200"]
+    stamps = {m: (tmp_path / "s" / "members" / m / "meta.json").stat().st_mtime_ns
               for m in ("checkpoint-100", "checkpoint-200")}
     assert main(["probe", "--base", str(tmp_path / "base"), "--series", str(tmp_path / "run"), "--out",
                  str(tmp_path / "s"), "--k", "1,4", "--svd-r", "2", "--quiet"]) == 0
-    assert {m: (tmp_path / "s" / "members" / m / "rsf" / "meta.json").stat().st_mtime_ns for m in stamps} == stamps
+    assert {m: (tmp_path / "s" / "members" / m / "meta.json").stat().st_mtime_ns for m in stamps} == stamps
     table = pd.read_csv(tmp_path / "s" / "series.csv")
     assert table["step"].tolist() == [100, 200, 300] and table["fingerprint"].nunique() == 3
     assert (tmp_path / "s" / "series.png").exists()
+    with using(progress=False):  # in memory, the RSF grid alone: the same claims by step, no folder
+        mem = run_probe(ProbeRequest(str(tmp_path / "base"), series=str(tmp_path / "run"), grid=settings, svd=None))
+    assert mem.folder is None and mem.claims["step"].tolist() == [100, 200, 300] and "svd_scale" not in mem.claims
+    col = "rsf write side vs prediction"
+    assert mem.claims[col].tolist() == pytest.approx(table[col].tolist(), rel=1e-12)
     assert main(["probe", "--base", str(tmp_path / "base"), "--post", str(tmp_path / "run" / "checkpoint-300"),
                  "--out", str(tmp_path / "one"), "--k", "1,4", "--quiet"]) == 0
-    mine = pd.read_csv(tmp_path / "s" / "members" / "checkpoint-300" / "rsf" / "rsf.csv")
+    mine = pd.read_csv(tmp_path / "s" / "members" / "checkpoint-300" / "rsf.csv")
     single = pd.read_csv(tmp_path / "one" / "rsf.csv")
     assert mine["rsf"].tolist() == pytest.approx(single["rsf"].tolist(), nan_ok=True)
     assert main(["probe", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "give --post" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", sorted(TARGETS))
+def test_an_adapter_streamed_in_cut_blocks_equals_its_whole_factored_delta(model_type, tmp_path, monkeypatch):
+    """The adapter as a block source: blocks of 5 stored rows (fused slices and Conv1D columns cut) give the
+    rows of the whole factored delta (the oracle ``rows_for_delta``) to float64 rounding, two-sided rows too."""
+    from rwedit.probes import grid as grid_mod
+    from rwedit.probes.grid import GridContext, prediction_from_pair, rows_for_delta, rsf_grid_pair
+
+    base, lora, _ = _trained_lora(model_type, tmp_path)
+    pair = CheckpointPair(str(base), str(lora))
+    settings = GridSettings(ks=(1, 4), null_seeds=2, sides=("read", "write", "both"), subspaces=("prediction", "random"))
+    real = grid_mod.stream_pair
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 5 * 4 * 32}))
+    got = list(rsf_grid_pair(pair, None, settings, progress=False))
+    ctx = GridContext(pair.layout.dims.hidden, None, prediction_from_pair(pair))
+    want = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.low_rank, rp.layer, rp.role, ctx, settings)]
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12, nan_ok=True), (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)

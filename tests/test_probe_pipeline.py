@@ -158,18 +158,19 @@ def test_svd_cli_writes_results(tiny_pair, tmp_path):
 def test_svd_probe_with_r_above_a_matrix_rank_uses_all_its_triplets(tiny_pair, tmp_path):
     """The default r = 64 on a model of hidden 32: each matrix uses min(d_out, d_in) triplets, which is the
     same as r = 'full', and meta.json names the clipped matrices."""
-    from rwedit.probes.pipeline import run_svd_probe
+    from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe
 
     root, base, post = tiny_pair
-    big = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "r64", r=64,
-                                    progress=False).folder / "svd.csv")
-    full = pd.read_csv(run_svd_probe(str(root / "base"), str(root / "post"), tmp_path / "full", r="full",
-                                     progress=False).folder / "svd.csv")
+    big, full = (run_probe(ProbeRequest(str(root / "base"), str(root / "post"), grid=None, svd=SvdSettings(r=r),
+                                        out=tmp_path / name)).svd.drop(columns="post")
+                 for r, name in ((64, "r64"), ("full", "full")))
+    assert big.equals(pd.read_csv(tmp_path / "r64" / "svd.csv"))  # the returned table is the written one
     want = {(L, role): min(get_weight(base, L, role).shape) for L, role in zip(big["layer"], big["role"])}
     assert list(big["r"]) == list(want.values()) and set(big["r"]) == {16, 32}  # k/v are 16 x 32 (GQA)
     pd.testing.assert_frame_equal(big, full)
     meta = json.loads((tmp_path / "r64" / "meta.json").read_text())
-    assert meta["r"] == 64 and meta["r_clipped_to_rank"] == {f"{L}.{role}": r for (L, role), r in want.items()}
+    assert meta["svd"]["r"] == 64
+    assert meta["svd"]["r_clipped_to_rank"] == {f"{L}.{role}": r for (L, role), r in want.items()}
 
 
 def test_two_sided_rows_match_the_formula(tiny_pair, wiki_tokenizer):
@@ -217,3 +218,38 @@ def test_rsf_colour_scale_is_logarithmic_and_centred_at_isotropy():
     assert float(norm(1.0)) == pytest.approx(0.5)
     assert float(norm(4.0)) - 0.5 == pytest.approx(0.5 - float(norm(0.25)))
     assert (norm.vmin, norm.vmax) == pytest.approx((0.25, 4.0))
+
+
+def test_run_probe_returns_tables_and_writes_a_folder_only_when_asked(tiny_pair, tmp_path, monkeypatch):
+    """A notebook call (no `out`) writes nothing and returns the tables the folder would hold; the request reads
+    from a mapping as a recipe section would; an option once only on the single pair (allow_dtype_mismatch)
+    holds in a comparison, and a comparison's rows of a post are its single-pair rows."""
+    import copy
+    from dataclasses import replace
+
+    from rwedit.checkpoints import CheckpointMismatchError
+    from rwedit.probes.pipeline import ProbeRequest, run_probe
+
+    root, base, post = tiny_pair
+    monkeypatch.chdir(tmp_path)
+    req = ProbeRequest.from_dict({"base": str(root / "base"), "posts": [str(root / "post")],
+                                  "grid": {"ks": [1, 4], "subspaces": ["prediction", "random"]}, "svd": {"r": 4}})
+    res = run_probe(req)
+    assert res.folder is None and list(tmp_path.iterdir()) == []
+    assert set(res.rsf["post"]) == {"post"} and set(res.svd["r"]) == {4} and set(res.claims["post"]) == {"post"}
+    assert res.table is res.headline and "random" not in set(res.headline["subspace"])
+    written = run_probe(replace(req, out=str(tmp_path / "one")))
+    assert written.folder == tmp_path / "one"
+    pd.testing.assert_frame_equal(written.rsf.drop(columns="post"), pd.read_csv(tmp_path / "one" / "rsf.csv",
+                                  keep_default_na=False, na_values=["nan", ""]).fillna({"reason": ""}), check_dtype=False)
+    pd.testing.assert_frame_equal(res.rsf, written.rsf)
+    assert json.loads((tmp_path / "one" / "meta.json").read_text())["svd"]["r"] == 4  # the rank is stated
+    copy.deepcopy(post).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    two = replace(req, posts=(str(root / "post"), str(tmp_path / "bf16")))
+    with pytest.raises(CheckpointMismatchError, match="allow-dtype-mismatch"):
+        run_probe(two)
+    both = run_probe(replace(two, allow_dtype_mismatch=True))
+    assert list(dict.fromkeys(both.rsf["post"])) == ["post", "bf16"] and set(both.claims["post"]) == {"post", "bf16"}
+    pd.testing.assert_frame_equal(both.rsf[both.rsf["post"] == "post"].reset_index(drop=True), res.rsf)
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        ProbeRequest(str(root / "base"))

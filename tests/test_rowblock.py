@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rwedit.architectures import supported_model_types
-from rwedit.checkpoints import CheckpointPair, stream_pair
+from rwedit.checkpoints import CheckpointPair
+from rwedit.stream import stream_pair
 from rwedit.probes import grid as grid_mod
 from rwedit.probes.activations import StatsSettings, collect_activation_stats
 from rwedit.probes.blocks import Dense, Norms

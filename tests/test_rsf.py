@@ -381,7 +381,7 @@ def test_exact_null_of_a_rank1_delta_is_the_beta_distribution():
 def test_a_factored_delta_gives_the_dense_energies_and_gram_concentration():
     """ΔW = U Vᵀ in factor form: column energies on both sides, ‖ΔW‖² and tr G² equal the dense matrix's
     (recomputed here from its singular values)."""
-    from rwedit.checkpoints import LowRankDelta
+    from rwedit.lowrank import LowRankDelta
     from rwedit.probes.rsf import _energies, gram_concentration
     from rwedit.probes.subspaces import haar_basis
 
