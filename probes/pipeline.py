@@ -20,7 +20,7 @@ from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
 from rwedit.errors import ConfigError
 from rwedit.models import Placement, check_window, load_model_and_tokenizer
-from rwedit.outputs import atomic_folder, check_output_folder, write_json
+from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, write_json
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_posts
 from rwedit.probes.norms import delta_norms, write_csv
@@ -131,7 +131,8 @@ class ProbeRequest(Config):
     svd: SvdSettings | None = option(factory=SvdSettings, help="the SVD structure probe (null: none)")
     norms: NormsSettings | None = option(None, help="the per-role weight and delta norms (unset: none)")
     claim_k: int = option(4, help="k of the per-post claims table (the grid's largest k not above it)")
-    out: str | None = option(None, path=True, help="write the results into this folder (unset: only return them)")
+    out: str | None = option(None, path=True, output=True,
+                             help="write the results into this folder (unset: only return them)")
     overwrite: bool = option(False, help="replace an existing output folder")
     allow_dtype_mismatch: bool = option(False, help="probe a post stored in another dtype than the base (the "
                                         "rounding-noise floor is reported next to the deltas)")
@@ -148,6 +149,10 @@ class ProbeRequest(Config):
                               "series), not both and not neither")
         if self.grid is None and self.svd is None and self.norms is None:
             raise ConfigError("grid, svd and norms are all off: nothing to probe")
+
+    def inputs(self) -> list[str]:
+        """Everything the probe reads (base, posts, the series, calibration data): never its output folder."""
+        return [self.base, *self.posts, *(self.series.split(",") if self.series else []), *self.input_paths()]
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,10 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     """Probe the request's posts against its base (:class:`ProbeRequest`). Every post is opened and checked
     against the base before any heavy work; the activation statistics are collected once."""
     rq, t0 = request, time.perf_counter()
-    final = check_output_folder(rq.out, rq.overwrite) if rq.out is not None and not rq.series else None
+    if rq.out is not None:
+        check_not_input(rq.out, rq.inputs())
+    final = check_output_folder(rq.out, rq.overwrite, inputs=rq.inputs()) if rq.out is not None and not rq.series \
+        else None
     base = Checkpoint.open(rq.base)
     members = series_members(rq.series) if rq.series else [(n, p, None) for n, p in zip(post_names(rq.posts), rq.posts)]
     pairs = {n: CheckpointPair(base, ref, allow_dtype_mismatch=rq.allow_dtype_mismatch) for n, ref, _ in members}
@@ -245,7 +253,7 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     write = _pair_result if len(pairs) == 1 else _compare_result
     if final is None:
         return write(run, members, *measured, None)
-    with atomic_folder(final, rq.overwrite) as tmp:
+    with atomic_folder(final, rq.overwrite, inputs=rq.inputs()) as tmp:
         res = write(run, members, *measured, tmp)
     return replace(res, folder=final)
 

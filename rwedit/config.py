@@ -23,10 +23,11 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default: Any = _MISSING, *, factory: Any = _MISSING, help: str = "", path: bool = False,
-           aliases: tuple[str, ...] = ()) -> Any:
+           output: bool = False, aliases: tuple[str, ...] = ()) -> Any:
     """A config field with its help text (shown by the CLI and the docs); ``path=True`` resolves the value
-    relative to the YAML file; ``aliases`` are other accepted spellings of the key (e.g. ``layer``)."""
-    meta = {"help": help, "path": path, "aliases": tuple(aliases)}
+    relative to the YAML file (``output=True``: a path written, not read); ``aliases`` are other accepted
+    spellings of the key (e.g. ``layer``)."""
+    meta = {"help": help, "path": path, "output": output, "aliases": tuple(aliases)}
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -152,7 +153,7 @@ class Config:
             for v in values:
                 if isinstance(v, Config):
                     out += v.input_paths()
-                elif f.metadata.get("path") and isinstance(v, (str, Path)):
+                elif f.metadata.get("path") and not f.metadata.get("output") and isinstance(v, (str, Path)):
                     out.append(str(resolve(v)) if str(v).startswith("bundled:") else str(v))
         return out
 

@@ -61,16 +61,22 @@ def input_clash(target: str | Path, inputs: Iterable[str | Path | None]) -> str 
     return None
 
 
+def check_not_input(target: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out") -> Path:
+    """Refuse an output ``target`` that is, holds or lies inside one of ``inputs`` (with or without
+    ``--overwrite``): also for folders a command fills in place, such as a resumable series."""
+    clash = input_clash(target, inputs)
+    if clash:
+        raise OutputExistsError(f"{clash}; choose another {flag} (rwedit never writes over its inputs, "
+                                f"with or without --overwrite)")
+    return Path(target)
+
+
 def check_output_folder(target: str | Path, overwrite: bool = False, flag: str = "--out",
                         inputs: Iterable[str | Path | None] = ()) -> Path:
     """Refuse ``target`` before any heavy work: when it is, holds or lies inside one of ``inputs`` (always), when
     it exists non-empty (unless ``overwrite``), and when ``overwrite`` would replace a folder rwedit did not
     write (no :data:`MARKER`): a mistyped ``--out`` must never delete a model, data or a finished run."""
-    target = Path(target)
-    clash = input_clash(target, inputs)
-    if clash:
-        raise OutputExistsError(f"{clash}; choose another {flag} (rwedit never writes over its inputs, "
-                                f"with or without --overwrite)")
+    target = check_not_input(target, inputs, flag)
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"{target} is a file; give a folder for {flag}")
     if target.is_dir() and any(target.iterdir()):

@@ -103,6 +103,12 @@ def workspace(tmp_path_factory, wiki_tokenizer):
 CASES = {  # command -> (argv before --out, the inputs an --out may not touch, relative to the workspace)
     "edit": (lambda ws: ["edit", "--spec", str(ws / "spec.yaml")], ["m/base", "calib", "m", "m/base/sub"]),
     "export-results": (lambda ws: ["export-results", str(ws / "run")], ["run", "run/sub"]),
+    "probe": (lambda ws: ["probe", "--base", str(ws / "m/base"), "--post", str(ws / "m/post"), "--calib",
+                          str(ws / "calib/text.txt")], ["m/base", "m/post", "calib", "m", "m/post/sub"]),
+    "probe-series": (lambda ws: ["probe", "--base", str(ws / "m/base"), "--series",
+                                 f"{ws / 'm/post'},{ws / 'm/base'}"], ["m/post", "m", "m/post/members"]),
+    "deltas": (lambda ws: ["deltas", "--base", str(ws / "m/base"), "--post", str(ws / "m/post")], ["m/base", "m/post"]),
+    "svd": (lambda ws: ["svd", "--base", str(ws / "m/base"), "--post", str(ws / "m/post")], ["m/post", "m"]),
 }
 
 
