@@ -67,6 +67,7 @@ COMMAND_MODULES = (
     "archs",
     "deltas",
     "probe",
+    "explain",
     "svd",
     "edit",
     "export",

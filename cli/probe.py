@@ -18,6 +18,7 @@ from rwedit.cli.svd import rank_arg
 CALIBRATION = "rwedit.probes.pipeline:CalibrationSettings"
 GRID = "rwedit.probes.grid:GridSettings"
 SVD = "rwedit.probes.pipeline:SvdSettings"
+REQUEST = "rwedit.probes.pipeline:ProbeRequest"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_roles(p)
     p.add_argument("--layers", type=options.ints, help=config_help(
         GRID, "layers", "comma-separated layers (default: all)"))
+    p.add_argument("--cards", type=options.count, default=4, help=config_help(
+        REQUEST, "cards", "direction cards per cell and kind (directions.jsonl; `rwedit explain OUT` prints them)")
+        + " (default %(default)s; 0: none)")
     options.add_out(p, default="rwedit-probe")
     options.add_cache_dir(p)
     options.add_overwrite(p)
@@ -78,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
     svd = None if args.no_svd else SvdSettings() if args.svd_r is None else SvdSettings(r=args.svd_r)
     request = ProbeRequest(args.base, tuple(args.post or ()), series=args.series, calibration=calib, grid=grid,
                            svd=svd, out=args.out, overwrite=args.overwrite,
-                           allow_dtype_mismatch=args.allow_dtype_mismatch)
+                           allow_dtype_mismatch=args.allow_dtype_mismatch, cards=args.cards)
     with using(progress=not args.quiet, cache_dir=args.cache_dir):
         res = run_probe(request)
     if args.series:
         return options.show_probe(res, "members/, series.csv, series.png", "the series, member by member")
     if len(request.posts) > 1:
         return options.show_probe(res, "rsf.csv, compare.csv, compare.png, summary.md", "RSF per fine-tune")
-    return options.show_probe(res, "rsf.csv, headline.csv, " + ("svd.csv, " if svd else "") + "summary.md and plots",
+    return options.show_probe(res, "rsf.csv, headline.csv, " + ("svd.csv, " if svd else "") +
+                              ("directions.jsonl, " if res.cards is not None else "") + "summary.md/.html and plots",
                               "RSF headline (mean over layers; 1 = isotropic)")

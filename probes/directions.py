@@ -104,17 +104,25 @@ class Card:
 
     def lines(self) -> list[str]:
         """The card as a few lines of text (what ``rwedit explain`` prints)."""
-        d = self.direction
-        where = f"layer {d.layer} {d.role}" if d.layer is not None else d.role
-        head = f"{where} · {d.kind} #{d.index}" + (f" (value {d.value:.4g})" if d.value is not None else "")
-        out = [head + (f" · {100 * self.share:.1f}% of the input's second moment" if self.share is not None else "")]
-        for sign, ctx in (("+", self.positive), ("−", self.negative)):
-            if ctx:
-                out.append(f"  {sign} " + " | ".join(f"…{c.left}[{c.token}]{c.right}… ({c.value:+.3g})" for c in ctx[:3]))
-        if self.promoted:
-            out.append("  promotes:   " + ", ".join(f"{t!r} {v:+.3g}" for t, v in self.promoted))
-            out.append("  suppresses: " + ", ".join(f"{t!r} {v:+.3g}" for t, v in self.suppressed))
-        return out
+        return card_lines(self.row())
+
+
+def card_lines(row: dict) -> list[str]:
+    """A card (a ``directions.jsonl`` row) as a few lines of text: where and what, the top contexts of each
+    sign with the token in brackets, the tokens promoted and suppressed."""
+    where = f"layer {row['layer']} {row['role']}" if row.get("layer") is not None else row["role"]
+    head = f"{where} · {row['kind']} #{row['index']}" + (f" (value {row['value']:.4g})" if row.get("value") is not None else "")
+    share = f" · {100 * row['share']:.1f}% of the input's second moment" if row.get("share") is not None else ""
+    out = [head + share]
+    for sign, key in (("+", "top_contexts"), ("−", "bottom_contexts")):
+        ctx = row.get(key) or []
+        if ctx:
+            out.append(f"  {sign} " + " | ".join(f"…{c['left']}[{c['token']}]{c['right']}… ({c['value']:+.3g})"
+                                               for c in ctx[:3]))
+    if row.get("promoted"):
+        out.append("  promotes:   " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["promoted"]))
+        out.append("  suppresses: " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["suppressed"]))
+    return out
 
 
 def activation_directions(stats, layer: int, role: str, m: int = 4, centred: bool = False) -> list[Direction]:
@@ -162,17 +170,22 @@ def _token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)]) if tokenizer is not None else f"<{int(token_id)}>"
 
 
-@torch.no_grad()
-def logit_lens(vectors: torch.Tensor, model: torch.nn.Module, tokenizer=None, top: int = 8,
-               fold_norm: bool = True) -> list[tuple[list[tuple[str, float]], list[tuple[str, float]]]]:
-    """For each row of ``vectors`` (m × hidden, residual-stream directions): the ``top`` tokens it promotes
-    and suppresses, ``W_U (γ ⊙ u)`` with γ the final norm's gain (folded in when ``fold_norm``)."""
+def unembedding(model: torch.nn.Module, fold_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A loaded model's ``W_U`` (vocab × hidden) and its final norm's gain (None when not folded or absent)."""
     W_U = get_weight(model, None, "unembed").detach().float().cpu()
+    return W_U, (final_norm_gain(model) if fold_norm else None)
+
+
+@torch.no_grad()
+def logit_lens(vectors: torch.Tensor, unembed: torch.Tensor, gain: torch.Tensor | None = None, tokenizer=None,
+               top: int = 8) -> list[tuple[list[tuple[str, float]], list[tuple[str, float]]]]:
+    """For each row of ``vectors`` (m × hidden, residual-stream directions): the ``top`` tokens it promotes
+    and suppresses, ``W_U (γ ⊙ u)`` with γ the final norm's gain (none: ``gain`` None)."""
+    W_U = unembed.detach().float().cpu()
     if vectors.dim() != 2 or vectors.shape[1] != W_U.shape[1]:
         raise ConfigError(f"logit lens: directions must be m x {W_U.shape[1]} (the residual stream), got "
                           f"{tuple(vectors.shape)}")
     u = vectors.detach().float().cpu()
-    gain = final_norm_gain(model) if fold_norm else None
     if gain is not None:
         u = u * gain.float().cpu()
     logits = u @ W_U.T  # m x vocab
@@ -276,14 +289,17 @@ def contexts(model: torch.nn.Module, token_ids: torch.Tensor, directions: Sequen
     return out
 
 
-def explain(model: torch.nn.Module, directions: Sequence[Direction], token_ids: torch.Tensor | None = None,
-            tokenizer=None, top: int = 5, lens_top: int = 8, progress: bool = True) -> list[Card]:
-    """The card of every direction: contexts from one pass over ``token_ids`` (read side; skipped when None)
-    and the logit lens (residual-stream directions)."""
+def explain(model: torch.nn.Module | None, directions: Sequence[Direction], token_ids: torch.Tensor | None = None,
+            tokenizer=None, top: int = 5, lens_top: int = 8, progress: bool = True,
+            unembed: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[Card]:
+    """The card of every direction: contexts from one pass of ``model`` over ``token_ids`` (read side; skipped
+    when either is None) and the logit lens of residual-stream directions through ``unembed`` (``(W_U, gain)``;
+    default: the model's, :func:`unembedding`)."""
     found = contexts(model, token_ids, directions, tokenizer, top=top, progress=progress) \
-        if token_ids is not None else {}
+        if token_ids is not None and model is not None else {}
     lens_idx = [j for j, d in enumerate(directions) if d.in_residual_stream]
-    lens = dict(zip(lens_idx, logit_lens(torch.stack([directions[j].vector.flatten() for j in lens_idx]), model,
+    W_U, gain = unembed if unembed is not None else unembedding(model)
+    lens = dict(zip(lens_idx, logit_lens(torch.stack([directions[j].vector.flatten() for j in lens_idx]), W_U, gain,
                                          tokenizer, top=lens_top))) if lens_idx else {}
     cards = []
     for j, d in enumerate(directions):
@@ -298,5 +314,5 @@ def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
     return pd.DataFrame([c.row() for c in cards])
 
 
-__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "cards_frame", "contexts",
-           "delta_directions", "explain", "final_norm_gain", "logit_lens", "prediction_directions"]
+__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "card_lines", "cards_frame", "contexts",
+           "delta_directions", "explain", "final_norm_gain", "logit_lens", "prediction_directions", "unembedding"]

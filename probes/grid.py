@@ -106,10 +106,9 @@ class GridContext:
         return self.stats.spectrum(layer, role, centred, top=top)
 
 
-def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
-    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in); given a
-    pair or its base checkpoint."""
-    base = pair.base if isinstance(pair, CheckpointPair) else pair
+def read_unembedding(base: Checkpoint, gain: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The base checkpoint's ``W_U`` (vocab × hidden, as stored) and, with ``gain``, its final norm's gain
+    (refused when the final norm has no weight), read from the files without loading a model."""
     layout = base.layout
     with TensorReader(base) as r:
         W_U = r.read(layout.view(None, "unembed").param, dtype=None)
@@ -120,7 +119,13 @@ def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) 
                 raise ConfigError(f"{base.source}: the final norm {layout.spec.final_norm} has no weight to fold "
                                  f"into the prediction subspace; drop prediction_gain")
             g = layout.final_norm_gain(r.read(name, torch.float32))
-    return prediction_spectrum(W_U, g)
+    return W_U, g
+
+
+def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
+    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in); given a
+    pair or its base checkpoint."""
+    return prediction_spectrum(*read_unembedding(pair.base if isinstance(pair, CheckpointPair) else pair, gain))
 
 
 def _ks_for(ks: Sequence[int], d: int) -> list[int]:

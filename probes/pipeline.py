@@ -20,9 +20,13 @@ from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
 from rwedit.errors import ConfigError
 from rwedit.models import Placement, check_window, load_model_and_tokenizer
-from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, write_json
+from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, dumps, write_json, write_text
+from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
-from rwedit.probes.grid import COLUMNS, GridSettings, check_ks, rsf_grid_posts
+from rwedit.probes.directions import (Direction, activation_directions, cards_frame, delta_directions, explain,
+                                     prediction_directions)
+from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
+                                rsf_grid_posts)
 from rwedit.probes.norms import delta_norms, write_csv
 from rwedit.probes.report import (markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline,
                                   save_figure, write_rows)
@@ -50,14 +54,20 @@ class CalibrationSettings(Config):
                                          "(device_map, max_memory, offload_folder, dtype); unset: whole on device")
 
 
+def calibration_pass(ckpt: Checkpoint, calib: CalibrationSettings):
+    """The base model, its tokenizer and the packed calibration tokens (n × seq_len): what the statistics and
+    the direction cards pass over."""
+    check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
+    model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
+    ids = pack_tokens(tok, read_texts(calib.data, field=calib.field), calib.seq_len, calib.tokens)
+    return model, tok, ids
+
+
 def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
                          cache_dir: str | Path | None = None, progress: bool | None = None) -> ActivationStats:
     """Collect (or reuse from the cache) second moments of the base model's reader inputs (the cache folder
     and progress: the run-wide settings unless given)."""
-    check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
-    model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
-    texts = read_texts(calib.data, field=calib.field)
-    ids = pack_tokens(tok, texts, calib.seq_len, calib.tokens)
+    model, tok, ids = calibration_pass(ckpt, calib)
     settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)
     rt = runtime()
     stats = cached_activation_stats(model, ids, settings, source=str(calib.data),
@@ -131,6 +141,9 @@ class ProbeRequest(Config):
     svd: SvdSettings | None = option(factory=SvdSettings, help="the SVD structure probe (null: none)")
     norms: NormsSettings | None = option(None, help="the per-role weight and delta norms (unset: none)")
     claim_k: int = option(4, help="k of the per-post claims table (the grid's largest k not above it)")
+    cards: int = option(4, help="direction cards: the top-m directions of every probed cell (activation, ΔW's "
+                        "singular directions, prediction) shown by the calibration texts that drive them and the "
+                        "tokens they write (directions.jsonl, summary.html); 0: none")
     out: str | None = option(None, path=True, output=True,
                              help="write the results into this folder (unset: only return them)")
     overwrite: bool = option(False, help="replace an existing output folder")
@@ -170,6 +183,7 @@ class ProbeResult:
     meta: dict
     folder: Path | None = None
     norms: pd.DataFrame | None = None
+    cards: pd.DataFrame | None = None  # the direction cards (:mod:`rwedit.probes.directions`), one row a direction
 
     @property
     def table(self) -> pd.DataFrame:
@@ -298,17 +312,54 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
             "dtype_mismatch": _rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None)}
     if rq.svd is not None:
         meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
+    cards = _cards(run, name) if rq.cards > 0 and rq.grid is not None else []
+    if cards and out is not None:
+        write_text(out / "directions.jsonl", "".join(dumps(c.row()) + "\n" for c in cards))
+        files += ["directions.jsonl"]
     meta["seconds"] = round(time.perf_counter() - run.t0, 2)
-    meta["files"] = files + ["summary.md"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else [])
+    meta["files"] = files + ["summary.md", "summary.html"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else [])
     claims = _claims(run, [name], None if df is None else df.assign(post=name),
                      None if svd is None else svd.assign(post=name))
     if out is not None:
         write_json(out / "meta.json", meta)
-        (out / "summary.md").write_text(_summary(meta, head, spiked, svd_head, len(svd_rows), plots))
+        write_pages(out, [_summary(meta, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
+                    cards=[c.row() for c in cards])
     return ProbeResult(None if df is None else df.assign(post=name)[["post", *COLUMNS]],
                        None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims,
                        svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True), meta,
-                       norms=_norms_frame(norms))
+                       norms=_norms_frame(norms), cards=cards_frame(cards) if cards else None)
+
+
+def _top_singular(delta: torch.Tensor, m: int) -> torch.Tensor:
+    """ΔW restricted to its top-m singular triplets' span cheaply enough for any size: the whole SVD of a small
+    matrix, a randomized one (oversampled, 4 power iterations) of a large one."""
+    if min(delta.shape) <= 1024:
+        return delta
+    U, S, V = torch.svd_lowrank(delta.double(), q=min(m + 10, min(delta.shape)), niter=4)
+    return (U[:, :m] * S[:m]) @ V[:, :m].T
+
+
+def _cards(run: _Run, name: str) -> list:
+    """The direction cards of one post: for every probed cell the top ``cards`` activation directions (from the
+    statistics), ΔW's right/left singular directions and the prediction directions, explained by one pass over
+    the calibration tokens (contexts, second-moment shares) and the logit lens."""
+    rq, pair, m = run.rq, run.pairs[name], run.rq.cards
+    layer_roles = tuple(r for r in (rq.grid.roles if rq.grid else None) or run.roles if r != "unembed")
+    layers = rq.grid.layers if rq.grid else None
+    dirs: list[Direction] = []
+    for rp in pair.iter_roles(layer_roles, layers):
+        if run.stats is not None:
+            dirs += activation_directions(run.stats, rp.layer, rp.role, m, rq.grid.centred if rq.grid else False)
+        dirs += delta_directions(_top_singular(rp.delta, m), rp.layer, rp.role, m)
+    dirs += prediction_directions(prediction_from_pair(pair), m)
+    try:  # the lens as the model computes logits: the final norm's gain folded in where it has one
+        unembed = read_unembedding(run.base, gain=True)
+    except ConfigError:
+        unembed = read_unembedding(run.base)
+    model = tok = ids = None
+    if rq.calibration is not None:
+        model, tok, ids = calibration_pass(run.base, rq.calibration)
+    return explain(model, dirs, ids, tok, progress=runtime().progress, unembed=unembed)
 
 
 def _norms_frame(norms: dict[str, list]) -> pd.DataFrame | None:

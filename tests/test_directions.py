@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rwedit.architectures import get_weight, set_weight
-from rwedit.probes.directions import Direction, cards_frame, explain, final_norm_gain, logit_lens
+from rwedit.probes.directions import Direction, cards_frame, explain, final_norm_gain, logit_lens, unembedding
 from tiny_models import tiny_model
 
 
@@ -74,12 +74,12 @@ def test_the_share_equals_a_direct_second_moment_computation(planted):
 
 def test_the_planted_row_is_the_lens_first_token_with_the_norm_folded_in(planted):
     model, u, w, (T, S, W), ids = planted
-    (promoted, suppressed), = logit_lens(w[None], model, top=3)
+    (promoted, suppressed), = logit_lens(w[None], *unembedding(model), top=3)
     assert promoted[0][0] == f"<{W}>"
     want = get_weight(model, None, "unembed").float() @ (final_norm_gain(model) * w)
     assert promoted[0][1] == pytest.approx(float(want.max()), rel=1e-6)
     assert suppressed[0][1] == pytest.approx(float(want.min()), rel=1e-6)
-    (unfolded, _), = logit_lens(w[None], model, top=1, fold_norm=False)
+    (unfolded, _), = logit_lens(w[None], *unembedding(model, fold_norm=False), top=1)
     assert unfolded[0][1] == pytest.approx(float((get_weight(model, None, "unembed").float() @ w).max()), rel=1e-6)
 
 
@@ -133,3 +133,31 @@ def test_activation_directions_are_the_second_moment_eigenvectors(planted):
     for i, d in enumerate(dirs):
         assert d.value == pytest.approx(float(lam[-1 - i]), rel=1e-6)
         assert abs(float(d.vector.double() @ vec[:, -1 - i])) == pytest.approx(1, abs=1e-6)
+
+
+def test_a_probe_writes_cards_explain_prints_them_and_the_summary_page_opens(tmp_path, wiki_tokenizer, capsys):
+    """`rwedit probe` with calibration writes directions.jsonl (activation, ΔW and prediction cards of every
+    probed cell) and summary.html with the cards; `rwedit explain OUT` prints the headline cells'; the page
+    opens in Chromium with nothing broken."""
+    from browser import open_page
+    from rwedit.cli import main
+    from tiny_models import save_pair
+
+    m = save_pair(tmp_path / "m", wiki_tokenizer)
+    out = tmp_path / "probe"
+    assert main(["probe", "--base", str(m / "base"), "--post", str(m / "post"), "--calib",
+                 "bundled:wikitext-2/valid.txt.gz", "--calib-tokens", "2048", "--seq-len", "64", "--roles", "q,o", "--k", "1,4",
+                 "--cards", "2", "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (out / "directions.jsonl").read_text().splitlines()]
+    kinds = {(r["kind"], r["role"]) for r in rows}
+    assert {("activation", "q"), ("delta_right", "q"), ("delta_left", "o"), ("prediction", "unembed")} <= kinds
+    q_act = [r for r in rows if r["kind"] == "activation" and r["role"] == "q"]
+    assert all(r["top_contexts"] and r["promoted"] and 0 < r["share"] < 1 for r in q_act)
+    assert all(not r["promoted"] for r in rows if r["role"] == "q" and r["side"] == "write")  # head space: no lens
+    capsys.readouterr()
+    assert main(["explain", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "layer 0 q · activation #0" in printed and "promotes:" in printed and "#1" not in printed
+    met = open_page(out / "summary.html", tmp_path)
+    assert met["console_errors"] == [] and met["broken"] == [] and met["images"] >= 2
+    assert 'class="card"' in (out / "summary.html").read_text()
