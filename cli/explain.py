@@ -15,9 +15,9 @@ from rwedit.cli import options
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a folder rwedit probe or quickstart wrote (with directions.jsonl)")
-    p.add_argument("--roles", default="q,o,down,unembed", help="comma list of roles to show (default: "
+    p.add_argument("--show-roles", default="q,o,down,unembed", help="comma list of roles to show (default: "
                    "q,o,down,unembed, the cells of the read/write claims); 'all' for every role")
-    p.add_argument("--layers", help="comma list of layers (default: all)")
+    p.add_argument("--show-layers", help="comma list of layers to show (default: all)")
     p.add_argument("--kinds", help="comma list of kinds: activation, delta_right, delta_left, prediction, edit_v, "
                    "edit_b (default: all)")
     p.add_argument("--top", type=options.positive_int, default=1, help="directions per cell and kind (default 1)")
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise DataError(f"{root}: no directions.jsonl here or below; run `rwedit probe ... --out {root}` with "
                         f"direction cards on (--cards 4, the default)")
-    roles = None if args.roles == "all" else set(args.roles.split(","))
-    layers = None if not args.layers else {int(x) for x in args.layers.split(",")}
+    roles = None if args.show_roles == "all" else set(args.show_roles.split(","))
+    layers = None if not args.show_layers else {int(x) for x in args.show_layers.split(",")}
     kinds = None if not args.kinds else set(args.kinds.split(","))
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
