@@ -104,7 +104,7 @@ def test_graded_objective_loss_equals_direct_computation(organism, lam, tmp_path
     policy = AutoModelForCausalLM.from_pretrained(organism.pretrained)  # as in training: the reference is the
     ref = AutoModelForCausalLM.from_pretrained(organism.pretrained).eval()  # model TRL is given (precomputed)
     data, _ = preference_dataset(cfg, tok)
-    trainer = DPOTrainer(model=policy, args=graded_config(cfg, lam, tmp_path, progress=False), train_dataset=data,
+    trainer = DPOTrainer(model=policy, args=graded_config(cfg, lam, tmp_path), train_dataset=data,
                          processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     policy = trainer.model  # then move the policy away from the reference: the aligned weights
