@@ -54,6 +54,7 @@ def quiet_libraries() -> Iterator[None]:
     """transformers' and datasets' progress bars and below-error log lines, TRL's reference-log-prob bar (it
     honours ``TQDM_DISABLE``) and the libraries' deprecation notices off inside the block; restored after."""
     import datasets
+    import tqdm.std  # noqa: F401  (tqdm reads its TQDM_* settings once, at import: before TQDM_DISABLE is set below)
     from transformers.utils import logging as hf_logging
 
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
@@ -62,7 +63,7 @@ def quiet_libraries() -> Iterator[None]:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    os.environ["TQDM_DISABLE"] = "1"  # read by TRL at call time; tqdm itself read its TQDM_* at import
+    os.environ["TQDM_DISABLE"] = "1"  # read by TRL at call time; rwedit's own bars are not affected
     try:
         with warnings.catch_warnings():
             for category in (FutureWarning, DeprecationWarning):
