@@ -6,7 +6,10 @@ experiment (principal read-pathway rank-1 edit vs random, low-variance and write
 norm, alpha sweep) scored with the bundled lm-eval tasks and direct metrics, exports the edit adapter with
 its model card, and writes OUT/report.md whose first screen says what was found. The organism is built once
 (minutes on a CPU) and cached; later runs reuse it. --model/--post run the same on any pair. Rerunning into
-the same OUT resumes.
+the same OUT resumes. Every stage's settings are checked against the model before any work (the organism's
+from its settings, before training). Prints a line per stage and a progress bar per training run and scoring
+pass, and ends with the findings table (--quiet: the table alone). --reduced runs the same path on a
+seconds-scale organism with the data capped (about a minute).
 """
 
 from __future__ import annotations

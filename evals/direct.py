@@ -80,8 +80,10 @@ class DirectScorer:
 
     def _margins(self) -> torch.Tensor:
         out = []
+        # nested under the runner's condition bar: drawn on a terminal only (None), where it redraws in place; in
+        # a log or pipe every redraw of a nested bar is a new line
         for i in tqdm(range(0, len(self.pairs), self.s.batch_size), desc="direct: pairs", leave=False,
-                      disable=not self.progress):
+                      disable=None if self.progress else True):
             chunk = self.pairs[i: i + self.s.batch_size]
             prompts = [p.prompt for p in chunk]
             ch = response_logprob(self.model, encode_pairs(self.tok, prompts, [p.chosen for p in chunk], self.s.max_len))

@@ -105,14 +105,25 @@ class Recipe(ExperimentRecipe):
         """The base checkpoint, opened once per recipe object (checked first, then loaded)."""
         return Checkpoint.open(self.edit.model)
 
+    def check_fits(self, base) -> None:
+        """The edit (layers, roles, widths, windows), the export names and the scorers' sequence lengths against
+        a base model: a :class:`Checkpoint`, or anything with its ``source``, ``config`` and ``layout`` (a model
+        that is yet to be built is checked before the work of building it)."""
+        from rwedit.models import check_window
+
+        self.edit.check_fits(base)
+        self._check_export(self.edit.resolved(base.layout.n_layers))
+        if self.direct is not None:
+            check_window(base.config, self.direct.seq_len, "direct.seq_len")
+            check_window(base.config, self.direct.max_len, "direct.max_len")
+
     def check_sources(self) -> dict:
         """Open the checkpoints and check the edit against them before anything is written: a missing
         model, a layer or role the model lacks, a mismatched pair; returns what the run records of them."""
         from rwedit.checkpoints import CheckpointPair, open_post, source_info
         from rwedit.probes.grid import GridSettings, check_ks
 
-        self.edit.check_fits(self.base_checkpoint)
-        self._check_export(self.edit.resolved(self.base_checkpoint.layout.n_layers))
+        self.check_fits(self.base_checkpoint)
         sources = {"base": source_info(self.base_checkpoint)}
         if self.edit.post is not None:  # a checkpoint, or a LoRA adapter folder over the base
             post = open_post(self.edit.post, self.base_checkpoint)

@@ -9,8 +9,12 @@ base's scores under the adapter's name. lm-eval's response cache is never used: 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -156,6 +160,23 @@ def _task_index(with_lm_eval: bool):
     return task_manager(None if with_lm_eval else tuple(BUNDLED_TASKS))
 
 
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """lm-eval's own progress bars (its request builder's bar takes no switch), warnings and below-error log lines
+    off inside the block: rwedit's condition bar says where a run is. Its errors still print, and raise."""
+    logger = logging.getLogger("lm_eval")
+    saved = logger.level, logger.propagate, logger.handlers[:]
+    handler = logging.StreamHandler(sys.stderr)  # the real stderr, bound before it is redirected below
+    logger.setLevel(logging.ERROR)
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate, logger.handlers = saved[1], saved[2]
+
+
 def flatten_results(results: dict) -> dict[str, float | None]:
     """``{task: {"acc,none": x, "acc_stderr,none": s}}`` -> ``{"task/acc": x, "task/acc_stderr": s}``."""
     out: dict[str, float | None] = {}
@@ -245,7 +266,8 @@ class LMEvalScorer:
         # the tasks are built once and scored for every condition (simple_evaluate would rebuild them and
         # collect torch's environment report, ~0.5 s of subprocesses, on every call); their settings as
         # simple_evaluate sets them
-        self.tasks = self.tm.load(list(settings.tasks))
+        with quiet_lm_eval():
+            self.tasks = self.tm.load(list(settings.tasks))
         for task in self.tasks["tasks"].values():
             if settings.num_fewshot is not None and task.get_config("num_fewshot") != 0:
                 task.set_config(key="num_fewshot", value=settings.num_fewshot)
@@ -257,7 +279,8 @@ class LMEvalScorer:
             from lm_eval.models.huggingface import HFLM
 
             kw = {"max_length": settings.max_length} if settings.max_length else {}
-            self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)
+            with quiet_lm_eval():
+                self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)
             return
         self.lm = None  # the backend's model, built when a condition needs it
         self._lm_condition: str | None = None
@@ -397,8 +420,9 @@ class LMEvalScorer:
         np.random.seed(DEFAULT_OTHER_SEED)  # stderr draws from them): the same numbers as through simple_evaluate
         torch.manual_seed(DEFAULT_OTHER_SEED)
         try:
-            return evaluate(lm=lm, task_dict=self.tasks, limit=s.limit, bootstrap_iters=s.bootstrap_iters,
-                            log_samples=log_samples, cache_requests=False, verbosity="ERROR")
+            with quiet_lm_eval():
+                return evaluate(lm=lm, task_dict=self.tasks, limit=s.limit, bootstrap_iters=s.bootstrap_iters,
+                                log_samples=log_samples, cache_requests=False, verbosity="ERROR")
         except AssertionError as e:  # lm-eval asserts when a continuation does not fit the window
             raise ConfigError(
                 f"lm-eval could not score {', '.join(s.tasks)}: an item is longer than the model's window of "

@@ -19,16 +19,43 @@ from rwedit.errors import ConfigError, OrganismError
 
 
 @pytest.fixture(scope="module")
-def organism(tmp_path_factory):
-    """The reduced organism of the quickstart's --reduced path: pretrained, aligned (λ=1), SFT (λ=0)."""
+def built(tmp_path_factory):
+    """The reduced organism of the quickstart's --reduced path (pretrained, aligned λ=1, SFT λ=0), built with
+    progress on, and what the build printed (stdout + stderr)."""
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("organisms")
-    return build_organism(reduced(), root, progress=False)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        org = build_organism(reduced(), root, progress=True)
+    return org, text.getvalue()
+
+
+@pytest.fixture(scope="module")
+def organism(built):
+    return built[0]
 
 
 def _tensors(folder):
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+def test_the_build_prints_its_stage_lines_and_one_bar_per_training_run(built):
+    """What a newcomer watches: the stage lines and one finished bar (steps, loss) per training run, not the
+    trainers' log dicts nor the libraries' own bars (tokenising, reference log-probs, loading, saving)."""
+    _, text = built
+    lines = screen(text)
+    bars = [line for line in lines if "step/s" in line]
+    assert [b.split(":")[0] for b in bars] == ["CE pretraining", "graded objective λ=0 (SFT control)",
+                                              "graded objective λ=1 (preference alignment)"]
+    assert all("100%" in b and "loss=" in b for b in bars)
+    for chatter in ("{'loss'", "{'train_runtime'", "Loading weights", "Writing model shards", "Tokenizing",
+                    "reference log probs", "Flattening", "Warning"):
+        assert chatter not in text, chatter
+    assert len(lines) == len(bars) + sum(line.startswith("[organism] ") for line in lines) <= 12
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path):
@@ -104,7 +131,7 @@ def test_graded_objective_loss_equals_direct_computation(organism, lam, tmp_path
     policy = AutoModelForCausalLM.from_pretrained(organism.pretrained)  # as in training: the reference is the
     ref = AutoModelForCausalLM.from_pretrained(organism.pretrained).eval()  # model TRL is given (precomputed)
     data, _ = preference_dataset(cfg, tok)
-    trainer = DPOTrainer(model=policy, args=graded_config(cfg, lam, tmp_path, progress=False), train_dataset=data,
+    trainer = DPOTrainer(model=policy, args=graded_config(cfg, lam, tmp_path), train_dataset=data,
                          processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     policy = trainer.model  # then move the policy away from the reference: the aligned weights
@@ -249,8 +276,29 @@ def test_rwedit_run_of_an_organism_recipe_reuses_the_built_organism(organism):
     assert f"aligned:    {organism.aligned}" in res.lines
 
 
+def screen(text: str) -> list[str]:
+    """The lines a terminal keeps of ``text``: one per newline (``wc -l``), each as its last redraw (a bar
+    redraws itself after a carriage return)."""
+    return [line.split("\r")[-1] for line in text.rstrip("\n").split("\n")]
+
+
+def _quickstart(*args: str) -> tuple[int, str]:
+    """``rwedit quickstart ARGS`` in a new process from a folder outside any git repository; (exit code, what
+    it printed on stdout and stderr together, carriage returns kept)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cwd:
+        p = subprocess.run([sys.executable, "-m", "rwedit", "quickstart", *args], cwd=cwd, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    return p.returncode, p.stdout.decode()
+
+
 def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
-    """probe → edit → eval → report: every stage's files exist and the first screen reports each claim."""
+    """probe → edit → eval → report on the reduced organism, with the shipped recipe's layers (fractions of the
+    depth: 0 and 1 of its 2 layers) and smaller data: every stage's files exist and the first screen reports
+    each claim. (`--reduced` as shipped, through the command line, is the slow test below.)"""
     from importlib.resources import files
 
     from rwedit.evals.store import ResultStore
@@ -260,7 +308,7 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     exp = dict(recipe.control_experiment)
     assert exp["edit"]["edit"]["per_layer"] and exp["edit"]["edit"]["v"] == "principal[0..3]"  # replicate units
     exp["edit"] = {**exp["edit"], "alpha": [2.0], "controls": {"random": 2, "lowvar": 1, "write": "o"},
-                   "edit": {**exp["edit"]["edit"], "layers": [0, 1], "v": "principal[0..1]"},
+                   "edit": {**exp["edit"]["edit"], "v": "principal[0..1]"},
                    "calibration": {**exp["edit"]["calibration"], "tokens": 2048, "seq_len": 64}}
     exp["eval"] = {**exp["eval"], "limit": 4}
     exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
@@ -298,6 +346,81 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache", organism_root=organism.root.parent,
                    use_reduced=True)
     assert len(ResultStore(out / "experiment").rows()) == len(rows)
+
+
+
+
+@pytest.mark.slow
+def test_quickstart_reduced_end_to_end_and_what_it_prints(organism, tmp_path):
+    """`rwedit quickstart --reduced` as shipped: exit 0, the stage lines and rwedit's own bars ending in the
+    findings table, under 60 lines with no trainer dicts, lm-eval, transformers or git chatter; `--quiet` rerun
+    into the same folder reuses everything and prints the table alone, under 20 lines."""
+    from rwedit.evals.store import ResultStore
+
+    out = tmp_path / "qs"
+    common = ("--reduced", "--out", str(out), "--organism-root", str(organism.root.parent),
+              "--cache-dir", str(tmp_path / "cache"))
+    code, text = _quickstart(*common)
+    assert code == 0, text
+    lines = screen(text)
+    assert len(lines) < 60, text
+    for chatter in ("{'loss'", "fatal:", "Loading weights", "loglikelihood", "Tokenizing", "direct: pairs",
+                    "Warning", "lm_eval", "pretrained` model kwarg"):
+        assert chatter not in text, chatter
+    assert [x for x in lines if x.startswith("[quickstart] stage")][-1] == "[quickstart] stage 5/5: report"
+    assert lines[-1] == f"report: {out / 'report.md'}"
+    table = lines[lines.index("") + 1:-2]
+    assert table[0].startswith("| claim") and len(table) == 2 + 11  # header, rule, a row per claim
+    first = (out / "report.md").read_text().split("## The organism")[0]
+    assert all(line in first for line in table)
+    rows = ResultStore(out / "experiment").rows()
+    unit = 4 * ["principal"] + 3 * ["random"] + ["lowvar", "write"]  # principal[0..3], 3 random, lowvar, write
+    assert [r["kind"] for r in rows] == ["base"] + 2 * unit
+    assert sorted({r["layers"][0] for r in rows[1:]}) == [0, 1]  # layers 0.3, 0.7 of the 2-layer organism
+    assert "paired test over 48 items, pooled over 8 replicate units" in first  # --reduced caps the pairs at 48
+
+    code, quiet = _quickstart(*common, "--quiet")  # a rerun into the same folder reuses everything
+    assert code == 0 and len(screen(quiet)) < 20, quiet
+    assert screen(quiet)[-1] == lines[-1] and all(line in quiet for line in table)
+    assert len(ResultStore(out / "experiment").rows()) == len(rows)
+
+
+def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_trained(tmp_path, monkeypatch):
+    """Every stage's settings are checked against the model the organism's settings describe before it is
+    built: a layer, an export name or a window that does not fit fails at once, naming the recipe key and
+    what to change; nothing is trained or written. The shipped recipe fits both organisms."""
+    from importlib.resources import files
+
+    import rwedit.apps.quickstart.run as run_module
+    from rwedit.apps.organism import planned_model
+    from rwedit.apps.quickstart import QuickstartRecipe, run_quickstart
+    from rwedit.apps.quickstart.recipe import reduced as reduced_recipe
+    from rwedit.errors import RweditError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the organism was built before the recipe was checked")
+
+    monkeypatch.setattr(run_module, "build_organism", no_training)
+    shipped = files("rwedit.recipes") / "quickstart.yaml"
+    recipe = QuickstartRecipe.from_yaml(shipped)
+    recipe.check_fits(planned_model(recipe.organism))  # fits the 4-layer organism
+    reduced_recipe(recipe).check_fits(planned_model(reduced()))  # and --reduced's 2-layer one
+    cases = [(False, "control_experiment.edit.edit.layers=[1,4]", "control_experiment.edit.edit.layers",
+              "layers 0..3"),
+             (True, "control_experiment.edit.edit.layers=[1,2]", "control_experiment.edit.edit.layers", "layers 0..1"),
+             (False, "control_experiment.export=[L7_principal0_a8]", "control_experiment.export", "L7_principal0_a8"),
+             (False, "control_experiment.direct.max_len=4096", "control_experiment.direct.max_len", "2048"),
+             (False, "probe.seq_len=4096", "probe.seq_len", "2048"),
+             (False, "control_experiment.edit.edit.v=principal[0..200]", "control_experiment.edit.edit.v", "d = 192")]
+    for use_reduced, setting, key, detail in cases:
+        bad = QuickstartRecipe.from_yaml(shipped, sets=[setting])
+        with pytest.raises(RweditError) as err:
+            run_quickstart(bad, tmp_path / "out", progress=False, organism_root=tmp_path / "organisms",
+                           use_reduced=use_reduced)
+        msg = str(err.value)
+        assert msg.startswith(key) and detail in msg and "the organism (organism.model:" in msg, msg
+        assert f"--set {key}=" in msg and "nothing was trained or written" in msg, msg
+    assert not (tmp_path / "out").exists() and not (tmp_path / "organisms").exists()
 
 
 def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_path):

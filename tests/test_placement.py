@@ -147,7 +147,8 @@ def _argv(command: str, pair, tmp_path) -> list[str]:
         (folder / "adapter_config.json").write_text("{}")
         return ["apply", str(folder), "--model", base, "--prompt", "The"]
     return ["run", "control-experiment", "--base", base, "--post", post, "--out", str(tmp_path / "o"),
-            "--set", "edit.calibration.seq_len=32", "--set", "edit.calibration.tokens=256", "--quiet"]
+            "--set", "edit.calibration.seq_len=32", "--set", "edit.calibration.tokens=256",
+            "--set", "direct.seq_len=32", "--set", "direct.max_len=32", "--quiet"]  # the tiny pair's window: 64
 
 
 COMMANDS = ("probe", "edit", "eval", "apply", "run")

@@ -7,20 +7,24 @@ have a real base/aligned pair.
 
 - :mod:`.config`: the settings, their validation, the stage cache key and the ``reduced`` variant;
 - :mod:`.training`: data splits, tokenizer, model, CE pretraining, TRL alignment, ``build_organism``;
-- :mod:`.measure`: held-out CE and preference metrics, ``check_aligned``, ``summary_lines``.
+- :mod:`.measure`: held-out CE and preference metrics, ``check_aligned``, ``summary_lines``;
+- :mod:`.progress`: one bar per training run, the libraries' own bars and log lines off.
 """
 
-from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, AlignSettings, EvalSettings, ModelSettings,
+from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, WINDOW, AlignSettings, EvalSettings, ModelSettings,
                                          OrganismConfig, PretrainSettings, reduced)
 from rwedit.apps.organism.measure import (check_aligned, fmt_ci, heldout_ce, measure, preference_metrics,
                                           response_logps, summary_lines)
-from rwedit.apps.organism.training import (Organism, build_organism, build_tokenizer, default_root, fresh_model,
-                                           graded_config, heldout_pairs, heldout_texts, left_truncate_prompt,
-                                           pack_documents, preference_dataset, pretraining_texts, training_pairs)
+from rwedit.apps.organism.progress import quiet_libraries
+from rwedit.apps.organism.training import (Organism, PlannedModel, build_organism, build_tokenizer, default_root,
+                                           fresh_model, graded_config, heldout_pairs, heldout_texts,
+                                           left_truncate_prompt, model_config, pack_documents, planned_model,
+                                           preference_dataset, pretraining_texts, training_pairs)
 from rwedit.errors import OrganismError
 
-__all__ = ["KIND", "ORGANISM_VERSION", "AlignSettings", "EvalSettings", "ModelSettings", "Organism", "OrganismConfig",
-           "OrganismError", "PretrainSettings", "build_organism", "build_tokenizer", "check_aligned",
-           "default_root", "fmt_ci", "fresh_model", "graded_config", "heldout_ce", "heldout_pairs", "heldout_texts",
-           "left_truncate_prompt", "measure", "pack_documents", "preference_dataset", "preference_metrics",
-           "pretraining_texts", "reduced", "response_logps", "summary_lines", "training_pairs"]
+__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "EvalSettings", "ModelSettings", "Organism",
+           "OrganismConfig", "OrganismError", "PlannedModel", "PretrainSettings", "build_organism", "build_tokenizer",
+           "check_aligned", "default_root", "fmt_ci", "fresh_model", "graded_config", "heldout_ce", "heldout_pairs",
+           "heldout_texts", "left_truncate_prompt", "measure", "model_config", "pack_documents", "planned_model",
+           "preference_dataset", "preference_metrics", "pretraining_texts", "quiet_libraries", "reduced",
+           "response_logps", "summary_lines", "training_pairs"]

@@ -20,6 +20,9 @@ from rwedit.errors import OrganismError
 
 ORGANISM_VERSION = 2  # bump when a change here alters the weights a config produces (2: DPO in float32)
 
+#: the organism's context window (max_position_embeddings; RoPE, no learned positions; lm-eval reads it)
+WINDOW = 2048
+
 #: the top-level ``experiment:`` value of an organism recipe (the kind ``rwedit run`` dispatches on)
 KIND = "organism"
 
@@ -114,6 +117,10 @@ class OrganismConfig(Config):
         if a.max_prompt_tokens >= a.max_length:
             raise OrganismError(f"align.max_prompt_tokens ({a.max_prompt_tokens}) must be below align.max_length "
                                 f"({a.max_length}): a prompt that fills the budget leaves nothing to score")
+        for name, v in (("model.seq_len", m.seq_len), ("align.max_length", a.max_length)):
+            if v > WINDOW:
+                raise OrganismError(f"{name} = {v} tokens is longer than the organism's context window of {WINDOW} "
+                                    f"positions; set it to at most {WINDOW}")
         bad = [x for x in a.lambdas if not 0.0 <= x <= 1.0]
         if bad:
             raise OrganismError(f"align.lambdas must lie in [0, 1]; got {bad}")
@@ -177,5 +184,5 @@ def reduced(cfg: OrganismConfig | None = None) -> OrganismConfig:
     )
 
 
-__all__ = ["KIND", "ORGANISM_VERSION", "AlignSettings", "EvalSettings", "ModelSettings", "OrganismConfig",
-           "PretrainSettings", "reduced"]
+__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "EvalSettings", "ModelSettings",
+           "OrganismConfig", "PretrainSettings", "reduced"]

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from rwedit.apps.organism.config import OrganismConfig
+from rwedit.apps.organism.config import WINDOW, OrganismConfig
+from rwedit.apps.organism.progress import quiet_libraries, use_bar
 from rwedit.architectures import LAYER_ROLES
 from rwedit.bundled import HH_HELDOUT, HH_TRAIN
 from rwedit.data import PreferencePair, read_pairs, read_texts
@@ -87,21 +88,49 @@ def build_tokenizer(cfg: OrganismConfig, texts: Sequence[str]):
     from rwedit.data import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(texts, vocab_size=cfg.model.vocab_size)
-    tok.model_max_length = 2048  # = max_position_embeddings
+    tok.model_max_length = WINDOW
     return tok
+
+
+def model_config(cfg: OrganismConfig):
+    """The ``LlamaConfig`` the organism's settings describe: what ``fresh_model`` builds, and what a recipe is
+    checked against before anything is trained (:func:`planned_model`)."""
+    from transformers import LlamaConfig
+
+    m = cfg.model
+    return LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden, num_hidden_layers=m.layers,
+                       num_attention_heads=m.heads, num_key_value_heads=m.heads, intermediate_size=m.intermediate,
+                       max_position_embeddings=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                       tie_word_embeddings=False)
 
 
 def fresh_model(cfg: OrganismConfig):
     """A randomly initialised Llama from the organism's config (seeded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    m = cfg.model
     torch.manual_seed(cfg.seed)
-    config = LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden, num_hidden_layers=m.layers,
-                         num_attention_heads=m.heads, num_key_value_heads=m.heads, intermediate_size=m.intermediate,
-                         max_position_embeddings=2048,  # RoPE: no learned positions; lm-eval reads its window here
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(model_config(cfg))
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """The organism's model as its settings say it will be, before any training: the ``source``, ``config`` and
+    ``layout`` that a :class:`~rwedit.checkpoints.Checkpoint` offers, so that a recipe's fit (layers, roles,
+    widths, window) is checked against it before the minutes of building it."""
+
+    source: str
+    config: Any
+    layout: Any
+
+
+def planned_model(cfg: OrganismConfig) -> PlannedModel:
+    """The :class:`PlannedModel` of ``cfg`` (no weights, nothing trained)."""
+    from rwedit.architectures import Layout
+
+    config = model_config(cfg)
+    m = cfg.model
+    return PlannedModel(f"the organism (organism.model: {m.layers} layers, hidden {m.hidden})", config,
+                        Layout.from_config(config))
 
 
 # --- the stage cache ------------------------------------------------------------------------
@@ -161,11 +190,13 @@ def _stage(folder: Path, build: Callable[[Path], dict], progress: bool, what: st
 
 
 def _training_args(kind, out: Path, cfg: OrganismConfig, steps: int, batch: int, lr: float, warmup: int,
-                   weight_decay: float, progress: bool, **extra):
+                   weight_decay: float, **extra):
+    """The trainers' shared arguments; their own bar and printed log dicts are off (:func:`.progress.use_bar`
+    draws one bar instead)."""
     return kind(output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=batch,
                 learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="cosine", weight_decay=weight_decay,
-                logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], use_cpu=True, seed=cfg.seed,
-                data_seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=not progress, **extra)
+                logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", use_cpu=True, seed=cfg.seed,
+                data_seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True, **extra)
 
 
 class _Snapshots:
@@ -204,8 +235,6 @@ def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | No
     """Build (or reuse) tokenizer → pretrained → graded-objective runs for ``lambdas`` (default: the SFT
     control λ = 0 and the aligned model λ = 1; ``None``: the whole grid of ``cfg.align.lambdas``), then
     measure held-out loss and preference metrics into ``organism.json``."""
-    from rwedit.apps.organism.measure import measure
-
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -214,11 +243,18 @@ def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | No
     org.root.mkdir(parents=True, exist_ok=True)
     (org.root / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     lambdas = tuple(cfg.align.lambdas if lambdas is None else lambdas)
+    with quiet_libraries():  # the stage lines and one bar per training run, not the libraries' chatter
+        return _build(org, lambdas, progress)
 
+
+def _build(org: Organism, lambdas: tuple[float, ...], progress: bool) -> Organism:
+    from rwedit.apps.organism.measure import measure
+
+    cfg = org.config
     _stage(org.pretrained, lambda tmp: _pretrain(cfg, tmp, progress), progress, "CE pretraining")
     for lam in lambdas:
         _stage(org.lam_dir(lam), lambda tmp, lam=lam: _align(cfg, org.pretrained, lam, tmp, progress), progress,
-               f"graded objective λ={lam:g}" + {1.0: " (preference alignment)", 0.0: " (SFT control)"}.get(lam, ""))
+               _stage_name(lam))
     have, rep = org.report(), org.root / "organism.json"
     stages = [org.pretrained] + [org.lam_dir(lam) for lam in lambdas]
     if all(f"lambda_{lam:g}" in have.get("models", {}) for lam in lambdas) and \
@@ -229,6 +265,10 @@ def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | No
     report = measure(org, sorted(set(lambdas) | earlier), progress)  # keep what was measured before
     (org.root / "organism.json").write_text(json.dumps(report, indent=2))
     return org
+
+
+def _stage_name(lam: float) -> str:
+    return f"graded objective λ={lam:g}" + {1.0: " (preference alignment)", 0.0: " (SFT control)"}.get(lam, "")
 
 
 def _measured(report: dict) -> set[float]:
@@ -253,9 +293,9 @@ def _pretrain(cfg: OrganismConfig, out: Path, progress: bool) -> dict:
                    f"{cfg.model.seq_len} tokens on {ids.numel()} tokens (held-out CE at init {ce0[0]:.2f})")
     data = [{"input_ids": r, "labels": r} for r in ids]
     snaps = _Snapshots(p.trajectory_every, LAYER_ROLES)
-    args = _training_args(TrainingArguments, out, cfg, p.steps, p.batch_size, p.lr, p.warmup, p.weight_decay,
-                          progress)
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[snaps])
+    args = _training_args(TrainingArguments, out, cfg, p.steps, p.batch_size, p.lr, p.warmup, p.weight_decay)
+    trainer = use_bar(Trainer(model=model, args=args, train_dataset=data, callbacks=[snaps]), "CE pretraining",
+                      progress)
     t0 = time.perf_counter()
     trainer.train()
     secs = time.perf_counter() - t0
@@ -284,14 +324,14 @@ def preference_dataset(cfg: OrganismConfig, tok) -> tuple[Any, dict]:
     return datasets.Dataset.from_list(rows), {"pairs": len(rows), "prompts_cut_from_left": cut}
 
 
-def graded_config(cfg: OrganismConfig, lam: float, out: Path, progress: bool):
+def graded_config(cfg: OrganismConfig, lam: float, out: Path):
     """TRL's DPOConfig for ``λ·L_sigmoid-DPO + (1 − λ)·L_CE(chosen)``."""
     from trl import DPOConfig
 
     a = cfg.align
-    return _training_args(DPOConfig, out, cfg, a.steps, a.batch_size, a.lr, max(1, a.steps // 20), 0.0, progress,
+    return _training_args(DPOConfig, out, cfg, a.steps, a.batch_size, a.lr, max(1, a.steps // 20), 0.0,
                           beta=a.beta, loss_type=["sigmoid", "sft"], loss_weights=[float(lam), 1.0 - float(lam)],
-                          precompute_ref_log_probs=True, max_length=a.max_length, gradient_checkpointing=False,
+                          precompute_ref_log_probs=True, max_length=a.max_length, activation_checkpointing=False,
                           bf16=False)  # TRL defaults to bf16 autocast: ~5x slower on a CPU, and less exact
 
 
@@ -311,8 +351,9 @@ def _align(cfg: OrganismConfig, pretrained: Path, lam: float, out: Path, progres
         callbacks.append(RSFTrajectoryCallback(out / "trajectory.csv", stats,
                                                GridSettings(roles=LAYER_ROLES, ks=(1, 4, 16), null_seeds=4),
                                                every_n_steps=cfg.align.trajectory_every))
-    args = graded_config(cfg, lam, out, progress)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
+    args = graded_config(cfg, lam, out)
+    trainer = use_bar(DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                                 callbacks=callbacks), _stage_name(lam), progress)
     counts["pairs_after_trl"] = len(trainer.train_dataset)
     if counts["pairs_after_trl"] != counts["pairs"]:
         raise OrganismError(f"TRL dropped {counts['pairs'] - counts['pairs_after_trl']} of {counts['pairs']} pairs "
@@ -338,6 +379,6 @@ def _calibration_stats(model, tok, cfg: OrganismConfig, tokens: int = 16_384):
                                     source=cfg.pretrain_text[0], progress=False)
 
 
-__all__ = ["Organism", "build_organism", "build_tokenizer", "default_root", "fresh_model", "graded_config",
-           "heldout_pairs", "heldout_texts", "left_truncate_prompt", "pack_documents", "preference_dataset",
-           "pretraining_texts", "training_pairs"]
+__all__ = ["Organism", "PlannedModel", "build_organism", "build_tokenizer", "default_root", "fresh_model",
+           "graded_config", "heldout_pairs", "heldout_texts", "left_truncate_prompt", "model_config", "pack_documents",
+           "planned_model", "preference_dataset", "pretraining_texts", "training_pairs"]

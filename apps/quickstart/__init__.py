@@ -5,12 +5,14 @@
 - :mod:`.report`: the per-claim findings and ``report.md``.
 """
 
-from rwedit.apps.quickstart.recipe import KIND, ProbeSettings, QuickstartRecipe
-from rwedit.apps.quickstart.report import (CLAIM_K, READ_ROLES_CLAIM, WRITE_ROLES_CLAIM, claim_series, contrast_lines,
-                                           findings, spectrum_lines, write_quickstart_report)
+from rwedit.apps.quickstart.recipe import KIND, ProbeSettings, QuickstartRecipe, reduced
+from rwedit.apps.quickstart.report import (CLAIM_K, READ_ROLES_CLAIM, WRITE_ROLES_CLAIM, Finding, claim_findings,
+                                           claim_series, contrast_lines, findings, findings_table, spectrum_lines,
+                                           write_quickstart_report)
 from rwedit.apps.quickstart.run import (QuickstartResult, plot_graded, plot_trajectories, run_quickstart,
                                         training_side)
 
-__all__ = ["CLAIM_K", "KIND", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "ProbeSettings", "QuickstartRecipe",
-           "QuickstartResult", "claim_series", "contrast_lines", "findings", "plot_graded", "plot_trajectories",
-           "run_quickstart", "spectrum_lines", "training_side", "write_quickstart_report"]
+__all__ = ["CLAIM_K", "KIND", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "Finding", "ProbeSettings", "QuickstartRecipe",
+           "QuickstartResult", "claim_findings", "claim_series", "contrast_lines", "findings", "findings_table",
+           "plot_graded", "plot_trajectories", "reduced", "run_quickstart", "spectrum_lines", "training_side",
+           "write_quickstart_report"]

@@ -3,13 +3,14 @@ whether to train the graded-objective grid, and the causal control experiment to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig
+from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, reduced as reduced_organism
 from rwedit.config import Config, option, resolve_path
-from rwedit.errors import ConfigError
+from rwedit.errors import ConfigError, RweditError
 
 #: the top-level ``experiment:`` value of a quickstart recipe (the kind ``rwedit run`` dispatches on)
 KIND = "quickstart"
@@ -88,6 +89,20 @@ class QuickstartRecipe(Config):
         recipe.control_recipe("<model>", "<post>")  # every key, type and name checked now, not after training
         return recipe
 
+    def check_fits(self, base, post: str = "<post>") -> None:
+        """Before any work: the probe and the control experiment fit the model they will run on, ``base`` (a
+        :class:`~rwedit.checkpoints.Checkpoint`, or the organism's
+        :class:`~rwedit.apps.organism.PlannedModel` before it is built): its layers, roles, widths and
+        context window. An error names the recipe key and what to change."""
+        from rwedit.models import check_window
+        from rwedit.probes.grid import GridSettings, check_ks
+
+        rec = self.control_recipe(str(base.source), post)
+        _fits(base, "probe.seq_len", lambda: check_window(base.config, self.probe.seq_len, "probe.seq_len"))
+        _fits(base, "probe.ks", lambda: check_ks(GridSettings(ks=self.probe.ks), base.layout, base.layout.roles()))
+        _fits(base, "control_experiment.edit.", lambda: rec.edit.check_fits(base))  # keys relative to the spec
+        _fits(base, "control_experiment.", lambda: rec.check_fits(base))  # export names, the scorers' windows
+
     def control_recipe(self, model: str, post: str):
         """The control experiment's recipe for this base/post pair (its probe off: the quickstart probes the
         pair itself)."""
@@ -99,4 +114,48 @@ class QuickstartRecipe(Config):
         return Recipe.from_dict(exp, base_dir=self.base_dir, where="control_experiment")
 
 
-__all__ = ["KIND", "ProbeSettings", "QuickstartRecipe"]
+def _fits(base, key: str, check) -> None:
+    """Run one fit ``check``; its error is re-raised naming the recipe key (``key``, or ``key`` + the key the
+    message starts with when ``key`` ends in a dot), the model, and what to do."""
+    try:
+        check()
+    except RweditError as e:
+        msg = str(e).removeprefix(f"{base.source}: ")
+        if key.endswith("."):
+            key, msg = key + re.match(r"[\w.]*", msg).group(0).rstrip("."), key + msg
+        elif not msg.startswith(key):
+            msg = f"{key}: {msg}"
+        raise type(e)(f"{msg} [the model: {base.source}]. Checked before any work, so nothing was trained or "
+                      f"written: change {key} in the quickstart recipe (or run with --set {key}=...)") from None
+
+
+#: what ``--reduced`` caps each data size at (the stages, layers, edit, controls and verdicts stay the recipe's)
+REDUCED_TOKENS, REDUCED_SEQ_LEN, REDUCED_LIMIT, REDUCED_PAIRS, REDUCED_TEXTS = 4096, 64, 8, 48, 8
+
+
+def reduced(recipe: QuickstartRecipe) -> QuickstartRecipe:
+    """The seconds-scale quickstart of ``--reduced``: the reduced organism, and the probe's and the control
+    experiment's data capped (calibration tokens and sequence length, lm-eval items, held-out pairs and texts);
+    the same stages, edit, controls and verdicts as ``recipe``, so the same path runs end to end in a minute."""
+    exp = dict(recipe.control_experiment)
+    edit = dict(exp["edit"])
+    if isinstance(edit.get("calibration"), dict):
+        c = edit["calibration"]
+        edit["calibration"] = {**c, "tokens": min(c.get("tokens", REDUCED_TOKENS), REDUCED_TOKENS),
+                               "seq_len": min(c.get("seq_len", REDUCED_SEQ_LEN), REDUCED_SEQ_LEN)}
+    exp["edit"] = edit
+    if isinstance(exp.get("eval"), dict):
+        limit = exp["eval"].get("limit")
+        exp["eval"] = {**exp["eval"], "limit": min(limit or REDUCED_LIMIT, REDUCED_LIMIT)}
+    if isinstance(exp.get("direct"), dict):
+        d = exp["direct"]
+        pairs = d.get("pairs", "all")
+        exp["direct"] = {**d, "pairs": REDUCED_PAIRS if pairs == "all" else min(pairs, REDUCED_PAIRS),
+                         "texts": min(d.get("texts", REDUCED_TEXTS), REDUCED_TEXTS),
+                         "seq_len": min(d.get("seq_len", REDUCED_SEQ_LEN), REDUCED_SEQ_LEN)}
+    p = recipe.probe
+    return replace(recipe, organism=reduced_organism(recipe.organism), control_experiment=exp,
+                   probe=replace(p, tokens=min(p.tokens, REDUCED_TOKENS), seq_len=min(p.seq_len, REDUCED_SEQ_LEN)))
+
+
+__all__ = ["KIND", "ProbeSettings", "QuickstartRecipe", "reduced"]

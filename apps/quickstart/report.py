@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -41,12 +42,44 @@ def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> d
             "min": float(sel["rsf_min"].min()), "max": float(sel["rsf_max"].max())}
 
 
+class Finding(NamedTuple):
+    """One claim's finding: its line in ``report.md`` and its row of the findings table (claim, found, numbers)."""
+
+    line: str
+    claim: str
+    found: str
+    numbers: str
+
+
+def _kind(c: dict) -> str:
+    return "concentrated" if c["z"] > 3 else ("below" if c["z"] < -3 else "isotropic")
+
+
+def _short(c: dict | None, expect: str | None = None) -> tuple[str, str]:
+    """(found, numbers) of an RSF claim for the findings table: yes / no and what was found instead (or what
+    was found, when nothing is expected), and the RSF against its null."""
+    if c is None:
+        return "not measured", ""
+    kind = _kind(c)
+    found = kind if expect is None else ("yes" if kind == expect else f"no: {kind}")
+    return found, f"RSF {c['rsf']:.3g} vs null {c['null_mean']:.3g} ± {c['null_sd']:.2g}"
+
+
+def _rsf_finding(head: pd.DataFrame, text: str, claim: str, roles, side: str, subspace: str, k: int,
+                 expect: str | None = None) -> Finding:
+    """The finding of one RSF claim; ``text`` is its report line with ``{w}`` and ``{n}`` for the verdict words
+    and the numbers."""
+    c = _rsf_claim(head, roles, side, subspace, k)
+    w, n = _describe(c, expect)
+    return Finding(text.format(w=w, n=n), claim, *_short(c, expect))
+
+
 def _describe(c: dict | None, expect: str | None = None) -> tuple[str, str]:
     """(verdict word, numbers) of an RSF against its random null: above / isotropic / below, and — when
     ``expect`` names what the claim predicts ("concentrated" or "isotropic") — whether this agrees."""
     if c is None:
         return "not measured", ""
-    kind = "concentrated" if c["z"] > 3 else ("below" if c["z"] < -3 else "isotropic")
+    kind = _kind(c)
     word = {"concentrated": "concentrated (above the random null)", "below": "below the random null",
             "isotropic": "consistent with isotropic (within 3 null sd)"}[kind]
     if expect is not None:
@@ -57,63 +90,108 @@ def _describe(c: dict | None, expect: str | None = None) -> tuple[str, str]:
 
 def findings(out: Path, k: int = CLAIM_K) -> list[str]:
     """One line per RW/HC claim, from the probe folders and the experiment's verdicts."""
-    lines = []
+    return [f.line for f in claim_findings(out, k)]
+
+
+def findings_table(out: Path, k: int = CLAIM_K) -> list[str]:
+    """The findings as a markdown table with aligned columns (claim, found, numbers), one row per claim: what
+    the quickstart prints last and what ``report.md`` opens with."""
+    rows = [("claim", "found", "numbers")] + [(f.claim, f.found, f.numbers) for f in claim_findings(out, k)]
+    if len(rows) == 1:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]]
+
+
+def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
+    """One :class:`Finding` per RW/HC claim, from the probe folders and the experiment's verdicts."""
+    found: list[Finding] = []
     head_a = out / "probe_aligned" / "headline.csv"
     head_s = out / "probe_sft" / "headline.csv"
     if head_a.exists():
         h = pd.read_csv(head_a)
-        w, n = _describe(_rsf_claim(h, READ_ROLES_CLAIM, "read", "activation", k), "concentrated")
-        lines.append(f"- **RW: alignment concentrates on the read side of q, k** (vs activation subspace A_{k}): "
-                     f"{w}. {n}.")
-        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k), "isotropic")
-        lines.append(f"- **RW: alignment is isotropic on the write side of o, down** (vs prediction subspace "
-                     f"P_{k}): {w}. {n}.")
+        found.append(_rsf_finding(
+            h, f"- **RW: alignment concentrates on the read side of q, k** (vs activation subspace A_{k}): {{w}}. "
+               f"{{n}}.", f"RW: alignment concentrates on q, k's read side (A_{k})",
+            READ_ROLES_CLAIM, "read", "activation", k, "concentrated"))
+        found.append(_rsf_finding(
+            h, f"- **RW: alignment is isotropic on the write side of o, down** (vs prediction subspace P_{k}): "
+               f"{{w}}. {{n}}.", f"RW: alignment is isotropic on o, down's write side (P_{k})",
+            WRITE_ROLES_CLAIM, "write", "prediction", k, "isotropic"))
     if head_s.exists():
         h = pd.read_csv(head_s)
-        w, n = _describe(_rsf_claim(h, WRITE_ROLES_CLAIM, "write", "prediction", k), "concentrated")
-        lines.append(f"- **RW: cross-entropy training writes into the prediction subspace** (SFT control, write "
-                     f"side of o, down vs P_{k}): {w}. {n}.")
-        w, n = _describe(_rsf_claim(h, READ_ROLES_CLAIM, "read", "activation", k))
-        lines.append(f"- SFT control, read side of q, k vs A_{k}: {w}. {n}.")
+        found.append(_rsf_finding(
+            h, f"- **RW: cross-entropy training writes into the prediction subspace** (SFT control, write side of "
+               f"o, down vs P_{k}): {{w}}. {{n}}.", f"RW: CE (SFT control) writes into P_{k} (o, down)",
+            WRITE_ROLES_CLAIM, "write", "prediction", k, "concentrated"))
+        found.append(_rsf_finding(h, f"- SFT control, read side of q, k vs A_{k}: {{w}}. {{n}}.",
+                                  f"SFT control: q, k's read side (A_{k})", READ_ROLES_CLAIM, "read",
+                                  "activation", k))
     if head_a.exists() and head_s.exists():
-        lines += contrast_lines(out, k)
+        found += _contrast(out, k)
     traj = out / "training" / "trajectory_pretrain.csv"
     if traj.exists():
         s = claim_series(pd.read_csv(traj), k)
         wkey = next(x for x in s if x.startswith("write"))
         last = s[wkey].iloc[-1]
-        lines.append(f"- Pretraining trajectory (W_t − W_0 vs the final model's P_{k}): write-side RSF of o, down "
-                     f"at the last snapshot {last['mean']:.3g} ± {last['sem']:.2g} (sem over layers/roles); "
-                     "see `training/trajectory.png`.")
+        found.append(Finding(
+            f"- Pretraining trajectory (W_t − W_0 vs the final model's P_{k}): write-side RSF of o, down at the last "
+            f"snapshot {last['mean']:.3g} ± {last['sem']:.2g} (sem over layers/roles); see "
+            "`training/trajectory.png`.", f"Pretraining trajectory: o, down's write side (P_{k})",
+            "measured", f"{last['mean']:.3g} ± {last['sem']:.2g} at the last snapshot"))
     graded = out / "training" / "graded_rsf.csv"
     if graded.exists():
         parts = []
-        for label, ser in claim_series(pd.read_csv(graded), k).items():
+        series = claim_series(pd.read_csv(graded), k)
+        for label, ser in series.items():
             cells = ", ".join(f"λ={lam:g}: {r['mean']:.3g} ± {r['sem']:.2g}" for lam, r in ser.iterrows())
             parts.append(f"{label.split(':')[0]}-side RSF {cells}")
-        lines.append("- **Graded objective λ·L_pref + (1 − λ)·L_CE** (RW: write-side RSF should fall as λ → 1): "
-                     + "; ".join(parts) + " (sem over layers/roles); see `training/graded_rsf.png`.")
+        write = series[next(x for x in series if x.startswith("write"))]["mean"]
+        found.append(Finding(
+            "- **Graded objective λ·L_pref + (1 − λ)·L_CE** (RW: write-side RSF should fall as λ → 1): "
+            + "; ".join(parts) + " (sem over layers/roles); see `training/graded_rsf.png`.",
+            "RW graded objective: write-side RSF falls as λ → 1",
+            "yes" if write.iloc[-1] < write.iloc[0] else "no: it rises",
+            "λ = " + ", ".join(f"{lam:g}" for lam in write.index) + ": " + ", ".join(f"{x:.3g}" for x in write)))
     ver = out / "experiment" / "verdicts.csv"
     if ver.exists() and ver.stat().st_size > 1:
         v = pd.read_csv(ver)
         for control, g in v.groupby("control", sort=False):
             parts = [f"α={r['alpha']:g}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, "
                      f"{r['ci_high']:.3g}]" + _power(r) + ")" for _, r in g.iterrows()]
-            lines.append(f"- **RW causal test: principal read-pathway edit shifts {g['metric'].iloc[0]} more than the "
-                         f"{control} control at matched ‖ΔW‖**: " + "; ".join(parts) + ".")
+            metric = g["metric"].iloc[0]
+            found.append(Finding(
+                f"- **RW causal test: principal read-pathway edit shifts {metric} more than the {control} control "
+                f"at matched ‖ΔW‖**: " + "; ".join(parts) + ".",
+                f"RW causal ({metric}): principal read edit > {control}",
+                ", ".join(str(r["answer"]) for _, r in g.iterrows()),
+                "; ".join(f"α={r['alpha']:g}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+                          for _, r in g.iterrows())))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
         if sv.exists():
             d = pd.read_csv(sv)
-            lines.append(f"- **HC (base → {name}): near-uniform singular-value scaling, one rotation on both sides**: "
-                         f"scale s {d['scale'].mean():.4g} (sd over matrices {d['scale'].std():.2g}, residual "
-                         f"{d['scale_residual'].mean():.2g}); consistency ‖Q_U − Q_V‖/‖Q_U‖ "
-                         f"{d['consistency'].mean():.3g} (range {d['consistency'].min():.3g}–"
-                         f"{d['consistency'].max():.3g}); reparameterisation error {d['reparam_error'].mean():.3g}.")
-    return lines
+            found.append(Finding(
+                f"- **HC (base → {name}): near-uniform singular-value scaling, one rotation on both sides**: "
+                f"scale s {d['scale'].mean():.4g} (sd over matrices {d['scale'].std():.2g}, residual "
+                f"{d['scale_residual'].mean():.2g}); consistency ‖Q_U − Q_V‖/‖Q_U‖ "
+                f"{d['consistency'].mean():.3g} (range {d['consistency'].min():.3g}–"
+                f"{d['consistency'].max():.3g}); reparameterisation error {d['reparam_error'].mean():.3g}.",
+                f"HC (base → {name}): near-uniform singular-value scaling", "measured",
+                f"s = {d['scale'].mean():.4g} (sd {d['scale'].std():.2g}), consistency {d['consistency'].mean():.3g}"))
+    return found
 
 
 def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
+    """RW's contrast between the two regimes as a report line (none when fewer than two matrices pair up)."""
+    return [f.line for f in _contrast(out, k)]
+
+
+def _contrast(out: Path, k: int) -> list[Finding]:
     """RW's contrast between the two regimes, paired over (layer, role): write-side RSF of o, down vs P_k
     under CE (SFT control) minus under the preference loss (aligned), with a t interval over the matrices."""
     def rows(name):
@@ -126,9 +204,12 @@ def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
     ci = over_members([float(x) for x in diff])
     answer = ci.verdict()
     word = "no: the reverse" if answer == "no" else answer
-    return [f"- **RW contrast: CE writes more into the prediction subspace than the preference loss** (write-side "
-            f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {len(diff)} layer × role matrices): "
-            f"**{word}** ({ci.estimate:.3g}, 95% CI [{ci.low:.3g}, {ci.high:.3g}])."]
+    return [Finding(
+        f"- **RW contrast: CE writes more into the prediction subspace than the preference loss** (write-side "
+        f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {len(diff)} layer × role matrices): "
+        f"**{word}** ({ci.estimate:.3g}, 95% CI [{ci.low:.3g}, {ci.high:.3g}]).",
+        f"RW: CE writes into P_{k} more than the preference loss", word,
+        f"SFT − aligned {ci.estimate:.3g} [{ci.low:.3g}, {ci.high:.3g}] ({len(diff)} matrices)")]
 
 
 def spectrum_lines(out: Path, k: int = CLAIM_K) -> list[str]:
@@ -151,15 +232,16 @@ def spectrum_lines(out: Path, k: int = CLAIM_K) -> list[str]:
 def write_quickstart_report(out: Path, organism: dict | None, models: dict, times: dict,
                             exported: tuple[str, ...] = (), found: list[str] | None = None,
                             primary: str | None = None) -> Path:
-    """``OUT/report.md`` (what was found first, then the organism, the models, the experiment's headline,
-    plots, wall times and files) and ``OUT/quickstart.json``; ``found`` defaults to :func:`findings`."""
+    """``OUT/report.md`` (what was found first: the findings table, then each claim's line; then the organism,
+    the models, the experiment's headline, plots, wall times and files) and ``OUT/quickstart.json``; ``found``
+    defaults to :func:`findings` and :func:`spectrum_lines`."""
     from rwedit.apps.organism import summary_lines
     from rwedit.evals.report import headline_lines
 
     found = (findings(out) + spectrum_lines(out)) if found is None else found
     lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", "",
              "## What was found", ""]
-    lines += found
+    lines += findings_table(out) + [""] + found
     if (out / "experiment" / "overview.png").exists():
         lines += ["", "![overview](experiment/overview.png)"]
     lines += ["", "RSF = share of ‖ΔW‖²_F inside a k-dim subspace over k/d (1 = isotropic); z = (RSF − random "
@@ -207,8 +289,8 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     return path
 
 
-__all__ = ["CLAIM_K", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "claim_series", "contrast_lines", "findings",
-           "spectrum_lines", "write_quickstart_report"]
+__all__ = ["CLAIM_K", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "Finding", "claim_findings", "claim_series",
+           "contrast_lines", "findings", "findings_table", "spectrum_lines", "write_quickstart_report"]
 
 
 def _power(r) -> str:

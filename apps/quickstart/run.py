@@ -18,16 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from rwedit.apps.organism import Organism, build_organism, check_aligned, reduced
-from rwedit.apps.quickstart.recipe import QuickstartRecipe
-from rwedit.apps.quickstart.report import CLAIM_K, claim_series, findings, spectrum_lines, write_quickstart_report
+from rwedit.apps.organism import Organism, build_organism, check_aligned, planned_model, quiet_libraries
+from rwedit.apps.quickstart.recipe import QuickstartRecipe, reduced
+from rwedit.apps.quickstart.report import CLAIM_K, claim_series, findings_table, write_quickstart_report
 from rwedit.architectures import LAYER_ROLES
 from rwedit.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class QuickstartResult:
-    """What a quickstart run produced: the report's path and the "What was found" lines (one per claim)."""
+    """What a quickstart run produced: the report's path and the findings table (a row per claim) that the report
+    opens with and the command prints last."""
 
     report: Path
     findings: list[str]
@@ -42,39 +43,48 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
                    post: str | None = None, sft: str | None = None, progress: bool = True,
                    cache_dir: str | Path | None = None, organism_root: str | Path | None = None,
                    use_reduced: bool = False) -> QuickstartResult:
-    """Run every stage into ``out`` (resuming what is finished); returns the report and what was found."""
-    from rwedit.evals.core import run_recipe
-    from rwedit.evals.experiment import Recipe
-    from rwedit.probes.grid import GridSettings
-    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe, run_svd_probe
-
+    """Run every stage into ``out`` (resuming what is finished); returns the report and what was found. Every
+    stage's settings are checked against the model first (the organism's from its settings, before training);
+    ``use_reduced``: the seconds-scale organism and data of :func:`~rwedit.apps.quickstart.recipe.reduced`."""
     t0 = time.perf_counter()
     out = Path(out)
     if model is None and (post is not None or sft is not None):
         raise ConfigError("--post/--sft need --model (the base they were post-trained from); without --model the "
                           "quickstart builds and uses the bundled organism")
-    if model is not None:  # a mistyped or mismatched pair fails before anything is written
-        from rwedit.checkpoints import CheckpointPair
+    if use_reduced:
+        recipe = reduced(recipe)
+    if model is not None:  # a mistyped or mismatched pair, or a recipe that does not fit it, fails before any work
+        from rwedit.checkpoints import Checkpoint, CheckpointPair
 
         if post is None:
             raise ConfigError("--model needs --post (the post-trained checkpoint of the same architecture)")
-        CheckpointPair(model, post)
+        pair = CheckpointPair(Checkpoint.open(model), post)
         if sft:
-            CheckpointPair(model, sft)
+            CheckpointPair(pair.base, sft)
+        recipe.check_fits(pair.base, post)
+    else:  # the organism's settings say what model it will be: the recipe is checked against that before training
+        recipe.check_fits(planned_model(recipe.organism))
+    with quiet_libraries():  # the stage lines and rwedit's bars, not the libraries' chatter
+        return _run(recipe, out, model, post, sft, progress, cache_dir, organism_root, t0)
+
+
+def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | None, sft: str | None, progress: bool,
+         cache_dir, organism_root, t0: float) -> QuickstartResult:
+    from rwedit.evals.core import run_recipe
+    from rwedit.probes.grid import GridSettings
+    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe, run_svd_probe
+
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     org: Organism | None = None
     if model is None:
-        cfg = reduced(recipe.organism) if use_reduced else recipe.organism
         lambdas = None if recipe.graded else (0.0, 1.0)
         _say(progress, "stage 1/5: the model organism (cached by recipe hash; first build takes minutes)")
         t = time.perf_counter()
-        org = build_organism(cfg, organism_root, progress, lambdas=lambdas)
+        org = build_organism(recipe.organism, organism_root, progress, lambdas=lambdas)
         times["organism"] = time.perf_counter() - t
         check_aligned(org.report())  # an organism whose alignment did not take is a failure, not a finding
         model, post, sft = str(org.pretrained), str(org.aligned), str(org.sft)
-    elif post is None:
-        raise ConfigError("--model needs --post (the post-trained checkpoint of the same architecture)")
     pairs = {"aligned": post} | ({"sft": sft} if sft else {})
 
     p = recipe.probe
@@ -104,12 +114,10 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
 
     _say(progress, "stage 5/5: report")
     times["total"] = time.perf_counter() - t0
-    found = findings(out) + spectrum_lines(out)
     path = write_quickstart_report(out, org.report() if org else None, {"model": model, **pairs},
-                                   {k: round(v, 1) for k, v in times.items()}, rec.export, found,
-                                   primary=rec.primary)
+                                   {k: round(v, 1) for k, v in times.items()}, rec.export, primary=rec.primary)
     _say(progress, f"done in {times['total'] / 60:.1f} min: {path}")
-    return QuickstartResult(report=path, findings=found)
+    return QuickstartResult(report=path, findings=findings_table(out))
 
 
 # --- training-side analyses -----------------------------------------------------------------------
