@@ -342,6 +342,14 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     h = pd.read_csv(out / "probe_aligned/headline.csv")
     sel = h[h["role"].isin(["q", "k"]) & (h["side"] == "read") & (h["subspace"] == "activation") & (h["k"] == 4)]
     assert f"RSF {sel['rsf_mean'].mean():.3g}" in first
+    # the headline cells' direction cards: in report.md as text, in report.html as cards; the page opens clean
+    assert "## What the headline directions are" in text and "layer 0 q · activation #0" in text
+    assert "layer 1 down · delta_left #0" in text and "promotes:" in text
+    from browser import open_page
+
+    met = open_page(out / "report.html", tmp_path)
+    assert met["console_errors"] == [] and met["broken"] == [] and met["first_table_top"] < 800, met
+    assert (out / "report.html").read_text().count('class="card"') >= 5
     # a rerun into the same folder reuses everything (no new rows, same report head)
     run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache", organism_root=organism.root.parent,
                    use_reduced=True)

@@ -237,6 +237,8 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     defaults to :func:`findings` and :func:`spectrum_lines`."""
     from rwedit.apps.organism import summary_lines
     from rwedit.evals.report import headline_lines
+    from rwedit.pages import write_pages
+    from rwedit.probes.directions import card_lines
 
     found = (findings(out) + spectrum_lines(out)) if found is None else found
     lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", "",
@@ -284,9 +286,27 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     (out / "quickstart.json").write_text(json.dumps({"models": models, "seconds": times, "runs": runs,
                                                      "organism": organism},
                                                     indent=2, default=str))
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    cards = headline_cards(out / "probe_aligned")
+    if cards:
+        lines += ["", "## What the headline directions are", "",
+                  "The first direction of each kind on the cells the claims rest on (q's read side, o's and down's "
+                  "write side), as the calibration texts that drive it (token in brackets) and the tokens it "
+                  "promotes and suppresses; `rwedit explain probe_aligned` prints them, `report.html` shows them as "
+                  "cards, `probe_aligned/directions.jsonl` holds every direction.", "", "```"]
+        lines += [x for c in cards for x in card_lines(c)] + ["```"]
+    return write_pages(out, lines, cards=cards)
+
+
+def headline_cards(probe: Path) -> list[dict]:
+    """The direction cards (``directions.jsonl`` rows) of the claims' cells: q's activation and ΔW-input
+    directions, o's and down's ΔW-output directions, the prediction direction; the first of each, every layer."""
+    path = probe / "directions.jsonl"
+    if not path.exists():
+        return []
+    want = {("activation", "q"), ("delta_right", "q"), ("delta_left", "o"), ("delta_left", "down"),
+            ("prediction", "unembed")}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in rows if (r["kind"], r["role"]) in want and r["index"] == 0]
 
 
 __all__ = ["CLAIM_K", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "Finding", "claim_findings", "claim_series",
