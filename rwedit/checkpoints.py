@@ -66,7 +66,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool, cache_
         raise CheckpointNotFoundError(
             f"could not get Hub checkpoint {where!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
             f"It is not in the local Hugging Face cache and the Hub could not be reached (or the id/revision "
-            f"is wrong). Download it where the Hub is reachable (`huggingface-cli download {repo_id}`) and "
+            f"is wrong). Download it where the Hub is reachable (`hf download {repo_id}`) and "
             f"pass the local folder instead, e.g. --base /path/to/{repo_id.split('/')[-1]}."
         ) from None
 
