@@ -203,6 +203,7 @@ def _load_builtin() -> None:
     global _plugins_loaded
     import rwedit.evals.experiment  # noqa: F401  (registers "control")
     import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
+    import rwedit.evals.adapter_eval  # noqa: F401  (registers "eval")
 
     if _plugins_loaded:
         return
@@ -264,10 +265,12 @@ def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None
 
 def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Path | None = None, *,
                    resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
-                   stop_after: int | None = None, shard: Shard | None = None) -> RunResult:
+                   stop_after: int | None = None, shard: Shard | None = None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
     interrupted runs); a stopped run returns without a report and ``--resume`` finishes it. With ``shard``,
-    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`)."""
+    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`).
+    ``on_row`` is called with each row once it is stored (``rwedit eval`` prints it)."""
     from rwedit.models import check_device
 
     out = recipe.folder(out)
@@ -278,7 +281,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     created = not store.folder.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
-            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources)
+            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources, on_row)
         except BaseException:
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
@@ -293,7 +296,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
 
 
 def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
-                stop_after: int | None, resume: bool, sources: dict | None = None) -> RunResult:
+                stop_after: int | None, resume: bool, sources: dict | None = None, on_row=None) -> RunResult:
     out = store.root
     with store.shared():  # one process at a time begins and prepares what all shards of `out` share
         store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
@@ -321,8 +324,9 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
         save_raw(out, c.name, scorers)  # before the row: a resumed run rewrites it if killed in between
         row["seconds"] = round(time.perf_counter() - t, 2)
         store.append(row)
-        if c.after is not None:
-            c.after(row)
+        for after in (c.after, on_row):
+            if after is not None:
+                after(row)
     if not mine <= store.done():
         again = f" --shard {store.shard}" if store.shard is not None else ""
         return RunResult(out, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun with "
