@@ -154,8 +154,11 @@ class RunResult:
 
 @dataclass(frozen=True)
 class ExperimentKind:
-    """A registered experiment kind. Store-based kinds give ``prepare`` and ``report``; an application with
-    its own stages gives ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult``."""
+    """A registered experiment kind. A kind whose run is a list of conditions scored on one loaded model gives
+    ``prepare`` and ``report`` and :func:`run_experiment` runs it (store, resume, shards). An application whose
+    run is a chain of other runs (the quickstart: organism, probes, trajectories, then a ``control`` run) gives
+    ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult`` instead, ``overrides`` an
+    instance of its ``options`` dataclass (the command line's switches it takes; None: none given)."""
 
     name: str
     recipe: type[Config]
@@ -164,6 +167,20 @@ class ExperimentKind:
     report: Callable[..., Path] | None = None  # (folder, **options) -> report path
     finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
     run: Callable[..., RunResult] | None = None
+    options: type | None = None  # the dataclass of what an application's run takes from the command line
+
+    def run_options(self, overrides: dict[str, Any] | None) -> Any:
+        """The command line's ``overrides`` (None values ignored) as this application's ``options``; a key it
+        does not take is refused, naming what it takes."""
+        import dataclasses
+
+        ov = given(overrides)
+        known = [f.name for f in dataclasses.fields(self.options)] if self.options is not None else []
+        unknown = sorted(set(ov) - set(known))
+        if unknown:
+            raise ConfigError(f"experiment kind {self.name!r} takes no {', '.join(unknown)} (it takes: "
+                              f"{', '.join(known) or 'nothing'} from the command line)")
+        return self.options(**ov) if self.options is not None else None
 
 
 _KINDS: dict[str, ExperimentKind] = {}
@@ -258,7 +275,8 @@ def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None
             raise ConfigError(f"experiment kind {kind.name!r} runs its own stages and cannot be sharded (shard "
                               f"{shard}, from --shard or the launcher's RANK/WORLD_SIZE or SLURM array); run it as "
                               f"one process")
-        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir, overrides=overrides)
+        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
+                        overrides=kind.run_options(overrides))
     return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
                           stop_after=stop_after, shard=shard)
 
