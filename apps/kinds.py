@@ -78,11 +78,29 @@ def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, res
     return RunResult(org.root, None, lines)
 
 
+def plan_quickstart(recipe: QuickstartRecipe, ctx=None):
+    """Its folder; each of its stages opens and checks its own checkpoints as it runs (the organism's are
+    built by the first)."""
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(folder=Path("runs") / recipe.name)
+
+
+def plan_organism(cfg: OrganismConfig, ctx=None):
+    """The organism cache it builds into (or reuses)."""
+    from rwedit.apps.organism.training import default_root
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(folder=default_root())
+
+
 QUICKSTART = register_experiment(ExperimentKind(
     name=QUICKSTART_KIND, recipe=QuickstartRecipe, run=run_quickstart_kind, options=QuickstartOptions,
+    plan=plan_quickstart,
     help="organism → RSF/SVD probes → trajectories → causal control experiment → one report"), replace=True)
 ORGANISM = register_experiment(ExperimentKind(
     name=ORGANISM_KIND, recipe=OrganismConfig, run=run_organism_kind, options=OrganismOptions,
+    plan=plan_organism,
     help="CE-pretrained Llama → DPO-aligned and SFT control (TRL), cached by recipe hash"), replace=True)
 
 __all__ = ["ORGANISM", "QUICKSTART", "OrganismOptions", "QuickstartOptions", "run_organism_kind", "run_quickstart_kind"]

@@ -60,12 +60,6 @@ class EvalRecipe(ExperimentRecipe):
             raise ConfigError("eval: nothing to score (eval: and direct: are both off)")
 
     @cached_property
-    def checkpoint(self):
-        from rwedit.checkpoints import Checkpoint
-
-        return Checkpoint.open(self.model)
-
-    @cached_property
     def adapter_folders(self) -> tuple[Path | None, list[str]]:
         return adapter_names(self.adapters)
 
@@ -74,7 +68,7 @@ class EvalRecipe(ExperimentRecipe):
         from rwedit.checkpoints import source_info
 
         self.adapter_folders  # noqa: B018  (a missing or empty adapter folder fails first)
-        return {"base": source_info(self.checkpoint)}
+        return {"base": source_info(self.base_checkpoint)}
 
 
 def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Prepared:
@@ -83,7 +77,7 @@ def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Pre
     from rwedit.evals.lmeval import LMEvalScorer
     from rwedit.models import context_window, load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(recipe.checkpoint, device=recipe.device, placement=recipe.placement)
+    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
     root, names = recipe.adapter_folders
     if names:
         from rwedit.editor.adapters import load_adapter_folder
@@ -99,7 +93,7 @@ def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Pre
                 d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
             out.append(DirectScorer(model, tok, d, progress=progress))
         if recipe.eval is not None:
-            disk = dict(pretrained=recipe.checkpoint.path, adapter_dirs={n: root / n for n in names})
+            disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={n: root / n for n in names})
             out.append(LMEvalScorer(model, tok, recipe.eval, **disk))
         return out
 
@@ -114,8 +108,15 @@ def _report(folder, **_) -> Path:
     return ResultStore(folder).path
 
 
+def _plan(recipe: EvalRecipe, ctx):
+    """Its conditions, one per adapter folder; nothing runs before scoring."""
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(conditions=recipe.adapter_folders[1], checked=["the adapter folders"] if recipe.adapters else [])
+
+
 KIND = register_experiment(ExperimentKind(
     EXPERIMENT, EvalRecipe, help="a base model and every adapter of a folder, scored with lm-eval and the direct "
-    "metrics (what `rwedit eval` runs)", prepare=_prepare, report=_report))
+    "metrics (what `rwedit eval` runs)", prepare=_prepare, report=_report, plan=_plan))
 
 __all__ = ["EvalRecipe", "KIND", "adapter_names"]

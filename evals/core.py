@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import MISSING, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -75,6 +76,18 @@ class ExperimentRecipe(Config):
                 if getattr(value, key) == default:
                     d[section].pop(key)
         return d
+
+    @cached_property
+    def base_checkpoint(self):
+        """The base checkpoint (``model``), opened once per recipe object: checked by ``plan``, then loaded."""
+        from rwedit.checkpoints import Checkpoint
+
+        return Checkpoint.open(self.model)
+
+    @property
+    def post_source(self) -> str | None:
+        """The post-trained side of the pair the run compares, if any."""
+        return self.post
 
     def check_sources(self) -> dict | None:
         """Open the recipe's checkpoints (and check them against each other) before anything is written;
@@ -158,7 +171,8 @@ class ExperimentKind:
     ``prepare`` and ``report`` and :func:`run_experiment` runs it (store, resume, shards). An application whose
     run is a chain of other runs (the quickstart: organism, probes, trajectories, then a ``control`` run) gives
     ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult`` instead, ``overrides`` an
-    instance of its ``options`` dataclass (the command line's switches it takes; None: none given)."""
+    instance of its ``options`` dataclass (the command line's switches it takes; None: none given). Every kind
+    gives ``plan``, which states its own stages for ``rwedit plan``."""
 
     name: str
     recipe: type[Config]
@@ -168,6 +182,9 @@ class ExperimentKind:
     finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
     run: Callable[..., RunResult] | None = None
     options: type | None = None  # the dataclass of what an application's run takes from the command line
+    #: (recipe, PlanContext or None for an application) -> KindPlan: the kind's own stages, their memory and
+    #: compute, its conditions, before any weights load (:mod:`rwedit.evals.planning`, ``rwedit plan``)
+    plan: Callable[..., Any] | None = None
 
     def run_options(self, overrides: dict[str, Any] | None) -> Any:
         """The command line's ``overrides`` (None values ignored) as this application's ``options``; a key it
