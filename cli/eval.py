@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
         out = Path(tempfile.mkdtemp(prefix="rwedit-eval-")) / "scores"  # rows go to standard output as scored
     else:
         out = Path(args.out)
-        if not args.resume and not (out / "run.json").exists():  # an earlier eval is resumed, never replaced
-            check_output_folder(out, args.overwrite)
-        elif args.overwrite and not args.resume:  # a run stored there, replaced whole
-            recipe.check_sources()  # what would fail fails before the old rows are removed
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume continues the eval stored in --out, --overwrite replaces it: give one")
+        if args.overwrite or not (out / "run.json").exists():  # a stored eval is refused by the store (--resume)
+            check_output_folder(out, args.overwrite)  # a file, or a folder of something else without --overwrite
+        if args.overwrite and out.exists():  # replaced whole, once what would fail has failed
+            recipe.check_sources()
             shutil.rmtree(out)
 
     def show(row: dict) -> None:

@@ -92,3 +92,14 @@ def test_overwrite_replaces_a_stored_eval(adapters, tmp_path):
     assert main(_argv(base, folder / "principal0_a2", out)) == 0
     assert main(_argv(base, folder / "principal0_a2", out, "--limit", "2", "--overwrite")) == 0
     assert json.loads((out / "run.json").read_text())["config"]["eval"]["limit"] == 2
+
+
+def test_overwrite_replaces_a_folder_of_something_else_and_not_with_resume(adapters, tmp_path, capsys):
+    base, folder = adapters
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "earlier.txt").write_text("not an eval")
+    assert main(_argv(base, folder / "principal0_a2", out)) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(_argv(base, folder / "principal0_a2", out, "--overwrite", "--resume")) == 2
+    assert main(_argv(base, folder / "principal0_a2", out, "--overwrite")) == 0
+    assert not (out / "earlier.txt").exists() and len(_rows(out)) == 2
