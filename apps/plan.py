@@ -207,8 +207,9 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
 
     kind, recipe = load_recipe(source, overrides, sets)  # importing rwedit.apps registered its kinds
     if not isinstance(recipe, ExperimentRecipe):  # an application: its stages check their checkpoints as they run
-        own = kind.plan(recipe, None)
-        return Plan(kind.name, kind.name, Path(out or own.folder), {}, 0, None, notes=own.notes)
+        own = kind.plan(recipe, None) if kind.plan is not None else KindPlan()
+        return Plan(kind.name, kind.name, Path(out or own.folder or Path("runs") / kind.name), {}, 0, None,
+                    notes=own.notes)
     folder = recipe.folder(out)
     check_device(recipe.device)
     sources = recipe.check_sources() or {}  # the kind's own checks: edit against the model, export names, pair

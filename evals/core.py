@@ -1,10 +1,10 @@
 """One core for every experiment: kinds registered by name, one runner loop, one resumable store.
 
-An experiment kind (the control experiment, the SVD-structure experiment, and the applications'
-quickstart and organism) is registered with :func:`register_experiment`: its recipe class (a
-:class:`~rwedit.config.Config`), a ``prepare`` step that loads the model once and lists the conditions
-(each an :class:`~rwedit.editor.interventions.Intervention` plus the row fields it carries) and the
-scorers, and its report. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
+An experiment kind (the control experiment, the SVD-structure experiment, ``rwedit eval``'s scoring of
+adapters, and the applications' quickstart and organism) is registered with :func:`register_experiment`: its
+recipe class (a :class:`~rwedit.config.Config`), a ``prepare`` step that loads the model once and lists the
+conditions (each an :class:`~rwedit.editor.interventions.Intervention` plus the row fields it carries) and
+the scorers, its report, and a ``plan`` hook stating its stages before any weights load. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
 the conditions not stored yet → for each, ``with intervention.applied(model)`` score the model as it
 is → append the row → the kind's report. The kind is stored in ``run.json`` (the recipe's
 ``experiment:``), and :func:`write_report` dispatches on it. With a :class:`~rwedit.evals.store.Shard`, the
