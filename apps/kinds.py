@@ -1,55 +1,73 @@
 """The applications' experiment kinds, registered with :mod:`rwedit.evals.core` when :mod:`rwedit.apps` is
 imported: ``quickstart`` (``recipes/quickstart.yaml``) and ``organism`` (``recipes/organism.yaml``).
 
-Both run their own stages (``run``), not the store-based runner loop, and have no report to rebuild.
-``overrides`` are the command line's: ``model``/``post``/``sft`` (the quickstart on any pair instead of
-the organism), ``reduced`` (the seconds-scale organism), ``graded`` (every λ of ``align.lambdas``),
-``organism_root`` (where organisms are cached); None values are ignored.
+Both are chains of stages, each cached or resumed on its own (the organism's trainings by recipe hash; the
+quickstart's probes, trajectories and its ``control`` run, which is itself a store-based run). Forced through
+``prepare`` (one loaded model, a list of conditions) they would have to pretend to be one; so they give
+``run`` with a typed ``options`` dataclass of the command line's switches, and no report to rebuild.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, reduced
 from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRecipe
-from rwedit.config import given
-from rwedit.errors import OrganismError
+from rwedit.errors import ExperimentError, OrganismError
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
+
+
+@dataclass(frozen=True)
+class OrganismOptions:
+    """The organism's switches on the command line."""
+
+    reduced: bool = False  # the seconds-scale organism
+    graded: bool = False  # every λ of align.lambdas, not just 0 and 1
+    organism_root: str | Path | None = None  # where organisms are cached (default $RWEDIT_CACHE/organism)
+
+
+@dataclass(frozen=True)
+class QuickstartOptions(OrganismOptions):
+    """The quickstart's switches: the organism's, or a pair of your own instead of the organism."""
+
+    model: str | None = None
+    post: str | None = None
+    sft: str | None = None
 
 
 def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None, *, resume: bool = True,
                         progress: bool = True, cache_dir: str | Path | None = None,
-                        overrides: dict[str, Any] | None = None) -> RunResult:
-    """The quickstart into ``out`` (default ``runs/NAME``); it always reuses finished stages, so ``resume``
-    changes nothing."""
+                        overrides: QuickstartOptions | None = None) -> RunResult:
+    """The quickstart into ``out`` (default ``runs/NAME``), reusing every stage already finished there; a
+    folder that holds files is refused unless ``resume`` (``rwedit quickstart`` always resumes)."""
     from rwedit.apps.quickstart.run import run_quickstart
 
-    ov = given(overrides)
-    if ov.get("graded"):
+    ov = overrides or QuickstartOptions()
+    if ov.graded:
         recipe = replace(recipe, graded=True)
     folder = Path(out or Path("runs") / recipe.name)
-    res = run_quickstart(recipe, folder, model=ov.get("model"), post=ov.get("post"), sft=ov.get("sft"),
-                         progress=progress, cache_dir=cache_dir, organism_root=ov.get("organism_root"),
-                         use_reduced=bool(ov.get("reduced")))
+    if not resume and folder.is_dir() and any(folder.iterdir()):
+        raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
+                              f"finished there is reused) or choose another --out")
+    res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft, progress=progress,
+                         cache_dir=cache_dir, organism_root=ov.organism_root, use_reduced=ov.reduced)
     return RunResult(folder, res.report, list(res.findings) + ["", f"report: {res.report}"])
 
 
 def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, resume: bool = True,
                       progress: bool = True, cache_dir: str | Path | None = None,
-                      overrides: dict[str, Any] | None = None) -> RunResult:
+                      overrides: OrganismOptions | None = None) -> RunResult:
     """Build (or reuse) the organism under ``out`` (default: the organism cache, ``$RWEDIT_CACHE/organism``)
-    and check that its alignment took; the lines are the measured table and the model folders."""
+    and check that its alignment took; the lines are the measured table and the model folders. The folder is
+    a cache keyed by the recipe's hash, so a finished organism is reused whatever ``resume`` says."""
     from rwedit.apps.organism.measure import check_aligned, summary_lines
     from rwedit.apps.organism.training import build_organism
 
-    ov = given(overrides)
-    if ov.get("reduced"):
+    ov = overrides or OrganismOptions()
+    if ov.reduced:
         cfg = reduced(cfg)
-    org = build_organism(cfg, out or ov.get("organism_root"), progress=progress,
-                         lambdas=None if ov.get("graded") else (0.0, 1.0))
+    org = build_organism(cfg, out or ov.organism_root, progress=progress, lambdas=None if ov.graded else (0.0, 1.0))
     report = org.report()
     lines = summary_lines(report) + ["", f"pretrained: {org.pretrained}", f"aligned:    {org.aligned}",
                                      f"SFT:        {org.sft}"]
@@ -60,11 +78,29 @@ def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, res
     return RunResult(org.root, None, lines)
 
 
+def plan_quickstart(recipe: QuickstartRecipe, ctx=None):
+    """Its folder; each of its stages opens and checks its own checkpoints as it runs (the organism's are
+    built by the first)."""
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(folder=Path("runs") / recipe.name)
+
+
+def plan_organism(cfg: OrganismConfig, ctx=None):
+    """The organism cache it builds into (or reuses)."""
+    from rwedit.apps.organism.training import default_root
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(folder=default_root())
+
+
 QUICKSTART = register_experiment(ExperimentKind(
-    name=QUICKSTART_KIND, recipe=QuickstartRecipe, run=run_quickstart_kind, report=None,
+    name=QUICKSTART_KIND, recipe=QuickstartRecipe, run=run_quickstart_kind, options=QuickstartOptions,
+    plan=plan_quickstart,
     help="organism → RSF/SVD probes → trajectories → causal control experiment → one report"), replace=True)
 ORGANISM = register_experiment(ExperimentKind(
-    name=ORGANISM_KIND, recipe=OrganismConfig, run=run_organism_kind, report=None,
+    name=ORGANISM_KIND, recipe=OrganismConfig, run=run_organism_kind, options=OrganismOptions,
+    plan=plan_organism,
     help="CE-pretrained Llama → DPO-aligned and SFT control (TRL), cached by recipe hash"), replace=True)
 
-__all__ = ["ORGANISM", "QUICKSTART", "run_organism_kind", "run_quickstart_kind"]
+__all__ = ["ORGANISM", "QUICKSTART", "OrganismOptions", "QuickstartOptions", "run_organism_kind", "run_quickstart_kind"]

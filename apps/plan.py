@@ -6,44 +6,21 @@ other (architecture, layer counts, every tensor's shape, stored dtypes, shards n
 files and vocabularies), the data files it names are opened at their first records, and the output folder's
 and the statistics cache's disks are compared with what the run will write. Each stage gets a memory and
 compute estimate from the tensor sizes in the headers and the recipe's device. What ``plan`` can know fails
-here, not after the first hour; no tensor is read.
+here, not after the first hour; no tensor is read. Each kind states its own stages (its ``plan`` hook,
+:mod:`rwedit.evals.planning`); this module adds what every run shares and prints the whole.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rwedit.errors import CheckpointError, CheckpointMismatchError, DataError, DataNotFoundError, ExperimentError
-
-#: resident memory of a Python process with torch and transformers imported, before any tensor: 230-330 MiB
-#: measured on CPU with torch 2.13 (``benchmarks/results/pair_pass.json`` records 330 MiB at the pass's start)
-RUNTIME_BYTES = 300 * 2**20
-#: files AutoTokenizer can build a tokenizer from; a run loads one with the base model
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
-#: rough sizes of what a run writes besides tensors: a condition's adapter folder (config, card, metadata),
-#: its result row and lm-eval output per item, a probe row, the plots
-ADAPTER_FILES_BYTES, ROW_BYTES, LMEVAL_ITEM_BYTES = 16 << 10, 4 << 10, 4 << 10
-PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
-
-
-@dataclass
-class Stage:
-    """One stage of a run: what it does, where it runs, the memory it needs at its peak (on that device), the
-    forward tokens it runs."""
-
-    name: str
-    what: str
-    memory_bytes: int
-    tokens: int = 0
-    device: str = "cpu"
+from rwedit.errors import DataError, DataNotFoundError, ExperimentError
+from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
+                                   PlanContext, Stage)
 
 
 @dataclass
@@ -103,170 +80,36 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-# --- checks from headers ---------------------------------------------------------------------
-
-
-def _stored_itemsize(name: str) -> int | None:
-    """Bytes per element of a stored float dtype (``F32``, ``BF16`` ... as the headers name them); None for
-    a dtype that is not a float (quantized or integer weights)."""
-    from rwedit.checkpoints import _STORED_DTYPES
-
-    t = _STORED_DTYPES.get(name)
-    return None if t is None else t.itemsize
-
-
-def check_checkpoint(ckpt, needs_tokenizer: bool = True) -> None:
-    """One checkpoint's headers against its config and index: every role tensor is there with the shape the
-    config implies and a float dtype, every tensor the index names is in the shard it names, and the folder
-    holds a tokenizer (where the run loads one from it: the base) whose ids fit the embedding. Nothing is read
-    but headers and tokenizer files."""
-    from rwedit.errors import ConfigError
-
-    index = ckpt.path / "model.safetensors.index.json"
-    if ckpt.format == "safetensors" and index.exists():  # the shards themselves were checked when it was opened
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        lost = [(k, f) for k, f in weight_map.items() if ckpt._where.get(k) is None or ckpt._where[k].name != f]
-        if lost:
-            k, f = lost[0]
-            raise CheckpointError(f"{index}: {len(lost)} tensor(s) the index names are not in the shard it names, e.g. "
-                                  f"{k!r} in {f}; the download is incomplete or the shards are of another save: "
-                                  f"download the checkpoint again")
-    for view in ckpt.layout.views():
-        try:
-            view.check_stored(ckpt.shape(view.param), where=f"{ckpt.source}: ")
-        except ConfigError as e:
-            raise CheckpointMismatchError(f"{e}; the checkpoint does not match its own config.json") from None
-        dtype = ckpt.dtype(view.param)
-        if _stored_itemsize(dtype) is None:
-            raise CheckpointError(f"{ckpt.source}: {view.param} is stored as {dtype}, not a float dtype (a quantized "
-                                  f"checkpoint?); rwedit reads float weights (F32, BF16, F16): dequantize it and save "
-                                  f"it with save_pretrained first")
-    check_tokenizer(ckpt, needs_tokenizer)
-
-
-def check_tokenizer(ckpt, required: bool = True) -> None:
-    """The folder ships tokenizer files (``required``: a run loads the tokenizer with the base model) and,
-    where the vocabulary can be read from them, its largest id has a row in the embedding."""
-    if not any((ckpt.path / f).exists() for f in TOKENIZER_FILES):
-        if not required:
-            return
-        raise CheckpointError(f"{ckpt.source}: no tokenizer files in {ckpt.path} (looked for "
-                              f"{', '.join(TOKENIZER_FILES)}); a run loads the tokenizer with the model: save one "
-                              f"there with tokenizer.save_pretrained(folder)")
-    vocab = ckpt.tokenizer_vocab()
-    ids = set(vocab.values()) if vocab else set()
-    added = ckpt.path / "tokenizer.json"
-    if added.exists():
-        ids |= {int(t["id"]) for t in json.loads(added.read_text()).get("added_tokens") or [] if "id" in t}
-    rows = ckpt.shape(ckpt.layout.view(None, "unembed").param)[0]
-    if ids and max(ids) >= rows:
-        raise CheckpointMismatchError(
-            f"{ckpt.source}: the tokenizer has ids up to {max(ids)}, but the embedding has {rows} rows; it is the "
-            f"tokenizer of another vocabulary (or the embedding was not resized after tokens were added)")
-
-
-def check_pair_headers(base, post) -> None:
-    """Base and post from their headers: the pair checks (architecture, layer counts, each role's shape and
-    stored dtype, tokenizers) and the shape of every other tensor both store (norms, embeddings)."""
-    from rwedit.checkpoints import CheckpointPair, LoraPost
-
-    CheckpointPair(base, post)
-    if isinstance(post, LoraPost):
-        return
-    check_checkpoint(post, needs_tokenizer=False)  # the run loads the base's tokenizer only
-    for name in base.keys():
-        sb, sp = base._shapes[name], post._shapes.get(name)
-        if sp is not None and sb != sp:
-            raise CheckpointMismatchError(f"shapes differ at {name}: base {base.source!r} {sb}, post {post.source!r} "
-                                          f"{sp}; the two are not one model before and after post-training")
-
-
-def check_data(recipe) -> list[str]:
-    """Open each data file the recipe names at its first records, with the reader the run will use (so a
-    missing file or a wrong format fails now); returns the keys checked. A ``datasets`` Hub name is left to the
-    run."""
+def check_data(refs: list[DataRef]) -> list[str]:
+    """Open each data file of ``refs`` at its first records, with the reader the run will use (so a missing
+    file or a wrong format fails now); returns the keys checked. A ``datasets`` Hub name is left to the run."""
     from rwedit.bundled import resolve
-    from rwedit.data import _looks_like_path, read_pairs, read_texts
+    from rwedit.data import looks_like_path, read_pairs, read_texts
 
-    def pairs(heldout: range | None = None):
-        def read(path):
-            got = read_pairs(path, limit=2, indices=heldout)
-            if heldout is not None and len(got) < 2:
-                raise DataError(f"{path}: the held-out lines {heldout.start}..{heldout.stop - 1} hold {len(got)} "
-                                f"pair(s); the direct metrics need at least 2")
-        return read
-
-    def texts(field: str | None = None):
-        return lambda path: read_texts(path, field=field, limit=1)
-
-    spec, direct = getattr(recipe, "edit", None), getattr(recipe, "direct", None)
-    named = []  # (key, source, reader of a local file)
-    if getattr(spec, "calibration", None) is not None:
-        named.append(("edit.calibration.data", spec.calibration.data, texts(spec.calibration.field)))
-    target = getattr(spec, "edit", None)
-    if getattr(target, "b", None) == "gradient" and target.data:
-        named.append(("edit.edit.data", target.data, pairs() if target.objective == "preference" else texts()))
-    if direct is not None:
-        named.append(("direct.text_data", direct.text_data, texts()))
-        named.append(("direct.pairs_data", direct.pairs_data,
-                      pairs(None if direct.pairs_heldout is None else range(*direct.pairs_heldout))))
     checked = []
-    for key, source, read in named:
-        path = Path(str(resolve(source))).expanduser()
+    for ref in refs:
+        path = Path(str(resolve(ref.source))).expanduser()
         if not path.exists():
-            if not _looks_like_path(str(source)):
+            if not looks_like_path(str(ref.source)):
                 continue  # a datasets Hub name: loaded (or refused) by the run
-            raise DataNotFoundError(f"{key}: {source}: no such file or folder (relative paths in a recipe are read "
-                                    f"next to the recipe file)")
+            raise DataNotFoundError(f"{ref.key}: {ref.source}: no such file or folder (relative paths in a recipe "
+                                    f"are read next to the recipe file)")
         if path.is_file():  # a folder saved by datasets is loaded by the run
             try:
-                read(path)
+                if ref.kind == "pairs":
+                    got = read_pairs(path, limit=2, indices=ref.heldout)
+                    if ref.heldout is not None and len(got) < 2:
+                        raise DataError(f"{path}: the held-out lines {ref.heldout.start}..{ref.heldout.stop - 1} hold "
+                                        f"{len(got)} pair(s); the direct metrics need at least 2")
+                else:
+                    read_texts(path, field=ref.field, limit=1)
             except DataError as e:
-                raise type(e)(f"{key}: {e}") from None
-        checked.append(key)
+                raise type(e)(f"{ref.key}: {e}") from None
+        checked.append(ref.key)
     return checked
 
 
 # --- estimates -------------------------------------------------------------------------------
-
-
-def largest_role_tensor(ckpt) -> tuple[int, int]:
-    """(elements, stored bytes per element) of the largest stored tensor a role lives in (a fused tensor is
-    read whole)."""
-    return max((math.prod(ckpt.shape(v.param)), _stored_itemsize(ckpt.dtype(v.param)) or 4)
-               for v in ckpt.layout.views())
-
-
-def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
-    """Peak resident memory of the streaming pass over the pair (``rwedit.checkpoints.stream_pair``): the
-    runtime plus, per worker thread, a float32 work block and a stored-dtype read block for base and post —
-    no tensor is held whole. An adapter post is not streamed: its densified delta (two float32 copies of the
-    largest role tensor) is the peak."""
-    import torch
-
-    from rwedit.checkpoints import BLOCK_BYTES, LoraPost
-
-    numel, itemsize = largest_role_tensor(base)
-    if isinstance(post, LoraPost):
-        return RUNTIME_BYTES + 2 * numel * 4
-    threads = threads or torch.get_num_threads()
-    per_block = min(BLOCK_BYTES // 4, numel)  # float32 elements of a block (at most the tensor)
-    return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
-
-
-def stats_bytes(layout, layers=None, roles=None) -> int:
-    """Bytes of the float64 second moments ``E[a a^T]`` of the inputs of ``roles`` at ``layers`` (one per input
-    group: q/k/v share one, gate/up one), in memory and in the cache."""
-    from rwedit.architectures import INPUT_GROUP
-
-    roles = [r for r in (roles or layout.roles()) if r != "unembed"]
-    total = 0
-    for layer in (range(layout.n_layers) if layers is None else layers):
-        groups = {}
-        for r in roles:
-            groups.setdefault(INPUT_GROUP[r], layout.view(layer, r).d_in)
-        total += sum(d * d * 8 for d in groups.values())
-    return total
 
 
 def device_memory(device: str) -> int | None:
@@ -313,124 +156,103 @@ def check_disk(writes: dict[Path, int]) -> None:
                                   f"activation statistics) on another disk")
 
 
+def direct_refs(direct) -> list[DataRef]:
+    """The data files of the direct metrics (``direct:`` of any recipe)."""
+    heldout = None if direct.pairs_heldout is None else range(*direct.pairs_heldout)
+    return [DataRef("direct.text_data", direct.text_data, "texts"),
+            DataRef("direct.pairs_data", direct.pairs_data, "pairs", heldout=heldout)]
+
+
+def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: str) -> tuple[Stage, int]:
+    """The stage every store-based run ends with: each condition (and the base) scored by the direct metrics
+    and lm-eval on one loaded model; with the bytes it writes (rows, lm-eval's output)."""
+    from rwedit.data import read_pairs
+
+    n_cond = (len(conditions) + 1) if conditions is not None else 1
+    per_cond, batch_tokens, output = 0, 0, n_cond * ROW_BYTES
+    direct, ev = recipe.direct, recipe.eval
+    if direct is not None:
+        if direct.pairs != "all":
+            pairs = direct.pairs
+        elif direct.pairs_heldout is not None:
+            pairs = len(range(*direct.pairs_heldout))
+        else:
+            pairs = len(read_pairs(direct.pairs_data))
+        per_cond += 2 * pairs * direct.max_len + direct.texts * direct.seq_len
+        batch_tokens = direct.batch_size * max(direct.max_len, direct.seq_len)
+    if ev is not None:
+        items = len(ev.tasks) * (ev.limit or 500)
+        per_cond += items * 2 * 256  # rough: two continuations of ~256 tokens per item
+        batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256))
+        output += n_cond * items * LMEVAL_ITEM_BYTES
+    layout = ctx.base.layout
+    vocab = layout.view(None, "unembed").shape[0]
+    what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
+            f"per condition: the {kind} kind lists its conditions when the run prepares them")
+    # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
+    extra = n_cond * 2 * layout.dims.hidden * 4 + batch_tokens * vocab * 4 * 2
+    return ctx.model_stage("scoring", what, extra, n_cond * per_cond), output
+
+
 def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path | None = None,
                 cache_dir: str | Path | None = None) -> Plan:
     """The :class:`Plan` of a recipe (path, shipped name or mapping) without loading any weights; raises (an
     :class:`~rwedit.errors.RweditError` naming it) what would make the run fail."""
-    from rwedit.checkpoints import Checkpoint, open_post
-    from rwedit.evals.core import load_recipe
+    import torch
+
+    from rwedit.checkpoints import check_headers, check_pair_headers, open_post
+    from rwedit.evals.core import ExperimentRecipe, load_recipe
     from rwedit.models import check_device
     from rwedit.probes.activations import default_cache_dir
 
     kind, recipe = load_recipe(source, overrides, sets)  # importing rwedit.apps registered its kinds
-    if kind.run is not None:  # an application: its recipe is checked, nothing more known
-        folder = Path(out or getattr(recipe, "out", None) or Path("runs") / getattr(recipe, "name", kind.name))
-        return Plan(kind.name, getattr(recipe, "name", kind.name), folder, {}, 0, None)
+    if not isinstance(recipe, ExperimentRecipe):  # an application: its stages check their checkpoints as they run
+        own = kind.plan(recipe, None) if kind.plan is not None else KindPlan()
+        return Plan(kind.name, kind.name, Path(out or own.folder or Path("runs") / kind.name), {}, 0, None,
+                    notes=own.notes)
     folder = recipe.folder(out)
-    check_device(getattr(recipe, "device", "cpu"))
+    check_device(recipe.device)
     sources = recipe.check_sources() or {}  # the kind's own checks: edit against the model, export names, pair
-    base = getattr(recipe, "base_checkpoint", None)  # opened once by check_sources where the kind keeps it
-    spec = getattr(recipe, "edit", None)
-    if base is None:
-        base = Checkpoint.open(getattr(recipe, "model", None) or getattr(spec, "model", None))
-    check_checkpoint(base)
+    base = recipe.base_checkpoint  # opened once: the run loads the one checked here
+    check_headers(base)
     checked = ["the recipe's keys and names", "base: config, index, every role tensor's shape and dtype, tokenizer"]
-    post_ref = getattr(recipe, "post", None) or getattr(spec, "post", None)
     post = None
-    if post_ref:
-        post = open_post(post_ref, base)
+    if recipe.post_source:
+        post = open_post(recipe.post_source, base)
         check_pair_headers(base, post)
         checked.append("post against base: architecture, layers, every tensor's shape, dtypes, tokenizers")
-    if spec is not None and hasattr(spec, "resolved"):
-        checked.append("the edit's layers, roles and windows; export: names")
-    data = check_data(recipe)
+
+    params = sum(base.element_counts())
+    device, placement = recipe.device, recipe.placement
+    if placement.device_map is not None:
+        device = "auto"  # a device map splits the model: per device, a plan cannot know before placement
+    model_bytes = params * getattr(torch, placement.dtype or "float32").itemsize  # float32 unless placement says
+    ctx = PlanContext(base, post, device, RUNTIME_BYTES if device == "cpu" else 0, model_bytes)
+    own: KindPlan = kind.plan(recipe, ctx) if kind.plan is not None else KindPlan()
+    checked += own.checked
+    data = check_data(own.data + (direct_refs(recipe.direct) if recipe.direct is not None else []))
     if data:
         checked.append("data: " + ", ".join(data))
-
-    counts = base.element_counts()
-    params = sum(counts)
-    layout, dims = base.layout, base.layout.dims
-    device = getattr(recipe, "device", "cpu")
-    placement = getattr(recipe, "placement", None)
-    dtype = getattr(placement, "dtype", None) or "float32"  # models load in float32 unless placement says
-    model_bytes = params * getattr(torch, dtype).itemsize
-    if getattr(placement, "device_map", None) is not None:
-        device = "auto"  # a device map splits the model: per device, a plan cannot know before placement
-    vocab = layout.view(None, "unembed").shape[0]
-    stages: list[Stage] = []
-    conditions = None
-    cache = Path(cache_dir or default_cache_dir())
-    cache_bytes = 0
-    output_bytes = PLOTS_BYTES
     notes = []
-    host = RUNTIME_BYTES if device == "cpu" else 0  # the process itself, where a stage runs on the host
     if device != "cpu":
         notes.append(f"device {device}: the model stages' memory is on the accelerator (the host holds the "
                      f"runtime, ~{_gib(RUNTIME_BYTES)}, and the accelerator's context besides)"
                      + ("; accelerate's device_map splits it over the GPUs and the CPU, a split plan cannot know "
                         "before placement" if device == "auto" else ""))
-    if spec is not None and hasattr(spec, "resolved"):
-        spec = spec.resolved(layout.n_layers)
-        conditions = spec.condition_names()
-        probe = getattr(recipe, "probe", None)
-        if post is not None and probe is not None and probe.enabled:
-            if spec.calibration is not None:
-                n = stats_bytes(layout)
-                cache_bytes += n
-                stages.append(Stage("probe: statistics", f"E[a a^T] of every read input at {layout.n_layers} layers, "
-                                    f"float64 (cached)", host + model_bytes + n, spec.calibration.tokens,
-                                    device))
-            adapter = "kind" in sources.get("post", {})  # source_info marks an adapter post
-            stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
-                                + (" (adapter factors)" if adapter else ""),
-                                pair_pass_bytes(base, post) + largest_role_tensor(base)[0] * 8, 0, "cpu"))
-            n_views = len(layout.views())
-            output_bytes += n_views * 2 * 3 * len(probe.ks) * PROBE_ROW_BYTES
-        if spec.calibration is not None:
-            roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
-            n = stats_bytes(layout, spec.edit.layers, roles)
-            cache_bytes += n
-            stages.append(Stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
-                                f"{len(spec.edit.layers)} layer(s), float64 (cached)",
-                                host + model_bytes + n, spec.calibration.tokens, device))
-        if spec.edit.b == "gradient":
-            stages.append(Stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward each)",
-                                host + 2 * model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len, device))
-        view = layout.view(spec.edit.layers[0], spec.edit.role)
-        per_edit = (view.d_in + view.d_out) * 4 + ADAPTER_FILES_BYTES
-        output_bytes += len(conditions or []) * len(spec.edit.layers) * per_edit
-    n_cond = (len(conditions) + 1) if conditions is not None else 1
-    per_cond, batch_tokens = 0, 0
-    direct = getattr(recipe, "direct", None)
-    if direct is not None:
-        pairs = 412 if direct.pairs == "all" else direct.pairs
-        per_cond += 2 * pairs * direct.max_len + direct.texts * direct.seq_len
-        batch_tokens = direct.batch_size * max(direct.max_len, direct.seq_len)
-    ev = getattr(recipe, "eval", None)
-    if ev is not None:
-        items = len(ev.tasks) * (ev.limit or 500)
-        per_cond += items * 2 * 256  # rough: two continuations of ~256 tokens per item
-        batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256))
-        output_bytes += n_cond * items * LMEVAL_ITEM_BYTES
-    output_bytes += n_cond * ROW_BYTES
-    # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
-    what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
-            f"per condition: the {kind.name} kind lists its conditions when the run prepares them")
-    stages.append(Stage("scoring", what,
-                        host + model_bytes + n_cond * 2 * dims.hidden * 4 + batch_tokens * vocab * 4 * 2,
-                        n_cond * per_cond, device))
-
+    scoring, scoring_bytes = scoring_stage(recipe, ctx, own.conditions, kind.name)
+    stages = own.stages + [scoring]
+    output_bytes = PLOTS_BYTES + own.output_bytes + scoring_bytes
+    cache = Path(cache_dir or default_cache_dir())
     free = _free(folder)
-    cache_free = _free(cache) if cache_bytes else None
-    check_disk({folder: output_bytes, cache: cache_bytes})
+    cache_free = _free(cache) if own.cache_bytes else None
+    check_disk({folder: output_bytes, cache: own.cache_bytes})
     for dev in dict.fromkeys(s.device for s in stages):
         avail = device_memory(dev)
         over = [s.name for s in stages if s.device == dev and avail is not None and s.memory_bytes > avail]
         if over:
             notes.append(f"stage(s) {', '.join(over)} need more memory than {dev} has free now ({_gib(avail)})")
-    return Plan(kind.name, recipe.name, folder, sources, params, conditions, stages, free, output_bytes,
-                cache_bytes, cache, cache_free, checked, notes, recipe)
+    return Plan(kind.name, recipe.name, folder, sources, params, own.conditions, stages, free, output_bytes,
+                own.cache_bytes, cache, cache_free, checked, own.notes + notes, recipe)
 
 
-__all__ = ["Plan", "Stage", "check_checkpoint", "check_data", "check_disk", "check_pair_headers", "check_tokenizer",
-           "device_memory", "largest_role_tensor", "pair_pass_bytes", "plan_recipe", "stats_bytes"]
+__all__ = ["Plan", "check_data", "check_disk", "device_memory", "direct_refs", "plan_recipe", "scoring_stage"]

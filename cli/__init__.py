@@ -10,6 +10,7 @@ commands do not import torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import sys
@@ -87,15 +88,16 @@ COMMAND_MODULES = (
 
 def load_commands() -> list[Command]:
     """Register every module of :data:`COMMAND_MODULES` and return the registered commands. A module is a
-    subcommand: the first line of its docstring is the one-line help, the rest its ``--help`` description,
+    subcommand: the first paragraph of its docstring is the summary (never cut mid-sentence), the rest its
+    ``--help`` description,
     and it defines ``add_arguments(parser)`` and ``run(args) -> int``."""
     for name in COMMAND_MODULES:
         mod = importlib.import_module(f"{__name__}.{name}")
         command = name.replace("_", "-")  # module export_results is the command export-results
         if command not in {c.name for c in registered_commands()}:
-            first, _, rest = inspect.cleandoc(mod.__doc__ or name).partition("\n")
+            first, _, rest = inspect.cleandoc(mod.__doc__ or name).partition("\n\n")  # whole first paragraph
             description = " ".join(rest.split()) or None  # the help formatter wraps it again
-            register(Command(command, help=first.rstrip("."), description=description,
+            register(Command(command, help=" ".join(first.split()).rstrip(".").replace("``", "`"), description=description,
                              add_arguments=mod.add_arguments, run=mod.run))
     return registered_commands()
 
@@ -138,12 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if getattr(args, "allow_pickle", False):
-            from rwedit.checkpoints import pickle_allowed
+        with contextlib.ExitStack() as stack:
+            if getattr(args, "allow_pickle", False):
+                from rwedit.checkpoints import pickle_allowed
 
-            with pickle_allowed():
-                return get_command(args.command).run(args)
-        return get_command(args.command).run(args)
+                stack.enter_context(pickle_allowed())
+            if getattr(args, "quiet", False):
+                stack.enter_context(library_bars_off())
+            return get_command(args.command).run(args)
     except BrokenPipeError:  # `rwedit recipes | head`: the reader has gone, which is not an error
         import os
 
@@ -160,6 +164,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, msg = describe_error(e)
         print(f"rwedit {args.command}: error: {msg}", file=sys.stderr)
         return status
+
+
+@contextlib.contextmanager
+def library_bars_off():
+    """``--quiet``: transformers' and the Hub's own progress bars (``Loading weights``, downloads) off while
+    the command runs, as rwedit's are."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def describe_error(e: BaseException) -> tuple[int, str]:

@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_placement(p)
     options.add_allow_pickle(p)
     options.add_force(p)
+    options.add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:

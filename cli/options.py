@@ -250,6 +250,12 @@ def add_cache_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
 
 
+def add_resume(p: argparse.ArgumentParser) -> None:
+    """``--resume``: continue the run stored in ``--out``, scoring only what is missing."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stored in --out (nothing stored is recomputed)")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     """``--quiet``: no progress bars or progress lines."""
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")

@@ -25,11 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.apps.kinds import run_organism_kind
+    from rwedit.apps.kinds import OrganismOptions, run_organism_kind
     from rwedit.apps.organism import OrganismConfig
 
     cfg = OrganismConfig.from_yaml(options.recipe_path(args.recipe, "organism.yaml"))
     result = run_organism_kind(cfg, args.organism_root, progress=not args.quiet,
-                               overrides={"graded": args.graded, "reduced": args.reduced})
+                               overrides=OrganismOptions(graded=args.graded, reduced=args.reduced))
     print("\n".join(result.lines))
     return 0

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.apps.kinds import run_quickstart_kind
+    from rwedit.apps.kinds import QuickstartOptions, run_quickstart_kind
     from rwedit.apps.quickstart import QuickstartRecipe
 
     if args.pair:  # a zoo pair: its base and post, unless given explicitly
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.post = args.model or pair.base, args.post or pair.post
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
     result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
-                                 overrides={"model": args.model, "post": args.post, "sft": args.sft,
-                                            "graded": args.graded, "reduced": args.reduced,
-                                            "organism_root": args.organism_root})
+                                 overrides=QuickstartOptions(model=args.model, post=args.post, sft=args.sft,
+                                                             graded=args.graded, reduced=args.reduced,
+                                                             organism_root=args.organism_root))
     print("\n" + "\n".join(result.lines))
     return 0

@@ -35,7 +35,7 @@ def kinds_text() -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = kinds_text()
     options.add_recipe_inputs(p)
-    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    options.add_resume(p)
     p.add_argument("--shard", metavar="I/N",
                    help="score share I (0 to N-1) of N disjoint, deterministic shares of the conditions into "
                         "OUT/shards/I-of-N (its own store and lock; start the N processes at once, each resumes on "

@@ -238,7 +238,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = True, repo_typ
         raise ExportError(
             f"could not upload {folder} to the Hub {repo_type} repo {repo_id!r}: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}. Nothing was uploaded; the local folder {folder} is complete. "
-            f"Check your network and `huggingface-cli login` (or HF_TOKEN), then run the export again, or upload it "
-            f"yourself: huggingface-cli upload {repo_id} {folder} --repo-type {repo_type}"
+            f"Check your network and `hf auth login` (or HF_TOKEN), then run the export again, or upload it "
+            f"yourself: hf upload {repo_id} {folder} --repo-type {repo_type}"
         ) from None
     return str(getattr(info, "commit_url", info))

@@ -1,10 +1,10 @@
 """One core for every experiment: kinds registered by name, one runner loop, one resumable store.
 
-An experiment kind (the control experiment, the SVD-structure experiment, and the applications'
-quickstart and organism) is registered with :func:`register_experiment`: its recipe class (a
-:class:`~rwedit.config.Config`), a ``prepare`` step that loads the model once and lists the conditions
-(each an :class:`~rwedit.editor.interventions.Intervention` plus the row fields it carries) and the
-scorers, and its report. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
+An experiment kind (the control experiment, the SVD-structure experiment, ``rwedit eval``'s scoring of
+adapters, and the applications' quickstart and organism) is registered with :func:`register_experiment`: its
+recipe class (a :class:`~rwedit.config.Config`), a ``prepare`` step that loads the model once and lists the
+conditions (each an :class:`~rwedit.editor.interventions.Intervention` plus the row fields it carries) and
+the scorers, its report, and a ``plan`` hook stating its stages before any weights load. :func:`run_experiment` is the single loop: check the recipe → ``store.begin`` →
 the conditions not stored yet → for each, ``with intervention.applied(model)`` score the model as it
 is → append the row → the kind's report. The kind is stored in ``run.json`` (the recipe's
 ``experiment:``), and :func:`write_report` dispatches on it. With a :class:`~rwedit.evals.store.Shard`, the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import MISSING, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -76,6 +77,18 @@ class ExperimentRecipe(Config):
                 if getattr(value, key) == default:
                     d[section].pop(key)
         return d
+
+    @cached_property
+    def base_checkpoint(self):
+        """The base checkpoint (``model``), opened once per recipe object: checked by ``plan``, then loaded."""
+        from rwedit.checkpoints import Checkpoint
+
+        return Checkpoint.open(self.model)
+
+    @property
+    def post_source(self) -> str | None:
+        """The post-trained side of the pair the run compares, if any."""
+        return self.post
 
     def check_sources(self) -> dict | None:
         """Open the recipe's checkpoints (and check them against each other) before anything is written;
@@ -155,8 +168,12 @@ class RunResult:
 
 @dataclass(frozen=True)
 class ExperimentKind:
-    """A registered experiment kind. Store-based kinds give ``prepare`` and ``report``; an application with
-    its own stages gives ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult``."""
+    """A registered experiment kind. A kind whose run is a list of conditions scored on one loaded model gives
+    ``prepare`` and ``report`` and :func:`run_experiment` runs it (store, resume, shards). An application whose
+    run is a chain of other runs (the quickstart: organism, probes, trajectories, then a ``control`` run) gives
+    ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult`` instead, ``overrides`` an
+    instance of its ``options`` dataclass (the command line's switches it takes; None: none given). Every kind
+    gives ``plan``, which states its own stages for ``rwedit plan``."""
 
     name: str
     recipe: type[Config]
@@ -165,12 +182,30 @@ class ExperimentKind:
     report: Callable[..., Path] | None = None  # (folder, **options) -> report path
     finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
     run: Callable[..., RunResult] | None = None
+    options: type | None = None  # the dataclass of what an application's run takes from the command line
+    #: (recipe, PlanContext or None for an application) -> KindPlan: the kind's own stages, their memory and
+    #: compute, its conditions, before any weights load (:mod:`rwedit.evals.planning`, ``rwedit plan``)
+    plan: Callable[..., Any] | None = None
+
+    def run_options(self, overrides: dict[str, Any] | None) -> Any:
+        """The command line's ``overrides`` (None values ignored) as this application's ``options``; a key it
+        does not take is refused, naming what it takes."""
+        import dataclasses
+
+        ov = given(overrides)
+        known = [f.name for f in dataclasses.fields(self.options)] if self.options is not None else []
+        unknown = sorted(set(ov) - set(known))
+        if unknown:
+            raise ConfigError(f"experiment kind {self.name!r} takes no {', '.join(unknown)} (it takes: "
+                              f"{', '.join(known) or 'nothing'} from the command line)")
+        return self.options(**ov) if self.options is not None else None
 
 
 def _load_builtin() -> None:
     """Register the built-in kinds (first, whoever registers first)."""
     import rwedit.evals.experiment  # noqa: F401  (registers "control")
     import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
+    import rwedit.evals.adapter_eval  # noqa: F401  (registers "eval")
 
 
 _KINDS: Registry[ExperimentKind] = Registry("experiment kind", builtins=_load_builtin)
@@ -235,17 +270,20 @@ def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None
             raise ConfigError(f"experiment kind {kind.name!r} runs its own stages and cannot be sharded (shard "
                               f"{shard}, from --shard or the launcher's RANK/WORLD_SIZE or SLURM array); run it as "
                               f"one process")
-        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir, overrides=overrides)
+        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
+                        overrides=kind.run_options(overrides))
     return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
                           stop_after=stop_after, shard=shard)
 
 
 def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Path | None = None, *,
                    resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
-                   stop_after: int | None = None, shard: Shard | None = None) -> RunResult:
+                   stop_after: int | None = None, shard: Shard | None = None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
     interrupted runs); a stopped run returns without a report and ``--resume`` finishes it. With ``shard``,
-    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`)."""
+    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`).
+    ``on_row`` is called with each row once it is stored (``rwedit eval`` prints it)."""
     from rwedit.models import check_device
 
     out = recipe.folder(out)
@@ -256,7 +294,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     created = not store.folder.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
-            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources)
+            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources, on_row)
         except BaseException:
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
@@ -271,7 +309,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
 
 
 def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
-                stop_after: int | None, resume: bool, sources: dict | None = None) -> RunResult:
+                stop_after: int | None, resume: bool, sources: dict | None = None, on_row=None) -> RunResult:
     out = store.root
     with store.shared():  # one process at a time begins and prepares what all shards of `out` share
         store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
@@ -299,8 +337,9 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
         save_raw(out, c.name, scorers)  # before the row: a resumed run rewrites it if killed in between
         row["seconds"] = round(time.perf_counter() - t, 2)
         store.append(row)
-        if c.after is not None:
-            c.after(row)
+        for after in (c.after, on_row):
+            if after is not None:
+                after(row)
     if not mine <= store.done():
         again = f" --shard {store.shard}" if store.shard is not None else ""
         return RunResult(out, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun with "

@@ -117,6 +117,10 @@ class Recipe(ExperimentRecipe):
             check_window(base.config, self.direct.seq_len, "direct.seq_len")
             check_window(base.config, self.direct.max_len, "direct.max_len")
 
+    @property
+    def post_source(self) -> str | None:
+        return self.edit.post
+
     def check_sources(self) -> dict:
         """Open the checkpoints and check the edit against them before anything is written: a missing
         model, a layer or role the model lacks, a mismatched pair; returns what the run records of them."""
@@ -211,6 +215,47 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
     return Prepared(peft_model, rows, scorers)
 
 
+def _plan(recipe: Recipe, ctx):
+    """The control experiment's own stages (a :class:`~rwedit.evals.planning.KindPlan`): the observed pair's
+    statistics and streamed RSF grid, the edit's statistics and gradient, the adapters it writes."""
+    from rwedit.checkpoints import is_adapter, largest_role_tensor
+    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage,
+                                       pair_pass_bytes, stats_bytes)
+
+    layout = ctx.base.layout
+    spec = recipe.edit.resolved(layout.n_layers)
+    plan = KindPlan(conditions=spec.condition_names(), checked=["the edit's layers, roles and windows; export: names"])
+    if spec.calibration is not None:
+        plan.data.append(DataRef("edit.calibration.data", spec.calibration.data, "texts", spec.calibration.field))
+    if spec.edit.b == "gradient" and spec.edit.data:
+        plan.data.append(DataRef("edit.edit.data", spec.edit.data,
+                                 "pairs" if spec.edit.objective == "preference" else "texts"))
+    if ctx.post is not None and recipe.probe.enabled:
+        if spec.calibration is not None:
+            n = stats_bytes(layout)
+            plan.cache_bytes += n
+            plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
+                                               f"{layout.n_layers} layers, float64 (cached)", n, spec.calibration.tokens))
+        plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
+                                 + (" (adapter factors)" if is_adapter(ctx.post) else ""),
+                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8))
+        plan.output_bytes += len(layout.views()) * 2 * 3 * len(recipe.probe.ks) * PROBE_ROW_BYTES
+    if spec.calibration is not None:
+        roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
+        n = stats_bytes(layout, spec.edit.layers, roles)
+        plan.cache_bytes += n
+        plan.stages.append(ctx.model_stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
+                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n,
+                                           spec.calibration.tokens))
+    if spec.edit.b == "gradient":  # the model and its gradient
+        plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
+                                           f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))
+    view = layout.view(spec.edit.layers[0], spec.edit.role)
+    plan.output_bytes += len(plan.conditions or []) * len(spec.edit.layers) * ((view.d_in + view.d_out) * 4
+                                                                         + ADAPTER_FILES_BYTES)
+    return plan
+
+
 def _refresh_exports(recipe: Recipe, out: Path) -> None:
     """Put each exported condition's behaviour and probe numbers into its adapter card."""
     from rwedit.editor.export import refresh_card
@@ -231,4 +276,4 @@ def _report(folder, primary: str | None = None):
 
 KIND = register_experiment(ExperimentKind(
     EXPERIMENT, Recipe, help="a rank-1 edit vs its matched controls (random, low-variance, write-pathway), "
-    "scored as adapters on one loaded model", prepare=_prepare, report=_report, finish=_refresh_exports))
+    "scored as adapters on one loaded model", prepare=_prepare, report=_report, finish=_refresh_exports, plan=_plan))

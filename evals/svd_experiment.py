@@ -300,6 +300,15 @@ def _report(folder):
     return write_svd_report(folder)
 
 
+def _plan(recipe: SVDRecipe, ctx):
+    """Its conditions (post first, base last); no stage before scoring: the SVDs run as each condition is
+    written."""
+    from rwedit.evals.planning import KindPlan
+
+    return KindPlan(conditions=[name for name, _, _ in recipe.condition_list() if name != "base"])
+
+
 KIND = register_experiment(ExperimentKind(
     EXPERIMENT, SVDRecipe, help="He & Cao: is post-training a rotation of singular vectors? Weight-write "
-    "conditions on the post model, scored next to the base checkpoint", prepare=_prepare, report=_report))
+    "conditions on the post model, scored next to the base checkpoint", prepare=_prepare, report=_report,
+    plan=_plan))

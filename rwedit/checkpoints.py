@@ -71,7 +71,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool, cache_
         raise CheckpointNotFoundError(
             f"could not get Hub checkpoint {where!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
             f"It is not in the local Hugging Face cache and the Hub could not be reached (or the id/revision "
-            f"is wrong). Download it where the Hub is reachable (`huggingface-cli download {repo_id}`) and "
+            f"is wrong). Download it where the Hub is reachable (`hf download {repo_id}`) and "
             f"pass the local folder instead, e.g. --base /path/to/{repo_id.split('/')[-1]}."
         ) from None
 
@@ -655,3 +655,93 @@ def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list
                 d = post.role_delta(view) or LowRankDelta.zero(view.shape)  # base + scale·B·A, in factor form
                 out.append(RolePair(view.layer, view.role, W, None, view, d))
             yield tuple(out)
+
+
+# ==== header checks (`rwedit plan`): a checkpoint and a pair checked from their headers, no tensor read ====
+# (kept apart from the reader and streaming code above; used by rwedit.apps.plan and the kinds' plan hooks)
+
+#: files AutoTokenizer can build a tokenizer from; a run loads one with the base model
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def stored_itemsize(dtype: str) -> int | None:
+    """Bytes per element of a stored float dtype (``F32``, ``BF16`` ... as the headers name them); None for
+    a dtype that is not a float (quantized or integer weights)."""
+    t = _STORED_DTYPES.get(dtype)
+    return None if t is None else t.itemsize
+
+
+def is_adapter(src: "Checkpoint | LoraPost") -> bool:
+    """The source is an adapter over a base (a LoRA post), not a checkpoint of its own."""
+    return isinstance(src, LoraPost)
+
+
+def largest_role_tensor(ckpt: Checkpoint) -> tuple[int, int]:
+    """(elements, stored bytes per element) of the largest stored tensor a role lives in (a fused tensor is
+    read whole)."""
+    return max((math.prod(ckpt.shape(v.param)), stored_itemsize(ckpt.dtype(v.param)) or 4)
+               for v in ckpt.layout.views())
+
+
+def check_headers(ckpt: Checkpoint, needs_tokenizer: bool = True) -> None:
+    """One checkpoint's headers against its config and index: every role tensor is there with the shape the
+    config implies and a float dtype, every tensor the index names is in the shard it names, and the folder
+    holds a tokenizer (where the run loads one from it: the base) whose ids fit the embedding."""
+    from rwedit.errors import ConfigError
+
+    index = ckpt.path / "model.safetensors.index.json"
+    if ckpt.format == "safetensors" and index.exists():  # the shards themselves were checked when it was opened
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        lost = [(k, f) for k, f in weight_map.items() if ckpt._where.get(k) is None or ckpt._where[k].name != f]
+        if lost:
+            k, f = lost[0]
+            raise CheckpointError(f"{index}: {len(lost)} tensor(s) the index names are not in the shard it names, e.g. "
+                                  f"{k!r} in {f}; the download is incomplete or the shards are of another save: "
+                                  f"download the checkpoint again")
+    for view in ckpt.layout.views():
+        try:
+            view.check_stored(ckpt.shape(view.param), where=f"{ckpt.source}: ")
+        except ConfigError as e:
+            raise CheckpointMismatchError(f"{e}; the checkpoint does not match its own config.json") from None
+        dtype = ckpt.dtype(view.param)
+        if stored_itemsize(dtype) is None:
+            raise CheckpointError(f"{ckpt.source}: {view.param} is stored as {dtype}, not a float dtype (a quantized "
+                                  f"checkpoint?); rwedit reads float weights (F32, BF16, F16): dequantize it and save "
+                                  f"it with save_pretrained first")
+    check_tokenizer_files(ckpt, needs_tokenizer)
+
+
+def check_tokenizer_files(ckpt: Checkpoint, required: bool = True) -> None:
+    """The folder ships tokenizer files (``required``: a run loads the tokenizer with the base model) and,
+    where the vocabulary can be read from them, its largest id has a row in the embedding."""
+    if not any((ckpt.path / f).exists() for f in TOKENIZER_FILES):
+        if not required:
+            return
+        raise CheckpointError(f"{ckpt.source}: no tokenizer files in {ckpt.path} (looked for "
+                              f"{', '.join(TOKENIZER_FILES)}); a run loads the tokenizer with the model: save one "
+                              f"there with tokenizer.save_pretrained(folder)")
+    vocab = ckpt.tokenizer_vocab()
+    ids = set(vocab.values()) if vocab else set()
+    added = ckpt.path / "tokenizer.json"
+    if added.exists():
+        ids |= {int(t["id"]) for t in json.loads(added.read_text()).get("added_tokens") or [] if "id" in t}
+    rows = ckpt.shape(ckpt.layout.view(None, "unembed").param)[0]
+    if ids and max(ids) >= rows:
+        raise CheckpointMismatchError(
+            f"{ckpt.source}: the tokenizer has ids up to {max(ids)}, but the embedding has {rows} rows; it is the "
+            f"tokenizer of another vocabulary (or the embedding was not resized after tokens were added)")
+
+
+def check_pair_headers(base: Checkpoint, post: "Checkpoint | LoraPost") -> None:
+    """Base and post from their headers: the pair checks (architecture, layer counts, each role's shape and
+    stored dtype, tokenizers) and the shape of every other tensor both store (norms, embeddings)."""
+    CheckpointPair(base, post)
+    if is_adapter(post):
+        return
+    check_headers(post, needs_tokenizer=False)  # the run loads the base's tokenizer only
+    for name in base.keys():
+        sb, sp = base._shapes[name], post._shapes.get(name)
+        if sp is not None and sb != sp:
+            raise CheckpointMismatchError(f"shapes differ at {name}: base {base.source!r} {sb}, post {post.source!r} "
+                                          f"{sp}; the two are not one model before and after post-training")
+# ==== end of the header checks ==============================================================================

@@ -31,7 +31,7 @@ def _is_jsonl(path: Path) -> bool:
 _FILE_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".gz", ".csv", ".parquet")
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """A source meant as a local file or folder (so "not found" is the message, not "unreachable Hub")."""
     return source.startswith((".", "/", "~")) or source.endswith(_FILE_SUFFIXES) or source.count("/") > 1
 
@@ -96,7 +96,7 @@ def read_texts(source: str | Path, field: str | None = None, limit: int | None =
                         break
     elif path.is_dir():
         texts = _dataset_folder_texts(path, field, limit, split)
-    elif _looks_like_path(str(source)):
+    elif looks_like_path(str(source)):
         raise DataNotFoundError(f"{source}: no such file or folder (check the path; relative paths in a recipe are read "
                         f"next to the recipe file)")
     else:

@@ -79,6 +79,25 @@ def test_every_subcommand_help_exits_0(name, capsys):
     assert f"usage: rwedit {name}" in capsys.readouterr().out
 
 
+def test_command_summaries_are_whole_sentences():
+    """`rwedit --help` lists each command with the whole first paragraph of its docstring, never a line cut
+    mid-sentence (the tasks summary once ended "...; list the")."""
+    for c in load_commands():
+        words = c.help.split()
+        assert words[-1].lower() not in {"the", "a", "an", "and", "or", "of", "to", "with", "for"}, c.help
+        assert c.help.count("(") == c.help.count(")") and not c.help.endswith((",", ";", ":")), c.help
+    assert "backends" in get_command("tasks").help
+
+
+def test_hints_name_the_installed_hub_cli():
+    """Messages tell the user to run `hf ...` (the Hub CLI installed with huggingface_hub), not the retired
+    `huggingface-cli`."""
+    root = CLI_DIR.parent
+    hits = [str(p) for folder in ("rwedit", "cli", "probes", "editor", "evals", "apps")
+            for p in (root / folder).rglob("*.py") if "huggingface-cli" in p.read_text()]
+    assert hits == []
+
+
 def test_every_subcommand_is_one_registered_module():
     cmds = load_commands()
     assert [c.name for c in cmds] == [m.replace("_", "-") for m in COMMAND_MODULES]
@@ -121,7 +140,7 @@ def test_every_flag_has_help_and_a_shared_flag_reads_the_same_in_every_command()
     assert set(helps["--model"]) >= {"edit", "apply", "eval"}
     assert {"deltas", "probe", "svd", "edit", "run", "eval", "quickstart"} <= set(helps["--out"])
     assert set(helps["--out"].values()) == {"output folder"}
-    quiet = {"deltas", "probe", "svd", "edit", "run", "eval", "organism", "quickstart"}
+    quiet = {"deltas", "probe", "svd", "edit", "apply", "run", "eval", "organism", "quickstart"}
     assert quiet <= set(helps["--quiet"]) and {"probe", "edit", "eval"} <= set(helps["--device"])
     assert helps["--organism-root"].keys() == {"organism", "quickstart"} == aliases["--root"]
     assert aliases["--model"] == {"run", "plan", "quickstart"}  # the older spelling of --base where a pair is meant

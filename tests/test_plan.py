@@ -300,7 +300,8 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     re-derived from the saved model's own modules and config, not from the headers plan reads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.evals.planning import RUNTIME_BYTES
 
     model = AutoModelForCausalLM.from_pretrained(pair / "base")
     cfg = AutoConfig.from_pretrained(pair / "base")
@@ -313,7 +314,7 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(pair)), out=tmp_path / "run")
     stages = {s.name: s for s in plan.stages}
     assert plan.params == params
-    from rwedit.checkpoints import BLOCK_BYTES
+    from rwedit.stream import BLOCK_BYTES
 
     block = min(BLOCK_BYTES // 4, largest)
     stored = next(iter(_role_weights(model).values())).element_size()  # saved in the model's dtype
@@ -329,7 +330,8 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
 def test_plan_states_memory_per_device_the_recipe_places_stages_on(pair, tmp_path, monkeypatch):
     """device: cuda puts the model stages' memory on the GPU (without the host process), the streaming grid
     stays on the host, and a stage above the GPU's free memory is named; auto says its split is unknown."""
-    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.evals.planning import RUNTIME_BYTES
 
     recipe = _write(tmp_path / "r.yaml", _recipe(pair))
     on_cpu = {s.name: s for s in plan_recipe(recipe, out=tmp_path / "run").stages}
@@ -371,7 +373,8 @@ def test_plan_memory_estimate_of_the_1_1b_pair_is_within_20_percent_of_the_measu
     if found is None:
         pytest.skip("the synthetic 1.1B pair is not cached (python benchmarks/bench_pair_pass.py builds it)")
     folder, rec = found
-    from rwedit.apps.plan import pair_pass_bytes, plan_recipe
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.evals.planning import pair_pass_bytes
     from rwedit.checkpoints import Checkpoint
 
     base, post = Checkpoint.open(folder / "base"), Checkpoint.open(folder / "post")
@@ -395,7 +398,8 @@ def test_plan_memory_estimate_of_the_1_1b_pair_is_within_20_percent_of_the_measu
 def test_plan_sizes_the_model_in_the_placement_dtype_and_defers_a_device_map_split(pair, tmp_path):
     """--dtype bfloat16 halves the model in every model stage (2 bytes an element instead of float32's 4); a
     device map puts the model stages on 'auto' (split by accelerate), the streaming grid stays on the host."""
-    from rwedit.apps.plan import RUNTIME_BYTES, plan_recipe
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.evals.planning import RUNTIME_BYTES
 
     recipe = _write(tmp_path / "r.yaml", _recipe(pair))
     whole = plan_recipe(recipe, out=tmp_path / "run")
