@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resume and args.overwrite:
             raise ConfigError("--resume continues the eval stored in --out, --overwrite replaces it: give one")
         if args.overwrite or not (out / "run.json").exists():  # a stored eval is refused by the store (--resume)
-            check_output_folder(out, args.overwrite)  # a file, or a folder of something else without --overwrite
+            check_output_folder(out, args.overwrite, inputs=recipe.inputs())  # a file, a folder not rwedit's, an input
         if args.overwrite and out.exists():  # replaced whole, once what would fail has failed
             recipe.check_sources()
             shutil.rmtree(out)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.models import Placement
-from rwedit.outputs import make_folder, write_json
+from rwedit.outputs import check_not_input, make_folder, write_json
 from rwedit.registry import Registry, load_plugins
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
@@ -89,6 +89,10 @@ class ExperimentRecipe(Config):
     def post_source(self) -> str | None:
         """The post-trained side of the pair the run compares, if any."""
         return self.post
+
+    def inputs(self) -> list[str]:
+        """Everything the run reads (its checkpoints, adapters, data files): never its output folder."""
+        return [str(x) for x in (self.model, self.post_source) if x] + self.input_paths()
 
     def check_sources(self) -> dict | None:
         """Open the recipe's checkpoints (and check them against each other) before anything is written;
@@ -287,6 +291,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     from rwedit.models import check_device
 
     out = recipe.folder(out)
+    check_not_input(out, recipe.inputs())  # a run never writes into (or over) what it reads
     check_device(getattr(recipe, "device", "cpu"))
     sources = recipe.check_sources()  # a missing model or a mismatched pair fails before anything is written
     store = ResultStore(out, shard)

@@ -121,6 +121,9 @@ class Recipe(ExperimentRecipe):
     def post_source(self) -> str | None:
         return self.edit.post
 
+    def inputs(self) -> list[str]:
+        return [str(x) for x in (self.edit.model, self.edit.post) if x] + self.input_paths()
+
     def check_sources(self) -> dict:
         """Open the checkpoints and check the edit against them before anything is written: a missing
         model, a layer or role the model lacks, a mismatched pair; returns what the run records of them."""

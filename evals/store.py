@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from rwedit.errors import ConfigError, ExperimentError, StoreLockedError
-from rwedit.outputs import dumps, make_folder, write_json
+from rwedit.outputs import MARKER, dumps, make_folder, write_json
 
 LOCK_NAME = ".lock"
 #: held (waiting for it) while a process begins a run, prepares what all shards share, or writes the report
 SHARED_LOCK = ".shared.lock"
 SHARDS_DIR = "shards"
-_LOCKS = (LOCK_NAME, SHARED_LOCK)
+_LOCKS = (LOCK_NAME, SHARED_LOCK, MARKER)  # files of an rwedit folder that hold no results
 _SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 
 
@@ -287,6 +287,7 @@ class ResultStore:
         if self.shard is not None:
             meta["shard"] = {"index": self.shard.index, "count": self.shard.count}
         write_json(self.meta_path, meta)
+        (self.root / MARKER).touch()  # an rwedit run folder: `--overwrite` may replace it, nothing else may
         return meta
 
     def meta(self) -> dict:

@@ -95,6 +95,10 @@ def workspace(tmp_path_factory, wiki_tokenizer):
             "calibration": {"data": str(ws / "calib" / "text.txt"), "tokens": 256, "seq_len": 32},
             "controls": {"random": 1, "lowvar": 0, "write": None}}
     (ws / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (ws / "recipe.yaml").write_text(yaml.safe_dump({
+        "name": "protected", "edit": {**spec, "post": str(ws / "m" / "post")},
+        "eval": {"tasks": ["rwedit_hh_preference"], "limit": 2}, "direct": {"pairs": 4, "texts": 2, "seq_len": 32,
+                                                                           "max_len": 64}}))
     (ws / "run").mkdir()
     (ws / "run" / "results.jsonl").write_text('{"condition": "base"}\n')
     return ws
@@ -109,11 +113,13 @@ CASES = {  # command -> (argv before --out, the inputs an --out may not touch, r
                                  f"{ws / 'm/post'},{ws / 'm/base'}"], ["m/post", "m", "m/post/members"]),
     "deltas": (lambda ws: ["deltas", "--base", str(ws / "m/base"), "--post", str(ws / "m/post")], ["m/base", "m/post"]),
     "svd": (lambda ws: ["svd", "--base", str(ws / "m/base"), "--post", str(ws / "m/post")], ["m/post", "m"]),
+    "eval": (lambda ws: ["eval", "--model", str(ws / "m/base"), "--limit", "2"], ["m/base", "m", "m/base/scores"]),
+    "run": (lambda ws: ["run", str(ws / "recipe.yaml")], ["m/base", "m/post", "calib", "m/base/run"]),
 }
 
 
-@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
-@pytest.mark.parametrize("command", sorted(CASES))
+@pytest.mark.parametrize("command,overwrite", [(c, o) for c in sorted(CASES) for o in (False, True)
+                                               if not (o and c == "run")])  # run has --resume, never --overwrite
 def test_no_command_writes_over_its_inputs(workspace, command, overwrite, capsys):
     argv, outs = CASES[command]
     before = digest(workspace)
