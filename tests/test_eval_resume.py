@@ -94,12 +94,19 @@ def test_overwrite_replaces_a_stored_eval(adapters, tmp_path):
     assert json.loads((out / "run.json").read_text())["config"]["eval"]["limit"] == 2
 
 
-def test_overwrite_replaces_a_folder_of_something_else_and_not_with_resume(adapters, tmp_path, capsys):
+def test_overwrite_replaces_only_an_rwedit_folder_and_not_with_resume(adapters, tmp_path, capsys):
+    """A folder of something else is never replaced (with --overwrite it says what it would delete); a stored
+    eval is replaced whole by --overwrite; --overwrite with --resume is refused."""
     base, folder = adapters
     out = tmp_path / "o"
     out.mkdir()
     (out / "earlier.txt").write_text("not an eval")
     assert main(_argv(base, folder / "principal0_a2", out)) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(_argv(base, folder / "principal0_a2", out, "--overwrite")) == 2
+    assert "not written by rwedit" in capsys.readouterr().err and (out / "earlier.txt").exists()
+    (out / "earlier.txt").unlink()
+    assert main(_argv(base, folder / "principal0_a2", out)) == 0 and len(_rows(out)) == 2  # an eval stored
     assert main(_argv(base, folder / "principal0_a2", out, "--overwrite", "--resume")) == 2
+    (out / "note.txt").write_text("beside the stored eval")
     assert main(_argv(base, folder / "principal0_a2", out, "--overwrite")) == 0
-    assert not (out / "earlier.txt").exists() and len(_rows(out)) == 2
+    assert not (out / "note.txt").exists() and len(_rows(out)) == 2
