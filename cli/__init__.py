@@ -133,7 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     name = _command_named(argv)
-    load_plugins()  # before the parser: a plugin's subcommands, architectures and kinds are known to every command
+    try:
+        load_plugins()  # before the parser: a plugin's subcommands, architectures and kinds are known to every command
+    except RweditError as e:  # a broken plugin: one line naming it, like any refused input
+        if debug:
+            raise
+        print(f"rwedit: error: {describe_error(e)[1]}", file=sys.stderr)
+        return 2
     parser = build_parser([name] if name else [])
     args = parser.parse_args(argv)
     if args.command is None:

@@ -107,6 +107,18 @@ def test_a_broken_plugin_is_named(monkeypatch):
         reg.load_plugins()
 
 
+def test_a_broken_plugin_stops_every_command_with_one_line(monkeypatch, capsys):
+    from rwedit.cli import main
+
+    def broken():
+        raise ImportError("no module named broken_plugin")
+
+    _fake_plugins(monkeypatch, "broken", broken)
+    assert main(["archs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rwedit: error: rwedit plugin 'broken'") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
 # ----------------------------------------------------------------------------- a plugin seen by every command
 
 HF_CLASSES = '''"""A model family unknown to transformers: registered with its Auto classes on import."""
