@@ -123,7 +123,7 @@ def step_setup(p: dict) -> dict:
     build_llama_100m(cache)
     tok = ensure_tokenizer(cache / "base")
     names = ensure_adapters(cache)
-    from rwedit.evals.tasks import task_path
+    from rwedit.evals.bundled_tasks import task_path
 
     tasks = str(task_path())
     import torch

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwedit.evals.tasks import BUNDLED_TASKS, task_path
+    from rwedit.evals.bundled_tasks import BUNDLED_TASKS, task_path
 
     if args.path:
         print(task_path())

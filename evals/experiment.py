@@ -272,9 +272,9 @@ def _refresh_exports(recipe: Recipe, out: Path) -> None:
 
 
 def _report(folder, primary: str | None = None):
-    from rwedit.evals.report import write_report
+    from rwedit.evals.report import write_control_report
 
-    return write_report(folder, primary)
+    return write_control_report(folder, primary)
 
 
 KIND = register_experiment(ExperimentKind(

@@ -25,7 +25,7 @@ import torch
 from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, with_adapter
 from rwedit.errors import AdapterNotAppliedError, ConfigError
-from rwedit.evals.tasks import BUNDLED_TASKS, check_tasks, needs_lm_eval_index, task_manager
+from rwedit.evals.bundled_tasks import BUNDLED_TASKS, check_tasks, needs_lm_eval_index, task_manager
 from rwedit.models import input_device
 from rwedit.registry import Registry
 

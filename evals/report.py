@@ -405,7 +405,7 @@ def findings_lines(ver: Sequence[dict], primary: str) -> list[str]:
     return lines + md_table(["claim", "verdict", "effect (principal − control), 95% CI", "power", "rests on"], table)
 
 
-def write_report(folder: str | Path, primary: str | None = None) -> Path:
+def write_control_report(folder: str | Path, primary: str | None = None) -> Path:
     """``report.md`` and ``report.html``, ``headline.csv``, ``verdicts.csv`` and dose–response plots from the
     store alone."""
     folder = Path(folder)

@@ -14,7 +14,7 @@ from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.edits import Condition, RankOneEdit
 from rwedit.evals.direct import DirectScorer, DirectSettings
 from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results, item_values
-from rwedit.evals.tasks import BUNDLED_TASKS, blimp_items, wikitext_articles
+from rwedit.evals.bundled_tasks import BUNDLED_TASKS, blimp_items, wikitext_articles
 from tiny_models import tiny_model
 
 ALPHA = 4.0
@@ -121,7 +121,7 @@ def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):
 
 
 def test_bundled_task_data_is_real_and_unknown_tasks_are_named():
-    from rwedit.evals.tasks import check_tasks, hh_preference_items, task_path
+    from rwedit.evals.bundled_tasks import check_tasks, hh_preference_items, task_path
 
     for name in BUNDLED_TASKS:
         text = (task_path() / f"{name}.yaml").read_text()
@@ -136,7 +136,7 @@ def test_bundled_task_data_is_real_and_unknown_tasks_are_named():
 
 
 def test_task_manager_skips_lm_evals_registry_only_when_every_task_is_bundled():
-    from rwedit.evals.tasks import task_manager
+    from rwedit.evals.bundled_tasks import task_manager
 
     only = task_manager(tasks=["rwedit_blimp", "rwedit_hh_preference"])
     assert set(BUNDLED_TASKS) <= set(only.all_tasks) and "hellaswag" not in only.all_tasks
@@ -200,14 +200,14 @@ def _control_rows():
 def test_control_report_numbers_and_headline_lines_from_the_store(tmp_path):
     import pandas as pd
 
-    from rwedit.evals.report import headline_lines, write_report
+    from rwedit.evals.report import headline_lines, write_control_report
     from rwedit.evals.store import ResultStore
 
     store = ResultStore(tmp_path / "r")
     store.begin({"name": "hand", "primary": "pref_margin_shift"}, resume=False)
     for r in _control_rows():
         store.append(r)
-    md = write_report(tmp_path / "r").read_text()
+    md = write_control_report(tmp_path / "r").read_text()
     t2 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # t quantile at 2 dof in closed form
     z = 1.959963984540054
     head = pd.read_csv(tmp_path / "r" / "headline.csv")

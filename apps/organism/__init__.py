@@ -11,9 +11,9 @@ have a real base/aligned pair.
 - :mod:`.progress`: one bar per training run, the libraries' own bars and log lines off.
 """
 
-from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, WINDOW, AlignSettings, EvalSettings, ModelSettings,
+from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, WINDOW, AlignSettings, HeldoutSettings, ModelSettings,
                                          OrganismConfig, PretrainSettings, reduced)
-from rwedit.apps.organism.measure import (check_aligned, fmt_ci, heldout_ce, measure, preference_metrics,
+from rwedit.apps.organism.measure import (check_aligned, fmt_mean_ci, heldout_ce, measure, preference_metrics,
                                           response_logps, summary_lines)
 from rwedit.apps.organism.progress import quiet_libraries
 from rwedit.apps.organism.training import (Organism, PlannedModel, build_organism, build_tokenizer, default_root,
@@ -22,9 +22,9 @@ from rwedit.apps.organism.training import (Organism, PlannedModel, build_organis
                                            preference_dataset, pretraining_texts, training_pairs)
 from rwedit.errors import OrganismError
 
-__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "EvalSettings", "ModelSettings", "Organism",
+__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "HeldoutSettings", "ModelSettings", "Organism",
            "OrganismConfig", "OrganismError", "PlannedModel", "PretrainSettings", "build_organism", "build_tokenizer",
-           "check_aligned", "default_root", "fmt_ci", "fresh_model", "graded_config", "heldout_ce", "heldout_pairs",
+           "check_aligned", "default_root", "fmt_mean_ci", "fresh_model", "graded_config", "heldout_ce", "heldout_pairs",
            "heldout_texts", "left_truncate_prompt", "measure", "model_config", "pack_documents", "planned_model",
            "preference_dataset", "preference_metrics", "pretraining_texts", "quiet_libraries", "reduced",
            "response_logps", "summary_lines", "training_pairs"]

@@ -72,7 +72,7 @@ class AlignSettings(Config):
 
 
 @dataclass(frozen=True)
-class EvalSettings(Config):
+class HeldoutSettings(Config):
     """Held-out measurements reported before/after each stage."""
 
     pairs: int = option(412, help="held-out hh-rlhf pairs (lines 1900–2311; at least 2)")
@@ -91,7 +91,7 @@ class OrganismConfig(Config):
     model: ModelSettings = option(factory=ModelSettings, help="the Llama's size")
     pretrain: PretrainSettings = option(factory=PretrainSettings, help="CE pretraining")
     align: AlignSettings = option(factory=AlignSettings, help="preference alignment and the graded objective")
-    eval: EvalSettings = option(factory=EvalSettings, help="held-out measurements")
+    eval: HeldoutSettings = option(factory=HeldoutSettings, help="held-out measurements")
     pretrain_text: tuple[str, ...] = option((str(WIKITEXT_VALID),), path=True,
                                             help="pretraining text files (plus the training pairs' prompts)")
     pairs_data: str = option(str(HH_RLHF), path=True, help="hh-rlhf style preference pairs (JSONL)")
@@ -180,9 +180,9 @@ def reduced(cfg: OrganismConfig | None = None) -> OrganismConfig:
         pretrain=PretrainSettings(steps=60, batch_size=16, lr=3e-3, warmup=5, tokens=60_000, trajectory_every=20),
         align=AlignSettings(steps=40, batch_size=8, lr=2e-3, beta=0.1, max_prompt_tokens=40, max_length=64,
                             pairs=320, lambdas=(0.0, 1.0), trajectory_every=20),
-        eval=EvalSettings(pairs=96, texts=16),
+        eval=HeldoutSettings(pairs=96, texts=16),
     )
 
 
-__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "EvalSettings", "ModelSettings",
+__all__ = ["KIND", "ORGANISM_VERSION", "WINDOW", "AlignSettings", "HeldoutSettings", "ModelSettings",
            "OrganismConfig", "PretrainSettings", "reduced"]

@@ -130,10 +130,10 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def fmt_ci(mean: float, se: float) -> str:
+def fmt_mean_ci(mean: float, se: float) -> str:
     """``mean [low, high]`` with the 95% normal interval of a single estimate."""
     return interval(mean, se).text()
 
 
-__all__ = ["check_aligned", "fmt_ci", "heldout_ce", "measure", "preference_metrics", "response_logps",
+__all__ = ["check_aligned", "fmt_mean_ci", "heldout_ce", "measure", "preference_metrics", "response_logps",
            "summary_lines"]

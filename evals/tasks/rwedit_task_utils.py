@@ -15,21 +15,21 @@ def _test_split(rows):
 
 def hh_preference(**metadata):
     """Held-out hh-rlhf pairs 1900-2311 (never used to build edits or to train the organism)."""
-    from rwedit.evals.tasks import hh_preference_items
+    from rwedit.evals.bundled_tasks import hh_preference_items
 
     return _test_split(hh_preference_items())
 
 
 def blimp(**metadata):
     """BLiMP minimal pairs of 8 paradigms, interleaved round-robin (a --limit samples each paradigm)."""
-    from rwedit.evals.tasks import blimp_items
+    from rwedit.evals.bundled_tasks import blimp_items
 
     return _test_split(blimp_items())
 
 
 def wikitext(**metadata):
     """The 62 WikiText-2 test articles, split at their top-level headings."""
-    from rwedit.evals.tasks import wikitext_articles
+    from rwedit.evals.bundled_tasks import wikitext_articles
 
     return _test_split([{"page": t} for t in wikitext_articles()])
 
