@@ -15,6 +15,7 @@ from pathlib import Path
 from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, reduced
 from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRecipe
 from rwedit.errors import ExperimentError, OrganismError
+from rwedit.outputs import default_run_folder
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
 
 
@@ -46,7 +47,7 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     ov = overrides or QuickstartOptions()
     if ov.graded:
         recipe = replace(recipe, graded=True)
-    folder = Path(out or Path("runs") / recipe.name)
+    folder = Path(out or default_run_folder(recipe.name))
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
                               f"finished there is reused) or choose another --out")
@@ -83,7 +84,7 @@ def plan_quickstart(recipe: QuickstartRecipe, ctx=None):
     built by the first)."""
     from rwedit.evals.planning import KindPlan
 
-    return KindPlan(folder=Path("runs") / recipe.name)
+    return KindPlan(folder=default_run_folder(recipe.name))
 
 
 def plan_organism(cfg: OrganismConfig, ctx=None):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.models import Placement
-from rwedit.outputs import check_not_input, make_folder, write_json
+from rwedit.outputs import check_not_input, default_run_folder, make_folder, write_json
 from rwedit.registry import Registry, load_plugins
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError
@@ -101,7 +101,7 @@ class ExperimentRecipe(Config):
         return None
 
     def folder(self, out: str | Path | None) -> Path:
-        return Path(out or self.out or Path("runs") / self.name)
+        return Path(out or self.out or default_run_folder(self.name))
 
 
 def check_metric(name: str, recipe: ExperimentRecipe, key: str, direct_names=None) -> None:

@@ -61,6 +61,18 @@ def input_clash(target: str | Path, inputs: Iterable[str | Path | None]) -> str 
     return None
 
 
+def default_run_folder(name: str) -> Path:
+    """``runs/NAME``, the folder a run writes without ``--out``: ``name`` is a name, never a path (a separator,
+    ``..`` or an absolute path would write outside ``runs/``)."""
+    from rwedit.errors import ConfigError
+
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.sep in text or text.startswith("~"):
+        raise ConfigError(f"recipe name {text!r}: a name, not a path (no '/', '\\', '..' or '~'): it names the "
+                          f"default output folder runs/NAME; give the folder with --out instead")
+    return Path("runs") / text
+
+
 def check_not_input(target: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out") -> Path:
     """Refuse an output ``target`` that is, holds or lies inside one of ``inputs`` (with or without
     ``--overwrite``): also for folders a command fills in place, such as a resumable series."""

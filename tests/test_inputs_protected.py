@@ -128,3 +128,16 @@ def test_no_command_writes_over_its_inputs(workspace, command, overwrite, capsys
         err = capsys.readouterr().err
         assert code == 2 and "never writes over its inputs" in err, (command, rel, err)
     assert digest(workspace) == before
+
+
+@pytest.mark.parametrize("name", ["../../..", "/abs/path", "a/b", "..", "~evil", "a\\b"])
+def test_a_recipe_name_is_a_name_never_a_path(name, tmp_path, monkeypatch, capsys):
+    """`name:` names the default folder runs/NAME: a name that would write outside runs/ is refused before any
+    work, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"experiment": "svd-structure", "name": name, "model": "nowhere/base",
+                                      "post": "nowhere/post"}))
+    assert main(["run", str(recipe)]) == 2
+    assert "a name, not a path" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
