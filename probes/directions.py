@@ -13,6 +13,7 @@ number of tokens.
 
 from __future__ import annotations
 
+import html
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, WRITE_ROLES, get_weigh
 from rwedit.data import batches
 from rwedit.errors import ConfigError, DataError
 from rwedit.models import execution_device, input_device
+from rwedit.probes.svd import top_svd
 
 #: what each kind of direction is, for the cards' captions
 KINDS = {
@@ -107,13 +109,19 @@ class Card:
         return card_lines(self.row())
 
 
+def _heading(row: dict) -> tuple[str, str]:
+    """A card's title (where, what, its value) and its share of the input's second moment ('' without one)."""
+    where = f"layer {row['layer']} {row['role']}" if row.get("layer") is not None else row["role"]
+    value = f" (value {row['value']:.4g})" if row.get("value") is not None else ""
+    share = f" · {100 * row['share']:.1f}% of the input's second moment" if row.get("share") is not None else ""
+    return f"{where} · {row['kind']} #{row['index']}{value}", share
+
+
 def card_lines(row: dict) -> list[str]:
     """A card (a ``directions.jsonl`` row) as a few lines of text: where and what, the top contexts of each
     sign with the token in brackets, the tokens promoted and suppressed."""
-    where = f"layer {row['layer']} {row['role']}" if row.get("layer") is not None else row["role"]
-    head = f"{where} · {row['kind']} #{row['index']}" + (f" (value {row['value']:.4g})" if row.get("value") is not None else "")
-    share = f" · {100 * row['share']:.1f}% of the input's second moment" if row.get("share") is not None else ""
-    out = [head + share]
+    title, share = _heading(row)
+    out = [title + share]
     for sign, key in (("+", "top_contexts"), ("−", "bottom_contexts")):
         ctx = row.get(key) or []
         if ctx:
@@ -123,6 +131,27 @@ def card_lines(row: dict) -> list[str]:
         out.append("  promotes:   " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["promoted"]))
         out.append("  suppresses: " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["suppressed"]))
     return out
+
+
+def cards_html(rows: Sequence[dict]) -> str:
+    """Cards (``directions.jsonl`` rows) as an HTML section for a report page: contexts with the token
+    highlighted, the tokens each promotes and suppresses ('' without cards)."""
+    if not rows:
+        return ""
+    e = html.escape
+    cards = []
+    for row in rows:
+        title, share = _heading(row)
+        out = [f'<div class="card"><h4>{e(title)}</h4><div class="muted">{e(row["side"])} side{e(share)}</div>']
+        for cls, key in (("pos", "top_contexts"), ("neg", "bottom_contexts")):
+            out += [f'<div class="ctx {cls}">…{e(c["left"])}<span class="hl">{e(c["token"])}</span>{e(c["right"])}… '
+                    f'<span class="muted">{c["value"]:+.3g}</span></div>' for c in row.get(key) or []]
+        for label, key in (("promotes", "promoted"), ("suppresses", "suppressed")):
+            if row.get(key):
+                toks = ", ".join(f'<span class="tok">{e(repr(t["token"]))}</span> {t["logit"]:+.3g}' for t in row[key])
+                out.append(f"<div><b>{label}:</b> {toks}</div>")
+        cards.append("\n".join(out) + "</div>")
+    return '<h2>Direction cards</h2><div class="cards">' + "\n".join(cards) + "</div>"
 
 
 def activation_directions(stats, layer: int, role: str, m: int = 4, centred: bool = False) -> list[Direction]:
@@ -136,13 +165,17 @@ def activation_directions(stats, layer: int, role: str, m: int = 4, centred: boo
 
 def delta_directions(delta: torch.Tensor, layer: int | None, role: str, m: int = 4) -> list[Direction]:
     """The top-``m`` right (input side, read) and left (output side, write) singular directions of ``ΔW``
-    (d_out × d_in), with their singular values; each pair's sign fixed so its right vector's largest entry is
-    positive (an SVD fixes it only up to a shared sign)."""
-    U, S, Vh = torch.linalg.svd(delta.detach().double(), full_matrices=False)
+    (d_out × d_in), with their singular values, numerical rank only; each pair's sign fixed so its right
+    vector's largest entry is positive (an SVD fixes it only up to a shared sign). Above d = 1024 the top-m
+    triplets come from the certified randomized SVD (:func:`~rwedit.probes.svd.top_svd`, ``auto``)."""
+    W = delta.detach()
+    r = min(m, *W.shape)
+    if r == 0 or not bool(W.any()):
+        return []
+    U, S, V = top_svd(W, r, "full" if min(W.shape) <= 1024 else "auto")
     out = []
-    rank = int((S > S[0] * 1e-12).sum()) if S.numel() and S[0] > 0 else 0  # numerical rank: no noise directions
-    for i in range(min(m, rank)):
-        u, v = U[:, i], Vh[i]
+    for i in range(int((S > S[0] * 1e-12).sum())):  # numerical rank: no noise directions
+        u, v = U[:, i], V[:, i]
         sign = 1.0 if float(v[v.abs().argmax()]) >= 0 else -1.0
         out += [Direction("delta_right", layer, role, "read", i, sign * v, float(S[i])),
                 Direction("delta_left", layer, role, "write", i, sign * u, float(S[i]))]
@@ -314,5 +347,5 @@ def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
     return pd.DataFrame([c.row() for c in cards])
 
 
-__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "card_lines", "cards_frame", "contexts",
+__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "card_lines", "cards_frame", "cards_html", "contexts",
            "delta_directions", "explain", "final_norm_gain", "logit_lens", "prediction_directions", "unembedding"]

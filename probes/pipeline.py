@@ -23,8 +23,8 @@ from rwedit.models import Placement, check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, dumps, write_json, write_text
 from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
-from rwedit.probes.directions import (Direction, activation_directions, cards_frame, delta_directions, explain,
-                                     prediction_directions)
+from rwedit.probes.directions import (Direction, activation_directions, cards_frame, cards_html, delta_directions,
+                                     explain, prediction_directions)
 from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
                                 rsf_grid_posts)
 from rwedit.probes.norms import delta_norms, write_csv
@@ -323,20 +323,11 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
     if out is not None:
         write_json(out / "meta.json", meta)
         write_pages(out, [_summary(meta, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
-                    cards=[c.row() for c in cards])
+                    extra_html=cards_html([c.row() for c in cards]))
     return ProbeResult(None if df is None else df.assign(post=name)[["post", *COLUMNS]],
                        None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims,
                        svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True), meta,
                        norms=_norms_frame(norms), cards=cards_frame(cards) if cards else None)
-
-
-def _top_singular(delta: torch.Tensor, m: int) -> torch.Tensor:
-    """ΔW restricted to its top-m singular triplets' span cheaply enough for any size: the whole SVD of a small
-    matrix, a randomized one (oversampled, 4 power iterations) of a large one."""
-    if min(delta.shape) <= 1024:
-        return delta
-    U, S, V = torch.svd_lowrank(delta.double(), q=min(m + 10, min(delta.shape)), niter=4)
-    return (U[:, :m] * S[:m]) @ V[:, :m].T
 
 
 def _cards(run: _Run, name: str) -> list:
@@ -350,7 +341,7 @@ def _cards(run: _Run, name: str) -> list:
     for rp in pair.iter_roles(layer_roles, layers):
         if run.stats is not None:
             dirs += activation_directions(run.stats, rp.layer, rp.role, m, rq.grid.centred if rq.grid else False)
-        dirs += delta_directions(_top_singular(rp.delta, m), rp.layer, rp.role, m)
+        dirs += delta_directions(rp.delta, rp.layer, rp.role, m)
     dirs += prediction_directions(prediction_from_pair(pair), m)
     try:  # the lens as the model computes logits: the final norm's gain folded in where it has one
         unembed = read_unembedding(run.base, gain=True)

@@ -2,8 +2,8 @@
 
 The Markdown stays (diffable, readable in a terminal); the page is rendered from the same text with
 markdown-it-py (CommonMark + tables), its figures embedded as data URIs (no network, no side files), every
-table sortable by clicking a column header, and a first screen that starts with the findings. Direction
-cards (:mod:`rwedit.probes.directions` rows) render as cards with the driving token highlighted.
+table sortable by clicking a column header, and a first screen that starts with the findings; a caller may
+append its own HTML (the direction cards of :func:`rwedit.probes.directions.cards_html`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import html
 import mimetypes
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from rwedit.outputs import write_text
 
@@ -60,46 +60,25 @@ def _embed_images(body: str, folder: Path) -> str:
     return re.sub(r'(<img src=")([^"]+)(")', sub, body)
 
 
-def card_html(row: dict) -> str:
-    """One direction card (a ``directions.jsonl`` row) as HTML: contexts with the token highlighted, the tokens
-    it promotes and suppresses."""
-    e = html.escape
-    where = f"layer {row['layer']} {row['role']}" if row.get("layer") is not None else row["role"]
-    value = f" · value {row['value']:.4g}" if row.get("value") is not None else ""
-    share = f" · {100 * row['share']:.1f}% of the input's second moment" if row.get("share") is not None else ""
-    out = [f'<div class="card"><h4>{e(where)} · {e(row["kind"])} #{row["index"]}{value}</h4>'
-           f'<div class="muted">{e(row["side"])} side{share}</div>']
-    for cls, key in (("pos", "top_contexts"), ("neg", "bottom_contexts")):
-        for c in row.get(key) or []:
-            out.append(f'<div class="ctx {cls}">…{e(c["left"])}<span class="hl">{e(c["token"])}</span>'
-                       f'{e(c["right"])}… <span class="muted">{c["value"]:+.3g}</span></div>')
-    for label, key in (("promotes", "promoted"), ("suppresses", "suppressed")):
-        if row.get(key):
-            toks = ", ".join(f'<span class="tok">{e(repr(t["token"]))}</span> {t["logit"]:+.3g}' for t in row[key])
-            out.append(f"<div><b>{label}:</b> {toks}</div>")
-    return "\n".join(out) + "</div>"
-
-
-def render(markdown: str, folder: str | Path, title: str, cards: Sequence[dict] = ()) -> str:
-    """The self-contained page of a Markdown report whose relative figures live in ``folder``."""
-    body = _embed_images(_renderer().render(markdown), Path(folder))
-    if cards:
-        body += "<h2>Direction cards</h2><div class=\"cards\">" + "\n".join(card_html(c) for c in cards) + "</div>"
+def render(markdown: str, folder: str | Path, title: str, extra_html: str = "") -> str:
+    """The self-contained page of a Markdown report whose relative figures live in ``folder``, with
+    ``extra_html`` (e.g. :func:`rwedit.probes.directions.cards_html`) after it."""
+    body = _embed_images(_renderer().render(markdown), Path(folder)) + extra_html
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{_STYLE}</style></head>"
             f"<body>{body}<script>{_SORT}</script></body></html>\n")
 
 
 def write_pages(folder: str | Path, lines: Iterable[str], name: str = "report", title: str | None = None,
-                 cards: Sequence[dict] = ()) -> Path:
-    """Write ``NAME.md`` (the lines) and ``NAME.html`` (the same, self-contained) into ``folder``; returns the
-    Markdown path."""
+                extra_html: str = "") -> Path:
+    """Write ``NAME.md`` (the lines) and ``NAME.html`` (the same, self-contained, ``extra_html`` after it) into
+    ``folder``; returns the Markdown path."""
     folder = Path(folder)
     text = "\n".join(lines).rstrip("\n") + "\n"
     md = write_text(folder / f"{name}.md", text)
     first = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), name)
-    write_text(folder / f"{name}.html", render(text, folder, title or first, cards))
+    write_text(folder / f"{name}.html", render(text, folder, title or first, extra_html))
     return md
 
 
-__all__ = ["card_html", "render", "write_pages"]
+__all__ = ["render", "write_pages"]

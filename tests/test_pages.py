@@ -9,6 +9,7 @@ import pytest
 
 from browser import open_page
 from rwedit.pages import render, write_pages
+from rwedit.probes.directions import cards_html
 
 matplotlib.use("Agg")
 
@@ -28,7 +29,7 @@ def report(tmp_path):
     plt.close(fig)
     lines = ["# A report", "", "## Findings", "", "| claim | verdict | effect |", "|---|---|---|",
              "| a | **yes** | 0.1 [0.02, 0.2] |", "| b | no | −0.3 [−0.5, −0.1] |", "", "![fig](fig.png)"]
-    md = write_pages(tmp_path, lines, cards=[CARD])
+    md = write_pages(tmp_path, lines, extra_html=cards_html([CARD]))
     return md, tmp_path / "report.html"
 
 

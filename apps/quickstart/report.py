@@ -238,7 +238,7 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     from rwedit.apps.organism import summary_lines
     from rwedit.evals.report import headline_lines
     from rwedit.pages import write_pages
-    from rwedit.probes.directions import card_lines
+    from rwedit.probes.directions import card_lines, cards_html
 
     found = (findings(out) + spectrum_lines(out)) if found is None else found
     lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", "",
@@ -294,7 +294,7 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
                   "promotes and suppresses; `rwedit explain probe_aligned` prints them, `report.html` shows them as "
                   "cards, `probe_aligned/directions.jsonl` holds every direction.", "", "```"]
         lines += [x for c in cards for x in card_lines(c)] + ["```"]
-    return write_pages(out, lines, cards=cards)
+    return write_pages(out, lines, extra_html=cards_html(cards))
 
 
 def headline_cards(probe: Path) -> list[dict]:
