@@ -248,12 +248,9 @@ def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | 
     if isinstance(source, dict):
         kind = experiment_kind(str(source.get("experiment") or DEFAULT_KIND))
         return kind, kind.recipe.from_dict(apply_sets({**source, **ov}, sets))
-    from rwedit.recipes import find, shipped
+    from rwedit.recipes import find
 
-    source = find(source)  # a shipped recipe by name, from any folder
-    if not Path(source).exists():
-        raise ConfigError(f"{source}: no such recipe file, and no shipped recipe of that name (shipped: "
-                          f"{', '.join(shipped())}; `rwedit recipes` lists them)")
+    source = find(source)  # a recipe file, or a shipped recipe by name from any folder (else refused there)
     raw = read_yaml(source)
     kind = experiment_kind(str(raw.get("experiment") or DEFAULT_KIND))
     if kind.run is not None:  # an application: its run takes the overrides itself

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rwedit.errors import OutputExistsError
+from rwedit.errors import ConfigError, OutputExistsError
 
 
 def umask_mode(kind: int = 0o777) -> int:
@@ -64,8 +64,6 @@ def input_clash(target: str | Path, inputs: Iterable[str | Path | None]) -> str 
 def default_run_folder(name: str) -> Path:
     """``runs/NAME``, the folder a run writes without ``--out``: ``name`` is a name, never a path (a separator,
     ``..`` or an absolute path would write outside ``runs/``)."""
-    from rwedit.errors import ConfigError
-
     text = str(name)
     if not text or text in (".", "..") or "/" in text or "\\" in text or os.sep in text or text.startswith("~"):
         raise ConfigError(f"recipe name {text!r}: a name, not a path (no '/', '\\', '..' or '~'): it names the "
