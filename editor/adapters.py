@@ -19,7 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.utils import load_peft_weights
 
 from rwedit.architectures import Layout, model_layout
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.errors import AdapterMismatchError
 from rwedit.models import execution_device
 
@@ -33,7 +33,7 @@ def _module_edits(layout: Layout, edits: Sequence[RankOneEdit]) -> dict[str, lis
     return dict(by_module)
 
 
-def lora_config(layout: Layout, condition: Condition) -> LoraConfig:
+def lora_config(layout: Layout, condition: EditCondition) -> LoraConfig:
     """A LoRA config targeting exactly the edited modules (rank = edits per module, scale 1)."""
     mods = _module_edits(layout, condition.edits)
     ranks = {m: len(es) for m, es in mods.items()}
@@ -71,7 +71,7 @@ def _place_adapter(peft_model: PeftModel, name: str) -> None:
 
 
 @torch.no_grad()
-def _write_weights(peft_model: PeftModel, layout: Layout, condition: Condition) -> None:
+def _write_weights(peft_model: PeftModel, layout: Layout, condition: EditCondition) -> None:
     name = condition.name
     for module, edits in _module_edits(layout, condition.edits).items():
         lora_layer = peft_model.base_model.model.get_submodule(module)
@@ -91,7 +91,7 @@ def _write_weights(peft_model: PeftModel, layout: Layout, condition: Condition) 
             raise RuntimeError(f"LoRA scaling of {module} is {lora_layer.scaling[name]}, expected 1")
 
 
-def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[Condition]) -> PeftModel:
+def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[EditCondition]) -> PeftModel:
     """Load every condition as a named adapter on one model; returns the PeftModel (active: the first)."""
     if not conditions:
         raise ValueError("no conditions to attach")

@@ -42,8 +42,9 @@ class RankOneEdit:
 
 
 @dataclass
-class Condition:
-    """One adapter's worth of edits: the main edit or one control, at one alpha."""
+class EditCondition:
+    """One adapter's worth of edits: the main edit or one control, at one alpha (exported as one PEFT adapter;
+    the runner scores it as an :class:`rwedit.evals.core.Condition`, a row of the experiment)."""
 
     name: str
     kind: str  # principal | lowvar | random | given | write
@@ -110,8 +111,8 @@ def build_conditions(
     stats: ActivationStats | None = None,
     batch_size: int = 4,
     progress: bool = False,
-) -> list[Condition]:
-    """The edit and all its matched controls, one :class:`Condition` per direction kind and alpha."""
+) -> list[EditCondition]:
+    """The edit and all its matched controls, one :class:`EditCondition` per direction kind and alpha."""
     layout = model_layout(model)
     spec = spec.resolved(layout.n_layers)
     e = spec.edit
@@ -175,21 +176,21 @@ def build_conditions(
     elif rule == "delta":
         b_prov.update(post=spec.post)
 
-    conditions: list[Condition] = []
+    conditions: list[EditCondition] = []
     for alpha in spec.alpha:
         for layers in e.units():
             layer = layers[0] if e.per_layer else None
             for i, d in enumerate(directions):
                 edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov})
                          for l, (v, prov) in d["v"].items() if l in layers]
-                conditions.append(Condition(condition_name(d["kind"], alpha, d["index"], d["seed"], layer=layer),
-                                            d["kind"], alpha, edits, d["seed"], d["index"]))
+                conditions.append(EditCondition(condition_name(d["kind"], alpha, d["index"], d["seed"], layer=layer),
+                                                d["kind"], alpha, edits, d["seed"], d["index"]))
             if write_role:
                 edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
                                      {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
                                       **b_prov}) for l in layers]
-                conditions.append(Condition(condition_name("write", alpha, role=write_role, layer=layer), "write",
-                                            alpha, edits))
+                conditions.append(EditCondition(condition_name("write", alpha, role=write_role, layer=layer), "write",
+                                                alpha, edits))
     return conditions
 
 
@@ -214,7 +215,7 @@ def _objective_data(spec: EditSpec, tokenizer):
     return pack_tokens(tokenizer, texts, seq_len=e.max_len, token_budget=e.data_limit * e.max_len)
 
 
-def norms_match(conditions: Sequence[Condition], rtol: float = 1e-9) -> bool:
+def norms_match(conditions: Sequence[EditCondition], rtol: float = 1e-9) -> bool:
     """True when every edit of every condition with the same |alpha| has the same ‖ΔW‖_F."""
     by_alpha: dict[float, set[float]] = {}
     for c in conditions:

@@ -13,7 +13,7 @@ from rwedit import __version__
 from rwedit.architectures import model_layout
 from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
-from rwedit.editor.edits import Condition, build_conditions, norms_match
+from rwedit.editor.edits import EditCondition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
 from rwedit.editor.spec import EditSpec, SpecError
 from rwedit.errors import AdapterMismatchError, ConfigError
@@ -43,7 +43,7 @@ def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True
     return cached_activation_stats(model, ids, settings, source=c.data, cache_dir=cache_dir, progress=progress)
 
 
-def attach_probe_metrics(conditions: list[Condition], stats: ActivationStats | None) -> None:
+def attach_probe_metrics(conditions: list[EditCondition], stats: ActivationStats | None) -> None:
     """Read-side RSF of each rank-1 ΔW = b vᵀ against the activation subspace A_k of the role's inputs
     (:func:`~rwedit.probes.rsf.rank1_rsf` of v: ‖A_kᵀ v‖² / (k/d))."""
     if stats is None:

@@ -10,7 +10,7 @@ from peft import PeftModel
 
 from rwedit.architectures import add_delta, model_layout
 from rwedit.editor.adapters import attach_conditions
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from tiny_models import TINY_CONFIGS, tiny_model
 
 
@@ -25,12 +25,12 @@ def _conditions(model, g):
     for role in [r for r in layout.roles() if r != "unembed"]:
         view = layout.view(1, role)
         e = RankOneEdit(1, role, _unit(view.d_out, g), _unit(view.d_in, g), alpha=3.0)
-        conds.append(Condition(f"{role}_edit", "given", 3.0, [e]))
+        conds.append(EditCondition(f"{role}_edit", "given", 3.0, [e]))
     # two roles of one (possibly fused) attention matrix plus another layer, in one adapter
     two = [RankOneEdit(1, r, _unit(layout.view(1, r).d_out, g), _unit(layout.view(1, r).d_in, g), -2.0)
            for r in ("q", "k")] + [RankOneEdit(0, "down", _unit(layout.view(0, "down").d_out, g),
                                                _unit(layout.view(0, "down").d_in, g), 1.5)]
-    conds.append(Condition("multi", "given", -2.0, two))
+    conds.append(EditCondition("multi", "given", -2.0, two))
     return conds
 
 
@@ -82,6 +82,6 @@ def test_bad_adapter_names_are_refused():
                     torch.ones(v.d_in, dtype=torch.float64) / v.d_in ** 0.5, 1.0)
     for bad in ("my_lora", "a.b", ""):
         with pytest.raises(ValueError, match="not allowed"):
-            attach_conditions(copy.deepcopy(model), [Condition(bad, "given", 1.0, [e])])
+            attach_conditions(copy.deepcopy(model), [EditCondition(bad, "given", 1.0, [e])])
     with pytest.raises(ValueError, match="duplicate"):
-        attach_conditions(copy.deepcopy(model), [Condition("x", "given", 1.0, [e]), Condition("x", "given", 1.0, [e])])
+        attach_conditions(copy.deepcopy(model), [EditCondition("x", "given", 1.0, [e])] * 2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rwedit.editor.adapters import attach_conditions
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.errors import AdapterNotAppliedError, ConfigError
 from rwedit.evals.lmeval import (PROBE_TEXT, PROBE_TOKENS, EvalSettings, LMEvalScorer, backends, check_applied,
                                  get_backend)
@@ -37,7 +37,7 @@ def setup(tmp_path_factory, wiki_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32).eval()
     d = model.config.hidden_size
     b, v = _unit(d, 1), _unit(d, 2)
-    conds = [Condition(n, "given", 4.0, [RankOneEdit(1, "q", b, v, 4.0)]) for n in ("edit1", "zero")]
+    conds = [EditCondition(n, "given", 4.0, [RankOneEdit(1, "q", b, v, 4.0)]) for n in ("edit1", "zero")]
     peft_model = attach_conditions(model, conds)
     with torch.no_grad():
         peft_model.base_model.model.model.layers[1].self_attn.q_proj.lora_B["zero"].weight.zero_()

@@ -13,7 +13,7 @@ from rwedit.architectures import model_layout
 from rwedit.data import pack_tokens, read_pairs
 from rwedit.editor.adapters import attach_conditions
 from rwedit.editor.closed_forms import Probe, gradient_products
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.probes.activations import StatsSettings, collect_activation_stats
 from conftest import HH_RLHF
 from tiny_models import tiny_model
@@ -68,7 +68,8 @@ def test_adapters_switch_on_cuda_with_the_cpu_logits(wiki_tokenizer):
     for role in ("q", "down"):
         view = layout.view(1, role)
         u, w = torch.randn(view.d_out, generator=g, dtype=torch.float64), torch.randn(view.d_in, generator=g, dtype=torch.float64)
-        conds.append(Condition(f"{role}_edit", "given", 3.0, [RankOneEdit(1, role, u / u.norm(), w / w.norm(), alpha=3.0)]))
+        conds.append(EditCondition(f"{role}_edit", "given", 3.0,
+                                   [RankOneEdit(1, role, u / u.norm(), w / w.norm(), alpha=3.0)]))
     ids = torch.randint(3, model.config.vocab_size, (2, 16), generator=g)
     cpu_model = attach_conditions(copy.deepcopy(model), conds)
     gpu_model = attach_conditions(copy.deepcopy(model).to("cuda"), conds)

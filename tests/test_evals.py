@@ -11,7 +11,7 @@ import torch
 
 from rwedit.architectures import add_delta
 from rwedit.editor.adapters import attach_conditions
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.evals.direct import DirectScorer, DirectSettings
 from rwedit.evals.lmeval import EvalSettings, LMEvalScorer, flatten_results, item_values
 from rwedit.evals.bundled_tasks import BUNDLED_TASKS, blimp_items, wikitext_articles
@@ -36,7 +36,7 @@ def edited(wiki_tokenizer):
     by_hand = copy.deepcopy(base)
     add_delta(by_hand, 1, "q", ALPHA * torch.outer(b, v))
     plain = copy.deepcopy(base)
-    peft_model = attach_conditions(base, [Condition("edit1", "given", ALPHA, [RankOneEdit(1, "q", b, v, ALPHA)])])
+    peft_model = attach_conditions(base, [EditCondition("edit1", "given", ALPHA, [RankOneEdit(1, "q", b, v, ALPHA)])])
     return peft_model, by_hand, plain
 
 

@@ -15,7 +15,7 @@ from rwedit.cli import main
 from rwedit.data import pack_tokens, read_pairs
 from rwedit.editor.adapters import attach_conditions, load_adapter_folder
 from rwedit.editor.closed_forms import Probe, _objective_batches, gradient_products
-from rwedit.editor.edits import Condition, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.errors import ConfigError, DeviceError
 from rwedit.models import Placement, load_model_and_tokenizer
 from rwedit.probes.activations import StatsSettings, collect_activation_stats, model_fingerprint
@@ -86,8 +86,8 @@ def _unit(n, g):
 def test_adapters_attach_and_switch_in_place_on_the_offloaded_model(models, tmp_path):
     whole, split, _ = models
     g = torch.Generator().manual_seed(1)
-    conditions = [Condition("edit", "principal", 3.0, [RankOneEdit(1, "q", _unit(32, g), _unit(32, g), 3.0)]),
-                  Condition("ctl", "random", 3.0, [RankOneEdit(1, "down", _unit(32, g), _unit(48, g), 3.0),
+    conditions = [EditCondition("edit", "principal", 3.0, [RankOneEdit(1, "q", _unit(32, g), _unit(32, g), 3.0)]),
+                  EditCondition("ctl", "random", 3.0, [RankOneEdit(1, "down", _unit(32, g), _unit(48, g), 3.0),
                                                    RankOneEdit(0, "up", _unit(48, g), _unit(32, g), 3.0)])]
     x = torch.randint(0, 512, (2, 12), generator=g)
 
