@@ -6,19 +6,20 @@ the prediction subspace), built offline and deterministically so that the quicks
 have a real base/aligned pair.
 
 - :mod:`.config`: the settings, their validation, the stage cache key and the ``reduced`` variant;
-- :mod:`.training`: data splits, tokenizer, model, CE pretraining, TRL alignment, ``build_organism``;
-- :mod:`.measure`: held-out CE and preference metrics, ``check_aligned``, ``summary_lines``;
+- :mod:`.training`: data splits, tokenizer, model, CE pretraining, TRL alignment, ``build_organism`` and its
+  held-out ``measure`` of the built models;
+- :mod:`.measure`: held-out CE and preference metrics, ``check_aligned``, ``summary_lines`` (imports no build);
 - :mod:`.progress`: one bar per training run, the libraries' own bars and log lines off.
 """
 
 from rwedit.apps.organism.config import (KIND, ORGANISM_VERSION, WINDOW, AlignSettings, HeldoutSettings, ModelSettings,
                                          OrganismConfig, PretrainSettings, reduced)
-from rwedit.apps.organism.measure import (check_aligned, fmt_mean_ci, heldout_ce, measure, preference_metrics,
-                                          response_logps, summary_lines)
+from rwedit.apps.organism.measure import (check_aligned, fmt_mean_ci, heldout_ce, preference_metrics, response_logps,
+                                          summary_lines)
 from rwedit.apps.organism.progress import quiet_libraries
 from rwedit.apps.organism.training import (Organism, PlannedModel, build_organism, build_tokenizer, default_root,
                                            fresh_model, graded_config, heldout_pairs, heldout_texts,
-                                           left_truncate_prompt, model_config, pack_documents, planned_model,
+                                           left_truncate_prompt, measure, model_config, pack_documents, planned_model,
                                            preference_dataset, pretraining_texts, training_pairs)
 from rwedit.errors import OrganismError
 

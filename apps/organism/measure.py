@@ -1,16 +1,14 @@
-"""Measuring the organism on held-out data: next-token CE on WikiText-2 test sequences, response
-log-probabilities and preference metrics on held-out hh-rlhf pairs (lines 1900–2311, never trained on),
-the alignment check, and the summary table."""
+"""The organism's held-out metrics: next-token CE on WikiText-2 test sequences, response log-probabilities
+and preference metrics on held-out hh-rlhf pairs (lines 1900–2311, never trained on), the alignment check,
+and the summary table. Functions of a model or a report only: :func:`.training.measure` applies them to the
+built models (so the build imports this module, never the other way)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from typing import Sequence
 
 import torch
 
-from rwedit.apps.organism.training import Organism, _say, heldout_pairs, heldout_texts
 from rwedit.data import PreferencePair
 from rwedit.errors import OrganismError
 from rwedit.stats import interval, mean_se
@@ -61,38 +59,6 @@ def preference_metrics(policy: dict[str, torch.Tensor], ref: dict[str, torch.Ten
     return out
 
 
-def measure(org: Organism, lambdas: Sequence[float], progress: bool = True) -> dict:
-    """Held-out CE and preference metrics of the pretrained model and every built λ run (reference: the
-    pretrained model), read back from the saved folders so the numbers describe what was saved."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cfg = org.config
-    tok = AutoTokenizer.from_pretrained(org.pretrained)
-    pairs = heldout_pairs(cfg)
-    held = heldout_texts(cfg, tok)
-    max_len = cfg.align.max_length
-    _say(progress, f"measuring held-out CE ({held.shape[0]} WikiText-2 test sequences) and preferences "
-                   f"({len(pairs)} held-out hh-rlhf pairs)")
-
-    def load(p):
-        return AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()
-
-    pre = load(org.pretrained)
-    ref = response_logps(pre, tok, pairs, max_len)
-    report = {"config": asdict(cfg), "root": str(org.root),
-              "pretrain": json.loads((org.pretrained / "stage.json").read_text()),
-              "models": {"pretrained": {"path": str(org.pretrained), "heldout_ce": heldout_ce(pre, held),
-                                        **preference_metrics(ref, None)}}}
-    del pre
-    for lam in lambdas:
-        m = load(org.lam_dir(lam))
-        pol = response_logps(m, tok, pairs, max_len)
-        report["models"][f"lambda_{lam:g}"] = {
-            "path": str(org.lam_dir(lam)), "lambda": lam, "heldout_ce": heldout_ce(m, held),
-            **preference_metrics(pol, ref), "stage": json.loads((org.lam_dir(lam) / "stage.json").read_text())}
-    return report
-
-
 def check_aligned(report: dict) -> None:
     """The aligned model must prefer held-out chosen responses measurably more than the pretrained one
     (paired margin shift with its 95% interval above 0); otherwise the organism is not aligned."""
@@ -135,5 +101,5 @@ def fmt_mean_ci(mean: float, se: float) -> str:
     return interval(mean, se).text()
 
 
-__all__ = ["check_aligned", "fmt_mean_ci", "heldout_ce", "measure", "preference_metrics", "response_logps",
+__all__ = ["check_aligned", "fmt_mean_ci", "heldout_ce", "preference_metrics", "response_logps",
            "summary_lines"]

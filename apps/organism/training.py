@@ -1,5 +1,6 @@
 """Building the organism: the data splits, the tokenizer and model, CE pretraining, the graded-objective
-runs with TRL, and the resumable stage cache that ``build_organism`` drives.
+runs with TRL, the resumable stage cache that ``build_organism`` drives, and its last stage: the built models
+measured on held-out data (:mod:`.measure`'s metrics).
 
 Training uses the ecosystem's trainers: ``transformers.Trainer`` for CE pretraining and TRL's
 ``DPOTrainer`` (``loss_type=["sigmoid", "sft"]``, ``loss_weights=[λ, 1 − λ]``) for every point of the
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rwedit.apps.organism.config import WINDOW, OrganismConfig
+from rwedit.apps.organism.measure import heldout_ce, preference_metrics, response_logps
 from rwedit.apps.organism.progress import quiet_libraries, use_bar
 from rwedit.architectures import LAYER_ROLES
 from rwedit.bundled import HH_HELDOUT, HH_TRAIN
@@ -248,8 +250,6 @@ def build_organism(cfg: OrganismConfig = OrganismConfig(), root: str | Path | No
 
 
 def _build(org: Organism, lambdas: tuple[float, ...], progress: bool) -> Organism:
-    from rwedit.apps.organism.measure import measure
-
     cfg = org.config
     _stage(org.pretrained, lambda tmp: _pretrain(cfg, tmp, progress), progress, "CE pretraining")
     for lam in lambdas:
@@ -267,6 +267,38 @@ def _build(org: Organism, lambdas: tuple[float, ...], progress: bool) -> Organis
     return org
 
 
+def measure(org: Organism, lambdas: Sequence[float], progress: bool = True) -> dict:
+    """Held-out CE and preference metrics of the pretrained model and every built λ run (reference: the
+    pretrained model), read back from the saved folders so the numbers describe what was saved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = org.config
+    tok = AutoTokenizer.from_pretrained(org.pretrained)
+    pairs = heldout_pairs(cfg)
+    held = heldout_texts(cfg, tok)
+    max_len = cfg.align.max_length
+    _say(progress, f"measuring held-out CE ({held.shape[0]} WikiText-2 test sequences) and preferences "
+                   f"({len(pairs)} held-out hh-rlhf pairs)")
+
+    def load(p):
+        return AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval()
+
+    pre = load(org.pretrained)
+    ref = response_logps(pre, tok, pairs, max_len)
+    report = {"config": asdict(cfg), "root": str(org.root),
+              "pretrain": json.loads((org.pretrained / "stage.json").read_text()),
+              "models": {"pretrained": {"path": str(org.pretrained), "heldout_ce": heldout_ce(pre, held),
+                                        **preference_metrics(ref, None)}}}
+    del pre
+    for lam in lambdas:
+        m = load(org.lam_dir(lam))
+        pol = response_logps(m, tok, pairs, max_len)
+        report["models"][f"lambda_{lam:g}"] = {
+            "path": str(org.lam_dir(lam)), "lambda": lam, "heldout_ce": heldout_ce(m, held),
+            **preference_metrics(pol, ref), "stage": json.loads((org.lam_dir(lam) / "stage.json").read_text())}
+    return report
+
+
 def _stage_name(lam: float) -> str:
     return f"graded objective λ={lam:g}" + {1.0: " (preference alignment)", 0.0: " (SFT control)"}.get(lam, "")
 
@@ -277,8 +309,6 @@ def _measured(report: dict) -> set[float]:
 
 def _pretrain(cfg: OrganismConfig, out: Path, progress: bool) -> dict:
     from transformers import Trainer, TrainingArguments
-
-    from rwedit.apps.organism.measure import heldout_ce
 
     p = cfg.pretrain
     texts = pretraining_texts(cfg)
@@ -380,5 +410,5 @@ def _calibration_stats(model, tok, cfg: OrganismConfig, tokens: int = 16_384):
 
 
 __all__ = ["Organism", "PlannedModel", "build_organism", "build_tokenizer", "default_root", "fresh_model",
-           "graded_config", "heldout_pairs", "heldout_texts", "left_truncate_prompt", "model_config", "pack_documents",
-           "planned_model", "preference_dataset", "pretraining_texts", "training_pairs"]
+           "graded_config", "heldout_pairs", "heldout_texts", "left_truncate_prompt", "measure", "model_config",
+           "pack_documents", "planned_model", "preference_dataset", "pretraining_texts", "training_pairs"]
