@@ -4,7 +4,8 @@ imported: ``quickstart`` (``recipes/quickstart.yaml``) and ``organism`` (``recip
 Both are chains of stages, each cached or resumed on its own (the organism's trainings by recipe hash; the
 quickstart's probes, trajectories and its ``control`` run, which is itself a store-based run). Forced through
 ``prepare`` (one loaded model, a list of conditions) they would have to pretend to be one; so they give
-``run`` with a typed ``options`` dataclass of the command line's switches, and no report to rebuild.
+``run`` with a typed ``options`` :class:`~rwedit.config.Config` of the command line's switches, and no report
+to rebuild.
 """
 
 from __future__ import annotations
@@ -14,27 +15,29 @@ from pathlib import Path
 
 from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, reduced
 from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRecipe
+from rwedit.config import Config, option
 from rwedit.errors import ExperimentError, OrganismError
 from rwedit.outputs import default_run_folder
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
 
 
 @dataclass(frozen=True)
-class OrganismOptions:
+class OrganismOptions(Config):
     """The organism's switches on the command line."""
 
-    reduced: bool = False  # the seconds-scale organism
-    graded: bool = False  # every λ of align.lambdas, not just 0 and 1
-    organism_root: str | Path | None = None  # where organisms are cached (default $RWEDIT_CACHE/organism)
+    reduced: bool = option(False, help="the seconds-scale organism (tiny dims, few steps)")
+    graded: bool = option(False, help="every lambda of align.lambdas, not just 0 and 1")
+    organism_root: str | Path | None = option(None, help="where organisms are cached (default "
+                                              "$RWEDIT_CACHE/organism)")
 
 
 @dataclass(frozen=True)
 class QuickstartOptions(OrganismOptions):
     """The quickstart's switches: the organism's, or a pair of your own instead of the organism."""
 
-    model: str | None = None
-    post: str | None = None
-    sft: str | None = None
+    model: str | Path | None = option(None, help="your base model instead of the organism's pretrained one")
+    post: str | Path | None = option(None, help="your post-trained model instead of the aligned organism")
+    sft: str | Path | None = option(None, help="your SFT control instead of the organism's")
 
 
 def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None, *, resume: bool = True,

@@ -14,6 +14,7 @@ share writes the merged report.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import MISSING, dataclass, field
@@ -176,7 +177,7 @@ class ExperimentKind:
     ``prepare`` and ``report`` and :func:`run_experiment` runs it (store, resume, shards). An application whose
     run is a chain of other runs (the quickstart: organism, probes, trajectories, then a ``control`` run) gives
     ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult`` instead, ``overrides`` an
-    instance of its ``options`` dataclass (the command line's switches it takes; None: none given). Every kind
+    instance of its ``options`` config (the command line's switches it takes; None: none given). Every kind
     gives ``plan``, which states its own stages for ``rwedit plan``."""
 
     name: str
@@ -186,23 +187,21 @@ class ExperimentKind:
     report: Callable[..., Path] | None = None  # (folder, **options) -> report path
     finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
     run: Callable[..., RunResult] | None = None
-    options: type | None = None  # the dataclass of what an application's run takes from the command line
+    options: type[Config] | None = None  # what an application's run takes from the command line
     #: (recipe, PlanContext or None for an application) -> KindPlan: the kind's own stages, their memory and
     #: compute, its conditions, before any weights load (:mod:`rwedit.evals.planning`, ``rwedit plan``)
     plan: Callable[..., Any] | None = None
 
     def run_options(self, overrides: dict[str, Any] | None) -> Any:
-        """The command line's ``overrides`` (None values ignored) as this application's ``options``; a key it
-        does not take is refused, naming what it takes."""
-        import dataclasses
-
+        """The command line's ``overrides`` (None values ignored) as this application's ``options``, checked
+        as every config is; a key it does not take is refused, naming what it takes."""
         ov = given(overrides)
         known = [f.name for f in dataclasses.fields(self.options)] if self.options is not None else []
         unknown = sorted(set(ov) - set(known))
         if unknown:
             raise ConfigError(f"experiment kind {self.name!r} takes no {', '.join(unknown)} (it takes: "
                               f"{', '.join(known) or 'nothing'} from the command line)")
-        return self.options(**ov) if self.options is not None else None
+        return self.options.from_dict(ov) if self.options is not None else None
 
 
 def _load_builtin() -> None:

@@ -1,4 +1,4 @@
-"""One protocol for every experiment kind: applications take a typed options dataclass and honour resume."""
+"""One protocol for every experiment kind: applications take a typed options config and honour resume."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def test_application_kinds_take_typed_options_and_honour_resume(tmp_path):
         organism.run_options({"model": "a", "post": "b", "reduced": True})
     assert quickstart.run_options({"model": "a", "post": None}) == QuickstartOptions(model="a")
     assert quickstart.run_options(None) == QuickstartOptions()
+    with pytest.raises(ConfigError, match="reduced: expected true or false"):  # checked as every config is
+        organism.run_options({"reduced": "yes"})
     (tmp_path / "qs").mkdir()
     (tmp_path / "qs" / "report.md").write_text("an earlier run")
     with pytest.raises(ExperimentError, match="--resume"):  # refused before any stage runs
