@@ -42,13 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import shutil
-    import tempfile
 
     from rwedit.evals.adapter_eval import KIND, EvalRecipe
     from rwedit.evals.core import run_experiment
     from rwedit.evals.direct import DirectSettings
     from rwedit.evals.lmeval import EvalSettings
-    from rwedit.evals.store import ResultStore
     from rwedit.outputs import check_output_folder, dumps
 
     recipe = EvalRecipe(model=args.model, adapters=args.adapters, force=args.force, device=args.device,
@@ -56,12 +54,8 @@ def run(args: argparse.Namespace) -> int:
                         eval=EvalSettings.from_dict({"tasks": [t for t in args.tasks.split(",") if t],
                                                      "limit": args.limit, "batch_size": args.batch_size}, where="eval"),
                         direct=None if args.no_direct else DirectSettings(pairs=args.items))
-    if args.out is None:
-        if args.resume:
-            raise ConfigError("--resume needs --out: the folder whose stored rows the run continues")
-        out = Path(tempfile.mkdtemp(prefix="rwedit-eval-")) / "scores"  # rows go to standard output as scored
-    else:
-        out = Path(args.out)
+    out = None if args.out is None else Path(args.out)  # none: rows go to standard output as scored, none kept
+    if out is not None:
         if args.resume and args.overwrite:
             raise ConfigError("--resume continues the eval stored in --out, --overwrite replaces it: give one")
         if args.overwrite or not (out / "run.json").exists():  # a stored eval is refused by the store (--resume)
@@ -74,13 +68,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps(row) + "\n")
         sys.stdout.flush()
 
-    try:
-        result = run_experiment(KIND, recipe, out, resume=args.resume, progress=not args.quiet,
-                                on_row=show if args.out is None else None)
-    finally:
-        if args.out is None:
-            shutil.rmtree(out.parent, ignore_errors=True)
-    if args.out is not None:
-        print(f"wrote {result.report} ({len(ResultStore(out).rows())} rows; `rwedit export ADAPTER --metrics {out}` "
+    result = run_experiment(KIND, recipe, out, resume=args.resume, progress=not args.quiet,
+                            on_row=show if out is None else None)
+    if out is not None:
+        print(f"wrote {result.report} ({len(result.rows)} rows; `rwedit export ADAPTER --metrics {out}` "
               f"puts an adapter's row on its card)")
     return 0

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_recipe(source, overrides, sets, args.out, args.cache_dir)  # what it can know fails here
     if not args.quiet:
         print("\n".join(plan.lines()), flush=True)
-    if plan.recipe is not None:  # run the recipe plan checked, its checkpoints already opened
-        source, overrides, sets = plan.recipe, None, ()
-    result = run_recipe(source, args.out, resume=args.resume, progress=not args.quiet, overrides=overrides,
+    out = args.out
+    if plan.recipe is not None:  # run the recipe plan checked, its checkpoints already opened, into its folder
+        source, overrides, sets, out = plan.recipe, None, (), plan.folder  # (default runs/NAME)
+    result = run_recipe(source, out, resume=args.resume, progress=not args.quiet, overrides=overrides,
                         cache_dir=args.cache_dir, sets=sets,
                         shard=Shard.parse(args.shard) if args.shard else Shard.from_env())
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))

@@ -3,9 +3,10 @@
 ``rwedit eval`` builds an :class:`EvalRecipe` from its flags and runs it with
 :func:`rwedit.evals.core.run_experiment`, so its rows go to the resumable store as they are scored
 (``OUT/results.jsonl``, lm-eval's own output in ``OUT/raw/lmeval``) and ``--resume`` scores only what is
-missing; ``experiment: eval`` in a recipe runs the same with ``rwedit run``. The conditions are the base
-(adapters disabled) and one :class:`~rwedit.editor.interventions.Adapter` per adapter folder, switched in
-place on one loaded model.
+missing; ``experiment: eval`` in a recipe runs the same with ``rwedit run``, and from Python
+``run_recipe({"experiment": "eval", "model": ..., "adapters": ...}).rows`` is the scores' DataFrame (a folder
+kept only with ``out``). The conditions are the base (adapters disabled) and one
+:class:`~rwedit.editor.interventions.Adapter` per adapter folder, switched in place on one loaded model.
 """
 
 from __future__ import annotations

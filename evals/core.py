@@ -20,7 +20,7 @@ import time
 from dataclasses import MISSING, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tqdm.auto import tqdm
 
@@ -33,6 +33,9 @@ from rwedit.errors import ConfigError, ExperimentError
 from rwedit.evals.direct import DirectSettings
 from rwedit.evals.lmeval import EvalSettings
 from rwedit.evals.store import ResultStore, Shard
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_KIND = "control"
 
@@ -58,7 +61,8 @@ class ExperimentRecipe(Config):
     placement: Placement = option(factory=Placement, help="the model placed across devices: device_map, "
                                   "max_memory, offload_folder, dtype (as rwedit's --device-map, --max-memory, "
                                   "--offload-folder, --dtype)")
-    out: str | None = option(None, help="output folder (default runs/NAME); not part of the recipe hash")
+    out: str | None = option(None, help="output folder (`rwedit run`'s default: runs/NAME; from Python, "
+                             "none: nothing kept); not part of the recipe hash")
 
     def config(self) -> dict:
         """What the results depend on (hashed by the store to keep two recipes' rows apart); the settings of
@@ -162,13 +166,39 @@ class Prepared:
     scorers: list[Scorer] | Callable[[], list[Scorer]]  # a callable is called only when something is missing
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """Where a run wrote its results and what to tell the user."""
+def _frame(path: Path | None = None) -> pd.DataFrame:
+    """The table of a CSV file (empty for none, or for a table without rows)."""
+    import pandas as pd
 
-    folder: Path
+    try:
+        return pd.read_csv(path) if path is not None else pd.DataFrame()
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """What a run gives back: its rows and its report's tables as DataFrames, where it wrote them (``folder``
+    None: no folder was asked for, nothing was kept) and what to tell the user."""
+
+    folder: Path | None
     report: Path | None
     lines: list[str] = field(default_factory=list)
+    rows: pd.DataFrame = field(default_factory=_frame)  # one row per scored condition (per-item lists kept)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # the report's tables (its CSVs), by name
+
+    @property
+    def verdicts(self) -> pd.DataFrame:
+        """The report's verdicts (its ``verdicts.csv``: the control and SVD-structure kinds); empty for a kind
+        without them or a run that stopped before its report."""
+        return self.tables.get("verdicts", _frame())
+
+    @classmethod
+    def read(cls, store: ResultStore, report: Path | None, lines: list[str]) -> "RunResult":
+        """The result of a run in ``store``: its rows (every shard's, once the merged report is written) and,
+        with a report, the CSV tables it wrote beside it."""
+        tables = {p.stem: _frame(p) for p in sorted(store.root.glob("*.csv"))} if report is not None else {}
+        return cls(store.root, report, lines, (ResultStore(store.root) if report else store).frame(), tables)
 
 
 @dataclass(frozen=True)
@@ -261,7 +291,8 @@ def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None
                progress: bool = True, overrides: dict[str, Any] | None = None,
                cache_dir: str | Path | None = None, stop_after: int | None = None,
                sets: list[str] | tuple[str, ...] = (), shard: Shard | str | None = None) -> RunResult:
-    """Run (or resume) any registered kind's recipe into ``out``; ``sets`` as in :func:`load_recipe`;
+    """Run (or resume) any registered kind's recipe into ``out`` (a store-based kind without ``out`` or the
+    recipe's ``out:`` keeps no folder, see :func:`run_experiment`); ``sets`` as in :func:`load_recipe`;
     ``shard`` (a :class:`~rwedit.evals.store.Shard` or ``"I/N"``) scores that share of the conditions only."""
     kind, recipe = load_recipe(source, overrides, sets)
     shard = Shard.parse(shard) if isinstance(shard, str) else shard
@@ -280,12 +311,24 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
                    resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
                    stop_after: int | None = None, shard: Shard | None = None,
                    on_row: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
-    """The one runner loop. ``stop_after`` ends the run after that many newly scored conditions (tests of
-    interrupted runs); a stopped run returns without a report and ``--resume`` finishes it. With ``shard``,
-    that share of the conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`).
-    ``on_row`` is called with each row once it is stored (``rwedit eval`` prints it)."""
+    """The one runner loop, into ``out`` (else the recipe's ``out:``; with neither, a temporary folder, removed
+    once its rows and tables are read). ``stop_after`` ends the run after that many newly scored conditions (tests of interrupted runs); a
+    stopped run returns without a report and ``--resume`` finishes it. With ``shard``, that share of the
+    conditions goes to its own store ``out/shards/I-of-N`` (see :mod:`rwedit.evals.store`). ``on_row`` is
+    called with each row once it is stored (``rwedit eval`` prints it)."""
     from rwedit.models import check_device
 
+    if out is None and recipe.out is None:
+        if resume or shard is not None:
+            raise ConfigError(f"{'--resume' if resume else '--shard'} needs --out (out=): the folder whose stored "
+                              f"rows the run {'continues' if resume else 'shares with the other shards'}")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rwedit-run-", ignore_cleanup_errors=True) as tmp:
+            res = run_experiment(kind, recipe, Path(tmp) / "run", progress=progress, cache_dir=cache_dir,
+                                 stop_after=stop_after, on_row=on_row)
+        return RunResult(None, None, [f"scored {len(res.rows)} condition(s); no folder kept (give out= or --out to "
+                                      f"keep the store, the report and its plots)"], res.rows, res.tables)
     out = recipe.folder(out)
     check_not_input(out, recipe.inputs())  # a run never writes into (or over) what it reads
     check_device(getattr(recipe, "device", "cpu"))
@@ -343,20 +386,20 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
                 after(row)
     if not mine <= store.done():
         again = f" --shard {store.shard}" if store.shard is not None else ""
-        return RunResult(out, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun with "
-                                     f"--resume{again} to finish {store.folder}"])
+        return RunResult.read(store, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun "
+                                            f"with --resume{again} to finish {store.folder}"])
     if store.shard is None:
         report = _report(kind, recipe, out)
-        return RunResult(out, report, [f"wrote {report} (results: {store.path})"])
+        return RunResult.read(store, report, [f"wrote {report} (results: {store.path})"])
     with store.shared():  # the shard that completes the last share writes the merged report, once
         waiting = [s for s in ResultStore(out).shard_status() if not s.complete]
         if waiting:
-            return RunResult(out, None, [f"shard {store.shard}: its {len(mine)} conditions are stored in "
-                                         f"{store.path}; the report waits for the other shards:"]
-                             + ["  " + s.describe(out) for s in waiting]
-                             + [f"`rwedit report {out}` merges the shards once they have finished"])
+            return RunResult.read(store, None, [f"shard {store.shard}: its {len(mine)} conditions are stored in "
+                                                f"{store.path}; the report waits for the other shards:"]
+                                  + ["  " + s.describe(out) for s in waiting]
+                                  + [f"`rwedit report {out}` merges the shards once they have finished"])
         report = _report(kind, recipe, out)
-    return RunResult(out, report, [f"wrote {report} (merged {store.shard.count} shards: {out / 'shards'})"])
+    return RunResult.read(store, report, [f"wrote {report} (merged {store.shard.count} shards: {out / 'shards'})"])
 
 
 def _report(kind: ExperimentKind, recipe: ExperimentRecipe, out: Path):

@@ -52,11 +52,26 @@ def _strip(rows):
 
 
 @pytest.fixture(scope="module")
-def finished(pair, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "a"
-    run_experiment(Recipe.from_dict(recipe_dict(pair)), out, progress=False,
-                   cache_dir=tmp_path_factory.mktemp("cache"))
-    return out
+def finished_run(pair, tmp_path_factory):
+    return run_recipe(Recipe.from_dict(recipe_dict(pair)), tmp_path_factory.mktemp("runs") / "a", progress=False,
+                      cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def finished(finished_run):
+    return finished_run.folder
+
+
+def test_the_run_returns_its_rows_and_verdicts_as_dataframes(finished_run):
+    """What a notebook gets back is what the folder holds: the stored rows, per-item lists kept, and the
+    report's tables (verdicts, headline, units) with the numbers of its CSVs."""
+    stored = ResultStore(finished_run.folder).rows()
+    assert finished_run.rows["condition"].tolist() == [r["condition"] for r in stored]
+    assert finished_run.rows["pref_margin_shift_items"][1] == stored[1]["pref_margin_shift_items"]
+    assert {"verdicts", "headline", "units"} <= set(finished_run.tables)
+    ver = pd.read_csv(finished_run.folder / "verdicts.csv")
+    assert len(finished_run.verdicts) == len(ver) > 0
+    assert finished_run.verdicts["effect"].tolist() == pytest.approx(ver["effect"].tolist())
 
 
 def test_small_grid_completes_with_probe_edits_scores_and_report(finished):

@@ -73,5 +73,27 @@ def test_a_new_experiment_kind_runs_resumes_and_reports(ns, tmp_path, wiki_token
     assert rows[0]["ce_shift"] == pytest.approx(0, abs=1e-6)  # the base row is the reference
     assert all(abs(r["ce_shift"]) > 1e-4 for r in rows[1:])  # zeroing a matrix changes the loss
     assert core.stored_kind(out).name == "ablation" and core.write_report(out) == out / "ablation.csv"
+    assert res.rows["condition"].tolist() == [r["condition"] for r in rows]  # what a notebook gets back
+    assert res.tables["ablation"]["ce_shift"].tolist() == pytest.approx([r["ce_shift"] for r in rows])
     with pytest.raises(Exception, match="unknown key"):
         core.run_recipe({**recipe, "layer": [0]}, tmp_path / "bad")
+
+
+def test_a_run_without_out_returns_its_tables_and_keeps_no_folder(ns, tmp_path, wiki_tokenizer, monkeypatch):
+    import tempfile
+
+    root = save_pair(tmp_path / "models", wiki_tokenizer, max_position_embeddings=1024, pad_token_id=0,
+                     bos_token_id=1, eos_token_id=2)
+    recipe = {"experiment": "ablation", "model": str(root / "base"), "layers": [1], "eval": None,
+              "direct": {"pairs": 4, "texts": 2, "seq_len": 32, "max_len": 128}}
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.chdir(tmp_path)
+    res = core.run_recipe(recipe, progress=False, cache_dir=tmp_path / "cache")
+    assert res.folder is None and res.report is None and res.verdicts.empty  # the ablation draws no verdicts
+    assert res.rows["condition"].tolist() == ["base", "zero_o1"] and abs(res.rows["ce_shift"][1]) > 1e-4
+    assert res.tables["ablation"]["condition"].tolist() == ["base", "zero_o1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "tmp"]  # no runs/ablation
+    assert list((tmp_path / "tmp").iterdir()) == []  # its working folder removed
+    with pytest.raises(Exception, match="--resume needs --out"):
+        core.run_recipe(recipe, resume=True)
