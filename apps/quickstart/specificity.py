@@ -111,9 +111,13 @@ def specific_text(comps: list[Comparison], expect: str | None) -> str:
     """The report line's specificity sentence: the verdict, then each control's RSF and the paired difference."""
     if not comps:
         return ""
+    missed = [c.label for c in comps if c.answer != "yes"]
+    than = "less concentrated than" if expect == "isotropic" else "more concentrated than"
+    word = (f"**yes**: {than} every control" if not missed else
+            f"**not specific**: no {than} " + " and ".join(missed))
     parts = [f"{c.label} {c.control.estimate:.3g} (observed − it {c.diff.text()}: {c.answer})" for c in comps]
-    return (f" Specific to the objective: **{specific_word(comps, expect)}**. Controls (mean RSF; observed − "
-            f"control, paired t interval over {comps[0].diff.n} matrices): " + "; ".join(parts) + ".")
+    return (f" Specific to the objective: {word}. Controls (mean RSF; observed − control, paired t interval over "
+            f"{comps[0].diff.n} matrices): " + "; ".join(parts) + ".")
 
 
 def claim_controls(out: Path, pair: str, roles, side: str, subspace: str,
