@@ -301,6 +301,8 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     each claim. (`--reduced` as shipped, through the command line, is the slow test below.)"""
     from importlib.resources import files
 
+    import pandas as pd
+
     from rwedit.evals.store import ResultStore
     from rwedit.apps.quickstart import QuickstartRecipe, QuickstartResult, run_quickstart
 
@@ -324,8 +326,13 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert result.findings and all(line in first for line in result.findings)
     assert "## Causal control experiment" in text and "### Headline: pref_margin_shift" in text
     for claim in ("read side of q, k", "write side of o, down", "prediction subspace", "RW causal test",
-                  "HC (base → aligned)", "Spikedness"):
+                  "HC (base → aligned)", "Spikedness", "Specific to the objective", "W_base themselves"):
         assert claim in first, claim
+    assert [c.strip() for c in result.findings[0].split("|")[1:-1]] == [
+        "claim", "vs the null", "specific to the objective", "holds on all seeds", "numbers"]
+    frame = pd.read_csv(out / "findings.csv")
+    assert set(frame["scope"]) == {"seed", "pooled"} and (frame[frame["scope"] == "seed"]["seed"] == 0).all()
+    assert frame[frame["scope"] == "pooled"]["low"].isna().all()  # one seed: no interval over seeds
     rows = ResultStore(out / "experiment").rows()
     assert [r["kind"] for r in rows] == ["base"] + 2 * ["principal", "principal", "random", "random", "lowvar", "write"]
     card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
@@ -333,12 +340,11 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
     assert "paired test over 8 items, pooled over 4 replicate units" in first
     for f in ("probe_aligned/rsf.csv", "probe_sft/rsf.csv", "svd_aligned/svd.csv", "training/trajectory.png",
+              "rsf_controls.csv", "findings.csv",
               "experiment/forest.png", "experiment/units.csv",
               "training/trajectory_pretrain.csv", "experiment/report.md", "quickstart.json"):
         assert (out / f).exists(), f
     # the claim numbers in the report are the probe's own headline numbers
-    import pandas as pd
-
     h = pd.read_csv(out / "probe_aligned/headline.csv")
     sel = h[h["role"].isin(["q", "k"]) & (h["side"] == "read") & (h["subspace"] == "activation") & (h["k"] == 4)]
     assert f"RSF {sel['rsf_mean'].mean():.3g}" in first
@@ -429,6 +435,11 @@ def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_traine
         assert msg.startswith(key) and detail in msg and "the organism (organism.model:" in msg, msg
         assert f"--set {key}=" in msg and "nothing was trained or written" in msg, msg
     assert not (tmp_path / "out").exists() and not (tmp_path / "organisms").exists()
+    with pytest.raises(ConfigError, match="--seeds 2 replicates the organism: it needs the organism"):
+        run_quickstart(replace(recipe, seeds=2), tmp_path / "out", model="base", post="post", progress=False)
+    with pytest.raises(ConfigError, match="seeds: 0 organisms; give at least 1"):
+        replace(recipe, seeds=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_path):
@@ -633,6 +644,7 @@ def test_findings_pooled_over_seeds_against_scipy(tmp_path):
     row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table[2:]}
     assert row["RW: read side"][2] == "yes" and row["RW causal"][2] == "no (1 of 3)"
     assert row["measured only"][2] == "same on all" and "(t over 3 seeds)" in row["RW: read side"][3]
+    assert row["measured only"][3] == "seed 0: n; seed 1: n; seed 2: n"  # nothing to pool: each seed's numbers
     assert "RSF of" not in row["RW: read side"][3] and f"{x.mean():.3g}" in row["RW: read side"][3]
     assert [c.strip() for c in per_seed_table(frame)[0].split("|")[2:5]] == ["seed 0", "seed 1", "seed 2"]
     one = findings_frame({0: found[0]})  # one seed: the pooled rows carry no interval
@@ -641,10 +653,12 @@ def test_findings_pooled_over_seeds_against_scipy(tmp_path):
                                "measured", "—", "concentrated")] == [True, True, False, False, False, None, None, None]
 
 
+@pytest.mark.slow
 def test_quickstart_over_two_seeds(organism, tmp_path):
     """`seeds: 2`: every stage on the seed-0 organism (reused) and a seed-1 organism (built) into seed_0/ and
     seed_1/, the organisms' weights differ, and the pooled report, table and findings.csv hold every claim of
-    both seeds with the pooled numbers equal to the mean of the seeds' own; --model with --seeds is refused."""
+    both seeds with the pooled numbers equal to the mean of the seeds' own; `rwedit organism --seeds 2` lists
+    both. (About 40 s on 2 idle cores: the second organism and two quickstarts.)"""
     import pandas as pd
 
     from rwedit.apps.quickstart import QuickstartRecipe, run_quickstart
@@ -670,9 +684,13 @@ def test_quickstart_over_two_seeds(organism, tmp_path):
     assert "pooled over 2 independently seeded organisms" in text and "seed_1/report.md" in text
     assert all(line in text for line in result.findings)
     assert "RW causal" in text and "specific to the objective" in result.findings[0]
-    with pytest.raises(ConfigError, match="--seeds 2 replicates the organism"):
-        run_quickstart(replace(recipe, seeds=2), tmp_path / "x", model=str(organism.pretrained),
-                       post=str(organism.aligned), progress=False)
+    # `rwedit organism --seeds 2` reuses both organisms and lists each
+    from rwedit.apps.kinds import OrganismOptions, run_organism_kind
+
+    res = run_organism_kind(OrganismConfig(), progress=False, overrides=OrganismOptions(
+        reduced=True, seeds=2, organism_root=organism.root.parent))
+    assert res.folder == organism.root.parent and "## seed 1" in res.lines
+    assert f"pretrained: {organism.pretrained}" in res.lines and f"pretrained: {models[1]}" in res.lines
 
 
 def _tiny_quickstart(recipe_cls, tmp_path):

@@ -19,9 +19,10 @@ FINDINGS_CSV = "findings.csv"
 #: ``findings.csv``: one row per (scope, seed, claim, quantity); ``scope`` is ``seed`` or ``pooled`` (``seed``
 #: empty); ``null``/``specific`` are the table's verdict cells (pooled: the count of each over seeds);
 #: ``null_holds``/``specific_holds`` 1/0 per seed (empty for a measurement), the number of seeds on which the
-#: claim holds when pooled; ``seeds`` the seeds pooled; ``n``/``how`` what each interval is over
+#: claim holds when pooled; ``seeds`` the seeds pooled; ``n``/``how`` what each interval is over; ``numbers`` the
+#: table's numbers cell (pooled: each seed's, for a claim that names no value to pool)
 FRAME_COLUMNS = ("scope", "seed", "claim", "quantity", "estimate", "low", "high", "n", "how", "null", "specific",
-                 "null_holds", "specific_holds", "seeds")
+                 "null_holds", "specific_holds", "seeds", "numbers")
 
 
 def holds(word: str) -> bool | None:
@@ -43,7 +44,7 @@ def seed_rows(seed: int, found: Sequence[Finding]) -> list[dict]:
     rows = []
     for f in found:
         head = {"scope": "seed", "seed": seed, "claim": f.claim, "null": f.found, "specific": f.specific,
-                "null_holds": holds(f.found), "specific_holds": holds(f.specific), "seeds": 1}
+                "null_holds": holds(f.found), "specific_holds": holds(f.specific), "seeds": 1, "numbers": f.numbers}
         for name, iv in f.values or (("", None),):
             rows.append(head | ({"quantity": name, "estimate": iv.estimate, "low": iv.low, "high": iv.high,
                                  "n": iv.n, "how": iv.how} if iv is not None else {"quantity": ""}))
@@ -69,7 +70,8 @@ def pooled_rows(seeds: pd.DataFrame) -> list[dict]:
         per_seed = g.drop_duplicates("seed")
         head = {"scope": "pooled", "seed": None, "claim": claim, "null": _counts(list(per_seed["null"])),
                 "specific": _counts(list(per_seed["specific"])), "null_holds": _held(per_seed["null_holds"]),
-                "specific_holds": _held(per_seed["specific_holds"]), "seeds": len(per_seed)}
+                "specific_holds": _held(per_seed["specific_holds"]), "seeds": len(per_seed),
+                "numbers": "; ".join(f"seed {s}: {x}" for s, x in zip(per_seed["seed"], per_seed["numbers"]))}
         for quantity, q in g.groupby("quantity", sort=False):
             est = [float(x) for x in q["estimate"].dropna()]
             if not quantity or not est:
@@ -96,10 +98,13 @@ def write_findings(out: Path, found: Mapping[int, Sequence[Finding]]) -> pd.Data
 
 
 def _numbers(g: pd.DataFrame) -> str:
-    """A claim's pooled values (its control levels aside), each mean [t interval over seeds]."""
+    """A claim's pooled values (its control levels aside), each mean [t interval over seeds]; each seed's numbers
+    for a claim without values."""
     cells = [f"{r['quantity']} {r['estimate']:.3g} [{r['low']:.3g}, {r['high']:.3g}]" for _, r in g.iterrows()
              if r["quantity"] and not str(r["quantity"]).startswith("RSF of ") and not pd.isna(r["estimate"])]
-    return "; ".join(cells) + (f" (t over {int(g['n'].max())} seeds)" if cells else "")
+    if not cells:  # a claim that names no value to pool: each seed's numbers as they are
+        return str(g["numbers"].iloc[0])
+    return "; ".join(cells) + f" (t over {int(g['n'].max())} seeds)"
 
 
 def pooled_table(frame: pd.DataFrame) -> list[str]:
