@@ -137,7 +137,7 @@ def per_seed_table(frame: pd.DataFrame) -> list[str]:
                 continue
             r = r.iloc[0]
             value = "" if pd.isna(r["estimate"]) else f"; {r['quantity']} {r['estimate']:.3g}"
-            spec = "" if r["specific"] == "—" else f"; specific: {r['specific']}"
+            spec = {"—": "", "yes": "; specific"}.get(r["specific"], f"; {r['specific']}")
             cells.append(f"{r['null']}{spec}{value}")
         rows.append((claim, *cells))
     return markdown_rows(("claim", *[f"seed {int(s)}" for s in order]), rows)

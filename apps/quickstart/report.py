@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from rwedit.apps.quickstart.specificity import claim_controls, claim_rows, compare, specific_text, specific_word
+from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
+                                                specific_word)
 from rwedit.stats import Interval, interval, over_members
 
 #: the headline k of the RSF grid the claims are read at, and the roles each side's claim is about
@@ -223,22 +224,19 @@ def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
 def _contrast(out: Path, k: int) -> list[Finding]:
     """RW's contrast between the two regimes, paired over (layer, role): write-side RSF of o, down vs P_k
     under CE (SFT control) minus under the preference loss (aligned), with a t interval over the matrices."""
-    def rows(name):
-        d = claim_rows(pd.read_csv(out / f"probe_{name}" / "rsf.csv"), WRITE_ROLES_CLAIM, "write", "prediction", k)
-        return d.set_index(["layer", "role"])["rsf"]
-
-    diff = (rows("sft") - rows("aligned")).dropna()
-    if len(diff) < 2:
+    observed, controls = claim_controls(out, "sft", WRITE_ROLES_CLAIM, "write", "prediction", k)
+    aligned = {c: v for c, v in controls.items() if c == REGIMES["aligned"]}
+    comps = compare(observed, aligned, "concentrated") if observed is not None else []
+    if not comps:
         return []
-    ci = over_members([float(x) for x in diff])
-    answer = ci.verdict()
-    word = "no: the reverse" if answer == "no" else answer
+    ci = comps[0].diff
+    word = "no: the reverse" if comps[0].answer == "no" else comps[0].answer
     return [Finding(
         f"- **RW contrast: CE writes more into the prediction subspace than the preference loss** (write-side "
-        f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {len(diff)} layer × role matrices): "
+        f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {ci.n} layer × role matrices): "
         f"**{word}** ({ci.estimate:.3g}, 95% CI [{ci.low:.3g}, {ci.high:.3g}]).",
         f"RW: CE writes into P_{k} more than the preference loss", word,
-        f"SFT − aligned {ci.estimate:.3g} [{ci.low:.3g}, {ci.high:.3g}] ({len(diff)} matrices)",
+        f"SFT − aligned {ci.estimate:.3g} [{ci.low:.3g}, {ci.high:.3g}] ({ci.n} matrices)",
         values=(("SFT − aligned", ci),))]
 
 
