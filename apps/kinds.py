@@ -29,6 +29,7 @@ class OrganismOptions(Config):
     graded: bool = option(False, help="every lambda of align.lambdas, not just 0 and 1")
     organism_root: str | Path | None = option(None, help="where organisms are cached (default "
                                               "$RWEDIT_CACHE/organism)")
+    seeds: int | None = option(None, help="independently seeded organisms (seed, seed + 1, …); unset: the recipe's (1)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     ov = overrides or QuickstartOptions()
     if ov.graded:
         recipe = replace(recipe, graded=True)
+    if ov.seeds is not None:
+        recipe = replace(recipe, seeds=ov.seeds)
     folder = Path(out or default_run_folder(recipe.name))
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
@@ -71,15 +74,22 @@ def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, res
     ov = overrides or OrganismOptions()
     if ov.reduced:
         cfg = reduced(cfg)
-    org = build_organism(cfg, out or ov.organism_root, progress=progress, lambdas=None if ov.graded else (0.0, 1.0))
-    report = org.report()
-    lines = summary_lines(report) + ["", f"pretrained: {org.pretrained}", f"aligned:    {org.aligned}",
-                                     f"SFT:        {org.sft}"]
-    try:
-        check_aligned(report)
-    except OrganismError as e:  # the measurements are what the user needs to see next to the failure
-        raise OrganismError("\n".join(lines + ["", str(e)])) from None
-    return RunResult(org.root, None, lines)
+    n = 1 if ov.seeds is None else ov.seeds
+    if n < 1:
+        raise OrganismError(f"--seeds {n}: give at least 1 organism")
+    lines: list[str] = []
+    for seed in range(cfg.seed, cfg.seed + n):  # each seed its own cached organism (the seed is in every key)
+        org = build_organism(replace(cfg, seed=seed), out or ov.organism_root, progress=progress,
+                             lambdas=None if ov.graded else (0.0, 1.0))
+        report = org.report()
+        these = ([f"## seed {seed}", ""] if n > 1 else []) + summary_lines(report) + [
+            "", f"pretrained: {org.pretrained}", f"aligned:    {org.aligned}", f"SFT:        {org.sft}"]
+        try:
+            check_aligned(report)
+        except OrganismError as e:  # the measurements are what the user needs to see next to the failure
+            raise OrganismError("\n".join(lines + these + ["", str(e)])) from None
+        lines += these + ([""] if n > 1 else [])
+    return RunResult(org.root if n == 1 else org.root.parent, None, lines)
 
 
 def plan_quickstart(recipe: QuickstartRecipe, ctx=None):

@@ -320,6 +320,13 @@ def add_reduced(p: argparse.ArgumentParser) -> None:
                    help="a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
 
 
+def add_seeds(p: argparse.ArgumentParser) -> None:
+    """``--seeds N``: N independently seeded organisms."""
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="N independently seeded organisms (the recipe's seed, +1, …), each built and cached apart "
+                        "(default 1)")
+
+
 def add_organism_root(p: argparse.ArgumentParser) -> None:
     """``--organism-root`` (alias ``--root``): where organisms are cached."""
     p.add_argument("--organism-root", "--root", dest="organism_root",

@@ -9,7 +9,9 @@ its model card, and writes OUT/report.md whose first screen says what was found.
 the same OUT resumes. Every stage's settings are checked against the model before any work (the organism's
 from its settings, before training). Prints a line per stage and a progress bar per training run and scoring
 pass, and ends with the findings table (--quiet: the table alone). --reduced runs the same path on a
-seconds-scale organism with the data capped (about a minute).
+seconds-scale organism with the data capped (about a minute). --seeds N runs every stage on N independently
+seeded organisms into OUT/seed_S/ and pools every claim over them (OUT/report.md, OUT/findings.csv: per seed and
+pooled, with a t interval over seeds and the count of seeds on which it holds).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sft", help="optional second post-trained checkpoint to probe (e.g. an SFT control)")
     options.add_graded(p)
     options.add_reduced(p)
+    options.add_seeds(p)
     options.add_organism_root(p)
     p.add_argument("--pair", help="a zoo pair by name instead of --base/--post (`rwedit zoo` lists them; needs "
                    "the Hub or its weights in the local Hub cache)")
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
     result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
                                  overrides=QuickstartOptions(model=args.model, post=args.post, sft=args.sft,
-                                                             graded=args.graded, reduced=args.reduced,
+                                                             graded=args.graded, reduced=args.reduced, seeds=args.seeds,
                                                              organism_root=args.organism_root))
     print("\n" + "\n".join(result.lines))
     return 0

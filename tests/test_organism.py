@@ -301,6 +301,8 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     each claim. (`--reduced` as shipped, through the command line, is the slow test below.)"""
     from importlib.resources import files
 
+    import pandas as pd
+
     from rwedit.evals.store import ResultStore
     from rwedit.apps.quickstart import QuickstartRecipe, QuickstartResult, run_quickstart
 
@@ -324,8 +326,13 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert result.findings and all(line in first for line in result.findings)
     assert "## Causal control experiment" in text and "### Headline: pref_margin_shift" in text
     for claim in ("read side of q, k", "write side of o, down", "prediction subspace", "RW causal test",
-                  "HC (base → aligned)", "Spikedness"):
+                  "HC (base → aligned)", "Spikedness", "Specific to the objective", "W_base themselves"):
         assert claim in first, claim
+    assert [c.strip() for c in result.findings[0].split("|")[1:-1]] == [
+        "claim", "vs the null", "specific to the objective", "holds on all seeds", "numbers"]
+    frame = pd.read_csv(out / "findings.csv")
+    assert set(frame["scope"]) == {"seed", "pooled"} and (frame[frame["scope"] == "seed"]["seed"] == 0).all()
+    assert frame[frame["scope"] == "pooled"]["low"].isna().all()  # one seed: no interval over seeds
     rows = ResultStore(out / "experiment").rows()
     assert [r["kind"] for r in rows] == ["base"] + 2 * ["principal", "principal", "random", "random", "lowvar", "write"]
     card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
@@ -333,12 +340,11 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
     assert "paired test over 8 items, pooled over 4 replicate units" in first
     for f in ("probe_aligned/rsf.csv", "probe_sft/rsf.csv", "svd_aligned/svd.csv", "training/trajectory.png",
+              "rsf_controls.csv", "findings.csv",
               "experiment/forest.png", "experiment/units.csv",
               "training/trajectory_pretrain.csv", "experiment/report.md", "quickstart.json"):
         assert (out / f).exists(), f
     # the claim numbers in the report are the probe's own headline numbers
-    import pandas as pd
-
     h = pd.read_csv(out / "probe_aligned/headline.csv")
     sel = h[h["role"].isin(["q", "k"]) & (h["side"] == "read") & (h["subspace"] == "activation") & (h["k"] == 4)]
     assert f"RSF {sel['rsf_mean'].mean():.3g}" in first
@@ -429,6 +435,11 @@ def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_traine
         assert msg.startswith(key) and detail in msg and "the organism (organism.model:" in msg, msg
         assert f"--set {key}=" in msg and "nothing was trained or written" in msg, msg
     assert not (tmp_path / "out").exists() and not (tmp_path / "organisms").exists()
+    with pytest.raises(ConfigError, match="--seeds 2 replicates the organism: it needs the organism"):
+        run_quickstart(replace(recipe, seeds=2), tmp_path / "out", model="base", post="post", progress=False)
+    with pytest.raises(ConfigError, match="seeds: 0 organisms; give at least 1"):
+        replace(recipe, seeds=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_path):
@@ -480,3 +491,219 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
                & (traj["subspace"] == "prediction") & (traj["k"] == 4)]
     assert len(row) == 1
     assert row["rsf"].iloc[0] == pytest.approx(rsf(snaps[step][(0, "down")] - snaps[0][(0, "down")]), rel=1e-5)
+
+
+# --- specificity of the RW claims (#30.2) and claims pooled over seeds (#29.3) ----------------------------------
+
+
+def _spiked(d: int, seed: int = 0):
+    """A second moment with a spiked spectrum (eigenvalues 1/i², random eigenvectors) and its Spectrum."""
+    from rwedit.probes.subspaces import eig_subspace
+
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    lam = 1.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 2
+    C = Q @ torch.diag(lam) @ Q.T
+    return C, eig_subspace(C), torch.linalg.cholesky(C + 1e-12 * torch.eye(d, dtype=torch.float64)).T
+
+
+def _np_rsf(dW, basis) -> float:
+    """‖ΔW B‖²/‖ΔW‖² over k/d, in numpy: the read side's RSF written out."""
+    dW, B = np.asarray(dW, dtype=np.float64), np.asarray(basis, dtype=np.float64)
+    return float((dW @ B).__pow__(2).sum() / (dW ** 2).sum()) / (B.shape[1] / B.shape[0])
+
+
+def test_an_update_concentrated_only_by_the_activation_spectrum_is_not_specific():
+    """The random gradient-shaped update's expected RSF (top-k share / (k/d)) matches a Monte Carlo of
+    ΔW = G·C^½ (E[ΔWᵀΔW] ∝ C); such an update gets "not specific" against it and against W_base (built the same
+    way), though far above the random-subspace null; an update planted in A_k beats every control; an isotropic
+    Gaussian ΔW is "yes" for an isotropy claim and "not specific" for a concentration claim; the paired interval
+    is the t interval of the differences over matrices."""
+    import pandas as pd
+    from scipy import stats as st
+
+    from rwedit.apps.quickstart.specificity import BASE_LABEL, SPECTRUM_LABEL, compare, specific_word, spectrum_rsf
+
+    d, d_out, k = 48, 256, 4
+    _, spec, root = _spiked(d)
+    A = spec.top(k)
+    expected = spectrum_rsf(spec, k)
+    lam = spec.eigenvalues
+    assert expected == pytest.approx(float(lam[:k].sum() / lam.sum()) * d / k)
+    g = torch.Generator().manual_seed(1)
+    draws = [_np_rsf(torch.randn(d_out, d, generator=g, dtype=torch.float64) @ root, A) for _ in range(200)]
+    assert np.mean(draws) == pytest.approx(expected, rel=0.03) and expected > 5  # far above the null's 1
+
+    index = pd.MultiIndex.from_tuples([(layer, role) for layer in range(4) for role in ("q", "k")],
+                                      names=["layer", "role"])
+
+    def series(make):
+        return pd.Series([_np_rsf(make(), A) for _ in index], index=index)
+
+    def shaped():
+        return torch.randn(d_out, d, generator=g, dtype=torch.float64) @ root
+
+    def planted():
+        return torch.randn(d_out, k, generator=g, dtype=torch.float64) @ A.T + \
+            0.01 * torch.randn(d_out, d, generator=g, dtype=torch.float64)
+
+    def isotropic():
+        return torch.randn(d_out, d, generator=g, dtype=torch.float64)
+
+    controls = {BASE_LABEL: series(shaped), SPECTRUM_LABEL: pd.Series(expected, index=index)}
+    by_spectrum = series(shaped)
+    comps = compare(by_spectrum, controls, "concentrated")
+    assert by_spectrum.min() > 3 and [c.answer for c in comps] != ["yes", "yes"]
+    assert specific_word(comps, "concentrated").startswith("not specific: no more than")
+    diff = (by_spectrum - controls[BASE_LABEL]).to_numpy()
+    half = st.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    assert (comps[0].diff.estimate, comps[0].diff.low, comps[0].diff.high) == pytest.approx(
+        (diff.mean(), diff.mean() - half, diff.mean() + half))
+    assert comps[0].diff.n == 8 and comps[1].control.estimate == pytest.approx(expected)
+
+    in_A = compare(series(planted), controls, "concentrated")
+    assert [c.answer for c in in_A] == ["yes", "yes"] and specific_word(in_A, "concentrated") == "yes"
+    iso = series(isotropic)
+    assert specific_word(compare(iso, controls, "isotropic"), "isotropic") == "yes"
+    assert specific_word(compare(iso, controls, "concentrated"), "concentrated").startswith("not specific")
+
+
+def test_rsf_controls_against_a_direct_computation(organism, tmp_path):
+    """``rsf_controls`` on the organism's pretrained weights: W_base's RSF and the random gradient-shaped update's
+    expected RSF, against the q input's second moment collected here with a forward hook over the same calibration
+    tokens (read side) and the unembedding's right singular vectors (write side), in numpy."""
+    from safetensors.torch import load_file
+
+    from rwedit.apps.quickstart.report import CLAIM_CELLS
+    from rwedit.apps.quickstart.specificity import rsf_controls
+    from rwedit.checkpoints import Checkpoint
+    from rwedit.probes.pipeline import CalibrationSettings, calibration_pass
+
+    calib = CalibrationSettings("bundled:wikitext-2/valid.txt.gz", tokens=2048, seq_len=64)
+    df = rsf_controls(str(organism.pretrained), calib, (1, 4, 64), CLAIM_CELLS, tmp_path / "cache")
+    assert set(zip(df["role"], df["side"], df["subspace"])) == {("q", "read", "activation"),
+                                                                ("k", "read", "activation"),
+                                                                ("o", "write", "prediction"),
+                                                                ("down", "write", "prediction")}
+    assert sorted(set(df["k"])) == [1, 4]  # k = 64 is not below d = 32 of the reduced organism
+    W = load_file(str(organism.pretrained / "model.safetensors"))
+    model, _, ids = calibration_pass(Checkpoint.open(organism.pretrained), calib)
+    seen = []
+    h = model.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        model(ids)
+    h.remove()
+    x = torch.cat(seen).reshape(-1, seen[0].shape[-1]).double().numpy()
+    lam, vec = np.linalg.eigh(x.T @ x)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    row = df[(df["layer"] == 1) & (df["role"] == "q") & (df["k"] == 4)].iloc[0]
+    assert row["base_rsf"] == pytest.approx(_np_rsf(W["model.layers.1.self_attn.q_proj.weight"], vec[:, :4]),
+                                            rel=1e-4)
+    assert row["spectrum_rsf"] == pytest.approx(lam[:4].sum() / lam.sum() * 32 / 4, rel=1e-4)
+    U = W["lm_head.weight"].double().numpy()
+    s, V = np.linalg.svd(U, full_matrices=False)[1:]
+    row = df[(df["layer"] == 0) & (df["role"] == "down") & (df["k"] == 4)].iloc[0]
+    assert row["base_rsf"] == pytest.approx(_np_rsf(W["model.layers.0.mlp.down_proj.weight"].T, V[:4].T), rel=1e-4)
+    assert row["spectrum_rsf"] == pytest.approx((s[:4] ** 2).sum() / (s ** 2).sum() * 32 / 4, rel=1e-4)
+
+
+def test_findings_pooled_over_seeds_against_scipy(tmp_path):
+    """Per-seed rows kept as they are; each value pooled as the mean over seeds with a t interval on n − 1
+    degrees of freedom (scipy); verdicts counted over seeds; the table says whether each claim holds on all of
+    them; the CSV loads back as written."""
+    import pandas as pd
+    from scipy import stats as st
+
+    from rwedit.apps.quickstart.replicate import findings_frame, holds, per_seed_table, pooled_table, write_findings
+    from rwedit.apps.quickstart.report import Finding
+    from rwedit.stats import interval, over_members
+
+    rsf = {0: [8.4, 9.1], 1: [8.35, 7.0], 2: [8.31, 9.9]}
+    causal = {0: "yes", 1: "inconclusive", 2: "inconclusive"}
+    found = {s: [Finding("line", "RW: read side", "yes", "n", "not specific: no more than SFT",
+                         (("RSF", over_members(v)), ("RSF − SFT", interval(v[0] - v[1], 0.3)))),
+                 Finding("line", "RW causal", causal[s], "n", "—", (("effect at α=8", interval(0.1 + s / 50, 0.05)),)),
+                 Finding("line", "measured only", "concentrated", "n")] for s, v in rsf.items()}
+    frame = write_findings(tmp_path, found)
+    back = pd.read_csv(tmp_path / "findings.csv")
+    assert len(back) == len(frame) and list(back.columns) == list(frame.columns)
+    seed_rows = frame[frame["scope"] == "seed"]
+    assert len(seed_rows) == 3 * 4 and set(seed_rows["seed"]) == {0, 1, 2}
+    pooled = frame[frame["scope"] == "pooled"].set_index(["claim", "quantity"])
+    x = np.array([np.mean(v) for v in rsf.values()])
+    half = st.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3)
+    r = pooled.loc[("RW: read side", "RSF")]
+    assert (r["estimate"], r["low"], r["high"], r["n"]) == pytest.approx((x.mean(), x.mean() - half,
+                                                                          x.mean() + half, 3))
+    assert r["null_holds"] == 3 and r["specific_holds"] == 0 and r["null"] == "yes (3/3)"
+    c = pooled.loc[("RW causal", "effect at α=8")]
+    assert c["null_holds"] == 1 and c["null"] == "inconclusive (2/3), yes (1/3)"
+    assert c["estimate"] == pytest.approx(0.12)
+    assert pd.isna(pooled.loc[("measured only", "")]["null_holds"])
+    table = pooled_table(frame)
+    row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table[2:]}
+    assert row["RW: read side"][2] == "yes" and row["RW causal"][2] == "no (1 of 3)"
+    assert row["measured only"][2] == "same on all" and "(t over 3 seeds)" in row["RW: read side"][3]
+    assert row["measured only"][3] == "seed 0: n; seed 1: n; seed 2: n"  # nothing to pool: each seed's numbers
+    assert "RSF of" not in row["RW: read side"][3] and f"{x.mean():.3g}" in row["RW: read side"][3]
+    assert [c.strip() for c in per_seed_table(frame)[0].split("|")[2:5]] == ["seed 0", "seed 1", "seed 2"]
+    one = findings_frame({0: found[0]})  # one seed: the pooled rows carry no interval
+    assert one[one["scope"] == "pooled"]["low"].isna().all()
+    assert [holds(w) for w in ("yes", "yes, yes", "yes, inconclusive", "no: the reverse", "not specific: x, y",
+                               "measured", "—", "concentrated")] == [True, True, False, False, False, None, None, None]
+
+
+@pytest.mark.slow
+def test_quickstart_over_two_seeds(organism, tmp_path):
+    """`seeds: 2`: every stage on the seed-0 organism (reused) and a seed-1 organism (built) into seed_0/ and
+    seed_1/, the organisms' weights differ, and the pooled report, table and findings.csv hold every claim of
+    both seeds with the pooled numbers equal to the mean of the seeds' own; `rwedit organism --seeds 2` lists
+    both. (About 40 s on 2 idle cores: the second organism and two quickstarts.)"""
+    import pandas as pd
+
+    from rwedit.apps.quickstart import QuickstartRecipe, run_quickstart
+
+    recipe = _tiny_quickstart(QuickstartRecipe, tmp_path)
+    out = tmp_path / "qs"
+    result = run_quickstart(replace(recipe, seeds=2), out, progress=False, cache_dir=tmp_path / "cache",
+                            organism_root=organism.root.parent, use_reduced=True)
+    assert result.report == out / "report.md" and result.findings[0].startswith("| claim")
+    models = [json.loads((out / f"seed_{s}/quickstart.json").read_text())["models"]["model"] for s in (0, 1)]
+    assert models[0] == str(organism.pretrained) and models[1] != models[0]
+    assert not torch.equal(_tensors(organism.pretrained)["lm_head.weight"],
+                           _tensors(organism.root.parent / models[1].split("/")[-2] / "pretrained")["lm_head.weight"])
+    frame = pd.read_csv(out / "findings.csv")
+    for s in (0, 1):
+        own = pd.read_csv(out / f"seed_{s}/findings.csv")
+        mine = frame[(frame["scope"] == "seed") & (frame["seed"] == s)].reset_index(drop=True)
+        assert list(own[own["scope"] == "seed"]["claim"]) == list(mine["claim"])
+    read = frame[(frame["claim"].str.startswith("RW: alignment concentrates")) & (frame["quantity"] == "RSF")]
+    per = read[read["scope"] == "seed"]["estimate"]
+    assert len(per) == 2 and read[read["scope"] == "pooled"]["estimate"].iloc[0] == pytest.approx(per.mean())
+    text = result.report.read_text()
+    assert "pooled over 2 independently seeded organisms" in text and "seed_1/report.md" in text
+    assert all(line in text for line in result.findings)
+    assert "RW causal" in text and "specific to the objective" in result.findings[0]
+    # `rwedit organism --seeds 2` reuses both organisms and lists each
+    from rwedit.apps.kinds import OrganismOptions, run_organism_kind
+
+    res = run_organism_kind(OrganismConfig(), progress=False, overrides=OrganismOptions(
+        reduced=True, seeds=2, organism_root=organism.root.parent))
+    assert res.folder == organism.root.parent and "## seed 1" in res.lines
+    assert f"pretrained: {organism.pretrained}" in res.lines and f"pretrained: {models[1]}" in res.lines
+
+
+def _tiny_quickstart(recipe_cls, tmp_path):
+    """The shipped quickstart recipe with the control experiment and the probe cut to seconds."""
+    from importlib.resources import files
+
+    recipe = recipe_cls.from_yaml(files("rwedit.recipes") / "quickstart.yaml")
+    exp = dict(recipe.control_experiment)
+    exp["edit"] = {**exp["edit"], "alpha": [2.0], "controls": {"random": 2, "lowvar": 0, "write": None},
+                   "edit": {**exp["edit"]["edit"], "v": "principal[0..0]"},
+                   "calibration": {**exp["edit"]["calibration"], "tokens": 2048, "seq_len": 64}}
+    exp["eval"] = {**exp["eval"], "tasks": ["rwedit_hh_preference"], "limit": 4}
+    exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
+    exp["export"] = []
+    return replace(recipe, control_experiment=exp,
+                   probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4), null_seeds=0))

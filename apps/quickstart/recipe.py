@@ -48,6 +48,8 @@ class QuickstartRecipe(Config):
                                            "or an inline mapping with the same keys")
     probe: ProbeSettings = option(factory=ProbeSettings, help="RSF and SVD probes of each observed pair")
     graded: bool = option(False, help="also train every λ of organism.align.lambdas and plot RSF vs λ")
+    seeds: int = option(1, help="independently seeded organisms (organism.seed, +1, …), each run and cached apart; "
+                        "above 1 every claim is also pooled over them (OUT/seed_S/, OUT/findings.csv)")
     control_experiment: dict = option(
         factory=dict, help="the causal control experiment: a control-experiment recipe without edit.model/post "
                            "(filled in with the organism's pretrained/aligned folders)")
@@ -58,6 +60,8 @@ class QuickstartRecipe(Config):
         if self.experiment != KIND:
             raise ConfigError(f"experiment: {self.experiment!r} is not a quickstart recipe "
                               f"(expected `experiment: {KIND}`)")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds: {self.seeds} organisms; give at least 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, base_dir: str | Path | None = None,

@@ -1,5 +1,7 @@
 """The quickstart's findings and ``report.md``: one line per read/write (RW) and He & Cao (HC) claim,
-read from the probe folders, the training-side CSVs and the control experiment's verdicts."""
+read from the probe folders, the training-side CSVs and the control experiment's verdicts. The findings
+table keeps apart whether a claim differs from its null, whether it is specific to the objective (beats its
+controls, :mod:`.specificity`) and whether it holds on every seed (:mod:`.replicate`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from rwedit.stats import over_members
+from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
+                                                specific_word)
+from rwedit.stats import Interval, interval, over_members
 
 #: the headline k of the RSF grid the claims are read at, and the roles each side's claim is about
 CLAIM_K = 4
@@ -17,24 +21,18 @@ READ_ROLES_CLAIM = ("q", "k")
 WRITE_ROLES_CLAIM = ("o", "down")
 
 
-def _claim_rows(df: pd.DataFrame, roles, side: str, subspace: str, k: int) -> pd.DataFrame:
-    """The rows of an RSF table for one claim: these roles, this side and subspace, this k."""
-    return df[df["role"].astype(str).isin(roles) & (df["side"] == side) & (df["subspace"] == subspace) &
-              (df["k"] == k)]
-
-
 def claim_series(df: pd.DataFrame, k: int = CLAIM_K) -> dict[str, pd.DataFrame]:
     """Read-side RSF of q,k vs the activation subspace and write-side RSF of o,down vs the prediction
     subspace, mean over layers and roles, per value of the first column (step or λ)."""
     x = df.columns[0]
-    read = _claim_rows(df, READ_ROLES_CLAIM, "read", "activation", k)
-    write = _claim_rows(df, WRITE_ROLES_CLAIM, "write", "prediction", k)
+    read = claim_rows(df, READ_ROLES_CLAIM, "read", "activation", k)
+    write = claim_rows(df, WRITE_ROLES_CLAIM, "write", "prediction", k)
     return {f"read: {'/'.join(READ_ROLES_CLAIM)} vs activation A_{k}": read.groupby(x)["rsf"].agg(["mean", "sem"]),
             f"write: {'/'.join(WRITE_ROLES_CLAIM)} vs prediction P_{k}": write.groupby(x)["rsf"].agg(["mean", "sem"])}
 
 
 def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> dict | None:
-    sel = _claim_rows(head, roles, side, subspace, k)
+    sel = claim_rows(head, roles, side, subspace, k)
     if sel.empty:
         return None
     return {"rsf": float(sel["rsf_mean"].mean()), "null_mean": float(sel["null_mean"].mean()),
@@ -42,13 +40,22 @@ def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> d
             "min": float(sel["rsf_min"].min()), "max": float(sel["rsf_max"].max())}
 
 
+#: the cells the RW claims are about (roles, side, subspace): what the specificity controls are computed for
+CLAIM_CELLS = ((READ_ROLES_CLAIM, "read", "activation"), (WRITE_ROLES_CLAIM, "write", "prediction"))
+
+
 class Finding(NamedTuple):
-    """One claim's finding: its line in ``report.md`` and its row of the findings table (claim, found, numbers)."""
+    """One claim's finding: its line in ``report.md`` and its row of the findings table: the claim, whether it
+    differs from its null (``found``, or what was measured), its numbers, whether it is specific to the
+    objective (beats its controls; ``—`` where no control applies) and the named estimates that are pooled
+    over seeds (``values``: (name, interval) pairs)."""
 
     line: str
     claim: str
     found: str
     numbers: str
+    specific: str = "—"
+    values: tuple[tuple[str, Interval], ...] = ()
 
 
 def _kind(c: dict) -> str:
@@ -65,13 +72,23 @@ def _short(c: dict | None, expect: str | None = None) -> tuple[str, str]:
     return found, f"RSF {c['rsf']:.3g} vs null {c['null_mean']:.3g} ± {c['null_sd']:.2g}"
 
 
-def _rsf_finding(head: pd.DataFrame, text: str, claim: str, roles, side: str, subspace: str, k: int,
+def _rsf_finding(out: Path, pair: str, text: str, claim: str, roles, side: str, subspace: str, k: int,
                  expect: str | None = None) -> Finding:
-    """The finding of one RSF claim; ``text`` is its report line with ``{w}`` and ``{n}`` for the verdict words
-    and the numbers."""
-    c = _rsf_claim(head, roles, side, subspace, k)
+    """The finding of one RSF claim of ``pair``'s probe, against its null and its controls; ``text`` is its
+    report line with ``{w}`` and ``{n}`` for the verdict words and the numbers."""
+    c = _rsf_claim(pd.read_csv(out / f"probe_{pair}" / "headline.csv"), roles, side, subspace, k)
     w, n = _describe(c, expect)
-    return Finding(text.format(w=w, n=n), claim, *_short(c, expect))
+    found, numbers = _short(c, expect)
+    observed, controls = claim_controls(out, pair, roles, side, subspace, k)
+    if observed is None or c is None:
+        return Finding(text.format(w=w, n=n), claim, found, numbers)
+    comps = compare(observed, controls, expect)
+    values = (("RSF", over_members([float(x) for x in observed])),)
+    for cmp in comps:
+        values += ((f"RSF of {cmp.short}", cmp.control), (f"RSF − {cmp.short}", cmp.diff))
+    numbers += "".join(f"; − {cmp.short} {cmp.diff.text()}" for cmp in comps)
+    return Finding(text.format(w=w, n=n) + specific_text(comps, expect), claim, found, numbers,
+                   specific_word(comps, expect), values)
 
 
 def _describe(c: dict | None, expect: str | None = None) -> tuple[str, str]:
@@ -93,13 +110,24 @@ def findings(out: Path, k: int = CLAIM_K) -> list[str]:
     return [f.line for f in claim_findings(out, k)]
 
 
+#: the findings table's columns: the claim, the three questions a finding answers apart (#30.4: does it differ from
+#: the null as claimed, is it specific to the objective, does it hold on every seed), its numbers
+TABLE_COLUMNS = ("claim", "vs the null", "specific to the objective", "holds on all seeds", "numbers")
+
+
 def findings_table(out: Path, k: int = CLAIM_K) -> list[str]:
-    """The findings as a markdown table with aligned columns (claim, found, numbers), one row per claim: what
-    the quickstart prints last and what ``report.md`` opens with."""
-    rows = [("claim", "found", "numbers")] + [(f.claim, f.found, f.numbers) for f in claim_findings(out, k)]
+    """The findings of one run as a markdown table (:data:`TABLE_COLUMNS`), one row per claim: what the
+    quickstart prints last and what ``report.md`` opens with (one seed: "holds on all seeds" says so)."""
+    return markdown_rows(TABLE_COLUMNS, [(f.claim, f.found, f.specific, "1 seed only", f.numbers)
+                                         for f in claim_findings(out, k)])
+
+
+def markdown_rows(header, rows) -> list[str]:
+    """A markdown table with aligned columns (none without rows)."""
+    rows = [tuple(header)] + [tuple(r) for r in rows]
     if len(rows) == 1:
         return []
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -113,22 +141,21 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
     head_a = out / "probe_aligned" / "headline.csv"
     head_s = out / "probe_sft" / "headline.csv"
     if head_a.exists():
-        h = pd.read_csv(head_a)
         found.append(_rsf_finding(
-            h, f"- **RW: alignment concentrates on the read side of q, k** (vs activation subspace A_{k}): {{w}}. "
-               f"{{n}}.", f"RW: alignment concentrates on q, k's read side (A_{k})",
+            out, "aligned", f"- **RW: alignment concentrates on the read side of q, k** (vs activation subspace "
+                            f"A_{k}): {{w}}. {{n}}.", f"RW: alignment concentrates on q, k's read side (A_{k})",
             READ_ROLES_CLAIM, "read", "activation", k, "concentrated"))
         found.append(_rsf_finding(
-            h, f"- **RW: alignment is isotropic on the write side of o, down** (vs prediction subspace P_{k}): "
-               f"{{w}}. {{n}}.", f"RW: alignment is isotropic on o, down's write side (P_{k})",
+            out, "aligned", f"- **RW: alignment is isotropic on the write side of o, down** (vs prediction subspace "
+                            f"P_{k}): {{w}}. {{n}}.", f"RW: alignment is isotropic on o, down's write side (P_{k})",
             WRITE_ROLES_CLAIM, "write", "prediction", k, "isotropic"))
     if head_s.exists():
-        h = pd.read_csv(head_s)
         found.append(_rsf_finding(
-            h, f"- **RW: cross-entropy training writes into the prediction subspace** (SFT control, write side of "
-               f"o, down vs P_{k}): {{w}}. {{n}}.", f"RW: CE (SFT control) writes into P_{k} (o, down)",
+            out, "sft", f"- **RW: cross-entropy training writes into the prediction subspace** (SFT control, write "
+                        f"side of o, down vs P_{k}): {{w}}. {{n}}.",
+            f"RW: CE (SFT control) writes into P_{k} (o, down)",
             WRITE_ROLES_CLAIM, "write", "prediction", k, "concentrated"))
-        found.append(_rsf_finding(h, f"- SFT control, read side of q, k vs A_{k}: {{w}}. {{n}}.",
+        found.append(_rsf_finding(out, "sft", f"- SFT control, read side of q, k vs A_{k}: {{w}}. {{n}}.",
                                   f"SFT control: q, k's read side (A_{k})", READ_ROLES_CLAIM, "read",
                                   "activation", k))
     if head_a.exists() and head_s.exists():
@@ -142,7 +169,8 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
             f"- Pretraining trajectory (W_t − W_0 vs the final model's P_{k}): write-side RSF of o, down at the last "
             f"snapshot {last['mean']:.3g} ± {last['sem']:.2g} (sem over layers/roles); see "
             "`training/trajectory.png`.", f"Pretraining trajectory: o, down's write side (P_{k})",
-            "measured", f"{last['mean']:.3g} ± {last['sem']:.2g} at the last snapshot"))
+            "measured", f"{last['mean']:.3g} ± {last['sem']:.2g} at the last snapshot",
+            values=(("write-side RSF at the last snapshot", interval(last["mean"], last["sem"], how="± sem")),)))
     graded = out / "training" / "graded_rsf.csv"
     if graded.exists():
         parts = []
@@ -156,7 +184,8 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
             + "; ".join(parts) + " (sem over layers/roles); see `training/graded_rsf.png`.",
             "RW graded objective: write-side RSF falls as λ → 1",
             "yes" if write.iloc[-1] < write.iloc[0] else "no: it rises",
-            "λ = " + ", ".join(f"{lam:g}" for lam in write.index) + ": " + ", ".join(f"{x:.3g}" for x in write)))
+            "λ = " + ", ".join(f"{lam:g}" for lam in write.index) + ": " + ", ".join(f"{x:.3g}" for x in write),
+            values=tuple((f"write-side RSF at λ={lam:g}", interval(x, None)) for lam, x in write.items())))
     ver = out / "experiment" / "verdicts.csv"
     if ver.exists() and ver.stat().st_size > 1:
         v = pd.read_csv(ver)
@@ -170,7 +199,8 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
                 f"RW causal ({metric}): principal read edit > {control}",
                 ", ".join(str(r["answer"]) for _, r in g.iterrows()),
                 "; ".join(f"α={r['alpha']:g}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-                          for _, r in g.iterrows())))
+                          for _, r in g.iterrows()),
+                values=tuple((f"effect at α={r['alpha']:g}", _bootstrap(r)) for _, r in g.iterrows())))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
         if sv.exists():
@@ -194,22 +224,20 @@ def contrast_lines(out: Path, k: int = CLAIM_K) -> list[str]:
 def _contrast(out: Path, k: int) -> list[Finding]:
     """RW's contrast between the two regimes, paired over (layer, role): write-side RSF of o, down vs P_k
     under CE (SFT control) minus under the preference loss (aligned), with a t interval over the matrices."""
-    def rows(name):
-        d = _claim_rows(pd.read_csv(out / f"probe_{name}" / "rsf.csv"), WRITE_ROLES_CLAIM, "write", "prediction", k)
-        return d.set_index(["layer", "role"])["rsf"]
-
-    diff = (rows("sft") - rows("aligned")).dropna()
-    if len(diff) < 2:
+    observed, controls = claim_controls(out, "sft", WRITE_ROLES_CLAIM, "write", "prediction", k)
+    aligned = {c: v for c, v in controls.items() if c == REGIMES["aligned"]}
+    comps = compare(observed, aligned, "concentrated") if observed is not None else []
+    if not comps:
         return []
-    ci = over_members([float(x) for x in diff])
-    answer = ci.verdict()
-    word = "no: the reverse" if answer == "no" else answer
+    ci = comps[0].diff
+    word = "no: the reverse" if comps[0].answer == "no" else comps[0].answer
     return [Finding(
         f"- **RW contrast: CE writes more into the prediction subspace than the preference loss** (write-side "
-        f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {len(diff)} layer × role matrices): "
+        f"RSF of o, down vs P_{k}, SFT control − aligned, paired over {ci.n} layer × role matrices): "
         f"**{word}** ({ci.estimate:.3g}, 95% CI [{ci.low:.3g}, {ci.high:.3g}]).",
         f"RW: CE writes into P_{k} more than the preference loss", word,
-        f"SFT − aligned {ci.estimate:.3g} [{ci.low:.3g}, {ci.high:.3g}] ({len(diff)} matrices)")]
+        f"SFT − aligned {ci.estimate:.3g} [{ci.low:.3g}, {ci.high:.3g}] ({ci.n} matrices)",
+        values=(("SFT − aligned", ci),))]
 
 
 def spectrum_lines(out: Path, k: int = CLAIM_K) -> list[str]:
@@ -251,7 +279,14 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "the paired effect (principal − control item by item on the same held-out items, signed in the "
               "direction of the edit's objective, pooled over the replicate units) is above 0, *no* below, "
               "*inconclusive* otherwise; each comes with its minimum detectable effect (80% power) and the items "
-              "that would detect the observed effect.", ""]
+              "that would detect the observed effect. Columns: *vs the null*: the claim tested against its "
+              "null (RSF against random subspaces, a paired verdict against random directions): *yes* when the "
+              "data stand where the claim puts them (beyond the null, or within it for an isotropy claim); "
+              "*specific to the objective*: an RW update beats each of its controls, paired over matrices (the "
+              "other training regime, the pretrained weights W_base against the same subspace, and a random "
+              "gradient-shaped update Σ δ aᵀ given the spectrum, whose expected RSF is the top-k share of the "
+              "eigenvalues over k/d); *holds on all seeds*: `rwedit quickstart --seeds N` replicates every claim "
+              "over N organisms.", ""]
     if organism:
         lines += ["## The organism", ""] + summary_lines(organism) + [""]
     lines += ["## Models", ""] + [f"- {k}: `{v}`" for k, v in models.items()] + [""]
@@ -282,6 +317,9 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "- `svd_<pair>/`: SVD structure probe (`svd.csv`, `summary.md`)",
               "- `training/`: RSF trajectories and the graded-objective grid (CSV + PNG)",
               "- `experiment/`: the control experiment (results.jsonl, report.md, adapters)",
+              "- `rsf_controls.csv`: per matrix of the RW claims, RSF of W_base and of the random gradient-shaped "
+              "update (the specificity controls)",
+              "- `findings.csv`: the findings table, a row per claim and value (per seed and pooled)",
               "- `quickstart.json`: models, wall times, organism measurements"]
     (out / "quickstart.json").write_text(json.dumps({"models": models, "seconds": times, "runs": runs,
                                                      "organism": organism},
@@ -309,8 +347,18 @@ def headline_cards(probe: Path) -> list[dict]:
     return [r for r in rows if (r["kind"], r["role"]) in want and r["index"] == 0]
 
 
-__all__ = ["CLAIM_K", "READ_ROLES_CLAIM", "WRITE_ROLES_CLAIM", "Finding", "claim_findings", "claim_series",
-           "contrast_lines", "findings", "findings_table", "spectrum_lines", "write_quickstart_report"]
+__all__ = ["CLAIM_CELLS", "CLAIM_K", "READ_ROLES_CLAIM", "TABLE_COLUMNS", "WRITE_ROLES_CLAIM", "Finding",
+           "claim_findings", "claim_series", "contrast_lines", "findings", "findings_table", "markdown_rows",
+           "spectrum_lines", "write_quickstart_report"]
+
+
+def _bootstrap(r) -> Interval:
+    """A verdict row's effect with its bootstrap percentile interval."""
+    from rwedit.stats import BootInterval
+
+    return BootInterval(float(r["effect"]), None, None, int(r["n_items"]) if "n_items" in r and not
+                        pd.isna(r["n_items"]) else 1, "paired bootstrap over items", boot_low=float(r["ci_low"]),
+                        boot_high=float(r["ci_high"]))
 
 
 def _power(r) -> str:

@@ -7,20 +7,28 @@
    the graded objective;
 4. the causal control experiment (``rwedit.evals.experiment``) on (pretrained, aligned), its edit
    adapter exported with a model card;
-5. ``OUT/report.md`` whose first screen lists what was found, per claim, with numbers and intervals.
+5. ``OUT/report.md`` whose first screen lists what was found, per claim, with numbers and intervals, and
+   ``OUT/findings.csv`` (the same, a row per claim and value).
+
+With ``seeds`` above 1 (``--seeds N``) every stage runs on each of N organisms into ``OUT/seed_S/`` and the
+claims are pooled over them (:mod:`.replicate`).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from rwedit.apps.organism import Organism, build_organism, check_aligned, planned_model, quiet_libraries
 from rwedit.apps.quickstart.recipe import QuickstartRecipe, reduced
-from rwedit.apps.quickstart.report import CLAIM_K, claim_series, findings_table, write_quickstart_report
+from rwedit.apps.quickstart.replicate import pooled_table, write_findings, write_replicated_report
+from rwedit.apps.quickstart.report import (CLAIM_CELLS, CLAIM_K, claim_findings, claim_series, findings_table,
+                                           write_quickstart_report)
+from rwedit.apps.quickstart.specificity import CONTROLS_CSV, rsf_controls
 from rwedit.architectures import LAYER_ROLES
 from rwedit.errors import ConfigError
 
@@ -45,12 +53,16 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
                    use_reduced: bool = False) -> QuickstartResult:
     """Run every stage into ``out`` (resuming what is finished); returns the report and what was found. Every
     stage's settings are checked against the model first (the organism's from its settings, before training);
-    ``use_reduced``: the seconds-scale organism and data of :func:`~rwedit.apps.quickstart.recipe.reduced`."""
+    ``use_reduced``: the seconds-scale organism and data of :func:`~rwedit.apps.quickstart.recipe.reduced`;
+    ``recipe.seeds`` above 1: every stage on each organism into ``out/seed_S``, the claims pooled over them."""
     t0 = time.perf_counter()
     out = Path(out)
     if model is None and (post is not None or sft is not None):
         raise ConfigError("--post/--sft need --model (the base they were post-trained from); without --model the "
                           "quickstart builds and uses the bundled organism")
+    if model is not None and recipe.seeds > 1:
+        raise ConfigError(f"--seeds {recipe.seeds} replicates the organism: it needs the organism, not --model/--post "
+                          f"(one given pair has one seed); drop --seeds or --model")
     if use_reduced:
         recipe = reduced(recipe)
     if model is not None:  # a mistyped or mismatched pair, or a recipe that does not fit it, fails before any work
@@ -65,7 +77,27 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
     else:  # the organism's settings say what model it will be: the recipe is checked against that before training
         recipe.check_fits(planned_model(recipe.organism))
     with quiet_libraries():  # the stage lines and rwedit's bars, not the libraries' chatter
-        return _run(recipe, out, model, post, sft, progress, cache_dir, organism_root, t0)
+        if recipe.seeds == 1:
+            return _run(recipe, out, model, post, sft, progress, cache_dir, organism_root, t0)
+        return _replicate(recipe, out, progress, cache_dir, organism_root)
+
+
+def _replicate(recipe: QuickstartRecipe, out: Path, progress: bool, cache_dir, organism_root) -> QuickstartResult:
+    """Every stage on each seed's organism into ``out/seed_S`` (each resumable), then the pooled findings."""
+    seeds = [recipe.organism.seed + i for i in range(recipe.seeds)]
+    found, times = {}, {}
+    for i, seed in enumerate(seeds):
+        folder = out / f"seed_{seed}"
+        _say(progress, f"seed {seed} ({i + 1} of {len(seeds)}) into {folder}")
+        t = time.perf_counter()
+        _run(replace(recipe, organism=replace(recipe.organism, seed=seed), seeds=1), folder, None, None, None,
+             progress, cache_dir, organism_root, t)
+        found[seed] = claim_findings(folder)
+        times[seed] = json.loads((folder / "quickstart.json").read_text())["seconds"]
+    frame = write_findings(out, found)
+    path = write_replicated_report(out, frame, times)
+    _say(progress, f"{len(seeds)} seeds pooled: {path}")
+    return QuickstartResult(report=path, findings=pooled_table(frame))
 
 
 def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | None, sft: str | None, progress: bool,
@@ -97,6 +129,8 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
             run_rsf_probe(model, path, out / f"probe_{name}", calib, grid, cache_dir=cache_dir, progress=progress)
         if not (out / f"svd_{name}" / "meta.json").exists():
             run_svd_probe(model, path, out / f"svd_{name}", r=p.svd_r, progress=progress)
+    if not (out / CONTROLS_CSV).exists():  # the RW claims' controls: W_base and the spectrum's random update
+        rsf_controls(model, calib, p.ks, CLAIM_CELLS, cache_dir).to_csv(out / CONTROLS_CSV, index=False)
     times["probes"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -116,6 +150,7 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
     times["total"] = time.perf_counter() - t0
     path = write_quickstart_report(out, org.report() if org else None, {"model": model, **pairs},
                                    {k: round(v, 1) for k, v in times.items()}, rec.export, primary=rec.primary)
+    write_findings(out, {recipe.organism.seed if org is not None else 0: claim_findings(out)})
     _say(progress, f"done in {times['total'] / 60:.1f} min: {path}")
     return QuickstartResult(report=path, findings=findings_table(out))
 
