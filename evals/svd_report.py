@@ -185,9 +185,11 @@ def _against_null(r, null, sg: float, answer: str) -> dict:
 
 def _against(v: dict) -> str:
     """What a behaviour verdict was judged against: its threshold, and its same-norm random control if any."""
+    if v.get("reference"):
+        return f"worse than the worse of post and base ({v['reference']}): difference wholly below 0"
     if v.get("threshold") is None or pd.isna(v.get("threshold")):
-        return "worse than the worse of post and base" if v.get("reference") else "–"
-    out = f"kept ≥ {fmt(v['threshold'])} (signed shift)"
+        return "–"
+    out = f"signed shift above {fmt(v['threshold'])} (−keep_margin·|post − base|)"
     if v.get("vs_null") is not None and not pd.isna(v.get("vs_null")):
         out += f"; same-norm random: {fmt(v['null_shift'])} {fmt_ci(v['null_low'], v['null_high'])}, z {fmt(v['null_z'])}"
     return out
@@ -262,7 +264,7 @@ def write_svd_report(folder: str | Path) -> Path:
     seeds = post.get("null_seeds") or []
     L += md_table(["claim", "verdict", "observed", "null (mean ± sd [95% interval of one draw], z) or threshold",
                    "rests on"],
-                  [[f"the update base → post: {c['claim']}", f"**{c['found']}**", f"{c['stat']} {fmt(c['observed'], 4)}",
+                  [[f"the update base → post: {c['claim']}", f"**{c['found']}**", f"{c['measure']} {fmt(c['observed'], 4)}",
                     c["null"], f"SVD probe, mean over {n_mat} matrices; {len(seeds)} seeds per null"] for c in structure]
                   + [[v["claim"], f"**{v['answer']}**", f"shift vs post {fmt(v['shift'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
                       _against(v), f"`{v['metric']}`, {v['kind']}" + (f" ({v['n']} seeds)" if v["n"] > 1 else "")]

@@ -527,19 +527,20 @@ NULL_KINDS = tuple(NULL_UPDATES)
 
 
 class HCClaim(NamedTuple):
-    """One HC claim: the statistic it rests on, the side of the null its value must lie on (below, above,
-    either) and the nulls it is judged against (the rotation null keeps the singular values exactly, so it
-    says nothing about their scaling)."""
+    """One HC claim: the statistic it rests on (its distance from ``about`` when given: for s, how far from no
+    rescaling), the side of the null its value must lie on (below, above, either) and the nulls it is judged
+    against (the rotation null keeps the singular values exactly, so it says nothing about their scaling)."""
 
     claim: str
     stat: str
     side: str
     nulls: tuple[str, ...]
+    about: float | None = None
 
 
 HC_CLAIMS = (
     HCClaim("near-uniform singular-value scaling", "scale_residual", "below", ("gaussian",)),
-    HCClaim("singular values rescaled (s)", "scale", "either", ("gaussian",)),
+    HCClaim("singular values rescaled (s away from 1)", "scale", "above", ("gaussian",), 1.0),
     HCClaim("one rotation shared by both sides", "consistency", "below", NULL_KINDS),
     HCClaim("base vectors + one shared rotation reproduce W_post", "reparam_error", "below", NULL_KINDS),
 )
@@ -565,30 +566,36 @@ def hc_claims(observed: dict, draws: dict[str, dict[str, list[float]]]) -> list[
     :class:`~rwedit.stats.NullInterval` of every null it is judged against (``draws``: :func:`null_draws`).
     ``answer`` is "yes" only where the value lies outside every one of them on the claim's side, "no" where
     inside one (or beyond it on the other side), "no null" without two draws of each; ``found`` says which;
-    ``null`` states each null's mean ± sd, 95% interval of one draw and z, ``numbers`` the value and that; and
+    ``measure`` names the compared value, ``observed`` is it; ``null`` states each null's mean ± sd, 95%
+    interval of one draw and z, ``numbers`` the value and that; and
     per null the flat ``<null>_mean``, ``_sd``, ``_low``, ``_high``, ``_z`` and ``_draws``."""
     out = []
     for c in HC_CLAIMS:
+        def f(v):
+            return v if c.about is None else abs(v - c.about)
+
         x = observed.get(c.stat)
-        x = math.nan if x is None else float(x)
-        ivs = {k: null_interval(draws.get(k, {}).get(c.stat, [])) for k in c.nulls}
-        row = {"claim": c.claim, "stat": c.stat, "side": c.side, "observed": x}
+        x = math.nan if x is None else f(float(x))
+        ivs = {k: null_interval([f(d) for d in draws.get(k, {}).get(c.stat, [])]) for k in c.nulls}
+        measure = c.stat if c.about is None else f"|{c.stat} − {c.about:g}|"
+        row = {"claim": c.claim, "stat": c.stat, "measure": measure, "side": c.side, "observed": x}
         for k, iv in ivs.items():
             row.update({f"{k}_mean": iv.estimate, f"{k}_sd": iv.sd, f"{k}_low": iv.low, f"{k}_high": iv.high,
                         f"{k}_z": iv.z(x) if iv.n > 1 else math.nan, f"{k}_draws": iv.n})
         if not math.isfinite(x) or any(iv.n < 2 for iv in ivs.values()):
             answer, found = "no null", "no null measured: no verdict"
         else:
-            inside = [k for k, iv in ivs.items() if not iv.outside(x, "either")]
-            wrong = [k for k, iv in ivs.items() if iv.outside(x, "either") and not iv.outside(x, c.side)]
-            answer = "no" if inside or wrong else "yes"
+            where = {k: "below" if x < iv.low else "above" if x > iv.high else "within" for k, iv in ivs.items()}
+            inside = [k for k, w in where.items() if w == "within"]
+            answer = "yes" if all(iv.outside(x, c.side) for iv in ivs.values()) else "no"
             found = ("yes" if answer == "yes" else
                      f"no: indistinguishable from a random update of the same norm ({', '.join(inside)})" if inside
-                     else f"no: the opposite ({'above' if c.side == 'below' else 'below'} the {', '.join(wrong)} null)")
+                     else "no: " + ", ".join(f"{w} the {k} null" for k, w in where.items())
+                     + f" (the claim needs {c.side})")
         null = "; ".join(f"{k} {iv.estimate:.4g} ± {iv.sd:.2g} [{iv.low:.4g}, {iv.high:.4g}], z {row[f'{k}_z']:.3g}"
                          for k, iv in ivs.items() if iv.n > 1) or "none"
         out.append({**row, "answer": answer, "found": found, "null": null,
-                    "numbers": f"{c.stat} {x:.4g} vs random same-norm updates: {null}"})
+                    "numbers": f"{measure} {x:.4g} vs random same-norm updates: {null}"})
     return out
 
 

@@ -504,11 +504,15 @@ def test_null_intervals_and_z_recomputed_by_hand():
     assert (k["gaussian_low"], k["gaussian_high"]) == (pytest.approx(want.mean() - half), pytest.approx(want.mean() + half))
     assert k["gaussian_z"] == pytest.approx((0.9 - want.mean()) / sd)
     assert k["answer"] == "no null" and k["found"] == "no null measured: no verdict"  # no rotation draws
-    assert c["scale"]["answer"] == "no" and "indistinguishable" in c["scale"]["found"]  # 0.21 inside
+    assert c["scale"]["answer"] == "no" and "indistinguishable" in c["scale"]["found"]  # |0.21 − 1| inside
+    for s, answer in ((3.0, "yes"), (0.9, "no")):  # s is judged by its distance from 1 (no rescaling)
+        f = {x["stat"]: x for x in svd_mod.hc_claims({"scale": s}, draws)}["scale"]
+        assert f["measure"] == "|scale − 1|" and f["observed"] == pytest.approx(abs(s - 1)) and f["answer"] == answer
+        assert f["gaussian_mean"] == pytest.approx(np.mean(np.abs(want - 1)))
     assert c["scale_residual"]["answer"] == "yes"  # below the gaussian null
     assert c["reparam_error"]["answer"] == "no null"  # no observed value
     above = svd_mod.hc_claims({"scale_residual": 5.0}, draws)[0]
-    assert above["answer"] == "no" and above["found"] == "no: the opposite (above the gaussian null)"
+    assert above["answer"] == "no" and above["found"] == "no: above the gaussian null (the claim needs below)"
 
 
 def test_the_null_is_opt_in_and_an_unchanged_matrix_gets_its_own_values():
