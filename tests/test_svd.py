@@ -535,3 +535,25 @@ def test_the_null_is_measured_with_the_observed_method():
         assert abs(a["scale"] - b["scale"]) / b["scale"] <= LOWRANK_BOUND["scale_rel"]
         for k in ("scale_residual", "consistency", "reparam_error"):
             assert abs(a[k] - b[k]) <= LOWRANK_BOUND[k], (a["null"], k, a[k], b[k])
+
+
+def test_quickstart_hc_rows_state_the_null_from_the_probe_folder(tmp_path):
+    """The quickstart's HC rows read svd.csv (observed per matrix) and svd_null.csv (the null's draws, long form):
+    planted HC structure gets yes with its null beside it; without svd_null.csv no verdict is given."""
+    import pandas as pd
+
+    from rwedit.apps.quickstart.report import claim_findings
+
+    ms = [svd_structure(T(b), T(p), r="full", null_seeds=range(8), null_key=str(i))
+          for i, (b, p) in enumerate(_planted_pairs())]
+    folder = tmp_path / "svd_aligned"
+    folder.mkdir()
+    pd.DataFrame([{"layer": i, "role": "q", **{k: getattr(m, k) for k in svd_mod.NULL_STATS}}
+                  for i, m in enumerate(ms)]).to_csv(folder / "svd.csv", index=False)
+    pd.DataFrame([{"layer": i, "role": "q", **x} for i, m in enumerate(ms) for x in m.null]).to_csv(
+        folder / "svd_null.csv", index=False)
+    rows = [f for f in claim_findings(tmp_path) if f.claim.startswith("HC (base → aligned)")]
+    assert [f.claim.split(": ", 1)[1] for f in rows] == [c.claim for c in svd_mod.HC_CLAIMS]
+    assert all(f.found == "yes" and "gaussian" in f.numbers and "gaussian" in f.line for f in rows)
+    (folder / "svd_null.csv").unlink()
+    assert {f.found for f in claim_findings(tmp_path) if f.claim.startswith("HC")} == {"no null measured: no verdict"}

@@ -457,8 +457,9 @@ def test_a_kept_constructions_same_norm_random_control(pair):
     assert [n for n, _, _ in recipe.condition_list()] == [
         "post", "sv_replacement", "null_sv_replacement_s4", "null_sv_replacement_s5", "swap", "null_swap_s4",
         "null_swap_s5", "disrupt_left_random_s1", "base"]
-    with pytest.raises(ValueError, match="null_seeds"):
-        SVDRecipe.from_dict({**d, "conditions": {**d["conditions"], "null_seeds": [1]}})
+    for bad in ({"conditions": {**d["conditions"], "null_seeds": [1]}}, {"probe": {**d["probe"], "null_seeds": 1}}):
+        with pytest.raises(ValueError, match="null_seeds"):  # one draw has no spread
+            SVDRecipe.from_dict({**d, **bad})
     post_ckpt = Checkpoint.open(pair / "post")
     model, _ = load_model_and_tokenizer(post_ckpt)
     snap = WeightSnapshot(model, sx.targets(recipe, post_ckpt.layout))
