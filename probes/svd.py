@@ -567,8 +567,8 @@ def hc_claims(observed: dict, draws: dict[str, dict[str, list[float]]]) -> list[
     ``answer`` is "yes" only where the value lies outside every one of them on the claim's side, "no" where
     inside one (or beyond it on the other side), "no null" without two draws of each; ``found`` says which;
     ``measure`` names the compared value, ``observed`` is it; ``null`` states each null's mean ± sd, 95%
-    interval of one draw and z, ``numbers`` the value and that; and
-    per null the flat ``<null>_mean``, ``_sd``, ``_low``, ``_high``, ``_z`` and ``_draws``."""
+    interval of one draw and z, ``numbers`` the value and that; per null the flat ``<null>_mean``, ``_sd``,
+    ``_low``, ``_high``, ``_z`` and ``_draws``."""
     out = []
     for c in HC_CLAIMS:
         def f(v):
