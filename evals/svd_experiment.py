@@ -10,6 +10,9 @@ Conditions, each a set of per-matrix replacements on the chosen roles x layers o
 - ``swap``                      the left rotation replaced by the right one;
 - ``disrupt_left_random_s<k>``  the left rotation replaced by a seeded Haar-random orthogonal matrix;
 - ``disrupt_right_random_s<k>`` the same on the right side;
+- ``null_<kind>_s<k>``          opt-in (``conditions.null_seeds``), for each kept construction (sv_replacement,
+                                reparam, swap): W_post + a seeded Gaussian ΔW with ‖ΔW‖_F = ‖W_<kind> − W_post‖_F per
+                                matrix: the same-norm random update its "keeps the score" is judged against;
 - ``base``                      the base checkpoint, every parameter (scored last).
 
 Registered as the ``svd-structure`` kind of :mod:`rwedit.evals.core`: the post model is loaded once, the
@@ -23,6 +26,9 @@ base (``scale``, ``scale_residual``, ``orth_U``, ``orth_V``, ``consistency``, ``
 matrices; ``rel_change_vs_post`` = mean ‖W_cond − W_post‖_F / ‖W_post‖_F) next to the behaviour metrics
 (direct metrics renamed ``*_vs_post``: their reference is the post model; lm-eval metrics as flat
 ``task/metric``), each with its ``_stderr``.  ``OUT/matrices/<condition>.csv`` has the per-matrix numbers.
+The ``post`` row also holds the SVD probe's null (``probe.null_seeds`` same-norm random updates of each base matrix
+per kind, :func:`rwedit.probes.svd.svd_structure`): ``null`` = per kind and statistic the draws of the mean over
+matrices, ``null_seeds`` the seeds; ``OUT/matrices/post_null.csv`` the per-matrix draws.
 Resume and the refusal of a changed recipe are the core's (one store for every kind).
 """
 
@@ -54,6 +60,8 @@ DIRECT_RENAME = {"pref_margin_shift": "pref_margin_shift_vs_post", "pref_acc_shi
                  "kl_base_edited": "kl_post_condition"}
 PROBE_KEYS = ("scale", "scale_residual", "orth_U", "orth_V", "consistency", "reparam_error", "truncation_floor")
 DEFAULT_KINDS = ("sv_replacement", "reparam", "swap", "disrupt_left_random", "disrupt_right_random")
+#: the kind of a construction's same-norm random control is this prefix + the construction's kind
+NULL_PREFIX = "null_"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,9 @@ class ConditionSettings(Config):
     rank: int | str = option("full", help="top-r triplets replaced (full: all of them)")
     fit_r: int = option(64, help="top singular values the scale s of sv_replacement is fitted on")
     method: str = option("auto", help="SVD of the constructions: full, lowrank, auto (full up to d = 1024)")
+    null_seeds: tuple[int, ...] = option((), help="a same-norm random control per seed for each kept construction "
+                                         "(sv_replacement, reparam, swap; its keeps-the-score verdict is judged "
+                                         "against it): one more scored condition each; at least 2 seeds, or none")
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,13 @@ class SVDProbeSettings(Config):
 
     r: int | str = option(64, help="top-r singular triplets (as `rwedit svd`), clipped to the matrix size")
     method: str = option("auto", help="full, lowrank or auto")
+    null_seeds: int = option(8, help="same-norm random updates of the base per matrix and null kind (gaussian, "
+                             "rotation) the post pair's structure is judged against: one more top-r SVD each; "
+                             "0: none (no HC structure verdicts)")
+
+    def __post_init__(self):
+        if self.null_seeds == 1 or self.null_seeds < 0:
+            raise SpecError(f"probe.null_seeds = {self.null_seeds}: give 0 (no null) or at least 2 (a spread)")
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,8 @@ class SVDRecipe(ExperimentRecipe):
         if bad:
             raise SpecError(f"conditions.kinds: unknown {bad}; choose from {', '.join(CONDITION_KINDS[1:])} "
                             f"(post and base are always scored)")
+        if len(self.conditions.null_seeds) == 1:
+            raise SpecError("conditions.null_seeds has one seed: give at least 2 (the null's spread), or none")
         if any(k in RANDOM_KINDS for k in self.conditions.kinds) and not self.conditions.seeds:
             raise SpecError("conditions.seeds is empty: the random disruptions need at least one seed")
         if self.eval is None and self.direct is None:
@@ -136,6 +156,7 @@ class SVDRecipe(ExperimentRecipe):
                 out += [(f"{kind}_s{s}", kind, int(s)) for s in self.conditions.seeds]
             else:
                 out.append((kind, kind, None))
+                out += [(f"{NULL_PREFIX}{kind}_s{s}", NULL_PREFIX + kind, int(s)) for s in self.conditions.null_seeds]
         out.append(("base", "base", None))
         return out
 
@@ -174,15 +195,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(a.double() - b.double()) / torch.linalg.matrix_norm(b.double()))
 
 
-def _probe_metrics(W_base: torch.Tensor, W_post: torch.Tensor, W_cond: torch.Tensor,
-                   probe: SVDProbeSettings) -> dict[str, float]:
+def _probe_metrics(W_base: torch.Tensor, W_post: torch.Tensor, W_cond: torch.Tensor, probe: SVDProbeSettings,
+                   null_key: str | None = None) -> tuple[dict[str, float], tuple[dict, ...]]:
+    """The structure metrics of (W_base, W_cond) and, with ``null_key``, the null's rows (``probe.null_seeds``)."""
     from rwedit.probes.svd import clip_rank, svd_structure
 
-    s = svd_structure(W_base, W_cond, r=clip_rank(probe.r, W_base.shape), method=probe.method)
+    seeds = range(probe.null_seeds) if null_key is not None else ()
+    s = svd_structure(W_base, W_cond, r=clip_rank(probe.r, W_base.shape), method=probe.method, null_seeds=seeds,
+                      null_key=null_key or "")
     out = {k: getattr(s, k) for k in PROBE_KEYS}
     out["rel_change_vs_post"] = _rel(W_cond, W_post)
     out["rel_change_vs_base"] = _rel(W_cond, W_base)
-    return out
+    return out, s.null
 
 
 def summarise_matrices(per: list[dict]) -> dict[str, float | None]:
@@ -208,6 +232,7 @@ class SVDCondition:
         self.recipe, self.kind, self.seed, self.base, self.snap = recipe, kind, seed, base, snapshot
         self.probe = recipe.probe if with_probe else None
         self.per: list[dict] = []
+        self.null: list[dict] = []  # the post pair's null rows, per matrix and draw
         self._view = snapshot.views
         if kind == "post":
             self.intervention = Unchanged()
@@ -226,19 +251,32 @@ class SVDCondition:
         s = self.recipe.conditions
         dec = decompose(W_base, W_post, s.rank, s.method)
         seed = None if self.seed is None else matrix_seed(self.seed, layer, role, self.kind)
-        W_cond = condition_matrix(self.kind, W_base, W_post, rank=s.rank, fit_r=s.fit_r, seed=seed, dec=dec)
+        kind = self.kind.removeprefix(NULL_PREFIX)
+        W_cond = condition_matrix(kind, W_base, W_post, rank=s.rank, fit_r=s.fit_r, seed=seed, dec=dec)
+        if kind != self.kind:  # the construction's same-norm random control
+            from rwedit.probes.svd import NULL_UPDATES
+
+            norm = float(torch.linalg.vector_norm(W_cond.double() - W_post.double()))
+            W_cond = NULL_UPDATES["gaussian"](W_post, None, None, None, norm, torch.Generator().manual_seed(seed))
         if self.probe is not None:
-            self.per.append({"layer": layer, "role": role, **_probe_metrics(W_base, W_post, W_cond, self.probe)})
+            self.per.append({"layer": layer, "role": role, **_probe_metrics(W_base, W_post, W_cond, self.probe)[0]})
         return W_cond
 
     def measure(self) -> dict[str, Any]:
         """Row fields: means over the matrices (the per-matrix list is kept in ``per`` for the CSV)."""
         if self.kind == "post" and self.probe is not None:
-            self.per = []
+            self.per, self.null = [], []
             for layer, role in self.snap.targets:
                 W_post = self.snap.original(layer, role).to(torch.float32)
                 W_base = self.w_base(layer, role, W_post)
-                self.per.append({"layer": layer, "role": role, **_probe_metrics(W_base, W_post, W_post, self.probe)})
+                metrics, null = _probe_metrics(W_base, W_post, W_post, self.probe, f"{layer}.{role}")
+                self.per.append({"layer": layer, "role": role, **metrics})
+                self.null += [{"layer": layer, "role": role, **x} for x in null]
+            if self.null:
+                from rwedit.probes.svd import null_draws
+
+                return {**summarise_matrices(self.per), "null": null_draws(self.null),
+                        "null_seeds": list(range(self.probe.null_seeds))}
         elif self.kind == "base":
             # W_cond = W_base: the structure metrics are their identity values; only the distance to post is measured
             self.per = [{"layer": layer, "role": role, "scale": 1.0, "scale_residual": 0.0, "orth_U": 0.0,
@@ -253,7 +291,9 @@ class SVDCondition:
 
         (out / "matrices").mkdir(exist_ok=True)
         pd.DataFrame(self.per).to_csv(out / "matrices" / f"{name}.csv", index=False)
-        self.per = []
+        if self.null:
+            pd.DataFrame(self.null).to_csv(out / "matrices" / f"{name}_null.csv", index=False)
+        self.per, self.null = [], []
 
 
 class _RenamedDirect:

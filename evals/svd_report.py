@@ -19,6 +19,14 @@ He & Cao's (HC) claims as plain verdicts (95% intervals; ``G``'s own uncertainty
 - *collapses* (the random disruptions): **yes** when the condition is worse, in the metric's own
   direction, than both post and base (the whole interval of the difference to the worse of the two is
   below 0), **no** when it is better than that one, *inconclusive* otherwise.
+- *keeps the score* against its same-norm random control (``null_<kind>`` seeds, when the recipe has
+  ``conditions.null_seeds``): a **yes** stands only where the construction's shift lies beyond the 95%
+  interval of one more control seed (:func:`rwedit.stats.null_interval`) in the direction of post − base;
+  otherwise it is "indistinguishable from a random update of the same norm".
+
+The structure of the update itself (base → post: scale s, its residual, consistency, reparameterisation error,
+means over matrices) is judged against the SVD probe's null stored in the post row
+(:func:`rwedit.probes.svd.hc_claims`): "yes" only outside every same-norm random update's interval, with its z.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import pandas as pd
 from rwedit.pages import write_pages
 from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, row_table
 from rwedit.probes.report import pyplot, save_figure
-from rwedit.stats import Interval, combined_se, difference, interval, over_members, verdict
+from rwedit.stats import Interval, combined_se, difference, interval, null_interval, over_members, verdict
 from rwedit.errors import ExperimentError
+from rwedit.evals.svd_experiment import NULL_PREFIX
+from rwedit.probes.svd import hc_claims
 
 #: direct metrics whose shift vs post is stored paired (key of the shift)
 PAIRED = {"pref_margin": "pref_margin_shift_vs_post", "pref_acc": "pref_acc_shift_vs_post",
@@ -98,12 +108,14 @@ def summary(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
             vse = [_num(r.get(m + "_stderr")) for r in members]
             value = over_members(vals, vse) if None not in vals else None
             has_ci = iv.se is not None
+            draw = null_interval([s for s, _ in sh]) if kind.startswith(NULL_PREFIX) else None  # one more seed
             out.append({"metric": m, "kind": kind, "n": n, "value": None if value is None else value.estimate,
                         "value_stderr": None if value is None or None in vse else value.se, "shift": iv.estimate,
                         "shift_stderr": iv.se, "ci_low": iv.low if has_ci else None,
                         "ci_high": iv.high if has_ci else None, "q": iv.q, "df": iv.df, "post_minus_base": G,
                         "post_minus_base_stderr": g_se, "gap_significant": testable,
-                        "retained": (1.0 + iv.estimate / G) if testable else None})
+                        "retained": (1.0 + iv.estimate / G) if testable else None,
+                        "draw_sd": draw and draw.sd, "draw_low": draw and draw.low, "draw_high": draw and draw.high})
     return pd.DataFrame(out)
 
 
@@ -137,6 +149,7 @@ def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
                     lo, hi = sorted((sg * r["ci_low"], sg * r["ci_high"]))
                     thr = -keep_margin * abs(G)
                     v.update(test_low=lo, test_high=hi, threshold=thr, answer=verdict(lo, hi, thr))
+                    v.update(_against_null(r, byk.get(NULL_PREFIX + kind), sg, v["answer"]))
             else:
                 d = direction(m)
                 # the worse of post (shift 0) and base (shift base − post) in the metric's direction
@@ -153,6 +166,35 @@ def verdicts(summ: pd.DataFrame, keep_margin: float) -> list[dict]:
     return out
 
 
+def _against_null(r, null, sg: float, answer: str) -> dict:
+    """A keep verdict against its same-norm random control (the ``null_<kind>`` seed group's summary row):
+    the construction's shift beyond the interval of one more control seed, in the direction of post − base
+    (``sg``), keeps a **yes**; inside it (or below) the answer says so."""
+    if null is None or null["draw_low"] is None or pd.isna(null["draw_low"]):
+        return {}
+    lo, hi = sorted((sg * null["draw_low"], sg * null["draw_high"]))
+    x = sg * r["shift"]
+    where = "beyond" if x > hi else ("below" if x < lo else "within")
+    if answer == "yes" and where != "beyond":
+        answer = ("no: indistinguishable from a random update of the same norm" if where == "within" else
+                  "no: a random update of the same norm keeps more")
+    return {"answer": answer, "vs_null": where, "null_shift": null["shift"], "null_low": null["draw_low"],
+            "null_high": null["draw_high"], "null_z": (r["shift"] - null["shift"]) / null["draw_sd"]
+            if null["draw_sd"] else math.nan, "null_n": int(null["n"])}
+
+
+def _against(v: dict) -> str:
+    """What a behaviour verdict was judged against: its threshold, and its same-norm random control if any."""
+    if v.get("reference"):
+        return f"worse than the worse of post and base ({v['reference']}): difference wholly below 0"
+    if v.get("threshold") is None or pd.isna(v.get("threshold")):
+        return "–"
+    out = f"signed shift above {fmt(v['threshold'])} (−keep_margin·|post − base|)"
+    if v.get("vs_null") is not None and not pd.isna(v.get("vs_null")):
+        out += f"; same-norm random: {fmt(v['null_shift'])} {fmt_ci(v['null_low'], v['null_high'])}, z {fmt(v['null_z'])}"
+    return out
+
+
 def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
     """Bars: each condition's shift vs post per metric with the 95% interval the verdicts use (paired for the
     direct metrics); the solid line is post (0), the dashed one the base model."""
@@ -166,7 +208,8 @@ def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
         x = list(range(len(g)))
         lo = [s - a if not pd.isna(a) else 0.0 for s, a in zip(g["shift"], g["ci_low"])]
         hi = [b - s if not pd.isna(b) else 0.0 for s, b in zip(g["shift"], g["ci_high"])]
-        colours = ["tab:grey" if k == "base" else "tab:red" if k in COLLAPSE_KINDS else "tab:green" for k in g["kind"]]
+        colours = ["tab:grey" if k == "base" else "tab:red" if k in COLLAPSE_KINDS else
+                   "tab:blue" if k.startswith(NULL_PREFIX) else "tab:green" for k in g["kind"]]
         ax.bar(x, g["shift"], yerr=[lo, hi], color=colours, capsize=3)
         ax.axhline(0.0, color="black", lw=0.8, label="post")
         b = g[g["kind"] == "base"]
@@ -199,6 +242,9 @@ def write_svd_report(folder: str | Path) -> Path:
     keep_margin = float((cfg.get("verdicts") or {}).get("keep_margin", 0.5))
     ver = verdicts(summ, keep_margin) if not summ.empty else []
     pd.DataFrame(ver).to_csv(folder / "verdicts.csv", index=False)
+    post = next(r for r in rows if r["condition"] == "post")
+    structure = hc_claims(post, post.get("null") or {})
+    pd.DataFrame(structure).to_csv(folder / "structure.csv", index=False)
     plot = plot_conditions(summ, folder / "svd_conditions.png") if not summ.empty else None
 
     sel = cfg.get("matrices") or {}
@@ -215,11 +261,22 @@ def write_svd_report(folder: str | Path) -> Path:
         L += [f"Metrics named in `verdicts.metrics` but absent from the rows: {', '.join(absent)}.", ""]
     if not ver:
         L += ["No verdicts: no metric of `verdicts.metrics` has values in the rows.", ""]
-    else:
-        L += md_table(["claim", "verdict", "shift vs post, 95% CI", "rests on"],
-                      [[v["claim"], f"**{v['answer']}**", f"{fmt(v['shift'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
-                        f"`{v['metric']}`, {v['kind']}" + (f" ({v['n']} seeds)" if v["n"] > 1 else "")] for v in ver])
-        L += ["", "### Details", ""]
+    seeds = post.get("null_seeds") or []
+    L += md_table(["claim", "verdict", "observed", "null (mean ± sd [95% interval of one draw], z) or threshold",
+                   "rests on"],
+                  [[f"the update base → post: {c['claim']}", f"**{c['found']}**", f"{c['measure']} {fmt(c['observed'], 4)}",
+                    c["null"], f"SVD probe, mean over {n_mat} matrices; {len(seeds)} seeds per null"] for c in structure]
+                  + [[v["claim"], f"**{v['answer']}**", f"shift vs post {fmt(v['shift'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
+                      _against(v), f"`{v['metric']}`, {v['kind']}" + (f" ({v['n']} seeds)" if v["n"] > 1 else "")]
+                     for v in ver])
+    L += ["", "Structure claims: \"yes\" only where the observed mean over matrices lies outside the 95% interval of "
+          "one more draw (mean ± t·sd·√(1 + 1/K) over K seeds) of every null it is judged against: `gaussian` = "
+          "W_base + an i.i.d. Gaussian ΔW, `rotation` = W_base's top-r singular vectors turned by two independent "
+          "random rotations (singular values kept; not used for the scaling claims), each with the observed "
+          "‖W_post − W_base‖_F per matrix, measured like the observed pair (probes/svd.py). Per-matrix draws: "
+          "`matrices/post_null.csv`; the claims: `structure.csv`.", ""]
+    if ver:
+        L += ["### Details", ""]
     for v in ver:
         r = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == v["kind"])].iloc[0]
         post_v = summ[(summ["metric"] == v["metric"]) & (summ["kind"] == "post")]["value"].iloc[0]
@@ -237,6 +294,10 @@ def write_svd_report(folder: str | Path) -> Path:
                 text += (f"; retains {fmt(100 * r['retained'], 3)}% of post-training's change "
                          f"(needed: the interval above {fmt(v['threshold'])} in the direction of post − base, "
                          f"i.e. at least {fmt(100 * (1 - keep_margin), 3)}% kept)")
+                if v.get("vs_null") is not None and not pd.isna(v.get("vs_null")):
+                    text += (f"; its same-norm random control ({v['null_n']} seeds) shifts {fmt(v['null_shift'])}, "
+                             f"one more seed within {fmt_ci(v['null_low'], v['null_high'])}: the construction is "
+                             f"{v['vs_null']} it (z {fmt(v['null_z'])})")
         elif v.get("test_low") is not None:
             text += (f"; vs the worse of post and base ({v['reference']}), in the metric's better direction: "
                      f"{fmt_ci(v['test_low'], v['test_high'])} (collapse: wholly below 0)")
@@ -270,6 +331,7 @@ def write_svd_report(folder: str | Path) -> Path:
     if plot is not None:
         L += ["## Plot", "", f"![{plot.stem}]({plot.name})", ""]
     L += ["## Files", "", "- `results.jsonl`: one row per condition (`pandas.read_json(path, lines=True)`)",
-          "- `conditions.csv`, `verdicts.csv`: the tables above", "- `matrices/<condition>.csv`: per-matrix metrics",
+          "- `conditions.csv`, `verdicts.csv`, `structure.csv`: the tables above",
+          "- `matrices/<condition>.csv`: per-matrix metrics; `matrices/post_null.csv`: the null's per-matrix draws",
           "- `run.json`: the recipe, its hash, versions"]
     return write_pages(folder, L)

@@ -6,6 +6,14 @@ the rotations Q_U = Uᵀ U', Q_V = Vᵀ V', how orthogonal they are, their consi
 ‖Q_U − Q_V‖_F / ‖Q_U‖_F, and the reparameterisation error of W_hat = U Q Σ' (V Q)ᵀ with Q the
 orthogonal polar factor of (Q_U + Q_V)/2.
 
+The null (``null_seeds``, opt-in): the same statistics for random updates of the base with the same
+‖ΔW‖_F = ‖W_post − W_base‖_F, one per seed and kind (`NULL_KINDS`), measured exactly as the observed pair (same
+r, same method): "gaussian" adds an i.i.d. Gaussian ΔW; "rotation" turns W_base's top-r singular vectors by two
+independent random rotations, W_base + U (Q_1 Σ Q_2ᵀ − Σ) Vᵀ with Q_i = exp(θ A_i), A_i random skew-symmetric and
+θ solved for the norm (singular values kept: what a rotation without HC's shared structure gives).
+:func:`hc_claims` says "yes" to an HC claim only where the observed value (mean over matrices) lies outside the
+prediction interval of every null the claim is judged against (`HC_CLAIMS`), with each null's z.
+
 Sign ambiguity: an SVD fixes each pair (u_i, v_i) only up to a shared sign, and a pair's flip
 multiplies column i of BOTH Q_U and Q_V (post side) or row i of both (base side) by −1, so
 ‖Q_U − Q_V‖_F, ‖QᵀQ − I‖_F, Q's action in W_hat and the reparameterisation error are all
@@ -40,22 +48,32 @@ from __future__ import annotations
 
 import math
 import operator
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, Union
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple, Sequence, Union
 
 import torch
 
 from rwedit.errors import ConfigError, RweditError
+from rwedit.registry import Registry
+from rwedit.stats import null_interval
 
 __all__ = [
+    "HC_CLAIMS",
+    "HCClaim",
     "LOWRANK_BOUND",
     "MAX_PASSES",
+    "NULL_KINDS",
+    "NULL_STATS",
+    "NULL_UPDATES",
     "RESIDUAL_TOL",
     "LowRankAccuracyError",
     "RangeFinderInfo",
     "SVDMetrics",
+    "hc_claims",
+    "null_draws",
     "polar_factor",
     "randomized_top_svd",
     "svd_structure_rows",
@@ -82,6 +100,8 @@ LOWRANK_BOUND = {
     "reparam_error": 1e-4,
     "orth": 5e-3,
 }
+#: the statistics the null reports per random update (module doc)
+NULL_STATS = ("scale", "scale_residual", "orth_U", "orth_V", "consistency", "reparam_error")
 #: the fast path's a posteriori certificate: every top-r triplet's ‖Wᵀũ − σ̃ṽ‖ / σ̃ at most this (module doc)
 RESIDUAL_TOL = 3e-3
 #: passes over W (the first from a random start, then one per power iteration) before the fast path gives up
@@ -130,6 +150,7 @@ class SVDMetrics:
     passes: int = 0  # randomized path: passes over each matrix (the larger of base and post); 0 for full
     residual: float = math.nan  # randomized path: its a posteriori estimate, max of base and post (<= tol)
     fallback: str | None = None  # method="auto": why the randomized path gave way to the full SVD
+    null: tuple[dict, ...] = ()  # one row per (kind, seed) of the same-norm null: null, seed, NULL_STATS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -409,12 +430,17 @@ def svd_structure(
     oversampling: int | None = None,
     tol: float = RESIDUAL_TOL,
     max_passes: int = MAX_PASSES,
+    null_seeds: Sequence[int] = (),
+    null_key: str = "",
 ) -> SVDMetrics:
     """HC structure metrics (scale, rotations, consistency, reparameterisation error; see the module
     doc) of one d_out x d_in pair over the top r triplets.
     method "full" = float64 LAPACK SVD; "lowrank" = :func:`randomized_top_svd` (within `LOWRANK_BOUND` of
     "full" when it certifies ``tol``, else :class:`LowRankAccuracyError`); "auto" = full when min(d) <= 1024
-    or r == "full", else lowrank, falling back to full (``fallback`` says why) where lowrank cannot certify."""
+    or r == "full", else lowrank, falling back to full (``fallback`` says why) where lowrank cannot certify.
+    ``null_seeds`` (opt-in): the same statistics for one same-norm random update per seed and null kind
+    (``null``; one more top-r SVD each, same r and method); ``null_key`` (e.g. "layer.role") makes the draws
+    of different matrices independent."""
     norm_base, post_norm = _check_pair(W_base, W_post)
     rr = _resolve_rank(r, W_base.shape)
     meth = _resolve_method(method, r, W_base.shape)
@@ -437,8 +463,140 @@ def svd_structure(
         u, sb, v = top_svd(W_base, rr, "full")
         u2, sp, v2 = top_svd(W_post, rr, "full")
 
-    return _metrics(u, sb, v, u2, sp, v2, _chunks(W_post), post_norm, min(W_post.shape), meth, passes, resid,
-                    fallback)
+    m = _metrics(u, sb, v, u2, sp, v2, _chunks(W_post), post_norm, min(W_post.shape), meth, passes, resid, fallback)
+    if not null_seeds:
+        return m
+    dt = _work_dtype(W_base)
+    target = float(torch.linalg.vector_norm(W_post.to(dt) - W_base.to(dt), dtype=torch.float64))
+    how = "full" if meth == "full" else ("auto" if method == "auto" else "lowrank")
+    rows = []
+    for kind in NULL_UPDATES:
+        for sd in null_seeds:
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{null_key}:{kind}:{int(sd)}".encode()))
+            W = W_base if target == 0.0 else NULL_UPDATES[kind](W_base, u, sb, v, target, gen)
+            if W is None:  # the update cannot be built at this norm: no draw
+                rows.append({"null": kind, "seed": int(sd), **dict.fromkeys(NULL_STATS, math.nan)})
+                continue
+            u2, sp, v2 = top_svd(W, rr, how, seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
+            n = _metrics(u, sb, v, u2, sp, v2, _chunks(W), _fro_norm("null", W), min(W.shape), meth, 0, math.nan, None)
+            rows.append({"null": kind, "seed": int(sd), **{k: getattr(n, k) for k in NULL_STATS}})
+    return replace(m, null=tuple(rows))
+
+
+def _gaussian_update(W: torch.Tensor, u, sb, v, target: float, gen: torch.Generator) -> torch.Tensor:
+    """W + G·target/‖G‖_F, G i.i.d. standard Gaussian (in W's working precision)."""
+    g = torch.randn(W.shape, generator=gen, dtype=_work_dtype(W)).to(W.device)
+    return W.to(g.dtype) + g.mul_(target / float(torch.linalg.vector_norm(g, dtype=torch.float64)))
+
+
+def _rotation_update(W: torch.Tensor, u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, target: float,
+                     gen: torch.Generator) -> torch.Tensor | None:
+    """W + U (Q_1 Σ Q_2ᵀ − Σ) Vᵀ over W's top-r triplets (U, Σ, V): its singular vectors turned by two
+    independent rotations Q_i = exp(θ A_i), A_i = (G_i − G_iᵀ)/√2 with G_i i.i.d. Gaussian, θ solved (brentq)
+    so that the update's norm, ‖Q_1 Σ Q_2ᵀ − Σ‖_F, is ``target``; None when no θ below a half turn reaches it."""
+    from scipy.optimize import brentq
+
+    r = sb.shape[0]
+    a = [(g - g.T) / math.sqrt(2) for g in (torch.randn(r, r, generator=gen, dtype=torch.float64) for _ in "12")]
+    sig = torch.diag(sb.to(torch.float64).cpu())
+
+    def middle(theta: float) -> torch.Tensor:
+        return torch.linalg.matrix_exp(theta * a[0]) @ sig @ torch.linalg.matrix_exp(theta * a[1]).T - sig
+
+    def gap(theta: float) -> float:
+        return float(torch.linalg.matrix_norm(middle(theta))) - target
+
+    with _one_thread():
+        turn = math.pi / max(float(torch.linalg.matrix_norm(x, ord=2)) for x in a)  # a half turn of the fastest plane
+        hi = target / float(torch.linalg.matrix_norm(a[0] @ sig - sig @ a[1]))  # the first-order θ
+        while gap(hi) < 0:
+            if hi >= turn:
+                return None
+            hi = min(2 * hi, turn)
+        theta = brentq(gap, 0.0, hi, xtol=1e-15 * hi, rtol=1e-14)
+        step = (u @ middle(theta).to(u.device)) @ v.T
+    dt = _work_dtype(W)
+    return W.to(dt) + step.to(dt)
+
+
+#: the null's random updates of W_base, by name: (W_base, U, σ, V of its top r, ‖ΔW‖_F, generator) -> W_null
+NULL_UPDATES: Registry[Callable] = Registry("SVD null update")
+NULL_UPDATES.register("gaussian", _gaussian_update)
+NULL_UPDATES.register("rotation", _rotation_update)
+NULL_KINDS = tuple(NULL_UPDATES)
+
+
+class HCClaim(NamedTuple):
+    """One HC claim: the statistic it rests on (its distance from ``about`` when given: for s, how far from no
+    rescaling), the side of the null its value must lie on (below, above, either) and the nulls it is judged
+    against (the rotation null keeps the singular values exactly, so it says nothing about their scaling)."""
+
+    claim: str
+    stat: str
+    side: str
+    nulls: tuple[str, ...]
+    about: float | None = None
+
+
+HC_CLAIMS = (
+    HCClaim("near-uniform singular-value scaling", "scale_residual", "below", ("gaussian",)),
+    HCClaim("singular values rescaled (s away from 1)", "scale", "above", ("gaussian",), 1.0),
+    HCClaim("one rotation shared by both sides", "consistency", "below", NULL_KINDS),
+    HCClaim("base vectors + one shared rotation reproduce W_post", "reparam_error", "below", NULL_KINDS),
+)
+
+
+def null_draws(rows: Iterable[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per null kind and statistic, the K draws of the statistic's mean over matrices: ``rows`` are the null
+    rows of every matrix (:attr:`SVDMetrics.null`; extra keys such as layer and role are ignored), draw k the
+    mean of the NaN-free rows of the k-th seed."""
+    acc: dict = {}
+    for row in rows:
+        for stat in NULL_STATS:
+            x = row.get(stat)
+            if x is not None and math.isfinite(float(x)):
+                acc.setdefault(str(row["null"]), {}).setdefault(stat, {}).setdefault(int(row["seed"]), []).append(
+                    float(x))
+    return {kind: {stat: [sum(v) / len(v) for _, v in sorted(seeds.items())] for stat, seeds in stats.items()}
+            for kind, stats in acc.items()}
+
+
+def hc_claims(observed: dict, draws: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """HC's verdicts (`HC_CLAIMS`): each claim's observed value (mean over matrices) against the
+    :class:`~rwedit.stats.NullInterval` of every null it is judged against (``draws``: :func:`null_draws`).
+    ``answer`` is "yes" only where the value lies outside every one of them on the claim's side, "no" where
+    inside one (or beyond it on the other side), "no null" without two draws of each; ``found`` says which;
+    ``measure`` names the compared value, ``observed`` is it; ``null`` states each null's mean ± sd, 95%
+    interval of one draw and z, ``numbers`` the value and that; per null the flat ``<null>_mean``, ``_sd``,
+    ``_low``, ``_high``, ``_z`` and ``_draws``."""
+    out = []
+    for c in HC_CLAIMS:
+        def f(v):
+            return v if c.about is None else abs(v - c.about)
+
+        x = observed.get(c.stat)
+        x = math.nan if x is None else f(float(x))
+        ivs = {k: null_interval([f(d) for d in draws.get(k, {}).get(c.stat, [])]) for k in c.nulls}
+        measure = c.stat if c.about is None else f"|{c.stat} − {c.about:g}|"
+        row = {"claim": c.claim, "stat": c.stat, "measure": measure, "side": c.side, "observed": x}
+        for k, iv in ivs.items():
+            row.update({f"{k}_mean": iv.estimate, f"{k}_sd": iv.sd, f"{k}_low": iv.low, f"{k}_high": iv.high,
+                        f"{k}_z": iv.z(x) if iv.n > 1 else math.nan, f"{k}_draws": iv.n})
+        if not math.isfinite(x) or any(iv.n < 2 for iv in ivs.values()):
+            answer, found = "no null", "no null measured: no verdict"
+        else:
+            where = {k: "below" if x < iv.low else "above" if x > iv.high else "within" for k, iv in ivs.items()}
+            inside = [k for k, w in where.items() if w == "within"]
+            answer = "yes" if all(iv.outside(x, c.side) for iv in ivs.values()) else "no"
+            found = ("yes" if answer == "yes" else
+                     f"no: indistinguishable from a random update of the same norm ({', '.join(inside)})" if inside
+                     else "no: " + ", ".join(f"{w} the {k} null" for k, w in where.items())
+                     + f" (the claim needs {c.side})")
+        null = "; ".join(f"{k} {iv.estimate:.4g} ± {iv.sd:.2g} [{iv.low:.4g}, {iv.high:.4g}], z {row[f'{k}_z']:.3g}"
+                         for k, iv in ivs.items() if iv.n > 1) or "none"
+        out.append({**row, "answer": answer, "found": found, "null": null,
+                    "numbers": f"{measure} {x:.4g} vs random same-norm updates: {null}"})
+    return out
 
 
 def svd_structure_rows(

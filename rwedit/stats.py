@@ -231,6 +231,35 @@ class BootInterval(Interval):
         return self.boot_high
 
 
+@dataclass(frozen=True)
+class NullInterval(Interval):
+    """Where one more draw of a null lands, from K draws of it (e.g. seeds of a random update): ``estimate``
+    their mean, ``sd`` their sd, ``low``/``high`` the prediction interval mean ± t_{K−1}·sd·√(1 + 1/K) (a normal
+    null: a draw falls outside it with probability 1 − level)."""
+
+    sd: float = math.nan
+
+    def z(self, x: float) -> float:
+        """(x − mean) / sd of the draws (±inf for a null without spread that x misses, NaN when x hits it)."""
+        d = x - self.estimate
+        return d / self.sd if self.sd > 0 else (math.nan if d == 0 else math.copysign(math.inf, d))
+
+    def outside(self, x: float, side: str = "either") -> bool:
+        """Whether x lies beyond the interval: ``below`` it, ``above`` it, or on ``either`` side."""
+        if side not in ("below", "above", "either"):
+            raise ValueError(f"side must be below, above or either, not {side!r}")
+        return (side != "above" and x < self.low) or (side != "below" and x > self.high)
+
+
+def null_interval(draws: Sequence[float], level: float = LEVEL) -> NullInterval:
+    """The :class:`NullInterval` of K >= 2 draws of a null statistic (NaN bounds for fewer)."""
+    k = len(draws)
+    mean = sum(draws) / k if k else math.nan
+    sd = math.sqrt(sum((d - mean) ** 2 for d in draws) / (k - 1)) if k > 1 else math.nan
+    return NullInterval(mean, sd * math.sqrt(1 + 1 / k) if k > 1 else math.nan, k - 1 if k > 1 else 0, k,
+                        f"prediction interval of one more draw, t over {k} draws", level, sd)
+
+
 def verdict(low: float, high: float, threshold: float = 0.0) -> str:
     """``yes`` when the interval [low, high] lies wholly above ``threshold``, ``no`` wholly below it,
     ``inconclusive`` otherwise (also when it is undefined)."""
@@ -241,5 +270,6 @@ def verdict(low: float, high: float, threshold: float = 0.0) -> str:
     return "inconclusive"
 
 
-__all__ = ["LEVEL", "POWER", "BootInterval", "Interval", "combined_se", "difference", "hierarchical_bootstrap",
-           "interval", "pooled_bootstrap", "items_to_detect", "mde", "mean_se", "over_members", "quantile", "verdict"]
+__all__ = ["LEVEL", "POWER", "BootInterval", "Interval", "NullInterval", "combined_se", "difference",
+           "hierarchical_bootstrap", "interval", "pooled_bootstrap", "items_to_detect", "mde", "mean_se", "null_interval",
+           "over_members", "quantile", "verdict"]

@@ -363,3 +363,197 @@ def test_zero_matrices_give_nan_with_reason():
     assert m.reason == "zero W_post" and math.isnan(m.consistency) and math.isnan(m.scale)
     m = svd_structure(torch.zeros(8, 6), a, r=3)
     assert m.reason == "zero W_base" and math.isnan(m.reparam_error)
+
+
+# ----------------------------------------------------------------------------- the same-norm null and HC's verdicts
+
+
+def _hc(pairs, seeds=range(8)):
+    """HC's claims on several (W_base, W_post) pairs: the observed means over matrices against the null."""
+    ms = [svd_structure(T(b), T(p), r="full", null_seeds=seeds, null_key=str(i)) for i, (b, p) in enumerate(pairs)]
+    observed = {k: float(np.mean([getattr(m, k) for m in ms])) for k in svd_mod.NULL_STATS}
+    return {c["stat"]: c for c in svd_mod.hc_claims(observed, svd_mod.null_draws(x for m in ms for x in m.null))}, ms
+
+
+def _planted_pairs(s=1.05, angle=0.05, seed=0):
+    """Exact HC structure on three shapes: W_post = s·U Q Σ Qᵀ Vᵀ, one small rotation Q = exp(angle·A) shared
+    by the left and right singular vectors (an SVD of W_post: U' = UQ, V' = VQ, σ' = sσ)."""
+    out = []
+    for i, (d_out, d_in) in enumerate(((24, 20), (20, 28), (16, 16))):
+        rng, U, V, sigma = factors(d_out, d_in, seed=seed + i)
+        a = rng.standard_normal((sigma.size, sigma.size))
+        Q = torch.linalg.matrix_exp(T(angle * (a - a.T) / math.sqrt(2))).numpy()
+        out.append(((U * sigma) @ V.T, s * (U @ Q * sigma) @ Q.T @ V.T))
+    return out
+
+
+def test_exact_uniform_scaling_and_one_shared_rotation_get_hc_yes():
+    claims, ms = _hc(_planted_pairs())
+    assert all(m.consistency < 1e-9 and m.scale_residual < 1e-12 for m in ms)
+    for stat, c in claims.items():
+        assert c["answer"] == "yes" and c["found"] == "yes", (stat, c["numbers"])
+        assert c["gaussian_draws"] == 8 and abs(c["gaussian_z"]) > 3
+    assert claims["consistency"]["rotation_z"] < -3 and "rotation" not in str(claims["scale"].get("rotation_mean"))
+
+
+def test_a_gaussian_update_of_the_same_norm_is_indistinguishable_from_the_null():
+    planted = _planted_pairs()
+    rng = np.random.default_rng(11)
+    pairs = []
+    for b, p in planted:  # ΔW Gaussian, with the planted update's norm
+        g = rng.standard_normal(b.shape)
+        pairs.append((b, b + g * np.linalg.norm(p - b) / np.linalg.norm(g)))
+    claims, _ = _hc(pairs)
+    for stat, c in claims.items():
+        assert c["answer"] == "no", (stat, c["numbers"])
+        assert c["found"].startswith("no: indistinguishable from a random update of the same norm (gaussian"), c["found"]
+        assert c["gaussian_low"] < c["observed"] < c["gaussian_high"]
+
+
+def test_the_null_rarely_says_yes_to_a_gaussian_update():
+    """The null's calibration: over 40 Gaussian updates of one base matrix, the one-sided claims say yes at
+    about their nominal 2.5% (a 95% interval of one draw); at most 4 of 40 (P < 0.02 at the nominal rate)."""
+    rng, U, V, sigma = factors(14, 12, seed=5)
+    W = (U * sigma) @ V.T
+    yes = {"scale_residual": 0, "consistency": 0}
+    for t in range(40):
+        g = rng.standard_normal(W.shape)
+        m = svd_structure(T(W), T(W + 0.2 * g), r="full", null_seeds=range(6), null_key=f"t{t}")
+        observed = {k: getattr(m, k) for k in svd_mod.NULL_STATS}
+        for c in svd_mod.hc_claims(observed, svd_mod.null_draws(m.null)):
+            if c["stat"] in yes:
+                yes[c["stat"]] += c["answer"] == "yes"
+    assert max(yes.values()) <= 4, yes
+
+
+def test_gaussian_null_draw_recomputed_with_numpy():
+    """One Gaussian draw re-derived from its documented seed (crc32 of key:kind:seed) and measured with numpy."""
+    import zlib
+
+    rng, U, V, sigma = factors(18, 13, seed=7)
+    W = (U * sigma) @ V.T
+    P = W + 0.1 * rng.standard_normal(W.shape)
+    m = svd_structure(T(W), T(P), r="full", null_seeds=(3,), null_key="L2.q")
+    row = next(x for x in m.null if x["null"] == "gaussian")
+    g = torch.randn(W.shape, generator=torch.Generator().manual_seed(zlib.crc32(b"L2.q:gaussian:3")),
+                    dtype=torch.float64).numpy()
+    Wn = W + g * np.linalg.norm(P - W) / np.linalg.norm(g)
+    Ub, sb, Vbt = np.linalg.svd(W, full_matrices=False)
+    Un, sn, Vnt = np.linalg.svd(Wn, full_matrices=False)
+    s = sb @ sn / (sb @ sb)
+    qu, qv = Ub.T @ Un, Vbt @ Vnt.T
+    a, _, bt = np.linalg.svd((qu + qv) / 2)
+    Q = a @ bt
+    reparam = np.linalg.norm(Wn - (Ub @ Q * sn) @ (Vbt.T @ Q).T) / np.linalg.norm(Wn)
+    want = {"scale": s, "scale_residual": np.linalg.norm(sn - s * sb) / np.linalg.norm(sn),
+            "consistency": np.linalg.norm(qu - qv) / np.linalg.norm(qu), "reparam_error": reparam,
+            "orth_U": np.linalg.norm(qu.T @ qu - np.eye(13))}
+    for k, v in want.items():
+        assert row[k] == pytest.approx(v, rel=1e-8, abs=1e-12), k
+
+
+def test_rotation_null_draw_against_its_closed_form():
+    """W_base's singular vectors turned by Q_1 (left) and Q_2 (right), Q_i = exp(θA_i), θ matched to ‖ΔW‖:
+    σ kept (s = 1, residual 0), consistency ‖Q_1 − Q_2‖/√r, reparam error ‖PΣPᵀ − Q_1ΣQ_2ᵀ‖/‖Σ‖ with P the polar
+    factor of (Q_1 + Q_2)/2; θ re-solved here by bisection with scipy's expm."""
+    import zlib
+
+    from scipy.linalg import expm
+
+    rng, U, V, sigma = factors(15, 11, seed=8)
+    W = (U * sigma) @ V.T
+    P = W + 0.05 * rng.standard_normal(W.shape)
+    target = np.linalg.norm(P - W)
+    m = svd_structure(T(W), T(P), r="full", null_seeds=(0,), null_key="k")
+    row = next(x for x in m.null if x["null"] == "rotation")
+    gen = torch.Generator().manual_seed(zlib.crc32(b"k:rotation:0"))
+    A = [((g - g.T) / math.sqrt(2)).numpy() for g in (torch.randn(11, 11, generator=gen, dtype=torch.float64)
+                                                      for _ in range(2))]
+    S = np.diag(sigma)
+    norm = lambda th: np.linalg.norm(expm(th * A[0]) @ S @ expm(th * A[1]).T - S)  # noqa: E731
+    lo, hi = 0.0, 1.0
+    while norm(hi) < target:
+        hi *= 2
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if norm(mid) < target else (lo, mid)
+    Q1, Q2 = expm(lo * A[0]), expm(lo * A[1])
+    a, _, bt = np.linalg.svd((Q1 + Q2) / 2)
+    Pq = a @ bt
+    assert row["scale"] == pytest.approx(1.0, abs=1e-12) and row["scale_residual"] < 1e-12 and row["orth_U"] < 1e-9
+    assert row["consistency"] == pytest.approx(np.linalg.norm(Q1 - Q2) / math.sqrt(11), rel=1e-7)
+    err = np.linalg.norm(Pq @ S @ Pq.T - Q1 @ S @ Q2.T) / np.linalg.norm(Q1 @ S @ Q2.T)
+    assert row["reparam_error"] == pytest.approx(err, rel=1e-7)
+
+
+def test_null_intervals_and_z_recomputed_by_hand():
+    from scipy import stats
+
+    rows = [{"null": "gaussian", "seed": s, "layer": l, **dict.fromkeys(svd_mod.NULL_STATS, 0.1 * s + 0.01 * l)}
+            for s in range(5) for l in range(3)] + [{"null": "rotation", "seed": 0, "layer": 0,
+                                                     **dict.fromkeys(svd_mod.NULL_STATS, math.nan)}]
+    draws = svd_mod.null_draws(rows)
+    want = np.array([0.1 * s + 0.01 for s in range(5)])  # mean over the 3 layers of each seed
+    assert np.allclose(draws["gaussian"]["consistency"], want) and "rotation" not in draws  # NaN draws dropped
+    c = {x["stat"]: x for x in svd_mod.hc_claims({"consistency": 0.9, "scale": 0.21, "scale_residual": -1.0},
+                                                 draws)}
+    sd = want.std(ddof=1)
+    half = stats.t.ppf(0.975, 4) * sd * math.sqrt(1 + 1 / 5)
+    k = c["consistency"]
+    assert (k["gaussian_mean"], k["gaussian_sd"]) == (pytest.approx(want.mean()), pytest.approx(sd))
+    assert (k["gaussian_low"], k["gaussian_high"]) == (pytest.approx(want.mean() - half), pytest.approx(want.mean() + half))
+    assert k["gaussian_z"] == pytest.approx((0.9 - want.mean()) / sd)
+    assert k["answer"] == "no null" and k["found"] == "no null measured: no verdict"  # no rotation draws
+    assert c["scale"]["answer"] == "no" and "indistinguishable" in c["scale"]["found"]  # |0.21 − 1| inside
+    for s, answer in ((3.0, "yes"), (0.9, "no")):  # s is judged by its distance from 1 (no rescaling)
+        f = {x["stat"]: x for x in svd_mod.hc_claims({"scale": s}, draws)}["scale"]
+        assert f["measure"] == "|scale − 1|" and f["observed"] == pytest.approx(abs(s - 1)) and f["answer"] == answer
+        assert f["gaussian_mean"] == pytest.approx(np.mean(np.abs(want - 1)))
+    assert c["scale_residual"]["answer"] == "yes"  # below the gaussian null
+    assert c["reparam_error"]["answer"] == "no null"  # no observed value
+    above = svd_mod.hc_claims({"scale_residual": 5.0}, draws)[0]
+    assert above["answer"] == "no" and above["found"] == "no: above the gaussian null (the claim needs below)"
+
+
+def test_the_null_is_opt_in_and_an_unchanged_matrix_gets_its_own_values():
+    rng, U, V, sigma = factors(9, 7, seed=9)
+    W = T((U * sigma) @ V.T)
+    assert svd_structure(W, W * 1.01, r=4).null == ()
+    m = svd_structure(W, W.clone(), r=4, null_seeds=(0, 1))
+    assert len(m.null) == 4 and all(r["scale"] == pytest.approx(1.0) and r["consistency"] < 1e-9 for r in m.null)
+
+
+def test_the_null_is_measured_with_the_observed_method():
+    """method="lowrank": every null draw through the randomized top-r SVD too, within LOWRANK_BOUND of the same
+    draws measured with the full SVD."""
+    W_base, W_post = decaying_pair(300, 200, alpha=0.7, seed=3)
+    low = svd_structure(W_base, W_post, r=16, method="lowrank", null_seeds=(0, 1), null_key="x")
+    full = svd_structure(W_base, W_post, r=16, method="full", null_seeds=(0, 1), null_key="x")
+    assert low.method == "lowrank" and len(low.null) == len(full.null) == 4
+    for a, b in zip(low.null, full.null):
+        assert (a["null"], a["seed"]) == (b["null"], b["seed"])
+        assert abs(a["scale"] - b["scale"]) / b["scale"] <= LOWRANK_BOUND["scale_rel"]
+        for k in ("scale_residual", "consistency", "reparam_error"):
+            assert abs(a[k] - b[k]) <= LOWRANK_BOUND[k], (a["null"], k, a[k], b[k])
+
+
+def test_quickstart_hc_rows_state_the_null_from_the_probe_folder(tmp_path):
+    """The quickstart's HC rows read svd.csv (observed per matrix) and svd_null.csv (the null's draws, long form):
+    planted HC structure gets yes with its null beside it; without svd_null.csv no verdict is given."""
+    import pandas as pd
+
+    from rwedit.apps.quickstart.report import claim_findings
+
+    ms = [svd_structure(T(b), T(p), r="full", null_seeds=range(8), null_key=str(i))
+          for i, (b, p) in enumerate(_planted_pairs())]
+    folder = tmp_path / "svd_aligned"
+    folder.mkdir()
+    pd.DataFrame([{"layer": i, "role": "q", **{k: getattr(m, k) for k in svd_mod.NULL_STATS}}
+                  for i, m in enumerate(ms)]).to_csv(folder / "svd.csv", index=False)
+    pd.DataFrame([{"layer": i, "role": "q", **x} for i, m in enumerate(ms) for x in m.null]).to_csv(
+        folder / "svd_null.csv", index=False)
+    rows = [f for f in claim_findings(tmp_path) if f.claim.startswith("HC (base → aligned)")]
+    assert [f.claim.split(": ", 1)[1] for f in rows] == [c.claim for c in svd_mod.HC_CLAIMS]
+    assert all(f.found == "yes" and "gaussian" in f.numbers and "gaussian" in f.line for f in rows)
+    (folder / "svd_null.csv").unlink()
+    assert {f.found for f in claim_findings(tmp_path) if f.claim.startswith("HC")} == {"no null measured: no verdict"}

@@ -405,3 +405,93 @@ def test_the_shipped_recipe_runs_as_is_on_the_tiny_pair(pair, tmp_path):
     assert {"rwedit_blimp/acc", "rwedit_wikitext/word_perplexity", "rwedit_hh_preference/acc"} <= set(rows[0])
     assert "## Findings" in (out / "report.md").read_text() and (out / "report.html").exists()
     assert json.loads((out / "run.json").read_text())["config"]["experiment"] == "svd-structure"
+
+
+# ----------------------------------------------------------------------------- nulls
+
+
+def test_post_row_holds_the_null_and_the_structure_verdicts_follow_from_it(finished, pair):
+    """The post row's null: 8 seeds per kind (the default), its draws the means of matrices/post_null.csv; one
+    matrix's draws recomputed straight from the checkpoints; the tiny pair's update is Gaussian (post = base +
+    0.05·noise), so every HC structure claim is indistinguishable from a random update of the same norm."""
+    from rwedit.probes.svd import NULL_STATS, hc_claims, null_draws, svd_structure
+
+    out, _ = finished
+    post = next(r for r in ResultStore(out).rows() if r["condition"] == "post")
+    assert post["null_seeds"] == list(range(8))
+    per = pd.read_csv(out / "matrices" / "post_null.csv")
+    assert len(per) == 14 * 2 * 8 and set(per["null"]) == {"gaussian", "rotation"}
+    draws = null_draws(per.to_dict("records"))
+    for kind in ("gaussian", "rotation"):
+        for stat in NULL_STATS:
+            assert post["null"][kind][stat] == pytest.approx(draws[kind][stat], rel=1e-9), (kind, stat)
+    from safetensors.torch import load_file
+
+    key = "model.layers.1.self_attn.o_proj.weight"
+    wb, wp = (load_file(str(pair / name / "model.safetensors"))[key].float() for name in ("base", "post"))
+    direct = svd_structure(wb, wp, r=min(64, *wb.shape), null_seeds=range(8), null_key="1.o")
+    mine = per[(per["layer"] == 1) & (per["role"] == "o")]
+    assert mine["consistency"].tolist() == pytest.approx([x["consistency"] for x in direct.null], rel=1e-9)
+    st = pd.read_csv(out / "structure.csv")
+    assert list(st["answer"]) == ["no"] * 4, st[["stat", "found"]]
+    again = pd.DataFrame(hc_claims(post, post["null"]))
+    assert list(st["found"]) == list(again["found"])
+    assert st["gaussian_z"].tolist() == pytest.approx(again["gaussian_z"].tolist(), rel=1e-9)
+    md = (out / "report.md").read_text()
+    findings = md[md.index("## Findings"):md.index("### Details")]
+    c = st.iloc[2]  # consistency: observed beside both nulls in the findings table
+    assert (f"| the update base → post: {c['claim']} | **{c['found']}** | consistency " in findings
+            and "gaussian " in findings and "rotation " in findings)
+
+
+def test_a_kept_constructions_same_norm_random_control(pair):
+    """conditions.null_seeds: one null_<kind>_s<k> condition per seed after each kept construction, built as
+    W_post + a seeded Gaussian ΔW with the construction's ‖W_cond − W_post‖_F (re-derived here)."""
+    from rwedit.checkpoints import Checkpoint, TensorReader
+    from rwedit.editor.svd_edits import matrix_seed
+    from rwedit.models import load_model_and_tokenizer
+
+    d = small_recipe(pair, kinds=("sv_replacement", "swap", "disrupt_left_random"))
+    d["conditions"]["null_seeds"] = [4, 5]
+    recipe = SVDRecipe.from_dict(d)
+    assert [n for n, _, _ in recipe.condition_list()] == [
+        "post", "sv_replacement", "null_sv_replacement_s4", "null_sv_replacement_s5", "swap", "null_swap_s4",
+        "null_swap_s5", "disrupt_left_random_s1", "base"]
+    for bad in ({"conditions": {**d["conditions"], "null_seeds": [1]}}, {"probe": {**d["probe"], "null_seeds": 1}}):
+        with pytest.raises(ValueError, match="null_seeds"):  # one draw has no spread
+            SVDRecipe.from_dict({**d, **bad})
+    post_ckpt = Checkpoint.open(pair / "post")
+    model, _ = load_model_and_tokenizer(post_ckpt)
+    snap = WeightSnapshot(model, sx.targets(recipe, post_ckpt.layout))
+    base = TensorReader(Checkpoint.open(pair / "base"))
+    W_post = snap.original(1, "down").float()
+    W_sv = sx.SVDCondition(recipe, "sv_replacement", None, base, snap, with_probe=False)._build(1, "down", W_post)
+    W_null = sx.SVDCondition(recipe, "null_sv_replacement", 5, base, snap, with_probe=False)._build(1, "down", W_post)
+    g = torch.randn(W_post.shape, generator=torch.Generator().manual_seed(matrix_seed(5, 1, "down",
+                                                                                       "null_sv_replacement")))
+    want = W_post + g * float(torch.linalg.norm((W_sv - W_post).double()) / torch.linalg.norm(g.double()))
+    assert torch.allclose(W_null, want, atol=1e-6)
+    assert torch.linalg.norm(W_null - W_post) == pytest.approx(float(torch.linalg.norm(W_sv - W_post)), rel=1e-5)
+
+
+def test_a_keep_verdict_stands_only_beyond_its_same_norm_random_control():
+    from rwedit.evals.svd_report import summary, verdicts
+    from scipy import stats
+
+    def null(i, acc, shift):
+        return {"condition": f"null_sv_replacement_s{i}", "kind": "null_sv_replacement", "seed": i, "n_matrices": 4,
+                "t/acc": acc, "t/acc_stderr": 0.02, "pref_margin": 1.0 + shift, "pref_margin_stderr": 0.5,
+                "pref_margin_shift_vs_post": shift, "pref_margin_shift_vs_post_stderr": 0.05}
+
+    rows = _synthetic_rows()
+    rows = rows[:2] + [null(1, 0.79, -0.5), null(2, 0.80, -0.6), null(3, 0.78, -0.55)] + rows[2:]
+    ver = {(v["metric"], v["kind"]): v for v in verdicts(summary(rows, ["t/acc", "pref_margin"]), keep_margin=0.5)}
+    # t/acc: sv_replacement keeps the score (shift -0.01), but so do its random controls (-0.01, 0, -0.02)
+    acc = ver[("t/acc", "sv_replacement")]
+    assert acc["vs_null"] == "within" and acc["answer"] == "no: indistinguishable from a random update of the same norm"
+    # pref_margin: controls lose -0.55 ± 0.05; one more seed within -0.55 ± t_2·0.05·√(4/3); sv_replacement -0.1
+    pm = ver[("pref_margin", "sv_replacement")]
+    half = stats.t.ppf(0.975, 2) * 0.05 * (4 / 3) ** 0.5
+    assert (pm["null_low"], pm["null_high"]) == (pytest.approx(-0.55 - half), pytest.approx(-0.55 + half))
+    assert pm["vs_null"] == "beyond" and pm["answer"] == "yes" and pm["null_z"] == pytest.approx(9.0)
+    assert "vs_null" not in ver[("t/acc", "reparam")]  # no control of its own: judged as before

@@ -13,6 +13,7 @@ import pandas as pd
 
 from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
                                                 specific_word)
+from rwedit.probes.svd import hc_claims, null_draws
 from rwedit.stats import Interval, interval, over_members
 
 #: the headline k of the RSF grid the claims are read at, and the roles each side's claim is about
@@ -203,16 +204,14 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
                 values=tuple((f"effect at α={r['alpha']:g}", _bootstrap(r)) for _, r in g.iterrows())))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
-        if sv.exists():
-            d = pd.read_csv(sv)
-            found.append(Finding(
-                f"- **HC (base → {name}): near-uniform singular-value scaling, one rotation on both sides**: "
-                f"scale s {d['scale'].mean():.4g} (sd over matrices {d['scale'].std():.2g}, residual "
-                f"{d['scale_residual'].mean():.2g}); consistency ‖Q_U − Q_V‖/‖Q_U‖ "
-                f"{d['consistency'].mean():.3g} (range {d['consistency'].min():.3g}–"
-                f"{d['consistency'].max():.3g}); reparameterisation error {d['reparam_error'].mean():.3g}.",
-                f"HC (base → {name}): near-uniform singular-value scaling", "measured",
-                f"s = {d['scale'].mean():.4g} (sd {d['scale'].std():.2g}), consistency {d['consistency'].mean():.3g}"))
+        if sv.exists():  # HC's claims against same-norm random updates of the base (svd_null.csv, when probed)
+            d, null = pd.read_csv(sv), sv.with_name("svd_null.csv")
+            claims = hc_claims(d.mean(numeric_only=True).to_dict(),
+                               null_draws(pd.read_csv(null).to_dict("records")) if null.exists() else {})
+            found += [Finding(f"- **HC (base → {name}): {c['claim']}**: **{c['found']}**; {c['numbers']} (means over "
+                              f"{len(d)} matrices).", f"HC (base → {name}): {c['claim']}", c["found"], c["numbers"],
+                               values=((c["measure"], interval(c["observed"], None)),))
+                      for c in claims]
     return found
 
 
