@@ -344,7 +344,7 @@ def compare(df: pd.DataFrame, metric: str, alpha: float, control: str, rows: Seq
                          "items_needed": items_to_detect(uiv.estimate, sd)})
     m, sd = power(list(range(len(units))), gidx)
     test = ("signed: shift in the direction of the edit's objective (larger is "
-            f"{'up' if s > 0 else 'down'} for {metric} at α = {alpha:g})" if sign is not None else
+            f"{'up' if s > 0 else 'down'} for {metric} at α = {out['alpha']:.3g})" if sign is not None else
             "magnitude: |mean shift| (the b rule defines no direction for this metric)")
     if len(units) > 1:
         test += f"; pooled over {len(units)} replicate units (directions × layers), each against its own layer's controls"
