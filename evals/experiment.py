@@ -313,28 +313,27 @@ def kl_matched(peft_model, conditions, text, settings: EffectSettings, progress:
     for c in tqdm([c for c in conditions if c.control], desc="KL-matched controls", disable=not progress):
         target = sum(targets[key(c)]) / len(targets[key(c)])
         tried = {1.0: kl(c.name)}
-        if not target > 0:  # an edit with no effect on the text: nothing to match (marked not converged)
-            out.append(c.scaled(1.0, c.name + KL_SUFFIX, match="kl", kl_match=dict(
-                target=target, found=tried[1.0], alpha=c.alpha, scale=1.0, steps=1, tol=settings.tol,
-                texts=int(text.ids.shape[0]), converged=False)))
-            continue
 
         def at(f):
             tried[f] = tried[f] if f in tried else kl(c.name, f)
             return tried[f]
 
-        lo = hi = 1.0  # bracket: KL(lo) <= target <= KL(hi)
-        step = 2.0 if tried[1.0] < target else 0.5
-        while len(tried) < settings.max_steps and (at(hi) < target if step > 1 else at(lo) > target):
-            lo, hi = (hi, hi * step) if step > 1 else (lo * step, lo)
-        while len(tried) < settings.max_steps and abs(min(tried.values(), key=lambda x: abs(x / target - 1))
-                                                      / target - 1) > settings.tol and at(lo) <= target <= at(hi):
-            mid = math.sqrt(lo * hi)
-            lo, hi = (mid, hi) if at(mid) < target else (lo, mid)
-        best = min(tried, key=lambda f: abs(tried[f] / target - 1))
+        def off(f):  # relative distance of the KL at scale f from the target
+            return abs(tried[f] / target - 1)
+
+        if target > 0:  # an edit with no effect on the text leaves nothing to match (marked not converged)
+            lo = hi = 1.0  # bracket: KL(lo) <= target <= KL(hi)
+            step = 2.0 if tried[1.0] < target else 0.5
+            while len(tried) < settings.max_steps and (at(hi) < target if step > 1 else at(lo) > target):
+                lo, hi = (hi, hi * step) if step > 1 else (lo * step, lo)
+            while (len(tried) < settings.max_steps and min(map(off, tried)) > settings.tol
+                   and at(lo) <= target <= at(hi)):
+                mid = math.sqrt(lo * hi)
+                lo, hi = (mid, hi) if at(mid) < target else (lo, mid)
+        best = min(tried, key=off) if target > 0 else 1.0
         out.append(c.scaled(best, c.name + KL_SUFFIX, match="kl", kl_match=dict(
             target=target, found=tried[best], alpha=c.alpha * best, scale=best, steps=len(tried), tol=settings.tol,
-            texts=int(text.ids.shape[0]), converged=abs(tried[best] / target - 1) <= settings.tol)))
+            texts=int(text.ids.shape[0]), converged=target > 0 and off(best) <= settings.tol)))
     return out
 
 
