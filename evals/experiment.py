@@ -372,6 +372,12 @@ def _plan(recipe: Recipe, ctx):
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))
+    if recipe.effect.match != "norm":  # each control's α searched: at most max_steps passes over the search text
+        n_controls = len([n for n in plan.conditions or [] if n.endswith(KL_SUFFIX)])
+        eff, d = recipe.effect, recipe.direct
+        plan.stages.append(ctx.model_stage("edit: KL search", f"<= {eff.max_steps} forward passes of {eff.texts} held-out "
+                                           f"sequences per KL-matched control", 0,
+                                           n_controls * eff.max_steps * eff.texts * d.seq_len))
     view = layout.view(spec.edit.layers[0], spec.edit.role)
     plan.output_bytes += len(plan.conditions or []) * len(spec.edit.layers) * ((view.d_in + view.d_out) * 4
                                                                          + ADAPTER_FILES_BYTES)
