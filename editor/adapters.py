@@ -10,6 +10,7 @@ module's execution device, so adapters attach and switch in place there too.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -122,6 +123,24 @@ def attach_conditions(model: torch.nn.Module | PeftModel, conditions: Sequence[E
     peft_model.set_adapter(conditions[0].name)
     peft_model.eval()
     return peft_model
+
+
+@contextlib.contextmanager
+def adapter_scale(peft_model: PeftModel, name: str, factor: float):
+    """Adapter ``name`` active with every ΔW it makes multiplied by ``factor`` (its LoRA scaling, which
+    :func:`attach_conditions` sets to 1), set back to 1 on exit: a condition's dose changed without
+    rewriting its weights (the KL search of the control experiment)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and name in m.scaling]
+    peft_model.set_adapter(name)
+    try:
+        for m in layers:
+            m.set_scale(name, factor)
+        yield
+    finally:
+        for m in layers:
+            m.set_scale(name, 1.0)
 
 
 def adapter_info(path: str | Path) -> dict:

@@ -1,7 +1,9 @@
 """Rank-1 edits and their matched controls, built from one :class:`EditSpec`.
 
 Every edit is ``ΔW = α · b vᵀ`` with ``‖b‖ = ‖v‖ = 1``, so ``‖ΔW‖_F = |α|``: an edit and its controls
-share the layer(s), ``|α|`` and the ``b`` rule, and differ only in the kind of direction.
+share the layer(s), ``|α|`` and the ``b`` rule, and differ only in the kind of direction. Each edit records
+its dose's yardsticks: ‖W‖_F of the edited matrix and, with ``post``, the observed update along the edited
+direction(s) ‖ΔW_obs v‖ (the unit of ``alpha_rel_observed``).
 """
 
 from __future__ import annotations
@@ -52,10 +54,26 @@ class EditCondition:
     edits: list[RankOneEdit]
     seed: int | None = None
     index: int | None = None
+    dose: float | None = None  # the dose as given (None: alpha), in dose_unit (DOSE_UNITS)
+    dose_unit: str = "alpha"
+    control: bool = False  # a control of the edit (not one of the edited directions)
+    match: str = "norm"  # what the control shares with the edit: its ‖ΔW‖_F (norm) or its KL (kl)
+    kl_match: dict | None = None  # the KL search of a KL-matched control (target, found, scale, steps)
+
+    def __post_init__(self):
+        self.dose = self.alpha if self.dose is None else self.dose
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "seed": self.seed, "index": self.index,
+                "dose": self.dose, "dose_unit": self.dose_unit, "control": self.control, "match": self.match,
+                "kl_match": self.kl_match,
                 "edits": [{"layer": e.layer, "role": e.role, "norm": e.norm, **e.provenance} for e in self.edits]}
+
+    def scaled(self, factor: float, name: str, **fields) -> "EditCondition":
+        """This condition with every edit's α multiplied by ``factor`` (directions and provenance kept)."""
+        edits = [RankOneEdit(e.layer, e.role, e.b, e.v, e.alpha * factor, dict(e.provenance)) for e in self.edits]
+        return EditCondition(name, self.kind, self.alpha * factor, edits, self.seed, self.index, self.dose,
+                         self.dose_unit, self.control, **fields)
 
 
 def _direction_vectors(spec: EditSpec, stats: ActivationStats | None, d_in: dict[int, int]) -> list[dict]:
@@ -134,9 +152,9 @@ def build_conditions(
     bs: dict[tuple[int, int], torch.Tensor] = {}
     ws: dict[int, torch.Tensor] = {}
     rule = e.b
+    roles = [e.role] + ([write_role] if write_role else [])
+    observed = _observed_deltas(spec, [(l, r) for l in e.layers for r in roles]) if spec.post else {}
     if rule == "delta":
-        observed = _observed_deltas(spec, [(l, e.role) for l in e.layers] +
-                                    ([(l, write_role) for l in e.layers] if write_role else []))
         for i, d in enumerate(directions):
             for l, (v, _) in d["v"].items():
                 bs[(i, l)] = unit(delta_b(observed[(l, e.role)], v), f"ΔW_obs v at layer {l}")
@@ -176,21 +194,41 @@ def build_conditions(
     elif rule == "delta":
         b_prov.update(post=spec.post)
 
+    # the dose's yardsticks on each layer: ‖W‖_F of every edited matrix, and (with post) the observed update
+    # along the edited direction(s), ‖ΔW_obs v‖ averaged over them: the unit of alpha_rel_observed
+    ws_ = {(l, r): get_weight(model, l, r) for l in e.layers for r in roles}
+    w_norm = {k: None if w.is_meta else float(torch.linalg.matrix_norm(w.double())) for k, w in ws_.items()}  # meta: offloaded
+    n_main = len(e.directions())
+    ref = {l: sum(float(torch.linalg.vector_norm(delta_b(observed[(l, e.role)], directions[i]["v"][l][0])))
+                  for i in range(n_main)) / n_main for l in e.layers} if observed else {}
+    if spec.alpha_rel_observed and any(ref[l] == 0 for l in e.layers):
+        raise SpecError(f"alpha_rel_observed: the observed update along v is 0 on layer(s) "
+                        f"{[l for l in e.layers if ref[l] == 0]} ({spec.post} does not change {e.role} there)")
+
+    def yard(l, role, v=None):  # the dose's yardsticks of one edit (v: its input direction, for ‖ΔW_obs v‖)
+        return {**({"w_norm": w_norm[(l, role)]} if w_norm[(l, role)] is not None else {}),
+                **({"observed_ref": ref[l]} if observed else {}),
+                **({"observed_along_v": float(torch.linalg.vector_norm(delta_b(observed[(l, role)], v)))}
+                   if observed and v is not None else {})}
+
     conditions: list[EditCondition] = []
-    for alpha in spec.alpha:
+    for dose, dose_unit in spec.doses():
         for layers in e.units():
             layer = layers[0] if e.per_layer else None
+            alpha = {l: dose * (ref[l] if dose_unit == "observed" else 1.0) for l in layers}
+            rms = math.copysign(math.sqrt(sum(a * a for a in alpha.values()) / len(alpha)), dose)
             for i, d in enumerate(directions):
-                edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha, {**prov, **b_prov})
+                edits = [RankOneEdit(l, e.role, bs[(i, l)], v, alpha[l], {**prov, **b_prov, **yard(l, e.role, v)})
                          for l, (v, prov) in d["v"].items() if l in layers]
-                conditions.append(EditCondition(condition_name(d["kind"], alpha, d["index"], d["seed"], layer=layer),
-                                                d["kind"], alpha, edits, d["seed"], d["index"]))
+                name = condition_name(d["kind"], dose, d["index"], d["seed"], layer=layer, unit=dose_unit)
+                conditions.append(EditCondition(name, d["kind"], rms, edits, d["seed"], d["index"], dose, dose_unit,
+                                            control=i >= n_main))
             if write_role:
-                edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha,
+                edits = [RankOneEdit(l, write_role, u.double(), ws[l], alpha[l],
                                      {"v_kind": "closed-form input direction", "b_kind": "top prediction direction",
-                                      **b_prov}) for l in layers]
-                conditions.append(EditCondition(condition_name("write", alpha, role=write_role, layer=layer), "write",
-                                                alpha, edits))
+                                      **b_prov, **yard(l, write_role, ws[l])}) for l in layers]
+                name = condition_name("write", dose, role=write_role, layer=layer, unit=dose_unit)
+                conditions.append(EditCondition(name, "write", rms, edits, dose=dose, dose_unit=dose_unit, control=True))
     return conditions
 
 
@@ -216,9 +254,11 @@ def _objective_data(spec: EditSpec, tokenizer):
 
 
 def norms_match(conditions: Sequence[EditCondition], rtol: float = 1e-9) -> bool:
-    """True when every edit of every condition with the same |alpha| has the same ‖ΔW‖_F."""
-    by_alpha: dict[float, set[float]] = {}
+    """True when, at each dose, every edit on the same layer of every norm-matched condition has the same
+    ‖ΔW‖_F (|α| for a dose given as α)."""
+    groups: dict[tuple, set[float]] = {}
     for c in conditions:
-        for e in c.edits:
-            by_alpha.setdefault(abs(c.alpha), set()).add(float(torch.linalg.matrix_norm(e.delta)))
-    return all(max(v) - min(v) <= rtol * max(v) and math.isclose(max(v), a, rel_tol=rtol) for a, v in by_alpha.items())
+        for e in c.edits if c.match == "norm" else ():
+            groups.setdefault((c.dose_unit, c.dose, e.layer), set()).add(float(torch.linalg.matrix_norm(e.delta)))
+    return all(max(v) - min(v) <= rtol * max(v) and (unit != "alpha" or math.isclose(max(v), abs(dose), rel_tol=rtol))
+               for (unit, dose, _), v in groups.items())

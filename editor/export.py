@@ -84,7 +84,8 @@ def model_card(info: dict, repo_id: str | None = None):
     lines = [
         f"# rwedit rank-1 edit: `{cond['name']}`",
         "",
-        f"A closed-form rank-1 weight edit ΔW = α·b vᵀ (‖b‖ = ‖v‖ = 1, so ‖ΔW‖_F = |α| = {abs(cond['alpha']):g}) "
+        f"A closed-form rank-1 weight edit ΔW = α·b vᵀ (‖b‖ = ‖v‖ = 1, so ‖ΔW‖_F = |α| = "
+        f"{', '.join(sorted({format(e['norm'], '.4g') for e in cond['edits']}))}) "
         f"of base model `{base['name_or_path']}`{rev}, stored as a PEFT LoRA adapter (r = 1, lora_alpha = 1, "
         f"lora_A = vᵀ, lora_B = α b). Made with rwedit {info['rwedit_version']}.",
         "",

@@ -85,10 +85,12 @@ def run_edit(
 
 def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False,
                    cache_dir: str | Path | None = None, progress: bool = True, t0: float | None = None,
-                   extra_metrics=None):
+                   extra_metrics=None, derive=None):
     """Build the conditions on an already loaded model, attach them as named adapters and save the folder
     (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
-    ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first."""
+    ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first;
+    ``derive(peft_model, conditions)`` may return more conditions built from the attached ones (the control
+    experiment's KL-matched controls), attached and saved with them."""
     t0 = time.perf_counter() if t0 is None else t0
     out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))
     bare = model.base_model.model if hasattr(model, "peft_config") else model
@@ -105,6 +107,10 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     from rwedit.editor.adapters import attach_conditions  # imports peft: only where adapters are built
 
     peft_model = attach_conditions(model, conditions)
+    extra = derive(peft_model, conditions) if derive is not None else []
+    if extra:
+        attach_conditions(peft_model, extra)
+        conditions = conditions + extra
     base = base_reference(spec.model, bare)
     for c in conditions:  # what PEFT (and AutoPeftModelForCausalLM) will load the adapter onto
         cfg = peft_model.peft_config[c.name]

@@ -8,6 +8,7 @@ The YAML form mirrors the dataclasses one to one::
     edit: {layers: [2], role: q, v: "principal[0]", b: gradient, objective: preference,
            data: pairs.jsonl, data_limit: 256}
     alpha: [0.5, 1.0, 2.0]            # signed; ||ΔW||_F = |alpha| for every edit and control
+    alpha_rel_observed: [1, 4]        # doses relative to the observed update along v (needs post)
     controls: {random: 5, lowvar: 1, write: o}
     seed: 0
 """
@@ -23,22 +24,29 @@ from rwedit.config import Config, option
 from rwedit.errors import SpecError  # noqa: F401  (re-exported)
 from rwedit.probes.pipeline import CalibrationSettings
 
-def alpha_tag(alpha: float) -> str:
-    """An adapter-name-safe spelling of alpha (PEFT names may not contain dots)."""
+#: the units a dose is given in: α itself (‖ΔW‖_F), or a multiple of the observed update along v (‖ΔW_obs v‖)
+DOSE_UNITS = {"alpha": "a", "observed": "r"}
+#: the name suffix of a control whose α was searched to match the edit's KL(base ‖ edited) (the control experiment)
+KL_SUFFIX = "_kl"
+
+
+def alpha_tag(alpha: float, unit: str = "alpha") -> str:
+    """An adapter-name-safe spelling of a dose (PEFT names may not contain dots): ``a2`` for α = 2, ``r4`` for
+    4 × the observed update along v."""
     s = f"{alpha:g}".replace("-", "m").replace(".", "p")
-    return f"a{s}"
+    return f"{DOSE_UNITS[unit]}{s}"
 
 
 def condition_name(kind: str, alpha: float, index: int | None = None, seed: int | None = None,
-                   role: str | None = None, layer: int | None = None) -> str:
+                   role: str | None = None, layer: int | None = None, unit: str = "alpha") -> str:
     """The adapter/condition name of one edit condition, e.g. ``principal0_a1``, ``random_s3_a1``,
-    ``write_o_a1`` (a write control names its role); ``L3_principal0_a1`` when each layer is its own
-    replicate unit (``edit.per_layer``)."""
+    ``write_o_a1`` (a write control names its role), ``principal0_r4`` (a dose relative to the observed
+    update); ``L3_principal0_a1`` when each layer is its own replicate unit (``edit.per_layer``)."""
     prefix = "" if layer is None else f"L{layer}_"
     if kind == "write":
-        return f"{prefix}write_{role}_{alpha_tag(alpha)}"
+        return f"{prefix}write_{role}_{alpha_tag(alpha, unit)}"
     tag = kind + (str(index) if index is not None else "") + (f"_s{seed}" if seed is not None else "")
-    return f"{prefix}{tag}_{alpha_tag(alpha)}"
+    return f"{prefix}{tag}_{alpha_tag(alpha, unit)}"
 
 
 _NAMED_LAYERS = {"first": 0.0, "mid": 0.5, "middle": 0.5, "last": 1.0}
@@ -130,7 +138,12 @@ class EditSpec(Config):
 
     model: str = option(help="base checkpoint: local folder or Hub id (org/name[@revision])")
     edit: EditTarget = option(help="where the edit goes and how v and b are chosen")
-    alpha: tuple[float, ...] = option((1.0,), help="signed doses; ||ΔW||_F = |alpha| for every edit and control")
+    alpha: tuple[float, ...] = option((1.0,), help="signed doses; ||ΔW||_F = |alpha| for every edit and control "
+                                      "([] when alpha_rel_observed gives the doses)")
+    alpha_rel_observed: tuple[float, ...] = option((), help=(
+        "signed doses relative to the observed update along the edited direction: on each layer α = r·‖ΔW_obs v‖ "
+        "(mean over the edited directions; r = 1 with b: delta is exactly what post-training wrote along v), "
+        "the same α for every control of that layer; needs post"))
     post: str | None = option(None, help="the observed post-trained checkpoint (needed by b: delta)")
     calibration: CalibrationSettings | None = option(None, help="calibration data for the activation subspace")
     controls: Controls = option(factory=Controls, help="the matched controls")
@@ -145,10 +158,19 @@ class EditSpec(Config):
         kind = e.directions()[0][0]
         if not e.layers:
             raise SpecError("edit.layers is empty: give at least one layer index")
-        if any(not math.isfinite(a) for a in self.alpha):
-            raise SpecError(f"alpha = {list(self.alpha)}: every alpha must be a finite number")
-        if not self.alpha or any(a == 0 for a in self.alpha):
-            raise SpecError(f"alpha = {list(self.alpha)}: every alpha must be non-zero (||ΔW||_F = |alpha|)")
+        for key, doses in (("alpha", self.alpha), ("alpha_rel_observed", self.alpha_rel_observed)):
+            if any(not math.isfinite(a) for a in doses):
+                raise SpecError(f"{key} = {list(doses)}: every {key} must be a finite number")
+            if any(a == 0 for a in doses):
+                raise SpecError(f"{key} = {list(doses)}: every {key} must be non-zero (||ΔW||_F = |alpha|)")
+            if len(set(doses)) != len(doses):
+                raise SpecError(f"{key} = {list(doses)}: each dose once (a repeated dose would name two "
+                                f"conditions alike)")
+        if not self.alpha and not self.alpha_rel_observed:
+            raise SpecError("alpha = []: give at least one dose (alpha, or alpha_rel_observed with post)")
+        if self.alpha_rel_observed and not self.post:
+            raise SpecError("alpha_rel_observed needs `post:` (the observed post-trained checkpoint whose update "
+                            "along v sets the dose)")
         if e.b not in ("delta", "gradient", "given"):
             raise SpecError(f"edit.b = {e.b!r}: use delta, gradient or given")
         if e.b == "delta" and not self.post:
@@ -178,9 +200,6 @@ class EditSpec(Config):
             resolve_layer(x, None)  # the form is checked now; the range when the model is known
         if len(set(e.layers)) != len(e.layers):
             raise SpecError(f"edit.layers = {list(e.layers)}: give each layer once")
-        if len(set(self.alpha)) != len(self.alpha):
-            raise SpecError(f"alpha = {list(self.alpha)}: each dose once (a repeated alpha would name two "
-                            f"conditions alike)")
 
     def resolved(self, n_layers: int) -> "EditSpec":
         """This spec with its layers resolved to indices for a model of ``n_layers`` layers (relative layers —
@@ -226,20 +245,28 @@ class EditSpec(Config):
                 raise SpecError(f"{what} needs {n_dirs} eigendirections of the {e.role} input, which has only "
                                 f"d = {view.d_in}")
 
-    def condition_names(self) -> list[str] | None:
+    def doses(self) -> list[tuple[float, str]]:
+        """(dose, unit) of every dose in build order: each α, then each multiple of the observed update."""
+        return [(a, "alpha") for a in self.alpha] + [(r, "observed") for r in self.alpha_rel_observed]
+
+    def condition_names(self, match: str = "norm") -> list[str] | None:
         """The names of every condition this spec builds, in build order, known before any model is loaded
         (a recipe's references to them are checked against this list); None when they depend on the model
-        (per-layer units named by relative layers: resolve the spec first)."""
+        (per-layer units named by relative layers: resolve the spec first). ``match``: which controls the
+        control experiment scores — norm-matched (``norm``), KL-matched (``kl``, named ``…_kl``) or both."""
         if self.edit.per_layer and not self.edit.absolute:
             return None
-        names = []
-        for alpha in self.alpha:
+        names, kl = [], []
+        n_main = len(self.edit.directions())
+        for dose, unit in self.doses():
             for layers in self.edit.units():
                 layer = layers[0] if self.edit.per_layer else None
-                names += [condition_name(k, alpha, i, s, layer=layer) for k, i, s in self.direction_kinds()]
+                conds = [condition_name(k, dose, i, s, layer=layer, unit=unit) for k, i, s in self.direction_kinds()]
                 if self.controls.write is not None:
-                    names.append(condition_name("write", alpha, role=self.controls.write, layer=layer))
-        return names
+                    conds.append(condition_name("write", dose, role=self.controls.write, layer=layer, unit=unit))
+                names += conds if match != "kl" else conds[:n_main]
+                kl += [n + KL_SUFFIX for n in conds[n_main:]]
+        return names + (kl if match != "norm" else [])
 
     def direction_kinds(self) -> list[tuple[str, int | None, int | None]]:
         """(kind, index, seed) of the edited direction(s), then of the read-pathway controls, in build order."""

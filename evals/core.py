@@ -43,7 +43,8 @@ DEFAULT_KIND = "control"
 #: recipe settings added after runs existed, as (section, key) — key None: the whole section — hashed only
 #: where they differ from their defaults, so a recipe that leaves them alone keeps the hash it had before and
 #: its runs still resume
-HASH_WHEN_SET = (("placement", None), ("eval", "backend"), ("eval", "model_args"), ("eval", "applied_atol"))
+HASH_WHEN_SET = (("placement", None), ("eval", "backend"), ("eval", "model_args"), ("eval", "applied_atol"),
+                 ("effect", None), ("edit", "alpha_rel_observed"))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,38 @@ class DirectSettings(Config):
             raise ConfigError("direct.pairs and direct.texts must be >= 2 (a standard error needs two items)")
 
 
+class HeldoutText:
+    """Held-out token sequences and the reference model's next-token log-probs on them (taken with adapters
+    disabled): the per-sequence KL(reference ‖ model as it is) and cross-entropy, for the direct metrics and
+    the control experiment's KL search."""
+
+    def __init__(self, model, ids: torch.Tensor, batch_size: int = 8):
+        self.model, self.ids, self.batch_size = model, ids, batch_size
+        with Unchanged().applied(model):
+            self.ref_logp, self.ref_ce = self._pass(None)
+
+    @torch.no_grad()
+    def _pass(self, ref_logp: list[torch.Tensor] | None):
+        """Per-sequence mean CE, and either the log-probs (reference pass) or the per-sequence KL(ref ‖ this)."""
+        dev = input_device(self.model)
+        ces, extra = [], []
+        for j, b in enumerate(batches(self.ids, self.batch_size)):
+            b = b.to(dev)
+            logp = torch.log_softmax(self.model(input_ids=b, use_cache=False).logits[:, :-1].float(), dim=-1)
+            ces.append(-logp.gather(-1, b[:, 1:, None]).squeeze(-1).mean(-1).double().cpu())
+            if ref_logp is None:
+                extra.append(logp.cpu())
+            else:
+                ref = ref_logp[j].to(dev)
+                kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # KL(reference ‖ this), mean over positions
+                extra.append(kl.double().cpu())
+        return (extra if ref_logp is None else torch.cat(extra)), torch.cat(ces)
+
+    def kl_ce(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence KL(reference ‖ model as it is) and cross-entropy."""
+        return self._pass(self.ref_logp)
+
+
 class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
@@ -72,11 +104,11 @@ class DirectScorer:
         if len(pairs) < 2:
             raise DataError(f"{settings.pairs_data}: only {len(pairs)} held-out pairs; need at least 2")
         self.pairs = pairs
-        self.ids = pack_tokens(tokenizer, read_texts(settings.text_data), settings.seq_len,
-                               settings.texts * settings.seq_len)
+        self.text = HeldoutText(model, pack_tokens(tokenizer, read_texts(settings.text_data), settings.seq_len,
+                                                   settings.texts * settings.seq_len), settings.batch_size)
+        self.ids, self.base_ce = self.text.ids, self.text.ref_ce
         with Unchanged().applied(model):
             self.base_margin = self._margins()
-            self.base_logp, self.base_ce = self._text_pass(None)
 
     def _margins(self) -> torch.Tensor:
         out = []
@@ -91,29 +123,13 @@ class DirectScorer:
             out.append((ch - rj).double().cpu())
         return torch.cat(out)
 
-    def _text_pass(self, base_logp: list[torch.Tensor] | None):
-        """Per-sequence mean CE, and either the log-probs (base pass) or the per-sequence KL(base ‖ this)."""
-        dev = input_device(self.model)
-        ces, extra = [], []
-        for j, b in enumerate(batches(self.ids, self.s.batch_size)):
-            b = b.to(dev)
-            logp = torch.log_softmax(self.model(input_ids=b, use_cache=False).logits[:, :-1].float(), dim=-1)
-            ces.append(-logp.gather(-1, b[:, 1:, None]).squeeze(-1).mean(-1).double().cpu())
-            if base_logp is None:
-                extra.append(logp.cpu())
-            else:
-                ref = base_logp[j].to(dev)
-                kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # KL(base ‖ edited), mean over positions
-                extra.append(kl.double().cpu())
-        return (extra if base_logp is None else torch.cat(extra)), torch.cat(ces)
-
     @torch.no_grad()
     def score(self, adapter: str | None = None) -> dict[str, float]:
         """All direct metrics of the model as it is (``adapter``: that adapter made active first; ``"base"``:
         adapters disabled), paired against the reference values taken when the scorer was built."""
         with with_adapter(self.model, adapter):
             margin = self._margins()
-            kl, ce = self._text_pass(self.base_logp)
+            kl, ce = self.text.kl_ce()
         acc = (margin > 0).double()
         base_acc = (self.base_margin > 0).double()
         out = {}

@@ -1,12 +1,14 @@
 """The causal control experiment: does a rank-1 edit along a principal read direction change behaviour more
-than matched controls (random, low-variance and write-pathway edits of the same norm)? One recipe, one
-model load, every condition scored.
+than matched controls (random, low-variance and write-pathway edits of the same norm, or — ``effect.match``
+— of the same output effect, KL(base ‖ edited))? One recipe, one model load, every condition scored.
 
 A recipe names the base (and post-trained) checkpoint, the calibration data, the probe settings, the
 edit with its matched controls and α sweep, and the behaviour tasks. Registered as the ``control`` kind
 of :mod:`rwedit.evals.core`, whose runner
   1. probes the observed pair (RSF grid, if ``post`` is given) into ``OUT/probe``;
-  2. builds the edit and its controls as named adapters into ``OUT/edit`` (reused on --resume);
+  2. builds the edit and its controls as named adapters into ``OUT/edit`` (reused on --resume); with
+     ``effect.match: kl|both`` each control also gets a copy whose α is searched so that its KL on held-out
+     text equals the edit's (:func:`kl_matched`);
   3. scores the base and each condition (direct metrics + lm-eval) into ``OUT/results.jsonl``,
      one row per condition with its probe metrics next to its behaviour metrics;
   4. writes the report (``OUT/report.md`` + plots) and refreshes the exported adapters' cards.
@@ -16,18 +18,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
 from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, Adapter, Unchanged
 from rwedit.editor.pipeline import PROBE_KS
-from rwedit.editor.spec import EditSpec
-from rwedit.errors import ExperimentError, SpecError
+from rwedit.editor.spec import KL_SUFFIX, EditSpec
+from rwedit.errors import ConfigError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
 from rwedit.evals.direct import ITEMS
@@ -54,6 +57,31 @@ class ProbeSection(Config):
 
 
 @dataclass(frozen=True)
+class EffectSettings(Config):
+    """Controls matched in output effect, and what the report says of each condition's effect."""
+
+    match: Literal["norm", "kl", "both"] = option("norm", help=(
+        "what the controls share with the edit: norm (the same ‖ΔW‖_F), kl (each control's α searched so that "
+        "its KL(base ‖ edited) on held-out text equals the edit's; conditions NAME_kl), or both"))
+    texts: int = option(8, help="held-out sequences the KL search runs on: the ones after direct.texts in "
+                        "direct.text_data (so the scored KL checks the match on other text)")
+    tol: float = option(0.02, help="the KL search stops at |KL / KL_edit − 1| <= tol on its sequences")
+    max_steps: int = option(40, help="KL evaluations per control at most (bracketing by doubling, then "
+                            "bisection on log α); a control that does not reach the target is marked")
+    broken_ce: float = option(0.1, help="a condition whose held-out CE rises by more (nats/token) is flagged "
+                              "broken_model in its row and in every verdict that rests on it")
+    kl_floor: float = option(1e-4, help="the noise floor of KL(base ‖ edited) (nats/token; 1e-4 moves next-token "
+                             "distributions by < 0.7% in total variation): a condition whose 95% KL interval over "
+                             "the held-out items lies below it does nothing measurable")
+
+    def __post_init__(self):
+        if self.texts < 1 or self.max_steps < 4 or not 0 < self.tol < 1 or self.broken_ce <= 0 or self.kl_floor < 0:
+            raise ConfigError(f"effect: texts >= 1, max_steps >= 4, 0 < tol < 1, broken_ce > 0 and kl_floor >= 0 "
+                              f"(got texts {self.texts}, max_steps {self.max_steps}, tol {self.tol}, broken_ce "
+                              f"{self.broken_ce}, kl_floor {self.kl_floor})")
+
+
+@dataclass(frozen=True)
 class Recipe(ExperimentRecipe):
     """The control experiment's recipe: the common experiment settings plus the edit spec and its probe.
     ``model``/``post`` may stand at the top (like every recipe) or inside ``edit:`` (as in an edit spec);
@@ -64,6 +92,8 @@ class Recipe(ExperimentRecipe):
     probe: ProbeSection = option(factory=ProbeSection, help="RSF grid of post − base before the edits")
     export: tuple[str, ...] = option((), help="conditions whose adapter cards get the measured numbers")
     primary: str = option("pref_margin_shift", help="the behaviour metric the verdicts are about")
+    effect: EffectSettings = option(factory=EffectSettings, help="controls matched in KL beside (or instead of) "
+                                    "‖ΔW‖; the broken-model and noise-floor flags of the report")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, base_dir: str | Path | None = None,
@@ -86,11 +116,14 @@ class Recipe(ExperimentRecipe):
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
         check_metric(self.primary, self, "primary")
+        if self.effect.match != "norm" and self.direct is None:
+            raise ConfigError(f"effect.match: {self.effect.match} searches each control's α on direct.text_data; "
+                              f"it needs the direct: section (or set effect.match: norm)")
         self._check_export(self.edit)  # found now, not after every condition has been scored
 
     def _check_export(self, spec: EditSpec) -> None:
         """Every ``export:`` entry names a condition of ``spec`` (when its names are known without a model)."""
-        names = spec.condition_names()
+        names = spec.condition_names(self.effect.match)
         if names is None:
             return
         known = [BASE] + names
@@ -149,6 +182,11 @@ def _edit_probe_metrics(c: dict) -> dict:
     out: dict[str, Any] = {"delta_norm": sum(e["norm"] ** 2 for e in edits) ** 0.5,
                            "layers": [e["layer"] for e in edits], "role": edits[0]["role"],
                            "pathway": "read" if edits[0]["role"] in READ_ROLES else "write"}
+    # the dose in yardsticks of the edited matrices (Frobenius over the stack of edited layers): ‖W‖_F, and the
+    # observed update along the edited direction(s) ‖ΔW_obs v‖ (with post)
+    for name, key in (("alpha_rel_w", "w_norm"), ("alpha_rel_observed", "observed_ref")):
+        ref = math.sqrt(sum(e[key] ** 2 for e in edits)) if all(e.get(key) for e in edits) else None
+        out[name] = out["delta_norm"] / ref if ref else None
     for name in (f"rsf_{what}_k{k}" for what in ("read_activation", "residual_prediction") for k in PROBE_KS):
         vals = [e[name] for e in edits if e.get(name) is not None]
         out[name] = sum(vals) / len(vals) if vals else None
@@ -198,13 +236,16 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
         conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
         peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
     else:
+        derive = None if recipe.effect.match == "norm" else (
+            lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect, progress))
         peft_model, conds = build_and_save(spec, model, tok, edit_dir, cache_dir=cache_dir, progress=progress,
-                                           extra_metrics=_prediction_metrics)
+                                           extra_metrics=_prediction_metrics, derive=derive)
         conditions = [c.describe() for c in conds]
     peft_model.eval()
 
     def scorers():
-        out = [DirectScorer(peft_model, tok, recipe.direct, progress=progress)] if recipe.direct else []
+        out = [_Flagged(DirectScorer(peft_model, tok, recipe.direct, progress=progress), recipe.effect.broken_ce)
+               ] if recipe.direct else []
         # backends that load from disk get the base's folder and each condition's saved adapter folder
         disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={
             c["name"]: edit_dir / "adapters" / c["name"] for c in conditions})
@@ -212,10 +253,88 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
 
     rows = [Condition(BASE, Unchanged(), dict(kind=BASE, alpha=0.0, seed=None, index=None, delta_norm=0.0,
                                               pathway=None))]
-    rows += [Condition(c["name"], Adapter(c["name"]), dict(kind=c["kind"], alpha=c["alpha"], seed=c["seed"],
-                                                           index=c["index"], **_edit_probe_metrics(c)))
-             for c in conditions]
+    scored = [c for c in conditions if not (recipe.effect.match == "kl" and c.get("control") and
+                                            c.get("match", "norm") == "norm")]
+    rows += [Condition(c["name"], Adapter(c["name"]), dict(
+        kind=c["kind"], alpha=c["alpha"], seed=c["seed"], index=c["index"], dose=c.get("dose", c["alpha"]),
+        dose_unit=c.get("dose_unit", "alpha"), match=c.get("match", "norm"), **_edit_probe_metrics(c),
+        **{f"kl_match_{k}": v for k, v in (c.get("kl_match") or {}).items()})) for c in scored]
     return Prepared(peft_model, rows, scorers)
+
+
+@dataclass
+class _Flagged:
+    """The direct scorer's metrics plus ``broken_model``: the held-out CE rose by more than ``tol`` nats/token."""
+
+    scorer: Any
+    tol: float
+
+    def score(self) -> dict[str, Any]:
+        out = self.scorer.score()
+        return {**out, "broken_model": bool(out["ce_shift"] > self.tol)}
+
+
+def _search_text(recipe: Recipe, model, tok):
+    """The KL search's held-out sequences: the ``effect.texts`` sequences after the scored ones in
+    ``direct.text_data``, with the base model's log-probs on them."""
+    from rwedit.data import DataError, pack_tokens, read_texts
+    from rwedit.evals.direct import HeldoutText
+
+    d, n = recipe.direct, recipe.effect.texts
+    ids = pack_tokens(tok, read_texts(d.text_data), d.seq_len, (d.texts + n) * d.seq_len)[d.texts:]
+    if len(ids) < n:
+        raise DataError(f"{d.text_data}: {len(ids)} sequences of {d.seq_len} tokens after the {d.texts} scored ones; "
+                        f"effect.texts asks for {n} (lower it, or direct.texts)")
+    return HeldoutText(model, ids, d.batch_size)
+
+
+def kl_matched(peft_model, conditions, text, settings: EffectSettings, progress: bool = False) -> list:
+    """A KL-matched copy of every control (``NAME_kl``): its α scaled so that its mean KL(base ‖ edited) on
+    ``text`` (a :class:`~rwedit.evals.direct.HeldoutText`) equals the target, the mean KL of the edited
+    direction(s) of the same dose and layer(s). The scale is bracketed by doubling (or halving) from the
+    norm-matched α, then bisected on log α until |KL / target − 1| <= ``settings.tol`` (``max_steps`` KL
+    evaluations at most); the search is recorded in the condition's ``kl_match``."""
+    from tqdm.auto import tqdm
+
+    from rwedit.editor.adapters import adapter_scale
+
+    def kl(name, factor=1.0):
+        with adapter_scale(peft_model, name, factor):
+            return float(text.kl_ce()[0].mean())
+
+    def key(c):
+        return c.dose_unit, c.dose, tuple(e.layer for e in c.edits)
+
+    targets: dict[tuple, list[float]] = {}
+    for c in conditions:
+        if not c.control:
+            targets.setdefault(key(c), []).append(kl(c.name))
+    out = []
+    for c in tqdm([c for c in conditions if c.control], desc="KL-matched controls", disable=not progress):
+        target = sum(targets[key(c)]) / len(targets[key(c)])
+        tried = {1.0: kl(c.name)}
+
+        def at(f):
+            tried[f] = tried[f] if f in tried else kl(c.name, f)
+            return tried[f]
+
+        def off(f):  # relative distance of the KL at scale f from the target
+            return abs(tried[f] / target - 1)
+
+        if target > 0:  # an edit with no effect on the text leaves nothing to match (marked not converged)
+            lo = hi = 1.0  # bracket: KL(lo) <= target <= KL(hi)
+            step = 2.0 if tried[1.0] < target else 0.5
+            while len(tried) < settings.max_steps and (at(hi) < target if step > 1 else at(lo) > target):
+                lo, hi = (hi, hi * step) if step > 1 else (lo * step, lo)
+            while (len(tried) < settings.max_steps and min(map(off, tried)) > settings.tol
+                   and at(lo) <= target <= at(hi)):
+                mid = math.sqrt(lo * hi)
+                lo, hi = (mid, hi) if at(mid) < target else (lo, mid)
+        best = min(tried, key=off) if target > 0 else 1.0
+        out.append(c.scaled(best, c.name + KL_SUFFIX, match="kl", kl_match=dict(
+            target=target, found=tried[best], alpha=c.alpha * best, scale=best, steps=len(tried), tol=settings.tol,
+            texts=int(text.ids.shape[0]), converged=target > 0 and off(best) <= settings.tol)))
+    return out
 
 
 def _plan(recipe: Recipe, ctx):
@@ -227,7 +346,7 @@ def _plan(recipe: Recipe, ctx):
 
     layout = ctx.base.layout
     spec = recipe.edit.resolved(layout.n_layers)
-    plan = KindPlan(conditions=spec.condition_names(), checked=["the edit's layers, roles and windows; export: names"])
+    plan = KindPlan(conditions=spec.condition_names(recipe.effect.match), checked=["the edit's layers, roles and windows; export: names"])
     if spec.calibration is not None:
         plan.data.append(DataRef("edit.calibration.data", spec.calibration.data, "texts", spec.calibration.field))
     if spec.edit.b == "gradient" and spec.edit.data:
@@ -253,6 +372,12 @@ def _plan(recipe: Recipe, ctx):
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))
+    if recipe.effect.match != "norm":  # each control's α searched: at most max_steps passes over the search text
+        n_controls = len([n for n in plan.conditions or [] if n.endswith(KL_SUFFIX)])
+        eff, d = recipe.effect, recipe.direct
+        plan.stages.append(ctx.model_stage("edit: KL search", f"<= {eff.max_steps} forward passes of {eff.texts} held-out "
+                                           f"sequences per KL-matched control", 0,
+                                           n_controls * eff.max_steps * eff.texts * d.seq_len))
     view = layout.view(spec.edit.layers[0], spec.edit.role)
     plan.output_bytes += len(plan.conditions or []) * len(spec.edit.layers) * ((view.d_in + view.d_out) * 4
                                                                          + ADAPTER_FILES_BYTES)

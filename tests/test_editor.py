@@ -140,6 +140,55 @@ def test_replicate_units_are_one_condition_per_layer_and_direction(models, tmp_p
                 torch.testing.assert_close(B[:, 0] / 2.0, want / want.norm(), atol=1e-6, rtol=0)
 
 
+def test_doses_relative_to_the_observed_update_and_their_yardsticks(models, tmp_path):
+    """alpha_rel_observed: on each layer α = r · ‖ΔW_obs v‖ (v: the principal direction), so with b: delta the
+    edit at r = 1 is exactly the observed update along v, ΔW_obs v vᵀ, and at r = −3 minus three times it; every
+    control of the layer has the same ‖ΔW‖_F. Each edit records ‖W‖_F of its matrix and ‖ΔW_obs v‖; the
+    row's α/‖W‖_F and α/‖ΔW_obs v‖ follow. All recomputed here from the two models' state dicts."""
+    from rwedit.evals.experiment import _edit_probe_metrics
+
+    root, base, post = models
+    spec = replace(_spec(root, b="delta", layers=[0, 1]), alpha=(), alpha_rel_observed=(1.0, -3.0))
+    out = run_edit(spec, tmp_path / "r", cache_dir=tmp_path / "cache", progress=False)
+    conds = json.loads((out / "edits.json").read_text())["conditions"]
+    assert [c["name"] for c in conds] == spec.condition_names() and conds[0]["name"] == "principal0_r1"
+    sb, sp = base.state_dict(), post.state_dict()
+
+    def weight(sd, layer, role):
+        return sd[f"model.layers.{layer}.self_attn.{role}_proj.weight"].double()
+
+    dW = {l: weight(sp, l, "q") - weight(sb, l, "q") for l in (0, 1)}
+
+    def factors(name, layer):  # the adapter's (v, α b) on one layer's module
+        sd = load_file(out / "adapters" / name / "adapter_model.safetensors")
+        A, B = (next(v for k, v in sd.items() if f"layers.{layer}." in k and part in k).double()
+                for part in ("lora_A", "lora_B"))
+        return A[0], B[:, 0]
+
+    for c in conds:
+        r = c["dose"]
+        assert c["dose_unit"] == "observed" and r in (1.0, -3.0)
+        principal = next(p["name"] for p in conds if p["kind"] == "principal" and p["dose"] == r)
+        obs = {l: float((dW[l] @ factors(principal, l)[0]).norm()) for l in (0, 1)}
+        for e in c["edits"]:
+            l, role = e["layer"], e["role"]
+            assert e["norm"] == pytest.approx(abs(r) * obs[l], rel=1e-6)  # matched norm on each layer
+            assert e["w_norm"] == pytest.approx(float(weight(sb, l, role).norm()), rel=1e-6)
+            assert e["observed_ref"] == pytest.approx(obs[l], rel=1e-6)
+        m = _edit_probe_metrics(c)
+        assert m["alpha_rel_observed"] == pytest.approx(abs(r), rel=1e-6)
+        w = math.hypot(*(float(weight(sb, l, c["edits"][0]["role"]).norm()) for l in (0, 1)))
+        assert m["alpha_rel_w"] == pytest.approx(abs(r) * math.hypot(obs[0], obs[1]) / w, rel=1e-6)
+        if c["kind"] == "principal":  # the edit at r is r × the observed update along v, layer by layer
+            for l in (0, 1):
+                v, b = factors(c["name"], l)
+                torch.testing.assert_close(torch.outer(b, v), r * dW[l] @ torch.outer(v, v), atol=1e-6, rtol=0)
+    with pytest.raises(SpecError, match="alpha_rel_observed needs `post:`"):
+        replace(spec, post=None, edit=replace(spec.edit, b="gradient"))
+    with pytest.raises(SpecError, match="give at least one dose"):
+        replace(spec, alpha_rel_observed=())
+
+
 @pytest.mark.parametrize("v,match", [("principal[3..1]", "range 3..1 is empty"), ("principal[0..]", "principal")])
 def test_bad_replicate_ranges_are_refused(models, v, match):
     root, *_ = models

@@ -236,3 +236,72 @@ def test_control_report_numbers_and_headline_lines_from_the_store(tmp_path):
     assert f"| random | 2 | 3 | 2 | {mu:.3g} | [{mu - t2 * se:.3g}, {mu + t2 * se:.3g}] |" in md
     assert headline_lines(tmp_path / "r", "t/acc")[0] == "## Headline: t/acc by direction kind"
     assert "\n| principal | 2 | – | – | – | 0.8 ± 0.1 | 0.7 ± 0.02 |\n" in md  # every condition: value ± stderr
+
+
+def _effect_rows():
+    """Planted rows at α = 2 (0.5 ‖W‖_F) and α = 8 (2 ‖W‖_F): a principal edit that moves the margin only at
+    α = 8, two random controls, a low-variance control whose KL is exactly 0 on every held-out text (an edit
+    that does nothing), and a write control whose held-out CE rises by 0.5 nats/token (a broken model)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def row(name, kind, alpha, margin, kl, ce=0.01, seed=None):
+        margin, kl = np.asarray(margin, float), np.asarray(kl, float)
+        return {"condition": name, "kind": kind, "alpha": alpha, "seed": seed, "index": None, "delta_norm": abs(alpha),
+                "layers": [1], "dose": alpha, "dose_unit": "alpha", "match": "norm", "alpha_rel_w": alpha / 4,
+                "alpha_rel_observed": alpha / 0.5, "pref_margin_shift": float(margin.mean()),
+                "pref_margin_shift_stderr": float(margin.std(ddof=1) / 6 ** 0.5),
+                "pref_margin_shift_items": margin.tolist(), "kl_base_edited": float(kl.mean()),
+                "kl_base_edited_stderr": float(kl.std(ddof=1) / 2), "kl_base_edited_items": kl.tolist(),
+                "ce_shift": ce, "ce_shift_stderr": 0.01}
+    rows = [{"condition": "base", "kind": "base", "alpha": 0.0, "delta_norm": 0.0, "pref_margin_shift": 0.0,
+             "pref_margin_shift_stderr": 0.0, "kl_base_edited": 0.0, "kl_base_edited_stderr": 0.0, "ce_shift": 0.0}]
+    for a, up in ((2.0, 0.0), (8.0, 1.0)):
+        tag = f"a{a:g}"
+        rows.append(row(f"principal0_{tag}", "principal", a, up + 0.1 * rng.standard_normal(6), [0.04, 0.05, 0.06, 0.05]))
+        rows += [row(f"random_s{s}_{tag}", "random", a, 0.1 * rng.standard_normal(6), [0.01, 0.012, 0.011, 0.009], seed=s)
+                 for s in (1, 2)]
+        rows.append(row(f"lowvar0_{tag}", "lowvar", a, [0.0] * 6, [0.0] * 4))
+        rows.append(row(f"write_o_{tag}", "write", a, 0.1 * rng.standard_normal(6), [0.2, 0.3, 0.25, 0.2], ce=0.5))
+    return rows
+
+
+def test_report_flags_broken_models_null_controls_doses_above_the_weight_and_gives_effects_per_kl(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from rwedit.evals.report import write_control_report
+    from rwedit.evals.store import ResultStore
+
+    store = ResultStore(tmp_path / "r")
+    config = {"name": "flags", "primary": "pref_margin_shift", "edit": {"edit": {"b": "delta"}},
+              "effect": {"broken_ce": 0.1, "kl_floor": 1e-4}}
+    store.begin(config, resume=False)
+    rows = _effect_rows()
+    for r in rows:
+        store.append(r)
+    md = write_control_report(tmp_path / "r").read_text()
+    eff = pd.read_csv(tmp_path / "r" / "effects.csv").set_index("condition")
+    assert set(eff.index[eff["null_edit"]]) == {"lowvar0_a2", "lowvar0_a8"}  # KL exactly 0: does nothing
+    assert set(eff.index[eff["broken"]]) == {"write_o_a2", "write_o_a8"}  # CE + 0.5 > 0.1
+    ver = pd.read_csv(tmp_path / "r" / "verdicts.csv")
+    get = lambda c, a: ver[(ver["control"] == c) & (ver["alpha"] == a)].iloc[0]  # noqa: E731
+    r8, r2 = get("random", 8.0), get("random", 2.0)
+    assert r8["answer"] == "yes" and r2["answer"] != "yes"
+    assert r8["dose_note"] == "holds only above ‖W‖_F" and r8["alpha_rel_w"] == 2.0 and r8["alpha_rel_observed"] == 16
+    # per unit KL, paired and signed: mean_i p_i / KL_p − mean_j mean_i c_ji / KL_j, recomputed from the rows
+    by = {r["condition"]: r for r in rows}
+    P = np.array(by["principal0_a8"]["pref_margin_shift_items"]) / by["principal0_a8"]["kl_base_edited"]
+    C = [np.array(by[n]["pref_margin_shift_items"]) / by[n]["kl_base_edited"] for n in ("random_s1_a8", "random_s2_a8")]
+    assert r8["effect_per_kl"] == pytest.approx(P.mean() - np.mean([c.mean() for c in C]))
+    assert r8["per_kl_ci_low"] <= r8["effect_per_kl"] <= r8["per_kl_ci_high"]
+    lv, wr = get("lowvar", 8.0), get("write", 8.0)
+    assert lv["control_null"] == 1 and pd.isna(lv["effect_per_kl"])  # no per-KL effect against a null edit
+    assert wr["broken_model"] and "write_o_a8 (CE +0.5)" in wr["broken_conditions"] and not r8["broken_model"]
+    findings = md[md.index("## Findings"):md.index("### Details")]
+    assert "against a null edit: lowvar does nothing measurable" in findings
+    assert "broken model: write_o_a8 (CE +0.5)" in findings and "holds only above ‖W‖_F" in findings
+    assert "α = 8 = 2 ‖W‖_F = 16 × ‖ΔW_obs v‖" in findings
+    assert "**Does nothing measurable**" in md and "`lowvar0_a8` (KL 0)" in md
+    assert "**Broken model**" in md and "`write_o_a8` (+0.5)" in md

@@ -311,3 +311,99 @@ def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
         assert raw["configs"]["rwedit_hh_preference"]["task"] == "rwedit_hh_preference"
         assert raw["results"]["rwedit_hh_preference"]["acc,none"] == pytest.approx(r["rwedit_hh_preference/acc"])
         assert len(raw["samples"]["rwedit_hh_preference"]) == len(r["rwedit_hh_preference/acc_items"])
+
+
+def _plain_kl(ref, model, ids):
+    """KL(ref ‖ model) per token, mean over positions and sequences, in plain torch (float64 softmax)."""
+    import torch
+
+    with torch.no_grad():
+        lp = torch.log_softmax(ref(input_ids=ids).logits[:, :-1].double(), -1)
+        lq = torch.log_softmax(model(input_ids=ids).logits[:, :-1].double(), -1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+def test_kl_matched_controls_reach_the_edits_kl_checked_by_an_independent_computation(pair, wiki_tokenizer, tmp_path):
+    """kl_matched scales each control's α until its KL(base ‖ edited) on the search text equals the principal
+    edit's within the tolerance: recomputed here by writing α b vᵀ into a plain copy of the model's weights and
+    taking the KL in float64; the norm-matched controls' KLs differ from the target by far more."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rwedit.data import pack_tokens, read_texts
+    from rwedit.editor.adapters import attach_conditions
+    from rwedit.editor.edits import build_conditions
+    from rwedit.editor.pipeline import edit_stats
+    from rwedit.evals.direct import HeldoutText
+    from rwedit.evals.experiment import EffectSettings, kl_matched
+    from rwedit.editor.spec import EditSpec
+
+    spec = EditSpec.from_dict({**recipe_dict(pair)["edit"], "controls": {"random": 2, "lowvar": 1, "write": "o"}})
+    plain = lambda: AutoModelForCausalLM.from_pretrained(pair / "base").eval()  # noqa: E731
+    model = plain()
+    conds = build_conditions(spec, model, wiki_tokenizer, edit_stats(spec, model, wiki_tokenizer, tmp_path, False))
+    peft_model = attach_conditions(model, conds)
+    ids = pack_tokens(wiki_tokenizer, read_texts(WIKITEXT), 32, 3 * 32)
+    settings = EffectSettings(match="kl", tol=0.02)
+    matched = kl_matched(peft_model, conds, HeldoutText(peft_model, ids, 4), settings)
+    ref = plain()
+
+    def kl_of(cond):
+        edited = plain()
+        with torch.no_grad():
+            for e in cond.edits:
+                w = edited.model.layers[e.layer].self_attn.get_submodule(f"{e.role}_proj").weight
+                w += (e.alpha * torch.outer(e.b, e.v)).float()
+        return _plain_kl(ref, edited, ids)
+
+    target = kl_of(next(c for c in conds if c.kind == "principal"))
+    assert [m.name for m in matched] == [c.name + "_kl" for c in conds if c.control] and len(matched) == 4
+    for m, c in zip(matched, [c for c in conds if c.control]):
+        got = kl_of(m)
+        assert m.kl_match["converged"] and m.kl_match["target"] == pytest.approx(target, rel=1e-4)
+        assert abs(got / target - 1) <= settings.tol + 1e-4, (m.name, got, target)
+        assert m.kl_match["found"] == pytest.approx(got, rel=1e-4)
+        assert m.alpha == pytest.approx(c.alpha * m.kl_match["scale"]) and m.match == "kl" and m.dose == c.dose
+        assert m.kl_match["steps"] <= settings.max_steps
+    assert max(abs(kl_of(c) / target - 1) for c in conds if c.control) > 10 * settings.tol  # matching was needed
+
+
+def test_kl_matched_and_relative_doses_run_end_to_end_with_their_flags(pair, tmp_path):
+    """effect.match: both with a dose at the observed update and one far beyond it: results.jsonl holds every
+    KL-matched control's found α and KL, every row its dose relative to ‖W‖_F and to the observed update and
+    broken_model (CE up by more than effect.broken_ce), and the report names the broken conditions and gives
+    each verdict per unit KL and its dose."""
+    d = recipe_dict(pair, alpha=(40.0,))
+    d["edit"].update(alpha_rel_observed=[1.0], controls={"random": 2, "lowvar": 1, "write": "o"})
+    d.update(eval=None, probe={"enabled": False}, export=["random_s1_a40_kl"],
+             effect={"match": "both", "texts": 2, "broken_ce": 0.1})
+    out = run_experiment(Recipe.from_dict(d), tmp_path / "kl", progress=False, cache_dir=tmp_path / "cache")
+    rows = ResultStore(out).rows()
+    by = {r["condition"]: r for r in rows}
+    assert set(by) == {"base"} | set(Recipe.from_dict(d).edit.condition_names("both"))
+    kl_rows = [r for r in rows if r.get("match") == "kl"]
+    assert len(kl_rows) == 2 * 4 and all(r["kl_match_converged"] for r in kl_rows)
+    for r in kl_rows:
+        norm = by[r["condition"][:-3]]
+        assert r["alpha"] == pytest.approx(r["kl_match_alpha"]) == pytest.approx(norm["alpha"] * r["kl_match_scale"])
+        assert abs(r["kl_match_found"] / r["kl_match_target"] - 1) <= 0.02
+    from safetensors.torch import load_file
+
+    sd = load_file(pair / "base" / "model.safetensors")
+    for r in rows[1:]:
+        assert r["broken_model"] == (r["ce_shift"] > 0.1)
+        w = float(sd[f"model.layers.1.self_attn.{r['role']}_proj.weight"].double().norm())
+        assert r["alpha_rel_w"] == pytest.approx(r["delta_norm"] / w, rel=1e-6)
+    p1, p40 = by["principal0_r1"], by["principal0_a40"]
+    assert p1["alpha_rel_observed"] == pytest.approx(1.0) and p1["dose_unit"] == "observed"
+    assert p40["alpha_rel_observed"] == pytest.approx(40.0 / p1["alpha"])
+    assert p40["broken_model"] and not p1["broken_model"]  # far beyond the weight's norm, the model breaks
+    ver = pd.read_csv(out / "verdicts.csv")
+    assert set(ver["match"]) == {"norm", "kl"} and set(ver["dose_unit"]) == {"alpha", "observed"}
+    v40 = ver[(ver["dose_unit"] == "alpha") & (ver["control"] == "random") & (ver["match"] == "norm")].iloc[0]
+    assert v40["broken_model"] and "principal0_a40" in v40["broken_conditions"]
+    md = (out / "report.md").read_text()
+    assert "**Broken model**" in md and "`principal0_a40`" in md and "broken model: principal0_a40" in md
+    assert "per unit KL" in md and "× ‖ΔW_obs v‖" in md and "## Effect and dose of each condition" in md
+    card = json.loads((out / "edit/adapters/random_s1_a40_kl/rwedit.json").read_text())
+    assert card["metrics"]["kl_match_found"] == pytest.approx(by["random_s1_a40_kl"]["kl_match_found"])

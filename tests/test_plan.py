@@ -241,6 +241,11 @@ def test_plan_lists_the_resolved_conditions_and_refuses_a_layer_the_model_lacks(
     assert plan.conditions == ["L1_principal0_a2", "L1_random_s1_a2", "L2_principal0_a2", "L2_random_s1_a2"]
     assert [s.name for s in plan.stages] == ["probe: statistics", "probe: RSF grid", "edit: statistics", "scoring"]
     assert set(plan.sources) == {"base", "post"} and not (tmp_path / "run").exists()
+    raw["effect"] = {"match": "both", "texts": 4}  # KL-matched copies of the controls, and their search
+    plan = plan_recipe(_write(tmp_path / "k.yaml", raw), out=tmp_path / "run")
+    assert plan.conditions[4:] == ["L1_random_s1_a2_kl", "L2_random_s1_a2_kl"]
+    search = next(s for s in plan.stages if s.name == "edit: KL search")
+    assert search.tokens == 2 * 40 * 4 * raw["direct"]["seq_len"]
     assert main(["plan", recipe, "--set", "edit.edit.layers=[7]", "--set", "export=[]"]) == 2
     assert f"layers 0..{LAYERS - 1}" in capsys.readouterr().err
 
