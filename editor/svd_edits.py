@@ -80,6 +80,8 @@ CONDITION_KINDS: tuple[str, ...] = ("post", "sv_replacement", "reparam", "swap",
                                     "disrupt_right_random")
 #: constructions that draw a random orthogonal matrix (one condition per seed)
 RANDOM_KINDS: tuple[str, ...] = ("disrupt_left_random", "disrupt_right_random")
+#: the kind of a construction's same-norm random control (SVD experiment) is this prefix + the construction's kind
+NULL_PREFIX = "null_"
 
 Rank = Union[int, Literal["full"]]
 

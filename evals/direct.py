@@ -146,3 +146,28 @@ class DirectScorer:
         out["ppl_change_stderr"] = ppl * out["ce_shift_stderr"]  # paired, delta method
         out["n_pairs"], out["n_texts"] = len(self.pairs), int(self.ids.shape[0])
         return out
+
+
+@dataclass(frozen=True)
+class EffectSettings(Config):
+    """Controls matched in output effect, and what the report says of each condition's effect."""
+
+    match: Literal["norm", "kl", "both"] = option("norm", help=(
+        "what the controls share with the edit: norm (the same ‖ΔW‖_F), kl (each control's α searched so that "
+        "its KL(base ‖ edited) on held-out text equals the edit's; conditions NAME_kl), or both"))
+    texts: int = option(8, help="held-out sequences the KL search runs on: the ones after direct.texts in "
+                        "direct.text_data (so the scored KL checks the match on other text)")
+    tol: float = option(0.02, help="the KL search stops at |KL / KL_edit − 1| <= tol on its sequences")
+    max_steps: int = option(40, help="KL evaluations per control at most (bracketing by doubling, then "
+                            "bisection on log α); a control that does not reach the target is marked")
+    broken_ce: float = option(0.1, help="a condition whose held-out CE rises by more (nats/token) is flagged "
+                              "broken_model in its row and in every verdict that rests on it")
+    kl_floor: float = option(1e-4, help="the noise floor of KL(base ‖ edited) (nats/token; 1e-4 moves next-token "
+                             "distributions by < 0.7% in total variation): a condition whose 95% KL interval over "
+                             "the held-out items lies below it does nothing measurable")
+
+    def __post_init__(self):
+        if self.texts < 1 or self.max_steps < 4 or not 0 < self.tol < 1 or self.broken_ce <= 0 or self.kl_floor < 0:
+            raise ConfigError(f"effect: texts >= 1, max_steps >= 4, 0 < tol < 1, broken_ce > 0 and kl_floor >= 0 "
+                              f"(got texts {self.texts}, max_steps {self.max_steps}, tol {self.tol}, broken_ce "
+                              f"{self.broken_ce}, kl_floor {self.kl_floor})")

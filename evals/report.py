@@ -26,7 +26,7 @@ import pandas as pd
 
 from rwedit.evals.store import ResultStore
 from rwedit.probes.report import pyplot, save_figure
-from rwedit.evals.direct import ITEMS
+from rwedit.evals.direct import ITEMS, EffectSettings
 from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
                           over_members, pooled_bootstrap)
 from rwedit.errors import ExperimentError
@@ -99,8 +99,6 @@ def lmeval_metrics(rows: list[dict]) -> list[str]:
 
 def _effect_settings(config: dict | None):
     """The run's ``effect:`` settings (defaults for runs recorded without them)."""
-    from rwedit.evals.experiment import EffectSettings
-
     return EffectSettings.from_dict((config or {}).get("effect") or {}, where="effect")
 
 

@@ -46,7 +46,7 @@ from rwedit.architectures import LAYER_ROLES
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
 from rwedit.config import Config, option
 from rwedit.editor.interventions import CheckpointLoad, Unchanged, WeightSnapshot, WeightWrite
-from rwedit.editor.svd_edits import CONDITION_KINDS, RANDOM_KINDS, condition_matrix, decompose, matrix_seed
+from rwedit.editor.svd_edits import CONDITION_KINDS, NULL_PREFIX, RANDOM_KINDS, condition_matrix, decompose, matrix_seed
 from rwedit.errors import SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
@@ -60,8 +60,6 @@ DIRECT_RENAME = {"pref_margin_shift": "pref_margin_shift_vs_post", "pref_acc_shi
                  "kl_base_edited": "kl_post_condition"}
 PROBE_KEYS = ("scale", "scale_residual", "orth_U", "orth_V", "consistency", "reparam_error", "truncation_floor")
 DEFAULT_KINDS = ("sv_replacement", "reparam", "swap", "disrupt_left_random", "disrupt_right_random")
-#: the kind of a construction's same-norm random control is this prefix + the construction's kind
-NULL_PREFIX = "null_"
 
 
 @dataclass(frozen=True)

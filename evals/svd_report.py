@@ -41,7 +41,7 @@ from rwedit.evals.report import fmt, fmt_ci, fmt_se, load_run, md_table, row_tab
 from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import Interval, combined_se, difference, interval, null_interval, over_members, verdict
 from rwedit.errors import ExperimentError
-from rwedit.evals.svd_experiment import NULL_PREFIX
+from rwedit.editor.svd_edits import NULL_PREFIX
 from rwedit.probes.svd import hc_claims
 
 #: direct metrics whose shift vs post is stored paired (key of the shift)
