@@ -59,6 +59,20 @@ class Finding(NamedTuple):
     values: tuple[tuple[str, Interval], ...] = ()
 
 
+def _dose(r) -> str:
+    """A verdict's dose in words: α, or a multiple of the observed update along v, with α/‖W‖_F beside it."""
+    unit = r.get("dose_unit", "alpha")
+    d = f"α={r['alpha']:g}" if unit == "alpha" or pd.isna(r.get("dose")) else f"{r['dose']:g}× the observed update"
+    rel = r.get("alpha_rel_w")
+    return d + (f" (α/‖W‖_F {rel:.2g})" if rel is not None and not pd.isna(rel) else "")
+
+
+def _caveats(r) -> str:
+    """A verdict's caveats (a broken model, a control that does nothing, a dose above ‖W‖), or nothing."""
+    notes = [str(r[c]) for c in ("caveats", "dose_note") if c in r and isinstance(r[c], str) and r[c].strip()]
+    return f"; {'; '.join(notes)}" if notes else ""
+
+
 def _kind(c: dict) -> str:
     return "concentrated" if c["z"] > 3 else ("below" if c["z"] < -3 else "isotropic")
 
@@ -190,18 +204,20 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
     ver = out / "experiment" / "verdicts.csv"
     if ver.exists() and ver.stat().st_size > 1:
         v = pd.read_csv(ver)
-        for control, g in v.groupby("control", sort=False):
-            parts = [f"α={r['alpha']:g}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, "
-                     f"{r['ci_high']:.3g}]" + _power(r) + ")" for _, r in g.iterrows()]
-            metric = g["metric"].iloc[0]
+        keys = [c for c in ("control", "match") if c in v]
+        for key, g in v.groupby(keys, sort=False):
+            control, match = (key if len(keys) == 2 else (key[0] if isinstance(key, tuple) else key, "norm"))
+            parts = [f"{_dose(r)}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, "
+                     f"{r['ci_high']:.3g}]" + _power(r) + _caveats(r) + ")" for _, r in g.iterrows()]
+            metric, matched = g["metric"].iloc[0], "KL(base ‖ edited)" if match == "kl" else "‖ΔW‖"
             found.append(Finding(
                 f"- **RW causal test: principal read-pathway edit shifts {metric} more than the {control} control "
-                f"at matched ‖ΔW‖**: " + "; ".join(parts) + ".",
-                f"RW causal ({metric}): principal read edit > {control}",
+                f"at matched {matched}**: " + "; ".join(parts) + ".",
+                f"RW causal ({metric}): principal read edit > {control} (matched {matched})",
                 ", ".join(str(r["answer"]) for _, r in g.iterrows()),
-                "; ".join(f"α={r['alpha']:g}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+                "; ".join(f"{_dose(r)}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]{_caveats(r)}"
                           for _, r in g.iterrows()),
-                values=tuple((f"effect at α={r['alpha']:g}", _bootstrap(r)) for _, r in g.iterrows())))
+                values=tuple((f"effect at {_dose(r)}", _bootstrap(r)) for _, r in g.iterrows())))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
         if sv.exists():  # HC's claims against same-norm random updates of the base (svd_null.csv, when probed)
