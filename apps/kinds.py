@@ -16,6 +16,7 @@ from rwedit.apps.organism.config import KIND as ORGANISM_KIND, OrganismConfig, r
 from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRecipe
 from rwedit.errors import ExperimentError, OrganismError
 from rwedit.outputs import default_run_folder
+from rwedit.runtime import using
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
 
 
@@ -51,8 +52,9 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
                               f"finished there is reused) or choose another --out")
-    res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft, progress=progress,
-                         cache_dir=cache_dir, organism_root=ov.organism_root, use_reduced=ov.reduced)
+    with using(progress=progress, cache_dir=cache_dir):
+        res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft,
+                             organism_root=ov.organism_root, use_reduced=ov.reduced)
     return RunResult(folder, res.report, list(res.findings) + ["", f"report: {res.report}"])
 
 

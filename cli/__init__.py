@@ -21,6 +21,7 @@ from rwedit.cli.options import HelpFormatter
 from rwedit.cli.registry import Command, get_command, register, registered_commands
 from rwedit.errors import RweditError
 from rwedit.registry import load_plugins
+from rwedit.runtime import using
 
 DESCRIPTION = """\
 rwedit: weight-space interventions on Hugging Face causal language models.
@@ -146,11 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with contextlib.ExitStack() as stack:
-            if getattr(args, "allow_pickle", False):
-                from rwedit.checkpoints import pickle_allowed
-
-                stack.enter_context(pickle_allowed())
+        with contextlib.ExitStack() as stack:  # the run-wide settings, once for every command
+            stack.enter_context(using(progress=not getattr(args, "quiet", False),
+                                      cache_dir=getattr(args, "cache_dir", None),
+                                      allow_pickle=getattr(args, "allow_pickle", None) or None))
             if getattr(args, "quiet", False):
                 stack.enter_context(library_bars_off())
             return get_command(args.command).run(args)

@@ -69,7 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.grid import GridSettings
     from rwedit.probes.pipeline import CalibrationSettings, ProbeRequest, SvdSettings, run_probe
-    from rwedit.runtime import using
 
     calib = None
     if args.calib:
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     request = ProbeRequest(args.base, tuple(args.post or ()), series=args.series, calibration=calib, grid=grid,
                            svd=svd, out=args.out, overwrite=args.overwrite,
                            allow_dtype_mismatch=args.allow_dtype_mismatch, cards=args.cards)
-    with using(progress=not args.quiet, cache_dir=args.cache_dir):
-        res = run_probe(request)
+    res = run_probe(request)
     if args.series:
         return options.show_probe(res, "members/, series.csv, series.png", "the series, member by member")
     if len(request.posts) > 1:

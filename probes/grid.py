@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,10 +23,9 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
-from rwedit.lowrank import LowRankDelta
 from rwedit.probes.activations import ActivationStats
-from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
-                               rsf_nested)
+from rwedit.probes.rsf import RSFResult, exact_null_sd, random_null_samples, rsf_nested
+from rwedit.runtime import runtime
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 from rwedit.stream import explain_non_finite, stream_pair
 
@@ -210,28 +209,6 @@ def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridC
     return plans
 
 
-def rows_for_delta(
-    delta: torch.Tensor,
-    layer: int | None,
-    role: str,
-    ctx: GridContext,
-    settings: GridSettings,
-) -> list[dict]:
-    """All grid rows for one delta (d_out × d_in) held whole (the reference the streamed grid is tested against)."""
-    out: list[dict] = []
-    conc = None  # tr G² for the exact null, computed once per delta
-    for plan in _side_plans(tuple(delta.shape), layer, role, ctx, settings):
-        (energies,), total = _energies(delta, plan.side, (plan.stacked.to(delta.device),), settings.dtype)
-        if conc is None:
-            conc = gram_concentration(delta) if total > 0 and settings.exact_null else math.nan
-        out += plan.rows(layer, role, energies, total, conc)
-    if "both" in settings.sides:
-        if isinstance(delta, LowRankDelta):
-            delta = delta.dense(torch.float32)  # the two-sided rows take a dense matrix
-        out += _two_sided_rows(delta, layer, role, ctx, settings)
-    return _in_settings_order(out, settings)
-
-
 def _in_settings_order(rows: list[dict], settings: GridSettings) -> list[dict]:
     """Rows ordered by side as the settings list them (the one- and two-sided rows are made apart)."""
     order = {s: i for i, s in enumerate(settings.sides)}
@@ -308,40 +285,27 @@ def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings
             for k, res in zip(ks, rsf_nested(delta, bases, "both", ks))]
 
 
-def rsf_grid_deltas(
-    deltas: Mapping[tuple[int | None, str], torch.Tensor] | Iterable[tuple[int | None, str, torch.Tensor]],
-    ctx: GridContext,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-    total: int | None = None,
-) -> Iterator[dict]:
-    """Rows for deltas given in memory: a mapping (layer, role) -> ΔW or an iterable of triples."""
-    items = ((l, r, d) for (l, r), d in deltas.items()) if isinstance(deltas, Mapping) else deltas
-    if total is None and isinstance(deltas, Mapping):
-        total = len(deltas)
-    for layer, role, delta in tqdm(items, total=total, desc="RSF grid", disable=not progress):
-        yield from rows_for_delta(delta, layer, role, ctx, settings)
+def rsf_grid_deltas(deltas: Mapping[tuple[int | None, str], torch.Tensor], layout: Layout, ctx: GridContext,
+                    settings: GridSettings = GridSettings()) -> Iterator[dict]:
+    """Rows for deltas held in memory, ``(layer, role) -> ΔW`` (a training run's W_t − W_0): each delta is one
+    block fed to the sinks of the streamed grid."""
+    for (layer, role), delta in deltas.items():
+        view = layout.view(layer, role)
+        sink = _StreamedRows(view, ctx, settings)
+        sink.add(1 if view.transposed else 0, slice(None), delta.to(settings.dtype), None)
+        yield from sink.rows()
 
 
-def rsf_grid_pair(
-    pair: CheckpointPair,
-    stats: ActivationStats | None = None,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-) -> Iterator[dict]:
+def rsf_grid_pair(pair: CheckpointPair, stats: ActivationStats | None = None,
+                  settings: GridSettings = GridSettings()) -> Iterator[dict]:
     """Stream the pair once and yield the grid rows; memory stays O(largest tensor)."""
-    for row in rsf_grid_posts(pair.base, {"post": pair.post}, stats, settings, progress):
+    for row in rsf_grid_posts(pair.base, {"post": pair.post}, stats, settings):
         del row["post"]
         yield row
 
 
-def rsf_grid_posts(
-    base: Checkpoint,
-    posts: Mapping[str, object],
-    stats: ActivationStats | None = None,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-) -> Iterator[dict]:
+def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: ActivationStats | None = None,
+                   settings: GridSettings = GridSettings()) -> Iterator[dict]:
     """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
     its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
     and one prediction subspace. Memory: a few row blocks per post (an adapter's: its factors)."""
@@ -356,16 +320,15 @@ def rsf_grid_posts(
     for view, sinks in tqdm(stream_pair(base, list(posts.values()), views,
                                         lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
                                         dtype=settings.dtype, check_finite=False),
-                            total=len(views), desc="RSF grid", disable=not progress):
+                            total=len(views), desc="RSF grid", disable=not runtime().progress):
         for name, sink in zip(names, sinks):
             for row in sink.rows():
                 yield {"post": name, **row}
 
 
-def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
-                   settings: GridSettings = GridSettings(), progress: bool = False):
+def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None, settings: GridSettings = GridSettings()):
     """The RSF grid of a pair as a ``pandas.DataFrame`` (one row per layer × role × side × subspace × k, the
     columns of ``rsf.csv``), for notebooks; streams like :func:`rsf_grid_pair`."""
     import pandas as pd
 
-    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings, progress)), columns=list(COLUMNS))
+    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings)), columns=list(COLUMNS))

@@ -40,7 +40,7 @@ class RSFTrajectoryCallback(TrainerCallback):
         self._done_steps: set[int] = set()
 
     def _snapshot(self, model) -> None:
-        layout = model_layout(model)
+        self._layout = layout = model_layout(model)
         roles: Sequence[str] = self.settings.roles or layout.roles()
         self._w0 = {(v.layer, v.role): get_weight(model, v.layer, v.role).float().cpu()
                     for v in layout.views(roles, self.settings.layers)}
@@ -64,7 +64,7 @@ class RSFTrajectoryCallback(TrainerCallback):
         if step in self._done_steps:
             return []
         deltas = {key: get_weight(model, *key).float().cpu() - w0 for key, w0 in self._w0.items()}
-        rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._ctx, self.settings, progress=False)]
+        rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._layout, self._ctx, self.settings)]
         with open(self.out_csv, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS)
             w.writerows(rows)
