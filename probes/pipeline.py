@@ -40,8 +40,7 @@ SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_
 
 @dataclass(frozen=True)
 class CalibrationSettings(Config):
-    """Where activation statistics come from (recorded in every result): the ``calibration:`` section of
-    edit specs and recipes, and the ``--calib*`` options of ``rwedit probe``."""
+    """Where activation statistics come from (recorded in every result; ``calibration:``, ``--calib*``)."""
 
     data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
                        "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
@@ -56,8 +55,7 @@ class CalibrationSettings(Config):
 
 
 def calibration_pass(ckpt: Checkpoint, calib: CalibrationSettings):
-    """The base model, its tokenizer and the packed calibration tokens (n × seq_len): what the statistics and
-    the direction cards pass over."""
+    """The base model, its tokenizer and the packed calibration tokens (n × seq_len)."""
     check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
     model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
     ids = pack_tokens(tok, read_texts(calib.data, field=calib.field), calib.seq_len, calib.tokens)
@@ -78,11 +76,7 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
     from rwedit.architectures import GROUP_ROLE
 
     rows = []
-    seen = set()
     for layer, group in sorted(stats.sums):
-        if (layer, group) in seen:
-            continue
-        seen.add((layer, group))
         spec = stats.spectrum(layer, GROUP_ROLE[group], centred, top=0)
         for k in sorted({min(k, spec.d) for k in ks}):
             s = spec.spikedness(k)
@@ -93,8 +87,7 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
 
 @dataclass(frozen=True)
 class SvdSettings(Config):
-    """The SVD structure probe (He & Cao) of every layer matrix: the ``svd:`` section of a probe request and
-    the options of ``rwedit svd``."""
+    """The SVD structure probe (He & Cao) of every layer matrix (a probe request's ``svd:``, ``rwedit svd``)."""
 
     r: int | str = option(DEFAULT_R, help=f"top-r singular triplets of each matrix (all of a smaller one's), "
                           f"or 'full' (default {DEFAULT_R})")
@@ -120,10 +113,8 @@ class NormsSettings(Config):
 
 @dataclass(frozen=True)
 class ProbeRequest(Config):
-    """One probe run: a base against one post, several fine-tunes of it side by side, or an ordered checkpoint
-    series (posts: checkpoints or LoRA adapter folders), with the RSF grid and the SVD probe of each post.
-    Every setting holds in every mode; progress, the statistics cache and pickle permission are run-wide
-    (:mod:`rwedit.runtime`)."""
+    """One probe run: a base against one post, several side by side, or an ordered checkpoint series
+    (checkpoints or LoRA adapters); every setting holds in every mode (progress, cache, pickle: rwedit.runtime)."""
 
     base: str = option(help="the base: a checkpoint folder or Hub id[@revision]")
     posts: tuple[str, ...] = option((), help="the post side: one, or several fine-tunes of the base side by side "
@@ -148,9 +139,8 @@ class ProbeRequest(Config):
     stop_after: int | None = option(None, help="a series: probe at most this many new members (a later run resumes)")
 
     def __post_init__(self):
-        if isinstance(self.posts, (str, Path)) or not isinstance(self.posts, tuple):
-            object.__setattr__(self, "posts", (str(self.posts),) if isinstance(self.posts, (str, Path))
-                               else tuple(map(str, self.posts)))
+        posts = (self.posts,) if isinstance(self.posts, (str, Path)) else self.posts
+        object.__setattr__(self, "posts", tuple(map(str, posts)))
         if self.out is not None:
             object.__setattr__(self, "out", str(self.out))
         if bool(self.series) == bool(self.posts):
@@ -166,11 +156,9 @@ class ProbeRequest(Config):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What :func:`run_probe` measured, as tables: ``rsf`` (the grid) and ``svd`` (per matrix), each with a
-    ``post`` column; ``claims``, per post the pathway claims at one k with their null and the SVD means (a
-    series: by step); ``headline``, a single post's grid averaged over layers (without a grid: its SVD
-    metrics per role); ``meta`` (every setting and source); ``folder``, where they were written (None when not
-    asked); ``norms``, the per-role norms (a ``post`` column)."""
+    """What :func:`run_probe` measured: ``rsf``, ``svd`` and ``norms`` with a ``post`` column; ``claims``, per post
+    (a series: per step) the pathway claims at one k and the SVD means; ``headline``, a single post's grid
+    averaged over layers (else its SVD metrics per role); ``meta``; ``folder`` (None when none was written)."""
 
     rsf: pd.DataFrame | None
     svd: pd.DataFrame | None
@@ -267,10 +255,9 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
 
 
 def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> ProbeResult:
-    """The results of one post, or of several side by side, and with ``out`` their folder: ``rsf.csv``,
-    ``svd.csv`` and ``deltas.csv`` (a ``post`` column when several), ``meta.json``, ``summary.md``/``.html``;
-    one post adds ``headline.csv``, ``spectrum.csv``, its plots and ``directions.jsonl``, several
-    ``compare.csv``/``compare.png`` (their claims side by side)."""
+    """The results of one post or several, and with ``out`` their folder: ``rsf.csv``, ``svd.csv``, ``deltas.csv``
+    (a ``post`` column when several), ``meta.json``, ``summary.md``/``.html``; one post adds ``headline.csv``,
+    ``spectrum.csv``, plots and ``directions.jsonl``, several ``compare.csv``/``compare.png``."""
     rq, (rows, svd_rows, clipped, unchanged, norms) = run.rq, measured
     names = [n for n, _, _ in members]
     one = len(names) == 1
@@ -327,9 +314,8 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
 
 
 def _cards(run: _Run, name: str) -> list:
-    """The direction cards of one post: for every probed cell the top ``cards`` activation directions (from the
-    statistics), ΔW's right/left singular directions and the prediction directions, explained by one pass over
-    the calibration tokens (contexts, second-moment shares) and the logit lens."""
+    """The direction cards of one post: every probed cell's top activation, ΔW-singular and prediction directions,
+    explained by one pass over the calibration tokens and the logit lens."""
     rq, pair, m = run.rq, run.pairs[name], run.rq.cards
     dirs: list[Direction] = []
     for rp in pair.iter_roles(tuple(r for r in rq.grid.roles or run.roles if r != "unembed"), rq.grid.layers):
@@ -368,9 +354,8 @@ def _claims(run: _Run, names: list[str], rsf: pd.DataFrame | None, svd: pd.DataF
 
 
 def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
-    """A checkpoint series, member by member: with ``out``, each member's single-post folder under
-    ``OUT/members/NAME`` (a complete one is not probed again, so a stopped run resumes) and ``series.csv`` /
-    ``series.png`` (each member's claims and SVD means against its step), rebuilt from the member folders."""
+    """A checkpoint series member by member: with ``out``, each member's folder ``OUT/members/NAME`` (a complete
+    one is reused: a stopped run resumes) and ``series.csv``/``.png`` (claims and SVD means by step)."""
     rq, out = run.rq, None if run.rq.out is None else Path(run.rq.out)
     kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
     results: dict[str, ProbeResult] = {}
@@ -414,8 +399,7 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
 
 
 def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
-    """A series member's results read back from its folder (its claims at ``k`` recomputed from its
-    ``rsf.csv``)."""
+    """A series member's results read back from its folder (claims at ``k`` from its ``rsf.csv``)."""
     meta = json.loads((folder / "meta.json").read_text())
     rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
     svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
@@ -434,10 +418,8 @@ def post_names(posts) -> list[str]:
 
 
 def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
-    """(name, reference, step) of each member of a checkpoint series, ordered by step: a list (or a comma
-    list, or a YAML file holding one) of folders / Hub ids with revisions, or a folder of checkpoint folders
-    (a Trainer's ``checkpoint-N``). The step is the trailing number of the name or revision (else the
-    position)."""
+    """(name, reference, step) of each member of a series, by step: a list (comma list, YAML list file) of folders
+    or Hub ids, or a folder of ``checkpoint-N`` folders; the step is the trailing number (else the position)."""
     if isinstance(spec, str):
         path = Path(spec)
         if path.is_dir() and not (path / "config.json").exists():
