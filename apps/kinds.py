@@ -1,10 +1,6 @@
-"""The applications' experiment kinds, registered with :mod:`rwedit.evals.core` when :mod:`rwedit.apps` is
-imported: ``quickstart`` (``recipes/quickstart.yaml``) and ``organism`` (``recipes/organism.yaml``).
-
-Both are chains of stages, each cached or resumed on its own (the organism's trainings by recipe hash; the
-quickstart's probes, trajectories and its ``control`` run, which is itself a store-based run). Forced through
-``prepare`` (one loaded model, a list of conditions) they would have to pretend to be one; so they give
-``run`` with a typed ``options`` dataclass of the command line's switches, and no report to rebuild.
+"""The applications' experiment kinds ``quickstart`` and ``organism``, registered when :mod:`rwedit.apps` is
+imported: chains of stages each cached or resumed on its own (not one loaded model with conditions), so they give
+``run`` with a typed ``options`` dataclass of their switches instead of ``prepare``.
 """
 
 from __future__ import annotations

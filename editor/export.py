@@ -165,9 +165,8 @@ _ROW_FIELDS = {"alpha", "seed", "index", "seconds", "n_pairs", "n_texts"}
 
 
 def metrics_from_results(path: str | Path, condition: str) -> dict:
-    """A card's metrics from scored rows: ``path`` is a folder holding ``results.jsonl`` (``rwedit eval --out``,
-    ``rwedit run``) or such a file; the row of ``condition`` (the adapter's folder name) gives every measured
-    number, each with its ``_stderr`` when the row has one."""
+    """A card's metrics (each with its ``_stderr`` when there is one) from the row of ``condition`` in
+    ``results.jsonl`` (``path``: the file or its folder, as ``rwedit eval``/``run`` write it)."""
     path = Path(path)
     file = path / "results.jsonl" if path.is_dir() else path
     if not file.exists():

@@ -137,9 +137,8 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
 
 
 def base_reference(given: str, model) -> dict:
-    """How an adapter names its base so that it travels: the Hub id and the exact commit when the model was
-    loaded from the Hugging Face cache (whatever revision was asked for), else the path as the user gave it
-    (``rwedit.json`` adds the weights' fingerprint, which ``apply``/``eval`` check)."""
+    """How an adapter names its base so that it travels: the Hub id and exact commit of a model loaded from the
+    Hub cache, else the path as given (``rwedit.json`` adds the weights' fingerprint)."""
     origin = hub_origin(getattr(model.config, "_name_or_path", "") or "")
     if origin is not None:
         return {"name_or_path": origin[0], "revision": origin[1], "hub": True}

@@ -1,11 +1,6 @@
-"""The ``eval`` kind: a base model and every adapter of a folder, scored by the one runner loop.
-
-``rwedit eval`` builds an :class:`EvalRecipe` from its flags and runs it with
-:func:`rwedit.evals.core.run_experiment`, so its rows go to the resumable store as they are scored
-(``OUT/results.jsonl``, lm-eval's own output in ``OUT/raw/lmeval``) and ``--resume`` scores only what is
-missing; ``experiment: eval`` in a recipe runs the same with ``rwedit run``. The conditions are the base
-(adapters disabled) and one :class:`~rwedit.editor.interventions.Adapter` per adapter folder, switched in
-place on one loaded model.
+"""The ``eval`` kind: a base model and every adapter of a folder (one :class:`~rwedit.editor.interventions.Adapter`
+each, switched in place on one loaded model), scored by the one runner loop into the resumable store; ``rwedit
+eval`` builds its :class:`EvalRecipe` from flags, ``experiment: eval`` runs it with ``rwedit run``.
 """
 
 from __future__ import annotations

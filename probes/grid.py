@@ -1,14 +1,7 @@
-"""The RSF grid (relative subspace fraction of each weight delta against activation, prediction and random
-subspaces, next to its random-subspace null) over a checkpoint pair (streamed) or over deltas held in memory.
-
-One row per layer × role × side × subspace × k, each with the random-subspace null (mean, sd over
-seeds) of the same delta, side and k, so that a reader sees at once whether an RSF is significant.
-Which subspace applies where:
-  activation  read side of any layer role (the principal subspace of that module's own inputs)
-  prediction  any side that lives in the residual stream: read side of q k v up gate
-              and unembed, write side of o and down
-  random      every side (one seeded Haar subspace; the null columns come from other seeds)
-"""
+"""The RSF grid: one row per layer × role × side × subspace × k of each weight delta (a checkpoint pair, streamed,
+or deltas held in memory), next to the random-subspace null of the same delta, side and k. Subspaces: activation
+(read side of a layer role: its own inputs' principal subspace), prediction (every side in the residual stream:
+read side of q k v up gate unembed, write side of o down), random (every side; the null from other seeds)."""
 
 from __future__ import annotations
 
@@ -92,9 +85,8 @@ def residual_side(role: str, side: str) -> bool:
 
 @dataclass
 class GridContext:
-    """What the grid needs besides the deltas: sizes, activation stats, the prediction spectrum."""
+    """What the grid needs besides the deltas: activation stats and the prediction spectrum."""
 
-    hidden: int
     stats: ActivationStats | None = None
     prediction: Spectrum | None = None
 
@@ -122,8 +114,8 @@ def read_unembedding(base: Checkpoint, gain: bool = False) -> tuple[torch.Tensor
 
 
 def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
-    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in); given a
-    pair or its base checkpoint."""
+    """Spectrum of the base checkpoint's unembedding (optionally the final norm gain folded in), of a pair or a
+    checkpoint."""
     return prediction_spectrum(*read_unembedding(pair.base if isinstance(pair, CheckpointPair) else pair, gain))
 
 
@@ -306,13 +298,12 @@ def rsf_grid_pair(pair: CheckpointPair, stats: ActivationStats | None = None,
 
 def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: ActivationStats | None = None,
                    settings: GridSettings = GridSettings()) -> Iterator[dict]:
-    """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
-    its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
-    and one prediction subspace. Memory: a few row blocks per post (an adapter's: its factors)."""
+    """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name), each row with its
+    ``post``: the base read once per tensor for all of them; memory a few row blocks per post."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
-    ctx = GridContext(layout.dims.hidden, stats, prediction_from_pair(base, settings.prediction_gain)
+    ctx = GridContext(stats, prediction_from_pair(base, settings.prediction_gain)
                       if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)

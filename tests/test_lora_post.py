@@ -239,7 +239,7 @@ def test_an_adapter_streamed_in_cut_blocks_equals_its_whole_factored_delta(model
     real = grid_mod.stream_pair
     monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 5 * 4 * 32}))
     got = list(rsf_grid_pair(pair, None, settings))
-    ctx = GridContext(pair.layout.dims.hidden, None, prediction_from_pair(pair))
+    ctx = GridContext(None, prediction_from_pair(pair))
     want = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.low_rank, rp.layer, rp.role, ctx, settings)]
     assert len(got) == len(want) > 0
     for a, b in zip(got, want):

@@ -63,7 +63,7 @@ def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block
     monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": block_bytes}))
     streamed = list(rsf_grid_pair(pair, stats, settings))
     # the reference: every delta formed whole, as the pre-streaming grid did
-    ctx = GridContext(pair.layout.dims.hidden, stats, grid_mod.prediction_from_pair(pair))
+    ctx = GridContext(stats, grid_mod.prediction_from_pair(pair))
     whole = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)]
     assert len(streamed) == len(whole) > 0
     assert {r["side"] for r in whole} == {"read", "write", "both"}

@@ -90,10 +90,8 @@ class QuickstartRecipe(Config):
         return recipe
 
     def check_fits(self, base, post: str = "<post>") -> None:
-        """Before any work: the probe and the control experiment fit the model they will run on, ``base`` (a
-        :class:`~rwedit.checkpoints.Checkpoint`, or the organism's
-        :class:`~rwedit.apps.organism.PlannedModel` before it is built): its layers, roles, widths and
-        context window. An error names the recipe key and what to change."""
+        """Before any work: the probe and the control experiment fit ``base`` (a checkpoint, or the organism's
+        ``PlannedModel`` before it is built): layers, roles, widths, window; an error names the recipe key."""
         from rwedit.models import check_window
         from rwedit.probes.grid import GridSettings, check_ks
 

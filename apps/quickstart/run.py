@@ -1,13 +1,6 @@
-"""Running the quickstart: every stage into one folder, resumable (a rerun reuses what is finished).
-
-1. build (or reuse) the organism: CE-pretrained Llama, its DPO-aligned and SFT-control versions
-   (or take ``model/post[/sft]`` for any pair);
-2. RSF and SVD probes of (pretrained → aligned) and (pretrained → SFT);
-3. the within-run RSF trajectories (pretraining and alignment) and, with ``graded: true``, RSF vs λ of
-   the graded objective;
-4. the causal control experiment (``rwedit.evals.experiment``) on (pretrained, aligned), its edit
-   adapter exported with a model card;
-5. ``OUT/report.md`` whose first screen lists what was found, per claim, with numbers and intervals.
+"""Running the quickstart into one folder, resumable: (1) the organism (or a given pair), (2) RSF and SVD probes
+of base → aligned and base → SFT, (3) the within-run RSF trajectories (and RSF vs λ of the graded objective),
+(4) the causal control experiment with its edit adapter exported, (5) ``OUT/report.md``, the findings first.
 """
 
 from __future__ import annotations
@@ -43,10 +36,8 @@ def _say(msg: str) -> None:
 def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart", model: str | None = None,
                    post: str | None = None, sft: str | None = None, organism_root: str | Path | None = None,
                    use_reduced: bool = False) -> QuickstartResult:
-    """Run every stage into ``out`` (resuming what is finished); returns the report and what was found. Every
-    stage's settings are checked against the model first (the organism's from its settings, before training);
-    ``use_reduced``: the seconds-scale organism and data of :func:`~rwedit.apps.quickstart.recipe.reduced`.
-    Progress and the statistics cache: the run-wide settings (:mod:`rwedit.runtime`)."""
+    """Run every stage into ``out`` (resuming what is finished), every setting checked against the model first;
+    ``use_reduced``: the seconds-scale :func:`~rwedit.apps.quickstart.recipe.reduced`. Returns the report."""
     t0 = time.perf_counter()
     out = Path(out)
     if model is None and (post is not None or sft is not None):
@@ -133,7 +124,6 @@ def training_side(org: Organism, out: Path, calib) -> None:
     from rwedit.probes.grid import (COLUMNS, GridContext, GridSettings, prediction_from_pair, rsf_grid_deltas,
                                     rsf_grid_pair)
     from rwedit.probes.pipeline import activation_stats_for
-    from rwedit.probes.report import write_rows
     from rwedit.runtime import using
 
     tdir = out / "training"
@@ -148,12 +138,12 @@ def training_side(org: Organism, out: Path, calib) -> None:
     if not traj_csv.exists():
         snaps = torch.load(org.pretrained / "trajectory_snapshots.pt")
         w0 = snaps[0]
-        ctx = GridContext(hidden=pre.layout.dims.hidden, stats=stats, prediction=pred)
+        ctx = GridContext(stats, pred)
         rows = []
         for step in sorted(s for s in snaps if s > 0):
             deltas = {k: snaps[step][k] - w0[k] for k in w0}
             rows += [{"step": step, **r} for r in rsf_grid_deltas(deltas, pre.layout, ctx, tgrid)]
-        write_rows(rows, traj_csv, ("step",) + COLUMNS)
+        pd.DataFrame(rows, columns=("step",) + COLUMNS).to_csv(traj_csv, index=False)
     align_csv = org.aligned / "trajectory.csv"
     plot_trajectories({"pretraining (CE)": traj_csv, "alignment (DPO)": align_csv}, tdir / "trajectory.png")
     built = sorted(float(p.name.split("_")[1]) for p in (org.root / "graded").glob("lambda_*")
@@ -165,7 +155,7 @@ def training_side(org: Organism, out: Path, calib) -> None:
             pair = CheckpointPair(pre, Checkpoint.open(org.lam_dir(lam)))
             with using(progress=False):
                 rows += [{"lambda": lam, **r} for r in rsf_grid_pair(pair, stats, tgrid)]
-        write_rows(rows, graded_csv, ("lambda",) + COLUMNS)
+        pd.DataFrame(rows, columns=("lambda",) + COLUMNS).to_csv(graded_csv, index=False)
         plot_graded(graded_csv, tdir / "graded_rsf.png")
 
 
