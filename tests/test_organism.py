@@ -234,8 +234,8 @@ def test_quickstart_recipe_special_cases(tmp_path):
     assert r.control_experiment == {"name": "quickstart", "edit": ctl}
     inline = QuickstartRecipe.from_dict({**body, "organism": {"align": {"steps": 7}}})
     assert inline.organism.align.steps == 7
-    legacy = QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": ctl}})  # before it named the kind
-    assert legacy.experiment == "quickstart" and legacy.control_experiment["edit"] == ctl
+    with pytest.raises(ConfigError, match="experiment: expected a string"):  # the control experiment has its own key
+        QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": ctl}, "control_experiment": {"edit": ctl}})
     with pytest.raises(ConfigError, match=r"control_experiment\.edit\.edit\.lay: unknown key"):  # checked when read
         QuickstartRecipe.from_dict({**body, "control_experiment": {"edit": {**ctl, "edit": {**ctl["edit"], "lay": 1}}}},
                                    base_dir=tmp_path)

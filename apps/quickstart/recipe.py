@@ -67,9 +67,6 @@ class QuickstartRecipe(Config):
         if isinstance(data, cls) or not isinstance(data, dict):
             return super().from_dict(data, base_dir=base_dir, where=where)
         d = dict(data)
-        if isinstance(d.get("experiment"), dict) and "control_experiment" not in d:
-            # recipes written before `experiment:` named the kind held the control experiment there
-            d["control_experiment"] = d.pop("experiment")
         org = d.get("organism")
         if isinstance(org, (str, Path)):  # a path to an organism recipe, relative to this file
             d["organism"] = OrganismConfig.from_yaml(resolve_path(str(org), base_dir))
