@@ -88,10 +88,8 @@ COMMAND_MODULES = (
 
 
 def load_commands() -> list[Command]:
-    """Register every module of :data:`COMMAND_MODULES` and return the registered commands. A module is a
-    subcommand: the first paragraph of its docstring is the summary (never cut mid-sentence), the rest its
-    ``--help`` description,
-    and it defines ``add_arguments(parser)`` and ``run(args) -> int``."""
+    """Register every module of :data:`COMMAND_MODULES` (its docstring's first paragraph the summary, the rest its
+    ``--help`` description; ``add_arguments(parser)``, ``run(args) -> int``) and return the registered commands."""
     for name in COMMAND_MODULES:
         mod = importlib.import_module(f"{__name__}.{name}")
         command = name.replace("_", "-")  # module export_results is the command export-results
