@@ -112,19 +112,20 @@ def add_post(p: argparse.ArgumentParser, *, required: bool = False, when_omitted
                    f"base{_default_note(when_omitted)}")
 
 
-def add_allow_pickle(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept *.bin pickle weights (they can execute code when loaded; off by default)")
+def _switch(flag: str, help: str):
+    """An ``add_*`` of one on/off flag shared by several commands."""
+    return lambda p: p.add_argument(flag, action="store_true", help=help)
 
 
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
-
-
-def add_force(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true",
-                   help="apply adapters even to a model whose weights differ from the base they were made for")
+add_allow_pickle = _switch("--allow-pickle",
+                           "accept *.bin pickle weights (they can execute code when loaded; off by default)")
+add_overwrite = _switch("--overwrite",
+                        "replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
+add_force = _switch("--force", "apply adapters even to a model whose weights differ from the base they were made for")
+add_resume = _switch("--resume", "continue the run stored in --out (nothing stored is recomputed)")
+add_quiet = _switch("--quiet", "no progress bars or progress output")
+add_graded = _switch("--graded", "also train the graded objective for every lambda of the recipe's align.lambdas")
+add_reduced = _switch("--reduced", "a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
 
 
 def add_pair(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -242,15 +243,6 @@ def add_cache_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
 
 
-def add_resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run stored in --out (nothing stored is recomputed)")
-
-
-def add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")
-
-
 def add_push(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--push-to-hub", metavar="REPO",
                    help=f"upload to this Hub repo (org/name): the {what}, from your login or HF_TOKEN")
@@ -293,16 +285,6 @@ def recipe_path(given: str | None, name: str) -> str:
     from rwedit.recipes import find, shipped
 
     return str(find(given)) if given else str(shipped()[name.removesuffix(".yaml")])
-
-
-def add_graded(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--graded", action="store_true",
-                   help="also train the graded objective for every lambda of the recipe's align.lambdas")
-
-
-def add_reduced(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reduced", action="store_true",
-                   help="a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
 
 
 def add_organism_root(p: argparse.ArgumentParser) -> None:

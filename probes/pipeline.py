@@ -304,13 +304,15 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
             write_text(out / "directions.jsonl", "".join(dumps(c.row()) + "\n" for c in cards))
     meta["seconds"] = round(time.perf_counter() - run.t0, 2)
     if one:
-        meta["files"] = files + ["summary.md", "summary.html"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else [])
+        meta["files"] = (files + ["summary.md", "summary.html"] + [p.name for p in plots]
+                         + (["spectrum.csv"] if spiked else []))
     if out is not None:
         write_json(out / "meta.json", meta)
         write_pages(out, [_summary(meta, claims, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
                     extra_html=cards_html([c.row() for c in cards]))
     headline = svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True)
-    return ProbeResult(rsf, svd, claims, headline, meta, out, _norms_frame(norms), cards_frame(cards) if cards else None)
+    return ProbeResult(rsf, svd, claims, headline, meta, out, _norms_frame(norms),
+                       cards_frame(cards) if cards else None)
 
 
 def _cards(run: _Run, name: str) -> list:
@@ -437,7 +439,8 @@ def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
         refs = [str(r) for r in spec]
     if not refs:
         raise ConfigError("--series: give at least one member")
-    steps = [(ref, int(m.group(1)) if (m := re.search(r"(\d+)$", ref.rstrip("/"))) else i) for i, ref in enumerate(refs)]
+    steps = [(ref, int(m.group(1)) if (m := re.search(r"(\d+)$", ref.rstrip("/"))) else i)
+             for i, ref in enumerate(refs)]
     steps.sort(key=lambda x: x[1])
     return [(n, r, step) for n, (r, step) in zip(post_names([r.replace("@", "_") for r, _ in steps]), steps)]
 

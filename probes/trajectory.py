@@ -23,7 +23,8 @@ class RSFTrajectoryCallback(TrainerCallback):
     the activation subspaces from ``stats`` (collect them on the starting model)."""
 
     def __init__(self, out_csv: str | Path, stats: ActivationStats | None = None,
-                 settings: GridSettings = GridSettings(roles=("q", "k", "o", "down")), every_n_steps: int | None = None):
+                 settings: GridSettings = GridSettings(roles=("q", "k", "o", "down")),
+                 every_n_steps: int | None = None):
         self.out_csv = Path(out_csv)
         self.stats, self.settings, self.every_n_steps = stats, settings, every_n_steps
         self._w0: dict[tuple[int | None, str], torch.Tensor] | None = None

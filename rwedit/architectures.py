@@ -152,7 +152,8 @@ register_fused_layout("gate_up_contiguous", _gate_up_contiguous)
 
 
 def _llama_like(name: str, model_types: tuple[str, ...], attn_norm: str | None = "input_layernorm",
-                mlp_norm: str | None = "post_attention_layernorm", norm_offset: float = 0.0, notes: str = "") -> ArchSpec:
+                mlp_norm: str | None = "post_attention_layernorm", norm_offset: float = 0.0,
+                notes: str = "") -> ArchSpec:
     return ArchSpec(
         name=name, model_types=model_types, layers="model.layers",
         roles={
@@ -467,7 +468,8 @@ class Layout:
         d = self.dims
         q_out, kv_out = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
         return {"q": (q_out, d.hidden), "k": (kv_out, d.hidden), "v": (kv_out, d.hidden), "o": (d.hidden, q_out),
-                "up": (d.intermediate, d.hidden), "gate": (d.intermediate, d.hidden), "down": (d.hidden, d.intermediate)}
+                "up": (d.intermediate, d.hidden), "gate": (d.intermediate, d.hidden),
+                "down": (d.hidden, d.intermediate)}
 
     def views(self, roles: Iterable[str] | None = None, layers: Iterable[int] | None = None) -> list[RoleView]:
         """All views for the given roles and layers, layer-major, ``unembed`` last."""
