@@ -1,11 +1,6 @@
-"""The applications' experiment kinds, registered with :mod:`rwedit.evals.core` when :mod:`rwedit.apps` is
-imported: ``quickstart`` (``recipes/quickstart.yaml``) and ``organism`` (``recipes/organism.yaml``).
-
-Both are chains of stages, each cached or resumed on its own (the organism's trainings by recipe hash; the
-quickstart's probes, trajectories and its ``control`` run, which is itself a store-based run). Forced through
-``prepare`` (one loaded model, a list of conditions) they would have to pretend to be one; so they give
-``run`` with a typed ``options`` :class:`~rwedit.config.Config` of the command line's switches, and no report
-to rebuild.
+"""The applications' experiment kinds ``quickstart`` and ``organism``, registered when :mod:`rwedit.apps` is
+imported: chains of stages each cached or resumed on its own (not one loaded model with conditions), so they give
+``run`` with a typed ``options`` Config of their switches instead of ``prepare``.
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRec
 from rwedit.config import Config, option
 from rwedit.errors import ExperimentError, OrganismError
 from rwedit.outputs import default_run_folder
+from rwedit.runtime import using
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
 
 
@@ -57,8 +53,9 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
                               f"finished there is reused) or choose another --out")
-    res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft, progress=progress,
-                         cache_dir=cache_dir, organism_root=ov.organism_root, use_reduced=ov.reduced)
+    with using(progress=progress, cache_dir=cache_dir):
+        res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft,
+                             organism_root=ov.organism_root, use_reduced=ov.reduced)
     return RunResult(folder, res.report, list(res.findings) + ["", f"report: {res.report}"])
 
 

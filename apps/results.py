@@ -1,12 +1,7 @@
-"""A run's tables as a Hugging Face dataset: one folder a notebook (or the Hub) loads with
-``datasets.load_dataset(FOLDER, NAME)``, with a dataset card saying what was compared, with which settings
-and rwedit version, and where the adapters are.
-
-Works on any rwedit output folder: an experiment (``rwedit run``: rows, verdicts, headline, units), a probe
-(``rwedit probe``: the RSF grid), an SVD probe, or a quickstart folder holding several of them; each table
-becomes one dataset configuration named after where it came from (``experiment_rows``,
-``probe_aligned_rsf_grid``, …). A run split into shards (``rwedit run --shard I/N``) gives one ``rows``
-table, its shards' rows merged."""
+"""A run's tables as a Hugging Face dataset folder (``datasets.load_dataset(FOLDER, NAME)``) with a card saying
+what was compared, how, and where the adapters are: any rwedit output folder (experiment, probe, SVD probe, a
+quickstart holding several), each table a configuration named after where it came from (``experiment_rows``,
+``probe_aligned_rsf_grid``, …); a sharded run's rows merged."""
 
 from __future__ import annotations
 

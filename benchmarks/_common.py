@@ -80,9 +80,11 @@ def measured(fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[Any, dic
     ``vmhwm_kb`` (this process's own high-water mark: its mm is new at exec); ``ru_maxrss_kb`` (kept for
     reference only: Linux folds the *parent's* peak into a child's ru_maxrss at exec); ``peak_anon_kb``,
     ``peak_file_kb`` (sampled peaks of RssAnon, i.e. tensors, and RssFile, i.e. memory-mapped files)."""
+    from rwedit.runtime import using  # rwedit's progress bars off inside a measurement
+
     rss_start = status_kb("VmRSS")
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    with RssSampler(interval_s) as sampler:
+    with RssSampler(interval_s) as sampler, using(progress=False):
         t0 = time.perf_counter()
         out = fn()
         wall = time.perf_counter() - t0

@@ -258,7 +258,7 @@ def step_rwedit(base: Path, post: Path) -> dict:
     from rwedit.probes.norms import delta_norms
 
     pair = CheckpointPair(base, post)
-    rows = delta_norms(pair, progress=False)
+    rows = delta_norms(pair)
     return dict(roles=len(rows), sumsq=sum(r.delta_norm ** 2 for r in rows),
                 bytes=pair.base.nbytes() + pair.post.nbytes())
 

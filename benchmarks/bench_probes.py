@@ -9,7 +9,7 @@ What it measures, and why
    about what a bare streaming pass over the pair costs (target <= 2x) and to hold O(largest tensor) in
    memory.  Two steps, each in a fresh subprocess so that its peak RSS is its own:
      (i)  bare - ``delta_norms`` (the row-block pair pass) computing ||ΔW||_F per role (the floor of any pair probe);
-     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings(), progress=False))`` (8 seeds + exact null);
+     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings()))`` (8 seeds + exact null);
      (iii) the grid with each null alone: 8 seeds without the exact null (``exact_null=False``), and the exact
           null without seeds (``null_seeds=0``) — the exact null's sd needs Σσ⁴ of each delta, one Gram
           matrix of the smaller side, d_out·d_in·min(d) multiply-adds, against the seeds' 8·64 columns of
@@ -197,7 +197,7 @@ def step_bare(p: dict) -> dict:
 
     t0 = time.perf_counter()
     pair = CheckpointPair(p["base"], p["post"])
-    rows = delta_norms(pair, layers=p.get("layers"), progress=False)
+    rows = delta_norms(pair, layers=p.get("layers"))
     largest = max(r.d_out * r.d_in for r in rows)
     return dict(wall_s=time.perf_counter() - t0, roles=len(rows), sumsq=sum(r.delta_norm ** 2 for r in rows),
                 largest_numel=largest)
@@ -241,7 +241,7 @@ def step_grid(p: dict) -> dict:
     anon_after_load = _status_kb("RssAnon")
     t0 = time.perf_counter()
     pair = CheckpointPair(p["base"], p["post"])
-    rows = list(rsf_grid_pair(pair, stats, settings, progress=False))
+    rows = list(rsf_grid_pair(pair, stats, settings))
     wall = time.perf_counter() - t0
     # what the stats keep in memory: per (layer, input group) the eigenvalues and 2·SPECTRUM_KEEP eigenvectors
     from rwedit.probes.activations import SPECTRUM_KEEP
@@ -301,7 +301,7 @@ def step_profile(p: dict) -> dict:
     pair = CheckpointPair(p["base"], p["post"])
     prof = cProfile.Profile()
     t0 = time.perf_counter()
-    rows = prof.runcall(lambda: list(rsf_grid_pair(pair, stats, settings, progress=False)))
+    rows = prof.runcall(lambda: list(rsf_grid_pair(pair, stats, settings)))
     wall = time.perf_counter() - t0
     prof.dump_stats(p["profile_out"])
     st = pstats.Stats(prof)

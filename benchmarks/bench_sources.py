@@ -69,7 +69,7 @@ def step_grid(p: dict) -> dict:
     settings = GridSettings(subspaces=("prediction", "random"))
     base = Checkpoint.open(p["base"])
     posts = {Path(x).name: CheckpointPair(base, x).post for x in p["posts"]}
-    rows, figures = measured(lambda: sum(1 for _ in rsf_grid_posts(base, posts, None, settings, progress=False)))
+    rows, figures = measured(lambda: sum(1 for _ in rsf_grid_posts(base, posts, None, settings)))
     return {"rows": rows, **figures}
 
 

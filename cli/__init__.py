@@ -21,6 +21,7 @@ from rwedit.cli.options import HelpFormatter
 from rwedit.cli.registry import Command, get_command, register, registered_commands
 from rwedit.errors import RweditError
 from rwedit.registry import load_plugins
+from rwedit.runtime import using
 
 DESCRIPTION = """\
 rwedit: weight-space interventions on Hugging Face causal language models.
@@ -87,10 +88,8 @@ COMMAND_MODULES = (
 
 
 def load_commands() -> list[Command]:
-    """Register every module of :data:`COMMAND_MODULES` and return the registered commands. A module is a
-    subcommand: the first paragraph of its docstring is the summary (never cut mid-sentence), the rest its
-    ``--help`` description,
-    and it defines ``add_arguments(parser)`` and ``run(args) -> int``."""
+    """Register every module of :data:`COMMAND_MODULES` (its docstring's first paragraph the summary, the rest its
+    ``--help`` description; ``add_arguments(parser)``, ``run(args) -> int``) and return the registered commands."""
     for name in COMMAND_MODULES:
         mod = importlib.import_module(f"{__name__}.{name}")
         command = name.replace("_", "-")  # module export_results is the command export-results
@@ -146,11 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with contextlib.ExitStack() as stack:
-            if getattr(args, "allow_pickle", False):
-                from rwedit.checkpoints import pickle_allowed
-
-                stack.enter_context(pickle_allowed())
+        with contextlib.ExitStack() as stack:  # the run-wide settings, once for every command
+            stack.enter_context(using(progress=not getattr(args, "quiet", False),
+                                      cache_dir=getattr(args, "cache_dir", None),
+                                      allow_pickle=getattr(args, "allow_pickle", None) or None))
             if getattr(args, "quiet", False):
                 stack.enter_context(library_bars_off())
             return get_command(args.command).run(args)

@@ -23,13 +23,11 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from rwedit.probes.pipeline import NormsSettings, ProbeRequest, run_probe
-    from rwedit.runtime import using
 
     request = ProbeRequest(args.base, (args.post,), grid=None, svd=None,
                            norms=NormsSettings(roles=options.roles_arg(args.roles)), out=args.out,
                            overwrite=args.overwrite, allow_dtype_mismatch=args.allow_dtype_mismatch)
-    with using(progress=not args.quiet):
-        res = run_probe(request)
+    res = run_probe(request)
     if args.out:
         print(f"wrote {args.out}/deltas.csv")
     mm = res.meta["dtype_mismatch"]

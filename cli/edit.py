@@ -37,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     spec = EditSpec.from_yaml(find(args.spec), sets=args.sets)
     if args.model:
         spec = replace(spec, model=args.model)
-    out = run_edit(spec, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir, device=args.device,
-                   placement=options.placement(args), progress=not args.quiet)
+    out = run_edit(spec, args.out, overwrite=args.overwrite, device=args.device, placement=options.placement(args))
     info = load_conditions_folder(out)
     print(f"wrote {len(info['conditions'])} adapters to {out}/adapters (edits.json summarises them)")
     print(f"{'adapter':<28} {'kind':<10} {'alpha':>6} {'layers':<10} {'role':<5} {'RSF_read@k4':>11}")

@@ -95,41 +95,44 @@ BASE_HELP = f"base checkpoint: {HUB_OR_FOLDER}"
 
 
 def add_model(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
-    """``--model``: the one model a command loads (``when_omitted`` says what is used without it)."""
     p.add_argument("--model", required=required,
                    help=f"the model: {HUB_OR_FOLDER}{_default_note(when_omitted)}")
 
 
 def add_base(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None,
              dest: str = "base", model_alias: bool = False) -> None:
-    """``--base``: the base checkpoint of a pair (``model_alias``: ``--model`` is accepted for it too)."""
+    """``--base`` of a pair (``model_alias``: ``--model`` is accepted for it too)."""
     flags = ("--base", "--model") if model_alias else ("--base",)
     p.add_argument(*flags, dest=dest, required=required, help=f"{BASE_HELP}{_default_note(when_omitted)}")
 
 
 def add_post(p: argparse.ArgumentParser, *, required: bool = False, when_omitted: str | None = None) -> None:
-    """``--post``: the post-trained checkpoint compared with the base."""
     p.add_argument("--post", required=required,
                    help=f"post-trained checkpoint of the same architecture, or a LoRA adapter folder over the "
                    f"base{_default_note(when_omitted)}")
 
 
-def add_allow_pickle(p: argparse.ArgumentParser) -> None:
-    """``--allow-pickle``: accept ``*.bin`` pickle weights."""
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept *.bin pickle weights (they can execute code when loaded; off by default)")
+def _switch(flag: str, help: str):
+    """An ``add_*`` of one on/off flag shared by several commands."""
+    return lambda p: p.add_argument(flag, action="store_true", help=help)
 
 
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    """``--overwrite``: replace an existing output folder whole (never mixed with the old files)."""
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
+add_allow_pickle = _switch("--allow-pickle",
+                           "accept *.bin pickle weights (they can execute code when loaded; off by default)")
+add_overwrite = _switch("--overwrite",
+                        "replace an existing --out folder whole (without it, an existing non-empty folder is refused)")
+add_force = _switch("--force", "apply adapters even to a model whose weights differ from the base they were made for")
+add_resume = _switch("--resume", "continue the run stored in --out (nothing stored is recomputed)")
+add_quiet = _switch("--quiet", "no progress bars or progress output")
+add_graded = _switch("--graded", "also train the graded objective for every lambda of the recipe's align.lambdas")
+add_reduced = _switch("--reduced", "a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
 
 
-def add_force(p: argparse.ArgumentParser) -> None:
-    """``--force``: apply adapters to a base whose weights differ from the one they were made for."""
-    p.add_argument("--force", action="store_true",
-                   help="apply adapters even to a model whose weights differ from the base they were made for")
+def add_seeds(p: argparse.ArgumentParser) -> None:
+    """``--seeds N``: N independently seeded organisms."""
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="N independently seeded organisms (the recipe's seed, +1, …), each built and cached apart "
+                        "(default 1)")
 
 
 def add_pair(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -146,7 +149,7 @@ def add_pair(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 
 def add_roles(p: argparse.ArgumentParser) -> None:
-    """``--roles``: a comma-separated subset of roles (parse with :func:`roles_arg`)."""
+    """``--roles`` (parse with :func:`roles_arg`)."""
     p.add_argument("--roles", help="comma-separated subset of roles among q k v o up gate down unembed "
                    "(default: every role the command covers)")
 
@@ -173,7 +176,6 @@ def device_arg(text: str) -> str:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    """``--device``: where forward passes run."""
     p.add_argument("--device", default="cpu", type=device_arg,
                    help="device of the forward passes: cpu, cuda, or auto (--device-map auto) (default cpu)")
 
@@ -241,35 +243,20 @@ def placement(args: argparse.Namespace):
 
 
 def add_batch_size(p: argparse.ArgumentParser) -> None:
-    """``--batch-size``: sequences per forward pass."""
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (default 8)")
 
 
 def add_cache_dir(p: argparse.ArgumentParser) -> None:
-    """``--cache-dir``: the activation-statistics cache."""
     p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
 
 
-def add_resume(p: argparse.ArgumentParser) -> None:
-    """``--resume``: continue the run stored in ``--out``, scoring only what is missing."""
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run stored in --out (nothing stored is recomputed)")
-
-
-def add_quiet(p: argparse.ArgumentParser) -> None:
-    """``--quiet``: no progress bars or progress lines."""
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress output")
-
-
 def add_push(p: argparse.ArgumentParser, what: str) -> None:
-    """``--push-to-hub REPO`` and ``--public``: upload what a command wrote (``what``: adapter, dataset)."""
     p.add_argument("--push-to-hub", metavar="REPO",
                    help=f"upload to this Hub repo (org/name): the {what}, from your login or HF_TOKEN")
     p.add_argument("--public", action="store_true", help="make the Hub repo public (default: private)")
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
-    """``--set KEY=VALUE`` (repeatable): override any recipe key, recorded in the run's recipe."""
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, dotted, the value read as YAML (repeatable): --set edit.layers=[3] "
                         "--set eval.limit=50; the override is part of the recorded recipe (and of its hash)")
@@ -297,7 +284,6 @@ def recipe_overrides(args: argparse.Namespace) -> dict:
 # --- the model organism ------------------------------------------------------------------------------
 
 def add_recipe_option(p: argparse.ArgumentParser, shipped: str) -> None:
-    """``--recipe``: a recipe YAML, else the one shipped with rwedit (see :func:`recipe_path`)."""
     p.add_argument("--recipe", help=f"recipe YAML (default: the shipped recipes/{shipped})")
 
 
@@ -308,27 +294,7 @@ def recipe_path(given: str | None, name: str) -> str:
     return str(find(given)) if given else str(shipped()[name.removesuffix(".yaml")])
 
 
-def add_graded(p: argparse.ArgumentParser) -> None:
-    """``--graded``: also train the graded-objective grid."""
-    p.add_argument("--graded", action="store_true",
-                   help="also train the graded objective for every lambda of the recipe's align.lambdas")
-
-
-def add_reduced(p: argparse.ArgumentParser) -> None:
-    """``--reduced``: the seconds-scale organism."""
-    p.add_argument("--reduced", action="store_true",
-                   help="a seconds-scale organism (tiny dims, few steps): a smoke test of the whole path")
-
-
-def add_seeds(p: argparse.ArgumentParser) -> None:
-    """``--seeds N``: N independently seeded organisms."""
-    p.add_argument("--seeds", type=int, metavar="N",
-                   help="N independently seeded organisms (the recipe's seed, +1, …), each built and cached apart "
-                        "(default 1)")
-
-
 def add_organism_root(p: argparse.ArgumentParser) -> None:
-    """``--organism-root`` (alias ``--root``): where organisms are cached."""
     p.add_argument("--organism-root", "--root", dest="organism_root",
                    help="where organisms are cached (default $RWEDIT_CACHE/organism)")
 

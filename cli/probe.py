@@ -24,42 +24,31 @@ REQUEST = "rwedit.probes.pipeline:ProbeRequest"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from rwedit.probes.grid import DEFAULT_KS
 
+    def flag(name, config, field, **kw):  # the option's help is the configuration field's
+        shown = kw.get("default") is not None and not isinstance(kw.get("default"), bool)
+        p.add_argument(name, help=config_help(config, field, "") + (" (default %(default)s)" if shown else ""), **kw)
+
     options.add_pair(p, many=True)
     p.add_argument("--series", help="a checkpoint series against the base instead of --post: a comma list of "
                    "folders or Hub ids with @revision, a YAML list, or a folder of checkpoint folders (checkpoint-N); "
                    "one member at a time into OUT/members/, resumable, with series.csv and series.png by step")
-    p.add_argument("--svd-r", type=rank_arg, help=config_help(SVD, "r", "singular triplets of each matrix's SVD probe, or 'full'"))
+    flag("--svd-r", SVD, "r", type=rank_arg)
     p.add_argument("--no-svd", action="store_true", help="skip the SVD structure probe (the RSF grid alone)")
-    p.add_argument("--calib", help=config_help(
-        CALIBRATION, "data", "calibration text for activation subspaces: .txt[.gz] (one text per line), "
-        ".jsonl[.gz] (field 'text' or 'chosen'), a datasets folder, or a dataset name"))
-    p.add_argument("--calib-tokens", type=options.positive_int, default=50_000, help=config_help(
-        CALIBRATION, "tokens", "token budget of the calibration set") + " (default %(default)s)")
-    p.add_argument("--seq-len", type=options.positive_int, default=256, help=config_help(
-        CALIBRATION, "seq_len", "calibration sequence length") + " (default %(default)s)")
+    flag("--calib", CALIBRATION, "data")
+    flag("--calib-tokens", CALIBRATION, "tokens", type=options.positive_int, default=50_000)
+    flag("--seq-len", CALIBRATION, "seq_len", type=options.positive_int, default=256)
     options.add_batch_size(p)
-    p.add_argument("--field", help=config_help(CALIBRATION, "field", "jsonl/dataset field holding the text"))
+    flag("--field", CALIBRATION, "field")
     options.add_placement(p)
-    p.add_argument("--k", type=options.ints, default=DEFAULT_KS, help=config_help(
-        GRID, "ks", "subspace dimensions (a k not below a side's d is skipped there)")
-        + f" (default {','.join(map(str, DEFAULT_KS))})")
-    p.add_argument("--null-seeds", type=options.count, default=0, help=config_help(
-        GRID, "null_seeds", "random subspaces per delta for a seeded null beside the exact one; 0: the exact null alone")
-        + " (default %(default)s)")
-    p.add_argument("--no-exact-null", dest="exact_null", action="store_false", help=config_help(
-        GRID, "exact_null", "skip the exact null's sd (one Gram matrix per delta: costly on 7B-size matrices)"))
-    p.add_argument("--seed", type=int, default=0, help=config_help(
-        GRID, "seed", "seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)") + " (default %(default)s)")
-    p.add_argument("--centred", action="store_true", help=config_help(
-        GRID, "centred", "activation subspace from the centred covariance"))
-    p.add_argument("--fold-final-norm", action="store_true", help=config_help(
-        GRID, "prediction_gain", "prediction subspace of W_U diag(gamma_final)"))
+    flag("--k", GRID, "ks", type=options.ints, default=",".join(map(str, DEFAULT_KS)))
+    flag("--null-seeds", GRID, "null_seeds", type=options.count, default=0)
+    flag("--no-exact-null", GRID, "exact_null", dest="exact_null", action="store_false")
+    flag("--seed", GRID, "seed", type=int, default=0)
+    flag("--centred", GRID, "centred", action="store_true")
+    flag("--fold-final-norm", GRID, "prediction_gain", action="store_true")
     options.add_roles(p)
-    p.add_argument("--layers", type=options.ints, help=config_help(
-        GRID, "layers", "comma-separated layers (default: all)"))
-    p.add_argument("--cards", type=options.count, default=4, help=config_help(
-        REQUEST, "cards", "direction cards per cell and kind (directions.jsonl; `rwedit explain OUT` prints them)")
-        + " (default %(default)s; 0: none)")
+    flag("--layers", GRID, "layers", type=options.ints)
+    flag("--cards", REQUEST, "cards", type=options.count, default=4)
     options.add_out(p, default="rwedit-probe")
     options.add_cache_dir(p)
     options.add_overwrite(p)
@@ -69,7 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.grid import GridSettings
     from rwedit.probes.pipeline import CalibrationSettings, ProbeRequest, SvdSettings, run_probe
-    from rwedit.runtime import using
 
     calib = None
     if args.calib:
@@ -83,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     request = ProbeRequest(args.base, tuple(args.post or ()), series=args.series, calibration=calib, grid=grid,
                            svd=svd, out=args.out, overwrite=args.overwrite,
                            allow_dtype_mismatch=args.allow_dtype_mismatch, cards=args.cards)
-    with using(progress=not args.quiet, cache_dir=args.cache_dir):
-        res = run_probe(request)
+    res = run_probe(request)
     if args.series:
         return options.show_probe(res, "members/, series.csv, series.png", "the series, member by member")
     if len(request.posts) > 1:

@@ -38,11 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe
-    from rwedit.runtime import using
 
     request = ProbeRequest(args.base, (args.post,), grid=None,
                            svd=SvdSettings(r=args.r, method=args.method, roles=options.roles_arg(args.roles)),
                            out=args.out, overwrite=args.overwrite, allow_dtype_mismatch=args.allow_dtype_mismatch)
-    with using(progress=not args.quiet):
-        res = run_probe(request)
+    res = run_probe(request)
     return options.show_probe(res, "svd.csv, summary.md and plots", "Per role (mean and sd over layers)")

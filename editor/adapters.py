@@ -1,11 +1,8 @@
 """Conditions as PEFT LoRA adapters: ``lora_A = vᵀ``, ``lora_B = α b`` (r = 1, lora_alpha = 1, no dropout).
 
-A fused matrix (GPT-2 ``c_attn``, NeoX ``query_key_value``, Phi-3 ``qkv_proj``/``gate_up_proj``) takes
-one LoRA over the whole matrix with ``lora_B`` zero outside the edited role's rows; GPT-2's ``Conv1D``
-needs ``fan_in_fan_out=True``.  All conditions of an experiment load as named adapters on one base
-model and are switched with ``set_adapter`` — the model is loaded once. On a model placed across devices
-by accelerate (offloaded modules' weights on the meta device) each adapter's LoRA weights are kept on the
-module's execution device, so adapters attach and switch in place there too.
+A fused matrix takes one LoRA over the whole matrix, ``lora_B`` zero outside the edited role's rows (Conv1D:
+``fan_in_fan_out=True``). All conditions load as named adapters on one model, switched with ``set_adapter``;
+on a model placed by accelerate each adapter's weights live on its module's execution device.
 """
 
 from __future__ import annotations
@@ -39,17 +36,10 @@ def lora_config(layout: Layout, condition: EditCondition) -> LoraConfig:
     mods = _module_edits(layout, condition.edits)
     ranks = {m: len(es) for m, es in mods.items()}
     r = max(ranks.values())
-    return LoraConfig(
-        r=r,
-        lora_alpha=r,  # scaling = lora_alpha / r = 1 for the default rank
-        lora_dropout=0.0,
-        target_modules=sorted(mods),
-        fan_in_fan_out=layout.spec.conv1d,
-        bias="none",
-        init_lora_weights=False,
-        rank_pattern={m: k for m, k in ranks.items() if k != r},
-        alpha_pattern={m: k for m, k in ranks.items() if k != r},
-    )
+    other = {m: k for m, k in ranks.items() if k != r}
+    return LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=sorted(mods),  # scaling = alpha / r = 1
+                      fan_in_fan_out=layout.spec.conv1d, bias="none", init_lora_weights=False, rank_pattern=other,
+                      alpha_pattern=dict(other))
 
 
 def _check_name(name: str) -> None:
@@ -60,9 +50,8 @@ def _check_name(name: str) -> None:
 
 
 def _place_adapter(peft_model: PeftModel, name: str) -> None:
-    """Give adapter ``name``'s LoRA weights real storage on each module's execution device where PEFT left
-    them on the meta device (it follows the base weight, which accelerate offloads to meta); the values are
-    written next (:func:`_write_weights`, or the adapter file)."""
+    """Give adapter ``name``'s LoRA weights storage on each module's execution device where PEFT left them on
+    the meta device (following an offloaded base weight); the values are written next."""
     for module in peft_model.base_model.model.modules():
         for part in ("lora_A", "lora_B"):
             layers = getattr(module, part, None)
@@ -161,11 +150,9 @@ def adapter_info(path: str | Path) -> dict:
 
 
 def check_adapter_base(path: str | Path, fingerprint: str, force: bool = False, info: dict | None = None) -> None:
-    """Refuse to apply an adapter to a model other than the base it was made for: its ``rwedit.json``
-    records the base's weight fingerprint, compared with ``fingerprint`` (``model_fingerprint`` of the plain
-    model, taken before any adapter is attached; a model of the same shape but other weights would
-    otherwise be accepted silently). ``force`` applies it anyway; ``info``: the folder's ``rwedit.json`` when
-    already read (:func:`adapter_info`)."""
+    """Refuse an adapter whose ``rwedit.json`` records another base's weight fingerprint than ``fingerprint``
+    (``model_fingerprint`` of the plain model: same shape, other weights would pass silently) unless ``force``;
+    ``info``: the folder's ``rwedit.json`` when already read."""
     info = adapter_info(path) if info is None else info
     recorded = info.get("base_fingerprint")
     if recorded is None or force:
@@ -213,12 +200,9 @@ def _check_fits(model: torch.nn.Module, path: Path, shapes: dict[str, tuple[int,
 
 def load_adapter_folder(model: torch.nn.Module, folder: str | Path, names: Sequence[str],
                         force: bool = False) -> PeftModel:
-    """Load saved named adapters (``folder/<name>``) onto one model, refusing incomplete ones and ones made
-    for another base (:func:`check_adapter_base`; ``force`` skips that check).
-
-    PEFT does not fail on missing keys and these adapters are saved with ``init_lora_weights=False``,
-    so a missing tensor would silently be random: every target module's lora_A and lora_B must be in
-    the file, and every key PEFT reports missing for the adapter is an error."""
+    """Load saved named adapters (``folder/<name>``) onto one model, refusing ones made for another base
+    (:func:`check_adapter_base`, unless ``force``) and incomplete ones: PEFT does not fail on missing keys, and a
+    tensor missing from an ``init_lora_weights=False`` adapter would silently be random."""
     import json
 
     from safetensors import safe_open

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -61,23 +61,11 @@ def _objective_batches(model, tokenizer, objective: str, data, batch_size: int, 
         raise DataError(f"unknown objective {objective!r}; use 'preference' or 'ce'")
 
 
-def gradient_products(
-    model: torch.nn.Module,
-    probes: Sequence[Probe],
-    objective: str,
-    data,
-    tokenizer=None,
-    batch_size: int = 4,
-    max_len: int = 256,
-    progress: bool = False,
-) -> list[torch.Tensor]:
-    """``G v`` or ``Gᵀ u`` for each probe, with ``G = ∂L/∂W = Σ_t δ_t a_tᵀ`` of the role's ``W``.
-
-    A forward hook keeps ``a_t·v`` (or ``a_t``) and a gradient hook on the module output takes
-    ``δ_t``; nothing of size d_out × d_in is ever formed, so this scales to large matrices. The products are
-    taken on the module's output device and summed in float64 on the CPU, so a model placed across devices
-    (and disk) by accelerate gives the ``G v`` of the model held whole.
-    """
+def gradient_products(model: torch.nn.Module, probes: Sequence[Probe], objective: str, data, tokenizer=None,
+                      batch_size: int = 4, max_len: int = 256, progress: bool = False) -> list[torch.Tensor]:
+    """``G v`` or ``Gᵀ u`` for each probe, ``G = ∂L/∂W = Σ_t δ_t a_tᵀ`` of the role's ``W``, from a forward hook
+    (``a_t·v`` or ``a_t``) and a gradient hook (``δ_t``): nothing d_out × d_in is formed; products on the
+    module's device, sums in float64 on the CPU (a placed model gives the ``G v`` of the model held whole)."""
     layout = model_layout(model)
     out = [None] * len(probes)
     acc = [torch.zeros(layout.view(p.layer, p.role).d_out if p.side == "Gv" else layout.view(p.layer, p.role).d_in,

@@ -22,14 +22,9 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def base_model_id(info: dict) -> str | None:
-    """The base model's Hub id for the card's metadata: recorded by the edit (``base``) when the model came
-    from the Hub; for older folders, the spec's model when it has the shape of a Hub id and is no local path."""
+    """The base model's Hub id for the card's metadata, as the edit recorded it (``base``) for a Hub model."""
     base = info.get("base") or {}
-    if base.get("hub"):
-        return base["name_or_path"]
-    model = str((info.get("spec") or {}).get("model") or "")
-    ref = model.split("@")[0]
-    return ref if "base" not in info and _HUB_ID.match(ref) and not Path(model).exists() else None
+    return base["name_or_path"] if base.get("hub") else None
 
 
 #: the public datasets behind rwedit's metrics (for the card's model-index): name -> (type, name, config, split)
@@ -41,9 +36,8 @@ _DATASETS = (
 
 
 def _eval_results(metrics: dict) -> list:
-    """The card's measured numbers as model-index entries: values rounded to 4 significant digits, the
-    stderr beside each (``metric_args``; from ``{value, stderr}`` or a ``NAME_stderr`` entry); metrics of
-    no known dataset are left to the card's table."""
+    """The card's measured numbers of a known dataset as model-index entries (4 significant digits, the stderr in
+    ``metric_args``)."""
     from huggingface_hub import EvalResult
 
     out = []
@@ -64,9 +58,8 @@ def _eval_results(metrics: dict) -> list:
 
 
 def model_card(info: dict, repo_id: str | None = None):
-    """The adapter's model card (a ``huggingface_hub.ModelCard``): metadata (base model, adapter relation,
-    library, tags, the measured metrics as a model-index) and what was edited, how, and what it did;
-    ``repo_id`` (when pushed) is named in the usage snippet."""
+    """The adapter's ``huggingface_hub.ModelCard``: metadata (base model, tags, metrics as a model-index) and what
+    was edited, how, and what it did; ``repo_id`` (when pushed) is named in the usage snippet."""
     from huggingface_hub import ModelCard, ModelCardData
 
     spec, cond = info["spec"], info["condition"]
@@ -166,9 +159,8 @@ _ROW_FIELDS = {"alpha", "seed", "index", "seconds", "n_pairs", "n_texts"}
 
 
 def metrics_from_results(path: str | Path, condition: str) -> dict:
-    """A card's metrics from scored rows: ``path`` is a folder holding ``results.jsonl`` (``rwedit eval --out``,
-    ``rwedit run``) or such a file; the row of ``condition`` (the adapter's folder name) gives every measured
-    number, each with its ``_stderr`` when the row has one."""
+    """A card's metrics (each with its ``_stderr`` when there is one) from the row of ``condition`` in
+    ``results.jsonl`` (``path``: the file or its folder, as ``rwedit eval``/``run`` write it)."""
     path = Path(path)
     file = path / "results.jsonl" if path.is_dir() else path
     if not file.exists():

@@ -1,15 +1,10 @@
 """Interventions: what a condition does to a loaded model, applied and undone around scoring.
 
-``with intervention.applied(model):`` puts the model in the condition's state and restores it on exit
-(also after an exception), so one loaded model serves every condition of an experiment and scorers
-score the model as it is. Kinds are registered by name (:func:`register_intervention`):
-
-- ``unchanged``   the model as loaded (PEFT adapters, if any, disabled);
-- ``adapter``     one named PEFT adapter made active with ``set_adapter``;
-- ``weights``     per-(layer, role) matrices written in place through the architecture registry's role
-                  views and restored bit for bit from a CPU snapshot of the stored tensors;
-- ``checkpoint``  every parameter overwritten from another checkpoint, streamed one tensor at a time
-                  (never two models in memory); it is not undone, so it comes last (``final``).
+``with intervention.applied(model):`` puts the model in the condition's state and restores it on exit (also
+after an exception), so one loaded model serves every condition. Kinds (:func:`register_intervention`):
+``unchanged`` (adapters disabled), ``adapter`` (one PEFT adapter active), ``weights`` (matrices written through
+the role views, restored bit for bit from a CPU snapshot) and ``checkpoint`` (every parameter streamed from
+another checkpoint; not undone, so it comes last: ``final``).
 """
 
 from __future__ import annotations
@@ -33,10 +28,8 @@ def register_intervention(name: str, *, replace: bool = False):
     """Class decorator: make an intervention kind available under ``name``."""
 
     def deco(cls):
-        _INTERVENTIONS.register(name, cls, replace=replace)
         cls.kind = name
-        return cls
-
+        return _INTERVENTIONS.register(name, cls, replace=replace)
     return deco
 
 
@@ -96,10 +89,8 @@ def with_adapter(model, name: str | None) -> contextlib.AbstractContextManager:
 
 
 class WeightSnapshot:
-    """Exact CPU copies of the stored tensors behind some (layer, role) matrices of a model.
-
-    ``restore()`` copies them back bit for bit whatever was written in between; ``original(layer, role)``
-    is the role's ``W`` as it was when the snapshot was taken. As a context manager it restores on exit."""
+    """Exact CPU copies of the stored tensors behind some (layer, role) matrices: ``restore()`` (also on leaving
+    the context) copies them back bit for bit; ``original(layer, role)`` is the role's ``W`` as snapshotted."""
 
     def __init__(self, model: torch.nn.Module, targets: Iterable[tuple[int, str]]):
         self.model = model
@@ -167,9 +158,8 @@ class WeightWrite(Intervention):
 
 @register_intervention("checkpoint")
 class CheckpointLoad(Intervention):
-    """Every parameter of the model overwritten in place by the tensor of the same name in ``ckpt``
-    (streamed, one tensor at a time, converted to the parameter's dtype; tied parameters appear once).
-    Not undone: the runner applies it last."""
+    """Every parameter overwritten in place by ``ckpt``'s tensor of that name (streamed, one at a time, in the
+    parameter's dtype). Not undone: the runner applies it last."""
 
     final = True
 

@@ -21,12 +21,14 @@ from rwedit.models import Placement, check_window, input_device, load_model_and_
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.rsf import rank1_rsf
+from rwedit.runtime import runtime, using
 
 PROBE_KS = (1, 4, 16)
 
 
-def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True) -> ActivationStats | None:
-    """Activation statistics of the edited role's inputs (cached), when the spec has calibration data."""
+def edit_stats(spec: EditSpec, model, tok) -> ActivationStats | None:
+    """Activation statistics of the edited role's inputs (in the run-wide cache), when the spec has calibration
+    data."""
     c = spec.calibration
     if c is None:
         return None
@@ -40,7 +42,8 @@ def edit_stats(spec: EditSpec, model, tok, cache_dir=None, progress: bool = True
     ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
     settings = StatsSettings(roles=(spec.edit.role,), layers=tuple(spec.edit.layers), seq_len=c.seq_len,
                              batch_size=c.batch_size)
-    return cached_activation_stats(model, ids, settings, source=c.data, cache_dir=cache_dir, progress=progress)
+    rt = runtime()
+    return cached_activation_stats(model, ids, settings, source=c.data, cache_dir=rt.cache_dir, progress=rt.progress)
 
 
 def attach_probe_metrics(conditions: list[EditCondition], stats: ActivationStats | None) -> None:
@@ -63,15 +66,8 @@ def edit_inputs(spec: EditSpec) -> list[str]:
     return [spec.model, *spec.input_paths()]
 
 
-def run_edit(
-    spec: EditSpec,
-    out: str | Path,
-    overwrite: bool = False,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    placement: Placement | None = None,
-) -> Path:
+def run_edit(spec: EditSpec, out: str | Path, overwrite: bool = False, device: str = "cpu",
+             placement: Placement | None = None) -> Path:
     """Build the edit and its controls, save each as a PEFT adapter folder under ``out/adapters`` (the model
     whole on ``device``, or placed across devices by ``placement``)."""
     t0 = time.perf_counter()
@@ -79,26 +75,32 @@ def run_edit(
     ckpt = Checkpoint.open(spec.model)
     spec.check_fits(ckpt)
     model, tok = load_model_and_tokenizer(ckpt, device=device, placement=placement)
-    build_and_save(spec, model, tok, out, overwrite=overwrite, cache_dir=cache_dir, progress=progress, t0=t0)
+    build_and_save(spec, model, tok, out, overwrite=overwrite, t0=t0)
     return out
 
 
 def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False,
-                   cache_dir: str | Path | None = None, progress: bool = True, t0: float | None = None,
+                   cache_dir: str | Path | None = None, progress: bool | None = None, t0: float | None = None,
                    extra_metrics=None, derive=None):
     """Build the conditions on an already loaded model, attach them as named adapters and save the folder
     (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first;
     ``derive(peft_model, conditions)`` may return more conditions built from the attached ones (the control
-    experiment's KL-matched controls), attached and saved with them."""
-    t0 = time.perf_counter() if t0 is None else t0
+    experiment's KL-matched controls), attached and saved with them; ``cache_dir``/``progress`` replace the
+    run-wide settings (:mod:`rwedit.runtime`) when given."""
+    with using(progress=progress, cache_dir=cache_dir):
+        return _build_and_save(spec, model, tok, out, overwrite, time.perf_counter() if t0 is None else t0,
+                               extra_metrics, derive)
+
+
+def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float, extra_metrics, derive):
     out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))
     bare = model.base_model.model if hasattr(model, "peft_config") else model
     given_layers = list(spec.edit.layers)
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
     fingerprint = model_fingerprint(bare)
-    stats = edit_stats(spec, model, tok, cache_dir, progress)
-    conditions = build_conditions(spec, model, tok, stats, progress=progress)
+    stats = edit_stats(spec, model, tok)
+    conditions = build_conditions(spec, model, tok, stats, progress=runtime().progress)
     if not norms_match(conditions):
         raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError
     attach_probe_metrics(conditions, stats)
@@ -141,9 +143,8 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
 
 
 def base_reference(given: str, model) -> dict:
-    """How an adapter names its base so that it travels: the Hub id and the exact commit when the model was
-    loaded from the Hugging Face cache (whatever revision was asked for), else the path as the user gave it
-    (``rwedit.json`` adds the weights' fingerprint, which ``apply``/``eval`` check)."""
+    """How an adapter names its base so that it travels: the Hub id and exact commit of a model loaded from the
+    Hub cache, else the path as given (``rwedit.json`` adds the weights' fingerprint)."""
     origin = hub_origin(getattr(model.config, "_name_or_path", "") or "")
     if origin is not None:
         return {"name_or_path": origin[0], "revision": origin[1], "hub": True}

@@ -214,10 +214,8 @@ class EditSpec(Config):
         return replace(self, edit=replace(e, layers=layers))
 
     def check_fits(self, base) -> None:
-        """Before any model is loaded: the edit's layers and roles exist in the base checkpoint (a
-        :class:`~rwedit.checkpoints.Checkpoint`), a ``given`` direction and the eigendirections asked for fit
-        the role's size, and the sequence lengths fit the model's window. (For ``b: delta`` the caller checks
-        the pair: ``CheckpointPair(base, post)``.)"""
+        """Before any model is loaded: the edit's layers and roles exist in the base checkpoint, its directions
+        fit the role's size and its sequence lengths the window (``b: delta``: the caller checks the pair)."""
         layout = base.layout
         try:
             e = self.resolved(layout.n_layers).edit

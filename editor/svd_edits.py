@@ -1,58 +1,7 @@
-"""Weight constructions of He & Cao's SVD-structure tests (is post-training carried by the singular vectors
-or the singular values of each matrix?), and exact snapshots of the weights they overwrite.  A condition
-is written into a model with :func:`rwedit.architectures.set_weight`.
-
-Notation, for one matrix (``d_out x d_in``, ``y = W x``), ``m = min(d_out, d_in)``:
-
-    W_base = U Σ Vᵀ,   W_post = U' Σ' V'ᵀ          (thin SVDs, σ descending)
-
-Every construction works on the top ``r`` triplets of both matrices (``r = m`` for ``rank="full"``,
-the default) and leaves the post-trained rest untouched:
-
-    P' = U'_r Σ'_r V'_rᵀ          (the top-r part of W_post)
-    E  = W_post − P'              (the post residual: exactly 0 when r = m, up to float64 rounding)
-    W_cond = E + C_cond           (only the top-r part is replaced)
-
-with ``Q_U = U_rᵀ U'_r`` and ``Q_V = V_rᵀ V'_r`` (r x r; HC: ``U' ≈ U Q``, ``V' ≈ V Q`` with ONE shared
-orthogonal ``Q``), ``polar(M)`` the orthogonal polar factor (``A Bᵀ`` for ``M = A S Bᵀ``) and
-
-    post                  C = P'                                      (W_cond = W_post)
-    sv_replacement        C = U'_r (s Σ_r) V'_rᵀ                      post vectors, base values scaled
-                          s = ⟨σ_f, σ'_f⟩ / ⟨σ_f, σ_f⟩, least squares over the top f = min(fit_r, r)
-    reparam               C = U_r Q Σ'_r (V_r Q)ᵀ,  Q = polar((Q_U + Q_V)/2)
-                          base vectors, one shared rotation, post values (HC's reparameterisation)
-    swap                  C = U_r polar(Q_V) Σ'_r V'_rᵀ
-                          the left rotation replaced by the right one; right side and values exactly post
-    disrupt_left_random   C = U_r R Σ'_r V'_rᵀ,   R Haar-random on O(r), seeded per matrix
-    disrupt_right_random  C = U'_r Σ'_r (V_r R)ᵀ, R Haar-random on O(r), seeded per matrix
-
-What each one keeps, exactly, with ``rank="full"``:
-- ``sv_replacement``: singular vectors of W_post, singular values ``s·σ``. (With ``r = m`` this is
-  :func:`rwedit.probes.svd.singular_value_replacement`; the tests check the two against each other.)
-- ``reparam``, ``swap``, ``disrupt_*``: singular values ``σ'`` (``Q``, ``polar(Q_V)`` and ``R`` are
-  orthogonal and ``U_r``, ``V_r`` have orthonormal columns). ``swap`` and ``disrupt_left`` keep the
-  right singular vectors ``V'`` exactly; ``disrupt_right`` keeps the left ones ``U'``.
-- When the replaced side is square (``d_out = m`` for the left side), ``U_r Q_U = U'_r`` exactly, so
-  ``swap`` / ``disrupt_left`` replace exactly the left rotation ``Q_U`` of ``W_post = U Q_U Σ' V'ᵀ``;
-  ``disrupt_left`` then gives a Haar-random left basis, independent of both checkpoints' left vectors.
-  When that side is tall (``d_out > r``, e.g. ``up``/``gate`` in full mode, or any matrix in top-r
-  mode), ``U_r Q_U`` is only the projection of ``U'_r`` onto span(U_r): the constructions also move the
-  left singular subspace into the base's. ``reparam`` has the same property and serves as the
-  control for it: its distance from W_post is recorded with every result (``rel_change_vs_post``).
-
-Top-r mode (``rank`` an int, for matrices too large for a full SVD of every condition): ``E`` is
-orthogonal to ``U'_r`` and ``V'_r``, so ``sv_replacement`` has singular values ``s σ_r ∪ σ'_{>r}``
-exactly; for the others the spectrum of ``E + C`` is ``σ'`` only approximately (C's vectors are not
-orthogonal to E's). ``method="lowrank"`` computes the top-r triplets with a certified randomized SVD (see
-:mod:`rwedit.probes.svd` for its accuracy); ``E`` is always the exact difference ``W_post − P'``, so
-``post`` reproduces ``W_post`` to float rounding whatever the method.
-
-Signs: ``post``, ``sv_replacement``, ``reparam`` and ``swap`` are invariant under the SVD's sign choices
-(a flip of a pair (u_i, v_i) cancels; see :mod:`rwedit.probes.svd`). A disrupted matrix for a given
-seed depends on them (deterministic for a given LAPACK build); its distribution does not.
-
-All maths in float64 on the weights' device; results are cast to the stored dtype when written.
-"""
+"""Weight constructions of He & Cao's SVD-structure tests (is post-training carried by the singular vectors or
+the singular values of each matrix?), each ``W_cond`` = the post residual of its top-r triplets + a replaced top-r
+part, written with :func:`rwedit.architectures.set_weight`. Definitions and what each keeps exactly: the SVD
+structure experiment in docs/experiments.md. All maths in float64 on the weights' device."""
 
 from __future__ import annotations
 
@@ -65,15 +14,8 @@ import torch
 from rwedit.probes.svd import AUTO_FULL_MAX_DIM, polar_factor, singular_value_scale, top_svd
 from rwedit.errors import ConfigError
 
-__all__ = [
-    "CONDITION_KINDS",
-    "RANDOM_KINDS",
-    "Decomposition",
-    "condition_matrix",
-    "decompose",
-    "haar_orthogonal",
-    "matrix_seed",
-]
+__all__ = ["CONDITION_KINDS", "RANDOM_KINDS", "Decomposition", "condition_matrix", "decompose", "haar_orthogonal",
+           "matrix_seed"]
 
 #: every construction this module knows, in report order
 CONDITION_KINDS: tuple[str, ...] = ("post", "sv_replacement", "reparam", "swap", "disrupt_left_random",
@@ -156,7 +98,7 @@ def matrix_seed(seed: int, layer: int | None, role: str, kind: str) -> int:
 def condition_matrix(kind: str, W_base: torch.Tensor, W_post: torch.Tensor, *, rank: Rank = "full",
                      fit_r: int = 64, method: str = "auto", seed: int | None = None,
                      dec: Decomposition | None = None) -> torch.Tensor:
-    """``W_cond`` of one condition (see the module docstring), in W_post's dtype and device.
+    """``W_cond`` of one condition (docs/experiments.md), in W_post's dtype and device.
     ``seed`` (required for the random kinds) seeds R directly: derive one per matrix with
     :func:`matrix_seed`. Pass ``dec`` to reuse a :func:`decompose` of the same pair."""
     if kind not in CONDITION_KINDS:
@@ -183,6 +125,3 @@ def condition_matrix(kind: str, W_base: torch.Tensor, W_post: torch.Tensor, *, r
         R = haar_orthogonal(r, seed, U.device)
         C = (Up * sp) @ (V @ R).T
     return (d.residual + C).to(dtype=W_post.dtype, device=W_post.device)
-
-
-# ----------------------------------------------------------------------------- in a model

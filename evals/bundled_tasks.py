@@ -58,9 +58,8 @@ def hh_preference_items() -> list[dict]:
 
 
 def task_path() -> Path:
-    """The folder of the bundled task YAMLs, inside the installed package: give it to lm-eval as
-    ``--include_path`` (``rwedit tasks --path``); the tasks load their data from the package through
-    lm-eval's ``custom_dataset`` hook (``rwedit_task_utils.py`` beside them), from any working directory."""
+    """The folder of the bundled task YAMLs inside the installed package (``rwedit tasks --path``: lm-eval's
+    ``--include_path``), usable from any working directory."""
     return TEMPLATES
 
 

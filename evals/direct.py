@@ -1,11 +1,8 @@
-"""Direct behaviour metrics computed next to lm-eval, each a mean over held-out items with its standard
-error (sd over items / √n, :func:`rwedit.stats.mean_se`):
-
-- preference margin ``log p(chosen) − log p(rejected)`` of held-out pairs, its accuracy, and both
-  shifted against the base model *per pair* (paired differences: a much smaller stderr);
-- KL(base ‖ edited) of next-token distributions on held-out text, mean over sequences;
-- cross-entropy / perplexity and their change against the base, paired per sequence.
-The base model's reference values are computed once, with the adapters disabled."""
+"""Direct behaviour metrics next to lm-eval, each a mean over held-out items with its standard error
+(:func:`rwedit.stats.mean_se`): the preference margin ``log p(chosen) − log p(rejected)`` and its accuracy, both
+also shifted against the base *per pair* (paired: a much smaller stderr); KL(base ‖ edited) of next-token
+distributions on held-out text; cross-entropy and its change against the base, per sequence. The base's
+reference values are computed once, adapters disabled."""
 
 from __future__ import annotations
 

@@ -197,13 +197,14 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
     spec = recipe.edit
     if recipe.probe.enabled and spec.post and not (out / "probe" / "meta.json").exists():
         from rwedit.probes.grid import GridSettings
-        from rwedit.probes.pipeline import run_rsf_probe
+        from rwedit.probes.pipeline import ProbeRequest, run_probe
+        from rwedit.runtime import using
 
         calib = None if spec.calibration is None else replace(spec.calibration, device=recipe.device,
                                                                placement=recipe.placement)
-        run_rsf_probe(spec.model, spec.post, out / "probe", calib,
-                      GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds),
-                      cache_dir=cache_dir, progress=progress)
+        with using(progress=progress, cache_dir=cache_dir):
+            run_probe(ProbeRequest(spec.model, spec.post, calibration=calib, svd=None, out=out / "probe",
+                                   grid=GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds)))
 
     model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
     edit_dir = out / "edit"

@@ -1,11 +1,7 @@
-"""lm-eval scoring of a base model and its named adapters, through a registered lm-eval backend.
-
-The default backend, ``inprocess``, wraps the loaded (PEFT) model in one ``HFLM`` for the whole experiment
-and selects each condition in place (``set_adapter`` / ``disable_adapter``). Backends that load adapters
-from disk (``hf`` with ``peft=``, ``vllm`` with ``lora_local_path``) get each condition's adapter folder
-(exported when it has none yet). Before any condition is scored its adapter must change the backend's
-outputs on a few probe tokens (:func:`check_applied`): a silently unapplied adapter is an error, not the
-base's scores under the adapter's name. lm-eval's response cache is never used: it is not keyed by adapter."""
+"""lm-eval scoring of a base model and its named adapters, through a registered lm-eval backend: ``inprocess``
+(the default: one ``HFLM`` over the loaded model, conditions switched in place) or one loading each condition's
+adapter folder (``hf`` with ``peft=``, ``vllm`` with ``lora_local_path``). Every adapter must first change the
+backend's outputs on a few probe tokens (:func:`check_applied`); lm-eval's cache (not keyed by adapter) is off."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import io
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -41,12 +37,9 @@ PROBE_PAIRS = (("The committee said on Tuesday that the old bridge", " would reo
 
 @dataclass(frozen=True)
 class Backend:
-    """How rwedit scores conditions through one lm-eval model backend.
-
-    ``model`` None is rwedit's in-process route (one ``HFLM`` over the loaded model, adapters switched in
-    place); otherwise the lm-eval model registry name, built from the base's folder plus ``model_args``
-    with each condition's adapter folder under ``adapter_arg``. ``switch`` (when given) swaps the adapter of
-    one built model per condition instead of building one per condition."""
+    """How rwedit scores conditions through one lm-eval backend: ``model`` None is the in-process route, else the
+    lm-eval model name, built from the base's folder plus ``model_args`` with each condition's adapter folder
+    under ``adapter_arg``; ``switch`` swaps the adapter of one built model instead of building one each."""
 
     name: str
     help: str
@@ -381,10 +374,8 @@ class LMEvalScorer:
     # ---------------------------------------------------------------- scoring
     @torch.no_grad()
     def run(self, adapter: str | None = None, log_samples: bool = False) -> dict:
-        """The raw output of lm-eval's ``evaluate`` (results, configs, versions, samples) for the model as it
-        is (``adapter``: that adapter of a PeftModel made active first, ``"base"``: all disabled), plus
-        ``config``: the backend, lm-eval model and model_args it was scored with; an adapter condition is
-        first checked to change the backend's outputs (:func:`check_applied`)."""
+        """lm-eval's raw ``evaluate`` output for the model as it is (``adapter``: that adapter active first, ``"base"``:
+        all disabled) plus ``config`` (backend, model, model_args); an adapter is first checked to be applied."""
         name = self._condition(adapter)
         if self.backend.in_process:
             with with_adapter(self.model, adapter):
@@ -430,10 +421,9 @@ class LMEvalScorer:
                 f"with a model that has a longer window, or choose tasks with shorter items") from None
 
     def score(self, adapter: str | None = None) -> dict[str, float | list[float] | str | None]:
-        """Flat metrics with stderr of the model as it is (or with ``adapter``), e.g. ``rwedit_blimp/acc``,
-        ``rwedit_blimp/acc_stderr``, each metric's per-item values in document order
-        (``rwedit_blimp/acc_items``: the same documents for every condition, so conditions compare item by
-        item), and ``lmeval_backend``: the backend that scored it."""
+        """Flat metrics with stderr of the model as it is (or with ``adapter``), e.g. ``rwedit_blimp/acc`` and
+        ``rwedit_blimp/acc_stderr``, per-item values in document order (``rwedit_blimp/acc_items``: conditions
+        compare item by item) and ``lmeval_backend``."""
         out = self.run(adapter, log_samples=True)
         self.raw = out  # lm-eval's own output (results, configs, versions, samples), kept beside the flat row
         return {**flatten_results(out["results"]), **item_values(out.get("samples") or {}),

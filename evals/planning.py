@@ -1,9 +1,6 @@
-"""What a run will need, stage by stage, from its recipe and its checkpoints' headers, before any weights load.
-
-Each experiment kind's ``plan`` hook (:class:`~rwedit.evals.core.ExperimentKind`) states its own stages with
-these pieces and returns a :class:`KindPlan`; ``rwedit plan`` (:mod:`rwedit.apps.plan`) adds what every run
-shares (the checkpoint and data checks, the scoring stage, the disk) and prints the whole.
-"""
+"""What a run will need, stage by stage, from its recipe and its checkpoints' headers, before any weights load:
+each kind's ``plan`` hook returns a :class:`KindPlan` of these pieces; ``rwedit plan`` (:mod:`rwedit.apps.plan`)
+adds what every run shares (checkpoint and data checks, scoring, disk) and prints the whole."""
 
 from __future__ import annotations
 
@@ -92,18 +89,15 @@ def stats_bytes(layout, layers=None, roles=None) -> int:
 
 
 def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
-    """Peak resident memory of the streaming pass over the pair (``rwedit.checkpoints.stream_pair``): the
-    runtime plus, per worker thread, a float32 work block and a stored-dtype read block for base and post —
-    no tensor is held whole. An adapter post is not streamed: its densified delta (two float32 copies of the
-    largest role tensor) is the peak."""
+    """Peak resident memory of the streaming pass over the pair (:func:`rwedit.stream.stream_pair`): the runtime
+    plus, per worker thread, a float32 work block and a stored-dtype read block for base and post (an adapter
+    post's buffers too; its blocks are factored) — no tensor is held whole."""
     import torch
 
-    from rwedit.checkpoints import is_adapter, largest_role_tensor
+    from rwedit.checkpoints import largest_role_tensor
     from rwedit.stream import BLOCK_BYTES
 
     numel, itemsize = largest_role_tensor(base)
-    if post is not None and is_adapter(post):
-        return RUNTIME_BYTES + 2 * numel * 4
     threads = threads or torch.get_num_threads()
     per_block = min(BLOCK_BYTES // 4, numel)  # float32 elements of a block (at most the tensor)
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)

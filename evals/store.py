@@ -1,19 +1,13 @@
 """Append-only JSONL results store of one experiment, safe against ``kill -9``, with one writer at a time.
 
-``run.json`` holds the recipe, its hash, the software versions and the planned conditions;
-``results.jsonl`` one row per finished condition.  Each row is written with a single ``write`` of a
-complete line, flushed and fsync'ed; a line cut short by a crash is detected on the next open and
-dropped before appending. A run is resumed only with the very recipe it started with. A writer holds
-an exclusive lock on ``.lock`` (released by the OS when the process dies, even by ``kill -9``), so a
-second ``run --resume`` on the same folder is refused instead of scoring every condition twice; a
-condition stored twice is an error that names both lines.
+``run.json`` holds the recipe, its hash, the versions and the planned conditions; ``results.jsonl`` one row per
+finished condition, each one fsync'ed ``write`` of a complete line (a line cut short by a crash is dropped before
+the next append). A run resumes only with the recipe it started with; a writer holds an OS lock on ``.lock`` (so
+a second writer is refused); a condition stored twice is an error naming both lines.
 
-A grid may be split into N disjoint, deterministic shares (:class:`Shard`: condition k of the plan goes to
-share k mod N), each scored by its own process into its own store ``OUT/shards/I-of-N/`` (its own
-``run.json``, ``results.jsonl`` and ``.lock``) beside what every share uses (``OUT/probe``, ``OUT/edit``,
-the report), written under ``OUT/.shared.lock`` by one process at a time. ``ResultStore(OUT)`` reads the
-shards merged: one recipe hash and one N, a condition stored by two shards an error naming both, and
-:meth:`ResultStore.shard_status` says which share is missing or incomplete."""
+A grid may be split into N deterministic shares (:class:`Shard`: condition k goes to share k mod N), each its own
+store ``OUT/shards/I-of-N/``; what all shares use is written under ``OUT/.shared.lock``; ``ResultStore(OUT)``
+reads the shards merged and :meth:`ResultStore.shard_status` names a missing or incomplete one."""
 
 from __future__ import annotations
 
@@ -336,18 +330,16 @@ class ResultStore:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
-        """Hold the folder's shared lock, waiting for it: what every shard of the folder uses (the run's
-        preparation, the report) is written by one process at a time."""
+        """Hold the folder's shared lock, waiting for it: what every shard uses (the run's preparation, the
+        report) is written by one process at a time."""
         import fcntl
 
-        make_folder(self.root)
-        fd = os.open(self.root / SHARED_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(make_folder(self.root) / SHARED_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            os.close(fd)  # closing the descriptor releases its lock
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -375,8 +367,7 @@ class ResultStore:
                      .encode())
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            os.close(fd)  # closing the descriptor releases its lock
 
     def frame(self):
         """The stored rows as a ``pandas.DataFrame`` (one row per condition; per-item lists stay lists)."""
@@ -410,11 +401,9 @@ class ResultStore:
     def _numbered_rows(self) -> list[tuple[dict, int]]:
         if not self.path.exists():
             return []
-        text = self.path.read_text()
-        lines = text.split("\n")
-        complete = lines[:-1]  # the part after the last newline is either "" or a cut-off line
         out, seen = [], {}
-        for i, line in enumerate(complete):
+        # the part after the last newline is either "" or a cut-off line
+        for i, line in enumerate(self.path.read_text().split("\n")[:-1]):
             if not line.strip():
                 continue
             try:

@@ -1,11 +1,6 @@
-"""Consumers of a weight delta streamed in row (or column) blocks (:func:`rwedit.stream.stream_pair`): the
-probes' sums, built up block by block so that a matrix is never held whole in float32 unless a consumer
-needs it (:class:`Dense`).
-
-Each consumer takes ``add(axis, index, delta, base)`` — ``delta = ΔW[index, :]`` for axis 0 or
-``ΔW[:, index]`` for axis 1, dense or (an adapter post) in factor form — and gives its result when the
-matrix is complete. The whole-matrix functions of :mod:`rwedit.probes.rsf` are their reference (tests
-compare the two on every layout)."""
+"""Consumers of a weight delta streamed in blocks (:class:`rwedit.stream.BlockSink`): the probes' sums, built up
+block by block so that a matrix is held whole only where a consumer needs it (:class:`Dense`). The whole-matrix
+functions of :mod:`rwedit.probes.rsf` are their reference (the tests compare the two on every layout)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,13 @@
-"""The RSF grid (relative subspace fraction of each weight delta against activation, prediction and random
-subspaces, next to its random-subspace null) over a checkpoint pair (streamed) or over deltas held in memory.
-
-One row per layer × role × side × subspace × k, each with the random-subspace null (mean, sd over
-seeds) of the same delta, side and k, so that a reader sees at once whether an RSF is significant.
-Which subspace applies where:
-  activation  read side of any layer role (the principal subspace of that module's own inputs)
-  prediction  any side that lives in the residual stream: read side of q k v up gate
-              and unembed, write side of o and down
-  random      every side (one seeded Haar subspace; the null columns come from other seeds)
-"""
+"""The RSF grid: one row per layer × role × side × subspace × k of each weight delta (a checkpoint pair, streamed,
+or deltas held in memory), next to the random-subspace null of the same delta, side and k. Subspaces: activation
+(read side of a layer role: its own inputs' principal subspace), prediction (every side in the residual stream:
+read side of q k v up gate unembed, write side of o down), random (every side; the null from other seeds)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,10 +16,9 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
-from rwedit.lowrank import LowRankDelta
 from rwedit.probes.activations import ActivationStats
-from rwedit.probes.rsf import (RSFResult, _energies, exact_null_sd, gram_concentration, random_null_samples,
-                               rsf_nested)
+from rwedit.probes.rsf import RSFResult, exact_null_sd, random_null_samples, rsf_nested
+from rwedit.runtime import runtime
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 from rwedit.stream import explain_non_finite, stream_pair
 
@@ -93,9 +85,8 @@ def residual_side(role: str, side: str) -> bool:
 
 @dataclass
 class GridContext:
-    """What the grid needs besides the deltas: sizes, activation stats, the prediction spectrum."""
+    """What the grid needs besides the deltas: activation stats and the prediction spectrum."""
 
-    hidden: int
     stats: ActivationStats | None = None
     prediction: Spectrum | None = None
 
@@ -123,8 +114,8 @@ def read_unembedding(base: Checkpoint, gain: bool = False) -> tuple[torch.Tensor
 
 
 def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
-    """Spectrum of the base checkpoint's unembedding (optionally with the final norm gain folded in); given a
-    pair or its base checkpoint."""
+    """Spectrum of the base checkpoint's unembedding (optionally the final norm gain folded in), of a pair or a
+    checkpoint."""
     return prediction_spectrum(*read_unembedding(pair.base if isinstance(pair, CheckpointPair) else pair, gain))
 
 
@@ -210,28 +201,6 @@ def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridC
     return plans
 
 
-def rows_for_delta(
-    delta: torch.Tensor,
-    layer: int | None,
-    role: str,
-    ctx: GridContext,
-    settings: GridSettings,
-) -> list[dict]:
-    """All grid rows for one delta (d_out × d_in) held whole (the reference the streamed grid is tested against)."""
-    out: list[dict] = []
-    conc = None  # tr G² for the exact null, computed once per delta
-    for plan in _side_plans(tuple(delta.shape), layer, role, ctx, settings):
-        (energies,), total = _energies(delta, plan.side, (plan.stacked.to(delta.device),), settings.dtype)
-        if conc is None:
-            conc = gram_concentration(delta) if total > 0 and settings.exact_null else math.nan
-        out += plan.rows(layer, role, energies, total, conc)
-    if "both" in settings.sides:
-        if isinstance(delta, LowRankDelta):
-            delta = delta.dense(torch.float32)  # the two-sided rows take a dense matrix
-        out += _two_sided_rows(delta, layer, role, ctx, settings)
-    return _in_settings_order(out, settings)
-
-
 def _in_settings_order(rows: list[dict], settings: GridSettings) -> list[dict]:
     """Rows ordered by side as the settings list them (the one- and two-sided rows are made apart)."""
     order = {s: i for i, s in enumerate(settings.sides)}
@@ -308,47 +277,33 @@ def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings
             for k, res in zip(ks, rsf_nested(delta, bases, "both", ks))]
 
 
-def rsf_grid_deltas(
-    deltas: Mapping[tuple[int | None, str], torch.Tensor] | Iterable[tuple[int | None, str, torch.Tensor]],
-    ctx: GridContext,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-    total: int | None = None,
-) -> Iterator[dict]:
-    """Rows for deltas given in memory: a mapping (layer, role) -> ΔW or an iterable of triples."""
-    items = ((l, r, d) for (l, r), d in deltas.items()) if isinstance(deltas, Mapping) else deltas
-    if total is None and isinstance(deltas, Mapping):
-        total = len(deltas)
-    for layer, role, delta in tqdm(items, total=total, desc="RSF grid", disable=not progress):
-        yield from rows_for_delta(delta, layer, role, ctx, settings)
+def rsf_grid_deltas(deltas: Mapping[tuple[int | None, str], torch.Tensor], layout: Layout, ctx: GridContext,
+                    settings: GridSettings = GridSettings()) -> Iterator[dict]:
+    """Rows for deltas held in memory, ``(layer, role) -> ΔW`` (a training run's W_t − W_0): each delta is one
+    block fed to the sinks of the streamed grid."""
+    for (layer, role), delta in deltas.items():
+        view = layout.view(layer, role)
+        sink = _StreamedRows(view, ctx, settings)
+        sink.add(1 if view.transposed else 0, slice(None), delta.to(settings.dtype), None)
+        yield from sink.rows()
 
 
-def rsf_grid_pair(
-    pair: CheckpointPair,
-    stats: ActivationStats | None = None,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-) -> Iterator[dict]:
+def rsf_grid_pair(pair: CheckpointPair, stats: ActivationStats | None = None,
+                  settings: GridSettings = GridSettings()) -> Iterator[dict]:
     """Stream the pair once and yield the grid rows; memory stays O(largest tensor)."""
-    for row in rsf_grid_posts(pair.base, {"post": pair.post}, stats, settings, progress):
+    for row in rsf_grid_posts(pair.base, {"post": pair.post}, stats, settings):
         del row["post"]
         yield row
 
 
-def rsf_grid_posts(
-    base: Checkpoint,
-    posts: Mapping[str, object],
-    stats: ActivationStats | None = None,
-    settings: GridSettings = GridSettings(),
-    progress: bool = True,
-) -> Iterator[dict]:
-    """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name): each row carries
-    its ``post``; the base is read once per tensor for all of them, with one set of activation statistics
-    and one prediction subspace. Memory: a few row blocks per post (an adapter's: its factors)."""
+def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: ActivationStats | None = None,
+                   settings: GridSettings = GridSettings()) -> Iterator[dict]:
+    """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name), each row with its
+    ``post``: the base read once per tensor for all of them; memory a few row blocks per post."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
-    ctx = GridContext(layout.dims.hidden, stats, prediction_from_pair(base, settings.prediction_gain)
+    ctx = GridContext(stats, prediction_from_pair(base, settings.prediction_gain)
                       if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)
@@ -356,16 +311,15 @@ def rsf_grid_posts(
     for view, sinks in tqdm(stream_pair(base, list(posts.values()), views,
                                         lambda v: [_StreamedRows(v, ctx, settings, (base, p)) for p in posts.values()],
                                         dtype=settings.dtype, check_finite=False),
-                            total=len(views), desc="RSF grid", disable=not progress):
+                            total=len(views), desc="RSF grid", disable=not runtime().progress):
         for name, sink in zip(names, sinks):
             for row in sink.rows():
                 yield {"post": name, **row}
 
 
-def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None,
-                   settings: GridSettings = GridSettings(), progress: bool = False):
+def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None, settings: GridSettings = GridSettings()):
     """The RSF grid of a pair as a ``pandas.DataFrame`` (one row per layer × role × side × subspace × k, the
     columns of ``rsf.csv``), for notebooks; streams like :func:`rsf_grid_pair`."""
     import pandas as pd
 
-    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings, progress)), columns=list(COLUMNS))
+    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings)), columns=list(COLUMNS))

@@ -6,12 +6,14 @@ all posts. It returns the tables (:class:`ProbeResult`) and writes a folder only
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from rwedit import __version__
@@ -27,9 +29,8 @@ from rwedit.probes.directions import (Direction, activation_directions, cards_fr
                                      explain, prediction_directions)
 from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
                                 rsf_grid_posts)
-from rwedit.probes.norms import delta_norms, write_csv
-from rwedit.probes.report import (markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline,
-                                  save_figure, write_rows)
+from rwedit.probes.norms import delta_norms
+from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
 from rwedit.probes.svd import DEFAULT_R, clip_rank, svd_structure
 from rwedit.runtime import runtime, using
 
@@ -39,8 +40,7 @@ SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_
 
 @dataclass(frozen=True)
 class CalibrationSettings(Config):
-    """Where activation statistics come from (recorded in every result): the ``calibration:`` section of
-    edit specs and recipes, and the ``--calib*`` options of ``rwedit probe``."""
+    """Where activation statistics come from (recorded in every result; ``calibration:``, ``--calib*``)."""
 
     data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
                        "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
@@ -55,26 +55,20 @@ class CalibrationSettings(Config):
 
 
 def calibration_pass(ckpt: Checkpoint, calib: CalibrationSettings):
-    """The base model, its tokenizer and the packed calibration tokens (n × seq_len): what the statistics and
-    the direction cards pass over."""
+    """The base model, its tokenizer and the packed calibration tokens (n × seq_len)."""
     check_window(ckpt.config, calib.seq_len, "calibration.seq_len")
     model, tok = load_model_and_tokenizer(ckpt, calib.device, calib.dtype, calib.placement)
     ids = pack_tokens(tok, read_texts(calib.data, field=calib.field), calib.seq_len, calib.tokens)
     return model, tok, ids
 
 
-def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...],
-                         cache_dir: str | Path | None = None, progress: bool | None = None) -> ActivationStats:
-    """Collect (or reuse from the cache) second moments of the base model's reader inputs (the cache folder
-    and progress: the run-wide settings unless given)."""
+def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tuple[str, ...]) -> ActivationStats:
+    """Collect (or reuse from the run-wide cache folder) second moments of the base model's reader inputs."""
     model, tok, ids = calibration_pass(ckpt, calib)
     settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)
     rt = runtime()
-    stats = cached_activation_stats(model, ids, settings, source=str(calib.data),
-                                    cache_dir=rt.cache_dir if cache_dir is None else cache_dir,
-                                    progress=rt.progress if progress is None else progress)
-    del model
-    return stats
+    return cached_activation_stats(model, ids, settings, source=str(calib.data), cache_dir=rt.cache_dir,
+                                   progress=rt.progress)
 
 
 def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) -> list[dict]:
@@ -82,11 +76,7 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
     from rwedit.architectures import GROUP_ROLE
 
     rows = []
-    seen = set()
     for layer, group in sorted(stats.sums):
-        if (layer, group) in seen:
-            continue
-        seen.add((layer, group))
         spec = stats.spectrum(layer, GROUP_ROLE[group], centred, top=0)
         for k in sorted({min(k, spec.d) for k in ks}):
             s = spec.spikedness(k)
@@ -97,8 +87,7 @@ def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) 
 
 @dataclass(frozen=True)
 class SvdSettings(Config):
-    """The SVD structure probe (He & Cao) of every layer matrix: the ``svd:`` section of a probe request and
-    the options of ``rwedit svd``."""
+    """The SVD structure probe (He & Cao) of every layer matrix (a probe request's ``svd:``, ``rwedit svd``)."""
 
     r: int | str = option(DEFAULT_R, help=f"top-r singular triplets of each matrix (all of a smaller one's), "
                           f"or 'full' (default {DEFAULT_R})")
@@ -106,8 +95,12 @@ class SvdSettings(Config):
                          "meet its error bound), or auto (full when min(d) <= 1024, else randomized with the full "
                          "SVD as fallback)")
     roles: tuple[str, ...] | None = option(None, help="roles of the SVD probe (default: every layer role)")
+    null_seeds: int = option(0, help="same-norm random updates of the base (Gaussian and rotation) measured per "
+                             "matrix and seed, the null HC's verdicts are judged against (svd_null.csv; 0: none)")
 
     def __post_init__(self):
+        if self.null_seeds < 0:
+            raise ConfigError(f"null_seeds = {self.null_seeds}: give 0 (no null) or a number of seeds")
         if self.r != "full" and (not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1):
             raise ConfigError(f"r = {self.r!r}: give a positive number of singular triplets, or 'full'")
         if self.method not in ("auto", "full", "lowrank"):
@@ -124,10 +117,8 @@ class NormsSettings(Config):
 
 @dataclass(frozen=True)
 class ProbeRequest(Config):
-    """One probe run: a base against one post, several fine-tunes of it side by side, or an ordered checkpoint
-    series (posts: checkpoints or LoRA adapter folders), with the RSF grid and the SVD probe of each post.
-    Every setting holds in every mode; progress, the statistics cache and pickle permission are run-wide
-    (:mod:`rwedit.runtime`)."""
+    """One probe run: a base against one post, several side by side, or an ordered checkpoint series
+    (checkpoints or LoRA adapters); every setting holds in every mode (progress, cache, pickle: rwedit.runtime)."""
 
     base: str = option(help="the base: a checkpoint folder or Hub id[@revision]")
     posts: tuple[str, ...] = option((), help="the post side: one, or several fine-tunes of the base side by side "
@@ -152,9 +143,8 @@ class ProbeRequest(Config):
     stop_after: int | None = option(None, help="a series: probe at most this many new members (a later run resumes)")
 
     def __post_init__(self):
-        if isinstance(self.posts, (str, Path)) or not isinstance(self.posts, tuple):
-            object.__setattr__(self, "posts", (str(self.posts),) if isinstance(self.posts, (str, Path))
-                               else tuple(map(str, self.posts)))
+        posts = (self.posts,) if isinstance(self.posts, (str, Path)) else self.posts
+        object.__setattr__(self, "posts", tuple(map(str, posts)))
         if self.out is not None:
             object.__setattr__(self, "out", str(self.out))
         if bool(self.series) == bool(self.posts):
@@ -170,11 +160,9 @@ class ProbeRequest(Config):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What :func:`run_probe` measured, as tables: ``rsf`` (the grid) and ``svd`` (per matrix), each with a
-    ``post`` column; ``claims``, per post the pathway claims at one k with their null and the SVD means (a
-    series: by step); ``headline``, a single post's grid averaged over layers (without a grid: its SVD
-    metrics per role); ``meta`` (every setting and source); ``folder``, where they were written (None when not
-    asked); ``norms``, the per-role norms (a ``post`` column)."""
+    """What :func:`run_probe` measured: ``rsf``, ``svd`` and ``norms`` with a ``post`` column; ``claims``, per post
+    (a series: per step) the pathway claims at one k and the SVD means; ``headline``, a single post's grid
+    averaged over layers (else its SVD metrics per role); ``meta``; ``folder`` (None when none was written)."""
 
     rsf: pd.DataFrame | None
     svd: pd.DataFrame | None
@@ -209,25 +197,25 @@ class _Run:
         (one pass over the pair per probe, the base read once for all), the matrices whose rank clipped r,
         each post's unchanged matrices and its norms."""
         rq, posts = self.rq, {n: self.pairs[n].post for n in names}
-        progress = runtime().progress
-        rsf = list(rsf_grid_posts(self.base, posts, self.stats, rq.grid, progress)) if rq.grid is not None else []
+        rsf = list(rsf_grid_posts(self.base, posts, self.stats, rq.grid)) if rq.grid is not None else []
         svd: list[dict] = []
         clipped: dict[str, int] = {}
         unchanged: dict[str, list[str]] = {n: [] for n in names}
         if rq.svd is not None:
             r, views = rq.svd.r, self.base.layout.views(self.svd_roles)
             for rps in tqdm(iter_posts(self.base, list(posts.values()), views), total=len(views), desc="SVD probe",
-                            disable=not progress):
+                            disable=not runtime().progress):
                 for name, rp in zip(names, rps):
                     r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
                     if r_eff != "full" and r_eff < int(r):
                         clipped[f"{rp.layer}.{rp.role}"] = r_eff
                     if torch.equal(rp.base, rp.post):
                         unchanged[name].append(f"{rp.layer}.{rp.role}")
-                    m = svd_structure(rp.base, rp.post, r=r_eff, method=rq.svd.method)
-                    svd.append({"post": name, "layer": rp.layer, "role": rp.role,
-                                **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}})
-        norms = {n: delta_norms(self.pairs[n], rq.norms.roles, rq.norms.layers, progress) for n in names} \
+                    m = svd_structure(rp.base, rp.post, r=r_eff, method=rq.svd.method,
+                                      null_seeds=range(rq.svd.null_seeds), null_key=f"{rp.layer}.{rp.role}")
+                    cell = {"post": name, "layer": rp.layer, "role": rp.role}
+                    svd += [{**cell, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}}] + [{**cell, **x} for x in m.null]
+        norms = {n: delta_norms(self.pairs[n], rq.norms.roles, rq.norms.layers) for n in names} \
             if rq.norms is not None else {}
         return rsf, svd, clipped, unchanged, norms
 
@@ -264,83 +252,85 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     if rq.series:
         return _run_series(run, members)
     measured = run.measure(list(pairs))
-    write = _pair_result if len(pairs) == 1 else _compare_result
     if final is None:
-        return write(run, members, *measured, None)
+        return _write(run, members, measured, None)
     with atomic_folder(final, rq.overwrite, inputs=rq.inputs()) as tmp:
-        res = write(run, members, *measured, tmp)
+        res = _write(run, members, measured, tmp)
     return replace(res, folder=final)
 
 
-def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict], clipped: dict,
-                 unchanged: dict[str, list[str]], norms: dict, out: Path | None) -> ProbeResult:
-    """One post's results, and its folder when ``out`` is given: ``rsf.csv``, ``headline.csv``,
-    ``spectrum.csv``, ``svd.csv``, the plots, ``meta.json`` and ``summary.md``."""
-    rq = run.rq
-    (name, ref, _), = members
-    pair = run.pairs[name]
-    rows = [{k: v for k, v in r.items() if k != "post"} for r in rows]
-    svd_rows = [{k: v for k, v in r.items() if k != "post"} for r in svd_rows]
-    files, plots, spiked = [], [], []
-    df = head = svd = svd_head = None
-    if rq.grid is not None:
-        df = pd.DataFrame(rows, columns=list(COLUMNS))
-        head = rsf_headline(df)
-        if run.stats is not None:
-            spiked = spikedness_rows(run.stats, rq.grid.ks, rq.grid.centred)
-        if out is not None:
-            df.to_csv(out / "rsf.csv", index=False)
-            head.to_csv(out / "headline.csv", index=False)
-            plots += plot_rsf_heatmaps(df, out) + [plot_rsf_vs_k(df, out)]
-            if spiked:
-                write_rows(spiked, out / "spectrum.csv", list(spiked[0]))
-            files += ["rsf.csv", "headline.csv"]
-    if rq.svd is not None:
-        svd = pd.DataFrame(svd_rows, columns=list(SVD_COLUMNS))
-        svd_head = svd.groupby("role", sort=False)[["scale", "scale_residual", "orth_U", "orth_V", "consistency",
-                                                    "reparam_error"]].agg(["mean", "std"])
-        svd_head.columns = [f"{a}_{b}" for a, b in svd_head.columns]
-        svd_head = svd_head.reset_index()
-        if out is not None:
-            svd.to_csv(out / "svd.csv", index=False)
-            plots += _plot_svd(svd, out)
-            files += ["svd.csv"]
-    if norms and out is not None:
-        write_csv(norms[name], out / "deltas.csv")
-        files += ["deltas.csv"]
-    meta = {**run.settings_meta(), "post": str(ref), "sources": pair.sources(),
-            "dtype_mismatch": _rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None)}
-    if rq.svd is not None:
-        meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
-    cards = _cards(run, name) if rq.cards > 0 and rq.grid is not None else []
-    if cards and out is not None:
-        write_text(out / "directions.jsonl", "".join(dumps(c.row()) + "\n" for c in cards))
-        files += ["directions.jsonl"]
+def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> ProbeResult:
+    """The results of one post or several, and with ``out`` their folder: ``rsf.csv``, ``svd.csv``, ``deltas.csv``
+    (a ``post`` column when several), ``meta.json``, ``summary.md``/``.html``; one post adds ``headline.csv``,
+    ``spectrum.csv``, plots and ``directions.jsonl``, several ``compare.csv``/``compare.png``."""
+    rq, (rows, svd_rows, clipped, unchanged, norms) = run.rq, measured
+    null_rows = [r for r in svd_rows if "null" in r]  # the same-norm null's draws (SvdSettings.null_seeds)
+    svd_rows = [r for r in svd_rows if "null" not in r]
+    names = [n for n, _, _ in members]
+    one = len(names) == 1
+    rsf = pd.DataFrame(rows, columns=["post", *COLUMNS]) if rq.grid else None
+    svd = pd.DataFrame(svd_rows, columns=["post", *SVD_COLUMNS]) if rq.svd else None
+    claims = _claims(run, names, rsf, svd)
+    tables = {"rsf.csv": rsf, "headline.csv": None, "svd.csv": svd, "deltas.csv": _norms_frame(norms),
+              "svd_null.csv": pd.DataFrame(null_rows) if null_rows else None}
+    meta, head, svd_head, spiked, cards, plots = run.settings_meta(), None, None, [], [], []
+    if one:
+        (name, ref, _), pair = members[0], run.pairs[names[0]]
+        tables = {f: t if t is None else t.drop(columns="post") for f, t in tables.items()}
+        meta.update(post=str(ref), sources=pair.sources(),
+                    dtype_mismatch=_rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None))
+        if rq.grid is not None:
+            head = tables["headline.csv"] = rsf_headline(tables["rsf.csv"])
+            spiked = spikedness_rows(run.stats, rq.grid.ks, rq.grid.centred) if run.stats is not None else []
+            cards = _cards(run, name) if rq.cards > 0 else []
+        if rq.svd is not None:
+            meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
+            svd_head = svd.groupby("role", sort=False)[["scale", "scale_residual", "orth_U", "orth_V", "consistency",
+                                                        "reparam_error"]].agg(["mean", "std"])
+            svd_head.columns = [f"{a}_{b}" for a, b in svd_head.columns]
+            svd_head = svd_head.reset_index()
+    else:
+        sources = {n: run.pairs[n].sources()["post"] for n in names}
+        meta.update(probe="rsf-compare", posts={n: str(ref) for n, ref, _ in members},
+                    sources={"base": run.pairs[names[0]].sources()["base"], **sources},
+                    k=claim_k(rq.grid, rq.claim_k) if rq.grid else None)
+        tables["compare.csv"] = claims
+    files = [f for f, t in tables.items() if t is not None] + (["directions.jsonl"] if cards else [])
+    if out is not None:
+        for f, t in tables.items():
+            if t is not None:
+                t.to_csv(out / f, index=False)
+        if one and rq.grid is not None:
+            plots += plot_rsf_heatmaps(tables["rsf.csv"], out) + [plot_rsf_vs_k(tables["rsf.csv"], out)]
+        if one and rq.svd is not None:
+            plots += _plot_svd(tables["svd.csv"], out)
+        if not one and "rsf_mean" in claims:
+            plots.append(plot_compare(claims, out / "compare.png"))
+        if spiked:
+            pd.DataFrame(spiked).to_csv(out / "spectrum.csv", index=False)
+        if cards:
+            write_text(out / "directions.jsonl", "".join(dumps(c.row()) + "\n" for c in cards))
     meta["seconds"] = round(time.perf_counter() - run.t0, 2)
-    meta["files"] = files + ["summary.md", "summary.html"] + [p.name for p in plots] + (["spectrum.csv"] if spiked else [])
-    claims = _claims(run, [name], None if df is None else df.assign(post=name),
-                     None if svd is None else svd.assign(post=name))
+    if one:
+        meta["files"] = (files + ["summary.md", "summary.html"] + [p.name for p in plots]
+                         + (["spectrum.csv"] if spiked else []))
     if out is not None:
         write_json(out / "meta.json", meta)
-        write_pages(out, [_summary(meta, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
+        write_pages(out, [_summary(meta, claims, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
                     extra_html=cards_html([c.row() for c in cards]))
-    return ProbeResult(None if df is None else df.assign(post=name)[["post", *COLUMNS]],
-                       None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims,
-                       svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True), meta,
-                       norms=_norms_frame(norms), cards=cards_frame(cards) if cards else None)
+    headline = svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True)
+    return ProbeResult(rsf, svd, claims, headline, meta, out, _norms_frame(norms),
+                       cards_frame(cards) if cards else None)
 
 
 def _cards(run: _Run, name: str) -> list:
-    """The direction cards of one post: for every probed cell the top ``cards`` activation directions (from the
-    statistics), ΔW's right/left singular directions and the prediction directions, explained by one pass over
-    the calibration tokens (contexts, second-moment shares) and the logit lens."""
+    """The direction cards of one post: every probed cell's top activation, ΔW-singular and prediction directions,
+    explained by one pass over the calibration tokens and the logit lens."""
     rq, pair, m = run.rq, run.pairs[name], run.rq.cards
-    layer_roles = tuple(r for r in (rq.grid.roles if rq.grid else None) or run.roles if r != "unembed")
-    layers = rq.grid.layers if rq.grid else None
     dirs: list[Direction] = []
-    for rp in pair.iter_roles(layer_roles, layers):
+    for rp in pair.iter_roles(tuple(r for r in rq.grid.roles or run.roles if r != "unembed"), rq.grid.layers):
         if run.stats is not None:
-            dirs += activation_directions(run.stats, rp.layer, rp.role, m, rq.grid.centred if rq.grid else False)
+            dirs += activation_directions(run.stats, rp.layer, rp.role, m, rq.grid.centred)
         dirs += delta_directions(rp.delta, rp.layer, rp.role, m)
     dirs += prediction_directions(prediction_from_pair(pair), m)
     try:  # the lens as the model computes logits: the final norm's gain folded in where it has one
@@ -373,44 +363,9 @@ def _claims(run: _Run, names: list[str], rsf: pd.DataFrame | None, svd: pd.DataF
     return table
 
 
-def _compare_result(run: _Run, members: list, rsf: list[dict], svd: list[dict], clipped: dict, unchanged: dict,
-                    norms: dict, out: Path | None) -> ProbeResult:
-    """Several posts side by side: ``rsf.csv`` and ``svd.csv`` (a ``post`` column), ``compare.csv`` /
-    ``compare.png`` (:func:`_claims`), ``meta.json`` and ``summary.md`` in ``out`` when given."""
-    rq = run.rq
-    names = [n for n, _, _ in members]
-    df = pd.DataFrame(rsf, columns=["post", *COLUMNS]) if rq.grid else None
-    sv = pd.DataFrame(svd) if rq.svd else None
-    table = _claims(run, names, df, sv)
-    sources = {"base": run.pairs[names[0]].sources()["base"], **{n: run.pairs[n].sources()["post"] for n in names}}
-    kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
-    meta = {**run.settings_meta(), "probe": "rsf-compare", "posts": {n: str(ref) for n, ref, _ in members},
-            "sources": sources, "k": kk, "seconds": round(time.perf_counter() - run.t0, 2)}
-    if out is not None:
-        if df is not None:
-            df.to_csv(out / "rsf.csv", index=False)
-        if sv is not None:
-            sv.to_csv(out / "svd.csv", index=False)
-        table.to_csv(out / "compare.csv", index=False)
-        if norms:
-            _norms_frame(norms).to_csv(out / "deltas.csv", index=False)
-        plot = plot_compare(table, out / "compare.png") if "rsf_mean" in table else None
-        write_json(out / "meta.json", meta)
-        svd_note = (f" SVD probe: top-{rq.svd.r} singular triplets of each matrix (`svd.csv`; the table shows its "
-                    f"mean scale and consistency)." if rq.svd else "")
-        (out / "summary.md").write_text("\n".join([
-            f"# RSF of {len(names)} fine-tunes of `{rq.base}`", "",
-            f"RSF at k = {kk}, mean over layers and the roles of each pathway (± sem over matrices); the null is "
-            f"the random-subspace null (mean ± sd; 1 is isotropic). One base read, one set of activation "
-            f"statistics for all posts. Full grid: `rsf.csv` (a `post` column).{svd_note}", "",
-            markdown_table(table), ""] + ([f"![{plot.stem}]({plot.name})", ""] if plot else [])))
-    return ProbeResult(df, sv, table, None, meta, out, _norms_frame(norms))
-
-
 def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
-    """A checkpoint series, member by member: with ``out``, each member's single-post folder under
-    ``OUT/members/NAME`` (a complete one is not probed again, so a stopped run resumes) and ``series.csv`` /
-    ``series.png`` (each member's claims and SVD means against its step), rebuilt from the member folders."""
+    """A checkpoint series member by member: with ``out``, each member's folder ``OUT/members/NAME`` (a complete
+    one is reused: a stopped run resumes) and ``series.csv``/``.png`` (claims and SVD means by step)."""
     rq, out = run.rq, None if run.rq.out is None else Path(run.rq.out)
     kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
     results: dict[str, ProbeResult] = {}
@@ -425,10 +380,10 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
         with using(progress=False):
             measured = run.measure([name])
         if folder is None:
-            results[name] = _pair_result(run, [(name, ref, step)], *measured, None)
+            results[name] = _write(run, [(name, ref, step)], measured, None)
         else:
             with atomic_folder(folder, overwrite=True) as tmp:
-                _pair_result(run, [(name, ref, step)], *measured, tmp)
+                _write(run, [(name, ref, step)], measured, tmp)
             results[name] = _read_member(folder, name, kk)  # as a resumed run reads it
         done_now += 1
     rows = []
@@ -454,8 +409,7 @@ def _run_series(run: _Run, members: list[tuple[str, str, int]]) -> ProbeResult:
 
 
 def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
-    """A series member's results read back from its folder (its claims at ``k`` recomputed from its
-    ``rsf.csv``)."""
+    """A series member's results read back from its folder (claims at ``k`` from its ``rsf.csv``)."""
     meta = json.loads((folder / "meta.json").read_text())
     rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
     svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
@@ -474,12 +428,8 @@ def post_names(posts) -> list[str]:
 
 
 def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
-    """(name, reference, step) of each member of a checkpoint series, ordered by step: a list (or a comma
-    list, or a YAML file holding one) of folders / Hub ids with revisions, or a folder of checkpoint folders
-    (a Trainer's ``checkpoint-N``). The step is the trailing number of the name or revision (else the
-    position)."""
-    import re as _re
-
+    """(name, reference, step) of each member of a series, by step: a list (comma list, YAML list file) of folders
+    or Hub ids, or a folder of ``checkpoint-N`` folders; the step is the trailing number (else the position)."""
     if isinstance(spec, str):
         path = Path(spec)
         if path.is_dir() and not (path / "config.json").exists():
@@ -487,8 +437,6 @@ def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
             if not refs:
                 raise ConfigError(f"--series {spec}: the folder holds no checkpoint folders (with config.json)")
         elif path.suffix in (".yaml", ".yml") and path.is_file():
-            import yaml
-
             refs = yaml.safe_load(path.read_text())
             if not isinstance(refs, list) or not refs:
                 raise ConfigError(f"--series {spec}: expected a YAML list of checkpoints")
@@ -497,15 +445,12 @@ def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
             refs = [r.strip() for r in spec.split(",") if r.strip()]
     else:
         refs = [str(r) for r in spec]
-    if len(refs) < 1:
+    if not refs:
         raise ConfigError("--series: give at least one member")
-    out = []
-    for i, ref in enumerate(refs):
-        m = _re.search(r"(\d+)$", ref.rstrip("/"))
-        out.append((ref, int(m.group(1)) if m else i))
-    out.sort(key=lambda x: x[1])
-    names = post_names([r.replace("@", "_") for r, _ in out])
-    return [(n, r, step) for n, (r, step) in zip(names, out)]
+    steps = [(ref, int(m.group(1)) if (m := re.search(r"(\d+)$", ref.rstrip("/"))) else i)
+             for i, ref in enumerate(refs)]
+    steps.sort(key=lambda x: x[1])
+    return [(n, r, step) for n, (r, step) in zip(post_names([r.replace("@", "_") for r, _ in steps]), steps)]
 
 
 def plot_series(table: pd.DataFrame, path: Path) -> Path:
@@ -583,7 +528,8 @@ def _rounding_floor(pair: CheckpointPair, roles, layers) -> dict | None:
     """For a pair stored in two dtypes: the ‖ΔW‖ a bare conversion of the base shows, against the deltas."""
     if pair.dtype_mismatch is None:
         return None
-    norms = delta_norms(pair, roles, layers, progress=False)
+    with using(progress=False):
+        norms = delta_norms(pair, roles, layers)
     ratios = sorted(n.delta_norm / n.rounding_floor for n in norms if n.rounding_floor > 0)
     return {"base": pair.dtype_mismatch[0], "post": pair.dtype_mismatch[1],
             "median_delta_over_floor": ratios[len(ratios) // 2] if ratios else None,
@@ -594,16 +540,25 @@ def _g(x) -> str:
     return "–" if x is None else f"{x:.3g}"
 
 
-def _summary(meta: dict, head, spiked, svd_head, n_svd: int, plots) -> str:
-    """``summary.md`` of one post: what each probe measured, how, and its headline table."""
-    what = "RSF probe" if "grid" in meta else "SVD structure probe" if "svd" in meta else "Weight-delta norms"
-    lines = [f"# {what}: {meta['post']} vs {meta['base']}", "",
-             f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.", ""]
-    if "grid" in meta:
-        lines += _rsf_lines(head, meta, spiked)
-    if "svd" in meta:
-        lines += _svd_lines(meta, svd_head, n_svd)
-    lines += ["## Files", ""] + [f"- `{f}`" for f in meta["files"]] + [""]
+def _summary(meta: dict, claims, head, spiked, svd_head, n_svd: int, plots) -> str:
+    """``summary.md``: what each probe measured, how, and its headline table; several posts: their claims."""
+    if "posts" in meta:
+        svd = meta.get("svd")
+        lines = [f"# RSF of {len(meta['posts'])} fine-tunes of `{meta['base']}`", "",
+                 f"RSF at k = {meta['k']}, mean over layers and the roles of each pathway (± sem over matrices); the "
+                 f"null is the random-subspace null (mean ± sd; 1 is isotropic). One base read, one set of activation "
+                 f"statistics for all posts. Full grid: `rsf.csv` (a `post` column)."
+                 + (f" SVD probe: top-{svd['r']} singular triplets of each matrix (`svd.csv`; the table shows its "
+                    f"mean scale and consistency)." if svd else ""), "", markdown_table(claims), ""]
+    else:
+        what = "RSF probe" if "grid" in meta else "SVD structure probe" if "svd" in meta else "Weight-delta norms"
+        lines = [f"# {what}: {meta['post']} vs {meta['base']}", "",
+                 f"Architecture `{meta['model_type']}`; rwedit {meta['rwedit_version']}; {meta['seconds']} s.", ""]
+        if "grid" in meta:
+            lines += _rsf_lines(head, meta, spiked)
+        if "svd" in meta:
+            lines += _svd_lines(meta, svd_head, n_svd)
+        lines += ["## Files", ""] + [f"- `{f}`" for f in meta["files"]] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -642,8 +597,6 @@ def _rsf_lines(head, meta: dict, spiked) -> list[str]:
     lines.append(f"Prediction subspace: top right singular vectors of W_U{' · diag(γ_final)' if meta['grid']['prediction_gain'] else ''} of the base.")
     lines += ["", "## Headline (mean over layers)", "", markdown_table(head[head["subspace"] != "random"]), ""]
     if spiked:
-        import pandas as pd
-
         sp = pd.DataFrame(spiked).groupby(["input", "k"])[["topk_share", "participation_ratio"]].mean().reset_index()
         lines += ["## Spikedness of the activation spectra (mean over layers)", "", markdown_table(sp), ""]
     return lines
@@ -652,7 +605,7 @@ def _rsf_lines(head, meta: dict, spiked) -> list[str]:
 def _svd_lines(meta: dict, head, n: int) -> list[str]:
     svd = meta["svd"]
     r, clipped, unchanged = svd["r"], svd["r_clipped_to_rank"], svd["unchanged_matrices"]
-    return [f"## SVD structure (He & Cao)", "",
+    return ["## SVD structure (He & Cao)", "",
             f"Top-{r} singular triplets ({svd['method']}); per matrix: least-squares scale s (σ' ≈ sσ) and residual, "
             "orthogonality ‖QᵀQ − I‖ of Q_U = UᵀU' and Q_V = VᵀV', consistency ‖Q_U − Q_V‖/‖Q_U‖ "
             "(small = one rotation acts on both sides), and the reparameterisation error of U Q Σ' (V Q)ᵀ." +
@@ -663,8 +616,6 @@ def _svd_lines(meta: dict, head, n: int) -> list[str]:
 
 
 def _plot_svd(df, out: Path) -> list[Path]:
-    from rwedit.probes.report import pyplot, save_figure
-
     plt = pyplot()
     paths = []
     for metric, ylabel in (("scale", "singular-value scale s"), ("consistency", "‖Q_U − Q_V‖ / ‖Q_U‖")):
@@ -677,22 +628,3 @@ def _plot_svd(df, out: Path) -> list[Path]:
         ax.legend(fontsize=8, ncol=4)
         paths.append(save_figure(fig, out / f"svd_{metric}.png"))
     return paths
-
-
-def run_rsf_probe(base: str, post: str, out: str | Path, calib: CalibrationSettings | None = None,
-                  settings: GridSettings = GridSettings(), allow_pickle: bool | None = None,
-                  cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
-                  allow_dtype_mismatch: bool = False) -> ProbeResult:
-    """Deprecated (for callers not yet converted): :func:`run_probe` of one post, the RSF grid alone."""
-    with using(progress=progress, cache_dir=cache_dir, allow_pickle=allow_pickle):
-        return run_probe(ProbeRequest(base, (str(post),), calibration=calib, grid=settings, svd=None, out=out,
-                                      overwrite=overwrite, allow_dtype_mismatch=allow_dtype_mismatch))
-
-
-def run_svd_probe(base: str, post: str, out: str | Path, r: int | str = DEFAULT_R, method: str = "auto",
-                  roles: tuple[str, ...] | None = None, allow_pickle: bool | None = None, progress: bool = True,
-                  overwrite: bool = False, allow_dtype_mismatch: bool = False) -> ProbeResult:
-    """Deprecated (for callers not yet converted): :func:`run_probe` of one post, the SVD probe alone."""
-    with using(progress=progress, allow_pickle=allow_pickle):
-        return run_probe(ProbeRequest(base, (str(post),), grid=None, svd=SvdSettings(r, method, roles), out=out,
-                                      overwrite=overwrite, allow_dtype_mismatch=allow_dtype_mismatch))

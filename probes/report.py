@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
-
 import pandas as pd
 
 from rwedit.architectures import ROLES
@@ -27,14 +25,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return Path(path)
-
-
-def write_rows(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=list(columns))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return df
 
 
 def rsf_headline(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,30 +3,23 @@ prediction subspace and Haar-random null subspaces. Pure tensor maths, float64 t
 
 from __future__ import annotations
 
-from rwedit.errors import ConfigError
 import functools
 import operator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = [
-    "Spectrum",
-    "check_k",
-    "eig_subspace",
-    "gram_matrix",
-    "haar_basis",
-    "haar_from_generator",
-    "prediction_basis",
-    "prediction_spectrum",
-]
+from rwedit.errors import ConfigError
+
+__all__ = ["Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis", "haar_from_generator",
+           "prediction_spectrum"]
 
 #: Default number of unembedding rows upcast to float64 at a time (4096 rows x 4096 cols = 128 MiB).
 DEFAULT_CHUNK_ROWS = 4096
 
 
 def check_k(k: int, d: int, what: str = "k") -> int:
-    """Return k as an int if 1 <= k <= d, else raise a ValueError that says how to fix it."""
+    """Return k as an int if 1 <= k <= d, else a :class:`ConfigError` that says how to fix it."""
     try:
         if isinstance(k, bool):
             raise TypeError
@@ -34,10 +27,8 @@ def check_k(k: int, d: int, what: str = "k") -> int:
     except TypeError:
         raise ConfigError(f"{what}={k!r} must be an integer with 1 <= {what} <= d={d}") from None
     if not 1 <= k <= d:
-        raise ConfigError(
-            f"{what}={k} is out of range for a space of dimension d={d}: need 1 <= {what} <= d; "
-            f"pass a {what} in [1, {d}] (clip a k grid to d before calling)"
-        )
+        raise ConfigError(f"{what}={k} is out of range for a space of dimension d={d}: need 1 <= {what} <= d; "
+                          f"pass a {what} in [1, {d}] (clip a k grid to d before calling)")
     return k
 
 
@@ -76,12 +67,9 @@ def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Eigen-decomposition of a symmetric d x d matrix: all eigenvalues descending (float64) and
-    eigenvectors as columns in the same order, each sign-fixed (largest-|entry| positive).
-
-    A spectrum may keep only its top and bottom columns (`truncated`): the eigenvalues stay complete,
-    `eigenvectors` holds the top m columns and `low_vectors` the lowest ones, lowest first.  That is
-    what the statistics cache stores, so a probe never re-runs eigh nor holds d x d matrices."""
+    """Eigen-decomposition of a symmetric d x d matrix: eigenvalues descending (float64), eigenvectors as
+    sign-fixed columns in that order. A `truncated` one (what the statistics cache stores) keeps every eigenvalue
+    but only the top m columns and, in `low_vectors`, the lowest ones (lowest first)."""
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
@@ -132,11 +120,6 @@ class Spectrum:
         return Spectrum(self.eigenvalues, self.eigenvectors[:, :m].contiguous(),
                         self.eigenvectors[:, -m:].flip(1).contiguous())
 
-    def singular_values(self) -> torch.Tensor:
-        """sqrt of the (clamped non-negative) eigenvalues: the singular values of W when this is the
-        spectrum of the Gram matrix W^T W (see `prediction_spectrum`)."""
-        return self.eigenvalues.clamp(min=0).sqrt()
-
     def spikedness(self, k: int) -> dict[str, float]:
         """Share of the trace in the top k eigenvalues, and the participation ratio (Σλ)²/Σλ²
         (1 for a rank-1 matrix, d for an isotropic one). NaN when the trace is zero."""
@@ -181,19 +164,13 @@ def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6) -> Spec
     scale = float(m.abs().max())
     asym = float((m - m.T).abs().max())
     if asym > sym_rtol * max(scale, torch.finfo(torch.float64).tiny):
-        raise ConfigError(
-            f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
-            f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)"
-        )
+        raise ConfigError(f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
+                          f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)")
     return _spectrum_of_symmetric(m)
 
 
-def gram_matrix(
-    W: torch.Tensor,
-    column_gain: torch.Tensor | None = None,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> torch.Tensor:
+def gram_matrix(W: torch.Tensor, column_gain: torch.Tensor | None = None, *,
+                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
     """float64 Gram matrix (W·diag(g))ᵀ(W·diag(g)) of a V x d matrix, accumulated over row chunks so
     only `chunk_rows` rows are ever upcast at once (a 150k x 4096 unembedding stays in its dtype)."""
     if not isinstance(W, torch.Tensor) or W.ndim != 2 or min(W.shape) == 0:
@@ -205,10 +182,8 @@ def gram_matrix(
     gain = None
     if column_gain is not None:
         if column_gain.ndim != 1 or column_gain.shape[0] != d:
-            raise ConfigError(
-                f"final_norm_gain must have shape ({d},) to match W's {d} columns, "
-                f"got {tuple(column_gain.shape)}"
-            )
+            raise ConfigError(f"final_norm_gain must have shape ({d},) to match W's {d} columns, "
+                              f"got {tuple(column_gain.shape)}")
         gain = column_gain.to(device=W.device, dtype=torch.float64)
         if not torch.isfinite(gain).all():
             raise ConfigError("final_norm_gain has non-finite (NaN/inf) entries")
@@ -223,28 +198,9 @@ def gram_matrix(
     return gram
 
 
-def prediction_spectrum(
-    W_U: torch.Tensor,
-    final_norm_gain: torch.Tensor | None = None,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> Spectrum:
-    """Right singular structure of the unembedding W_U (V x d), or of W_U·diag(γ) when the final
-    norm's gain γ is given, via eigh of the float64 Gram matrix: eigenvalues are σ², eigenvectors
-    the right singular vectors (use `.singular_values()` for σ)."""
+def prediction_spectrum(W_U: torch.Tensor, final_norm_gain: torch.Tensor | None = None, *,
+                        chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Spectrum:
+    """Right singular structure of the unembedding W_U (V x d), or of W_U·diag(γ), via eigh of the float64 Gram
+    matrix: eigenvalues σ², eigenvectors the right singular vectors; ``.top(k)`` is the prediction subspace P_k."""
     return _spectrum_of_symmetric(gram_matrix(W_U, final_norm_gain, chunk_rows=chunk_rows))
 
-
-def prediction_basis(
-    W_U: torch.Tensor,
-    k: int,
-    final_norm_gain: torch.Tensor | None = None,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> torch.Tensor:
-    """Prediction subspace P_k (the residual-stream directions the unembedding reads most strongly):
-    d x k float64 basis of the top-k right singular vectors of W_U (or of W_U·diag(γ)). For the
-    singular values too, call `prediction_spectrum`."""
-    if isinstance(W_U, torch.Tensor) and W_U.ndim == 2:
-        check_k(k, W_U.shape[1])  # fail before the expensive Gram pass
-    return prediction_spectrum(W_U, final_norm_gain, chunk_rows=chunk_rows).top(k)

@@ -18,21 +18,13 @@ TRAJECTORY_COLUMNS = ("step",) + COLUMNS
 
 
 class RSFTrajectoryCallback(TrainerCallback):
-    """Appends RSF rows of ``W_t − W_0`` (with a ``step`` column) to ``out_csv`` during training.
+    """Appends RSF rows of ``W_t − W_0`` (a ``step`` column) to ``out_csv`` at every save (and every
+    ``every_n_steps``): ``W_0`` copied at the start (CPU, float32), the prediction subspace the starting model's,
+    the activation subspaces from ``stats`` (collect them on the starting model)."""
 
-    ``W_0`` of the chosen roles is copied at the start of training (CPU, float32); the prediction
-    subspace is the starting model's unembedding; activation subspaces come from ``stats``, which
-    should be collected on the starting model.  Rows are computed at every save, and also every
-    ``every_n_steps`` steps when given.
-    """
-
-    def __init__(
-        self,
-        out_csv: str | Path,
-        stats: ActivationStats | None = None,
-        settings: GridSettings = GridSettings(roles=("q", "k", "o", "down")),
-        every_n_steps: int | None = None,
-    ):
+    def __init__(self, out_csv: str | Path, stats: ActivationStats | None = None,
+                 settings: GridSettings = GridSettings(roles=("q", "k", "o", "down")),
+                 every_n_steps: int | None = None):
         self.out_csv = Path(out_csv)
         self.stats, self.settings, self.every_n_steps = stats, settings, every_n_steps
         self._w0: dict[tuple[int | None, str], torch.Tensor] | None = None
@@ -40,14 +32,14 @@ class RSFTrajectoryCallback(TrainerCallback):
         self._done_steps: set[int] = set()
 
     def _snapshot(self, model) -> None:
-        layout = model_layout(model)
+        self._layout = layout = model_layout(model)
         roles: Sequence[str] = self.settings.roles or layout.roles()
         self._w0 = {(v.layer, v.role): get_weight(model, v.layer, v.role).float().cpu()
                     for v in layout.views(roles, self.settings.layers)}
         pred = None
         if "prediction" in self.settings.subspaces:
             pred = prediction_spectrum(get_weight(model, None, "unembed").float().cpu())
-        self._ctx = GridContext(hidden=layout.dims.hidden, stats=self.stats, prediction=pred)
+        self._ctx = GridContext(self.stats, pred)
         self.out_csv.parent.mkdir(parents=True, exist_ok=True)
         if not self.out_csv.exists():
             with open(self.out_csv, "w", newline="") as f:
@@ -64,10 +56,9 @@ class RSFTrajectoryCallback(TrainerCallback):
         if step in self._done_steps:
             return []
         deltas = {key: get_weight(model, *key).float().cpu() - w0 for key, w0 in self._w0.items()}
-        rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._ctx, self.settings, progress=False)]
+        rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._layout, self._ctx, self.settings)]
         with open(self.out_csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS)
-            w.writerows(rows)
+            csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS).writerows(rows)
         self._done_steps.add(step)
         return rows
 

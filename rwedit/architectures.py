@@ -1,12 +1,9 @@
 """Architecture registry: one data entry per model family, mapping roles to modules and layouts.
 
-Every linear map is handled as ``W`` of shape ``d_out x d_in`` (``y = W x``), whatever the module
-stores: GPT-2's ``Conv1D`` keeps the transpose, GPT-NeoX interleaves Q/K/V per head in one matrix,
-GPT-2 and Phi-3 fuse them contiguously, Phi-3 fuses gate and up.  The registry hides all of that
-behind :class:`RoleView`, and every weight read or write of one role goes through it
-(:func:`get_weight`, :func:`add_delta`, :func:`set_weight`).  Adding an architecture =
-:func:`register_architecture` of one :class:`ArchSpec` (from user code; no edit of the package needed),
-plus :func:`register_fused_layout` for a fused matrix whose row layout is not yet in :data:`FUSED_LAYOUTS`.
+Every linear map is ``W`` of shape ``d_out x d_in`` (``y = W x``) whatever the module stores (Conv1D's
+transpose, fused Q/K/V or gate/up); :class:`RoleView` hides the layout and every weight read or write of a
+role goes through it. Adding an architecture = :func:`register_architecture` of one :class:`ArchSpec` (plus
+:func:`register_fused_layout` for a new fused row layout), from user code.
 """
 
 from __future__ import annotations
@@ -36,12 +33,8 @@ GROUP_ROLE: dict[str, str] = {g: r for r, g in reversed(list(INPUT_GROUP.items()
 
 @dataclass(frozen=True)
 class RoleSlot:
-    """Where one role lives inside a layer.
-
-    ``module`` is the path relative to the layer; ``fused`` names the layout of a fused matrix
-    (see :data:`FUSED_LAYOUTS`); ``norm`` is the norm module whose output this role reads
-    (``None`` when the role reads the raw residual stream or the attention output).
-    """
+    """Where one role lives inside a layer: its module path, the :data:`FUSED_LAYOUTS` entry of a fused matrix,
+    and the norm whose output it reads (None: the raw residual stream or the attention output)."""
 
     module: str
     fused: str | None = None
@@ -96,16 +89,8 @@ class Dims:
         head_dim = getattr(config, "head_dim", None) or hidden // n_heads
         inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
         tied = bool(getattr(config, "tie_word_embeddings", False))
-        return cls(
-            n_layers=int(_cfg(config, "num_hidden_layers", "n_layer")),
-            hidden=hidden,
-            n_heads=n_heads,
-            n_kv_heads=int(n_kv),
-            head_dim=int(head_dim),
-            intermediate=int(inter),
-            vocab=int(config.vocab_size),
-            tied=bool(tied),
-        )
+        return cls(int(_cfg(config, "num_hidden_layers", "n_layer")), hidden, n_heads, int(n_kv), int(head_dim),
+                   int(inter), int(config.vocab_size), tied)
 
 
 def _cfg(config: Any, *names: str) -> Any:
@@ -166,18 +151,11 @@ register_fused_layout("gate_up_contiguous", _gate_up_contiguous)
 # --- the registry ----------------------------------------------------------------------------
 
 
-def _llama_like(
-    name: str,
-    model_types: tuple[str, ...],
-    attn_norm: str | None = "input_layernorm",
-    mlp_norm: str | None = "post_attention_layernorm",
-    norm_offset: float = 0.0,
-    notes: str = "",
-) -> ArchSpec:
+def _llama_like(name: str, model_types: tuple[str, ...], attn_norm: str | None = "input_layernorm",
+                mlp_norm: str | None = "post_attention_layernorm", norm_offset: float = 0.0,
+                notes: str = "") -> ArchSpec:
     return ArchSpec(
-        name=name,
-        model_types=model_types,
-        layers="model.layers",
+        name=name, model_types=model_types, layers="model.layers",
         roles={
             "q": RoleSlot("self_attn.q_proj", norm=attn_norm),
             "k": RoleSlot("self_attn.k_proj", norm=attn_norm),
@@ -187,19 +165,12 @@ def _llama_like(
             "up": RoleSlot("mlp.up_proj", norm=mlp_norm),
             "down": RoleSlot("mlp.down_proj"),
         },
-        embed="model.embed_tokens",
-        unembed="lm_head",
-        final_norm="model.norm",
-        norm_offset=norm_offset,
-        notes=notes,
-    )
+        embed="model.embed_tokens", unembed="lm_head", final_norm="model.norm", norm_offset=norm_offset, notes=notes)
 
 
 _BUILTIN: tuple[ArchSpec, ...] = (
     ArchSpec(
-        name="gpt2",
-        model_types=("gpt2",),
-        layers="transformer.h",
+        name="gpt2", model_types=("gpt2",), layers="transformer.h",
         roles={
             "q": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
             "k": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
@@ -208,16 +179,11 @@ _BUILTIN: tuple[ArchSpec, ...] = (
             "up": RoleSlot("mlp.c_fc", norm="ln_2"),
             "down": RoleSlot("mlp.c_proj"),
         },
-        embed="transformer.wte",
-        unembed="lm_head",
-        final_norm="transformer.ln_f",
-        conv1d=True,
+        embed="transformer.wte", unembed="lm_head", final_norm="transformer.ln_f", conv1d=True,
         notes="Conv1D stores W transposed; Q/K/V fused contiguously in c_attn; no gate.",
     ),
     ArchSpec(
-        name="gpt_neox",
-        model_types=("gpt_neox",),
-        layers="gpt_neox.layers",
+        name="gpt_neox", model_types=("gpt_neox",), layers="gpt_neox.layers",
         roles={
             "q": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
             "k": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
@@ -226,9 +192,7 @@ _BUILTIN: tuple[ArchSpec, ...] = (
             "up": RoleSlot("mlp.dense_h_to_4h", norm="post_attention_layernorm"),
             "down": RoleSlot("mlp.dense_4h_to_h"),
         },
-        embed="gpt_neox.embed_in",
-        unembed="lm_head",
-        final_norm="gpt_neox.final_layer_norm",
+        embed="gpt_neox.embed_in", unembed="lm_head", final_norm="gpt_neox.final_layer_norm",
         aliases={"lm_head": "embed_out"},
         notes="Pythia. Q/K/V interleaved per head; checkpoints name the unembedding embed_out.",
     ),
@@ -236,17 +200,10 @@ _BUILTIN: tuple[ArchSpec, ...] = (
     _llama_like("mistral", ("mistral",)),
     _llama_like("qwen2", ("qwen2",), notes="q/k/v carry biases (ignored by weight deltas)."),
     _llama_like("olmo", ("olmo",), notes="Norms are parameter-free LayerNorms."),
-    _llama_like(
-        "olmo2",
-        ("olmo2",),
-        attn_norm=None,
-        mlp_norm=None,
-        notes="Post-norm blocks: q/k/v and gate/up read the raw residual stream; q_norm/k_norm follow q/k.",
-    ),
+    _llama_like("olmo2", ("olmo2",), attn_norm=None, mlp_norm=None,
+                notes="Post-norm blocks: q/k/v and gate/up read the raw residual stream; q_norm/k_norm follow q/k."),
     ArchSpec(
-        name="phi3",
-        model_types=("phi3",),
-        layers="model.layers",
+        name="phi3", model_types=("phi3",), layers="model.layers",
         roles={
             "q": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
             "k": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
@@ -256,9 +213,7 @@ _BUILTIN: tuple[ArchSpec, ...] = (
             "up": RoleSlot("mlp.gate_up_proj", fused="gate_up_contiguous", norm="post_attention_layernorm"),
             "down": RoleSlot("mlp.down_proj"),
         },
-        embed="model.embed_tokens",
-        unembed="lm_head",
-        final_norm="model.norm",
+        embed="model.embed_tokens", unembed="lm_head", final_norm="model.norm",
         notes="qkv_proj fused contiguously (GQA-aware); gate_up_proj = [gate; up].",
     ),
     _llama_like("gemma", ("gemma",), norm_offset=1.0, notes="RMSNorm scales by (1 + weight); embeddings tied."),
@@ -324,12 +279,9 @@ def _validate_spec(spec: ArchSpec) -> None:
 
 
 def register_architecture(spec: ArchSpec, *, replace: bool = False) -> None:
-    """Add ``spec`` to the registry, so that models whose ``config.model_type`` is one of
-    ``spec.model_types`` get its layout everywhere in rwedit.
-
-    The entry is validated first (its roles are layer roles, its fused layouts are registered).  A
-    ``model_type`` or a name that is already registered is refused unless ``replace=True``, which removes
-    every registered entry sharing the name or one of the model types (the new entry comes last)."""
+    """Add ``spec`` (validated first), so that models whose ``config.model_type`` is one of its model types get its
+    layout everywhere; a name or model type already registered is refused unless ``replace=True``, which removes
+    every entry sharing one (the new entry comes last)."""
     _validate_spec(spec)
     clashes = [s for s in _ARCHS.values() if s.name == spec.name or set(s.model_types) & set(spec.model_types)]
     if clashes and not replace:
@@ -372,11 +324,8 @@ def arch_spec(model_type: str) -> ArchSpec:
 
 @dataclass(frozen=True)
 class RoleView:
-    """One role of one layer as a ``d_out x d_in`` matrix inside its stored tensor.
-
-    ``param`` is the weight's name in the model's state dict; ``rows`` selects the role's rows of the
-    (transposed, for Conv1D) fused matrix, ``None`` meaning all of them.
-    """
+    """One role of one layer as a ``d_out x d_in`` matrix inside its stored tensor ``param`` (a state-dict name);
+    ``rows`` selects the role's rows of the (for Conv1D transposed) fused matrix, None: all of them."""
 
     layer: int | None
     role: str
@@ -402,10 +351,8 @@ class RoleView:
     def check_stored(self, stored: torch.Tensor | tuple[int, ...], where: str = "") -> None:
         shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else tuple(stored)
         if shape != self.stored_shape:
-            raise ConfigError(
-                f"{where}{self.param}: stored shape {shape} does not match the {self.stored_shape} "
-                f"that the model config implies for role {self.role!r}"
-            )
+            raise ConfigError(f"{where}{self.param}: stored shape {shape} does not match the {self.stored_shape} "
+                              f"that the model config implies for role {self.role!r}")
 
     def extract(self, stored: torch.Tensor) -> torch.Tensor:
         """Return the role's ``W`` (d_out x d_in) from the stored tensor (a copy when sliced)."""
@@ -492,22 +439,17 @@ class Layout:
         d = self.dims
         if role == "unembed":
             module = self.spec.embed if d.tied else self.spec.unembed
-            return RoleView(
-                None, role, module, f"{module}.weight", False, None, (d.vocab, d.hidden), (d.vocab, d.hidden),
-                norm=self.spec.final_norm,
-            )
+            return RoleView(None, role, module, f"{module}.weight", False, None, (d.vocab, d.hidden),
+                            (d.vocab, d.hidden), norm=self.spec.final_norm)
         if role not in self.spec.roles:
-            raise ConfigError(
-                f"{self.spec.name} has no {role!r} role; its roles are {', '.join(self.roles())}"
-            )
+            raise ConfigError(f"{self.spec.name} has no {role!r} role; its roles are {', '.join(self.roles())}")
         if layer is None or not (0 <= int(layer) < d.n_layers):
             raise ConfigError(f"layer {layer!r} out of range: the model has layers 0..{d.n_layers - 1}")
         slot = self.spec.roles[role]
         module = f"{self.spec.layers}.{int(layer)}.{slot.module}"
         shapes = self._role_shapes()
         if slot.fused is None:
-            rows = None
-            shape = shapes[role]
+            rows, shape = None, shapes[role]
             full_out = shape[0]
         else:
             parts = FUSED_LAYOUTS[slot.fused](d)
@@ -525,15 +467,9 @@ class Layout:
     def _role_shapes(self) -> dict[str, tuple[int, int]]:
         d = self.dims
         q_out, kv_out = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
-        return {
-            "q": (q_out, d.hidden),
-            "k": (kv_out, d.hidden),
-            "v": (kv_out, d.hidden),
-            "o": (d.hidden, q_out),
-            "up": (d.intermediate, d.hidden),
-            "gate": (d.intermediate, d.hidden),
-            "down": (d.hidden, d.intermediate),
-        }
+        return {"q": (q_out, d.hidden), "k": (kv_out, d.hidden), "v": (kv_out, d.hidden), "o": (d.hidden, q_out),
+                "up": (d.intermediate, d.hidden), "gate": (d.intermediate, d.hidden),
+                "down": (d.hidden, d.intermediate)}
 
     def views(self, roles: Iterable[str] | None = None, layers: Iterable[int] | None = None) -> list[RoleView]:
         """All views for the given roles and layers, layer-major, ``unembed`` last."""
@@ -571,16 +507,13 @@ def model_layout(model: torch.nn.Module) -> Layout:
 
 def _stored(model: torch.nn.Module, layer: int | None, role: str,
             write: str | None = None) -> tuple[RoleView, torch.nn.Parameter]:
-    """The view of a role in a loaded model and the parameter that stores it, its shape checked.  With
-    ``write`` (the verb of the caller's write) the unembedding of a model with tied embeddings is refused:
-    a write to it would change the input embedding too, so the caller must untie first."""
+    """The view of a role in a loaded model and the parameter that stores it, its shape checked; with ``write``
+    (the caller's verb) a tied unembedding is refused: writing it would change the input embedding too."""
     layout = model_layout(model)
     view = layout.view(layer, role)
     if write is not None and role == "unembed" and layout.dims.tied:
-        raise ConfigError(
-            f"the unembedding is tied to the input embedding: {write} it would change both. "
-            "Untie the weights first (model.config.tie_word_embeddings = False and clone lm_head.weight)."
-        )
+        raise ConfigError(f"the unembedding is tied to the input embedding: {write} it would change both. Untie the "
+                          "weights first (model.config.tie_word_embeddings = False and clone lm_head.weight).")
     param = model.get_parameter(view.param)
     view.check_stored(param)
     return view, param
@@ -594,19 +527,15 @@ def get_weight(model: torch.nn.Module, layer: int | None, role: str) -> torch.Te
 
 @torch.no_grad()
 def add_delta(model: torch.nn.Module, layer: int | None, role: str, delta: torch.Tensor) -> None:
-    """Add ``delta`` (d_out x d_in) to a role's weight in place, through fused/transposed storage.
-
-    An edit of the unembedding of a model with tied embeddings changes the embedding too; it is
-    refused so that the caller decides explicitly (untie first).
-    """
+    """Add ``delta`` (d_out x d_in) to a role's weight in place, through fused/transposed storage (a tied
+    unembedding is refused: untie first)."""
     view, param = _stored(model, layer, role, write="editing")
     view.add_(param.data, delta)
 
 
 @torch.no_grad()
 def set_weight(model: torch.nn.Module, layer: int | None, role: str, W: torch.Tensor) -> None:
-    """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (the rows of a
-    fused matrix that belong to other roles are untouched).  The tied unembedding is refused, as in
-    :func:`add_delta`."""
+    """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (other roles' rows of a
+    fused matrix untouched; a tied unembedding refused)."""
     view, param = _stored(model, layer, role, write="overwriting")
     view.set_(param.data, W)

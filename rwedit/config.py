@@ -1,10 +1,7 @@
-"""One configuration base for every YAML recipe, spec and command-line setting.
-
-A configuration is a frozen dataclass deriving from :class:`Config`. ``from_dict`` walks its type hints:
-nested configs become nested sections, lists become tuples, every value is type-checked, unknown keys
-are refused with a did-you-mean, and fields marked ``path=True`` are resolved relative to the YAML file
-they came from. Field help lives in the field's metadata (:func:`option`), so the CLI shows the same text
-as the recipe documentation. Errors are :class:`~rwedit.errors.ConfigError` naming the dotted key.
+"""One configuration base for every YAML recipe, spec and command-line setting: a frozen dataclass deriving
+from :class:`Config`, whose ``from_dict`` type-checks every value from the type hints (nested sections, lists as
+tuples), refuses unknown keys with a did-you-mean and resolves ``path=True`` fields against the YAML's folder;
+field help (:func:`option`) is shared by the CLI and the docs; errors are ``ConfigError``s naming the dotted key.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Text sources for calibration and behaviour: local files, `datasets` datasets, preference pairs.
-
-Everything returns plain Python lists or tensors so that the provenance (source, count, hash) can be
-recorded next to every statistic computed from it.
-"""
+"""Text sources for calibration and behaviour (local files, `datasets` datasets, preference pairs) as plain lists
+or tensors, so that their provenance (source, count, hash) is recorded next to every statistic."""
 
 from __future__ import annotations
 
@@ -146,11 +143,8 @@ def pack_tokens(
     seq_len: int,
     token_budget: int,
 ) -> torch.Tensor:
-    """Tokenise ``texts``, join them with EOS and cut the stream into rows of ``seq_len`` tokens.
-
-    Returns a ``(n_rows, seq_len)`` LongTensor holding at most ``token_budget`` tokens; packing means
-    no padding, so every position is a real token and statistics need no mask.
-    """
+    """``texts`` tokenised, joined with EOS and cut into a ``(n_rows, seq_len)`` LongTensor of at most
+    ``token_budget`` tokens: no padding, so every position is a real token and statistics need no mask."""
     if seq_len < 1 or token_budget < seq_len:
         raise DataError(f"need seq_len >= 1 and token_budget >= seq_len (got {seq_len}, {token_budget})")
     sep = tokenizer.eos_token_id
@@ -243,10 +237,8 @@ def read_pairs(path: str | Path, limit: int | None = None, indices: range | None
 
 
 def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 4096, min_frequency: int = 2):
-    """Train a byte-level BPE tokenizer on ``texts`` (offline) and wrap it for transformers.
-
-    Special tokens: ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2 (the same ids go into model configs).
-    """
+    """A byte-level BPE tokenizer trained on ``texts`` (offline) for transformers: ``<pad>`` 0, ``<bos>`` 1,
+    ``<eos>`` 2 (the ids model configs use)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

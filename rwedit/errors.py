@@ -1,10 +1,6 @@
-"""One error base for everything rwedit refuses: the CLI catches :class:`RweditError` and prints its
-message (which says what was wrong and what to do) instead of a traceback.
-
-Each subclass also derives from the built-in exception a Python caller would expect (``ValueError``
-for bad input, ``FileNotFoundError`` for a missing source, ``RuntimeError`` for a run that cannot go
-on), so ``except ValueError`` keeps working in user code.
-"""
+"""One error base for everything rwedit refuses: the CLI prints a :class:`RweditError`'s message (what was wrong,
+what to do) instead of a traceback; each subclass is also the built-in exception a caller expects (``ValueError``,
+``FileNotFoundError``, ``RuntimeError``)."""
 
 from __future__ import annotations
 
@@ -97,8 +93,7 @@ class AdapterNotAppliedError(ExperimentError):
 
 
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
-           "NotRegisteredError", "AlreadyRegisteredError",
-           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "NonFiniteError",
-           "NonFiniteWeightError", "DeviceError", "OutputExistsError", "DataError", "DataNotFoundError", "ExperimentError",
-           "StoreLockedError", "ExportError", "AdapterMismatchError",
-           "AdapterNotAppliedError"]
+           "NotRegisteredError", "AlreadyRegisteredError", "CheckpointError", "CheckpointNotFoundError",
+           "CheckpointMismatchError", "NonFiniteError", "NonFiniteWeightError", "DeviceError", "OutputExistsError",
+           "DataError", "DataNotFoundError", "ExperimentError", "StoreLockedError", "ExportError",
+           "AdapterMismatchError", "AdapterNotAppliedError"]

@@ -1,12 +1,7 @@
-"""Everything rwedit writes goes through here: folders appear whole or not at all, files are replaced
-atomically, JSON is strict (``null`` with a reason, never ``NaN``), and folders get the user's umask.
-
-A command writes into a temporary sibling of its output folder and renames it into place when it has
-finished, so an interrupted or failed command leaves the old folder (or nothing) behind, never a
-half-written one. ``--overwrite`` replaces an old folder whole, and only one rwedit wrote (it carries
-:data:`MARKER`); without it an existing, non-empty output folder is refused before any work starts
-(:func:`check_output_folder`). An output folder is never one of the command's inputs, nor inside or around
-one, with or without ``--overwrite``. A symlinked output folder is written through: the link is kept.
+"""Everything rwedit writes goes through here: folders appear whole or not at all (written into a temporary
+sibling, renamed into place), files are replaced atomically, JSON is strict (``null`` with a reason, never
+``NaN``), modes follow the umask. ``--overwrite`` replaces only a folder rwedit wrote (:data:`MARKER`); an
+output is never an input, nor inside or around one; a symlinked output folder is written through.
 """
 
 from __future__ import annotations
@@ -106,12 +101,8 @@ def check_output_folder(target: str | Path, overwrite: bool = False, flag: str =
 @contextmanager
 def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--out",
                   inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; on success it replaces ``target`` whole, marked as
-    rwedit's (:data:`MARKER`).
-
-    ``target`` is checked by :func:`check_output_folder`. A symlinked ``target`` is written through (the link
-    kept, its destination replaced). On any error (or Ctrl-C) the temporary folder is removed and ``target``
-    is untouched."""
+    """Yield a temporary folder next to ``target`` (checked by :func:`check_output_folder`); on success it replaces
+    ``target`` (a symlink's destination) whole, marked as rwedit's; on any error it is removed."""
     target = check_output_folder(target, overwrite, flag, inputs)
     if target.is_symlink():
         target = _real(target)

@@ -1,9 +1,6 @@
-"""Reports people open in a browser: every Markdown report is also written as one self-contained HTML page.
-
-The Markdown stays (diffable, readable in a terminal); the page is rendered from the same text with
-markdown-it-py (CommonMark + tables), its figures embedded as data URIs (no network, no side files), every
-table sortable by clicking a column header, and a first screen that starts with the findings; a caller may
-append its own HTML (the direction cards of :func:`rwedit.probes.directions.cards_html`).
+"""Every Markdown report is also written as one self-contained HTML page: rendered from the same text with
+markdown-it-py, figures embedded as data URIs, tables sortable, the findings first; a caller may append its own
+HTML (the direction cards of :func:`rwedit.probes.directions.cards_html`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""One registry shape for everything rwedit looks up by name: architectures, fused layouts, interventions,
-experiment kinds, lm-eval backends and subcommands.
-
-A :class:`Registry` maps names to entries in registration order. A second entry under a taken name is
-refused unless ``replace=True``; a lookup of an unknown name imports the installed plugins once (entry
-points in :data:`PLUGIN_GROUP`, which register on import) and then fails with the closest names and the
-registered ones. Every ``rwedit`` command loads the plugins first (:func:`load_plugins`), so a plugin's
-architecture, kind or subcommand is known to all of them.
+"""One registry shape for everything rwedit looks up by name (architectures, fused layouts, interventions,
+experiment kinds, lm-eval backends, subcommands): a taken name is refused unless ``replace=True``; a miss imports
+the installed plugins once (:data:`PLUGIN_GROUP` entry points, loaded by every command first) and then fails
+naming the closest and the registered names.
 """
 
 from __future__ import annotations
@@ -45,12 +41,8 @@ def did_you_mean(name: str, known) -> str:
 
 
 class Registry(MutableMapping, Generic[T]):
-    """Named entries of one sort (``what``, e.g. "experiment kind"), in registration order.
-
-    ``builtins`` (optional) registers the package's own entries; it runs before the first registration or
-    lookup, so they always come first. A miss raises ``error`` (a :class:`NotRegisteredError`, also a
-    ``KeyError``) naming the closest and the registered names, then ``hint``. As a mapping, item assignment
-    is ``register(..., replace=True)`` and ``del`` is :meth:`unregister`."""
+    """Named entries of one sort (``what``), in registration order; ``builtins`` registers the package's own first
+    (before any registration or lookup); a miss raises ``error`` with ``hint``; ``r[name] = x`` replaces."""
 
     def __init__(self, what: str, *, error: type[NotRegisteredError] = NotRegisteredError, hint: str = "",
                  builtins: Callable[[], None] | None = None):

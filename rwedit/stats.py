@@ -1,19 +1,10 @@
-"""The one statistics module: means with standard errors, 95% intervals, differences and verdicts.
+"""The one statistics module: means with standard errors, 95% intervals, differences and verdicts (quantiles
+from ``scipy.stats``: Student t over n members with n − 1 degrees of freedom, the normal for one measurement).
 
-Every report, the quickstart and the organism's alignment check take their intervals from here, and
-quantiles come from ``scipy.stats`` (Student t for a mean over n members with n − 1 degrees of freedom,
-the normal for a single measurement with its own standard error).
-
-A group of conditions (several random seeds, several low-variance indices) has two standard errors,
-chosen by what the group stands for (:func:`over_members`):
-
-- *a sample of directions* (the control experiment's random controls): the question is whether the
-  principal edit lies beyond the distribution of control directions, so the spread over members,
-  ``s/√n``, is the uncertainty; each member's evaluation noise is already part of that spread;
-- *one construction measured several times* (the SVD-structure experiment's seeded disruptions): the
-  question is whether the construction's mean differs from the post model, scored on the same items
-  for every seed, so the evaluation noise the seeds share does not average out and is added:
-  ``√(s²/n + mean(se_i²))``.
+A group of conditions has one of two standard errors (:func:`over_members`): *a sample of directions* (the
+control experiment's random controls: is the edit beyond their distribution?) takes the spread ``s/√n``, which
+already holds each member's evaluation noise; *one construction measured several times* (the SVD experiment's
+seeded disruptions, scored on the same items) adds the noise the seeds share: ``√(s²/n + mean(se_i²))``.
 """
 
 from __future__ import annotations
@@ -97,7 +88,7 @@ def interval(estimate: float, se: float | None, df: float | None = None, how: st
 def over_members(values: Sequence[float], ses: Sequence[float | None] | None = None) -> Interval:
     """Mean over a group's members with a t interval on n − 1 degrees of freedom; one member keeps its own
     stderr (normal quantile). ``ses`` given (none None): the members' shared evaluation noise is added,
-    ``√(s²/n + mean(se²))`` — see the module docstring for when each applies."""
+    ``√(s²/n + mean(se²))`` (the module docstring says when each applies)."""
     n = len(values)
     if n == 0:
         raise ValueError("no members to summarise")

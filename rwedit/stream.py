@@ -1,10 +1,8 @@
 """One pass over a checkpoint pair: every role's ΔW = post − base fed, block by block, to consumers.
 
-The base is read in row blocks of its stored tensors (positioned reads, never a whole tensor in the compute
-dtype) and each post is a block source: a checkpoint gives its own stored row blocks minus the base's; an
-adapter post reads nothing and gives the same block of its delta in factor form
-(:class:`~rwedit.lowrank.LowRankDelta`). A consumer (:class:`BlockSink`) is so written once for every kind
-of post; which form a post gives is its ``delta_form`` (``"stored"`` or ``"factored"``)."""
+The base is read in row blocks of its stored tensors; each post is a block source (its ``delta_form``): a
+checkpoint gives its stored row blocks minus the base's, an adapter the same block in factor form
+(:class:`~rwedit.lowrank.LowRankDelta`), so a consumer (:class:`BlockSink`) is written once for both."""
 
 from __future__ import annotations
 
@@ -30,30 +28,25 @@ BLOCK_BYTES = 4 << 20
 
 
 def explain_non_finite(ckpts: Sequence, view: RoleView) -> None:
-    """Raise :class:`NonFiniteWeightError` naming the stored tensor of ``view`` that holds NaN/Inf in the first of
-    ``ckpts`` that has one (the whole tensor is read, so the error counts every entry); returns when none does
-    (a sum that overflowed). Streaming consumers call it when a sum they made is not finite. Sources that are
-    not checkpoints (an adapter, checked when opened) are skipped."""
+    """Raise :class:`NonFiniteWeightError` naming ``view``'s stored tensor in the first checkpoint of ``ckpts``
+    with a NaN/Inf (adapters, checked when opened, are skipped); return when none has one (a sum overflowed)."""
     for c in ckpts:
         if getattr(c, "delta_form", None) == "stored":
             TensorReader(c).read(c.find(view.param), dtype=None)
 
 
 class BlockSink(Protocol):
-    """Consumes a role's delta block by block: ``add(axis, index, delta, base)`` with ``delta = ΔW[index, :]``
-    (axis 0) or ``ΔW[:, index]`` (axis 1) and ``base`` the same block of W_base in the compute dtype. ``delta``
-    is a dense block in the compute dtype, or (an adapter post) that block in factor form, a
-    :class:`~rwedit.lowrank.LowRankDelta`. The blocks are reused after the call: a sink keeps results, never
-    the tensors."""
+    """Consumes a role's delta block by block: ``add(axis, index, delta, base)``, ``delta = ΔW[index, :]`` (axis 0)
+    or ``ΔW[:, index]`` (axis 1), dense or a :class:`~rwedit.lowrank.LowRankDelta`, ``base`` the same block of
+    W_base; the tensors are reused after the call (a sink keeps results, never them)."""
 
     def add(self, axis: int, index: slice | torch.Tensor, delta: torch.Tensor | LowRankDelta,
             base: torch.Tensor) -> None: ...
 
 
 class _BlockFiles:
-    """Positioned reads of one checkpoint's stored row blocks into caller-owned buffers: no memory map (so no
-    file-backed pages stay in the process), no whole-tensor copy; safe from several threads. Pickle
-    checkpoints are held one tensor at a time and sliced (read by one thread)."""
+    """Positioned reads of one checkpoint's stored row blocks into caller-owned buffers (no memory map, no
+    whole-tensor copy; thread-safe); a pickle checkpoint is held one tensor at a time and sliced."""
 
     def __init__(self, ckpt: Checkpoint, stack: ExitStack):
         self.ckpt, self.stack, self._fds, self._whole = ckpt, stack, {}, None
@@ -99,8 +92,7 @@ class _BlockFiles:
 
 
 class _StoredRows:
-    """A checkpoint post: its stored row blocks minus the base's (one subtraction per stored block, shared by
-    the roles of a fused tensor), each role's part cut out as the base's is."""
+    """A checkpoint post: its stored row blocks minus the base's (shared by a fused tensor's roles)."""
 
     def __init__(self, ckpt: Checkpoint, stack: ExitStack):
         self.ckpt, self.files = ckpt, _BlockFiles(ckpt, stack)
@@ -119,8 +111,8 @@ class _StoredRows:
 
 
 class _FactoredRows:
-    """An adapter post: each role's ΔW = scale·B·A in factor form (an exact zero where the adapter does not
-    reach), cut to the base block's rows or columns; nothing is read, nothing is kept between blocks."""
+    """An adapter post: each role's ΔW = scale·B·A in factor form (zero where it does not reach), cut to the
+    base block's rows or columns; nothing is read."""
 
     files = None  # nothing stored is read
 
@@ -145,20 +137,15 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
                 sinks: Callable[[RoleView], Sequence[BlockSink]], *, dtype: torch.dtype = torch.float32,
                 block_bytes: int = BLOCK_BYTES, check_finite: bool = True, threads: int | None = None
                 ) -> Iterator[tuple[RoleView, Sequence[BlockSink]]]:
-    """Stream every view's ΔW = post − base in row blocks of the base's stored tensors and feed them to the
-    view's sinks (``sinks(view)``: one per post, checkpoints or adapters); yield ``(view, sinks)`` in order
-    once a view's blocks are all in.
+    """Stream every view's ΔW = post − base in row blocks of the base's stored tensors to the view's sinks
+    (``sinks(view)``: one per post); yield ``(view, sinks)`` in order once a view's blocks are all in.
 
-    Each stored tensor is read once (the roles of a fused tensor share its blocks) and converted block by
-    block, never whole in the compute dtype; stored row blocks may split a fused role's rows, and the sinks
-    receive each role's part (:meth:`RoleView.block`). ``check_finite``: a block whose delta does not sum
-    to a finite number stops the pass naming its tensor; consumers whose own sums would show a NaN anyway
-    pass False and call :func:`explain_non_finite` when they see one (one pass less per block).
-
-    ``threads`` workers (default: torch's intra-op thread count) take one stored tensor each, every op
-    single-threaded inside a worker: small ops on cache-sized blocks lose more to waking a thread team than
-    they gain from it, and badly so on a busy machine. Memory: a few blocks per worker plus what the sinks
-    keep."""
+    Each stored tensor is read once (a fused tensor's roles share its blocks, each getting its part:
+    :meth:`RoleView.block`) and converted block by block. ``check_finite``: a block whose delta sum is not finite
+    stops the pass naming its tensor (consumers whose own sums show it pass False and call
+    :func:`explain_non_finite`). ``threads`` workers (default torch's thread count) take one stored tensor each,
+    single-threaded inside (small ops on cache-sized blocks lose to waking a thread team). Memory: a few blocks
+    per worker plus what the sinks keep."""
     groups: dict[str, list[int]] = {}  # stored tensor -> its views (by position)
     for j, v in enumerate(views):
         groups.setdefault(v.param, []).append(j)

@@ -14,6 +14,16 @@ import pytest  # noqa: E402
 from rwedit.bundled import HH_RLHF, WIKITEXT_VALID as WIKITEXT  # noqa: E402,F401  the data the package ships
 
 
+@pytest.fixture(autouse=True)
+def quiet_runtime(tmp_path_factory):
+    """Every test runs without progress bars and caches activation statistics in a folder of its own (the
+    run-wide settings of rwedit.runtime; a command line sets its own)."""
+    from rwedit.runtime import using
+
+    with using(progress=False, cache_dir=str(tmp_path_factory.mktemp("stats"))):
+        yield
+
+
 @pytest.fixture(scope="session")
 def wiki_texts():
     """Real calibration text: the first 2,000 non-empty lines of WikiText-2 validation."""

@@ -108,7 +108,7 @@ def ws(tmp_path_factory, wiki_tokenizer, wiki_texts):
     # an edit folder (cheap: random v, given b, no calibration)
     spec = _spec(m / "base")
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    run_edit(EditSpec.from_dict(spec), root / "e", progress=False)
+    run_edit(EditSpec.from_dict(spec), root / "e")
     (root / "existing").mkdir()
     (root / "existing" / "earlier.txt").write_text("an earlier run's file")
     (d / "metrics_bad.json").write_text('{"acc": 0.5,')
@@ -527,7 +527,7 @@ def test_api_raises_the_documented_errors(ws):
                                ExperimentError, NonFiniteWeightError, OutputExistsError, RweditError)
     from rwedit.evals.store import ResultStore
     from rwedit.probes.grid import GridSettings
-    from rwedit.probes.pipeline import run_rsf_probe
+    from rwedit.probes.pipeline import ProbeRequest, run_probe
 
     m = ws / "m"
     with pytest.raises(CheckpointError, match="is empty"):
@@ -544,10 +544,10 @@ def test_api_raises_the_documented_errors(ws):
     with pytest.raises(ConfigError, match="edit.layer_s"):
         EditSpec.from_dict({**_spec(m / "base"), "edit": {**_spec(m / "base")["edit"], "layer_s": [1]}})
     with pytest.raises(ConfigError, match="k = 999"):
-        run_rsf_probe(str(m / "base"), str(m / "post"), ws / "api-out", settings=GridSettings(ks=(999,)),
-                      progress=False)
+        run_probe(ProbeRequest(str(m / "base"), str(m / "post"), grid=GridSettings(ks=(999,)), svd=None,
+                               out=ws / "api-out"))
     with pytest.raises(OutputExistsError):
-        run_rsf_probe(str(m / "base"), str(m / "post"), ws / "existing", progress=False)
+        run_probe(ProbeRequest(str(m / "base"), str(m / "post"), svd=None, out=ws / "existing"))
     with pytest.raises(ExperimentError, match="stored twice"):
         ResultStore(_store(ws, "dup", [])).rows()
     from rwedit.editor.adapters import load_adapter_folder
@@ -568,7 +568,7 @@ def test_dtype_mismatch_allowed_reports_the_rounding_floor(ws, tmp_path):
 
     pair = CheckpointPair(Checkpoint.open(ws / "m" / "base"), Checkpoint.open(ws / "m" / "post_bf16"),
                           allow_dtype_mismatch=True)
-    rows = delta_norms(pair, ["q"], [0], progress=False)
+    rows = delta_norms(pair, ["q"], [0])
     from safetensors.torch import load_file
 
     W = load_file(ws / "m" / "base" / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
@@ -654,7 +654,7 @@ def test_same_seed_twice_gives_byte_identical_adapters_and_rows(ws, tmp_path):
     from rwedit.evals.store import ResultStore
 
     spec = EditSpec.from_dict(_spec(ws / "m" / "base"))
-    a, b = run_edit(spec, tmp_path / "a", progress=False), run_edit(spec, tmp_path / "b", progress=False)
+    a, b = run_edit(spec, tmp_path / "a"), run_edit(spec, tmp_path / "b")
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "edits.json")
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     recipe = yaml.safe_load(Path(_yaml(ws, "det.yaml", _recipe(ws, probe={"enabled": False}, eval=None))).read_text())
@@ -686,7 +686,7 @@ def test_outputs_get_the_umask_and_strict_json(ws, tmp_path):
 
     old = os.umask(0o022)
     try:
-        out = run_edit(EditSpec.from_dict(_spec(ws / "m" / "base")), tmp_path / "perm", progress=False)
+        out = run_edit(EditSpec.from_dict(_spec(ws / "m" / "base")), tmp_path / "perm")
     finally:
         os.umask(old)
     modes = {p.stat().st_mode & 0o777 for p in out.rglob("*")}

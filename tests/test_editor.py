@@ -47,7 +47,7 @@ def _factors(folder):
 
 def test_edit_folder_has_matched_controls_cards_and_loadable_adapters(models, tmp_path, wiki_tokenizer):
     root, base, post = models
-    out = run_edit(_spec(root), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(_spec(root), tmp_path / "e")
     info = json.loads((out / "edits.json").read_text())
     kinds = [c["kind"] for c in info["conditions"]]
     assert len(kinds) == 2 * (1 + 3 + 1 + 1)
@@ -82,8 +82,8 @@ def test_edit_folder_has_matched_controls_cards_and_loadable_adapters(models, tm
 def test_random_controls_are_reproducible_and_differ_across_seeds(models, tmp_path):
     root, *_ = models
     spec = replace(_spec(root), alpha=(1.0,))
-    a = run_edit(spec, tmp_path / "a", cache_dir=tmp_path / "cache", progress=False)
-    b = run_edit(spec, tmp_path / "b", cache_dir=tmp_path / "cache", progress=False)
+    a = run_edit(spec, tmp_path / "a")
+    b = run_edit(spec, tmp_path / "b")
     names = [c["name"] for c in json.loads((a / "edits.json").read_text())["conditions"] if c["kind"] == "random"]
     assert len(names) == 3
     for n in names:
@@ -96,7 +96,7 @@ def test_random_controls_are_reproducible_and_differ_across_seeds(models, tmp_pa
 def test_delta_rule_restricts_the_observed_delta(models, tmp_path):
     root, base, post = models
     spec = replace(_spec(root, b="delta"), alpha=(2.0,))
-    out = run_edit(spec, tmp_path / "d", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(spec, tmp_path / "d")
     info = json.loads((out / "edits.json").read_text())
     dW = (get_weight(post, 1, "q") - get_weight(base, 1, "q")).double()
     for c in info["conditions"]:
@@ -118,7 +118,7 @@ def test_replicate_units_are_one_condition_per_layer_and_direction(models, tmp_p
     delta of its own layer along its own v (recomputed from the two models' weights)."""
     root, base, post = models
     spec = replace(_spec(root, b="delta", v="principal[0..2]", layers=[0, 1], per_layer=True), alpha=(2.0,))
-    out = run_edit(spec, tmp_path / "u", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(spec, tmp_path / "u")
     conds = json.loads((out / "edits.json").read_text())["conditions"]
     assert [c["name"] for c in conds] == spec.condition_names()
     assert [c["name"] for c in conds if c["kind"] == "principal"] == \
@@ -205,7 +205,7 @@ def test_bad_replicate_ranges_are_refused(models, v, match):
 def test_bad_specs_fail_clearly_and_write_nothing(models, tmp_path, change, match):
     root, *_ = models
     with pytest.raises(SpecError, match=match):
-        run_edit(_spec(root, **change), tmp_path / "x", cache_dir=tmp_path / "cache", progress=False)
+        run_edit(_spec(root, **change), tmp_path / "x")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial-*"))
 
 
@@ -214,11 +214,11 @@ def test_other_bad_inputs(models, tmp_path):
     with pytest.raises(SpecError, match="non-zero"):
         replace(_spec(root), alpha=(1.0, 0.0))
     with pytest.raises(ValueError, match=r"layers 0\.\.1"):
-        run_edit(_spec(root, layers=[7]), tmp_path / "y", cache_dir=tmp_path / "cache", progress=False)
+        run_edit(_spec(root, layers=[7]), tmp_path / "y")
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "old.txt").write_text("an earlier run")
     with pytest.raises(FileExistsError, match="already exists"):
-        run_edit(_spec(root), tmp_path / "exists", progress=False)
+        run_edit(_spec(root), tmp_path / "exists")
     gpt2 = tiny_model("gpt2")
     gpt2.save_pretrained(tmp_path / "gpt2")
     spec = EditSpec.from_dict({"model": str(tmp_path / "gpt2"), "alpha": 1.0,
@@ -232,7 +232,7 @@ def test_other_bad_inputs(models, tmp_path):
 
 def test_export_push_offline_fails_and_leaves_the_folder(models, tmp_path, monkeypatch):
     root, *_ = models
-    out = run_edit(replace(_spec(root), alpha=(1.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(replace(_spec(root), alpha=(1.0,)), tmp_path / "e")
     folder = out / "adapters" / "principal0_a1"
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "README.md"}
     refresh_card(folder, {"preference_acc": {"value": 0.61, "stderr": 0.02}})
@@ -250,7 +250,7 @@ def test_export_push_offline_fails_and_leaves_the_folder(models, tmp_path, monke
 
 def test_apply_shows_base_and_edited_generations(models, tmp_path, capsys):
     root, *_ = models
-    out = run_edit(replace(_spec(root), alpha=(25.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(replace(_spec(root), alpha=(25.0,)), tmp_path / "e")
     res = compare_generation(out / "adapters" / "principal0_a25", None, "The history of", max_new_tokens=8)
     assert set(res) == {"prompt", "base", "edited"} and res["base"] != res["edited"]
 
@@ -293,7 +293,7 @@ def test_adapter_of_a_hub_base_names_it_loads_from_anywhere_and_has_a_parsable_c
         "calibration": {"data": str(WIKITEXT), "tokens": 1024, "seq_len": 64},
         "edit": {"layers": [1], "role": "q", "v": "principal[0]", "b": "delta"}, "alpha": [1.5],
         "controls": {"random": 1, "lowvar": 0, "write": None}})
-    out = run_edit(spec, tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(spec, tmp_path / "e")
     folder = out / "adapters" / "principal0_a1p5"
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "org/tiny-base" and cfg["revision"] == commits["base"]
@@ -329,7 +329,7 @@ def test_eval_scores_one_adapter_into_a_folder_that_export_puts_on_its_card(mode
     from huggingface_hub import ModelCard
 
     root, *_ = models
-    out = run_edit(replace(_spec(root), alpha=(3.0,)), tmp_path / "e", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(replace(_spec(root), alpha=(3.0,)), tmp_path / "e")
     adapter = out / "adapters" / "principal0_a3"
     assert main(["eval", "--model", str(root / "base"), "--adapters", str(adapter), "--tasks", "rwedit_blimp",
                  "--limit", "3", "--items", "3", "--out", str(tmp_path / "scores"), "--quiet"]) == 0

@@ -11,6 +11,7 @@ from conftest import WIKITEXT, assert_same_rows
 from rwedit.cli import main
 from rwedit.editor.pipeline import run_edit
 from rwedit.editor.spec import EditSpec
+from rwedit.runtime import using
 from tiny_models import save_pair
 
 
@@ -23,7 +24,8 @@ def adapters(tmp_path_factory, wiki_tokenizer):
         "calibration": {"data": str(WIKITEXT), "tokens": 512, "seq_len": 64},
         "edit": {"layers": [1], "role": "q", "v": "principal[0]", "b": "delta"}, "alpha": [2.0],
         "controls": {"random": 2, "lowvar": 0, "write": None}, "seed": 0})
-    out = run_edit(spec, tmp_path_factory.mktemp("eval-edit") / "e", cache_dir=root / "cache", progress=False)
+    with using(progress=False, cache_dir=str(root / "cache")):
+        out = run_edit(spec, tmp_path_factory.mktemp("eval-edit") / "e")
     return root / "base", out / "adapters"
 
 

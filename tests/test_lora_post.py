@@ -141,7 +141,7 @@ def test_b_delta_reads_the_observed_delta_from_a_lora_post(tmp_path, wiki_tokeni
     spec = EditSpec.from_dict({"model": str(base), "post": str(lora), "alpha": [2.0], "seed": 3,
                                "edit": {"layers": [1], "role": "q", "v": "random", "b": "delta"},
                                "controls": {"random": 0, "lowvar": 0, "write": None}})
-    out = run_edit(spec, tmp_path / "e", progress=False)
+    out = run_edit(spec, tmp_path / "e")
     sd = load_file(out / "adapters" / "random_s3_a2" / "adapter_model.safetensors")
     A = next(v for k, v in sd.items() if "lora_A" in k).double()[0]
     B = next(v for k, v in sd.items() if "lora_B" in k).double()[:, 0] / 2.0
@@ -230,15 +230,16 @@ def test_an_adapter_streamed_in_cut_blocks_equals_its_whole_factored_delta(model
     """The adapter as a block source: blocks of 5 stored rows (fused slices and Conv1D columns cut) give the
     rows of the whole factored delta (the oracle ``rows_for_delta``) to float64 rounding, two-sided rows too."""
     from rwedit.probes import grid as grid_mod
-    from rwedit.probes.grid import GridContext, prediction_from_pair, rows_for_delta, rsf_grid_pair
+    from grid_oracle import rows_for_delta
+    from rwedit.probes.grid import GridContext, prediction_from_pair, rsf_grid_pair
 
     base, lora, _ = _trained_lora(model_type, tmp_path)
     pair = CheckpointPair(str(base), str(lora))
     settings = GridSettings(ks=(1, 4), null_seeds=2, sides=("read", "write", "both"), subspaces=("prediction", "random"))
     real = grid_mod.stream_pair
     monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 5 * 4 * 32}))
-    got = list(rsf_grid_pair(pair, None, settings, progress=False))
-    ctx = GridContext(pair.layout.dims.hidden, None, prediction_from_pair(pair))
+    got = list(rsf_grid_pair(pair, None, settings))
+    ctx = GridContext(None, prediction_from_pair(pair))
     want = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.low_rank, rp.layer, rp.role, ctx, settings)]
     assert len(got) == len(want) > 0
     for a, b in zip(got, want):

@@ -234,8 +234,8 @@ def test_quickstart_recipe_special_cases(tmp_path):
     assert r.control_experiment == {"name": "quickstart", "edit": ctl}
     inline = QuickstartRecipe.from_dict({**body, "organism": {"align": {"steps": 7}}})
     assert inline.organism.align.steps == 7
-    legacy = QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": ctl}})  # before it named the kind
-    assert legacy.experiment == "quickstart" and legacy.control_experiment["edit"] == ctl
+    with pytest.raises(ConfigError, match="experiment: expected a string"):  # the control experiment has its own key
+        QuickstartRecipe.from_dict({"organism": {}, "experiment": {"edit": ctl}, "control_experiment": {"edit": ctl}})
     with pytest.raises(ConfigError, match=r"control_experiment\.edit\.edit\.lay: unknown key"):  # checked when read
         QuickstartRecipe.from_dict({**body, "control_experiment": {"edit": {**ctl, "edit": {**ctl["edit"], "lay": 1}}}},
                                    base_dir=tmp_path)
@@ -318,8 +318,7 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     recipe = replace(recipe, control_experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
                                                             null_seeds=2))
     out = tmp_path / "qs"
-    result = run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache",
-                            organism_root=organism.root.parent, use_reduced=True)
+    result = run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert isinstance(result, QuickstartResult) and result.report == out / "report.md"
     text = result.report.read_text()
     first = text.split("## The organism")[0]
@@ -357,8 +356,7 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert met["console_errors"] == [] and met["broken"] == [] and met["first_table_top"] < 800, met
     assert (out / "report.html").read_text().count('class="card"') >= 5
     # a rerun into the same folder reuses everything (no new rows, same report head)
-    run_quickstart(recipe, out, progress=False, cache_dir=tmp_path / "cache", organism_root=organism.root.parent,
-                   use_reduced=True)
+    run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert len(ResultStore(out / "experiment").rows()) == len(rows)
 
 
@@ -429,8 +427,7 @@ def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_traine
     for use_reduced, setting, key, detail in cases:
         bad = QuickstartRecipe.from_yaml(shipped, sets=[setting])
         with pytest.raises(RweditError) as err:
-            run_quickstart(bad, tmp_path / "out", progress=False, organism_root=tmp_path / "organisms",
-                           use_reduced=use_reduced)
+            run_quickstart(bad, tmp_path / "out", organism_root=tmp_path / "organisms", use_reduced=use_reduced)
         msg = str(err.value)
         assert msg.startswith(key) and detail in msg and "the organism (organism.model:" in msg, msg
         assert f"--set {key}=" in msg and "nothing was trained or written" in msg, msg
@@ -449,7 +446,6 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
     from safetensors.torch import load_file
 
     from rwedit.probes.pipeline import CalibrationSettings
-    from rwedit.probes.grid import GridSettings
     from rwedit.apps.quickstart import training_side
     import pandas as pd
 
@@ -457,7 +453,7 @@ def test_graded_grid_and_trajectories_against_a_direct_projection(organism, tmp_
     org = build_organism(reduced(), organism.root.parent, progress=False, lambdas=(0.0, 0.5, 1.0))
     assert org.root == organism.root and (org.aligned / "model.safetensors").stat().st_mtime_ns == mtime
     calib = CalibrationSettings("bundled:wikitext-2/valid.txt.gz", tokens=2048, seq_len=64)
-    training_side(org, tmp_path, calib, GridSettings(), tmp_path / "cache", progress=False)
+    training_side(org, tmp_path, calib)
     graded = pd.read_csv(tmp_path / "training/graded_rsf.csv")
     assert sorted(set(graded["lambda"])) == [0.0, 0.5, 1.0]
     assert (tmp_path / "training/graded_rsf.png").stat().st_size > 0

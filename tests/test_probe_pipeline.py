@@ -94,7 +94,7 @@ def test_probe_cli_writes_results_plots_and_summary(tiny_pair, tmp_path, capsys)
 def test_zero_delta_rows_are_nan_with_a_reason(tiny_pair):
     root, base, post = tiny_pair
     pair = CheckpointPair(root / "base", root / "base")
-    rows = list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4, 16), roles=("q",), layers=(0,), null_seeds=2), progress=False))
+    rows = list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4, 16), roles=("q",), layers=(0,), null_seeds=2)))
     assert rows and all(math.isnan(r["rsf"]) and r["reason"] == "zero delta" for r in rows)
 
 
@@ -105,7 +105,7 @@ def test_the_grid_as_a_dataframe_holds_the_streamed_rows(tiny_pair):
     pair = CheckpointPair(root / "base", root / "post")
     settings = GridSettings(ks=(1, 4), roles=("q", "o"), layers=(1,))
     df = rsf_grid_frame(pair, None, settings)
-    rows = list(rsf_grid_pair(pair, None, settings, progress=False))
+    rows = list(rsf_grid_pair(pair, None, settings))
     assert list(df.columns) == list(COLUMNS) and len(df) == len(rows)
     assert df["rsf"].tolist() == pytest.approx([r["rsf"] for r in rows], nan_ok=True)
 
@@ -116,8 +116,8 @@ def test_exact_null_alone_fills_the_null_columns_and_leaves_the_rsf_unchanged(ti
     root, base, post = tiny_pair
     pair = CheckpointPair(root / "base", root / "post")
     kw = dict(ks=(1, 4, 16), roles=("q", "down"), layers=(0,))
-    exact = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=0, **kw), progress=False))
-    seeded = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=3, **kw), progress=False))
+    exact = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=0, **kw)))
+    seeded = list(rsf_grid_pair(pair, None, GridSettings(null_seeds=3, **kw)))
     # equal up to float32 rounding: the seeds widen the one product that projects ΔW onto every basis
     assert [r["rsf"] for r in exact] == pytest.approx([r["rsf"] for r in seeded], rel=1e-6)
     for r in exact:
@@ -179,8 +179,7 @@ def test_two_sided_rows_match_the_formula(tiny_pair, wiki_tokenizer):
     from rwedit.data import read_texts
     ids = pack_tokens(wiki_tokenizer, read_texts(WIKITEXT, limit=400), 32, 32 * 8)
     stats = collect_activation_stats(base, ids, StatsSettings(roles=("down",)), progress=False)
-    rows = list(rsf_grid_pair(pair, stats, GridSettings(ks=(4,), sides=("both",), roles=("down",), null_seeds=3),
-                              progress=False))
+    rows = list(rsf_grid_pair(pair, stats, GridSettings(ks=(4,), sides=("both",), roles=("down",), null_seeds=3)))
     assert [r["layer"] for r in rows] == [0, 1] and all(r["subspace"] == "prediction+activation" for r in rows)
     dW = (get_weight(post, 0, "down") - get_weight(base, 0, "down")).double()
     WU = get_weight(base, None, "unembed").double()

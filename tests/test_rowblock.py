@@ -16,10 +16,11 @@ from rwedit.stream import stream_pair
 from rwedit.probes import grid as grid_mod
 from rwedit.probes.activations import StatsSettings, collect_activation_stats
 from rwedit.probes.blocks import Dense, Norms
-from rwedit.probes.grid import GridContext, GridSettings, rows_for_delta, rsf_grid_pair
+from rwedit.probes.grid import GridContext, GridSettings, rsf_grid_deltas, rsf_grid_pair
 from rwedit.probes.norms import delta_norms
 from rwedit.probes.subspaces import prediction_spectrum
 
+from grid_oracle import rows_for_delta
 from tiny_models import save_pair, tiny_model
 
 MODEL_TYPES = sorted(supported_model_types())
@@ -60,15 +61,20 @@ def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block
                                      progress=False)
     real = grid_mod.stream_pair
     monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": block_bytes}))
-    streamed = list(rsf_grid_pair(pair, stats, settings, progress=False))
+    streamed = list(rsf_grid_pair(pair, stats, settings))
     # the reference: every delta formed whole, as the pre-streaming grid did
-    ctx = GridContext(pair.layout.dims.hidden, stats, grid_mod.prediction_from_pair(pair))
+    ctx = GridContext(stats, grid_mod.prediction_from_pair(pair))
     whole = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)]
     assert len(streamed) == len(whole) > 0
     assert {r["side"] for r in whole} == {"read", "write", "both"}
     assert {r["subspace"] for r in whole} >= {"activation", "prediction", "random"}
     for s, w in zip(streamed, whole):
         _close(s, w)
+    # deltas held in memory (a training run's W_t − W_0: the trajectory) go through the same sinks, one block each
+    held = list(rsf_grid_deltas({(rp.layer, rp.role): rp.delta for rp in pair.iter_roles()}, pair.layout, ctx, settings))
+    assert len(held) == len(whole)
+    for h, w in zip(held, whole):
+        _close(h, w)
     # and the exact null's concentration itself, against Σσ⁴/(Σσ²)² from the singular values
     rp = next(pair.iter_roles(roles=["down"], layers=[1]))
     sv = torch.linalg.svdvals(rp.delta.double())
@@ -93,7 +99,7 @@ def test_streamed_blocks_reassemble_every_role_exactly(pairs, model_type):
 
 def test_streamed_norms_equal_plain_torch(pairs):
     pair = CheckpointPair(pairs["gpt2"] / "base", pairs["gpt2"] / "post")
-    got = {(n.layer, n.role): n for n in delta_norms(pair, progress=False)}
+    got = {(n.layer, n.role): n for n in delta_norms(pair)}
     for rp in pair.iter_roles():
         n = got[(rp.layer, rp.role)]
         assert n.base_norm == pytest.approx(float(torch.linalg.vector_norm(rp.base.double())), rel=1e-6)
@@ -115,6 +121,6 @@ def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
         list(stream_pair(pair.base, [pair.post], pair.layout.views(), lambda v: [Norms()], block_bytes=4 * 4 * 48))
     # the norms and the grid skip that pass and find it from their own sums
     with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
-        delta_norms(pair, progress=False)
+        delta_norms(pair)
     with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
-        list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4), null_seeds=2), progress=False))
+        list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4), null_seeds=2)))

@@ -19,7 +19,7 @@ from rwedit.probes.rsf import (
     rsf_nested,
     subspace_fraction,
 )
-from rwedit.probes.subspaces import eig_subspace, prediction_basis
+from rwedit.probes.subspaces import eig_subspace, prediction_spectrum
 
 
 def np_orthonormal(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -197,7 +197,7 @@ def test_planted_write_signal_against_unembedding_subspace():
     Qd = np_orthonormal(d, d, rng)
     sing = np.concatenate([np.linspace(40.0, 20.0, k), np.linspace(5.0, 1.0, d - k)])
     W_U = (P * sing) @ Qd.T  # known right singular vectors Qd
-    B = prediction_basis(t(W_U), k)
+    B = prediction_spectrum(t(W_U)).top(k)
     assert np.linalg.norm(B.numpy() @ B.numpy().T - Qd[:, :k] @ Qd[:, :k].T) < 1e-8
     sig, nu = 1.0, 1.0 / math.sqrt(d * d_in)
     c = rng.standard_normal(d_in)

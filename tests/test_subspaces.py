@@ -13,7 +13,6 @@ from rwedit.probes.subspaces import (
     eig_subspace,
     gram_matrix,
     haar_basis,
-    prediction_basis,
     prediction_spectrum,
 )
 
@@ -158,9 +157,9 @@ def test_prediction_basis_recovers_planted_right_singular_vectors():
     w_u, q = planted_unembedding(V, d, sing, seed=5)
     W = torch.from_numpy(w_u)
     for k in (1, 3, 5):
-        assert projector_gap(prediction_basis(W, k).numpy(), q[:, :k]) < 1e-8
+        assert projector_gap(prediction_spectrum(W).top(k).numpy(), q[:, :k]) < 1e-8
     spec = prediction_spectrum(W)
-    assert np.allclose(spec.singular_values().numpy(), sing, rtol=1e-9)
+    assert np.allclose(spec.eigenvalues.clamp(min=0).sqrt().numpy(), sing, rtol=1e-9)
     # chunked accumulation is the same Gram matrix
     assert torch.allclose(gram_matrix(W, chunk_rows=7), torch.from_numpy(w_u.T @ w_u), rtol=1e-12, atol=1e-10)
 
@@ -171,31 +170,31 @@ def test_prediction_basis_with_final_norm_gain_matches_numpy_svd():
     w_u = rng.standard_normal((V, d)) * np.linspace(3.0, 0.2, d)  # distinct column scales
     gamma = rng.uniform(0.5, 2.0, size=d)
     w32 = torch.from_numpy(w_u).float()  # stored dtype float32; compare against its exact values
-    got = prediction_basis(w32, k, final_norm_gain=torch.from_numpy(gamma).float(), chunk_rows=64)
+    got = prediction_spectrum(w32, torch.from_numpy(gamma).float(), chunk_rows=64).top(k)
     assert got.dtype == torch.float64 and got.shape == (d, k)
     gamma32 = torch.from_numpy(gamma).float().double().numpy()
     ref_vh = np.linalg.svd(w32.double().numpy() * gamma32)[2]
     assert projector_gap(got.numpy(), ref_vh[:k].T) < 1e-8
     # without the gain the subspace differs (the option actually does something)
-    plain = prediction_basis(w32, k).numpy()
+    plain = prediction_spectrum(w32).top(k).numpy()
     assert projector_gap(plain, ref_vh[:k].T) > 1e-3
 
 
 def test_prediction_basis_bfloat16_input():
     w = torch.randn(200, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     ref = np.linalg.svd(w.double().numpy())[1]
-    assert np.allclose(prediction_spectrum(w, chunk_rows=33).singular_values().numpy(), ref, rtol=1e-9)
+    assert np.allclose(prediction_spectrum(w, chunk_rows=33).eigenvalues.clamp(min=0).sqrt().numpy(), ref, rtol=1e-9)
 
 
 def test_prediction_basis_bad_inputs():
     w = torch.randn(50, 8)
     with pytest.raises(ValueError, match=r"k=9 .*d=8"):
-        prediction_basis(w, 9)
+        prediction_spectrum(w).top(9)
     with pytest.raises(ValueError, match=r"k=0 .*d=8"):
-        prediction_basis(w, 0)
+        prediction_spectrum(w).top(0)
     with pytest.raises(ValueError, match=r"final_norm_gain must have shape \(8,\)"):
-        prediction_basis(w, 2, final_norm_gain=torch.ones(7))
+        prediction_spectrum(w, torch.ones(7))
     bad = w.clone()
     bad[3, 1] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
-        prediction_basis(bad, 2)
+        prediction_spectrum(bad).top(2)

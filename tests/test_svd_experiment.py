@@ -231,11 +231,10 @@ def test_runner_completes_resumes_and_stores_probe_next_to_behaviour(finished, p
     post = by["post"]
     assert post["pref_margin_shift_vs_post"] == 0 and post["kl_post_condition"] == pytest.approx(0, abs=1e-6)
     assert post["rel_change_vs_post"] == 0
-    # the post row's structure metrics are the SVD probe of the pair (independent code path: run_svd_probe)
-    from rwedit.probes.pipeline import run_svd_probe
+    # the post row's structure metrics are the SVD probe of the pair (independent code path: run_probe)
+    from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe
 
-    probe = pd.read_csv(run_svd_probe(str(pair / "base"), str(pair / "post"), out.parent / "probe", r="full",
-                                      progress=False).folder / "svd.csv")
+    probe = run_probe(ProbeRequest(str(pair / "base"), str(pair / "post"), grid=None, svd=SvdSettings(r="full"))).svd
     for k in ("scale", "consistency", "reparam_error"):
         assert post[k] == pytest.approx(probe[k].mean(), rel=1e-6), k
     sv = by["sv_replacement"]

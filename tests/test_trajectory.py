@@ -30,7 +30,7 @@ def test_rows_for_every_save_equal_the_pair_probe(tmp_path, wiki_texts, wiki_tok
     assert sorted(traj["step"].unique()) == [2, 4]
     for step in (2, 4):
         want = pd.DataFrame(rsf_grid_pair(CheckpointPair(tmp_path / "step0", tmp_path / "run" / f"checkpoint-{step}"),
-                                          stats, settings, progress=False))
+                                          stats, settings))
         got = traj[traj.step == step].drop(columns="step").reset_index(drop=True)
         assert len(got) == len(want) > 0
         for col in ("layer", "role", "side", "subspace", "k"):

@@ -28,6 +28,8 @@ class ProbeSettings(Config):
     null_seeds: int = option(0, help="random subspaces per delta for a seeded null beside the exact one; 0: the "
                              "exact null alone (mean 1, sd in closed form)")
     svd_r: int | str = option("full", help="rank of the SVD probe (`full` for small matrices)")
+    svd_null_seeds: int = option(8, help="same-norm random updates per matrix and null kind that HC's verdicts "
+                                 "are judged against (one more SVD each; 0: no null, no HC verdict)")
 
     def __post_init__(self):
         from rwedit.probes.grid import GridSettings
@@ -71,9 +73,6 @@ class QuickstartRecipe(Config):
         if isinstance(data, cls) or not isinstance(data, dict):
             return super().from_dict(data, base_dir=base_dir, where=where)
         d = dict(data)
-        if isinstance(d.get("experiment"), dict) and "control_experiment" not in d:
-            # recipes written before `experiment:` named the kind held the control experiment there
-            d["control_experiment"] = d.pop("experiment")
         org = d.get("organism")
         if isinstance(org, (str, Path)):  # a path to an organism recipe, relative to this file
             d["organism"] = OrganismConfig.from_yaml(resolve_path(str(org), base_dir))
@@ -94,10 +93,8 @@ class QuickstartRecipe(Config):
         return recipe
 
     def check_fits(self, base, post: str = "<post>") -> None:
-        """Before any work: the probe and the control experiment fit the model they will run on, ``base`` (a
-        :class:`~rwedit.checkpoints.Checkpoint`, or the organism's
-        :class:`~rwedit.apps.organism.PlannedModel` before it is built): its layers, roles, widths and
-        context window. An error names the recipe key and what to change."""
+        """Before any work: the probe and the control experiment fit ``base`` (a checkpoint, or the organism's
+        ``PlannedModel`` before it is built): layers, roles, widths, window; an error names the recipe key."""
         from rwedit.models import check_window
         from rwedit.probes.grid import GridSettings, check_ks
 

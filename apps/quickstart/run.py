@@ -1,16 +1,7 @@
-"""Running the quickstart: every stage into one folder, resumable (a rerun reuses what is finished).
-
-1. build (or reuse) the organism: CE-pretrained Llama, its DPO-aligned and SFT-control versions
-   (or take ``model/post[/sft]`` for any pair);
-2. RSF and SVD probes of (pretrained → aligned) and (pretrained → SFT);
-3. the within-run RSF trajectories (pretraining and alignment) and, with ``graded: true``, RSF vs λ of
-   the graded objective;
-4. the causal control experiment (``rwedit.evals.experiment``) on (pretrained, aligned), its edit
-   adapter exported with a model card;
-5. ``OUT/report.md`` whose first screen lists what was found, per claim, with numbers and intervals, and
-   ``OUT/findings.csv`` (the same, a row per claim and value).
-
-With ``seeds`` above 1 (``--seeds N``) every stage runs on each of N organisms into ``OUT/seed_S/`` and the
+"""Running the quickstart into one folder, resumable: (1) the organism (or a given pair), (2) RSF and SVD probes
+of base → aligned and base → SFT, (3) the within-run RSF trajectories (and RSF vs λ of the graded objective),
+(4) the causal control experiment with its edit adapter exported, (5) ``OUT/report.md``, the findings first, and
+``OUT/findings.csv``. With ``seeds`` above 1 every stage runs on each of N organisms into ``OUT/seed_S/`` and the
 claims are pooled over them (:mod:`.replicate`).
 """
 
@@ -31,6 +22,7 @@ from rwedit.apps.quickstart.report import (CLAIM_CELLS, CLAIM_K, claim_findings,
 from rwedit.apps.quickstart.specificity import CONTROLS_CSV, rsf_controls
 from rwedit.architectures import LAYER_ROLES
 from rwedit.errors import ConfigError
+from rwedit.runtime import runtime
 
 
 @dataclass(frozen=True)
@@ -42,19 +34,17 @@ class QuickstartResult:
     findings: list[str]
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
+def _say(msg: str) -> None:
+    if runtime().progress:
         print(f"[quickstart] {msg}", flush=True)
 
 
 def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart", model: str | None = None,
-                   post: str | None = None, sft: str | None = None, progress: bool = True,
-                   cache_dir: str | Path | None = None, organism_root: str | Path | None = None,
+                   post: str | None = None, sft: str | None = None, organism_root: str | Path | None = None,
                    use_reduced: bool = False) -> QuickstartResult:
-    """Run every stage into ``out`` (resuming what is finished); returns the report and what was found. Every
-    stage's settings are checked against the model first (the organism's from its settings, before training);
-    ``use_reduced``: the seconds-scale organism and data of :func:`~rwedit.apps.quickstart.recipe.reduced`;
-    ``recipe.seeds`` above 1: every stage on each organism into ``out/seed_S``, the claims pooled over them."""
+    """Run every stage into ``out`` (resuming what is finished), every setting checked against the model first;
+    ``use_reduced``: the seconds-scale :func:`~rwedit.apps.quickstart.recipe.reduced`; ``recipe.seeds`` above 1:
+    every stage on each organism into ``out/seed_S``, the claims pooled over them. Returns the report."""
     t0 = time.perf_counter()
     out = Path(out)
     if model is None and (post is not None or sft is not None):
@@ -78,42 +68,42 @@ def run_quickstart(recipe: QuickstartRecipe, out: str | Path = "runs/quickstart"
         recipe.check_fits(planned_model(recipe.organism))
     with quiet_libraries():  # the stage lines and rwedit's bars, not the libraries' chatter
         if recipe.seeds == 1:
-            return _run(recipe, out, model, post, sft, progress, cache_dir, organism_root, t0)
-        return _replicate(recipe, out, progress, cache_dir, organism_root)
+            return _run(recipe, out, model, post, sft, organism_root, t0)
+        return _replicate(recipe, out, organism_root)
 
 
-def _replicate(recipe: QuickstartRecipe, out: Path, progress: bool, cache_dir, organism_root) -> QuickstartResult:
+def _replicate(recipe: QuickstartRecipe, out: Path, organism_root) -> QuickstartResult:
     """Every stage on each seed's organism into ``out/seed_S`` (each resumable), then the pooled findings."""
     seeds = [recipe.organism.seed + i for i in range(recipe.seeds)]
     found, times = {}, {}
     for i, seed in enumerate(seeds):
         folder = out / f"seed_{seed}"
-        _say(progress, f"seed {seed} ({i + 1} of {len(seeds)}) into {folder}")
-        t = time.perf_counter()
+        _say(f"seed {seed} ({i + 1} of {len(seeds)}) into {folder}")
         _run(replace(recipe, organism=replace(recipe.organism, seed=seed), seeds=1), folder, None, None, None,
-             progress, cache_dir, organism_root, t)
+             organism_root, time.perf_counter())
         found[seed] = claim_findings(folder)
         times[seed] = json.loads((folder / "quickstart.json").read_text())["seconds"]
     frame = write_findings(out, found)
     path = write_replicated_report(out, frame, times)
-    _say(progress, f"{len(seeds)} seeds pooled: {path}")
+    _say(f"{len(seeds)} seeds pooled: {path}")
     return QuickstartResult(report=path, findings=pooled_table(frame))
 
 
-def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | None, sft: str | None, progress: bool,
-         cache_dir, organism_root, t0: float) -> QuickstartResult:
+def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | None, sft: str | None, organism_root,
+         t0: float) -> QuickstartResult:
     from rwedit.evals.core import run_recipe
     from rwedit.probes.grid import GridSettings
-    from rwedit.probes.pipeline import CalibrationSettings, run_rsf_probe, run_svd_probe
+    from rwedit.probes.pipeline import CalibrationSettings, ProbeRequest, SvdSettings, run_probe
 
+    rt = runtime()
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     org: Organism | None = None
     if model is None:
         lambdas = None if recipe.graded else (0.0, 1.0)
-        _say(progress, "stage 1/5: the model organism (cached by recipe hash; first build takes minutes)")
+        _say("stage 1/5: the model organism (cached by recipe hash; first build takes minutes)")
         t = time.perf_counter()
-        org = build_organism(recipe.organism, organism_root, progress, lambdas=lambdas)
+        org = build_organism(recipe.organism, organism_root, rt.progress, lambdas=lambdas)
         times["organism"] = time.perf_counter() - t
         check_aligned(org.report())  # an organism whose alignment did not take is a failure, not a finding
         model, post, sft = str(org.pretrained), str(org.aligned), str(org.sft)
@@ -124,41 +114,41 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
     grid = GridSettings(ks=p.ks, null_seeds=p.null_seeds)
     t = time.perf_counter()
     for name, path in pairs.items():
-        _say(progress, f"stage 2/5: RSF and SVD probes of base → {name}")
+        _say(f"stage 2/5: RSF and SVD probes of base → {name}")
         if not (out / f"probe_{name}" / "meta.json").exists():
-            run_rsf_probe(model, path, out / f"probe_{name}", calib, grid, cache_dir=cache_dir, progress=progress)
+            run_probe(ProbeRequest(model, path, calibration=calib, grid=grid, svd=None, out=out / f"probe_{name}"))
         if not (out / f"svd_{name}" / "meta.json").exists():
-            run_svd_probe(model, path, out / f"svd_{name}", r=p.svd_r, progress=progress)
+            run_probe(ProbeRequest(model, path, grid=None, svd=SvdSettings(r=p.svd_r, null_seeds=p.svd_null_seeds), out=out / f"svd_{name}"))
     if not (out / CONTROLS_CSV).exists():  # the RW claims' controls: W_base and the spectrum's random update
-        rsf_controls(model, calib, p.ks, CLAIM_CELLS, cache_dir).to_csv(out / CONTROLS_CSV, index=False)
+        rsf_controls(model, calib, p.ks, CLAIM_CELLS, rt.cache_dir).to_csv(out / CONTROLS_CSV, index=False)
     times["probes"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if org is not None:
-        _say(progress, "stage 3/5: RSF trajectories (pretraining, alignment) and the graded objective")
-        training_side(org, out, calib, grid, cache_dir, progress)
+        _say("stage 3/5: RSF trajectories (pretraining, alignment) and the graded objective")
+        training_side(org, out, calib)
     times["training_side"] = time.perf_counter() - t
 
-    _say(progress, "stage 4/5: causal control experiment (edit vs matched controls, scored with lm-eval)")
+    _say("stage 4/5: causal control experiment (edit vs matched controls, scored with lm-eval)")
     t = time.perf_counter()
     rec = recipe.control_recipe(model, post)  # the pair was probed in stage 2
     exp_dir = out / "experiment"
-    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists(), progress=progress, cache_dir=cache_dir)
+    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists(), progress=rt.progress, cache_dir=rt.cache_dir)
     times["experiment"] = time.perf_counter() - t
 
-    _say(progress, "stage 5/5: report")
+    _say("stage 5/5: report")
     times["total"] = time.perf_counter() - t0
     path = write_quickstart_report(out, org.report() if org else None, {"model": model, **pairs},
                                    {k: round(v, 1) for k, v in times.items()}, rec.export, primary=rec.primary)
     write_findings(out, {recipe.organism.seed if org is not None else 0: claim_findings(out)})
-    _say(progress, f"done in {times['total'] / 60:.1f} min: {path}")
+    _say(f"done in {times['total'] / 60:.1f} min: {path}")
     return QuickstartResult(report=path, findings=findings_table(out))
 
 
 # --- training-side analyses -----------------------------------------------------------------------
 
 
-def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bool) -> None:
+def training_side(org: Organism, out: Path, calib) -> None:
     """Trajectory CSVs/plots for pretraining and alignment, and the graded-objective plot (if built)."""
     import torch
 
@@ -166,12 +156,13 @@ def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bo
     from rwedit.probes.grid import (COLUMNS, GridContext, GridSettings, prediction_from_pair, rsf_grid_deltas,
                                     rsf_grid_pair)
     from rwedit.probes.pipeline import activation_stats_for
-    from rwedit.probes.report import write_rows
+    from rwedit.runtime import using
 
     tdir = out / "training"
     tdir.mkdir(exist_ok=True)
     pre = Checkpoint.open(org.pretrained)
-    stats = activation_stats_for(pre, calib, LAYER_ROLES, cache_dir, progress=False)
+    with using(progress=False):
+        stats = activation_stats_for(pre, calib, LAYER_ROLES)
     tgrid = GridSettings(roles=LAYER_ROLES, ks=(1, 4, 16), null_seeds=4)
     pred = prediction_from_pair(CheckpointPair(pre, pre))
     # pretraining: W_t − W_0 against the *final* pretrained model's subspaces (they do not exist at W_0)
@@ -179,12 +170,12 @@ def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bo
     if not traj_csv.exists():
         snaps = torch.load(org.pretrained / "trajectory_snapshots.pt")
         w0 = snaps[0]
-        ctx = GridContext(hidden=pre.layout.dims.hidden, stats=stats, prediction=pred)
+        ctx = GridContext(stats, pred)
         rows = []
         for step in sorted(s for s in snaps if s > 0):
             deltas = {k: snaps[step][k] - w0[k] for k in w0}
-            rows += [{"step": step, **r} for r in rsf_grid_deltas(deltas, ctx, tgrid, progress=False)]
-        write_rows(rows, traj_csv, ("step",) + COLUMNS)
+            rows += [{"step": step, **r} for r in rsf_grid_deltas(deltas, pre.layout, ctx, tgrid)]
+        pd.DataFrame(rows, columns=("step",) + COLUMNS).to_csv(traj_csv, index=False)
     align_csv = org.aligned / "trajectory.csv"
     plot_trajectories({"pretraining (CE)": traj_csv, "alignment (DPO)": align_csv}, tdir / "trajectory.png")
     built = sorted(float(p.name.split("_")[1]) for p in (org.root / "graded").glob("lambda_*")
@@ -194,8 +185,9 @@ def training_side(org: Organism, out: Path, calib, grid, cache_dir, progress: bo
         rows = []
         for lam in built:
             pair = CheckpointPair(pre, Checkpoint.open(org.lam_dir(lam)))
-            rows += [{"lambda": lam, **r} for r in rsf_grid_pair(pair, stats, tgrid, progress=False)]
-        write_rows(rows, graded_csv, ("lambda",) + COLUMNS)
+            with using(progress=False):
+                rows += [{"lambda": lam, **r} for r in rsf_grid_pair(pair, stats, tgrid)]
+        pd.DataFrame(rows, columns=("lambda",) + COLUMNS).to_csv(graded_csv, index=False)
         plot_graded(graded_csv, tdir / "graded_rsf.png")
 
 
