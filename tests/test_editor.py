@@ -149,7 +149,7 @@ def test_doses_relative_to_the_observed_update_and_their_yardsticks(models, tmp_
 
     root, base, post = models
     spec = replace(_spec(root, b="delta", layers=[0, 1]), alpha=(), alpha_rel_observed=(1.0, -3.0))
-    out = run_edit(spec, tmp_path / "r", cache_dir=tmp_path / "cache", progress=False)
+    out = run_edit(spec, tmp_path / "r")
     conds = json.loads((out / "edits.json").read_text())["conditions"]
     assert [c["name"] for c in conds] == spec.condition_names() and conds[0]["name"] == "principal0_r1"
     sb, sp = base.state_dict(), post.state_dict()
