@@ -341,7 +341,7 @@ def test_kl_matched_controls_reach_the_edits_kl_checked_by_an_independent_comput
     spec = EditSpec.from_dict({**recipe_dict(pair)["edit"], "controls": {"random": 2, "lowvar": 1, "write": "o"}})
     plain = lambda: AutoModelForCausalLM.from_pretrained(pair / "base").eval()  # noqa: E731
     model = plain()
-    conds = build_conditions(spec, model, wiki_tokenizer, edit_stats(spec, model, wiki_tokenizer, tmp_path, False))
+    conds = build_conditions(spec, model, wiki_tokenizer, edit_stats(spec, model, wiki_tokenizer))
     peft_model = attach_conditions(model, conds)
     ids = pack_tokens(wiki_tokenizer, read_texts(WIKITEXT), 32, 3 * 32)
     settings = EffectSettings(match="kl", tol=0.02)

@@ -382,7 +382,7 @@ def test_quickstart_reduced_end_to_end_and_what_it_prints(organism, tmp_path):
     assert [x for x in lines if x.startswith("[quickstart] stage")][-1] == "[quickstart] stage 5/5: report"
     assert lines[-1] == f"report: {out / 'report.md'}"
     table = lines[lines.index("") + 1:-2]
-    assert table[0].startswith("| claim") and len(table) == 2 + 11  # header, rule, a row per claim
+    assert table[0].startswith("| claim") and len(table) == 2 + 17  # header, rule, a row per claim (HC: four per pair)
     first = (out / "report.md").read_text().split("## The organism")[0]
     assert all(line in first for line in table)
     rows = ResultStore(out / "experiment").rows()
@@ -433,7 +433,7 @@ def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_traine
         assert f"--set {key}=" in msg and "nothing was trained or written" in msg, msg
     assert not (tmp_path / "out").exists() and not (tmp_path / "organisms").exists()
     with pytest.raises(ConfigError, match="--seeds 2 replicates the organism: it needs the organism"):
-        run_quickstart(replace(recipe, seeds=2), tmp_path / "out", model="base", post="post", progress=False)
+        run_quickstart(replace(recipe, seeds=2), tmp_path / "out", model="base", post="post")
     with pytest.raises(ConfigError, match="seeds: 0 organisms; give at least 1"):
         replace(recipe, seeds=0)
     assert not (tmp_path / "out").exists()
@@ -576,7 +576,7 @@ def test_rsf_controls_against_a_direct_computation(organism, tmp_path):
     from rwedit.probes.pipeline import CalibrationSettings, calibration_pass
 
     calib = CalibrationSettings("bundled:wikitext-2/valid.txt.gz", tokens=2048, seq_len=64)
-    df = rsf_controls(str(organism.pretrained), calib, (1, 4, 64), CLAIM_CELLS, tmp_path / "cache")
+    df = rsf_controls(str(organism.pretrained), calib, (1, 4, 64), CLAIM_CELLS)
     assert set(zip(df["role"], df["side"], df["subspace"])) == {("q", "read", "activation"),
                                                                 ("k", "read", "activation"),
                                                                 ("o", "write", "prediction"),
@@ -661,8 +661,7 @@ def test_quickstart_over_two_seeds(organism, tmp_path):
 
     recipe = _tiny_quickstart(QuickstartRecipe, tmp_path)
     out = tmp_path / "qs"
-    result = run_quickstart(replace(recipe, seeds=2), out, progress=False, cache_dir=tmp_path / "cache",
-                            organism_root=organism.root.parent, use_reduced=True)
+    result = run_quickstart(replace(recipe, seeds=2), out, organism_root=organism.root.parent, use_reduced=True)
     assert result.report == out / "report.md" and result.findings[0].startswith("| claim")
     models = [json.loads((out / f"seed_{s}/quickstart.json").read_text())["models"]["model"] for s in (0, 1)]
     assert models[0] == str(organism.pretrained) and models[1] != models[0]

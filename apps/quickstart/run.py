@@ -120,7 +120,7 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
         if not (out / f"svd_{name}" / "meta.json").exists():
             run_probe(ProbeRequest(model, path, grid=None, svd=SvdSettings(r=p.svd_r, null_seeds=p.svd_null_seeds), out=out / f"svd_{name}"))
     if not (out / CONTROLS_CSV).exists():  # the RW claims' controls: W_base and the spectrum's random update
-        rsf_controls(model, calib, p.ks, CLAIM_CELLS, rt.cache_dir).to_csv(out / CONTROLS_CSV, index=False)
+        rsf_controls(model, calib, p.ks, CLAIM_CELLS).to_csv(out / CONTROLS_CSV, index=False)
     times["probes"] = time.perf_counter() - t
 
     t = time.perf_counter()

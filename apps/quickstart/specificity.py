@@ -42,19 +42,20 @@ def spectrum_rsf(spectrum, k: int) -> float:
     return spectrum.spikedness(k)["topk_share"] * spectrum.d / k
 
 
-def rsf_controls(model: str, calib, ks: Sequence[int], cells, cache_dir=None) -> pd.DataFrame:
+def rsf_controls(model: str, calib, ks: Sequence[int], cells) -> pd.DataFrame:
     """Per matrix of each claim cell ``(roles, side, subspace)``: ``base_rsf`` (RSF of W_base itself against the
     subspace) and ``spectrum_rsf`` (:func:`spectrum_rsf` of that side's spectrum), for every k of ``ks`` below
-    the side's dimension; the activation statistics are the probe's (same calibration, same cache)."""
+    the side's dimension; the activation statistics are the probe's (same calibration, the run-wide cache)."""
     from rwedit.checkpoints import Checkpoint, TensorReader
-    from rwedit.probes.grid import GridContext, GridSettings, prediction_from_pair, rows_for_delta
+    from rwedit.probes.grid import GridContext, GridSettings, prediction_from_pair, rsf_grid_deltas
     from rwedit.probes.pipeline import activation_stats_for
+    from rwedit.runtime import using
 
     base = Checkpoint.open(model)
     layout = base.layout
-    stats = activation_stats_for(base, calib, tuple(r for r in layout.roles() if r != "unembed"), cache_dir,
-                                 progress=False)
-    ctx = GridContext(layout.dims.hidden, stats, prediction_from_pair(base))
+    with using(progress=False):
+        stats = activation_stats_for(base, calib, tuple(r for r in layout.roles() if r != "unembed"))
+    ctx = GridContext(stats, prediction_from_pair(base))
     rows = []
     with TensorReader(base) as reader:
         for roles, side, subspace in cells:
@@ -62,7 +63,7 @@ def rsf_controls(model: str, calib, ks: Sequence[int], cells, cache_dir=None) ->
             for view in layout.views(roles):
                 spec = ctx.prediction if subspace == "prediction" else \
                     ctx.activation_spectrum(view.layer, view.role, settings.centred, 0)
-                for r in rows_for_delta(reader.matrix(view), view.layer, view.role, ctx, settings):
+                for r in rsf_grid_deltas({(view.layer, view.role): reader.matrix(view)}, layout, ctx, settings):
                     rows.append({c: r[c] for c in ("layer", "role", "side", "subspace", "k", "d")} |
                                 {"base_rsf": r["rsf"], "spectrum_rsf": spectrum_rsf(spec, r["k"])})
     return pd.DataFrame(rows)
