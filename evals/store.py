@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from rwedit.config import canonical, changed_keys
 from rwedit.errors import ConfigError, ExperimentError, StoreLockedError
 from rwedit.outputs import MARKER, dumps, make_folder, write_json
 
@@ -40,25 +41,12 @@ _LOCKS = (LOCK_NAME, SHARED_LOCK, MARKER)  # files of an rwedit folder that hold
 _SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 
 
-def canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
-def _changed_keys(old, new, prefix="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [prefix.rstrip(".")] if canonical(old) != canonical(new) else []
-
-
 def _different_recipe(where: Path, meta: dict, config: dict, h: str, what: str) -> ExperimentError:
-    changed = _changed_keys(meta["config"], json.loads(canonical(config)))
+    changed = changed_keys(meta["config"], json.loads(canonical(config)))
     return ExperimentError(
         f"{where} holds a run of a different recipe (hash {meta['config_hash']} there, {h} {what}; changed: "
         f"{', '.join(changed[:8]) or 'unknown'}). Rows of two recipes must not mix: use another --out, or delete "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -238,6 +239,20 @@ def apply_sets(raw: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> d
     return out
 
 
+def canonical(obj: Any) -> str:
+    """Sorted, compact JSON of ``obj`` (a tuple as a list, anything else as its str): how settings are compared
+    and hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested settings differ (what a refused rerun names)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if canonical(old) != canonical(new) else []
+
+
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
@@ -300,4 +315,4 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
     return value
 
 
-__all__ = ["Config", "apply_sets", "given", "option", "read_json", "read_yaml", "resolve_path"]
+__all__ = ["Config", "apply_sets", "canonical", "changed_keys", "given", "option", "read_json", "read_yaml", "resolve_path"]
