@@ -199,6 +199,18 @@ class ResultStore:
                     f"split one way: remove the shard folders of the split you abandoned")
         return metas
 
+    def share(self) -> tuple[Shard, Path] | None:
+        """(its shard, the whole run's folder) when this folder, read on its own, is one shard's store
+        (``OUT/shards/I-of-N``: its run.json records the shard); None for any other folder."""
+        if self.shard is not None or not self.meta_path.exists():
+            return None
+        try:
+            s = json.loads(self.meta_path.read_text()).get("shard")
+            shard = Shard(int(s["index"]), int(s["count"]))
+        except (ValueError, TypeError, KeyError, AttributeError, ConfigError):
+            return None
+        return shard, (self.root.parent.parent if self.root.parent.name == SHARDS_DIR else self.root.parent)
+
     def shard_status(self) -> list[ShardStatus]:
         """Each of the N shares of a sharded run, present or not, with its planned and missing conditions."""
         metas = self._shard_metas()
