@@ -194,6 +194,8 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
 
     from rwedit.checkpoints import check_headers, check_pair_headers, open_post
     from rwedit.evals.core import ExperimentRecipe, load_recipe
+    from rwedit.evals.lmeval import check_backend
+    from rwedit.evals.store import Shard
     from rwedit.models import check_device
     from rwedit.probes.activations import default_cache_dir
 
@@ -204,10 +206,17 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
                     notes=own.notes)
     folder = recipe.folder(out)
     check_device(recipe.device)
+    Shard.from_env()  # a launcher's sharding variables that make no share fail here, not after the first stage
     sources = recipe.check_sources() or {}  # the kind's own checks: edit against the model, export names, pair
     base = recipe.base_checkpoint  # opened once: the run loads the one checked here
     check_headers(base)
+    recipe.placement.check(recipe.device, base.config)
     checked = ["the recipe's keys and names", "base: config, index, every role tensor's shape and dtype, tokenizer"]
+    if isinstance(recipe.placement.device_map, dict):
+        checked.append("placement: the device map's modules against the model's")
+    if recipe.eval is not None:
+        check_backend(recipe.eval, base.config)
+        checked.append(f"eval: backend {recipe.eval.backend!r}" + (" and its model_args" if recipe.eval.model_args else ""))
     post = None
     if recipe.post_source:
         post = open_post(recipe.post_source, base)

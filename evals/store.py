@@ -112,21 +112,23 @@ class Shard:
                 raise ConfigError(f"{key}={value!r} is not an integer; fix the launcher's environment or give "
                                   f"--shard I/N") from None
 
-        task, tasks = 0, 1
+        task, tasks, step = 0, 1, 1
         if env.get("SLURM_ARRAY_TASK_COUNT"):
-            tasks = number("SLURM_ARRAY_TASK_COUNT")
-            step = max(1, number("SLURM_ARRAY_TASK_STEP", 1))
-            task = (number("SLURM_ARRAY_TASK_ID") - number("SLURM_ARRAY_TASK_MIN", 0)) // step
+            tasks, step = number("SLURM_ARRAY_TASK_COUNT"), number("SLURM_ARRAY_TASK_STEP", 1)
+            task = (number("SLURM_ARRAY_TASK_ID") - number("SLURM_ARRAY_TASK_MIN", 0)) // max(step, 1)
         rank, world = 0, 1
         if env.get("WORLD_SIZE"):
             world, rank = number("WORLD_SIZE"), number("RANK")
-        if tasks * world <= 1:
-            return None
+        bad = [f"{k}={v}" for k, v in (("SLURM_ARRAY_TASK_COUNT", tasks), ("SLURM_ARRAY_TASK_STEP", step),
+                                        ("WORLD_SIZE", world)) if v < 1]
+        if bad:
+            raise ConfigError(f"the launcher's environment gives {', '.join(bad)}: counts and steps are at least 1; "
+                              f"fix the launcher's environment or give --shard I/N")
         if not (0 <= task < tasks and 0 <= rank < world):
             raise ConfigError(f"the launcher's environment gives share {task * world + rank} of {tasks * world} "
                               f"(SLURM array task {task} of {tasks}, rank {rank} of {world}), outside 0..N-1; "
                               f"give --shard I/N")
-        return cls(task * world + rank, tasks * world)
+        return None if tasks * world == 1 else cls(task * world + rank, tasks * world)
 
 
 @dataclass(frozen=True)

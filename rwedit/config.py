@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -258,11 +259,12 @@ def _join(where: str, key: Any) -> str:
 
 
 #: scalar types of config fields: (accepts the YAML value, what the error says was expected, conversion);
-#: a bool is not an int here, an int is a float
+#: a bool is not an int here, an int is a float, NaN and ±inf are no setting
 _SCALARS: dict[type, tuple[Any, str, Any]] = {
     bool: (lambda v: isinstance(v, bool), "true or false", bool),
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
-    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number",
+            float),
     str: (lambda v: isinstance(v, str), "a string", str),
 }
 
