@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         from rwedit.apps.zoo import entry
         from rwedit.errors import ConfigError
 
-        given = [flag for flag, v in (("--base", args.model), ("--post", args.post)) if v]
+        given = [f"--{side}" for side, v in (("base", args.model), ("post", args.post)) if v]
         if given:
             raise ConfigError(f"--pair {args.pair} names a base and a post, and {' and '.join(given)} another: give "
                               f"--pair, or --base/--post, not both")
