@@ -688,8 +688,8 @@ def _check_series(spec, members: list) -> None:
                 f"--series {spec}: the folder holds a model at its root (the final one?) beside {len(inner)} checkpoint "
                 f"folder(s) ({', '.join(inner[:3])}{', …' if len(inner) > 3 else ''}); read as one folder it would be "
                 f"probed as a single member. Give the members as a list (comma list or YAML file), each with its "
-                f"step as the trailing number of its name (the root model too, e.g. a link {path}/final-STEP -> "
-                f"{path}), or leave the root model out")
+                f"step as the trailing number of its name (the root model too: e.g. a link final-STEP to {path}, "
+                f"made outside it), or leave the root model out")
         if not at_root:
             stepless = [n for n in inner if _step(n) is None]
             if stepless:
