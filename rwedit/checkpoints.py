@@ -663,11 +663,32 @@ def zero_delta(post: "Checkpoint | LoraPost", base: Checkpoint) -> str | None:
         return "its LoRA factors are zero (lora_B = 0: an adapter saved before training?)" if post.zero else None
     if os.path.realpath(post.path) == os.path.realpath(base.path):
         return "it is the base's own folder"
-    with TensorReader(base, False) as rb, TensorReader(post, False) as rp:
-        for param in dict.fromkeys(v.param for v in base.layout.views()):
-            if base.shape(param) != post.shape(param) or not torch.equal(rb.read(param, None), rp.read(param, None)):
-                return None
+    for param in dict.fromkeys(v.param for v in base.layout.views()):
+        if not _same_stored(base, post, param):
+            return None
     return "every role tensor equals the base's, bit for bit"
+
+
+def _same_stored(a: Checkpoint, b: Checkpoint, param: str, block: int = 1 << 20) -> bool:
+    """``param`` is stored with the same shape, dtype and bytes in both checkpoints: safetensors data compared in
+    1 MiB blocks up to the first difference (a fine-tune differs in its first block), else both tensors read."""
+    na, nb = a.find(param), b.find(param)
+    if a._shapes[na] != b._shapes[nb] or a._dtypes[na] != b._dtypes[nb]:
+        return False
+    size = stored_itemsize(a._dtypes[na])
+    if a.format != "safetensors" or b.format != "safetensors" or size is None:
+        with TensorReader(a, False) as ra, TensorReader(b, False) as rb:
+            return torch.equal(ra.read(param, None), rb.read(param, None))
+    left = math.prod(a._shapes[na]) * size
+    with open(a._where[na], "rb") as fa, open(b._where[nb], "rb") as fb:
+        fa.seek(a.data_offset(na))
+        fb.seek(b.data_offset(nb))
+        while left > 0:
+            n = min(block, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
 
 
 def _step(ref: str) -> int | None:
