@@ -13,12 +13,12 @@ here, not after the first hour; no tensor is read. Each kind states its own stag
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rwedit.errors import DataError, DataNotFoundError, ExperimentError
+from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
                                    PlanContext, Stage)
 
@@ -64,20 +64,16 @@ class Plan:
         for st in self.stages:
             secs = st.tokens * 2 * self.params / flops_per_s
             total += secs
-            out.append(f"  {st.name:<24} {st.memory_bytes / 2**30:8.2f} GiB {st.device:<5} {st.tokens:>12,} tokens  "
+            out.append(f"  {st.name:<24} {readable_bytes(st.memory_bytes):>10} {st.device:<5} {st.tokens:>12,} tokens  "
                        f"~{secs / 60:.1f} min  {st.what}")
         out.append(f"estimated compute: ~{total / 60:.1f} min at {flops_per_s / 1e9:.0f} GFLOP/s (forward passes only)")
         if self.free_disk_bytes is not None:
-            out.append(f"disk: the run writes ~{_gib(self.output_bytes)} into {self.folder} "
-                       f"({_gib(self.free_disk_bytes)} free there)")
+            out.append(f"disk: the run writes ~{readable_bytes(self.output_bytes)} into {self.folder} "
+                       f"({readable_bytes(self.free_disk_bytes)} free there)")
         if self.cache_bytes:
-            out.append(f"      activation statistics: ~{_gib(self.cache_bytes)} into {self.cache_dir} unless cached "
-                       f"({_gib(self.cache_free_bytes or 0)} free there)")
+            out.append(f"      activation statistics: ~{readable_bytes(self.cache_bytes)} into {self.cache_dir} unless cached "
+                       f"({readable_bytes(self.cache_free_bytes or 0)} free there)")
         return out + [f"note: {n}" for n in self.notes]
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def check_data(refs: list[DataRef]) -> list[str]:
@@ -135,10 +131,6 @@ def _existing(path: Path) -> Path:
     return path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
 
 
-def _free(path: Path) -> int:
-    return shutil.disk_usage(_existing(path)).free
-
-
 def check_disk(writes: dict[Path, int]) -> None:
     """Each disk has room for what the run writes to the folders on it (``{folder: bytes}``; folders on one
     disk add up)."""
@@ -149,10 +141,10 @@ def check_disk(writes: dict[Path, int]) -> None:
             entry[0] += n
             entry[1].append(str(where))
     for n, folders in need.values():
-        free = _free(Path(folders[0]))
+        free = free_bytes(Path(folders[0]))
         if n > free:
-            raise ExperimentError(f"not enough disk: the run writes ~{_gib(n)} into {' and '.join(folders)}, whose "
-                                  f"disk has {_gib(free)} free; free space there, or give --out (or --cache-dir for "
+            raise ExperimentError(f"not enough disk: the run writes ~{readable_bytes(n)} into {' and '.join(folders)}, whose "
+                                  f"disk has {readable_bytes(free)} free; free space there, or give --out (or --cache-dir for "
                                   f"activation statistics) on another disk")
 
 
@@ -202,6 +194,8 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
 
     from rwedit.checkpoints import check_headers, check_pair_headers, open_post
     from rwedit.evals.core import ExperimentRecipe, load_recipe
+    from rwedit.evals.lmeval import check_backend
+    from rwedit.evals.store import Shard
     from rwedit.models import check_device
     from rwedit.probes.activations import default_cache_dir
 
@@ -212,10 +206,17 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
                     notes=own.notes)
     folder = recipe.folder(out)
     check_device(recipe.device)
+    Shard.from_env()  # a launcher's sharding variables that make no share fail here, not after the first stage
     sources = recipe.check_sources() or {}  # the kind's own checks: edit against the model, export names, pair
     base = recipe.base_checkpoint  # opened once: the run loads the one checked here
     check_headers(base)
+    recipe.placement.check(recipe.device, base.config)
     checked = ["the recipe's keys and names", "base: config, index, every role tensor's shape and dtype, tokenizer"]
+    if isinstance(recipe.placement.device_map, dict):
+        checked.append("placement: the device map's modules against the model's")
+    if recipe.eval is not None:
+        check_backend(recipe.eval, base.config)
+        checked.append(f"eval: backend {recipe.eval.backend!r}" + (" and its model_args" if recipe.eval.model_args else ""))
     post = None
     if recipe.post_source:
         post = open_post(recipe.post_source, base)
@@ -236,21 +237,21 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
     notes = []
     if device != "cpu":
         notes.append(f"device {device}: the model stages' memory is on the accelerator (the host holds the "
-                     f"runtime, ~{_gib(RUNTIME_BYTES)}, and the accelerator's context besides)"
+                     f"runtime, ~{readable_bytes(RUNTIME_BYTES)}, and the accelerator's context besides)"
                      + ("; accelerate's device_map splits it over the GPUs and the CPU, a split plan cannot know "
                         "before placement" if device == "auto" else ""))
     scoring, scoring_bytes = scoring_stage(recipe, ctx, own.conditions, kind.name)
     stages = own.stages + [scoring]
     output_bytes = PLOTS_BYTES + own.output_bytes + scoring_bytes
     cache = Path(cache_dir or default_cache_dir())
-    free = _free(folder)
-    cache_free = _free(cache) if own.cache_bytes else None
+    free = free_bytes(folder)
+    cache_free = free_bytes(cache) if own.cache_bytes else None
     check_disk({folder: output_bytes, cache: own.cache_bytes})
     for dev in dict.fromkeys(s.device for s in stages):
         avail = device_memory(dev)
         over = [s.name for s in stages if s.device == dev and avail is not None and s.memory_bytes > avail]
         if over:
-            notes.append(f"stage(s) {', '.join(over)} need more memory than {dev} has free now ({_gib(avail)})")
+            notes.append(f"stage(s) {', '.join(over)} need more memory than {dev} has free now ({readable_bytes(avail)})")
     return Plan(kind.name, recipe.name, folder, sources, params, own.conditions, stages, free, output_bytes,
                 own.cache_bytes, cache, cache_free, checked, own.notes + notes, recipe)
 

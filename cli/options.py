@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from typing import Any
 
 HUB_OR_FOLDER = "local folder or Hub id org/name[@revision]"
@@ -74,6 +75,17 @@ def _at_least(minimum: int, expected: str, word: str | None = None):
 count = _at_least(0, "an integer >= 0")
 items = _at_least(2, "all or a number of items >= 2", word="all")
 positive_int = _at_least(1, "a positive integer")
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (a rate, a size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def roles_arg(text: str | None) -> tuple[str, ...] | None:
@@ -248,6 +260,29 @@ def add_batch_size(p: argparse.ArgumentParser) -> None:
 
 def add_cache_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="activation-statistics cache (default ~/.cache/rwedit/stats or $RWEDIT_CACHE)")
+
+
+def add_shard(p: argparse.ArgumentParser) -> None:
+    """``--shard I/N``: one share of a run's conditions (read back with :func:`shard`)."""
+    p.add_argument("--shard", metavar="I/N",
+                   help="score share I (0 to N-1) of N disjoint, deterministic shares of the conditions into "
+                        "OUT/shards/I-of-N (its own store and lock; start the N processes at once, each resumes on "
+                        "its own with --resume); the one that finishes last writes the merged report, and `rwedit "
+                        "report OUT` merges them at any time. Default: RANK/WORLD_SIZE (torchrun, accelerate "
+                        "launch) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (a job array), if set")
+
+
+def shard(args: argparse.Namespace):
+    """The share of :func:`add_shard` (a ``rwedit.evals.store.Shard``; None for the whole run): ``--shard``, else
+    the launcher's environment; the two must agree when both are given."""
+    from rwedit.errors import ConfigError
+    from rwedit.evals.store import Shard
+
+    given, launched = Shard.parse(args.shard) if args.shard else None, Shard.from_env()
+    if given is not None and launched is not None and given != launched:
+        raise ConfigError(f"--shard {given} contradicts the launcher's environment, which gives share {launched} "
+                          f"(RANK/WORLD_SIZE or the SLURM array): give one of them")
+    return given or launched
 
 
 def add_push(p: argparse.ArgumentParser, what: str) -> None:

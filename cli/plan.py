@@ -18,13 +18,15 @@ from rwedit.cli import options
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_recipe_inputs(p)
-    p.add_argument("--gflops", type=float, default=100.0,
+    options.add_shard(p)
+    p.add_argument("--gflops", type=options.positive_number, default=100.0,
                    help="compute rate for the time estimate, GFLOP/s (default %(default)s: about two CPU cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rwedit.apps.plan import plan_recipe  # importing rwedit.apps registers the application kinds
 
+    options.shard(args)  # a share that cannot be, or one the launcher's environment contradicts
     plan = plan_recipe(args.recipe, options.recipe_overrides(args), args.sets, args.out, args.cache_dir)
     print("\n".join(plan.lines(args.gflops * 1e9)))
     return 0

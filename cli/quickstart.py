@@ -43,11 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.kinds import QuickstartOptions, run_quickstart_kind
     from rwedit.apps.quickstart import QuickstartRecipe
 
-    if args.pair:  # a zoo pair: its base and post, unless given explicitly
+    if args.pair:  # a zoo pair: its base and post
         from rwedit.apps.zoo import entry
+        from rwedit.errors import ConfigError
 
+        given = [f"--{side}" for side, v in (("base", args.model), ("post", args.post)) if v]
+        if given:
+            raise ConfigError(f"--pair {args.pair} names a base and a post, and {' and '.join(given)} another: give "
+                              f"--pair, or --base/--post, not both")
         pair = entry(args.pair, kind="pair")
-        args.model, args.post = args.model or pair.base, args.post or pair.post
+        args.model, args.post = pair.base, pair.post
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
     result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
                                  overrides=QuickstartOptions(model=args.model, post=args.post, sft=args.sft,

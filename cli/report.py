@@ -20,10 +20,11 @@ def run(args: argparse.Namespace) -> int:
     import rwedit.apps  # noqa: F401  (registers the organism and quickstart kinds)
     import sys
 
-    from rwedit.evals.core import shard_problems, write_report
+    from rwedit.evals.core import shard_problems, share_note, write_report
 
     path = write_report(args.folder, primary=args.primary)
+    note = share_note(args.folder)  # the folder is one shard's: its report is of that share only
     for line in shard_problems(args.folder):
-        print(f"unfinished: {line}", file=sys.stderr)
+        print(f"{'note' if line == note else 'unfinished'}: {line}", file=sys.stderr)
     print(f"wrote {path}")
     return 0

@@ -36,12 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = kinds_text()
     options.add_recipe_inputs(p)
     options.add_resume(p)
-    p.add_argument("--shard", metavar="I/N",
-                   help="score share I (0 to N-1) of N disjoint, deterministic shares of the conditions into "
-                        "OUT/shards/I-of-N (its own store and lock; start the N processes at once, each resumes on "
-                        "its own with --resume); the one that finishes last writes the merged report, and `rwedit "
-                        "report OUT` merges them at any time. Default: RANK/WORLD_SIZE (torchrun, accelerate "
-                        "launch) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (a job array), if set")
+    options.add_shard(p)
     options.add_quiet(p)
 
 
@@ -49,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     import rwedit.apps  # noqa: F401  (registers the organism and quickstart kinds)
     from rwedit.apps.plan import plan_recipe
     from rwedit.evals.core import run_recipe
-    from rwedit.evals.store import Shard
 
     source, overrides, sets = args.recipe, options.recipe_overrides(args), args.sets
+    shard = options.shard(args)
     plan = plan_recipe(source, overrides, sets, args.out, args.cache_dir)  # what it can know fails here
     if not args.quiet:
         print("\n".join(plan.lines()), flush=True)
@@ -59,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if plan.recipe is not None:  # run the recipe plan checked, its checkpoints already opened, into its folder
         source, overrides, sets, out = plan.recipe, None, (), plan.folder  # (default runs/NAME)
     result = run_recipe(source, out, resume=args.resume, progress=not args.quiet, overrides=overrides,
-                        cache_dir=args.cache_dir, sets=sets,
-                        shard=Shard.parse(args.shard) if args.shard else Shard.from_env())
+                        cache_dir=args.cache_dir, sets=sets, shard=shard)
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0

@@ -435,9 +435,26 @@ def stored_kind(folder: str | Path) -> ExperimentKind:
     return experiment_kind(str(cfg.get("experiment") or DEFAULT_KIND))
 
 
+def share_note(folder: str | Path) -> str | None:
+    """The line saying that ``folder`` is one shard's own store and naming the whole run's folder (None for any
+    other folder): its report covers its share of the conditions only."""
+    store = ResultStore(folder)
+    share = store.share()
+    if share is None:
+        return None
+    shard, whole = share
+    return (f"{folder} is shard {shard} of the sharded run in {whole}: it holds one share of the conditions "
+            f"({len(store.meta().get('conditions') or store.done())}), not the whole run; `rwedit report {whole}` "
+            f"reports every shard merged")
+
+
 def shard_problems(folder: str | Path) -> list[str]:
     """One line for each share of a sharded run in ``folder`` that is missing or incomplete (none for a
-    complete or unsharded run); shards of another recipe or split are refused here."""
+    complete or unsharded run); shards of another recipe or split are refused here. ``folder`` one shard's own
+    store: the line saying it is a share and naming the whole run's folder."""
+    note = share_note(folder)
+    if note is not None:
+        return [note]
     store = ResultStore(folder)
     return [s.describe(Path(folder)) for s in store.shard_status() if not s.complete] if store.sharded else []
 
@@ -457,19 +474,22 @@ def write_report(folder: str | Path, **options: Any) -> Path:
         if not problems:
             raise
         raise ExperimentError(f"{e}\n" + "\n".join(problems)) from None
-    missing = ResultStore(folder).missing()
-    if missing and path is not None and Path(path).suffix == ".md":
+    store = ResultStore(folder)
+    missing, share = store.missing(), store.share()
+    banner = f"> **One share of a sharded run.** {problems[0]}.\n\n" if share is not None else ""
+    if missing:
+        how = (f"`rwedit run RECIPE --out {share[1]} --shard {share[0]} --resume` finishes it" if share else
+               "; ".join(problems) if problems else f"`rwedit run RECIPE --out {folder} --resume` finishes it")
+        banner += (f"> **Unfinished run: {len(missing)} condition(s) not scored yet** ({', '.join(missing[:8])}"
+                   f"{', …' if len(missing) > 8 else ''}). Every number below is from the rows stored so far; "
+                   f"{how}.\n\n")
+    if banner and path is not None and Path(path).suffix == ".md":
         from rwedit.outputs import write_text
 
-        how = ("; ".join(problems) if problems else
-               f"`rwedit run RECIPE --out {folder} --resume` finishes it")
-        banner = (f"> **Unfinished run: {len(missing)} condition(s) not scored yet** ({', '.join(missing[:8])}"
-                  f"{', …' if len(missing) > 8 else ''}). Every number below is from the rows stored so far; "
-                  f"{how}.\n\n")
         write_text(path, banner + Path(path).read_text())
     return path
 
 
 __all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",
-           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "shard_problems",
+           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "shard_problems", "share_note",
            "stored_kind", "write_report"]

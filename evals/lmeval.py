@@ -6,6 +6,7 @@ backend's outputs on a few probe tokens (:func:`check_applied`); lm-eval's cache
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import io
 import logging
@@ -88,6 +89,63 @@ def get_backend(name: str) -> Backend:
         return Backend(name, f"lm-eval's {name!r} backend (no adapter route: base only)", model=name)
     raise ConfigError(f"eval.backend: {name!r} is neither an rwedit backend ({', '.join(_BACKENDS)}) nor an lm-eval "
                       f"model ({', '.join(sorted(model_registry.keys()))})")
+
+
+@functools.lru_cache(maxsize=1)
+def _from_pretrained_keys() -> frozenset[str]:
+    """What transformers' ``from_pretrained`` takes besides the config's attributes: its named parameters and the
+    keyword arguments it pops, read from the installed source (empty when that idiom is not found: then no
+    key is refused for it)."""
+    import inspect
+    import re
+
+    from transformers import PreTrainedModel
+
+    fn = PreTrainedModel.from_pretrained
+    popped = set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", inspect.getsource(fn)))
+    return frozenset(popped | set(inspect.signature(fn).parameters)) if popped else frozenset()
+
+
+def check_backend(settings: "EvalSettings", config=None) -> Backend:
+    """Everything scoring through ``settings.backend`` would fail on, found before any model loads: the name (an
+    rwedit backend or an lm-eval model), and each ``model_args`` key against what that lm-eval model takes (its
+    constructor's parameters; for lm-eval's hf models, which hand the rest to ``from_pretrained``, also what
+    that takes and the model ``config``'s attributes); keys rwedit fills in itself are refused too."""
+    import inspect
+
+    backend = get_backend(settings.backend)
+    backend.check_installed()
+    if backend.in_process or not settings.model_args:
+        return backend
+    ours = [k for k in ("pretrained", backend.adapter_arg) if k and k in settings.model_args]
+    if ours:
+        raise ConfigError(f"eval.model_args.{ours[0]}: rwedit fills it in (the base's folder, each condition's "
+                          f"adapter folder); leave it out")
+    from lm_eval.api.registry import get_model
+
+    try:
+        cls = get_model(backend.model)
+    except Exception as e:  # noqa: BLE001 — lm-eval imports the backend's own package here
+        raise ConfigError(f"eval.backend {backend.name!r}: lm-eval cannot load its model class ({type(e).__name__}: "
+                          f"{e})") from None
+    params = inspect.signature(cls.__init__).parameters
+    takes = own = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+    rest = ""
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        from lm_eval.models.huggingface import HFLM
+
+        if not issubclass(cls, HFLM) or not _from_pretrained_keys():
+            return backend  # the rest goes somewhere rwedit cannot see: the backend checks it
+        takes = own | _from_pretrained_keys() | set(config.to_dict() if config is not None else ())
+        rest = ", and what transformers' from_pretrained takes (e.g. attn_implementation) or the model's config holds"
+    unknown = sorted(k for k in settings.model_args if k not in takes)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], sorted(k for k in takes if not k.startswith("_")), n=1)
+        raise ConfigError(f"eval.model_args: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+                          f"not an argument of lm-eval's {backend.model!r} model"
+                          f"{f' (did you mean {near[0]!r}?)' if near else ''}; it would fail when the model is built, "
+                          f"after the earlier stages. It takes {', '.join(sorted(own - {'pretrained'}))}{rest}")
+    return backend
 
 
 def _vllm_switch(lm, condition: str, index: int, folder: Path | None) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from rwedit.config import canonical, changed_keys
 from rwedit.errors import ConfigError, ExperimentError, StoreLockedError
 from rwedit.outputs import MARKER, dumps, make_folder, write_json
 
@@ -34,25 +35,12 @@ _LOCKS = (LOCK_NAME, SHARED_LOCK, MARKER)  # files of an rwedit folder that hold
 _SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 
 
-def canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
-def _changed_keys(old, new, prefix="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [prefix.rstrip(".")] if canonical(old) != canonical(new) else []
-
-
 def _different_recipe(where: Path, meta: dict, config: dict, h: str, what: str) -> ExperimentError:
-    changed = _changed_keys(meta["config"], json.loads(canonical(config)))
+    changed = changed_keys(meta["config"], json.loads(canonical(config)))
     return ExperimentError(
         f"{where} holds a run of a different recipe (hash {meta['config_hash']} there, {h} {what}; changed: "
         f"{', '.join(changed[:8]) or 'unknown'}). Rows of two recipes must not mix: use another --out, or delete "
@@ -118,21 +106,23 @@ class Shard:
                 raise ConfigError(f"{key}={value!r} is not an integer; fix the launcher's environment or give "
                                   f"--shard I/N") from None
 
-        task, tasks = 0, 1
+        task, tasks, step = 0, 1, 1
         if env.get("SLURM_ARRAY_TASK_COUNT"):
-            tasks = number("SLURM_ARRAY_TASK_COUNT")
-            step = max(1, number("SLURM_ARRAY_TASK_STEP", 1))
-            task = (number("SLURM_ARRAY_TASK_ID") - number("SLURM_ARRAY_TASK_MIN", 0)) // step
+            tasks, step = number("SLURM_ARRAY_TASK_COUNT"), number("SLURM_ARRAY_TASK_STEP", 1)
+            task = (number("SLURM_ARRAY_TASK_ID") - number("SLURM_ARRAY_TASK_MIN", 0)) // max(step, 1)
         rank, world = 0, 1
         if env.get("WORLD_SIZE"):
             world, rank = number("WORLD_SIZE"), number("RANK")
-        if tasks * world <= 1:
-            return None
+        bad = [f"{k}={v}" for k, v in (("SLURM_ARRAY_TASK_COUNT", tasks), ("SLURM_ARRAY_TASK_STEP", step),
+                                        ("WORLD_SIZE", world)) if v < 1]
+        if bad:
+            raise ConfigError(f"the launcher's environment gives {', '.join(bad)}: counts and steps are at least 1; "
+                              f"fix the launcher's environment or give --shard I/N")
         if not (0 <= task < tasks and 0 <= rank < world):
             raise ConfigError(f"the launcher's environment gives share {task * world + rank} of {tasks * world} "
                               f"(SLURM array task {task} of {tasks}, rank {rank} of {world}), outside 0..N-1; "
                               f"give --shard I/N")
-        return cls(task * world + rank, tasks * world)
+        return None if tasks * world == 1 else cls(task * world + rank, tasks * world)
 
 
 @dataclass(frozen=True)
@@ -204,6 +194,18 @@ class ResultStore:
                     f"{self.root} holds shards of two splits ({first.folder.name} and {st.folder.name}); a grid is "
                     f"split one way: remove the shard folders of the split you abandoned")
         return metas
+
+    def share(self) -> tuple[Shard, Path] | None:
+        """(its shard, the whole run's folder) when this folder, read on its own, is one shard's store
+        (``OUT/shards/I-of-N``: its run.json records the shard); None for any other folder."""
+        if self.shard is not None or not self.meta_path.exists():
+            return None
+        try:
+            s = json.loads(self.meta_path.read_text()).get("shard")
+            shard = Shard(int(s["index"]), int(s["count"]))
+        except (ValueError, TypeError, KeyError, AttributeError, ConfigError):
+            return None
+        return shard, (self.root.parent.parent if self.root.parent.name == SHARDS_DIR else self.root.parent)
 
     def shard_status(self) -> list[ShardStatus]:
         """Each of the N shares of a sharded run, present or not, with its planned and missing conditions."""

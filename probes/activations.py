@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,9 +28,10 @@ from tqdm.auto import tqdm
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, model_layout
 from rwedit.data import batches, tensor_hash
 from rwedit.config import Config, option
-from rwedit.errors import ConfigError, DataError, NonFiniteError
+from rwedit.errors import CacheError, ConfigError, DataError, DiskFullError, NonFiniteError
 from rwedit.models import execution_device, input_device, named_weights
-from rwedit.outputs import follow_umask, umask_mode
+from rwedit.outputs import (disk_full, entry_problem, follow_umask, is_disk_full, set_aside, umask_mode,
+                            write_checksums)
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
 STATS_VERSION = 2  # 2: spectra stored with the sums
@@ -130,10 +133,29 @@ class ActivationStats:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``stats.safetensors`` (sums) and ``spectra.safetensors`` (the decompositions computed so
-        far, truncated) + ``stats.json`` atomically (temp folder, then rename)."""
+        far, truncated) + ``stats.json``, then their checksums (:func:`~rwedit.outputs.write_checksums`), into a
+        temporary folder renamed into place. A full disk is a :class:`~rwedit.errors.DiskFullError` naming the
+        folder and the bytes it needs; nothing is left behind."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
+        try:
+            self._write(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                need = sum(t.numel() * t.element_size() for m in (self.sums, self.firsts) for t in m.values()) + sum(
+                    t.numel() * t.element_size() for sp in self.spectra.values()
+                    for t in (sp.eigenvalues, sp.eigenvectors, sp.low_vectors) if t is not None)
+                raise disk_full(folder, need, e, hint="free space there, or give --cache-dir (or RWEDIT_CACHE) on "
+                                                      "another disk") from None
+            raise
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
+    def _write(self, tmp: Path) -> None:
         os.chmod(tmp, umask_mode())  # mkdtemp makes 0700 (and safetensors 0600): a shared cache follows the umask
         tensors = {}
         for (layer, group) in self.sums:
@@ -151,19 +173,25 @@ class ActivationStats:
         if spectra:
             save_file(spectra, tmp / "spectra.safetensors")
         (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
+        write_checksums(tmp)
         follow_umask(tmp)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "ActivationStats":
         """Open saved statistics: the mean vectors and stored spectra in memory, the d x d sums read
-        only when a decomposition has to be recomputed."""
+        only when a decomposition has to be recomputed. Every file is checked against the checksums written
+        with it first: a changed, truncated or unreadable one is a :class:`~rwedit.errors.CacheError` naming it."""
         folder = Path(folder)
+        problem = entry_problem(folder)
+        if problem is None:
+            try:
+                return cls._read(folder)
+            except Exception as e:  # noqa: BLE001 — files that match their checksums but do not parse
+                problem = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        raise CacheError(f"activation statistics {folder}: {problem}; delete it (a cache entry is recomputed)")
+
+    @classmethod
+    def _read(cls, folder: Path) -> "ActivationStats":
         meta = json.loads((folder / "stats.json").read_text())
         names, firsts = {}, {}
         with safe_open(folder / "stats.safetensors", framework="pt") as f:
@@ -310,12 +338,22 @@ def cached_activation_stats(
 ) -> ActivationStats:
     """Load the statistics for exactly this model, these tokens and settings, or collect and save them."""
     folder = Path(cache_dir or default_cache_dir()) / cache_key(model, token_ids, settings)
-    if (folder / "stats.json").exists():
-        stats = ActivationStats.load(folder)
-        stats.meta["cache"] = {"path": str(folder), "hit": True}
-        return stats
+    note = {}
+    if folder.exists():
+        try:
+            stats = ActivationStats.load(folder)
+            stats.meta["cache"] = {"path": str(folder), "hit": True}
+            return stats
+        except CacheError as e:  # checked against its checksums: a damaged entry is named, set aside, recomputed
+            aside = set_aside(folder, str(e))
+            note = {"set_aside": str(aside), "why": str(e)}
+            print(f"rwedit: {e}\n  moved to {aside}; recomputing the statistics", file=sys.stderr, flush=True)
     stats = collect_activation_stats(model, token_ids, settings, source, progress)
     stats.precompute_spectra(progress=progress)
-    stats.save(folder)
-    stats.meta["cache"] = {"path": str(folder), "hit": False}
+    try:
+        stats.save(folder)
+    except DiskFullError as e:  # the statistics are in memory: this run goes on, only their reuse is lost
+        print(f"rwedit: the activation statistics were not cached: {e}", file=sys.stderr, flush=True)
+        note["not_written"] = str(e)
+    stats.meta["cache"] = {"path": str(folder), "hit": False, **note}
     return stats

@@ -17,7 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from rwedit import __version__
-from rwedit.checkpoints import Checkpoint, CheckpointPair, iter_posts
+from rwedit.checkpoints import Checkpoint, CheckpointPair, check_members, iter_posts
 from rwedit.config import Config, option
 from rwedit.data import pack_tokens, read_texts
 from rwedit.errors import ConfigError
@@ -239,7 +239,8 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     final = check_output_folder(rq.out, rq.overwrite, inputs=rq.inputs()) if rq.out is not None and not rq.series \
         else None
     base = Checkpoint.open(rq.base)
-    members = series_members(rq.series) if rq.series else [(n, p, None) for n, p in zip(post_names(rq.posts), rq.posts)]
+    members = check_members(series_members(rq.series) if rq.series else
+                            [(n, p, None) for n, p in zip(post_names(rq.posts), rq.posts)], base, rq)
     pairs = {n: CheckpointPair(base, ref, allow_dtype_mismatch=rq.allow_dtype_mismatch) for n, ref, _ in members}
     roles = tuple((rq.grid.roles if rq.grid else None) or base.layout.roles())
     k_skipped = check_ks(rq.grid, base.layout, roles) if rq.grid else {}

@@ -24,11 +24,14 @@ from safetensors import safe_open
 from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
 from rwedit.runtime import runtime, using
+from rwedit.config import changed_keys
 from rwedit.errors import (  # noqa: F401  (re-exported)
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    ConfigError,
     NonFiniteWeightError,
+    OutputExistsError,
 )
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -400,6 +403,94 @@ def _pattern_value(patterns: dict | None, module: str, default):
     return default
 
 
+def _regex(path: Path, key: str, pattern) -> None:
+    """A pattern of adapter_config.json that PEFT compiles: a string that is a regular expression."""
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise CheckpointError(f"{path}/adapter_config.json: {key} {pattern!r} is not a regular expression ({e}); "
+                              f"PEFT could not match it either: fix it or re-save the adapter") from None
+
+
+def _check_lora_numbers(path: Path, config: dict) -> None:
+    """``r``, ``lora_alpha`` and their per-module patterns: positive integers and finite positive numbers
+    (PEFT refuses r <= 0 but not a NaN, zero or negative alpha, which scales every delta by it)."""
+    for key, default, integer in (("r", 8, True), ("lora_alpha", 8, False)):
+        pat = "rank_pattern" if key == "r" else "alpha_pattern"
+        if not isinstance(config.get(pat) or {}, dict):
+            raise CheckpointError(f"{path}/adapter_config.json: {pat} is {config[pat]!r}, not a mapping of module "
+                                  f"patterns to values")
+        for name, v in [(key, config.get(key, default))] + [(f"{pat}[{k!r}]", v) for k, v in (config.get(pat) or {}).items()]:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not (number and math.isfinite(v) and v > 0 and (not integer or float(v).is_integer())):
+                raise CheckpointError(
+                    f"{path}/adapter_config.json: {name} = {v!r}; it must be a positive "
+                    f"{'integer (the rank of the factors)' if integer else 'finite number (the delta is alpha/r·B·A)'}"
+                    f": fix adapter_config.json or re-save the adapter")
+        for k in config.get(pat) or {}:
+            _regex(path, f"{pat} key", k)
+
+
+def peft_targets(config: dict, module: str) -> bool:
+    """Whether PEFT puts a LoRA on ``module`` (a module name of the model) under ``config``'s target_modules,
+    exclude_modules and layers_to_transform / layers_pattern: :func:`peft.tuners.tuners_utils.
+    check_target_module_exists` of peft 0.21, written out here so that opening a post needs no PEFT import."""
+    ex = config.get("exclude_modules")
+    if ex and (re.fullmatch(ex, module) if isinstance(ex, str) else
+               module in ex or any(module.endswith(f".{e}") for e in ex)):
+        return False
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+    if not targets:
+        return False
+    if module in targets:
+        return True
+    if not any(module.endswith(f".{t}") for t in targets):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    patterns = config.get("layers_pattern") or []
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    found = (re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module) if not patterns else
+             next((m for p in patterns if (m := re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module))), None))
+    if found is None:
+        return False
+    return int(found["idx"]) == layers if isinstance(layers, int) else int(found["idx"]) in layers
+
+
+def _check_lora_targets(path: Path, config: dict, held: set[str], modules: Iterable[str], source: str) -> None:
+    """The modules the adapter holds factors for are the role modules its config targets, as PEFT's loader sees
+    them: a held module the config does not target is dropped by PEFT (its tensors become unexpected keys), a
+    targeted module without factors gets a fresh LoRA (missing keys, PEFT #2118) — either way the model PEFT
+    builds is not the delta read from the file."""
+    targets = config.get("target_modules")
+    if targets is None:
+        raise CheckpointError(f"{path}/adapter_config.json has no target_modules; PEFT cannot tell which modules "
+                              f"the factors belong to: re-save the adapter with save_pretrained")
+    if isinstance(targets, str):
+        _regex(path, "target_modules", targets)
+    elif not (isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets)):
+        raise CheckpointError(f"{path}/adapter_config.json: target_modules {targets!r} is neither a regular "
+                              f"expression nor a list of module names")
+    if isinstance(config.get("exclude_modules"), str):
+        _regex(path, "exclude_modules", config["exclude_modules"])
+    untargeted = sorted(m for m in held if not peft_targets(config, m))
+    if untargeted:
+        raise CheckpointError(
+            f"{path}: the adapter holds factors for {len(untargeted)} module(s) its target_modules "
+            f"{targets!r} do not name (e.g. {untargeted[0]!r}): PEFT would load the adapter without them, so its "
+            f"model is not this file's delta. Fix target_modules in adapter_config.json or re-save the adapter")
+    missing = sorted(m for m in modules if m not in held and peft_targets(config, m))
+    if missing and targets != "all-linear":  # PEFT expands all-linear itself, the output layer left out
+        raise CheckpointError(
+            f"{path}: target_modules {targets!r} name {len(missing)} module(s) of {source} the adapter holds no "
+            f"factors for (e.g. {missing[0]!r}): PEFT would give them a fresh LoRA of its own (a missing key), so "
+            f"its model is not this file's delta. The adapter file is incomplete, or target_modules is wrong: "
+            f"re-save the adapter")
+
+
 @dataclass
 class LoraPost:
     """A PEFT LoRA adapter as the post side of a pair: post = base + scale·B·A on each targeted module,
@@ -462,6 +553,7 @@ class LoraPost:
                                       f"merged model and give that as --post")
             check_finite(t, f"{path}: tensor {key!r}")
             parts.setdefault(m["module"], {})[m["which"]] = t.to(torch.float64)
+        _check_lora_numbers(path, config)
         modules = {v.module: v for v in base.layout.views(None)}
         unknown = sorted(set(parts) - set(modules))
         if unknown:
@@ -482,9 +574,22 @@ class LoraPost:
                                       f"(rank {A.shape[0]}), but {base.source} has a {out_in[0]}x{out_in[1]} weight "
                                       f"there: it is an adapter of another model")
             r = _pattern_value(config.get("rank_pattern"), module, r0)
+            if A.shape[0] != r:
+                raise CheckpointError(
+                    f"{path}: adapter_config.json gives {module!r} rank r = {r}, but its factors have rank "
+                    f"{A.shape[0]}: alpha/r would make every delta {A.shape[0] / r:g}x its size (PEFT refuses to load it: "
+                    f"a size mismatch). Fix r (or rank_pattern) in adapter_config.json, or re-save the adapter")
             alpha = _pattern_value(config.get("alpha_pattern"), module, alpha0)
             factors[module] = (A, B, alpha / (math.sqrt(r) if config.get("use_rslora") else r))
+        if not parts:
+            raise CheckpointError(f"{path}: the adapter file holds no LoRA factors: the adapter is empty")
+        _check_lora_targets(path, config, set(parts), modules, base.source)
         return cls(str(folder), path, base, config, factors)
+
+    @property
+    def zero(self) -> bool:
+        """The delta is exactly zero: every module has an all-zero factor (PEFT's initial lora_B = 0)."""
+        return all(not A.any() or not B.any() for A, B, _ in self.factors.values())
 
     def role_delta(self, view: RoleView) -> LowRankDelta | None:
         """The exact ΔW (d_out × d_in) of one role in factor form, or None where the adapter leaves it
@@ -498,13 +603,9 @@ class LoraPost:
         return LowRankDelta(U, A.T.contiguous())
 
 
-def source_info(src: "Checkpoint | LoraPost") -> dict:
-    """What a result records of one source so that its numbers trace to exact weights: the reference as
-    given, the resolved Hub commit (a model from the Hub cache) or a content fingerprint of the local
-    files (sha256 over each weight file's size and three 64 KiB samples — start, middle, end: cheap for a
-    70B checkpoint, and changed by any re-save), and for an adapter post its kind, ranks and module count."""
-    files = [src.path / "adapter_model.safetensors"] if isinstance(src, LoraPost) else list(src.files)
-    origin = hub_origin(src.path)
+def fingerprint(files: Iterable[Path]) -> str:
+    """sha256 over each weight file's name, size and three 64 KiB samples (start, middle, end): cheap for a
+    70B checkpoint and changed by any re-save (16 hex digits)."""
     h = hashlib.sha256()
     for f in sorted(files):
         if not f.exists():
@@ -515,8 +616,18 @@ def source_info(src: "Checkpoint | LoraPost") -> dict:
             for at in (0, max(0, size // 2 - 32768), max(0, size - 65536)):
                 fh.seek(at)
                 h.update(fh.read(65536))
+    return h.hexdigest()[:16]
+
+
+def source_info(src: "Checkpoint | LoraPost") -> dict:
+    """What a result records of one source so that its numbers trace to exact weights: the reference as
+    given, the resolved Hub commit (a model from the Hub cache) or a content fingerprint of the local
+    files (sha256 over each weight file's size and three 64 KiB samples — start, middle, end: cheap for a
+    70B checkpoint, and changed by any re-save), and for an adapter post its kind, ranks and module count."""
+    files = [src.path / "adapter_model.safetensors"] if isinstance(src, LoraPost) else list(src.files)
+    origin = hub_origin(src.path)
     out = {"ref": src.source, "path": str(src.path), "commit": origin[1] if origin else None,
-           "hub_id": origin[0] if origin else None, "fingerprint": h.hexdigest()[:16]}
+           "hub_id": origin[0] if origin else None, "fingerprint": fingerprint(files)}
     if isinstance(src, LoraPost):
         out.update(kind="lora adapter over the base", rank=sorted({int(a.shape[0]) for a, _, _ in src.factors.values()}),
                    modules=len(src.factors))
@@ -533,6 +644,154 @@ def open_post(ref: str | os.PathLike | Checkpoint | LoraPost, base: Checkpoint,
     if path.is_dir() and (path / "adapter_config.json").exists() and not (path / "config.json").exists():
         return LoraPost.open(path, base, allow_pickle)
     return Checkpoint.open(ref, allow_pickle=allow_pickle)
+
+
+# --- the posts of a probe: checked as a set before any is probed --------------------------------------------
+
+
+def _source_key(ref: str) -> str:
+    """What a reference denotes: a local folder's real path, else the Hub id (with revision) as given."""
+    path = Path(str(ref)).expanduser()
+    return os.path.realpath(path) if path.exists() else str(ref).rstrip("/")
+
+
+def zero_delta(post: "Checkpoint | LoraPost", base: Checkpoint) -> str | None:
+    """Why ``post``'s delta against ``base`` is exactly zero in every role (None when it is not): the base's own
+    folder, role tensors equal to the base's bit for bit (read until the first that differs: one tensor for
+    a fine-tune), or an adapter whose factors are all zero."""
+    if isinstance(post, LoraPost):
+        return "its LoRA factors are zero (lora_B = 0: an adapter saved before training?)" if post.zero else None
+    if os.path.realpath(post.path) == os.path.realpath(base.path):
+        return "it is the base's own folder"
+    for param in dict.fromkeys(v.param for v in base.layout.views()):
+        if not _same_stored(base, post, param):
+            return None
+    return "every role tensor equals the base's, bit for bit"
+
+
+def _same_stored(a: Checkpoint, b: Checkpoint, param: str, block: int = 1 << 20) -> bool:
+    """``param`` is stored with the same shape, dtype and bytes in both checkpoints: safetensors data compared in
+    1 MiB blocks up to the first difference (a fine-tune differs in its first block), else both tensors read."""
+    na, nb = a.find(param), b.find(param)
+    if a._shapes[na] != b._shapes[nb] or a._dtypes[na] != b._dtypes[nb]:
+        return False
+    size = stored_itemsize(a._dtypes[na])
+    if a.format != "safetensors" or b.format != "safetensors" or size is None:
+        with TensorReader(a, False) as ra, TensorReader(b, False) as rb:
+            return torch.equal(ra.read(param, None), rb.read(param, None))
+    left = math.prod(a._shapes[na]) * size
+    with open(a._where[na], "rb") as fa, open(b._where[nb], "rb") as fb:
+        fa.seek(a.data_offset(na))
+        fb.seek(b.data_offset(nb))
+        while left > 0:
+            n = min(block, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
+def _step(ref: str) -> int | None:
+    """The step a series member's name or revision ends in (``checkpoint-300``, ``org/run@step-300``)."""
+    m = re.search(r"(\d+)$", str(ref).rstrip("/"))
+    return int(m.group(1)) if m else None
+
+
+def _check_series(spec, members: list) -> None:
+    """A series is ordered by steps that mean something: a folder's model at its root is not beside its
+    ``checkpoint-N`` folders, every member has a step (or none has: a list's own order), no step twice."""
+    path = Path(str(spec)) if isinstance(spec, (str, os.PathLike)) else None
+    if path is not None and path.is_dir():
+        inner = sorted(p.name for p in path.iterdir() if (p / "config.json").exists() or (p / "adapter_config.json").exists())
+        at_root = (path / "config.json").exists() or (path / "adapter_config.json").exists()
+        if at_root and inner:
+            raise ConfigError(
+                f"--series {spec}: the folder holds a model at its root (the final one?) beside {len(inner)} checkpoint "
+                f"folder(s) ({', '.join(inner[:3])}{', …' if len(inner) > 3 else ''}); read as one folder it would be "
+                f"probed as a single member. Give the members as a list (comma list or YAML file), each with its "
+                f"step as the trailing number of its name (the root model too: e.g. a link final-STEP to {path}, "
+                f"made outside it), or leave the root model out")
+        if not at_root:
+            stepless = [n for n in inner if _step(n) is None]
+            if stepless:
+                raise ConfigError(f"--series {spec}: member folder(s) {', '.join(stepless[:3])} have no step (a "
+                                  f"trailing number, as in checkpoint-300), so their place in the series is unknown; "
+                                  f"rename them, or give the members as a list in the order you mean")
+    refs = [ref for _, ref, _ in members]
+    stepless = [r for r in refs if _step(r) is None]
+    if stepless and len(stepless) < len(refs):
+        raise ConfigError(f"--series: {', '.join(stepless[:3])} {'has' if len(stepless) == 1 else 'have'} no step (a "
+                          f"trailing number in the name or revision) while the other members have one: the order "
+                          f"cannot be known. Give every member a step, or none (then the list's order is the order)")
+    steps: dict[int, str] = {}
+    for _, ref, step in members:
+        if step in steps and not stepless:
+            raise ConfigError(f"--series: {steps[step]!r} and {ref!r} are both at step {step}; a series has one "
+                              f"member per step")
+        steps[step] = ref
+
+
+def _like(then, now):
+    """``then`` with only the keys ``now`` has (a member's meta.json adds its own findings to its settings)."""
+    return {k: then.get(k) for k in now} if isinstance(then, dict) and isinstance(now, dict) else then
+
+
+def _check_rerun(out: Path, members: list, base: Checkpoint, settings: dict) -> None:
+    """A series resumed into ``out`` reuses the members probed there only when they were probed with these
+    settings against this base; otherwise it is refused, naming the changed keys."""
+    now = {"settings": settings, "base": fingerprint(base.files)}
+    for name, ref, _ in members:
+        meta_path = out / "members" / name / "meta.json"
+        if not meta_path.exists():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+            then = {"settings": {k: _like(meta.get(k), v) for k, v in settings.items()},
+                    "base": meta["sources"]["base"]["fingerprint"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise OutputExistsError(f"{meta_path} cannot be read ({type(e).__name__}: {e}); delete that member's "
+                                    f"folder to probe it again") from None
+        changed = changed_keys(then, now)
+        if changed:
+            raise OutputExistsError(
+                f"{out} holds series members probed with other settings or another base (member {name!r}; changed: "
+                f"{', '.join(k.removeprefix('settings.') for k in changed[:8])}); members of two probes must not mix "
+                f"in one series: use another --out, or delete {out} to start over")
+
+
+def check_members(members: list[tuple[str, str, int | None]], base: Checkpoint, request=None) -> list:
+    """The posts (or series members) of a probe, checked as a set before the first is probed, and returned
+    unchanged: no source twice; a series' steps (:func:`_check_series`); a post whose delta is exactly zero
+    refused when the RSF grid is on (every cell would be 0/0); a series resumed into its folder only with
+    its settings and base (:func:`_check_rerun`). ``request``: the probe's settings (its ``series``, ``out``,
+    ``grid``, ``calibration``, ``svd``, ``norms``)."""
+    series = getattr(request, "series", None)
+    what = "series member" if series else "post"
+    seen: dict[str, str] = {}
+    for _, ref, _ in members:
+        key = _source_key(ref)
+        if key in seen:
+            same = "" if str(seen[key]) == str(ref) else f" as {seen[key]!r}"
+            raise ConfigError(f"{ref!r} is given twice{same} ({key}): each {what} once, or its rows would be "
+                              f"counted twice")
+        seen[key] = ref
+    if series:
+        _check_series(series, members)
+        if getattr(request, "out", None):
+            from dataclasses import asdict, is_dataclass
+
+            settings = {k: asdict(v) if is_dataclass(v) else v for k in ("grid", "calibration", "svd", "norms")
+                        for v in [getattr(request, k, None)]}
+            _check_rerun(Path(request.out), members, base, settings)
+    elif getattr(request, "grid", None) is not None:
+        for name, ref, _ in members:
+            why = zero_delta(open_post(ref, base), base)
+            if why:
+                raise CheckpointMismatchError(
+                    f"post {ref!r} against base {base.source!r}: the delta is exactly zero ({why}), so the RSF "
+                    f"grid (a share of ||ΔW||²) is 0/0 in every cell. Give the post-trained checkpoint; `rwedit "
+                    f"deltas` and `rwedit svd` report such a pair as unchanged")
+    return members
 
 
 class CheckpointPair:
@@ -687,8 +946,6 @@ def check_headers(ckpt: Checkpoint, needs_tokenizer: bool = True) -> None:
     """One checkpoint's headers against its config and index: every role tensor is there with the shape the
     config implies and a float dtype, every tensor the index names is in the shard it names, and the folder
     holds a tokenizer (where the run loads one from it: the base) whose ids fit the embedding."""
-    from rwedit.errors import ConfigError
-
     index = ckpt.path / "model.safetensors.index.json"
     if ckpt.format == "safetensors" and index.exists():  # the shards themselves were checked when it was opened
         weight_map = json.loads(index.read_text()).get("weight_map", {})

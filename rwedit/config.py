@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -235,16 +237,31 @@ def apply_sets(raw: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> d
     return out
 
 
+def canonical(obj: Any) -> str:
+    """Sorted, compact JSON of ``obj`` (a tuple as a list, anything else as its str): how settings are compared
+    and hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested settings differ (what a refused rerun names)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if canonical(old) != canonical(new) else []
+
+
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
 #: scalar types of config fields: (accepts the YAML value, what the error says was expected, conversion);
-#: a bool is not an int here, an int is a float
+#: a bool is not an int here, an int is a float, NaN and ±inf are no setting
 _SCALARS: dict[type, tuple[Any, str, Any]] = {
     bool: (lambda v: isinstance(v, bool), "true or false", bool),
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
-    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number",
+            float),
     str: (lambda v: isinstance(v, str), "a string", str),
 }
 
@@ -297,4 +314,4 @@ def _coerce(value: Any, tp: Any, where: str, base_dir: str | Path | None) -> Any
     return value
 
 
-__all__ = ["Config", "apply_sets", "given", "option", "read_json", "read_yaml", "resolve_path"]
+__all__ = ["Config", "apply_sets", "canonical", "changed_keys", "given", "option", "read_json", "read_yaml", "resolve_path"]

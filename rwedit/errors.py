@@ -64,6 +64,14 @@ class OutputExistsError(RweditError, FileExistsError):
     """An output folder exists already; nothing is written unless ``--overwrite`` is given."""
 
 
+class DiskFullError(RweditError, OSError):
+    """A write failed for lack of disk space; the message names the path, the space needed and what is free."""
+
+
+class CacheError(RweditError, RuntimeError):
+    """A cache entry is damaged and cannot be set aside; the message names the path to delete."""
+
+
 class DataError(RweditError, ValueError):
     """A data source is missing, empty or malformed; the message says which and what to do."""
 
@@ -95,5 +103,5 @@ class AdapterNotAppliedError(ExperimentError):
 __all__ = ["RweditError", "ConfigError", "SpecError", "OrganismError", "UnsupportedArchitectureError",
            "NotRegisteredError", "AlreadyRegisteredError", "CheckpointError", "CheckpointNotFoundError",
            "CheckpointMismatchError", "NonFiniteError", "NonFiniteWeightError", "DeviceError", "OutputExistsError",
-           "DataError", "DataNotFoundError", "ExperimentError", "StoreLockedError", "ExportError",
-           "AdapterMismatchError", "AdapterNotAppliedError"]
+           "DiskFullError", "CacheError", "DataError", "DataNotFoundError", "ExperimentError", "StoreLockedError",
+           "ExportError", "AdapterMismatchError", "AdapterNotAppliedError"]

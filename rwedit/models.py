@@ -3,6 +3,7 @@ device or placed across devices (:class:`Placement`: accelerate's device map, me
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import os
@@ -153,6 +154,42 @@ class Placement(Config):
         if self.max_memory is not None and isinstance(self.device_map, dict):
             raise ConfigError("max_memory caps a computed device map (auto, balanced, sequential); an explicit "
                               "map places every module itself: drop one of them")
+        folder = self.offload_folder
+        if folder is not None and os.path.exists(os.path.expanduser(str(folder))) and not os.path.isdir(
+                os.path.expanduser(str(folder))):
+            raise ConfigError(f"offload_folder {folder!r} is a file; give a folder (made when missing) where "
+                              f"accelerate keeps the weights sent to disk")
+
+    def check(self, device: str, config=None) -> None:
+        """What loading the model with this placement on ``device`` would refuse, before any weight is read:
+        a device and a device map that both place the model, memory caps or an offload folder without a map,
+        and (given the model's ``config``) a device map naming modules the model does not have or leaving
+        some of its parameters without a device."""
+        if self.dispatched and device not in ("cpu", "auto"):
+            raise DeviceError(f"device {device!r} and device_map {self.device_map!r} both say where the model goes: "
+                              f"give the devices in the device map (or max_memory) and leave device at cpu")
+        if self.device_map is None and device != "auto" and (self.max_memory or self.offload_folder):
+            raise ConfigError("max_memory and offload_folder place a model across devices: give a device map too "
+                              "(--device-map auto, or a JSON map)")
+        if config is None or not isinstance(self.device_map, dict):
+            return
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        modules = {name for name, _ in model.named_modules()}
+        unknown = [k for k in self.device_map if k not in modules]  # "" (the whole model) is the first module
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], sorted(modules), n=1)
+            raise ConfigError(f"device_map names {len(unknown)} module(s) the model does not have: {unknown[0]!r}"
+                              f"{f' (did you mean {near[0]!r}?)' if near else ''}; its modules are like "
+                              f"{', '.join(sorted(modules - {''})[:4])}")
+        left = [] if "" in self.device_map else [n for n, _ in model.named_parameters()
+                                                 if not any(n == k or n.startswith(k + ".") for k in self.device_map)]
+        if left:
+            raise ConfigError(f"device_map gives no device to {len(left)} parameter(s) of the model, e.g. {left[0]!r}: "
+                              f"name their modules (or add \"\": DEVICE for everything not named)")
 
     @property
     def dispatched(self) -> bool:
@@ -203,12 +240,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str =
     if dtype not in DTYPES:
         raise DeviceError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     device_map = placement.device_map or ("auto" if device == "auto" else None)
-    if placement.dispatched and device not in ("cpu", "auto"):
-        raise DeviceError(f"device {device!r} and device_map {placement.device_map!r} both say where the model goes: "
-                          f"give the devices in the device map (or max_memory) and leave device at cpu")
-    if device_map is None and (placement.max_memory or placement.offload_folder):
-        raise ConfigError("max_memory and offload_folder place a model across devices: give a device map too "
-                          "(--device-map auto, or a JSON map)")
+    placement.check(device, ckpt.config)
     try:
         tok = AutoTokenizer.from_pretrained(ckpt.path)
     except Exception as e:

@@ -6,16 +6,19 @@ output is never an input, nor inside or around one; a symlinked output folder is
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rwedit.errors import ConfigError, OutputExistsError
+from rwedit.errors import CacheError, ConfigError, DiskFullError, OutputExistsError
 
 
 def umask_mode(kind: int = 0o777) -> int:
@@ -114,8 +117,11 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
         yield tmp
         (tmp / MARKER).write_text("written whole by rwedit; `--overwrite` may replace this folder\n")
         follow_umask(tmp)
-    except BaseException:
+    except BaseException as e:
+        written = folder_bytes(tmp) if is_disk_full(e) else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full(target, written, e, more=True) from None
         raise
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -124,6 +130,108 @@ def atomic_folder(target: str | Path, overwrite: bool = False, flag: str = "--ou
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+# --- sizes and full disks ---------------------------------------------------------------------------------
+
+
+def readable_bytes(n: float) -> str:
+    """A size in the unit that reads best, three significant digits: ``512 B``, ``3.1 KiB``, ``611 GiB`` (never
+    ``0.00 GiB``)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if unit == "B" and abs(n) < 1000:
+            return f"{n:.0f} B"
+        if abs(n) < 1000 or unit == "TiB":
+            return f"{n:.3g} {unit}" if abs(n) < 1000 else f"{n:,.0f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 when it is gone)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else 0
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk of ``path`` (of its nearest existing parent when it is not made yet)."""
+    path = Path(path)
+    return shutil.disk_usage(next((p for p in (path, *path.parents) if p.exists()), Path("."))).free
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A write failed for lack of space (``ENOSPC``, a quota), as an OSError or as a library's own error
+    (safetensors reports ``No space left on device (os error 28)``)."""
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded"))
+
+
+def disk_full(where: str | Path, need: int, e: BaseException, more: bool = False,
+              hint: str = "free space there, or write to another disk") -> DiskFullError:
+    """The :class:`DiskFullError` of a write into ``where`` that failed for lack of space: it needs ``need`` bytes
+    (``more``: at least that, the amount written when the disk filled) and the disk has what it has free."""
+    need_text = f"more than {readable_bytes(need)}" if more else f"~{readable_bytes(need)}"
+    return DiskFullError(f"{where}: no space left on its disk ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         f"writing it needs {need_text}, and {readable_bytes(free_bytes(where))} is free there: {hint}")
+
+
+# --- cache entries that check themselves ----------------------------------------------------------------------
+
+#: the file a cache entry's checksums are written to, after every other file of the entry
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str | Path) -> None:
+    """Record the size and sha256 of every file under a cache entry ``folder`` in :data:`CHECKSUMS`, written
+    last: an entry without it, or whose files no longer match it, is not used (:func:`entry_problem`)."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (CHECKSUMS, MARKER)}
+    write_json(folder / CHECKSUMS, {"files": files})
+
+
+def entry_problem(folder: str | Path) -> str | None:
+    """What is wrong with a cache entry's files against its :data:`CHECKSUMS` (None: each is there with the size
+    and sha256 it was written with). Reads every file once."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / CHECKSUMS).read_text())["files"]
+        items = [(str(name), int(want["bytes"]), str(want["sha256"])) for name, want in recorded.items()]
+    except FileNotFoundError:
+        return f"it has no {CHECKSUMS} (it was cut short while written, or written before cache entries carried checksums)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {CHECKSUMS} cannot be read ({type(e).__name__}: {e})"
+    for name, size, sha in items:
+        f = folder / name
+        try:
+            if f.stat().st_size != size:
+                return f"{name} has {f.stat().st_size} bytes, not the {size} it was written with (truncated or changed)"
+            if _sha256(f) != sha:
+                return f"{name} does not match its checksum (changed or damaged since it was written)"
+        except OSError as e:
+            return f"{name} cannot be read ({e.strerror or e})"
+    return None
+
+
+def set_aside(folder: str | Path, problem: str) -> Path:
+    """Move a damaged cache entry out of the way, kept for a look (``NAME.damaged-TIME``) and never used again;
+    a :class:`CacheError` naming it to delete when it cannot be moved."""
+    folder = Path(folder)
+    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except OSError as e:
+        raise CacheError(f"cache entry {folder} is damaged ({problem}) and cannot be moved aside ({e.strerror or e}); "
+                         f"delete it and run again") from None
+    return aside
 
 
 def follow_umask(folder: Path) -> None:
@@ -199,5 +307,6 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["atomic_folder", "check_output_folder", "dumps", "follow_umask", "json_safe", "make_folder", "umask_mode",
-           "write_json", "write_text"]
+__all__ = ["CHECKSUMS", "atomic_folder", "check_output_folder", "disk_full", "dumps", "entry_problem", "folder_bytes",
+           "follow_umask", "free_bytes", "is_disk_full", "json_safe", "make_folder", "readable_bytes", "set_aside",
+           "umask_mode", "write_checksums", "write_json", "write_text"]

@@ -68,6 +68,15 @@ def ws(tmp_path_factory, wiki_tokenizer, wiki_texts):
     other = tiny_model("llama", vocab_size=len(wiki_tokenizer), hidden_size=48, **MODEL_KW)
     other.save_pretrained(m / "other_shape")
     wiki_tokenizer.save_pretrained(m / "other_shape")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(m / "base"), lora).save_pretrained(m / "lora")
+    for name, change in (("lora_r", {"r": 8}), ("lora_nan_alpha", {"lora_alpha": float("nan")}),
+                         ("lora_targets", {"target_modules": ["v_proj"]})):  # configs that contradict the tensors
+        shutil.copytree(m / "lora", m / name)
+        cfg = json.loads((m / name / "adapter_config.json").read_text())
+        (m / name / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
     tiny_model("gpt2", vocab_size=len(wiki_tokenizer)).save_pretrained(m / "gpt2")
     wiki_tokenizer.save_pretrained(m / "gpt2")
     # damaged weight files
@@ -414,6 +423,39 @@ CASES = [
                                                   "post": str(ws / "m/post"), "dtype": "float33"}),
                      "--out", str(ws / "r9")],
          ("dtype", "float33"), out="r9"),
+    # --- plan: what the run would fail on late, refused before it starts
+    Case("plan-unknown-backend", "a run that would fail late (plan checks it first)",
+         lambda ws: ["plan", _yaml(ws, "p1.yaml", _recipe(ws)), "--set", "eval.backend=hfx"],
+         ("eval.backend", "'hfx' is neither", "vllm")),
+    Case("plan-model-args-typo", "a run that would fail late (plan checks it first)",
+         lambda ws: ["plan", _yaml(ws, "p2.yaml", _recipe(ws, eval={"tasks": ["rwedit_blimp"], "limit": 2, "backend": "hf",
+                                                                     "model_args": {"dtyp": "bfloat16"}}))],
+         ("eval.model_args", "'dtyp'", "did you mean 'dtype'")),
+    Case("plan-device-map-unknown-module", "a run that would fail late (plan checks it first)",
+         lambda ws: ["plan", _yaml(ws, "p3.yaml", _recipe(ws)), "--device-map", '{"": "cpu", "model.layers.7": "cpu"}'],
+         ("model.layers.7", "does not have", "did you mean 'model.layers.1'")),
+    Case("plan-device-map-leaves-parameters", "a run that would fail late (plan checks it first)",
+         lambda ws: ["plan", _yaml(ws, "p4.yaml", _recipe(ws)), "--device-map", '{"model.layers.0": "cpu"}'],
+         ("gives no device to", "model.embed_tokens.weight")),
+    Case("plan-offload-folder-is-a-file", "a placement that cannot work",
+         lambda ws: ["plan", _yaml(ws, "p5.yaml", _recipe(ws)), "--device-map", "auto", "--offload-folder",
+                     str(ws / "data" / "empty.txt")],
+         ("offload_folder", "empty.txt", "is a file")),
+    Case("plan-gflops-zero", "bad option value", lambda ws: ["plan", _yaml(ws, "p6.yaml", _recipe(ws)), "--gflops", "0"],
+         ("--gflops", "finite number > 0")),
+    Case("plan-setting-nan", "NaN/Inf values",
+         lambda ws: ["plan", _yaml(ws, "p7.yaml", _recipe(ws)), "--set", "eval.applied_atol=.inf"],
+         ("eval.applied_atol", "expected a finite number, got inf")),
+    Case("quickstart-pair-and-base", "contradictory flags",
+         lambda ws: ["quickstart", "--pair", "smollm2-135m-instruct", "--base", str(ws / "m/base"), "--out", str(ws / "q4")],
+         ("--pair", "--base", "not both"), out="q4"),
+    # --- adapter posts: the config against the tensors
+    Case("deltas-lora-rank-contradicts-tensors", "adapter config against its tensors",
+         lambda ws: ["deltas", *_pair("lora_r")(ws)], ("lora_r", "r = 8", "rank 4", "re-save")),
+    Case("deltas-lora-alpha-nan", "adapter config against its tensors",
+         lambda ws: ["deltas", *_pair("lora_nan_alpha")(ws)], ("lora_alpha = nan", "finite")),
+    Case("deltas-lora-targets-elsewhere", "adapter config against its tensors",
+         lambda ws: ["deltas", *_pair("lora_targets")(ws)], ("target_modules", "v_proj", "do not name")),
     # --- report
     Case("report-no-run", "not a run folder", lambda ws: ["report", str(ws / "existing")], ("existing", "no run.json")),
     Case("report-duplicate-rows", "duplicated result row",
@@ -514,6 +556,27 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(case, ws, tmp_path, capsys
     assert not changed, f"changed: {changed[:5]}"
     if case.out:
         assert not (ws / case.out).exists()
+
+
+def test_plan_refuses_sharding_variables_that_make_no_share(ws, monkeypatch, capsys):
+    """A launcher's environment that gives no share (a count below 1, a rank outside it), or one --shard
+    contradicts, stops `plan` and `run` before anything starts (it used to run the whole grid unsharded)."""
+    monkeypatch.chdir(ws)
+    recipe = _yaml(ws, "shard.yaml", _recipe(ws))
+    before = _snapshot(ws)
+    for env, extra, words in (({"WORLD_SIZE": "-2", "RANK": "0"}, [], "WORLD_SIZE=-2"),
+                              ({"WORLD_SIZE": "1", "RANK": "1"}, [], "rank 1 of 1"),
+                              ({"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_STEP": "0"},
+                               [], "SLURM_ARRAY_TASK_STEP=0"),
+                              ({"WORLD_SIZE": "2", "RANK": "1"}, ["--shard", "0/2"], "contradicts")):
+        with monkeypatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            for command in ("plan", "run"):
+                assert main([command, recipe, "--out", str(ws / "sharded"), *extra]) == 2
+                err = capsys.readouterr().err
+                assert words in err and "Traceback" not in err, err
+    assert _snapshot(ws) == {**before, **{k: v for k, v in _snapshot(ws).items() if k.startswith("y/")}}
 
 
 # ----------------------------------------------------------------------------- the Python API

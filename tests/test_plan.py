@@ -251,13 +251,11 @@ def test_plan_lists_the_resolved_conditions_and_refuses_a_layer_the_model_lacks(
 
 
 def test_plan_refuses_a_run_the_disk_cannot_hold(pair, tmp_path, monkeypatch, capsys):
-    import rwedit.apps.plan as plan_module
-
     real = shutil.disk_usage
-    monkeypatch.setattr(plan_module.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=1 << 10))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 10))
     assert main(["plan", _write(tmp_path / "r.yaml", _recipe(pair)), "--out", str(tmp_path / "run")]) == 2
-    assert "not enough disk" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not enough disk" in err and "1 KiB free" in err and "0.00 GiB" not in err  # sizes in readable units
 
 
 def test_run_prints_the_plan_first_and_runs_the_recipe_it_checked(pair, tmp_path, monkeypatch, capsys):

@@ -137,7 +137,7 @@ def test_merged_view_orders_by_plan_names_a_duplicate_and_the_missing_shard(tmp_
 # ----------------------------------------------------------------------------- real runs
 
 
-def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, tmp_path):
+def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, tmp_path, capsys):
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "rwedit", "run", str(grid["recipe"]), "--out", str(out), "--cache-dir",
            str(grid["cache"]), "--quiet"]
@@ -158,6 +158,12 @@ def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, 
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "Unfinished" not in report and "principal" in report
+    capsys.readouterr()
+    one = out / "shards" / "0-of-2"  # one shard's folder on its own: its report says it is a share (#27.4)
+    assert main(["report", str(one)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {one} is shard 0/2 of the sharded run in {out}" in err and f"`rwedit report {out}`" in err
+    assert (one / "report.md").read_text().startswith(f"> **One share of a sharded run.** {one} is shard 0/2")
     card = json.loads((out / "edit" / "adapters" / "principal0_a2" / "rwedit.json").read_text())  # export: merged
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(
         next(r for r in grid["want"] if r["condition"] == "principal0_a2")["pref_margin_shift"])

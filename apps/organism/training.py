@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from rwedit.architectures import LAYER_ROLES
 from rwedit.bundled import HH_HELDOUT, HH_TRAIN
 from rwedit.data import PreferencePair, read_pairs, read_texts
 from rwedit.errors import OrganismError
-from rwedit.outputs import atomic_folder
+from rwedit.outputs import atomic_folder, entry_problem, set_aside, write_checksums
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -176,17 +177,23 @@ def _say(progress: bool, msg: str) -> None:
 
 
 def _stage(folder: Path, build: Callable[[Path], dict], progress: bool, what: str) -> dict:
-    """Run ``build`` into a temporary folder and move it into place when complete (an interrupted stage
-    leaves nothing that looks finished); an existing finished stage is reused."""
-    done = folder / "stage.json"
-    if done.exists():
-        _say(progress, f"{what}: reusing {folder}")
-        return json.loads(done.read_text())
-    with atomic_folder(folder, overwrite=True) as tmp:  # an unfinished folder (no stage.json) is replaced
+    """Run ``build`` into a temporary folder and move it into place when complete, its checksums written last
+    (an interrupted stage leaves nothing that looks finished); an existing stage is reused when its files
+    match them, else it is named, moved aside and built again."""
+    if folder.exists():
+        problem = entry_problem(folder)
+        if problem is None:
+            _say(progress, f"{what}: reusing {folder}")
+            return json.loads((folder / "stage.json").read_text())
+        aside = set_aside(folder, problem)
+        print(f"[organism] {what}: the cached stage {folder} is not used: {problem}; moved to {aside}, building it "
+              f"again", file=sys.stderr, flush=True)
+    with atomic_folder(folder) as tmp:
         t0 = time.perf_counter()
         info = build(tmp)
         info["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / "stage.json").write_text(json.dumps(info, indent=2))
+        write_checksums(tmp)
     _say(progress, f"{what}: done in {info['seconds']} s")
     return info
 
@@ -261,7 +268,7 @@ def _build(org: Organism, lambdas: tuple[float, ...], progress: bool) -> Organis
             all((p / "stage.json").stat().st_mtime_ns < rep.stat().st_mtime_ns for p in stages):
         _say(progress, f"held-out measurements: reusing {rep}")
         return org  # no stage was rebuilt since these were measured
-    earlier = {lam for lam in _measured(have) if (org.lam_dir(lam) / "stage.json").exists()}
+    earlier = {lam for lam in _measured(have) if org.lam_dir(lam).exists() and entry_problem(org.lam_dir(lam)) is None}
     report = measure(org, sorted(set(lambdas) | earlier), progress)  # keep what was measured before
     (org.root / "organism.json").write_text(json.dumps(report, indent=2))
     return org
