@@ -211,7 +211,7 @@ class Decomposition:
                  write_basis: Callable[[int], torch.Tensor], parts: PartSettings):
         self.deltas, self.parts = deltas, parts
         self.units: dict[str, list[Cell]] = {}
-        for cell in deltas:
+        for cell in sorted(deltas, key=lambda c: (side(c[1]) != "read", c[0])):  # read before write, layers in order
             self.units.setdefault(unit_of(cell, parts.units), []).append(cell)
         kmax = max(parts.ks)
         self.principal = {c: (read_basis(c, kmax) if side(c[1]) == "read" else write_basis(kmax)) for c in deltas}

@@ -299,7 +299,8 @@ def write_decompose_report(folder: str | Path, primary: str | None = None) -> Pa
     cols = [("unit", str), ("condition", str), ("share", fmt), ("shift", fmt), ("retained", fmt),
             ("retained_per_share", fmt)]
     body = [[f(r[c]) if r[c] is not None and not (isinstance(r[c], float) and math.isnan(r[c])) else "–"
-             for c, f in cols[:-2]] + [f"{fmt(r['retained'])} {fmt_ci(r['retained_ci_low'], r['retained_ci_high'])}",
+             for c, f in cols[:-2]] + ["–" if pd.isna(r["retained"]) else
+                                       f"{fmt(r['retained'])} {fmt_ci(r['retained_ci_low'], r['retained_ci_high'])}",
                                        fmt(r["retained_per_share"])] for _, r in table.iterrows()]
     lines += md_table(["unit", "part", "share of ‖ΔW‖²", f"{a.primary} shift", "retained, 95% CI",
                        "retained / share"], body)

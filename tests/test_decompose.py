@@ -256,3 +256,26 @@ def test_the_shipped_recipe_parses_and_bad_recipes_are_refused(tmp_path, wiki_to
         load_recipe({**recipe(root), "parts": {"units": "heads"}})
     assert not (tmp_path / "run").exists()
 
+
+
+def test_an_interrupted_run_resumes_to_the_same_rows_and_the_plan_lists_its_parts(tmp_path, wiki_tokenizer):
+    """Stopped after 3 conditions and resumed (the parts rebuilt, the adapters written once): the rows of an
+    uninterrupted run; `rwedit plan` names every unit's parts before any weights load."""
+    from conftest import assert_same_rows
+    from rwedit.apps.plan import plan_recipe
+    from rwedit.evals.core import run_recipe
+    from rwedit.evals.store import ResultStore
+
+    root = save_pair(tmp_path / "m", wiki_tokenizer, seed=3, max_position_embeddings=256, pad_token_id=0)
+    rec = recipe(root, ks=[2], random=1, ranks=[1], units="layer")
+    rec["direct"] = {**DIRECT, "pairs": 8}
+    names = ["full", "principal_k2", "random_k2_s1", "randnorm_k2_s1", "complement_k2", "svd_r1"]
+    plan = plan_recipe(rec, out=tmp_path / "plan")
+    assert plan.conditions == [f"L{l}_{n}" for l in (0, 1) for n in names]
+    assert "statistics" in [s.name for s in plan.stages]
+    whole = run_recipe(rec, tmp_path / "whole", progress=False).folder
+    stopped = run_recipe(rec, tmp_path / "cut", progress=False, stop_after=3)
+    assert stopped.report is None and len(ResultStore(tmp_path / "cut").rows()) == 3
+    run_recipe(rec, tmp_path / "cut", progress=False, resume=True)
+    assert_same_rows(ResultStore(tmp_path / "cut").rows(), ResultStore(whole).rows())
+    assert (tmp_path / "cut" / "report.md").exists()
