@@ -58,8 +58,11 @@ def _eval_results(metrics: dict) -> list:
 
 
 def model_card(info: dict, repo_id: str | None = None):
-    """The adapter's ``huggingface_hub.ModelCard``: metadata (base model, tags, metrics as a model-index) and what
-    was edited, how, and what it did; ``repo_id`` (when pushed) is named in the usage snippet."""
+    """The adapter's model card (a ``huggingface_hub.ModelCard``): metadata (base model, adapter relation,
+    library, tags, the measured metrics as a model-index) and what was edited, how, and what it did;
+    ``repo_id`` (when pushed) is named in the usage snippet. An adapter that is not a rank-1 edit (a part of
+    an observed update, :mod:`rwedit.evals.decompose`) describes itself in ``info["card"]``: its ``tags`` and
+    the markdown ``lines`` that replace the rank-1 edit's description."""
     from huggingface_hub import ModelCard, ModelCardData
 
     spec, cond = info["spec"], info["condition"]
@@ -67,11 +70,20 @@ def model_card(info: dict, repo_id: str | None = None):
     bid = base_model_id(info)
     metrics = info.get("metrics") or {}
     name = repo_id or f"rwedit-{cond['name']}"
+    own = info.get("card") or {}
     data = ModelCardData(base_model=bid, library_name="peft", pipeline_tag="text-generation",
-                         tags=["rwedit", "rank-1-edit", "lora", "interpretability"], model_name=name,
-                         eval_results=_eval_results(metrics) or None)
+                         tags=["rwedit", *own.get("tags", ["rank-1-edit"]), "lora", "interpretability"],
+                         model_name=name, eval_results=_eval_results(metrics) or None)
     if bid:
         data.base_model_relation = "adapter"
+    lines = list(own["lines"]) if own else _edit_lines(info, base)
+    lines += _card_end(info, base, metrics, repo_id)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _edit_lines(info: dict, base: dict) -> list[str]:
+    """A rank-1 edit's description: the edit, its condition and one table row per edited matrix."""
+    spec, cond = info["spec"], info["condition"]
     e = spec["edit"]
     rev = f" (revision `{base['revision']}`)" if base.get("revision") else ""
     lines = [
@@ -96,7 +108,12 @@ def model_card(info: dict, repo_id: str | None = None):
         lines.append(f"| {ed['layer']} | {ed['role']} | {ed['norm']:.4g} | {ed.get('v_kind', '')}"
                      f"{'[' + str(ed['v_index']) + ']' if ed.get('v_index') is not None else ''} | "
                      f"{'' if lam is None else format(lam, '.4g')} | {ed.get('v_seed', '')} | {ed.get('b_rule', '')} |")
-    stats = info.get("activation_stats")
+    return lines
+
+
+def _card_end(info: dict, base: dict, metrics: dict, repo_id: str | None) -> list[str]:
+    """The card's shared second half: provenance of the statistics, the measured effects, how to load it."""
+    lines, stats = [], info.get("activation_stats")
     if stats:
         lines += ["", f"Activation directions come from E[a aᵀ] of the edited module's inputs over "
                       f"{stats.get('n_tokens', '?')} tokens of `{stats.get('source', '?')}` "
@@ -121,7 +138,7 @@ def model_card(info: dict, repo_id: str | None = None):
               f"base = AutoModelForCausalLM.from_pretrained({base['name_or_path']!r}{load_rev})",
               f"model = PeftModel.from_pretrained(base, {where})", "```", "",
               "`rwedit.json` holds the full specification, every direction's provenance and the seeds."]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return lines
 
 
 def write_card_files(folder: Path, info: dict, repo_id: str | None = None) -> None:

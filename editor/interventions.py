@@ -138,7 +138,8 @@ WeightBuilder = Callable[[int, str, torch.Tensor], torch.Tensor]
 @register_intervention("weights")
 class WeightWrite(Intervention):
     """Per-matrix replacements written through the registry's role views (fused/transposed storage
-    handled there) and undone bit for bit from ``snapshot`` (shared by every condition of a run)."""
+    handled there) and undone bit for bit from ``snapshot`` (shared by every condition of a run). On a
+    PeftModel the snapshot is of its base model, and the written weights are scored with every adapter off."""
 
     def __init__(self, snapshot: WeightSnapshot, build: WeightBuilder, label: str = "", progress: bool = False):
         self.snapshot, self.build, self.label, self.progress = snapshot, build, label, progress
@@ -150,8 +151,9 @@ class WeightWrite(Intervention):
                                     disable=not self.progress):
                 W = self.build(layer, role, self.snapshot.original(layer, role))
                 if W is not None:
-                    set_weight(model, layer, role, W)
-            yield
+                    set_weight(self.snapshot.model, layer, role, W)
+            with Unchanged().applied(model):
+                yield
         finally:
             self.snapshot.restore()
 

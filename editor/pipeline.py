@@ -114,21 +114,14 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
         attach_conditions(peft_model, extra)
         conditions = conditions + extra
     base = base_reference(spec.model, bare)
-    for c in conditions:  # what PEFT (and AutoPeftModelForCausalLM) will load the adapter onto
-        cfg = peft_model.peft_config[c.name]
-        cfg.base_model_name_or_path, cfg.revision = base["name_or_path"], base["revision"]
     stats_meta = None
     if stats is not None:
         stats_meta = {k: stats.meta.get(k) for k in ("source", "tokens_sha256", "settings", "model_fingerprint")}
         stats_meta["n_tokens"] = stats.n_tokens
     with atomic_folder(out, overwrite=overwrite, inputs=edit_inputs(spec)) as tmp:
-        names = [c.name for c in conditions]
-        peft_model.save_pretrained(str(tmp / "adapters"), selected_adapters=names)
-        (tmp / "adapters" / "README.md").unlink(missing_ok=True)  # PEFT's boilerplate card; each adapter has its own
-        for c in conditions:
-            write_card_files(tmp / "adapters" / c.name, {"spec": spec.to_dict(), "condition": c.describe(),
-                                                         "activation_stats": stats_meta, "base": base,
-                                                         "base_fingerprint": fingerprint})
+        save_adapters(peft_model, tmp / "adapters", base, {
+            c.name: {"spec": spec.to_dict(), "condition": c.describe(), "activation_stats": stats_meta,
+                     "base_fingerprint": fingerprint} for c in conditions})
         summary = {
             "rwedit_version": __version__,
             "spec": spec.to_dict(),
@@ -140,6 +133,19 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
         (tmp / "edits.json").write_text(dumps(summary, indent=2))
         (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
     return peft_model, conditions
+
+
+def save_adapters(peft_model, folder: Path, base: dict, infos: dict[str, dict]) -> None:
+    """Save the named adapters of ``infos`` (name -> its ``rwedit.json`` record) under ``folder`` in PEFT's
+    layout, each naming its base (:func:`base_reference`: what PEFT and AutoPeftModelForCausalLM load it onto)
+    and carrying its model card."""
+    for name in infos:
+        cfg = peft_model.peft_config[name]
+        cfg.base_model_name_or_path, cfg.revision = base["name_or_path"], base["revision"]
+    peft_model.save_pretrained(str(folder), selected_adapters=list(infos))
+    (Path(folder) / "README.md").unlink(missing_ok=True)  # PEFT's boilerplate card; each adapter has its own
+    for name, info in infos.items():
+        write_card_files(Path(folder) / name, {**info, "base": base})
 
 
 def base_reference(given: str, model) -> dict:

@@ -240,6 +240,7 @@ def _load_builtin() -> None:
     import rwedit.evals.experiment  # noqa: F401  (registers "control")
     import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
     import rwedit.evals.adapter_eval  # noqa: F401  (registers "eval")
+    import rwedit.evals.decompose  # noqa: F401  (registers "decompose")
 
 
 _KINDS: Registry[ExperimentKind] = Registry("experiment kind", builtins=_load_builtin)

@@ -113,6 +113,25 @@ def difference(a: Interval, b: Interval) -> Interval:
                     min(a.n, b.n), "unpaired difference")
 
 
+def paired_ratio(num, den) -> Interval:
+    """``mean(num) / mean(den)`` of per-item values scored on the same items (e.g. the share of a behavioural
+    shift a part of an update keeps), with the delta-method standard error of a ratio of paired means:
+    ``sd(num − R·den) / (√n·|mean(den)|)``, t on n − 1 degrees of freedom; NaN when ``mean(den)`` is 0."""
+    import torch
+
+    x, y = (torch.as_tensor(list(v) if not isinstance(v, torch.Tensor) else v, dtype=torch.float64)
+            for v in (num, den))
+    n, d = x.numel(), float(y.mean())
+    if n != y.numel() or n < 2:
+        raise ValueError(f"need per-item values of numerator and denominator on the same n >= 2 items; got "
+                         f"{n} and {y.numel()}")
+    if d == 0:
+        return Interval(math.nan, math.nan, n - 1, n, "paired ratio (zero denominator)")
+    r = float(x.mean()) / d
+    return Interval(r, float((x - r * y).std(correction=1)) / (math.sqrt(n) * abs(d)), n - 1, n,
+                    "paired ratio, delta method")
+
+
 POWER = 0.80
 
 
@@ -262,5 +281,5 @@ def verdict(low: float, high: float, threshold: float = 0.0) -> str:
 
 
 __all__ = ["LEVEL", "POWER", "BootInterval", "Interval", "NullInterval", "combined_se", "difference",
-           "hierarchical_bootstrap", "interval", "pooled_bootstrap", "items_to_detect", "mde", "mean_se", "null_interval",
-           "over_members", "quantile", "verdict"]
+           "hierarchical_bootstrap", "interval", "paired_ratio", "pooled_bootstrap", "items_to_detect", "mde",
+           "mean_se", "null_interval", "over_members", "quantile", "verdict"]
