@@ -479,4 +479,7 @@ def write_control_report(folder: str | Path, primary: str | None = None) -> Path
               "- `headline.csv`, `verdicts.csv`: the tables above for every metric; `units.csv`: each replicate "
               "unit's paired effect against its own controls", "- `edit/adapters/<condition>`: "
               "PEFT adapters (`PeftModel.from_pretrained`) with model cards", "- `run.json`: the recipe, its hash, versions"]
-    return write_pages(folder, lines)
+    from rwedit.editor.pipeline import edit_cards_section
+
+    cards_md, cards_page = edit_cards_section(folder / "edit")
+    return write_pages(folder, lines + cards_md, extra_html=cards_page)

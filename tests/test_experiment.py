@@ -301,6 +301,25 @@ def test_the_experiment_report_opens_in_a_browser_with_the_findings_first(finish
     assert "<h2>Findings</h2>" in (finished / "report.html").read_text()
 
 
+def test_every_edits_v_and_b_has_cards_and_the_report_shows_the_edits(finished):
+    """edit/directions.jsonl: v and b of the edit and of each control once (α aside), numbered in build order;
+    the principal v (q reads the residual stream) has contexts, a share and the lens; the write control's b
+    (the top prediction direction, written by o into the residual stream) the lens; the report shows the
+    edit's own cards."""
+    rows = [json.loads(x) for x in (finished / "edit" / "directions.jsonl").read_text().splitlines()]
+    labels = ["principal0", "random_s1", "random_s2", "random_s3", "lowvar0", "write_o"]
+    assert [(r["label"], r["kind"]) for r in rows] == [(n, k) for n in labels for k in ("edit_v", "edit_b")]
+    assert [r["index"] for r in rows] == [i for i in range(len(labels)) for _ in range(2)]
+    v, b = rows[0], rows[1]
+    assert v["layer"] == 1 and v["role"] == "q" and v["top_contexts"] and 0 < v["share"] < 1 and v["promoted"]
+    assert v["value"] > 0 and not b["promoted"] and not b["top_contexts"]  # b in q's output space: no lens
+    wv, wb = rows[-2], rows[-1]
+    assert wb["role"] == "o" and wb["promoted"] and wv["top_contexts"] and not wv["promoted"]
+    md = (finished / "report.md").read_text()
+    assert "## What the edit's directions are" in md and "edit_v #0 of principal0" in md and "of random_s1" not in md
+    assert md.count('class="card"') == 0 and (finished / "report.html").read_text().count('class="card"') == 2
+
+
 def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
     """OUT/raw/lmeval/<condition>.json: lm-eval's own output (per-task config, versions, samples) for every
     condition, agreeing with the flat row."""
