@@ -219,3 +219,22 @@ def test_cards_are_cached_with_the_statistics_and_a_warm_call_does_not_load_the_
     assert len(calls) == 3
     uncached = cached_explain(None, dirs, load, unembed=lens, top=3, progress=False)  # no statistics cache
     assert len(calls) == 4 and [c.row() for c in uncached] == [c.row() for c in cold]
+
+
+def test_a_warm_probe_reuses_its_cards_without_a_second_calibration_pass(tmp_path, wiki_tokenizer, monkeypatch):
+    """The second run of one probe (same statistics cache) loads the model once, for the statistics' key, not
+    again for the cards, and writes the same cards."""
+    import rwedit.probes.pipeline as pipeline
+    from rwedit.cli import main
+    from tiny_models import save_pair
+
+    m = save_pair(tmp_path / "m", wiki_tokenizer)
+    passes = []
+    real = pipeline.calibration_pass
+    monkeypatch.setattr(pipeline, "calibration_pass", lambda *a, **k: passes.append(1) or real(*a, **k))
+    args = ["probe", "--base", str(m / "base"), "--post", str(m / "post"), "--calib", "bundled:wikitext-2/valid.txt.gz",
+            "--calib-tokens", "1024", "--seq-len", "64", "--roles", "q,o", "--k", "1", "--cards", "2", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + ["--out", str(tmp_path / "cold")]) == 0 and len(passes) == 2  # statistics, then the cards
+    assert main(args + ["--out", str(tmp_path / "warm")]) == 0 and len(passes) == 3  # the statistics' key only
+    assert (tmp_path / "warm" / "directions.jsonl").read_text() == (tmp_path / "cold" / "directions.jsonl").read_text()
