@@ -320,6 +320,40 @@ def test_every_edits_v_and_b_has_cards_and_the_report_shows_the_edits(finished):
     assert md.count('class="card"') == 0 and (finished / "report.html").read_text().count('class="card"') == 2
 
 
+def test_the_exported_dataset_carries_the_reports_and_they_open_in_a_browser(finished, tmp_path):
+    """export-results copies report.html (self-contained), report.md and the figures it shows, and the probe's
+    summary, under reports/ as laid out in the run; the card names them; the copy opens in Chromium intact."""
+    import re
+
+    from browser import open_page
+
+    out = tmp_path / "ds"
+    assert main(["export-results", str(finished), "--out", str(out)]) == 0
+    rep = out / "reports"
+    assert (rep / "report.html").read_bytes() == (finished / "report.html").read_bytes()
+    assert (rep / "probe" / "summary.html").exists() and (rep / "probe" / "summary.md").exists()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (rep / "report.md").read_text())
+    assert figures and all((rep / f).read_bytes() == (finished / f).read_bytes() for f in figures)
+    assert "`reports/report.html`" in (out / "README.md").read_text()
+    met = open_page(rep / "report.html", tmp_path)
+    assert met["console_errors"] == [] and met["broken"] == [] and met["images"] >= 2 and met["external"] == []
+
+
+def test_report_open_opens_the_page_where_there_is_a_display_and_says_so_where_not(finished, capsys, monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["report", str(finished), "--open"]) == 0
+    said = capsys.readouterr().out
+    assert "no display here, nothing opened" in said and str(finished / "report.html") in said and not opened
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert main(["report", str(finished), "--open"]) == 0
+    assert opened == [(finished / "report.html").resolve().as_uri()] and "opened" in capsys.readouterr().out
+
+
 def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):
     """OUT/raw/lmeval/<condition>.json: lm-eval's own output (per-task config, versions, samples) for every
     condition, agreeing with the flat row."""
