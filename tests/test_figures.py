@@ -106,3 +106,22 @@ def test_the_svd_conditions_plot_clips_to_what_a_metric_can_take_and_omits_one_d
     assert len(lows) == 2 and min(lows) == pytest.approx(-1.0) and max(highs) <= 1.0
     assert max(hi for _, hi in drawn_intervals(margin)) == pytest.approx(1.2)  # unbounded: as computed
     assert all("no interval drawn for disrupt_left_random" in " ".join(ax.get_xlabel().split()) for ax in fig.axes)
+
+
+def test_training_trajectories_have_whole_step_ticks(tmp_path, monkeypatch):
+    """Three snapshots at steps 0, 1, 2: the step axis is ticked at whole steps only (not 0.25, 0.5, …)."""
+    import pandas as pd
+
+    import rwedit.probes.report as probe_report
+    from figures import whole_ticks
+    from rwedit.apps.quickstart.run import plot_trajectories
+
+    figs = capture(monkeypatch, probe_report)
+    pd.DataFrame([{"step": s, "layer": l, "role": r, "side": side, "subspace": sub, "k": 4, "rsf": 1 + s * (l + 1) / 4}
+                  for s in (0, 1, 2) for l in range(3) for r, side, sub in (("q", "read", "activation"),
+                                                                           ("o", "write", "prediction"))]
+                 ).to_csv(tmp_path / "t.csv", index=False)
+    plot_trajectories({"pretrain": tmp_path / "t.csv"}, tmp_path / "t.png")
+    (fig,) = figs
+    assert whole_ticks(fig.axes[0].xaxis) and not whole_ticks(fig.axes[0].yaxis)
+    assert text_overlaps(fig) == []
