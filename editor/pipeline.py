@@ -55,18 +55,23 @@ def edit_cards(spec: EditSpec, conditions: list[EditCondition], model, tok, stat
                progress: bool = True) -> list:
     """The direction cards of every distinct edit (the edit and each control once, whatever its α): its v by
     the calibration contexts that drive it, its b (and a residual-stream v) through the logit lens; ``index``
-    numbers the edits in build order (0: the edit itself), ``label`` names each. Cached with the statistics."""
+    numbers the edits on one set of layers in build order (0: the edit itself, per layer unit with
+    ``per_layer``), ``label`` names each. Cached with the statistics."""
     units: dict[str, EditCondition] = {}
     for c in conditions:
         units.setdefault(c.name.rsplit("_", 1)[0], c)  # the condition's name without its α tag
-    dirs = [d for i, (label, c) in enumerate(units.items()) for d in edit_directions(c.edits, label, i)]
+    dirs, order = [], {}
+    for label, c in units.items():
+        where = tuple(e.layer for e in c.edits)
+        order[where] = order.get(where, -1) + 1
+        dirs += edit_directions(c.edits, label, order[where])
     load = (lambda: (model, tok, calibration_ids(spec, tok))) if spec.calibration is not None else None
     return cached_explain(stats, dirs, load, unembed=unembedding(model), tokenizer=tok, progress=progress)
 
 
 def edit_cards_section(folder: str | Path) -> tuple[list[str], str]:
-    """A report's section on the cards of an edit folder's own edit (index 0; every control's stay in its
-    ``directions.jsonl``): Markdown lines and the cards' HTML (none without cards)."""
+    """A report's section on the cards of an edit folder's own edit (index 0, at each layer unit; every
+    control's stay in its ``directions.jsonl``): Markdown lines and the cards' HTML (none without cards)."""
     rows = read_cards(Path(folder) / "directions.jsonl", index=0)
     return cards_section(rows, "What the edit's directions are", (
         "The edit's input direction v as the calibration texts that drive it most, both signs (token in brackets), "

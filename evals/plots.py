@@ -162,8 +162,7 @@ def plot_forest(ver: Sequence[dict], metric: str, path: Path, label: str | None 
         ax.set_yticks(list(y) + [0], [x["unit"] for x in u] + ["pooled"], fontsize=7)
         ax.set_title(f"vs {v['control']}, α = {v['alpha']:g}", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel(f"paired effect, principal − control: {label or metric}", fontsize=8)
+    fig.supxlabel(f"paired effect, principal − control: {label or metric}", fontsize=8)
     fig.suptitle("each replicate unit's paired effect, 95% interval\n(pooled: bootstrap over items, members and "
                  "units)", fontsize=9)
     return save_figure(fig, path, dpi=120)

@@ -236,6 +236,9 @@ def test_replicate_units_pool_into_one_verdict_recomputed_from_the_rows(pair, tm
     md = (out / "report.md").read_text()
     assert "replicate units: 4 (directions × layers)" in md and "![forest](forest.png)" in md
     assert (out / "forest.png").stat().st_size > 0
+    cards = [json.loads(x) for x in (out / "edit" / "directions.jsonl").read_text().splitlines()]
+    assert sorted({c["label"] for c in cards if c["index"] == 0}) == ["L0_principal0", "L1_principal0"]  # each unit's
+    assert "edit_v #0 of L1_principal0" in md and "of L0_principal1" not in md
 
 
 def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 import rwedit.evals.plots as plots
 from figures import capture, drawn_intervals, text_overlaps
-from rwedit.evals.report import headline, long_shifts
+from rwedit.evals.report import DIRECT_SHIFTS, headline, long_shifts
 
 KL_RANDOM = (0.01, 0.05, 0.002)  # t over 3 members: mean − t·se < 0, a negative KL bound unless clipped
 
@@ -63,14 +63,15 @@ def test_the_overview_and_the_forest_plot_carry_units_and_do_not_overlap(tmp_pat
     units = [{"unit": f"L{l} principal[{i}]", "effect": 1.0 + l - i, "ci_low": 0.2 + l - i, "ci_high": 1.8 + l - i}
              for l in (0, 1) for i in (0, 1)]
     ver = [{"control": c, "alpha": 2.0, "effect": 1.2, "ci_low": 0.1, "ci_high": 2.3, "answer": "yes", "units": units}
-           for c in ("random", "write")]
-    plots.plot_overview(head, ver, "pref_margin_shift", tmp_path / "o.png", "margin shift (nats)")
-    plots.plot_forest(ver, "pref_margin_shift", tmp_path / "f.png", "margin shift (nats)")
+           for c in ("random", "lowvar", "write")]
+    label = DIRECT_SHIFTS["pref_margin_shift"]  # as the report passes it
+    plots.plot_overview(head, ver, "pref_margin_shift", tmp_path / "o.png", label)
+    plots.plot_forest(ver, "pref_margin_shift", tmp_path / "f.png", label)
     overview, forest = figs
     assert text_overlaps(overview) == [] and text_overlaps(forest) == []
-    assert overview.axes[0].get_ylabel() == "margin shift (nats)" and "(nats)" in forest.axes[0].get_xlabel()
-    assert "no interval drawn for write" in " ".join(overview.axes[1].get_xlabel().split())  # the 2-layer write control: 1 df
-    assert len(drawn_intervals(overview.axes[1])) == 1 and len(drawn_intervals(forest.axes[0])) == 5
+    assert overview.axes[0].get_ylabel() == label and "(nats)" in forest.get_supxlabel()
+    assert "no interval drawn for write" in " ".join(overview.axes[-1].get_xlabel().split())  # the 2-layer write control: 1 df
+    assert len(drawn_intervals(overview.axes[-1])) == 1 and len(drawn_intervals(forest.axes[0])) == 5
 
 
 def test_the_overlap_check_sees_overlapping_text(monkeypatch):
