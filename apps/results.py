@@ -1,11 +1,18 @@
-"""A run's tables as a Hugging Face dataset folder (``datasets.load_dataset(FOLDER, NAME)``) with a card saying
-what was compared, how, and where the adapters are: any rwedit output folder (experiment, probe, SVD probe, a
-quickstart holding several), each table a configuration named after where it came from (``experiment_rows``,
-``probe_aligned_rsf_grid``, …); a sharded run's rows merged."""
+"""A run's tables as a Hugging Face dataset: one folder a notebook (or the Hub) loads with
+``datasets.load_dataset(FOLDER, NAME)``, with a dataset card saying what was compared, with which settings
+and rwedit version, and where the adapters are.
+
+The run's reports (``report.html``/``summary.html``, self-contained, with their Markdown and figures) travel
+with it under ``reports/``. Works on any rwedit output folder: an experiment (``rwedit run``: rows, verdicts, headline, units), a probe
+(``rwedit probe``: the RSF grid), an SVD probe, or a quickstart folder holding several of them; each table
+becomes one dataset configuration named after where it came from (``experiment_rows``,
+``probe_aligned_rsf_grid``, …). A run split into shards (``rwedit run --shard I/N``) gives one ``rows``
+table, its shards' rows merged."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,8 @@ TABLES = {"results.jsonl": "rows", "verdicts.csv": "verdicts", "headline.csv": "
           "rsf.csv": "rsf_grid", "svd.csv": "svd", "spectrum.csv": "spectrum", "deltas.csv": "deltas"}
 #: files that describe a folder's run (what was compared, settings)
 META = ("run.json", "meta.json", "quickstart.json")
+#: the report pages rwedit writes (NAME.md and the self-contained NAME.html)
+PAGES = ("report", "summary")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,27 @@ def collect_tables(run_dir: str | Path) -> list[Table]:
     if not out:
         raise ExportError(f"{root} holds no rwedit tables ({', '.join(TABLES)}); give a folder a command wrote")
     return out
+
+
+def report_files(root: str | Path) -> list[Path]:
+    """The run's reports (``report``/``summary`` pages, here and two levels below: the self-contained HTML, its
+    Markdown and the figures the Markdown shows), which an export carries beside the tables."""
+    import re
+
+    root = Path(root).resolve()
+    found = set()
+    for page in (p for pattern in ("*", "*/*", "*/*/*") for p in root.glob(pattern)):
+        parts = page.relative_to(root).parts
+        if page.suffix not in (".html", ".md") or page.stem not in PAGES or SHARDS_DIR in parts or \
+                any(x.startswith(".") for x in parts):
+            continue
+        found.add(page)
+        if page.suffix == ".md":
+            for src in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+                fig = (page.parent / src).resolve()
+                if fig.is_file() and fig.is_relative_to(root):
+                    found.add(fig)
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -116,7 +146,8 @@ def _compared(desc: dict) -> str:
     return f"base `{base}`" + (f", post `{post}`" if post else "") if base else "(see the settings)"
 
 
-def dataset_card(root: Path, tables: list[Table], repo_id: str | None, partial: dict[str, Unfinished] | None = None):
+def dataset_card(root: Path, tables: list[Table], repo_id: str | None, partial: dict[str, Unfinished] | None = None,
+                 pages: list[str] = ()):
     """The dataset card: metadata (one configuration per table, tags) and what the tables are; a partial
     export says so in its first line and lists what each unfinished run lacks."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -137,6 +168,9 @@ def dataset_card(root: Path, tables: list[Table], repo_id: str | None, partial: 
              f"Load one with `datasets.load_dataset({where!r}, NAME)`:", "",
              "| NAME | rows | columns | from |", "|---|---|---|---|"]
     lines += [f"| `{t.name}` | {len(t.frame)} | {len(t.frame.columns)} | `{t.source.relative_to(root)}` |" for t in tables]
+    if pages:
+        lines += ["", "Reports (each `.html` self-contained, figures embedded: open it in a browser): "
+                  + ", ".join(f"`{p}`" for p in pages)]
     for folder, desc in _described(root):
         lines += ["", f"## `{folder}`", "", f"- compared: {_compared(desc)}"]
         versions = desc.get("versions") or {"rwedit": desc.get("rwedit_version")}
@@ -185,6 +219,8 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
                             "--allow-partial to export it marked as partial")
     if partial:
         tables = [_marked(t, partial) for t in tables]
+    reports = report_files(root)
+    pages = [f"reports/{p.relative_to(root.resolve())}" for p in reports if p.suffix == ".html"]
     with atomic_folder(out, overwrite=overwrite, inputs=[run_dir]) as tmp:
         (tmp / "data").mkdir()
         for t in tables:
@@ -192,10 +228,15 @@ def export_results(run_dir: str | Path, out: str | Path, *, overwrite: bool = Fa
                 write_text(tmp / "data" / f"{t.name}.jsonl", t.lines)
             else:
                 write_text(tmp / "data" / f"{t.name}.jsonl", t.frame.to_json(orient="records", lines=True))
-        write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id, partial)))
+        for path in reports:  # the reports travel with the tables, laid out as in the run folder
+            dest = tmp / "reports" / path.relative_to(root.resolve())
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        write_text(tmp / "README.md", str(dataset_card(root, tables, repo_id, partial, pages)))
     if repo_id:
         push_folder(out, repo_id, private=private, repo_type="dataset")
     return out
 
 
-__all__ = ["TABLES", "Table", "collect_tables", "dataset_card", "export_results", "unfinished", "Unfinished"]
+__all__ = ["PAGES", "TABLES", "Table", "collect_tables", "dataset_card", "export_results", "report_files", "unfinished",
+           "Unfinished"]

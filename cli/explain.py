@@ -1,6 +1,7 @@
 """Print the direction cards of a probe or quickstart folder: what each direction is, in words.
 
-Reads OUT/directions.jsonl (and the directions.jsonl of the folders inside OUT, e.g. a quickstart's probe):
+Reads OUT/directions.jsonl (and the directions.jsonl of the folders inside OUT, e.g. a quickstart's probe and
+its experiment's edit/, whose cards are the edit's v and b and each control's):
 for each direction its top calibration contexts of both signs (the token in brackets) and the tokens it
 promotes and suppresses through the unembedding. By default the headline cells: the first direction of each
 kind on the roles the read/write claims rest on (q, o, down) and the prediction subspace.
@@ -24,11 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from rwedit.errors import DataError
-    from rwedit.probes.directions import card_lines
+    from rwedit.probes.directions import card_lines, read_cards
 
     root = Path(args.folder)
     files = sorted(p for pattern in ("directions.jsonl", "*/directions.jsonl", "*/*/directions.jsonl")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     layers = None if not args.show_layers else {int(x) for x in args.show_layers.split(",")}
     kinds = None if not args.kinds else set(args.kinds.split(","))
     for path in files:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_cards(path)
         shown = [r for r in rows if (roles is None or r["role"] in roles) and r["index"] < args.top
                  and (layers is None or r["layer"] in layers or r["layer"] is None) and (kinds is None or r["kind"] in kinds)]
         print(f"== {path.parent} ({len(shown)} of {len(rows)} directions)")

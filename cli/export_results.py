@@ -3,7 +3,8 @@
 RUN_DIR is any folder rwedit wrote (`rwedit run`, `probe`, `svd`, `eval`, `quickstart`). Its tables (the
 experiment's rows with their per-item values, verdicts, headline, replicate units; RSF grids; SVD metrics)
 become data/NAME.jsonl plus a dataset card naming what was compared, the settings, the rwedit version and the
-adapters; `datasets.load_dataset(OUT, NAME)` loads one. --push-to-hub uploads the folder as a dataset repo
+adapters; `datasets.load_dataset(OUT, NAME)` loads one. The run's reports (report.html / summary.html,
+self-contained, with their Markdown and figures) travel with it under reports/. --push-to-hub uploads the folder as a dataset repo
 (private unless --public); offline the folder is written and the message says how to push it later.
 """
 

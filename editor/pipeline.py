@@ -20,6 +20,8 @@ from rwedit.errors import AdapterMismatchError, ConfigError
 from rwedit.models import Placement, check_window, input_device, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
+from rwedit.probes.directions import (cached_explain, cards_html, cards_section, edit_directions, read_cards,
+                                     unembedding)
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.runtime import runtime, using
 
@@ -39,11 +41,46 @@ def edit_stats(spec: EditSpec, model, tok) -> ActivationStats | None:
                         f"{param.device.type} in {str(param.dtype).split('.')[-1]}: the statistics are collected on the "
                         f"model the edit is built on. Choose the device where the model is loaded, or drop "
                         f"calibration.device/dtype")
-    ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
+    ids = calibration_ids(spec, tok)
     settings = StatsSettings(roles=(spec.edit.role,), layers=tuple(spec.edit.layers), seq_len=c.seq_len,
                              batch_size=c.batch_size)
     rt = runtime()
     return cached_activation_stats(model, ids, settings, source=c.data, cache_dir=rt.cache_dir, progress=rt.progress)
+
+
+def calibration_ids(spec: EditSpec, tok):
+    """The spec's packed calibration tokens (n × seq_len): what its statistics and its cards pass over."""
+    c = spec.calibration
+    return pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
+
+
+def edit_cards(spec: EditSpec, conditions: list[EditCondition], model, tok, stats: ActivationStats | None,
+               progress: bool = True) -> list:
+    """The direction cards of every distinct edit (the edit and each control once, whatever its α): its v by
+    the calibration contexts that drive it, its b (and a residual-stream v) through the logit lens; ``index``
+    numbers the edits on one set of layers in build order (0: the edit itself, per layer unit with
+    ``per_layer``), ``label`` names each. Cached with the statistics."""
+    units: dict[str, EditCondition] = {}
+    for c in conditions:
+        units.setdefault(c.name.rsplit("_", 1)[0], c)  # the condition's name without its α tag
+    dirs, order = [], {}
+    for label, c in units.items():
+        where = tuple(e.layer for e in c.edits)
+        order[where] = order.get(where, -1) + 1
+        dirs += edit_directions(c.edits, label, order[where])
+    load = (lambda: (model, tok, calibration_ids(spec, tok))) if spec.calibration is not None else None
+    return cached_explain(stats, dirs, load, unembed=unembedding(model), tokenizer=tok, progress=progress)
+
+
+def edit_cards_section(folder: str | Path) -> tuple[list[str], str]:
+    """A report's section on the cards of an edit folder's own edit (index 0, at each layer unit; every
+    control's stay in its ``directions.jsonl``): Markdown lines and the cards' HTML (none without cards)."""
+    rows = read_cards(Path(folder) / "directions.jsonl", index=0)
+    return cards_section(rows, "What the edit's directions are", (
+        "The edit's input direction v as the calibration texts that drive it most, both signs (token in brackets), "
+        "with its share of the input's second moment; its output direction b (and v, where the role reads the "
+        "residual stream) as the tokens it promotes and suppresses through the unembedding. Every control's cards: "
+        f"`{Path(folder).name}/directions.jsonl`; `rwedit explain` prints them.")), cards_html(rows)
 
 
 def attach_probe_metrics(conditions: list[EditCondition], stats: ActivationStats | None) -> None:
@@ -81,19 +118,21 @@ def run_edit(spec: EditSpec, out: str | Path, overwrite: bool = False, device: s
 
 def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False,
                    cache_dir: str | Path | None = None, progress: bool | None = None, t0: float | None = None,
-                   extra_metrics=None, derive=None):
+                   extra_metrics=None, derive=None, with_cards: bool = True):
     """Build the conditions on an already loaded model, attach them as named adapters and save the folder
-    (adapters with model cards, ``edits.json``, ``spec.yaml``) atomically; returns (peft_model, conditions).
+    (adapters with model cards, ``edits.json``, ``spec.yaml``, and with ``with_cards`` the direction cards of
+    each edit's v and b, ``directions.jsonl``) atomically; returns (peft_model, conditions).
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first;
     ``derive(peft_model, conditions)`` may return more conditions built from the attached ones (the control
     experiment's KL-matched controls), attached and saved with them; ``cache_dir``/``progress`` replace the
     run-wide settings (:mod:`rwedit.runtime`) when given."""
     with using(progress=progress, cache_dir=cache_dir):
         return _build_and_save(spec, model, tok, out, overwrite, time.perf_counter() if t0 is None else t0,
-                               extra_metrics, derive)
+                               extra_metrics, derive, with_cards)
 
 
-def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float, extra_metrics, derive):
+def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float, extra_metrics, derive,
+                    with_cards: bool):
     out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))
     bare = model.base_model.model if hasattr(model, "peft_config") else model
     given_layers = list(spec.edit.layers)
@@ -106,6 +145,7 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
     attach_probe_metrics(conditions, stats)
     if extra_metrics is not None:
         extra_metrics(conditions, model)
+    cards = edit_cards(spec, conditions, bare, tok, stats, runtime().progress) if with_cards else []
     from rwedit.editor.adapters import attach_conditions  # imports peft: only where adapters are built
 
     peft_model = attach_conditions(model, conditions)
@@ -131,6 +171,8 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "edits.json").write_text(dumps(summary, indent=2))
+        if cards:
+            (tmp / "directions.jsonl").write_text("".join(dumps(c.row()) + "\n" for c in cards))
         (tmp / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False))
     return peft_model, conditions
 

@@ -13,7 +13,7 @@ that *does nothing measurable* (its KL interval over held-out items lies below t
 
 The small helpers both experiment reports share (reading a run, number and interval cells, markdown
 tables, figures) are here: :func:`load_run`, :func:`fmt`, :func:`fmt_ci`, :func:`fmt_se`, :func:`md_table`,
-:func:`row_table` (figures: :func:`rwedit.probes.report.save_figure`)."""
+:func:`row_table` (figures: :mod:`rwedit.evals.plots`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rwedit.evals.store import ResultStore
-from rwedit.probes.report import pyplot, save_figure
+from rwedit.evals.plots import dose_label, plot_dose_response, plot_forest, plot_overview, versus
 from rwedit.evals.direct import ITEMS, EffectSettings
 from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
                           over_members, pooled_bootstrap)
@@ -182,7 +182,7 @@ def summarise(group: pd.DataFrame) -> dict:
     norm = float(group["delta_norm"].mean())
     return {"n": len(group), "shift": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
             "per_norm": float(group["per_norm"].mean()), "per_norm_ci_low": iv.low / norm,
-            "per_norm_ci_high": iv.high / norm, "interval": iv.how,
+            "per_norm_ci_high": iv.high / norm, "interval": iv.how, "df": iv.df,
             **{k: _mean(group[k]) for k in ("kl", "per_kl", "alpha_rel_w", "alpha_rel_observed")},
             "broken": int(group["broken"].sum()), "null_edit": int(group["null_edit"].sum())}
 
@@ -425,96 +425,6 @@ def unit_table(ver: Sequence[dict]) -> pd.DataFrame:
                                  "effect", "ci_low", "ci_high", "answer", "mde", "items_needed"])
 
 
-def _dose_label(v) -> str:
-    return f"α = {v['alpha']:.3g}" if v["dose_unit"] == "alpha" else f"{v['dose']:g} × observed"
-
-
-def _vs(v) -> str:
-    return f"vs {v['control']}" + (" (KL-matched)" if v["match"] == "kl" else "")
-
-
-def plot_forest(ver: Sequence[dict], metric: str, path: Path) -> Path:
-    """Forest plot: each replicate unit's paired effect with its 95% interval and the pooled estimate, one
-    panel per control and match (columns) and dose (rows), zero marked."""
-    plt = pyplot()
-    ver = [v for v in ver if v.get("units")]
-    controls = list(dict.fromkeys(_vs(v) for v in ver))
-    alphas = list(dict.fromkeys(_dose_label(v) for v in ver))
-    n_units = max(len(v["units"]) for v in ver)
-    fig, axes = plt.subplots(len(alphas), len(controls), squeeze=False, sharey=True,
-                             figsize=(max(5.5, 3.2 * len(controls) + 1.2), 0.28 * (n_units + 2) * len(alphas) + 1.2))
-    for v in ver:
-        ax = axes[alphas.index(_dose_label(v))][controls.index(_vs(v))]
-        u = v["units"]
-        y = np.arange(len(u), 0, -1)
-        eff = np.array([x["effect"] for x in u])
-        err = np.array([[x["effect"] - x["ci_low"] for x in u], [x["ci_high"] - x["effect"] for x in u]])
-        ax.errorbar(eff, y, xerr=err, fmt="o", ms=3, color="tab:blue", lw=1)
-        ax.errorbar([v["effect"]], [0], xerr=[[v["effect"] - v["ci_low"]], [v["ci_high"] - v["effect"]]], fmt="D",
-                    ms=6, color="black", lw=2)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(list(y) + [0], [x["unit"] for x in u] + ["pooled"], fontsize=7)
-        ax.set_title(f"{_vs(v)}, {_dose_label(v)}", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel(f"paired effect on {metric}", fontsize=8)
-    fig.suptitle("principal − control per replicate unit, 95% CI\n(pooled: bootstrap over items, members and units)",
-                 fontsize=9)
-    return save_figure(fig, path, dpi=120)
-
-
-def plot_dose_response(df: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Shift vs α, one panel per control kind next to the principal edit (so one noisy control does not
-    squash the others): the group mean with its 95% interval as error bars, α ticks at the doses (the
-    norm-matched conditions: a KL-matched control's α is its own)."""
-    plt = pyplot()
-    sel = headline(df[(df["metric"] == metric) & (df["match"] == "norm")])
-    kinds = [k for k in KIND_ORDER if k in set(sel["kind"])] + sorted(set(sel["kind"]) - set(KIND_ORDER))
-    controls = [k for k in kinds if k != "principal"] or kinds
-    fig, axes = plt.subplots(1, len(controls), figsize=(3.4 * len(controls) + 0.6, 3.6), squeeze=False)
-    alphas = sorted(sel["alpha"].unique())
-    for ax, control in zip(axes[0], controls):
-        for i, kind in enumerate(dict.fromkeys(["principal", control])):
-            g = sel[sel["kind"] == kind].sort_values("alpha")
-            if g.empty:
-                continue
-            err = [g["shift"] - g["ci_low"], g["ci_high"] - g["shift"]]
-            ax.errorbar(g["alpha"], g["shift"], yerr=err, marker="o", capsize=3, color=f"C{KIND_ORDER.index(kind) if kind in KIND_ORDER else i}",
-                        label=f"{kind} (n={int(g['n'].max())})")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
-        ax.set_xlabel("α (= signed ‖ΔW‖_F)")
-        ax.set_title(f"principal vs {control}", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-    axes[0][0].set_ylabel(DIRECT_SHIFTS.get(metric, f"{metric} shift"), fontsize=8)
-    fig.suptitle(f"dose–response: {metric} (mean, 95% CI)", fontsize=10)
-    return save_figure(fig, path, dpi=120)
-
-
-def plot_overview(head: pd.DataFrame, ver: Sequence[dict], metric: str, path: Path) -> Path:
-    """The report's first figure: one panel per control (and match) at the largest |α|, the principal edit's
-    and the control's mean shift of the primary metric (95% CI), each panel on its own scale, titled with its
-    verdict and paired effect."""
-    plt = pyplot()
-    top = max(ver, key=lambda v: abs(v["alpha"]))
-    ver = [v for v in ver if (v["dose_unit"], v["dose"]) == (top["dose_unit"], top["dose"])]
-    sel = head[(head["metric"] == metric) & (head["dose_unit"] == top["dose_unit"]) & (head["dose"] == top["dose"])]
-    fig, axes = plt.subplots(1, len(ver), figsize=(3.3 * len(ver) + 0.6, 3.4), squeeze=False)
-    for ax, v in zip(axes[0], ver):
-        g = pd.concat([sel[(sel["kind"] == "principal") & (sel["match"] == "norm")],
-                       sel[(sel["kind"] == v["control"]) & (sel["match"] == v["match"])]]).set_index("kind")
-        kinds = list(g.index)
-        ax.bar(range(len(g)), g["shift"], yerr=[g["shift"] - g["ci_low"], g["ci_high"] - g["shift"]], capsize=4,
-               color=[f"C{KIND_ORDER.index(k)}" for k in kinds])
-        ax.set_xticks(range(len(g)), [f"{k}\n(n={int(g.loc[k, 'n'])})" for k in kinds], fontsize=8)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(f"{_vs(v)}: {v['answer']}\npaired {fmt(v['effect'])} {fmt_ci(v['ci_low'], v['ci_high'])}",
-                     fontsize=8)
-    axes[0][0].set_ylabel(f"{metric} shift", fontsize=8)
-    fig.suptitle(f"principal edit vs each control at {_dose_label(top)} (mean shift, 95% CI)", fontsize=9)
-    return save_figure(fig, path, dpi=120)
-
-
 def _primary(meta: dict, primary: str | None) -> str:
     return primary or meta["config"].get("primary", "pref_margin_shift")
 
@@ -619,16 +529,16 @@ def write_control_report(folder: str | Path, primary: str | None = None) -> Path
     ver = verdicts(df, primary, rows, meta["config"]) if primary in set(df["metric"]) else []
     pd.DataFrame([{k: v for k, v in x.items() if k != "units"} for x in ver]).to_csv(folder / "verdicts.csv",
                                                                                    index=False)
-    plots = [plot_dose_response(df, m, folder / f"dose_response_{m.replace('/', '_')}.png")
+    plots = [plot_dose_response(head, m, folder / f"dose_response_{m.replace('/', '_')}.png", DIRECT_SHIFTS.get(m))
              for m in dict.fromkeys([primary] + [m for m in ("pref_acc_shift", "kl_base_edited")
                                                   if m in set(df["metric"])] + lmeval_metrics(rows))
              if m in set(df["metric"])]
     units = unit_table(ver)
     units.to_csv(folder / "units.csv", index=False)
     if units["condition"].nunique() > 1:
-        plots.append(plot_forest(ver, primary, folder / "forest.png"))
+        plots.append(plot_forest(ver, primary, folder / "forest.png", DIRECT_SHIFTS.get(primary)))
     if ver:
-        plots.insert(0, plot_overview(head, ver, primary, folder / "overview.png"))
+        plots.insert(0, plot_overview(head, ver, primary, folder / "overview.png", DIRECT_SHIFTS.get(primary)))
 
     lines = [f"# rwedit experiment: {meta['config'].get('name', folder.name)}", ""]
     n_cond = len([r for r in rows if r["condition"] != "base"])
@@ -689,4 +599,7 @@ def write_control_report(folder: str | Path, primary: str | None = None) -> Path
               "- `headline.csv`, `verdicts.csv`: the tables above for every metric; `units.csv`: each replicate "
               "unit's paired effect against its own controls; `effects.csv`: each condition's dose, KL and flags", "- `edit/adapters/<condition>`: "
               "PEFT adapters (`PeftModel.from_pretrained`) with model cards", "- `run.json`: the recipe, its hash, versions"]
-    return write_pages(folder, lines)
+    from rwedit.editor.pipeline import edit_cards_section
+
+    cards_md, cards_page = edit_cards_section(folder / "edit")
+    return write_pages(folder, lines + cards_md, extra_html=cards_page)

@@ -196,32 +196,34 @@ def _against(v: dict) -> str:
 
 
 def plot_conditions(summ: pd.DataFrame, path: Path) -> Path | None:
-    """Bars: each condition's shift vs post per metric with the 95% interval the verdicts use (paired for the
-    direct metrics); the solid line is post (0), the dashed one the base model."""
+    """Bars: each condition's shift vs post per metric (in its unit) with the 95% interval the verdicts use
+    (paired for the direct metrics; none drawn on fewer than 2 degrees of freedom); the solid line is post (0),
+    the dashed one the base model."""
+    from rwedit.evals.plots import error_bars, omitted, shift_range, with_unit
+
     plt = pyplot()
     metrics = list(dict.fromkeys(summ["metric"]))
     if not metrics:
         return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        g = summ[(summ["metric"] == m) & (summ["kind"] != "post")]
+        g = summ[(summ["metric"] == m) & (summ["kind"] != "post")].set_index("kind")
         x = list(range(len(g)))
-        lo = [s - a if not pd.isna(a) else 0.0 for s, a in zip(g["shift"], g["ci_low"])]
-        hi = [b - s if not pd.isna(b) else 0.0 for s, b in zip(g["shift"], g["ci_high"])]
+        err, missing = error_bars(g, bounds=shift_range(m))
         colours = ["tab:grey" if k == "base" else "tab:red" if k in COLLAPSE_KINDS else
-                   "tab:blue" if k.startswith(NULL_PREFIX) else "tab:green" for k in g["kind"]]
-        ax.bar(x, g["shift"], yerr=[lo, hi], color=colours, capsize=3)
-        ax.axhline(0.0, color="black", lw=0.8, label="post")
-        b = g[g["kind"] == "base"]
-        if not b.empty:
-            ax.axhline(float(b["shift"].iloc[0]), color="black", ls="--", lw=0.8, label="base")
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{k}\n(n={n})" if n > 1 else k for k, n in zip(g["kind"], g["n"])], rotation=45,
-                           ha="right", fontsize=7)
+                   "tab:blue" if k.startswith(NULL_PREFIX) else "tab:green" for k in g.index]
+        ax.bar(x, g["shift"], yerr=err, color=colours, capsize=3)
+        ax.axhline(0.0, color="black", lw=0.8)
+        if "base" in g.index:
+            ax.axhline(float(g.loc["base", "shift"]), color="black", ls="--", lw=0.8)
+        ax.set_xticks(x, [f"{k}\n(n={n})" if n > 1 else k for k, n in zip(g.index, g["n"])], rotation=30, ha="right",
+                      fontsize=7)
         ax.set_title(f"{m} ({'higher' if direction(m) > 0 else 'lower'} is better)", fontsize=9)
-        ax.set_ylabel("shift vs post", fontsize=8)
-        ax.legend(fontsize=7)
-    fig.suptitle("SVD-structure conditions: shift vs the post model (mean, 95% interval)", fontsize=10)
+        ax.set_ylabel(with_unit("shift vs post", m), fontsize=8)
+        if missing:
+            ax.set_xlabel(omitted(missing).strip(), fontsize=7)
+    fig.suptitle("SVD-structure conditions: shift vs the post model (mean, 95% interval); solid line: post, "
+                 "dashed: base", fontsize=10)
     return save_figure(fig, path, dpi=120)
 
 

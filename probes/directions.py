@@ -13,9 +13,13 @@ number of tokens.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -25,6 +29,7 @@ from rwedit.architectures import INPUT_GROUP, READ_ROLES, WRITE_ROLES, get_weigh
 from rwedit.data import batches
 from rwedit.errors import ConfigError, DataError
 from rwedit.models import execution_device, input_device
+from rwedit.outputs import dumps, write_text
 from rwedit.probes.svd import top_svd
 
 #: what each kind of direction is, for the cards' captions
@@ -41,7 +46,8 @@ KINDS = {
 @dataclass(frozen=True)
 class Direction:
     """A unit vector to explain: where it lives (``layer``, ``role``, ``side``) and what it is (``kind``,
-    ``index`` among its kind, ``value``: eigenvalue or singular value where it has one)."""
+    ``index`` among its kind, ``value``: eigenvalue or singular value where it has one, ``label``: which edit
+    or control it belongs to, for an edit's directions)."""
 
     kind: str
     layer: int | None
@@ -50,6 +56,7 @@ class Direction:
     index: int
     vector: torch.Tensor = field(repr=False, compare=False)
     value: float | None = None
+    label: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -98,7 +105,7 @@ class Card:
         """One flat, JSON-ready row (``directions.jsonl``)."""
         d = self.direction
         return {"kind": d.kind, "layer": d.layer, "role": d.role, "side": d.side, "index": d.index,
-                "value": d.value, "share": self.share,
+                "value": d.value, "label": d.label, "share": self.share,
                 "top_contexts": [asdict(c) for c in self.positive],
                 "bottom_contexts": [asdict(c) for c in self.negative],
                 "promoted": [{"token": t, "logit": v} for t, v in self.promoted],
@@ -108,13 +115,30 @@ class Card:
         """The card as a few lines of text (what ``rwedit explain`` prints)."""
         return card_lines(self.row())
 
+    @classmethod
+    def from_row(cls, direction: Direction, row: dict) -> "Card":
+        """The card of ``direction`` read back from its :meth:`row` (the cards' cache)."""
+        return cls(direction, [Context(**c) for c in row["top_contexts"]], [Context(**c) for c in row["bottom_contexts"]],
+                   row["share"], [(t["token"], t["logit"]) for t in row["promoted"]],
+                   [(t["token"], t["logit"]) for t in row["suppressed"]])
+
 
 def _heading(row: dict) -> tuple[str, str]:
     """A card's title (where, what, its value) and its share of the input's second moment ('' without one)."""
     where = f"layer {row['layer']} {row['role']}" if row.get("layer") is not None else row["role"]
     value = f" (value {row['value']:.4g})" if row.get("value") is not None else ""
+    label = f" of {row['label']}" if row.get("label") else ""
     share = f" · {100 * row['share']:.1f}% of the input's second moment" if row.get("share") is not None else ""
-    return f"{where} · {row['kind']} #{row['index']}{value}", share
+    return f"{where} · {row['kind']} #{row['index']}{label}{value}", share
+
+
+def _nothing_shown(row: dict) -> str:
+    """What a card without contexts or tokens says instead ('' when it has either)."""
+    if any(row.get(k) for k in ("top_contexts", "bottom_contexts", "promoted")):
+        return ""
+    space = "input" if row["side"] == "read" else "output"
+    return (f"nothing to show: {row['role']}'s {space} space is neither a calibration input the pass read nor the "
+            f"residual stream the unembedding reads")
 
 
 def card_lines(row: dict) -> list[str]:
@@ -130,7 +154,7 @@ def card_lines(row: dict) -> list[str]:
     if row.get("promoted"):
         out.append("  promotes:   " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["promoted"]))
         out.append("  suppresses: " + ", ".join(f"{t['token']!r} {t['logit']:+.3g}" for t in row["suppressed"]))
-    return out
+    return out + ([f"  ({_nothing_shown(row)})"] if _nothing_shown(row) else [])
 
 
 def cards_html(rows: Sequence[dict]) -> str:
@@ -150,8 +174,25 @@ def cards_html(rows: Sequence[dict]) -> str:
             if row.get(key):
                 toks = ", ".join(f'<span class="tok">{e(repr(t["token"]))}</span> {t["logit"]:+.3g}' for t in row[key])
                 out.append(f"<div><b>{label}:</b> {toks}</div>")
+        if _nothing_shown(row):
+            out.append(f'<div class="muted">{e(_nothing_shown(row))}</div>')
         cards.append("\n".join(out) + "</div>")
     return '<h2>Direction cards</h2><div class="cards">' + "\n".join(cards) + "</div>"
+
+
+def read_cards(path: str | Path, index: int | None = None) -> list[dict]:
+    """The rows of a ``directions.jsonl`` (none when it is absent), only those of ``index`` when given."""
+    path = Path(path)
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return [r for r in rows if index is None or r["index"] == index]
+
+
+def cards_section(rows: Sequence[dict], title: str, intro: str) -> list[str]:
+    """A report's Markdown section of cards: its heading, a sentence saying what they are, and each card's
+    lines (:func:`card_lines`) in a code block; none without cards."""
+    if not rows:
+        return []
+    return ["", f"## {title}", "", intro, "", "```"] + [x for r in rows for x in card_lines(r)] + ["```"]
 
 
 def activation_directions(stats, layer: int, role: str, m: int = 4, centred: bool = False) -> list[Direction]:
@@ -188,6 +229,19 @@ def prediction_directions(spectrum, m: int = 4) -> list[Direction]:
     m = min(m, spectrum.n_top)
     return [Direction("prediction", None, "unembed", "write", i, spectrum.eigenvectors[:, i].clone(),
                       float(spectrum.eigenvalues[i])) for i in range(m)]
+
+
+def edit_directions(edits: Iterable, label: str | None = None, index: int = 0) -> list[Direction]:
+    """The directions of rank-1 edits ``ΔW = α b vᵀ`` (anything with ``layer``, ``role``, ``v``, ``b``, e.g. the
+    editor's ``RankOneEdit``): v on the read side (the role's input space: calibration contexts, second-moment
+    share; the lens too where the role reads the residual stream), b on the write side (the lens where the role
+    writes into the residual stream); v's eigenvalue as its value where its provenance has one."""
+    out = []
+    for e in edits:
+        value = (getattr(e, "provenance", None) or {}).get("v_eigenvalue")
+        out += [Direction("edit_v", e.layer, e.role, "read", index, e.v.detach().clone(), value, label),
+                Direction("edit_b", e.layer, e.role, "write", index, e.b.detach().clone(), None, label)]
+    return out
 
 
 def final_norm_gain(model: torch.nn.Module) -> torch.Tensor | None:
@@ -342,10 +396,55 @@ def explain(model: torch.nn.Module | None, directions: Sequence[Direction], toke
     return cards
 
 
+#: bumped when what a card holds changes, so cached cards of an older form are not reused
+CARDS_VERSION = 1
+
+
+def _sample_bytes(t: torch.Tensor) -> bytes:
+    """A strided sample of a tensor's values (its identity in a cache key, cheap for a large W_U)."""
+    flat = t.detach().reshape(-1)
+    return str(tuple(t.shape)).encode() + flat[::max(1, flat.numel() // 65536)].double().cpu().numpy().tobytes()
+
+
+def cached_explain(stats, directions: Sequence[Direction], load: Callable[[], tuple] | None = None, *,
+                   unembed: tuple[torch.Tensor, torch.Tensor | None], tokenizer=None, top: int = 5, lens_top: int = 8,
+                   progress: bool = True) -> list[Card]:
+    """:func:`explain`, cached next to the activation statistics ``stats`` were loaded from or saved to (their
+    key: model and calibration tokens) under a key of the directions, the card settings and the lens's
+    ``unembed``: a warm rerun neither reloads the model nor passes over the calibration tokens again.
+    ``load()`` gives ``(model, tokenizer, token_ids)`` for the pass (None: the lens alone, with ``tokenizer``);
+    it is called only on a miss. Without a statistics cache (``stats`` None or unsaved) nothing is cached."""
+    folder = ((stats.meta.get("cache") or {}).get("path") if stats is not None else None)
+    path = None
+    if folder and load is not None:
+        h = hashlib.sha256(json.dumps({"v": CARDS_VERSION, "top": top, "lens_top": lens_top}).encode())
+        for d in directions:
+            h.update(json.dumps([d.kind, d.layer, d.role, d.side, d.index, d.value, d.label]).encode())
+            h.update(_sample_bytes(d.vector) if d.vector.numel() > 65536 else d.vector.double().cpu().numpy().tobytes())
+        for t in unembed:
+            h.update(b"-" if t is None else _sample_bytes(t))
+        path = Path(folder) / "cards" / f"{h.hexdigest()[:24]}.jsonl"
+        rows = read_cards(path)
+        if len(rows) == len(directions) and all(
+                [r[k] for k in ("kind", "layer", "role", "side", "index")] == [d.kind, d.layer, d.role, d.side, d.index]
+                for r, d in zip(rows, directions)):
+            return [Card.from_row(d, r) for d, r in zip(directions, rows)]
+    model, tokenizer, ids = load() if load is not None else (None, tokenizer, None)
+    cards = explain(model, directions, ids, tokenizer, top=top, lens_top=lens_top, progress=progress, unembed=unembed)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, "".join(dumps(c.row()) + "\n" for c in cards))
+        except OSError as e:  # a read-only shared cache: the cards are still right, only not kept
+            warnings.warn(f"direction cards not cached in {path.parent}: {e}")
+    return cards
+
+
 def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
     """The cards as a DataFrame (one row per direction; contexts and tokens as lists of dicts)."""
     return pd.DataFrame([c.row() for c in cards])
 
 
-__all__ = ["Card", "Context", "Direction", "KINDS", "activation_directions", "card_lines", "cards_frame", "cards_html", "contexts",
-           "delta_directions", "explain", "final_norm_gain", "logit_lens", "prediction_directions", "unembedding"]
+__all__ = ["CARDS_VERSION", "Card", "Context", "Direction", "KINDS", "activation_directions", "cached_explain", "card_lines",
+           "cards_frame", "cards_html", "cards_section", "contexts", "delta_directions", "edit_directions", "explain",
+           "final_norm_gain", "logit_lens", "prediction_directions", "read_cards", "unembedding"]

@@ -26,7 +26,7 @@ from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, 
 from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.directions import (Direction, activation_directions, cards_frame, cards_html, delta_directions,
-                                     explain, prediction_directions)
+                                     cached_explain, prediction_directions)
 from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
                                 rsf_grid_posts)
 from rwedit.probes.norms import delta_norms
@@ -338,10 +338,8 @@ def _cards(run: _Run, name: str) -> list:
         unembed = read_unembedding(run.base, gain=True)
     except ConfigError:
         unembed = read_unembedding(run.base)
-    model = tok = ids = None
-    if rq.calibration is not None:
-        model, tok, ids = calibration_pass(run.base, rq.calibration)
-    return explain(model, dirs, ids, tok, progress=runtime().progress, unembed=unembed)
+    load = (lambda: calibration_pass(run.base, rq.calibration)) if rq.calibration is not None else None
+    return cached_explain(run.stats, dirs, load, progress=runtime().progress, unembed=unembed)
 
 
 def _norms_frame(norms: dict[str, list]) -> pd.DataFrame | None:

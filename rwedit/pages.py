@@ -78,4 +78,21 @@ def write_pages(folder: str | Path, lines: Iterable[str], name: str = "report", 
     return md
 
 
-__all__ = ["render", "write_pages"]
+def open_in_browser(page: str | Path) -> str:
+    """Open ``page`` in the user's browser and say so; where there is no display (a server, a container) nothing
+    is opened and the line names the file to open elsewhere (it is self-contained)."""
+    import os
+    import sys
+    import webbrowser
+
+    page = Path(page).resolve()
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return f"no display here, nothing opened: copy {page} anywhere and open it in a browser (it is self-contained)"
+    try:
+        opened = webbrowser.open(page.as_uri())
+    except webbrowser.Error:
+        opened = False
+    return f"opened {page} in the browser" if opened else f"no browser found: open {page} in one"
+
+
+__all__ = ["open_in_browser", "render", "write_pages"]

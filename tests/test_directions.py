@@ -161,3 +161,80 @@ def test_a_probe_writes_cards_explain_prints_them_and_the_summary_page_opens(tmp
     met = open_page(out / "summary.html", tmp_path)
     assert met["console_errors"] == [] and met["broken"] == [] and met["images"] >= 2
     assert 'class="card"' in (out / "summary.html").read_text()
+
+
+def test_an_edits_v_and_b_get_the_cards_their_spaces_support(planted):
+    """A read edit on q with v the planted input direction u: v's contexts show the planted token first (and its
+    lens, q reading the residual stream), b (q's output space) has neither; a write edit on down with b the
+    planted lens direction w: b promotes the planted token first, v (the MLP's hidden space) has contexts only."""
+    from rwedit.editor.edits import RankOneEdit
+    from rwedit.probes.directions import edit_directions
+
+    model, u, w, (T, S, W), ids = planted
+    inner = model.config.intermediate_size
+    read = RankOneEdit(0, "q", torch.randn(model.config.hidden_size), u, 2.0, {"v_eigenvalue": 1.5})
+    write = RankOneEdit(1, "down", w, torch.randn(inner) / inner ** 0.5, 2.0)
+    dirs = edit_directions([read], "principal0", 0) + edit_directions([write], "write_down", 1)
+    assert [(d.kind, d.side, d.index, d.label) for d in dirs] == [
+        ("edit_v", "read", 0, "principal0"), ("edit_b", "write", 0, "principal0"),
+        ("edit_v", "read", 1, "write_down"), ("edit_b", "write", 1, "write_down")]
+    assert dirs[0].value == 1.5 and dirs[1].value is None
+    v_q, b_q, v_down, b_down = explain(model, dirs, ids, top=3, progress=False)
+    assert v_q.positive[0].token == f"<{T}>" and v_q.negative[0].token == f"<{S}>" and v_q.promoted
+    assert not (b_q.positive or b_q.negative or b_q.promoted)
+    assert b_down.promoted[0][0] == f"<{W}>" and not (b_down.positive or b_down.negative)
+    assert (v_down.positive or v_down.negative) and not v_down.promoted and 0 < v_down.share < 1
+    assert "edit_v #0 of principal0 (value 1.5)" in v_q.lines()[0]
+    assert "nothing to show: q's output space" in b_q.lines()[-1] and "nothing" not in "".join(v_q.lines())
+
+
+def test_cards_are_cached_with_the_statistics_and_a_warm_call_does_not_load_the_model(planted, tmp_path):
+    """cached_explain keeps the cards beside the statistics' cache folder: the second call returns the same
+    rows without calling ``load`` (no model, no calibration pass); other directions or card settings miss."""
+    from types import SimpleNamespace
+
+    from rwedit.probes.directions import cached_explain
+
+    model, u, w, _, ids = planted
+    stats = SimpleNamespace(meta={"cache": {"path": str(tmp_path / "stats-key"), "hit": False}})
+    dirs = [Direction("activation", 0, "q", "read", 0, u), Direction("prediction", None, "unembed", "write", 0, w)]
+    calls = []
+
+    def load():
+        calls.append(1)
+        return model, None, ids
+
+    lens = unembedding(model)
+    cold = cached_explain(stats, dirs, load, unembed=lens, top=3, progress=False)
+    assert len(calls) == 1 and len(list((tmp_path / "stats-key" / "cards").glob("*.jsonl"))) == 1
+
+    def no_load():
+        raise AssertionError("a warm call loaded the model")
+
+    warm = cached_explain(stats, dirs, no_load, unembed=lens, top=3, progress=False)
+    assert [c.row() for c in warm] == [c.row() for c in cold] and warm[0].direction is dirs[0]
+    cached_explain(stats, dirs, load, unembed=lens, top=2, progress=False)  # other settings: recomputed
+    cached_explain(stats, [Direction("activation", 0, "q", "read", 0, -u)] + dirs[1:], load, unembed=lens, top=3,
+                   progress=False)  # another direction: recomputed
+    assert len(calls) == 3
+    uncached = cached_explain(None, dirs, load, unembed=lens, top=3, progress=False)  # no statistics cache
+    assert len(calls) == 4 and [c.row() for c in uncached] == [c.row() for c in cold]
+
+
+def test_a_warm_probe_reuses_its_cards_without_a_second_calibration_pass(tmp_path, wiki_tokenizer, monkeypatch):
+    """The second run of one probe (same statistics cache) loads the model once, for the statistics' key, not
+    again for the cards, and writes the same cards."""
+    import rwedit.probes.pipeline as pipeline
+    from rwedit.cli import main
+    from tiny_models import save_pair
+
+    m = save_pair(tmp_path / "m", wiki_tokenizer)
+    passes = []
+    real = pipeline.calibration_pass
+    monkeypatch.setattr(pipeline, "calibration_pass", lambda *a, **k: passes.append(1) or real(*a, **k))
+    args = ["probe", "--base", str(m / "base"), "--post", str(m / "post"), "--calib", "bundled:wikitext-2/valid.txt.gz",
+            "--calib-tokens", "1024", "--seq-len", "64", "--roles", "q,o", "--k", "1", "--cards", "2", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + ["--out", str(tmp_path / "cold")]) == 0 and len(passes) == 2  # statistics, then the cards
+    assert main(args + ["--out", str(tmp_path / "warm")]) == 0 and len(passes) == 3  # the statistics' key only
+    assert (tmp_path / "warm" / "directions.jsonl").read_text() == (tmp_path / "cold" / "directions.jsonl").read_text()

@@ -236,6 +236,9 @@ def test_replicate_units_pool_into_one_verdict_recomputed_from_the_rows(pair, tm
     md = (out / "report.md").read_text()
     assert "replicate units: 4 (directions × layers)" in md and "![forest](forest.png)" in md
     assert (out / "forest.png").stat().st_size > 0
+    cards = [json.loads(x) for x in (out / "edit" / "directions.jsonl").read_text().splitlines()]
+    assert sorted({c["label"] for c in cards if c["index"] == 0}) == ["L0_principal0", "L1_principal0"]  # each unit's
+    assert "edit_v #0 of L1_principal0" in md and "of L0_principal1" not in md
 
 
 def test_export_results_writes_a_dataset_that_load_dataset_reads_back(finished, tmp_path, capsys):
@@ -299,6 +302,59 @@ def test_the_experiment_report_opens_in_a_browser_with_the_findings_first(finish
     assert met["console_errors"] == [] and met["broken"] == [] and met["external"] == []
     assert met["images"] >= 2 and met["first_table_top"] < 800, met  # the findings table in the first screen
     assert "<h2>Findings</h2>" in (finished / "report.html").read_text()
+
+
+def test_every_edits_v_and_b_has_cards_and_the_report_shows_the_edits(finished):
+    """edit/directions.jsonl: v and b of the edit and of each control once (α aside), numbered in build order;
+    the principal v (q reads the residual stream) has contexts, a share and the lens; the write control's b
+    (the top prediction direction, written by o into the residual stream) the lens; the report shows the
+    edit's own cards."""
+    rows = [json.loads(x) for x in (finished / "edit" / "directions.jsonl").read_text().splitlines()]
+    labels = ["principal0", "random_s1", "random_s2", "random_s3", "lowvar0", "write_o"]
+    assert [(r["label"], r["kind"]) for r in rows] == [(n, k) for n in labels for k in ("edit_v", "edit_b")]
+    assert [r["index"] for r in rows] == [i for i in range(len(labels)) for _ in range(2)]
+    v, b = rows[0], rows[1]
+    assert v["layer"] == 1 and v["role"] == "q" and v["top_contexts"] and 0 < v["share"] < 1 and v["promoted"]
+    assert v["value"] > 0 and not b["promoted"] and not b["top_contexts"]  # b in q's output space: no lens
+    wv, wb = rows[-2], rows[-1]
+    assert wb["role"] == "o" and wb["promoted"] and wv["top_contexts"] and not wv["promoted"]
+    md = (finished / "report.md").read_text()
+    assert "## What the edit's directions are" in md and "edit_v #0 of principal0" in md and "of random_s1" not in md
+    assert md.count('class="card"') == 0 and (finished / "report.html").read_text().count('class="card"') == 2
+
+
+def test_the_exported_dataset_carries_the_reports_and_they_open_in_a_browser(finished, tmp_path):
+    """export-results copies report.html (self-contained), report.md and the figures it shows, and the probe's
+    summary, under reports/ as laid out in the run; the card names them; the copy opens in Chromium intact."""
+    import re
+
+    from browser import open_page
+
+    out = tmp_path / "ds"
+    assert main(["export-results", str(finished), "--out", str(out)]) == 0
+    rep = out / "reports"
+    assert (rep / "report.html").read_bytes() == (finished / "report.html").read_bytes()
+    assert (rep / "probe" / "summary.html").exists() and (rep / "probe" / "summary.md").exists()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (rep / "report.md").read_text())
+    assert figures and all((rep / f).read_bytes() == (finished / f).read_bytes() for f in figures)
+    assert "`reports/report.html`" in (out / "README.md").read_text()
+    met = open_page(rep / "report.html", tmp_path)
+    assert met["console_errors"] == [] and met["broken"] == [] and met["images"] >= 2 and met["external"] == []
+
+
+def test_report_open_opens_the_page_where_there_is_a_display_and_says_so_where_not(finished, capsys, monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["report", str(finished), "--open"]) == 0
+    said = capsys.readouterr().out
+    assert "no display here, nothing opened" in said and str(finished / "report.html") in said and not opened
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert main(["report", str(finished), "--open"]) == 0
+    assert opened == [(finished / "report.html").resolve().as_uri()] and "opened" in capsys.readouterr().out
 
 
 def test_lm_evals_own_results_json_is_kept_beside_each_row(finished):

@@ -347,7 +347,10 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
                   "promotes and suppresses; `rwedit explain probe_aligned` prints them, `report.html` shows them as "
                   "cards, `probe_aligned/directions.jsonl` holds every direction.", "", "```"]
         lines += [x for c in cards for x in card_lines(c)] + ["```"]
-    return write_pages(out, lines, extra_html=cards_html(cards))
+    from rwedit.editor.pipeline import edit_cards_section
+
+    edit_md, edit_html = edit_cards_section(out / "experiment" / "edit")  # the causal edit's v and b
+    return write_pages(out, lines + edit_md, extra_html=cards_html(cards) + edit_html)
 
 
 def headline_cards(probe: Path) -> list[dict]:

@@ -209,6 +209,7 @@ def plot_trajectories(csvs: dict[str, Path], path: Path) -> Path | None:
     for ax, (name, csv) in zip(axes[0], have.items()):
         _plot_series(ax, claim_series(pd.read_csv(csv)))
         ax.set_xlabel("training step")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
         ax.set_ylabel(f"RSF (k = {CLAIM_K}; 1 = isotropic)")
         ax.set_title(f"{name}: RSF of W_t − W_0")
         ax.legend(fontsize=7)
