@@ -458,8 +458,8 @@ SVD_AXES = {"scale": ("singular-value scale s (σ′/σ; 1 = unchanged)", 1.0),
 
 
 def plot_series(table: pd.DataFrame, path: Path) -> Path:
-    """Each headline metric against the step (whole steps): read- and write-side RSF side by side, then the SVD
-    probe's, each with its reference value (RSF 1 = isotropic, scale 1, consistency 0)."""
+    """Each headline metric against the step (whole steps): read- and write-side RSF side by side on one scale,
+    then the SVD probe's, each with its reference value (RSF 1 = isotropic, scale 1, consistency 0)."""
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
@@ -467,6 +467,8 @@ def plot_series(table: pd.DataFrame, path: Path) -> Path:
     cols = rsf_cols + [c for c in ("svd_scale", "svd_consistency") if c in table]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.4), squeeze=False, layout="constrained")
     for ax, c in zip(axes[0], cols):
+        if c in rsf_cols[1:]:  # the RSF claims on one scale
+            ax.sharey(axes[0][0])
         ax.plot(table["step"], table[c], marker="o")
         label, ref = (f"RSF at k = {table['k'].iloc[0]} (1 = isotropic)", 1.0) if c in rsf_cols else \
             SVD_AXES[c.removeprefix("svd_")]
@@ -527,7 +529,7 @@ def plot_compare(table: pd.DataFrame, path: Path) -> Path:
     ax.axhspan(max(lo, 1e-3), hi, color="grey", alpha=0.25, label="random null ±2 sd")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
-    plain_log(ax.yaxis)
+    plain_log(ax)
     ax.set_xticks(range(len(posts)), posts, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"RSF at k = {int(table['k'].iloc[0])} (1 = isotropic)")
     ax.set_title("RSF per pathway (± sem over matrices)", fontsize=9)

@@ -81,18 +81,25 @@ def centred_log_norm(values):
     return LogNorm(vmin=1 / m, vmax=m)
 
 
-def plain_log(*axes) -> None:
-    """Tick labels of log-scaled axes (``ax.yaxis``) as plain numbers (0.9, 2), not 9×10⁻¹; which ticks are
-    labelled stays matplotlib's choice."""
-    from matplotlib.ticker import LogFormatter
+def plain_log(ax, gap: float = 1 / 7) -> None:
+    """Ticks of a log-scaled y axis on round numbers, the roundest first (1 and the decades, then 2, 5, 1.5,
+    3, …) as long as each keeps ``gap`` of the axis from the others, labelled plainly (0.9, 2, not 9×10⁻¹).
+    Call it once the data are drawn: it ticks the view as it is then."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator, NullLocator
 
-    class Plain(LogFormatter):
-        def _num_to_string(self, x, vmin, vmax):
-            return f"{x:.3g}"
-
-    for axis in axes:
-        axis.set_major_formatter(Plain())
-        axis.set_minor_formatter(Plain(labelOnlyBase=False))
+    lo, hi = sorted(ax.get_ylim())
+    span = math.log10(hi / lo)
+    decades = sorted(range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1), key=abs)
+    ticks = []
+    for t in (m * 10.0 ** d for m in (1, 2, 5, 1.5, 3, 8, 1.2, 4, 7, 1.1, 6, 9, 1.3, 1.4) for d in decades):
+        if lo <= t <= hi and all(abs(math.log10(t / u)) >= gap * span for u in ticks):
+            ticks.append(t)
+    if len(ticks) < 2:  # a view narrower than round numbers allow: as on a linear axis
+        ticks = [t for t in MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if lo <= t <= hi]
+    ticks = sorted(float(f"{t:.12g}") for t in ticks)
+    ax.set_yticks(ticks, [np.format_float_positional(t, trim="-") for t in ticks])  # shortest exact digits
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def plot_rsf_heatmaps(df: pd.DataFrame, out: Path, k: int = 4) -> list[Path]:
@@ -170,7 +177,7 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xticks(ks, [str(x) for x in ks])
     ax.xaxis.set_minor_locator(NullLocator())
-    plain_log(ax.yaxis)
+    plain_log(ax)
     seen = {}  # one legend for every panel, above them
     for a in axes.flat[:len(roles)]:
         for h, lab in zip(*a.get_legend_handles_labels()):
