@@ -302,7 +302,8 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
             if t is not None:
                 t.to_csv(out / f, index=False)
         if one and rq.grid is not None:
-            plots += plot_rsf_heatmaps(tables["rsf.csv"], out, claim_k(rq.grid, rq.claim_k)) + [plot_rsf_vs_k(tables["rsf.csv"], out)]
+            plots += plot_rsf_heatmaps(tables["rsf.csv"], out, claim_k(rq.grid, rq.claim_k))  # at the claims' k
+            plots.append(plot_rsf_vs_k(tables["rsf.csv"], out))
         if one and rq.svd is not None:
             plots += _plot_svd(tables["svd.csv"], out)
         if not one and "rsf_mean" in claims:

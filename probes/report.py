@@ -178,10 +178,7 @@ def plot_rsf_vs_k(df: pd.DataFrame, out: Path) -> Path:
     ax.set_xticks(ks, [str(x) for x in ks])
     ax.xaxis.set_minor_locator(NullLocator())
     plain_log(ax)
-    seen = {}  # one legend for every panel, above them
-    for a in axes.flat[:len(roles)]:
-        for h, lab in zip(*a.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
+    seen = {lab: h for a in axes.flat[:len(roles)] for h, lab in zip(*a.get_legend_handles_labels())}  # one legend
     fig.legend(list(seen.values()), list(seen.keys()), fontsize=7, loc="outside upper center", ncol=min(len(seen), 4))
     fig.supxlabel("k (subspace dimension)", fontsize=9)
     fig.supylabel("RSF, mean over layers (1 = isotropic)", fontsize=9)
