@@ -302,7 +302,8 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
             if t is not None:
                 t.to_csv(out / f, index=False)
         if one and rq.grid is not None:
-            plots += plot_rsf_heatmaps(tables["rsf.csv"], out) + [plot_rsf_vs_k(tables["rsf.csv"], out)]
+            plots += plot_rsf_heatmaps(tables["rsf.csv"], out, claim_k(rq.grid, rq.claim_k))  # at the claims' k
+            plots.append(plot_rsf_vs_k(tables["rsf.csv"], out))
         if one and rq.svd is not None:
             plots += _plot_svd(tables["svd.csv"], out)
         if not one and "rsf_mean" in claims:
@@ -452,18 +453,31 @@ def series_members(spec: str | list[str]) -> list[tuple[str, str, int]]:
     return [(n, r, step) for n, (r, step) in zip(post_names([r.replace("@", "_") for r, _ in steps]), steps)]
 
 
+#: the SVD probe's per-matrix means as plotted: axis label (its unit) and the reference value of no change
+SVD_AXES = {"scale": ("singular-value scale s (σ′/σ; 1 = unchanged)", 1.0),
+            "consistency": ("consistency ‖Q_U − Q_V‖ / ‖Q_U‖\n(0 = one rotation on both sides)", 0.0)}
+
+
 def plot_series(table: pd.DataFrame, path: Path) -> Path:
-    """Each headline metric against the step: read- and write-side RSF side by side, then the SVD probe's."""
+    """Each headline metric against the step (whole steps): read- and write-side RSF side by side on one scale,
+    then the SVD probe's, each with its reference value (RSF 1 = isotropic, scale 1, consistency 0)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     rsf_cols = [c for c in table.columns if c.startswith("rsf ")]
     cols = rsf_cols + [c for c in ("svd_scale", "svd_consistency") if c in table]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 0.5, 3.4), squeeze=False, layout="constrained")
     for ax, c in zip(axes[0], cols):
+        if c in rsf_cols[1:]:  # the RSF claims on one scale
+            ax.sharey(axes[0][0])
         ax.plot(table["step"], table[c], marker="o")
-        if c in rsf_cols:
-            ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_title(c.replace("rsf ", "RSF, "), fontsize=9)
+        label, ref = (f"RSF at k = {table['k'].iloc[0]} (1 = isotropic)", 1.0) if c in rsf_cols else \
+            SVD_AXES[c.removeprefix("svd_")]
+        ax.axhline(ref, color="k", lw=0.8)
+        ax.set_title(c.replace("rsf ", "RSF, ").replace("svd_", "SVD "), fontsize=9)
+        ax.set_ylabel(label, fontsize=8)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save_figure(fig, path)
 
 
@@ -495,31 +509,42 @@ def compare_table(df: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def plot_compare(table: pd.DataFrame, path: Path) -> Path:
-    """Grouped bars: each post's read- and write-side RSF (± sem), the null band (mean ± 2 sd) behind them."""
+    """Bars from isotropy (RSF 1): each post's read- and write-side RSF (± sem) over the null band (mean ± 2
+    sd); beside it the SVD probe's mean consistency (a rotation of fixed subspaces has ~0); the legend below."""
+    from rwedit.probes.report import plain_log
+
     plt = pyplot()
     posts = list(dict.fromkeys(table["post"]))
     claims = list(dict.fromkeys(table["claim"]))
-    fig, ax = plt.subplots(figsize=(1.3 * len(posts) + 3, 3.8))
+    svd = "svd_consistency" in table
+    fig, axes = plt.subplots(1, 1 + svd, figsize=(1.2 * len(posts) * (1.5 if svd else 1) + 3.5, 4.2), squeeze=False,
+                             width_ratios=[2, 1][:1 + svd], layout="constrained")
+    ax = axes[0][0]
     width = 0.8 / max(len(claims), 1)
     for j, claim in enumerate(claims):
         t = table[table["claim"] == claim].set_index("post").reindex(posts)
         x = [i + (j - (len(claims) - 1) / 2) * width for i in range(len(posts))]
-        ax.bar(x, t["rsf_mean"], width, yerr=t["rsf_sem"], capsize=3, label=claim)
+        ax.bar(x, t["rsf_mean"] - 1, width, bottom=1, yerr=t["rsf_sem"], capsize=3, label=claim)
     lo = float((table["null_mean"] - 2 * table["null_sd"]).min())
     hi = float((table["null_mean"] + 2 * table["null_sd"]).max())
     ax.axhspan(max(lo, 1e-3), hi, color="grey", alpha=0.25, label="random null ±2 sd")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
+    plain_log(ax)
     ax.set_xticks(range(len(posts)), posts, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(f"RSF at k = {int(table['k'].iloc[0])}")
-    ax.set_title("fine-tunes of one base: where each changed the weights", fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    if "svd_consistency" in table:  # the SVD probe beside it: a rotation of fixed subspaces has consistency ~0
+    ax.set_ylabel(f"RSF at k = {int(table['k'].iloc[0])} (1 = isotropic)")
+    ax.set_title("RSF per pathway (± sem over matrices)", fontsize=9)
+    if svd:
         per = table.drop_duplicates("post").set_index("post").reindex(posts)
-        ax2 = ax.inset_axes([1.45, 0.0, 0.45, 1.0])
+        label, ref = SVD_AXES["consistency"]
+        ax2 = axes[0][1]
         ax2.bar(range(len(posts)), per["svd_consistency"], color="C2")
+        ax2.axhline(ref, color="k", lw=0.8)
         ax2.set_xticks(range(len(posts)), posts, rotation=20, ha="right", fontsize=8)
-        ax2.set_title("SVD consistency (mean)", fontsize=9)
+        ax2.set_ylabel(label, fontsize=8)
+        ax2.set_title("SVD probe (mean over matrices)", fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=len(claims) + 1)
+    fig.suptitle("fine-tunes of one base: where each changed the weights", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -615,15 +640,20 @@ def _svd_lines(meta: dict, head, n: int) -> list[str]:
 
 
 def _plot_svd(df, out: Path) -> list[Path]:
+    """Scale and consistency per layer (whole layers) and role, with the value of no change marked."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     paths = []
-    for metric, ylabel in (("scale", "singular-value scale s"), ("consistency", "‖Q_U − Q_V‖ / ‖Q_U‖")):
-        fig, ax = plt.subplots(figsize=(7, 4))
+    for metric, (ylabel, ref) in SVD_AXES.items():
+        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
         for role, g in df.groupby("role", sort=False):
             ax.plot(g["layer"], g[metric], marker="o", label=role)
+        ax.axhline(ref, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{metric} per layer and role")
-        ax.legend(fontsize=8, ncol=4)
+        ax.set_title(f"SVD probe: {metric} per layer and role", fontsize=10)
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=8)
         paths.append(save_figure(fig, out / f"svd_{metric}.png"))
     return paths

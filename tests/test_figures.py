@@ -126,3 +126,128 @@ def test_training_trajectories_have_whole_step_ticks(tmp_path, monkeypatch):
     (fig,) = figs
     assert whole_ticks(fig.axes[0].xaxis) and not whole_ticks(fig.axes[0].yaxis)
     assert text_overlaps(fig) == []
+
+
+# --- the probe's figures: heatmaps at the claims' k on one colour scale, RSF vs k by role, the comparison, SVD
+
+
+def overlaps(fig) -> list[tuple[str, str]]:
+    """:func:`text_overlaps` with the entries of the figure's own legends (placed outside the axes) counted."""
+    fig.texts.extend(t for leg in fig.legends for t in leg.get_texts())
+    return text_overlaps(fig)
+
+
+def plain_numbers(ax) -> bool:
+    """Whether every labelled tick of ``ax`` reads as a plain number (0.9, 2), none as 9×10⁻¹ or 10⁰."""
+    import re
+
+    from figures import texts
+
+    ticks = [t for t in texts(ax.figure) if t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+    return bool(ticks) and all(re.fullmatch(r"[−-]?\d+(\.\d+)?", t.get_text()) for t in ticks)
+
+
+def grid(spread: dict[tuple[str, str], float]):
+    """A tidy rsf.csv of 3 layers × the roles each (side, subspace) covers × k in 1, 4, 16: RSF = spread ** x with
+    x in [−1, 1] across cells, so a (side, subspace)'s extremes are spread and 1/spread, at k = 4 only."""
+    import numpy as np
+    import pandas as pd
+
+    cells = {("read", "activation"): ("q", "k", "v", "o", "up", "gate", "down"), ("read", "random"): ("q", "o"),
+             ("read", "prediction"): ("q", "k", "v", "up", "gate", "unembed"), ("write", "prediction"): ("o", "down")}
+    rows = []
+    for (side, sub), roles in cells.items():
+        x = np.linspace(-1, 1, 3 * len(roles))
+        for i, (layer, role) in enumerate((l, r) for l in range(3) for r in roles):
+            for k in (1, 4, 16):
+                s = spread.get((side, sub), 1.2) if k == 4 else 1.1
+                rows.append({"layer": layer, "role": role, "side": side, "subspace": sub, "k": k, "rsf": s ** x[i],
+                             "null_mean": 1.0, "null_sd": 0.1 / k, "null_z": 3.0 * x[i]})
+    return pd.DataFrame(rows)
+
+
+def test_rsf_heatmaps_show_the_claims_k_on_one_colour_scale(tmp_path, monkeypatch):
+    """Each heatmap of one call at k = 4 (the claims'), all with the colour limits of the widest table (read
+    side vs activation spans 1/6 … 6): 1.2 is pale in every figure, not saturated in its own; plain ticks."""
+    import rwedit.probes.report as report
+
+    figs = capture(monkeypatch, report)
+    df = grid({("read", "activation"): 6.0, ("write", "prediction"): 1.2})
+    paths = report.plot_rsf_heatmaps(df, tmp_path)
+    assert len(paths) == len(figs) == 4 and all("k = 4" in f.axes[0].get_title() for f in figs)
+    clims = {f.axes[0].images[0].get_clim() for f in figs}
+    assert len(clims) == 1 and clims.pop() == pytest.approx((1 / 6, 6))
+    write = next(f for f, p in zip(figs, paths) if p.name == "rsf_heatmap_write_prediction.png")
+    assert write.axes[0].images[0].get_array().max() == pytest.approx(1.2)
+    assert all(plain_numbers(f.axes[1]) and text_overlaps(f) == [] for f in figs)
+    assert "k = 16" in (report.plot_rsf_heatmaps(df, tmp_path, k=16) and figs[-1].axes[0].get_title())
+    assert "k = 4" in (report.plot_rsf_heatmaps(df, tmp_path, k=8) and figs[-1].axes[0].get_title())  # below 8
+
+
+def test_rsf_vs_k_is_a_panel_per_role_with_at_most_two_lines(tmp_path, monkeypatch):
+    """Small multiples: every (role, side, subspace) of the grid but the random one drawn once, at most two
+    lines a panel, one legend below, no overlapping text, plain RSF ticks."""
+    import rwedit.probes.report as report
+
+    figs = capture(monkeypatch, report)
+    df = grid({})
+    report.plot_rsf_vs_k(df, tmp_path)
+    (fig,) = figs
+    lines = [[ln for ln in ax.get_lines() if not ln.get_label().startswith("_")] for ax in fig.axes]
+    assert max(map(len, lines)) <= 2 and sum(map(len, lines)) == len(
+        df[df["subspace"] != "random"].groupby(["role", "side", "subspace"]))
+    assert [ax.get_title() for ax in fig.axes] == ["q", "k", "v", "o", "up", "gate", "down", "unembed"]
+    assert overlaps(fig) == [] and plain_numbers(fig.axes[0])
+
+
+def test_the_comparison_has_its_svd_panel_beside_it_and_nothing_overlaps(tmp_path, monkeypatch):
+    """compare.png: RSF bars from 1 (isotropy) to each post's mean, the SVD consistency as a second panel inside
+    the figure (not an inset past its edge), the legend below, units, no overlapping text."""
+    import pandas as pd
+
+    import rwedit.probes.pipeline as pipeline
+    from rwedit.probes.pipeline import CLAIMS
+
+    figs = capture(monkeypatch, pipeline)
+    table = pd.DataFrame([{"post": p, "claim": c[0], "k": 4, "rsf_mean": 1 + 0.3 * i - 0.4 * j, "rsf_sem": 0.05,
+                           "null_mean": 1.0, "null_sd": 0.1, "svd_consistency": 0.02 * (i + 1)}
+                          for i, p in enumerate(("a-long-fine-tune-name", "b", "c")) for j, c in enumerate(CLAIMS)])
+    pipeline.plot_compare(table, tmp_path / "compare.png")
+    (fig,) = figs
+    rsf, svd = fig.axes
+    assert overlaps(fig) == [] and plain_numbers(rsf)
+    assert all(0 <= ax.get_position().x0 and ax.get_position().x1 <= 1 for ax in fig.axes)
+    tops = sorted(round(b.get_y() + b.get_height(), 9) for b in rsf.patches if b.get_width() < 1)
+    assert {round(b.get_y(), 9) for b in rsf.patches if b.get_width() < 1} == {1.0}
+    assert tops == sorted(round(x, 9) for x in table["rsf_mean"])
+    assert "k = 4" in rsf.get_ylabel() and "‖Q_U − Q_V‖" in svd.get_ylabel()
+    assert [round(b.get_height(), 9) for b in svd.patches] == [0.02, 0.04, 0.06]
+
+
+def reference_lines(ax) -> set[float]:
+    """The heights of the horizontal lines across the whole axes (axhline)."""
+    return {float(ln.get_ydata()[0]) for ln in ax.get_lines() if ln.get_transform() != ax.transData}
+
+
+def test_svd_and_series_plots_tick_whole_layers_and_steps_and_mark_no_change(tmp_path, monkeypatch):
+    """Two layers, three steps: ticks on whole layers and steps only; scale marked at 1, consistency at 0, RSF
+    at 1; units on the y axes; no overlapping text."""
+    import pandas as pd
+
+    import rwedit.probes.pipeline as pipeline
+    from figures import whole_ticks
+
+    figs = capture(monkeypatch, pipeline)
+    svd = pd.DataFrame([{"role": r, "layer": l, "scale": 1 + 0.001 * (l - i), "consistency": 0.05 * (i + l)}
+                        for l in (0, 1) for i, r in enumerate(("q", "k", "v", "o", "up", "gate", "down"))])
+    pipeline._plot_svd(svd, tmp_path)
+    series = pd.DataFrame([{"member": f"checkpoint-{s}", "step": s, "k": 4, "rsf read side vs activation": 0.9 + s / 10,
+                            "rsf write side vs prediction": 1.1, "svd_scale": 1 + s / 1e3, "svd_consistency": s / 20}
+                           for s in (1, 2, 3)])
+    pipeline.plot_series(series, tmp_path / "series.png")
+    scale, consistency, series_fig = figs
+    assert reference_lines(scale.axes[0]) == {1.0} and reference_lines(consistency.axes[0]) == {0.0}
+    assert [reference_lines(ax) for ax in series_fig.axes] == [{1.0}, {1.0}, {1.0}, {0.0}]
+    assert "σ′/σ" in scale.axes[0].get_ylabel() and "k = 4" in series_fig.axes[0].get_ylabel()
+    for fig in figs:
+        assert all(whole_ticks(ax.xaxis) for ax in fig.axes) and overlaps(fig) == []
