@@ -33,8 +33,8 @@ def renderer(fig):
 
 def texts(fig) -> list[Text]:
     """Every visible, non-empty piece of text a reader sees: the figure's, each axes' titles, axis labels,
-    tick labels inside the view, legend entries."""
-    found = list(fig.texts) + [t for t in (getattr(fig, "_suptitle", None), getattr(fig, "_supxlabel", None),
+    tick labels inside the view, legend entries (the axes' and the figure's)."""
+    found = list(fig.texts) + [t for leg in fig.legends for t in leg.get_texts()] + [t for t in (getattr(fig, "_suptitle", None), getattr(fig, "_supxlabel", None),
                                            getattr(fig, "_supylabel", None)) if t is not None]
     for ax in fig.axes:
         found += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]

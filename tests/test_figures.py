@@ -131,12 +131,6 @@ def test_training_trajectories_have_whole_step_ticks(tmp_path, monkeypatch):
 # --- the probe's figures: heatmaps at the claims' k on one colour scale, RSF vs k by role, the comparison, SVD
 
 
-def overlaps(fig) -> list[tuple[str, str]]:
-    """:func:`text_overlaps` with the entries of the figure's own legends (placed outside the axes) counted."""
-    fig.texts.extend(t for leg in fig.legends for t in leg.get_texts())
-    return text_overlaps(fig)
-
-
 def plain_numbers(ax) -> bool:
     """Whether every labelled tick of ``ax`` reads as a plain number (0.9, 2), none as 9×10⁻¹ or 10⁰."""
     import re
@@ -197,7 +191,7 @@ def test_rsf_vs_k_is_a_panel_per_role_with_at_most_two_lines(tmp_path, monkeypat
     assert max(map(len, lines)) <= 2 and sum(map(len, lines)) == len(
         df[df["subspace"] != "random"].groupby(["role", "side", "subspace"]))
     assert [ax.get_title() for ax in fig.axes] == ["q", "k", "v", "o", "up", "gate", "down", "unembed"]
-    assert overlaps(fig) == [] and plain_numbers(fig.axes[0])
+    assert text_overlaps(fig) == [] and plain_numbers(fig.axes[0])
 
 
 def test_the_comparison_has_its_svd_panel_beside_it_and_nothing_overlaps(tmp_path, monkeypatch):
@@ -215,7 +209,7 @@ def test_the_comparison_has_its_svd_panel_beside_it_and_nothing_overlaps(tmp_pat
     pipeline.plot_compare(table, tmp_path / "compare.png")
     (fig,) = figs
     rsf, svd = fig.axes
-    assert overlaps(fig) == [] and plain_numbers(rsf)
+    assert text_overlaps(fig) == [] and plain_numbers(rsf)
     assert all(0 <= ax.get_position().x0 and ax.get_position().x1 <= 1 for ax in fig.axes)
     tops = sorted(round(b.get_y() + b.get_height(), 9) for b in rsf.patches if b.get_width() < 1)
     assert {round(b.get_y(), 9) for b in rsf.patches if b.get_width() < 1} == {1.0}
@@ -250,4 +244,4 @@ def test_svd_and_series_plots_tick_whole_layers_and_steps_and_mark_no_change(tmp
     assert [reference_lines(ax) for ax in series_fig.axes] == [{1.0}, {1.0}, {1.0}, {0.0}]
     assert "σ′/σ" in scale.axes[0].get_ylabel() and "k = 4" in series_fig.axes[0].get_ylabel()
     for fig in figs:
-        assert all(whole_ticks(ax.xaxis) for ax in fig.axes) and overlaps(fig) == []
+        assert all(whole_ticks(ax.xaxis) for ax in fig.axes) and text_overlaps(fig) == []
