@@ -34,7 +34,7 @@ import torch
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import CheckpointPair
 from rwedit.config import Config, option
-from rwedit.editor.edits import Condition as Edits, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.editor.interventions import BASE, Adapter, Unchanged, WeightSnapshot, WeightWrite
 from rwedit.editor.svd_edits import matrix_seed
 from rwedit.errors import SpecError
@@ -320,7 +320,7 @@ def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=No
     parts = dec.all_parts()
     fingerprint = model_fingerprint(model)
     low = [p for p in parts if p.dense is None]
-    peft_model = attach_conditions(model, [Edits(p.name, p.kind, 1.0, p.edits) for p in low])
+    peft_model = attach_conditions(model, [EditCondition(p.name, p.kind, 1.0, p.edits) for p in low])
     bare = peft_model.base_model.model
 
     def info(p: Part) -> dict:
