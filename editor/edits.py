@@ -128,7 +128,6 @@ def build_conditions(
     tokenizer=None,
     stats: ActivationStats | None = None,
     batch_size: int = 4,
-    progress: bool = False,
 ) -> list[EditCondition]:
     """The edit and all its matched controls, one :class:`EditCondition` per direction kind and alpha."""
     layout = model_layout(model)
@@ -173,7 +172,7 @@ def build_conditions(
                 keys.append(("w", None, l))
         data = _objective_data(spec, tokenizer)
         prods = gradient_products(model, probes, e.objective, data, tokenizer=tokenizer, batch_size=batch_size,
-                                  max_len=e.max_len, progress=progress)
+                                  max_len=e.max_len)
         for (what, i, l), g in zip(keys, prods):
             if what == "b":
                 bs[(i, l)] = unit(-g, f"−G v at layer {l}")

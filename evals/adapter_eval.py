@@ -72,7 +72,7 @@ class EvalRecipe(ExperimentRecipe):
         return {"base": source_info(self.base_checkpoint)}
 
 
-def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Prepared:
+def _prepare(recipe: EvalRecipe, out: Path) -> Prepared:
     """Load the model once with every adapter on it; the base, then each adapter in name order."""
     from rwedit.evals.direct import DirectScorer
     from rwedit.evals.lmeval import LMEvalScorer
@@ -92,7 +92,7 @@ def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Pre
             d, window = recipe.direct, context_window(model)
             if window is not None:
                 d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
-            out.append(DirectScorer(model, tok, d, progress=progress))
+            out.append(DirectScorer(model, tok, d))
         if recipe.eval is not None:
             disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={n: root / n for n in names})
             out.append(LMEvalScorer(model, tok, recipe.eval, **disk))

@@ -207,14 +207,14 @@ def finished(pair, tmp_path_factory):
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(small_recipe(pair)))
     out = tmp / "run"
-    run_svd_experiment(path, out, progress=False, stop_after=2)
+    run_svd_experiment(path, out, stop_after=2)
     first = ResultStore(out).rows()
     assert [r["condition"] for r in first] == ["post", "sv_replacement"]
     assert not (out / "report.md").exists()
     with open(out / "results.jsonl", "a") as f:  # what kill -9 in the middle of a write leaves behind
         f.write('{"condition": "disrupt_left_random_s1", "pref_mar')
     with pytest.raises(ExperimentError, match="--resume"):
-        run_svd_experiment(path, out, progress=False)
+        run_svd_experiment(path, out)
     assert main(["run", str(path), "--out", str(out), "--resume", "--quiet"]) == 0
     return out, first
 
@@ -307,7 +307,7 @@ def test_report_verdicts_follow_from_the_rows_and_a_changed_recipe_is_refused(fi
     # a different recipe is refused with the key that changed
     changed = SVDRecipe.from_dict(small_recipe(pair, seeds=(1, 2)))
     with pytest.raises(ExperimentError, match=r"different recipe.*conditions\.seeds"):
-        run_svd_experiment(changed, out, resume=True, progress=False)
+        run_svd_experiment(changed, out, resume=True)
 
 
 def _synthetic_rows():
