@@ -18,7 +18,8 @@ from rwedit.architectures import get_weight, model_layout
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.data import pack_tokens, read_pairs, read_texts
 from rwedit.editor.closed_forms import Probe, delta_b, delta_v, gradient_products, unit
-from rwedit.editor.spec import EditSpec, SpecError, alpha_tag, condition_name  # noqa: F401  (alpha_tag re-exported)
+from rwedit.editor.spec import EditSpec, condition_name
+from rwedit.errors import SpecError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.subspaces import haar_basis, prediction_spectrum
 

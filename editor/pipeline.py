@@ -15,8 +15,8 @@ from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.edits import EditCondition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
-from rwedit.editor.spec import EditSpec, SpecError
-from rwedit.errors import AdapterMismatchError, ConfigError
+from rwedit.editor.spec import EditSpec
+from rwedit.errors import AdapterMismatchError, ConfigError, SpecError
 from rwedit.models import Placement, check_window, input_device, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint

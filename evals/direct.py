@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
 from rwedit.config import Config, option
-from rwedit.data import DataError, batches, pack_tokens, read_pairs, read_texts
+from rwedit.data import batches, pack_tokens, read_pairs, read_texts
 from rwedit.editor.interventions import Unchanged, with_adapter
-from rwedit.errors import ConfigError
+from rwedit.errors import ConfigError, DataError
 from rwedit.models import input_device
 from rwedit.runtime import runtime
 from rwedit.scoring import encode_pairs, response_logprob

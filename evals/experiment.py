@@ -30,7 +30,7 @@ from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, Adapter, Unchanged
 from rwedit.editor.pipeline import PROBE_KS
 from rwedit.editor.spec import KL_SUFFIX, EditSpec
-from rwedit.errors import ConfigError, ExperimentError, SpecError
+from rwedit.errors import ConfigError, DataError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
 from rwedit.evals.direct import ITEMS, EffectSettings
@@ -252,7 +252,7 @@ class _Flagged:
 def _search_text(recipe: Recipe, model, tok):
     """The KL search's held-out sequences: the ``effect.texts`` sequences after the scored ones in
     ``direct.text_data``, with the base model's log-probs on them."""
-    from rwedit.data import DataError, pack_tokens, read_texts
+    from rwedit.data import pack_tokens, read_texts
     from rwedit.evals.direct import HeldoutText
 
     d, n = recipe.direct, recipe.effect.texts

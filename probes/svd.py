@@ -76,8 +76,6 @@ __all__ = [
     "null_draws",
     "polar_factor",
     "randomized_top_svd",
-    "svd_structure_rows",
-    "singular_value_replacement",
     "singular_value_scale",
     "svd_structure",
     "top_svd",
@@ -599,31 +597,6 @@ def hc_claims(observed: dict, draws: dict[str, dict[str, list[float]]]) -> list[
     return out
 
 
-def svd_structure_rows(
-    base_rows: RowBlocks,
-    post_rows: RowBlocks,
-    r: int = DEFAULT_R,
-    seed: int = 0,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-) -> SVDMetrics:
-    """:func:`svd_structure` with method="lowrank" for a pair given as row-block sources (zero-argument
-    callables returning W's row blocks top to bottom, the same every call; see :func:`randomized_top_svd`):
-    neither matrix is held whole. Passes: the range finder's over each, then one more over post for the
-    reparameterisation error. Raises :class:`LowRankAccuracyError` where the in-memory "auto" would fall
-    back to the full SVD, which needs the whole matrix."""
-    kw = dict(seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
-    u, sb, v, info_b = randomized_top_svd(base_rows, r, **kw)
-    u2, sp, v2, info_p = randomized_top_svd(post_rows, r, **kw)
-    if u.shape != u2.shape or v.shape != v2.shape:
-        raise ConfigError(f"W_base and W_post must have the same shape, got {(u.shape[0], v.shape[0])} and "
-                          f"{(u2.shape[0], v2.shape[0])}")
-    return _metrics(u, sb, v, u2, sp, v2, post_rows, info_p.norm, min(u.shape[0], v.shape[0]), "lowrank",
-                    max(info_b.passes, info_p.passes), max(info_b.residual, info_p.residual), None)
-
-
 def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tensor, sp: torch.Tensor, v2: torch.Tensor,
              post_rows: RowBlocks, post_norm: float, d_min: int, meth: str, passes: int, resid: float,
              fallback: str | None) -> SVDMetrics:
@@ -663,17 +636,3 @@ def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tenso
         residual=resid,
         fallback=fallback,
     )
-
-
-def singular_value_replacement(W_base: torch.Tensor, W_post: torch.Tensor, r: Rank = 64) -> torch.Tensor:
-    """HC's replacement W' = U' (s Σ) V'ᵀ: post-trained singular vectors with ALL the base singular
-    values, scaled by the least-squares s fitted on the top r. Full float64 SVD; returned in
-    W_post's dtype and device. Sign-safe: a shared flip of (u'_i, v'_i) cancels."""
-    norm_base, _ = _check_pair(W_base, W_post)
-    rr = _resolve_rank(r, W_base.shape)
-    if norm_base == 0.0:
-        raise ConfigError("W_base is all zeros: it has no singular values to transplant")
-    sb = torch.linalg.svdvals(W_base.to(torch.float64))
-    u2, sp, vh2 = torch.linalg.svd(W_post.to(torch.float64), full_matrices=False)
-    s, _ = singular_value_scale(sb[:rr], sp[:rr])
-    return ((u2 * (s * sb)) @ vh2).to(dtype=W_post.dtype, device=W_post.device)

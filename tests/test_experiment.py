@@ -14,7 +14,8 @@ from rwedit.evals.direct import DirectScorer
 from rwedit.evals.core import run_recipe
 from rwedit.evals.experiment import Recipe
 from rwedit.stats import quantile
-from rwedit.evals.store import ExperimentError, ResultStore
+from rwedit.errors import ExperimentError
+from rwedit.evals.store import ResultStore
 from conftest import WIKITEXT
 from tiny_models import save_pair
 

@@ -19,9 +19,9 @@ from rwedit.editor.interventions import WeightSnapshot
 from rwedit.editor.svd_edits import condition_matrix, haar_orthogonal
 from rwedit.evals import svd_experiment as sx
 from rwedit.evals.core import load_recipe, run_recipe, stored_kind
-from rwedit.evals.store import ExperimentError, ResultStore
+from rwedit.errors import ExperimentError
+from rwedit.evals.store import ResultStore
 from rwedit.evals.svd_experiment import SVDRecipe
-from rwedit.probes.svd import singular_value_replacement
 from tiny_models import tiny_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "svd-structure.yaml"
@@ -53,8 +53,7 @@ def test_sv_replacement_is_post_vectors_with_scaled_base_values(shape):
     Wb = torch.randn(*shape, generator=g, dtype=D)
     Wp = Wb + 0.3 * torch.randn(*shape, generator=g, dtype=D)
     W = condition_matrix("sv_replacement", Wb, Wp, fit_r=64)
-    # independent: the probe module's own replacement, and the definition written out
-    assert torch.allclose(W, singular_value_replacement(Wb, Wp, r="full"), atol=1e-12)
+    # independent: the definition written out
     sb = torch.linalg.svdvals(Wb)
     Up, sp, Vph = torch.linalg.svd(Wp, full_matrices=False)
     s = float(sb @ sp) / float(sb @ sb)
