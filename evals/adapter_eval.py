@@ -51,8 +51,7 @@ class EvalRecipe(ExperimentRecipe):
     force: bool = option(False, help="load adapters made for other weights (their base check skipped)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise ConfigError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
+        self.check_kind(EXPERIMENT)
         if self.model is None:
             raise ConfigError("eval: give the model whose adapters are scored (--model, or model: in the recipe)")
         if self.post is not None:

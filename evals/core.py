@@ -30,7 +30,7 @@ from rwedit.outputs import check_not_input, default_run_folder, make_folder, wri
 from rwedit.registry import Registry, load_plugins
 from rwedit.runtime import runtime
 from rwedit.editor.interventions import Intervention
-from rwedit.errors import ConfigError, ExperimentError
+from rwedit.errors import ConfigError, ExperimentError, SpecError
 from rwedit.evals.direct import DirectSettings
 from rwedit.evals.lmeval import EvalSettings
 from rwedit.evals.store import ResultStore, Shard
@@ -84,6 +84,14 @@ class ExperimentRecipe(Config):
                 if getattr(value, key) == default:
                     d[section].pop(key)
         return d
+
+    def check_kind(self, kind: str, *needed: str) -> None:
+        """Refuse a recipe of another kind than ``kind``, or one without each of ``needed`` (``model``, ``post``)."""
+        if self.experiment != kind:
+            raise SpecError(f"experiment: {self.experiment!r} is not {kind!r}")
+        for key in needed:
+            if not getattr(self, key):
+                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
 
     @cached_property
     def base_checkpoint(self):

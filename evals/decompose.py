@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -111,11 +111,7 @@ class DecomposeRecipe(ExperimentRecipe):
                           "(one with per-item values: a paired direct metric or an lm-eval TASK/METRIC)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
-        for key in ("model", "post"):
-            if not getattr(self, key):
-                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
+        self.check_kind(EXPERIMENT, "model", "post")
         check_metric(self.primary, self, "primary", ("pref_margin_shift", "ce_shift", "kl_base_edited"))
 
     @cached_property

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
@@ -86,8 +86,7 @@ class Recipe(ExperimentRecipe):
         return super().from_dict(d, base_dir=base_dir, where=where)
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
+        self.check_kind(EXPERIMENT)
         if self.edit is None:
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")

@@ -125,11 +125,7 @@ class SVDRecipe(ExperimentRecipe):
     dtype: str = option("float32", help="the model's dtype while scoring (SVD maths is always float64)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
-        for key in ("model", "post"):
-            if not getattr(self, key):
-                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
+        self.check_kind(EXPERIMENT, "model", "post")
         bad = [k for k in self.conditions.kinds if k not in CONDITION_KINDS or k == "post"]
         if bad:
             raise SpecError(f"conditions.kinds: unknown {bad}; choose from {', '.join(CONDITION_KINDS[1:])} "
