@@ -213,16 +213,9 @@ def _resolve_method(method: str, r: Rank, shape: torch.Size) -> str:
     return method
 
 
-def top_svd(
-    W: torch.Tensor,
-    r: int,
-    method: Literal["full", "lowrank", "auto"] = "full",
-    *,
-    seed: int = 0,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_svd(W: torch.Tensor, r: int, method: Literal["full", "lowrank", "auto"] = "full", *, seed: int = 0,
+            oversampling: int | None = None, tol: float = RESIDUAL_TOL, max_passes: int = MAX_PASSES
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-r (U, σ, V) of W in float64 (U: d_out x r, V: d_in x r), σ descending. "full" is the float64
     LAPACK SVD; "lowrank" is :func:`randomized_top_svd` and raises :class:`LowRankAccuracyError` when it
     cannot certify ``tol``; "auto" tries "lowrank" and falls back to "full" then."""
@@ -266,16 +259,10 @@ def _orthonormalize(Z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.linalg.qr(Z)[0].to(dtype)
 
 
-def randomized_top_svd(
-    rows: torch.Tensor | RowBlocks,
-    r: int,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RangeFinderInfo]:
+def randomized_top_svd(rows: torch.Tensor | RowBlocks, r: int, *, oversampling: int | None = None,
+                       tol: float = RESIDUAL_TOL, max_passes: int = MAX_PASSES, seed: int = 0,
+                       dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RangeFinderInfo]:
     """Top-r (U, σ, V) of a d_out x d_in matrix W in float64, certified to relative Ritz residual <= tol
     (module doc), and a :class:`RangeFinderInfo`; raises :class:`LowRankAccuracyError` when it cannot.
 
@@ -418,19 +405,9 @@ def _nan_metrics(r: int, method: str, sb: torch.Tensor, sp: torch.Tensor, reason
 # ----------------------------------------------------------------------------- public API
 
 
-def svd_structure(
-    W_base: torch.Tensor,
-    W_post: torch.Tensor,
-    r: Rank = DEFAULT_R,
-    method: Method = "auto",
-    seed: int = 0,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-    null_seeds: Sequence[int] = (),
-    null_key: str = "",
-) -> SVDMetrics:
+def svd_structure(W_base: torch.Tensor, W_post: torch.Tensor, r: Rank = DEFAULT_R, method: Method = "auto",
+                  seed: int = 0, *, oversampling: int | None = None, tol: float = RESIDUAL_TOL,
+                  max_passes: int = MAX_PASSES, null_seeds: Sequence[int] = (), null_key: str = "") -> SVDMetrics:
     """HC structure metrics (scale, rotations, consistency, reparameterisation error; see the module
     doc) of one d_out x d_in pair over the top r triplets.
     method "full" = float64 LAPACK SVD; "lowrank" = :func:`randomized_top_svd` (within `LOWRANK_BOUND` of
@@ -620,19 +597,6 @@ def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tenso
         floor = 0.0  # nothing truncated (avoid ‖W‖² − Σσ² cancellation noise)
     else:
         floor = math.sqrt(max(post_norm**2 - float(sp @ sp), 0.0)) / post_norm
-    return SVDMetrics(
-        r=rr,
-        method=meth,
-        scale=scale,
-        scale_residual=scale_residual,
-        orth_U=orth_u,
-        orth_V=orth_v,
-        consistency=consistency,
-        reparam_error=reparam,
-        truncation_floor=floor,
-        sigma_base=sb.cpu(),
-        sigma_post=sp.cpu(),
-        passes=passes,
-        residual=resid,
-        fallback=fallback,
-    )
+    return SVDMetrics(r=rr, method=meth, scale=scale, scale_residual=scale_residual, orth_U=orth_u, orth_V=orth_v,
+                      consistency=consistency, reparam_error=reparam, truncation_floor=floor, sigma_base=sb.cpu(),
+                      sigma_post=sp.cpu(), passes=passes, residual=resid, fallback=fallback)
