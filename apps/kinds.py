@@ -13,7 +13,7 @@ from rwedit.apps.quickstart.recipe import KIND as QUICKSTART_KIND, QuickstartRec
 from rwedit.config import Config, option
 from rwedit.errors import ExperimentError, OrganismError
 from rwedit.outputs import default_run_folder
-from rwedit.runtime import using
+from rwedit.runtime import runtime
 from rwedit.evals.core import ExperimentKind, RunResult, register_experiment
 
 
@@ -38,7 +38,6 @@ class QuickstartOptions(OrganismOptions):
 
 
 def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None, *, resume: bool = True,
-                        progress: bool = True, cache_dir: str | Path | None = None,
                         overrides: QuickstartOptions | None = None) -> RunResult:
     """The quickstart into ``out`` (default ``runs/NAME``), reusing every stage already finished there; a
     folder that holds files is refused unless ``resume`` (``rwedit quickstart`` always resumes)."""
@@ -53,14 +52,12 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ExperimentError(f"{folder} already holds a run; pass --resume to finish it (every stage already "
                               f"finished there is reused) or choose another --out")
-    with using(progress=progress, cache_dir=cache_dir):
-        res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft,
-                             organism_root=ov.organism_root, use_reduced=ov.reduced)
+    res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft, organism_root=ov.organism_root,
+                         use_reduced=ov.reduced)
     return RunResult(folder, res.report, list(res.findings) + ["", f"report: {res.report}"])
 
 
 def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, resume: bool = True,
-                      progress: bool = True, cache_dir: str | Path | None = None,
                       overrides: OrganismOptions | None = None) -> RunResult:
     """Build (or reuse) the organism under ``out`` (default: the organism cache, ``$RWEDIT_CACHE/organism``)
     and check that its alignment took; the lines are the measured table and the model folders. The folder is
@@ -76,7 +73,7 @@ def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, res
         raise OrganismError(f"--seeds {n}: give at least 1 organism")
     lines: list[str] = []
     for seed in range(cfg.seed, cfg.seed + n):  # each seed its own cached organism (the seed is in every key)
-        org = build_organism(replace(cfg, seed=seed), out or ov.organism_root, progress=progress,
+        org = build_organism(replace(cfg, seed=seed), out or ov.organism_root, progress=runtime().progress,
                              lambdas=None if ov.graded else (0.0, 1.0))
         report = org.report()
         these = ([f"## seed {seed}", ""] if n > 1 else []) + summary_lines(report) + [

@@ -77,7 +77,7 @@ def register_kind():
         adapters: str = option("", help="folder of named adapter folders")
         conditions: tuple[str, ...] = option((), help="the adapter names, in scoring order")
 
-    def prepare(recipe, out, *, progress, cache_dir):
+    def prepare(recipe, out):
         from rwedit.checkpoints import Checkpoint
         from rwedit.editor.adapters import load_adapter_folder
         from rwedit.editor.interventions import Adapter
@@ -111,9 +111,11 @@ def child(p: dict) -> None:
     t0 = time.perf_counter()
     register_kind()
     from rwedit.evals.core import run_recipe
+    from rwedit.runtime import using
 
     imported = time.perf_counter() - t0
-    result = run_recipe(recipe(p), p["out"], progress=False, shard=p.get("shard"))
+    with using(progress=False):
+        result = run_recipe(recipe(p), p["out"], shard=p.get("shard"))
     emit(TAG, dict(in_process_s=time.perf_counter() - t0, imports_s=imported, report=str(result.report),
                    lines=result.lines))
 

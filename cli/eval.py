@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps(row) + "\n")
         sys.stdout.flush()
 
-    result = run_experiment(KIND, recipe, out, resume=args.resume, progress=not args.quiet,
-                            on_row=show if out is None else None)
+    result = run_experiment(KIND, recipe, out, resume=args.resume, on_row=show if out is None else None)
     if out is not None:
         print(f"wrote {result.report} ({len(result.rows)} rows; `rwedit export ADAPTER --metrics {out}` "
               f"puts an adapter's row on its card)")

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rwedit.apps.organism import OrganismConfig
 
     cfg = OrganismConfig.from_yaml(options.recipe_path(args.recipe, "organism.yaml"))
-    result = run_organism_kind(cfg, args.organism_root, progress=not args.quiet,
+    result = run_organism_kind(cfg, args.organism_root,
                                overrides=OrganismOptions(graded=args.graded, reduced=args.reduced, seeds=args.seeds))
     print("\n".join(result.lines))
     return 0

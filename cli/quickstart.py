@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
         pair = entry(args.pair, kind="pair")
         args.model, args.post = pair.base, pair.post
     recipe = QuickstartRecipe.from_yaml(options.recipe_path(args.recipe, "quickstart.yaml"), sets=args.sets)
-    result = run_quickstart_kind(recipe, args.out, progress=not args.quiet, cache_dir=args.cache_dir,
-                                 overrides=QuickstartOptions(model=args.model, post=args.post, sft=args.sft,
-                                                             graded=args.graded, reduced=args.reduced, seeds=args.seeds,
-                                                             organism_root=args.organism_root))
+    result = run_quickstart_kind(recipe, args.out, overrides=QuickstartOptions(
+        model=args.model, post=args.post, sft=args.sft, graded=args.graded, reduced=args.reduced, seeds=args.seeds,
+        organism_root=args.organism_root))
     print("\n" + "\n".join(result.lines))
     return 0

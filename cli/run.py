@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     if plan.recipe is not None:  # run the recipe plan checked, its checkpoints already opened, into its folder
         source, overrides, sets, out = plan.recipe, None, (), plan.folder  # (default runs/NAME)
-    result = run_recipe(source, out, resume=args.resume, progress=not args.quiet, overrides=overrides,
-                        cache_dir=args.cache_dir, sets=sets, shard=shard)
+    result = run_recipe(source, out, resume=args.resume, overrides=overrides, sets=sets, shard=shard)
     print("\n".join(result.lines or [f"wrote {result.report or result.folder}"]))
     return 0

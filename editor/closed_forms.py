@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import model_layout
 from rwedit.data import PreferencePair, batches
 from rwedit.errors import DataError, NonFiniteError
+from rwedit.runtime import runtime
 from rwedit.scoring import encode_pairs, response_logprob, token_ce
 
 
@@ -62,7 +63,7 @@ def _objective_batches(model, tokenizer, objective: str, data, batch_size: int, 
 
 
 def gradient_products(model: torch.nn.Module, probes: Sequence[Probe], objective: str, data, tokenizer=None,
-                      batch_size: int = 4, max_len: int = 256, progress: bool = False) -> list[torch.Tensor]:
+                      batch_size: int = 4, max_len: int = 256) -> list[torch.Tensor]:
     """``G v`` or ``Gᵀ u`` for each probe, ``G = ∂L/∂W = Σ_t δ_t a_tᵀ`` of the role's ``W``, from a forward hook
     (``a_t·v`` or ``a_t``) and a gradient hook (``δ_t``): nothing d_out × d_in is formed; products on the
     module's device, sums in float64 on the CPU (a placed model gives the ``G v`` of the model held whole)."""
@@ -109,7 +110,7 @@ def gradient_products(model: torch.nn.Module, probes: Sequence[Probe], objective
         with torch.enable_grad():
             n_batches = -(-len(data) // batch_size)
             for loss in tqdm(_objective_batches(model, tokenizer, objective, data, batch_size, max_len),
-                             total=n_batches, desc=f"gradient ({objective})", disable=not progress, leave=False):
+                             total=n_batches, desc=f"gradient ({objective})", disable=not runtime().progress, leave=False):
                 loss.backward()
     finally:
         for h in handles:

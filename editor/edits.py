@@ -18,7 +18,8 @@ from rwedit.architectures import get_weight, model_layout
 from rwedit.checkpoints import Checkpoint, CheckpointPair
 from rwedit.data import pack_tokens, read_pairs, read_texts
 from rwedit.editor.closed_forms import Probe, delta_b, delta_v, gradient_products, unit
-from rwedit.editor.spec import EditSpec, SpecError, alpha_tag, condition_name  # noqa: F401  (alpha_tag re-exported)
+from rwedit.editor.spec import EditSpec, condition_name
+from rwedit.errors import SpecError
 from rwedit.probes.activations import ActivationStats
 from rwedit.probes.subspaces import haar_basis, prediction_spectrum
 
@@ -128,7 +129,6 @@ def build_conditions(
     tokenizer=None,
     stats: ActivationStats | None = None,
     batch_size: int = 4,
-    progress: bool = False,
 ) -> list[EditCondition]:
     """The edit and all its matched controls, one :class:`EditCondition` per direction kind and alpha."""
     layout = model_layout(model)
@@ -173,7 +173,7 @@ def build_conditions(
                 keys.append(("w", None, l))
         data = _objective_data(spec, tokenizer)
         prods = gradient_products(model, probes, e.objective, data, tokenizer=tokenizer, batch_size=batch_size,
-                                  max_len=e.max_len, progress=progress)
+                                  max_len=e.max_len)
         for (what, i, l), g in zip(keys, prods):
             if what == "b":
                 bs[(i, l)] = unit(-g, f"−G v at layer {l}")

@@ -19,6 +19,7 @@ from rwedit.architectures import LAYER_ROLES, RoleView, model_layout, set_weight
 from rwedit.checkpoints import Checkpoint, TensorReader
 from rwedit.errors import ConfigError, ExperimentError
 from rwedit.registry import Registry
+from rwedit.runtime import runtime
 
 BASE = "base"
 _INTERVENTIONS: Registry[type["Intervention"]] = Registry("intervention kind")
@@ -141,14 +142,14 @@ class WeightWrite(Intervention):
     handled there) and undone bit for bit from ``snapshot`` (shared by every condition of a run). On a
     PeftModel the snapshot is of its base model, and the written weights are scored with every adapter off."""
 
-    def __init__(self, snapshot: WeightSnapshot, build: WeightBuilder, label: str = "", progress: bool = False):
-        self.snapshot, self.build, self.label, self.progress = snapshot, build, label, progress
+    def __init__(self, snapshot: WeightSnapshot, build: WeightBuilder, label: str = ""):
+        self.snapshot, self.build, self.label = snapshot, build, label
 
     @contextlib.contextmanager
     def applied(self, model):
         try:
             for layer, role in tqdm(self.snapshot.targets, desc=f"  {self.label}", leave=False,
-                                    disable=not self.progress):
+                                    disable=not runtime().progress):
                 W = self.build(layer, role, self.snapshot.original(layer, role))
                 if W is not None:
                     set_weight(self.snapshot.model, layer, role, W)
@@ -165,14 +166,14 @@ class CheckpointLoad(Intervention):
 
     final = True
 
-    def __init__(self, ckpt: Checkpoint, progress: bool = False):
-        self.ckpt, self.progress = ckpt, progress
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
 
     @contextlib.contextmanager
     def applied(self, model) -> Iterator[None]:
         with TensorReader(self.ckpt) as reader, torch.no_grad():
             for name, p in tqdm(list(model.named_parameters()), desc="  checkpoint weights", leave=False,
-                                disable=not self.progress):
+                                disable=not runtime().progress):
                 t = reader.read(name, dtype=p.dtype)
                 if tuple(t.shape) != tuple(p.shape):
                     raise ExperimentError(f"{self.ckpt.source}: {name} has shape {tuple(t.shape)}, the model "

@@ -15,15 +15,15 @@ from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.edits import EditCondition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
-from rwedit.editor.spec import EditSpec, SpecError
-from rwedit.errors import AdapterMismatchError, ConfigError
+from rwedit.editor.spec import EditSpec
+from rwedit.errors import AdapterMismatchError, ConfigError, SpecError
 from rwedit.models import Placement, check_window, input_device, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.directions import (cached_explain, cards_html, cards_section, edit_directions, read_cards,
                                      unembedding)
 from rwedit.probes.rsf import rank1_rsf
-from rwedit.runtime import runtime, using
+from rwedit.runtime import runtime
 
 PROBE_KS = (1, 4, 16)
 
@@ -54,8 +54,7 @@ def calibration_ids(spec: EditSpec, tok):
     return pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
 
 
-def edit_cards(spec: EditSpec, conditions: list[EditCondition], model, tok, stats: ActivationStats | None,
-               progress: bool = True) -> list:
+def edit_cards(spec: EditSpec, conditions: list[EditCondition], model, tok, stats: ActivationStats | None) -> list:
     """The direction cards of every distinct edit (the edit and each control once, whatever its α): its v by
     the calibration contexts that drive it, its b (and a residual-stream v) through the logit lens; ``index``
     numbers the edits on one set of layers in build order (0: the edit itself, per layer unit with
@@ -69,7 +68,8 @@ def edit_cards(spec: EditSpec, conditions: list[EditCondition], model, tok, stat
         order[where] = order.get(where, -1) + 1
         dirs += edit_directions(c.edits, label, order[where])
     load = (lambda: (model, tok, calibration_ids(spec, tok))) if spec.calibration is not None else None
-    return cached_explain(stats, dirs, load, unembed=unembedding(model), tokenizer=tok, progress=progress)
+    return cached_explain(stats, dirs, load, unembed=unembedding(model), tokenizer=tok,
+                         progress=runtime().progress)
 
 
 def edit_cards_section(folder: str | Path) -> tuple[list[str], str]:
@@ -116,36 +116,29 @@ def run_edit(spec: EditSpec, out: str | Path, overwrite: bool = False, device: s
     return out
 
 
-def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False,
-                   cache_dir: str | Path | None = None, progress: bool | None = None, t0: float | None = None,
+def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool = False, t0: float | None = None,
                    extra_metrics=None, derive=None, with_cards: bool = True):
     """Build the conditions on an already loaded model, attach them as named adapters and save the folder
     (adapters with model cards, ``edits.json``, ``spec.yaml``, and with ``with_cards`` the direction cards of
     each edit's v and b, ``directions.jsonl``) atomically; returns (peft_model, conditions).
     ``extra_metrics(conditions, model)`` may add more probe numbers to the edits' provenance first;
     ``derive(peft_model, conditions)`` may return more conditions built from the attached ones (the control
-    experiment's KL-matched controls), attached and saved with them; ``cache_dir``/``progress`` replace the
-    run-wide settings (:mod:`rwedit.runtime`) when given."""
-    with using(progress=progress, cache_dir=cache_dir):
-        return _build_and_save(spec, model, tok, out, overwrite, time.perf_counter() if t0 is None else t0,
-                               extra_metrics, derive, with_cards)
-
-
-def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float, extra_metrics, derive,
-                    with_cards: bool):
+    experiment's KL-matched controls), attached and saved with them. Progress and the statistics cache: the
+    run-wide settings (:mod:`rwedit.runtime`)."""
+    t0 = time.perf_counter() if t0 is None else t0
     out = check_output_folder(out, overwrite, inputs=edit_inputs(spec))
     bare = model.base_model.model if hasattr(model, "peft_config") else model
     given_layers = list(spec.edit.layers)
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
     fingerprint = model_fingerprint(bare)
     stats = edit_stats(spec, model, tok)
-    conditions = build_conditions(spec, model, tok, stats, progress=runtime().progress)
+    conditions = build_conditions(spec, model, tok, stats)
     if not norms_match(conditions):
         raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError
     attach_probe_metrics(conditions, stats)
     if extra_metrics is not None:
         extra_metrics(conditions, model)
-    cards = edit_cards(spec, conditions, bare, tok, stats, runtime().progress) if with_cards else []
+    cards = edit_cards(spec, conditions, bare, tok, stats) if with_cards else []
     from rwedit.editor.adapters import attach_conditions  # imports peft: only where adapters are built
 
     peft_model = attach_conditions(model, conditions)

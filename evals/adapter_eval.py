@@ -51,8 +51,7 @@ class EvalRecipe(ExperimentRecipe):
     force: bool = option(False, help="load adapters made for other weights (their base check skipped)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise ConfigError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
+        self.check_kind(EXPERIMENT)
         if self.model is None:
             raise ConfigError("eval: give the model whose adapters are scored (--model, or model: in the recipe)")
         if self.post is not None:
@@ -72,7 +71,7 @@ class EvalRecipe(ExperimentRecipe):
         return {"base": source_info(self.base_checkpoint)}
 
 
-def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Prepared:
+def _prepare(recipe: EvalRecipe, out: Path) -> Prepared:
     """Load the model once with every adapter on it; the base, then each adapter in name order."""
     from rwedit.evals.direct import DirectScorer
     from rwedit.evals.lmeval import LMEvalScorer
@@ -92,7 +91,7 @@ def _prepare(recipe: EvalRecipe, out: Path, *, progress: bool, cache_dir) -> Pre
             d, window = recipe.direct, context_window(model)
             if window is not None:
                 d = replace(d, seq_len=min(d.seq_len, window), max_len=min(d.max_len, window))
-            out.append(DirectScorer(model, tok, d, progress=progress))
+            out.append(DirectScorer(model, tok, d))
         if recipe.eval is not None:
             disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={n: root / n for n in names})
             out.append(LMEvalScorer(model, tok, recipe.eval, **disk))

@@ -28,8 +28,9 @@ from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.models import Placement
 from rwedit.outputs import check_not_input, default_run_folder, make_folder, write_json
 from rwedit.registry import Registry, load_plugins
+from rwedit.runtime import runtime
 from rwedit.editor.interventions import Intervention
-from rwedit.errors import ConfigError, ExperimentError
+from rwedit.errors import ConfigError, ExperimentError, SpecError
 from rwedit.evals.direct import DirectSettings
 from rwedit.evals.lmeval import EvalSettings
 from rwedit.evals.store import ResultStore, Shard
@@ -83,6 +84,14 @@ class ExperimentRecipe(Config):
                 if getattr(value, key) == default:
                     d[section].pop(key)
         return d
+
+    def check_kind(self, kind: str, *needed: str) -> None:
+        """Refuse a recipe of another kind than ``kind``, or one without each of ``needed`` (``model``, ``post``)."""
+        if self.experiment != kind:
+            raise SpecError(f"experiment: {self.experiment!r} is not {kind!r}")
+        for key in needed:
+            if not getattr(self, key):
+                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
 
     @cached_property
     def base_checkpoint(self):
@@ -207,14 +216,15 @@ class ExperimentKind:
     """A registered experiment kind. A kind whose run is a list of conditions scored on one loaded model gives
     ``prepare`` and ``report`` and :func:`run_experiment` runs it (store, resume, shards). An application whose
     run is a chain of other runs (the quickstart: organism, probes, trajectories, then a ``control`` run) gives
-    ``run(recipe, out, *, resume, progress, cache_dir, overrides) -> RunResult`` instead, ``overrides`` an
-    instance of its ``options`` config (the command line's switches it takes; None: none given). Every kind
-    gives ``plan``, which states its own stages for ``rwedit plan``."""
+    ``run(recipe, out, *, resume, overrides) -> RunResult`` instead, ``overrides`` an instance of its
+    ``options`` config (the command line's switches it takes; None: none given). Progress and the statistics
+    cache are the run-wide settings (:mod:`rwedit.runtime`). Every kind gives ``plan``, which states its own
+    stages for ``rwedit plan``."""
 
     name: str
     recipe: type[Config]
     help: str = ""
-    prepare: Callable[..., Prepared] | None = None  # (recipe, out, *, progress, cache_dir) -> Prepared
+    prepare: Callable[..., Prepared] | None = None  # (recipe, out) -> Prepared
     report: Callable[..., Path] | None = None  # (folder, **options) -> report path
     finish: Callable[[Any, Path], None] | None = None  # after the report (e.g. adapter cards)
     run: Callable[..., RunResult] | None = None
@@ -290,8 +300,7 @@ def load_recipe(source: str | Path | dict | Config, overrides: dict[str, Any] | 
 
 
 def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None, *, resume: bool = False,
-               progress: bool = True, overrides: dict[str, Any] | None = None,
-               cache_dir: str | Path | None = None, stop_after: int | None = None,
+               overrides: dict[str, Any] | None = None, stop_after: int | None = None,
                sets: list[str] | tuple[str, ...] = (), shard: Shard | str | None = None) -> RunResult:
     """Run (or resume) any registered kind's recipe into ``out`` (a store-based kind without ``out`` or the
     recipe's ``out:`` keeps no folder, see :func:`run_experiment`); ``sets`` as in :func:`load_recipe`;
@@ -303,15 +312,12 @@ def run_recipe(source: str | Path | dict | Config, out: str | Path | None = None
             raise ConfigError(f"experiment kind {kind.name!r} runs its own stages and cannot be sharded (shard "
                               f"{shard}, from --shard or the launcher's RANK/WORLD_SIZE or SLURM array); run it as "
                               f"one process")
-        return kind.run(recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
-                        overrides=kind.run_options(overrides))
-    return run_experiment(kind, recipe, out, resume=resume, progress=progress, cache_dir=cache_dir,
-                          stop_after=stop_after, shard=shard)
+        return kind.run(recipe, out, resume=resume, overrides=kind.run_options(overrides))
+    return run_experiment(kind, recipe, out, resume=resume, stop_after=stop_after, shard=shard)
 
 
 def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Path | None = None, *,
-                   resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
-                   stop_after: int | None = None, shard: Shard | None = None,
+                   resume: bool = False, stop_after: int | None = None, shard: Shard | None = None,
                    on_row: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """The one runner loop, into ``out`` (else the recipe's ``out:``; with neither, a temporary folder, removed
     once its rows and tables are read). ``stop_after`` ends the run after that many newly scored conditions (tests of interrupted runs); a
@@ -327,8 +333,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="rwedit-run-", ignore_cleanup_errors=True) as tmp:
-            res = run_experiment(kind, recipe, Path(tmp) / "run", progress=progress, cache_dir=cache_dir,
-                                 stop_after=stop_after, on_row=on_row)
+            res = run_experiment(kind, recipe, Path(tmp) / "run", stop_after=stop_after, on_row=on_row)
         return RunResult(None, None, [f"scored {len(res.rows)} condition(s); no folder kept (give out= or --out to "
                                       f"keep the store, the report and its plots)"], res.rows, res.tables)
     out = recipe.folder(out)
@@ -340,7 +345,7 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     created = not store.folder.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
-            return _run_locked(kind, recipe, store, progress, cache_dir, stop_after, resume, sources, on_row)
+            return _run_locked(kind, recipe, store, stop_after, resume, sources, on_row)
         except BaseException:
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
@@ -354,12 +359,11 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
             raise
 
 
-def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, progress: bool, cache_dir,
-                stop_after: int | None, resume: bool, sources: dict | None = None, on_row=None) -> RunResult:
+def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultStore, stop_after: int | None, resume: bool, sources: dict | None = None, on_row=None) -> RunResult:
     out = store.root
     with store.shared():  # one process at a time begins and prepares what all shards of `out` share
         store.begin(recipe.config(), resume, extra={"sources": sources} if sources else None)
-        prep = kind.prepare(recipe, out, progress=progress, cache_dir=cache_dir)
+        prep = kind.prepare(recipe, out)
         names = [c.name for c in prep.conditions]
         if len(set(names)) != len(names):
             raise ExperimentError(f"{kind.name}: duplicate condition names "
@@ -370,7 +374,7 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
     final = [c for c in missing if c.intervention.final]
     missing = [c for c in missing if not c.intervention.final] + final  # what cannot be undone goes last
     scorers = (prep.scorers() if callable(prep.scorers) else prep.scorers) if missing else []
-    for i, c in enumerate(tqdm(missing, desc="conditions", disable=not progress)):
+    for i, c in enumerate(tqdm(missing, desc="conditions", disable=not runtime().progress)):
         if stop_after is not None and i >= stop_after:
             break
         t = time.perf_counter()

@@ -27,14 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import CheckpointPair
 from rwedit.config import Config, option
-from rwedit.editor.edits import EditCondition as Edits, RankOneEdit
+from rwedit.editor.edits import EditCondition, RankOneEdit
 from rwedit.editor.interventions import BASE, Adapter, Unchanged, WeightSnapshot, WeightWrite
 from rwedit.editor.svd_edits import matrix_seed
 from rwedit.errors import SpecError
@@ -111,11 +111,7 @@ class DecomposeRecipe(ExperimentRecipe):
                           "(one with per-item values: a paired direct metric or an lm-eval TASK/METRIC)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
-        for key in ("model", "post"):
-            if not getattr(self, key):
-                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
+        self.check_kind(EXPERIMENT, "model", "post")
         check_metric(self.primary, self, "primary", ("pref_margin_shift", "ce_shift", "kl_base_edited"))
 
     @cached_property
@@ -289,7 +285,7 @@ def _card(recipe: DecomposeRecipe, part: Part, share: float, total2: dict[Cell, 
     return {"tags": ["weight-delta-decomposition"], "lines": lines}
 
 
-def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=None) -> Prepared:
+def _prepare(recipe: DecomposeRecipe, out: Path) -> Prepared:
     from rwedit.data import pack_tokens, read_texts
     from rwedit.editor.adapters import attach_conditions
     from rwedit.editor.pipeline import base_reference, save_adapters
@@ -299,6 +295,7 @@ def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=No
     from rwedit.outputs import atomic_folder
     from rwedit.probes.activations import StatsSettings, cached_activation_stats, model_fingerprint
     from rwedit.probes.subspaces import prediction_spectrum
+    from rwedit.runtime import runtime
 
     deltas = _observed(recipe, recipe.cells(recipe.pair.layout))
     model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
@@ -309,7 +306,9 @@ def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=No
         ids = pack_tokens(tok, read_texts(c.data, field=c.field), c.seq_len, c.tokens)
         settings = StatsSettings(roles=tuple(sorted({r for _, r in read})), layers=tuple(sorted({l for l, _ in read})),
                                  seq_len=c.seq_len, batch_size=c.batch_size)
-        stats = cached_activation_stats(model, ids, settings, source=str(c.data), cache_dir=cache_dir, progress=progress)
+        rt = runtime()
+        stats = cached_activation_stats(model, ids, settings, source=str(c.data), cache_dir=rt.cache_dir,
+                                        progress=rt.progress)
         stats_meta = {"n_tokens": stats.n_tokens, **{k: stats.meta.get(k) for k in ("source", "tokens_sha256")}}
     pred = None
     if len(read) < len(deltas):
@@ -320,7 +319,7 @@ def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=No
     parts = dec.all_parts()
     fingerprint = model_fingerprint(model)
     low = [p for p in parts if p.dense is None]
-    peft_model = attach_conditions(model, [Edits(p.name, p.kind, 1.0, p.edits) for p in low])
+    peft_model = attach_conditions(model, [EditCondition(p.name, p.kind, 1.0, p.edits) for p in low])
     bare = peft_model.base_model.model
 
     def info(p: Part) -> dict:
@@ -341,10 +340,10 @@ def _prepare(recipe: DecomposeRecipe, out: Path, *, progress: bool, cache_dir=No
     def write(p: Part) -> WeightWrite:
         cells = set(dec.units[p.unit])
         return WeightWrite(snapshot, lambda layer, role, W: (W.double() + p.dense((layer, role))).to(W.dtype)
-                           if (layer, role) in cells else None, p.name, progress)
+                           if (layer, role) in cells else None, p.name)
 
     def scorers():
-        got = [DirectScorer(peft_model, tok, recipe.direct, progress=progress)] if recipe.direct else []
+        got = [DirectScorer(peft_model, tok, recipe.direct)] if recipe.direct else []
         return got + ([LMEvalScorer(peft_model, tok, recipe.eval)] if recipe.eval else [])
 
     rows = [Condition(BASE, Unchanged(), {"kind": BASE, "unit": None, "share": 0.0})]

@@ -35,7 +35,6 @@ from rwedit.probes.report import pyplot, save_figure
 from rwedit.stats import (hierarchical_bootstrap, interval, mde, items_to_detect, mean_se, over_members, paired_ratio,
                           pooled_bootstrap)
 
-PART_ORDER = ["full", "principal", "random", "randnorm", "complement", "svd"]
 
 
 def _items(row: dict, metric: str, base: dict) -> np.ndarray:

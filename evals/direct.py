@@ -15,10 +15,11 @@ from tqdm.auto import tqdm
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
 from rwedit.config import Config, option
-from rwedit.data import DataError, batches, pack_tokens, read_pairs, read_texts
+from rwedit.data import batches, pack_tokens, read_pairs, read_texts
 from rwedit.editor.interventions import Unchanged, with_adapter
-from rwedit.errors import ConfigError
+from rwedit.errors import ConfigError, DataError
 from rwedit.models import input_device
+from rwedit.runtime import runtime
 from rwedit.scoring import encode_pairs, response_logprob
 from rwedit.stats import mean_se
 
@@ -90,10 +91,10 @@ class HeldoutText:
 class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
-    def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings(), progress: bool = False):
+    def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings()):
         from rwedit.models import check_window
 
-        self.model, self.tok, self.s, self.progress = model, tokenizer, settings, progress
+        self.model, self.tok, self.s = model, tokenizer, settings
         check_window(model, settings.seq_len, "direct.seq_len")
         check_window(model, settings.max_len, "direct.max_len")
         rng = range(*settings.pairs_heldout) if settings.pairs_heldout else None
@@ -112,7 +113,7 @@ class DirectScorer:
         # nested under the runner's condition bar: drawn on a terminal only (None), where it redraws in place; in
         # a log or pipe every redraw of a nested bar is a new line
         for i in tqdm(range(0, len(self.pairs), self.s.batch_size), desc="direct: pairs", leave=False,
-                      disable=None if self.progress else True):
+                      disable=None if runtime().progress else True):
             chunk = self.pairs[i: i + self.s.batch_size]
             prompts = [p.prompt for p in chunk]
             ch = response_logprob(self.model, encode_pairs(self.tok, prompts, [p.chosen for p in chunk], self.s.max_len))

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
@@ -30,13 +30,14 @@ from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, Adapter, Unchanged
 from rwedit.editor.pipeline import PROBE_KS
 from rwedit.editor.spec import KL_SUFFIX, EditSpec
-from rwedit.errors import ConfigError, ExperimentError, SpecError
+from rwedit.errors import ConfigError, DataError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
 from rwedit.evals.direct import ITEMS, EffectSettings
 from rwedit.evals.store import ResultStore
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
+from rwedit.runtime import runtime
 
 EXPERIMENT = "control"
 
@@ -85,8 +86,7 @@ class Recipe(ExperimentRecipe):
         return super().from_dict(d, base_dir=base_dir, where=where)
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
+        self.check_kind(EXPERIMENT)
         if self.edit is None:
             raise SpecError("a recipe needs an `edit:` section (the edit spec: model, post, calibration, edit, "
                             "alpha, controls)")
@@ -185,7 +185,7 @@ def _prediction_metrics(conditions, model) -> None:
                     e.provenance[f"rsf_residual_prediction_k{k}"] = rank1_rsf(x, pred.top(k))
 
 
-def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepared:
+def _prepare(recipe: Recipe, out: Path) -> Prepared:
     """Probe the observed pair, build (or reload) the edit and its controls as named adapters on one loaded
     model, and list the base and every adapter as conditions."""
     from rwedit.editor.adapters import load_adapter_folder
@@ -198,13 +198,11 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
     if recipe.probe.enabled and spec.post and not (out / "probe" / "meta.json").exists():
         from rwedit.probes.grid import GridSettings
         from rwedit.probes.pipeline import ProbeRequest, run_probe
-        from rwedit.runtime import using
 
         calib = None if spec.calibration is None else replace(spec.calibration, device=recipe.device,
                                                                placement=recipe.placement)
-        with using(progress=progress, cache_dir=cache_dir):
-            run_probe(ProbeRequest(spec.model, spec.post, calibration=calib, svd=None, out=out / "probe",
-                                   grid=GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds)))
+        run_probe(ProbeRequest(spec.model, spec.post, calibration=calib, svd=None, out=out / "probe",
+                               grid=GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds)))
 
     model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
     edit_dir = out / "edit"
@@ -213,14 +211,14 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
         peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
     else:
         derive = None if recipe.effect.match == "norm" else (
-            lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect, progress))
-        peft_model, conds = build_and_save(spec, model, tok, edit_dir, cache_dir=cache_dir, progress=progress,
-                                           extra_metrics=_prediction_metrics, derive=derive)
+            lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect))
+        peft_model, conds = build_and_save(spec, model, tok, edit_dir, extra_metrics=_prediction_metrics,
+                                           derive=derive)
         conditions = [c.describe() for c in conds]
     peft_model.eval()
 
     def scorers():
-        out = [_Flagged(DirectScorer(peft_model, tok, recipe.direct, progress=progress), recipe.effect.broken_ce)
+        out = [_Flagged(DirectScorer(peft_model, tok, recipe.direct), recipe.effect.broken_ce)
                ] if recipe.direct else []
         # backends that load from disk get the base's folder and each condition's saved adapter folder
         disk = dict(pretrained=recipe.base_checkpoint.path, adapter_dirs={
@@ -253,7 +251,7 @@ class _Flagged:
 def _search_text(recipe: Recipe, model, tok):
     """The KL search's held-out sequences: the ``effect.texts`` sequences after the scored ones in
     ``direct.text_data``, with the base model's log-probs on them."""
-    from rwedit.data import DataError, pack_tokens, read_texts
+    from rwedit.data import pack_tokens, read_texts
     from rwedit.evals.direct import HeldoutText
 
     d, n = recipe.direct, recipe.effect.texts
@@ -264,7 +262,7 @@ def _search_text(recipe: Recipe, model, tok):
     return HeldoutText(model, ids, d.batch_size)
 
 
-def kl_matched(peft_model, conditions, text, settings: EffectSettings, progress: bool = False) -> list:
+def kl_matched(peft_model, conditions, text, settings: EffectSettings) -> list:
     """A KL-matched copy of every control (``NAME_kl``): its α scaled so that its mean KL(base ‖ edited) on
     ``text`` (a :class:`~rwedit.evals.direct.HeldoutText`) equals the target, the mean KL of the edited
     direction(s) of the same dose and layer(s). The scale is bracketed by doubling (or halving) from the
@@ -286,7 +284,8 @@ def kl_matched(peft_model, conditions, text, settings: EffectSettings, progress:
         if not c.control:
             targets.setdefault(key(c), []).append(kl(c.name))
     out = []
-    for c in tqdm([c for c in conditions if c.control], desc="KL-matched controls", disable=not progress):
+    controls = [c for c in conditions if c.control]
+    for c in tqdm(controls, desc="KL-matched controls", disable=not runtime().progress):
         target = sum(targets[key(c)]) / len(targets[key(c)])
         tried = {1.0: kl(c.name)}
 

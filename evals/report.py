@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rwedit.evals.store import ResultStore
-from rwedit.evals.plots import dose_label, plot_dose_response, plot_forest, plot_overview, versus
+from rwedit.evals.plots import plot_dose_response, plot_forest, plot_overview
 from rwedit.evals.direct import ITEMS, EffectSettings
 from rwedit.stats import (Interval, combined_se, difference, hierarchical_bootstrap, interval, items_to_detect, mde,
                           over_members, pooled_bootstrap)

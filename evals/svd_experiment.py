@@ -125,11 +125,7 @@ class SVDRecipe(ExperimentRecipe):
     dtype: str = option("float32", help="the model's dtype while scoring (SVD maths is always float64)")
 
     def __post_init__(self):
-        if self.experiment != EXPERIMENT:
-            raise SpecError(f"experiment: {self.experiment!r} is not {EXPERIMENT!r}")
-        for key in ("model", "post"):
-            if not getattr(self, key):
-                raise SpecError(f"the recipe needs `{key}:` (or --{key} on the command line)")
+        self.check_kind(EXPERIMENT, "model", "post")
         bad = [k for k in self.conditions.kinds if k not in CONDITION_KINDS or k == "post"]
         if bad:
             raise SpecError(f"conditions.kinds: unknown {bad}; choose from {', '.join(CONDITION_KINDS[1:])} "
@@ -226,7 +222,7 @@ class SVDCondition:
     records while applied (``per``; the row gets their means)."""
 
     def __init__(self, recipe: SVDRecipe, kind: str, seed: int | None, base: TensorReader, snapshot: WeightSnapshot,
-                 with_probe: bool = True, progress: bool = False):
+                 with_probe: bool = True):
         self.recipe, self.kind, self.seed, self.base, self.snap = recipe, kind, seed, base, snapshot
         self.probe = recipe.probe if with_probe else None
         self.per: list[dict] = []
@@ -235,9 +231,9 @@ class SVDCondition:
         if kind == "post":
             self.intervention = Unchanged()
         elif kind == "base":
-            self.intervention = CheckpointLoad(base.ckpt, progress)
+            self.intervention = CheckpointLoad(base.ckpt)
         else:
-            self.intervention = WeightWrite(snapshot, self._build, kind, progress)
+            self.intervention = WeightWrite(snapshot, self._build, kind)
 
     def w_base(self, layer: int, role: str, like: torch.Tensor) -> torch.Tensor:
         return self.base.matrix(self._view[(layer, role)]).to(like.device)
@@ -309,7 +305,7 @@ class _RenamedDirect:
         return row
 
 
-def _prepare(recipe: SVDRecipe, out: Path, *, progress: bool, cache_dir=None) -> Prepared:
+def _prepare(recipe: SVDRecipe, out: Path) -> Prepared:
     from rwedit.evals.direct import DirectScorer
     from rwedit.evals.lmeval import LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
@@ -326,7 +322,7 @@ def _prepare(recipe: SVDRecipe, out: Path, *, progress: bool, cache_dir=None) ->
 
     conditions = []
     for name, kind, seed in recipe.condition_list():
-        c = SVDCondition(recipe, kind, seed, base, snap, progress=progress)
+        c = SVDCondition(recipe, kind, seed, base, snap)
         conditions.append(Condition(name, c.intervention, {"kind": kind, "seed": seed}, c.measure,
                                     lambda row, c=c, name=name: c.write_matrices(out, name)))
     return Prepared(model, conditions, scorers)

@@ -76,8 +76,6 @@ __all__ = [
     "null_draws",
     "polar_factor",
     "randomized_top_svd",
-    "svd_structure_rows",
-    "singular_value_replacement",
     "singular_value_scale",
     "svd_structure",
     "top_svd",
@@ -215,16 +213,9 @@ def _resolve_method(method: str, r: Rank, shape: torch.Size) -> str:
     return method
 
 
-def top_svd(
-    W: torch.Tensor,
-    r: int,
-    method: Literal["full", "lowrank", "auto"] = "full",
-    *,
-    seed: int = 0,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_svd(W: torch.Tensor, r: int, method: Literal["full", "lowrank", "auto"] = "full", *, seed: int = 0,
+            oversampling: int | None = None, tol: float = RESIDUAL_TOL, max_passes: int = MAX_PASSES
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-r (U, σ, V) of W in float64 (U: d_out x r, V: d_in x r), σ descending. "full" is the float64
     LAPACK SVD; "lowrank" is :func:`randomized_top_svd` and raises :class:`LowRankAccuracyError` when it
     cannot certify ``tol``; "auto" tries "lowrank" and falls back to "full" then."""
@@ -268,16 +259,10 @@ def _orthonormalize(Z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.linalg.qr(Z)[0].to(dtype)
 
 
-def randomized_top_svd(
-    rows: torch.Tensor | RowBlocks,
-    r: int,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RangeFinderInfo]:
+def randomized_top_svd(rows: torch.Tensor | RowBlocks, r: int, *, oversampling: int | None = None,
+                       tol: float = RESIDUAL_TOL, max_passes: int = MAX_PASSES, seed: int = 0,
+                       dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RangeFinderInfo]:
     """Top-r (U, σ, V) of a d_out x d_in matrix W in float64, certified to relative Ritz residual <= tol
     (module doc), and a :class:`RangeFinderInfo`; raises :class:`LowRankAccuracyError` when it cannot.
 
@@ -420,19 +405,9 @@ def _nan_metrics(r: int, method: str, sb: torch.Tensor, sp: torch.Tensor, reason
 # ----------------------------------------------------------------------------- public API
 
 
-def svd_structure(
-    W_base: torch.Tensor,
-    W_post: torch.Tensor,
-    r: Rank = DEFAULT_R,
-    method: Method = "auto",
-    seed: int = 0,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-    null_seeds: Sequence[int] = (),
-    null_key: str = "",
-) -> SVDMetrics:
+def svd_structure(W_base: torch.Tensor, W_post: torch.Tensor, r: Rank = DEFAULT_R, method: Method = "auto",
+                  seed: int = 0, *, oversampling: int | None = None, tol: float = RESIDUAL_TOL,
+                  max_passes: int = MAX_PASSES, null_seeds: Sequence[int] = (), null_key: str = "") -> SVDMetrics:
     """HC structure metrics (scale, rotations, consistency, reparameterisation error; see the module
     doc) of one d_out x d_in pair over the top r triplets.
     method "full" = float64 LAPACK SVD; "lowrank" = :func:`randomized_top_svd` (within `LOWRANK_BOUND` of
@@ -599,31 +574,6 @@ def hc_claims(observed: dict, draws: dict[str, dict[str, list[float]]]) -> list[
     return out
 
 
-def svd_structure_rows(
-    base_rows: RowBlocks,
-    post_rows: RowBlocks,
-    r: int = DEFAULT_R,
-    seed: int = 0,
-    *,
-    oversampling: int | None = None,
-    tol: float = RESIDUAL_TOL,
-    max_passes: int = MAX_PASSES,
-) -> SVDMetrics:
-    """:func:`svd_structure` with method="lowrank" for a pair given as row-block sources (zero-argument
-    callables returning W's row blocks top to bottom, the same every call; see :func:`randomized_top_svd`):
-    neither matrix is held whole. Passes: the range finder's over each, then one more over post for the
-    reparameterisation error. Raises :class:`LowRankAccuracyError` where the in-memory "auto" would fall
-    back to the full SVD, which needs the whole matrix."""
-    kw = dict(seed=seed, oversampling=oversampling, tol=tol, max_passes=max_passes)
-    u, sb, v, info_b = randomized_top_svd(base_rows, r, **kw)
-    u2, sp, v2, info_p = randomized_top_svd(post_rows, r, **kw)
-    if u.shape != u2.shape or v.shape != v2.shape:
-        raise ConfigError(f"W_base and W_post must have the same shape, got {(u.shape[0], v.shape[0])} and "
-                          f"{(u2.shape[0], v2.shape[0])}")
-    return _metrics(u, sb, v, u2, sp, v2, post_rows, info_p.norm, min(u.shape[0], v.shape[0]), "lowrank",
-                    max(info_b.passes, info_p.passes), max(info_b.residual, info_p.residual), None)
-
-
 def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tensor, sp: torch.Tensor, v2: torch.Tensor,
              post_rows: RowBlocks, post_norm: float, d_min: int, meth: str, passes: int, resid: float,
              fallback: str | None) -> SVDMetrics:
@@ -647,33 +597,6 @@ def _metrics(u: torch.Tensor, sb: torch.Tensor, v: torch.Tensor, u2: torch.Tenso
         floor = 0.0  # nothing truncated (avoid ‖W‖² − Σσ² cancellation noise)
     else:
         floor = math.sqrt(max(post_norm**2 - float(sp @ sp), 0.0)) / post_norm
-    return SVDMetrics(
-        r=rr,
-        method=meth,
-        scale=scale,
-        scale_residual=scale_residual,
-        orth_U=orth_u,
-        orth_V=orth_v,
-        consistency=consistency,
-        reparam_error=reparam,
-        truncation_floor=floor,
-        sigma_base=sb.cpu(),
-        sigma_post=sp.cpu(),
-        passes=passes,
-        residual=resid,
-        fallback=fallback,
-    )
-
-
-def singular_value_replacement(W_base: torch.Tensor, W_post: torch.Tensor, r: Rank = 64) -> torch.Tensor:
-    """HC's replacement W' = U' (s Σ) V'ᵀ: post-trained singular vectors with ALL the base singular
-    values, scaled by the least-squares s fitted on the top r. Full float64 SVD; returned in
-    W_post's dtype and device. Sign-safe: a shared flip of (u'_i, v'_i) cancels."""
-    norm_base, _ = _check_pair(W_base, W_post)
-    rr = _resolve_rank(r, W_base.shape)
-    if norm_base == 0.0:
-        raise ConfigError("W_base is all zeros: it has no singular values to transplant")
-    sb = torch.linalg.svdvals(W_base.to(torch.float64))
-    u2, sp, vh2 = torch.linalg.svd(W_post.to(torch.float64), full_matrices=False)
-    s, _ = singular_value_scale(sb[:rr], sp[:rr])
-    return ((u2 * (s * sb)) @ vh2).to(dtype=W_post.dtype, device=W_post.device)
+    return SVDMetrics(r=rr, method=meth, scale=scale, scale_residual=scale_residual, orth_U=orth_u, orth_V=orth_v,
+                      consistency=consistency, reparam_error=reparam, truncation_floor=floor, sigma_base=sb.cpu(),
+                      sigma_post=sp.cpu(), passes=passes, residual=resid, fallback=fallback)

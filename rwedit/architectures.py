@@ -151,6 +151,11 @@ register_fused_layout("gate_up_contiguous", _gate_up_contiguous)
 # --- the registry ----------------------------------------------------------------------------
 
 
+def _fused(module: str, layout: str, norm: str, roles: str = "qkv") -> dict[str, RoleSlot]:
+    """The slots of roles stored fused in one module (one letter a role: "qkv"; ("gate", "up") by name)."""
+    return {r: RoleSlot(module, fused=layout, norm=norm) for r in roles}
+
+
 def _llama_like(name: str, model_types: tuple[str, ...], attn_norm: str | None = "input_layernorm",
                 mlp_norm: str | None = "post_attention_layernorm", norm_offset: float = 0.0,
                 notes: str = "") -> ArchSpec:
@@ -172,9 +177,7 @@ _BUILTIN: tuple[ArchSpec, ...] = (
     ArchSpec(
         name="gpt2", model_types=("gpt2",), layers="transformer.h",
         roles={
-            "q": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
-            "k": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
-            "v": RoleSlot("attn.c_attn", fused="qkv_contiguous", norm="ln_1"),
+            **_fused("attn.c_attn", "qkv_contiguous", "ln_1"),
             "o": RoleSlot("attn.c_proj"),
             "up": RoleSlot("mlp.c_fc", norm="ln_2"),
             "down": RoleSlot("mlp.c_proj"),
@@ -185,9 +188,7 @@ _BUILTIN: tuple[ArchSpec, ...] = (
     ArchSpec(
         name="gpt_neox", model_types=("gpt_neox",), layers="gpt_neox.layers",
         roles={
-            "q": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
-            "k": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
-            "v": RoleSlot("attention.query_key_value", fused="qkv_per_head", norm="input_layernorm"),
+            **_fused("attention.query_key_value", "qkv_per_head", "input_layernorm"),
             "o": RoleSlot("attention.dense"),
             "up": RoleSlot("mlp.dense_h_to_4h", norm="post_attention_layernorm"),
             "down": RoleSlot("mlp.dense_4h_to_h"),
@@ -205,12 +206,9 @@ _BUILTIN: tuple[ArchSpec, ...] = (
     ArchSpec(
         name="phi3", model_types=("phi3",), layers="model.layers",
         roles={
-            "q": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
-            "k": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
-            "v": RoleSlot("self_attn.qkv_proj", fused="qkv_contiguous", norm="input_layernorm"),
+            **_fused("self_attn.qkv_proj", "qkv_contiguous", "input_layernorm"),
             "o": RoleSlot("self_attn.o_proj"),
-            "gate": RoleSlot("mlp.gate_up_proj", fused="gate_up_contiguous", norm="post_attention_layernorm"),
-            "up": RoleSlot("mlp.gate_up_proj", fused="gate_up_contiguous", norm="post_attention_layernorm"),
+            **_fused("mlp.gate_up_proj", "gate_up_contiguous", "post_attention_layernorm", ("gate", "up")),
             "down": RoleSlot("mlp.down_proj"),
         },
         embed="model.embed_tokens", unembed="lm_head", final_norm="model.norm",

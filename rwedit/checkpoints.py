@@ -23,9 +23,9 @@ from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
-from rwedit.runtime import runtime, using
+from rwedit.runtime import runtime
 from rwedit.config import changed_keys
-from rwedit.errors import (  # noqa: F401  (re-exported)
+from rwedit.errors import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -37,24 +37,7 @@ from rwedit.errors import (  # noqa: F401  (re-exported)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-@contextmanager
-def pickle_allowed(allow: bool = True) -> Iterator[None]:
-    """Within the block, :meth:`Checkpoint.open` accepts pickle weights unless told otherwise (the run-wide
-    setting of :mod:`rwedit.runtime`)."""
-    with using(allow_pickle=bool(allow)):
-        yield
-
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
-
-
-def __getattr__(name: str):
-    """Deprecated homes: the streaming pass moved to :mod:`rwedit.stream`."""
-    if name in ("BLOCK_BYTES", "BlockSink", "explain_non_finite", "stream_pair"):
-        import rwedit.stream
-
-        return getattr(rwedit.stream, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -206,7 +189,7 @@ class Checkpoint:
         """Resolve a local folder or Hub id (``org/name`` or ``org/name@revision``) to a checkpoint.
 
         Pickle weights (``*.bin``) can execute code when loaded and are refused unless
-        ``allow_pickle=True`` (None: as :func:`pickle_allowed` says; default no).
+        ``allow_pickle=True`` (None: the run-wide setting of :mod:`rwedit.runtime`, default no).
         """
         allow_pickle = runtime().allow_pickle if allow_pickle is None else allow_pickle
         src = str(source)

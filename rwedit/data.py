@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from rwedit.errors import DataError, DataNotFoundError  # noqa: F401  (DataError re-exported)
+from rwedit.errors import DataError, DataNotFoundError
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -18,7 +18,8 @@ from typing import Callable, Iterator, Protocol, Sequence
 import torch
 
 from rwedit.architectures import RoleView
-from rwedit.checkpoints import _STORED_DTYPES, Checkpoint, CheckpointError, TensorReader
+from rwedit.checkpoints import _STORED_DTYPES, Checkpoint, TensorReader
+from rwedit.errors import CheckpointError
 from rwedit.lowrank import LowRankDelta
 
 #: float32 bytes of one row block: near a core's cache through conversion, subtraction and every consumer,

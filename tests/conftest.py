@@ -14,6 +14,16 @@ import pytest  # noqa: E402
 from rwedit.bundled import HH_RLHF, WIKITEXT_VALID as WIKITEXT  # noqa: E402,F401  the data the package ships
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quiet_session(tmp_path_factory):
+    """The module- and session-scoped fixtures run without progress bars, with a statistics cache of the
+    session's own (set up before any test's :func:`quiet_runtime`)."""
+    from rwedit.runtime import using
+
+    with using(progress=False, cache_dir=str(tmp_path_factory.mktemp("stats-session"))):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def quiet_runtime(tmp_path_factory):
     """Every test runs without progress bars and caches activation statistics in a folder of its own (the

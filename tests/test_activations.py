@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, model_layout
-from rwedit.data import DataError, pack_tokens, read_texts
+from rwedit.data import pack_tokens, read_texts
+from rwedit.errors import DataError
 from rwedit.probes.subspaces import eig_subspace
 from rwedit.probes import activations as activations_mod
 from rwedit.probes.activations import (

@@ -173,7 +173,7 @@ def test_a_recipe_scores_through_the_hf_backend_from_its_saved_adapter_folders(t
                        "alpha": [2.0], "controls": {"random": 1, "lowvar": 0, "write": None}},
               "eval": {**eval_, "backend": "hf"}, "direct": None, "probe": {"enabled": False},
               "primary": "rwedit_blimp/acc"}
-    out = run_recipe(recipe, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache").folder
+    out = run_recipe(recipe, tmp_path / "run").folder
     rows = ResultStore(out).rows()
     assert [r["condition"] for r in rows] == ["base", "principal0_a2", "random_s1_a2"]
     assert {r["lmeval_backend"] for r in rows} == {"hf"}

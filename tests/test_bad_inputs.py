@@ -689,7 +689,7 @@ def test_unfinished_run_report_says_so_first(ws, tmp_path):
 
     recipe = yaml.safe_load(Path(_yaml(ws, "part.yaml", _recipe(ws, probe={"enabled": False}, eval=None))).read_text())
     out = tmp_path / "part"
-    run_recipe(recipe, out, progress=False, cache_dir=tmp_path / "cache", stop_after=2)
+    run_recipe(recipe, out, stop_after=2)
     report = write_report(out)
     first = report.read_text().splitlines()[0]
     assert first.startswith("> **Unfinished run: 1 condition(s) not scored yet**") and "random_s1_a1" in first
@@ -706,7 +706,7 @@ def test_a_run_that_fails_before_its_first_row_leaves_no_folder(ws, tmp_path, mo
     recipe = yaml.safe_load(Path(_yaml(ws, "fail.yaml", _recipe(ws, probe={"enabled": False}, eval=None))).read_text())
     monkeypatch.setattr(experiment, "_edit_probe_metrics", broken)
     with pytest.raises(RuntimeError, match="exploded"):
-        run_recipe(recipe, tmp_path / "f", progress=False, cache_dir=tmp_path / "cache")
+        run_recipe(recipe, tmp_path / "f")
     assert not (tmp_path / "f").exists()
 
 
@@ -723,7 +723,7 @@ def test_same_seed_twice_gives_byte_identical_adapters_and_rows(ws, tmp_path):
     recipe = yaml.safe_load(Path(_yaml(ws, "det.yaml", _recipe(ws, probe={"enabled": False}, eval=None))).read_text())
     rows = []
     for name in ("r1", "r2"):
-        run_recipe(recipe, tmp_path / name, progress=False, cache_dir=tmp_path / "cache")
+        run_recipe(recipe, tmp_path / name)
         rows.append([json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True)
                      for r in ResultStore(tmp_path / name).rows()])
     assert rows[0] == rows[1]

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, HH_TRAIN, resolve
-from rwedit.data import DataError, pack_tokens, read_pairs, read_texts, split_hh
+from rwedit.data import pack_tokens, read_pairs, read_texts, split_hh
+from rwedit.errors import DataError
 
 
 def test_bundled_files_match_the_checksums_in_their_readme():

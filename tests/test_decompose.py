@@ -61,7 +61,7 @@ def test_parts_summed_on_the_weights_are_the_observed_update(tmp_path, wiki_toke
         get_peft_model(copy.deepcopy(base), cfg).save_pretrained(tmp_path / "lora")
         name = "lora"
     _, rec = load_recipe(recipe(tmp_path, name, units="all", random=1))
-    prep = _prepare(rec, tmp_path / "run", progress=False)
+    prep = _prepare(rec, tmp_path / "run")
     model = prep.model
     bare = model.base_model.model
     before = {n: p.detach().clone() for n, p in bare.named_parameters() if "lora_" not in n}
@@ -181,7 +181,7 @@ def planted(tmp_path_factory, wiki_tokenizer):
         root = save_pair(tmp_path_factory.mktemp(name), tok, models=(base, post))
         rec = recipe(root, ks=[k], random=4, ranks=[1, 4, 32])
         rec["direct"], rec["verdicts"] = {**DIRECT, "pairs": n_pairs}, {"margin": 0.2, "keep": 0.8}
-        out[name] = run_recipe(rec, root / "run", progress=False).folder
+        out[name] = run_recipe(rec, root / "run").folder
     return out
 
 
@@ -249,9 +249,9 @@ def test_the_shipped_recipe_parses_and_bad_recipes_are_refused(tmp_path, wiki_to
     root = save_pair(tmp_path / "m", wiki_tokenizer, seed=3)
     bad = recipe(root, ks=[32])
     with pytest.raises(ConfigError, match="not below the read side"):
-        run_recipe(bad, tmp_path / "run", progress=False)
+        run_recipe(bad, tmp_path / "run")
     with pytest.raises(ConfigError, match="give `calibration:`"):
-        run_recipe({**recipe(root), "calibration": None}, tmp_path / "run", progress=False)
+        run_recipe({**recipe(root), "calibration": None}, tmp_path / "run")
     with pytest.raises(ConfigError, match="units"):
         load_recipe({**recipe(root), "parts": {"units": "heads"}})
     assert not (tmp_path / "run").exists()
@@ -273,9 +273,9 @@ def test_an_interrupted_run_resumes_to_the_same_rows_and_the_plan_lists_its_part
     plan = plan_recipe(rec, out=tmp_path / "plan")
     assert plan.conditions == [f"L{l}_{n}" for l in (0, 1) for n in names]
     assert "statistics" in [s.name for s in plan.stages]
-    whole = run_recipe(rec, tmp_path / "whole", progress=False).folder
-    stopped = run_recipe(rec, tmp_path / "cut", progress=False, stop_after=3)
+    whole = run_recipe(rec, tmp_path / "whole").folder
+    stopped = run_recipe(rec, tmp_path / "cut", stop_after=3)
     assert stopped.report is None and len(ResultStore(tmp_path / "cut").rows()) == 3
-    run_recipe(rec, tmp_path / "cut", progress=False, resume=True)
+    run_recipe(rec, tmp_path / "cut", resume=True)
     assert_same_rows(ResultStore(tmp_path / "cut").rows(), ResultStore(whole).rows())
     assert (tmp_path / "cut" / "report.md").exists()

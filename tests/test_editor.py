@@ -12,9 +12,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from rwedit.architectures import add_delta, get_weight
-from rwedit.editor.export import ExportError, push_to_hub, refresh_card
+from rwedit.editor.export import push_to_hub, refresh_card
 from rwedit.editor.pipeline import compare_generation, run_edit
-from rwedit.editor.spec import EditSpec, SpecError
+from rwedit.editor.spec import EditSpec
+from rwedit.errors import ExportError, SpecError
 from rwedit.cli import main
 from conftest import HH_RLHF, WIKITEXT
 from tiny_models import save_pair, tiny_model, tiny_pair

@@ -89,7 +89,7 @@ def test_eval_without_out_prints_each_row_and_keeps_nothing(adapters, tmp_path, 
     from rwedit.evals.core import run_recipe  # the same run from Python: the rows as a DataFrame, no folder
 
     res = run_recipe({"experiment": "eval", "model": str(base), "adapters": str(folder / "principal0_a2"),
-                      "eval": {"tasks": ["rwedit_blimp"], "limit": 3}, "direct": {"pairs": 3}}, progress=False)
+                      "eval": {"tasks": ["rwedit_blimp"], "limit": 3}, "direct": {"pairs": 3}})
     assert res.folder is None and res.rows["condition"].tolist() == ["base", "principal0_a2"]
     assert res.rows["rwedit_blimp/acc"].tolist() == pytest.approx([r["rwedit_blimp/acc"] for r in rows])
     assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,8 @@ from rwedit.evals.direct import DirectScorer
 from rwedit.evals.core import run_recipe
 from rwedit.evals.experiment import Recipe
 from rwedit.stats import quantile
-from rwedit.evals.store import ExperimentError, ResultStore
+from rwedit.errors import ExperimentError
+from rwedit.evals.store import ResultStore
 from conftest import WIKITEXT
 from tiny_models import save_pair
 
@@ -53,8 +54,7 @@ def _strip(rows):
 
 @pytest.fixture(scope="module")
 def finished_run(pair, tmp_path_factory):
-    return run_recipe(Recipe.from_dict(recipe_dict(pair)), tmp_path_factory.mktemp("runs") / "a", progress=False,
-                      cache_dir=tmp_path_factory.mktemp("cache"))
+    return run_recipe(Recipe.from_dict(recipe_dict(pair)), tmp_path_factory.mktemp("runs") / "a")
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +98,17 @@ def test_interrupted_run_resumes_to_the_same_rows_and_a_changed_recipe_is_refuse
                                                                                    monkeypatch):
     recipe = Recipe.from_dict(recipe_dict(pair))
     out = tmp_path / "b"
-    run_experiment(recipe, out, progress=False, cache_dir=tmp_path / "cache", stop_after=3)
+    run_experiment(recipe, out, stop_after=3)
     assert len(ResultStore(out).rows()) == 3 and not (out / "report.md").exists()
     with open(out / "results.jsonl", "a") as f:  # what kill -9 in the middle of a write leaves behind
         f.write('{"condition": "random_s1_a2", "pref_mar')
     with pytest.raises(ExperimentError, match="--resume"):
-        run_experiment(recipe, out, progress=False, cache_dir=tmp_path / "cache")
+        run_experiment(recipe, out)
     scored = []
     real = DirectScorer.score
     monkeypatch.setattr(DirectScorer, "score",
                         lambda self, *a: scored.append(self.model.active_adapter) or real(self, *a))
-    run_experiment(recipe, out, resume=True, progress=False, cache_dir=tmp_path / "cache")
+    run_experiment(recipe, out, resume=True)
     want, got = _strip(ResultStore(finished).rows()), _strip(ResultStore(out).rows())
     assert len(scored) == len(want) - 3 and not set(scored) & {r["condition"] for r in got[:3]}
     assert [r["condition"] for r in got] == [r["condition"] for r in want]  # no duplicates, same order
@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_to_the_same_rows_and_a_changed_recipe_is_refuse
                 assert a[k] == b[k], (a["condition"], k)
     changed = Recipe.from_dict(recipe_dict(pair, alpha=(2.0, 3.0)))
     with pytest.raises(ExperimentError, match=r"different recipe.*edit\.alpha"):
-        run_experiment(changed, out, resume=True, progress=False)
+        run_experiment(changed, out, resume=True)
 
 
 def test_report_numbers_follow_from_the_stored_rows(finished):
@@ -216,7 +216,7 @@ def test_replicate_units_pool_into_one_verdict_recomputed_from_the_rows(pair, tm
     d["edit"]["controls"] = {"random": 2, "lowvar": 0, "write": None}
     d.update(eval=None, probe={"enabled": False}, export=["L1_principal1_a2"])
     d["direct"]["pairs"] = 6
-    out = run_experiment(Recipe.from_dict(d), tmp_path / "u", progress=False, cache_dir=tmp_path / "cache")
+    out = run_experiment(Recipe.from_dict(d), tmp_path / "u")
     rows = ResultStore(out).rows()
     m = "pref_margin_shift_items"
     units = {}
@@ -433,7 +433,7 @@ def test_kl_matched_and_relative_doses_run_end_to_end_with_their_flags(pair, tmp
     d["edit"].update(alpha_rel_observed=[1.0], controls={"random": 2, "lowvar": 1, "write": "o"})
     d.update(eval=None, probe={"enabled": False}, export=["random_s1_a40_kl"],
              effect={"match": "both", "texts": 2, "broken_ce": 0.1})
-    out = run_experiment(Recipe.from_dict(d), tmp_path / "kl", progress=False, cache_dir=tmp_path / "cache")
+    out = run_experiment(Recipe.from_dict(d), tmp_path / "kl")
     rows = ResultStore(out).rows()
     by = {r["condition"]: r for r in rows}
     assert set(by) == {"base"} | set(Recipe.from_dict(d).edit.condition_names("both"))

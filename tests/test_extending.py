@@ -64,9 +64,9 @@ def test_a_new_experiment_kind_runs_resumes_and_reports(ns, tmp_path, wiki_token
     recipe = {"experiment": "ablation", "model": str(root / "base"), "layers": [0, 1], "eval": None,
               "direct": {"pairs": 4, "texts": 2, "seq_len": 32, "max_len": 128}}
     out = tmp_path / "run"
-    first = core.run_recipe(recipe, out, progress=False, stop_after=2)
+    first = core.run_recipe(recipe, out, stop_after=2)
     assert first.report is None and len(ResultStore(out).rows()) == 2
-    res = core.run_recipe(recipe, out, resume=True, progress=False)
+    res = core.run_recipe(recipe, out, resume=True)
     rows = ResultStore(out).rows()
     assert [r["condition"] for r in rows] == ["base", "zero_o0", "zero_o1"]
     assert res.report == out / "ablation.csv" and res.report.exists()
@@ -89,7 +89,7 @@ def test_a_run_without_out_returns_its_tables_and_keeps_no_folder(ns, tmp_path, 
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.chdir(tmp_path)
-    res = core.run_recipe(recipe, progress=False, cache_dir=tmp_path / "cache")
+    res = core.run_recipe(recipe)
     assert res.folder is None and res.report is None and res.verdicts.empty  # the ablation draws no verdicts
     assert res.rows["condition"].tolist() == ["base", "zero_o1"] and abs(res.rows["ce_shift"][1]) > 1e-4
     assert res.tables["ablation"]["condition"].tolist() == ["base", "zero_o1"]

@@ -23,7 +23,7 @@ def test_application_kinds_take_typed_options_and_honour_resume(tmp_path):
     (tmp_path / "qs").mkdir()
     (tmp_path / "qs" / "report.md").write_text("an earlier run")
     with pytest.raises(ExperimentError, match="--resume"):  # refused before any stage runs
-        run_recipe("quickstart", tmp_path / "qs", progress=False)
+        run_recipe("quickstart", tmp_path / "qs")
     with pytest.raises(ConfigError, match="takes no sft"):
         run_recipe("organism", tmp_path / "org", overrides={"sft": "x"})
 

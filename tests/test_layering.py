@@ -70,9 +70,9 @@ def test_the_checker_catches_an_upward_import(tmp_path):
 
 
 #: the import circles that are not circles of meaning: a registry's lazy loader of its built-in entries (which
-#: import the registry to register), and a deprecated home forwarding to the new module
+#: import the registry to register)
 LAZY_LOADERS = {("rwedit.evals.core", "rwedit.evals.experiment"), ("rwedit.evals.core", "rwedit.evals.svd_experiment"),
-                ("rwedit.evals.adapter_eval", "rwedit.evals.core"), ("rwedit.evals.core", "rwedit.evals.decompose"), ("rwedit.checkpoints", "rwedit.stream")}
+                ("rwedit.evals.adapter_eval", "rwedit.evals.core"), ("rwedit.evals.core", "rwedit.evals.decompose")}
 
 
 def mutual_imports(found: list[tuple[str, Path]]) -> set[tuple[str, str]]:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from rwedit.checkpoints import CheckpointError, CheckpointPair, LoraPost, TensorReader
+from rwedit.checkpoints import CheckpointPair, LoraPost, TensorReader
+from rwedit.errors import CheckpointError
 from rwedit.cli import main
 from rwedit.probes.grid import GridSettings, rsf_grid_frame
 from tiny_models import VOCAB, tiny_model

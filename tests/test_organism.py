@@ -268,8 +268,7 @@ def test_rwedit_run_of_an_organism_recipe_reuses_the_built_organism(organism):
     from rwedit.evals.core import run_recipe
 
     mtime = (organism.aligned / "model.safetensors").stat().st_mtime_ns
-    res = run_recipe({"experiment": "organism", "organism": reduced().to_dict()}, organism.root.parent,
-                     progress=False)
+    res = run_recipe({"experiment": "organism", "organism": reduced().to_dict()}, organism.root.parent)
     assert res.folder == organism.root and res.report is None
     assert (organism.aligned / "model.safetensors").stat().st_mtime_ns == mtime
     assert any(line.startswith("| aligned (DPO, λ=1)") for line in res.lines)
@@ -682,7 +681,7 @@ def test_quickstart_over_two_seeds(organism, tmp_path):
     # `rwedit organism --seeds 2` reuses both organisms and lists each
     from rwedit.apps.kinds import OrganismOptions, run_organism_kind
 
-    res = run_organism_kind(OrganismConfig(), progress=False, overrides=OrganismOptions(
+    res = run_organism_kind(OrganismConfig(), overrides=OrganismOptions(
         reduced=True, seeds=2, organism_root=organism.root.parent))
     assert res.folder == organism.root.parent and "## seed 1" in res.lines
     assert f"pretrained: {organism.pretrained}" in res.lines and f"pretrained: {models[1]}" in res.lines

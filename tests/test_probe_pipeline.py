@@ -226,7 +226,7 @@ def test_run_probe_returns_tables_and_writes_a_folder_only_when_asked(tiny_pair,
     import copy
     from dataclasses import replace
 
-    from rwedit.checkpoints import CheckpointMismatchError
+    from rwedit.errors import CheckpointMismatchError
     from rwedit.probes.pipeline import ProbeRequest, run_probe
 
     root, base, post = tiny_pair

@@ -22,6 +22,7 @@ from rwedit.cli import main
 from rwedit.errors import ConfigError, ExperimentError, StoreLockedError
 from rwedit.evals.core import run_recipe, shard_problems, write_report
 from rwedit.evals.store import ResultStore, Shard
+from rwedit.runtime import using
 from conftest import WIKITEXT, assert_same_rows
 from tiny_models import save_pair
 
@@ -56,7 +57,8 @@ def grid(tmp_path_factory, wiki_tokenizer):
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     other = {**recipe, "edit": {**recipe["edit"], "alpha": [3.0]}, "export": []}
     (root / "other.yaml").write_text(yaml.safe_dump(other))
-    ref = run_recipe(root / "recipe.yaml", root / "ref", progress=False, cache_dir=root / "cache").folder
+    with using(cache_dir=str(root / "cache")):  # shared with the command lines below
+        ref = run_recipe(root / "recipe.yaml", root / "ref").folder
     return {"root": root, "recipe": root / "recipe.yaml", "other": root / "other.yaml", "cache": root / "cache",
             "want": ResultStore(ref).rows()}
 
@@ -186,7 +188,7 @@ def test_two_shard_processes_started_together_merge_to_the_unsharded_rows(grid, 
         export_results(out, tmp_path / "ds-partial")
     marked = export_results(out, tmp_path / "ds-partial", allow_partial=True)
     assert (marked / "README.md").read_text().split("---", 2)[2].lstrip().startswith("**Partial results")
-    done = run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
+    done = run_recipe(grid["recipe"], out, resume=True, shard="1/2")
     assert done.report == out / "report.md" and shard_problems(out) == []
     assert results.read_text().splitlines()[0] == first  # the kept row is not rescored
     assert_same_rows(ResultStore(out).rows(), grid["want"])
@@ -207,7 +209,7 @@ def test_killed_shard_resumes_on_its_own_and_a_second_writer_is_refused(grid, tm
             assert time.monotonic() < deadline, "no row after 300 s"
             time.sleep(0.01)
         with pytest.raises(StoreLockedError, match=rf"1-of-2 is being written by another rwedit process \(pid {proc.pid}"):
-            run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
+            run_recipe(grid["recipe"], out, resume=True, shard="1/2")
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -224,10 +226,10 @@ def test_killed_shard_resumes_on_its_own_and_a_second_writer_is_refused(grid, tm
         write_report(out)  # the base row belongs to shard 0: the report cannot be drawn, and says why
     assert main(["report", str(out)]) == 2
 
-    done = run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
+    done = run_recipe(grid["recipe"], out, resume=True, shard="1/2")
     assert done.report is None and any("shard 0/2 is missing" in line for line in done.lines)
     assert [r["condition"] for r in ResultStore(out, Shard(1, 2)).rows()] == share  # kept rows, then the rest
-    last = run_recipe(grid["recipe"], out, progress=False, cache_dir=grid["cache"], shard=Shard(0, 2))
+    last = run_recipe(grid["recipe"], out, shard=Shard(0, 2))
     assert last.report == out / "report.md" and shard_problems(out) == []
     assert_same_rows(ResultStore(out).rows(), grid["want"])
 
@@ -236,7 +238,7 @@ def test_a_second_writer_of_a_shard_is_refused(grid, tmp_path):
     out = tmp_path / "held"
     with ResultStore(out, Shard(1, 2)).locked():  # what a running shard process holds for its whole run
         with pytest.raises(StoreLockedError, match=rf"1-of-2 is being written by another rwedit process \(pid {os.getpid()}"):
-            run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"], shard="1/2")
+            run_recipe(grid["recipe"], out, resume=True, shard="1/2")
     assert not (out / "shards" / "1-of-2" / "results.jsonl").exists()
 
 
@@ -251,12 +253,12 @@ def test_a_shard_of_another_recipe_or_split_is_refused(grid, tmp_path, capsys):
     out = tmp_path / "mixed"
     _begun(grid["recipe"], out, Shard(0, 2))
     with pytest.raises(ExperimentError, match=r"0-of-2 holds a run of a different recipe .*changed: edit\.alpha"):
-        run_recipe(grid["other"], out, progress=False, cache_dir=grid["cache"], shard="1/2")
+        run_recipe(grid["other"], out, shard="1/2")
     assert not (out / "shards" / "1-of-2").exists()
     with pytest.raises(ExperimentError, match="split 2 ways .*--shard I/2"):
-        run_recipe(grid["recipe"], out, progress=False, cache_dir=grid["cache"], shard="1/3")
+        run_recipe(grid["recipe"], out, shard="1/3")
     with pytest.raises(ExperimentError, match="holds a sharded run"):
-        run_recipe(grid["recipe"], out, resume=True, progress=False, cache_dir=grid["cache"])
+        run_recipe(grid["recipe"], out, resume=True)
     # a shard of the other recipe run elsewhere and copied in: the merge refuses it by name
     elsewhere = tmp_path / "elsewhere"
     _begun(grid["other"], elsewhere, Shard(1, 2))

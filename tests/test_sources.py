@@ -14,8 +14,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from rwedit.checkpoints import Checkpoint, CheckpointError, CheckpointPair, LoraPost, check_members, peft_targets
-from rwedit.errors import CheckpointMismatchError, ConfigError, OutputExistsError
+from rwedit.checkpoints import Checkpoint, CheckpointPair, LoraPost, check_members, peft_targets
+from rwedit.errors import CheckpointError, CheckpointMismatchError, ConfigError, OutputExistsError
 from rwedit.probes.grid import GridSettings
 from rwedit.probes.pipeline import ProbeRequest, SvdSettings, run_probe, series_members
 from rwedit.runtime import using

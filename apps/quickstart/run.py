@@ -133,7 +133,7 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
     t = time.perf_counter()
     rec = recipe.control_recipe(model, post)  # the pair was probed in stage 2
     exp_dir = out / "experiment"
-    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists(), progress=rt.progress, cache_dir=rt.cache_dir)
+    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists())
     times["experiment"] = time.perf_counter() - t
 
     _say("stage 5/5: report")
