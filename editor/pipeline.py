@@ -21,7 +21,7 @@ from rwedit.models import Placement, check_window, input_device, load_model_and_
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats, model_fingerprint
 from rwedit.probes.rsf import rank1_rsf
-from rwedit.runtime import runtime, using
+from rwedit.runtime import runtime, stage, using
 
 PROBE_KS = (1, 4, 16)
 
@@ -99,7 +99,8 @@ def _build_and_save(spec: EditSpec, model, tok, out, overwrite: bool, t0: float,
     given_layers = list(spec.edit.layers)
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
     fingerprint = model_fingerprint(bare)
-    stats = edit_stats(spec, model, tok)
+    with stage("edit: statistics"):
+        stats = edit_stats(spec, model, tok)
     conditions = build_conditions(spec, model, tok, stats, progress=runtime().progress)
     if not norms_match(conditions):
         raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError

@@ -90,6 +90,8 @@ class HeldoutText:
 class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
+    name = "direct"
+
     def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings(), progress: bool = False):
         from rwedit.models import check_window
 

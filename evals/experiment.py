@@ -33,7 +33,7 @@ from rwedit.editor.spec import KL_SUFFIX, EditSpec
 from rwedit.errors import ConfigError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
-from rwedit.evals.direct import ITEMS, EffectSettings
+from rwedit.evals.direct import ITEMS, DirectScorer, EffectSettings
 from rwedit.evals.store import ResultStore
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
@@ -190,9 +190,9 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
     model, and list the base and every adapter as conditions."""
     from rwedit.editor.adapters import load_adapter_folder
     from rwedit.editor.pipeline import build_and_save
-    from rwedit.evals.direct import DirectScorer
     from rwedit.evals.lmeval import LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
+    from rwedit.runtime import stage
 
     spec = recipe.edit
     if recipe.probe.enabled and spec.post and not (out / "probe" / "meta.json").exists():
@@ -206,17 +206,20 @@ def _prepare(recipe: Recipe, out: Path, *, progress: bool, cache_dir) -> Prepare
             run_probe(ProbeRequest(spec.model, spec.post, calibration=calib, svd=None, out=out / "probe",
                                    grid=GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds)))
 
-    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
+    with stage("load model"):
+        model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device,
+                                              placement=recipe.placement)
     edit_dir = out / "edit"
-    if (edit_dir / "edits.json").exists():
-        conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
-        peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
-    else:
-        derive = None if recipe.effect.match == "norm" else (
-            lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect, progress))
-        peft_model, conds = build_and_save(spec, model, tok, edit_dir, cache_dir=cache_dir, progress=progress,
-                                           extra_metrics=_prediction_metrics, derive=derive)
-        conditions = [c.describe() for c in conds]
+    with stage("edit"):
+        if (edit_dir / "edits.json").exists():
+            conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
+            peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
+        else:
+            derive = None if recipe.effect.match == "norm" else (
+                lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect, progress))
+            peft_model, conds = build_and_save(spec, model, tok, edit_dir, cache_dir=cache_dir, progress=progress,
+                                               extra_metrics=_prediction_metrics, derive=derive)
+            conditions = [c.describe() for c in conds]
     peft_model.eval()
 
     def scorers():
@@ -244,6 +247,7 @@ class _Flagged:
 
     scorer: Any
     tol: float
+    name = DirectScorer.name
 
     def score(self) -> dict[str, Any]:
         out = self.scorer.score()

@@ -25,6 +25,7 @@ from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
 from rwedit.runtime import runtime, using
 from rwedit.errors import (  # noqa: F401  (re-exported)
+    RweditError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -119,15 +120,43 @@ def check_finite(t: torch.Tensor, what: str, note: str = "") -> None:
             f"conversion)")
 
 
-def _read_config(path: Path):
-    """The folder's transformers config; a damaged ``config.json`` or an unknown model type is a
-    :class:`CheckpointError` that names the folder."""
-    from transformers import AutoConfig
+class HeaderConfig(dict):
+    """A ``config.json`` read as JSON (importing transformers' config classes costs seconds): its keys as
+    attributes. Used when the file states every size rwedit reads of a config for a model type the architecture
+    registry knows, and the role tensors have the shapes it implies; anything else is read by transformers."""
 
+    #: the sizes, each under any of its names, that must be stated (not left to a config class's defaults)
+    STATED = (("model_type",), ("hidden_size", "n_embd"), ("num_attention_heads", "n_head"),
+              ("num_hidden_layers", "n_layer"), ("vocab_size",), ("tie_word_embeddings",),
+              ("intermediate_size", "n_inner"), ("max_position_embeddings", "n_positions"))
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def of(cls, raw: dict) -> "HeaderConfig | None":
+        from rwedit.architectures import supported_model_types
+
+        stated = all(any(k in raw for k in names) for names in cls.STATED)
+        return cls(raw) if stated and raw["model_type"] in supported_model_types() else None
+
+
+def _read_config(path: Path, transformers: bool = False):
+    """The folder's config (a :class:`HeaderConfig` where it suffices, else transformers' unless ``transformers``
+    forces it); a damaged ``config.json`` or an unknown model type is a :class:`CheckpointError` that names the
+    folder."""
     try:
-        json.loads((path / "config.json").read_text())
+        raw = json.loads((path / "config.json").read_text())
     except ValueError as e:
         raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e}); re-download the checkpoint") from None
+    light = None if transformers or not isinstance(raw, dict) else HeaderConfig.of(raw)
+    if light is not None:
+        return light
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError) as e:
@@ -241,7 +270,19 @@ class Checkpoint:
             )
         ckpt = cls(src, path, config, layout, fmt, files)
         ckpt._index()
+        if isinstance(config, HeaderConfig) and not ckpt._fits():  # a size its config class derives: ask it
+            ckpt.config = _read_config(path, transformers=True)
+            ckpt.layout = Layout.from_config(ckpt.config)
         return ckpt
+
+    def _fits(self) -> bool:
+        """Whether every role tensor is stored with the shape the layout implies."""
+        try:
+            for view in self.layout.views():
+                view.check_stored(self.shape(view.param))
+        except RweditError:
+            return False
+        return True
 
     def _index(self) -> None:
         for f in self.files:

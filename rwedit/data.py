@@ -14,7 +14,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from rwedit.config import Config, option
 from rwedit.errors import DataError, DataNotFoundError  # noqa: F401  (DataError re-exported)
+from rwedit.models import Placement
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -254,3 +256,19 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 4096, min_freque
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings(Config):
+    """Where activation statistics come from (recorded in every result; ``calibration:``, ``--calib*``)."""
+
+    data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
+                       "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
+    tokens: int = option(50_000, help="token budget of the calibration set")
+    seq_len: int = option(256, help="calibration sequence length (tokens)")
+    batch_size: int = option(8, help="sequences per forward pass")
+    field: str | None = option(None, help="jsonl/dataset field holding the text")
+    device: str = option("cpu", help="device of the calibration forward passes (cpu, cuda, auto)")
+    dtype: str = option("float32", help="the model's dtype during the calibration passes")
+    placement: Placement | None = option(None, help="the model placed across devices for the calibration passes "
+                                         "(device_map, max_memory, offload_folder, dtype); unset: whole on device")
