@@ -57,6 +57,19 @@ def hh_preference_items() -> list[dict]:
             for p in read_pairs(HH_RLHF, indices=HH_HELDOUT)]
 
 
+def request_texts(task: str, limit: int | None) -> tuple[list[tuple[str, str]], bool] | None:
+    """The (context, continuation) texts of the requests lm-eval makes of a bundled task's first ``limit``
+    documents, and whether they are rolling log-likelihoods (``rwedit plan`` counts their tokens); None for a task
+    rwedit does not ship."""
+    if task == "rwedit_hh_preference":
+        return [(d["prompt"], d[c]) for d in hh_preference_items()[:limit] for c in ("chosen", "rejected")], False
+    if task == "rwedit_blimp":
+        return [("", d[c]) for d in blimp_items()[:limit] for c in ("sentence_good", "sentence_bad")], False
+    if task == "rwedit_wikitext":
+        return [("", t) for t in wikitext_articles()[:limit]], True
+    return None
+
+
 def task_path() -> Path:
     """The folder of the bundled task YAMLs inside the installed package (``rwedit tasks --path``: lm-eval's
     ``--include_path``), usable from any working directory."""

@@ -321,8 +321,8 @@ def _plan(recipe: Recipe, ctx):
     """The control experiment's own stages (a :class:`~rwedit.evals.planning.KindPlan`): the observed pair's
     statistics and streamed RSF grid, the edit's statistics and gradient, the adapters it writes."""
     from rwedit.checkpoints import is_adapter, largest_role_tensor
-    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage,
-                                       pair_pass_bytes, stats_bytes)
+    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage, grid_work,
+                                       pair_pass_bytes, stats_bytes, stats_work)
 
     layout = ctx.base.layout
     spec = recipe.edit.resolved(layout.n_layers)
@@ -332,23 +332,27 @@ def _plan(recipe: Recipe, ctx):
     if spec.edit.b == "gradient" and spec.edit.data:
         plan.data.append(DataRef("edit.edit.data", spec.edit.data,
                                  "pairs" if spec.edit.objective == "preference" else "texts"))
+    tokens = spec.calibration.tokens if spec.calibration is not None else 0
     if ctx.post is not None and recipe.probe.enabled:
         if spec.calibration is not None:
             n = stats_bytes(layout)
             plan.cache_bytes += n
             plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
-                                               f"{layout.n_layers} layers, float64 (cached)", n, spec.calibration.tokens))
+                                               f"{layout.n_layers} layers, float64 (cached)", n, tokens))
+            plan.stages[-1].flops64, plan.stages[-1].read_bytes = stats_work(layout, tokens), ctx.base.nbytes()
+        flops, flops64 = grid_work(layout, recipe.probe.ks)
         plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
                                  + (" (adapter factors)" if is_adapter(ctx.post) else ""),
-                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8))
+                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8,
+                                 flops=flops, flops64=flops64, read_bytes=ctx.base.nbytes() + ctx.post.nbytes()))
         plan.output_bytes += len(layout.views()) * 2 * 3 * len(recipe.probe.ks) * PROBE_ROW_BYTES
     if spec.calibration is not None:
         roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
         n = stats_bytes(layout, spec.edit.layers, roles)
         plan.cache_bytes += n
         plan.stages.append(ctx.model_stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
-                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n,
-                                           spec.calibration.tokens))
+                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n, tokens))
+        plan.stages[-1].flops64 = stats_work(layout, tokens, spec.edit.layers, roles)
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))

@@ -461,6 +461,9 @@ class LoraPost:
     def layout(self) -> Layout:
         return self.base.layout
 
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.glob("adapter_model.*"))
+
     @classmethod
     def open(cls, folder: str | os.PathLike, base: Checkpoint, allow_pickle: bool | None = None) -> "LoraPost":
         """Read ``folder``'s adapter_config.json and weights, refusing what is not a plain LoRA delta."""
