@@ -6,6 +6,7 @@ machine at the model's shapes by a probe of ~0.2 s (:func:`measure_rates`), or a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ ADAPTER_FILES_BYTES, ROW_BYTES, LMEVAL_ITEM_BYTES = 16 << 10, 4 << 10, 4 << 10
 PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 
 
-#: time of a symmetric eigendecomposition with vectors (LAPACK syevd, float64) of an n x n matrix, in float64
-#: matrix products of n^3 FLOPs each: fitted on 2 CPU cores, n 896 to 4864 (its reduction is memory-bound)
-EIGH_N3 = 30.0
+#: time of a symmetric eigendecomposition with vectors (LAPACK syevd, float64) of an n x n matrix, in n^3 FLOPs
+#: of float64 matrix products: its tridiagonal reduction is memory-bound (n = 4864 took 126 s on 2 Xeon cores
+#: whose float64 products run at ~140 GFLOP/s: ~150; n = 1024 ~40), the least certain number of the plan
+EIGH_N3 = 100.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ class Rates:
 
 def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
     """The rates of this machine at the model's shapes, measured in about ``budget_s`` (after one warm-up call
-    each): a float32 product of 256 tokens with the model's MLP matrix (d x d_ff, each at most 2048: a forward
-    pass runs at this rate within ~10% on CPU), a float64 Gram ``Xᵀ X`` of 128 tokens (the activation
-    statistics), and a bfloat16 -> float32 copy of 8 MiB (reading stored weights from the page cache).
-    ``device``: cpu or cuda[:N]; elsewhere half a TFLOP/s is stated."""
+    each; the fastest call, the one least disturbed by other processes): a float32 product of a batch of 1024
+    tokens with the model's MLP matrix (d x d_ff, at most 1024 x 2048: a forward pass runs at about this rate on
+    CPU), a float64 Gram ``Xᵀ X`` of 128 tokens (the activation statistics), and a bfloat16 -> float32 copy of
+    8 MiB (reading stored weights from the page cache). ``device``: cpu or cuda[:N]; elsewhere half a TFLOP/s
+    is stated."""
     import time
 
     import torch
@@ -54,21 +57,22 @@ def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
         return Rates.stated(5e11)
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    d, f = min(layout.dims.hidden, 2048), min(layout.dims.intermediate, 2048)
+    d, f = min(layout.dims.hidden, 1024), min(layout.dims.intermediate, 2048)
 
     def rate(fn, work: float, share: float) -> float:
         fn()  # warm-up: first-call allocation and kernel choice
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while n < 1 or (time.perf_counter() - t0 < budget_s * share and n < 50):
+        best, t_end = math.inf, time.perf_counter() + budget_s * share
+        while best == math.inf or (time.perf_counter() < t_end):
+            sync()
+            t0 = time.perf_counter()
             fn()
-            n += 1
-        sync()
-        return work * n / (time.perf_counter() - t0)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return work / best
 
     with torch.no_grad():
-        x, w = torch.full((256, d), 0.5, device=dev), torch.full((d, f), 0.25, device=dev)
-        f32 = rate(lambda: x @ w, 2 * 256 * d * f, 0.6)
+        x, w = torch.full((1024, d), 0.5, device=dev), torch.full((d, f), 0.25, device=dev)
+        f32 = rate(lambda: x @ w, 2 * 1024 * d * f, 0.6)
         x64 = torch.full((128, min(d, 1024)), 0.5, device=dev, dtype=torch.float64)
         f64 = rate(lambda: x64.T @ x64, 2 * x64.shape[0] * x64.shape[1] ** 2, 0.2)
         src = torch.full((4 << 20,), 0.5, device=dev, dtype=torch.bfloat16)

@@ -45,8 +45,7 @@ def using(**changes) -> Iterator[Runtime]:
 @dataclass
 class StageCost:
     """A run stage's measured cost, summed over its calls: wall and CPU seconds, forward tokens (of the models
-    :func:`count_tokens` watches) and the peak resident memory while it ran (MiB; on Linux the process's
-    high-water mark, reset when the stage starts)."""
+    :func:`count_tokens` watches) and the peak resident memory while it ran (MiB, sampled every 10 ms)."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -55,24 +54,17 @@ class StageCost:
     calls: int = 0
 
 
+#: within :func:`recording`: the costs by name and the stages running now (each [cost, peak KiB, t0, cpu0])
 _STAGES: contextvars.ContextVar[tuple[dict, list] | None] = contextvars.ContextVar("rwedit_stages", default=None)
 
 
-def _peak_kib(reset: bool = False) -> int:
-    """The process's resident high-water mark (KiB), then (``reset``) restart it from the current size."""
-    import resource
-    import sys
-
+def _rss_kib() -> int:
+    """The process's resident memory now (KiB; 0 where /proc is missing)."""
     try:
         with open("/proc/self/status") as f:
-            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        return peak
-    except (OSError, StopIteration, ValueError):  # no procfs: the lifetime peak (bytes on macOS)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
 
 
 def _cpu_s() -> float:
@@ -83,13 +75,28 @@ def _cpu_s() -> float:
 
 
 @contextmanager
-def recording() -> Iterator[dict[str, StageCost]]:
+def recording(interval_s: float = 0.01) -> Iterator[dict[str, StageCost]]:
     """Within the block, every :func:`stage` adds its cost to the yielded ``{name: StageCost}`` (in first-start
-    order)."""
-    token = _STAGES.set(({}, []))
+    order); a thread samples the resident memory every ``interval_s`` into the stages running then."""
+    import threading
+
+    costs, open_ = {}, []
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(interval_s):
+            rss = _rss_kib()
+            for frame in list(open_):
+                frame[1] = max(frame[1], rss)
+
+    thread = threading.Thread(target=sample, daemon=True, name="rwedit-stage-rss")
+    token = _STAGES.set((costs, open_))
+    thread.start()
     try:
-        yield _STAGES.get()[0]
+        yield costs
     finally:
+        done.set()
+        thread.join()
         _STAGES.reset(token)
 
 
@@ -102,22 +109,16 @@ def stage(name: str) -> Iterator[None]:
         yield
         return
     costs, open_ = rec
-    peak = _peak_kib(reset=True)
-    for frame in open_:  # the outer stages keep the peak reached so far
-        frame[1] = max(frame[1], peak)
     cost = costs.setdefault(name, StageCost())
-    frame = [cost, 0, time.perf_counter(), _cpu_s()]
+    frame = [cost, _rss_kib(), time.perf_counter(), _cpu_s()]
     open_.append(frame)
     try:
         yield
     finally:
         open_.remove(frame)
-        frame[1] = max(frame[1], _peak_kib())
-        for outer in open_:
-            outer[1] = max(outer[1], frame[1])
         cost.wall_s += time.perf_counter() - frame[2]
         cost.cpu_s += _cpu_s() - frame[3]
-        cost.peak_rss_mib = max(cost.peak_rss_mib, frame[1] / 1024)
+        cost.peak_rss_mib = max(cost.peak_rss_mib, max(frame[1], _rss_kib()) / 1024)
         cost.calls += 1
 
 
