@@ -21,9 +21,9 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 
 
 #: time of a symmetric eigendecomposition with vectors (LAPACK syevd, float64) of an n x n matrix, in n^3 FLOPs
-#: of float64 matrix products: its tridiagonal reduction is memory-bound (n = 4864 took 126 s on 2 Xeon cores
-#: whose float64 products run at ~140 GFLOP/s: ~150; n = 1024 ~40), the least certain number of the plan
-EIGH_N3 = 100.0
+#: at the measured float64 product rate: its tridiagonal reduction is memory-bound, so the ratio moves with the
+#: machine and its load (40-150 measured on 2 Xeon cores for n 1024-4864); the least certain number of the plan
+EIGH_N3 = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class Rates:
 
 def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
     """The rates of this machine at the model's shapes, measured in about ``budget_s`` (after one warm-up call
-    each; the fastest call, the one least disturbed by other processes): a float32 product of a batch of 1024
+    each; the fastest call, the one least disturbed by other processes): a float32 product of a batch of 512
     tokens with the model's MLP matrix (d x d_ff, at most 1024 x 2048: a forward pass runs at about this rate on
-    CPU), a float64 Gram ``Xᵀ X`` of 128 tokens (the activation statistics), and a bfloat16 -> float32 copy of
+    CPU), a float64 Gram ``Xᵀ X`` of 512 tokens (the activation statistics), and a bfloat16 -> float32 copy of
     8 MiB (reading stored weights from the page cache). ``device``: cpu or cuda[:N]; elsewhere half a TFLOP/s
     is stated."""
     import time
@@ -71,9 +71,9 @@ def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
         return work / best
 
     with torch.no_grad():
-        x, w = torch.full((1024, d), 0.5, device=dev), torch.full((d, f), 0.25, device=dev)
-        f32 = rate(lambda: x @ w, 2 * 1024 * d * f, 0.6)
-        x64 = torch.full((128, min(d, 1024)), 0.5, device=dev, dtype=torch.float64)
+        x, w = torch.full((512, d), 0.5, device=dev), torch.full((d, f), 0.25, device=dev)
+        f32 = rate(lambda: x @ w, 2 * 512 * d * f, 0.6)
+        x64 = torch.full((512, d), 0.5, device=dev, dtype=torch.float64)
         f64 = rate(lambda: x64.T @ x64, 2 * x64.shape[0] * x64.shape[1] ** 2, 0.2)
         src = torch.full((4 << 20,), 0.5, device=dev, dtype=torch.bfloat16)
         read = rate(lambda: src.to(torch.float32), src.numel() * 2, 0.2)
