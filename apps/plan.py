@@ -58,7 +58,8 @@ class Plan:
 
     def estimates(self, flops_per_s: float | None = None) -> dict[str, float]:
         """Seconds of each stage, and of each part of one (``stage: part``, e.g. ``scoring: direct``)."""
-        rates, out = self.rates(flops_per_s), {}
+        out: dict[str, float] = {}
+        rates = self.rates(flops_per_s) if self.stages else None
         for st in self.stages:
             out[st.name] = st.seconds(rates, self.token_flops)
             out.update({f"{st.name}: {p}": st.seconds(rates, self.token_flops, n) for p, n in st.parts.items()})

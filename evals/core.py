@@ -499,5 +499,4 @@ def write_report(folder: str | Path, **options: Any) -> Path:
 
 __all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",
            "experiment_kinds", "load_recipe", "register_experiment", "register_lazy_experiment", "run_experiment",
-           "run_recipe", "shard_problems",
-           "stored_kind", "write_report"]
+           "run_recipe", "shard_problems", "stored_kind", "write_report"]
