@@ -220,6 +220,7 @@ class Checkpoint:
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     _dtypes: dict[str, str] = field(default_factory=dict, repr=False)
     _offsets: dict[str, int] = field(default_factory=dict, repr=False)
+    _json: dict[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
@@ -313,6 +314,12 @@ class Checkpoint:
         stored = self._dtypes[self.find(param)]
         return _DTYPE_NAMES.get(stored, stored)
 
+    def tokenizer_file(self, name: str):
+        """A tokenizer JSON file of the folder, parsed once (a tokenizer.json is megabytes)."""
+        if name not in self._json:
+            self._json[name] = json.loads((self.path / name).read_text())
+        return self._json[name]
+
     def tokenizer_vocab(self) -> dict[str, int] | None:
         """The token → id map of the checkpoint's tokenizer files (None when it ships none that can be read
         without loading the tokenizer): ``tokenizer.json``'s model vocab, else ``vocab.json``."""
@@ -320,7 +327,7 @@ class Checkpoint:
             f = self.path / name
             if f.exists():
                 try:
-                    vocab = get(json.loads(f.read_text()))
+                    vocab = get(self.tokenizer_file(name))
                 except (ValueError, AttributeError):
                     raise CheckpointError(f"{f} is not valid JSON; the tokenizer files are damaged") from None
                 if isinstance(vocab, dict):
@@ -768,7 +775,7 @@ def check_tokenizer_files(ckpt: Checkpoint, required: bool = True) -> None:
     ids = set(vocab.values()) if vocab else set()
     added = ckpt.path / "tokenizer.json"
     if added.exists():
-        ids |= {int(t["id"]) for t in json.loads(added.read_text()).get("added_tokens") or [] if "id" in t}
+        ids |= {int(t["id"]) for t in ckpt.tokenizer_file("tokenizer.json").get("added_tokens") or [] if "id" in t}
     rows = ckpt.shape(ckpt.layout.view(None, "unembed").param)[0]
     if ids and max(ids) >= rows:
         raise CheckpointMismatchError(

@@ -50,10 +50,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                         f"{'gzip' if path.suffix == '.gz' else 'text'}?") from None
 
 
-def _records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
-    """``(line number, record)`` of a JSON-lines file; a line that is not a JSON object is a
-    :class:`DataError` naming the file, the line and what a record should hold (``expected``)."""
+def _records(path: Path, expected: str, indices: range | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` of a JSON-lines file (only the 0-based line ``indices``, when given: the others
+    are not parsed); a line that is not a JSON object is a :class:`DataError` naming the file, the line and what
+    a record should hold (``expected``)."""
     for n, line in _lines(path):
+        if indices is not None and n - 1 not in indices:
+            if n - 1 >= indices.stop:
+                return
+            continue
         if not line.strip():
             continue
         try:
@@ -215,9 +220,7 @@ def read_pairs(path: str | Path, limit: int | None = None, indices: range | None
                                                                if path.is_dir() else ""))
     expected = "`prompt`, `chosen`, `rejected` (or hh-rlhf's `chosen`, `rejected` transcripts)"
     out = []
-    for n, r in _records(path, expected):
-        if indices is not None and n - 1 not in indices:
-            continue
+    for n, r in _records(path, expected, indices):
         need = ("prompt", "chosen", "rejected") if "prompt" in r else ("chosen", "rejected")
         lacking = [k for k in need if not isinstance(r.get(k), str)]
         if lacking:
