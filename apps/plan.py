@@ -20,7 +20,8 @@ from typing import Any
 from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
-                                   PlanContext, Stage)
+                                   PlanContext, Rates, Stage, forward_flops, measure_rates, padded_tokens,
+                                   token_lengths)
 
 
 @dataclass
@@ -42,10 +43,31 @@ class Plan:
     checked: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what plan cannot know, or an estimate above what is free
     recipe: Any = field(default=None, repr=False)  # the parsed recipe, its checkpoints opened (run reuses it)
+    token_flops: float = 0.0  # FLOPs of one forward token
+    _rates: Rates | None = field(default=None, repr=False)
 
-    def lines(self, flops_per_s: float = 1e11) -> list[str]:
-        """The plan as text; compute is converted to time at ``flops_per_s`` (default 100 GFLOP/s, about two
-        CPU cores; a GPU is 100-1000x that), stated as such."""
+    def rates(self, flops_per_s: float | None = None) -> Rates:
+        """The rates the estimates use: ``flops_per_s`` as stated, else measured here once (~0.2 s, on the
+        device of the model stages; see :func:`~rwedit.evals.planning.measure_rates`)."""
+        if flops_per_s is not None:
+            return Rates.stated(flops_per_s)
+        if self._rates is None:
+            device = next((s.device for s in self.stages if s.tokens), "cpu")
+            self._rates = measure_rates(self.recipe.base_checkpoint.layout, device)
+        return self._rates
+
+    def estimates(self, flops_per_s: float | None = None) -> dict[str, float]:
+        """Seconds of each stage, and of each part of one (``stage: part``, e.g. ``scoring: direct``)."""
+        out: dict[str, float] = {}
+        rates = self.rates(flops_per_s) if self.stages else None
+        for st in self.stages:
+            out[st.name] = st.seconds(rates, self.token_flops)
+            out.update({f"{st.name}: {p}": st.seconds(rates, self.token_flops, n) for p, n in st.parts.items()})
+        return out
+
+    def lines(self, flops_per_s: float | None = None) -> list[str]:
+        """The plan as text; work is converted to time at ``flops_per_s`` if given, else at the rates measured
+        here (:meth:`rates`), stated as such."""
         out = [f"plan: {self.kind} recipe {self.name!r} -> {self.folder}"]
         if not self.stages:  # an application: its own stages open their checkpoints as they run
             return out + [f"checked: the recipe's keys and names; the {self.kind} application opens and checks its "
@@ -59,14 +81,16 @@ class Plan:
         if self.conditions is not None:
             out.append(f"  conditions: {len(self.conditions)} + base ({', '.join(self.conditions[:6])}"
                        f"{', ...' if len(self.conditions) > 6 else ''})")
-        out.append("stages (peak memory on the device; forward tokens -> compute at 2 x params FLOPs per token):")
-        total = 0.0
+        rates, est = self.rates(flops_per_s), self.estimates(flops_per_s)
+        out.append(f"stages (peak memory on the device; forward tokens at {self.token_flops / 1e9:.2f} GFLOP each, "
+                   f"other compute and weight reads):")
         for st in self.stages:
-            secs = st.tokens * 2 * self.params / flops_per_s
-            total += secs
+            parts = ", ".join(f"{p} ~{est[f'{st.name}: {p}'] / 60:.1f} min" for p in st.parts)
             out.append(f"  {st.name:<24} {readable_bytes(st.memory_bytes):>10} {st.device:<5} {st.tokens:>12,} tokens  "
-                       f"~{secs / 60:.1f} min  {st.what}")
-        out.append(f"estimated compute: ~{total / 60:.1f} min at {flops_per_s / 1e9:.0f} GFLOP/s (forward passes only)")
+                       f"~{est[st.name] / 60:.1f} min  {st.what}" + (f" ({parts})" if parts else ""))
+        out.append(f"estimated time: ~{sum(est[s.name] for s in self.stages) / 60:.1f} min at {rates.flops32 / 1e9:.0f} "
+                   f"GFLOP/s float32, {rates.flops64 / 1e9:.0f} float64, weights read at "
+                   f"{rates.read_bytes_s / 1e9:.1f} GB/s ({rates.how}); model loads, reports and plots besides")
         if self.free_disk_bytes is not None:
             out.append(f"disk: the run writes ~{readable_bytes(self.output_bytes)} into {self.folder} "
                        f"({readable_bytes(self.free_disk_bytes)} free there)")
@@ -159,31 +183,49 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     """The stage every store-based run ends with: each condition (and the base) scored by the direct metrics
     and lm-eval on one loaded model; with the bytes it writes (rows, lm-eval's output)."""
     from rwedit.data import read_pairs
+    from rwedit.evals.bundled_tasks import request_texts
+    from rwedit.models import context_window
 
     n_cond = (len(conditions) + 1) if conditions is not None else 1
-    per_cond, batch_tokens, output = 0, 0, n_cond * ROW_BYTES
+    batch_tokens, output, parts = 0, n_cond * ROW_BYTES, {}
     direct, ev = recipe.direct, recipe.eval
+    pairs, requests = [], {}  # the texts the scorers will read, counted with the base's tokenizer at once
     if direct is not None:
-        if direct.pairs != "all":
-            pairs = direct.pairs
-        elif direct.pairs_heldout is not None:
-            pairs = len(range(*direct.pairs_heldout))
-        else:
-            pairs = len(read_pairs(direct.pairs_data))
-        per_cond += 2 * pairs * direct.max_len + direct.texts * direct.seq_len
+        pairs = read_pairs(direct.pairs_data, limit=None if direct.pairs == "all" else direct.pairs,
+                           indices=None if direct.pairs_heldout is None else range(*direct.pairs_heldout))
         batch_tokens = direct.batch_size * max(direct.max_len, direct.seq_len)
     if ev is not None:
-        items = len(ev.tasks) * (ev.limit or 500)
-        per_cond += items * 2 * 256  # rough: two continuations of ~256 tokens per item
+        requests = {t: request_texts(t, ev.limit) for t in ev.tasks}
         batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256))
-        output += n_cond * items * LMEVAL_ITEM_BYTES
+        output += n_cond * len(ev.tasks) * (ev.limit or 500) * LMEVAL_ITEM_BYTES
+    texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+    texts += [t for reqs, _ in filter(None, requests.values()) for r in reqs for t in r]
+    lengths = iter(token_lengths(ctx.base.path, texts))
+    if direct is not None:  # prompt (after BOS) and response, cut at max_len; chosen and rejected batched apart
+        p_len = [(1 + next(lengths), next(lengths), next(lengths)) for _ in pairs]
+        per = sum(padded_tokens([min(direct.max_len, x[0] + x[i]) for x in p_len], direct.batch_size) for i in (1, 2))
+        per += direct.texts * direct.seq_len
+        parts["direct"] = (n_cond + 1) * per  # the base's reference values first
+    if ev is not None:  # lm-eval sorts its requests by length and pads each batch; rolling ones are windowed
+        window, per = ev.max_length or context_window(ctx.base.config) or 2048, 0
+        for task, got in requests.items():
+            if got is None:  # a task rwedit does not ship: two continuations of ~256 tokens per item
+                per += (ev.limit or 500) * 2 * 256
+                continue
+            reqs, rolling = got
+            n = [next(lengths) + next(lengths) for _ in reqs]
+            n = [w for x in n for w in ([window] * (x // window) + [x % window] if rolling else [min(x, window)]) if w]
+            per += padded_tokens(n, ev.batch_size, sort=True)
+        parts["lmeval"] = n_cond * per
     layout = ctx.base.layout
     vocab = layout.view(None, "unembed").shape[0]
     what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
             f"per condition: the {kind} kind lists its conditions when the run prepares them")
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
     extra = n_cond * 2 * layout.dims.hidden * 4 + batch_tokens * vocab * 4 * 2
-    return ctx.model_stage("scoring", what, extra, n_cond * per_cond), output
+    stage = ctx.model_stage("scoring", what, extra, sum(parts.values()))
+    stage.parts = parts
+    return stage, output
 
 
 def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path | None = None,
@@ -253,7 +295,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
         if over:
             notes.append(f"stage(s) {', '.join(over)} need more memory than {dev} has free now ({readable_bytes(avail)})")
     return Plan(kind.name, recipe.name, folder, sources, params, own.conditions, stages, free, output_bytes,
-                own.cache_bytes, cache, cache_free, checked, own.notes + notes, recipe)
+                own.cache_bytes, cache, cache_free, checked, own.notes + notes, recipe, forward_flops(base.layout))
 
 
 __all__ = ["Plan", "check_data", "check_disk", "device_memory", "direct_refs", "plan_recipe", "scoring_stage"]

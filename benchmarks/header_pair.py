@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 PRESETS = {
+    # TinyLlama-1.1B's shapes (GQA 4 KV heads), bf16, untied: the synthetic pair of bench_pair_pass.py
+    "llama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                       num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
     # Llama-2-70B's shapes (GQA 8 KV heads), bf16, untied
     "llama-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                       num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096),

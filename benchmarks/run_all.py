@@ -141,9 +141,38 @@ def _sources(r: dict) -> list[Figure]:
 
 def _shards(r: dict) -> list[Figure]:
     two, two1 = _at(r, "ratios", "two_over_one"), _at(r, "ratios", "two_1t_over_one_1t")
-    return [Figure("12-condition grid: two shard processes / one process (wall, default threads)", two, "≤ 0.6",
-                   _le(two, 0.6)),
-            Figure("the same with one thread per process", two1, "info", None)]
+    best = _at(r, "ratios", "best_like_for_like")
+    size = (f"{_at(r, 'settings', 'conditions')}-condition grid, {max(_at(r, 'settings', 'limits', default=[0]))} "
+            f"items each, scoring {(r.get('sizes') or [{}])[-1].get('scoring_share', 0):.0%} of a process")
+    out = [Figure(f"{size}: two shard processes / one process (wall, like for like: the better of default threads "
+                  f"and one thread each)", best, "≤ 0.6", _le(best, 0.6)),
+           Figure("the same, default threads (2 x 2 threads on 2 cores)", two, "info", None),
+           Figure("the same, one thread per process", two1, "info", None)]
+    for key, c in (r.get("crossover") or {}).items():
+        out.append(Figure(f"{key}: items per condition from which two processes beat one (measured; else —)",
+                          c.get("limit_below_1"), "info", None, "n"))
+        out.append(Figure(f"{key}: items per condition from which the ratio is <= 0.6 (extrapolated from the largest)",
+                          c.get("limit_needed_for_target"), "info", None, "n"))
+    return out
+
+
+def _study(r: dict) -> list[Figure]:
+    f, size = r.get("figures") or {}, "2 layers, quick settings" if r.get("quick") else "Qwen2.5-0.5B shapes, laptop settings"
+    out = [Figure(f"whole study (rwedit run control-experiment, {size}) / the sum of its stages' irreducible costs",
+                  f.get("run_over_irreducible"), "≤ 1.5", _le(f.get("run_over_irreducible"), 1.5)),
+           Figure("whole study peak RSS / the model's float32 size", f.get("peak_rss_over_fp32"), "≤ 2",
+                  _le(f.get("peak_rss_over_fp32"), 2.0)),
+           Figure("rwedit plan's stage estimates: the worst |estimate / measured - 1|", f.get("plan_error"), "≤ 0.25",
+                  _le(f.get("plan_error"), 0.25), "share")]
+    stages = f.get("stages") or {}
+    run = stages.get("run", {}).get("wall_s") or 1
+    for name, s in stages.items():  # where the time goes (an outer stage includes its `stage: part` ones)
+        x = f", {s['over_irreducible']:.1f}x its irreducible" if s.get("over_irreducible") else ""
+        plan = f", plan {s['plan_over_measured']:.2f}x" if s.get("plan_over_measured") else ""
+        if name != "run":
+            out.append(Figure(f"study stage {name}: wall ({s['wall_s'] / run:.0%} of the run{x}{plan})", s["wall_s"],
+                              "info", None, "s"))
+    return out
 
 
 def _placement(r: dict) -> list[Figure]:
@@ -158,8 +187,9 @@ register(Bench("probes", "bench_probes.py", ["--profile", "never", "--no-alterna
 register(Bench("adapters", "bench_adapters.py", [], [], "adapters.json", _adapters))
 register(Bench("scoring", "bench_scoring.py", [], ["--limit", "5"], "scoring.json", _scoring))
 register(Bench("sources", "bench_sources.py", [], [], "sources.json", _sources))
-register(Bench("shards", "bench_shards.py", [], [], "shards.json", _shards))
+register(Bench("shards", "bench_shards.py", ["--limit", "10,40,160,320"], ["--limit", "10"], "shards.json", _shards))
 register(Bench("placement", "bench_placement.py", [], ["--repeat", "1", "--batch-sizes", "8"], "placement.json", _placement))
+register(Bench("study", "bench_study.py", [], ["--quick"], "study.json", _study, timeout_s=4 * 3600))
 
 
 def _quickstart(quick: bool) -> tuple[list[Figure], dict]:
@@ -185,20 +215,16 @@ def _quickstart(quick: bool) -> tuple[list[Figure], dict]:
 
 
 def _plan(quick: bool) -> tuple[list[Figure], dict]:
-    """``rwedit plan`` of the control recipe on the synthetic 1.1B pair (files linked, the organism's tokenizer
-    added): the whole command's wall time, imports included, and the plan's own time in-process."""
-    pair = HERE / ".cache" / "llama-1.1b-pair"
-    toks = sorted(Path.home().glob(".cache/rwedit/organism/*/pretrained/tokenizer.json"))
-    if not (pair / "BUILD_COMPLETE.json").exists() or not toks:
-        return [Figure("plan on the 1.1B pair: the pair or a tokenizer is missing (run bench_pair_pass.py, "
-                       "rwedit organism)", None, met=False)], {}
-    root = Path(tempfile.mkdtemp(prefix="rwedit-plan-"))
-    for side in ("base", "post"):
-        (root / side).mkdir()
-        for f in (pair / side).iterdir():
-            (root / side / f.name).symlink_to(f)
-        for f in toks[0].parent.glob("tokenizer*.json"):
-            shutil.copy(f, root / side / f.name)
+    """``rwedit plan`` of the control recipe on the 1.1B header pair (``header_pair.py --preset llama-1.1b``: real
+    headers, sparse shards; ``bench_scoring``'s BPE tokenizer): the whole command's wall time, imports and its rate
+    probe included, and the plan's own time in-process."""
+    root = HERE / ".cache" / "llama-1.1b-headers"
+    if not (root / "post" / "config.json").exists():
+        tok = HERE / ".cache" / "bpe-32000"
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from bench_scoring import "
+                        f"ensure_tokenizer; ensure_tokenizer(Path({str(tok)!r}))"], cwd=HERE, check=True)
+        subprocess.run([sys.executable, str(HERE / "header_pair.py"), str(root), "--preset", "llama-1.1b",
+                        "--tokenizer", str(tok)], check=True)
     args = ["plan", str(ROOT / "recipes" / "control-experiment.yaml"), "--base", str(root / "base"), "--post",
             str(root / "post"), "--out", str(root / "run")]
     walls = []
@@ -215,7 +241,6 @@ def _plan(quick: bool) -> tuple[list[Figure], dict]:
             "print(time.perf_counter() - t)")
     q = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     inproc = float(q.stdout.strip().splitlines()[-1]) if q.returncode == 0 and q.stdout.strip() else None
-    shutil.rmtree(root, ignore_errors=True)
     ok = p.returncode == 0
     return [Figure("rwedit plan on the 1.1B pair, whole command (imports included)", min(walls) if ok else None,
                    "≤ 2 s", ok and min(walls) <= 2, "s"),
@@ -284,6 +309,8 @@ def fmt(v, unit: str) -> str:
         return f"{v:.0f} MB"
     if unit == "share":
         return f"{v:.2f}"
+    if unit == "n":
+        return f"{v:.0f}"
     if v and abs(v) < 0.01:
         return f"{v:.1e}×"
     return f"{v:.2f}×" if abs(v) < 100 else f"{v:.0f}×"
@@ -318,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller settings and no cold quickstart")
     ap.add_argument("--only", default=None,  # the other benchmarks' rows of the last summary are kept
-                    help="comma list of benchmarks to run: pair_pass, probes, adapters, scoring, sources, shards, "
+                    help="comma list of benchmarks to run: pair_pass, probes, adapters, scoring, sources, shards, study, "
                          "placement, plan, quickstart (default: all)")
     args = ap.parse_args(argv)
     names = [*BENCHES, *BUILTIN] if args.only is None else args.only.split(",")

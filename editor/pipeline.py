@@ -23,7 +23,7 @@ from rwedit.probes.activations import ActivationStats, StatsSettings, cached_act
 from rwedit.probes.directions import (cached_explain, cards_html, cards_section, edit_directions, read_cards,
                                      unembedding)
 from rwedit.probes.rsf import rank1_rsf
-from rwedit.runtime import runtime
+from rwedit.runtime import runtime, stage
 
 PROBE_KS = (1, 4, 16)
 
@@ -131,7 +131,8 @@ def build_and_save(spec: EditSpec, model, tok, out: str | Path, overwrite: bool 
     given_layers = list(spec.edit.layers)
     spec = spec.resolved(model_layout(bare).n_layers)  # relative layers (-1, 0.5, mid) -> this model's indices
     fingerprint = model_fingerprint(bare)
-    stats = edit_stats(spec, model, tok)
+    with stage("edit: statistics"):
+        stats = edit_stats(spec, model, tok)
     conditions = build_conditions(spec, model, tok, stats)
     if not norms_match(conditions):
         raise RuntimeError("controls do not share the edit's ||ΔW||_F")  # a bug, not an input: no RweditError

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from rwedit.architectures import READ_ROLES, ROLES, WRITE_ROLES
 from rwedit.config import Config, option
 from rwedit.errors import SpecError
-from rwedit.probes.pipeline import CalibrationSettings
+from rwedit.data import CalibrationSettings
 
 #: the units a dose is given in: α itself (‖ΔW‖_F), or a multiple of the observed update along v (‖ΔW_obs v‖)
 DOSE_UNITS = {"alpha": "a", "observed": "r"}

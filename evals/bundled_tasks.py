@@ -6,6 +6,7 @@ works for rwedit (`task_manager()`) and for plain lm-eval
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 from pathlib import Path
@@ -38,23 +39,39 @@ def wikitext_articles(path: Path = WIKITEXT_TEST) -> list[str]:
     return [t for t in ("".join(d).strip() for d in docs) if t]
 
 
-def blimp_items(folder: Path = BLIMP) -> list[dict]:
-    """All bundled BLiMP pairs, interleaved round-robin across paradigms (so a limit samples each)."""
-    per = []
-    for f in sorted(folder.glob("*.jsonl.gz")):
+def blimp_items(folder: Path = BLIMP, limit: int | None = None) -> list[dict]:
+    """The bundled BLiMP pairs (the first ``limit``), interleaved round-robin across paradigms (so a limit samples
+    each)."""
+    per, files = [], sorted(folder.glob("*.jsonl.gz"))
+    for f in files:
         with gzip.open(f, "rt", encoding="utf-8") as h:
-            per.append([json.loads(line) for line in h if line.strip()])
+            lines = (line for line in h if line.strip())
+            per.append([json.loads(line) for line in (lines if limit is None else
+                                                      itertools.islice(lines, -(-limit // len(files))))])
     out = []
     for i in range(max(len(p) for p in per)):
         out += [{"sentence_good": p[i]["sentence_good"], "sentence_bad": p[i]["sentence_bad"], "UID": p[i]["UID"]}
                 for p in per if i < len(p)]
-    return out
+    return out[:limit]
 
 
 def hh_preference_items() -> list[dict]:
     """The held-out hh-rlhf pairs (lines 1900-2311 of the bundled file) as task documents."""
     return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
             for p in read_pairs(HH_RLHF, indices=HH_HELDOUT)]
+
+
+def request_texts(task: str, limit: int | None) -> tuple[list[tuple[str, str]], bool] | None:
+    """The (context, continuation) texts of the requests lm-eval makes of a bundled task's first ``limit``
+    documents, and whether they are rolling log-likelihoods (``rwedit plan`` counts their tokens); None for a task
+    rwedit does not ship."""
+    if task == "rwedit_hh_preference":
+        return [(d["prompt"], d[c]) for d in hh_preference_items()[:limit] for c in ("chosen", "rejected")], False
+    if task == "rwedit_blimp":
+        return [("", d[c]) for d in blimp_items(limit=limit) for c in ("sentence_good", "sentence_bad")], False
+    if task == "rwedit_wikitext":
+        return [("", t) for t in wikitext_articles()[:limit]], True
+    return None
 
 
 def task_path() -> Path:

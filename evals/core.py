@@ -14,6 +14,7 @@ share writes the merged report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -28,7 +29,7 @@ from rwedit.config import Config, apply_sets, given, option, read_yaml
 from rwedit.models import Placement
 from rwedit.outputs import check_not_input, default_run_folder, make_folder, write_json
 from rwedit.registry import Registry, load_plugins
-from rwedit.runtime import runtime
+from rwedit.runtime import recording, runtime, stage
 from rwedit.editor.interventions import Intervention
 from rwedit.errors import ConfigError, ExperimentError, SpecError
 from rwedit.evals.direct import DirectSettings
@@ -146,13 +147,18 @@ class Scorer(Protocol):
         """Metrics of the model as it is now."""
 
 
+def scorer_name(scorer) -> str:
+    """A scorer's name (its ``name``, else its class's): its raw output's folder and its stage in timings.json."""
+    return getattr(scorer, "name", type(scorer).__name__)
+
+
 def save_raw(out: Path, condition: str, scorers) -> None:
     """Each scorer's own output for ``condition`` (e.g. lm-eval's results JSON with its per-task configs,
     versions and samples), beside the store's flat row."""
     for scorer in scorers:
         raw = getattr(scorer, "raw", None)
         if raw is not None:
-            folder = make_folder(out / "raw" / getattr(scorer, "name", type(scorer).__name__))
+            folder = make_folder(out / "raw" / scorer_name(scorer))
             write_json(folder / f"{condition}.json", raw)
 
 
@@ -245,15 +251,11 @@ class ExperimentKind:
         return self.options.from_dict(ov) if self.options is not None else None
 
 
-def _load_builtin() -> None:
-    """Register the built-in kinds (first, whoever registers first)."""
-    import rwedit.evals.experiment  # noqa: F401  (registers "control")
-    import rwedit.evals.svd_experiment  # noqa: F401  (registers "svd-structure")
-    import rwedit.evals.adapter_eval  # noqa: F401  (registers "eval")
-    import rwedit.evals.decompose  # noqa: F401  (registers "decompose")
-
-
-_KINDS: Registry[ExperimentKind] = Registry("experiment kind", builtins=_load_builtin)
+#: the built-in kinds (first, whoever registers first), each imported when it is looked up: a run of one kind (or
+#: its plan) imports that kind's module only
+_KINDS: Registry[ExperimentKind] = Registry("experiment kind", lazy={
+    "control": "rwedit.evals.experiment:KIND", "svd-structure": "rwedit.evals.svd_experiment:KIND",
+    "eval": "rwedit.evals.adapter_eval:KIND", "decompose": "rwedit.evals.decompose:KIND"})
 
 
 def register_experiment(kind: ExperimentKind, *, replace: bool = False) -> ExperimentKind:
@@ -261,6 +263,11 @@ def register_experiment(kind: ExperimentKind, *, replace: bool = False) -> Exper
     if (kind.prepare is None) == (kind.run is None):
         raise ValueError(f"experiment kind {kind.name!r}: give exactly one of prepare (store-based) or run")
     return _KINDS.register(kind.name, kind, replace=replace)
+
+
+def register_lazy_experiment(name: str, ref: str) -> None:
+    """Name a kind by ``"module:attr"`` (the module registers it, or holds it there): imported when looked up."""
+    _KINDS.register_lazy(name, ref)
 
 
 def experiment_kinds() -> list[ExperimentKind]:
@@ -345,7 +352,8 @@ def run_experiment(kind: ExperimentKind, recipe: ExperimentRecipe, out: str | Pa
     created = not store.folder.exists()
     with store.locked():  # one writer per store: a second `run --resume` here is refused (and removes nothing)
         try:
-            return _run_locked(kind, recipe, store, stop_after, resume, sources, on_row)
+            with _timings(store.folder):
+                return _run_locked(kind, recipe, store, stop_after, resume, sources, on_row)
         except BaseException:
             if created and not store.path.exists():  # failed before its first row: leave nothing behind
                 import shutil
@@ -373,23 +381,25 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
     missing = [c for c in prep.conditions if c.name in mine and c.name not in done]
     final = [c for c in missing if c.intervention.final]
     missing = [c for c in missing if not c.intervention.final] + final  # what cannot be undone goes last
-    scorers = (prep.scorers() if callable(prep.scorers) else prep.scorers) if missing else []
-    for i, c in enumerate(tqdm(missing, desc="conditions", disable=not runtime().progress)):
-        if stop_after is not None and i >= stop_after:
-            break
-        t = time.perf_counter()
-        row: dict[str, Any] = {"condition": c.name, **c.info}
-        with c.intervention.applied(prep.model):
-            if c.measure is not None:
-                row.update(c.measure())
-            for scorer in scorers:
-                row.update(check_scores(scorer.score(), c.name))
-        save_raw(out, c.name, scorers)  # before the row: a resumed run rewrites it if killed in between
-        row["seconds"] = round(time.perf_counter() - t, 2)
-        store.append(row)
-        for after in (c.after, on_row):
-            if after is not None:
-                after(row)
+    with stage("scoring"):
+        scorers = (prep.scorers() if callable(prep.scorers) else prep.scorers) if missing else []
+        for i, c in enumerate(tqdm(missing, desc="conditions", disable=not runtime().progress)):
+            if stop_after is not None and i >= stop_after:
+                break
+            t = time.perf_counter()
+            row: dict[str, Any] = {"condition": c.name, **c.info}
+            with c.intervention.applied(prep.model):
+                if c.measure is not None:
+                    row.update(c.measure())
+                for scorer in scorers:
+                    with stage(f"scoring: {scorer_name(scorer)}"):
+                        row.update(check_scores(scorer.score(), c.name))
+            save_raw(out, c.name, scorers)  # before the row: a resumed run rewrites it if killed in between
+            row["seconds"] = round(time.perf_counter() - t, 2)
+            store.append(row)
+            for after in (c.after, on_row):
+                if after is not None:
+                    after(row)
     if not mine <= store.done():
         again = f" --shard {store.shard}" if store.shard is not None else ""
         return RunResult.read(store, None, [f"stopped after {len(store.done())} of {len(mine)} conditions: rerun "
@@ -410,10 +420,25 @@ def _run_locked(kind: ExperimentKind, recipe: ExperimentRecipe, store: ResultSto
 
 def _report(kind: ExperimentKind, recipe: ExperimentRecipe, out: Path):
     """The kind's report of the finished run, then its finishing step (e.g. the exported adapters' cards)."""
-    report = kind.report(out)
-    if kind.finish is not None:
-        kind.finish(recipe, out)
+    with stage("report"):
+        report = kind.report(out)
+        if kind.finish is not None:
+            kind.finish(recipe, out)
     return report
+
+
+@contextlib.contextmanager
+def _timings(folder: Path):
+    """Within the block, the run's stages are measured (:mod:`rwedit.runtime`: wall and CPU seconds, forward
+    tokens, peak resident memory; ``run`` the whole, outer stages include their ``stage: part`` ones); however it
+    ends, ``timings.json`` beside its store holds this process's figures."""
+    with recording() as stages:
+        try:
+            with stage("run"):
+                yield
+        finally:
+            if folder.exists():
+                write_json(folder / "timings.json", {n: dataclasses.asdict(c) for n, c in stages.items()})
 
 
 def check_scores(scores: dict[str, Any], condition: str) -> dict[str, Any]:
@@ -496,5 +521,5 @@ def write_report(folder: str | Path, **options: Any) -> Path:
 
 
 __all__ = ["Condition", "ExperimentKind", "ExperimentRecipe", "Prepared", "RunResult", "Scorer", "experiment_kind",
-           "experiment_kinds", "load_recipe", "register_experiment", "run_experiment", "run_recipe", "shard_problems", "share_note",
-           "stored_kind", "write_report"]
+           "experiment_kinds", "load_recipe", "register_experiment", "register_lazy_experiment", "run_experiment",
+           "run_recipe", "shard_problems", "share_note", "stored_kind", "write_report"]

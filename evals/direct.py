@@ -91,6 +91,8 @@ class HeldoutText:
 class DirectScorer:
     """Holds the encoded held-out data and the base model's reference values."""
 
+    name = "direct"
+
     def __init__(self, model, tokenizer, settings: DirectSettings = DirectSettings()):
         from rwedit.models import check_window
 

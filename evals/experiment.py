@@ -33,7 +33,7 @@ from rwedit.editor.spec import KL_SUFFIX, EditSpec
 from rwedit.errors import ConfigError, DataError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
-from rwedit.evals.direct import ITEMS, EffectSettings
+from rwedit.evals.direct import ITEMS, DirectScorer, EffectSettings
 from rwedit.evals.store import ResultStore
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.probes.subspaces import prediction_spectrum
@@ -190,9 +190,9 @@ def _prepare(recipe: Recipe, out: Path) -> Prepared:
     model, and list the base and every adapter as conditions."""
     from rwedit.editor.adapters import load_adapter_folder
     from rwedit.editor.pipeline import build_and_save
-    from rwedit.evals.direct import DirectScorer
     from rwedit.evals.lmeval import LMEvalScorer
     from rwedit.models import load_model_and_tokenizer
+    from rwedit.runtime import stage
 
     spec = recipe.edit
     if recipe.probe.enabled and spec.post and not (out / "probe" / "meta.json").exists():
@@ -204,17 +204,20 @@ def _prepare(recipe: Recipe, out: Path) -> Prepared:
         run_probe(ProbeRequest(spec.model, spec.post, calibration=calib, svd=None, out=out / "probe",
                                grid=GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds)))
 
-    model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device, placement=recipe.placement)
+    with stage("load model"):
+        model, tok = load_model_and_tokenizer(recipe.base_checkpoint, device=recipe.device,
+                                              placement=recipe.placement)
     edit_dir = out / "edit"
-    if (edit_dir / "edits.json").exists():
-        conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
-        peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
-    else:
-        derive = None if recipe.effect.match == "norm" else (
-            lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect))
-        peft_model, conds = build_and_save(spec, model, tok, edit_dir, extra_metrics=_prediction_metrics,
-                                           derive=derive)
-        conditions = [c.describe() for c in conds]
+    with stage("edit"):
+        if (edit_dir / "edits.json").exists():
+            conditions = json.loads((edit_dir / "edits.json").read_text())["conditions"]
+            peft_model = load_adapter_folder(model, edit_dir / "adapters", [c["name"] for c in conditions])
+        else:
+            derive = None if recipe.effect.match == "norm" else (
+                lambda pm, conds: kl_matched(pm, conds, _search_text(recipe, pm, tok), recipe.effect))
+            peft_model, conds = build_and_save(spec, model, tok, edit_dir, extra_metrics=_prediction_metrics,
+                                               derive=derive)
+            conditions = [c.describe() for c in conds]
     peft_model.eval()
 
     def scorers():
@@ -242,6 +245,7 @@ class _Flagged:
 
     scorer: Any
     tol: float
+    name = DirectScorer.name
 
     def score(self) -> dict[str, Any]:
         out = self.scorer.score()
@@ -316,8 +320,8 @@ def _plan(recipe: Recipe, ctx):
     """The control experiment's own stages (a :class:`~rwedit.evals.planning.KindPlan`): the observed pair's
     statistics and streamed RSF grid, the edit's statistics and gradient, the adapters it writes."""
     from rwedit.checkpoints import is_adapter, largest_role_tensor
-    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage,
-                                       pair_pass_bytes, stats_bytes)
+    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage, grid_work,
+                                       pair_pass_bytes, stats_bytes, stats_work)
 
     layout = ctx.base.layout
     spec = recipe.edit.resolved(layout.n_layers)
@@ -327,23 +331,27 @@ def _plan(recipe: Recipe, ctx):
     if spec.edit.b == "gradient" and spec.edit.data:
         plan.data.append(DataRef("edit.edit.data", spec.edit.data,
                                  "pairs" if spec.edit.objective == "preference" else "texts"))
+    tokens = spec.calibration.tokens if spec.calibration is not None else 0
     if ctx.post is not None and recipe.probe.enabled:
         if spec.calibration is not None:
             n = stats_bytes(layout)
             plan.cache_bytes += n
             plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
-                                               f"{layout.n_layers} layers, float64 (cached)", n, spec.calibration.tokens))
+                                               f"{layout.n_layers} layers, float64 (cached)", n, tokens))
+            plan.stages[-1].flops64, plan.stages[-1].read_bytes = stats_work(layout, tokens), ctx.base.nbytes()
+        flops, flops64 = grid_work(layout, recipe.probe.ks)
         plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
                                  + (" (adapter factors)" if is_adapter(ctx.post) else ""),
-                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8))
+                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8,
+                                 flops=flops, flops64=flops64, read_bytes=ctx.base.nbytes() + ctx.post.nbytes()))
         plan.output_bytes += len(layout.views()) * 2 * 3 * len(recipe.probe.ks) * PROBE_ROW_BYTES
     if spec.calibration is not None:
         roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
         n = stats_bytes(layout, spec.edit.layers, roles)
         plan.cache_bytes += n
         plan.stages.append(ctx.model_stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
-                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n,
-                                           spec.calibration.tokens))
+                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n, tokens))
+        plan.stages[-1].flops64 = stats_work(layout, tokens, spec.edit.layers, roles)
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))

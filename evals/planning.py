@@ -1,9 +1,12 @@
 """What a run will need, stage by stage, from its recipe and its checkpoints' headers, before any weights load:
 each kind's ``plan`` hook returns a :class:`KindPlan` of these pieces; ``rwedit plan`` (:mod:`rwedit.apps.plan`)
-adds what every run shares (checkpoint and data checks, scoring, disk) and prints the whole."""
+adds what every run shares (checkpoint and data checks, scoring, disk) and prints the whole. A stage's work
+(forward tokens, other float32 and float64 FLOPs, bytes read) becomes time at :class:`Rates` measured on this
+machine at the model's shapes by a probe of ~0.2 s (:func:`measure_rates`), or at a stated rate."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +20,95 @@ ADAPTER_FILES_BYTES, ROW_BYTES, LMEVAL_ITEM_BYTES = 16 << 10, 4 << 10, 4 << 10
 PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 
 
+#: time of a symmetric eigendecomposition with vectors (LAPACK syevd, float64) of an n x n matrix, in n^3 FLOPs
+#: at the measured float64 product rate: its tridiagonal reduction is memory-bound, so the ratio moves with the
+#: machine and its load (40-150 measured on 2 Xeon cores for n 1024-4864); the least certain number of the plan
+EIGH_N3 = 60.0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What a plan converts work into time at: float32 and float64 matrix-product FLOP/s and the rate at which
+    stored weights are read and converted to float32 (bytes/s), and how they were found."""
+
+    flops32: float
+    flops64: float
+    read_bytes_s: float
+    how: str
+
+    @classmethod
+    def stated(cls, flops_per_s: float) -> "Rates":
+        """A stated float32 rate (float64 at half of it, weights read at 1 GB/s)."""
+        return cls(flops_per_s, flops_per_s / 2, 1e9, f"{flops_per_s / 1e9:.0f} GFLOP/s as stated")
+
+
+def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
+    """The rates of this machine at the model's shapes, measured in about ``budget_s`` (after one warm-up call
+    each; the fastest call, the one least disturbed by other processes): a float32 product of a batch of 512
+    tokens with the model's MLP matrix (d x d_ff, at most 1024 x 2048: a forward pass runs at about this rate on
+    CPU), a float64 Gram ``Xᵀ X`` of 512 tokens (the activation statistics), and a bfloat16 -> float32 copy of
+    8 MiB (reading stored weights from the page cache). ``device``: cpu or cuda[:N]; elsewhere half a TFLOP/s
+    is stated."""
+    import time
+
+    import torch
+
+    if not (device == "cpu" or device.startswith("cuda")):
+        return Rates.stated(5e11)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    d, f = min(layout.dims.hidden, 1024), min(layout.dims.intermediate, 2048)
+
+    def rate(fn, work: float, share: float) -> float:
+        fn()  # warm-up: first-call allocation and kernel choice
+        best, t_end = math.inf, time.perf_counter() + budget_s * share
+        while best == math.inf or (time.perf_counter() < t_end):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return work / best
+
+    with torch.no_grad():
+        x, w = torch.full((512, d), 0.5, device=dev), torch.full((d, f), 0.25, device=dev)
+        f32 = rate(lambda: x @ w, 2 * 512 * d * f, 0.6)
+        x64 = torch.full((512, d), 0.5, device=dev, dtype=torch.float64)
+        f64 = rate(lambda: x64.T @ x64, 2 * x64.shape[0] * x64.shape[1] ** 2, 0.2)
+        src = torch.full((4 << 20,), 0.5, device=dev, dtype=torch.bfloat16)
+        read = rate(lambda: src.to(torch.float32), src.numel() * 2, 0.2)
+    return Rates(f32, f64, read, f"measured here ({device}, {torch.get_num_threads()} threads)")
+
+
+def forward_flops(layout, seq_len: int = 256) -> float:
+    """FLOPs of one token's forward pass: every layer matrix and the unembedding (2 per weight), and attention
+    over ``seq_len`` positions (scores and values)."""
+    d = layout.dims
+    weights = sum(v.d_in * v.d_out for v in layout.views([r for r in layout.roles() if r != "unembed"]))
+    return 2.0 * (weights + d.vocab * d.hidden) + 4.0 * d.n_layers * d.n_heads * d.head_dim * seq_len
+
+
 @dataclass
 class Stage:
     """One stage of a run: what it does, where it runs, the memory it needs at its peak (on that device), the
-    forward tokens it runs."""
+    forward tokens it runs (``parts``: of each scorer), other float32 and float64 FLOPs, bytes of weights read."""
 
     name: str
     what: str
     memory_bytes: int
     tokens: int = 0
     device: str = "cpu"
+    flops: float = 0.0
+    flops64: float = 0.0
+    read_bytes: int = 0
+    parts: dict[str, int] = field(default_factory=dict)
+
+    def seconds(self, rates: Rates, token_flops: float, tokens: int | None = None) -> float:
+        """The stage's time at ``rates`` (``token_flops`` per forward token; ``tokens``: a part's instead)."""
+        if tokens is not None:
+            return tokens * token_flops / rates.flops32
+        return ((self.tokens * token_flops + self.flops) / rates.flops32 + self.flops64 / rates.flops64
+                + self.read_bytes / rates.read_bytes_s)
 
 
 @dataclass(frozen=True)
@@ -73,6 +155,55 @@ class KindPlan:
     folder: Path | None = None
 
 
+def stats_work(layout, tokens: int, layers=None, roles=None) -> float:
+    """Float64 FLOPs of the activation statistics of ``roles`` at ``layers`` over ``tokens``: each input group's
+    ``Xᵀ X`` per token and its eigendecomposition once (:data:`EIGH_N3`)."""
+    from rwedit.architectures import INPUT_GROUP
+
+    roles = [r for r in (roles or layout.roles()) if r != "unembed"]
+    total = 0.0
+    for layer in (range(layout.n_layers) if layers is None else layers):
+        groups = {INPUT_GROUP[r]: layout.view(layer, r).d_in for r in roles}
+        total += sum(2.0 * tokens * d * d + EIGH_N3 * d ** 3 for d in groups.values())
+    return total
+
+
+def grid_work(layout, ks, sides: int = 2, subspaces: int = 3) -> tuple[float, float]:
+    """(float32, float64) FLOPs of the RSF grid beyond reading the pair: per matrix the exact null's smaller Gram
+    matrix and the projections on each side's subspaces (``sides`` x ``subspaces`` bases of max(ks) columns);
+    once, the prediction subspace (the unembedding's Gram matrix and its eigendecomposition)."""
+    f32 = 0.0
+    for v in layout.views():
+        m, n = v.d_out, v.d_in
+        f32 += 2.0 * m * n * min(m, n) + 2.0 * m * n * max(ks) * sides * subspaces
+    d = layout.dims
+    return f32, 2.0 * d.vocab * d.hidden ** 2 + EIGH_N3 * d.hidden ** 3
+
+
+def padded_tokens(lengths: list[int], batch_size: int, sort: bool = False) -> int:
+    """Tokens a batched pass computes over sequences of ``lengths``: each batch padded to its longest (lm-eval
+    sorts by length first)."""
+    xs = sorted(lengths, reverse=True) if sort else list(lengths)
+    return sum(len(xs[i:i + batch_size]) * max(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size))
+
+
+def token_lengths(folder: Path, texts: list[str], sample: int = 64) -> list[int]:
+    """Token counts of ``texts``: their characters at the tokens per character of an evenly spaced ``sample`` of
+    them, tokenised by the checkpoint's ``tokenizer.json`` (the fast tokenizer alone, no special tokens; without
+    one, 4 characters a token)."""
+    path = Path(folder) / "tokenizer.json"
+    if not texts:
+        return []
+    per_char = 0.25
+    if path.exists():
+        from tokenizers import Tokenizer
+
+        some = texts[:: max(1, len(texts) // sample)]
+        n = sum(len(e.ids) for e in Tokenizer.from_file(str(path)).encode_batch(some, add_special_tokens=False))
+        per_char = n / max(1, sum(map(len, some)))
+    return [max(1, round(len(t) * per_char)) for t in texts]
+
+
 def stats_bytes(layout, layers=None, roles=None) -> int:
     """Bytes of the float64 second moments ``E[a a^T]`` of the inputs of ``roles`` at ``layers`` (one per input
     group: q/k/v share one, gate/up one), in memory and in the cache."""
@@ -103,5 +234,7 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 
 
-__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
-           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Stage", "pair_pass_bytes", "stats_bytes"]
+__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
+           "PROBE_ROW_BYTES", "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops",
+           "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_work",
+           "token_lengths"]

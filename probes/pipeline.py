@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from rwedit import __version__
 from rwedit.checkpoints import Checkpoint, CheckpointPair, check_members, iter_posts
 from rwedit.config import Config, option
-from rwedit.data import pack_tokens, read_texts
+from rwedit.data import CalibrationSettings, pack_tokens, read_texts  # noqa: F401  (CalibrationSettings re-exported)
 from rwedit.errors import ConfigError
-from rwedit.models import Placement, check_window, load_model_and_tokenizer
+from rwedit.models import check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, dumps, write_json, write_text
 from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
@@ -32,26 +32,10 @@ from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from
 from rwedit.probes.norms import delta_norms
 from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
 from rwedit.probes.svd import DEFAULT_R, clip_rank, svd_structure
-from rwedit.runtime import runtime, using
+from rwedit.runtime import runtime, stage, using
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
                "reparam_error", "truncation_floor")
-
-
-@dataclass(frozen=True)
-class CalibrationSettings(Config):
-    """Where activation statistics come from (recorded in every result; ``calibration:``, ``--calib*``)."""
-
-    data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
-                       "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
-    tokens: int = option(50_000, help="token budget of the calibration set")
-    seq_len: int = option(256, help="calibration sequence length (tokens)")
-    batch_size: int = option(8, help="sequences per forward pass")
-    field: str | None = option(None, help="jsonl/dataset field holding the text")
-    device: str = option("cpu", help="device of the calibration forward passes (cpu, cuda, auto)")
-    dtype: str = option("float32", help="the model's dtype during the calibration passes")
-    placement: Placement | None = option(None, help="the model placed across devices for the calibration passes "
-                                         "(device_map, max_memory, offload_folder, dtype); unset: whole on device")
 
 
 def calibration_pass(ckpt: Checkpoint, calib: CalibrationSettings):
@@ -248,15 +232,18 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     base.layout.views(svd_roles)  # an unknown role fails here, before any work
     stats = None
     if rq.calibration is not None and rq.grid is not None and "activation" in rq.grid.subspaces:
-        stats = activation_stats_for(base, rq.calibration, tuple(r for r in roles if r != "unembed"))
+        with stage("probe: statistics"):
+            stats = activation_stats_for(base, rq.calibration, tuple(r for r in roles if r != "unembed"))
     run = _Run(rq, base, pairs, roles, svd_roles, k_skipped, stats, t0)
     if rq.series:
         return _run_series(run, members)
-    measured = run.measure(list(pairs))
-    if final is None:
-        return _write(run, members, measured, None)
-    with atomic_folder(final, rq.overwrite, inputs=rq.inputs()) as tmp:
-        res = _write(run, members, measured, tmp)
+    with stage("probe: RSF grid" if rq.svd is None and rq.norms is None else "probe: pass"):
+        measured = run.measure(list(pairs))
+    with stage("probe: report"):
+        if final is None:
+            return _write(run, members, measured, None)
+        with atomic_folder(final, rq.overwrite, inputs=rq.inputs()) as tmp:
+            res = _write(run, members, measured, tmp)
     return replace(res, folder=final)
 
 

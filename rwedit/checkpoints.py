@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
-from rwedit.runtime import runtime
+from rwedit.runtime import runtime, using
 from rwedit.config import changed_keys
 from rwedit.errors import (
     CheckpointError,
@@ -105,15 +105,43 @@ def check_finite(t: torch.Tensor, what: str, note: str = "") -> None:
             f"conversion)")
 
 
-def _read_config(path: Path):
-    """The folder's transformers config; a damaged ``config.json`` or an unknown model type is a
-    :class:`CheckpointError` that names the folder."""
-    from transformers import AutoConfig
+class HeaderConfig(dict):
+    """A ``config.json`` read as JSON (importing transformers' config classes costs seconds): its keys as
+    attributes. Used when the file states every size rwedit reads of a config for a model type the architecture
+    registry knows, and the role tensors have the shapes it implies; anything else is read by transformers."""
 
+    #: the sizes, each under any of its names, that must be stated (not left to a config class's defaults)
+    STATED = (("model_type",), ("hidden_size", "n_embd"), ("num_attention_heads", "n_head"),
+              ("num_hidden_layers", "n_layer"), ("vocab_size",), ("tie_word_embeddings",),
+              ("intermediate_size", "n_inner"), ("max_position_embeddings", "n_positions"))
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def of(cls, raw: dict) -> "HeaderConfig | None":
+        from rwedit.architectures import supported_model_types
+
+        stated = all(any(k in raw for k in names) for names in cls.STATED)
+        return cls(raw) if stated and raw["model_type"] in supported_model_types() else None
+
+
+def _read_config(path: Path, transformers: bool = False):
+    """The folder's config (a :class:`HeaderConfig` where it suffices, else transformers' unless ``transformers``
+    forces it); a damaged ``config.json`` or an unknown model type is a :class:`CheckpointError` that names the
+    folder."""
     try:
-        json.loads((path / "config.json").read_text())
+        raw = json.loads((path / "config.json").read_text())
     except ValueError as e:
         raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e}); re-download the checkpoint") from None
+    light = None if transformers or not isinstance(raw, dict) else HeaderConfig.of(raw)
+    if light is not None:
+        return light
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError) as e:
@@ -177,6 +205,7 @@ class Checkpoint:
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     _dtypes: dict[str, str] = field(default_factory=dict, repr=False)
     _offsets: dict[str, int] = field(default_factory=dict, repr=False)
+    _json: dict[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
@@ -227,7 +256,19 @@ class Checkpoint:
             )
         ckpt = cls(src, path, config, layout, fmt, files)
         ckpt._index()
+        if isinstance(config, HeaderConfig) and not ckpt._fits():  # a size its config class derives: ask it
+            ckpt.config = _read_config(path, transformers=True)
+            ckpt.layout = Layout.from_config(ckpt.config)
         return ckpt
+
+    def _fits(self) -> bool:
+        """Whether every role tensor is stored with the shape the layout implies."""
+        try:
+            for view in self.layout.views():
+                view.check_stored(self.shape(view.param))
+        except RweditError:
+            return False
+        return True
 
     def _index(self) -> None:
         for f in self.files:
@@ -258,6 +299,12 @@ class Checkpoint:
         stored = self._dtypes[self.find(param)]
         return _DTYPE_NAMES.get(stored, stored)
 
+    def tokenizer_file(self, name: str):
+        """A tokenizer JSON file of the folder, parsed once (a tokenizer.json is megabytes)."""
+        if name not in self._json:
+            self._json[name] = json.loads((self.path / name).read_text())
+        return self._json[name]
+
     def tokenizer_vocab(self) -> dict[str, int] | None:
         """The token → id map of the checkpoint's tokenizer files (None when it ships none that can be read
         without loading the tokenizer): ``tokenizer.json``'s model vocab, else ``vocab.json``."""
@@ -265,7 +312,7 @@ class Checkpoint:
             f = self.path / name
             if f.exists():
                 try:
-                    vocab = get(json.loads(f.read_text()))
+                    vocab = get(self.tokenizer_file(name))
                 except (ValueError, AttributeError):
                     raise CheckpointError(f"{f} is not valid JSON; the tokenizer files are damaged") from None
                 if isinstance(vocab, dict):
@@ -493,6 +540,9 @@ class LoraPost:
     @property
     def layout(self) -> Layout:
         return self.base.layout
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.glob("adapter_model.*"))
 
     @classmethod
     def open(cls, folder: str | os.PathLike, base: Checkpoint, allow_pickle: bool | None = None) -> "LoraPost":
@@ -964,7 +1014,7 @@ def check_tokenizer_files(ckpt: Checkpoint, required: bool = True) -> None:
     ids = set(vocab.values()) if vocab else set()
     added = ckpt.path / "tokenizer.json"
     if added.exists():
-        ids |= {int(t["id"]) for t in json.loads(added.read_text()).get("added_tokens") or [] if "id" in t}
+        ids |= {int(t["id"]) for t in ckpt.tokenizer_file("tokenizer.json").get("added_tokens") or [] if "id" in t}
     rows = ckpt.shape(ckpt.layout.view(None, "unembed").param)[0]
     if ids and max(ids) >= rows:
         raise CheckpointMismatchError(

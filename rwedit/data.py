@@ -14,7 +14,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from rwedit.config import Config, option
 from rwedit.errors import DataError, DataNotFoundError
+from rwedit.models import Placement
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -48,10 +50,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                         f"{'gzip' if path.suffix == '.gz' else 'text'}?") from None
 
 
-def _records(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
-    """``(line number, record)`` of a JSON-lines file; a line that is not a JSON object is a
-    :class:`DataError` naming the file, the line and what a record should hold (``expected``)."""
+def _records(path: Path, expected: str, indices: range | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` of a JSON-lines file (only the 0-based line ``indices``, when given: the others
+    are not parsed); a line that is not a JSON object is a :class:`DataError` naming the file, the line and what
+    a record should hold (``expected``)."""
     for n, line in _lines(path):
+        if indices is not None and n - 1 not in indices:
+            if n - 1 >= indices.stop:
+                return
+            continue
         if not line.strip():
             continue
         try:
@@ -213,9 +220,7 @@ def read_pairs(path: str | Path, limit: int | None = None, indices: range | None
                                                                if path.is_dir() else ""))
     expected = "`prompt`, `chosen`, `rejected` (or hh-rlhf's `chosen`, `rejected` transcripts)"
     out = []
-    for n, r in _records(path, expected):
-        if indices is not None and n - 1 not in indices:
-            continue
+    for n, r in _records(path, expected, indices):
         need = ("prompt", "chosen", "rejected") if "prompt" in r else ("chosen", "rejected")
         lacking = [k for k in need if not isinstance(r.get(k), str)]
         if lacking:
@@ -254,3 +259,19 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 4096, min_freque
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings(Config):
+    """Where activation statistics come from (recorded in every result; ``calibration:``, ``--calib*``)."""
+
+    data: str = option(path=True, help="calibration text: .txt[.gz] (one text per line), .jsonl[.gz] (field "
+                       "'text' or 'chosen'), a datasets folder, a dataset name, or bundled:NAME")
+    tokens: int = option(50_000, help="token budget of the calibration set")
+    seq_len: int = option(256, help="calibration sequence length (tokens)")
+    batch_size: int = option(8, help="sequences per forward pass")
+    field: str | None = option(None, help="jsonl/dataset field holding the text")
+    device: str = option("cpu", help="device of the calibration forward passes (cpu, cuda, auto)")
+    dtype: str = option("float32", help="the model's dtype during the calibration passes")
+    placement: Placement | None = option(None, help="the model placed across devices for the calibration passes "
+                                         "(device_map, max_memory, offload_folder, dtype); unset: whole on device")

@@ -16,6 +16,7 @@ import torch
 from rwedit.checkpoints import Checkpoint
 from rwedit.config import Config, option
 from rwedit.errors import CheckpointError, ConfigError, DeviceError
+from rwedit.runtime import count_tokens
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 #: device-map strategies accelerate computes itself (transformers' ``from_pretrained`` passes them on)
@@ -255,6 +256,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str =
     if device_map is None:
         model.to(device)
     check_finite_weights(model, ckpt.source)
+    count_tokens(model)  # the forward tokens of a run's stages (rwedit.runtime.recording)
     return model.eval(), tok
 
 

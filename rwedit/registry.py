@@ -1,12 +1,15 @@
 """One registry shape for everything rwedit looks up by name (architectures, fused layouts, interventions,
 experiment kinds, lm-eval backends, subcommands): a taken name is refused unless ``replace=True``; a miss imports
 the installed plugins once (:data:`PLUGIN_GROUP` entry points, loaded by every command first) and then fails
-naming the closest and the registered names.
+naming the closest and the registered names. An entry may be named lazily (``"module:attr"``, imported on first
+use), so that listing names or looking one up imports only what it needs.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Generic, TypeVar
 
@@ -40,21 +43,44 @@ def did_you_mean(name: str, known) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+class _Lazy:
+    """An entry named by ``"module:attr"``: imported on first use (the module may register it itself)."""
+
+    def __init__(self, ref: str):
+        self.ref = ref
+
+
 class Registry(MutableMapping, Generic[T]):
     """Named entries of one sort (``what``), in registration order; ``builtins`` registers the package's own first
-    (before any registration or lookup); a miss raises ``error`` with ``hint``; ``r[name] = x`` replaces."""
+    (before any registration or lookup), ``lazy`` names more of them as ``{name: "module:attr"}``, imported when
+    looked up; a miss raises ``error`` with ``hint``; ``r[name] = x`` replaces."""
 
     def __init__(self, what: str, *, error: type[NotRegisteredError] = NotRegisteredError, hint: str = "",
-                 builtins: Callable[[], None] | None = None):
+                 builtins: Callable[[], None] | None = None, lazy: dict[str, str] | None = None):
         self.what, self.error, self.hint = what, error, hint
         self._builtins = builtins
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T] = {name: _Lazy(ref) for name, ref in (lazy or {}).items()}
 
     def _ready(self) -> dict[str, T]:
         if self._builtins is not None:
             load, self._builtins = self._builtins, None
             load()
         return self._entries
+
+    def _resolve(self, name: str) -> T:
+        """The entry ``name``, importing it first when it is named lazily."""
+        entry = self._entries[name]
+        if isinstance(entry, _Lazy):
+            module, _, attr = entry.ref.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            if isinstance(self._entries.get(name), _Lazy):  # the module did not register it itself
+                self._entries[name] = obj
+        return self._entries[name]
+
+    def register_lazy(self, name: str, ref: str) -> None:
+        """Name an entry by ``"module:attr"`` without importing it: the module is imported when ``name`` is
+        looked up (or its value listed); a name already registered is left as it is."""
+        self._ready().setdefault(name, _Lazy(ref))
 
     def register(self, name: str, entry: T, *, replace: bool = False) -> T:
         """Add ``entry`` under ``name``; a taken name is refused unless ``replace=True`` (which keeps its
@@ -63,6 +89,8 @@ class Registry(MutableMapping, Generic[T]):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a {self.what} needs a non-empty string name, got {name!r}")
         old = entries.get(name)
+        if isinstance(old, _Lazy):  # its own module registering it (in place), or another: the named one first
+            old = None if old.ref.partition(":")[0] in sys.modules else self._resolve(name)
         if old is not None and old is not entry and not replace:
             raise AlreadyRegisteredError(f"{self.what} {name!r} is already registered ({_describe(old)}); pass "
                                          f"replace=True to replace it")
@@ -83,7 +111,7 @@ class Registry(MutableMapping, Generic[T]):
             hint = f" {self.hint}" if self.hint else ""
             raise self.error(f"{self.what} {name!r} is not in rwedit's registry{did_you_mean(name, entries)}; "
                              f"registered: {', '.join(sorted(entries))}.{hint}")
-        return entries[name]
+        return self._resolve(name)
 
     def __setitem__(self, name: str, entry: T) -> None:
         self.register(name, entry, replace=True)

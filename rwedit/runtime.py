@@ -1,9 +1,11 @@
 """Run-wide settings — progress bars, the statistics cache folder, whether pickle weights are accepted — set
-once for a block of work (:func:`using`) instead of passed through every signature."""
+once for a block of work (:func:`using`) instead of passed through every signature; and the measured cost of a
+run's stages (:func:`recording`, :func:`stage`: wall and CPU time, forward tokens, peak memory)."""
 
 from __future__ import annotations
 
 import contextvars
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -35,3 +37,103 @@ def using(**changes) -> Iterator[Runtime]:
         yield _RUNTIME.get()
     finally:
         _RUNTIME.reset(token)
+
+
+# --- stage costs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageCost:
+    """A run stage's measured cost, summed over its calls: wall and CPU seconds, forward tokens (of the models
+    :func:`count_tokens` watches) and the peak resident memory while it ran (MiB, sampled every 10 ms)."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    tokens: int = 0
+    peak_rss_mib: float = 0.0
+    calls: int = 0
+
+
+#: within :func:`recording`: the costs by name and the stages running now (each [cost, peak KiB, t0, cpu0])
+_STAGES: contextvars.ContextVar[tuple[dict, list] | None] = contextvars.ContextVar("rwedit_stages", default=None)
+
+
+def _rss_kib() -> int:
+    """The process's resident memory now (KiB; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def _cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+@contextmanager
+def recording(interval_s: float = 0.01) -> Iterator[dict[str, StageCost]]:
+    """Within the block, every :func:`stage` adds its cost to the yielded ``{name: StageCost}`` (in first-start
+    order); a thread samples the resident memory every ``interval_s`` into the stages running then."""
+    import threading
+
+    costs, open_ = {}, []
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(interval_s):
+            rss = _rss_kib()
+            for frame in list(open_):
+                frame[1] = max(frame[1], rss)
+
+    thread = threading.Thread(target=sample, daemon=True, name="rwedit-stage-rss")
+    token = _STAGES.set((costs, open_))
+    thread.start()
+    try:
+        yield costs
+    finally:
+        done.set()
+        thread.join()
+        _STAGES.reset(token)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Measure the block as the run stage ``name`` (stages nest: an outer one includes its inner ones); nothing
+    outside :func:`recording`."""
+    rec = _STAGES.get()
+    if rec is None:
+        yield
+        return
+    costs, open_ = rec
+    cost = costs.setdefault(name, StageCost())
+    frame = [cost, _rss_kib(), time.perf_counter(), _cpu_s()]
+    open_.append(frame)
+    try:
+        yield
+    finally:
+        open_.remove(frame)
+        cost.wall_s += time.perf_counter() - frame[2]
+        cost.cpu_s += _cpu_s() - frame[3]
+        cost.peak_rss_mib = max(cost.peak_rss_mib, max(frame[1], _rss_kib()) / 1024)
+        cost.calls += 1
+
+
+def count_tokens(model) -> None:
+    """Count the tokens each forward pass of ``model`` (a transformers model) reads, at its input embedding,
+    into the stages running then (once per model; a model loaded outside :func:`recording` is left alone)."""
+    emb = model.get_input_embeddings()
+    if _STAGES.get() is None or getattr(emb, "_rwedit_counted", False):
+        return
+
+    def count(module, args):
+        rec = _STAGES.get()
+        if rec is not None and args:
+            for frame in rec[1]:
+                frame[0].tokens += int(args[0].numel())
+
+    emb.register_forward_pre_hook(count)
+    emb._rwedit_counted = True

@@ -412,3 +412,25 @@ def test_plan_sizes_the_model_in_the_placement_dtype_and_defers_a_device_map_spl
     assert a["scoring"].memory_bytes - b["scoring"].memory_bytes == RUNTIME_BYTES + whole.params * 2
     assert b["probe: RSF grid"].memory_bytes == a["probe: RSF grid"].memory_bytes
     assert any("split" in n for n in placed.notes)
+
+
+def test_plan_imports_neither_transformers_nor_pandas_and_reads_the_config_as_json(pair_root, tmp_path):
+    """`rwedit plan` as a fresh process loads no transformers, pandas, peft, lm-eval, scipy or matplotlib (each
+    costs seconds of imports): the recipe's kind is imported alone and config.json is read as JSON; the layout it
+    gives is the one transformers' config gives."""
+    import subprocess
+    import sys
+
+    from rwedit.architectures import Layout
+    from rwedit.checkpoints import Checkpoint, HeaderConfig, _read_config
+
+    recipe = _write(tmp_path / "r.yaml", _recipe(pair_root))
+    heavy = ("transformers", "pandas", "peft", "lm_eval", "scipy", "matplotlib")
+    code = ("import sys; from rwedit.cli import main; "
+            f"rc = main(['plan', {recipe!r}, '--out', {str(tmp_path / 'run')!r}, '--gflops', '100']); "
+            f"print('LOADED', rc, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "LOADED 0 []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    ckpt = Checkpoint.open(pair_root / "base")
+    assert isinstance(ckpt.config, HeaderConfig)
+    assert ckpt.layout.dims == Layout.from_config(_read_config(pair_root / "base", transformers=True)).dims
