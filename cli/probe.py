@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--null-seeds", type=options.count, default=0, help=config_help(
         GRID, "null_seeds", "random subspaces per delta for a seeded null beside the exact one; 0: the exact null alone")
         + " (default %(default)s)")
-    p.add_argument("--no-exact-null", dest="exact_null", action="store_false", help=config_help(
-        GRID, "exact_null", "skip the exact null's sd (one Gram matrix per delta: costly on 7B-size matrices)"))
+    p.add_argument("--null", choices=("auto", "exact", "sketch", "seeds"), default="auto", help=config_help(
+        GRID, "null", "the closed-form null's sum of sigma^4 per delta: exact, sketch, auto or seeds")
+        + " (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help=config_help(
         GRID, "seed", "seed of the random subspaces (the null uses seed+1 .. seed+null_seeds)") + " (default %(default)s)")
     p.add_argument("--centred", action="store_true", help=config_help(
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         calib = CalibrationSettings(data=args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
                                     batch_size=args.batch_size, field=args.field, device=args.device,
                                     placement=options.placement(args))
-    grid = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed,
+    grid = GridSettings(ks=args.k, null_seeds=args.null_seeds, null=args.null, seed=args.seed,
                         centred=args.centred, prediction_gain=args.fold_final_norm,
                         roles=options.roles_arg(args.roles), layers=args.layers)
     svd = None if args.no_svd else SvdSettings() if args.svd_r is None else SvdSettings(r=args.svd_r)

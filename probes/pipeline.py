@@ -25,8 +25,8 @@ from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.directions import (Direction, activation_directions, cards_frame, cards_html, delta_directions,
                                      explain, prediction_directions)
-from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
-                                rsf_grid_posts)
+from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, columns, null_methods, prediction_from_pair,
+                                read_unembedding, rsf_grid_posts)
 from rwedit.probes.norms import delta_norms, write_csv
 from rwedit.probes.report import (markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline,
                                   save_figure, write_rows)
@@ -284,7 +284,7 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
     files, plots, spiked = [], [], []
     df = head = svd = svd_head = None
     if rq.grid is not None:
-        df = pd.DataFrame(rows, columns=list(COLUMNS))
+        df = pd.DataFrame(rows, columns=columns(rows))
         head = rsf_headline(df)
         if run.stats is not None:
             spiked = spikedness_rows(run.stats, rq.grid.ks, rq.grid.centred)
@@ -310,6 +310,8 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
         files += ["deltas.csv"]
     meta = {**run.settings_meta(), "post": str(ref), "sources": pair.sources(),
             "dtype_mismatch": _rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None)}
+    if rq.grid is not None:
+        meta["grid"]["null_methods"] = null_methods(rows)
     if rq.svd is not None:
         meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
     cards = _cards(run, name) if rq.cards > 0 and rq.grid is not None else []
@@ -324,7 +326,7 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
         write_json(out / "meta.json", meta)
         write_pages(out, [_summary(meta, head, spiked, svd_head, len(svd_rows), plots)], name="summary",
                     extra_html=cards_html([c.row() for c in cards]))
-    return ProbeResult(None if df is None else df.assign(post=name)[["post", *COLUMNS]],
+    return ProbeResult(None if df is None else df.assign(post=name)[["post", *df.columns]],
                        None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims,
                        svd_head if head is None else head[head["subspace"] != "random"].reset_index(drop=True), meta,
                        norms=_norms_frame(norms), cards=cards_frame(cards) if cards else None)
@@ -379,13 +381,15 @@ def _compare_result(run: _Run, members: list, rsf: list[dict], svd: list[dict], 
     ``compare.png`` (:func:`_claims`), ``meta.json`` and ``summary.md`` in ``out`` when given."""
     rq = run.rq
     names = [n for n, _, _ in members]
-    df = pd.DataFrame(rsf, columns=["post", *COLUMNS]) if rq.grid else None
+    df = pd.DataFrame(rsf, columns=["post", *columns(rsf)]) if rq.grid else None
     sv = pd.DataFrame(svd) if rq.svd else None
     table = _claims(run, names, df, sv)
     sources = {"base": run.pairs[names[0]].sources()["base"], **{n: run.pairs[n].sources()["post"] for n in names}}
     kk = claim_k(rq.grid, rq.claim_k) if rq.grid else None
     meta = {**run.settings_meta(), "probe": "rsf-compare", "posts": {n: str(ref) for n, ref, _ in members},
             "sources": sources, "k": kk, "seconds": round(time.perf_counter() - run.t0, 2)}
+    if rq.grid:
+        meta["grid"]["null_methods"] = null_methods(rsf)
     if out is not None:
         if df is not None:
             df.to_csv(out / "rsf.csv", index=False)
@@ -617,7 +621,9 @@ def _rsf_lines(head, meta: dict, spiked) -> list[str]:
            "`null_mean ± null_sd` is the exact null below (null_seeds = 0: no random subspaces were drawn); ")
         + "`z_mean` = (RSF − null)/sd averaged over layers. "
         "`null_exact_sd` is the exact sd of that null (its mean is exactly 1: Var f = 2k(d−k)/(d(d−1)(d+2))·(tr G² − 1/d) "
-        "with G the delta's normalised Gram matrix), `exact_z_mean` the z against it.",
+        "with G the delta's normalised Gram matrix), `exact_z_mean` the z against it."
+        + (f" tr G² is sketched for {n} matrices (`null_rel_error`: a 95 % bound on that sd's relative error)."
+           if (n := meta["grid"].get("null_methods", {}).get("sketch")) else ""),
         "",
     ]
     if calib:
