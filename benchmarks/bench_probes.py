@@ -252,9 +252,9 @@ def step_grid(p: dict) -> dict:
     spectra_bytes = 8 * n_layers * sum(d * (1 + 2 * min(SPECTRUM_KEEP, d // 2)) for d in dims.values())
     return dict(wall_s=wall, stats_load_s=load_s, anon_after_stats_load_mb=_mb(anon_after_load),
                 spectra_cache_bytes_est=spectra_bytes, settings=dict(ks=list(settings.ks), null_seeds=settings.null_seeds,
-                null=settings.null, null_methods=null_methods(rows),
+                null=settings.null, null_methods=null_methods(rows, settings),
                 subspaces=list(settings.subspaces), layers=p.get("layers") or "all"), summary=_summarise_rows(rows),
-                null_sd={f"{r['layer']}.{r['role']}.{r['side']}": [r["null_exact_sd"], r["null_rel_error"]]
+                null_sd={f"{r['layer']}.{r['role']}.{r['side']}": [r["null_exact_sd"], r.get("null_rel_error", 0.0)]
                          for r in rows if r["subspace"] == "random" and r["k"] == 4})
 
 
@@ -297,7 +297,7 @@ def step_profile(p: dict) -> dict:
 
     import torch
     from rwedit.checkpoints import CheckpointPair
-    from rwedit.probes.grid import null_methods, rsf_grid_pair
+    from rwedit.probes.grid import rsf_grid_pair
 
     settings = _grid_settings(p)
     stats, _ = _load_stats(p)
@@ -369,7 +369,7 @@ def _alternatives(stats, pair, settings) -> dict:
     # (b) the null projections of one delta: as done now, vs one nested float32 pass per side
     rp = next(pair.iter_roles(("down",), (0,)))
     delta = rp.post - rp.base
-    seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
+    seeds = [settings.seed + 1 + i for i in range(settings.null_seeds or 8)]  # 8 where the grid draws none
     ks = sorted(settings.ks)
     cur = {}
     for side in settings.sides:

@@ -14,7 +14,8 @@ import math
 import torch
 
 from rwedit.lowrank import LowRankDelta
-from rwedit.probes.rsf import NullSpread, concentration_of_gram, gram_concentration, sketch_probe, sketched_spread
+from rwedit.probes.rsf import (NullSpread, concentration_of_gram, gram_concentration, sketch_probe,
+                               spread_from_sketch)
 
 
 class Norms:
@@ -220,8 +221,8 @@ class Gram:
 
 
 class GramSketch:
-    """The sketched Σσ⁴ / (Σσ²)² of ΔW (:func:`rwedit.probes.rsf.sketched_spread`): Z = Σ_blocks Xᵀ(X Ω) over the
-    blocks X (rows of ΔW for axis 0: the d_in-side Gram; rows of ΔWᵀ for axis 1: the d_out side) with a d × m
+    """The sketched Σσ⁴ / (Σσ²)² of ΔW (:func:`rwedit.probes.rsf.spread_from_sketch`): Z = Σ_blocks Xᵀ(X Ω) over
+    the blocks X (rows of ΔW for axis 0: the d_in-side Gram; rows of ΔWᵀ for axis 1: the d_out side) with a d × m
     Gaussian Ω, 4·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
     whatever the axis. A delta in factor form gets the exact value from its r × r Gram matrices."""
 
@@ -245,7 +246,7 @@ class GramSketch:
         if self._factors is not None:
             c = self._factors.concentration()
             return NullSpread(c, c, c)
-        return sketched_spread(self.z, self.omega, self.total)
+        return spread_from_sketch(self.z, self.omega, self.total)
 
 
 class Dense:

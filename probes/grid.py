@@ -260,13 +260,15 @@ def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = Fals
 
 
 def columns(rows: Iterable[dict]) -> list[str]:
-    """The columns of ``rsf.csv`` for these rows: :data:`COLUMNS`, and :data:`NULL_COLUMNS` when a null is sketched."""
-    return list(COLUMNS) + (list(NULL_COLUMNS) if any(r.get("null_method") == "sketch" for r in rows) else [])
+    """The columns of ``rsf.csv`` for these rows: :data:`COLUMNS`, and :data:`NULL_COLUMNS` when a null is sketched
+    (only a sketched row carries them, so writers of :data:`COLUMNS` alone see the rows of before)."""
+    return list(COLUMNS) + (list(NULL_COLUMNS) if any("null_method" in r for r in rows) else [])
 
 
-def null_methods(rows: Iterable[dict]) -> dict[str, int]:
-    """Matrices per closed-form null method (for meta.json): ``{"exact": n, "sketch": n, "seeds": n}``."""
-    seen = {(r.get("post"), r["layer"], r["role"]): r.get("null_method") for r in rows if r["side"] != "both"}
+def null_methods(rows: Iterable[dict], settings: GridSettings) -> dict[str, int]:
+    """Matrices per closed-form null method (for meta.json), e.g. ``{"exact": 150, "sketch": 5}``."""
+    other = "seeds" if settings.null == "seeds" else "exact"
+    seen = {(r.get("post"), r["layer"], r["role"]): r.get("null_method", other) for r in rows if r["side"] != "both"}
     return {m: sum(v == m for v in seen.values()) for m in ("exact", "sketch", "seeds") if m in seen.values()}
 
 
@@ -328,8 +330,8 @@ def _row(layer, role, side, subspace, k, d, res, vals, spread: NullSpread | None
     return {"layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": subspace, "k": k,
             "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd, "null_z": z,
             "null_exact_sd": exact_sd, "null_exact_z": exact_z, "delta_norm": res.delta_norm, "reason": res.reason or "",
-            "null_method": spread.method if spread is not None else "seeds",
-            "null_rel_error": spread.rel_error(d) if spread is not None else math.nan}
+            **({"null_method": "sketch", "null_rel_error": spread.rel_error(d)}
+               if spread is not None and spread.method == "sketch" else {})}
 
 
 def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings) -> list[dict]:

@@ -311,7 +311,7 @@ def _pair_result(run: _Run, members: list, rows: list[dict], svd_rows: list[dict
     meta = {**run.settings_meta(), "post": str(ref), "sources": pair.sources(),
             "dtype_mismatch": _rounding_floor(pair, run.roles, rq.grid.layers if rq.grid else None)}
     if rq.grid is not None:
-        meta["grid"]["null_methods"] = null_methods(rows)
+        meta["grid"]["null_methods"] = null_methods(rows, rq.grid)
     if rq.svd is not None:
         meta["svd"] = {**meta["svd"], "r_clipped_to_rank": clipped, "unchanged_matrices": unchanged[name]}
     cards = _cards(run, name) if rq.cards > 0 and rq.grid is not None else []
@@ -389,7 +389,7 @@ def _compare_result(run: _Run, members: list, rsf: list[dict], svd: list[dict], 
     meta = {**run.settings_meta(), "probe": "rsf-compare", "posts": {n: str(ref) for n, ref, _ in members},
             "sources": sources, "k": kk, "seconds": round(time.perf_counter() - run.t0, 2)}
     if rq.grid:
-        meta["grid"]["null_methods"] = null_methods(rsf)
+        meta["grid"]["null_methods"] = null_methods(rsf, rq.grid)
     if out is not None:
         if df is not None:
             df.to_csv(out / "rsf.csv", index=False)

@@ -388,7 +388,7 @@ _TAIL_X = math.log(2 / 0.05)
 @dataclass(frozen=True)
 class NullSpread:
     """Σσ⁴/(Σσ²)² of a delta (the exact null's one number) and a 95 % interval [lo, hi] on it: lo = hi for the
-    exact value (a Gram matrix), the sketch's interval otherwise (:func:`sketched_spread`)."""
+    exact value (a Gram matrix), the sketch's interval otherwise (:func:`spread_from_sketch`)."""
 
     value: float
     lo: float
@@ -415,15 +415,15 @@ def sketch_probe(d: int, m: int, seed: int) -> torch.Tensor:
     return torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
 
 
-def sketched_spread(z: torch.Tensor, omega: torch.Tensor, total: float) -> NullSpread:
+def spread_from_sketch(z: torch.Tensor, omega: torch.Tensor, total: float) -> NullSpread:
     """Σσ⁴/(Σσ²)² from Z = GΩ, G = ΔWᵀΔW on the d-dim side Ω lives on, and Σσ² = tr G, with a 95 % interval.
 
     Centred Hutchinson: with H = G − (tr G/d)·I and Y = Z − (tr G/d)Ω = HΩ, T̂ = ‖Y‖²_F/m is unbiased for
     tr H² = Σσ⁴ − (Σσ²)²/d (E ωᵀH²ω = tr H² for ω ~ N(0, I)), Var T̂ = 2 tr H⁴/m ≤ 2(tr H²)²/m, so Σσ⁴ =
     T̂ + (Σσ²)²/d is unbiased with relative standard error at most √(2/m) (the uncentred ‖Z‖²_F/m is unbiased
     too, with the larger variance 2 tr G⁴/m). T̂/T is Σ a_i χ²₁ with ‖a‖₂ = w/√m, max a ≤ w/m, w = √(tr H⁴)/tr H²
-    ≤ 1, so (Laurent & Massart 2000) −2w√(x/m) ≤ T̂/T − 1 ≤ 2w√(x/m) + 2wx/m but for a chance 2e^-x = 5 %; w comes
-    from the same columns (the off-diagonal (YᵀY)²_ij have mean tr H⁴), clipped to 1."""
+    ≤ 1, so (Laurent & Massart 2000, Lemma 1) −2w√(x/m) ≤ T̂/T − 1 ≤ 2w√(x/m) + 2wx/m but for a chance 2e^-x = 5 %;
+    w comes from the same columns (the off-diagonal (YᵀY)²_ij have mean tr H⁴), clipped to 1."""
     d, m = omega.shape
     if total == 0.0 or not math.isfinite(total):
         return NullSpread(math.nan, math.nan, math.nan, "sketch")
@@ -445,6 +445,9 @@ def sketch_spread(delta: "torch.Tensor | LowRankDelta", m: int, seed: int = 0) -
     if isinstance(delta, LowRankDelta):
         c = gram_concentration(delta)
         return NullSpread(c, c, c)
+    if delta.dtype not in (torch.float32, torch.float64):
+        delta = delta.float()
     omega = sketch_probe(delta.shape[1], m, seed).to(device=delta.device, dtype=delta.dtype)
     z = delta.T @ (delta @ omega)
-    return sketched_spread(z.double().cpu(), omega.cpu(), float(torch.sum(delta.double() ** 2)))
+    total = float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+    return spread_from_sketch(z.double().cpu(), omega.cpu(), total)

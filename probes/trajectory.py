@@ -66,7 +66,7 @@ class RSFTrajectoryCallback(TrainerCallback):
         deltas = {key: get_weight(model, *key).float().cpu() - w0 for key, w0 in self._w0.items()}
         rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._ctx, self.settings, progress=False)]
         with open(self.out_csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS)
+            w = csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS, extrasaction="ignore")  # a sketched null's columns
             w.writerows(rows)
         self._done_steps.add(step)
         return rows

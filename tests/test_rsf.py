@@ -479,19 +479,18 @@ def test_the_grid_chooses_labels_and_bounds_its_null():
     auto = rows_for_delta(delta, 0, "q", ctx, GridSettings(**kw))
     sketch = rows_for_delta(delta, 0, "q", ctx, GridSettings(null="sketch", null_sketch=128, **kw))
     conc = gram_concentration(delta)
-    for r in exact:
-        assert r["null_exact_sd"] == exact_null_sd(conc, r["d"], r["k"]) and r["null_method"] == "exact"
-        assert r["null_rel_error"] == 0.0
+    for r in exact:  # the rows of before: COLUMNS alone
+        assert r["null_exact_sd"] == exact_null_sd(conc, r["d"], r["k"]) and list(r) == list(COLUMNS)
     assert auto == exact and columns(exact) == list(COLUMNS)
     assert columns(sketch) == list(COLUMNS) + list(NULL_COLUMNS)
-    assert null_methods(exact) == {"exact": 1} and null_methods(sketch) == {"sketch": 1}
+    assert null_methods(exact, GridSettings()) == {"exact": 1} and null_methods(sketch, GridSettings()) == {"sketch": 1}
     for e, s in zip(exact, sketch):
         assert s["null_method"] == "sketch" and 0 < s["null_rel_error"] < 0.5
         assert s["rsf"] == e["rsf"] and s["null_mean"] == e["null_mean"] == 1.0 and s["null_sd"] == s["null_exact_sd"]
         assert abs(s["null_exact_sd"] - e["null_exact_sd"]) <= s["null_rel_error"] * s["null_exact_sd"]
     seeds = rows_for_delta(delta, 0, "q", ctx, GridSettings(null="seeds", null_seeds=3, **kw))
-    assert all(math.isnan(r["null_exact_sd"]) and r["null_method"] == "seeds" for r in seeds)
-    assert columns(seeds) == list(COLUMNS)
+    assert all(math.isnan(r["null_exact_sd"]) for r in seeds) and columns(seeds) == list(COLUMNS)
+    assert null_methods(seeds, GridSettings(null="seeds", null_seeds=3)) == {"seeds": 1}
     auto_settings = GridSettings()
     assert null_method(auto_settings, (512, 192)) == "exact"  # the organism's largest matrix
     assert null_method(auto_settings, (5632, 2048)) == "sketch"  # a 1.1B MLP matrix
@@ -499,3 +498,32 @@ def test_the_grid_chooses_labels_and_bounds_its_null():
     assert null_method(auto_settings, (128, 100_000)) == "exact"  # min(d) ≤ 2m: the Gram costs less than the sketch
     with pytest.raises(ValueError, match="null must be one of"):
         GridSettings(null="gram")
+
+
+def test_a_probe_records_its_null_in_the_csv_and_meta(tmp_path, wiki_tokenizer):
+    """A probe request (as a recipe section) with ``null: sketch`` writes rsf.csv with the null's method and error
+    bound and meta.json with the setting and the matrices per method; the default (auto) on a small model keeps
+    the exact null and the columns of before."""
+    import json
+
+    import pandas as pd
+
+    from rwedit.probes.grid import COLUMNS, NULL_COLUMNS
+    from rwedit.probes.pipeline import ProbeRequest, run_probe
+    from tiny_models import save_pair
+
+    root = save_pair(tmp_path / "pair", wiki_tokenizer)
+    spec = {"base": str(root / "base"), "posts": [str(root / "post")], "svd": None, "cards": 0}
+    for null, cols, methods in (("sketch", list(COLUMNS) + list(NULL_COLUMNS), {"sketch": 15}),
+                                ("auto", list(COLUMNS), {"exact": 15})):
+        out = tmp_path / null
+        run_probe(ProbeRequest.from_dict({**spec, "out": str(out), "grid": {"ks": [1, 4], "null": null,
+                                                                           "subspaces": ["random"]}}))
+        df, meta = pd.read_csv(out / "rsf.csv"), json.loads((out / "meta.json").read_text())
+        assert list(df.columns) == cols
+        assert meta["grid"]["null"] == null and meta["grid"]["null_methods"] == methods
+    sk = pd.read_csv(tmp_path / "sketch" / "rsf.csv")
+    ex = pd.read_csv(tmp_path / "auto" / "rsf.csv")
+    assert set(sk["null_method"]) == {"sketch"} and (sk["null_rel_error"] > 0).all()
+    assert ((sk["null_exact_sd"] - ex["null_exact_sd"]).abs() <= sk["null_rel_error"] * sk["null_exact_sd"]).mean() >= 0.9
+    assert "sketched for 15 matrices" in (tmp_path / "sketch" / "summary.md").read_text()
