@@ -5,15 +5,16 @@ What it measures, and why
 -------------------------
 1. RSF grid (``rwedit.probes.grid.rsf_grid_pair``) on the synthetic ~1.1B Llama pair (TinyLlama shapes,
    bf16) that ``bench_pair_pass.py`` builds into ``benchmarks/.cache/llama-1.1b-pair``: k in {1,4,16,64},
-   8 null seeds, every layer and role, given cached activation statistics.  The grid promises to cost
+   the default null, every layer and role, given cached activation statistics.  The grid promises to cost
    about what a bare streaming pass over the pair costs (target <= 2x) and to hold O(largest tensor) in
    memory.  Two steps, each in a fresh subprocess so that its peak RSS is its own:
      (i)  bare - ``delta_norms`` (the row-block pair pass) computing ||ΔW||_F per role (the floor of any pair probe);
-     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings()))`` (8 seeds + exact null);
-     (iii) the grid with each null alone: 8 seeds without the exact null (``exact_null=False``), and the exact
-          null without seeds (``null_seeds=0``) — the exact null's sd needs Σσ⁴ of each delta, one Gram
-          matrix of the smaller side, d_out·d_in·min(d) multiply-adds, against the seeds' 8·64 columns of
-          projections per side.
+     (ii) grid - ``list(rsf_grid_pair(pair, stats, GridSettings()))`` (the default: no seeds,
+          ``null: auto``, which sketches Σσ⁴ of every 1.1B matrix: 2·64 multiply-adds per element of ΔW);
+     (iii) the grid with the other nulls: the exact one (``null: exact``: one Gram matrix of the smaller side
+          per delta, d_out·d_in·min(d) multiply-adds) and 8 seeds alone (``null: seeds``: 8·64 more columns of
+          projections per side); and the sketch's error: |sketched − exact| null sd over its stated 95 % bound
+          (``null_rel_error``), per matrix and side at k = 4.
    The activation statistics are SYNTHETIC: real ones would need a forward pass of the 1.1B model over a
    calibration set (hours on 2 CPU cores, and the synthetic pair's random weights give no meaningful
    activations anyway).  They have the exact sizes a real float64 collection would have (attn_in, mlp_in,
@@ -207,8 +208,8 @@ def _grid_settings(p: dict):
     from rwedit.probes.grid import GridSettings
 
     layers = p.get("layers")
-    return GridSettings(layers=tuple(layers) if layers is not None else None, null_seeds=p.get("null_seeds", 8),
-                        exact_null=p.get("exact_null", True))
+    return GridSettings(layers=tuple(layers) if layers is not None else None, null_seeds=p.get("null_seeds", 0),
+                        null=p.get("null", "auto"))
 
 
 def _load_stats(p: dict):
@@ -234,7 +235,7 @@ def _summarise_rows(rows: list[dict]) -> dict:
 def step_grid(p: dict) -> dict:
     """(ii) The full grid, given cached (loaded) activation statistics."""
     from rwedit.checkpoints import CheckpointPair
-    from rwedit.probes.grid import rsf_grid_pair
+    from rwedit.probes.grid import null_methods, rsf_grid_pair
 
     settings = _grid_settings(p)
     stats, load_s = _load_stats(p)
@@ -251,8 +252,10 @@ def step_grid(p: dict) -> dict:
     spectra_bytes = 8 * n_layers * sum(d * (1 + 2 * min(SPECTRUM_KEEP, d // 2)) for d in dims.values())
     return dict(wall_s=wall, stats_load_s=load_s, anon_after_stats_load_mb=_mb(anon_after_load),
                 spectra_cache_bytes_est=spectra_bytes, settings=dict(ks=list(settings.ks), null_seeds=settings.null_seeds,
-                exact_null=settings.exact_null,
-                subspaces=list(settings.subspaces), layers=p.get("layers") or "all"), summary=_summarise_rows(rows))
+                null=settings.null, null_methods=null_methods(rows, settings),
+                subspaces=list(settings.subspaces), layers=p.get("layers") or "all"), summary=_summarise_rows(rows),
+                null_sd={f"{r['layer']}.{r['role']}.{r['side']}": [r["null_exact_sd"], r.get("null_rel_error", 0.0)]
+                         for r in rows if r["subspace"] == "random" and r["k"] == 4})
 
 
 def _pstats_index(st):
@@ -366,7 +369,7 @@ def _alternatives(stats, pair, settings) -> dict:
     # (b) the null projections of one delta: as done now, vs one nested float32 pass per side
     rp = next(pair.iter_roles(("down",), (0,)))
     delta = rp.post - rp.base
-    seeds = [settings.seed + 1 + i for i in range(settings.null_seeds)]
+    seeds = [settings.seed + 1 + i for i in range(settings.null_seeds or 8)]  # 8 where the grid draws none
     ks = sorted(settings.ks)
     cur = {}
     for side in settings.sides:
@@ -603,18 +606,24 @@ def run_grid_part(args, res: dict) -> None:
     b["all_wall_s"] = [round(r["wall_s"], 2) for r in bare]
     res["bare"] = b
     print(f"  {b['wall_s']:.1f} s", flush=True)
-    print("(ii) full RSF grid: 8 null seeds + the exact null (the default) ...", flush=True)
+    print("(ii) full RSF grid, the default null (auto: sketched at 1.1B) ...", flush=True)
     g = run_child("grid", common)
     res["grid"] = g
-    # the null's two routes, each alone: the seeds' projections vs one Gram matrix per delta (Σσ⁴)
-    for key, extra, label in (("grid_seeds_only", dict(exact_null=False), "8 null seeds, no exact null"),
-                              ("grid_exact_only", dict(null_seeds=0), "the exact null alone (null_seeds 0)")):
+    # the other nulls: one Gram matrix per delta (the exact Σσ⁴), and the seeds' projections alone
+    for key, extra, label in (("grid_exact_only", dict(null="exact"), "the exact null"),
+                              ("grid_seeds_only", dict(null="seeds", null_seeds=8), "8 null seeds, no closed form")):
         print(f"(iii) RSF grid, {label} ...", flush=True)
         res[key] = run_child("grid", dict(common, **extra))
+    exact = res["grid_exact_only"]["null_sd"]
+    errs = [abs(sd - exact[key][0]) / sd / bound for key, (sd, bound) in g["null_sd"].items()
+            if bound and bound == bound and sd > 0]
+    res["sketch_error"] = dict(matrices_sides=len(errs), max_error_over_bound=max(errs, default=None),
+                               within_bound=sum(e <= 1 for e in errs), max_bound=max(
+                                   (b for _, b in g["null_sd"].values() if b == b), default=None))
     res["null_variants"] = {key: dict(wall_s=res[key]["wall_s"], over_bare=res[key]["wall_s"] / b["wall_s"],
                                       within_time_target=res[key]["wall_s"] / b["wall_s"] <= GRID_TIME_TARGET,
                                       settings=res[key]["settings"])
-                            for key in ("grid", "grid_seeds_only", "grid_exact_only")}
+                            for key in ("grid", "grid_exact_only", "grid_seeds_only")}
     largest_f32_mb = b["largest_numel"] * 4 / 2**20
     ratio = g["wall_s"] / b["wall_s"]
     res["grid_checks"] = dict(
@@ -659,11 +668,15 @@ def print_grid(res: dict) -> None:
           f"{'yes' if c['within_time_target'] else 'NO'}); with the stats load: "
           f"{c['grid_plus_stats_load_over_bare_time']:.1f}x; CPU seconds grid / bare: {c['grid_over_bare_cpu']:.1f}x")
     if "null_variants" in res:
-        labels = {"grid": "8 seeds + exact null (default)", "grid_seeds_only": "8 seeds, no exact null",
-                  "grid_exact_only": "exact null alone (null_seeds 0)"}
+        labels = {"grid": "the default null (auto: sketch)", "grid_exact_only": "the exact null",
+                  "grid_seeds_only": "8 seeds, no closed-form null"}
         for key, v in res["null_variants"].items():
             print(f"  grid, {labels[key]:<34} {v['wall_s']:>7.1f} s = {v['over_bare']:.1f}x bare "
                   f"(target <= {GRID_TIME_TARGET}x: {'yes' if v['within_time_target'] else 'NO'})")
+    if "sketch_error" in res:
+        e = res["sketch_error"]
+        print(f"  sketched null sd vs exact: largest |error| / stated 95 % bound {e['max_error_over_bound']:.3f}; "
+              f"{e['within_bound']}/{e['matrices_sides']} matrix sides inside; widest bound {e['max_bound']:.3g}")
     print(f"peak RSS grid / bare: {c['grid_over_bare_peak_rss']:.1f}x (anon {c['grid_over_bare_peak_anon']:.1f}x); "
           f"largest tensor (unembed, f32) {c['largest_tensor_f32_mb']:.0f} MB; grid peak anon = "
           f"{c['grid_peak_anon_over_largest_tensor']:.0f}x it, of which after loading the stats "

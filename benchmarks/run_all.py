@@ -92,14 +92,20 @@ def _pair_pass(r: dict) -> list[Figure]:
 
 def _probes(r: dict) -> list[Figure]:
     out = []
-    labels = {"grid_exact_only": "RSF grid (k 1,4,16,64; the exact null, the default) / bare pass",
-              "grid_seeds_only": "RSF grid with 8 seeded nulls instead / bare pass",
-              "grid": "RSF grid with the exact null and 8 seeds / bare pass"}
+    labels = {"grid": "RSF grid (k 1,4,16,64; the default null: auto, sketched at 1.1B) / bare pass",
+              "grid_exact_only": "RSF grid with the exact null / bare pass",
+              "grid_seeds_only": "RSF grid with 8 seeded nulls instead / bare pass"}
     for key, label in labels.items():
         v = _at(r, "null_variants", key)
         if v:
-            out.append(Figure(label, v.get("over_bare"), "≤ 2" if key == "grid_exact_only" else "info",
-                              _le(v.get("over_bare"), 2.0) if key == "grid_exact_only" else None))
+            out.append(Figure(label, v.get("over_bare"), "≤ 2" if key == "grid" else "info",
+                              _le(v.get("over_bare"), 2.0) if key == "grid" else None))
+    e = _at(r, "sketch_error")
+    if e and e.get("matrices_sides"):
+        share = e["within_bound"] / e["matrices_sides"]
+        out.append(Figure("RSF grid: sketched null sd within its stated 95 % bound of the exact (share of matrix sides; "
+                          f"largest error / bound {e['max_error_over_bound']:.2f})", share, "≥ 0.95", share >= 0.95,
+                          "share"))
     a = _at(r, "acts")
     if a:
         bound = 1 / (1 + a["macs_per_token"]["hooks_over_forward"])

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_placement(p)
     flag("--k", GRID, "ks", type=options.ints, default=",".join(map(str, DEFAULT_KS)))
     flag("--null-seeds", GRID, "null_seeds", type=options.count, default=0)
-    flag("--no-exact-null", GRID, "exact_null", dest="exact_null", action="store_false")
+    flag("--null", GRID, "null", choices=("auto", "exact", "sketch", "seeds"), default="auto")
     flag("--seed", GRID, "seed", type=int, default=0)
     flag("--centred", GRID, "centred", action="store_true")
     flag("--fold-final-norm", GRID, "prediction_gain", action="store_true")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         calib = CalibrationSettings(data=args.calib, tokens=args.calib_tokens, seq_len=args.seq_len,
                                     batch_size=args.batch_size, field=args.field, device=args.device,
                                     placement=options.placement(args))
-    grid = GridSettings(ks=args.k, null_seeds=args.null_seeds, exact_null=args.exact_null, seed=args.seed,
+    grid = GridSettings(ks=args.k, null_seeds=args.null_seeds, null=args.null, seed=args.seed,
                         centred=args.centred, prediction_gain=args.fold_final_norm,
                         roles=options.roles_arg(args.roles), layers=args.layers)
     svd = None if args.no_svd else SvdSettings() if args.svd_r is None else SvdSettings(r=args.svd_r)

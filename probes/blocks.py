@@ -9,7 +9,8 @@ import math
 import torch
 
 from rwedit.lowrank import LowRankDelta
-from rwedit.probes.rsf import concentration_of_gram, gram_concentration
+from rwedit.probes.rsf import (NullSpread, concentration_of_gram, gram_concentration, sketch_probe,
+                               spread_from_sketch)
 
 
 class Norms:
@@ -208,6 +209,39 @@ class Gram:
             return gram_concentration(self.dense.matrix)
         self._flush()
         return concentration_of_gram(self.G)
+
+    def spread(self) -> NullSpread:
+        c = self.concentration()
+        return NullSpread(c, c, c)
+
+
+class GramSketch:
+    """The sketched Σσ⁴ / (Σσ²)² of ΔW (:func:`rwedit.probes.rsf.spread_from_sketch`): Z = Σ_blocks Xᵀ(X Ω) over
+    the blocks X (rows of ΔW for axis 0: the d_in-side Gram; rows of ΔWᵀ for axis 1: the d_out side) with a d × m
+    Gaussian Ω, 4·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
+    whatever the axis. A delta in factor form gets the exact value from its r × r Gram matrices."""
+
+    def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+        self.omega = sketch_probe(shape[1] if axis == 0 else shape[0], m, seed)
+        self._omega = self.omega.to(dtype)
+        self.z = torch.zeros_like(self.omega)
+        self.total = 0.0
+        self._factors: _Factors | None = None
+
+    def add(self, axis, index, delta, base=None) -> None:
+        if isinstance(delta, LowRankDelta):
+            self._factors = self._factors or _Factors()
+            self._factors.add(axis, index, delta)
+            return
+        X = delta if axis == 0 else delta.T  # as rows of the matrix whose Xᵀ X is the sketched side's Gram
+        self.z += (X.T @ (X @ self._omega)).double()
+        self.total += float(torch.linalg.vector_norm(X)) ** 2
+
+    def spread(self) -> NullSpread:
+        if self._factors is not None:
+            c = self._factors.concentration()
+            return NullSpread(c, c, c)
+        return spread_from_sketch(self.z, self.omega, self.total)
 
 
 class Dense:

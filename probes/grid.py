@@ -17,7 +17,7 @@ from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
-from rwedit.probes.rsf import RSFResult, exact_null_sd, random_null_samples, rsf_nested
+from rwedit.probes.rsf import NullSpread, RSFResult, random_null_samples, rsf_nested
 from rwedit.runtime import runtime
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 from rwedit.stream import explain_non_finite, stream_pair
@@ -26,6 +26,12 @@ DEFAULT_KS = (1, 4, 16, 64)
 SUBSPACES = ("activation", "prediction", "random")
 COLUMNS = ("layer", "role", "pathway", "side", "subspace", "k", "d", "fraction", "rsf", "null_mean", "null_sd",
            "null_z", "null_exact_sd", "null_exact_z", "delta_norm", "reason")
+#: written after COLUMNS only when some row's closed-form null is sketched (a grid of exact nulls keeps its columns)
+NULL_COLUMNS = ("null_method", "null_rel_error")
+NULLS = ("auto", "exact", "sketch", "seeds")
+#: `null: auto` keeps the exact Gram of a matrix whose d_out·d_in·min(d) multiply-adds are at most this many (a few
+#: ms on one core) or at most the sketch's 2·d_out·d_in·m
+AUTO_EXACT_MACS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,12 @@ class GridSettings(Config):
     prediction_gain: bool = option(False, help="prediction subspace of W_U·diag(γ_final) instead of W_U")
     roles: tuple[str, ...] | None = option(None, help="roles to probe (default: all)")
     layers: tuple[int, ...] | None = option(None, help="layers to probe (default: all)")
-    exact_null: bool = option(True, help="the exact null's sd per row: one Gram matrix per delta (cheap on small "
-                              "models, more than the seeds' projections on 7B-size matrices; off: NaN)")
+    null: str = option("auto", help="the closed-form null's Σσ⁴ per delta (null_exact_sd): exact (one Gram matrix, "
+                       "d_out·d_in·min(d) multiply-adds), sketch (from the same pass, 2·d_out·d_in·null_sketch, its 95 % "
+                       "error bound in null_rel_error), auto (exact where the Gram is cheap: small matrices, a GPU; "
+                       "else the sketch), seeds (none: the seeded null alone)")
+    null_sketch: int = option(64, help="Gaussian probe columns m of the sketched null: relative standard error of "
+                              "Σσ⁴ at most √(2/m)")
     precision: str = option("float32", help="precision of the projections ΔW·B (sums are float64 either way); "
                             "float32 changes RSF by ~1e-7 relative")
 
@@ -66,9 +76,14 @@ class GridSettings(Config):
         if self.null_seeds == 1 or self.null_seeds < 0:
             raise ConfigError(f"null_seeds = {self.null_seeds}: give >= 2 random subspaces (a standard deviation "
                               f"needs two), or 0 for the exact null alone")
-        if self.null_seeds == 0 and not self.exact_null:
-            raise ConfigError("null_seeds = 0 and exact_null off leave no null at all; give null_seeds >= 2 or "
-                              "keep the exact null")
+        if self.null not in NULLS:
+            raise ConfigError(f"null must be one of {', '.join(NULLS)}, not {self.null!r}")
+        if self.null_sketch < 8:
+            raise ConfigError(f"null_sketch = {self.null_sketch}: give at least 8 probe columns (its error bound "
+                              f"is finite from about 16)")
+        if self.null_seeds == 0 and self.null == "seeds":
+            raise ConfigError("null_seeds = 0 and null: seeds leave no null at all; give null_seeds >= 2 or "
+                              "a closed-form null (auto, exact, sketch)")
         if self.null_seeds == 0 and "both" in self.sides:
             raise ConfigError("null_seeds = 0 (the exact null) has no closed form for the two-sided RSF "
                               "(sides: both); give null_seeds >= 2")
@@ -153,7 +168,7 @@ class _SidePlan:
     n_seeds: int
     stacked: torch.Tensor
 
-    def rows(self, layer, role, energies: torch.Tensor, total: float, conc: float) -> list[dict]:
+    def rows(self, layer, role, energies: torch.Tensor, total: float, spread: NullSpread | None) -> list[dict]:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
         kmax = self.ks[-1]
         cums = torch.cumsum(energies.reshape(len(self.names) + self.n_seeds, kmax), dim=1).cpu()
@@ -170,7 +185,7 @@ class _SidePlan:
                     frac = float(cums[j, k - 1]) / total
                     res = RSFResult(self.side, frac, frac / base, k, self.d, base, norm, None)
                     vals = null_cums[:, k - 1] / total / base
-                out.append(_row(layer, role, self.side, name, k, self.d, res, vals, exact_null_sd(conc, self.d, k)))
+                out.append(_row(layer, role, self.side, name, k, self.d, res, vals, spread))
         return out
 
 
@@ -201,6 +216,28 @@ def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridC
     return plans
 
 
+def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = False) -> str:
+    """How the closed-form null of one d_out × d_in matrix is computed: the setting, or for ``auto`` the exact Gram
+    where it is cheap (:data:`AUTO_EXACT_MACS`, no dearer than the sketch, or on a GPU) and the sketch elsewhere."""
+    if settings.null != "auto":
+        return settings.null
+    macs = shape[0] * shape[1] * min(shape)
+    return "exact" if gpu or macs <= max(AUTO_EXACT_MACS, 2 * shape[0] * shape[1] * settings.null_sketch) else "sketch"
+
+
+def columns(rows: Iterable[dict]) -> list[str]:
+    """The columns of ``rsf.csv`` for these rows: :data:`COLUMNS`, and :data:`NULL_COLUMNS` when a null is sketched
+    (only a sketched row carries them, so writers of :data:`COLUMNS` alone see the rows of before)."""
+    return list(COLUMNS) + (list(NULL_COLUMNS) if any("null_method" in r for r in rows) else [])
+
+
+def null_methods(rows: Iterable[dict], settings: GridSettings) -> dict[str, int]:
+    """Matrices per closed-form null method (for meta.json), e.g. ``{"exact": 150, "sketch": 5}``."""
+    other = "seeds" if settings.null == "seeds" else "exact"
+    seen = {(r.get("post"), r["layer"], r["role"]): r.get("null_method", other) for r in rows if r["side"] != "both"}
+    return {m: sum(v == m for v in seen.values()) for m in ("exact", "sketch", "seeds") if m in seen.values()}
+
+
 def _in_settings_order(rows: list[dict], settings: GridSettings) -> list[dict]:
     """Rows ordered by side as the settings list them (the one- and two-sided rows are made apart)."""
     order = {s: i for i, s in enumerate(settings.sides)}
@@ -212,13 +249,15 @@ class _StreamedRows:
     the two-sided rows need it) and the rows made from them once the matrix is complete."""
 
     def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings, ckpts=()):
-        from rwedit.probes.blocks import Dense, Gram, Projections
+        from rwedit.probes.blocks import Dense, Gram, GramSketch, Projections
 
         self.view, self.ctx, self.settings, self.ckpts = view, ctx, settings, ckpts
         self.plans = _side_plans(view.shape, view.layer, view.role, ctx, settings)
         by_side = {p.side: p.stacked for p in self.plans}
         self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype)
-        self.gram = Gram(view.shape, 1 if view.transposed else 0, settings.dtype) if settings.exact_null else None
+        axis, method = 1 if view.transposed else 0, null_method(settings, view.shape)
+        self.gram = (None if method == "seeds" else Gram(view.shape, axis, settings.dtype) if method == "exact"
+                     else GramSketch(view.shape, axis, settings.null_sketch, settings.seed, settings.dtype))
         self.dense = Dense(view.shape, settings.dtype) if "both" in settings.sides else None
 
     def add(self, axis, index, delta, base) -> None:
@@ -234,18 +273,19 @@ class _StreamedRows:
             explain_non_finite(self.ckpts, self.view)  # names the tensor with NaN/Inf; else an overflow:
             raise ConfigError(f"layer {self.view.layer} role {self.view.role!r}: the delta has non-finite entries; "
                               f"check the checkpoints or the dtype the delta was formed in")
-        conc = self.gram.concentration() if self.gram is not None and total > 0 else math.nan
+        spread = None if self.gram is None else self.gram.spread()  # NaN for a zero delta
         out: list[dict] = []
         for plan in self.plans:
-            out += plan.rows(self.view.layer, self.view.role, self.proj.energies(plan.side), total, conc)
+            out += plan.rows(self.view.layer, self.view.role, self.proj.energies(plan.side), total, spread)
         if self.dense is not None:
             out += _two_sided_rows(self.dense.matrix, self.view.layer, self.view.role, self.ctx, self.settings)
         return _in_settings_order(out, self.settings)
 
 
-def _row(layer, role, side, subspace, k, d, res, vals, exact_sd: float = math.nan) -> dict:
+def _row(layer, role, side, subspace, k, d, res, vals, spread: NullSpread | None = None) -> dict:
     """One grid row: the RSF, its null (mean, sd, z: from the seeds, or the exact null when there are none)
-    and its exact null (mean 1, sd in closed form)."""
+    and its exact null (mean 1, sd in closed form from Σσ⁴, exact or sketched: ``spread``; None: not computed)."""
+    exact_sd = spread.sd(d, k) if spread is not None else math.nan
     exact_z = (res.rsf - 1.0) / exact_sd if exact_sd > 0 and not math.isnan(res.rsf) else math.nan
     if len(vals):
         mean = float(vals.mean())
@@ -255,7 +295,9 @@ def _row(layer, role, side, subspace, k, d, res, vals, exact_sd: float = math.na
         mean, sd, z = (math.nan if math.isnan(res.rsf) else 1.0), exact_sd, exact_z
     return {"layer": layer, "role": role, "pathway": pathway(role), "side": side, "subspace": subspace, "k": k,
             "d": d, "fraction": res.fraction, "rsf": res.rsf, "null_mean": mean, "null_sd": sd, "null_z": z,
-            "null_exact_sd": exact_sd, "null_exact_z": exact_z, "delta_norm": res.delta_norm, "reason": res.reason or ""}
+            "null_exact_sd": exact_sd, "null_exact_z": exact_z, "delta_norm": res.delta_norm, "reason": res.reason or "",
+            **({"null_method": "sketch", "null_rel_error": spread.rel_error(d)}
+               if spread is not None and spread.method == "sketch" else {})}
 
 
 def _two_sided_rows(delta, layer, role, ctx: GridContext, settings: GridSettings) -> list[dict]:
@@ -322,4 +364,5 @@ def rsf_grid_frame(pair: CheckpointPair, stats: ActivationStats | None = None, s
     columns of ``rsf.csv``), for notebooks; streams like :func:`rsf_grid_pair`."""
     import pandas as pd
 
-    return pd.DataFrame(list(rsf_grid_pair(pair, stats, settings)), columns=list(COLUMNS))
+    rows = list(rsf_grid_pair(pair, stats, settings))
+    return pd.DataFrame(rows, columns=columns(rows))

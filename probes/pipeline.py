@@ -27,7 +27,7 @@ from rwedit.pages import write_pages
 from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
 from rwedit.probes.directions import (Direction, activation_directions, cards_frame, cards_html, delta_directions,
                                      cached_explain, prediction_directions)
-from rwedit.probes.grid import (COLUMNS, GridSettings, check_ks, prediction_from_pair, read_unembedding,
+from rwedit.probes.grid import (GridSettings, check_ks, columns, null_methods, prediction_from_pair, read_unembedding,
                                 rsf_grid_posts)
 from rwedit.probes.norms import delta_norms
 from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
@@ -256,12 +256,14 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
     svd_rows = [r for r in svd_rows if "null" not in r]
     names = [n for n, _, _ in members]
     one = len(names) == 1
-    rsf = pd.DataFrame(rows, columns=["post", *COLUMNS]) if rq.grid else None
+    rsf = pd.DataFrame(rows, columns=["post", *columns(rows)]) if rq.grid else None
     svd = pd.DataFrame(svd_rows, columns=["post", *SVD_COLUMNS]) if rq.svd else None
     claims = _claims(run, names, rsf, svd)
     tables = {"rsf.csv": rsf, "headline.csv": None, "svd.csv": svd, "deltas.csv": _norms_frame(norms),
               "svd_null.csv": pd.DataFrame(null_rows) if null_rows else None}
     meta, head, svd_head, spiked, cards, plots = run.settings_meta(), None, None, [], [], []
+    if rq.grid is not None:
+        meta["grid"]["null_methods"] = null_methods(rows, rq.grid)
     if one:
         (name, ref, _), pair = members[0], run.pairs[names[0]]
         tables = {f: t if t is None else t.drop(columns="post") for f, t in tables.items()}
@@ -290,7 +292,8 @@ def _write(run: _Run, members: list, measured: tuple, out: Path | None) -> Probe
                 t.to_csv(out / f, index=False)
         if one and rq.grid is not None:
             plots += plot_rsf_heatmaps(tables["rsf.csv"], out, claim_k(rq.grid, rq.claim_k))  # at the claims' k
-            plots.append(plot_rsf_vs_k(tables["rsf.csv"], out))
+            if (tables["rsf.csv"]["subspace"] != "random").any():  # random subspaces alone draw no curve
+                plots.append(plot_rsf_vs_k(tables["rsf.csv"], out))
         if one and rq.svd is not None:
             plots += _plot_svd(tables["svd.csv"], out)
         if not one and "rsf_mean" in claims:
@@ -401,7 +404,7 @@ def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
     rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
     svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
     claims = compare_table(rsf.assign(post=name), k) if rsf is not None and k is not None else pd.DataFrame()
-    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *COLUMNS]],
+    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *columns(rsf.to_dict("records"))]],
                        None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims, None, meta, folder)
 
 
@@ -583,7 +586,9 @@ def _rsf_lines(head, meta: dict, spiked) -> list[str]:
            "`null_mean ± null_sd` is the exact null below (null_seeds = 0: no random subspaces were drawn); ")
         + "`z_mean` = (RSF − null)/sd averaged over layers. "
         "`null_exact_sd` is the exact sd of that null (its mean is exactly 1: Var f = 2k(d−k)/(d(d−1)(d+2))·(tr G² − 1/d) "
-        "with G the delta's normalised Gram matrix), `exact_z_mean` the z against it.",
+        "with G the delta's normalised Gram matrix), `exact_z_mean` the z against it."
+        + (f" tr G² is sketched for {n} matrices (`null_rel_error`: a 95 % bound on that sd's relative error)."
+           if (n := meta["grid"].get("null_methods", {}).get("sketch")) else ""),
         "",
     ]
     if calib:

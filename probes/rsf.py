@@ -24,12 +24,14 @@ from .subspaces import check_k, haar_basis, haar_from_generator
 
 __all__ = [
     "RSFResult",
+    "NullSpread",
     "isotropic_baseline",
     "random_null",
     "random_null_samples",
     "rank1_rsf",
     "rsf",
     "rsf_nested",
+    "sketch_spread",
     "subspace_fraction",
 ]
 
@@ -377,3 +379,75 @@ def exact_null_sd(concentration: float, d: int, k: int) -> float:
         return math.nan
     var_f = 2 * k * (d - k) / (d * (d - 1) * (d + 2)) * max(concentration - 1 / d, 0.0)
     return math.sqrt(var_f) * d / k
+
+
+#: the sketched null's interval: x of the Laurent–Massart tails P(·) ≤ e^-x, two of them at 2.5 % each
+_TAIL_X = math.log(2 / 0.05)
+
+
+@dataclass(frozen=True)
+class NullSpread:
+    """Σσ⁴/(Σσ²)² of a delta (the exact null's one number) and a 95 % interval [lo, hi] on it: lo = hi for the
+    exact value (a Gram matrix), the sketch's interval otherwise (:func:`spread_from_sketch`)."""
+
+    value: float
+    lo: float
+    hi: float
+    method: str = "exact"
+
+    def sd(self, d: int, k: int) -> float:
+        return exact_null_sd(self.value, d, k)
+
+    def rel_error(self, d: int) -> float:
+        """The 95 % bound on |sd − exact sd| / sd of the null's sd on a d-dim side (0 when exact; the factor of k
+        cancels): sd ∝ √(c − 1/d) is monotone in c, so [lo, hi] maps onto the sd's interval."""
+        if self.method == "exact" or math.isnan(self.value):
+            return 0.0 if self.method == "exact" else math.nan
+        v, lo, hi = (max(c - 1 / d, 0.0) for c in (self.value, self.lo, self.hi))
+        if v == 0.0:
+            return 0.0 if hi == 0.0 else math.inf
+        return max(math.sqrt(hi / v) - 1, 1 - math.sqrt(lo / v))
+
+
+def sketch_probe(d: int, m: int, seed: int) -> torch.Tensor:
+    """The sketch's Gaussian d × m probe Ω (float64), deterministic in seed, on a stream apart from the Haar
+    bases' (whose seeds are small integers)."""
+    return torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
+
+
+def spread_from_sketch(z: torch.Tensor, omega: torch.Tensor, total: float) -> NullSpread:
+    """Σσ⁴/(Σσ²)² from Z = GΩ, G = ΔWᵀΔW on the d-dim side Ω lives on, and Σσ² = tr G, with a 95 % interval.
+
+    Centred Hutchinson: with H = G − (tr G/d)·I and Y = Z − (tr G/d)Ω = HΩ, T̂ = ‖Y‖²_F/m is unbiased for
+    tr H² = Σσ⁴ − (Σσ²)²/d (E ωᵀH²ω = tr H² for ω ~ N(0, I)), Var T̂ = 2 tr H⁴/m ≤ 2(tr H²)²/m, so Σσ⁴ =
+    T̂ + (Σσ²)²/d is unbiased with relative standard error at most √(2/m) (the uncentred ‖Z‖²_F/m is unbiased
+    too, with the larger variance 2 tr G⁴/m). T̂/T is Σ a_i χ²₁ with ‖a‖₂ = w/√m, max a ≤ w/m, w = √(tr H⁴)/tr H²
+    ≤ 1, so (Laurent & Massart 2000, Lemma 1) −2w√(x/m) ≤ T̂/T − 1 ≤ 2w√(x/m) + 2wx/m but for a chance 2e^-x = 5 %;
+    w comes from the same columns (the off-diagonal (YᵀY)²_ij have mean tr H⁴), clipped to 1."""
+    d, m = omega.shape
+    if total == 0.0 or not math.isfinite(total):
+        return NullSpread(math.nan, math.nan, math.nan, "sketch")
+    y = z.double() - (total / d) * omega.double()
+    gram = y.T @ y
+    t = float(torch.trace(gram)) / m
+    off = float(gram.pow(2).sum() - gram.diagonal().pow(2).sum()) / (m * (m - 1))
+    w = min(1.0, math.sqrt(max(off, 0.0)) / t) if t > 0 else 0.0
+    low = 1 - 2 * w * math.sqrt(_TAIL_X / m)
+    high = 1 + 2 * w * math.sqrt(_TAIL_X / m) + 2 * w * _TAIL_X / m
+    floor, s2 = total ** 2 / d, total ** 2
+    return NullSpread((t + floor) / s2, (t / high + floor) / s2, (t / low + floor) / s2 if low > 0 else math.inf,
+                      "sketch")
+
+
+def sketch_spread(delta: "torch.Tensor | LowRankDelta", m: int, seed: int = 0) -> NullSpread:
+    """The sketched Σσ⁴/(Σσ²)² of a delta held whole (on its d_in side; the streamed grid's is
+    :class:`rwedit.probes.blocks.GramSketch`); a delta in factor form gets the exact value, which costs less."""
+    if isinstance(delta, LowRankDelta):
+        c = gram_concentration(delta)
+        return NullSpread(c, c, c)
+    if delta.dtype not in (torch.float32, torch.float64):
+        delta = delta.float()
+    omega = sketch_probe(delta.shape[1], m, seed).to(device=delta.device, dtype=delta.dtype)
+    z = delta.T @ (delta @ omega)
+    total = float(torch.linalg.vector_norm(delta, dtype=torch.float64)) ** 2
+    return spread_from_sketch(z.double().cpu(), omega.cpu(), total)

@@ -58,7 +58,8 @@ class RSFTrajectoryCallback(TrainerCallback):
         deltas = {key: get_weight(model, *key).float().cpu() - w0 for key, w0 in self._w0.items()}
         rows = [{"step": step, **r} for r in rsf_grid_deltas(deltas, self._layout, self._ctx, self.settings)]
         with open(self.out_csv, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS).writerows(rows)
+            w = csv.DictWriter(f, fieldnames=TRAJECTORY_COLUMNS, extrasaction="ignore")  # a sketched null's columns
+            w.writerows(rows)
         self._done_steps.add(step)
         return rows
 

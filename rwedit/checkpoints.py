@@ -23,9 +23,10 @@ from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
 from rwedit.lowrank import LowRankDelta
-from rwedit.runtime import runtime, using
+from rwedit.runtime import runtime
 from rwedit.config import changed_keys
 from rwedit.errors import (
+    RweditError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,

@@ -132,7 +132,7 @@ def test_exact_null_alone_fills_the_null_columns_and_leaves_the_rsf_unchanged(ti
 
 @pytest.mark.parametrize("kw,match", [(dict(null_seeds=1), "give >= 2 random subspaces"),
                                       (dict(null_seeds=0, sides=("both",)), "no closed form for the two-sided"),
-                                      (dict(null_seeds=0, exact_null=False), "leave no null at all")])
+                                      (dict(null_seeds=0, null="seeds"), "leave no null at all")])
 def test_null_settings_without_a_null_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         GridSettings(**kw)

@@ -396,3 +396,135 @@ def test_a_factored_delta_gives_the_dense_energies_and_gram_concentration():
         assert t_low == pytest.approx(t_dense, rel=1e-12)
     s2 = torch.linalg.svdvals(dense) ** 2
     assert gram_concentration(low) == pytest.approx(float((s2 ** 2).sum() / s2.sum() ** 2), rel=1e-10)
+
+
+def _planted(spectrum: str, d_out: int = 96, d_in: int = 64, seed: int = 0) -> torch.Tensor:
+    """A d_out × d_in delta with a known spectrum: flat (rank 32, equal σ), spiked (3 large over a bulk), rank-1."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(d_out, d_in)
+    U = torch.linalg.qr(torch.randn(d_out, r, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(d_in, r, generator=g, dtype=torch.float64))[0]
+    s = torch.zeros(r, dtype=torch.float64)
+    if spectrum == "flat":
+        s[:32] = 1.0
+    elif spectrum == "spiked":
+        s[:] = 0.2
+        s[:3] = torch.tensor([4.0, 2.5, 1.5])
+    else:
+        s[0] = 3.0
+    return (U * s) @ V.T
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "spiked", "rank1"])
+def test_the_sketched_null_is_inside_its_stated_bound(spectrum):
+    """The sketched Σσ⁴/(Σσ²)² against the exact value from the singular values, over 200 probe seeds: unbiased
+    (the mean within 4 standard errors), inside its 95 % interval, and each side's null sd within its stated
+    relative error, in at least 95 % of the seeds."""
+    from rwedit.probes.rsf import exact_null_sd, sketch_spread
+
+    delta = _planted(spectrum)
+    s2 = torch.linalg.svdvals(delta) ** 2
+    exact = float((s2 ** 2).sum() / s2.sum() ** 2)
+    spreads = [sketch_spread(delta, 64, seed) for seed in range(200)]
+    values = torch.tensor([sp.value for sp in spreads], dtype=torch.float64)
+    assert all(sp.method == "sketch" for sp in spreads)
+    assert abs(float(values.mean()) - exact) < 4 * float(values.std()) / math.sqrt(len(values))
+    assert sum(sp.lo <= exact <= sp.hi for sp in spreads) >= 0.95 * len(spreads)
+    for d in delta.shape:
+        sd = exact_null_sd(exact, d, 4)
+        inside = [abs(sp.sd(d, 4) - sd) <= sp.rel_error(d) * sp.sd(d, 4) * (1 + 1e-12) for sp in spreads]
+        assert sum(inside) >= 0.95 * len(spreads), (d, sum(inside))
+    # the bound is an honest width, not a blanket: tight where Σσ⁴ is spread over many directions
+    widest = max(sp.rel_error(delta.shape[1]) for sp in spreads)
+    assert widest < (0.1 if spectrum == "flat" else 1.0)
+
+
+def test_the_streamed_sketch_is_the_whole_matrix_sketch():
+    """GramSketch fed row blocks (axis 0: the d_in-side Gram) or column blocks (axis 1: the d_out side) gives the
+    sketch of the delta held whole (of ΔWᵀ for axis 1), the same probe Ω; a delta in factor form gets the exact
+    value."""
+    from rwedit.lowrank import LowRankDelta
+    from rwedit.probes.blocks import GramSketch
+    from rwedit.probes.rsf import gram_concentration, sketch_spread
+
+    delta = _planted("spiked").float()
+    for axis, whole in ((0, delta), (1, delta.T.contiguous())):
+        sk = GramSketch(tuple(delta.shape), axis, 32, seed=3)
+        for i in range(0, delta.shape[axis], 10):
+            idx = slice(i, i + 10)
+            sk.add(axis, idx, delta[idx] if axis == 0 else delta[:, idx])
+        got, want = sk.spread(), sketch_spread(whole, 32, seed=3)
+        assert (got.value, got.lo, got.hi) == pytest.approx((want.value, want.lo, want.hi), rel=1e-5)
+    g = torch.Generator().manual_seed(0)
+    low = LowRankDelta(torch.randn(40, 3, generator=g, dtype=torch.float64),
+                       torch.randn(24, 3, generator=g, dtype=torch.float64))
+    sk = GramSketch((40, 24), 0, 32)
+    sk.add(0, slice(0, 40), low)
+    assert sk.spread().method == "exact" and sk.spread().value == pytest.approx(gram_concentration(low), rel=1e-12)
+    assert sketch_spread(low, 32).method == "exact"
+
+
+def test_the_grid_chooses_labels_and_bounds_its_null():
+    """null: exact gives the Gram's sd (the rows and columns of before); sketch labels its rows and bounds the sd
+    it gives; auto keeps the exact Gram for small matrices and on a GPU, sketches large ones; the CSV columns grow
+    only when something is sketched."""
+    from grid_oracle import rows_for_delta
+    from rwedit.probes.grid import (COLUMNS, NULL_COLUMNS, GridContext, GridSettings, columns, null_method,
+                                    null_methods)
+    from rwedit.probes.rsf import exact_null_sd, gram_concentration
+
+    delta = _planted("spiked").float()
+    ctx = GridContext(64)
+    kw = dict(ks=(1, 4, 16), subspaces=("random",))
+    exact = rows_for_delta(delta, 0, "q", ctx, GridSettings(null="exact", **kw))
+    auto = rows_for_delta(delta, 0, "q", ctx, GridSettings(**kw))
+    sketch = rows_for_delta(delta, 0, "q", ctx, GridSettings(null="sketch", null_sketch=128, **kw))
+    conc = gram_concentration(delta)
+    for r in exact:  # the rows of before: COLUMNS alone
+        assert r["null_exact_sd"] == exact_null_sd(conc, r["d"], r["k"]) and list(r) == list(COLUMNS)
+    assert auto == exact and columns(exact) == list(COLUMNS)
+    assert columns(sketch) == list(COLUMNS) + list(NULL_COLUMNS)
+    assert null_methods(exact, GridSettings()) == {"exact": 1} and null_methods(sketch, GridSettings()) == {"sketch": 1}
+    for e, s in zip(exact, sketch):
+        assert s["null_method"] == "sketch" and 0 < s["null_rel_error"] < 0.5
+        assert s["rsf"] == e["rsf"] and s["null_mean"] == e["null_mean"] == 1.0 and s["null_sd"] == s["null_exact_sd"]
+        assert abs(s["null_exact_sd"] - e["null_exact_sd"]) <= s["null_rel_error"] * s["null_exact_sd"]
+    seeds = rows_for_delta(delta, 0, "q", ctx, GridSettings(null="seeds", null_seeds=3, **kw))
+    assert all(math.isnan(r["null_exact_sd"]) for r in seeds) and columns(seeds) == list(COLUMNS)
+    assert null_methods(seeds, GridSettings(null="seeds", null_seeds=3)) == {"seeds": 1}
+    auto_settings = GridSettings()
+    assert null_method(auto_settings, (512, 192)) == "exact"  # the organism's largest matrix
+    assert null_method(auto_settings, (5632, 2048)) == "sketch"  # a 1.1B MLP matrix
+    assert null_method(auto_settings, (5632, 2048), gpu=True) == "exact"
+    assert null_method(auto_settings, (128, 100_000)) == "exact"  # min(d) ≤ 2m: the Gram costs less than the sketch
+    with pytest.raises(ValueError, match="null must be one of"):
+        GridSettings(null="gram")
+
+
+def test_a_probe_records_its_null_in_the_csv_and_meta(tmp_path, wiki_tokenizer):
+    """A probe request (as a recipe section) with ``null: sketch`` writes rsf.csv with the null's method and error
+    bound and meta.json with the setting and the matrices per method; the default (auto) on a small model keeps
+    the exact null and the columns of before."""
+    import json
+
+    import pandas as pd
+
+    from rwedit.probes.grid import COLUMNS, NULL_COLUMNS
+    from rwedit.probes.pipeline import ProbeRequest, run_probe
+    from tiny_models import save_pair
+
+    root = save_pair(tmp_path / "pair", wiki_tokenizer)
+    spec = {"base": str(root / "base"), "posts": [str(root / "post")], "svd": None, "cards": 0}
+    for null, cols, methods in (("sketch", list(COLUMNS) + list(NULL_COLUMNS), {"sketch": 15}),
+                                ("auto", list(COLUMNS), {"exact": 15})):
+        out = tmp_path / null
+        run_probe(ProbeRequest.from_dict({**spec, "out": str(out), "grid": {"ks": [1, 4], "null": null,
+                                                                           "subspaces": ["random"]}}))
+        df, meta = pd.read_csv(out / "rsf.csv"), json.loads((out / "meta.json").read_text())
+        assert list(df.columns) == cols
+        assert meta["grid"]["null"] == null and meta["grid"]["null_methods"] == methods
+    sk = pd.read_csv(tmp_path / "sketch" / "rsf.csv")
+    ex = pd.read_csv(tmp_path / "auto" / "rsf.csv")
+    assert set(sk["null_method"]) == {"sketch"} and (sk["null_rel_error"] > 0).all()
+    assert ((sk["null_exact_sd"] - ex["null_exact_sd"]).abs() <= sk["null_rel_error"] * sk["null_exact_sd"]).mean() >= 0.9
+    assert "sketched for 15 matrices" in (tmp_path / "sketch" / "summary.md").read_text()
