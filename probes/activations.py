@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+import safetensors.torch as safetensors_torch  # by module: a test's patch of load_file is not frozen in here
 from tqdm.auto import tqdm
 
 # INPUT_GROUP / GROUP_ROLE (which roles read one input tensor) live in the registry; importable from here too
@@ -189,7 +189,7 @@ class ActivationStats:
         for (layer, group) in self.sums:
             tensors[f"{layer}.{group}.sum_aaT"] = self.sums[(layer, group)].contiguous()
             tensors[f"{layer}.{group}.sum_a"] = self.firsts[(layer, group)].contiguous()
-        save_file(tensors, tmp / "stats.safetensors")
+        safetensors_torch.save_file(tensors, tmp / "stats.safetensors")
         del tensors
         spectra = {}
         for (layer, group, centred), sp in self.spectra.items():
@@ -199,7 +199,7 @@ class ActivationStats:
             if sp.low_vectors is not None:
                 spectra[f"{name}.bottom"] = sp.low_vectors.contiguous()
         if spectra:
-            save_file(spectra, tmp / "spectra.safetensors")
+            safetensors_torch.save_file(spectra, tmp / "spectra.safetensors")
         (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
         write_checksums(tmp)
         follow_umask(tmp)
@@ -231,7 +231,7 @@ class ActivationStats:
                     firsts[(int(layer), group)] = f.get_tensor(name)
         spectra: dict[tuple[int, str, bool], Spectrum] = {}
         if (folder / "spectra.safetensors").exists():
-            raw = load_file(folder / "spectra.safetensors")
+            raw = safetensors_torch.load_file(folder / "spectra.safetensors")
             for name in raw:
                 layer, group, kind, what = name.split(".")
                 if what == "eigenvalues":

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -440,8 +439,10 @@ def cached_explain(stats, directions: Sequence[Direction], load: Callable[[], tu
     return cards
 
 
-def cards_frame(cards: Sequence[Card]) -> pd.DataFrame:
+def cards_frame(cards: Sequence[Card]):
     """The cards as a DataFrame (one row per direction; contexts and tokens as lists of dicts)."""
+    import pandas as pd  # only here: the plan imports this module and not pandas
+
     return pd.DataFrame([c.row() for c in cards])
 
 

@@ -122,6 +122,16 @@ class HeaderConfig(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def transformers(self):
+        """The same config as transformers' class of its model type (for what needs one: building the model)."""
+        from transformers import AutoConfig
+
+        d = dict(self)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
     @classmethod
     def of(cls, raw: dict) -> "HeaderConfig | None":
         from rwedit.architectures import supported_model_types

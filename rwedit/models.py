@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from rwedit.checkpoints import Checkpoint
+from rwedit.checkpoints import Checkpoint, HeaderConfig
 from rwedit.config import Config, option
 from rwedit.errors import CheckpointError, ConfigError, DeviceError
 from rwedit.runtime import count_tokens
@@ -178,7 +178,7 @@ class Placement(Config):
         from transformers import AutoModelForCausalLM
 
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config.transformers() if isinstance(config, HeaderConfig) else config)
         modules = {name for name, _ in model.named_modules()}
         unknown = [k for k in self.device_map if k not in modules]  # "" (the whole model) is the first module
         if unknown:

@@ -84,7 +84,7 @@ def test_a_full_cache_disk_names_the_entry_and_the_space_needed(model, ids, tmp_
     def full(tensors, path, *a, **k):
         raise error
 
-    monkeypatch.setattr(act, "save_file", full)
+    monkeypatch.setattr(act.safetensors_torch, "save_file", full)
     stats = _cached(model, ids, tmp_path)  # the statistics in memory serve this run
     err = capsys.readouterr().err
     entry = tmp_path / act.cache_key(model, ids, SETTINGS)
