@@ -34,7 +34,7 @@ import torch
 from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import CheckpointPair
 from rwedit.config import Config, option
-from rwedit.editor.edits import Condition as Edits, RankOneEdit
+from rwedit.editor.edits import EditCondition as Edits, RankOneEdit
 from rwedit.editor.interventions import BASE, Adapter, Unchanged, WeightSnapshot, WeightWrite
 from rwedit.editor.svd_edits import matrix_seed
 from rwedit.errors import SpecError
