@@ -137,7 +137,8 @@ def plot_overview(head: pd.DataFrame, ver: Sequence[dict], metric: str, path: Pa
         return (x.get("dose_unit", "alpha"), x.get("dose", x["alpha"]))
 
     ver = [v for v in ver if dose(v) == dose(top)]
-    sel = head[(head["metric"] == metric) & [dose(r) == dose(top) for _, r in head.iterrows()]]
+    sel = head[(head["metric"] == metric) & pd.Series([dose(r) == dose(top) for _, r in head.iterrows()],
+                                                      index=head.index, dtype=bool)]
     fig, axes = plt.subplots(1, len(ver), figsize=(3.3 * len(ver) + 0.6, 3.6), squeeze=False)
     for ax, v in zip(axes[0], ver):
         match = (lambda k: (sel["match"] == ("norm" if k == "principal" else v.get("match", "norm")))) \
