@@ -315,8 +315,10 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     exp["eval"] = {**exp["eval"], "limit": 4}
     exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
     exp["export"] = ["L1_principal0_a2"]
-    recipe = replace(recipe, control_experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
-                                                            null_seeds=2))
+    dec = {**recipe.decompose, "direct": {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96},
+           "parts": {**recipe.decompose["parts"], "ranks": [4]}}
+    recipe = replace(recipe, control_experiment=exp, decompose=dec,
+                     probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4), null_seeds=2))
     out = tmp_path / "qs"
     result = run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert isinstance(result, QuickstartResult) and result.report == out / "report.md"
@@ -333,13 +335,23 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert set(frame["scope"]) == {"seed", "pooled"} and (frame[frame["scope"] == "seed"]["seed"] == 0).all()
     assert frame[frame["scope"] == "pooled"]["low"].isna().all()  # one seed: no interval over seeds
     rows = ResultStore(out / "experiment").rows()
-    assert [r["kind"] for r in rows] == ["base"] + 2 * ["principal", "principal", "random", "random", "lowvar", "write"]
+    controls = ["random", "random", "lowvar", "write"]  # each matched in norm and again in KL (effect.match: both)
+    assert [r["kind"] for r in rows if r.get("match", "norm") == "norm"] == ["base"] + 2 * (["principal"] * 2 + controls)
+    assert [r["kind"] for r in rows if r.get("match") == "kl"] == 2 * controls
+    # the decomposition of the observed update: its rows, the report's opening line and the table's rows
+    dec_rows = ResultStore(out / "decompose").rows()
+    parts = ["full", "principal", "random", "random", "randnorm", "randnorm", "complement", "svd"]
+    assert [r["kind"] for r in dec_rows] == ["base"] + 2 * parts and {r["unit"] for r in dec_rows[1:]} == {"read", "write"}
+    assert text.split("\n")[2].startswith("**At the observed dose, which part of alignment's update carries") and (
+        text.split("\n")[2] == result.opening)
+    for side in ("read side (q, k)", "write side (o, down)"):
+        assert side in result.opening and any(f"Observed dose, {side}" in line for line in result.findings[2:4])
     card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
     exported = next(r for r in rows if r["condition"] == "L1_principal0_a2")
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
     assert "paired test over 8 items, pooled over 4 replicate units" in first
     for f in ("probe_aligned/rsf.csv", "probe_sft/rsf.csv", "svd_aligned/svd.csv", "training/trajectory.png",
-              "rsf_controls.csv", "findings.csv",
+              "rsf_controls.csv", "findings.csv", "decompose/report.md", "decompose/parts.csv",
               "experiment/forest.png", "experiment/units.csv",
               "training/trajectory_pretrain.csv", "experiment/report.md", "quickstart.json"):
         assert (out / f).exists(), f
@@ -358,6 +370,7 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     # a rerun into the same folder reuses everything (no new rows, same report head)
     run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert len(ResultStore(out / "experiment").rows()) == len(rows)
+    assert len(ResultStore(out / "decompose").rows()) == len(dec_rows)
 
 
 
