@@ -345,12 +345,14 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert frame[frame["scope"] == "pooled"]["low"].isna().all()  # one seed: no interval over seeds
     rows = ResultStore(out / "experiment").rows()
     controls = ["random", "random", "lowvar", "write"]  # each matched in norm and again in KL (effect.match: both)
-    assert [r["kind"] for r in rows if r.get("match", "norm") == "norm"] == ["base"] + 2 * (["principal"] * 2 + controls)
+    norm = [r["kind"] for r in rows if r.get("match", "norm") == "norm"]
+    assert norm == ["base"] + 2 * (["principal"] * 2 + controls)
     assert [r["kind"] for r in rows if r.get("match") == "kl"] == 2 * controls
     # the decomposition of the observed update: its rows, the report's opening line and the table's rows
     dec_rows = ResultStore(out / "decompose").rows()
     parts = ["full", "principal", "random", "random", "randnorm", "randnorm", "complement", "svd"]
-    assert [r["kind"] for r in dec_rows] == ["base"] + 2 * parts and {r["unit"] for r in dec_rows[1:]} == {"read", "write"}
+    assert [r["kind"] for r in dec_rows] == ["base"] + 2 * parts
+    assert {r["unit"] for r in dec_rows[1:]} == {"read", "write"}
     assert text.split("\n")[2].startswith("**At the observed dose, which part of alignment's update carries") and (
         text.split("\n")[2] == result.opening)
     for side in ("read side (q, k)", "write side (o, down)"):
@@ -414,11 +416,12 @@ def test_the_observed_dose_line_and_rows_read_the_decomposition(organism, tmp_pa
             continue
         prin = rows[f"{side}_principal_k4"]
         r = np.asarray(prin["pref_margin_shift_items"]).mean() / full.mean()  # the retained fraction, re-derived
-        head = f"{side} side ({roles}), full shift {full.mean():+.3g} nats: {'A' if side == 'read' else 'P'}_4's part keeps {r:.2g} ["
+        sub = "A" if side == "read" else "P"
+        head = f"{side} side ({roles}), full shift {full.mean():+.3g} nats: {sub}_4's part keeps {r:.2g} ["
         assert head in line and f"with {prin['share']:.0%} of ‖ΔW‖²" in line, line
         assert [f.claim.split(": ", 1)[1] for f in mine] == [
-            f"{'A' if side == 'read' else 'P'}_4's part keeps ≥ 0.1 more than norm-matched random parts",
-            f"{'A' if side == 'read' else 'P'}_4's part keeps ≥ 0.1 more than its share of ‖ΔW‖²",
+            f"{sub}_4's part keeps ≥ 0.1 more than norm-matched random parts",
+            f"{sub}_4's part keeps ≥ 0.1 more than its share of ‖ΔW‖²",
             "the update's top-r singular directions keep ≥ 0.8 of the shift"]
         assert all(f.specific == "—" for f in mine) and mine[0].found in ("yes", "no", "inconclusive")
         assert dict(mine[0].values)["R"].estimate == pytest.approx(r)

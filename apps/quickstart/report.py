@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from rwedit.evals.report import caveats, dose_text
 from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
                                                 specific_word)
+from rwedit.evals.report import caveats, dose_text
 from rwedit.probes.svd import hc_claims, null_draws
 from rwedit.stats import Interval, interval, over_members
 
@@ -93,8 +93,10 @@ def _ci_text(low, high) -> str:
 
 def _side(unit: str, k: int) -> tuple[str, str]:
     """(the unit in words, its principal subspace) — ``read`` → ("read side (q, k)", "A_4")."""
-    roles, sub = SIDES.get(unit, ((), "principal "))
-    return (f"{unit} side ({', '.join(roles)})" if roles else f"unit {unit}"), f"{sub}_{k}"
+    if unit not in SIDES:  # a recipe that groups the cells otherwise (parts.units: all, layer)
+        return f"unit {unit}", f"the principal {k}-subspace"
+    roles, sub = SIDES[unit]
+    return f"{unit} side ({', '.join(roles)})", f"{sub}_{k}"
 
 
 def observed_dose_line(out: Path, k: int = CLAIM_K) -> str | None:
@@ -117,7 +119,7 @@ def observed_dose_line(out: Path, k: int = CLAIM_K) -> str | None:
         p, c = _part(table, u, "principal", k), _part(table, u, "complement", k)
         share = _unit_verdict(ver, "principal keeps more than its norm share", k, u)
         rand = _unit_verdict(ver, "principal > norm-matched random", k, u)
-        word = {"yes": f"more than its share of the norm", "no": "no more than its share of the norm"}.get(
+        word = {"yes": "more than its share of the norm", "no": "no more than its share of the norm"}.get(
             share["answer"] if share else "", "indistinguishable from its share of the norm")
         cell = f"{side}, full shift {full['shift']:+.3g} nats: {sub}'s part keeps {_r(p)}, {word}"
         if rand is not None:
@@ -153,16 +155,18 @@ def decomposition_findings(out: Path, k: int = CLAIM_K) -> list["Finding"]:
         line = f"- **Decomposition at the observed dose, {side}**: "
         if not a.testable.get(u):
             full = _part(table, u, "full")
-            word = f"inconclusive: the full update's shift is not detectable ({full['shift']:.3g} ± {full['shift_stderr']:.2g})"
+            word = (f"inconclusive: the full update's shift is not detectable ({full['shift']:.3g} ± "
+                    f"{full['shift_stderr']:.2g})")
             found.append(Finding(line + word + ".", head + f"{sub}'s part carries the margin shift", word, ""))
             continue
         p, c = _part(table, u, "principal", k), _part(table, u, "complement", k)
         r_p = _given(p["retained"], p["retained_ci_low"], p["retained_ci_high"], a.raw[p["condition"]].size,
                      "paired ratio over items (t)")
-        for claim, what, name in (("principal > norm-matched random", f"{sub}'s part keeps ≥ {a.margin:g} more than "
-                                   "norm-matched random parts", "R − R(norm-matched random)"),
-                                  ("principal keeps more than its norm share", f"{sub}'s part keeps ≥ {a.margin:g} more "
-                                   "than its share of ‖ΔW‖²", "R − share")):
+        more = f"{sub}'s part keeps ≥ {a.margin:g} more than"
+        for claim, what, name in (("principal > norm-matched random", f"{more} norm-matched random parts",
+                                   "R − R(norm-matched random)"),
+                                  ("principal keeps more than its norm share", f"{more} its share of ‖ΔW‖²",
+                                   "R − share")):
             v = _unit_verdict(ver, claim, k, u)
             if v is None:
                 continue
@@ -449,9 +453,9 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "other training regime, the pretrained weights W_base against the same subspace, and a random "
               "gradient-shaped update Σ δ aᵀ given the spectrum, whose expected RSF is the top-k share of the "
               "eigenvalues over k/d); *holds on all seeds*: `rwedit quickstart --seeds N` replicates every claim "
-              "over N organisms. *Observed dose* rows: the decomposition of alignment's own update ΔW on each side (read: "
-              "q, k split by A_k; write: o, down by P_k), each part scored as it is; R = (part − base)/(full − base) "
-              "of the margin shift, paired over the held-out items; a part *keeps more* when R's 95% interval lies "
+              "over N organisms. *Observed dose* rows: the decomposition of alignment's own update ΔW on each side "
+              "(read: q, k split by A_k; write: o, down by P_k), each part scored as it is; R = (part − base)/(full − "
+              "base) of the margin shift, paired over the held-out items; a part *keeps more* when R's 95% interval lies "
               "above the compared amount by the margin of `decompose.verdicts` (no objective control: the SFT pair is "
               "not decomposed).", ""]
     if organism:

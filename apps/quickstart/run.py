@@ -2,8 +2,8 @@
 of base → aligned and base → SFT, (3) the within-run RSF trajectories (and RSF vs λ of the graded objective),
 (4) the decomposition of the observed update (which part carries the margin shift, at the observed dose),
 (5) the causal control experiment with its edit adapter exported, (6) ``OUT/report.md``, the decomposition's
-answer and the findings first, and ``OUT/findings.csv``. With ``seeds`` above 1 every stage runs on each of N organisms into ``OUT/seed_S/`` and the
-claims are pooled over them (:mod:`.replicate`).
+answer and the findings first, and ``OUT/findings.csv``. With ``seeds`` above 1 every stage runs on each of N
+organisms into ``OUT/seed_S/`` and the claims are pooled over them (:mod:`.replicate`).
 """
 
 from __future__ import annotations
