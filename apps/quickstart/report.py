@@ -455,9 +455,9 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "eigenvalues over k/d); *holds on all seeds*: `rwedit quickstart --seeds N` replicates every claim "
               "over N organisms. *Observed dose* rows: the decomposition of alignment's own update ΔW on each side "
               "(read: q, k split by A_k; write: o, down by P_k), each part scored as it is; R = (part − base)/(full − "
-              "base) of the margin shift, paired over the held-out items; a part *keeps more* when R's 95% interval lies "
-              "above the compared amount by the margin of `decompose.verdicts` (no objective control: the SFT pair is "
-              "not decomposed).", ""]
+              "base) of the margin shift, paired over the held-out items; a part *keeps more* when R's 95% interval "
+              "lies above the compared amount by the margin of `decompose.verdicts` (no objective control: the SFT "
+              "pair is not decomposed).", ""]
     if organism:
         lines += ["## The organism", ""] + summary_lines(organism) + [""]
     lines += ["## Models", ""] + [f"- {k}: `{v}`" for k, v in models.items()] + [""]
