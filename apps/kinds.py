@@ -54,7 +54,8 @@ def run_quickstart_kind(recipe: QuickstartRecipe, out: str | Path | None = None,
                               f"finished there is reused) or choose another --out")
     res = run_quickstart(recipe, folder, model=ov.model, post=ov.post, sft=ov.sft, organism_root=ov.organism_root,
                          use_reduced=ov.reduced)
-    return RunResult(folder, res.report, list(res.findings) + ["", f"report: {res.report}"])
+    return RunResult(folder, res.report, list(res.findings) + ([""] + [res.opening] if res.opening else []) +
+                     ["", f"report: {res.report}"])
 
 
 def run_organism_kind(cfg: OrganismConfig, out: str | Path | None = None, *, resume: bool = True,

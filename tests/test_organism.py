@@ -245,6 +245,15 @@ def test_quickstart_recipe_special_cases(tmp_path):
         QuickstartRecipe.from_dict({**body, "experiment": "organism"}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"probe\.null_seed: unknown key \(did you mean `null_seeds`\?\)"):
         QuickstartRecipe.from_dict({**body, "probe": {"null_seed": 2}}, base_dir=tmp_path)
+    # `decompose:` is a decompose recipe without model/post, checked when read; {} (the default): no stage
+    assert r.decompose == {} and r.decompose_recipe("m", "p") is None
+    dec = QuickstartRecipe.from_dict({**body, "name": "qs", "decompose": {"parts": {"ks": [2]}, "eval": None}},
+                                     base_dir=tmp_path)
+    assert dec.decompose == {"experiment": "decompose", "name": "qs-decompose", "parts": {"ks": [2]}, "eval": None}
+    got = dec.decompose_recipe("m", "p")
+    assert (got.model, got.post, got.parts.ks, got.eval) == ("m", "p", (2,), None)
+    with pytest.raises(ConfigError, match=r"decompose\.parts\.kss: unknown key \(did you mean `ks`\?\)"):
+        QuickstartRecipe.from_dict({**body, "decompose": {"parts": {"kss": [2]}}}, base_dir=tmp_path)
 
 
 def test_the_apps_register_their_experiment_kinds():
@@ -314,8 +323,10 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     exp["eval"] = {**exp["eval"], "limit": 4}
     exp["direct"] = {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96}
     exp["export"] = ["L1_principal0_a2"]
-    recipe = replace(recipe, control_experiment=exp, probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4),
-                                                            null_seeds=2))
+    dec = {**recipe.decompose, "direct": {"pairs": 8, "texts": 4, "seq_len": 64, "max_len": 96},
+           "parts": {**recipe.decompose["parts"], "ranks": [4]}}
+    recipe = replace(recipe, control_experiment=exp, decompose=dec,
+                     probe=replace(recipe.probe, tokens=2048, seq_len=64, ks=(1, 4), null_seeds=2))
     out = tmp_path / "qs"
     result = run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert isinstance(result, QuickstartResult) and result.report == out / "report.md"
@@ -332,13 +343,25 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert set(frame["scope"]) == {"seed", "pooled"} and (frame[frame["scope"] == "seed"]["seed"] == 0).all()
     assert frame[frame["scope"] == "pooled"]["low"].isna().all()  # one seed: no interval over seeds
     rows = ResultStore(out / "experiment").rows()
-    assert [r["kind"] for r in rows] == ["base"] + 2 * ["principal", "principal", "random", "random", "lowvar", "write"]
+    controls = ["random", "random", "lowvar", "write"]  # each matched in norm and again in KL (effect.match: both)
+    norm = [r["kind"] for r in rows if r.get("match", "norm") == "norm"]
+    assert norm == ["base"] + 2 * (["principal"] * 2 + controls)
+    assert [r["kind"] for r in rows if r.get("match") == "kl"] == 2 * controls
+    # the decomposition of the observed update: its rows, the report's opening line and the table's rows
+    dec_rows = ResultStore(out / "decompose").rows()
+    parts = ["full", "principal", "random", "random", "randnorm", "randnorm", "complement", "svd"]
+    assert [r["kind"] for r in dec_rows] == ["base"] + 2 * parts
+    assert {r["unit"] for r in dec_rows[1:]} == {"read", "write"}
+    assert text.split("\n")[2].startswith("**At the observed dose, which part of alignment's update carries") and (
+        text.split("\n")[2] == result.opening)
+    for side in ("read side (q, k)", "write side (o, down)"):
+        assert side in result.opening and any(f"Observed dose, {side}" in line for line in result.findings[2:4])
     card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
     exported = next(r for r in rows if r["condition"] == "L1_principal0_a2")
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
     assert "paired test over 8 items, pooled over 4 replicate units" in first
     for f in ("probe_aligned/rsf.csv", "probe_sft/rsf.csv", "svd_aligned/svd.csv", "training/trajectory.png",
-              "rsf_controls.csv", "findings.csv",
+              "rsf_controls.csv", "findings.csv", "decompose/report.md", "decompose/parts.csv",
               "experiment/forest.png", "experiment/units.csv",
               "training/trajectory_pretrain.csv", "experiment/report.md", "quickstart.json"):
         assert (out / f).exists(), f
@@ -357,15 +380,60 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     # a rerun into the same folder reuses everything (no new rows, same report head)
     run_quickstart(recipe, out, organism_root=organism.root.parent, use_reduced=True)
     assert len(ResultStore(out / "experiment").rows()) == len(rows)
+    assert len(ResultStore(out / "decompose").rows()) == len(dec_rows)
 
 
+
+
+def test_the_observed_dose_line_and_rows_read_the_decomposition(organism, tmp_path):
+    """The shipped recipe's decomposition of the reduced organism's update on every held-out pair (enough for the
+    write side's shift to be detectable): the opening line and the findings rows give each side's retained
+    fractions as re-derived from the stored per-item margins (numpy), and a side whose full shift is not
+    detectable is said to be so, with no verdict."""
+    from importlib.resources import files
+
+    from rwedit.apps.quickstart import QuickstartRecipe
+    from rwedit.apps.quickstart.report import DECOMPOSE_DIR, decomposition_findings, observed_dose_line
+    from rwedit.evals.core import run_recipe
+    from rwedit.evals.store import ResultStore
+
+    recipe = QuickstartRecipe.from_yaml(files("rwedit.recipes") / "quickstart.yaml")
+    dec = {**recipe.decompose, "calibration": {**recipe.decompose["calibration"], "tokens": 4096, "seq_len": 64},
+           "direct": {**recipe.decompose["direct"], "pairs": "all", "texts": 4, "seq_len": 64}}
+    rec = replace(recipe, decompose=dec).decompose_recipe(str(organism.pretrained), str(organism.aligned))
+    run_recipe(rec, tmp_path / DECOMPOSE_DIR, progress=False)
+    rows = {r["condition"]: r for r in ResultStore(tmp_path / DECOMPOSE_DIR).rows()}
+    line, found, tested = observed_dose_line(tmp_path), decomposition_findings(tmp_path), []
+    assert line.startswith("**At the observed dose") and line == observed_dose_line(tmp_path)  # read twice: same
+    for side, roles in (("read", "q, k"), ("write", "o, down")):
+        full = np.asarray(rows[f"{side}_full"]["pref_margin_shift_items"])
+        mine = [f for f in found if f.claim.startswith(f"Observed dose, {side} side ({roles})")]
+        z = full.mean() / (full.std(ddof=1) / math.sqrt(len(full)))
+        if abs(z) < 1.96:  # not detectable (its 95% interval holds 0): said so, no verdict
+            assert len(mine) == 1 and mine[0].found.startswith("inconclusive: the full update's shift is not")
+            assert f"{side} side ({roles}): its full update does not shift" in line
+            continue
+        prin = rows[f"{side}_principal_k4"]
+        r = np.asarray(prin["pref_margin_shift_items"]).mean() / full.mean()  # the retained fraction, re-derived
+        sub = "A" if side == "read" else "P"
+        head = f"{side} side ({roles}), full shift {full.mean():+.3g} nats: {sub}_4's part keeps {r:.2g} ["
+        assert head in line and f"with {prin['share']:.0%} of ‖ΔW‖²" in line, line
+        assert [f.claim.split(": ", 1)[1] for f in mine] == [
+            f"{sub}_4's part keeps ≥ 0.1 more than norm-matched random parts",
+            f"{sub}_4's part keeps ≥ 0.1 more than its share of ‖ΔW‖²",
+            "the update's top-r singular directions keep ≥ 0.8 of the shift"]
+        assert all(f.specific == "—" for f in mine) and mine[0].found in ("yes", "no", "inconclusive")
+        assert dict(mine[0].values)["R"].estimate == pytest.approx(r)
+        tested.append(side)
+    assert tested  # the write side's shift is detectable on 412 pairs (seed 0 of the reduced organism)
 
 
 @pytest.mark.slow
 def test_quickstart_reduced_end_to_end_and_what_it_prints(organism, tmp_path):
     """`rwedit quickstart --reduced` as shipped: exit 0, the stage lines and rwedit's own bars ending in the
-    findings table, under 60 lines with no trainer dicts, lm-eval, transformers or git chatter; `--quiet` rerun
-    into the same folder reuses everything and prints the table alone, under 20 lines."""
+    findings table and the report's opening line, under 45 lines besides the table, with no trainer dicts,
+    lm-eval, transformers or git chatter; `--quiet` rerun into the same folder reuses everything and prints the
+    table and the opening line alone."""
     from rwedit.evals.store import ResultStore
 
     out = tmp_path / "qs"
@@ -374,24 +442,27 @@ def test_quickstart_reduced_end_to_end_and_what_it_prints(organism, tmp_path):
     code, text = _quickstart(*common)
     assert code == 0, text
     lines = screen(text)
-    assert len(lines) < 60, text
     for chatter in ("{'loss'", "fatal:", "Loading weights", "loglikelihood", "Tokenizing", "direct: pairs",
                     "Warning", "lm_eval", "pretrained` model kwarg"):
         assert chatter not in text, chatter
-    assert [x for x in lines if x.startswith("[quickstart] stage")][-1] == "[quickstart] stage 5/5: report"
-    assert lines[-1] == f"report: {out / 'report.md'}"
-    table = lines[lines.index("") + 1:-2]
-    assert table[0].startswith("| claim") and len(table) == 2 + 17  # header, rule, a row per claim (HC: four per pair)
+    assert [x for x in lines if x.startswith("[quickstart] stage")][-1] == "[quickstart] stage 6/6: report"
+    assert lines[-1] == f"report: {out / 'report.md'}" and lines[-3].startswith("**At the observed dose")
+    table = lines[lines.index("") + 1:-4]
+    # header, rule, a row per claim: the decomposition's two sides (one row each: neither side's full shift is
+    # detectable on --reduced's 48 pairs), 6 RW probe rows, 3 causal controls x 2 matchings, HC's four per pair
+    assert table[0].startswith("| claim") and len(table) == 2 + 2 + 6 + 6 + 8, table
+    assert len(lines) - len(table) < 45, text
     first = (out / "report.md").read_text().split("## The organism")[0]
-    assert all(line in first for line in table)
+    assert all(line in first for line in table) and lines[-3] in first
     rows = ResultStore(out / "experiment").rows()
-    unit = 4 * ["principal"] + 3 * ["random"] + ["lowvar", "write"]  # principal[0..3], 3 random, lowvar, write
-    assert [r["kind"] for r in rows] == ["base"] + 2 * unit
+    controls = 2 * ["random"] + ["lowvar", "write"]  # per layer: principal[0..3], 2 random, lowvar, write; KL copies
+    assert [r["kind"] for r in rows] == ["base"] + 2 * (4 * ["principal"] + controls) + 2 * controls
+    assert len(ResultStore(out / "decompose").rows()) == 1 + 2 * 9  # base, 9 parts per side
     assert sorted({r["layers"][0] for r in rows[1:]}) == [0, 1]  # layers 0.3, 0.7 of the 2-layer organism
     assert "paired test over 48 items, pooled over 8 replicate units" in first  # --reduced caps the pairs at 48
 
     code, quiet = _quickstart(*common, "--quiet")  # a rerun into the same folder reuses everything
-    assert code == 0 and len(screen(quiet)) <= len(table) + 4, quiet  # the findings table, its report line, no chatter
+    assert code == 0 and len(screen(quiet)) <= len(table) + 6, quiet  # the table, the opening line, the report's
     assert screen(quiet)[-1] == lines[-1] and all(line in quiet for line in table)
     assert len(ResultStore(out / "experiment").rows()) == len(rows)
 
@@ -422,7 +493,10 @@ def test_a_recipe_that_does_not_fit_the_organism_fails_before_anything_is_traine
              (False, "control_experiment.export=[L7_principal0_a8]", "control_experiment.export", "L7_principal0_a8"),
              (False, "control_experiment.direct.max_len=4096", "control_experiment.direct.max_len", "2048"),
              (False, "probe.seq_len=4096", "probe.seq_len", "2048"),
-             (False, "control_experiment.edit.edit.v=principal[0..200]", "control_experiment.edit.edit.v", "d = 192")]
+             (False, "control_experiment.edit.edit.v=principal[0..200]", "control_experiment.edit.edit.v", "d = 192"),
+             (False, "decompose.parts.ks=[200]", "decompose.parts.ks", "d = 192"),
+             (True, "decompose.matrices.layers=[3]", "decompose.matrices.layers", "0..1"),
+             (False, "decompose.direct.max_len=4096", "decompose.direct.max_len", "2048")]
     for use_reduced, setting, key, detail in cases:
         bad = QuickstartRecipe.from_yaml(shipped, sets=[setting])
         with pytest.raises(RweditError) as err:

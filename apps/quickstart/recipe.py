@@ -1,5 +1,6 @@
 """The quickstart recipe (``recipes/quickstart.yaml``): the organism, the probes of each observed pair,
-whether to train the graded-objective grid, and the causal control experiment to run on the pair."""
+whether to train the graded-objective grid, the decomposition of the observed update and the causal control
+experiment to run on the pair."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ class QuickstartRecipe(Config):
     control_experiment: dict = option(
         factory=dict, help="the causal control experiment: a control-experiment recipe without edit.model/post "
                            "(filled in with the organism's pretrained/aligned folders)")
+    decompose: dict = option(
+        factory=dict, help="which part of the observed update (pretrained → aligned) carries the behaviour, at the "
+                           "observed dose: a decompose recipe without model/post (filled in like the control "
+                           "experiment's); {}: no decomposition stage")
     base_dir: str | None = option(None, help="the recipe's folder (set when read from a file): relative paths in "
                                              "`control_experiment` resolve from it")
 
@@ -86,10 +91,14 @@ class QuickstartRecipe(Config):
             raise ConfigError(f"{where + '.' if where else ''}control_experiment: needs an `edit:` section (the "
                               "edit spec without model/post; see recipes/control-experiment.yaml)")
         d["control_experiment"] = {"name": d.get("name", "quickstart"), **exp}
+        dec = d.get("decompose")
+        if dec:  # a mapping is checked below (anything else by the base, as any other key's type)
+            d["decompose"] = {"experiment": "decompose", "name": f"{d.get('name', 'quickstart')}-decompose", **dec}
         if base_dir is not None:
             d.setdefault("base_dir", str(base_dir))
         recipe = super().from_dict(d, base_dir=base_dir, where=where)
         recipe.control_recipe("<model>", "<post>")  # every key, type and name checked now, not after training
+        recipe.decompose_recipe("<model>", "<post>")
         return recipe
 
     def check_fits(self, base, post: str = "<post>") -> None:
@@ -103,6 +112,9 @@ class QuickstartRecipe(Config):
         _fits(base, "probe.ks", lambda: check_ks(GridSettings(ks=self.probe.ks), base.layout, base.layout.roles()))
         _fits(base, "control_experiment.edit.", lambda: rec.edit.check_fits(base))  # keys relative to the spec
         _fits(base, "control_experiment.", lambda: rec.check_fits(base))  # export names, the scorers' windows
+        dec = self.decompose_recipe(str(base.source), post)
+        if dec is not None:
+            _fits(base, "decompose.", lambda: _decompose_fits(dec, base))
 
     def control_recipe(self, model: str, post: str):
         """The control experiment's recipe for this base/post pair (its probe off: the quickstart probes the
@@ -113,6 +125,26 @@ class QuickstartRecipe(Config):
         exp["edit"] = {**exp["edit"], "model": model, "post": post}
         exp["probe"] = {**(exp.get("probe") or {}), "enabled": False}
         return Recipe.from_dict(exp, base_dir=self.base_dir, where="control_experiment")
+
+    def decompose_recipe(self, model: str, post: str):
+        """The decomposition's recipe for this base/post pair (None when the recipe has no ``decompose:``)."""
+        from rwedit.evals.decompose import DecomposeRecipe
+
+        if not self.decompose:
+            return None
+        return DecomposeRecipe.from_dict({**self.decompose, "model": model, "post": post}, base_dir=self.base_dir,
+                                         where="decompose")
+
+
+def _decompose_fits(rec, base) -> None:
+    """The decomposition's cells (roles, layers, ks below each side's width) and its windows against ``base``."""
+    from rwedit.models import check_window
+
+    rec.cells(base.layout)
+    for key, section in (("calibration", rec.calibration), ("direct", rec.direct)):
+        for name in ("seq_len", "max_len"):
+            if section is not None and hasattr(section, name):
+                check_window(base.config, getattr(section, name), f"{key}.{name}")
 
 
 def _fits(base, key: str, check) -> None:
@@ -134,28 +166,36 @@ def _fits(base, key: str, check) -> None:
 REDUCED_TOKENS, REDUCED_SEQ_LEN, REDUCED_LIMIT, REDUCED_PAIRS, REDUCED_TEXTS = 4096, 64, 8, 48, 8
 
 
-def reduced(recipe: QuickstartRecipe) -> QuickstartRecipe:
-    """The seconds-scale quickstart of ``--reduced``: the reduced organism, and the probe's and the control
-    experiment's data capped (calibration tokens and sequence length, lm-eval items, held-out pairs and texts);
-    the same stages, edit, controls and verdicts as ``recipe``, so the same path runs end to end in a minute."""
-    exp = dict(recipe.control_experiment)
-    edit = dict(exp["edit"])
-    if isinstance(edit.get("calibration"), dict):
-        c = edit["calibration"]
-        edit["calibration"] = {**c, "tokens": min(c.get("tokens", REDUCED_TOKENS), REDUCED_TOKENS),
-                               "seq_len": min(c.get("seq_len", REDUCED_SEQ_LEN), REDUCED_SEQ_LEN)}
-    exp["edit"] = edit
+def _capped(section: dict, **caps) -> dict:
+    """``section`` with each key at most its cap (a missing, null or ``all`` value: the cap)."""
+    return {**section, **{k: c if section.get(k) in (None, "all") else min(section[k], c) for k, c in caps.items()}}
+
+
+def _reduced_section(exp: dict) -> dict:
+    """A control-experiment or decompose section with its data capped: calibration (under ``edit:`` or at the
+    top), lm-eval items, held-out pairs and texts."""
+    exp = dict(exp)
+    calib = dict(tokens=REDUCED_TOKENS, seq_len=REDUCED_SEQ_LEN)
+    if isinstance(exp.get("edit"), dict) and isinstance(exp["edit"].get("calibration"), dict):
+        exp["edit"] = {**exp["edit"], "calibration": _capped(exp["edit"]["calibration"], **calib)}
+    if isinstance(exp.get("calibration"), dict):
+        exp["calibration"] = _capped(exp["calibration"], **calib)
     if isinstance(exp.get("eval"), dict):
-        limit = exp["eval"].get("limit")
-        exp["eval"] = {**exp["eval"], "limit": min(limit or REDUCED_LIMIT, REDUCED_LIMIT)}
+        exp["eval"] = _capped(exp["eval"], limit=REDUCED_LIMIT)
     if isinstance(exp.get("direct"), dict):
-        d = exp["direct"]
-        pairs = d.get("pairs", "all")
-        exp["direct"] = {**d, "pairs": REDUCED_PAIRS if pairs == "all" else min(pairs, REDUCED_PAIRS),
-                         "texts": min(d.get("texts", REDUCED_TEXTS), REDUCED_TEXTS),
-                         "seq_len": min(d.get("seq_len", REDUCED_SEQ_LEN), REDUCED_SEQ_LEN)}
+        exp["direct"] = _capped(exp["direct"], pairs=REDUCED_PAIRS, texts=REDUCED_TEXTS, seq_len=REDUCED_SEQ_LEN)
+    return exp
+
+
+def reduced(recipe: QuickstartRecipe) -> QuickstartRecipe:
+    """The seconds-scale quickstart of ``--reduced``: the reduced organism, and the probe's, the control
+    experiment's and the decomposition's data capped (calibration tokens and sequence length, lm-eval items,
+    held-out pairs and texts); the same stages, parts, edit, controls and verdicts as ``recipe``, so the same path
+    runs end to end in a minute."""
     p = recipe.probe
-    return replace(recipe, organism=reduced_organism(recipe.organism), control_experiment=exp,
+    return replace(recipe, organism=reduced_organism(recipe.organism),
+                   control_experiment=_reduced_section(recipe.control_experiment),
+                   decompose=_reduced_section(recipe.decompose) if recipe.decompose else {},
                    probe=replace(p, tokens=min(p.tokens, REDUCED_TOKENS), seq_len=min(p.seq_len, REDUCED_SEQ_LEN)))
 
 

@@ -6,6 +6,7 @@ controls, :mod:`.specificity`) and whether it holds on every seed (:mod:`.replic
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
                                                 specific_word)
+from rwedit.evals.report import caveats, dose_text
 from rwedit.probes.svd import hc_claims, null_draws
 from rwedit.stats import Interval, interval, over_members
 
@@ -44,6 +46,148 @@ def _rsf_claim(head: pd.DataFrame, roles, side: str, subspace: str, k: int) -> d
 #: the cells the RW claims are about (roles, side, subspace): what the specificity controls are computed for
 CLAIM_CELLS = ((READ_ROLES_CLAIM, "read", "activation"), (WRITE_ROLES_CLAIM, "write", "prediction"))
 
+# --- the decomposition of the observed update (#29.4) ------------------------------------------------------
+
+#: the decomposition's folder in a quickstart run, and each side's roles and subspace name in its rows
+DECOMPOSE_DIR = "decompose"
+SIDES = {"read": (READ_ROLES_CLAIM, "A"), "write": (WRITE_ROLES_CLAIM, "P")}
+
+
+@lru_cache(maxsize=4)
+def _decomposed(folder: str, stamp: int):
+    """The decomposition's analysis, parts table and verdicts (cached per results file: the report reads them
+    several times, and the verdicts bootstrap)."""
+    from rwedit.evals.decompose_report import Analysis
+
+    a = Analysis(folder)
+    return a, a.table(), a.verdicts()
+
+
+def decomposition(out: Path):
+    """``(analysis, parts table, verdicts)`` of the quickstart's finished decomposition, or None."""
+    folder = out / DECOMPOSE_DIR
+    if not (folder / "report.md").exists():
+        return None
+    return _decomposed(str(folder), (folder / "results.jsonl").stat().st_mtime_ns)
+
+
+def _unit_verdict(ver: list[dict], claim: str, k: int, unit: str) -> dict | None:
+    v = next((v for v in ver if v["claim"] == claim and v["k"] == k), None)
+    return None if v is None else next((u for u in v["units"] if u["unit"] == unit), None)
+
+
+def _part(table: pd.DataFrame, unit: str, kind: str, k: int | None = None) -> pd.Series | None:
+    sel = table[(table["unit"] == unit) & (table["kind"] == kind) & ((table["k"] == k) if k is not None else True)]
+    return None if sel.empty else sel.iloc[0]
+
+
+def _r(row) -> str:
+    """A part's retained fraction with its 95% interval and its share of ‖ΔW‖²."""
+    return (f"{row['retained']:.2g} {_ci_text(row['retained_ci_low'], row['retained_ci_high'])} with "
+            f"{row['share']:.0%} of ‖ΔW‖²")
+
+
+def _ci_text(low, high) -> str:
+    return f"[{low:.2g}, {high:.2g}]"
+
+
+def _side(unit: str, k: int) -> tuple[str, str]:
+    """(the unit in words, its principal subspace) — ``read`` → ("read side (q, k)", "A_4")."""
+    if unit not in SIDES:  # a recipe that groups the cells otherwise (parts.units: all, layer)
+        return f"unit {unit}", f"the principal {k}-subspace"
+    roles, sub = SIDES[unit]
+    return f"{unit} side ({', '.join(roles)})", f"{sub}_{k}"
+
+
+def observed_dose_line(out: Path, k: int = CLAIM_K) -> str | None:
+    """The report's opening line: at the observed dose, which part of alignment's update carries its margin
+    shift, per side (the principal part's and the complement's retained fractions with their shares of the
+    norm, the principal part against norm-matched random parts and its own share, the top-r adapter)."""
+    got = decomposition(out)
+    if got is None:
+        return None
+    a, table, ver = got
+    k = k if k in a.ks() else a.ks()[0]
+    cells = []
+    for u in a.units:
+        side, sub = _side(u, k)
+        full = _part(table, u, "full")
+        if not a.testable.get(u):
+            cells.append(f"{side}: its full update does not shift {a.primary} detectably ({full['shift']:.3g} ± "
+                         f"{full['shift_stderr']:.2g}), so no part can be said to carry it")
+            continue
+        p, c = _part(table, u, "principal", k), _part(table, u, "complement", k)
+        share = _unit_verdict(ver, "principal keeps more than its norm share", k, u)
+        rand = _unit_verdict(ver, "principal > norm-matched random", k, u)
+        word = {"yes": "more than its share of the norm", "no": "no more than its share of the norm"}.get(
+            share["answer"] if share else "", "indistinguishable from its share of the norm")
+        cell = f"{side}, full shift {full['shift']:+.3g} nats: {sub}'s part keeps {_r(p)}, {word}"
+        if rand is not None:
+            cell += (f"; against norm-matched random parts: **{rand['answer']}** "
+                     f"({rand['effect']:+.2g} {_ci_text(rand['ci_low'], rand['ci_high'])})")
+        if c is not None:
+            cell += f"; the complement keeps {_r(c)}"
+        cells.append(cell)
+    tops = [t for t in a.top_r(table) if t["r"] is not None]
+    tail = "; ".join(f"{t['unit']}: top-{t['r']} keeps {t['retained']:.2g} {_ci_text(t['ci_low'], t['ci_high'])} "
+                     f"(`{DECOMPOSE_DIR}/adapters/{t['condition']}`)" for t in tops)
+    return (f"**At the observed dose, which part of alignment's update carries its margin shift** (retained "
+            f"fractions R = (part − base)/(full − base) of {a.primary} with 95% CIs, `{DECOMPOSE_DIR}/report.md`) — "
+            + "; ".join(cells) + "." + (f" The update's own top singular directions as an adapter: {tail}." if tail
+                                        else ""))
+
+
+def decomposition_findings(out: Path, k: int = CLAIM_K) -> list["Finding"]:
+    """The decomposition's rows of the findings table, per side: the principal part against norm-matched random
+    parts (the null: the same norm in random directions), against its own share of ‖ΔW‖², and the smallest top-r
+    part that keeps ``verdicts.keep`` of the shift. No row has an objective control (the SFT pair is not
+    decomposed): *specific* is ``—``."""
+    got = decomposition(out)
+    if got is None:
+        return []
+    a, table, ver = got
+    k = k if k in a.ks() else a.ks()[0]
+    tops = {t["unit"]: t for t in a.top_r(table)}
+    found = []
+    for u in a.units:
+        side, sub = _side(u, k)
+        head = f"Observed dose, {side}: "
+        line = f"- **Decomposition at the observed dose, {side}**: "
+        if not a.testable.get(u):
+            full = _part(table, u, "full")
+            word = (f"inconclusive: the full update's shift is not detectable ({full['shift']:.3g} ± "
+                    f"{full['shift_stderr']:.2g})")
+            found.append(Finding(line + word + ".", head + f"{sub}'s part carries the margin shift", word, ""))
+            continue
+        p, c = _part(table, u, "principal", k), _part(table, u, "complement", k)
+        r_p = _given(p["retained"], p["retained_ci_low"], p["retained_ci_high"], a.raw[p["condition"]].size,
+                     "paired ratio over items (t)")
+        more = f"{sub}'s part keeps ≥ {a.margin:g} more than"
+        for claim, what, name in (("principal > norm-matched random", f"{more} norm-matched random parts",
+                                   "R − R(norm-matched random)"),
+                                  ("principal keeps more than its norm share", f"{more} its share of ‖ΔW‖²",
+                                   "R − share")):
+            v = _unit_verdict(ver, claim, k, u)
+            if v is None:
+                continue
+            diff = _given(v["effect"], v["ci_low"], v["ci_high"], r_p.n, "paired over items")
+            numbers = f"R {_r(p)}; {name} {v['effect']:.2g} {_ci_text(v['ci_low'], v['ci_high'])}"
+            if c is not None and "share" in claim:
+                numbers += f"; complement R {_r(c)}"
+            found.append(Finding(f"{line}{what}: **{v['answer']}** ({numbers}).", head + what, v["answer"], numbers,
+                                 values=(("R", r_p), (name, diff))))
+        t = tops.get(u)
+        if t is not None:
+            what = f"the update's top-r singular directions keep ≥ {a.keep:g} of the shift"
+            word = f"r = {t['r']}" if t["r"] is not None else f"none of r in {t['ranks']}"
+            numbers = (f"R {t['retained']:.2g} {_ci_text(t['ci_low'], t['ci_high'])} with {t['share']:.0%} of "
+                       f"‖ΔW‖²; adapter {DECOMPOSE_DIR}/adapters/{t['condition']}" if t["r"] is not None else "")
+            values = (("R of the top-r adapter", _given(t["retained"], t["ci_low"], t["ci_high"], r_p.n,
+                                                        "paired ratio over items (t)")),) if t["r"] is not None else ()
+            found.append(Finding(f"{line}{what}: **{word}**" + (f" ({numbers})." if numbers else "."), head + what,
+                                 word, numbers, values=values))
+    return found
+
 
 class Finding(NamedTuple):
     """One claim's finding: its line in ``report.md`` and its row of the findings table: the claim, whether it
@@ -60,17 +204,21 @@ class Finding(NamedTuple):
 
 
 def _dose(r) -> str:
-    """A verdict's dose in words: α, or a multiple of the observed update along v, with α/‖W‖_F beside it."""
-    unit = r.get("dose_unit", "alpha")
-    d = f"α={r['alpha']:g}" if unit == "alpha" or pd.isna(r.get("dose")) else f"{r['dose']:g}× the observed update"
-    rel = r.get("alpha_rel_w")
-    return d + (f" (α/‖W‖_F {rel:.2g})" if rel is not None and not pd.isna(rel) else "")
+    """A verdict's dose in a few words, the same for every seed (the name its effect is pooled under)."""
+    return f"α={r['alpha']:g}" if r.get("dose_unit", "alpha") == "alpha" else f"{r['dose']:g}× observed"
 
 
-def _caveats(r) -> str:
-    """A verdict's caveats (a broken model, a control that does nothing, a dose above ‖W‖), or nothing."""
-    notes = [str(r[c]) for c in ("caveats", "dose_note") if c in r and isinstance(r[c], str) and r[c].strip()]
-    return f"; {'; '.join(notes)}" if notes else ""
+def _yardsticks(r: dict) -> str:
+    """A dose against ‖W‖_F and (for an α dose) the observed update along v: `` (1.2 ‖W‖_F, 64× observed)``."""
+    cells = [f"{r['alpha_rel_w']:.2g} ‖W‖_F"] if r.get("alpha_rel_w") is not None else []
+    if r.get("dose_unit", "alpha") == "alpha" and r.get("alpha_rel_observed") is not None:
+        cells.append(f"{r['alpha_rel_observed']:.2g}× observed")
+    return f" ({', '.join(cells)})" if cells else ""
+
+
+def _verdict(r) -> dict:
+    """A ``verdicts.csv`` row as the control report's verdict dict (missing cells None)."""
+    return {k: None if not isinstance(x, str) and pd.isna(x) else x for k, x in r.items()}
 
 
 def _kind(c: dict) -> str:
@@ -152,7 +300,7 @@ def markdown_rows(header, rows) -> list[str]:
 
 def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
     """One :class:`Finding` per RW/HC claim, from the probe folders and the experiment's verdicts."""
-    found: list[Finding] = []
+    found: list[Finding] = decomposition_findings(out, k)
     head_a = out / "probe_aligned" / "headline.csv"
     head_s = out / "probe_sft" / "headline.csv"
     if head_a.exists():
@@ -207,17 +355,19 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
         keys = [c for c in ("control", "match") if c in v]
         for key, g in v.groupby(keys, sort=False):
             control, match = (key if len(keys) == 2 else (key[0] if isinstance(key, tuple) else key, "norm"))
-            parts = [f"{_dose(r)}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, "
-                     f"{r['ci_high']:.3g}]" + _power(r) + _caveats(r) + ")" for _, r in g.iterrows()]
+            rows = [_verdict(r) for _, r in g.iterrows()]
+            said = [(dose_text(r), "; ".join(caveats(r)), _per_kl(r)) for r in rows]
+            parts = [f"{d}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+                     + _power(r) + (f"; {c}" if c else "") + k + ")" for r, (d, c, k) in zip(rows, said)]
             metric, matched = g["metric"].iloc[0], "KL(base ‖ edited)" if match == "kl" else "‖ΔW‖"
             found.append(Finding(
                 f"- **RW causal test: principal read-pathway edit shifts {metric} more than the {control} control "
                 f"at matched {matched}**: " + "; ".join(parts) + ".",
                 f"RW causal ({metric}): principal read edit > {control} (matched {matched})",
-                ", ".join(str(r["answer"]) for _, r in g.iterrows()),
-                "; ".join(f"{_dose(r)}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]{_caveats(r)}"
-                          for _, r in g.iterrows()),
-                values=tuple((f"effect at {_dose(r)}", _bootstrap(r)) for _, r in g.iterrows())))
+                ", ".join(str(r["answer"]) for r in rows),
+                "; ".join(f"{_dose(r)}{_yardsticks(r)}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+                          + (f" ({c})" if c else "") for r, (d, c, k) in zip(rows, said)),
+                values=tuple((f"effect at {_dose(r)}", _bootstrap(r)) for r in rows)))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
         if sv.exists():  # HC's claims against same-norm random updates of the base (svd_null.csv, when probed)
@@ -284,8 +434,10 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
     from rwedit.probes.directions import card_lines, cards_html
 
     found = (findings(out) + spectrum_lines(out)) if found is None else found
-    lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", "",
-             "## What was found", ""]
+    opening = observed_dose_line(out)
+    lines = ["# rwedit quickstart: where alignment writes, and whether editing there matters", ""]
+    lines += [opening, ""] if opening else []
+    lines += ["## What was found", ""]
     lines += findings_table(out) + [""] + found
     if (out / "experiment" / "overview.png").exists():
         lines += ["", "![overview](experiment/overview.png)"]
@@ -301,7 +453,11 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "other training regime, the pretrained weights W_base against the same subspace, and a random "
               "gradient-shaped update Σ δ aᵀ given the spectrum, whose expected RSF is the top-k share of the "
               "eigenvalues over k/d); *holds on all seeds*: `rwedit quickstart --seeds N` replicates every claim "
-              "over N organisms.", ""]
+              "over N organisms. *Observed dose* rows: the decomposition of alignment's own update ΔW on each side "
+              "(read: q, k split by A_k; write: o, down by P_k), each part scored as it is; R = (part − base)/(full − "
+              "base) of the margin shift, paired over the held-out items; a part *keeps more* when R's 95% interval "
+              "lies above the compared amount by the margin of `decompose.verdicts` (no objective control: the SFT "
+              "pair is not decomposed).", ""]
     if organism:
         lines += ["## The organism", ""] + summary_lines(organism) + [""]
     lines += ["## Models", ""] + [f"- {k}: `{v}`" for k, v in models.items()] + [""]
@@ -331,6 +487,8 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
               "## Files", "", "- `probe_<pair>/`: RSF grid (`rsf.csv`, `headline.csv`, `spectrum.csv`, `summary.md`)",
               "- `svd_<pair>/`: SVD structure probe (`svd.csv`, `summary.md`)",
               "- `training/`: RSF trajectories and the graded-objective grid (CSV + PNG)",
+              "- `decompose/`: the decomposition of the observed update (results.jsonl, report.md, parts.csv, the "
+              "parts as adapters)",
               "- `experiment/`: the control experiment (results.jsonl, report.md, adapters)",
               "- `rsf_controls.csv`: per matrix of the RW claims, RSF of W_base and of the random gradient-shaped "
               "update (the specificity controls)",
@@ -365,18 +523,31 @@ def headline_cards(probe: Path) -> list[dict]:
     return [r for r in rows if (r["kind"], r["role"]) in want and r["index"] == 0]
 
 
-__all__ = ["CLAIM_CELLS", "CLAIM_K", "READ_ROLES_CLAIM", "TABLE_COLUMNS", "WRITE_ROLES_CLAIM", "Finding",
-           "claim_findings", "claim_series", "contrast_lines", "findings", "findings_table", "markdown_rows",
-           "spectrum_lines", "write_quickstart_report"]
+__all__ = ["CLAIM_CELLS", "CLAIM_K", "DECOMPOSE_DIR", "READ_ROLES_CLAIM", "TABLE_COLUMNS", "WRITE_ROLES_CLAIM",
+           "Finding", "claim_findings", "claim_series", "contrast_lines", "decomposition", "decomposition_findings",
+           "findings", "findings_table", "markdown_rows", "observed_dose_line", "spectrum_lines",
+           "write_quickstart_report"]
+
+
+def _given(estimate, low, high, n, how: str) -> Interval:
+    """An estimate with an interval given by its bounds (a bootstrap's percentiles, a ratio's t interval)."""
+    from rwedit.stats import BootInterval
+
+    return BootInterval(float(estimate), None, None, int(n), how, boot_low=float(low), boot_high=float(high))
 
 
 def _bootstrap(r) -> Interval:
     """A verdict row's effect with its bootstrap percentile interval."""
-    from rwedit.stats import BootInterval
+    n = int(r["n_items"]) if "n_items" in r and not pd.isna(r["n_items"]) else 1
+    return _given(r["effect"], r["ci_low"], r["ci_high"], n, "paired bootstrap over items")
 
-    return BootInterval(float(r["effect"]), None, None, int(r["n_items"]) if "n_items" in r and not
-                        pd.isna(r["n_items"]) else 1, "paired bootstrap over items", boot_low=float(r["ci_low"]),
-                        boot_high=float(r["ci_high"]))
+
+def _per_kl(r) -> str:
+    """A verdict's effect per unit of KL(base ‖ edited), where both edits move the distribution measurably."""
+    if r.get("per_kl_answer") is None:
+        return ""
+    return (f"; per unit KL: {r['per_kl_answer']} ({r['effect_per_kl']:.3g} [{r['per_kl_ci_low']:.3g}, "
+            f"{r['per_kl_ci_high']:.3g}])")
 
 
 def _power(r) -> str:

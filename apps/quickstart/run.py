@@ -1,8 +1,9 @@
 """Running the quickstart into one folder, resumable: (1) the organism (or a given pair), (2) RSF and SVD probes
 of base → aligned and base → SFT, (3) the within-run RSF trajectories (and RSF vs λ of the graded objective),
-(4) the causal control experiment with its edit adapter exported, (5) ``OUT/report.md``, the findings first, and
-``OUT/findings.csv``. With ``seeds`` above 1 every stage runs on each of N organisms into ``OUT/seed_S/`` and the
-claims are pooled over them (:mod:`.replicate`).
+(4) the decomposition of the observed update (which part carries the margin shift, at the observed dose),
+(5) the causal control experiment with its edit adapter exported, (6) ``OUT/report.md``, the decomposition's
+answer and the findings first, and ``OUT/findings.csv``. With ``seeds`` above 1 every stage runs on each of N
+organisms into ``OUT/seed_S/`` and the claims are pooled over them (:mod:`.replicate`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pandas as pd
 from rwedit.apps.organism import Organism, build_organism, check_aligned, planned_model, quiet_libraries
 from rwedit.apps.quickstart.recipe import QuickstartRecipe, reduced
 from rwedit.apps.quickstart.replicate import pooled_table, write_findings, write_replicated_report
-from rwedit.apps.quickstart.report import (CLAIM_CELLS, CLAIM_K, claim_findings, claim_series, findings_table,
-                                           write_quickstart_report)
+from rwedit.apps.quickstart.report import (CLAIM_CELLS, CLAIM_K, DECOMPOSE_DIR, claim_findings, claim_series,
+                                           findings_table, observed_dose_line, write_quickstart_report)
 from rwedit.apps.quickstart.specificity import CONTROLS_CSV, rsf_controls
 from rwedit.architectures import LAYER_ROLES
 from rwedit.errors import ConfigError
@@ -32,6 +33,7 @@ class QuickstartResult:
 
     report: Path
     findings: list[str]
+    opening: str | None = None  # the report's opening line: at the observed dose, which part carries the shift
 
 
 def _say(msg: str) -> None:
@@ -99,9 +101,14 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     org: Organism | None = None
+    n = 6 if recipe.decompose else 5  # stages skipped for a given pair (1, 3) keep their numbers
+
+    def say(i: int, what: str) -> None:
+        _say(f"stage {i}/{n}: {what}")
+
     if model is None:
         lambdas = None if recipe.graded else (0.0, 1.0)
-        _say("stage 1/5: the model organism (cached by recipe hash; first build takes minutes)")
+        say(1, "the model organism (cached by recipe hash; first build takes minutes)")
         t = time.perf_counter()
         org = build_organism(recipe.organism, organism_root, rt.progress, lambdas=lambdas)
         times["organism"] = time.perf_counter() - t
@@ -113,8 +120,8 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
     calib = CalibrationSettings(p.data, tokens=p.tokens, seq_len=p.seq_len)
     grid = GridSettings(ks=p.ks, null_seeds=p.null_seeds)
     t = time.perf_counter()
+    say(2, f"RSF and SVD probes of base → {', '.join(pairs)}")
     for name, path in pairs.items():
-        _say(f"stage 2/5: RSF and SVD probes of base → {name}")
         if not (out / f"probe_{name}" / "meta.json").exists():
             run_probe(ProbeRequest(model, path, calibration=calib, grid=grid, svd=None, out=out / f"probe_{name}"))
         if not (out / f"svd_{name}" / "meta.json").exists():
@@ -125,24 +132,28 @@ def _run(recipe: QuickstartRecipe, out: Path, model: str | None, post: str | Non
 
     t = time.perf_counter()
     if org is not None:
-        _say("stage 3/5: RSF trajectories (pretraining, alignment) and the graded objective")
+        say(3, "RSF trajectories (pretraining, alignment) and the graded objective")
         training_side(org, out, calib)
     times["training_side"] = time.perf_counter() - t
 
-    _say("stage 4/5: causal control experiment (edit vs matched controls, scored with lm-eval)")
-    t = time.perf_counter()
+    dec = recipe.decompose_recipe(model, post)
     rec = recipe.control_recipe(model, post)  # the pair was probed in stage 2
-    exp_dir = out / "experiment"
-    run_recipe(rec, exp_dir, resume=(exp_dir / "run.json").exists())
-    times["experiment"] = time.perf_counter() - t
+    runs = [("decomposition of the observed update (which part carries the margin shift, at the observed dose)", dec,
+             DECOMPOSE_DIR), ("causal control experiment (edit vs matched controls, scored with lm-eval)", rec,
+                              "experiment")]
+    for i, (what, r, folder) in enumerate([x for x in runs if x[1] is not None], 4):
+        say(i, what)
+        t = time.perf_counter()
+        run_recipe(r, out / folder, resume=(out / folder / "run.json").exists())
+        times[folder] = time.perf_counter() - t
 
-    _say("stage 5/5: report")
+    say(n, "report")
     times["total"] = time.perf_counter() - t0
     path = write_quickstart_report(out, org.report() if org else None, {"model": model, **pairs},
                                    {k: round(v, 1) for k, v in times.items()}, rec.export, primary=rec.primary)
     write_findings(out, {recipe.organism.seed if org is not None else 0: claim_findings(out)})
     _say(f"done in {times['total'] / 60:.1f} min: {path}")
-    return QuickstartResult(report=path, findings=findings_table(out))
+    return QuickstartResult(report=path, findings=findings_table(out), opening=observed_dose_line(out))
 
 
 # --- training-side analyses -----------------------------------------------------------------------
