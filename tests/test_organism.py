@@ -401,7 +401,7 @@ def test_the_observed_dose_line_and_rows_read_the_decomposition(organism, tmp_pa
     dec = {**recipe.decompose, "calibration": {**recipe.decompose["calibration"], "tokens": 4096, "seq_len": 64},
            "direct": {**recipe.decompose["direct"], "pairs": "all", "texts": 4, "seq_len": 64}}
     rec = replace(recipe, decompose=dec).decompose_recipe(str(organism.pretrained), str(organism.aligned))
-    run_recipe(rec, tmp_path / DECOMPOSE_DIR, progress=False)
+    run_recipe(rec, tmp_path / DECOMPOSE_DIR)
     rows = {r["condition"]: r for r in ResultStore(tmp_path / DECOMPOSE_DIR).rows()}
     line, found, tested = observed_dose_line(tmp_path), decomposition_findings(tmp_path), []
     assert line.startswith("**At the observed dose") and line == observed_dose_line(tmp_path)  # read twice: same

@@ -472,7 +472,7 @@ def write_quickstart_report(out: Path, organism: dict | None, models: dict, time
                   for n in exported] + [""]
     lines += ["## Plots", ""]
     for rel in ("experiment/forest.png", "experiment/dose_response_pref_margin_shift.png", "training/trajectory.png",
-                "training/graded_rsf.png", "probe_aligned/rsf_heatmap_read.png", "probe_aligned/rsf_heatmap_write.png",
+                "training/graded_rsf.png", "probe_aligned/rsf_heatmap_read_activation.png", "probe_aligned/rsf_heatmap_write_prediction.png",
                 "svd_aligned/svd_consistency.png"):
         if (out / rel).exists():
             lines.append(f"![{rel}]({rel})")
