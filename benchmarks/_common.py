@@ -114,6 +114,19 @@ def write_results(path: str | Path, obj: dict) -> None:
     Path(path).write_text(text)
 
 
+def add_child_options(ap, steps) -> None:
+    """The hidden ``--child STEP --child-args JSON`` options a benchmark re-runs itself with (:func:`child_cmd`)."""
+    import argparse
+
+    ap.add_argument("--child", choices=sorted(steps), help=argparse.SUPPRESS)
+    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+
+
+def child_cmd(script: str | Path, step: str, params: dict) -> list[str]:
+    """The command that runs ``step`` of the benchmark ``script`` in a fresh interpreter (see :func:`run_child`)."""
+    return [sys.executable, str(Path(script).resolve()), "--child", step, "--child-args", json.dumps(params)]
+
+
 def emit(tag: str, obj: dict) -> None:
     """The child's report: one line ``tag + JSON`` on stdout."""
     print(tag + json.dumps(obj), flush=True)

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from _common import write_results
 from _common import emit, measured
+from _common import add_child_options, child_cmd
 from _common import run_child as _run_child
 from _common import status_kb as _status_kb
 
@@ -568,7 +569,7 @@ def child_main(step: str, params: dict) -> None:
 
 def run_child(step: str, params: dict) -> dict:
     """Run one step in a fresh interpreter (stderr passes through) and return what it reports."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--child-args", json.dumps(params)]
+    cmd = child_cmd(__file__, step, params)
     out, info = _run_child(cmd, CHILD_TAG, step, pass_stderr=True, echo_prefix="    | ")
     out["process"]["process_wall_s"] = info["process_wall_s"]
     return out
@@ -782,8 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--acts-seq-len", type=int, default=256, help="tokens per sequence (default: %(default)s)")
     ap.add_argument("--acts-repeats", type=int, default=2, help="interleaved repeats in part 2 (default: %(default)s)")
     ap.add_argument("--svd-rank", type=int, default=64, help="r of svd_structure (default: %(default)s)")
-    ap.add_argument("--child", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    add_child_options(ap, STEPS)
     args = ap.parse_args(argv)
 
     if args.child:

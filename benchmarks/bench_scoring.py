@@ -61,6 +61,7 @@ from pathlib import Path
 from _common import write_results
 from _common import (LLAMA_100M_CACHE, build_llama_100m, busy_cpu_s, emit, llama_100m_edit_spec, llama_100m_stats,
                      measured)
+from _common import add_child_options, child_cmd
 from _common import run_child as _run_child
 
 HERE = Path(__file__).resolve().parent
@@ -281,7 +282,7 @@ def child_main(step: str, p: dict) -> None:
 
 
 def run_child(step: str, p: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--child-args", json.dumps(p)]
+    cmd = child_cmd(__file__, step, p)
     out, info = _run_child(cmd, CHILD_TAG, step, pass_stderr=True, echo_prefix="    | ")
     out["process_info"] = info  # process_wall_s (spawn to exit), other_procs_cores
     return out
@@ -292,7 +293,7 @@ def run_interleaved(p: dict, names: list[str]) -> tuple[dict, list[dict]]:
     in between: condition i's bare pass, experiment pass and naive process run back to back."""
     import subprocess
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "ab", "--child-args", json.dumps(p)]
+    cmd = child_cmd(__file__, "ab", p)
     t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
@@ -344,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", type=int, default=12, help="conditions scored, <= 12 (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=LLAMA_100M_CACHE, help="model pair folder (default: %(default)s)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output (default: %(default)s)")
-    ap.add_argument("--child", choices=sorted(STEPS) + ["naive"], help=argparse.SUPPRESS)
-    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    add_child_options(ap, [*STEPS, "naive"])
     args = ap.parse_args(argv)
 
     if args.child:

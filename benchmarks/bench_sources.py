@@ -26,6 +26,7 @@ from pathlib import Path
 
 from _common import write_results
 from _common import emit, measured
+from _common import add_child_options, child_cmd
 from _common import run_child as _run_child
 
 HERE = Path(__file__).resolve().parent
@@ -77,15 +78,14 @@ STEPS = {"grid": step_grid}
 
 
 def run_child(step: str, params: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--child-args", json.dumps(params)]
+    cmd = child_cmd(__file__, step, params)
     out, proc = _run_child(cmd, TAG, step)
     return {**out, "process": proc}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--child", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    add_child_options(ap, STEPS)
     args = ap.parse_args(argv)
     if args.child:
         emit(TAG, STEPS[args.child](json.loads(args.child_args)))

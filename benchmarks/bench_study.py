@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, measured, run_child, write_results
+from _common import add_child_options, child_cmd, emit, measured, run_child, write_results
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -220,7 +220,7 @@ STEPS = {"build": step_build, "bare": step_bare, "plan": step_plan}
 
 
 def child(step: str, params: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--child-args", json.dumps(params)]
+    cmd = child_cmd(__file__, step, params)
     out, proc = run_child(cmd, TAG, step, pass_stderr=True)
     return {**out, "process": proc}
 
@@ -233,8 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary instead of 151936 (32000 with --quick)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "rwedit-bench-study"))
     ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--child", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    add_child_options(ap, STEPS)
     args = ap.parse_args(argv)
     if args.child:
         emit(TAG, STEPS[args.child](json.loads(args.child_args)))

@@ -132,17 +132,13 @@ def plot_overview(head: pd.DataFrame, ver: Sequence[dict], metric: str, path: Pa
     plt = pyplot()
     colours = kind_colours(head["kind"])
     top = max(ver, key=lambda v: abs(v["alpha"]))
-
-    def dose(x):  # a verdict's or a headline row's dose as given (α for runs recorded before doses had units)
-        return (x.get("dose_unit", "alpha"), x.get("dose", x["alpha"]))
-
-    ver = [v for v in ver if dose(v) == dose(top)]
-    sel = head[(head["metric"] == metric) & np.array([dose(r) == dose(top) for _, r in head.iterrows()], dtype=bool)]
+    unit, amount = top.get("dose_unit", "alpha"), top.get("dose", top["alpha"])  # verdicts of before: α only
+    ver = [v for v in ver if (v.get("dose_unit", "alpha"), v.get("dose", v["alpha"])) == (unit, amount)]
+    sel = head[(head["metric"] == metric) & (head["dose_unit"] == unit) & (head["dose"] == amount)]
     fig, axes = plt.subplots(1, len(ver), figsize=(3.3 * len(ver) + 0.6, 3.6), squeeze=False)
     for ax, v in zip(axes[0], ver):
-        match = (lambda k: (sel["match"] == ("norm" if k == "principal" else v.get("match", "norm")))) \
-            if "match" in sel else (lambda k: True)
-        g = pd.concat([sel[(sel["kind"] == k) & match(k)] for k in ("principal", v["control"])]).set_index("kind")
+        matched = {"principal": "norm", v["control"]: v.get("match", "norm")}  # the edit and this verdict's control
+        g = pd.concat([sel[(sel["kind"] == k) & (sel["match"] == m)] for k, m in matched.items()]).set_index("kind")
         kinds = list(g.index)
         err, missing = error_bars(g, bounds=shift_range(metric))
         ax.bar(range(len(g)), g["shift"], yerr=err, capsize=4, color=[colours[k] for k in kinds])

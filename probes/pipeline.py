@@ -404,7 +404,7 @@ def _read_member(folder: Path, name: str, k: int | None) -> ProbeResult:
     rsf = pd.read_csv(folder / "rsf.csv") if (folder / "rsf.csv").exists() else None
     svd = pd.read_csv(folder / "svd.csv") if (folder / "svd.csv").exists() else None
     claims = compare_table(rsf.assign(post=name), k) if rsf is not None and k is not None else pd.DataFrame()
-    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *columns(rsf.to_dict("records"))]],
+    return ProbeResult(None if rsf is None else rsf.assign(post=name)[["post", *rsf.columns]],
                        None if svd is None else svd.assign(post=name)[["post", *SVD_COLUMNS]], claims, None, meta, folder)
 
 

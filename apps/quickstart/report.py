@@ -14,6 +14,7 @@ import pandas as pd
 
 from rwedit.apps.quickstart.specificity import (REGIMES, claim_controls, claim_rows, compare, specific_text,
                                                 specific_word)
+from rwedit.evals.plots import dose_label
 from rwedit.evals.report import caveats, dose_text
 from rwedit.probes.svd import hc_claims, null_draws
 from rwedit.stats import Interval, interval, over_members
@@ -203,11 +204,6 @@ class Finding(NamedTuple):
     values: tuple[tuple[str, Interval], ...] = ()
 
 
-def _dose(r) -> str:
-    """A verdict's dose in a few words, the same for every seed (the name its effect is pooled under)."""
-    return f"α={r['alpha']:g}" if r.get("dose_unit", "alpha") == "alpha" else f"{r['dose']:g}× observed"
-
-
 def _yardsticks(r: dict) -> str:
     """A dose against ‖W‖_F and (for an α dose) the observed update along v: `` (1.2 ‖W‖_F, 64× observed)``."""
     cells = [f"{r['alpha_rel_w']:.2g} ‖W‖_F"] if r.get("alpha_rel_w") is not None else []
@@ -352,9 +348,9 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
     ver = out / "experiment" / "verdicts.csv"
     if ver.exists() and ver.stat().st_size > 1:
         v = pd.read_csv(ver)
-        keys = [c for c in ("control", "match") if c in v]
-        for key, g in v.groupby(keys, sort=False):
-            control, match = (key if len(keys) == 2 else (key[0] if isinstance(key, tuple) else key, "norm"))
+        if "match" not in v:  # verdicts written before controls could be matched in KL
+            v["match"] = "norm"
+        for (control, match), g in v.groupby(["control", "match"], sort=False):
             rows = [_verdict(r) for _, r in g.iterrows()]
             said = [(dose_text(r), "; ".join(caveats(r)), _per_kl(r)) for r in rows]
             parts = [f"{d}: **{r['answer']}** (effect {r['effect']:.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
@@ -365,9 +361,9 @@ def claim_findings(out: Path, k: int = CLAIM_K) -> list[Finding]:
                 f"at matched {matched}**: " + "; ".join(parts) + ".",
                 f"RW causal ({metric}): principal read edit > {control} (matched {matched})",
                 ", ".join(str(r["answer"]) for r in rows),
-                "; ".join(f"{_dose(r)}{_yardsticks(r)}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+                "; ".join(f"{dose_label(r)}{_yardsticks(r)}: {r['effect']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
                           + (f" ({c})" if c else "") for r, (d, c, k) in zip(rows, said)),
-                values=tuple((f"effect at {_dose(r)}", _bootstrap(r)) for r in rows)))
+                values=tuple((f"effect at {dose_label(r)}", _bootstrap(r)) for r in rows)))
     for name in ("aligned", "sft"):
         sv = out / f"svd_{name}" / "svd.csv"
         if sv.exists():  # HC's claims against same-norm random updates of the base (svd_null.csv, when probed)
