@@ -34,7 +34,7 @@ from rwedit.outputs import (disk_full, entry_problem, follow_umask, is_disk_full
                             write_checksums)
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 
-STATS_VERSION = 2  # 2: spectra stored with the sums
+STATS_VERSION = 3  # 2: spectra stored with the sums; 3: float32 partial sums over 1024 tokens, first moment likewise
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class StatsSettings(Config):
 
     roles: tuple[str, ...] = option(("q", "o", "up", "down"), help="roles whose inputs are collected")
     layers: tuple[int, ...] | None = option(None, help="layers (default: all)")
-    dtype: str = option("float64", help="float64: a aᵀ in float32 over blocks of 512 tokens, summed in float64 "
-                        "(|error| ≤ 512·2⁻²⁴·√(C_ii C_jj), ~3e-7 measured; exact products for a float64 model); mixed: "
-                        "each batch's a aᵀ in float32, summed in float64 (bound: the batch's tokens·2⁻²⁴); float32: all")
+    dtype: str = option("float64", help="float64: a aᵀ in float32 over blocks of 1024 tokens, each block summed into "
+                        "float64 (|error| ≤ 1024·2⁻²⁴·√(C_ii C_jj), ~2e-7 measured; float64 inputs stay exact); "
+                        "mixed: each forward pass's a aᵀ in float32 (bound: its tokens·2⁻²⁴), summed in float64; "
+                        "float32: all in float32")
     seq_len: int = option(256, help="tokens per sequence")
     batch_size: int = option(8, help="sequences per forward pass")
 
@@ -56,33 +57,46 @@ class StatsSettings(Config):
 
 #: eigenvectors kept per end of each spectrum in memory and in the cache (eigenvalues are kept in full)
 SPECTRUM_KEEP = 256
-#: float64 mode: tokens per float32 partial sum of a aᵀ, each added into the float64 accumulator; an entry's
-#: error is at most F32_TOKENS·2⁻²⁴ of √(C_ii C_jj) (Higham's γ_n for a dot product of n terms)
-F32_TOKENS = 512
+#: float64 mode: tokens per float32 partial sum of a aᵀ (and of a), each added into the float64 sums; an entry's error
+#: is at most that many × 2⁻²⁴ of √(C_ii C_jj) (Higham's γ_n, n terms). Shorter blocks cost more float64 additions:
+#: one 2048-token forward of a 2048-wide input, 1 thread: 0.69 (one block), 0.72 (1024), 0.83 (512), 0.97 (256) of
+#: one whole float32 a aᵀ product
+F32_TOKENS = 1024
 #: column blocks of a aᵀ's upper block triangle, the only part computed (0.56 of the multiply-adds at 8)
 _TRIANGLE_BLOCKS = 8
 
 
-def _add_outer(acc: torch.Tensor, a: torch.Tensor, tokens: int | None = None) -> None:
-    """acc += a aᵀ summed over a's rows (n × d), on acc's upper block triangle only (:func:`_mirrored` fills the
-    rest once at the end), in a's dtype over ``tokens`` rows at a time (None: all), each partial sum added into
-    acc in acc's dtype."""
-    n, d = a.shape
-    step, c = tokens or n, -(-d // _TRIANGLE_BLOCKS)
-    for s in range(0, n, step):
-        x = a[s:s + step]
-        for i in range(0, d, c):
-            if acc.dtype == x.dtype:
-                acc[i:i + c, i:].addmm_(x[:, i:i + c].T, x[:, i:])
-            else:
-                acc[i:i + c, i:] += x[:, i:i + c].T @ x[:, i:]
+class _Outer:
+    """The running sums Σ a aᵀ and Σ a of one hooked input (d wide): a aᵀ's upper block triangle only, as
+    contiguous row blocks in ``dtype``, each block's product in the input's dtype (over ``tokens`` rows at a time;
+    None: all) and added in; :meth:`matrix` mirrors it into the symmetric d × d matrix once at the end."""
 
+    def __init__(self, d: int, dtype: torch.dtype, device, tokens: int | None = None):
+        c = -(-d // _TRIANGLE_BLOCKS)
+        self.cuts = [(i, min(i + c, d)) for i in range(0, d, c)]
+        self.rows = [torch.zeros(j - i, d - i, dtype=dtype, device=device) for i, j in self.cuts]
+        self.first = torch.zeros(d, dtype=dtype, device=device)
+        self.tokens = tokens
 
-def _mirrored(upper: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle (diagonal included) is ``upper``'s."""
-    full = upper.triu()
-    full += upper.triu(1).T
-    return full
+    def add(self, a: torch.Tensor) -> None:
+        step = self.tokens or a.shape[0]
+        for s in range(0, a.shape[0], step):
+            x = a[s:s + step]
+            for (i, j), row in zip(self.cuts, self.rows):
+                if row.dtype == x.dtype:
+                    row.addmm_(x[:, i:j].T, x[:, i:])
+                else:
+                    row += x[:, i:j].T @ x[:, i:]
+            self.first += x.T @ x.new_ones(x.shape[0])  # a matrix-vector product: a cast-and-sum costs far more
+
+    def matrix(self) -> torch.Tensor:
+        d = self.first.shape[0]
+        full = torch.zeros(d, d, dtype=self.first.dtype, device=self.first.device)
+        for (i, j), row in zip(self.cuts, self.rows):
+            full[i:j, i:] = row
+        full = full.triu()  # a diagonal block's lower triangle is its mirror already: keep one
+        full += full.triu(1).T
+        return full
 
 
 class _LazyTensors(Mapping):
@@ -286,8 +300,7 @@ def collect_activation_stats(
     targets = _hook_targets(layout, roles, layers)
     acc_dtype = torch.float32 if settings.dtype == "float32" else torch.float64
     tokens = F32_TOKENS if settings.dtype == "float64" else None  # rows per float32 partial sum
-    sums: dict[tuple[int, str], torch.Tensor] = {}
-    firsts: dict[tuple[int, str], torch.Tensor] = {}
+    outers: dict[tuple[int, str], _Outer] = {}
 
     def make_hook(key, device):
         def hook(module, args):
@@ -295,13 +308,11 @@ def collect_activation_stats(
             # the module's forward): bring it to the accumulator, on the module's execution device; products in
             # float32 (float64 only for a float64 model in float64 mode), sums in acc_dtype
             x = args[0].detach()
-            prod = torch.float64 if x.dtype == torch.float64 and tokens else torch.float32
+            prod = torch.float64 if x.dtype == torch.float64 and settings.dtype == "float64" else torch.float32
             a = x.reshape(-1, x.shape[-1]).to(device=device, dtype=prod)
-            if key not in sums:
-                sums[key] = torch.zeros(a.shape[1], a.shape[1], dtype=acc_dtype, device=device)
-                firsts[key] = torch.zeros(a.shape[1], dtype=acc_dtype, device=device)
-            _add_outer(sums[key], a, tokens)
-            firsts[key].add_(a.sum(0, dtype=acc_dtype))
+            if key not in outers:
+                outers[key] = _Outer(a.shape[1], acc_dtype, device, tokens)
+            outers[key].add(a)
         return hook
 
     handles = []
@@ -326,7 +337,8 @@ def collect_activation_stats(
     if n_tokens == 0:
         raise DataError("no calibration tokens: the calibration data gave no sequences (is it empty, or shorter "
                         "than one sequence?)")
-    sums = {key: _mirrored(s) for key, s in sums.items()}
+    sums = {key: o.matrix() for key, o in outers.items()}
+    firsts = {key: o.first for key, o in outers.items()}
     for (layer, group), s in sums.items():
         if not bool(torch.isfinite(s).all()):  # an overflow in the forward pass, not in the weights
             raise NonFiniteError(f"activation statistics of layer {layer} {group} inputs are not finite: the model "
