@@ -478,10 +478,16 @@ def _rotation_update(W: torch.Tensor, u: torch.Tensor, sb: torch.Tensor, v: torc
     def middle(theta: float) -> torch.Tensor:
         return torch.linalg.matrix_exp(theta * a[0]) @ sig @ torch.linalg.matrix_exp(theta * a[1]).T - sig
 
-    def gap(theta: float) -> float:
-        return float(torch.linalg.matrix_norm(middle(theta))) - target
-
     with _one_thread():
+        # with iA_1 = V diag(λ) Vᴴ, iA_2 = W diag(μ) Wᴴ and C = Vᴴ Σ W (so Σ|C_jk|² = ‖Σ‖²), the update's norm²
+        # 2‖Σ‖² − 2 tr(Σ Q_1 Σ Q_2ᵀ) is 4 Σ_jk |C_jk|² sin²(θ(μ_k − λ_j)/2): O(r²) per θ, no matrix exponential
+        (lam, vec), (mu, wec) = (torch.linalg.eigh(1j * x.to(torch.complex128)) for x in a)
+        weight = (vec.mH @ sig.to(torch.complex128) @ wec).abs().square()
+        half_freq = (mu[None, :] - lam[:, None]) / 2
+
+        def gap(theta: float) -> float:
+            return 2 * math.sqrt(float((weight * torch.sin(theta * half_freq).square()).sum())) - target
+
         turn = math.pi / max(float(torch.linalg.matrix_norm(x, ord=2)) for x in a)  # a half turn of the fastest plane
         hi = target / float(torch.linalg.matrix_norm(a[0] @ sig - sig @ a[1]))  # the first-order θ
         while gap(hi) < 0:
