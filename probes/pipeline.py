@@ -31,8 +31,9 @@ from rwedit.probes.grid import (GridSettings, check_ks, columns, null_methods, p
                                 rsf_grid_posts)
 from rwedit.probes.norms import delta_norms
 from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
-from rwedit.probes.svd import DEFAULT_R, clip_rank, svd_structure
+from rwedit.probes.svd import DEFAULT_R, SVDMetrics, clip_rank, svd_structure
 from rwedit.runtime import runtime, stage, using
+from rwedit.stream import ordered_map
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
                "reparam_error", "truncation_floor")
@@ -187,18 +188,20 @@ class _Run:
         unchanged: dict[str, list[str]] = {n: [] for n in names}
         if rq.svd is not None:
             r, views = rq.svd.r, self.base.layout.views(self.svd_roles)
-            for rps in tqdm(iter_posts(self.base, list(posts.values()), views), total=len(views), desc="SVD probe",
-                            disable=not runtime().progress):
-                for name, rp in zip(names, rps):
-                    r_eff = clip_rank(r, rp.base.shape)  # a matrix smaller than r: all its triplets
-                    if r_eff != "full" and r_eff < int(r):
-                        clipped[f"{rp.layer}.{rp.role}"] = r_eff
-                    if torch.equal(rp.base, rp.post):
-                        unchanged[name].append(f"{rp.layer}.{rp.role}")
-                    m = svd_structure(rp.base, rp.post, r=r_eff, method=rq.svd.method,
-                                      null_seeds=range(rq.svd.null_seeds), null_key=f"{rp.layer}.{rp.role}")
-                    cell = {"post": name, "layer": rp.layer, "role": rp.role}
-                    svd += [{**cell, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}}] + [{**cell, **x} for x in m.null]
+
+            def structure(rp) -> SVDMetrics:  # in a worker: one matrix per core
+                return svd_structure(rp.base, rp.post, r=clip_rank(r, rp.base.shape), method=rq.svd.method,
+                                     null_seeds=range(rq.svd.null_seeds), null_key=f"{rp.layer}.{rp.role}")
+
+            pairs = ((n, rp) for rps in iter_posts(self.base, list(posts.values()), views) for n, rp in zip(names, rps))
+            for name, rp, m in tqdm(ordered_map(lambda x: (*x, structure(x[1])), pairs), total=len(views) * len(names),
+                                    desc="SVD probe", disable=not runtime().progress):
+                if r != "full" and m.r < int(r):  # a matrix smaller than r: all its triplets
+                    clipped[f"{rp.layer}.{rp.role}"] = m.r
+                if torch.equal(rp.base, rp.post):
+                    unchanged[name].append(f"{rp.layer}.{rp.role}")
+                cell = {"post": name, "layer": rp.layer, "role": rp.role}
+                svd += [{**cell, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}}] + [{**cell, **x} for x in m.null]
         norms = {n: delta_norms(self.pairs[n], rq.norms.roles, rq.norms.layers) for n in names} \
             if rq.norms is not None else {}
         return rsf, svd, clipped, unchanged, norms

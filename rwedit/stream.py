@@ -208,3 +208,28 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
         while pending:
             j, fut = pending.popleft()
             yield from zip(plans[j][4], fut.result())
+
+
+def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
+    """``fn(item)`` for each item in ``threads`` single-threaded workers (default torch's thread count), yielded
+    in the items' order, at most ``threads`` items ahead of the consumer (so a stream of tensors stays a stream).
+    Small dense work (per-matrix SVDs) runs faster one matrix per core than one matrix on a team of threads."""
+    threads = max(1, threads or torch.get_num_threads())
+    if threads == 1:
+        yield from map(fn, items)
+        return
+    caller = torch.get_num_threads()
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,),
+                                thread_name_prefix="rwedit-map") as pool:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                while len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        torch.set_num_threads(caller)  # MKL's count is process-wide: the workers' 1 must not outlive them

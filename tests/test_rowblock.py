@@ -124,3 +124,31 @@ def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
         delta_norms(pair)
     with pytest.raises(NonFiniteWeightError, match="layers.1.mlp.down_proj"):
         list(rsf_grid_pair(pair, None, GridSettings(ks=(1, 4), null_seeds=2)))
+
+
+def test_ordered_map_keeps_order_stays_bounded_and_restores_the_thread_count():
+    """Results in the items' order whatever finishes first; the items are pulled at most ``threads`` ahead of
+    the consumer (a stream of tensors stays a stream); the caller's thread count is back afterwards."""
+    import random
+    import time
+
+    from rwedit.stream import ordered_map
+
+    pulled = []
+
+    def items():
+        for i in range(12):
+            pulled.append(i)
+            yield i
+
+    def slow_square(i):
+        time.sleep(random.Random(i).uniform(0, 0.01))
+        return i * i, torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    out = []
+    for got in ordered_map(slow_square, items(), threads=2):
+        assert len(pulled) - len(out) <= 3  # the one being yielded + 2 in flight
+        out.append(got)
+    assert [x for x, _ in out] == [i * i for i in range(12)] and {n for _, n in out} == {1}
+    assert torch.get_num_threads() == before
