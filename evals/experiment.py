@@ -28,15 +28,12 @@ from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
 from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, Adapter, Unchanged
-from rwedit.editor.pipeline import PROBE_KS
-from rwedit.editor.spec import KL_SUFFIX, EditSpec
+from rwedit.editor.spec import KL_SUFFIX, PROBE_KS, EditSpec
 from rwedit.errors import ConfigError, DataError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)
 from rwedit.evals.direct import ITEMS, DirectScorer, EffectSettings
 from rwedit.evals.store import ResultStore
-from rwedit.probes.rsf import rank1_rsf
-from rwedit.probes.subspaces import prediction_spectrum
 from rwedit.runtime import runtime
 
 EXPERIMENT = "control"
@@ -172,6 +169,9 @@ def _prediction_metrics(conditions, model) -> None:
     """RSF of each rank-1 edit's residual-stream side (v for readers, b for writers) against the prediction
     subspace, written into the edits' provenance."""
     from peft import PeftModel
+
+    from rwedit.probes.rsf import rank1_rsf
+    from rwedit.probes.subspaces import prediction_spectrum
 
     base = model.base_model.model if isinstance(model, PeftModel) else model
     pred = prediction_spectrum(get_weight(base, None, "unembed").float().cpu())
