@@ -34,6 +34,8 @@ from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prep
                                register_experiment)
 from rwedit.evals.direct import ITEMS, DirectScorer, EffectSettings
 from rwedit.evals.store import ResultStore
+from rwedit.probes.rsf import rank1_rsf
+from rwedit.probes.subspaces import prediction_spectrum
 from rwedit.runtime import runtime
 
 EXPERIMENT = "control"
@@ -169,9 +171,6 @@ def _prediction_metrics(conditions, model) -> None:
     """RSF of each rank-1 edit's residual-stream side (v for readers, b for writers) against the prediction
     subspace, written into the edits' provenance."""
     from peft import PeftModel
-
-    from rwedit.probes.rsf import rank1_rsf
-    from rwedit.probes.subspaces import prediction_spectrum
 
     base = model.base_model.model if isinstance(model, PeftModel) else model
     pred = prediction_spectrum(get_weight(base, None, "unembed").float().cpu())
