@@ -19,6 +19,7 @@ from typing import Any
 
 from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
+from rwedit.runtime import cache_root
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
                                    PlanContext, Rates, Stage, forward_flops, measure_rates, padded_tokens,
                                    token_lengths)
@@ -46,14 +47,16 @@ class Plan:
     token_flops: float = 0.0  # FLOPs of one forward token
     _rates: Rates | None = field(default=None, repr=False)
 
-    def rates(self, flops_per_s: float | None = None) -> Rates:
-        """The rates the estimates use: ``flops_per_s`` as stated, else measured here once (~0.2 s, on the
-        device of the model stages; see :func:`~rwedit.evals.planning.measure_rates`)."""
+    def rates(self, flops_per_s: float | None = None, cached: bool = True) -> Rates:
+        """The rates the estimates use: ``flops_per_s`` as stated, else measured here once (~0.2 s and torch's
+        import, on the device of the model stages; see :func:`~rwedit.evals.planning.measure_rates`) and kept
+        in ``$RWEDIT_CACHE/rates.json`` for the next plan on this machine (``cached=False``: measured anew)."""
         if flops_per_s is not None:
             return Rates.stated(flops_per_s)
         if self._rates is None:
             device = next((s.device for s in self.stages if s.tokens), "cpu")
-            self._rates = measure_rates(self.recipe.base_checkpoint.layout, device)
+            self._rates = measure_rates(self.recipe.base_checkpoint.layout, device,
+                                        cache=cache_root() / "rates.json" if cached else None)
         return self._rates
 
     def estimates(self, flops_per_s: float | None = None) -> dict[str, float]:
@@ -232,9 +235,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
                 cache_dir: str | Path | None = None) -> Plan:
     """The :class:`Plan` of a recipe (path, shipped name or mapping) without loading any weights; raises (an
     :class:`~rwedit.errors.RweditError` naming it) what would make the run fail."""
-    import torch
-
-    from rwedit.checkpoints import check_headers, check_pair_headers, open_post
+    from rwedit.checkpoints import DTYPE_BYTES, check_headers, check_pair_headers, open_post
     from rwedit.evals.core import ExperimentRecipe, load_recipe
     from rwedit.evals.lmeval import check_backend
     from rwedit.evals.store import Shard
@@ -269,7 +270,7 @@ def plan_recipe(source, overrides: dict | None = None, sets=(), out: str | Path 
     device, placement = recipe.device, recipe.placement
     if placement.device_map is not None:
         device = "auto"  # a device map splits the model: per device, a plan cannot know before placement
-    model_bytes = params * getattr(torch, placement.dtype or "float32").itemsize  # float32 unless placement says
+    model_bytes = params * DTYPE_BYTES[placement.dtype or "float32"]  # float32 unless placement says
     ctx = PlanContext(base, post, device, RUNTIME_BYTES if device == "cpu" else 0, model_bytes)
     own: KindPlan = kind.plan(recipe, ctx) if kind.plan is not None else KindPlan()
     checked += own.checked

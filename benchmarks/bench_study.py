@@ -151,7 +151,7 @@ def step_plan(p: dict) -> dict:
     plan = plan_recipe(p["recipe"], {"model": p["base"], "post": p["post"]}, p["sets"], p["out"], p["cache_dir"])
     import dataclasses
 
-    rates = plan.rates()
+    rates = plan.rates(cached=False)  # measured now, on the machine the run is timed on
     return {"estimates": plan.estimates(), "rates": dataclasses.asdict(rates), "token_flops": plan.token_flops,
             "stage_tokens": {s.name: s.tokens for s in plan.stages}, "lines": plan.lines()}
 

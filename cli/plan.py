@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_shard(p)
     p.add_argument("--gflops", type=options.positive_number, default=None,
                    help="float32 compute rate for the time estimates, GFLOP/s (default: measured here at the model's "
-                        "shapes by a probe of ~0.2 s)")
+                        "shapes by a probe of ~0.2 s, once: kept in $RWEDIT_CACHE/rates.json)")
 
 
 def run(args: argparse.Namespace) -> int:

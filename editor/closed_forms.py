@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
+from rwedit.lazy import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import model_layout

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
+from rwedit.lazy import torch
 
 from rwedit.architectures import get_weight, model_layout
 from rwedit.checkpoints import Checkpoint, CheckpointPair

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, ClassVar, Iterable, Iterator
 
-import torch
+from rwedit.lazy import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import LAYER_ROLES, RoleView, model_layout, set_weight
@@ -133,7 +133,7 @@ class WeightSnapshot:
 
 
 #: ``build(layer, role, W_original) -> W_new`` (d_out x d_in) for one target matrix
-WeightBuilder = Callable[[int, str, torch.Tensor], torch.Tensor]
+WeightBuilder = Callable[[int, str, "torch.Tensor"], "torch.Tensor"]
 
 
 @register_intervention("weights")

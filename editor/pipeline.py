@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from rwedit.lazy import no_grad, torch
 import yaml
 
 from rwedit import __version__
@@ -15,7 +15,7 @@ from rwedit.checkpoints import Checkpoint, hub_origin
 from rwedit.data import pack_tokens, read_texts
 from rwedit.editor.edits import EditCondition, build_conditions, norms_match
 from rwedit.editor.export import write_card_files
-from rwedit.editor.spec import EditSpec
+from rwedit.editor.spec import PROBE_KS, EditSpec
 from rwedit.errors import AdapterMismatchError, ConfigError, SpecError
 from rwedit.models import Placement, check_window, input_device, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_output_folder, dumps
@@ -24,8 +24,6 @@ from rwedit.probes.directions import (cached_explain, cards_html, cards_section,
                                      unembedding)
 from rwedit.probes.rsf import rank1_rsf
 from rwedit.runtime import runtime, stage
-
-PROBE_KS = (1, 4, 16)
 
 
 def edit_stats(spec: EditSpec, model, tok) -> ActivationStats | None:
@@ -198,7 +196,7 @@ def load_conditions_folder(out: str | Path) -> dict:
     return json.loads((Path(out) / "edits.json").read_text())
 
 
-@torch.no_grad()
+@no_grad
 def compare_generation(adapter_dir: str | Path, model_src: str | None, prompt: str, max_new_tokens: int = 40,
                        force: bool = False, device: str = "cpu", placement: Placement | None = None) -> dict:
     """Greedy continuations of ``prompt`` by the base model and by base + adapter (one model load, whole on

@@ -26,6 +26,8 @@ from rwedit.data import CalibrationSettings
 
 #: the units a dose is given in: α itself (‖ΔW‖_F), or a multiple of the observed update along v (‖ΔW_obs v‖)
 DOSE_UNITS = {"alpha": "a", "observed": "r"}
+#: subspace dimensions of the RSF of each edit direction recorded in its provenance
+PROBE_KS = (1, 4, 16)
 #: the name suffix of a control whose α was searched to match the edit's KL(base ‖ edited) (the control experiment)
 KL_SUFFIX = "_kl"
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+from rwedit.lazy import no_grad, torch
 from tqdm.auto import tqdm
 
 from rwedit.bundled import HH_HELDOUT, HH_RLHF, WIKITEXT_TEST
@@ -66,7 +66,7 @@ class HeldoutText:
         with Unchanged().applied(model):
             self.ref_logp, self.ref_ce = self._pass(None)
 
-    @torch.no_grad()
+    @no_grad
     def _pass(self, ref_logp: list[torch.Tensor] | None):
         """Per-sequence mean CE, and either the log-probs (reference pass) or the per-sequence KL(ref ‖ this)."""
         dev = input_device(self.model)
@@ -123,7 +123,7 @@ class DirectScorer:
             out.append((ch - rj).double().cpu())
         return torch.cat(out)
 
-    @torch.no_grad()
+    @no_grad
     def score(self, adapter: str | None = None) -> dict[str, float]:
         """All direct metrics of the model as it is (``adapter``: that adapter made active first; ``"base"``:
         adapters disabled), paired against the reference values taken when the scorer was built."""

@@ -28,8 +28,7 @@ from rwedit.architectures import READ_ROLES, get_weight
 from rwedit.checkpoints import Checkpoint
 from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, Adapter, Unchanged
-from rwedit.editor.pipeline import PROBE_KS
-from rwedit.editor.spec import KL_SUFFIX, EditSpec
+from rwedit.editor.spec import KL_SUFFIX, PROBE_KS, EditSpec
 from rwedit.errors import ConfigError, DataError, ExperimentError, SpecError
 from rwedit.evals.core import (Condition, ExperimentKind, ExperimentRecipe, Prepared, check_metric,
                                register_experiment)

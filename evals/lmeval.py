@@ -17,7 +17,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
+from rwedit.lazy import no_grad, torch
 
 from rwedit.config import Config, option
 from rwedit.editor.interventions import BASE, with_adapter
@@ -430,7 +430,7 @@ class LMEvalScorer:
         self.applied[name] = check_applied(name, probe_outputs(lm), ref, self.settings.applied_atol, where)
 
     # ---------------------------------------------------------------- scoring
-    @torch.no_grad()
+    @no_grad
     def run(self, adapter: str | None = None, log_samples: bool = False) -> dict:
         """lm-eval's raw ``evaluate`` output for the model as it is (``adapter``: that adapter active first, ``"base"``:
         all disabled) plus ``config`` (backend, model, model_args); an adapter is first checked to be applied."""

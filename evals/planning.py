@@ -6,7 +6,9 @@ machine at the model's shapes by a probe of ~0.2 s (:func:`measure_rates`), or a
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,22 +44,51 @@ class Rates:
         return cls(flops_per_s, flops_per_s / 2, 1e9, f"{flops_per_s / 1e9:.0f} GFLOP/s as stated")
 
 
-def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1) -> Rates:
+def measure_rates(layout, device: str = "cpu", budget_s: float = 0.1, cache: Path | None = None) -> Rates:
     """The rates of this machine at the model's shapes, measured in about ``budget_s`` (after one warm-up call
     each; the fastest call, the one least disturbed by other processes): a float32 product of a batch of 512
     tokens with the model's MLP matrix (d x d_ff, at most 1024 x 2048: a forward pass runs at about this rate on
     CPU), a float64 Gram ``Xᵀ X`` of 512 tokens (the activation statistics), and a bfloat16 -> float32 copy of
     8 MiB (reading stored weights from the page cache). ``device``: cpu or cuda[:N]; elsewhere half a TFLOP/s
-    is stated."""
-    import time
-
-    import torch
-
+    is stated. ``cache``: a JSON file of rates measured before, by host, device, threads, torch version and
+    shapes; rates found there are used as they were measured (torch is not imported: ~1.3 s of CPU), new ones
+    are added to it."""
     if not (device == "cpu" or device.startswith("cuda")):
         return Rates.stated(5e11)
+    d, f = min(layout.dims.hidden, 1024), min(layout.dims.intermediate, 2048)
+    if cache is None:
+        return _measure_rates(d, f, device, budget_s)
+    import importlib.metadata
+    import json
+    import platform
+
+    from rwedit.lazy import torch_threads
+    from rwedit.outputs import make_folder, write_json
+
+    key = f"{platform.node()} {device} {torch_threads()} threads torch {importlib.metadata.version('torch')} {d}x{f}"
+    try:
+        known = dict(json.loads(Path(cache).read_text()))
+        return Rates(**{**known[key], "how": f"{known[key]['how']}, cached in {cache}: delete it to measure again"})
+    except KeyError:  # not measured here yet: measured and added
+        pass
+    except (OSError, ValueError, TypeError):  # no cache yet, or one not written by this: measured and written anew
+        known = {}
+    rates = _measure_rates(d, f, device, budget_s)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    try:
+        write_json(make_folder(Path(cache).parent) / Path(cache).name,
+                   {**known, key: {**dataclasses.asdict(rates), "how": f"{rates.how} on {when}"}})
+    except OSError:  # a cache that cannot be written: the next plan measures again
+        pass
+    return rates
+
+
+def _measure_rates(d: int, f: int, device: str, budget_s: float) -> Rates:
+    """:func:`measure_rates` itself, at a d x f float32 product."""
+    import torch
+
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    d, f = min(layout.dims.hidden, 1024), min(layout.dims.intermediate, 2048)
 
     def rate(fn, work: float, share: float) -> float:
         fn()  # warm-up: first-call allocation and kernel choice
@@ -223,13 +254,12 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     """Peak resident memory of the streaming pass over the pair (:func:`rwedit.stream.stream_pair`): the runtime
     plus, per worker thread, a float32 work block and a stored-dtype read block for base and post (an adapter
     post's buffers too; its blocks are factored) — no tensor is held whole."""
-    import torch
-
     from rwedit.checkpoints import largest_role_tensor
+    from rwedit.lazy import torch_threads
     from rwedit.stream import BLOCK_BYTES
 
     numel, itemsize = largest_role_tensor(base)
-    threads = threads or torch.get_num_threads()
+    threads = threads or torch_threads()
     per_block = min(BLOCK_BYTES // 4, numel)  # float32 elements of a block (at most the tensor)
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import torch
+from rwedit.lazy import LazyModule, no_grad, torch
 from safetensors import safe_open
-import safetensors.torch as safetensors_torch  # by module: a test's patch of load_file is not frozen in here
 from tqdm.auto import tqdm
 
 # INPUT_GROUP / GROUP_ROLE (which roles read one input tensor) live in the registry; importable from here too
@@ -33,8 +32,12 @@ from rwedit.models import execution_device, input_device, named_weights
 from rwedit.outputs import (disk_full, entry_problem, follow_umask, is_disk_full, set_aside, umask_mode,
                             write_checksums)
 from rwedit.probes.subspaces import Spectrum, eig_subspace
+from rwedit.runtime import cache_root
 
 STATS_VERSION = 3  # 2: spectra stored with the sums; 3: float32 partial sums over 1024 tokens, first moment likewise
+
+#: by module, at first use: a test's patch of load_file is not frozen in here
+safetensors_torch = LazyModule("safetensors.torch")
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ def _hook_targets(layout: Layout, roles: Sequence[str], layers: Iterable[int]) -
     return targets
 
 
-@torch.no_grad()
+@no_grad
 def collect_activation_stats(
     model: torch.nn.Module,
     token_ids: torch.Tensor,
@@ -368,7 +371,7 @@ def cache_key(model: torch.nn.Module, token_ids: torch.Tensor, settings: StatsSe
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit")) / "stats"
+    return cache_root() / "stats"
 
 
 def cached_activation_stats(

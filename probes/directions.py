@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import torch
+from rwedit.lazy import no_grad, torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, WRITE_ROLES, get_weight, model_layout
@@ -262,7 +262,7 @@ def unembedding(model: torch.nn.Module, fold_norm: bool = True) -> tuple[torch.T
     return W_U, (final_norm_gain(model) if fold_norm else None)
 
 
-@torch.no_grad()
+@no_grad
 def logit_lens(vectors: torch.Tensor, unembed: torch.Tensor, gain: torch.Tensor | None = None, tokenizer=None,
                top: int = 8) -> list[tuple[list[tuple[str, float]], list[tuple[str, float]]]]:
     """For each row of ``vectors`` (m × hidden, residual-stream directions): the ``top`` tokens it promotes
@@ -306,7 +306,7 @@ class _TopK:
         self.lo_v = -lo_v
 
 
-@torch.no_grad()
+@no_grad
 def contexts(model: torch.nn.Module, token_ids: torch.Tensor, directions: Sequence[Direction], tokenizer=None,
              top: int = 5, window: int = 6, batch_size: int = 8, progress: bool = True) -> dict[int, tuple]:
     """One pass over ``token_ids`` (n × seq_len): for each read-side direction (by its index in

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
-import torch
+from rwedit.lazy import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView

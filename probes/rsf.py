@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence, Union
 
-import torch
+from rwedit.lazy import as_dtype, torch
 
 from rwedit.lowrank import LowRankDelta
 
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 Side = Literal["read", "write", "both"]
-Basis = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+Basis = Union["torch.Tensor", tuple["torch.Tensor", "torch.Tensor"]]
 KSpec = Union[int, tuple[int, int]]
 
 _SIDES = ("read", "write", "both")
@@ -129,10 +129,11 @@ def _split_both(basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _read_energies(mat: "torch.Tensor | LowRankDelta", basis: torch.Tensor,
-                   dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, float]:
+                   dtype: torch.dtype | str = "float64") -> tuple[torch.Tensor, float]:
     """Per-column ‖mat b_j‖² (float64, length k) and ‖mat‖²_F, casting mat to `dtype` one row-chunk at a
     time (products in `dtype`, sums in float64). A factored ``U Vᵀ`` costs O((d_in·k + r·k)·r): ‖U Vᵀ b‖² =
     xᵀ(UᵀU)x with x = Vᵀb, and ‖U Vᵀ‖²_F = tr(UᵀU · VᵀV)."""
+    dtype = as_dtype(dtype)
     if isinstance(mat, LowRankDelta):
         b = basis.to(device=mat.device, dtype=torch.float64)
         uu, vv = mat.U.T @ mat.U, mat.V.T @ mat.V
@@ -151,7 +152,7 @@ def _read_energies(mat: "torch.Tensor | LowRankDelta", basis: torch.Tensor,
 
 
 def _energies(delta: torch.Tensor, side: str, bases: tuple[torch.Tensor, ...],
-              dtype: torch.dtype = torch.float64) -> tuple[list[torch.Tensor], float]:
+              dtype: torch.dtype | str = "float64") -> tuple[list[torch.Tensor], float]:
     """Column energies for each basis of `side` ([read] / [write] / [write, read]) and ‖ΔW‖²_F."""
     if side == "read":
         e, total = _read_energies(delta, bases[0], dtype)
@@ -196,7 +197,7 @@ def rsf_nested(
     ks: Sequence[KSpec],
     *,
     ortho_atol: float = DEFAULT_ORTHO_ATOL,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | str = "float64",
 ) -> list[RSFResult]:
     """RSF for each k in `ks`, using the first k columns of `basis_max` (nested top-k bases), from a
     single projection: ‖ΔW B_k‖² is a cumulative sum of per-column energies. For side="both",
@@ -319,7 +320,7 @@ def random_null_samples(delta: torch.Tensor, side: Side, k: KSpec, seeds: Sequen
 
 
 def random_null_nested(delta: torch.Tensor, side: str, ks: Sequence[int], seeds: Sequence[int],
-                       dtype: torch.dtype = torch.float32) -> dict[int, torch.Tensor]:
+                       dtype: torch.dtype | str = "float32") -> dict[int, torch.Tensor]:
     """RSF null samples for every k at once (side "read" or "write"): one Haar d x max(ks) basis per seed,
     whose first k columns are a Haar k-dim basis, so all ks cost one projection.  Products run in
     `dtype` (float32: relative error ~1e-7, far below the null's own spread), sums in float64."""

@@ -7,7 +7,7 @@ import functools
 import operator
 from dataclasses import dataclass
 
-import torch
+from rwedit.lazy import torch
 
 from rwedit.errors import ConfigError
 

@@ -54,7 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Sequence, Union
 
-import torch
+from rwedit.lazy import torch
 
 from rwedit.errors import ConfigError, RweditError
 from rwedit.registry import Registry
@@ -106,7 +106,7 @@ RESIDUAL_TOL = 3e-3
 MAX_PASSES = 24
 _CHUNK_ELEMENTS = 1 << 22
 
-RowBlocks = Callable[[], Iterable[torch.Tensor]]
+RowBlocks = Callable[[], Iterable["torch.Tensor"]]
 
 
 class LowRankAccuracyError(RweditError, ArithmeticError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import torch
+from rwedit.lazy import no_grad, torch
 
 from rwedit.errors import AlreadyRegisteredError, ConfigError, UnsupportedArchitectureError
 from rwedit.registry import Registry
@@ -128,7 +128,7 @@ def _gate_up_contiguous(d: Dims) -> dict[str, torch.Tensor]:
     return _contiguous([("gate", d.intermediate), ("up", d.intermediate)])
 
 
-FusedLayout = Callable[[Dims], Mapping[str, torch.Tensor]]
+FusedLayout = Callable[[Dims], Mapping[str, "torch.Tensor"]]
 
 #: name -> function(Dims) -> {role: row indices of that role in the fused d_out x d_in matrix}
 FUSED_LAYOUTS: Registry[FusedLayout] = Registry("fused layout", hint="Add one with register_fused_layout.")
@@ -347,7 +347,7 @@ class RoleView:
         return stored.t() if self.transposed else stored
 
     def check_stored(self, stored: torch.Tensor | tuple[int, ...], where: str = "") -> None:
-        shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else tuple(stored)
+        shape = tuple(getattr(stored, "shape", stored))  # a tensor or its header's shape (no torch needed)
         if shape != self.stored_shape:
             raise ConfigError(f"{where}{self.param}: stored shape {shape} does not match the {self.stored_shape} "
                               f"that the model config implies for role {self.role!r}")
@@ -523,7 +523,7 @@ def get_weight(model: torch.nn.Module, layer: int | None, role: str) -> torch.Te
     return view.extract(param.detach()).clone()
 
 
-@torch.no_grad()
+@no_grad
 def add_delta(model: torch.nn.Module, layer: int | None, role: str, delta: torch.Tensor) -> None:
     """Add ``delta`` (d_out x d_in) to a role's weight in place, through fused/transposed storage (a tied
     unembedding is refused: untie first)."""
@@ -531,7 +531,7 @@ def add_delta(model: torch.nn.Module, layer: int | None, role: str, delta: torch
     view.add_(param.data, delta)
 
 
-@torch.no_grad()
+@no_grad
 def set_weight(model: torch.nn.Module, layer: int | None, role: str, W: torch.Tensor) -> None:
     """Overwrite a role's ``W`` (d_out x d_in) in place, through fused/transposed storage (other roles' rows of a
     fused matrix untouched; a tied unembedding refused)."""

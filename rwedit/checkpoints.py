@@ -16,9 +16,9 @@ import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator, Mapping
 
-import torch
+from rwedit.lazy import as_dtype, torch
 from safetensors import safe_open
 
 from rwedit.architectures import Layout, RoleView
@@ -89,9 +89,28 @@ def _tensor_files(path: Path) -> tuple[str, list[Path]]:
     )
 
 
-#: safetensors' dtype names of the float dtypes, and the torch names a pickle index records for them
-_STORED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-_DTYPE_NAMES = {str(t): name for name, t in _STORED_DTYPES.items()}
+#: torch's float dtypes by name and their bytes per element: what a model loads in, what a checkpoint stores
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+#: safetensors' names of them
+_STORED_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+class _StoredDtypes(Mapping):
+    """safetensors' float dtype names -> torch's dtypes, torch imported at the first lookup."""
+
+    def __getitem__(self, name: str):
+        return getattr(torch, _STORED_NAMES[name])
+
+    def __iter__(self):
+        return iter(_STORED_NAMES)
+
+    def __len__(self) -> int:
+        return len(_STORED_NAMES)
+
+
+_STORED_DTYPES = _StoredDtypes()
+#: the torch names a pickle index records for them
+_DTYPE_NAMES = {f"torch.{t}": name for name, t in _STORED_NAMES.items()}
 
 
 def check_finite(t: torch.Tensor, what: str, note: str = "") -> None:
@@ -162,10 +181,11 @@ def _read_config(path: Path, transformers: bool = False):
 
 
 @contextmanager
-def _open_safetensors(f: Path):
-    """``safe_open`` of one file; an empty, truncated or corrupt file is a :class:`CheckpointError` naming it."""
+def _open_safetensors(f: Path, framework: str = "pt"):
+    """``safe_open`` of one file; an empty, truncated or corrupt file is a :class:`CheckpointError` naming it.
+    ``framework="numpy"`` for its header alone: torch's is imported by safetensors at the open."""
     try:
-        h = safe_open(f, framework="pt")
+        h = safe_open(f, framework=framework)
     except Exception as e:  # noqa: BLE001 — SafetensorError and OSError alike
         size = f.stat().st_size if f.exists() else 0
         what = "is empty" if size == 0 else f"is not a readable safetensors file ({size} bytes; {e})"
@@ -284,7 +304,7 @@ class Checkpoint:
     def _index(self) -> None:
         for f in self.files:
             if self.format == "safetensors":
-                with _open_safetensors(f) as h:
+                with _open_safetensors(f, "numpy") as h:
                     for k in h.keys():
                         sl = h.get_slice(k)
                         self._where[k], self._shapes[k], self._dtypes[k] = f, tuple(sl.get_shape()), sl.get_dtype()
@@ -374,7 +394,7 @@ class TensorReader:
     def __exit__(self, *exc) -> None:
         self._pickle = self._last = None
 
-    def matrix(self, view: RoleView, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    def matrix(self, view: RoleView, dtype: torch.dtype | str | None = "float32") -> torch.Tensor:
         """A role's ``W`` (d_out x d_in) from its stored tensor. The last stored tensor read is kept, so
         the roles of one fused tensor read it once; the one before is dropped first (O(one tensor))."""
         key = (view.param, dtype)
@@ -383,8 +403,9 @@ class TensorReader:
             self._last = (key, self.read(view.param, dtype))
         return view.extract(self._last[1])
 
-    def read(self, param: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    def read(self, param: str, dtype: torch.dtype | str | None = "float32") -> torch.Tensor:
         """One tensor, converted to ``dtype`` (``None`` keeps the stored dtype)."""
+        dtype = as_dtype(dtype)
         name = self.ckpt.find(param)
         f = self.ckpt._where[name]
         if self.ckpt.format == "safetensors":
@@ -932,7 +953,7 @@ class CheckpointPair:
         self,
         roles: Iterable[str] | None = None,
         layers: Iterable[int] | None = None,
-        dtype: torch.dtype | None = torch.float32,
+        dtype: torch.dtype | str | None = "float32",
         check_finite: bool = True,
     ) -> Iterator[RolePair]:
         """Yield :class:`RolePair` for each (layer, role); a fused tensor is read once per layer."""
@@ -941,7 +962,7 @@ class CheckpointPair:
 
 
 def iter_posts(base: Checkpoint, posts: list[Checkpoint | LoraPost], views: list[RoleView],
-               dtype: torch.dtype | None = torch.float32, check_finite: bool = True) -> Iterator[tuple[RolePair, ...]]:
+               dtype: torch.dtype | str | None = "float32", check_finite: bool = True) -> Iterator[tuple[RolePair, ...]]:
     """For each view, one :class:`RolePair` per post against the same base tensor, which is read once for all
     of them (many fine-tunes of one base); an adapter post reads nothing but its factors. Memory: the base
     tensor and one tensor per post at a time."""
@@ -970,8 +991,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.j
 def stored_itemsize(dtype: str) -> int | None:
     """Bytes per element of a stored float dtype (``F32``, ``BF16`` ... as the headers name them); None for
     a dtype that is not a float (quantized or integer weights)."""
-    t = _STORED_DTYPES.get(dtype)
-    return None if t is None else t.itemsize
+    t = _STORED_NAMES.get(dtype)
+    return None if t is None else DTYPE_BYTES[t]
 
 
 def is_adapter(src: "Checkpoint | LoraPost") -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
+from rwedit.lazy import torch
 
 from rwedit.config import Config, option
 from rwedit.errors import DataError, DataNotFoundError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from rwedit.lazy import as_dtype, torch
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,6 @@ class LowRankDelta:
         """``ΔW[index, :]`` (axis 0) or ``ΔW[:, index]`` (axis 1), still in factor form."""
         return LowRankDelta(self.U[index], self.V) if axis == 0 else LowRankDelta(self.U, self.V[index])
 
-    def dense(self, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    def dense(self, dtype: torch.dtype | str | None = "float64") -> torch.Tensor:
         d = self.U @ self.V.T
-        return d if dtype is None else d.to(dtype)
+        return d if dtype is None else d.to(as_dtype(dtype))

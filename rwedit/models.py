@@ -11,22 +11,22 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
+from rwedit.lazy import torch
 
-from rwedit.checkpoints import Checkpoint, HeaderConfig
+from rwedit.checkpoints import DTYPE_BYTES, Checkpoint, HeaderConfig
 from rwedit.config import Config, option
 from rwedit.errors import CheckpointError, ConfigError, DeviceError
 from rwedit.runtime import count_tokens
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPES = tuple(DTYPE_BYTES)
 #: device-map strategies accelerate computes itself (transformers' ``from_pretrained`` passes them on)
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def check_device(device: str) -> str:
     """``device`` if the installed torch can run on it (``auto`` always can: accelerate places the model);
-    otherwise a :class:`DeviceError` saying what this torch offers."""
-    if device == "auto":
+    otherwise a :class:`DeviceError` saying what this torch offers (cpu is known without importing torch)."""
+    if device in ("auto", "cpu"):
         return device
     try:
         dev = torch.device(device)

@@ -5,9 +5,11 @@ run's stages (:func:`recording`, :func:`stage`: wall and CPU time, forward token
 from __future__ import annotations
 
 import contextvars
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
 
@@ -22,6 +24,12 @@ class Runtime:
 
 
 _RUNTIME: contextvars.ContextVar[Runtime] = contextvars.ContextVar("rwedit_runtime", default=Runtime())
+
+
+def cache_root() -> Path:
+    """rwedit's cache folder (activation statistics, organisms, measured rates): ``$RWEDIT_CACHE``, default
+    ``~/.cache/rwedit``."""
+    return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit"))
 
 
 def runtime() -> Runtime:

@@ -8,8 +8,9 @@ from rwedit.models import input_device
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
+from rwedit.lazy import LazyModule, torch
+
+F = LazyModule("torch.nn.functional")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
-import torch
+from rwedit.lazy import as_dtype, torch
 
 from rwedit.architectures import RoleView
 from rwedit.checkpoints import _STORED_DTYPES, Checkpoint, TensorReader
@@ -135,7 +135,7 @@ BLOCK_SOURCES = {"stored": _StoredRows, "factored": _FactoredRows}
 
 
 def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
-                sinks: Callable[[RoleView], Sequence[BlockSink]], *, dtype: torch.dtype = torch.float32,
+                sinks: Callable[[RoleView], Sequence[BlockSink]], *, dtype: torch.dtype | str = "float32",
                 block_bytes: int = BLOCK_BYTES, check_finite: bool = True, threads: int | None = None
                 ) -> Iterator[tuple[RoleView, Sequence[BlockSink]]]:
     """Stream every view's ΔW = post − base in row blocks of the base's stored tensors to the view's sinks
@@ -147,6 +147,7 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
     :func:`explain_non_finite`). ``threads`` workers (default torch's thread count) take one stored tensor each,
     single-threaded inside (small ops on cache-sized blocks lose to waking a thread team). Memory: a few blocks
     per worker plus what the sinks keep."""
+    dtype = as_dtype(dtype)
     groups: dict[str, list[int]] = {}  # stored tensor -> its views (by position)
     for j, v in enumerate(views):
         groups.setdefault(v.param, []).append(j)

@@ -17,9 +17,11 @@ from rwedit.bundled import HH_RLHF, WIKITEXT_VALID as WIKITEXT  # noqa: E402,F40
 @pytest.fixture(scope="session", autouse=True)
 def quiet_session(tmp_path_factory):
     """The module- and session-scoped fixtures run without progress bars, with a statistics cache of the
-    session's own (set up before any test's :func:`quiet_runtime`)."""
+    session's own (set up before any test's :func:`quiet_runtime`) and an rwedit cache folder of its own
+    (``$RWEDIT_CACHE``: the rates ``rwedit plan`` measures are not written to the user's)."""
     from rwedit.runtime import using
 
+    os.environ["RWEDIT_CACHE"] = str(tmp_path_factory.mktemp("rwedit-cache"))
     with using(progress=False, cache_dir=str(tmp_path_factory.mktemp("stats-session"))):
         yield
 

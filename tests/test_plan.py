@@ -414,10 +414,12 @@ def test_plan_sizes_the_model_in_the_placement_dtype_and_defers_a_device_map_spl
     assert any("split" in n for n in placed.notes)
 
 
-def test_plan_imports_neither_transformers_nor_pandas_and_reads_the_config_as_json(pair_root, tmp_path):
+def test_plan_imports_no_torch_once_its_rates_are_cached_and_reads_the_config_as_json(pair_root, tmp_path):
     """`rwedit plan` as a fresh process loads no transformers, pandas, peft, lm-eval, scipy or matplotlib (each
-    costs seconds of imports): the recipe's kind is imported alone and config.json is read as JSON; the layout it
-    gives is the one transformers' config gives."""
+    costs seconds of imports), and torch only to measure this machine's rates, which it caches: the second plan
+    (or one given --gflops) imports no torch. The recipe's kind is imported alone and config.json is read as JSON;
+    the layout it gives is the one transformers' config gives."""
+    import os
     import subprocess
     import sys
 
@@ -425,12 +427,24 @@ def test_plan_imports_neither_transformers_nor_pandas_and_reads_the_config_as_js
     from rwedit.checkpoints import Checkpoint, HeaderConfig, _read_config
 
     recipe = _write(tmp_path / "r.yaml", _recipe(pair_root))
-    heavy = ("transformers", "pandas", "peft", "lm_eval", "scipy", "matplotlib")
-    code = ("import sys; from rwedit.cli import main; "
-            f"rc = main(['plan', {recipe!r}, '--out', {str(tmp_path / 'run')!r}, '--gflops', '100']); "
-            f"print('LOADED', rc, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert "LOADED 0 []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    heavy = ("torch", "transformers", "pandas", "peft", "lm_eval", "scipy", "matplotlib")
+    env = {**os.environ, "RWEDIT_CACHE": str(tmp_path / "cache")}
+
+    def plan(*more: str) -> str:
+        code = ("import sys; from rwedit.cli import main; "
+                f"rc = main(['plan', {recipe!r}, '--out', {str(tmp_path / 'run')!r}, *{more!r}]); "
+                f"print('LOADED', rc, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=300)
+        return out.stdout + out.stderr
+
+    stated, first, second = plan("--gflops", "100"), plan(), plan()
+    assert "LOADED 0 []" in stated, stated[-2000:]
+    assert "LOADED 0 ['torch']" in first and "measured here (cpu" in first, first[-2000:]
+    assert "LOADED 0 []" in second and f"cached in {tmp_path / 'cache' / 'rates.json'}" in second, second[-2000:]
+    rates = [next(line for line in out.splitlines() if line.startswith("estimated time:")).split(" (")[0]
+             for out in (first, second)]
+    assert rates[0] == rates[1]  # the rates the first measured, as measured
     ckpt = Checkpoint.open(pair_root / "base")
     assert isinstance(ckpt.config, HeaderConfig)
     assert ckpt.layout.dims == Layout.from_config(_read_config(pair_root / "base", transformers=True)).dims

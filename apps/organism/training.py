@@ -12,7 +12,6 @@ reuses it and an interrupted build restarts at the first unfinished stage.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from rwedit.bundled import HH_HELDOUT, HH_TRAIN
 from rwedit.data import PreferencePair, read_pairs, read_texts
 from rwedit.errors import OrganismError
 from rwedit.outputs import atomic_folder, entry_problem, set_aside, write_checksums
+from rwedit.runtime import cache_root
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class Organism:
 
 def default_root() -> Path:
     """Where organisms are cached: ``$RWEDIT_CACHE/organism`` (default ``~/.cache/rwedit/organism``)."""
-    return Path(os.environ.get("RWEDIT_CACHE", Path.home() / ".cache" / "rwedit")) / "organism"
+    return cache_root() / "organism"
 
 
 def _say(progress: bool, msg: str) -> None:
