@@ -8,8 +8,16 @@ On the synthetic ~1.1B bf16 Llama pair of ``bench_pair_pass.py`` (built there, r
    (k 1, 4, 16, 64; exact null; prediction and random subspaces) of (base, adapter) against the same grid
    of (base, full post checkpoint) — the cost of probing a merged model of the same size. Target: ≤ 0.5×
    the wall time; peak memory about one tensor plus the adapter.
-2. **Many fine-tunes of one base** — the grid of two posts (the full post and the adapter) in one pass
-   (``rsf_grid_posts``: the base read once per tensor for both) against two separate pair passes.
+2. **Many fine-tunes of one base** — the grid of two posts in one pass (``rsf_grid_posts``: what depends on the
+   base alone done once for both: its prediction spectrum, each base block's read and conversion, each matrix
+   side's stacked bases and sketch probe) against two separate pair passes: the full post and the adapter, and
+   two full posts (a second one built here like the first, another seed). Floor of the two-full figure: one pass
+   saves one pass's base-only work B (measured here: the prediction spectrum and a stream of the base with no post
+   and no consumer) and nothing else, since each post's own work P — reading and converting its blocks, ΔW·B for
+   every basis, the null's sketch or Gram — is the same either way, so (B + 2P) / (2B + 2P) = 1 − B / (two passes).
+   By linearity ΔW·V = W_post·V − W_base·V, but W_post·V costs what ΔW·V costs: the base's projections, computed
+   once, would save no multiply-add (and the difference of two large products would lose digits when ΔW ≪ W).
+   The full post + adapter figure's floor is full / (full + LoRA) likewise: the adapter's pass is mostly base-only.
 
 Each step runs in a fresh interpreter (its own peak RSS); every figure is a ratio against a baseline measured
 in the same run, and the load average before and after is printed. Results: ``benchmarks/results/sources.json``.

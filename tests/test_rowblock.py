@@ -5,6 +5,7 @@ enough to split a fused slice across two blocks."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -84,6 +85,44 @@ def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block
     d = row["d"]
     expect = math.sqrt(2 * 4 * (d - 4) / (d * (d - 1) * (d + 2)) * (conc - 1 / d)) * d / 4
     assert row["null_exact_sd"] == pytest.approx(expect, rel=1e-4)
+
+
+@pytest.mark.parametrize("settings", [GridSettings(ks=(1, 4), null="sketch", null_sketch=16),
+                                      GridSettings(ks=(1, 4, 8), null_seeds=3, sides=("read", "write", "both"))])
+def test_two_posts_in_one_pass_give_each_its_own_rows_and_share_the_bases(pairs, settings, tmp_path, monkeypatch):
+    """Two fine-tunes of one base in one pass (activation, prediction, random subspaces; blocks cutting fused
+    slices): each post's rows are its single pass's to the bit and the whole-tensor oracle's, and each matrix
+    side's stacked bases are made once for both posts (the second post makes none)."""
+    root = pairs["llama"]
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    ids = torch.randint(3, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("q", "o", "up", "down"), batch_size=8),
+                                     progress=False)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # a second post: the base moved by ~1e-3 of its weights (the first moved by ~1)
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 1e-3 * float(w.abs().mean()))
+    model.save_pretrained(tmp_path / "post2")
+    real, made = grid_mod.stream_pair, []
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 7 * 4 * 32}))
+    plan = grid_mod._side_plan
+    monkeypatch.setattr(grid_mod, "_side_plan", lambda side, d, ks, *a: made.append((side, d, *a[:2])) or
+                        plan(side, d, ks, *a))
+    pairs_ = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
+    base = pairs_["one"].base
+    both = list(grid_mod.rsf_grid_posts(base, {n: p.post for n, p in pairs_.items()}, stats, settings))
+    shared, made[:] = Counter(made), []
+    list(grid_mod.rsf_grid_posts(base, {"one": pairs_["one"].post}, stats, settings))
+    assert shared == Counter(made) and max(shared.values()) == 1  # one post's plans, each made once, for both
+    for name, pair in pairs_.items():
+        mine = [{k: v for k, v in r.items() if k != "post"} for r in both if r["post"] == name]
+        alone = list(rsf_grid_pair(pair, stats, settings))
+        assert mine == alone  # the same floats: nothing computed differently for sharing a pass
+        ctx = GridContext(stats, grid_mod.prediction_from_pair(pair))
+        whole = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)]
+        assert len(mine) == len(whole) > 0
+        for s, w in zip(mine, whole):
+            _close(s, w)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "phi3", "gpt_neox"])
