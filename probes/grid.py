@@ -371,7 +371,9 @@ def rsf_grid_pair(pair: CheckpointPair, stats: ActivationStats | None = None,
 def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: ActivationStats | None = None,
                    settings: GridSettings = GridSettings()) -> Iterator[dict]:
     """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name), each row with its
-    ``post``: the base read once per tensor for all of them; memory a few row blocks per post."""
+    ``post``: what depends on the base alone (prediction spectrum, each block's read and conversion, each side's
+    stacked bases) done once for all of them, each post's rows those of its single pass to the bit; memory a few
+    row blocks per post."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
