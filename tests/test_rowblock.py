@@ -146,6 +146,29 @@ def test_streamed_norms_equal_plain_torch(pairs):
         assert n.delta_norm == pytest.approx(float(torch.linalg.vector_norm(rp.delta.double())), rel=1e-6)
 
 
+def test_the_norms_of_two_posts_in_one_pass_are_each_posts_own_and_read_the_base_once(pairs, tmp_path, monkeypatch):
+    from rwedit.probes.norms import delta_norms_posts
+    from rwedit.stream import _BlockFiles
+
+    root = pairs["gpt2"]
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 1e-3)
+    model.save_pretrained(tmp_path / "post2")
+    two = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
+    reads, real = [], _BlockFiles.read
+    monkeypatch.setattr(_BlockFiles, "read", lambda self, name, r0, *a: (r0 == 0 and reads.append(
+        (str(self.ckpt.path), name))) or real(self, name, r0, *a))
+    got = delta_norms_posts(two)
+    base_reads = [r for r in reads if r[0] == str(root / "base")]
+    assert base_reads and len(base_reads) == len(set(base_reads))  # each base tensor read once for both posts
+    for name, pair in two.items():
+        assert got[name] == delta_norms(pair)  # the same floats as the post's own pass
+    assert got["one"] != got["two"]
+
+
 def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
     """A NaN only in the post's last rows is caught by the streamed pass with the tensor's name."""
     base = tiny_model("llama", vocab_size=len(wiki_tokenizer))
