@@ -141,8 +141,13 @@ def _adapters(r: dict) -> list[Figure]:
 def _sources(r: dict) -> list[Figure]:
     lo = _at(r, "ratios", "lora_over_full_wall")
     two = _at(r, "ratios", "two_in_one_pass_over_two_separate_wall")
+    full, floor = _at(r, "ratios", "two_full_in_one_pass_over_two_separate_wall"), _at(r, "ratios", "two_full_floor")
     return [Figure("RSF grid of a LoRA post / of a full post checkpoint", lo, "≤ 0.5", _le(lo, 0.5)),
-            Figure("two posts in one pass / two separate passes", two, "≤ 0.6", _le(two, 0.6))]
+            Figure("a full post and a LoRA post in one pass / two separate passes (floor: full / (full + LoRA))", two,
+                   "≤ 0.6", _le(two, 0.6)),
+            Figure("two full posts in one pass / two separate passes", full, "≤ 0.6", _le(full, 0.6)),
+            Figure("the same, its floor: 1 − the base-only work (prediction spectrum, base stream) / two passes",
+                   floor, "info", None)]
 
 
 def _shards(r: dict) -> list[Figure]:

@@ -92,10 +92,11 @@ class Projections:
     its energies block by block; the other side accumulates the k-column product and squares it at the end."""
 
     def __init__(self, shape: tuple[int, int], read: torch.Tensor | None = None, write: torch.Tensor | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, cast: dict[str, torch.Tensor] | None = None):
         self.shape, self.dtype = shape, dtype
-        self.read = None if read is None else read.to(dtype)
-        self.write = None if write is None else write.to(dtype)
+        cast = cast or {}  # the bases already in dtype (made once for the sinks of every post)
+        self.read = None if read is None else cast.get("read", read).to(dtype)
+        self.write = None if write is None else cast.get("write", write).to(dtype)
         self._bases = {"read": read, "write": write}  # as given: factored blocks project in float64
         self._total = 0.0
         self._e: dict[str, torch.Tensor] = {}
@@ -222,8 +223,8 @@ class GramSketch:
     whatever the axis. A delta in factor form gets the exact value from its r × r Gram matrices."""
 
     def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32):
-        self.omega = sketch_probe(shape[1] if axis == 0 else shape[0], m, seed)
-        self._omega = self.omega.to(dtype)
+        d = shape[1] if axis == 0 else shape[0]
+        self.omega, self._omega = sketch_probe(d, m, seed), sketch_probe(d, m, seed, dtype)
         self.z = torch.zeros_like(self.omega)
         self.total = 0.0
         self._factors: _Factors | None = None

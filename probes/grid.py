@@ -6,7 +6,7 @@ read side of q k v up gate unembed, write side of o down), random (every side; t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 from rwedit.lazy import torch
@@ -100,10 +100,25 @@ def residual_side(role: str, side: str) -> bool:
 
 @dataclass
 class GridContext:
-    """What the grid needs besides the deltas: activation stats and the prediction spectrum."""
+    """What the grid needs besides the deltas: activation stats and the prediction spectrum; and what it makes
+    of them and of the settings alone (each matrix side's stacked bases), made once and reused by every post
+    and every matrix of the same shape."""
 
     stats: ActivationStats | None = None
     prediction: Spectrum | None = None
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
+    recent: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def once(self, key, make, keep: bool = True):
+        """``make()`` the first time ``key`` (naming all it depends on) is asked for, the same object after; with
+        ``keep`` False only until another such key is asked for (what one matrix alone uses, asked for by each
+        post's sinks in turn, is not held for the whole grid)."""
+        store = self.shared if keep else self.recent
+        if key not in store:
+            if not keep:
+                store.clear()
+            store[key] = make()
+        return store[key]
 
     def activation_spectrum(self, layer: int, role: str, centred: bool, top: int) -> Spectrum | None:
         """The input spectrum of this reader with at least `top` leading eigenvectors (stats memoise it)."""
@@ -167,6 +182,7 @@ class _SidePlan:
     names: list[str]
     n_seeds: int
     stacked: torch.Tensor
+    cast: torch.Tensor  # stacked in the settings' dtype
 
     def rows(self, layer, role, energies: torch.Tensor, total: float, spread: NullSpread | None) -> list[dict]:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
@@ -191,7 +207,8 @@ class _SidePlan:
 
 def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridContext,
                 settings: GridSettings) -> list[_SidePlan]:
-    """The one-sided sides (read, write) the settings ask for that have a k below their dimension."""
+    """The one-sided sides (read, write) the settings ask for that have a k below their dimension (each made
+    once per grid context: :meth:`GridContext.once`)."""
     d_out, d_in = shape
     plans = []
     for side in settings.sides:
@@ -202,18 +219,30 @@ def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridC
         if not ks:
             continue
         kmax = ks[-1]
-        bases: dict[str, torch.Tensor] = {}
+        act = None
         if "activation" in settings.subspaces and side == "read" and layer is not None:
             spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
-            if spec is not None and spec.d == d:
-                bases["activation"] = spec.top(kmax)
-        if "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side):
-            bases["prediction"] = ctx.prediction.top(kmax)
-        if "random" in settings.subspaces:
-            bases["random"] = haar_basis(d, kmax, settings.seed)
-        seeds = [haar_basis(d, kmax, settings.seed + 1 + i) for i in range(settings.null_seeds)]
-        plans.append(_SidePlan(side, d, ks, list(bases), len(seeds), torch.cat(list(bases.values()) + seeds, dim=1)))
+            act = (layer, role) if spec is not None and spec.d == d else None
+        pred = "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side)
+        plans.append(ctx.once(("plan", settings, side, d, act, pred),
+                              lambda: _side_plan(side, d, ks, act, pred, ctx, settings), keep=act is None))
     return plans
+
+
+def _side_plan(side: str, d: int, ks: list[int], act: tuple[int, str] | None, pred: bool, ctx: GridContext,
+               settings: GridSettings) -> _SidePlan:
+    """One side's bases: the activation subspace of ``act`` (layer, role), the prediction subspace, random."""
+    kmax = ks[-1]
+    bases: dict[str, torch.Tensor] = {}
+    if act is not None:
+        bases["activation"] = ctx.activation_spectrum(*act, settings.centred, kmax).top(kmax)
+    if pred:
+        bases["prediction"] = ctx.prediction.top(kmax)
+    if "random" in settings.subspaces:
+        bases["random"] = haar_basis(d, kmax, settings.seed)
+    seeds = [haar_basis(d, kmax, settings.seed + 1 + i) for i in range(settings.null_seeds)]
+    stacked = torch.cat(list(bases.values()) + seeds, dim=1)
+    return _SidePlan(side, d, ks, list(bases), len(seeds), stacked, stacked.to(settings.dtype))
 
 
 def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = False) -> str:
@@ -254,7 +283,8 @@ class _StreamedRows:
         self.view, self.ctx, self.settings, self.ckpts = view, ctx, settings, ckpts
         self.plans = _side_plans(view.shape, view.layer, view.role, ctx, settings)
         by_side = {p.side: p.stacked for p in self.plans}
-        self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype)
+        self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype,
+                                {p.side: p.cast for p in self.plans})
         axis, method = 1 if view.transposed else 0, null_method(settings, view.shape)
         self.gram = (None if method == "seeds" else Gram(view.shape, axis, settings.dtype) if method == "exact"
                      else GramSketch(view.shape, axis, settings.null_sketch, settings.seed, settings.dtype))
@@ -341,7 +371,9 @@ def rsf_grid_pair(pair: CheckpointPair, stats: ActivationStats | None = None,
 def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: ActivationStats | None = None,
                    settings: GridSettings = GridSettings()) -> Iterator[dict]:
     """The grid of several fine-tunes of one base (checkpoints or LoRA adapters, by name), each row with its
-    ``post``: the base read once per tensor for all of them; memory a few row blocks per post."""
+    ``post``: what depends on the base alone (prediction spectrum, each block's read and conversion, each side's
+    stacked bases) done once for all of them, each post's rows those of its single pass to the bit; memory a few
+    row blocks per post."""
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)

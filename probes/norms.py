@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from tqdm.auto import tqdm
 
@@ -36,14 +36,26 @@ class DeltaNorm:
 def delta_norms(pair: CheckpointPair, roles: Iterable[str] | None = None,
                 layers: Iterable[int] | None = None) -> list[DeltaNorm]:
     """Stream the pair once, in row blocks, and return the Frobenius norms of every role's base, post and delta."""
-    views = pair.layout.views(roles, layers)
-    low = pair.rounding_dtype()
-    out = []
+    return delta_norms_posts({"post": pair}, roles, layers)["post"]
+
+
+def delta_norms_posts(pairs: Mapping[str, CheckpointPair], roles: Iterable[str] | None = None,
+                      layers: Iterable[int] | None = None) -> dict[str, list[DeltaNorm]]:
+    """The norms of several pairs of one base (by name) in one pass: each base block read and converted once for
+    all posts; each post's norms those of its own pass."""
+    if not pairs:
+        return {}
+    first = next(iter(pairs.values()))
+    views = first.layout.views(roles, layers)
+    lows = [p.rounding_dtype() for p in pairs.values()]
+    out: dict[str, list[DeltaNorm]] = {n: [] for n in pairs}
     # the sums themselves show a NaN/Inf weight: no separate finiteness pass over every block
-    for view, (n,) in tqdm(stream_pair(pair.base, [pair.post], views, lambda v: [Norms(low)], check_finite=False),
-                           total=len(views), desc="delta norms", disable=not runtime().progress):
-        if not math.isfinite(n.bb + n.bd + n.dd):
-            explain_non_finite([pair.base, pair.post], view)
-        out.append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
-                             n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
+    for view, sinks in tqdm(stream_pair(first.base, [p.post for p in pairs.values()], views,
+                                        lambda v: [Norms(low) for low in lows], check_finite=False),
+                            total=len(views), desc="delta norms", disable=not runtime().progress):
+        for (name, pair), n, low in zip(pairs.items(), sinks, lows):
+            if not math.isfinite(n.bb + n.bd + n.dd):
+                explain_non_finite([pair.base, pair.post], view)
+            out[name].append(DeltaNorm(view.layer, view.role, view.d_out, view.d_in, n.base_norm, n.post_norm,
+                                       n.delta_norm, 0.0 if low is None else n.floor ** 0.5))
     return out

@@ -29,7 +29,7 @@ from rwedit.probes.directions import (Direction, activation_directions, cards_fr
                                      cached_explain, prediction_directions)
 from rwedit.probes.grid import (GridSettings, check_ks, columns, null_methods, prediction_from_pair, read_unembedding,
                                 rsf_grid_posts)
-from rwedit.probes.norms import delta_norms
+from rwedit.probes.norms import delta_norms, delta_norms_posts
 from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
 from rwedit.probes.svd import DEFAULT_R, SVDMetrics, clip_rank, svd_structure
 from rwedit.runtime import runtime, stage, using
@@ -202,7 +202,7 @@ class _Run:
                     unchanged[name].append(f"{rp.layer}.{rp.role}")
                 cell = {"post": name, "layer": rp.layer, "role": rp.role}
                 svd += [{**cell, **{c: getattr(m, c) for c in SVD_COLUMNS[2:]}}] + [{**cell, **x} for x in m.null]
-        norms = {n: delta_norms(self.pairs[n], rq.norms.roles, rq.norms.layers) for n in names} \
+        norms = delta_norms_posts({n: self.pairs[n] for n in names}, rq.norms.roles, rq.norms.layers) \
             if rq.norms is not None else {}
         return rsf, svd, clipped, unchanged, norms
 

@@ -12,6 +12,7 @@ the delta is upcast one row-chunk at a time, so a large delta never needs a floa
 from __future__ import annotations
 
 from rwedit.errors import ConfigError
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal, Sequence, Union
@@ -410,9 +411,13 @@ class NullSpread:
         return max(math.sqrt(hi / v) - 1, 1 - math.sqrt(lo / v))
 
 
-def sketch_probe(d: int, m: int, seed: int) -> torch.Tensor:
-    """The sketch's Gaussian d × m probe Ω (float64), deterministic in seed, on a stream apart from the Haar
-    bases' (whose seeds are small integers)."""
+@functools.lru_cache(maxsize=8)
+def sketch_probe(d: int, m: int, seed: int, dtype: "torch.dtype | str" = "float64") -> torch.Tensor:
+    """The sketch's Gaussian d × m probe Ω (drawn in float64, then cast to ``dtype``), deterministic in seed, on a
+    stream apart from the Haar bases' (whose seeds are small integers). Memoised (every matrix side of this d,
+    of every post, sketches with the same Ω): treat the result as read-only."""
+    if as_dtype(dtype) != torch.float64:
+        return sketch_probe(d, m, seed).to(as_dtype(dtype))
     return torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
 
 

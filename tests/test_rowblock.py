@@ -5,6 +5,7 @@ enough to split a fused slice across two blocks."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -86,6 +87,44 @@ def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block
     assert row["null_exact_sd"] == pytest.approx(expect, rel=1e-4)
 
 
+@pytest.mark.parametrize("settings", [GridSettings(ks=(1, 4), null="sketch", null_sketch=16),
+                                      GridSettings(ks=(1, 4, 8), null_seeds=3, sides=("read", "write", "both"))])
+def test_two_posts_in_one_pass_give_each_its_own_rows_and_share_the_bases(pairs, settings, tmp_path, monkeypatch):
+    """Two fine-tunes of one base in one pass (activation, prediction, random subspaces; blocks cutting fused
+    slices): each post's rows are its single pass's to the bit and the whole-tensor oracle's, and each matrix
+    side's stacked bases are made once for both posts (the second post makes none)."""
+    root = pairs["llama"]
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    ids = torch.randint(3, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("q", "o", "up", "down"), batch_size=8),
+                                     progress=False)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # a second post: the base moved by ~1e-3 of its weights (the first moved by ~1)
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 1e-3 * float(w.abs().mean()))
+    model.save_pretrained(tmp_path / "post2")
+    real, made = grid_mod.stream_pair, []
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 7 * 4 * 32}))
+    plan = grid_mod._side_plan
+    monkeypatch.setattr(grid_mod, "_side_plan", lambda side, d, ks, *a: made.append((side, d, *a[:2])) or
+                        plan(side, d, ks, *a))
+    pairs_ = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
+    base = pairs_["one"].base
+    both = list(grid_mod.rsf_grid_posts(base, {n: p.post for n, p in pairs_.items()}, stats, settings))
+    shared, made[:] = Counter(made), []
+    list(grid_mod.rsf_grid_posts(base, {"one": pairs_["one"].post}, stats, settings))
+    assert shared == Counter(made) and max(shared.values()) == 1  # one post's plans, each made once, for both
+    for name, pair in pairs_.items():
+        mine = [{k: v for k, v in r.items() if k != "post"} for r in both if r["post"] == name]
+        alone = list(rsf_grid_pair(pair, stats, settings))
+        assert mine == alone  # the same floats: nothing computed differently for sharing a pass
+        ctx = GridContext(stats, grid_mod.prediction_from_pair(pair))
+        whole = [row for rp in pair.iter_roles() for row in rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)]
+        assert len(mine) == len(whole) > 0
+        for s, w in zip(mine, whole):
+            _close(s, w)
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "phi3", "gpt_neox"])
 def test_streamed_blocks_reassemble_every_role_exactly(pairs, model_type):
     """Dense sinks fed by 5-row blocks rebuild each role's ΔW bit for bit (fused and transposed layouts)."""
@@ -105,6 +144,29 @@ def test_streamed_norms_equal_plain_torch(pairs):
         assert n.base_norm == pytest.approx(float(torch.linalg.vector_norm(rp.base.double())), rel=1e-6)
         assert n.post_norm == pytest.approx(float(torch.linalg.vector_norm(rp.post.double())), rel=1e-6)
         assert n.delta_norm == pytest.approx(float(torch.linalg.vector_norm(rp.delta.double())), rel=1e-6)
+
+
+def test_the_norms_of_two_posts_in_one_pass_are_each_posts_own_and_read_the_base_once(pairs, tmp_path, monkeypatch):
+    from rwedit.probes.norms import delta_norms_posts
+    from rwedit.stream import _BlockFiles
+
+    root = pairs["gpt2"]
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 1e-3)
+    model.save_pretrained(tmp_path / "post2")
+    two = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
+    reads, real = [], _BlockFiles.read
+    monkeypatch.setattr(_BlockFiles, "read", lambda self, name, r0, *a: (r0 == 0 and reads.append(
+        (str(self.ckpt.path), name))) or real(self, name, r0, *a))
+    got = delta_norms_posts(two)
+    base_reads = [r for r in reads if r[0] == str(root / "base")]
+    assert base_reads and len(base_reads) == len(set(base_reads))  # each base tensor read once for both posts
+    for name, pair in two.items():
+        assert got[name] == delta_norms(pair)  # the same floats as the post's own pass
+    assert got["one"] != got["two"]
 
 
 def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
