@@ -25,9 +25,10 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 #: machine and its load (40-150 measured on 2 Xeon cores for n 1024-4864); the least certain number of the plan
 EIGH_N3 = 60.0
 #: the same for the statistics' decompositions at d >= KEPT_MIN_D, which compute only the kept eigenvectors (one
-#: memory-bound tridiagonal reduction, the two end ranges, their back-transform): 7-15 measured on 2 loaded Xeon
-#: cores at n 4864, 1-2 threads (`rwedit.probes.subspaces.KEPT_MIN_D`)
-KEPT_N3 = 10.0
+#: memory-bound tridiagonal reduction, the two end ranges, their back-transform; `rwedit.probes.subspaces`): at n
+#: 4864 on 2 loaded Xeon cores 12-20 on torch's default 2 threads (bench_study's setting: 20 in its quick run), 7-10
+#: on one thread
+KEPT_N3 = 18.0
 
 
 @dataclass(frozen=True)
