@@ -151,23 +151,34 @@ def _validate_square(m: torch.Tensor, name: str) -> None:
 
 
 def _kept_spectrum(m: np.ndarray, keep: int) -> Spectrum:
-    """Every eigenvalue of the symmetric ``m`` (overwritten) but the eigenvectors of the top and bottom ``keep``
+    """Every eigenvalue of the symmetric ``m`` but the eigenvectors of the top and bottom ``keep``
     alone, from one Householder reduction to tridiagonal T (LAPACK dsytrd): T's eigenvalues (dsterf), bisection
-    and inverse iteration for the two index ranges (dstebz + dstein, robust in the near-zero cluster of a
-    rank-deficient second moment), the reflectors applied to those 2·keep columns only (dormqr, as dormtr does)."""
-    from scipy.linalg import eigh_tridiagonal, lapack
+    for the two index ranges (dstebz) and inverse iteration for both in one call (dstein: a cluster shared by the
+    two ends, as in the null space of a second moment of fewer tokens than keep, comes out orthogonal), the
+    reflectors applied to those 2·keep columns only (dormqr, as dormtr does)."""
+    from scipy.linalg import lapack
 
     n = m.shape[0]
-    c, diag, off, tau, info = lapack.dsytrd(m, lower=1, overwrite_a=1, lwork=int(lapack.dsytrd_lwork(n, lower=1)[0]))
+    c, diag, off, tau, info = lapack.dsytrd(m, lower=1, lwork=int(lapack.dsytrd_lwork(n, lower=1)[0]))
     evals, info2 = lapack.dsterf(diag, off)
-    ends = [eigh_tridiagonal(diag, off, select="i", select_range=r, lapack_driver="stebz")[1]
-            for r in ((n - keep, n - 1), (0, keep - 1))]
-    z = np.asfortranarray(np.concatenate([ends[0][:, ::-1], ends[1]], axis=1))  # top descending, bottom ascending
+    ends = [lapack.dstebz(diag, off, 2, 0, 0, lo, hi, 0, "B") for lo, hi in ((1, keep), (n - keep + 1, n))]
+    w, block = (np.concatenate([e[1][:keep] for e in ends]), np.concatenate([e[2][:keep] for e in ends]))
+    order = np.lexsort((w, block))  # dstein: grouped by split-off block, ascending within each
+    iblock = np.zeros(n, dtype=block.dtype)
+    iblock[:2 * keep] = block[order]
+    z, info3 = lapack.dstein(diag, off, w[order], iblock, ends[0][3])
+    if ends[0][0] != keep or ends[1][0] != keep:
+        raise np.linalg.LinAlgError(f"dstebz found {ends[0][0]} and {ends[1][0]} eigenvalues, not {keep}")
+    cols = np.r_[keep + np.argsort(-w[keep:], kind="stable"), np.argsort(w[:keep], kind="stable")]  # top desc, bottom
+    z = np.asfortranarray(z[:, np.argsort(order)[cols]])  # dstein's columns follow w[order]
+    if np.abs(z[:, :keep].T @ z[:, keep:]).max() > 1e-8:  # one eigenvalue in two split-off blocks (exact ties)
+        raise np.linalg.LinAlgError("the top and bottom eigenvectors overlap")
     q = c[1:, :-1]  # Q = H(1)…H(n-1), H(i)'s vector in column i below the subdiagonal: dormqr on rows 1.. (dormtr)
     lwork = int(lapack.dormqr("L", "N", q, tau, z[1:], -1)[1][0])
-    z[1:], _, info3 = lapack.dormqr("L", "N", q, tau, z[1:], lwork)
-    if info or info2 or info3:
-        raise np.linalg.LinAlgError(f"LAPACK dsytrd/dsterf/dormqr failed (info {info}, {info2}, {info3})")
+    z[1:], _, info4 = lapack.dormqr("L", "N", q, tau, z[1:], lwork)
+    if info or info2 or info3 or info4 or ends[0][4] or ends[1][4]:
+        raise np.linalg.LinAlgError(f"LAPACK dsytrd/dsterf/dstebz/dstein/dormqr failed (info {info}, {info2}, "
+                                    f"{ends[0][4]}, {ends[1][4]}, {info3}, {info4})")
     vecs = _fix_signs(torch.from_numpy(z))
     return Spectrum(torch.from_numpy(evals[::-1].copy()), vecs[:, :keep].contiguous(), vecs[:, keep:].contiguous())
 
@@ -178,7 +189,10 @@ def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None) -> Spectrum
     m = m.to(torch.float64)
     m = 0.5 * (m + m.T)
     if keep is not None and max(KEPT_MIN_D, 2 * keep + 1) <= m.shape[0] and m.device.type == "cpu":
-        return _kept_spectrum(m.numpy().T, keep)  # a fresh symmetric matrix: its transpose is Fortran-ordered
+        try:
+            return _kept_spectrum(m.numpy().T, keep)  # symmetric: the transpose is the Fortran-ordered matrix
+        except np.linalg.LinAlgError:  # a LAPACK failure or overlapping ends: the full decomposition instead
+            pass
     evals, evecs = torch.linalg.eigh(m)
     evals = evals.flip(0)
     evecs = _fix_signs(evecs.flip(1))

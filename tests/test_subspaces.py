@@ -131,6 +131,25 @@ def test_kept_eigenvectors_match_numpy_eigh(case, monkeypatch):
         np.testing.assert_allclose(np.abs(np.sum(bot * ref[:, ::-1][:, :keep], axis=0)), 1, atol=1e-8)
 
 
+@pytest.mark.parametrize("case", ["few_tokens", "identity"])
+def test_kept_ends_stay_orthogonal_when_one_cluster_spans_both(case, monkeypatch):
+    """Fewer tokens than kept vectors (the null space reaches into the top range) or one eigenvalue throughout
+    (split-off blocks with exact ties: the full eigh instead): the top and bottom ends are still orthonormal
+    eigenvectors, against numpy's eigenvalues."""
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)
+    d, keep = 200, 30
+    x = np.random.default_rng(5).standard_normal((10, d))
+    c = x.T @ x if case == "few_tokens" else np.eye(d)
+    spec = eig_subspace(torch.from_numpy(c), keep=keep)
+    both = np.concatenate([spec.top(keep).numpy(), spec.bottom(keep).numpy()], axis=1)
+    lam = np.r_[spec.eigenvalues.numpy()[:keep], spec.eigenvalues.numpy()[::-1][:keep]]
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), np.linalg.eigvalsh(c)[::-1], rtol=0, atol=1e-10 * c.max())
+    assert np.abs(both.T @ both - np.eye(2 * keep)).max() < 1e-12
+    assert np.abs(c @ both - both * lam).max() < 1e-10 * np.abs(c).max()
+
+
 def test_small_matrices_keep_the_full_eigh():
     """Below KEPT_MIN_D (organism-sized inputs) ``keep`` changes nothing: the same full decomposition, bit for bit."""
     c, _ = spiked(512, np.geomspace(10.0, 0.1, 512), seed=2)
