@@ -26,7 +26,7 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 EIGH_N3 = 60.0
 #: the same for the statistics' decompositions at d >= KEPT_MIN_D, which compute only the kept eigenvectors (one
 #: memory-bound tridiagonal reduction, the two end ranges, their back-transform; `rwedit.probes.subspaces`): at n
-#: 4864 on 2 loaded Xeon cores 12-20 on torch's default 2 threads (bench_study's setting: 20 in its quick run), 7-10
+#: 4864 on 2 loaded Xeon cores 12-20 on 2 threads (bench_study's setting: 13, 18, 20 in three --quick runs), 7-10
 #: on one thread
 KEPT_N3 = 18.0
 
