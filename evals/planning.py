@@ -26,6 +26,11 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 #: at the measured float64 product rate: its tridiagonal reduction is memory-bound, so the ratio moves with the
 #: machine and its load (40-150 measured on 2 Xeon cores for n 1024-4864); the least certain number of the plan
 EIGH_N3 = 60.0
+#: the same for the statistics' decompositions at d >= KEPT_MIN_D, which compute only the kept eigenvectors (one
+#: memory-bound tridiagonal reduction, the two end ranges, their back-transform; `rwedit.probes.subspaces`): at n
+#: 4864 on 2 loaded Xeon cores 12-20 on 2 threads (bench_study's setting: 13, 18, 20 in three --quick runs), 7-10
+#: on one thread
+KEPT_N3 = 18.0
 
 
 @dataclass(frozen=True)
@@ -188,14 +193,17 @@ class KindPlan:
 
 def stats_work(layout, tokens: int, layers=None, roles=None) -> float:
     """Float64 FLOPs of the activation statistics of ``roles`` at ``layers`` over ``tokens``: each input group's
-    ``Xᵀ X`` per token and its eigendecomposition once (:data:`EIGH_N3`)."""
+    ``Xᵀ X`` per token and its eigendecomposition once (:data:`EIGH_N3`; from ``KEPT_MIN_D`` on, the kept
+    eigenvectors alone: :data:`KEPT_N3`)."""
     from rwedit.architectures import INPUT_GROUP
+    from rwedit.probes.subspaces import KEPT_MIN_D
 
     roles = [r for r in (roles or layout.roles()) if r != "unembed"]
     total = 0.0
     for layer in (range(layout.n_layers) if layers is None else layers):
         groups = {INPUT_GROUP[r]: layout.view(layer, r).d_in for r in roles}
-        total += sum(2.0 * tokens * d * d + EIGH_N3 * d ** 3 for d in groups.values())
+        total += sum(2.0 * tokens * d * d + (KEPT_N3 if d >= KEPT_MIN_D else EIGH_N3) * d ** 3
+                     for d in groups.values())
     return total
 
 
@@ -264,7 +272,7 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 
 
-__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
+__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "KEPT_N3", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
            "PROBE_ROW_BYTES", "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops",
            "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_work",
            "token_lengths"]

@@ -155,15 +155,16 @@ class ActivationStats:
                  bottom: int = 0) -> Spectrum:
         """Eigen-decomposition of the (centred) second moment holding at least `top` leading and `bottom`
         trailing eigenvectors (``top=None``: all of them).  Reuses the stored decomposition when it has
-        enough columns; otherwise runs eigh and stores the result truncated to `SPECTRUM_KEEP`."""
+        enough columns; otherwise decomposes it again, computing only the eigenvectors it keeps (`SPECTRUM_KEEP`
+        or more per end, all when ``top`` is None: :func:`~rwedit.probes.subspaces.eig_subspace`'s ``keep``)."""
         key = (*self._key(layer, role), bool(centred))
         sp = self.spectra.get(key)
         d = sp.d if sp is not None else None
         need_top = d if top is None else top
         if sp is None or need_top is None or sp.n_top < min(need_top, sp.d) or sp.n_bottom < min(bottom, sp.d):
-            full = eig_subspace(self.second_moment(layer, role, centred))
-            self.spectra[key] = full.truncated(max(SPECTRUM_KEEP, top or 0, bottom))
-            return full
+            keep = max(SPECTRUM_KEEP, top or 0, bottom)
+            sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep)
+            self.spectra[key] = sp.truncated(keep)
         return sp
 
     def precompute_spectra(self, centred: bool = False, progress: bool = True) -> None:

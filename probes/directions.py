@@ -206,13 +206,15 @@ def activation_directions(stats, layer: int, role: str, m: int = 4, centred: boo
 def delta_directions(delta: torch.Tensor, layer: int | None, role: str, m: int = 4) -> list[Direction]:
     """The top-``m`` right (input side, read) and left (output side, write) singular directions of ``ΔW``
     (d_out × d_in), with their singular values, numerical rank only; each pair's sign fixed so its right
-    vector's largest entry is positive (an SVD fixes it only up to a shared sign). Above d = 1024 the top-m
-    triplets come from the certified randomized SVD (:func:`~rwedit.probes.svd.top_svd`, ``auto``)."""
+    vector's largest entry is positive (an SVD fixes it only up to a shared sign). Where min(d) > 8m the top-m
+    triplets come from the certified randomized SVD (:func:`~rwedit.probes.svd.top_svd`, ``auto``: the full one
+    only where it cannot certify): a card shows a few directions, and a full SVD per matrix was most of the report's
+    time at Qwen2.5-0.5B's shapes."""
     W = delta.detach()
     r = min(m, *W.shape)
     if r == 0 or not bool(W.any()):
         return []
-    U, S, V = top_svd(W, r, "full" if min(W.shape) <= 1024 else "auto")
+    U, S, V = top_svd(W, r, "full" if min(W.shape) <= 8 * r else "auto")
     out = []
     for i in range(int((S > S[0] * 1e-12).sum())):  # numerical rank: no noise directions
         u, v = U[:, i], V[:, i]

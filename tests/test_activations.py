@@ -9,6 +9,7 @@ import torch
 from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, model_layout
 from rwedit.data import pack_tokens, read_texts
 from rwedit.errors import DataError
+from rwedit.probes import subspaces
 from rwedit.probes.subspaces import eig_subspace
 from rwedit.probes import activations as activations_mod
 from rwedit.probes.activations import (
@@ -127,6 +128,7 @@ def test_stored_spectra_are_truncated_reused_and_recomputed_when_short(tmp_path,
     model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
     stats = collect_activation_stats(model, wiki_ids, StatsSettings(roles=("q", "down"), batch_size=4), progress=False)
     monkeypatch.setattr(act, "SPECTRUM_KEEP", 3)
+    monkeypatch.setattr(subspaces, "KEPT_MIN_D", 1)  # the kept-vectors solver, as at a real model's width
     stats.precompute_spectra(progress=False)
     stats.save(tmp_path / "s")
     again = ActivationStats.load(tmp_path / "s")
@@ -135,7 +137,7 @@ def test_stored_spectra_are_truncated_reused_and_recomputed_when_short(tmp_path,
     d = C.shape[0]
 
     calls = []
-    monkeypatch.setattr(act, "eig_subspace", lambda m: calls.append(1) or eig_subspace(m))
+    monkeypatch.setattr(act, "eig_subspace", lambda m, **kw: calls.append(1) or eig_subspace(m, **kw))
     sp = again.spectrum(1, "down", top=3, bottom=2)
     assert calls == [] and not sp.complete and sp.n_top == 3 and sp.n_bottom == 3
     np.testing.assert_allclose(sp.eigenvalues.numpy(), lam[::-1], rtol=1e-10, atol=1e-12)

@@ -330,6 +330,23 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     assert {s.device for s in plan.stages} == {"cpu"}
 
 
+def test_statistics_work_prices_the_kept_vectors_solver_from_its_threshold(pair_root, monkeypatch):
+    """Each input's decomposition at KEPT_N3 n³ from `KEPT_MIN_D` on (the solver computing only the kept vectors),
+    at EIGH_N3 n³ below, besides 2 n² a token for Xᵀ X: re-derived from the layout's input widths."""
+    import rwedit.probes.subspaces as subspaces
+    from rwedit.architectures import INPUT_GROUP
+    from rwedit.checkpoints import Checkpoint
+    from rwedit.evals.planning import EIGH_N3, KEPT_N3, stats_work
+
+    layout = Checkpoint.open(pair_root / "base").layout
+    widths = [{INPUT_GROUP[r]: layout.view(i, r).d_in for r in layout.roles() if r != "unembed"}.values()
+              for i in range(layout.n_layers)]
+    cut = layout.dims.intermediate  # the down input alone is "large" here
+    monkeypatch.setattr(subspaces, "KEPT_MIN_D", cut)
+    want = sum(2 * 100 * d * d + (KEPT_N3 if d >= cut else EIGH_N3) * d ** 3 for ds in widths for d in ds)
+    assert KEPT_N3 < EIGH_N3 and stats_work(layout, 100) == pytest.approx(want, rel=1e-12)
+
+
 def test_plan_states_memory_per_device_the_recipe_places_stages_on(pair, tmp_path, monkeypatch):
     """device: cuda puts the model stages' memory on the GPU (without the host process), the streaming grid
     stays on the host, and a stage above the GPU's free memory is named; auto says its split is unknown."""

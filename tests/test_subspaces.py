@@ -95,6 +95,69 @@ def test_eig_subspace_recovers_known_spectrum():
     assert (v[np.abs(v).argmax(axis=0), np.arange(d)] > 0).all()
 
 
+@pytest.mark.parametrize("case", ["distinct", "cluster", "rank_deficient"])
+def test_kept_eigenvectors_match_numpy_eigh(case, monkeypatch):
+    """The kept-vectors solver (one tridiagonal reduction, the two end ranges only) against numpy's full eigh:
+    every eigenvalue to 1e-10 of the largest, kept vectors up to sign, a degenerate cluster as a subspace,
+    a rank-deficient second moment's bottom vectors in its null space; orthonormal, the sign rule kept."""
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)  # the large-d path at a test's size
+    d, keep, rng = 300, 40, np.random.default_rng(7)
+    lam = np.geomspace(100.0, 0.01, d)
+    if case == "cluster":
+        lam[10:30] = 5.0  # 20 equal eigenvalues inside the top 40
+    if case == "rank_deficient":
+        x = rng.standard_normal((100, d)) * np.linspace(1, 3, d)  # 100 tokens: rank 100, 200 zero eigenvalues
+        c = x.T @ x / 100
+    else:
+        c, _ = spiked(d, lam, seed=3)
+    ref_lam, ref = np.linalg.eigh(c)
+    ref_lam, ref = ref_lam[::-1], ref[:, ::-1]
+    spec = eig_subspace(torch.from_numpy(c), keep=keep)
+    assert spec.n_top == spec.n_bottom == keep and not spec.complete
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), ref_lam, rtol=0, atol=1e-10 * ref_lam[0])
+    top, bot = spec.top(keep).numpy(), spec.bottom(keep).numpy()
+    both = np.concatenate([top, bot], axis=1)
+    assert np.abs(both.T @ both - np.eye(2 * keep)).max() < 1e-12
+    assert (both[np.abs(both).argmax(axis=0), np.arange(2 * keep)] > 0).all()
+    single = [i for i in range(keep) if case != "cluster" or not 10 <= i < 30]
+    np.testing.assert_allclose(np.abs(np.sum(top[:, single] * ref[:, single], axis=0)), 1, atol=1e-8)
+    if case == "cluster":
+        assert projector_gap(top[:, 10:30], ref[:, 10:30]) < 1e-8
+    if case == "rank_deficient":  # bottom vectors: any orthonormal basis inside the null space is right
+        assert np.abs(c @ bot).max() < 1e-10 * ref_lam[0]
+    else:
+        np.testing.assert_allclose(np.abs(np.sum(bot * ref[:, ::-1][:, :keep], axis=0)), 1, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", ["few_tokens", "identity"])
+def test_kept_ends_stay_orthogonal_when_one_cluster_spans_both(case, monkeypatch):
+    """Fewer tokens than kept vectors (the null space reaches into the top range) or one eigenvalue throughout
+    (split-off blocks with exact ties: the full eigh instead): the top and bottom ends are still orthonormal
+    eigenvectors, against numpy's eigenvalues."""
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)
+    d, keep = 200, 30
+    x = np.random.default_rng(5).standard_normal((10, d))
+    c = x.T @ x if case == "few_tokens" else np.eye(d)
+    spec = eig_subspace(torch.from_numpy(c), keep=keep)
+    both = np.concatenate([spec.top(keep).numpy(), spec.bottom(keep).numpy()], axis=1)
+    lam = np.r_[spec.eigenvalues.numpy()[:keep], spec.eigenvalues.numpy()[::-1][:keep]]
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), np.linalg.eigvalsh(c)[::-1], rtol=0, atol=1e-10 * c.max())
+    assert np.abs(both.T @ both - np.eye(2 * keep)).max() < 1e-12
+    assert np.abs(c @ both - both * lam).max() < 1e-10 * np.abs(c).max()
+
+
+def test_small_matrices_keep_the_full_eigh():
+    """Below KEPT_MIN_D (organism-sized inputs) ``keep`` changes nothing: the same full decomposition, bit for bit."""
+    c, _ = spiked(512, np.geomspace(10.0, 0.1, 512), seed=2)
+    full, kept = eig_subspace(torch.from_numpy(c)), eig_subspace(torch.from_numpy(c), keep=64)
+    assert kept.complete and torch.equal(full.eigenvalues, kept.eigenvalues)
+    assert torch.equal(full.eigenvectors, kept.eigenvectors)
+
+
 def test_spikedness_closed_forms():
     d = 20
     lam = np.array([10.0, 5.0, 2.0] + [1.0] * (d - 3))
