@@ -154,16 +154,19 @@ def decomposition_findings(out: Path, k: int = CLAIM_K) -> list["Finding"]:
         side, sub = _side(u, k)
         head = f"Observed dose, {side}: "
         line = f"- **Decomposition at the observed dose, {side}**: "
-        if not a.testable.get(u):
+        more = f"{sub}'s part keeps ≥ {a.margin:g} more than"
+        top_what = f"the update's top-r singular directions keep ≥ {a.keep:g} of the shift"
+        if not a.testable.get(u):  # the same claims as a testable side (so seeds pool), none answerable here
             full = _part(table, u, "full")
             word = (f"inconclusive: the full update's shift is not detectable ({full['shift']:.3g} ± "
                     f"{full['shift_stderr']:.2g})")
-            found.append(Finding(line + word + ".", head + f"{sub}'s part carries the margin shift", word, ""))
+            found += [Finding(line + word + "." if i == 0 else "", head + what, word, "")
+                      for i, what in enumerate((f"{more} norm-matched random parts", f"{more} its share of ‖ΔW‖²",
+                                                top_what))]
             continue
         p, c = _part(table, u, "principal", k), _part(table, u, "complement", k)
         r_p = _given(p["retained"], p["retained_ci_low"], p["retained_ci_high"], a.raw[p["condition"]].size,
                      "paired ratio over items (t)")
-        more = f"{sub}'s part keeps ≥ {a.margin:g} more than"
         for claim, what, name in (("principal > norm-matched random", f"{more} norm-matched random parts",
                                    "R − R(norm-matched random)"),
                                   ("principal keeps more than its norm share", f"{more} its share of ‖ΔW‖²",
@@ -179,7 +182,7 @@ def decomposition_findings(out: Path, k: int = CLAIM_K) -> list["Finding"]:
                                  values=(("R", r_p), (name, diff))))
         t = tops.get(u)
         if t is not None:
-            what = f"the update's top-r singular directions keep ≥ {a.keep:g} of the shift"
+            what = top_what
             word = f"r = {t['r']}" if t["r"] is not None else f"none of r in {t['ranks']}"
             numbers = (f"R {t['retained']:.2g} {_ci_text(t['ci_low'], t['ci_high'])} with {t['share']:.0%} of "
                        f"‖ΔW‖²; adapter {DECOMPOSE_DIR}/adapters/{t['condition']}" if t["r"] is not None else "")
@@ -266,7 +269,7 @@ def _describe(c: dict | None, expect: str | None = None) -> tuple[str, str]:
 
 def findings(out: Path, k: int = CLAIM_K) -> list[str]:
     """One line per RW/HC claim, from the probe folders and the experiment's verdicts."""
-    return [f.line for f in claim_findings(out, k)]
+    return [f.line for f in claim_findings(out, k) if f.line]
 
 
 #: the findings table's columns: the claim, the three questions a finding answers apart (#30.4: does it differ from
