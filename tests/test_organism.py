@@ -695,12 +695,15 @@ def test_findings_pooled_over_seeds_against_scipy(tmp_path):
     found = {s: [Finding("line", "RW: read side", "yes", "n", "not specific: no more than SFT",
                          (("RSF", over_members(v)), ("RSF − SFT", interval(v[0] - v[1], 0.3)))),
                  Finding("line", "RW causal", causal[s], "n", "—", (("effect at α=8", interval(0.1 + s / 50, 0.05)),)),
-                 Finding("line", "measured only", "concentrated", "n")] for s, v in rsf.items()}
+                 Finding("line", "measured only", "concentrated", "n"),
+                 # a claim answerable on one seed only (the others' full shift not detectable): no interval
+                 Finding("line", "one seed", *(("no", "n", "—", (("R", interval(0.03, 0.1)),)) if s == 0 else
+                                              ("inconclusive: not detectable", "m")))] for s, v in rsf.items()}
     frame = write_findings(tmp_path, found)
     back = pd.read_csv(tmp_path / "findings.csv")
     assert len(back) == len(frame) and list(back.columns) == list(frame.columns)
     seed_rows = frame[frame["scope"] == "seed"]
-    assert len(seed_rows) == 3 * 4 and set(seed_rows["seed"]) == {0, 1, 2}
+    assert len(seed_rows) == 3 * 5 and set(seed_rows["seed"]) == {0, 1, 2}
     pooled = frame[frame["scope"] == "pooled"].set_index(["claim", "quantity"])
     x = np.array([np.mean(v) for v in rsf.values()])
     half = st.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3)
@@ -718,6 +721,8 @@ def test_findings_pooled_over_seeds_against_scipy(tmp_path):
     assert row["measured only"][2] == "same on all" and "(t over 3 seeds)" in row["RW: read side"][3]
     assert row["measured only"][3] == "seed 0: n; seed 1: n; seed 2: n"  # nothing to pool: each seed's numbers
     assert "RSF of" not in row["RW: read side"][3] and f"{x.mean():.3g}" in row["RW: read side"][3]
+    assert row["one seed"][0] == "inconclusive: not detectable (2/3), no (1/3)" and row["one seed"][2] == "no (0 of 3)"
+    assert row["one seed"][3] == "R 0.03 (one seed has a value: no interval)"
     assert [c.strip() for c in per_seed_table(frame)[0].split("|")[2:5]] == ["seed 0", "seed 1", "seed 2"]
     one = findings_frame({0: found[0]})  # one seed: the pooled rows carry no interval
     assert one[one["scope"] == "pooled"]["low"].isna().all()

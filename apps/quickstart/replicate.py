@@ -100,11 +100,13 @@ def write_findings(out: Path, found: Mapping[int, Sequence[Finding]]) -> pd.Data
 def _numbers(g: pd.DataFrame) -> str:
     """A claim's pooled values (its control levels aside), each mean [t interval over seeds]; each seed's numbers
     for a claim without values."""
-    cells = [f"{r['quantity']} {r['estimate']:.3g} [{r['low']:.3g}, {r['high']:.3g}]" for _, r in g.iterrows()
+    n = int(g["n"].max()) if g["n"].notna().any() else 0
+    cells = [f"{r['quantity']} {r['estimate']:.3g}" + (f" [{r['low']:.3g}, {r['high']:.3g}]" if n > 1 else "")
+             for _, r in g.iterrows()
              if r["quantity"] and not str(r["quantity"]).startswith("RSF of ") and not pd.isna(r["estimate"])]
     if not cells:  # a claim that names no value to pool: each seed's numbers as they are
         return str(g["numbers"].iloc[0])
-    return "; ".join(cells) + f" (t over {int(g['n'].max())} seeds)"
+    return "; ".join(cells) + (f" (t over {n} seeds)" if n > 1 else " (one seed has a value: no interval)")
 
 
 def pooled_table(frame: pd.DataFrame) -> list[str]:

@@ -158,9 +158,9 @@ def decomposition_findings(out: Path, k: int = CLAIM_K) -> list["Finding"]:
         top_what = f"the update's top-r singular directions keep ≥ {a.keep:g} of the shift"
         if not a.testable.get(u):  # the same claims as a testable side (so seeds pool), none answerable here
             full = _part(table, u, "full")
-            word = (f"inconclusive: the full update's shift is not detectable ({full['shift']:.3g} ± "
-                    f"{full['shift_stderr']:.2g})")
-            found += [Finding(line + word + "." if i == 0 else "", head + what, word, "")
+            word, numbers = ("inconclusive: the full update's shift is not detectable",
+                             f"full shift {full['shift']:.3g} ± {full['shift_stderr']:.2g}")
+            found += [Finding(f"{line}{word} ({numbers})." if i == 0 else "", head + what, word, numbers)
                       for i, what in enumerate((f"{more} norm-matched random parts", f"{more} its share of ‖ΔW‖²",
                                                 top_what))]
             continue
