@@ -159,9 +159,11 @@ def main(argv=None) -> int:
     bpp.step_read(base, post), bpp.step_read(post2, adapter)  # a warm page cache for every step (not timed)
     steps = {"full_post": ("grid", [post]), "lora_post": ("grid", [adapter]), "two_posts_one_pass": ("grid", [post, adapter]),
              "full_post2": ("grid", [post2]), "two_full_one_pass": ("grid", [post, post2]), "base_only": ("base_only", [])}
-    for key, (step, posts) in steps.items():
-        print(f"{key} ...", flush=True)
-        res[key] = run_child(step, {"base": str(base), "posts": [str(x) for x in posts]})
+    for round_ in (1, 2):  # every step twice, the faster kept: the first child of a run ran ~1.5x slow (idle, warm cache)
+        for key, (step, posts) in steps.items():
+            print(f"{key} (round {round_}) ...", flush=True)
+            got = run_child(step, {"base": str(base), "posts": [str(x) for x in posts]})
+            res[key] = got if key not in res or got["wall_s"] < res[key]["wall_s"] else res[key]
     res["machine"]["loadavg_end"] = os.getloadavg()
     f, lo, two = res["full_post"], res["lora_post"], res["two_posts_one_pass"]
     f2, both, shared = res["full_post2"], res["two_full_one_pass"], res["base_only"]

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from _common import write_results  # this folder is on sys.path: run_all.py runs as a script
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ROOT = HERE.parent
@@ -239,10 +241,12 @@ def _plan(quick: bool) -> tuple[list[Figure], dict]:
     args = ["plan", str(ROOT / "recipes" / "control-experiment.yaml"), "--base", str(root / "base"), "--post",
             str(root / "post"), "--out", str(root / "run")]
     walls = []
+    env = {**os.environ, "RWEDIT_CACHE": tempfile.mkdtemp(prefix="rwedit-plan-")}  # run 1 measures the rates
     for _ in range(3):
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "rwedit", *args], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "rwedit", *args], cwd=ROOT, capture_output=True, text=True, env=env)
         walls.append(time.perf_counter() - t0)
+    shutil.rmtree(env["RWEDIT_CACHE"], ignore_errors=True)
     code = ("import sys, time; from rwedit.apps.plan import plan_recipe; "
             f"plan_recipe({str(ROOT / 'recipes' / 'control-experiment.yaml')!r}, "
             f"{{'model': {str(root / 'base')!r}, 'post': {str(root / 'post')!r}}}, out={str(root / 'run')!r}); "
@@ -253,8 +257,10 @@ def _plan(quick: bool) -> tuple[list[Figure], dict]:
     q = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     inproc = float(q.stdout.strip().splitlines()[-1]) if q.returncode == 0 and q.stdout.strip() else None
     ok = p.returncode == 0
-    return [Figure("rwedit plan on the 1.1B pair, whole command (imports included)", min(walls) if ok else None,
-                   "≤ 2 s", ok and min(walls) <= 2, "s"),
+    return [Figure("rwedit plan on the 1.1B pair, whole command (imports included; the machine's rates cached by an "
+                   "earlier plan)", min(walls[1:]) if ok else None, "≤ 2 s", ok and min(walls[1:]) <= 2, "s"),
+            Figure("rwedit plan on the 1.1B pair, the first on a machine (imports torch and measures its rates)",
+                   walls[0] if ok else None, "info", None, "s"),
             Figure("rwedit plan on the 1.1B pair, the plan itself (imported, second call)", inproc, "≤ 2 s",
                    _le(inproc, 2.0), "s")], dict(walls=walls, rc=p.returncode, tail=(p.stdout + p.stderr)[-1500:])
 
@@ -348,7 +354,7 @@ def write_summary(runs: list[dict], mach: dict, quick: bool, date: str) -> Path:
     lines += ["", "Raw results: the JSON files beside this one (`summary.json` holds this table's data).", ""]
     path = RESULTS / "summary.md"
     path.write_text("\n".join(lines))
-    (RESULTS / "summary.json").write_text(json.dumps(dict(date=date, machine=mach, quick=quick, runs=runs), indent=1))
+    write_results(RESULTS / "summary.json", dict(date=date, machine=mach, quick=quick, runs=runs))
     return path
 
 
