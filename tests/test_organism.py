@@ -355,7 +355,8 @@ def test_quickstart_end_to_end_on_the_reduced_organism(organism, tmp_path):
     assert text.split("\n")[2].startswith("**At the observed dose, which part of alignment's update carries") and (
         text.split("\n")[2] == result.opening)
     for side in ("read side (q, k)", "write side (o, down)"):
-        assert side in result.opening and any(f"Observed dose, {side}" in line for line in result.findings[2:4])
+        # the table opens with the decomposition's rows: three per side (an undetectable side's inconclusive)
+        assert side in result.opening and any(f"Observed dose, {side}" in line for line in result.findings[2:8])
     card = json.loads((out / "experiment/edit/adapters/L1_principal0_a2/rwedit.json").read_text())
     exported = next(r for r in rows if r["condition"] == "L1_principal0_a2")
     assert card["metrics"]["pref_margin_shift"] == pytest.approx(exported["pref_margin_shift"])
