@@ -11,7 +11,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -175,7 +175,6 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
             """All row blocks of stored tensor ``i`` into its views' sinks (in a worker thread)."""
             names, rows, per, _, group = plans[i]
             if not hasattr(local, "raw"):
-                torch.set_num_threads(1)  # this worker's ops only (the setting is per thread)
                 local.raw = [torch.empty(max_elems * width, dtype=torch.uint8) for _ in names]
                 local.work = [torch.empty(max_elems, dtype=dtype) for _ in names]
             for r0 in range(0, rows, per):
@@ -197,18 +196,12 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
                         sink.add(axis, index, src.role(v, d, r0, axis, index), Xb)
             return made
 
-        pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="rwedit-stream"))
-        stack.callback(pool.shutdown, cancel_futures=True)
-        pending: deque = deque()
-        for i in range(len(plans)):
-            # the sinks are made here, in order, so that whatever they compute lazily is computed once
-            pending.append((i, pool.submit(run, i, [sinks(v) for v in plans[i][4]])))
-            while len(pending) > threads:
-                j, fut = pending.popleft()
-                yield from zip(plans[j][4], fut.result())
-        while pending:
-            j, fut = pending.popleft()
-            yield from zip(plans[j][4], fut.result())
+        # the sinks are made here, in the caller and in order, so that whatever they compute lazily is computed
+        # once; closed before the files are (the workers finish first)
+        work = ((i, [sinks(v) for v in plans[i][4]]) for i in range(len(plans)))
+        done = stack.enter_context(closing(ordered_map(lambda item: (item[0], run(*item)), work, threads)))
+        for i, made in done:
+            yield from zip(plans[i][4], made)
 
 
 def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
@@ -216,21 +209,16 @@ def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
     in the items' order, at most ``threads`` items ahead of the consumer (so a stream of tensors stays a stream).
     Small dense work (per-matrix SVDs) runs faster one matrix per core than one matrix on a team of threads."""
     threads = max(1, threads or torch.get_num_threads())
-    if threads == 1:
-        yield from map(fn, items)
-        return
     caller = torch.get_num_threads()
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,), thread_name_prefix="rwedit-map")
     pending: deque = deque()
     try:
-        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,),
-                                thread_name_prefix="rwedit-map") as pool:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                while len(pending) > threads:
-                    yield pending.popleft().result()
-            while pending:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            while len(pending) > threads:
                 yield pending.popleft().result()
-    finally:
-        for fut in pending:
-            fut.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # closed early or failed: the items not started are dropped, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(caller)  # MKL's count is process-wide: the workers' 1 must not outlive them
