@@ -20,7 +20,7 @@ from typing import Any
 from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.runtime import cache_root
-from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
+from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, SCORING_EFFICIENCY, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
                                    PlanContext, Rates, Stage, forward_flops, measure_rates, padded_tokens,
                                    token_lengths)
 
@@ -227,7 +227,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
     extra = n_cond * 2 * layout.dims.hidden * 4 + batch_tokens * vocab * 4 * 2
     stage = ctx.model_stage("scoring", what, extra, sum(parts.values()))
-    stage.parts = parts
+    stage.parts, stage.efficiency = parts, SCORING_EFFICIENCY
     return stage, output
 
 

@@ -337,7 +337,8 @@ def _plan(recipe: Recipe, ctx):
             plan.cache_bytes += n
             plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
                                                f"{layout.n_layers} layers, float64 (cached)", n, tokens))
-            plan.stages[-1].flops64, plan.stages[-1].read_bytes = stats_work(layout, tokens), ctx.base.nbytes()
+            (plan.stages[-1].flops, plan.stages[-1].flops64), plan.stages[-1].read_bytes = (stats_work(layout, tokens),
+                                                                                           ctx.base.nbytes())
         flops, flops64 = grid_work(layout, recipe.probe.ks)
         plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
                                  + (" (adapter factors)" if is_adapter(ctx.post) else ""),
@@ -350,7 +351,7 @@ def _plan(recipe: Recipe, ctx):
         plan.cache_bytes += n
         plan.stages.append(ctx.model_stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
                                            f"{len(spec.edit.layers)} layer(s), float64 (cached)", n, tokens))
-        plan.stages[-1].flops64 = stats_work(layout, tokens, spec.edit.layers, roles)
+        plan.stages[-1].flops, plan.stages[-1].flops64 = stats_work(layout, tokens, spec.edit.layers, roles)
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))

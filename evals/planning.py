@@ -24,13 +24,23 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 
 #: time of a symmetric eigendecomposition with vectors (LAPACK syevd, float64) of an n x n matrix, in n^3 FLOPs
 #: at the measured float64 product rate: its tridiagonal reduction is memory-bound, so the ratio moves with the
-#: machine and its load (40-150 measured on 2 Xeon cores for n 1024-4864); the least certain number of the plan
-EIGH_N3 = 60.0
+#: machine and its load (11 at n 896 on 2 idle Xeon cores; 40-150 on loaded ones for n 1024-4864); the least
+#: certain number of the plan
+EIGH_N3 = 20.0
 #: the same for the statistics' decompositions at d >= KEPT_MIN_D, which compute only the kept eigenvectors (one
 #: memory-bound tridiagonal reduction, the two end ranges, their back-transform; `rwedit.probes.subspaces`): at n
-#: 4864 on 2 loaded Xeon cores 12-20 on 2 threads (bench_study's setting: 13, 18, 20 in three --quick runs), 7-10
-#: on one thread
-KEPT_N3 = 18.0
+#: 4864 on 2 idle Xeon cores 6.4-6.6 (7.0-7.2 s; bench_study, 2026-12-07), 12-20 on loaded ones
+KEPT_N3 = 7.0
+#: share of the measured float32 product rate a forward pass runs at (attention, norms, activations and the
+#: unembedding's softmax besides the layer products): 0.75 for the bare 0.5B model at 8 x 256 tokens on 2 idle Xeon
+#: cores (230 tokens/s of 1.01 GFLOP at 309 GFLOP/s; bench_study, 2026-12-07)
+FORWARD_EFFICIENCY = 0.75
+#: the same for the scorers, whose batches also carry padding, log-softmax over the vocabulary and lm-eval's
+#: per-request work: 0.57 in the same run (the whole scoring stage, 213k tokens in 1214 s)
+SCORING_EFFICIENCY = 0.6
+#: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 8 column blocks of
+#: `rwedit.probes.activations` (not imported here: `rwedit plan` stays light; a test holds the two together)
+TRIANGLE_SHARE = 0.5625
 
 
 @dataclass(frozen=True)
@@ -138,12 +148,15 @@ class Stage:
     flops64: float = 0.0
     read_bytes: int = 0
     parts: dict[str, int] = field(default_factory=dict)
+    efficiency: float = FORWARD_EFFICIENCY  # share of the float32 rate its forward tokens run at
 
     def seconds(self, rates: Rates, token_flops: float, tokens: int | None = None) -> float:
-        """The stage's time at ``rates`` (``token_flops`` per forward token; ``tokens``: a part's instead)."""
+        """The stage's time at ``rates`` (``token_flops`` per forward token at :attr:`efficiency` of the float32
+        rate; ``tokens``: a part's instead)."""
+        forward = rates.flops32 * self.efficiency
         if tokens is not None:
-            return tokens * token_flops / rates.flops32
-        return ((self.tokens * token_flops + self.flops) / rates.flops32 + self.flops64 / rates.flops64
+            return tokens * token_flops / forward
+        return (self.tokens * token_flops / forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
                 + self.read_bytes / rates.read_bytes_s)
 
 
@@ -191,20 +204,21 @@ class KindPlan:
     folder: Path | None = None
 
 
-def stats_work(layout, tokens: int, layers=None, roles=None) -> float:
-    """Float64 FLOPs of the activation statistics of ``roles`` at ``layers`` over ``tokens``: each input group's
-    ``Xᵀ X`` per token and its eigendecomposition once (:data:`EIGH_N3`; from ``KEPT_MIN_D`` on, the kept
+def stats_work(layout, tokens: int, layers=None, roles=None) -> tuple[float, float]:
+    """(float32, float64) FLOPs of the activation statistics of ``roles`` at ``layers`` over ``tokens``: each input
+    group's ``Xᵀ X`` per token (its upper block triangle, :data:`TRIANGLE_SHARE`, in float32 products over token
+    blocks) and its float64 eigendecomposition once (:data:`EIGH_N3`; from ``KEPT_MIN_D`` on, the kept
     eigenvectors alone: :data:`KEPT_N3`)."""
     from rwedit.architectures import INPUT_GROUP
     from rwedit.probes.subspaces import KEPT_MIN_D
 
     roles = [r for r in (roles or layout.roles()) if r != "unembed"]
-    total = 0.0
+    f32 = f64 = 0.0
     for layer in (range(layout.n_layers) if layers is None else layers):
         groups = {INPUT_GROUP[r]: layout.view(layer, r).d_in for r in roles}
-        total += sum(2.0 * tokens * d * d + (KEPT_N3 if d >= KEPT_MIN_D else EIGH_N3) * d ** 3
-                     for d in groups.values())
-    return total
+        f32 += sum(TRIANGLE_SHARE * 2.0 * tokens * d * d for d in groups.values())
+        f64 += sum((KEPT_N3 if d >= KEPT_MIN_D else EIGH_N3) * d ** 3 for d in groups.values())
+    return f32, f64
 
 
 def grid_work(layout, ks, sides: int = 2, subspaces: int = 3) -> tuple[float, float]:
@@ -272,7 +286,8 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 
 
-__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "KEPT_N3", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
+__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3", "SCORING_EFFICIENCY",
+           "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
            "PROBE_ROW_BYTES", "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops",
            "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_work",
            "token_lengths"]

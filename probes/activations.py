@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -93,12 +94,17 @@ class _Outer:
             self.first += x.T @ x.new_ones(x.shape[0])  # a matrix-vector product: a cast-and-sum costs far more
 
     def matrix(self) -> torch.Tensor:
+        """The symmetric d × d sum, each row block's upper triangle mirrored (a diagonal block's lower triangle
+        is its upper's mirror up to rounding: the upper one is kept); each row block is dropped once copied, so
+        the statistics of many inputs never hold their blocks and their sums at once."""
         d = self.first.shape[0]
-        full = torch.zeros(d, d, dtype=self.first.dtype, device=self.first.device)
-        for (i, j), row in zip(self.cuts, self.rows):
-            full[i:j, i:] = row
-        full = full.triu()  # a diagonal block's lower triangle is its mirror already: keep one
-        full += full.triu(1).T
+        full = torch.empty(d, d, dtype=self.first.dtype, device=self.first.device)
+        for i, j in self.cuts:
+            row = self.rows.pop(0)
+            diag = row[:, :j - i].triu()
+            full[i:j, i:j] = diag + diag.triu(1).T
+            full[i:j, j:] = row[:, j - i:]
+            full[j:, i:j] = row[:, j - i:].T
         return full
 
 
@@ -344,7 +350,8 @@ def collect_activation_stats(
     sums = {key: o.matrix() for key, o in outers.items()}
     firsts = {key: o.first for key, o in outers.items()}
     for (layer, group), s in sums.items():
-        if not bool(torch.isfinite(s).all()):  # an overflow in the forward pass, not in the weights
+        # a NaN/Inf entry makes the sum of all entries NaN/Inf (one reduction, not an elementwise test of d² entries)
+        if not math.isfinite(float(s.sum())):  # an overflow in the forward pass, not in the weights
             raise NonFiniteError(f"activation statistics of layer {layer} {group} inputs are not finite: the model "
                                  f"overflowed on the calibration data (dtype {model.dtype}). Use "
                                  f"float32, or check the data; nothing was cached")

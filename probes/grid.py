@@ -13,7 +13,7 @@ from rwedit.lazy import torch
 from tqdm.auto import tqdm
 
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
-from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader
+from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader, fingerprint
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
@@ -143,10 +143,19 @@ def read_unembedding(base: Checkpoint, gain: bool = False) -> tuple[torch.Tensor
     return W_U, g
 
 
+_PREDICTION: dict = {}
+
+
 def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
     """Spectrum of the base checkpoint's unembedding (optionally the final norm gain folded in), of a pair or a
-    checkpoint."""
-    return prediction_spectrum(*read_unembedding(pair.base if isinstance(pair, CheckpointPair) else pair, gain))
+    checkpoint. The last one is kept, by the files' content fingerprint: a probe asks for it twice (the grid, the
+    direction cards), and at 1.1B it costs seconds. Treat the result as read-only."""
+    base = pair.base if isinstance(pair, CheckpointPair) else pair
+    key = (str(base.path), fingerprint(base.files), gain)
+    if key not in _PREDICTION:
+        _PREDICTION.clear()
+        _PREDICTION[key] = prediction_spectrum(*read_unembedding(base, gain))
+    return _PREDICTION[key]
 
 
 def _ks_for(ks: Sequence[int], d: int) -> list[int]:

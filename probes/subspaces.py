@@ -23,6 +23,9 @@ DEFAULT_CHUNK_ROWS = 4096
 #: 0.98 vs 0.95; 2048 2.0 vs 1.9; 3072 6.7 vs 4.7; 4864 34-41 vs 26 (full rank), 21 vs 17 (rank 1024). The
 #: reduction dominates both (memory-bound: ~20 s at 4864), which is why the gain stays below 2x
 KEPT_MIN_D = 1536
+#: dtypes whose products are exact in float32 (8- and 11-bit significands), and the rows of one float32 partial Gram
+HALF_DTYPES = ("bfloat16", "float16")
+HALF_CHUNK_ROWS = 1024
 
 
 def check_k(k: int, d: int, what: str = "k") -> int:
@@ -219,7 +222,11 @@ def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6, keep: i
 def gram_matrix(W: torch.Tensor, column_gain: torch.Tensor | None = None, *,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
     """float64 Gram matrix (W·diag(g))ᵀ(W·diag(g)) of a V x d matrix, accumulated over row chunks so
-    only `chunk_rows` rows are ever upcast at once (a 150k x 4096 unembedding stays in its dtype)."""
+    only `chunk_rows` rows are ever upcast at once (a 150k x 4096 unembedding stays in its dtype). A bfloat16 or
+    float16 W without a gain (a checkpoint's unembedding as stored) takes float32 products of
+    :data:`HALF_CHUNK_ROWS` rows added in float64: each product of two half-precision numbers is exact in float32,
+    so an entry's error is float32's rounding of a sum of at most that many exact terms (at most
+    ``HALF_CHUNK_ROWS·2⁻²⁴`` of Σ_r |w_ri w_rj|), at half the float64 product's cost."""
     if not isinstance(W, torch.Tensor) or W.ndim != 2 or min(W.shape) == 0:
         shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
         raise ConfigError(f"W must be a non-empty 2-D V x d tensor, got {shape}")
@@ -235,10 +242,19 @@ def gram_matrix(W: torch.Tensor, column_gain: torch.Tensor | None = None, *,
         if not torch.isfinite(gain).all():
             raise ConfigError("final_norm_gain has non-finite (NaN/inf) entries")
     gram = torch.zeros(d, d, dtype=torch.float64, device=W.device)
-    for start in range(0, W.shape[0], chunk_rows):
-        block = W[start : start + chunk_rows].to(torch.float64)
+    half = str(W.dtype).removeprefix("torch.") in HALF_DTYPES and gain is None  # its products are exact in float32
+    step = min(chunk_rows, HALF_CHUNK_ROWS) if half else chunk_rows
+    for start in range(0, W.shape[0], step):
+        block = W[start : start + step]
         if not torch.isfinite(block).all():
             raise ConfigError(f"W has non-finite (NaN/inf) entries in rows {start}..{start + block.shape[0] - 1}")
+        if half:
+            block = block.to(torch.float32)
+            part = block.T @ block
+            if torch.isfinite(part).all():  # else a product or sum beyond float32's range: this block in float64
+                gram += part
+                continue
+        block = block.to(torch.float64)
         if gain is not None:
             block = block * gain
         gram.addmm_(block.T, block)

@@ -331,20 +331,24 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
 
 
 def test_statistics_work_prices_the_kept_vectors_solver_from_its_threshold(pair_root, monkeypatch):
-    """Each input's decomposition at KEPT_N3 n³ from `KEPT_MIN_D` on (the solver computing only the kept vectors),
-    at EIGH_N3 n³ below, besides 2 n² a token for Xᵀ X: re-derived from the layout's input widths."""
+    """Each input's float64 decomposition at KEPT_N3 n³ from `KEPT_MIN_D` on (the solver computing only the kept
+    vectors), at EIGH_N3 n³ below, besides the float32 upper block triangle of Xᵀ X a token (9/16 of 2 n²: 8 column
+    blocks): re-derived from the layout's input widths."""
     import rwedit.probes.subspaces as subspaces
     from rwedit.architectures import INPUT_GROUP
     from rwedit.checkpoints import Checkpoint
     from rwedit.evals.planning import EIGH_N3, KEPT_N3, stats_work
+    from rwedit.probes.activations import _TRIANGLE_BLOCKS
 
     layout = Checkpoint.open(pair_root / "base").layout
     widths = [{INPUT_GROUP[r]: layout.view(i, r).d_in for r in layout.roles() if r != "unembed"}.values()
               for i in range(layout.n_layers)]
     cut = layout.dims.intermediate  # the down input alone is "large" here
     monkeypatch.setattr(subspaces, "KEPT_MIN_D", cut)
-    want = sum(2 * 100 * d * d + (KEPT_N3 if d >= cut else EIGH_N3) * d ** 3 for ds in widths for d in ds)
-    assert KEPT_N3 < EIGH_N3 and stats_work(layout, 100) == pytest.approx(want, rel=1e-12)
+    share = (_TRIANGLE_BLOCKS + 1) / (2 * _TRIANGLE_BLOCKS)  # diagonal blocks whole, half of the others
+    want32 = sum(share * 2 * 100 * d * d for ds in widths for d in ds)
+    want64 = sum((KEPT_N3 if d >= cut else EIGH_N3) * d ** 3 for ds in widths for d in ds)
+    assert KEPT_N3 < EIGH_N3 and stats_work(layout, 100) == pytest.approx((want32, want64), rel=1e-12)
 
 
 def test_plan_states_memory_per_device_the_recipe_places_stages_on(pair, tmp_path, monkeypatch):

@@ -252,3 +252,25 @@ def test_run_probe_returns_tables_and_writes_a_folder_only_when_asked(tiny_pair,
     pd.testing.assert_frame_equal(both.rsf[both.rsf["post"] == "post"].reset_index(drop=True), res.rsf)
     with pytest.raises(ConfigError, match="not both and not neither"):
         ProbeRequest(str(root / "base"))
+
+
+def test_prediction_spectrum_of_a_base_is_computed_once_and_again_when_its_files_change(tmp_path, monkeypatch):
+    """The grid and the direction cards both ask for the base's prediction spectrum: the second ask is the first
+    answer; a re-saved base (other weights, same folder) is decomposed anew."""
+    from rwedit.probes import grid as grid_mod
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    calls = []
+    real = grid_mod.prediction_spectrum
+    monkeypatch.setattr(grid_mod, "prediction_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pair = CheckpointPair(tmp_path / "m", tmp_path / "m")
+    first = grid_mod.prediction_from_pair(pair)
+    assert grid_mod.prediction_from_pair(pair.base) is first and len(calls) == 1
+    assert grid_mod.prediction_from_pair(pair, gain=True) is not first and len(calls) == 2
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(2.0)
+    model.save_pretrained(tmp_path / "m")
+    again = grid_mod.prediction_from_pair(CheckpointPair(tmp_path / "m", tmp_path / "m"))
+    assert len(calls) == 3
+    torch.testing.assert_close(again.eigenvalues, 4 * first.eigenvalues)

@@ -244,9 +244,14 @@ def test_prediction_basis_with_final_norm_gain_matches_numpy_svd():
 
 
 def test_prediction_basis_bfloat16_input():
+    """σ² of a bfloat16 W_U within Weyl's bound of the exact ones: the Gram's error (float32 sums of at most
+    33 exact products an entry, the chunk here) bounds every eigenvalue's in its Frobenius norm."""
     w = torch.randn(200, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    ref = np.linalg.svd(w.double().numpy())[1]
-    assert np.allclose(prediction_spectrum(w, chunk_rows=33).eigenvalues.clamp(min=0).sqrt().numpy(), ref, rtol=1e-9)
+    exact = w.double().numpy()
+    ref = np.linalg.svd(exact)[1] ** 2
+    bound = np.linalg.norm(33 * 2.0**-24 * (np.abs(exact).T @ np.abs(exact)))
+    got = prediction_spectrum(w, chunk_rows=33).eigenvalues.numpy()
+    assert np.abs(got - ref).max() <= bound and bound < 1e-4 * ref[-1]
 
 
 def test_prediction_basis_bad_inputs():
@@ -261,3 +266,36 @@ def test_prediction_basis_bad_inputs():
     bad[3, 1] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         prediction_spectrum(bad).top(2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gram_is_float64_to_its_stated_bound(dtype):
+    """A stored half-precision W_U takes float32 partial Grams of HALF_CHUNK_ROWS rows: each entry within
+    HALF_CHUNK_ROWS·2⁻²⁴ of Σ_r |w_ri w_rj| of the float64 Gram of the same (exactly representable) values, and
+    the prediction spectrum's eigenvalues and top subspace those of the float64 decomposition."""
+    from rwedit.probes.subspaces import HALF_CHUNK_ROWS
+
+    rng = np.random.default_rng(3)
+    V, d = 3000, 40  # several chunks and a remainder
+    w_u, q = planted_unembedding(V, d, np.concatenate([[40.0, 25.0, 10.0], np.linspace(3.0, 0.3, d - 3)]), seed=9)
+    W = torch.from_numpy(w_u / 30).to(dtype)
+    exact = W.double().numpy()  # the stored values, in float64
+    ref = exact.T @ exact
+    got = gram_matrix(W).numpy()
+    bound = HALF_CHUNK_ROWS * 2.0**-24 * (np.abs(exact).T @ np.abs(exact))
+    assert np.all(np.abs(got - ref) <= bound)
+    assert np.abs(got - ref).max() > 0  # it did take the float32 path (a float64 Gram would be exact here)
+    evals, evecs = np.linalg.eigh(ref)
+    spec = prediction_spectrum(W)
+    weyl = np.linalg.norm(bound)  # every eigenvalue moves by at most the Gram error's norm
+    assert np.abs(spec.eigenvalues.numpy() - evals[::-1]).max() <= weyl
+    assert projector_gap(spec.top(3).numpy(), evecs[:, ::-1][:, :3]) < 1e-4
+
+def test_half_precision_gram_falls_back_to_float64_beyond_float32s_range():
+    """A bfloat16 weight whose square overflows float32 (bfloat16 reaches 3e38) is summed in float64 instead."""
+    W = torch.ones(2500, 8, dtype=torch.bfloat16)
+    W[5, 0] = 1e30
+    got = gram_matrix(W)
+    assert torch.isfinite(got).all()
+    exact = W.double()
+    torch.testing.assert_close(got, exact.T @ exact, rtol=1e-12, atol=0)
