@@ -259,6 +259,54 @@ def step_grid(p: dict) -> dict:
                          for r in rows if r["subspace"] == "random" and r["k"] == 4})
 
 
+def step_floor(p: dict) -> dict:
+    """The grid's arithmetic: the multiply-adds its projections and closed-form nulls do on this pair (counted
+    from the grid's own plan of each matrix side, :func:`rwedit.probes.grid._side_plans`) and the unembedding's
+    Gram matrix (the prediction subspace), and this machine's
+    float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
+    through the pass's workers, :func:`rwedit.stream.ordered_map`): their quotient is the least compute time any
+    grid of these rows can take here, whatever its code."""
+    import torch
+
+    from rwedit.checkpoints import CheckpointPair
+    from rwedit.probes.grid import GridContext, _side_plans, null_method, prediction_from_pair
+    from rwedit.stream import BLOCK_BYTES, ordered_map
+
+    settings = _grid_settings(p)
+    stats, _ = _load_stats(p)
+    pair = CheckpointPair(p["base"], p["post"])
+    layout = pair.layout
+    ctx = GridContext(stats, prediction_from_pair(pair, settings.prediction_gain))
+    proj = null = 0
+    widest = 0
+    for view in layout.views(settings.roles or layout.roles(), settings.layers):
+        numel = view.d_out * view.d_in
+        widths = [plan.stacked.shape[1] for plan in _side_plans(view.shape, view.layer, view.role, ctx, settings)]
+        widest = max([widest, *widths])
+        proj += numel * sum(widths)
+        method = null_method(settings, view.shape)
+        null += numel * (2 * settings.null_sketch if method == "sketch" else min(view.shape) if method == "exact" else 0)
+    vocab, d = layout.view(None, "unembed").shape
+    pred = vocab * d * d  # the prediction subspace's Gram matrix of the unembedding (its eigendecomposition aside)
+    rows = BLOCK_BYTES // (4 * d)
+    gen = torch.Generator().manual_seed(0)
+    X, B = torch.randn(rows, d, generator=gen), torch.randn(d, widest, generator=gen)
+    threads = torch.get_num_threads()
+
+    def rate() -> float:
+        n = 8 * threads
+        t0 = time.perf_counter()
+        for _ in ordered_map(lambda _: X @ B, range(n)):
+            pass
+        return n * rows * d * B.shape[1] / (time.perf_counter() - t0)
+
+    rate()  # warm-up
+    macs_per_s = max(rate() for _ in range(5))
+    return dict(projection_macs=proj, null_macs=null, prediction_gram_macs=pred, macs=proj + null + pred,
+                gemm_macs_per_s=macs_per_s, gemm_shape=[rows, d, B.shape[1]], threads=threads,
+                compute_s=(proj + null + pred) / macs_per_s, compute_projections_s=proj / macs_per_s)
+
+
 def _pstats_index(st):
     """(file suffix, function name) lookups into a pstats.Stats: cumulative time, calls, per-caller split."""
 
@@ -541,7 +589,8 @@ def step_svd(p: dict) -> dict:
 
 # --- child processes --------------------------------------------------------------------------
 
-STEPS = {"pair": step_pair, "stats": step_stats, "bare": step_bare, "grid": step_grid, "profile": step_profile,
+STEPS = {"pair": step_pair, "stats": step_stats, "bare": step_bare, "grid": step_grid, "floor": step_floor,
+         "profile": step_profile,
          "acts": step_acts, "svd": step_svd}
 PRE_IMPORTS = ["torch", "rwedit.checkpoints", "rwedit.probes.grid", "rwedit.probes.svd",
                "transformers.models.llama.configuration_llama"]
@@ -627,6 +676,10 @@ def run_grid_part(args, res: dict) -> None:
                                       within_time_target=res[key]["wall_s"] / b["wall_s"] <= GRID_TIME_TARGET,
                                       settings=res[key]["settings"])
                             for key in ("grid", "grid_exact_only", "grid_seeds_only")}
+    print("(iv) the grid's arithmetic floor: its multiply-adds at this machine's GEMM rate ...", flush=True)
+    f = res["floor"] = run_child("floor", common)
+    f["floor_s"] = b["wall_s"] + f["compute_s"]  # the read and the products share the same two cores
+    f["floor_over_bare"], f["grid_over_floor"] = f["floor_s"] / b["wall_s"], g["wall_s"] / f["floor_s"]
     largest_f32_mb = b["largest_numel"] * 4 / 2**20
     ratio = g["wall_s"] / b["wall_s"]
     res["grid_checks"] = dict(
@@ -676,6 +729,11 @@ def print_grid(res: dict) -> None:
         for key, v in res["null_variants"].items():
             print(f"  grid, {labels[key]:<34} {v['wall_s']:>7.1f} s = {v['over_bare']:.1f}x bare "
                   f"(target <= {GRID_TIME_TARGET}x: {'yes' if v['within_time_target'] else 'NO'})")
+    if "floor" in res:
+        f = res["floor"]
+        print(f"  floor: the bare pass + {f['macs'] / 1e9:.0f} G multiply-adds (projections {f['projection_macs'] / 1e9:.0f} G, "
+              f"closed-form nulls {f['null_macs'] / 1e9:.0f} G, the unembedding's Gram {f.get('prediction_gram_macs', 0) / 1e9:.0f} G) at {f['gemm_macs_per_s'] / 1e9:.0f} G/s = "
+              f"{f['floor_s']:.1f} s = {f['floor_over_bare']:.1f}x bare; the grid {f['grid_over_floor']:.2f}x its floor")
     if "sketch_error" in res:
         e = res["sketch_error"]
         print(f"  sketched null sd vs exact: largest |error| / stated 95 % bound {e['max_error_over_bound']:.3f}; "
