@@ -20,9 +20,9 @@ from typing import Any
 from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.runtime import cache_root
-from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, SCORING_EFFICIENCY, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, DataRef, KindPlan,
-                                   PlanContext, Rates, Stage, forward_flops, measure_rates, padded_tokens,
-                                   token_lengths)
+from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, SCORING_EFFICIENCY,
+                                   DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, measure_rates,
+                                   padded_tokens, token_lengths)
 
 
 @dataclass

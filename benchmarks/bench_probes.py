@@ -262,8 +262,7 @@ def step_grid(p: dict) -> dict:
 def step_floor(p: dict) -> dict:
     """The grid's arithmetic: the multiply-adds its projections and closed-form nulls do on this pair (counted
     from the grid's own plan of each matrix side, :func:`rwedit.probes.grid._side_plans`) and the unembedding's
-    Gram matrix (the prediction subspace), and this machine's
-    float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
+    Gram matrix (the prediction subspace), and this machine's float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
     through the pass's workers, :func:`rwedit.stream.ordered_map`): their quotient is the least compute time any
     grid of these rows can take here, whatever its code."""
     import torch
@@ -590,8 +589,7 @@ def step_svd(p: dict) -> dict:
 # --- child processes --------------------------------------------------------------------------
 
 STEPS = {"pair": step_pair, "stats": step_stats, "bare": step_bare, "grid": step_grid, "floor": step_floor,
-         "profile": step_profile,
-         "acts": step_acts, "svd": step_svd}
+         "profile": step_profile, "acts": step_acts, "svd": step_svd}
 PRE_IMPORTS = ["torch", "rwedit.checkpoints", "rwedit.probes.grid", "rwedit.probes.svd",
                "transformers.models.llama.configuration_llama"]
 
@@ -731,8 +729,9 @@ def print_grid(res: dict) -> None:
                   f"(target <= {GRID_TIME_TARGET}x: {'yes' if v['within_time_target'] else 'NO'})")
     if "floor" in res:
         f = res["floor"]
-        print(f"  floor: the bare pass + {f['macs'] / 1e9:.0f} G multiply-adds (projections {f['projection_macs'] / 1e9:.0f} G, "
-              f"closed-form nulls {f['null_macs'] / 1e9:.0f} G, the unembedding's Gram {f.get('prediction_gram_macs', 0) / 1e9:.0f} G) at {f['gemm_macs_per_s'] / 1e9:.0f} G/s = "
+        print(f"  floor: the bare pass + {f['macs'] / 1e9:.0f} G multiply-adds (projections "
+              f"{f['projection_macs'] / 1e9:.0f} G, closed-form nulls {f['null_macs'] / 1e9:.0f} G, the unembedding's "
+              f"Gram {f.get('prediction_gram_macs', 0) / 1e9:.0f} G) at {f['gemm_macs_per_s'] / 1e9:.0f} G/s = "
               f"{f['floor_s']:.1f} s = {f['floor_over_bare']:.1f}x bare; the grid {f['grid_over_floor']:.2f}x its floor")
     if "sketch_error" in res:
         e = res["sketch_error"]

@@ -337,8 +337,8 @@ def _plan(recipe: Recipe, ctx):
             plan.cache_bytes += n
             plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
                                                f"{layout.n_layers} layers, float64 (cached)", n, tokens))
-            (plan.stages[-1].flops, plan.stages[-1].flops64), plan.stages[-1].read_bytes = (stats_work(layout, tokens),
-                                                                                           ctx.base.nbytes())
+            plan.stages[-1].flops, plan.stages[-1].flops64 = stats_work(layout, tokens)
+            plan.stages[-1].read_bytes = ctx.base.nbytes()
         flops, flops64 = grid_work(layout, recipe.probe.ks)
         plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
                                  + (" (adapter factors)" if is_adapter(ctx.post) else ""),
