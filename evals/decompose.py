@@ -354,7 +354,7 @@ def _prepare(recipe: DecomposeRecipe, out: Path) -> Prepared:
 def _plan(recipe: DecomposeRecipe, ctx):
     """Its conditions (every unit's parts, before cells where post = base are known and left out) and the
     activation statistics of the read cells."""
-    from rwedit.evals.planning import ADAPTER_FILES_BYTES, DataRef, KindPlan, stats_bytes
+    from rwedit.evals.planning import ADAPTER_FILES_BYTES, DataRef, KindPlan, stats_stage
 
     layout = ctx.base.layout
     cells = recipe.cells(layout)
@@ -366,10 +366,10 @@ def _plan(recipe: DecomposeRecipe, ctx):
     if read:
         c = recipe.calibration
         plan.data.append(DataRef("calibration.data", c.data, "texts", c.field))
-        n = stats_bytes(layout, sorted({l for l, _ in read}), sorted({r for _, r in read}))
-        plan.cache_bytes += n
-        plan.stages.append(ctx.model_stage("statistics", f"E[a a^T] of the inputs of {len(read)} read cells, "
-                                           f"float64 (cached)", n, c.tokens))
+        plan.stages.append(stats_stage(ctx, "statistics", f"E[a a^T] of the inputs of {len(read)} read cells, "
+                                       f"float64 (cached)", c.tokens, sorted({l for l, _ in read}),
+                                       sorted({r for _, r in read})))
+        plan.cache_bytes += plan.stages[-1].cache_bytes
     plan.output_bytes += len(names) * ADAPTER_FILES_BYTES
     return plan
 

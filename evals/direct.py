@@ -20,7 +20,7 @@ from rwedit.editor.interventions import Unchanged, with_adapter
 from rwedit.errors import ConfigError, DataError
 from rwedit.models import input_device
 from rwedit.runtime import runtime
-from rwedit.scoring import encode_pairs, response_logprob
+from rwedit.scoring import encode_pairs, log_softmax_row, response_logprob
 from rwedit.stats import mean_se
 
 
@@ -68,20 +68,21 @@ class HeldoutText:
 
     @no_grad
     def _pass(self, ref_logp: list[torch.Tensor] | None):
-        """Per-sequence mean CE, and either the log-probs (reference pass) or the per-sequence KL(ref ‖ this)."""
+        """Per-sequence mean CE, and either the log-probs (reference pass: one tensor per sequence) or the
+        per-sequence KL(ref ‖ this); the log-softmax and the KL's terms are taken one sequence at a time."""
         dev = input_device(self.model)
         ces, extra = [], []
-        for j, b in enumerate(batches(self.ids, self.batch_size)):
+        for b in batches(self.ids, self.batch_size):
             b = b.to(dev)
-            logp = torch.log_softmax(self.model(input_ids=b, use_cache=False).logits[:, :-1].float(), dim=-1)
-            ces.append(-logp.gather(-1, b[:, 1:, None]).squeeze(-1).mean(-1).double().cpu())
-            if ref_logp is None:
-                extra.append(logp.cpu())
-            else:
-                ref = ref_logp[j].to(dev)
-                kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # KL(reference ‖ this), mean over positions
-                extra.append(kl.double().cpu())
-        return (extra if ref_logp is None else torch.cat(extra)), torch.cat(ces)
+            for row, ids in zip(self.model(input_ids=b, use_cache=False).logits[:, :-1], b[:, 1:]):
+                logp = log_softmax_row(row)
+                ces.append(-logp.gather(-1, ids[:, None]).squeeze(-1).mean(-1).double().cpu())
+                if ref_logp is None:
+                    extra.append(logp.cpu())
+                else:
+                    ref = ref_logp[len(extra)].to(dev)
+                    extra.append((ref.exp() * (ref - logp)).sum(-1).mean(-1).double().cpu())  # KL(reference ‖ this)
+        return (extra if ref_logp is None else torch.stack(extra)), torch.stack(ces)
 
     def kl_ce(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence KL(reference ‖ model as it is) and cross-entropy."""

@@ -320,7 +320,7 @@ def _plan(recipe: Recipe, ctx):
     statistics and streamed RSF grid, the edit's statistics and gradient, the adapters it writes."""
     from rwedit.checkpoints import is_adapter, largest_role_tensor
     from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage, grid_work,
-                                       pair_pass_bytes, stats_bytes, stats_work)
+                                       pair_pass_bytes, stats_stage)
 
     layout = ctx.base.layout
     spec = recipe.edit.resolved(layout.n_layers)
@@ -333,12 +333,10 @@ def _plan(recipe: Recipe, ctx):
     tokens = spec.calibration.tokens if spec.calibration is not None else 0
     if ctx.post is not None and recipe.probe.enabled:
         if spec.calibration is not None:
-            n = stats_bytes(layout)
-            plan.cache_bytes += n
-            plan.stages.append(ctx.model_stage("probe: statistics", f"E[a a^T] of every read input at "
-                                               f"{layout.n_layers} layers, float64 (cached)", n, tokens))
-            plan.stages[-1].flops, plan.stages[-1].flops64 = stats_work(layout, tokens)
-            plan.stages[-1].read_bytes = ctx.base.nbytes()
+            plan.stages.append(stats_stage(ctx, "probe: statistics", f"E[a a^T] of every read input at "
+                                           f"{layout.n_layers} layers, float64 (cached)", tokens))
+            plan.stages[-1].read_bytes += ctx.base.nbytes()  # the model loaded for them
+            plan.cache_bytes += plan.stages[-1].cache_bytes
         flops, flops64 = grid_work(layout, recipe.probe.ks)
         plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
                                  + (" (adapter factors)" if is_adapter(ctx.post) else ""),
@@ -347,11 +345,10 @@ def _plan(recipe: Recipe, ctx):
         plan.output_bytes += len(layout.views()) * 2 * 3 * len(recipe.probe.ks) * PROBE_ROW_BYTES
     if spec.calibration is not None:
         roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])
-        n = stats_bytes(layout, spec.edit.layers, roles)
-        plan.cache_bytes += n
-        plan.stages.append(ctx.model_stage("edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
-                                           f"{len(spec.edit.layers)} layer(s), float64 (cached)", n, tokens))
-        plan.stages[-1].flops, plan.stages[-1].flops64 = stats_work(layout, tokens, spec.edit.layers, roles)
+        plan.stages.append(stats_stage(ctx, "edit: statistics", f"E[a a^T] of the {' and '.join(roles)} input at "
+                                       f"{len(spec.edit.layers)} layer(s), float64 (cached)", tokens,
+                                       spec.edit.layers, roles))
+        plan.cache_bytes += plan.stages[-1].cache_bytes
     if spec.edit.b == "gradient":  # the model and its gradient
         plan.stages.append(ctx.model_stage("edit: gradient", f"-G v over {spec.edit.data_limit} items (one backward "
                                            f"each)", ctx.model_bytes, 3 * spec.edit.data_limit * spec.edit.max_len))

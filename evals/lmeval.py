@@ -175,6 +175,9 @@ class EvalSettings(Config):
                                     + ", ".join(BUNDLED_TASKS) + "; any lm-eval task with the Hub)")
     limit: int | None = option(None, help="items per task (null: all)")
     batch_size: int = option(8, help="lm-eval batch size")
+    logits_mb: int | None = option(1024, help="the most memory one batch's logits and their log-softmax may take "
+                                   "(MiB; inprocess backend): batches of long items are made smaller to fit, the "
+                                   "scores the same up to float rounding (null: lm-eval's batches as they are)")
     num_fewshot: int | None = option(None, help="few-shot examples (null: the task's default)")
     max_length: int | None = option(None, help="context window for lm-eval (null: the model's)")
     bootstrap_iters: int = option(1000, help="lm-eval's bootstrap iterations for stderr")
@@ -196,8 +199,50 @@ class EvalSettings(Config):
         if self.backend in _BACKENDS and _BACKENDS[self.backend].in_process and self.model_args:
             raise ConfigError(f"eval.model_args {self.model_args} is for a backend that loads the model itself; the "
                               f"inprocess backend scores the loaded model (choose eval.backend: hf or vllm)")
+        if self.logits_mb is not None and self.logits_mb < 1:
+            raise ConfigError(f"eval.logits_mb = {self.logits_mb}: give a positive number of MiB or null")
         if not self.applied_atol >= 0:
             raise ConfigError(f"eval.applied_atol = {self.applied_atol}: give a tolerance >= 0")
+
+
+@functools.lru_cache(maxsize=1)
+def _budget_hflm():
+    """lm-eval's ``HFLM`` whose log-likelihood batches fit a memory budget (``logits_bytes``; None: lm-eval's own).
+
+    HFLM takes the log-softmax of a whole batch's logits: batch × tokens × vocabulary floats twice over (10 GB for
+    8 items of 1000 tokens at Qwen's 152k vocabulary). The requests are split by the batch size their length
+    allows and each group is scored by lm-eval as it is, with that batch size."""
+    from lm_eval.models.huggingface import HFLM
+
+    class BudgetHFLM(HFLM):
+        logits_bytes: int | None = None
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            if self.logits_bytes is None or not isinstance(self.batch_size, int) or not requests:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            per_token = 2 * 4 * int(self.model.config.vocab_size)  # the logits and their log-softmax, float32
+
+            def fits(req) -> int:  # the input as lm-eval truncates it: at most max_length tokens
+                n = min(len(req[1]) + len(req[2]) - 1, self.max_length)
+                return max(1, min(self.batch_size, self.logits_bytes // (n * per_token)))
+
+            groups: dict[int, list[int]] = {}
+            for i, req in enumerate(requests):
+                groups.setdefault(fits(req), []).append(i)
+            if list(groups) == [self.batch_size]:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            out, full = [None] * len(requests), self.batch_size
+            try:
+                for size, idx in groups.items():
+                    self.batch_size_per_gpu = size  # HFLM's batch_size property reads it
+                    for i, r in zip(idx, super()._loglikelihood_tokens([requests[i] for i in idx], disable_tqdm,
+                                                                       override_bs)):
+                        out[i] = r
+            finally:
+                self.batch_size_per_gpu = full
+            return out
+
+    return BudgetHFLM
 
 
 def _cached_task_manager(tasks: tuple[str, ...]):
@@ -327,11 +372,10 @@ class LMEvalScorer:
             task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
         self._reference: torch.Tensor | None = None  # the base's probe outputs through this backend
         if self.backend.in_process:
-            from lm_eval.models.huggingface import HFLM
-
             kw = {"max_length": settings.max_length} if settings.max_length else {}
             with quiet_lm_eval():
-                self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)
+                self.lm = _budget_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, **kw)
+            self.lm.logits_bytes = settings.logits_mb * 2**20 if settings.logits_mb is not None else None
             return
         self.lm = None  # the backend's model, built when a condition needs it
         self._lm_condition: str | None = None

@@ -126,12 +126,13 @@ def _measure_rates(d: int, f: int, device: str, budget_s: float) -> Rates:
     return Rates(f32, f64, read, f"measured here ({device}, {torch.get_num_threads()} threads)")
 
 
-def forward_flops(layout, seq_len: int = 256) -> float:
-    """FLOPs of one token's forward pass: every layer matrix and the unembedding (2 per weight), and attention
-    over ``seq_len`` positions (scores and values)."""
+def forward_flops(layout, seq_len: int = 256, logits: bool = True) -> float:
+    """FLOPs of one token's forward pass: every layer matrix and the unembedding (2 per weight; ``logits=False``:
+    a pass run for its hooks, which computes no logits, :func:`rwedit.models.hooks_pass`), and attention over
+    ``seq_len`` positions (scores and values)."""
     d = layout.dims
     weights = sum(v.d_in * v.d_out for v in layout.views([r for r in layout.roles() if r != "unembed"]))
-    return 2.0 * (weights + d.vocab * d.hidden) + 4.0 * d.n_layers * d.n_heads * d.head_dim * seq_len
+    return 2.0 * (weights + logits * d.vocab * d.hidden) + 4.0 * d.n_layers * d.n_heads * d.head_dim * seq_len
 
 
 @dataclass
@@ -149,11 +150,14 @@ class Stage:
     read_bytes: int = 0
     parts: dict[str, int] = field(default_factory=dict)
     efficiency: float = FORWARD_EFFICIENCY  # share of the float32 rate its forward tokens run at
+    token_flops: float | None = None  # FLOPs per forward token, where not the whole pass's (hook passes: no logits)
+    cache_bytes: int = 0  # what it writes into the cache
 
     def seconds(self, rates: Rates, token_flops: float, tokens: int | None = None) -> float:
-        """The stage's time at ``rates`` (``token_flops`` per forward token at :attr:`efficiency` of the float32
-        rate; ``tokens``: a part's instead)."""
+        """The stage's time at ``rates`` (``token_flops`` per forward token, unless the stage states its own, at
+        :attr:`efficiency` of the float32 rate; ``tokens``: a part's instead)."""
         forward = rates.flops32 * self.efficiency
+        token_flops = self.token_flops or token_flops
         if tokens is not None:
             return tokens * token_flops / forward
         return (self.tokens * token_flops / forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
@@ -219,6 +223,21 @@ def stats_work(layout, tokens: int, layers=None, roles=None) -> tuple[float, flo
         f32 += sum(TRIANGLE_SHARE * 2.0 * tokens * d * d for d in groups.values())
         f64 += sum((KEPT_N3 if d >= KEPT_MIN_D else EIGH_N3) * d ** 3 for d in groups.values())
     return f32, f64
+
+
+def stats_stage(ctx: "PlanContext", name: str, what: str, tokens: int, layers=None, roles=None) -> Stage:
+    """The stage collecting activation statistics over ``tokens`` (hook passes, no logits), the memory it holds
+    (each input's float64 upper block triangle, and one full matrix at a time as it is decomposed and written),
+    its products and decompositions (:func:`stats_work`), and writing and checksumming the cache entry
+    (:func:`stats_bytes`, at the measured read rate); the entry's bytes are ``stage.cache_bytes``."""
+    layout = ctx.base.layout
+    full = stats_bytes(layout, layers, roles)
+    widest = max((layout.view(l, r).d_in for l in (range(layout.n_layers) if layers is None else layers)
+                  for r in (roles or layout.roles()) if r != "unembed"), default=0)
+    stage = ctx.model_stage(name, what, int(TRIANGLE_SHARE * full) + 3 * widest ** 2 * 8, tokens)
+    stage.flops, stage.flops64 = stats_work(layout, tokens, layers, roles)
+    stage.token_flops, stage.read_bytes, stage.cache_bytes = forward_flops(layout, logits=False), 2 * full, full
+    return stage
 
 
 def grid_work(layout, ks, sides: int = 2, subspaces: int = 3) -> tuple[float, float]:
@@ -289,5 +308,5 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
 __all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3", "SCORING_EFFICIENCY",
            "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
            "PROBE_ROW_BYTES", "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops",
-           "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_work",
+           "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_stage", "stats_work",
            "token_lengths"]

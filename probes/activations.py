@@ -29,9 +29,9 @@ from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, LAYER_ROLES, Layout, m
 from rwedit.data import batches, tensor_hash
 from rwedit.config import Config, option
 from rwedit.errors import CacheError, ConfigError, DataError, DiskFullError, NonFiniteError
-from rwedit.models import execution_device, input_device, named_weights
-from rwedit.outputs import (disk_full, entry_problem, follow_umask, is_disk_full, set_aside, umask_mode,
-                            write_checksums)
+from rwedit.models import execution_device, hooks_pass, named_weights
+from rwedit.outputs import (SAFETENSORS_DTYPES, disk_full, entry_problem, follow_umask, is_disk_full, set_aside,
+                            umask_mode, write_checksums, write_safetensors)
 from rwedit.probes.subspaces import Spectrum, eig_subspace
 from rwedit.runtime import cache_root
 
@@ -95,17 +95,49 @@ class _Outer:
 
     def matrix(self) -> torch.Tensor:
         """The symmetric d × d sum, each row block's upper triangle mirrored (a diagonal block's lower triangle
-        is its upper's mirror up to rounding: the upper one is kept); each row block is dropped once copied, so
-        the statistics of many inputs never hold their blocks and their sums at once."""
+        is its upper's mirror up to rounding: the upper one is kept). Built anew on every call: the statistics
+        hold the triangle (half the memory) and make one input's full matrix at a time."""
         d = self.first.shape[0]
         full = torch.empty(d, d, dtype=self.first.dtype, device=self.first.device)
-        for i, j in self.cuts:
-            row = self.rows.pop(0)
+        for (i, j), row in zip(self.cuts, self.rows):
             diag = row[:, :j - i].triu()
             full[i:j, i:j] = diag + diag.triu(1).T
             full[i:j, j:] = row[:, j - i:]
             full[j:, i:j] = row[:, j - i:].T
         return full
+
+    def finite(self) -> bool:
+        """Whether every entry is finite: one sum per row block (a NaN/Inf entry makes it NaN/Inf), not an
+        elementwise test of d² entries."""
+        return all(math.isfinite(float(r.sum())) for r in self.rows)
+
+    def cpu(self) -> "_Outer":
+        self.rows, self.first = [r.cpu() for r in self.rows], self.first.cpu()
+        return self
+
+
+class _Sums(Mapping):
+    """The Σ a aᵀ of each hooked input as the upper block triangles collected, each full matrix made when read."""
+
+    def __init__(self, outers: Mapping[tuple[int, str], _Outer]):
+        self._outers = dict(outers)
+
+    def __getitem__(self, key):
+        return self._outers[key].matrix()
+
+    def __contains__(self, key) -> bool:
+        return key in self._outers
+
+    def __iter__(self):
+        return iter(self._outers)
+
+    def __len__(self) -> int:
+        return len(self._outers)
+
+    def spec(self, key) -> tuple[torch.dtype, tuple[int, int]]:
+        """The dtype and shape of ``self[key]``, without making it."""
+        d = self._outers[key].first.shape[0]
+        return self._outers[key].first.dtype, (d, d)
 
 
 class _LazyTensors(Mapping):
@@ -114,15 +146,43 @@ class _LazyTensors(Mapping):
     def __init__(self, path: Path, names: dict[tuple[int, str], str]):
         self._path, self._names = path, names
 
+    @classmethod
+    def open(cls, path: Path) -> "_LazyTensors":
+        """The sums (``LAYER.GROUP.sum_aaT``) of the stats file ``path``."""
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+        return cls(path, {(int(n.split(".")[0]), n.split(".")[1]): n for n in keys if n.endswith(".sum_aaT")})
+
     def __getitem__(self, key):
         with safe_open(self._path, framework="pt") as f:
             return f.get_tensor(self._names[key])
+
+    def __contains__(self, key) -> bool:
+        return key in self._names
 
     def __iter__(self):
         return iter(self._names)
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def spec(self, key) -> tuple[torch.dtype, tuple[int, ...]]:
+        """The dtype and shape of ``self[key]``, without reading it."""
+        with safe_open(self._path, framework="pt") as f:
+            t = f.get_slice(self._names[key])
+            return getattr(torch, _TORCH_DTYPE[t.get_dtype()]), tuple(t.get_shape())
+
+
+#: safetensors' dtype names -> torch's
+_TORCH_DTYPE = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+def _spec(tensors: Mapping, key) -> tuple[torch.dtype, tuple[int, ...]]:
+    """The dtype and shape of ``tensors[key]``: without making or reading it where the mapping can tell."""
+    if hasattr(tensors, "spec"):
+        return tensors.spec(key)
+    t = tensors[key]
+    return t.dtype, tuple(t.shape)
 
 
 @dataclass
@@ -169,7 +229,8 @@ class ActivationStats:
         need_top = d if top is None else top
         if sp is None or need_top is None or sp.n_top < min(need_top, sp.d) or sp.n_bottom < min(bottom, sp.d):
             keep = max(SPECTRUM_KEEP, top or 0, bottom)
-            sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep)
+            sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep,
+                              overwrite=True)  # a matrix made for it
             self.spectra[key] = sp.truncated(keep)
         return sp
 
@@ -196,7 +257,8 @@ class ActivationStats:
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if is_disk_full(e):
-                need = sum(t.numel() * t.element_size() for m in (self.sums, self.firsts) for t in m.values()) + sum(
+                specs = [_spec(m, k) for m in (self.sums, self.firsts) for k in m]
+                need = sum(math.prod(shape) * dtype.itemsize for dtype, shape in specs) + sum(
                     t.numel() * t.element_size() for sp in self.spectra.values()
                     for t in (sp.eigenvalues, sp.eigenvectors, sp.low_vectors) if t is not None)
                 raise disk_full(folder, need, e, hint="free space there, or give --cache-dir (or RWEDIT_CACHE) on "
@@ -209,21 +271,21 @@ class ActivationStats:
 
     def _write(self, tmp: Path) -> None:
         os.chmod(tmp, umask_mode())  # mkdtemp makes 0700 (and safetensors 0600): a shared cache follows the umask
-        tensors = {}
-        for (layer, group) in self.sums:
-            tensors[f"{layer}.{group}.sum_aaT"] = self.sums[(layer, group)].contiguous()
-            tensors[f"{layer}.{group}.sum_a"] = self.firsts[(layer, group)].contiguous()
-        safetensors_torch.save_file(tensors, tmp / "stats.safetensors")
-        del tensors
-        spectra = {}
+        entries = []  # written one matrix at a time: the sums are never all full, nor all copied, at once
+        for key in self.sums:
+            name = f"{key[0]}.{key[1]}"
+            entries += [(f"{name}.sum_aaT", *_spec(self.sums, key), lambda key=key: self.sums[key]),
+                        (f"{name}.sum_a", self.firsts[key].dtype, tuple(self.firsts[key].shape),
+                         lambda key=key: self.firsts[key])]
+        write_safetensors(tmp / "stats.safetensors", entries)
+        spectra = []
         for (layer, group, centred), sp in self.spectra.items():
             name = f"{layer}.{group}.{'centred' if centred else 'raw'}"
-            spectra[f"{name}.eigenvalues"] = sp.eigenvalues.contiguous()
-            spectra[f"{name}.top"] = sp.eigenvectors.contiguous()
-            if sp.low_vectors is not None:
-                spectra[f"{name}.bottom"] = sp.low_vectors.contiguous()
+            for what, t in (("eigenvalues", sp.eigenvalues), ("top", sp.eigenvectors), ("bottom", sp.low_vectors)):
+                if t is not None:
+                    spectra.append((f"{name}.{what}", t.dtype, tuple(t.shape), lambda t=t: t))
         if spectra:
-            safetensors_torch.save_file(spectra, tmp / "spectra.safetensors")
+            write_safetensors(tmp / "spectra.safetensors", spectra)
         (tmp / "stats.json").write_text(json.dumps({**self.meta, "n_tokens": self.n_tokens}, indent=2))
         write_checksums(tmp)
         follow_umask(tmp)
@@ -245,14 +307,10 @@ class ActivationStats:
     @classmethod
     def _read(cls, folder: Path) -> "ActivationStats":
         meta = json.loads((folder / "stats.json").read_text())
-        names, firsts = {}, {}
+        sums = _LazyTensors.open(folder / "stats.safetensors")
         with safe_open(folder / "stats.safetensors", framework="pt") as f:
-            for name in f.keys():
-                layer, group, what = name.split(".", 2)
-                if what == "sum_aaT":
-                    names[(int(layer), group)] = name
-                else:
-                    firsts[(int(layer), group)] = f.get_tensor(name)
+            firsts = {(int(n.split(".")[0]), n.split(".")[1]): f.get_tensor(n) for n in f.keys()
+                      if n.endswith(".sum_a")}
         spectra: dict[tuple[int, str, bool], Spectrum] = {}
         if (folder / "spectra.safetensors").exists():
             raw = safetensors_torch.load_file(folder / "spectra.safetensors")
@@ -261,7 +319,7 @@ class ActivationStats:
                 if what == "eigenvalues":
                     spectra[(int(layer), group, kind == "centred")] = Spectrum(
                         raw[name], raw[f"{layer}.{group}.{kind}.top"], raw.get(f"{layer}.{group}.{kind}.bottom"))
-        return cls(_LazyTensors(folder / "stats.safetensors", names), firsts, int(meta.pop("n_tokens")), meta,
+        return cls(sums, firsts, int(meta.pop("n_tokens")), meta,
                    spectra)
 
 
@@ -329,7 +387,6 @@ def collect_activation_stats(
     for key, path in targets.items():
         module = model.get_submodule(path)
         handles.append(module.register_forward_pre_hook(make_hook(key, execution_device(module))))
-    device = input_device(model)
     n_tokens = 0
     t0 = time.perf_counter()
     was_training = model.training
@@ -337,7 +394,7 @@ def collect_activation_stats(
     try:
         with tqdm(total=token_ids.numel(), desc="activation stats", unit="tok", disable=not progress) as bar:
             for batch in batches(token_ids, settings.batch_size):
-                model(input_ids=batch.to(device), use_cache=False)
+                hooks_pass(model, batch)
                 n_tokens += batch.numel()
                 bar.update(batch.numel())
     finally:
@@ -347,11 +404,8 @@ def collect_activation_stats(
     if n_tokens == 0:
         raise DataError("no calibration tokens: the calibration data gave no sequences (is it empty, or shorter "
                         "than one sequence?)")
-    sums = {key: o.matrix() for key, o in outers.items()}
-    firsts = {key: o.first for key, o in outers.items()}
-    for (layer, group), s in sums.items():
-        # a NaN/Inf entry makes the sum of all entries NaN/Inf (one reduction, not an elementwise test of d² entries)
-        if not math.isfinite(float(s.sum())):  # an overflow in the forward pass, not in the weights
+    for (layer, group), o in outers.items():
+        if not o.cpu().finite():  # an overflow in the forward pass, not in the weights
             raise NonFiniteError(f"activation statistics of layer {layer} {group} inputs are not finite: the model "
                                  f"overflowed on the calibration data (dtype {model.dtype}). Use "
                                  f"float32, or check the data; nothing was cached")
@@ -368,8 +422,7 @@ def collect_activation_stats(
                         f"{f' over {F32_TOKENS}-token blocks, float64 for float64 inputs' if tokens else ''}); "
                         f"centring is chosen when the statistic is read",
     }
-    return ActivationStats({k: v.cpu() for k, v in sums.items()}, {k: v.cpu() for k, v in firsts.items()},
-                           n_tokens, meta)
+    return ActivationStats(_Sums(outers), {k: o.first for k, o in outers.items()}, n_tokens, meta)
 
 
 def cache_key(model: torch.nn.Module, token_ids: torch.Tensor, settings: StatsSettings) -> str:
@@ -382,6 +435,41 @@ def default_cache_dir() -> Path:
     return cache_root() / "stats"
 
 
+def lookup_activation_stats(model: torch.nn.Module, token_ids: torch.Tensor, settings: StatsSettings = StatsSettings(),
+                            cache_dir: str | Path | None = None) -> tuple[Path, ActivationStats | None, dict]:
+    """The cache entry for exactly this model, these tokens and settings, its statistics when it holds them, and
+    a note for the entry's record (a damaged entry is named, set aside and noted: it is recomputed)."""
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(model, token_ids, settings)
+    note = {}
+    if folder.exists():
+        try:
+            stats = ActivationStats.load(folder)
+            stats.meta["cache"] = {"path": str(folder), "hit": True}
+            return folder, stats, note
+        except CacheError as e:  # checked against its checksums: a damaged entry is named, set aside, recomputed
+            aside = set_aside(folder, str(e))
+            note = {"set_aside": str(aside), "why": str(e)}
+            print(f"rwedit: {e}\n  moved to {aside}; recomputing the statistics", file=sys.stderr, flush=True)
+    return folder, None, note
+
+
+def store_activation_stats(stats: ActivationStats, folder: Path, note: dict | None = None,
+                           progress: bool = True) -> ActivationStats:
+    """Decompose every input of freshly collected ``stats`` and write them into the cache entry ``folder``; from
+    then on their sums are read from it, not held. A full disk is said and the statistics serve this run. The
+    model is not needed: a caller that loaded it for the statistics alone drops it first."""
+    note = dict(note or {})
+    stats.precompute_spectra(progress=progress)
+    try:
+        stats.save(folder)
+        stats.sums = _LazyTensors.open(folder / "stats.safetensors")
+    except DiskFullError as e:  # the statistics are in memory: this run goes on, only their reuse is lost
+        print(f"rwedit: the activation statistics were not cached: {e}", file=sys.stderr, flush=True)
+        note["not_written"] = str(e)
+    stats.meta["cache"] = {"path": str(folder), "hit": False, **note}
+    return stats
+
+
 def cached_activation_stats(
     model: torch.nn.Module,
     token_ids: torch.Tensor,
@@ -391,23 +479,8 @@ def cached_activation_stats(
     progress: bool = True,
 ) -> ActivationStats:
     """Load the statistics for exactly this model, these tokens and settings, or collect and save them."""
-    folder = Path(cache_dir or default_cache_dir()) / cache_key(model, token_ids, settings)
-    note = {}
-    if folder.exists():
-        try:
-            stats = ActivationStats.load(folder)
-            stats.meta["cache"] = {"path": str(folder), "hit": True}
-            return stats
-        except CacheError as e:  # checked against its checksums: a damaged entry is named, set aside, recomputed
-            aside = set_aside(folder, str(e))
-            note = {"set_aside": str(aside), "why": str(e)}
-            print(f"rwedit: {e}\n  moved to {aside}; recomputing the statistics", file=sys.stderr, flush=True)
-    stats = collect_activation_stats(model, token_ids, settings, source, progress)
-    stats.precompute_spectra(progress=progress)
-    try:
-        stats.save(folder)
-    except DiskFullError as e:  # the statistics are in memory: this run goes on, only their reuse is lost
-        print(f"rwedit: the activation statistics were not cached: {e}", file=sys.stderr, flush=True)
-        note["not_written"] = str(e)
-    stats.meta["cache"] = {"path": str(folder), "hit": False, **note}
+    folder, stats, note = lookup_activation_stats(model, token_ids, settings, cache_dir)
+    if stats is None:
+        stats = store_activation_stats(collect_activation_stats(model, token_ids, settings, source, progress), folder,
+                                       note, progress)
     return stats

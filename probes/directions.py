@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from rwedit.architectures import INPUT_GROUP, READ_ROLES, WRITE_ROLES, get_weight, model_layout
 from rwedit.data import batches
 from rwedit.errors import ConfigError, DataError
-from rwedit.models import execution_device, input_device
+from rwedit.models import execution_device, hooks_pass
 from rwedit.outputs import dumps, write_text
 from rwedit.probes.svd import top_svd
 
@@ -344,13 +344,13 @@ def contexts(model: torch.nn.Module, token_ids: torch.Tensor, directions: Sequen
             sq[key] += (proj ** 2).sum(0).cpu()
             tot[key] += float((a ** 2).sum())
         hooks.append(module.register_forward_pre_hook(hook))
-    device, seq_len = input_device(model), token_ids.shape[1]
+    seq_len = token_ids.shape[1]
     was_training = model.training
     model.eval()
     try:
         with tqdm(total=token_ids.numel(), desc="direction contexts", unit="tok", disable=not progress) as bar:
             for batch in batches(token_ids, batch_size):
-                model(input_ids=batch.to(device), use_cache=False)
+                hooks_pass(model, batch)
                 position["first"] += batch.numel()
                 bar.update(batch.numel())
     finally:

@@ -24,7 +24,8 @@ from rwedit.errors import ConfigError
 from rwedit.models import check_window, load_model_and_tokenizer
 from rwedit.outputs import atomic_folder, check_not_input, check_output_folder, dumps, write_json, write_text
 from rwedit.pages import write_pages
-from rwedit.probes.activations import ActivationStats, StatsSettings, cached_activation_stats
+from rwedit.probes.activations import (ActivationStats, StatsSettings, collect_activation_stats,
+                                       lookup_activation_stats, store_activation_stats)
 from rwedit.probes.directions import (Direction, activation_directions, cards_frame, cards_html, delta_directions,
                                      cached_explain, prediction_directions)
 from rwedit.probes.grid import (GridSettings, check_ks, columns, null_methods, prediction_from_pair, read_unembedding,
@@ -32,7 +33,7 @@ from rwedit.probes.grid import (GridSettings, check_ks, columns, null_methods, p
 from rwedit.probes.norms import delta_norms, delta_norms_posts
 from rwedit.probes.report import markdown_table, plot_rsf_heatmaps, plot_rsf_vs_k, pyplot, rsf_headline, save_figure
 from rwedit.probes.svd import DEFAULT_R, SVDMetrics, clip_rank, svd_structure
-from rwedit.runtime import runtime, stage, using
+from rwedit.runtime import release_memory, runtime, stage, using
 from rwedit.stream import ordered_map
 
 SVD_COLUMNS = ("layer", "role", "r", "method", "scale", "scale_residual", "orth_U", "orth_V", "consistency",
@@ -52,8 +53,13 @@ def activation_stats_for(ckpt: Checkpoint, calib: CalibrationSettings, roles: tu
     model, tok, ids = calibration_pass(ckpt, calib)
     settings = StatsSettings(roles=roles, seq_len=calib.seq_len, batch_size=calib.batch_size)
     rt = runtime()
-    return cached_activation_stats(model, ids, settings, source=str(calib.data), cache_dir=rt.cache_dir,
-                                   progress=rt.progress)
+    folder, stats, note = lookup_activation_stats(model, ids, settings, rt.cache_dir)
+    if stats is None:
+        stats = collect_activation_stats(model, ids, settings, str(calib.data), rt.progress)
+        del model, tok  # loaded for the statistics alone: gone before their decompositions and write
+        release_memory()
+        stats = store_activation_stats(stats, folder, note, rt.progress)
+    return stats
 
 
 def spikedness_rows(stats: ActivationStats, ks: tuple[int, ...], centred: bool) -> list[dict]:

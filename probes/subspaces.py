@@ -154,7 +154,7 @@ def _validate_square(m: torch.Tensor, name: str) -> None:
         raise ConfigError(f"{name} has {n_bad} non-finite (NaN/inf) entries; recompute the statistics")
 
 
-def _kept_spectrum(m: np.ndarray, keep: int) -> Spectrum:
+def _kept_spectrum(m: np.ndarray, keep: int, overwrite: bool = False) -> Spectrum:
     """Every eigenvalue of the symmetric ``m`` but the eigenvectors of the top and bottom ``keep``
     alone, from one Householder reduction to tridiagonal T (LAPACK dsytrd): T's eigenvalues (dsterf), bisection
     for the two index ranges (dstebz) and inverse iteration for both in one call (dstein: a cluster shared by the
@@ -163,7 +163,8 @@ def _kept_spectrum(m: np.ndarray, keep: int) -> Spectrum:
     from scipy.linalg import lapack
 
     n = m.shape[0]
-    c, diag, off, tau, info = lapack.dsytrd(m, lower=1, lwork=int(lapack.dsytrd_lwork(n, lower=1)[0]))
+    c, diag, off, tau, info = lapack.dsytrd(m, lower=1, lwork=int(lapack.dsytrd_lwork(n, lower=1)[0]),
+                                            overwrite_a=int(overwrite))
     evals, info2 = lapack.dsterf(diag, off)
     ends = [lapack.dstebz(diag, off, 2, 0, 0, lo, hi, 0, "B") for lo, hi in ((1, keep), (n - keep + 1, n))]
     w, block = (np.concatenate([e[1][:keep] for e in ends]), np.concatenate([e[2][:keep] for e in ends]))
@@ -187,14 +188,18 @@ def _kept_spectrum(m: np.ndarray, keep: int) -> Spectrum:
     return Spectrum(torch.from_numpy(evals[::-1].copy()), vecs[:, :keep].contiguous(), vecs[:, keep:].contiguous())
 
 
-def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None) -> Spectrum:
+def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None, exact: bool = False,
+                           overwrite: bool = False) -> Spectrum:
     """eigh in float64 of an (already validated) symmetric matrix, reordered descending; with ``keep`` (and d at
-    least :data:`KEPT_MIN_D` and above 2·keep) only the top and bottom ``keep`` eigenvectors."""
+    least :data:`KEPT_MIN_D` and above 2·keep) only the top and bottom ``keep`` eigenvectors. ``exact``: m equals
+    its transpose bit for bit (not symmetrised again); ``overwrite``: m may be destroyed (no d × d copy of it)."""
+    owned = m.dtype != torch.float64
     m = m.to(torch.float64)
-    m = 0.5 * (m + m.T)
+    if not exact:
+        m, owned = 0.5 * (m + m.T), True
     if keep is not None and max(KEPT_MIN_D, 2 * keep + 1) <= m.shape[0] and m.device.type == "cpu":
-        try:
-            return _kept_spectrum(m.numpy().T, keep)  # symmetric: the transpose is the Fortran-ordered matrix
+        try:  # symmetric: the transpose is the Fortran-ordered matrix
+            return _kept_spectrum(m.numpy().T, keep, overwrite=overwrite or owned)
         except np.linalg.LinAlgError:  # a LAPACK failure or overlapping ends: the full decomposition instead
             pass
     evals, evecs = torch.linalg.eigh(m)
@@ -203,20 +208,29 @@ def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None) -> Spectrum
     return Spectrum(eigenvalues=evals, eigenvectors=evecs)
 
 
-def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6, keep: int | None = None) -> Spectrum:
+def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6, keep: int | None = None,
+                 overwrite: bool = False) -> Spectrum:
     """Spectrum of a second-moment matrix C = E[a aᵀ] of a module's inputs, eigenvalues descending (``keep``: at
-    least the top and bottom ``keep`` eigenvectors; None: all).
+    least the top and bottom ``keep`` eigenvectors; None: all; ``overwrite``: C may be destroyed, which saves a
+    d × d copy).
 
     C must be square, finite and symmetric: max|C - Cᵀ| <= sym_rtol * max|C| (float32
     accumulation leaves asymmetry ~1e-7; anything larger means the wrong matrix was passed)."""
     _validate_square(second_moment, "second_moment")
     m = second_moment.to(torch.float64)
-    scale = float(m.abs().max())
-    asym = float((m - m.T).abs().max())
+    scale = asym = 0.0
+    for i in range(0, m.shape[0], SYM_CHECK_ROWS):  # row blocks: no d × d temporaries
+        rows = m[i:i + SYM_CHECK_ROWS]
+        scale = max(scale, float(rows.abs().max()))
+        asym = max(asym, float((rows - m[:, i:i + SYM_CHECK_ROWS].T).abs().max()))
     if asym > sym_rtol * max(scale, torch.finfo(torch.float64).tiny):
         raise ConfigError(f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
                           f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)")
-    return _spectrum_of_symmetric(m, keep)
+    return _spectrum_of_symmetric(m, keep, exact=asym == 0, overwrite=overwrite)
+
+
+#: rows per block of eig_subspace's symmetry check
+SYM_CHECK_ROWS = 512
 
 
 def gram_matrix(W: torch.Tensor, column_gain: torch.Tensor | None = None, *,

@@ -291,6 +291,18 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return execution_device(model.get_input_embeddings())
 
 
+def hooks_pass(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """A forward pass run for its hooks on the layers' inputs: the unembedding's logits for the last position
+    only, where the model's forward takes ``logits_to_keep`` (all positions' logits at a 152k vocabulary are
+    batch × seq × 152k floats, a quarter of the pass's arithmetic). Hooks on the unembedding's own input
+    would see that one position: the callers hook layer modules only."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes kwargs on
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    model(input_ids=input_ids.to(input_device(model)), use_cache=False, **keep)
+
+
 def named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """``model.named_parameters()`` (same names, same order) with offloaded weights read from their offload
     store, one module at a time, so a model placed across devices and disk yields the values the whole model

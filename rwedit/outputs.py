@@ -175,6 +175,43 @@ def disk_full(where: str | Path, need: int, e: BaseException, more: bool = False
                          f"writing it needs {need_text}, and {readable_bytes(free_bytes(where))} is free there: {hint}")
 
 
+# --- tensors written one at a time -----------------------------------------------------------------------------
+
+#: safetensors' names of the dtypes :func:`write_safetensors` writes
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def write_safetensors(path: str | Path, entries: Iterable[tuple[str, Any, tuple[int, ...], Any]],
+                      metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file from ``(name, torch dtype, shape, make)`` entries, calling each ``make()`` only
+    when its bytes are written and dropping the tensor after: the file's tensors are never all in memory at
+    once (safetensors' ``save_file`` first copies every tensor into one bytes object, doubling the peak).
+    Returns the bytes the file takes; ``make()`` must give a tensor of the dtype and shape declared."""
+    import torch
+
+    entries = list(entries)
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, dtype, shape, _ in entries:
+        n = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(dtype).removeprefix("torch.")], "shape": list(shape),
+                        "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name, dtype, shape, make in entries:
+            t = make()
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{name}: made {t.dtype} {tuple(t.shape)}, declared {dtype} {tuple(shape)}")
+            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # a view: no copy
+            del t
+    return 8 + len(text) + offset
+
+
 # --- cache entries that check themselves ----------------------------------------------------------------------
 
 #: the file a cache entry's checksums are written to, after every other file of the entry

@@ -108,13 +108,37 @@ def recording(interval_s: float = 0.01) -> Iterator[dict[str, StageCost]]:
         _STAGES.reset(token)
 
 
+def release_memory() -> None:
+    """Hand the memory freed so far back to the operating system (glibc's ``malloc_trim``; elsewhere nothing).
+    glibc keeps freed blocks below its mmap threshold (32 MiB at most) in its arenas: after the probe stage of
+    a 0.5B model 4.7 GB stayed resident with 0.1 GB of tensors alive, and every later stage stood on top of it."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 @contextmanager
 def stage(name: str) -> Iterator[None]:
     """Measure the block as the run stage ``name`` (stages nest: an outer one includes its inner ones); nothing
-    outside :func:`recording`."""
+    outside :func:`recording`. The memory the stage freed is handed back at its end (:func:`release_memory`)."""
     rec = _STAGES.get()
     if rec is None:
-        yield
+        try:
+            yield
+        finally:
+            release_memory()
         return
     costs, open_ = rec
     cost = costs.setdefault(name, StageCost())
@@ -123,6 +147,7 @@ def stage(name: str) -> Iterator[None]:
     try:
         yield
     finally:
+        release_memory()
         open_.remove(frame)
         cost.wall_s += time.perf_counter() - frame[2]
         cost.cpu_s += _cpu_s() - frame[3]

@@ -58,10 +58,16 @@ def response_logprob(model, enc: Encoded) -> torch.Tensor:
     """Sum of log p(response token | everything before it) per row (differentiable)."""
     device = input_device(model)  # a dispatched model's first parameter may be offloaded (meta)
     ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1]
+    logp = torch.stack([log_softmax_row(row).gather(-1, t[:, None]).squeeze(-1) for row, t in zip(logits, ids[:, 1:])])
     mask = enc.response_mask[:, 1:].to(device)
     return (logp * mask).sum(-1)
+
+
+def log_softmax_row(logits: torch.Tensor) -> torch.Tensor:
+    """The float32 log-softmax of one sequence's logits (positions × vocabulary). Callers take it row by row:
+    a whole batch's is another batch × positions × vocabulary floats (1.2 GB for 8 × 256 at a 152k vocabulary)."""
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def token_ce(model, ids: torch.Tensor) -> torch.Tensor:

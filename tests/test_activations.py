@@ -199,3 +199,65 @@ def test_faster_accumulation_modes_stay_close_to_direct_float64(dtype, rtol, wik
     assert (stats.sums[(1, "down_in")].dtype == torch.float64) == (dtype == "mixed")
     with pytest.raises(ValueError, match="float64, mixed or float32"):
         StatsSettings(dtype="float16")
+
+
+def test_safetensors_are_written_one_tensor_at_a_time_and_read_back_by_safetensors(tmp_path):
+    import weakref
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from rwedit.outputs import write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 5, dtype=torch.float64, generator=g), "b": torch.randn(7, generator=g).bfloat16(),
+               "c": torch.tensor(3.5), "d": torch.zeros(0, 4), "e": torch.tensor([True, False, True]),
+               "f": torch.arange(5), "g": torch.randn(2, 3, generator=g).half()}
+    made: list = []
+
+    def make(name):  # a fresh tensor each time: the writer must have let go of the previous one
+        assert all(r() is None for r in made), "an earlier tensor is still held"
+        t = tensors[name].clone()
+        made.append(weakref.ref(t))
+        return t
+
+    path = tmp_path / "t.safetensors"
+    n = write_safetensors(path, [(k, t.dtype, tuple(t.shape), lambda k=k: make(k)) for k, t in tensors.items()],
+                          metadata={"what": "test"})
+    assert n == path.stat().st_size and len(made) == len(tensors)
+    save_file(tensors, tmp_path / "ref.safetensors")  # safetensors' own writer: the same tensors read back
+    back, ref = load_file(path), load_file(tmp_path / "ref.safetensors")
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t) and torch.equal(back[k], ref[k]), k
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == {"what": "test"} and sorted(f.keys()) == sorted(tensors)
+    with pytest.raises(ValueError, match=r"a: made torch.float32 \(3, 5\), declared torch.float64"):
+        write_safetensors(tmp_path / "bad.safetensors", [("a", torch.float64, (3, 5), lambda: torch.zeros(3, 5))])
+
+
+def test_hook_passes_compute_no_logits_but_the_last_and_the_sums_match_a_full_forward(wiki_ids, wiki_tokenizer):
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    ids = wiki_ids[:6]
+    captured, logits_shapes = [], []
+    h = model.get_submodule(model_layout(model).view(1, "down").module).register_forward_pre_hook(
+        lambda m, a: captured.append(a[0].detach().double()))
+    model(input_ids=ids, use_cache=False)  # a plain full forward: the reference inputs
+    h.remove()
+    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in captured])
+    h = model.get_output_embeddings().register_forward_hook(lambda m, a, out: logits_shapes.append(tuple(out.shape)))
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("down",), batch_size=3), progress=False)
+    h.remove()
+    assert logits_shapes == [(3, 1, len(wiki_tokenizer))] * 2  # the last position's logits only, per batch
+    assert _scaled_error(stats.second_moment(1, "down"), X.T @ X / X.shape[0]) <= activations_mod.F32_TOKENS * 2.0 ** -24
+
+
+def test_cached_statistics_are_read_from_their_entry_not_held(tmp_path, wiki_ids, wiki_tokenizer):
+    model = tiny_model("llama", vocab_size=len(wiki_tokenizer))
+    settings = StatsSettings(roles=("q", "down"), batch_size=4)
+    fresh = collect_activation_stats(model, wiki_ids, settings, progress=False)
+    cached = cached_activation_stats(model, wiki_ids, settings, cache_dir=tmp_path, progress=False)
+    assert cached.meta["cache"]["hit"] is False
+    assert isinstance(cached.sums, activations_mod._LazyTensors)  # the full matrices live in the entry's file
+    assert set(cached.sums) == set(fresh.sums) and (1, "down_in") in cached.sums and (1, "o_in") not in cached.sums
+    for layer, group in fresh.sums:
+        assert torch.equal(cached.sums[(layer, group)], fresh.sums[(layer, group)])

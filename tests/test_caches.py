@@ -81,10 +81,10 @@ def test_a_damaged_statistics_entry_is_named_set_aside_and_recomputed(model, ids
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
                                    Exception("No space left on device (os error 28)")])  # as safetensors says it
 def test_a_full_cache_disk_names_the_entry_and_the_space_needed(model, ids, tmp_path, monkeypatch, capsys, error):
-    def full(tensors, path, *a, **k):
+    def full(path, *a, **k):
         raise error
 
-    monkeypatch.setattr(act.safetensors_torch, "save_file", full)
+    monkeypatch.setattr(act, "write_safetensors", full)
     stats = _cached(model, ids, tmp_path)  # the statistics in memory serve this run
     err = capsys.readouterr().err
     entry = tmp_path / act.cache_key(model, ids, SETTINGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -84,6 +85,28 @@ def test_lmeval_per_item_logliks_equal_a_direct_computation(edited, wiki_tokeniz
             want = [float(max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0]) == s["target"])
                     for s in samples]
             assert vals == want and sum(vals) / len(vals) == pytest.approx(flat[f"{task}/acc"])
+
+
+def test_lmeval_batches_fit_the_logits_budget_and_score_the_same(edited, wiki_tokenizer):
+    peft_model, by_hand, _ = edited
+    tasks = ("rwedit_hh_preference", "rwedit_wikitext")
+    budget = EvalSettings(tasks=tasks, limit=3, batch_size=4, logits_mb=1)
+    scorer = LMEvalScorer(peft_model, wiki_tokenizer, budget)
+    calls, call = [], scorer.lm._model_call
+    scorer.lm._model_call = lambda inps, **kw: calls.append(tuple(inps.shape)) or call(inps, **kw)
+    out = scorer.run("edit1", log_samples=True)
+    per_token = 2 * 4 * peft_model.config.vocab_size
+    assert calls and all(b == 1 or b * n * per_token <= 2**20 for b, n in calls), calls
+    assert any(b == 1 and n * per_token > 2**19 for b, n in calls), calls  # the budget did split batches
+    for s in out["samples"]["rwedit_hh_preference"]:
+        for (context, continuation), resp in zip(s["arguments"], s["filtered_resps"]):
+            assert resp[0] == pytest.approx(_direct_loglik(by_hand, wiki_tokenizer, context, continuation),
+                                            rel=1e-4, abs=1e-3)
+    free = LMEvalScorer(peft_model, wiki_tokenizer, replace(budget, logits_mb=None)).score("edit1")
+    ours = flatten_results(out["results"])
+    assert ours and ours.keys() <= free.keys()
+    for key, value in ours.items():
+        assert value == free[key] if value is None else value == pytest.approx(free[key], rel=1e-6), key
 
 
 def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):

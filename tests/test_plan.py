@@ -299,7 +299,8 @@ def _role_weights(model) -> dict[str, torch.Tensor]:
 def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path):
     """The streaming pass: runtime + per worker thread a float32 block and its stored-dtype read block for base
     and post (blocks of 1 MiB of float32, or the whole tensor when smaller), plus 8 bytes an element of the
-    largest role tensor for the grid's sums; the statistics: d_in^2 float64 per input group per layer; the model: every stored element in float32 — each
+    largest role tensor for the grid's sums; the statistics: their float64 upper triangles and one full matrix at a
+    time (the cache: d_in^2 float64 per input group per layer); the model: every stored element in float32 — each
     re-derived from the saved model's own modules and config, not from the headers plan reads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -323,7 +324,15 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     stored = next(iter(_role_weights(model).values())).element_size()  # saved in the model's dtype
     assert stages["probe: RSF grid"].memory_bytes == (RUNTIME_BYTES + torch.get_num_threads() * 2 * block * (4 + stored)
                                                       + largest * 8)
-    assert stages["probe: statistics"].memory_bytes == RUNTIME_BYTES + params * 4 + cfg.num_hidden_layers * per_layer
+    # the statistics: each input's float64 upper block triangle (the accumulator's own row blocks), and one input's
+    # full matrix with two working copies while it is decomposed and written
+    from rwedit.probes.activations import _Outer
+
+    widths = [cfg.hidden_size, cfg.hidden_size, cfg.num_attention_heads * head, cfg.intermediate_size]
+    triangles = cfg.num_hidden_layers * sum(sum(r.numel() for r in _Outer(d, torch.float64, "cpu").rows) * 8
+                                            for d in widths[1:])
+    want = RUNTIME_BYTES + params * 4 + triangles + 3 * max(widths) ** 2 * 8
+    assert stages["probe: statistics"].memory_bytes == pytest.approx(want, rel=0.01)
     edit_q_and_o = (cfg.hidden_size ** 2 + (cfg.num_attention_heads * head) ** 2) * 8  # the edit's layer: q, o
     assert plan.cache_bytes == cfg.num_hidden_layers * per_layer + edit_q_and_o
     assert stages["scoring"].memory_bytes > RUNTIME_BYTES + params * 4

@@ -131,6 +131,27 @@ def test_kept_eigenvectors_match_numpy_eigh(case, monkeypatch):
         np.testing.assert_allclose(np.abs(np.sum(bot * ref[:, ::-1][:, :keep], axis=0)), 1, atol=1e-8)
 
 
+def test_the_input_survives_unless_given_to_overwrite_and_the_spectrum_is_the_same(monkeypatch):
+    """``overwrite`` spares the kept-vectors solver a d × d copy, and changes no bit of the result; without it the
+    caller's matrix is untouched, exactly symmetric (not symmetrised again) or not."""
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)
+    c, _ = spiked(200, np.geomspace(50.0, 0.01, 200), seed=5)
+    exact = torch.from_numpy(0.5 * (c + c.T))  # bit-for-bit symmetric
+    nearly = exact + 1e-13 * torch.triu(torch.ones_like(exact), 1)  # symmetric within sym_rtol only
+    for m in (exact, nearly):
+        kept = m.clone()
+        ref = eig_subspace(m, keep=20)
+        assert torch.equal(m, kept)
+        again = eig_subspace(m.clone(), keep=20, overwrite=True)
+        for a, b in ((ref.eigenvalues, again.eigenvalues), (ref.eigenvectors, again.eigenvectors),
+                     (ref.low_vectors, again.low_vectors)):
+            assert torch.equal(a, b)
+    np.testing.assert_allclose(eig_subspace(nearly, keep=20).eigenvalues.numpy(),
+                               eig_subspace(exact, keep=20).eigenvalues.numpy(), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("case", ["few_tokens", "identity"])
 def test_kept_ends_stay_orthogonal_when_one_cluster_spans_both(case, monkeypatch):
     """Fewer tokens than kept vectors (the null space reaches into the top range) or one eigenvalue throughout
