@@ -192,6 +192,9 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     n_cond = (len(conditions) + 1) if conditions is not None else 1
     batch_tokens, output, parts = 0, n_cond * ROW_BYTES, {}
     direct, ev = recipe.direct, recipe.eval
+    layout = ctx.base.layout
+    vocab = layout.view(None, "unembed").shape[0]
+    budget = ev.logits_mb * 2**20 if ev is not None and ev.logits_mb is not None else None  # lm-eval's batches
     pairs, requests = [], {}  # the texts the scorers will read, counted with the base's tokenizer at once
     if direct is not None:
         pairs = read_pairs(direct.pairs_data, limit=None if direct.pairs == "all" else direct.pairs,
@@ -199,7 +202,8 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
         batch_tokens = direct.batch_size * max(direct.max_len, direct.seq_len)
     if ev is not None:
         requests = {t: request_texts(t, ev.limit) for t in ev.tasks}
-        batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256))
+        batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256) if budget is None else
+                           budget // (8 * vocab))
         output += n_cond * len(ev.tasks) * (ev.limit or 500) * LMEVAL_ITEM_BYTES
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
     texts += [t for reqs, _ in filter(None, requests.values()) for r in reqs for t in r]
@@ -218,10 +222,8 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
             reqs, rolling = got
             n = [next(lengths) + next(lengths) for _ in reqs]
             n = [w for x in n for w in ([window] * (x // window) + [x % window] if rolling else [min(x, window)]) if w]
-            per += padded_tokens(n, ev.batch_size, sort=True)
+            per += padded_tokens(n, ev.batch_size, sort=True, vocab=vocab, budget=budget)
         parts["lmeval"] = n_cond * per
-    layout = ctx.base.layout
-    vocab = layout.view(None, "unembed").shape[0]
     what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
             f"per condition: the {kind} kind lists its conditions when the run prepares them")
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)

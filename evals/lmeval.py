@@ -220,15 +220,12 @@ def _budget_hflm():
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.logits_bytes is None or not isinstance(self.batch_size, int) or not requests:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-            per_token = 2 * 4 * int(self.model.config.vocab_size)  # the logits and their log-softmax, float32
+            from rwedit.evals.planning import logits_batch
 
-            def fits(req) -> int:  # the input as lm-eval truncates it: at most max_length tokens
+            vocab, groups = int(self.model.config.vocab_size), {}
+            for i, req in enumerate(requests):  # the input as lm-eval truncates it: at most max_length tokens
                 n = min(len(req[1]) + len(req[2]) - 1, self.max_length)
-                return max(1, min(self.batch_size, self.logits_bytes // (n * per_token)))
-
-            groups: dict[int, list[int]] = {}
-            for i, req in enumerate(requests):
-                groups.setdefault(fits(req), []).append(i)
+                groups.setdefault(logits_batch(n, self.batch_size, vocab, self.logits_bytes), []).append(i)
             if list(groups) == [self.batch_size]:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
             out, full = [None] * len(requests), self.batch_size

@@ -38,6 +38,10 @@ FORWARD_EFFICIENCY = 0.75
 #: the same for the scorers, whose batches also carry padding, log-softmax over the vocabulary and lm-eval's
 #: per-request work: 0.57 in the same run (the whole scoring stage, 213k tokens in 1214 s)
 SCORING_EFFICIENCY = 0.6
+#: bytes/s at which a statistics cache entry is written and checksummed (its d x d matrices made from the kept
+#: triangles, written, read back for sha256): 4.5 GB in 17.8 s at the 0.5B study's shapes on this project's
+#: 2-core machine's virtio disk (2026-12-07); a disk's write rate is not measured by the plan, and differs
+CACHE_WRITE_BYTES_S = 250e6
 #: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 8 column blocks of
 #: `rwedit.probes.activations` (not imported here: `rwedit plan` stays light; a test holds the two together)
 TRIANGLE_SHARE = 0.5625
@@ -151,7 +155,7 @@ class Stage:
     parts: dict[str, int] = field(default_factory=dict)
     efficiency: float = FORWARD_EFFICIENCY  # share of the float32 rate its forward tokens run at
     token_flops: float | None = None  # FLOPs per forward token, where not the whole pass's (hook passes: no logits)
-    cache_bytes: int = 0  # what it writes into the cache
+    cache_bytes: int = 0  # what it writes into the cache (at CACHE_WRITE_BYTES_S)
 
     def seconds(self, rates: Rates, token_flops: float, tokens: int | None = None) -> float:
         """The stage's time at ``rates`` (``token_flops`` per forward token, unless the stage states its own, at
@@ -161,7 +165,7 @@ class Stage:
         if tokens is not None:
             return tokens * token_flops / forward
         return (self.tokens * token_flops / forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
-                + self.read_bytes / rates.read_bytes_s)
+                + self.read_bytes / rates.read_bytes_s + self.cache_bytes / CACHE_WRITE_BYTES_S)
 
 
 @dataclass(frozen=True)
@@ -228,15 +232,15 @@ def stats_work(layout, tokens: int, layers=None, roles=None) -> tuple[float, flo
 def stats_stage(ctx: "PlanContext", name: str, what: str, tokens: int, layers=None, roles=None) -> Stage:
     """The stage collecting activation statistics over ``tokens`` (hook passes, no logits), the memory it holds
     (each input's float64 upper block triangle, and one full matrix at a time as it is decomposed and written),
-    its products and decompositions (:func:`stats_work`), and writing and checksumming the cache entry
-    (:func:`stats_bytes`, at the measured read rate); the entry's bytes are ``stage.cache_bytes``."""
+    its products and decompositions (:func:`stats_work`), and writing and checksumming the cache entry of
+    ``stage.cache_bytes`` (:func:`stats_bytes`, at :data:`CACHE_WRITE_BYTES_S`)."""
     layout = ctx.base.layout
     full = stats_bytes(layout, layers, roles)
     widest = max((layout.view(l, r).d_in for l in (range(layout.n_layers) if layers is None else layers)
                   for r in (roles or layout.roles()) if r != "unembed"), default=0)
     stage = ctx.model_stage(name, what, int(TRIANGLE_SHARE * full) + 3 * widest ** 2 * 8, tokens)
     stage.flops, stage.flops64 = stats_work(layout, tokens, layers, roles)
-    stage.token_flops, stage.read_bytes, stage.cache_bytes = forward_flops(layout, logits=False), 2 * full, full
+    stage.token_flops, stage.cache_bytes = forward_flops(layout, logits=False), full
     return stage
 
 
@@ -252,9 +256,23 @@ def grid_work(layout, ks, sides: int = 2, subspaces: int = 3) -> tuple[float, fl
     return f32, 2.0 * d.vocab * d.hidden ** 2 + EIGH_N3 * d.hidden ** 3
 
 
-def padded_tokens(lengths: list[int], batch_size: int, sort: bool = False) -> int:
+def logits_batch(tokens: int, batch_size: int, vocab: int, budget: int | None) -> int:
+    """The batch size at which inputs of ``tokens`` keep their logits and log-softmax (float32, ``vocab`` wide)
+    within ``budget`` bytes (None: ``batch_size``), at least 1: how rwedit's lm-eval model splits its batches."""
+    if budget is None:
+        return batch_size
+    return max(1, min(batch_size, budget // (max(tokens, 1) * 8 * vocab)))
+
+
+def padded_tokens(lengths: list[int], batch_size: int, sort: bool = False, vocab: int = 0,
+                  budget: int | None = None) -> int:
     """Tokens a batched pass computes over sequences of ``lengths``: each batch padded to its longest (lm-eval
-    sorts by length first)."""
+    sorts by length first; with a logits ``budget``, sequences are grouped by their :func:`logits_batch` first)."""
+    if budget is not None:
+        groups: dict[int, list[int]] = {}
+        for n in lengths:
+            groups.setdefault(logits_batch(n, batch_size, vocab, budget), []).append(n)
+        return sum(padded_tokens(ns, b, sort) for b, ns in groups.items())
     xs = sorted(lengths, reverse=True) if sort else list(lengths)
     return sum(len(xs[i:i + batch_size]) * max(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size))
 
@@ -305,8 +323,8 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
 
 
-__all__ = ["ADAPTER_FILES_BYTES", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3", "SCORING_EFFICIENCY",
-           "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES",
-           "PROBE_ROW_BYTES", "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops",
-           "grid_work", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_stage", "stats_work",
+__all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
+           "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
+           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work",
+           "logits_batch", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_stage", "stats_work",
            "token_lengths"]

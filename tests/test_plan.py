@@ -478,3 +478,35 @@ def test_plan_imports_no_torch_once_its_rates_are_cached_and_reads_the_config_as
     ckpt = Checkpoint.open(pair_root / "base")
     assert isinstance(ckpt.config, HeaderConfig)
     assert ckpt.layout.dims == Layout.from_config(_read_config(pair_root / "base", transformers=True)).dims
+
+
+def test_lmeval_padding_follows_the_logits_budget_groups():
+    """With a logits budget, requests are grouped by the batch size their length allows and padded per group, as
+    rwedit's lm-eval model batches them: worked by hand."""
+    from rwedit.evals.planning import logits_batch, padded_tokens
+
+    vocab, budget = 1000, 8 * 1000 * 200  # 200 tokens' logits and log-softmax
+    assert [logits_batch(n, 4, vocab, budget) for n in (100, 90, 10, 5, 500)] == [2, 2, 4, 4, 1]
+    assert logits_batch(500, 4, vocab, None) == 4
+    lengths = [10, 100, 5, 90, 10]
+    assert padded_tokens(lengths, 4, sort=True) == 4 * 100 + 5  # one batch of 4 padded to 100, then the 5
+    assert padded_tokens(lengths, 4, sort=True, vocab=vocab, budget=budget) == 2 * 100 + 3 * 10
+
+
+def test_a_statistics_stage_is_priced_as_hook_passes_its_arithmetic_and_its_cache_write(pair_root):
+    """Its forward tokens without the unembedding's logits, its products and decompositions, and the cache entry
+    written at the stated rate: the seconds re-derived term by term at stated rates."""
+    from rwedit.checkpoints import Checkpoint
+    from rwedit.evals.planning import (CACHE_WRITE_BYTES_S, FORWARD_EFFICIENCY, PlanContext, Rates, forward_flops,
+                                       stats_bytes, stats_stage, stats_work)
+
+    base = Checkpoint.open(pair_root / "base")
+    layout, d = base.layout, base.layout.dims
+    ctx = PlanContext(base, None, "cpu", 0, 0)
+    st = stats_stage(ctx, "statistics", "test", 1000)
+    rates = Rates(1e9, 5e8, 2e9, "stated")
+    hook = forward_flops(layout) - 2.0 * d.vocab * d.hidden
+    f32, f64 = stats_work(layout, 1000)
+    want = 1000 * hook / (1e9 * FORWARD_EFFICIENCY) + f32 / 1e9 + f64 / 5e8 + stats_bytes(layout) / CACHE_WRITE_BYTES_S
+    assert st.cache_bytes == stats_bytes(layout)
+    assert st.seconds(rates, forward_flops(layout)) == pytest.approx(want, rel=1e-12)
