@@ -65,7 +65,7 @@ class Plan:
         rates = self.rates(flops_per_s) if self.stages else None
         for st in self.stages:
             out[st.name] = st.seconds(rates, self.token_flops)
-            out.update({f"{st.name}: {p}": st.seconds(rates, self.token_flops, n) for p, n in st.parts.items()})
+            out.update({f"{st.name}: {p}": st.seconds(rates, self.token_flops, p) for p in st.parts})
         return out
 
     def lines(self, flops_per_s: float | None = None) -> list[str]:
@@ -229,7 +229,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
     extra = n_cond * 2 * layout.dims.hidden * 4 + batch_tokens * vocab * 4 * 2
     stage = ctx.model_stage("scoring", what, extra, sum(parts.values()))
-    stage.parts, stage.efficiency = parts, SCORING_EFFICIENCY
+    stage.parts, stage.part_efficiency = parts, {"lmeval": SCORING_EFFICIENCY}  # direct: a forward pass's
     return stage, output
 
 

@@ -122,7 +122,9 @@ def _probes(r: dict) -> list[Figure]:
                           "share"))
     a = _at(r, "acts")
     if a:
-        bound = 1 / (1 + a["macs_per_token"]["hooks_over_forward"])
+        from bench_probes import acts_ceiling
+
+        bound = acts_ceiling(a["macs_per_token"])
         for dtype, ratio in a["ratio"].items():
             share = ratio / bound
             out.append(Figure(f"activation hooks ({dtype}) tokens/s over bare, as a share of the FLOP ceiling "

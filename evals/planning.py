@@ -29,15 +29,17 @@ PROBE_ROW_BYTES, PLOTS_BYTES = 300, 4 << 20
 EIGH_N3 = 20.0
 #: the same for the statistics' decompositions at d >= KEPT_MIN_D, which compute only the kept eigenvectors (one
 #: memory-bound tridiagonal reduction, the two end ranges, their back-transform; `rwedit.probes.subspaces`): at n
-#: 4864 on 2 idle Xeon cores 6.4-6.6 (7.0-7.2 s; bench_study, 2026-12-07), 12-20 on loaded ones
-KEPT_N3 = 7.0
+#: 4864 on 2 idle Xeon cores 8.9 and 8.5 in two runs of bench_study (6.4 and 6.1 s each at float64 products of
+#: 159 and 168 GFLOP/s, 2026-12-07), 12-20 on loaded ones
+KEPT_N3 = 8.7
 #: share of the measured float32 product rate a forward pass runs at (attention, norms, activations and the
-#: unembedding's softmax besides the layer products): 0.75 for the bare 0.5B model at 8 x 256 tokens on 2 idle Xeon
-#: cores (230 tokens/s of 1.01 GFLOP at 309 GFLOP/s; bench_study, 2026-12-07)
+#: unembedding's softmax besides the layer products): for the bare 0.5B model at 8 x 256 tokens on 2 idle Xeon
+#: cores 0.75, 0.63 and 0.79 in three runs of bench_study (230, 203 and 292 tokens/s of 1.01 GFLOP at 309, 324 and
+#: 375 GFLOP/s, 2026-12-07): the machine's forward rate moves more than the product the plan measures
 FORWARD_EFFICIENCY = 0.75
-#: the same for the scorers, whose batches also carry padding, log-softmax over the vocabulary and lm-eval's
-#: per-request work: 0.57 in the same run (the whole scoring stage, 213k tokens in 1214 s)
-SCORING_EFFICIENCY = 0.6
+#: the same for lm-eval's scoring (its per-request work, the log-softmax over the vocabulary, padding within a
+#: batch): 0.68 in the last of those runs (80.6k tokens in 320 s); the direct metrics run at FORWARD_EFFICIENCY (0.76)
+SCORING_EFFICIENCY = 0.65
 #: bytes/s at which a statistics cache entry is written and checksummed (its d x d matrices made from the kept
 #: triangles, written, read back for sha256): 4.5 GB in 17.8 s at the 0.5B study's shapes on this project's
 #: 2-core machine's virtio disk (2026-12-07); a disk's write rate is not measured by the plan, and differs
@@ -154,17 +156,20 @@ class Stage:
     read_bytes: int = 0
     parts: dict[str, int] = field(default_factory=dict)
     efficiency: float = FORWARD_EFFICIENCY  # share of the float32 rate its forward tokens run at
+    part_efficiency: dict[str, float] = field(default_factory=dict)  # a part's own, where not the stage's
     token_flops: float | None = None  # FLOPs per forward token, where not the whole pass's (hook passes: no logits)
     cache_bytes: int = 0  # what it writes into the cache (at CACHE_WRITE_BYTES_S)
 
-    def seconds(self, rates: Rates, token_flops: float, tokens: int | None = None) -> float:
-        """The stage's time at ``rates`` (``token_flops`` per forward token, unless the stage states its own, at
-        :attr:`efficiency` of the float32 rate; ``tokens``: a part's instead)."""
-        forward = rates.flops32 * self.efficiency
+    def seconds(self, rates: Rates, token_flops: float, part: str | None = None) -> float:
+        """The stage's time at ``rates``: its forward tokens at ``token_flops`` each (unless the stage states its
+        own) and :attr:`efficiency` of the float32 rate (each part's at its own, where it has one), and its other
+        work; ``part``: that part's forward tokens alone."""
         token_flops = self.token_flops or token_flops
-        if tokens is not None:
-            return tokens * token_flops / forward
-        return (self.tokens * token_flops / forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
+        if part is not None:
+            return self.parts[part] * token_flops / (rates.flops32 * self.part_efficiency.get(part, self.efficiency))
+        forward = sum(self.seconds(rates, token_flops, p) for p in self.parts) if self.parts else \
+            self.tokens * token_flops / (rates.flops32 * self.efficiency)
+        return (forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
                 + self.read_bytes / rates.read_bytes_s + self.cache_bytes / CACHE_WRITE_BYTES_S)
 
 

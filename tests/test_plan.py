@@ -510,3 +510,16 @@ def test_a_statistics_stage_is_priced_as_hook_passes_its_arithmetic_and_its_cach
     want = 1000 * hook / (1e9 * FORWARD_EFFICIENCY) + f32 / 1e9 + f64 / 5e8 + stats_bytes(layout) / CACHE_WRITE_BYTES_S
     assert st.cache_bytes == stats_bytes(layout)
     assert st.seconds(rates, forward_flops(layout)) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_stage_of_parts_prices_each_part_at_its_own_efficiency():
+    """The scoring stage's parts (direct metrics, lm-eval) run at different shares of the product rate: the stage
+    is the sum of its parts, each re-derived by hand."""
+    from rwedit.evals.planning import Rates, Stage
+
+    st = Stage("scoring", "test", 0, 300, parts={"direct": 100, "lmeval": 200}, efficiency=0.75,
+               part_efficiency={"lmeval": 0.5}, flops=2e9)
+    rates = Rates(1e9, 5e8, 2e9, "stated")
+    assert st.seconds(rates, 10.0, "direct") == pytest.approx(100 * 10 / 0.75e9)
+    assert st.seconds(rates, 10.0, "lmeval") == pytest.approx(200 * 10 / 0.5e9)
+    assert st.seconds(rates, 10.0) == pytest.approx(100 * 10 / 0.75e9 + 200 * 10 / 0.5e9 + 2.0)
