@@ -276,12 +276,18 @@ def logit_lens(vectors: torch.Tensor, unembed: torch.Tensor, gain: torch.Tensor 
     u = vectors.detach().float().cpu()
     if gain is not None:
         u = u * gain.float().cpu()
-    logits = u @ W_U.T  # m x vocab
-    k = min(top, logits.shape[1])
-    hi, lo = logits.topk(k, dim=1), (-logits).topk(k, dim=1)
-    return [([(_token_text(tokenizer, i), float(v)) for v, i in zip(hi.values[j], hi.indices[j])],
-             [(_token_text(tokenizer, i), float(-v)) for v, i in zip(lo.values[j], lo.indices[j])])
-            for j in range(logits.shape[0])]
+    k, out = min(top, W_U.shape[0]), []
+    for rows in u.split(LENS_ROWS):  # m x vocab logits a block of rows at a time (all: 1 GB at 1500 x 152k)
+        logits = rows @ W_U.T
+        hi, lo = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
+        out += [([(_token_text(tokenizer, i), float(v)) for v, i in zip(hi.values[j], hi.indices[j])],
+                 [(_token_text(tokenizer, i), float(v)) for v, i in zip(lo.values[j], lo.indices[j])])
+                for j in range(logits.shape[0])]
+    return out
+
+
+#: directions per block of the logit lens's products
+LENS_ROWS = 64
 
 
 class _TopK:

@@ -16,7 +16,7 @@ from rwedit.lazy import torch
 from rwedit.checkpoints import DTYPE_BYTES, Checkpoint, HeaderConfig
 from rwedit.config import Config, option
 from rwedit.errors import CheckpointError, ConfigError, DeviceError
-from rwedit.runtime import count_tokens
+from rwedit.runtime import count_tokens, release_memory
 
 DTYPES = tuple(DTYPE_BYTES)
 #: device-map strategies accelerate computes itself (transformers' ``from_pretrained`` passes them on)
@@ -252,6 +252,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint, device: str = "cpu", dtype: str =
         kwargs["max_memory"] = placement.max_memory
     if placement.offload_folder is not None:
         kwargs["offload_folder"] = placement.offload_folder
+    release_memory()  # what was freed before goes back first: the load is a run's largest allocation
     model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=getattr(torch, dtype), **kwargs)
     if device_map is None:
         model.to(device)

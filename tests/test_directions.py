@@ -262,3 +262,22 @@ def test_a_warm_probe_reuses_its_cards_without_a_second_calibration_pass(tmp_pat
     assert main(args + ["--out", str(tmp_path / "cold")]) == 0 and len(passes) == 2  # statistics, then the cards
     assert main(args + ["--out", str(tmp_path / "warm")]) == 0 and len(passes) == 3  # the statistics' key only
     assert (tmp_path / "warm" / "directions.jsonl").read_text() == (tmp_path / "cold" / "directions.jsonl").read_text()
+
+
+def test_the_logit_lens_of_many_directions_matches_one_product(monkeypatch):
+    """Directions are taken a block of rows at a time: the tokens and values of each equal those of one whole
+    m × vocab product, gain folded in (an independent top-k over the full product)."""
+    import rwedit.probes.directions as dirs
+
+    monkeypatch.setattr(dirs, "LENS_ROWS", 7)
+    g = torch.Generator().manual_seed(3)
+    W_U, u, gain = torch.randn(500, 16, generator=g), torch.randn(30, 16, generator=g), torch.rand(16, generator=g) + 0.5
+    got = logit_lens(u, W_U, gain, top=4)
+    full = (u * gain) @ W_U.T
+    assert len(got) == 30
+    for j, (promoted, suppressed) in enumerate(got):
+        hi, lo = full[j].topk(4), full[j].topk(4, largest=False)
+        assert [t for t, _ in promoted] == [f"<{int(i)}>" for i in hi.indices]
+        assert [v for _, v in promoted] == pytest.approx(hi.values.tolist(), rel=1e-5)
+        assert [t for t, _ in suppressed] == [f"<{int(i)}>" for i in lo.indices]
+        assert [v for _, v in suppressed] == pytest.approx(lo.values.tolist(), rel=1e-5)
