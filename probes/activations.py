@@ -32,7 +32,7 @@ from rwedit.errors import CacheError, ConfigError, DataError, DiskFullError, Non
 from rwedit.models import execution_device, hooks_pass, named_weights
 from rwedit.outputs import (SAFETENSORS_DTYPES, disk_full, entry_problem, follow_umask, is_disk_full, set_aside,
                             umask_mode, write_checksums, write_safetensors)
-from rwedit.probes.subspaces import Spectrum, eig_subspace
+from rwedit.probes.subspaces import MatrixOverwritten, Spectrum, eig_subspace
 from rwedit.runtime import cache_root
 
 STATS_VERSION = 3  # 2: spectra stored with the sums; 3: float32 partial sums over 1024 tokens, first moment likewise
@@ -229,8 +229,11 @@ class ActivationStats:
         need_top = d if top is None else top
         if sp is None or need_top is None or sp.n_top < min(need_top, sp.d) or sp.n_bottom < min(bottom, sp.d):
             keep = max(SPECTRUM_KEEP, top or 0, bottom)
-            sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep,
-                              overwrite=True)  # a matrix made for it
+            try:  # a matrix made for it: LAPACK may work in it
+                sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep,
+                                  overwrite=True)
+            except MatrixOverwritten:  # the kept solver failed on it: the full decomposition of a fresh one
+                sp = eig_subspace(self.second_moment(layer, role, centred), keep=None if top is None else keep)
             self.spectra[key] = sp.truncated(keep)
         return sp
 

@@ -13,7 +13,7 @@ from rwedit.lazy import torch
 
 from rwedit.errors import ConfigError
 
-__all__ = ["Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis", "haar_from_generator",
+__all__ = ["MatrixOverwritten", "Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis", "haar_from_generator",
            "prediction_spectrum"]
 
 #: Default number of unembedding rows upcast to float64 at a time (4096 rows x 4096 cols = 128 MiB).
@@ -188,20 +188,34 @@ def _kept_spectrum(m: np.ndarray, keep: int, overwrite: bool = False) -> Spectru
     return Spectrum(torch.from_numpy(evals[::-1].copy()), vecs[:, :keep].contiguous(), vecs[:, keep:].contiguous())
 
 
+class MatrixOverwritten(np.linalg.LinAlgError):
+    """The kept-vectors solver failed after overwriting the matrix it was allowed to (``overwrite``): give the
+    matrix again, not to be overwritten, for the full decomposition."""
+
+
 def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None, exact: bool = False,
                            overwrite: bool = False) -> Spectrum:
     """eigh in float64 of an (already validated) symmetric matrix, reordered descending; with ``keep`` (and d at
     least :data:`KEPT_MIN_D` and above 2·keep) only the top and bottom ``keep`` eigenvectors. ``exact``: m equals
-    its transpose bit for bit (not symmetrised again); ``overwrite``: m may be destroyed (no d × d copy of it)."""
-    owned = m.dtype != torch.float64
-    m = m.to(torch.float64)
-    if not exact:
-        m, owned = 0.5 * (m + m.T), True
+    its transpose bit for bit (not symmetrised again); ``overwrite``: m may be destroyed (no d × d copy of it;
+    should the kept solver then fail, :class:`MatrixOverwritten`). A copy made here is overwritten freely and,
+    should the kept solver fail, made again from ``m`` for the full decomposition."""
+    src = m
+
+    def made() -> torch.Tensor:
+        x = src.to(torch.float64)
+        return x if exact else 0.5 * (x + x.T)
+
+    m = made()
+    mine = m is not src
     if keep is not None and max(KEPT_MIN_D, 2 * keep + 1) <= m.shape[0] and m.device.type == "cpu":
         try:  # symmetric: the transpose is the Fortran-ordered matrix
-            return _kept_spectrum(m.numpy().T, keep, overwrite=overwrite or owned)
-        except np.linalg.LinAlgError:  # a LAPACK failure or overlapping ends: the full decomposition instead
-            pass
+            return _kept_spectrum(m.numpy().T, keep, overwrite=overwrite or mine)
+        except np.linalg.LinAlgError as e:  # a LAPACK failure or overlapping ends: the full decomposition instead
+            if mine:
+                m = made()
+            elif overwrite:
+                raise MatrixOverwritten(f"the kept-vectors solver failed ({e}) on a matrix it overwrote") from e
     evals, evecs = torch.linalg.eigh(m)
     evals = evals.flip(0)
     evecs = _fix_signs(evecs.flip(1))
@@ -212,7 +226,7 @@ def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6, keep: i
                  overwrite: bool = False) -> Spectrum:
     """Spectrum of a second-moment matrix C = E[a aᵀ] of a module's inputs, eigenvalues descending (``keep``: at
     least the top and bottom ``keep`` eigenvectors; None: all; ``overwrite``: C may be destroyed, which saves a
-    d × d copy).
+    d × d copy; should the kept-vectors solver fail on it, :class:`MatrixOverwritten`: give C again without).
 
     C must be square, finite and symmetric: max|C - Cᵀ| <= sym_rtol * max|C| (float32
     accumulation leaves asymmetry ~1e-7; anything larger means the wrong matrix was passed)."""
@@ -226,7 +240,7 @@ def eig_subspace(second_moment: torch.Tensor, *, sym_rtol: float = 1e-6, keep: i
     if asym > sym_rtol * max(scale, torch.finfo(torch.float64).tiny):
         raise ConfigError(f"second_moment is not symmetric: max|C - C^T| = {asym:.3g} > {sym_rtol:g} * max|C| "
                           f"(= {scale:.3g}); pass E[a a^T] itself (or raise sym_rtol if it is only accumulated noise)")
-    return _spectrum_of_symmetric(m, keep, exact=asym == 0, overwrite=overwrite)
+    return _spectrum_of_symmetric(m, keep, exact=asym == 0, overwrite=overwrite and m is second_moment)
 
 
 #: rows per block of eig_subspace's symmetry check

@@ -320,3 +320,37 @@ def test_half_precision_gram_falls_back_to_float64_beyond_float32s_range():
     assert torch.isfinite(got).all()
     exact = W.double()
     torch.testing.assert_close(got, exact.T @ exact, rtol=1e-12, atol=0)
+
+
+def test_a_failing_kept_solver_falls_back_on_an_intact_matrix(monkeypatch):
+    """The kept-vectors solver may overwrite the matrix and still fail (overlapping ends): the full decomposition
+    then runs on the matrix made again (a copy made inside), or the caller is told to give it again (its own,
+    given to overwrite); the statistics do that. Each result against numpy's eigh of the original."""
+    import rwedit.probes.activations as act
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)
+
+    calls = []
+
+    def failing(m, keep, overwrite=False):  # destroys what it may, then fails
+        calls.append(overwrite)
+        if overwrite:
+            m[...] = np.nan
+        raise np.linalg.LinAlgError("overlapping ends (simulated)")
+
+    monkeypatch.setattr(sub, "_kept_spectrum", failing)
+    c, _ = spiked(120, np.geomspace(30.0, 0.1, 120), seed=2)
+    want = np.linalg.eigvalsh(0.5 * (c + c.T))[::-1]
+    nearly = torch.from_numpy(c)  # symmetrised inside: a copy, overwritten, made again
+    np.testing.assert_allclose(eig_subspace(nearly, keep=10).eigenvalues.numpy(), want, atol=1e-10)
+    exact = torch.from_numpy(0.5 * (c + c.T))
+    np.testing.assert_allclose(eig_subspace(exact.clone(), keep=10).eigenvalues.numpy(), want, atol=1e-10)
+    with pytest.raises(sub.MatrixOverwritten):
+        eig_subspace(exact.clone(), keep=10, overwrite=True)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((400, 2 * act.SPECTRUM_KEEP + 8)))
+    stats = act.ActivationStats({(0, "attn_in"): x.T @ x}, {(0, "attn_in"): x.sum(0)}, 400)
+    calls.clear()
+    np.testing.assert_allclose(stats.spectrum(0, "q", top=0).eigenvalues.numpy(),
+                               np.linalg.eigvalsh((x.T @ x / 400).numpy())[::-1], atol=1e-10)
+    assert calls == [True, False]  # overwritten and failed, then given again
