@@ -220,12 +220,11 @@ def _budget_hflm():
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.logits_bytes is None or not isinstance(self.batch_size, int) or not requests:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-            from rwedit.evals.planning import logits_batch
+            from rwedit.evals.planning import logits_groups
 
-            vocab, groups = int(self.model.config.vocab_size), {}
-            for i, req in enumerate(requests):  # the input as lm-eval truncates it: at most max_length tokens
-                n = min(len(req[1]) + len(req[2]) - 1, self.max_length)
-                groups.setdefault(logits_batch(n, self.batch_size, vocab, self.logits_bytes), []).append(i)
+            # each input as lm-eval truncates it: at most max_length tokens
+            lengths = [min(len(req[1]) + len(req[2]) - 1, self.max_length) for req in requests]
+            groups = logits_groups(lengths, self.batch_size, int(self.model.config.vocab_size), self.logits_bytes)
             if list(groups) == [self.batch_size]:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
             out, full = [None] * len(requests), self.batch_size

@@ -269,15 +269,22 @@ def logits_batch(tokens: int, batch_size: int, vocab: int, budget: int | None) -
     return max(1, min(batch_size, budget // (max(tokens, 1) * 8 * vocab)))
 
 
+def logits_groups(lengths: list[int], batch_size: int, vocab: int, budget: int | None) -> dict[int, list[int]]:
+    """The positions of ``lengths`` by the batch size each allows (:func:`logits_batch`), in first-seen order: the
+    groups rwedit's lm-eval model scores apart, each with its own batch size."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(logits_batch(n, batch_size, vocab, budget), []).append(i)
+    return groups
+
+
 def padded_tokens(lengths: list[int], batch_size: int, sort: bool = False, vocab: int = 0,
                   budget: int | None = None) -> int:
     """Tokens a batched pass computes over sequences of ``lengths``: each batch padded to its longest (lm-eval
-    sorts by length first; with a logits ``budget``, sequences are grouped by their :func:`logits_batch` first)."""
+    sorts by length first; with a logits ``budget``, sequences are grouped by :func:`logits_groups` first)."""
     if budget is not None:
-        groups: dict[int, list[int]] = {}
-        for n in lengths:
-            groups.setdefault(logits_batch(n, batch_size, vocab, budget), []).append(n)
-        return sum(padded_tokens(ns, b, sort) for b, ns in groups.items())
+        return sum(padded_tokens([lengths[i] for i in idx], b, sort)
+                   for b, idx in logits_groups(lengths, batch_size, vocab, budget).items())
     xs = sorted(lengths, reverse=True) if sort else list(lengths)
     return sum(len(xs[i:i + batch_size]) * max(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size))
 
@@ -331,5 +338,5 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
 __all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
            "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
            "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work",
-           "logits_batch", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes", "stats_stage", "stats_work",
-           "token_lengths"]
+           "logits_batch", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes",
+           "stats_stage", "stats_work", "token_lengths"]

@@ -116,61 +116,65 @@ class _Outer:
         return self
 
 
-class _Sums(Mapping):
+class _Matrices(Mapping):
+    """The sums by (layer, input group) as ``_index`` holds them (accumulators, names in a file), each d x d
+    matrix made only when read; ``in``, iteration and ``len`` look at the index alone."""
+
+    _index: dict
+
+    def __contains__(self, key) -> bool:
+        return key in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _Sums(_Matrices):
     """The Σ a aᵀ of each hooked input as the upper block triangles collected, each full matrix made when read."""
 
     def __init__(self, outers: Mapping[tuple[int, str], _Outer]):
-        self._outers = dict(outers)
+        self._index = dict(outers)
 
     def __getitem__(self, key):
-        return self._outers[key].matrix()
-
-    def __contains__(self, key) -> bool:
-        return key in self._outers
-
-    def __iter__(self):
-        return iter(self._outers)
-
-    def __len__(self) -> int:
-        return len(self._outers)
+        return self._index[key].matrix()
 
     def spec(self, key) -> tuple[torch.dtype, tuple[int, int]]:
         """The dtype and shape of ``self[key]``, without making it."""
-        d = self._outers[key].first.shape[0]
-        return self._outers[key].first.dtype, (d, d)
+        d = self._index[key].first.shape[0]
+        return self._index[key].first.dtype, (d, d)
 
 
-class _LazyTensors(Mapping):
+class _LazyTensors(_Matrices):
     """Read-on-access view of the sums in a stats file, so loading never holds every d x d matrix."""
 
     def __init__(self, path: Path, names: dict[tuple[int, str], str]):
-        self._path, self._names = path, names
+        self._path, self._index = path, names
 
     @classmethod
     def open(cls, path: Path) -> "_LazyTensors":
         """The sums (``LAYER.GROUP.sum_aaT``) of the stats file ``path``."""
         with safe_open(path, framework="pt") as f:
             keys = list(f.keys())
-        return cls(path, {(int(n.split(".")[0]), n.split(".")[1]): n for n in keys if n.endswith(".sum_aaT")})
+        return cls(path, {_entry_key(n): n for n in keys if n.endswith(".sum_aaT")})
 
     def __getitem__(self, key):
         with safe_open(self._path, framework="pt") as f:
-            return f.get_tensor(self._names[key])
-
-    def __contains__(self, key) -> bool:
-        return key in self._names
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+            return f.get_tensor(self._index[key])
 
     def spec(self, key) -> tuple[torch.dtype, tuple[int, ...]]:
         """The dtype and shape of ``self[key]``, without reading it."""
         with safe_open(self._path, framework="pt") as f:
-            t = f.get_slice(self._names[key])
+            t = f.get_slice(self._index[key])
             return getattr(torch, _TORCH_DTYPE[t.get_dtype()]), tuple(t.get_shape())
+
+
+def _entry_key(name: str) -> tuple[int, str]:
+    """(layer, input group) of a stats file's tensor ``LAYER.GROUP.WHAT``."""
+    layer, group, _ = name.split(".", 2)
+    return int(layer), group
 
 
 #: safetensors' dtype names -> torch's
@@ -312,8 +316,7 @@ class ActivationStats:
         meta = json.loads((folder / "stats.json").read_text())
         sums = _LazyTensors.open(folder / "stats.safetensors")
         with safe_open(folder / "stats.safetensors", framework="pt") as f:
-            firsts = {(int(n.split(".")[0]), n.split(".")[1]): f.get_tensor(n) for n in f.keys()
-                      if n.endswith(".sum_a")}
+            firsts = {_entry_key(n): f.get_tensor(n) for n in f.keys() if n.endswith(".sum_a")}
         spectra: dict[tuple[int, str, bool], Spectrum] = {}
         if (folder / "spectra.safetensors").exists():
             raw = safetensors_torch.load_file(folder / "spectra.safetensors")

@@ -13,8 +13,8 @@ from rwedit.lazy import torch
 
 from rwedit.errors import ConfigError
 
-__all__ = ["MatrixOverwritten", "Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis", "haar_from_generator",
-           "prediction_spectrum"]
+__all__ = ["MatrixOverwritten", "Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis",
+           "haar_from_generator", "prediction_spectrum"]
 
 #: Default number of unembedding rows upcast to float64 at a time (4096 rows x 4096 cols = 128 MiB).
 DEFAULT_CHUNK_ROWS = 4096
