@@ -21,8 +21,8 @@ from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.runtime import cache_root
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, SCORING_EFFICIENCY,
-                                   DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, measure_rates,
-                                   padded_tokens, token_lengths)
+                                   DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, logits_batch,
+                                   measure_rates, padded_tokens, token_lengths)
 
 
 @dataclass
@@ -199,7 +199,8 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     if direct is not None:
         pairs = read_pairs(direct.pairs_data, limit=None if direct.pairs == "all" else direct.pairs,
                            indices=None if direct.pairs_heldout is None else range(*direct.pairs_heldout))
-        batch_tokens = direct.batch_size * max(direct.max_len, direct.seq_len)
+        batch_tokens = max(n * logits_batch(n, direct.batch_size, vocab, None if direct.logits_mb is None else
+                                            direct.logits_mb * 2**20) for n in (direct.max_len, direct.seq_len))
     if ev is not None:
         requests = {t: request_texts(t, ev.limit) for t in ev.tasks}
         batch_tokens = max(batch_tokens, ev.batch_size * (ev.max_length or 256) if budget is None else

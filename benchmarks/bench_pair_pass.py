@@ -7,12 +7,17 @@ rwedit's promise is that a pass over two checkpoints (base and post-trained) cos
 their bytes costs, and holds O(largest tensor) in memory instead of two models.  This script checks
 that promise on a synthetic pair with TinyLlama shapes (hidden 2048, 22 layers, 32 heads / 4 KV heads,
 intermediate 5632, vocab 32000, untied embeddings, bf16; ~1.1B parameters, ~2.2 GB per checkpoint),
-and times three steps, each in a fresh subprocess so that its peak RSS is its own:
+and times these steps, each in a fresh subprocess so that its peak RSS is its own:
 
   (a) read   - read every byte of both checkpoints' ``*.safetensors`` files with plain buffered reads,
                discarding the data: the I/O floor of any pass;
-  (b) rwedit - ``CheckpointPair(base, post).iter_roles(dtype=torch.float32)`` over every (layer, role),
+  (b) rwedit - ``delta_norms(CheckpointPair(base, post))``: the row-block pass over every (layer, role),
                unembed included, computing ||ΔW||_F in float32;
+  (w) whole  - the whole-tensor path (``iter_roles``), the implementation the row-block pass replaced;
+  (f) floor  - every stored element of both checkpoints converted to float32 by plain code (memory-mapped
+               files, 1M-element chunks, one single-threaded worker per core, each tensor's pages dropped once
+               converted, as a pass within the RSS target must), no subtraction or sums: what
+               any float32 pass costs beyond the read (its ratio to (a) is the floor under (b)/(a));
   (c) naive  - ``LlamaForCausalLM.from_pretrained`` of both models (bf16), then the same norms as
                ||post.float() - base.float()||_F over the same parameters.
 
@@ -242,6 +247,42 @@ def step_read(base: Path, post: Path, chunk_mb: int = 8) -> dict:
     return dict(bytes=total)
 
 
+def step_convert(base: Path, post: Path, chunk_elems: int = 1 << 20) -> dict:
+    """(f) The floor of any float32 pass: every stored element of both checkpoints converted to float32 (plain
+    code: each file memory-mapped, its tensors converted in 1M-element chunks into one buffer, on one
+    single-threaded worker per core, as the pass runs), no subtraction and no sums."""
+    import mmap
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    jobs = []
+    for folder in (base, post):
+        for f in checkpoint_files(folder):
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+                m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            data = torch.frombuffer(m, dtype=torch.uint8)
+            jobs += [(m, data, 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+                     for k, v in header.items() if k != "__metadata__"]
+
+    def convert(job) -> int:
+        torch.set_num_threads(1)
+        m, data, a, b = job
+        t = data[a:b].view(torch.bfloat16)
+        buf = torch.empty(min(chunk_elems, t.numel()))
+        for c in t.split(chunk_elems):
+            buf[:c.numel()].copy_(c)
+        p = a // mmap.PAGESIZE * mmap.PAGESIZE  # drop the tensor's pages, as a pass within the RSS target must
+        m.madvise(mmap.MADV_DONTNEED, p, b - p)
+        return b - a
+
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        total = sum(pool.map(convert, jobs))
+    return dict(bytes=total)
+
+
 def sumsq_f32(t) -> float:
     """‖t‖² of a float32 tensor as float64 sums of float32 dots over 1M-element chunks: one float32 reduction
     over a 65M-element tensor is off by 1e-4 (dot) to 1e-2 (vector_norm) relative, more than the cross-check's
@@ -297,15 +338,17 @@ def step_naive(base: Path, post: Path) -> dict:
     return dict(roles=n_roles, sumsq=sumsq)
 
 
-STEPS = {"read": step_read, "rwedit": step_rwedit, "whole": step_whole, "naive": step_naive}
+STEPS = {"read": step_read, "convert": step_convert, "rwedit": step_rwedit, "whole": step_whole,
+         "naive": step_naive}
 #: Modules each step needs, imported before its clock starts (each step imports only what it uses).
 STEP_IMPORTS = {
     "read": [],
+    "convert": ["torch"],
     "rwedit": ["torch", "rwedit.checkpoints", "rwedit.probes.norms", "transformers.models.llama.configuration_llama"],
     "whole": ["torch", "rwedit.checkpoints", "transformers.models.llama.configuration_llama"],
     "naive": ["torch", "transformers.models.llama.modeling_llama"],
 }
-STEP_LABELS = {"read": "(a) read bytes", "rwedit": "(b) rwedit pair pass", "whole": "(w) whole-tensor pass",
+STEP_LABELS = {"read": "(a) read bytes", "convert": "(f) read + float32", "rwedit": "(b) rwedit pair pass", "whole": "(w) whole-tensor pass",
                "naive": "(c) naive from_pretrained"}
 
 
@@ -424,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  warm-up read took {warm['wall_s']:.2f} s ({nbytes / warm['wall_s'] / 1e9:.2f} GB/s); all timed steps below run warm")
 
     load_before = os.getloadavg()
-    order = ["read", "rwedit", "whole"] + ([] if args.skip_naive else ["naive"])
+    order = ["read", "convert", "rwedit", "whole"] + ([] if args.skip_naive else ["naive"])
     runs: dict[str, list[dict]] = {k: [] for k in order}
     for rep in range(args.repeats):
         for k in order:
@@ -435,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     a, b = steps["read"], steps["rwedit"]
     ratios = {"b_over_a_time": b["wall_s"] / a["wall_s"], "b_over_a_cpu": b["cpu_s"] / a["cpu_s"],
               "b_over_whole_time": b["wall_s"] / steps["whole"]["wall_s"],
+              "b_over_f_time": b["wall_s"] / steps["convert"]["wall_s"],
+              "f_over_a_time": steps["convert"]["wall_s"] / a["wall_s"],
               "b_over_whole_rss": b["peak_rss_mb"] / steps["whole"]["peak_rss_mb"]}
     checks = {
         "b_peak_rss_mb": b["peak_rss_mb"],

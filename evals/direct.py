@@ -50,10 +50,22 @@ class DirectSettings(Config):
     seq_len: int = option(128, help="tokens per held-out text sequence")
     max_len: int = option(256, help="prompt + response tokens per preference item")
     batch_size: int = option(8, help="batch size of the direct metrics")
+    logits_mb: int | None = option(1024, help="the most memory one forward pass's logits may take (MiB): a batch of "
+                                   "long items runs in smaller passes to fit, the metrics the same up to float "
+                                   "rounding (null: whole batches)")
 
     def __post_init__(self):
         if (self.pairs != "all" and self.pairs < 2) or self.texts < 2:
             raise ConfigError("direct.pairs and direct.texts must be >= 2 (a standard error needs two items)")
+        if self.logits_mb is not None and self.logits_mb < 1:
+            raise ConfigError(f"direct.logits_mb = {self.logits_mb}: give a positive number of MiB or null")
+
+    def rows(self, model, tokens: int) -> int:
+        """Rows of ``tokens`` a forward pass takes within :attr:`logits_mb` (the rule lm-eval's batches follow)."""
+        from rwedit.evals.planning import logits_batch
+
+        budget = None if self.logits_mb is None else self.logits_mb * 2**20
+        return logits_batch(tokens, self.batch_size, int(model.config.vocab_size), budget)
 
 
 class HeldoutText:
@@ -62,6 +74,7 @@ class HeldoutText:
     the control experiment's KL search."""
 
     def __init__(self, model, ids: torch.Tensor, batch_size: int = 8):
+        """``batch_size``: sequences a forward pass (:meth:`DirectSettings.rows` keeps their logits in budget)."""
         self.model, self.ids, self.batch_size = model, ids, batch_size
         with Unchanged().applied(model):
             self.ref_logp, self.ref_ce = self._pass(None)
@@ -106,7 +119,8 @@ class DirectScorer:
             raise DataError(f"{settings.pairs_data}: only {len(pairs)} held-out pairs; need at least 2")
         self.pairs = pairs
         self.text = HeldoutText(model, pack_tokens(tokenizer, read_texts(settings.text_data), settings.seq_len,
-                                                   settings.texts * settings.seq_len), settings.batch_size)
+                                                   settings.texts * settings.seq_len),
+                                 settings.rows(model, settings.seq_len))
         self.ids, self.base_ce = self.text.ids, self.text.ref_ce
         with Unchanged().applied(model):
             self.base_margin = self._margins()
@@ -119,10 +133,13 @@ class DirectScorer:
                       disable=None if runtime().progress else True):
             chunk = self.pairs[i: i + self.s.batch_size]
             prompts = [p.prompt for p in chunk]
-            ch = response_logprob(self.model, encode_pairs(self.tok, prompts, [p.chosen for p in chunk], self.s.max_len))
-            rj = response_logprob(self.model, encode_pairs(self.tok, prompts, [p.rejected for p in chunk], self.s.max_len))
+            ch, rj = (self._logprob(encode_pairs(self.tok, prompts, [getattr(p, side) for p in chunk], self.s.max_len))
+                      for side in ("chosen", "rejected"))
             out.append((ch - rj).double().cpu())
         return torch.cat(out)
+
+    def _logprob(self, enc) -> torch.Tensor:
+        return response_logprob(self.model, enc, self.s.rows(self.model, enc.input_ids.shape[1]))
 
     @no_grad
     def score(self, adapter: str | None = None) -> dict[str, float]:

@@ -262,7 +262,7 @@ def _search_text(recipe: Recipe, model, tok):
     if len(ids) < n:
         raise DataError(f"{d.text_data}: {len(ids)} sequences of {d.seq_len} tokens after the {d.texts} scored ones; "
                         f"effect.texts asks for {n} (lower it, or direct.texts)")
-    return HeldoutText(model, ids, d.batch_size)
+    return HeldoutText(model, ids, d.rows(model, d.seq_len))
 
 
 def kl_matched(peft_model, conditions, text, settings: EffectSettings) -> list:

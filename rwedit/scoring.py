@@ -54,14 +54,20 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
     return Encoded(ids, att, resp)
 
 
-def response_logprob(model, enc: Encoded) -> torch.Tensor:
-    """Sum of log p(response token | everything before it) per row (differentiable)."""
+def response_logprob(model, enc: Encoded, rows: int | None = None) -> torch.Tensor:
+    """Sum of log p(response token | everything before it) per row (differentiable); ``rows``: at most that many
+    rows a forward pass, so that one pass's logits fit a memory budget (:func:`~rwedit.evals.planning.logits_batch`)."""
     device = input_device(model)  # a dispatched model's first parameter may be offloaded (meta)
-    ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1]
-    logp = torch.stack([log_softmax_row(row).gather(-1, t[:, None]).squeeze(-1) for row, t in zip(logits, ids[:, 1:])])
-    mask = enc.response_mask[:, 1:].to(device)
-    return (logp * mask).sum(-1)
+    n = enc.input_ids.shape[0]
+    out = []
+    for i in range(0, n, rows or n):
+        ids, att = enc.input_ids[i:i + (rows or n)].to(device), enc.attention_mask[i:i + (rows or n)].to(device)
+        logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1]
+        logp = torch.stack([log_softmax_row(row).gather(-1, t[:, None]).squeeze(-1)
+                            for row, t in zip(logits, ids[:, 1:])])
+        del logits
+        out.append((logp * enc.response_mask[i:i + (rows or n), 1:].to(device)).sum(-1))
+    return torch.cat(out)
 
 
 def log_softmax_row(logits: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,27 @@ def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):
     assert ed["pref_margin_shift"] == pytest.approx(ed["pref_margin"] - base["pref_margin"], abs=1e-6)
 
 
+def test_direct_passes_fit_the_logits_budget_and_score_the_same(edited, wiki_tokenizer):
+    """A budget of 1 MiB splits the direct metrics' batches into smaller passes, each within it (or one row), and
+    every metric equals the whole-batch run's up to float rounding."""
+    peft_model, _, _ = edited
+    s = DirectSettings(pairs=6, texts=4, seq_len=64, max_len=200, batch_size=4, logits_mb=1)
+    calls = []
+    hook = peft_model.get_base_model().register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        split = DirectScorer(peft_model, wiki_tokenizer, s).score("edit1")
+    finally:
+        hook.remove()
+    per_token = 2 * 4 * peft_model.config.vocab_size
+    assert calls and all(b == 1 or b * n * per_token <= 2**20 for b, n in calls), calls
+    assert any(b < 4 for b, _ in calls) and any(b > 1 for b, _ in calls), calls  # split, yet not all to one row
+    whole = DirectScorer(peft_model, wiki_tokenizer, replace(s, logits_mb=None)).score("edit1")
+    assert split.keys() == whole.keys()
+    for key, value in whole.items():
+        assert split[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
 def test_bundled_task_data_is_real_and_unknown_tasks_are_named():
     from rwedit.evals.bundled_tasks import check_tasks, hh_preference_items, task_path
 

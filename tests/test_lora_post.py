@@ -47,23 +47,22 @@ def _trained_lora(model_type: str, root):
 
 def _record_reads(monkeypatch) -> list[tuple[str, str]]:
     """(checkpoint folder, tensor) of every tensor read from now on: whole, or by a streaming pass (counted
-    at its first row block)."""
+    when it opens the tensor)."""
     from rwedit.stream import _BlockFiles
 
     reads = []
-    real_read, real_block = TensorReader.read, _BlockFiles.read
+    real_read, real_block = TensorReader.read, _BlockFiles.tensor
 
     def spy(self, param, dtype=torch.float32):
         reads.append((str(self.ckpt.path), param))
         return real_read(self, param, dtype)
 
-    def block_spy(self, name, r0, r1, out):
-        if r0 == 0:
-            reads.append((str(self.ckpt.path), name))
-        return real_block(self, name, r0, r1, out)
+    def block_spy(self, name):
+        reads.append((str(self.ckpt.path), name))
+        return real_block(self, name)
 
     monkeypatch.setattr(TensorReader, "read", spy)
-    monkeypatch.setattr(_BlockFiles, "read", block_spy)
+    monkeypatch.setattr(_BlockFiles, "tensor", block_spy)
     return reads
 
 

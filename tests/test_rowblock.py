@@ -158,9 +158,9 @@ def test_the_norms_of_two_posts_in_one_pass_are_each_posts_own_and_read_the_base
             w.add_(torch.randn(w.shape, generator=g) * 1e-3)
     model.save_pretrained(tmp_path / "post2")
     two = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
-    reads, real = [], _BlockFiles.read
-    monkeypatch.setattr(_BlockFiles, "read", lambda self, name, r0, *a: (r0 == 0 and reads.append(
-        (str(self.ckpt.path), name))) or real(self, name, r0, *a))
+    reads, real = [], _BlockFiles.tensor
+    monkeypatch.setattr(_BlockFiles, "tensor", lambda self, name: reads.append((str(self.ckpt.path), name))
+                        or real(self, name))
     got = delta_norms_posts(two)
     base_reads = [r for r in reads if r[0] == str(root / "base")]
     assert base_reads and len(base_reads) == len(set(base_reads))  # each base tensor read once for both posts
@@ -214,3 +214,37 @@ def test_ordered_map_keeps_order_stays_bounded_and_restores_the_thread_count():
         out.append(got)
     assert [x for x, _ in out] == [i * i for i in range(12)] and {n for _, n in out} == {1}
     assert torch.get_num_threads() == before
+
+
+def test_norms_of_a_pair_stored_in_one_buffer_equal_float64_dots():
+    """The Gram path (base and delta as rows of one buffer) and the three-dot path give float64's sums."""
+    g = torch.Generator().manual_seed(1)
+    buf = torch.randn(3, 5000, generator=g)
+    b, d = buf[0, :4096].view(64, 64), buf[2, :4096].view(64, 64)
+    bb, bd, dd = (float(x @ y) for x, y in ((b.double().flatten(), b.double().flatten()),
+                                             (b.double().flatten(), d.double().flatten()),
+                                             (d.double().flatten(), d.double().flatten())))
+    from rwedit.probes.blocks import _rows_of
+
+    assert _rows_of(b, d) is not None and _rows_of(b, d.clone()) is None and _rows_of(b, b.t()) is None
+    for delta in (d, d.clone()):  # one buffer, then two
+        n = Norms()
+        n.add(0, slice(0, 64), delta, b)
+        assert (n.bb, n.bd, n.dd) == pytest.approx((bb, bd, dd), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                    (torch.float16, torch.bfloat16)])
+def test_streamed_norms_of_pairs_stored_in_like_and_unlike_dtypes(tmp_path, wiki_tokenizer, dtypes):
+    """Like dtypes convert in one operation, unlike ones one by one: both give the float64 norms of the stored
+    weights, block by block (small blocks split every tensor)."""
+    base = tiny_model("llama", vocab_size=len(wiki_tokenizer)).to(dtypes[0])
+    post = tiny_model("llama", vocab_size=len(wiki_tokenizer)).to(dtypes[1])
+    save_pair(tmp_path, wiki_tokenizer, models=(base, post))
+    pair = CheckpointPair(tmp_path / "base", tmp_path / "post", allow_dtype_mismatch=dtypes[0] != dtypes[1])
+    got = {(v.layer, v.role): s[0] for v, s in
+           stream_pair(pair.base, [pair.post], pair.layout.views(), lambda v: [Norms()], block_bytes=7 * 4 * 32)}
+    for rp in pair.iter_roles(dtype=torch.float64):
+        n = got[(rp.layer, rp.role)]
+        assert n.base_norm == pytest.approx(float(torch.linalg.vector_norm(rp.base)), rel=1e-6)
+        assert n.delta_norm == pytest.approx(float(torch.linalg.vector_norm(rp.delta)), rel=1e-6)
