@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rwedit.errors import ConfigError
 from rwedit.probes.subspaces import (
     Spectrum,
     eig_subspace,
@@ -354,3 +355,14 @@ def test_a_failing_kept_solver_falls_back_on_an_intact_matrix(monkeypatch):
     np.testing.assert_allclose(stats.spectrum(0, "q", top=0).eigenvalues.numpy(),
                                np.linalg.eigvalsh((x.T @ x / 400).numpy())[::-1], atol=1e-10)
     assert calls == [True, False]  # overwritten and failed, then given again
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gram_matrix_names_the_rows_of_a_non_finite_unembedding(dtype, bad):
+    """A NaN/Inf in any precision's W is a ConfigError naming its chunk's rows (half precision is checked once
+    converted, float32 as stored)."""
+    W = torch.randn(3000, 16).to(dtype)
+    W[2500, 3] = bad
+    with pytest.raises(ConfigError, match=r"non-finite \(NaN/inf\) entries in rows 2048\.\.2999"):
+        gram_matrix(W, chunk_rows=1024)
