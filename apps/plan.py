@@ -22,7 +22,7 @@ from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.runtime import cache_root
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, SCORING_EFFICIENCY,
                                    DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, logits_batch,
-                                   measure_rates, padded_tokens, token_lengths)
+                                   logits_batches, measure_rates, padded_tokens, token_lengths)
 
 
 @dataclass
@@ -190,7 +190,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     from rwedit.models import context_window
 
     n_cond = (len(conditions) + 1) if conditions is not None else 1
-    batch_tokens, output, parts = 0, n_cond * ROW_BYTES, {}
+    batch_tokens, output, parts, part_flops = 0, n_cond * ROW_BYTES, {}, {}
     direct, ev = recipe.direct, recipe.eval
     layout = ctx.base.layout
     vocab = layout.view(None, "unembed").shape[0]
@@ -215,22 +215,33 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
         per += direct.texts * direct.seq_len
         parts["direct"] = (n_cond + 1) * per  # the base's reference values first
     if ev is not None:  # lm-eval sorts its requests by length and pads each batch; rolling ones are windowed
-        window, per = ev.max_length or context_window(ctx.base.config) or 2048, 0
+        window, per, kept = ev.max_length or context_window(ctx.base.config) or 2048, 0, 0
         for task, got in requests.items():
             if got is None:  # a task rwedit does not ship: two continuations of ~256 tokens per item
                 per += (ev.limit or 500) * 2 * 256
+                kept += (ev.limit or 500) * 2 * 256
                 continue
             reqs, rolling = got
-            n = [next(lengths) + next(lengths) for _ in reqs]
-            n = [w for x in n for w in ([window] * (x // window) + [x % window] if rolling else [min(x, window)]) if w]
+            cc = [(next(lengths), next(lengths)) for _ in reqs]  # context, continuation
+            if rolling:  # each window is a continuation of its own
+                n = [w for c, x in cc for w in [window] * ((c + x) // window) + [(c + x) % window] if w]
+                conts = n
+            else:
+                n, conts = [min(c + x, window) for c, x in cc], [min(x, window) for _, x in cc]
             per += padded_tokens(n, ev.batch_size, sort=True, vocab=vocab, budget=budget)
+            # the logits of each batch's continuations alone (rwedit's lm-eval model), else of every position
+            kept += (sum(len(b) * k for b, k in logits_batches(n, conts, ev.batch_size, vocab, budget))
+                     if budget is not None else padded_tokens(n, ev.batch_size, sort=True))
         parts["lmeval"] = n_cond * per
+        body = forward_flops(layout, logits=False)
+        part_flops["lmeval"] = body + (forward_flops(layout) - body) * kept / max(per, 1)
     what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
             f"per condition: the {kind} kind lists its conditions when the run prepares them")
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)
     extra = n_cond * 2 * layout.dims.hidden * 4 + batch_tokens * vocab * 4 * 2
     stage = ctx.model_stage("scoring", what, extra, sum(parts.values()))
     stage.parts, stage.part_efficiency = parts, {"lmeval": SCORING_EFFICIENCY}  # direct: a forward pass's
+    stage.part_token_flops = part_flops
     return stage, output
 
 

@@ -35,9 +35,13 @@ Steps, each a fresh process
 2. ``plan``: ``plan_recipe`` of the same command: each planned stage's estimate at the rates it measures.
 3. ``run``: ``python -m rwedit run recipes/control-experiment.yaml --base --post --out --cache-dir --quiet --set
    ...``: its wall and CPU time and peak RSS (``os.wait4``: this process's own), and its ``timings.json`` (each
-   stage's wall and CPU time, forward tokens counted at the input embedding, peak RSS).
+   stage's wall and CPU time, forward tokens counted at the input embedding and logits at the unembedding, peak
+   RSS).
 
-The irreducible cost of a stage: its forward tokens at the bare model's tokens/s; for the grid one warm read of
+The irreducible cost of a stage: its forward passes at the bare model's measured rates (its tokens through the
+model's body, the positions whose logits it computed through the unembedding: a pass run for its hooks, or for
+an lm-eval continuation, computes fewer logits than tokens; each rate from the bare passes with and without
+logits); for the grid one warm read of
 the pair, for loading the model one warm read of the base; the whole run's is the sum over its stages (every
 token it ran, the grid's read, one model load). Results: ``benchmarks/results/study.json``.
 """
@@ -130,18 +134,20 @@ def step_bare(p: dict) -> dict:
     model, tok = load_model_and_tokenizer(Checkpoint.open(p["base"]))
     ids = torch.randint(3, len(tok), (8, 256), generator=torch.Generator().manual_seed(0))
 
-    def passes():
+    def passes(**kw):
         n, t0 = 0, time.perf_counter()
         with torch.no_grad():
-            model(ids)  # warm-up
+            model(ids, **kw)  # warm-up
             t0 = time.perf_counter()
             while n == 0 or time.perf_counter() - t0 < p["seconds"]:
-                model(ids)
+                model(ids, **kw)
                 n += ids.numel()
         return n / (time.perf_counter() - t0)
 
     tps, fig = measured(passes)
-    return {"tokens_per_s": tps, "threads": torch.get_num_threads(), **fig, **statistics_rates(model.config)}
+    body = passes(logits_to_keep=1)  # the same passes computing one position's logits: the unembedding's share
+    return {"tokens_per_s": tps, "body_tokens_per_s": body, "threads": torch.get_num_threads(), **fig,
+            **statistics_rates(model.config)}
 
 
 def statistics_rates(config) -> dict:
@@ -248,13 +254,20 @@ def figures(bare: dict, plan: dict, run: dict, pair_read_s: float, base_read_s: 
     """Per stage: measured, irreducible and planned seconds; the whole run's ratios (against the forward passes
     alone, the issue's irreducible; and against the floor that adds the statistics' products and decompositions)."""
     tps, stages, est = bare["tokens_per_s"], run["stages"], plan["estimates"]
+    # a token's pass without logits, and one position's logits (measured: the bare passes with and without them)
+    body_s = 1 / bare.get("body_tokens_per_s", tps)
+    head_s = 1 / tps - body_s
+
+    def passes_s(st: dict) -> float:
+        return st["tokens"] * body_s + st.get("logits", st["tokens"]) * head_s
+
     rows = {}
     for name, st in stages.items():
-        irreducible = st["tokens"] / tps + {"probe: RSF grid": pair_read_s, "load model": base_read_s}.get(name, 0.0)
+        irreducible = passes_s(st) + {"probe: RSF grid": pair_read_s, "load model": base_read_s}.get(name, 0.0)
         rows[name] = dict(**st, irreducible_s=irreducible, over_irreducible=st["wall_s"] / irreducible
                           if irreducible else None, plan_s=est.get(name),
                           plan_over_measured=est[name] / st["wall_s"] if name in est and st["wall_s"] else None)
-    total_irr = stages["run"]["tokens"] / tps + pair_read_s + base_read_s
+    total_irr = passes_s(stages["run"]) + pair_read_s + base_read_s
     planned = [r["plan_over_measured"] for r in rows.values() if r["plan_over_measured"] is not None]
     floor = total_irr + stats_floor["hooks_s"] + stats_floor["decompositions_s"]
     return dict(stages=rows, irreducible_s=total_irr, run_over_irreducible=run["wall_s"] / total_irr,
@@ -332,7 +345,8 @@ def main(argv=None) -> int:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     write_results(args.results, res)
     print("\n" + table(fig))
-    print(f"\nbare model {res['bare']['tokens_per_s']:.0f} tokens/s ({res['bare']['threads']} threads); run "
+    print(f"\nbare model {res['bare']['tokens_per_s']:.0f} tokens/s ({res['bare'].get('body_tokens_per_s', 0):.0f} "
+          f"without logits; {res['bare']['threads']} threads); run "
           f"{res['run']['wall_s']:.0f} s = {fig['run_over_irreducible']:.2f}x the irreducible {fig['irreducible_s']:.0f} s "
           f"(target <= {TARGETS['run_over_irreducible']}), {fig['run_over_floor']:.2f}x the floor with the statistics' "
           f"products and decompositions ({fig['floor_with_statistics_s']:.0f} s); peak RSS {res['run']['peak_rss_mib']:.0f} MiB = "

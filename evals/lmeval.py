@@ -211,31 +211,54 @@ def _budget_hflm():
 
     HFLM takes the log-softmax of a whole batch's logits: batch × tokens × vocabulary floats twice over (10 GB for
     8 items of 1000 tokens at Qwen's 152k vocabulary). The requests are split by the batch size their length
-    allows and each group is scored by lm-eval as it is, with that batch size."""
+    allows; each batch is scored by lm-eval as it is, its forward computing the logits of the positions from its
+    first continuation on (``logits_to_keep``) where the model takes it: HFLM reads a shorter logits tensor as
+    one whose first positions were cut (its ``logits.shape[0] - padding_len_inp`` offset, there for prefix
+    tokens), so the scores are the same, for a fraction of the unembedding's memory and arithmetic."""
+    import inspect
+
     from lm_eval.models.huggingface import HFLM
+
+    #: HFLM places the continuation by the logits' own length (checked in its source): else all positions
+    offsets = "logits.shape[0] - padding_len_inp" in inspect.getsource(HFLM._loglikelihood_tokens)
 
     class BudgetHFLM(HFLM):
         logits_bytes: int | None = None
+        _keep: int | None = None  # positions whose logits the next forward computes (None: all)
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if self._keep is None or self._keep >= inps.shape[1]:
+                return super()._model_call(inps, attn_mask, labels)
+            with torch.no_grad():
+                return self.model(inps, logits_to_keep=self._keep).logits
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.logits_bytes is None or not isinstance(self.batch_size, int) or not requests:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-            from rwedit.evals.planning import logits_groups
+            from rwedit.evals.planning import logits_batches, logits_groups
+            from rwedit.models import keeps_logits
 
             # each input as lm-eval truncates it: at most max_length tokens
             lengths = [min(len(req[1]) + len(req[2]) - 1, self.max_length) for req in requests]
-            groups = logits_groups(lengths, self.batch_size, int(self.model.config.vocab_size), self.logits_bytes)
-            if list(groups) == [self.batch_size]:
-                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            vocab = int(self.model.config.vocab_size)
+            keep = offsets and self.backend == "causal" and self.mixed_precision_dtype is None and keeps_logits(
+                self.model)
+            if keep:  # batched here (as lm-eval would), so that each forward knows where its continuations start
+                calls = [(idx, len(idx), k) for idx, k in logits_batches(
+                    lengths, [len(req[2]) for req in requests], self.batch_size, vocab, self.logits_bytes)]
+            else:  # each group batched by lm-eval
+                groups = logits_groups(lengths, self.batch_size, vocab, self.logits_bytes)
+                if list(groups) == [self.batch_size]:
+                    return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+                calls = [(idx, size, None) for size, idx in groups.items()]
             out, full = [None] * len(requests), self.batch_size
             try:
-                for size, idx in groups.items():
-                    self.batch_size_per_gpu = size  # HFLM's batch_size property reads it
+                for idx, self.batch_size_per_gpu, self._keep in calls:  # HFLM's batch_size property reads it
                     for i, r in zip(idx, super()._loglikelihood_tokens([requests[i] for i in idx], disable_tqdm,
                                                                        override_bs)):
                         out[i] = r
             finally:
-                self.batch_size_per_gpu = full
+                self.batch_size_per_gpu, self._keep = full, None
             return out
 
     return BudgetHFLM

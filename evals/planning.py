@@ -158,6 +158,7 @@ class Stage:
     efficiency: float = FORWARD_EFFICIENCY  # share of the float32 rate its forward tokens run at
     part_efficiency: dict[str, float] = field(default_factory=dict)  # a part's own, where not the stage's
     token_flops: float | None = None  # FLOPs per forward token, where not the whole pass's (hook passes: no logits)
+    part_token_flops: dict[str, float] = field(default_factory=dict)  # a part's own, where not the stage's
     cache_bytes: int = 0  # what it writes into the cache (at CACHE_WRITE_BYTES_S)
 
     def seconds(self, rates: Rates, token_flops: float, part: str | None = None) -> float:
@@ -166,7 +167,8 @@ class Stage:
         work; ``part``: that part's forward tokens alone."""
         token_flops = self.token_flops or token_flops
         if part is not None:
-            return self.parts[part] * token_flops / (rates.flops32 * self.part_efficiency.get(part, self.efficiency))
+            return (self.parts[part] * self.part_token_flops.get(part, token_flops)
+                    / (rates.flops32 * self.part_efficiency.get(part, self.efficiency)))
         forward = sum(self.seconds(rates, token_flops, p) for p in self.parts) if self.parts else \
             self.tokens * token_flops / (rates.flops32 * self.efficiency)
         return (forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
@@ -278,6 +280,20 @@ def logits_groups(lengths: list[int], batch_size: int, vocab: int, budget: int |
     return groups
 
 
+def logits_batches(lengths: list[int], conts: list[int], batch_size: int, vocab: int,
+                   budget: int | None) -> list[tuple[list[int], int]]:
+    """The batches rwedit's lm-eval model scores (each group of :func:`logits_groups`, longest first, in its batch
+    size), each with the positions whose logits its forward computes: from the batch's earliest continuation
+    start (inputs of ``lengths``, the last ``conts`` of each its continuation) to its padded end."""
+    out = []
+    for size, idx in logits_groups(lengths, batch_size, vocab, budget).items():
+        idx = sorted(idx, key=lambda i: -lengths[i])
+        for j in range(0, len(idx), size):
+            batch = idx[j:j + size]
+            out.append((batch, max(lengths[i] for i in batch) - min(lengths[i] - conts[i] for i in batch)))
+    return out
+
+
 def padded_tokens(lengths: list[int], batch_size: int, sort: bool = False, vocab: int = 0,
                   budget: int | None = None) -> int:
     """Tokens a batched pass computes over sequences of ``lengths``: each batch padded to its longest (lm-eval
@@ -338,5 +354,5 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
 __all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
            "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
            "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work",
-           "logits_batch", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes",
+           "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes",
            "stats_stage", "stats_work", "token_lengths"]

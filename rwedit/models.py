@@ -297,11 +297,16 @@ def hooks_pass(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
     only, where the model's forward takes ``logits_to_keep`` (all positions' logits at a 152k vocabulary are
     batch × seq × 152k floats, a quarter of the pass's arithmetic). Hooks on the unembedding's own input
     would see that one position: the callers hook layer modules only."""
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    model(input_ids=input_ids.to(input_device(model)), use_cache=False, **keep)
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (the logits of the last n positions only)."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes kwargs on
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-    model(input_ids=input_ids.to(input_device(model)), use_cache=False, **keep)
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -52,12 +52,15 @@ def using(**changes) -> Iterator[Runtime]:
 
 @dataclass
 class StageCost:
-    """A run stage's measured cost, summed over its calls: wall and CPU seconds, forward tokens (of the models
-    :func:`count_tokens` watches) and the peak resident memory while it ran (MiB, sampled every 10 ms)."""
+    """A run stage's measured cost, summed over its calls: wall and CPU seconds, forward tokens and the positions
+    whose logits those passes computed (of the models :func:`count_tokens` watches: a pass run for its hooks or
+    for its continuations computes fewer than its tokens) and the peak resident memory while it ran (MiB, sampled
+    every 10 ms)."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
     tokens: int = 0
+    logits: int = 0
     peak_rss_mib: float = 0.0
     calls: int = 0
 
@@ -156,17 +159,22 @@ def stage(name: str) -> Iterator[None]:
 
 
 def count_tokens(model) -> None:
-    """Count the tokens each forward pass of ``model`` (a transformers model) reads, at its input embedding,
-    into the stages running then (once per model; a model loaded outside :func:`recording` is left alone)."""
-    emb = model.get_input_embeddings()
+    """Count the tokens each forward pass of ``model`` (a transformers model) reads, at its input embedding, and
+    the positions its unembedding computes logits for, into the stages running then (once per model; a model
+    loaded outside :func:`recording` is left alone)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if _STAGES.get() is None or getattr(emb, "_rwedit_counted", False):
         return
 
-    def count(module, args):
-        rec = _STAGES.get()
-        if rec is not None and args:
-            for frame in rec[1]:
-                frame[0].tokens += int(args[0].numel())
+    def counter(field: str, positions):
+        def count(module, args):
+            rec = _STAGES.get()
+            if rec is not None and args:
+                for frame in rec[1]:
+                    setattr(frame[0], field, getattr(frame[0], field) + positions(args[0]))
+        return count
 
-    emb.register_forward_pre_hook(count)
+    emb.register_forward_pre_hook(counter("tokens", lambda ids: int(ids.numel())))
+    if head is not None:  # its input: the hidden states of the positions it computes (… × hidden)
+        head.register_forward_pre_hook(counter("logits", lambda h: int(h.numel() // h.shape[-1])))
     emb._rwedit_counted = True

@@ -143,6 +143,23 @@ def test_direct_metrics_against_plain_torch(edited, wiki_tokenizer):
     assert ed["pref_margin_shift"] == pytest.approx(ed["pref_margin"] - base["pref_margin"], abs=1e-6)
 
 
+def test_lmeval_forwards_compute_the_logits_of_continuations_only(edited, wiki_tokenizer):
+    """Each forward computes the logits from its batch's first continuation on (fewer positions than its input
+    for preference items, whose prompts are long), and every log-likelihood still equals plain torch's."""
+    peft_model, by_hand, _ = edited
+    scorer = LMEvalScorer(peft_model, wiki_tokenizer, EvalSettings(tasks=("rwedit_hh_preference",), limit=3,
+                                                                    batch_size=2))
+    shapes, call = [], type(scorer.lm)._model_call
+    scorer.lm._model_call = lambda inps, *a, **kw: (lambda out: shapes.append((inps.shape[1], out.shape[1])) or out)(
+        call(scorer.lm, inps, *a, **kw))
+    out = scorer.run("edit1", log_samples=True)
+    assert shapes and all(kept <= n for n, kept in shapes) and sum(k for _, k in shapes) < sum(n for n, _ in shapes) / 2
+    for s in out["samples"]["rwedit_hh_preference"]:
+        for (context, continuation), resp in zip(s["arguments"], s["filtered_resps"]):
+            assert resp[0] == pytest.approx(_direct_loglik(by_hand, wiki_tokenizer, context, continuation),
+                                            rel=1e-4, abs=1e-3)
+
+
 def test_direct_passes_fit_the_logits_budget_and_score_the_same(edited, wiki_tokenizer):
     """A budget of 1 MiB splits the direct metrics' batches into smaller passes, each within it (or one row), and
     every metric equals the whole-batch run's up to float rounding."""

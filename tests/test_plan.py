@@ -493,6 +493,20 @@ def test_lmeval_padding_follows_the_logits_budget_groups():
     assert padded_tokens(lengths, 4, sort=True, vocab=vocab, budget=budget) == 2 * 100 + 3 * 10
 
 
+def test_lmeval_batches_keep_the_logits_from_their_first_continuation_on():
+    """Each batch of a budget group, longest first, with the positions from its earliest continuation start to its
+    padded end: worked by hand (the same batches rwedit's lm-eval model runs)."""
+    from rwedit.evals.planning import logits_batches
+
+    vocab, budget = 1000, 8 * 1000 * 200  # batch size 200 // tokens, at most 4: groups in first-seen order
+    lengths, conts = [10, 100, 5, 90, 10, 60], [3, 20, 5, 50, 1, 10]
+    assert logits_batches(lengths, conts, 4, vocab, budget) == [
+        ([0, 4, 2], 10 - min(10 - 3, 10 - 1, 5 - 5)),  # the 5-token item is all continuation: every position
+        ([1, 3], 100 - min(100 - 20, 90 - 50)),  # 90's continuation starts at 40: 60 positions
+        ([5], 60 - 50),
+    ]
+
+
 def test_a_statistics_stage_is_priced_as_hook_passes_its_arithmetic_and_its_cache_write(pair_root):
     """Its forward tokens without the unembedding's logits, its products and decompositions, and the cache entry
     written at the stated rate: the seconds re-derived term by term at stated rates."""

@@ -26,9 +26,10 @@ def test_stages_measure_wall_tokens_and_peak_memory_and_nest(wiki_tokenizer):
                 time.sleep(0.05)
                 del held
             with rt.stage("inner"):
-                model(input_ids=torch.zeros(2, 5, dtype=torch.long))
+                model(input_ids=torch.zeros(2, 5, dtype=torch.long), logits_to_keep=2)
     assert costs["inner"].calls == 2 and costs["outer"].calls == 1
     assert costs["inner"].tokens == 3 * 7 + 2 * 5 == costs["outer"].tokens
+    assert costs["inner"].logits == 3 * 7 + 2 * 2 == costs["outer"].logits  # the second pass kept 2 positions
     assert costs["outer"].wall_s >= costs["inner"].wall_s >= 0.05
     assert costs["inner"].peak_rss_mib >= 256  # the held tensor was sampled
 
