@@ -188,6 +188,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     from rwedit.data import read_pairs
     from rwedit.evals.bundled_tasks import request_texts
     from rwedit.models import context_window
+    from rwedit.scoring import fitted_lengths
 
     n_cond = (len(conditions) + 1) if conditions is not None else 1
     batch_tokens, output, parts, part_flops = 0, n_cond * ROW_BYTES, {}, {}
@@ -211,9 +212,16 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     lengths = iter(token_lengths(ctx.base.path, texts))
     if direct is not None:  # prompt (after BOS) and response, cut at max_len; chosen and rejected batched apart
         p_len = [(1 + next(lengths), next(lengths), next(lengths)) for _ in pairs]
-        per = sum(padded_tokens([min(direct.max_len, x[0] + x[i]) for x in p_len], direct.batch_size) for i in (1, 2))
-        per += direct.texts * direct.seq_len
+        per = kept = direct.texts * direct.seq_len  # the held-out texts: every position's logits
+        for side in (1, 2):
+            items = [fitted_lengths(x[0], x[side], direct.max_len) for x in p_len]
+            per += padded_tokens([p + r for p, r in items], direct.batch_size)
+            for i in range(0, len(items), direct.batch_size):  # logits from the batch's first response on
+                batch = items[i:i + direct.batch_size]
+                kept += len(batch) * (max(p + r for p, r in batch) - max(0, min(p for p, _ in batch) - 1))
         parts["direct"] = (n_cond + 1) * per  # the base's reference values first
+        body = forward_flops(layout, logits=False)
+        part_flops["direct"] = body + (forward_flops(layout) - body) * kept / max(per, 1)
     if ev is not None:  # lm-eval sorts its requests by length and pads each batch; rolling ones are windowed
         window, per, kept = ev.max_length or context_window(ctx.base.config) or 2048, 0, 0
         for task, got in requests.items():

@@ -178,6 +178,7 @@ def main(argv=None) -> int:
         # base's read and conversion); what each post's delta costs (its read, conversion, projections, null
         # sketch or Gram) is paid once per post either way
         "two_full_floor": 1 - shared["wall_s"] / separate,
+        "full_lora_floor": 1 - shared["wall_s"] / (f["wall_s"] + lo["wall_s"]),
         "two_full_floor_cpu": 1 - shared["cpu_s"] / (f["cpu_s"] + f2["cpu_s"]),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

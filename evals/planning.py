@@ -339,20 +339,22 @@ def stats_bytes(layout, layers=None, roles=None) -> int:
 
 def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     """Peak resident memory of the streaming pass over the pair (:func:`rwedit.stream.stream_pair`): the runtime
-    plus, per worker thread, a float32 work block and a stored-dtype read block for base and post (an adapter
-    post's buffers too; its blocks are factored) — no tensor is held whole."""
+    plus, per worker thread, for base and post a float32 work block and the mapped pages of the rows converted
+    since their last release (up to :data:`~rwedit.stream.RELEASE_BYTES` and a block of the stored tensor; an
+    adapter post's work block too, its blocks factored) — no tensor is held whole."""
     from rwedit.checkpoints import largest_role_tensor
     from rwedit.lazy import torch_threads
-    from rwedit.stream import BLOCK_BYTES
+    from rwedit.stream import BLOCK_BYTES, RELEASE_BYTES
 
     numel, itemsize = largest_role_tensor(base)
     threads = threads or torch_threads()
     per_block = min(BLOCK_BYTES // 4, numel)  # float32 elements of a block (at most the tensor)
-    return RUNTIME_BYTES + threads * 2 * per_block * (4 + itemsize)
+    mapped = min(RELEASE_BYTES + per_block * itemsize, numel * itemsize)
+    return RUNTIME_BYTES + threads * 2 * (per_block * 4 + mapped)
 
 
 __all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
            "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
            "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work",
-           "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens", "stats_bytes",
-           "stats_stage", "stats_work", "token_lengths"]
+           "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens",
+           "stats_bytes", "stats_stage", "stats_work", "token_lengths"]

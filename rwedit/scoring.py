@@ -36,8 +36,8 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
             pi = [bos] + pi
         if not ri:
             raise DataError(f"empty response after tokenisation (prompt starts {p[:40]!r})")
-        ri = ri[: max(1, max_len // 2)] if len(pi) + len(ri) > max_len else ri
-        pi = pi[-(max_len - len(ri)):] if len(pi) + len(ri) > max_len else pi
+        n_p, n_r = fitted_lengths(len(pi), len(ri), max_len)
+        pi, ri = pi[len(pi) - n_p:], ri[:n_r]
         if not pi:  # something must precede the first scored token
             pi, ri = ri[:1], ri[1:] or ri
         rows.append(pi + ri)
@@ -54,19 +54,35 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], ma
     return Encoded(ids, att, resp)
 
 
+def fitted_lengths(prompt: int, response: int, max_len: int) -> tuple[int, int]:
+    """The prompt and response lengths :func:`encode_pairs` keeps of an item within ``max_len``: an over-long
+    item's response up to half the budget, its prompt the rest."""
+    if prompt + response > max_len:
+        response = min(response, max(1, max_len // 2))
+    return min(prompt, max_len - response), response
+
+
 def response_logprob(model, enc: Encoded, rows: int | None = None) -> torch.Tensor:
     """Sum of log p(response token | everything before it) per row (differentiable); ``rows``: at most that many
-    rows a forward pass, so that one pass's logits fit a memory budget (:func:`~rwedit.evals.planning.logits_batch`)."""
+    rows a forward pass, so that one pass's logits fit a memory budget (:func:`~rwedit.evals.planning.logits_batch`).
+    Each pass computes the logits of the positions from its rows' earliest response on (``logits_to_keep``, where
+    the model takes it): a prompt's logits are never read."""
+    from rwedit.models import keeps_logits
+
     device = input_device(model)  # a dispatched model's first parameter may be offloaded (meta)
-    n = enc.input_ids.shape[0]
-    out = []
+    n, width = enc.input_ids.shape
+    keeps, out = keeps_logits(model), []
     for i in range(0, n, rows or n):
         ids, att = enc.input_ids[i:i + (rows or n)].to(device), enc.attention_mask[i:i + (rows or n)].to(device)
-        logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1]
+        mask = enc.response_mask[i:i + (rows or n)]
+        # position t's logits score token t + 1: from the first response token's predecessor on
+        start = max(0, int(mask.int().argmax(1).min()) - 1) if keeps and bool(mask.any(1).all()) else 0
+        kw = {"logits_to_keep": width - start} if start else {}
+        logits = model(input_ids=ids, attention_mask=att, use_cache=False, **kw).logits[:, :-1]
         logp = torch.stack([log_softmax_row(row).gather(-1, t[:, None]).squeeze(-1)
-                            for row, t in zip(logits, ids[:, 1:])])
+                            for row, t in zip(logits, ids[:, start + 1:])])
         del logits
-        out.append((logp * enc.response_mask[i:i + (rows or n), 1:].to(device)).sum(-1))
+        out.append((logp * mask[:, start + 1:].to(device)).sum(-1))
     return torch.cat(out)
 
 

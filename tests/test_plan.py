@@ -297,8 +297,8 @@ def _role_weights(model) -> dict[str, torch.Tensor]:
 
 
 def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path):
-    """The streaming pass: runtime + per worker thread a float32 block and its stored-dtype read block for base
-    and post (blocks of 1 MiB of float32, or the whole tensor when smaller), plus 8 bytes an element of the
+    """The streaming pass: runtime + per worker thread, for base and post, a float32 block and the mapped pages not
+    yet released (blocks of 1M float32 elements, or the whole tensor when smaller), plus 8 bytes an element of the
     largest role tensor for the grid's sums; the statistics: their float64 upper triangles and one full matrix at a
     time (the cache: d_in^2 float64 per input group per layer); the model: every stored element in float32 — each
     re-derived from the saved model's own modules and config, not from the headers plan reads."""
@@ -318,11 +318,12 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
     plan = plan_recipe(_write(tmp_path / "r.yaml", _recipe(pair)), out=tmp_path / "run")
     stages = {s.name: s for s in plan.stages}
     assert plan.params == params
-    from rwedit.stream import BLOCK_BYTES
+    from rwedit.stream import BLOCK_BYTES, RELEASE_BYTES
 
     block = min(BLOCK_BYTES // 4, largest)
     stored = next(iter(_role_weights(model).values())).element_size()  # saved in the model's dtype
-    assert stages["probe: RSF grid"].memory_bytes == (RUNTIME_BYTES + torch.get_num_threads() * 2 * block * (4 + stored)
+    mapped = min(RELEASE_BYTES + block * stored, largest * stored)  # pages converted since the last release
+    assert stages["probe: RSF grid"].memory_bytes == (RUNTIME_BYTES + torch.get_num_threads() * 2 * (block * 4 + mapped)
                                                       + largest * 8)
     # the statistics: each input's float64 upper block triangle (the accumulator's own row blocks), and one input's
     # full matrix with two working copies while it is decomposed and written
