@@ -14,7 +14,11 @@ What it measures, and why
      (iii) the grid with the other nulls: the exact one (``null: exact``: one Gram matrix of the smaller side
           per delta, d_out·d_in·min(d) multiply-adds) and 8 seeds alone (``null: seeds``: 8·64 more columns of
           projections per side); and the sketch's error: |sketched − exact| null sd over its stated 95 % bound
-          (``null_rel_error``), per matrix and side at k = 4.
+          (``null_rel_error``), per matrix and side at k = 4;
+     (iv) floor - the grid's arithmetic: its multiply-adds (projections, closed-form nulls, the unembedding's
+          Gram) at this machine's measured float32 product rate on the pass's own block shapes, plus the
+          prediction subspace's top eigenvectors solved on a like matrix; with the bare pass, the least any grid
+          of these rows costs here.
    The activation statistics are SYNTHETIC: real ones would need a forward pass of the 1.1B model over a
    calibration set (hours on 2 CPU cores, and the synthetic pair's random weights give no meaningful
    activations anyway).  They have the exact sizes a real float64 collection would have (attn_in, mlp_in,
@@ -262,7 +266,8 @@ def step_grid(p: dict) -> dict:
 def step_floor(p: dict) -> dict:
     """The grid's arithmetic: the multiply-adds its projections and closed-form nulls do on this pair (counted
     from the grid's own plan of each matrix side, :func:`rwedit.probes.grid._side_plans`) and the unembedding's
-    Gram matrix (the prediction subspace), and this machine's float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
+    Gram matrix (the prediction subspace; its top eigenvectors' solve timed on a like matrix), and this machine's
+    float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
     through the pass's workers, :func:`rwedit.stream.ordered_map`): their quotient is the least compute time any
     grid of these rows can take here, whatever its code."""
     import torch
@@ -301,9 +306,23 @@ def step_floor(p: dict) -> dict:
 
     rate()  # warm-up
     macs_per_s = max(rate() for _ in range(5))
+    # the prediction subspace's top-k eigenvectors of the d x d Gram: the kept-vectors solve (one tridiagonal
+    # reduction, no full eigenvector matrix), timed here on a like matrix: the least any grid pays for them
+    from rwedit.probes.subspaces import _spectrum_of_symmetric
+
+    A = torch.randn(2 * d, d, generator=gen, dtype=torch.float64)
+    G = A.T @ A
+
+    def eig() -> float:
+        t0 = time.perf_counter()
+        _spectrum_of_symmetric(G, keep=max(settings.ks), exact=True)
+        return time.perf_counter() - t0
+
+    eig_s = min(eig() for _ in range(2))
     return dict(projection_macs=proj, null_macs=null, prediction_gram_macs=pred, macs=proj + null + pred,
                 gemm_macs_per_s=macs_per_s, gemm_shape=[rows, d, B.shape[1]], threads=threads,
-                compute_s=(proj + null + pred) / macs_per_s, compute_projections_s=proj / macs_per_s)
+                prediction_eig_s=eig_s, compute_s=(proj + null + pred) / macs_per_s + eig_s,
+                compute_projections_s=proj / macs_per_s)
 
 
 def _pstats_index(st):
@@ -677,7 +696,8 @@ def run_grid_part(args, res: dict) -> None:
                                       within_time_target=res[key]["wall_s"] / b["wall_s"] <= GRID_TIME_TARGET,
                                       settings=res[key]["settings"])
                             for key in ("grid", "grid_exact_only", "grid_seeds_only")}
-    print("(iv) the grid's arithmetic floor: its multiply-adds at this machine's GEMM rate ...", flush=True)
+    print("(iv) the grid's arithmetic floor: its multiply-adds at this machine's GEMM rate, the prediction "
+          "subspace's eigensolve ...", flush=True)
     f = res["floor"] = run_child("floor", common)
     f["floor_s"] = b["wall_s"] + f["compute_s"]  # the read and the products share the same two cores
     f["floor_over_bare"], f["grid_over_floor"] = f["floor_s"] / b["wall_s"], g["wall_s"] / f["floor_s"]
@@ -734,7 +754,8 @@ def print_grid(res: dict) -> None:
         f = res["floor"]
         print(f"  floor: the bare pass + {f['macs'] / 1e9:.0f} G multiply-adds (projections "
               f"{f['projection_macs'] / 1e9:.0f} G, closed-form nulls {f['null_macs'] / 1e9:.0f} G, the unembedding's "
-              f"Gram {f.get('prediction_gram_macs', 0) / 1e9:.0f} G) at {f['gemm_macs_per_s'] / 1e9:.0f} G/s = "
+              f"Gram {f.get('prediction_gram_macs', 0) / 1e9:.0f} G) at {f['gemm_macs_per_s'] / 1e9:.0f} G/s + its "
+              f"eigensolve {f.get('prediction_eig_s', 0):.1f} s = "
               f"{f['floor_s']:.1f} s = {f['floor_over_bare']:.1f}x bare; the grid {f['grid_over_floor']:.2f}x its floor")
     if "sketch_error" in res:
         e = res["sketch_error"]

@@ -113,8 +113,9 @@ def _probes(r: dict) -> list[Figure]:
               "grid_seeds_only": "RSF grid with 8 seeded nulls instead / bare pass"}
     f = _at(r, "floor")
     if f:  # the target sits below what the grid's own arithmetic costs here: say so in the row
+        eig = f" + the prediction subspace's eigensolve {f['prediction_eig_s']:.1f} s" if "prediction_eig_s" in f else ""
         labels["grid"] += (f" (floor: the bare pass + the grid's {f['macs'] / 1e9:.0f} G multiply-adds at this machine's "
-                           f"measured {f['gemm_macs_per_s'] / 1e9:.0f} G/s = {f['floor_over_bare']:.1f}×; proposed "
+                           f"measured {f['gemm_macs_per_s'] / 1e9:.0f} G/s{eig} = {f['floor_over_bare']:.1f}×; proposed "
                            f"target ≤ {FLOOR_TARGET} × the floor = {FLOOR_TARGET * f['floor_over_bare']:.1f}×)")
     for key, label in labels.items():
         v = _at(r, "null_variants", key)

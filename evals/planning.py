@@ -44,9 +44,9 @@ SCORING_EFFICIENCY = 0.65
 #: triangles, written, read back for sha256): 4.5 GB in 17.8 s at the 0.5B study's shapes on this project's
 #: 2-core machine's virtio disk (2026-12-07); a disk's write rate is not measured by the plan, and differs
 CACHE_WRITE_BYTES_S = 250e6
-#: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 8 column blocks of
+#: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 16 column blocks of
 #: `rwedit.probes.activations` (not imported here: `rwedit plan` stays light; a test holds the two together)
-TRIANGLE_SHARE = 0.5625
+TRIANGLE_SHARE = 17 / 32
 
 
 @dataclass(frozen=True)

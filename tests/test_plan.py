@@ -342,7 +342,7 @@ def test_plan_memory_estimate_is_the_formula_on_the_tensor_sizes(pair, tmp_path)
 
 def test_statistics_work_prices_the_kept_vectors_solver_from_its_threshold(pair_root, monkeypatch):
     """Each input's float64 decomposition at KEPT_N3 n³ from `KEPT_MIN_D` on (the solver computing only the kept
-    vectors), at EIGH_N3 n³ below, besides the float32 upper block triangle of Xᵀ X a token (9/16 of 2 n²: 8 column
+    vectors), at EIGH_N3 n³ below, besides the float32 upper block triangle of Xᵀ X a token ((B + 1)/2B of 2 n²: B column
     blocks): re-derived from the layout's input widths."""
     import rwedit.probes.subspaces as subspaces
     from rwedit.architectures import INPUT_GROUP
