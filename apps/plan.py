@@ -21,8 +21,8 @@ from rwedit.errors import DataError, DataNotFoundError, ExperimentError
 from rwedit.outputs import free_bytes, readable_bytes
 from rwedit.runtime import cache_root
 from rwedit.evals.planning import (LMEVAL_ITEM_BYTES, PLOTS_BYTES, ROW_BYTES, RUNTIME_BYTES, SCORING_EFFICIENCY,
-                                   DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, logits_batch,
-                                   logits_batches, measure_rates, padded_tokens, token_lengths)
+                                   DataRef, KindPlan, PlanContext, Rates, Stage, forward_flops, kept_token_flops,
+                                   logits_batch, logits_batches, measure_rates, padded_tokens, token_lengths)
 
 
 @dataclass
@@ -188,7 +188,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
     from rwedit.data import read_pairs
     from rwedit.evals.bundled_tasks import request_texts
     from rwedit.models import context_window
-    from rwedit.scoring import fitted_lengths
+    from rwedit.scoring import first_scored, fitted_lengths
 
     n_cond = (len(conditions) + 1) if conditions is not None else 1
     batch_tokens, output, parts, part_flops = 0, n_cond * ROW_BYTES, {}, {}
@@ -218,16 +218,15 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
             per += padded_tokens([p + r for p, r in items], direct.batch_size)
             for i in range(0, len(items), direct.batch_size):  # logits from the batch's first response on
                 batch = items[i:i + direct.batch_size]
-                kept += len(batch) * (max(p + r for p, r in batch) - max(0, min(p for p, _ in batch) - 1))
+                kept += len(batch) * (max(p + r for p, r in batch) - first_scored([p for p, _ in batch]))
         parts["direct"] = (n_cond + 1) * per  # the base's reference values first
-        body = forward_flops(layout, logits=False)
-        part_flops["direct"] = body + (forward_flops(layout) - body) * kept / max(per, 1)
+        part_flops["direct"] = kept_token_flops(layout, per, kept)
     if ev is not None:  # lm-eval sorts its requests by length and pads each batch; rolling ones are windowed
         window, per, kept = ev.max_length or context_window(ctx.base.config) or 2048, 0, 0
         for task, got in requests.items():
-            if got is None:  # a task rwedit does not ship: two continuations of ~256 tokens per item
-                per += (ev.limit or 500) * 2 * 256
-                kept += (ev.limit or 500) * 2 * 256
+            if got is None:  # a task rwedit does not ship: two continuations of ~256 tokens per item, all scored
+                unknown = (ev.limit or 500) * 2 * 256
+                per, kept = per + unknown, kept + unknown
                 continue
             reqs, rolling = got
             cc = [(next(lengths), next(lengths)) for _ in reqs]  # context, continuation
@@ -241,8 +240,7 @@ def scoring_stage(recipe, ctx: PlanContext, conditions: list[str] | None, kind: 
             kept += (sum(len(b) * k for b, k in logits_batches(n, conts, ev.batch_size, vocab, budget))
                      if budget is not None else padded_tokens(n, ev.batch_size, sort=True))
         parts["lmeval"] = n_cond * per
-        body = forward_flops(layout, logits=False)
-        part_flops["lmeval"] = body + (forward_flops(layout) - body) * kept / max(per, 1)
+        part_flops["lmeval"] = kept_token_flops(layout, per, kept)
     what = (f"{n_cond} conditions (adapters switched in place on one loaded model)" if conditions is not None else
             f"per condition: the {kind} kind lists its conditions when the run prepares them")
     # the model, the adapters' factors, and one batch's logits with their log-softmax (float32)

@@ -141,6 +141,13 @@ def forward_flops(layout, seq_len: int = 256, logits: bool = True) -> float:
     return 2.0 * (weights + logits * d.vocab * d.hidden) + 4.0 * d.n_layers * d.n_heads * d.head_dim * seq_len
 
 
+def kept_token_flops(layout, tokens: int, logits: int) -> float:
+    """FLOPs per token of passes over ``tokens`` whose unembedding computes ``logits`` positions alone (a scorer's
+    continuations, ``logits_to_keep``): every token through the body, those positions through the unembedding."""
+    body = forward_flops(layout, logits=False)
+    return body + (forward_flops(layout) - body) * logits / max(tokens, 1)
+
+
 @dataclass
 class Stage:
     """One stage of a run: what it does, where it runs, the memory it needs at its peak (on that device), the
@@ -355,6 +362,6 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
 
 __all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
            "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
-           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work",
+           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work", "kept_token_flops",
            "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens",
            "stats_bytes", "stats_stage", "stats_work", "token_lengths"]

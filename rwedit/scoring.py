@@ -62,6 +62,12 @@ def fitted_lengths(prompt: int, response: int, max_len: int) -> tuple[int, int]:
     return min(prompt, max_len - response), response
 
 
+def first_scored(prompt_lengths: Sequence[int]) -> int:
+    """The first position whose logits a batch of items with these prompt lengths reads: position t's logits score
+    token t + 1, so the predecessor of its earliest response token."""
+    return max(0, min(prompt_lengths) - 1)
+
+
 def response_logprob(model, enc: Encoded, rows: int | None = None) -> torch.Tensor:
     """Sum of log p(response token | everything before it) per row (differentiable); ``rows``: at most that many
     rows a forward pass, so that one pass's logits fit a memory budget (:func:`~rwedit.evals.planning.logits_batch`).
@@ -75,8 +81,8 @@ def response_logprob(model, enc: Encoded, rows: int | None = None) -> torch.Tens
     for i in range(0, n, rows or n):
         ids, att = enc.input_ids[i:i + (rows or n)].to(device), enc.attention_mask[i:i + (rows or n)].to(device)
         mask = enc.response_mask[i:i + (rows or n)]
-        # position t's logits score token t + 1: from the first response token's predecessor on
-        start = max(0, int(mask.int().argmax(1).min()) - 1) if keeps and bool(mask.any(1).all()) else 0
+        # a row's prompt length: the position of its first response token
+        start = first_scored(mask.int().argmax(1).tolist()) if keeps and bool(mask.any(1).all()) else 0
         kw = {"logits_to_keep": width - start} if start else {}
         logits = model(input_ids=ids, attention_mask=att, use_cache=False, **kw).logits[:, :-1]
         logp = torch.stack([log_softmax_row(row).gather(-1, t[:, None]).squeeze(-1)
