@@ -26,6 +26,9 @@ KEPT_MIN_D = 1536
 #: dtypes whose products are exact in float32 (8- and 11-bit significands), and the rows of one float32 partial Gram
 HALF_DTYPES = ("bfloat16", "float16")
 HALF_CHUNK_ROWS = 1024
+#: a float32 Gram whose diagonal stays below this (2¹²⁶, a quarter of float32's largest) has every entry and every
+#: partial sum finite
+_FLOAT32_SAFE = 2.0 ** 126
 
 
 def check_k(k: int, d: int, what: str = "k") -> int:
@@ -272,18 +275,23 @@ def gram_matrix(W: torch.Tensor, column_gain: torch.Tensor | None = None, *,
     gram = torch.zeros(d, d, dtype=torch.float64, device=W.device)
     half = str(W.dtype).removeprefix("torch.") in HALF_DTYPES and gain is None  # its products are exact in float32
     step = min(chunk_rows, HALF_CHUNK_ROWS) if half else chunk_rows
+    if half:  # reused across chunks: fresh 2048² tensors each chunk cost more in page faults than the adds
+        rows = torch.empty(min(step, W.shape[0]), d, dtype=torch.float32, device=W.device)
+        part = torch.empty(d, d, dtype=torch.float32, device=W.device)
+        wide = torch.empty(d, d, dtype=torch.float64, device=W.device)
     for start in range(0, W.shape[0], step):
         block = W[start : start + step]
-        if half:  # checked once converted: torch's finiteness test of half-precision numbers is ~20x slower
-            block = block.to(torch.float32)
+        if half:
+            block = rows[:block.shape[0]].copy_(block)
+            torch.mm(block.T, block, out=part)
+            # every partial sum of entry (i, j) is at most √(G_ii G_jj) (Cauchy–Schwarz), and a NaN/Inf in the rows
+            # reaches its column's diagonal: one look at the diagonal stands for testing every entry and element
+            if float(part.diagonal().max()) < _FLOAT32_SAFE:
+                gram += wide.copy_(part)
+                continue
         if not torch.isfinite(block).all():
             raise ConfigError(f"W has non-finite (NaN/inf) entries in rows {start}..{start + block.shape[0] - 1}")
-        if half:
-            part = block.T @ block
-            if torch.isfinite(part).all():  # else a product or sum beyond float32's range: this block in float64
-                gram += part
-                continue
-        block = block.to(torch.float64)
+        block = block.to(torch.float64)  # half precision here: a product or sum beyond float32's range
         if gain is not None:
             block = block * gain
         gram.addmm_(block.T, block)

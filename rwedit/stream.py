@@ -214,6 +214,9 @@ def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
     Small dense work (per-matrix SVDs) runs faster one matrix per core than one matrix on a team of threads."""
     threads = max(1, threads or torch.get_num_threads())
     caller = torch.get_num_threads()
+    # the caller's own torch work meanwhile (making items, using results) runs one-threaded: a team of its own
+    # would spin-wait after each op on the cores the workers use (1.5-2 s of 8 s on the 1.1B pair's grid)
+    torch.set_num_threads(1)
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,), thread_name_prefix="rwedit-map")
     pending: deque = deque()
     try:

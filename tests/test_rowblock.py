@@ -190,7 +190,8 @@ def test_a_nan_in_a_late_block_is_named(tmp_path, wiki_tokenizer):
 
 def test_ordered_map_keeps_order_stays_bounded_and_restores_the_thread_count():
     """Results in the items' order whatever finishes first; the items are pulled at most ``threads`` ahead of
-    the consumer (a stream of tensors stays a stream); the caller's thread count is back afterwards."""
+    the consumer (a stream of tensors stays a stream); the caller runs one-threaded meanwhile (a team of its own
+    would spin on the workers' cores) and has its thread count back afterwards."""
     import random
     import time
 
@@ -207,13 +208,18 @@ def test_ordered_map_keeps_order_stays_bounded_and_restores_the_thread_count():
         time.sleep(random.Random(i).uniform(0, 0.01))
         return i * i, torch.get_num_threads()
 
-    before = torch.get_num_threads()
+    outside = torch.get_num_threads()
+    torch.set_num_threads(2)
     out = []
-    for got in ordered_map(slow_square, items(), threads=2):
-        assert len(pulled) - len(out) <= 3  # the one being yielded + 2 in flight
-        out.append(got)
-    assert [x for x, _ in out] == [i * i for i in range(12)] and {n for _, n in out} == {1}
-    assert torch.get_num_threads() == before
+    try:
+        for got in ordered_map(slow_square, items(), threads=2):
+            assert len(pulled) - len(out) <= 3  # the one being yielded + 2 in flight
+            assert torch.get_num_threads() == 1
+            out.append(got)
+        assert [x for x, _ in out] == [i * i for i in range(12)] and {n for _, n in out} == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(outside)
 
 
 def test_norms_of_a_pair_stored_in_one_buffer_equal_float64_dots():
