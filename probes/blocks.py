@@ -122,11 +122,12 @@ class Projections:
         e = energies.double()
         self._e[side] = e if side not in self._e else self._e[side] + e
 
-    def _accumulate(self, side: str, product: torch.Tensor) -> None:
+    def _accumulate(self, side: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        """acc[side] += a @ b, in the product itself (no k × d temporary)."""
         if side in self._acc:
-            self._acc[side] += product
+            self._acc[side].addmm_(a, b)
         else:
-            self._acc[side] = product.clone()
+            self._acc[side] = a @ b
 
     def add(self, axis, index, delta, base=None) -> None:
         if isinstance(delta, LowRankDelta):
@@ -144,10 +145,10 @@ class Projections:
             if self.read is not None:
                 self._sum("read", (delta @ self.read).pow(2).sum(0))
             if self.write is not None:
-                self._accumulate("write", self.write[index].T @ delta)
+                self._accumulate("write", self.write[index].T, delta)
         else:  # columns of ΔW: the mirror image
             if self.read is not None:
-                self._accumulate("read", delta @ self.read[index])
+                self._accumulate("read", delta, self.read[index])
             if self.write is not None:
                 self._sum("write", (delta.T @ self.write).pow(2).sum(0))
 
@@ -226,7 +227,8 @@ class Gram:
         self._flush()
         return concentration_of_gram(self.G)
 
-    def spread(self) -> NullSpread:
+    def spread(self, total: float | None = None) -> NullSpread:
+        """The exact spread (``total``, ‖ΔW‖², is not needed: the sketch's signature)."""
         c = self.concentration()
         return NullSpread(c, c, c)
 
@@ -237,11 +239,15 @@ class GramSketch:
     Gaussian Ω, 4·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
     whatever the axis. A delta in factor form gets the exact value from its r × r Gram matrices."""
 
-    def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 total: bool = True):
         d = shape[1] if axis == 0 else shape[0]
         self.omega, self._omega = sketch_probe(d, m, seed), sketch_probe(d, m, seed, dtype)
-        self.z = torch.zeros_like(self.omega)
+        # summed in the pass's dtype inside the products: a matrix has tens of blocks, so the sum adds float32's
+        # rounding of the same order as each block's product has (far inside the sketch's own error)
+        self.z = torch.zeros_like(self._omega)
         self.total = 0.0
+        self._count = total  # False: the caller has ‖ΔW‖² already (another sink's) and gives it to spread
         self._factors: _Factors | None = None
 
     def add(self, axis, index, delta, base=None) -> None:
@@ -250,14 +256,16 @@ class GramSketch:
             self._factors.add(axis, index, delta)
             return
         X = delta if axis == 0 else delta.T  # as rows of the matrix whose Xᵀ X is the sketched side's Gram
-        self.z += (X.T @ (X @ self._omega)).double()
-        self.total += float(torch.linalg.vector_norm(X)) ** 2
+        self.z.addmm_(X.T, X @ self._omega)
+        if self._count:
+            self.total += float(torch.linalg.vector_norm(X)) ** 2
 
-    def spread(self) -> NullSpread:
+    def spread(self, total: float | None = None) -> NullSpread:
+        """The sketched spread; ``total``: ‖ΔW‖² when this sink was made not to count it."""
         if self._factors is not None:
             c = self._factors.concentration()
             return NullSpread(c, c, c)
-        return spread_from_sketch(self.z, self.omega, self.total)
+        return spread_from_sketch(self.z.double(), self.omega, self.total if total is None else total)
 
 
 class Dense:

@@ -296,7 +296,7 @@ class _StreamedRows:
                                 {p.side: p.cast for p in self.plans})
         axis, method = 1 if view.transposed else 0, null_method(settings, view.shape)
         self.gram = (None if method == "seeds" else Gram(view.shape, axis, settings.dtype) if method == "exact"
-                     else GramSketch(view.shape, axis, settings.null_sketch, settings.seed, settings.dtype))
+                     else GramSketch(view.shape, axis, settings.null_sketch, settings.seed, settings.dtype, total=False))
         self.dense = Dense(view.shape, settings.dtype) if "both" in settings.sides else None
 
     def add(self, axis, index, delta, base) -> None:
@@ -312,7 +312,7 @@ class _StreamedRows:
             explain_non_finite(self.ckpts, self.view)  # names the tensor with NaN/Inf; else an overflow:
             raise ConfigError(f"layer {self.view.layer} role {self.view.role!r}: the delta has non-finite entries; "
                               f"check the checkpoints or the dtype the delta was formed in")
-        spread = None if self.gram is None else self.gram.spread()  # NaN for a zero delta
+        spread = None if self.gram is None else self.gram.spread(total)  # NaN for a zero delta
         out: list[dict] = []
         for plan in self.plans:
             out += plan.rows(self.view.layer, self.view.role, self.proj.energies(plan.side), total, spread)
