@@ -12,7 +12,7 @@ from typing import Iterator, Mapping, Sequence
 from rwedit.lazy import torch
 from tqdm.auto import tqdm
 
-from rwedit.architectures import INPUT_GROUP, READ_ROLES, Layout, RoleView
+from rwedit.architectures import GROUP_ROLE, INPUT_GROUP, READ_ROLES, Layout, RoleView
 from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader, fingerprint
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
@@ -55,8 +55,8 @@ class GridSettings(Config):
                        "else the sketch), seeds (none: the seeded null alone)")
     null_sketch: int = option(64, help="Gaussian probe columns m of the sketched null: relative standard error of "
                               "Σσ⁴ at most √(2/m)")
-    precision: str = option("float32", help="precision of the projections ΔW·B (sums are float64 either way); "
-                            "float32 changes RSF by ~1e-7 relative")
+    precision: str = option("float32", help="precision of the projections ΔW·B and the sketch (each block's "
+                            "energies are summed in float64); float32 changes RSF by ~1e-7 relative")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -231,7 +231,8 @@ def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridC
         act = None
         if "activation" in settings.subspaces and side == "read" and layer is not None:
             spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
-            act = (layer, role) if spec is not None and spec.d == d else None
+            # keyed by the role that stands for its input group: q, k and v read one input and share one plan
+            act = (layer, GROUP_ROLE[INPUT_GROUP[role]]) if spec is not None and spec.d == d else None
         pred = "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side)
         plans.append(ctx.once(("plan", settings, side, d, act, pred),
                               lambda: _side_plan(side, d, ks, act, pred, ctx, settings), keep=act is None))

@@ -10,6 +10,7 @@ import math
 import mmap
 import threading
 from collections import deque
+from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from pathlib import Path
@@ -198,7 +199,8 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
         # the sinks are made here, in the caller and in order, so that whatever they compute lazily is computed
         # once; closed before the files are (the workers finish first)
         work = ((i, [sinks(v) for v in plans[i][4]]) for i in range(len(plans)))
-        done = stack.enter_context(closing(ordered_map(lambda item: (item[0], run(*item)), work, threads)))
+        done = stack.enter_context(closing(ordered_map(lambda item: (item[0], run(*item)), work, threads,
+                                                       weight=lambda item: plans[item[0]][1] * plans[item[0]][3])))
         for i, made in done:
             yield from zip(plans[i][4], made)
 
@@ -208,10 +210,12 @@ def _into(row: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return row[:block.numel()].view(block.shape).copy_(block)
 
 
-def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
+def ordered_map(fn: Callable, items, threads: int | None = None, weight: Callable | None = None) -> Iterator:
     """``fn(item)`` for each item in ``threads`` single-threaded workers (default torch's thread count), yielded
-    in the items' order, at most ``threads`` items ahead of the consumer (so a stream of tensors stays a stream).
-    Small dense work (per-matrix SVDs) runs faster one matrix per core than one matrix on a team of threads."""
+    in the items' order, at most ``threads`` items ahead of the consumer (so a stream of tensors stays a stream);
+    with ``weight(item)`` (its work), also more while together they weigh less than the item the consumer waits
+    for, so that one large tensor does not leave the other workers idle. Small dense work (per-matrix SVDs) runs
+    faster one matrix per core than one matrix on a team of threads."""
     threads = max(1, threads or torch.get_num_threads())
     caller = torch.get_num_threads()
     # the caller's own torch work meanwhile (making items, using results) runs one-threaded: a team of its own
@@ -221,11 +225,11 @@ def ordered_map(fn: Callable, items, threads: int | None = None) -> Iterator:
     pending: deque = deque()
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
-            while len(pending) > threads:
-                yield pending.popleft().result()
+            pending.append((pool.submit(fn, item), 1 if weight is None else weight(item)))
+            while len(pending) > threads and sum(w for _, w in islice(pending, 1, None)) >= pending[0][1]:
+                yield pending.popleft()[0].result()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft()[0].result()
     finally:  # closed early or failed: the items not started are dropped, the running ones finish
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(caller)  # MKL's count is process-wide: the workers' 1 must not outlive them

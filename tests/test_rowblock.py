@@ -222,6 +222,42 @@ def test_ordered_map_keeps_order_stays_bounded_and_restores_the_thread_count():
         torch.set_num_threads(outside)
 
 
+def test_ordered_map_runs_ahead_of_a_heavy_item_by_its_weight():
+    """With weights, the workers go on past an item that outweighs those after it (a large tensor does not leave
+    the other worker idle) as far as its weight allows, and the results still come in the items' order."""
+    import threading
+
+    from rwedit.stream import ordered_map
+
+    weights = [10, 3, 3, 3, 3, 3, 3]
+    started, yielded, pulled_at = [], [], {}
+    release = threading.Event()
+
+    def work(i):
+        started.append(i)
+        if i == 0:  # the heavy head: held until the items that fit in its weight have started (else 5 s)
+            release.wait(5)
+        return i
+
+    def items():
+        for i in range(len(weights)):
+            pulled_at[i] = len(yielded)
+            yield i
+
+    def watch():
+        while len(started) < 5 and not release.is_set():
+            release.wait(0.01)
+        release.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    for r in ordered_map(work, items(), threads=2, weight=lambda i: weights[i]):
+        yielded.append(r)
+    assert yielded == list(range(len(weights)))
+    # 3 + 3 + 3 = 9 < 10: items 1-4 are pulled while the head runs; with item 4 they weigh 12, so item 5 waits
+    # until the head is taken, and (items of equal weight: two ahead) items 1 and 2 after it
+    assert [pulled_at[i] for i in range(6)] == [0, 0, 0, 0, 0, 3]
+
+
 def test_norms_of_a_pair_stored_in_one_buffer_equal_float64_dots():
     """The Gram path (base and delta as rows of one buffer) and the three-dot path give float64's sums."""
     g = torch.Generator().manual_seed(1)
