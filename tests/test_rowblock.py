@@ -136,6 +136,33 @@ def test_streamed_blocks_reassemble_every_role_exactly(pairs, model_type):
         assert torch.equal(got[(rp.layer, rp.role)], rp.delta), (rp.layer, rp.role)
 
 
+def test_the_largest_tensor_is_started_first_and_its_views_come_in_their_turn(pairs):
+    """The pass starts the largest stored tensor first (last, it would run alone) but yields every view in the
+    order given, and makes each view's sinks once."""
+    pair = CheckpointPair(pairs["llama"] / "base", pairs["llama"] / "post")
+    views = pair.layout.views()
+    made, first_block = [], []
+
+    class Log(Norms):
+        def add(self, axis, index, delta, base):
+            if not first_block:
+                first_block.append(self.view.param)
+            super().add(axis, index, delta, base)
+
+    def sinks(v):
+        made.append(v)
+        s = Log()
+        s.view = v
+        return [s]
+
+    largest = max(views, key=lambda v: math.prod(pair.base._shapes[pair.base.find(v.param)]))
+    assert largest is not views[0]
+    got = [v for v, _ in stream_pair(pair.base, [pair.post], views, sinks, threads=1)]
+    assert [(v.layer, v.role) for v in got] == [(v.layer, v.role) for v in views]
+    assert first_block == [largest.param] and made[0].param == largest.param and sorted(map(id, made)) == sorted(
+        map(id, views))
+
+
 def test_streamed_norms_equal_plain_torch(pairs):
     pair = CheckpointPair(pairs["gpt2"] / "base", pairs["gpt2"] / "post")
     got = {(n.layer, n.role): n for n in delta_norms(pair)}
