@@ -104,30 +104,34 @@ class _Factors:
 class Projections:
     """Per-column energies of ΔW against a read-side basis (‖ΔW b_j‖², b_j in R^d_in) and a write-side basis
     (‖ΔWᵀ b_j‖², b_j in R^d_out), and ‖ΔW‖²_F. A side whose blocks cut across its basis' dimension sums
-    its energies block by block; the other side accumulates the k-column product and squares it at the end."""
+    its energies block by block; the other side accumulates the k-column product and squares it at the end.
+
+    ``probe``: the sketched null's Gaussian Ω (d × m, float64) on the side whose energies are summed (read for row
+    blocks, write for column blocks: ``probe_side``). Z = Σ Xᵀ(XΩ) over the blocks X (rows of ΔW, or of ΔWᵀ) rides
+    in the same two products as the bases (Ω joins that side's basis, XΩ the other side's rows), so each block
+    is read by two matrix products, not four. ``cast`` holds the bases in dtype where made once for many sinks,
+    that side's with Ω appended under ``"<side>+probe"``."""
 
     def __init__(self, shape: tuple[int, int], read: torch.Tensor | None = None, write: torch.Tensor | None = None,
-                 dtype: torch.dtype = torch.float32, cast: dict[str, torch.Tensor] | None = None):
+                 dtype: torch.dtype = torch.float32, cast: dict[str, torch.Tensor] | None = None,
+                 probe: torch.Tensor | None = None, probe_side: str = "read"):
         self.shape, self.dtype = shape, dtype
-        cast = cast or {}  # the bases already in dtype (made once for the sinks of every post)
+        cast = cast or {}
         self.read = None if read is None else cast.get("read", read).to(dtype)
         self.write = None if write is None else cast.get("write", write).to(dtype)
         self._bases = {"read": read, "write": write}  # as given: factored blocks project in float64
+        self.probe, self.probe_side = probe, probe_side
+        basis = self.read if probe_side == "read" else self.write
+        self._wide = basis  # the probe side's basis, Ω appended
+        if probe is not None:
+            self._wide = cast.get(f"{probe_side}+probe")
+            if self._wide is None:
+                self._wide = torch.cat([b for b in (basis, probe.to(dtype)) if b is not None], dim=1)
         self._total = 0.0
         self._e: dict[str, torch.Tensor] = {}
-        self._acc: dict[str, torch.Tensor] = {}
+        self._stack: torch.Tensor | None = None  # Σ [B_cut[index] | XΩ]ᵀ X over the blocks
+        self._parts: list[tuple[str, int]] = []  # its rows: (the cut side or "probe", how many)
         self._factors: _Factors | None = None
-
-    def _sum(self, side: str, energies: torch.Tensor) -> None:
-        e = energies.double()
-        self._e[side] = e if side not in self._e else self._e[side] + e
-
-    def _accumulate(self, side: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        """acc[side] += a @ b, in the product itself (no k × d temporary)."""
-        if side in self._acc:
-            self._acc[side].addmm_(a, b)
-        else:
-            self._acc[side] = a @ b
 
     def add(self, axis, index, delta, base=None) -> None:
         if isinstance(delta, LowRankDelta):
@@ -141,16 +145,40 @@ class Projections:
             self._total += float(torch.dot(d, d))
         else:
             self._total += float(torch.linalg.vector_norm(delta)) ** 2
-        if axis == 0:  # rows of ΔW: read energies add up; the write side needs Σ_block B[rows]ᵀ ΔW[rows]
-            if self.read is not None:
-                self._sum("read", (delta @ self.read).pow(2).sum(0))
-            if self.write is not None:
-                self._accumulate("write", self.write[index].T, delta)
-        else:  # columns of ΔW: the mirror image
-            if self.read is not None:
-                self._accumulate("read", delta, self.read[index])
-            if self.write is not None:
-                self._sum("write", (delta.T @ self.write).pow(2).sum(0))
+        # X: the block as rows (of ΔW for axis 0, of ΔWᵀ for axis 1); its columns span the `summed` side whole,
+        # its rows cut the other side's basis to B_cut[index]
+        X, summed, cut = (delta, "read", "write") if axis == 0 else (delta.T, "write", "read")
+        if self.probe is not None and summed != self.probe_side:
+            raise ValueError(f"the sketch's probe is on the {self.probe_side} side, but axis {axis} blocks sum "
+                             f"the {summed} side")
+        basis = self.read if summed == "read" else self.write
+        rows = []
+        wide = self._wide if summed == self.probe_side else basis
+        if wide is not None:
+            P = X @ wide
+            if basis is not None:
+                e = P[:, :basis.shape[1]].pow(2).sum(0).double()
+                self._e[summed] = e if summed not in self._e else self._e[summed] + e
+            if self.probe is not None:
+                rows.append(("probe", P[:, P.shape[1] - self.probe.shape[1]:]))
+        other = self.write if cut == "write" else self.read
+        if other is not None:
+            rows.insert(0, (cut, other[index]))
+        if rows:
+            L = rows[0][1] if len(rows) == 1 else torch.cat([r for _, r in rows], dim=1)
+            if self._stack is None:
+                self._stack, self._parts = L.T @ X, [(k, r.shape[1]) for k, r in rows]
+            else:
+                self._stack.addmm_(L.T, X)  # added inside the product: no k × d temporary
+
+    def _accumulated(self, key: str) -> torch.Tensor | None:
+        """Rows of the accumulated product for ``key`` (the cut side, or "probe"); None if it has none."""
+        start = 0
+        for k, n in self._parts:
+            if k == key:
+                return self._stack[start:start + n]
+            start += n
+        return None
 
     @property
     def total(self) -> float:
@@ -161,13 +189,23 @@ class Projections:
         """Float64 ``‖ΔW b_j‖²`` (read) or ``‖ΔWᵀ b_j‖²`` (write) for every column b_j of that side's basis."""
         if self._factors is not None:
             return self._factors.energies(side)
-        if side in self._acc:
-            a = self._acc[side].double()
-            return a.pow(2).sum(0) if side == "read" else a.pow(2).sum(1)
+        a = self._accumulated(side)
+        if a is not None:
+            return a.double().pow(2).sum(1)
         if side in self._e:
             return self._e[side]
         basis = self.read if side == "read" else self.write
         return torch.zeros(basis.shape[1], dtype=torch.float64)
+
+    def spread(self) -> NullSpread:
+        """The sketched Σσ⁴ / (Σσ²)² of ΔW from the probe (:func:`rwedit.probes.rsf.spread_from_sketch`); a delta in
+        factor form gets the exact value from its r × r Gram matrices."""
+        if self._factors is not None:
+            c = self._factors.concentration()
+            return NullSpread(c, c, c)
+        z = self._accumulated("probe")
+        z = torch.zeros(self.probe.shape, dtype=torch.float64) if z is None else z.T.double()
+        return spread_from_sketch(z, self.probe, self._total)
 
 
 class Gram:
@@ -227,45 +265,22 @@ class Gram:
         self._flush()
         return concentration_of_gram(self.G)
 
-    def spread(self, total: float | None = None) -> NullSpread:
-        """The exact spread (``total``, ‖ΔW‖², is not needed: the sketch's signature)."""
+    def spread(self) -> NullSpread:
         c = self.concentration()
         return NullSpread(c, c, c)
 
 
-class GramSketch:
-    """The sketched Σσ⁴ / (Σσ²)² of ΔW (:func:`rwedit.probes.rsf.spread_from_sketch`): Z = Σ_blocks Xᵀ(X Ω) over
+class GramSketch(Projections):
+    """The sketched Σσ⁴ / (Σσ²)² of ΔW alone (:func:`rwedit.probes.rsf.spread_from_sketch`): Z = Σ_blocks Xᵀ(X Ω) over
     the blocks X (rows of ΔW for axis 0: the d_in-side Gram; rows of ΔWᵀ for axis 1: the d_out side) with a d × m
     Gaussian Ω, 4·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
-    whatever the axis. A delta in factor form gets the exact value from its r × r Gram matrices."""
+    whatever the axis: :class:`Projections` with a probe and no bases (the grid gives its projections the probe
+    instead). A delta in factor form gets the exact value from its r × r Gram matrices."""
 
-    def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32,
-                 total: bool = True):
-        d = shape[1] if axis == 0 else shape[0]
-        self.omega, self._omega = sketch_probe(d, m, seed), sketch_probe(d, m, seed, dtype)
-        # summed in the pass's dtype inside the products: a matrix has tens of blocks, so the sum adds float32's
-        # rounding of the same order as each block's product has (far inside the sketch's own error)
-        self.z = torch.zeros_like(self._omega)
-        self.total = 0.0
-        self._count = total  # False: the caller has ‖ΔW‖² already (another sink's) and gives it to spread
-        self._factors: _Factors | None = None
-
-    def add(self, axis, index, delta, base=None) -> None:
-        if isinstance(delta, LowRankDelta):
-            self._factors = self._factors or _Factors()
-            self._factors.add(axis, index, delta)
-            return
-        X = delta if axis == 0 else delta.T  # as rows of the matrix whose Xᵀ X is the sketched side's Gram
-        self.z.addmm_(X.T, X @ self._omega)
-        if self._count:
-            self.total += float(torch.linalg.vector_norm(X)) ** 2
-
-    def spread(self, total: float | None = None) -> NullSpread:
-        """The sketched spread; ``total``: ‖ΔW‖² when this sink was made not to count it."""
-        if self._factors is not None:
-            c = self._factors.concentration()
-            return NullSpread(c, c, c)
-        return spread_from_sketch(self.z.double(), self.omega, self.total if total is None else total)
+    def __init__(self, shape: tuple[int, int], axis: int, m: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+        d, side = (shape[1], "read") if axis == 0 else (shape[0], "write")
+        super().__init__(shape, dtype=dtype, probe=sketch_probe(d, m, seed), probe_side=side,
+                         cast={f"{side}+probe": sketch_probe(d, m, seed, dtype)})
 
 
 class Dense:

@@ -17,7 +17,7 @@ from rwedit.checkpoints import Checkpoint, CheckpointPair, TensorReader, fingerp
 from rwedit.config import Config, option
 from rwedit.errors import ConfigError
 from rwedit.probes.activations import ActivationStats
-from rwedit.probes.rsf import NullSpread, RSFResult, random_null_samples, rsf_nested
+from rwedit.probes.rsf import NullSpread, RSFResult, random_null_samples, rsf_nested, sketch_probe
 from rwedit.runtime import runtime
 from rwedit.probes.subspaces import Spectrum, haar_basis, prediction_spectrum
 from rwedit.stream import explain_non_finite, stream_pair
@@ -192,6 +192,14 @@ class _SidePlan:
     n_seeds: int
     stacked: torch.Tensor
     cast: torch.Tensor  # stacked in the settings' dtype
+    _widened: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def widened(self, m: int, seed: int) -> torch.Tensor:
+        """``cast`` with the sketched null's probe Ω (``m`` columns) appended: the one basis a block is multiplied
+        by on this side (made once per plan)."""
+        if (m, seed) not in self._widened:
+            self._widened[m, seed] = torch.cat([self.cast, sketch_probe(self.d, m, seed, self.cast.dtype)], dim=1)
+        return self._widened[m, seed]
 
     def rows(self, layer, role, energies: torch.Tensor, total: float, spread: NullSpread | None) -> list[dict]:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
@@ -284,20 +292,26 @@ def _in_settings_order(rows: list[dict], settings: GridSettings) -> list[dict]:
 
 
 class _StreamedRows:
-    """The block sinks of one matrix for the grid (projections, the exact null's Gram, the dense matrix when
-    the two-sided rows need it) and the rows made from them once the matrix is complete."""
+    """The block sinks of one matrix for the grid (projections, with the sketched null's probe in their products;
+    the exact null's Gram; the dense matrix when the two-sided rows need it) and the rows made from them once the
+    matrix is complete."""
 
     def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings, ckpts=()):
-        from rwedit.probes.blocks import Dense, Gram, GramSketch, Projections
+        from rwedit.probes.blocks import Dense, Gram, Projections
 
         self.view, self.ctx, self.settings, self.ckpts = view, ctx, settings, ckpts
         self.plans = _side_plans(view.shape, view.layer, view.role, ctx, settings)
+        axis, self.method = 1 if view.transposed else 0, null_method(settings, view.shape)
+        cast = {p.side: p.cast for p in self.plans}
+        probe, side = None, ("read" if axis == 0 else "write")  # the sketch rides on the side blocks sum over
+        if self.method == "sketch":
+            d, m = (view.d_in if axis == 0 else view.d_out), settings.null_sketch
+            probe = sketch_probe(d, m, settings.seed)
+            cast.update({f"{p.side}+probe": p.widened(m, settings.seed) for p in self.plans if p.side == side})
         by_side = {p.side: p.stacked for p in self.plans}
-        self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype,
-                                {p.side: p.cast for p in self.plans})
-        axis, method = 1 if view.transposed else 0, null_method(settings, view.shape)
-        self.gram = (None if method == "seeds" else Gram(view.shape, axis, settings.dtype) if method == "exact"
-                     else GramSketch(view.shape, axis, settings.null_sketch, settings.seed, settings.dtype, total=False))
+        self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype, cast,
+                                probe=probe, probe_side=side)
+        self.gram = Gram(view.shape, axis, settings.dtype) if self.method == "exact" else None
         self.dense = Dense(view.shape, settings.dtype) if "both" in settings.sides else None
 
     def add(self, axis, index, delta, base) -> None:
@@ -313,7 +327,8 @@ class _StreamedRows:
             explain_non_finite(self.ckpts, self.view)  # names the tensor with NaN/Inf; else an overflow:
             raise ConfigError(f"layer {self.view.layer} role {self.view.role!r}: the delta has non-finite entries; "
                               f"check the checkpoints or the dtype the delta was formed in")
-        spread = None if self.gram is None else self.gram.spread(total)  # NaN for a zero delta
+        spread = (None if self.method == "seeds" else self.proj.spread() if self.method == "sketch"
+                  else self.gram.spread())  # NaN for a zero delta
         out: list[dict] = []
         for plan in self.plans:
             out += plan.rows(self.view.layer, self.view.role, self.proj.energies(plan.side), total, spread)

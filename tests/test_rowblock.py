@@ -87,6 +87,33 @@ def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block
     assert row["null_exact_sd"] == pytest.approx(expect, rel=1e-4)
 
 
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_sketched_null_rides_in_the_projections_products(pairs, model_type, monkeypatch):
+    """With the sketched null, Ω joins the projections' products (7-row blocks cut every matrix): each matrix gets
+    the sketch of its delta held whole, on the side its blocks sum over (d_in for row blocks, d_out for the column
+    blocks of a transposed layout), and the RSF of the whole-matrix projections."""
+    from rwedit.probes.rsf import sketch_spread
+
+    pair = CheckpointPair(pairs[model_type] / "base", pairs[model_type] / "post")
+    settings = GridSettings(ks=(1, 4), null="sketch", null_sketch=16, seed=2)
+    real = grid_mod.stream_pair
+    monkeypatch.setattr(grid_mod, "stream_pair", lambda *a, **k: real(*a, **{**k, "block_bytes": 7 * 4 * 32}))
+    streamed = list(rsf_grid_pair(pair, None, settings))
+    ctx = GridContext(None, grid_mod.prediction_from_pair(pair))
+    checked = 0
+    for rp in pair.iter_roles():
+        rows = [r for r in streamed if (r["layer"], r["role"]) == (rp.layer, rp.role)]
+        whole = rows_for_delta(rp.delta, rp.layer, rp.role, ctx, settings)
+        assert [(r["side"], r["subspace"], r["k"]) for r in rows] == [(w["side"], w["subspace"], w["k"]) for w in whole]
+        want = sketch_spread(rp.delta.T if pair.layout.view(rp.layer, rp.role).transposed else rp.delta, 16, 2)
+        for r, w in zip(rows, whole):
+            assert r["rsf"] == pytest.approx(w["rsf"], rel=1e-5) and r["null_method"] == "sketch"
+            assert r["null_exact_sd"] == pytest.approx(want.sd(r["d"], r["k"]), rel=1e-4)
+            assert r["null_rel_error"] == pytest.approx(want.rel_error(r["d"]), rel=1e-4)
+            checked += 1
+    assert checked > 0
+
+
 @pytest.mark.parametrize("settings", [GridSettings(ks=(1, 4), null="sketch", null_sketch=16),
                                       GridSettings(ks=(1, 4, 8), null_seeds=3, sides=("read", "write", "both"))])
 def test_two_posts_in_one_pass_give_each_its_own_rows_and_share_the_bases(pairs, settings, tmp_path, monkeypatch):
