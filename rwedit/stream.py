@@ -24,10 +24,11 @@ from rwedit.checkpoints import _STORED_DTYPES, Checkpoint, TensorReader
 from rwedit.errors import CheckpointError
 from rwedit.lowrank import LowRankDelta
 
-#: float32 bytes of one row block: near a core's cache through conversion, subtraction and every consumer,
-#: large enough that per-block Python costs (serialised by the GIL across workers) vanish. Measured on the
-#: 1.1B pair's norms pass, 2 workers: 0.5 MiB 2.36 s, 1 MiB 1.73 s, 2 MiB 1.50 s, 4 MiB 1.43 s
-BLOCK_BYTES = 4 << 20
+#: float32 bytes of one row block: large enough that per-block costs (Python, serialised by the GIL across
+#: workers; each torch op's start) vanish, small enough to stay a few blocks per worker. Measured on the 1.1B
+#: pair's norms pass, 2 workers: 1 MiB 1.36 s, 2 MiB 1.12 s, 4 MiB 1.02 s, 8 MiB 0.93 s, 16 MiB 0.95 s (a sink
+#: keeps its float32 sums shorter than a block where their rounding shows: :attr:`Norms.SUM_ELEMS`)
+BLOCK_BYTES = 8 << 20
 #: a worker drops the mapped pages it has converted every this many bytes of a tensor (and at its end): each drop
 #: is a system call that flushes the other cores' address translations, so not every block. Measured on the 1.1B
 #: pair's norms pass: 4 MiB 1.16 s, 32 MiB 1.08 s, whole tensors 1.10 s (peak RSS 290, 330, 500 MB)

@@ -324,9 +324,11 @@ def test_norms_of_a_pair_stored_in_one_buffer_equal_float64_dots():
 
     assert _rows_of(b, d) is not None and _rows_of(b, d.clone()) is None and _rows_of(b, b.t()) is None
     for delta in (d, d.clone()):  # one buffer, then two
-        n = Norms()
-        n.add(0, slice(0, 64), delta, b)
-        assert (n.bb, n.bd, n.dd) == pytest.approx((bb, bd, dd), rel=1e-5)
+        for chunk in (Norms.SUM_ELEMS, 1000):  # one float32 sum, or several (and a remainder) added in float64
+            n = Norms()
+            n.SUM_ELEMS = chunk
+            n.add(0, slice(0, 64), delta, b)
+            assert (n.bb, n.bd, n.dd) == pytest.approx((bb, bd, dd), rel=1e-5)
 
 
 @pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
