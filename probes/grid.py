@@ -146,15 +146,18 @@ def read_unembedding(base: Checkpoint, gain: bool = False) -> tuple[torch.Tensor
 _PREDICTION: dict = {}
 
 
-def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False) -> Spectrum:
+def prediction_from_pair(pair: CheckpointPair | Checkpoint, gain: bool = False, top: int | None = None) -> Spectrum:
     """Spectrum of the base checkpoint's unembedding (optionally the final norm gain folded in), of a pair or a
-    checkpoint. The last one is kept, by the files' content fingerprint: a probe asks for it twice (the grid, the
-    direction cards), and at 1.1B it costs seconds. Treat the result as read-only."""
+    checkpoint, with at least its ``top`` leading eigenvectors (None: all of them; fewer cost less to solve).
+    The last one is kept, by the files' content fingerprint: a probe asks for it twice (the grid, the direction
+    cards), and at 1.1B it costs seconds; a later call that needs more eigenvectors solves again. Treat the result
+    as read-only."""
     base = pair.base if isinstance(pair, CheckpointPair) else pair
     key = (str(base.path), fingerprint(base.files), gain)
-    if key not in _PREDICTION:
+    have = _PREDICTION.get(key)
+    if have is None or (have.n_top < min(top, have.d) if top is not None else not have.complete):
         _PREDICTION.clear()
-        _PREDICTION[key] = prediction_spectrum(*read_unembedding(base, gain))
+        _PREDICTION[key] = prediction_spectrum(*read_unembedding(base, gain), keep=top)
     return _PREDICTION[key]
 
 
@@ -402,7 +405,7 @@ def rsf_grid_posts(base: Checkpoint, posts: Mapping[str, object], stats: Activat
     layout = base.layout
     roles = settings.roles or layout.roles()
     check_ks(settings, layout, roles)
-    ctx = GridContext(stats, prediction_from_pair(base, settings.prediction_gain)
+    ctx = GridContext(stats, prediction_from_pair(base, settings.prediction_gain, max(settings.ks))
                       if "prediction" in settings.subspaces else None)
     views = layout.views(roles, settings.layers)
     names = list(posts)

@@ -333,7 +333,7 @@ def _cards(run: _Run, name: str) -> list:
         if run.stats is not None:
             dirs += activation_directions(run.stats, rp.layer, rp.role, m, rq.grid.centred)
         dirs += delta_directions(rp.delta, rp.layer, rp.role, m)
-    dirs += prediction_directions(prediction_from_pair(pair), m)
+    dirs += prediction_directions(prediction_from_pair(pair, top=m), m)
     try:  # the lens as the model computes logits: the final norm's gain folded in where it has one
         unembed = read_unembedding(run.base, gain=True)
     except ConfigError:

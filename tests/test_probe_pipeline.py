@@ -254,6 +254,30 @@ def test_run_probe_returns_tables_and_writes_a_folder_only_when_asked(tiny_pair,
         ProbeRequest(str(root / "base"))
 
 
+def test_prediction_spectrum_held_serves_fewer_eigenvectors_and_is_solved_again_for_more(tmp_path, monkeypatch):
+    """The grid asks for its largest k of leading eigenvectors, the direction cards for m: a held spectrum with
+    enough of them serves; one with too few (or a call for all) is solved again; the kept top is the full top."""
+    import rwedit.probes.subspaces as sub
+    from rwedit.probes import grid as grid_mod
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)  # the kept-vectors solver at the tiny model's d
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    calls = []
+    real = grid_mod.prediction_spectrum
+    monkeypatch.setattr(grid_mod, "prediction_spectrum", lambda *a, **k: calls.append(k.get("keep")) or real(*a, **k))
+    monkeypatch.setattr(grid_mod, "_PREDICTION", {})
+    pair = CheckpointPair(tmp_path / "m", tmp_path / "m")
+    few = grid_mod.prediction_from_pair(pair, top=3)
+    assert few.n_top == 3 and not few.complete
+    assert grid_mod.prediction_from_pair(pair, top=2) is few and calls == [3]
+    assert grid_mod.prediction_from_pair(pair, top=5).n_top == 5 and calls == [3, 5]
+    whole = grid_mod.prediction_from_pair(pair)
+    assert whole.complete and calls == [3, 5, None]
+    assert grid_mod.prediction_from_pair(pair, top=4) is whole and calls == [3, 5, None]
+    torch.testing.assert_close(few.top(3), whole.top(3), rtol=0, atol=1e-8)
+    torch.testing.assert_close(few.eigenvalues, whole.eigenvalues, rtol=1e-10, atol=1e-12)
+
+
 def test_prediction_spectrum_of_a_base_is_computed_once_and_again_when_its_files_change(tmp_path, monkeypatch):
     """The grid and the direction cards both ask for the base's prediction spectrum: the second ask is the first
     answer; a re-saved base (other weights, same folder) is decomposed anew."""

@@ -249,6 +249,22 @@ def test_prediction_basis_recovers_planted_right_singular_vectors():
     assert torch.allclose(gram_matrix(W, chunk_rows=7), torch.from_numpy(w_u.T @ w_u), rtol=1e-12, atol=1e-10)
 
 
+def test_a_kept_prediction_spectrum_is_the_full_ones_top(monkeypatch):
+    """``keep``: the kept-vectors solver's top eigenvectors span the planted right singular vectors as the full
+    decomposition's do, with every eigenvalue."""
+    import rwedit.probes.subspaces as sub
+
+    monkeypatch.setattr(sub, "KEPT_MIN_D", 1)
+    V, d = 400, 48
+    sing = np.concatenate([[30.0, 20.0, 12.0, 8.0, 5.0], np.linspace(2.0, 0.5, d - 5)])
+    w_u, q = planted_unembedding(V, d, sing, seed=6)
+    kept = prediction_spectrum(torch.from_numpy(w_u), keep=5)
+    assert kept.n_top == 5 and not kept.complete
+    assert np.allclose(kept.eigenvalues.clamp(min=0).sqrt().numpy(), sing, rtol=1e-9)
+    for k in (1, 3, 5):
+        assert projector_gap(kept.top(k).numpy(), q[:, :k]) < 1e-8
+
+
 def test_prediction_basis_with_final_norm_gain_matches_numpy_svd():
     rng = np.random.default_rng(7)
     V, d, k = 300, 32, 4
