@@ -158,8 +158,8 @@ class Projections:
         if self.probe is not None and summed != self.probe_side:
             raise ValueError(f"the sketch's probe is on the {self.probe_side} side, but axis {axis} blocks sum "
                              f"the {summed} side")
-        basis = self.read if summed == "read" else self.write
-        rows = []
+        basis, other = (self.read, self.write) if summed == "read" else (self.write, self.read)
+        rows = [] if other is None else [(cut, other[index])]
         wide = self._wide if summed == self.probe_side else basis
         if wide is not None:
             P = X @ wide
@@ -168,9 +168,6 @@ class Projections:
                 self._e[summed] = e if summed not in self._e else self._e[summed] + e
             if self.probe is not None:
                 rows.append(("probe", P[:, P.shape[1] - self.probe.shape[1]:]))
-        other = self.write if cut == "write" else self.read
-        if other is not None:
-            rows.insert(0, (cut, other[index]))
         if rows:
             L = rows[0][1] if len(rows) == 1 else torch.cat([r for _, r in rows], dim=1)
             if self._stack is None:
@@ -280,7 +277,7 @@ class Gram:
 class GramSketch(Projections):
     """The sketched Σσ⁴ / (Σσ²)² of ΔW alone (:func:`rwedit.probes.rsf.spread_from_sketch`): Z = Σ_blocks Xᵀ(X Ω) over
     the blocks X (rows of ΔW for axis 0: the d_in-side Gram; rows of ΔWᵀ for axis 1: the d_out side) with a d × m
-    Gaussian Ω, 4·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
+    Gaussian Ω, 2·m multiply-adds per element of ΔW against the exact Gram's min(d), and no whole matrix
     whatever the axis: :class:`Projections` with a probe and no bases (the grid gives its projections the probe
     instead). A delta in factor form gets the exact value from its r × r Gram matrices."""
 

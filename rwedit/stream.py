@@ -210,11 +210,11 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
         work = ((i, [sinks(v) for v in plans[i][4]]) for i in order)
         done = stack.enter_context(closing(ordered_map(lambda item: (item[0], run(*item)), work, threads,
                                                        weight=lambda item: size[item[0]])))
-        held, turn = {}, 0
+        finished, turn = {}, 0  # by plan, the sinks of tensors done before their turn
         for i, made in done:
-            held[i] = made
-            while turn in held:
-                yield from zip(plans[turn][4], held.pop(turn))
+            finished[i] = made
+            while turn in finished:
+                yield from zip(plans[turn][4], finished.pop(turn))
                 turn += 1
 
 
