@@ -9,6 +9,7 @@ import math
 import torch
 
 from rwedit.lowrank import LowRankDelta
+from rwedit.stream import SUM_ELEMS
 from rwedit.probes.rsf import (NullSpread, concentration_of_gram, gram_concentration, sketch_probe,
                                spread_from_sketch)
 
@@ -17,9 +18,8 @@ class Norms:
     """‖W_base‖², ⟨W_base, ΔW⟩ and ‖ΔW‖² (so ‖W_post‖² = ‖W_base‖² + 2⟨W_base, ΔW⟩ + ‖ΔW‖²), summed in
     float64 over blocks; with ``low`` the rounding floor ‖W − round_low(W)‖² of a pair stored in two dtypes."""
 
-    #: products one float32 sum takes before it is added in float64: sums of 2^21 (a whole 8 MiB block) moved the
-    #: 1.1B pair's ‖ΔW‖² by 1.4e-4
-    SUM_ELEMS = 1 << 20
+    #: products one float32 sum takes before it is added in float64
+    SUM_ELEMS = SUM_ELEMS
 
     def __init__(self, low: torch.dtype | None = None):
         self.bb = self.bd = self.dd = self.floor = 0.0
@@ -43,6 +43,16 @@ class Norms:
         if self.low is not None:
             r = (b - b.to(self.low).to(b.dtype))
             self.floor += float(torch.dot(r, r))
+
+    @property
+    def sums_only(self) -> bool:
+        """The stream may feed the sums alone (:class:`~rwedit.stream.SumsSink`); the rounding floor needs the block."""
+        return self.low is None
+
+    def add_sums(self, bb: float, bd: float, dd: float) -> None:
+        self.bb += bb
+        self.bd += bd
+        self.dd += dd
 
     @property
     def base_norm(self) -> float:

@@ -171,6 +171,8 @@ def test_the_largest_tensor_is_started_first_and_its_views_come_in_their_turn(pa
     made, first_block = [], []
 
     class Log(Norms):
+        sums_only = False  # sees the blocks
+
         def add(self, axis, index, delta, base):
             if not first_block:
                 first_block.append(self.view.param)
@@ -346,3 +348,45 @@ def test_streamed_norms_of_pairs_stored_in_like_and_unlike_dtypes(tmp_path, wiki
         n = got[(rp.layer, rp.role)]
         assert n.base_norm == pytest.approx(float(torch.linalg.vector_norm(rp.base)), rel=1e-6)
         assert n.delta_norm == pytest.approx(float(torch.linalg.vector_norm(rp.delta)), rel=1e-6)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_norms_summed_in_chunks_equal_float64_for_every_layout_and_without_torchscript(pairs, model_type, tmp_path,
+                                                                                       monkeypatch):
+    """The sums-only path (each block converted, subtracted and multiplied in chunks, never whole) gives every
+    role's float64 ‖W_base‖², ⟨W_base, ΔW⟩ and ‖ΔW‖², for two posts at once, through fused and transposed
+    layouts, with chunks and float32 sums small enough to leave remainders; without TorchScript the stream
+    converts whole blocks and gives the same."""
+    import rwedit.stream as stream_mod
+
+    root = pairs[model_type]
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * 1e-2)
+    model.save_pretrained(tmp_path / "post2")
+    pairs_ = [CheckpointPair(root / "base", p) for p in (root / "post", tmp_path / "post2")]
+    views = pairs_[0].layout.views()
+    monkeypatch.setattr(stream_mod, "CHUNK_ELEMS", 100)  # a chunk of one or a few rows, and a partial last one
+    monkeypatch.setattr(stream_mod, "SUM_ELEMS", 300)  # float32 sums of a few chunks, added in float64
+    runs = {}
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(stream_mod, "_GRAM_LOOP", [None])
+        calls = []
+        real = Norms.add_sums
+        monkeypatch.setattr(Norms, "add_sums", lambda self, *a: calls.append(a) or real(self, *a))
+        runs[compiled] = {(v.layer, v.role): [(n.bb, n.bd, n.dd) for n in s] for v, s in stream_pair(
+            pairs_[0].base, [p.post for p in pairs_], views, lambda v: [Norms(), Norms()], block_bytes=7 * 4 * 32)}
+        assert bool(calls) == compiled  # the sums path runs exactly where TorchScript compiles the loop
+    for k, pair in enumerate(pairs_):
+        for rp in pair.iter_roles(dtype=torch.float64):
+            b, d = rp.base.flatten(), rp.delta.flatten()
+            want = (float(b @ b), float(b @ d), float(d @ d))
+            for compiled in (True, False):
+                bb, bd, dd = runs[compiled][(rp.layer, rp.role)][k]
+                assert (bb, dd) == pytest.approx((want[0], want[2]), rel=1e-6), (compiled, rp.role)
+                # a signed sum: float32's error is relative to its terms' scale √(bb·dd), not to the sum
+                assert bd == pytest.approx(want[1], abs=1e-6 * math.sqrt(want[0] * want[2])), (compiled, rp.role)
+
