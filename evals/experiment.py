@@ -318,9 +318,7 @@ def kl_matched(peft_model, conditions, text, settings: EffectSettings) -> list:
 def _plan(recipe: Recipe, ctx):
     """The control experiment's own stages (a :class:`~rwedit.evals.planning.KindPlan`): the observed pair's
     statistics and streamed RSF grid, the edit's statistics and gradient, the adapters it writes."""
-    from rwedit.checkpoints import is_adapter, largest_role_tensor
-    from rwedit.evals.planning import (ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, Stage, grid_work,
-                                       pair_pass_bytes, stats_stage)
+    from rwedit.evals.planning import ADAPTER_FILES_BYTES, PROBE_ROW_BYTES, DataRef, KindPlan, grid_stage, stats_stage
 
     layout = ctx.base.layout
     spec = recipe.edit.resolved(layout.n_layers)
@@ -337,11 +335,10 @@ def _plan(recipe: Recipe, ctx):
                                            f"{layout.n_layers} layers, float64 (cached)", tokens))
             plan.stages[-1].read_bytes += ctx.base.nbytes()  # the model loaded for them
             plan.cache_bytes += plan.stages[-1].cache_bytes
-        flops, flops64 = grid_work(layout, recipe.probe.ks)
-        plan.stages.append(Stage("probe: RSF grid", "post - base streamed tensor by tensor"
-                                 + (" (adapter factors)" if is_adapter(ctx.post) else ""),
-                                 pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8,
-                                 flops=flops, flops64=flops64, read_bytes=ctx.base.nbytes() + ctx.post.nbytes()))
+        from rwedit.probes.grid import GridSettings
+
+        plan.stages.append(grid_stage(ctx, GridSettings(ks=recipe.probe.ks, null_seeds=recipe.probe.null_seeds),
+                                      activations=spec.calibration is not None))
         plan.output_bytes += len(layout.views()) * 2 * 3 * len(recipe.probe.ks) * PROBE_ROW_BYTES
     if spec.calibration is not None:
         roles = [spec.edit.role] + ([spec.controls.write] if spec.controls.write else [])

@@ -44,6 +44,11 @@ SCORING_EFFICIENCY = 0.65
 #: triangles, written, read back for sha256): 4.5 GB in 17.8 s at the 0.5B study's shapes on this project's
 #: 2-core machine's virtio disk (2026-12-07); a disk's write rate is not measured by the plan, and differs
 CACHE_WRITE_BYTES_S = 250e6
+#: seconds a matrix of the streamed grid's work besides its products, the read and the prediction subspace's
+#: eigendecomposition (the caller's rows, nulls and side plans, each worker's start on a tensor, first calls): what
+#: a fresh process's grid leaves over those at the measured rates, 0.014 s at the 0.5B study's 169 matrices (4.7 s)
+#: and 0.009 s at the 1.1B pair's 155 (5.9 s) on 2 idle Xeon cores (2026-12-07)
+GRID_MATRIX_S = 0.011
 #: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 16 column blocks of
 #: `rwedit.probes.activations` (not imported here: `rwedit plan` stays light; a test holds the two together)
 TRIANGLE_SHARE = 17 / 32
@@ -167,6 +172,7 @@ class Stage:
     token_flops: float | None = None  # FLOPs per forward token, where not the whole pass's (hook passes: no logits)
     part_token_flops: dict[str, float] = field(default_factory=dict)  # a part's own, where not the stage's
     cache_bytes: int = 0  # what it writes into the cache (at CACHE_WRITE_BYTES_S)
+    overhead_s: float = 0.0  # seconds of its work that no rate prices (the grid's per-matrix work)
 
     def seconds(self, rates: Rates, token_flops: float, part: str | None = None) -> float:
         """The stage's time at ``rates``: its forward tokens at ``token_flops`` each (unless the stage states its
@@ -179,7 +185,7 @@ class Stage:
         forward = sum(self.seconds(rates, token_flops, p) for p in self.parts) if self.parts else \
             self.tokens * token_flops / (rates.flops32 * self.efficiency)
         return (forward + self.flops / rates.flops32 + self.flops64 / rates.flops64
-                + self.read_bytes / rates.read_bytes_s + self.cache_bytes / CACHE_WRITE_BYTES_S)
+                + self.read_bytes / rates.read_bytes_s + self.cache_bytes / CACHE_WRITE_BYTES_S + self.overhead_s)
 
 
 @dataclass(frozen=True)
@@ -258,16 +264,24 @@ def stats_stage(ctx: "PlanContext", name: str, what: str, tokens: int, layers=No
     return stage
 
 
-def grid_work(layout, ks, sides: int = 2, subspaces: int = 3) -> tuple[float, float]:
-    """(float32, float64) FLOPs of the RSF grid beyond reading the pair: per matrix the exact null's smaller Gram
-    matrix and the projections on each side's subspaces (``sides`` x ``subspaces`` bases of max(ks) columns);
-    once, the prediction subspace (the unembedding's Gram matrix and its eigendecomposition)."""
-    f32 = 0.0
-    for v in layout.views():
-        m, n = v.d_out, v.d_in
-        f32 += 2.0 * m * n * min(m, n) + 2.0 * m * n * max(ks) * sides * subspaces
-    d = layout.dims
-    return f32, 2.0 * d.vocab * d.hidden ** 2 + EIGH_N3 * d.hidden ** 3
+def grid_stage(ctx: "PlanContext", settings, activations: bool) -> Stage:
+    """The streamed RSF grid of the pair (``settings``: its GridSettings; ``activations``: with activation
+    subspaces): the pass's memory, both checkpoints read once, the grid's multiply-adds as it does them
+    (:func:`rwedit.probes.grid.grid_macs`, at the measured product rates: the 1.1B grid's products run at the
+    plan's measured rate) with the prediction subspace's eigendecomposition, and :data:`GRID_MATRIX_S` a matrix.
+    An adapter post's grid multiplies its factors, less than this prices."""
+    from rwedit.checkpoints import is_adapter, largest_role_tensor
+    from rwedit.probes.grid import grid_macs
+    from rwedit.probes.subspaces import KEPT_MIN_D
+
+    layout = ctx.base.layout
+    f32, f64 = grid_macs(layout, settings, activations)
+    d = layout.dims.hidden
+    eig = (KEPT_N3 if d >= max(KEPT_MIN_D, 2 * max(settings.ks) + 1) else EIGH_N3) * d ** 3
+    return Stage("probe: RSF grid", "post - base streamed tensor by tensor" + (" (adapter factors)" if is_adapter(
+        ctx.post) else ""), pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8,
+        flops=2 * f32, flops64=2 * f64 + eig, read_bytes=ctx.base.nbytes() + ctx.post.nbytes(),
+        overhead_s=GRID_MATRIX_S * len(layout.views(settings.roles, settings.layers)))
 
 
 def logits_batch(tokens: int, batch_size: int, vocab: int, budget: int | None) -> int:
@@ -360,8 +374,8 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
     return RUNTIME_BYTES + threads * 2 * (per_block * 4 + mapped)
 
 
-__all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "KEPT_N3",
+__all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "GRID_MATRIX_S", "KEPT_N3",
            "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
-           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_work", "kept_token_flops",
+           "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_stage", "kept_token_flops",
            "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens",
            "stats_bytes", "stats_stage", "stats_work", "token_lengths"]

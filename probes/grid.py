@@ -275,6 +275,37 @@ def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = Fals
     return "exact" if gpu or macs <= max(AUTO_EXACT_MACS, 2 * shape[0] * shape[1] * settings.null_sketch) else "sketch"
 
 
+def grid_macs(layout: Layout, settings: GridSettings, activations: bool = True, gpu: bool = False
+              ) -> tuple[float, float]:
+    """Multiply-adds of the streamed grid beyond reading the pair, as it will do them: per matrix, one product
+    with each one-sided side's stacked bases (:func:`_side_plans`: activation where ``activations``, prediction on
+    the residual side, random, the seeded nulls; max k columns each) and its closed-form null (:func:`null_method`:
+    the sketch's two products of ``null_sketch`` columns, or the exact Gram of the smaller side), in
+    ``settings.precision``; once, the prediction subspace's Gram matrix of the unembedding (float32 products of
+    stored half-precision rows). Returns (float32, float64) multiply-adds, for `rwedit plan`."""
+    products = sketch64 = 0.0
+    for v in layout.views(settings.roles, settings.layers):
+        m, n = v.d_out, v.d_in
+        for side in settings.sides:
+            d = n if side == "read" else m
+            ks = _ks_for(settings.ks, d)
+            if side == "both" or not ks:
+                continue
+            bases = (("activation" in settings.subspaces and activations and side == "read" and v.layer is not None)
+                     + ("prediction" in settings.subspaces and residual_side(v.role, side))
+                     + ("random" in settings.subspaces) + settings.null_seeds)
+            products += m * n * ks[-1] * bases
+        method = null_method(settings, (m, n), gpu)
+        if method == "sketch":  # X·Ω and Xᵀ·(XΩ), then the float64 YᵀY of its spread on the side Ω lives on
+            products += 2 * m * n * settings.null_sketch
+            sketch64 += (m if v.transposed else n) * settings.null_sketch ** 2
+        elif method == "exact":
+            products += m * n * min(m, n)
+    f32, f64 = (products, sketch64) if settings.precision == "float32" else (0.0, products + sketch64)
+    dims = layout.dims
+    return f32 + (dims.vocab * dims.hidden ** 2 if "prediction" in settings.subspaces else 0), f64
+
+
 def columns(rows: Iterable[dict]) -> list[str]:
     """The columns of ``rsf.csv`` for these rows: :data:`COLUMNS`, and :data:`NULL_COLUMNS` when a null is sketched
     (only a sketched row carries them, so writers of :data:`COLUMNS` alone see the rows of before)."""

@@ -390,3 +390,37 @@ def test_norms_summed_in_chunks_equal_float64_for_every_layout_and_without_torch
                 # a signed sum: float32's error is relative to its terms' scale √(bb·dd), not to the sum
                 assert bd == pytest.approx(want[1], abs=1e-6 * math.sqrt(want[0] * want[2])), (compiled, rp.role)
 
+
+@pytest.mark.parametrize("null,seeds", [("auto", 0), ("sketch", 2), ("seeds", 2)])
+def test_the_grids_multiply_adds_are_those_it_does(pairs, null, seeds, monkeypatch):
+    """`grid_macs` (what `rwedit plan` prices) against every matrix product the grid runs, counted as it runs them
+    (in the stream's workers too): the projections, each null and the prediction subspace's Gram matrix."""
+    import threading
+
+    pair = CheckpointPair(pairs["llama"] / "base", pairs["llama"] / "post")
+    model = AutoModelForCausalLM.from_pretrained(pairs["llama"] / "base")
+    ids = torch.randint(3, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    stats = collect_activation_stats(model, ids, StatsSettings(roles=("q", "o", "up", "down"), batch_size=8),
+                                     progress=False)
+    settings = GridSettings(ks=(1, 4, 8), null=null, null_seeds=seeds, null_sketch=8)
+    counted, lock = [0], threading.Lock()
+
+    def counting(fn, first):  # first: index of the left factor among the arguments
+        def wrapper(*args, **kwargs):
+            a, b = args[first], args[first + 1]
+            with lock:
+                counted[0] += math.prod(a.shape[:-1]) * a.shape[-1] * (b.shape[-1] if b.ndim > 1 else 1)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for owner, name, first in ((torch, "mm", 0), (torch, "matmul", 0), (torch, "addmm", 1),
+                               (torch.Tensor, "__matmul__", 0), (torch.Tensor, "mm", 0),
+                               (torch.Tensor, "addmm_", 1), (torch.Tensor, "addmm", 1)):
+        monkeypatch.setattr(owner, name, counting(getattr(owner, name), first))
+    monkeypatch.setattr(grid_mod, "_PREDICTION", {})  # the unembedding's Gram matrix computed here, not reused
+    rows = list(rsf_grid_pair(pair, stats, settings))
+    assert rows and counted[0] > 0
+    f32, f64 = grid_mod.grid_macs(pair.layout, settings)
+    assert f32 + f64 == counted[0]
+    if null == "sketch":  # the sketch prices less than the exact Gram of the same matrices would
+        assert f32 < grid_mod.grid_macs(pair.layout, GridSettings(ks=(1, 4, 8), null="exact", null_seeds=seeds))[0]
