@@ -267,7 +267,7 @@ def step_floor(p: dict) -> dict:
     """The grid's arithmetic: the multiply-adds its projections and closed-form nulls do on this pair (counted
     from the grid's own plan of each matrix side, :func:`rwedit.probes.grid._side_plans`) and the unembedding's
     Gram matrix (the prediction subspace; its top eigenvectors' solve timed on a like matrix), and this machine's
-    float32 matrix-product rate on the pass's own blocks (a 4 MiB row block times the widest side's bases, run
+    float32 matrix-product rate on the pass's own blocks (a row block of BLOCK_BYTES times the widest side's bases, run
     through the pass's workers, :func:`rwedit.stream.ordered_map`): their quotient is the least compute time any
     grid of these rows can take here, whatever its code."""
     import torch
