@@ -276,20 +276,22 @@ def _chunk_gram_loop(parts: list[torch.Tensor], buf: torch.Tensor, step: int, ev
 
 
 _GRAM_LOOP: list = []  # the loop compiled by TorchScript (an empty list: not tried yet; None: not available)
+_GRAM_LOCK = threading.Lock()  # the pass's workers ask at once: compiled once
 
 
 def _compiled_gram_loop() -> Callable | None:
     """:func:`_chunk_gram_loop` run by TorchScript, which holds no GIL between its ops: the same loop in Python,
     on two workers, takes each op's start in turn (the 1.1B norms pass 1.6-2.0 s, against 1.0 s for whole
     blocks and 0.8 s compiled). None where TorchScript is gone (the stream then converts whole blocks)."""
-    if not _GRAM_LOOP:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch 2.13 calls TorchScript deprecated; the pin keeps it
-                _GRAM_LOOP.append(torch.jit.script(_chunk_gram_loop))
-        except Exception:  # noqa: BLE001 - any failure to compile means: use whole blocks
-            _GRAM_LOOP.append(None)
-    return _GRAM_LOOP[0]
+    with _GRAM_LOCK:
+        if not _GRAM_LOOP:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch 2.13 calls TorchScript deprecated; the pin keeps it
+                    _GRAM_LOOP.append(torch.jit.script(_chunk_gram_loop))
+            except Exception:  # noqa: BLE001 - any failure to compile means: use whole blocks
+                _GRAM_LOOP.append(None)
+        return _GRAM_LOOP[0]
 
 
 def _chunk_gram(loop: Callable, parts: Sequence[torch.Tensor], local: threading.local,
