@@ -51,6 +51,17 @@ def _close(a: dict, b: dict) -> None:
             assert x == y, (key, a, b)
 
 
+def _second_post(root, tmp_path, seed: int, scale: float):
+    """A second post of the pair in ``root``: its base plus seeded Gaussian noise of ``scale``, saved under tmp_path."""
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(torch.randn(w.shape, generator=g) * scale)
+    model.save_pretrained(tmp_path / "post2")
+    return tmp_path / "post2"
+
+
 @pytest.mark.parametrize("model_type,block_bytes", [(mt, 7 * 4 * 32) for mt in MODEL_TYPES] + [("llama", 1 << 20)])
 def test_streamed_grid_rows_equal_the_whole_tensor_path(pairs, model_type, block_bytes, monkeypatch):
     """Blocks of 7 rows of a 32-wide tensor cut fused Q/K/V slices in the middle; 1 MiB holds a whole tensor."""
@@ -207,13 +218,8 @@ def test_the_norms_of_two_posts_in_one_pass_are_each_posts_own_and_read_the_base
     from rwedit.stream import _BlockFiles
 
     root = pairs["gpt2"]
-    model = AutoModelForCausalLM.from_pretrained(root / "base")
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for w in model.parameters():
-            w.add_(torch.randn(w.shape, generator=g) * 1e-3)
-    model.save_pretrained(tmp_path / "post2")
-    two = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"), ("two", tmp_path / "post2"))}
+    two = {n: CheckpointPair(root / "base", p) for n, p in (("one", root / "post"),
+                                                            ("two", _second_post(root, tmp_path, 5, 1e-3)))}
     reads, real = [], _BlockFiles.tensor
     monkeypatch.setattr(_BlockFiles, "tensor", lambda self, name: reads.append((str(self.ckpt.path), name))
                         or real(self, name))
@@ -360,13 +366,7 @@ def test_norms_summed_in_chunks_equal_float64_for_every_layout_and_without_torch
     import rwedit.stream as stream_mod
 
     root = pairs[model_type]
-    model = AutoModelForCausalLM.from_pretrained(root / "base")
-    g = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for w in model.parameters():
-            w.add_(torch.randn(w.shape, generator=g) * 1e-2)
-    model.save_pretrained(tmp_path / "post2")
-    pairs_ = [CheckpointPair(root / "base", p) for p in (root / "post", tmp_path / "post2")]
+    pairs_ = [CheckpointPair(root / "base", p) for p in (root / "post", _second_post(root, tmp_path, 9, 1e-2))]
     views = pairs_[0].layout.views()
     monkeypatch.setattr(stream_mod, "CHUNK_ELEMS", 100)  # a chunk of one or a few rows, and a partial last one
     monkeypatch.setattr(stream_mod, "SUM_ELEMS", 300)  # float32 sums of a few chunks, added in float64
