@@ -260,16 +260,24 @@ def _chunk_gram_loop(parts: list[torch.Tensor], buf: torch.Tensor, step: int, ev
     cols = parts[0].size(1)
     g = torch.zeros(n, n, dtype=buf.dtype)
     total = torch.zeros(n, n, dtype=torch.float64)
-    i = 0
-    for r in range(0, rows, step):
-        m = min(step, rows - r)
-        M = buf[:, :m * cols]
-        for k in range(n):
-            M[k].view(m, cols).copy_(parts[k][r:r + m])
-        M[1:].sub_(M[:1])
-        g.addmm_(M, M.t())
-        i += 1
-        if i % every == 0:
+    full = buf[:, :step * cols]  # a whole chunk's views, made once: the loop's ops are its cost at this size
+    dst = [full[k].view(step, cols) for k in range(n)]
+    first, rest, full_t = full[:1], full[1:], full.t()
+    chunks = [p.split(step) for p in parts]
+    for i in range(len(chunks[0])):
+        m = chunks[0][i].size(0)
+        if m == step:
+            for k in range(n):
+                dst[k].copy_(chunks[k][i])
+            rest.sub_(first)
+            g.addmm_(full, full_t)
+        else:  # the last, shorter chunk
+            M = buf[:, :m * cols]
+            for k in range(n):
+                M[k].view(m, cols).copy_(chunks[k][i])
+            M[1:].sub_(M[:1])
+            g.addmm_(M, M.t())
+        if (i + 1) % every == 0:
             total += g
             g.zero_()
     return total + g
