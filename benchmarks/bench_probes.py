@@ -612,7 +612,9 @@ def step_svd(p: dict) -> dict:
 
 STEPS = {"pair": step_pair, "stats": step_stats, "bare": step_bare, "grid": step_grid, "floor": step_floor,
          "profile": step_profile, "acts": step_acts, "svd": step_svd}
-PRE_IMPORTS = ["torch", "rwedit.checkpoints", "rwedit.probes.grid", "rwedit.probes.svd",
+#: scipy.linalg: the kept-vectors eigensolver's LAPACK, imported on its first call (0.25 s, in the grid's clock
+#: until 2026-12-07 while the floor's eigensolve ran with it imported)
+PRE_IMPORTS = ["torch", "scipy.linalg", "rwedit.checkpoints", "rwedit.probes.grid", "rwedit.probes.svd",
                "transformers.models.llama.configuration_llama"]
 
 
