@@ -238,15 +238,23 @@ def stats_work(layout, tokens: int, layers=None, roles=None) -> tuple[float, flo
     blocks) and its float64 eigendecomposition once (:data:`EIGH_N3`; from ``KEPT_MIN_D`` on, the kept
     eigenvectors alone: :data:`KEPT_N3`)."""
     from rwedit.architectures import INPUT_GROUP
-    from rwedit.probes.subspaces import KEPT_MIN_D
 
     roles = [r for r in (roles or layout.roles()) if r != "unembed"]
     f32 = f64 = 0.0
     for layer in (range(layout.n_layers) if layers is None else layers):
         groups = {INPUT_GROUP[r]: layout.view(layer, r).d_in for r in roles}
         f32 += sum(TRIANGLE_SHARE * 2.0 * tokens * d * d for d in groups.values())
-        f64 += sum((KEPT_N3 if d >= KEPT_MIN_D else EIGH_N3) * d ** 3 for d in groups.values())
+        f64 += sum(eig_flops(d) for d in groups.values())
     return f32, f64
+
+
+def eig_flops(d: int, keep: int = 0) -> float:
+    """Time of one float64 eigendecomposition of a d x d matrix in float64 FLOPs: n³ × :data:`KEPT_N3` where the
+    kept-vectors solver runs (`rwedit.probes.subspaces`: from ``KEPT_MIN_D`` on, above 2·``keep``), else
+    n³ × :data:`EIGH_N3`."""
+    from rwedit.probes.subspaces import KEPT_MIN_D
+
+    return (KEPT_N3 if d >= max(KEPT_MIN_D, 2 * keep + 1) else EIGH_N3) * d ** 3
 
 
 def stats_stage(ctx: "PlanContext", name: str, what: str, tokens: int, layers=None, roles=None) -> Stage:
@@ -272,12 +280,10 @@ def grid_stage(ctx: "PlanContext", settings, activations: bool) -> Stage:
     An adapter post's grid multiplies its factors, less than this prices."""
     from rwedit.checkpoints import is_adapter, largest_role_tensor
     from rwedit.probes.grid import grid_macs
-    from rwedit.probes.subspaces import KEPT_MIN_D
 
     layout = ctx.base.layout
     f32, f64 = grid_macs(layout, settings, activations)
-    d = layout.dims.hidden
-    eig = (KEPT_N3 if d >= max(KEPT_MIN_D, 2 * max(settings.ks) + 1) else EIGH_N3) * d ** 3
+    eig = eig_flops(layout.dims.hidden, max(settings.ks))
     return Stage("probe: RSF grid", "post - base streamed tensor by tensor" + (" (adapter factors)" if is_adapter(
         ctx.post) else ""), pair_pass_bytes(ctx.base, ctx.post) + largest_role_tensor(ctx.base)[0] * 8,
         flops=2 * f32, flops64=2 * f64 + eig, read_bytes=ctx.base.nbytes() + ctx.post.nbytes(),
@@ -375,7 +381,7 @@ def pair_pass_bytes(base, post=None, threads: int | None = None) -> int:
 
 
 __all__ = ["ADAPTER_FILES_BYTES", "CACHE_WRITE_BYTES_S", "DataRef", "EIGH_N3", "FORWARD_EFFICIENCY", "GRID_MATRIX_S", "KEPT_N3",
-           "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
+           "SCORING_EFFICIENCY", "TRIANGLE_SHARE", "KindPlan", "eig_flops", "LMEVAL_ITEM_BYTES", "PLOTS_BYTES", "PROBE_ROW_BYTES",
            "PlanContext", "ROW_BYTES", "RUNTIME_BYTES", "Rates", "Stage", "forward_flops", "grid_stage", "kept_token_flops",
            "logits_batch", "logits_batches", "logits_groups", "measure_rates", "pair_pass_bytes", "padded_tokens",
            "stats_bytes", "stats_stage", "stats_work", "token_lengths"]
