@@ -225,26 +225,32 @@ class _SidePlan:
         return out
 
 
-def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridContext,
-                settings: GridSettings) -> list[_SidePlan]:
-    """The one-sided sides (read, write) the settings ask for that have a k below their dimension (each made
-    once per grid context: :meth:`GridContext.once`)."""
+def _one_sided(shape: tuple[int, int], layer: int | None, role: str, settings: GridSettings
+               ) -> Iterator[tuple[str, int, list[int], bool, bool]]:
+    """The one-sided sides (read, write) the settings ask for that have a k below their dimension, as (side, d,
+    ks, whether it asks for the activation subspace, whether for the prediction subspace): what the grid builds
+    (:func:`_side_plans`) and what the plan prices (:func:`grid_macs`) both follow."""
     d_out, d_in = shape
-    plans = []
     for side in settings.sides:
-        if side == "both":
-            continue
         d = d_in if side == "read" else d_out
         ks = _ks_for(settings.ks, d)
-        if not ks:
+        if side == "both" or not ks:
             continue
-        kmax = ks[-1]
+        yield (side, d, ks, "activation" in settings.subspaces and side == "read" and layer is not None,
+               "prediction" in settings.subspaces and residual_side(role, side))
+
+
+def _side_plans(shape: tuple[int, int], layer: int | None, role: str, ctx: GridContext,
+                settings: GridSettings) -> list[_SidePlan]:
+    """The one-sided sides' plans (:func:`_one_sided`), each made once per grid context (:meth:`GridContext.once`)."""
+    plans = []
+    for side, d, ks, wants_act, wants_pred in _one_sided(shape, layer, role, settings):
         act = None
-        if "activation" in settings.subspaces and side == "read" and layer is not None:
-            spec = ctx.activation_spectrum(layer, role, settings.centred, kmax)
+        if wants_act:
+            spec = ctx.activation_spectrum(layer, role, settings.centred, ks[-1])
             # keyed by the role that stands for its input group: q, k and v read one input and share one plan
             act = (layer, GROUP_ROLE[INPUT_GROUP[role]]) if spec is not None and spec.d == d else None
-        pred = "prediction" in settings.subspaces and ctx.prediction is not None and residual_side(role, side)
+        pred = wants_pred and ctx.prediction is not None
         plans.append(ctx.once(("plan", settings, side, d, act, pred),
                               lambda: _side_plan(side, d, ks, act, pred, ctx, settings), keep=act is None))
     return plans
@@ -278,7 +284,7 @@ def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = Fals
 def grid_macs(layout: Layout, settings: GridSettings, activations: bool = True, gpu: bool = False
               ) -> tuple[float, float]:
     """Multiply-adds of the streamed grid beyond reading the pair, as it will do them: per matrix, one product
-    with each one-sided side's stacked bases (:func:`_side_plans`: activation where ``activations``, prediction on
+    with each one-sided side's stacked bases (:func:`_one_sided`: activation where ``activations``, prediction on
     the residual side, random, the seeded nulls; max k columns each) and its closed-form null (:func:`null_method`:
     the sketch's two products of ``null_sketch`` columns, or the exact Gram of the smaller side), in
     ``settings.precision``; once, the prediction subspace's Gram matrix of the unembedding (float32 products of
@@ -286,14 +292,8 @@ def grid_macs(layout: Layout, settings: GridSettings, activations: bool = True, 
     products = sketch64 = 0.0
     for v in layout.views(settings.roles, settings.layers):
         m, n = v.d_out, v.d_in
-        for side in settings.sides:
-            d = n if side == "read" else m
-            ks = _ks_for(settings.ks, d)
-            if side == "both" or not ks:
-                continue
-            bases = (("activation" in settings.subspaces and activations and side == "read" and v.layer is not None)
-                     + ("prediction" in settings.subspaces and residual_side(v.role, side))
-                     + ("random" in settings.subspaces) + settings.null_seeds)
+        for _, _, ks, wants_act, wants_pred in _one_sided(v.shape, v.layer, v.role, settings):
+            bases = (wants_act and activations) + wants_pred + ("random" in settings.subspaces) + settings.null_seeds
             products += m * n * ks[-1] * bases
         method = null_method(settings, (m, n), gpu)
         if method == "sketch":  # X·Ω and Xᵀ·(XΩ), then the float64 YᵀY of its spread on the side Ω lives on
