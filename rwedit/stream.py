@@ -256,27 +256,23 @@ def _chunk_gram_loop(parts: list[torch.Tensor], buf: torch.Tensor, step: int, ev
     """The Gram matrix of [base; post_1 − base; …] of one role's part of a block (``parts``: base, then each post,
     as stored, 2-D), in float64 sums of float32 products over ``every`` chunks of ``step`` rows: each chunk converted
     into the reused buffer ``buf`` (a row per part), subtracted and multiplied there while in the core's cache."""
-    n, rows = len(parts), parts[0].size(0)
-    cols = parts[0].size(1)
+    n, cols = len(parts), parts[0].size(1)
     g = torch.zeros(n, n, dtype=buf.dtype)
     total = torch.zeros(n, n, dtype=torch.float64)
     full = buf[:, :step * cols]  # a whole chunk's views, made once: the loop's ops are its cost at this size
-    dst = [full[k].view(step, cols) for k in range(n)]
-    first, rest, full_t = full[:1], full[1:], full.t()
+    whole = (full, full.t(), full[:1], full[1:], [full[k].view(step, cols) for k in range(n)])
     chunks = [p.split(step) for p in parts]
     for i in range(len(chunks[0])):
         m = chunks[0][i].size(0)
         if m == step:
-            for k in range(n):
-                dst[k].copy_(chunks[k][i])
-            rest.sub_(first)
-            g.addmm_(full, full_t)
+            M, Mt, first, rest, dst = whole
         else:  # the last, shorter chunk
             M = buf[:, :m * cols]
-            for k in range(n):
-                M[k].view(m, cols).copy_(chunks[k][i])
-            M[1:].sub_(M[:1])
-            g.addmm_(M, M.t())
+            M, Mt, first, rest, dst = M, M.t(), M[:1], M[1:], [M[k].view(m, cols) for k in range(n)]
+        for k in range(n):
+            dst[k].copy_(chunks[k][i])
+        rest.sub_(first)
+        g.addmm_(M, Mt)
         if (i + 1) % every == 0:
             total += g
             g.zero_()
