@@ -250,11 +250,11 @@ def stats_work(layout, tokens: int, layers=None, roles=None) -> tuple[float, flo
 
 def eig_flops(d: int, keep: int = 0) -> float:
     """Time of one float64 eigendecomposition of a d x d matrix in float64 FLOPs: n³ × :data:`KEPT_N3` where the
-    kept-vectors solver runs (`rwedit.probes.subspaces`: from ``KEPT_MIN_D`` on, above 2·``keep``), else
+    kept-vectors solver runs (:func:`rwedit.probes.subspaces.kept_solver`), else
     n³ × :data:`EIGH_N3`."""
-    from rwedit.probes.subspaces import KEPT_MIN_D
+    from rwedit.probes.subspaces import kept_solver
 
-    return (KEPT_N3 if d >= max(KEPT_MIN_D, 2 * keep + 1) else EIGH_N3) * d ** 3
+    return (KEPT_N3 if kept_solver(d, keep) else EIGH_N3) * d ** 3
 
 
 def stats_stage(ctx: "PlanContext", name: str, what: str, tokens: int, layers=None, roles=None) -> Stage:

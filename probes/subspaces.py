@@ -13,7 +13,7 @@ from rwedit.lazy import torch
 
 from rwedit.errors import ConfigError
 
-__all__ = ["MatrixOverwritten", "Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis",
+__all__ = ["MatrixOverwritten", "Spectrum", "check_k", "eig_subspace", "gram_matrix", "haar_basis", "kept_solver",
            "haar_from_generator", "prediction_spectrum"]
 
 #: Default number of unembedding rows upcast to float64 at a time (4096 rows x 4096 cols = 128 MiB).
@@ -196,6 +196,12 @@ class MatrixOverwritten(np.linalg.LinAlgError):
     matrix again, not to be overwritten, for the full decomposition."""
 
 
+def kept_solver(d: int, keep: int) -> bool:
+    """Whether a d × d decomposition keeping ``keep`` eigenvectors at each end runs the kept-vectors solver (on a
+    CPU): from :data:`KEPT_MIN_D` on, and only where the two ends do not meet."""
+    return max(KEPT_MIN_D, 2 * keep + 1) <= d
+
+
 def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None, exact: bool = False,
                            overwrite: bool = False) -> Spectrum:
     """eigh in float64 of an (already validated) symmetric matrix, reordered descending; with ``keep`` (and d at
@@ -211,7 +217,7 @@ def _spectrum_of_symmetric(m: torch.Tensor, keep: int | None = None, exact: bool
 
     m = made()
     mine = m is not src
-    if keep is not None and max(KEPT_MIN_D, 2 * keep + 1) <= m.shape[0] and m.device.type == "cpu":
+    if keep is not None and kept_solver(m.shape[0], keep) and m.device.type == "cpu":
         try:  # symmetric: the transpose is the Fortran-ordered matrix
             return _kept_spectrum(m.numpy().T, keep, overwrite=overwrite or mine)
         except np.linalg.LinAlgError as e:  # a LAPACK failure or overlapping ends: the full decomposition instead
