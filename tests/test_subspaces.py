@@ -314,7 +314,7 @@ def test_half_precision_gram_is_float64_to_its_stated_bound(dtype):
     from rwedit.probes.subspaces import HALF_CHUNK_ROWS
 
     rng = np.random.default_rng(3)
-    V, d = 3000, 40  # several chunks and a remainder
+    V, d = 3 * HALF_CHUNK_ROWS + 500, 40  # several chunks and a remainder
     w_u, q = planted_unembedding(V, d, np.concatenate([[40.0, 25.0, 10.0], np.linspace(3.0, 0.3, d - 3)]), seed=9)
     W = torch.from_numpy(w_u / 30).to(dtype)
     exact = W.double().numpy()  # the stored values, in float64
