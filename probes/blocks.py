@@ -5,6 +5,7 @@ functions of :mod:`rwedit.probes.rsf` are their reference (the tests compare the
 from __future__ import annotations
 
 import math
+from typing import Callable, Union
 
 import torch
 
@@ -118,6 +119,14 @@ class _Factors:
         return math.nan if total == 0.0 else float(torch.trace(m @ m)) / total ** 2
 
 
+#: a basis, or a function that makes it (where only a factored block would need it: made then)
+Basis = Union[torch.Tensor, Callable[[], torch.Tensor]]
+
+
+def _made(basis) -> torch.Tensor:
+    return basis() if callable(basis) else basis
+
+
 class Projections:
     """Per-column energies of ΔW against a read-side basis (‖ΔW b_j‖², b_j in R^d_in) and a write-side basis
     (‖ΔWᵀ b_j‖², b_j in R^d_out), and ‖ΔW‖²_F. A side whose blocks cut across its basis' dimension sums
@@ -129,13 +138,13 @@ class Projections:
     is read by two matrix products, not four. ``cast`` holds the bases in dtype where made once for many sinks,
     that side's with Ω appended under ``"<side>+probe"``."""
 
-    def __init__(self, shape: tuple[int, int], read: torch.Tensor | None = None, write: torch.Tensor | None = None,
+    def __init__(self, shape: tuple[int, int], read: Basis | None = None, write: Basis | None = None,
                  dtype: torch.dtype = torch.float32, cast: dict[str, torch.Tensor] | None = None,
                  probe: torch.Tensor | None = None, probe_side: str = "read"):
         self.shape, self.dtype = shape, dtype
         cast = cast or {}
-        self.read = None if read is None else cast.get("read", read).to(dtype)
-        self.write = None if write is None else cast.get("write", write).to(dtype)
+        self.read = None if read is None else (cast["read"] if "read" in cast else _made(read).to(dtype))
+        self.write = None if write is None else (cast["write"] if "write" in cast else _made(write).to(dtype))
         self._bases = {"read": read, "write": write}  # as given: factored blocks project in float64
         self.probe, self.probe_side = probe, probe_side
         basis = self.read if probe_side == "read" else self.write
@@ -154,7 +163,7 @@ class Projections:
         if isinstance(delta, LowRankDelta):
             if self._factors is None:
                 self._factors = _Factors()
-                self._bases = {s: b.double() for s, b in self._bases.items() if b is not None}
+                self._bases = {s: _made(b).double() for s, b in self._bases.items() if b is not None}
             self._factors.add(axis, index, delta, self._bases)
             return
         if delta.is_contiguous():
@@ -205,7 +214,7 @@ class Projections:
             return self._factors.energies(side)
         a = self._accumulated(side)
         if a is not None:
-            return a.double().pow(2).sum(1)
+            return torch.linalg.vector_norm(a, dim=1, dtype=torch.float64).pow(2)
         if side in self._e:
             return self._e[side]
         basis = self.read if side == "read" else self.write

@@ -186,23 +186,42 @@ def check_ks(settings: GridSettings, layout: Layout, roles: Sequence[str]) -> di
 @dataclass
 class _SidePlan:
     """One side of one matrix: its subspace dimensions, the named bases and the null seeds' bases, stacked
-    into one ``d × (n_bases·kmax)`` matrix so that a single product projects ΔW onto all of them."""
+    into one ``d × (n_bases·kmax)`` matrix so that a single product projects ΔW onto all of them.
+
+    ``parts`` are the bases in float64 (views of the stored spectra allowed); ``wide`` their columns in the
+    settings' dtype with the sketched null's probe Ω after them, made in one piece (the float64 stack, a cast and
+    a second copy with Ω were each a fresh d-row matrix a matrix side: 0.3 s of the 1.1B grid's main thread)."""
 
     side: str
     d: int
     ks: list[int]
     names: list[str]
     n_seeds: int
-    stacked: torch.Tensor
-    cast: torch.Tensor  # stacked in the settings' dtype
-    _widened: dict = field(default_factory=dict, repr=False, compare=False)
+    parts: list[torch.Tensor]
+    wide: torch.Tensor
+    probe: tuple[int, int] | None  # (m, seed) of the Ω in wide's last m columns
+    _made: dict = field(default_factory=dict, repr=False, compare=False)  # stacked, and wide for other probes
+
+    @property
+    def cast(self) -> torch.Tensor:
+        """The stacked bases in the settings' dtype (a view of ``wide``)."""
+        return self.wide[:, :self.wide.shape[1] - (self.probe[0] if self.probe else 0)]
+
+    @property
+    def stacked(self) -> torch.Tensor:
+        """The stacked bases in float64 (for factored posts, which project exactly): made on first use."""
+        if "stacked" not in self._made:
+            self._made["stacked"] = torch.cat(self.parts, dim=1)
+        return self._made["stacked"]
 
     def widened(self, m: int, seed: int) -> torch.Tensor:
         """``cast`` with the sketched null's probe Ω (``m`` columns) appended: the one basis a block is multiplied
-        by on this side (made once per plan)."""
-        if (m, seed) not in self._widened:
-            self._widened[m, seed] = torch.cat([self.cast, sketch_probe(self.d, m, seed, self.cast.dtype)], dim=1)
-        return self._widened[m, seed]
+        by on this side."""
+        if self.probe == (m, seed):
+            return self.wide
+        if (m, seed) not in self._made:
+            self._made[m, seed] = torch.cat([self.cast, sketch_probe(self.d, m, seed, self.cast.dtype)], dim=1)
+        return self._made[m, seed]
 
     def rows(self, layer, role, energies: torch.Tensor, total: float, spread: NullSpread | None) -> list[dict]:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
@@ -262,14 +281,18 @@ def _side_plan(side: str, d: int, ks: list[int], act: tuple[int, str] | None, pr
     kmax = ks[-1]
     bases: dict[str, torch.Tensor] = {}
     if act is not None:
-        bases["activation"] = ctx.activation_spectrum(*act, settings.centred, kmax).top(kmax)
+        bases["activation"] = ctx.activation_spectrum(*act, settings.centred, kmax).top(kmax, copy=False)
     if pred:
-        bases["prediction"] = ctx.prediction.top(kmax)
+        bases["prediction"] = ctx.prediction.top(kmax, copy=False)
     if "random" in settings.subspaces:
         bases["random"] = haar_basis(d, kmax, settings.seed)
-    seeds = [haar_basis(d, kmax, settings.seed + 1 + i) for i in range(settings.null_seeds)]
-    stacked = torch.cat(list(bases.values()) + seeds, dim=1)
-    return _SidePlan(side, d, ks, list(bases), len(seeds), stacked, stacked.to(settings.dtype))
+    parts = list(bases.values()) + [haar_basis(d, kmax, settings.seed + 1 + i) for i in range(settings.null_seeds)]
+    probe = (settings.null_sketch, settings.seed) if settings.null in ("auto", "sketch") else None
+    cols = [b.shape[1] for b in parts] + ([probe[0]] if probe else [])
+    wide = torch.empty(d, sum(cols), dtype=settings.dtype)
+    for block, src in zip(wide.split(cols, dim=1), parts + ([sketch_probe(d, *probe)] if probe else [])):
+        block.copy_(src)  # cast in the copy
+    return _SidePlan(side, d, ks, list(bases), settings.null_seeds, parts, wide, probe)
 
 
 def null_method(settings: GridSettings, shape: tuple[int, int], gpu: bool = False) -> str:
@@ -342,7 +365,7 @@ class _StreamedRows:
             d, m = (view.d_in if axis == 0 else view.d_out), settings.null_sketch
             probe = sketch_probe(d, m, settings.seed)
             cast.update({f"{p.side}+probe": p.widened(m, settings.seed) for p in self.plans if p.side == side})
-        by_side = {p.side: p.stacked for p in self.plans}
+        by_side = {p.side: (lambda p=p: p.stacked) for p in self.plans}  # float64: made if a factored block comes
         self.proj = Projections(view.shape, by_side.get("read"), by_side.get("write"), settings.dtype, cast,
                                 probe=probe, probe_side=side)
         self.gram = Gram(view.shape, axis, settings.dtype) if self.method == "exact" else None

@@ -418,7 +418,10 @@ def sketch_probe(d: int, m: int, seed: int, dtype: "torch.dtype | str" = "float6
     of every post, sketches with the same Ω): treat the result as read-only."""
     if as_dtype(dtype) != torch.float64:
         return sketch_probe(d, m, seed).to(as_dtype(dtype))
-    return torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
+    omega = torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
+    # stored column by column, as the streamed grid's Z (the transpose of its m × d sum) is: Z − cΩ then runs on
+    # like layouts (mixed ones run elementwise, 0.4-0.7 ms where like ones take 0.15 at d = 2048, m = 64)
+    return omega.T.contiguous().T
 
 
 def spread_from_sketch(z: torch.Tensor, omega: torch.Tensor, total: float) -> NullSpread:
@@ -433,7 +436,7 @@ def spread_from_sketch(z: torch.Tensor, omega: torch.Tensor, total: float) -> Nu
     d, m = omega.shape
     if total == 0.0 or not math.isfinite(total):
         return NullSpread(math.nan, math.nan, math.nan, "sketch")
-    y = z.double() - (total / d) * omega.double()
+    y = torch.sub(z.double(), omega.double(), alpha=total / d)
     gram = y.T @ y
     t = float(torch.trace(gram)) / m
     off = float(gram.pow(2).sum() - gram.diagonal().pow(2).sum()) / (m * (m - 1))

@@ -111,13 +111,14 @@ class Spectrum:
             return self.d
         return 0 if self.low_vectors is None else int(self.low_vectors.shape[1])
 
-    def top(self, k: int) -> torch.Tensor:
-        """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first."""
+    def top(self, k: int, copy: bool = True) -> torch.Tensor:
+        """d x k orthonormal basis of the top-k (highest-eigenvalue) directions, largest first; ``copy=False``: a
+        view of the stored vectors, for a caller that copies them itself (never write to it)."""
         k = check_k(k, self.d)
         if k > self.n_top:
             raise ConfigError(f"this spectrum keeps only its top {self.n_top} eigenvectors; k={k} needs the full "
                              f"decomposition (ActivationStats.spectrum(..., top={k}) recomputes it)")
-        return self.eigenvectors[:, :k].contiguous()
+        return self.eigenvectors[:, :k].contiguous() if copy else self.eigenvectors[:, :k]
 
     def bottom(self, k: int) -> torch.Tensor:
         """d x k orthonormal basis of the k lowest-eigenvalue directions, LOWEST first."""
