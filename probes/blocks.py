@@ -155,6 +155,8 @@ class Projections:
     is read by two matrix products, not four. ``cast`` holds the bases in dtype where made once for many sinks,
     that side's with Ω appended under ``"<side>+probe"``."""
 
+    reads_base = False  # the stream may form ΔW without the base block (rwedit.stream.BlockSink)
+
     def __init__(self, shape: tuple[int, int], read: Basis | None = None, write: Basis | None = None,
                  dtype: torch.dtype = torch.float32, cast: dict[str, torch.Tensor] | None = None,
                  probe: torch.Tensor | None = None, probe_side: str = "read"):
@@ -256,6 +258,7 @@ class Gram:
     delta in factor form needs neither: its r × r Gram matrices give the number."""
 
     GATHER = 512
+    reads_base = False
 
     def __init__(self, shape: tuple[int, int], axis: int, dtype: torch.dtype = torch.float32):
         d_out, d_in = shape
@@ -326,6 +329,8 @@ class GramSketch(Projections):
 class Dense:
     """The whole ΔW, assembled from its blocks (for consumers that need the matrix: the two-sided RSF, a full
     SVD)."""
+
+    reads_base = False
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32):
         self.matrix = torch.zeros(shape, dtype=dtype)

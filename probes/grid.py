@@ -353,6 +353,8 @@ class _StreamedRows:
     the exact null's Gram; the dense matrix when the two-sided rows need it) and the rows made from them once the
     matrix is complete."""
 
+    reads_base = False  # none of its sinks does: the stream forms ΔW without the base block
+
     def __init__(self, view: RoleView, ctx: GridContext, settings: GridSettings, ckpts=()):
         from rwedit.probes.blocks import Dense, Gram, Projections
 

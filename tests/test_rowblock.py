@@ -373,7 +373,7 @@ def test_norms_summed_in_chunks_equal_float64_for_every_layout_and_without_torch
     runs = {}
     for compiled in (True, False):
         if not compiled:
-            monkeypatch.setattr(stream_mod, "_GRAM_LOOP", [None])
+            monkeypatch.setattr(stream_mod, "_compiled", lambda loop: None)
         calls = []
         real = Norms.add_sums
         monkeypatch.setattr(Norms, "add_sums", lambda self, *a: calls.append(a) or real(self, *a))
@@ -389,6 +389,48 @@ def test_norms_summed_in_chunks_equal_float64_for_every_layout_and_without_torch
                 assert (bb, dd) == pytest.approx((want[0], want[2]), rel=1e-6), (compiled, rp.role)
                 # a signed sum: float32's error is relative to its terms' scale √(bb·dd), not to the sum
                 assert bd == pytest.approx(want[1], abs=1e-6 * math.sqrt(want[0] * want[2])), (compiled, rp.role)
+
+
+class _NoBase(Dense):
+    """The whole ΔW from its blocks, as a sink that never reads the base; records the base blocks it was given."""
+
+    reads_base = False
+
+    def __init__(self, shape):
+        super().__init__(shape)
+        self.bases = []
+
+    def add(self, axis, index, delta, base=None) -> None:
+        self.bases.append(base)
+        super().add(axis, index, delta)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_deltas_formed_in_chunks_without_the_base_are_float32_differences(pairs, model_type, tmp_path, monkeypatch):
+    """Sinks that never read the base (the grid's) get every ΔW formed chunk by chunk with no base block: each
+    role's blocks assemble to post − base of the stored values subtracted in float32, to the bit, for two posts
+    (one stored in another dtype), through fused and transposed layouts, with chunks that leave remainders; as do
+    whole blocks without TorchScript (which pass the base)."""
+    import rwedit.stream as stream_mod
+
+    root = pairs[model_type]
+    post2 = _second_post(root, tmp_path, 9, 1e-2)
+    AutoModelForCausalLM.from_pretrained(post2, dtype=torch.float32).save_pretrained(post2)  # unlike the base's
+    pairs_ = [CheckpointPair(root / "base", p, allow_dtype_mismatch=True) for p in (root / "post", post2)]
+    views = pairs_[0].layout.views()
+    monkeypatch.setattr(stream_mod, "CHUNK_ELEMS", 100)
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(stream_mod, "_compiled", lambda loop: None)
+        got = {(v.layer, v.role): s for v, s in stream_pair(
+            pairs_[0].base, [p.post for p in pairs_], views, lambda v: [_NoBase(v.shape), _NoBase(v.shape)],
+            block_bytes=7 * 4 * 32)}
+        for k, pair in enumerate(pairs_):
+            for rp in pair.iter_roles(dtype=None):
+                sink = got[(rp.layer, rp.role)][k]
+                want = rp.post.float() - rp.base.float()
+                assert torch.equal(sink.matrix, want), (compiled, rp.role)
+                assert all((b is None) == compiled for b in sink.bases), (compiled, rp.role)
 
 
 @pytest.mark.parametrize("null,seeds", [("auto", 0), ("sketch", 2), ("seeds", 2)])
