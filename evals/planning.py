@@ -46,8 +46,9 @@ SCORING_EFFICIENCY = 0.65
 CACHE_WRITE_BYTES_S = 250e6
 #: seconds a matrix of the streamed grid's work besides its products, the read and the prediction subspace's
 #: eigendecomposition (the caller's rows, nulls and side plans, each worker's start on a tensor, first calls): what
-#: a fresh process's grid leaves over those at the measured rates, 0.014 s at the 0.5B study's 169 matrices (4.7 s)
-#: and 0.009 s at the 1.1B pair's 155 (5.9 s) on 2 idle Xeon cores (2026-12-07)
+#: a fresh process's grid leaves over those at the measured rates, 0.014 s at the 0.5B study's 169 matrices (4.7-4.9
+#: s; priced at 0.93x) and 0.009 s at the 1.1B pair's 155 (5.9 s; since its deltas are formed in chunks and its
+#: sides' bases made in one piece, 0.002-0.005 s of 5.1-5.9 s, priced at 1.16-1.34x) on 2 idle Xeon cores (2026-12-07)
 GRID_MATRIX_S = 0.011
 #: share of a aᵀ the statistics compute: its upper block triangle, (B + 1) / 2B of it for the B = 16 column blocks of
 #: `rwedit.probes.activations` (not imported here: `rwedit plan` stays light; a test holds the two together)
