@@ -672,22 +672,23 @@ def run_grid_part(args, res: dict) -> None:
     how = "reused" if st["reused"] else f"built in {st['build_s']:.0f} s, saved in {st['save_s']:.0f} s"
     print(f"  {st['path']}: {st['sum_bytes'] / 1e9:.2f} GB float64 ({how})", flush=True)
     res["warm_read_s"] = warm_read([Path(pair["base"]), Path(pair["post"])])
-    bare = []
+    # the bare pass and the grid alternated, each the fastest of its fresh runs (as the floor's rate and eigensolve
+    # are their best), and the floor measured right after them: this machine's speed drifts by 15 % over minutes
+    bare, runs = [], []
     for i in range(args.repeats):
         print(f"(i) bare pair pass, run {i + 1}/{args.repeats} ...", flush=True)
         bare.append(run_child("bare", common))
-    b = dict(min(bare, key=lambda r: r["wall_s"]))
-    b["all_wall_s"] = [round(r["wall_s"], 2) for r in bare]
-    res["bare"] = b
-    print(f"  {b['wall_s']:.1f} s", flush=True)
-    # the grid as the bare pass: the fastest of as many fresh runs (the floor's parts are each their best too)
-    runs = []
-    for i in range(args.repeats):
         print(f"(ii) full RSF grid, the default null (auto: sketched at 1.1B), run {i + 1}/{args.repeats} ...", flush=True)
         runs.append(run_child("grid", common))
-    g = dict(min(runs, key=lambda r: r["wall_s"]))
-    g["all_wall_s"] = [round(r["wall_s"], 2) for r in runs]
-    res["grid"] = g
+    b, g = dict(min(bare, key=lambda r: r["wall_s"])), dict(min(runs, key=lambda r: r["wall_s"]))
+    b["all_wall_s"], g["all_wall_s"] = [round(r["wall_s"], 2) for r in bare], [round(r["wall_s"], 2) for r in runs]
+    res["bare"], res["grid"] = b, g
+    print(f"  bare {b['wall_s']:.1f} s, grid {g['wall_s']:.1f} s", flush=True)
+    print("(iv) the grid's arithmetic floor: its multiply-adds at this machine's GEMM rate, the prediction "
+          "subspace's eigensolve ...", flush=True)
+    f = res["floor"] = run_child("floor", common)
+    f["floor_s"] = b["wall_s"] + f["compute_s"]  # the read and the products share the same two cores
+    f["floor_over_bare"], f["grid_over_floor"] = f["floor_s"] / b["wall_s"], g["wall_s"] / f["floor_s"]
     # the other nulls: one Gram matrix per delta (the exact Σσ⁴), and the seeds' projections alone
     for key, extra, label in (("grid_exact_only", dict(null="exact"), "the exact null"),
                               ("grid_seeds_only", dict(null="seeds", null_seeds=8), "8 null seeds, no closed form")):
@@ -705,11 +706,6 @@ def run_grid_part(args, res: dict) -> None:
                                       within_time_target=res[key]["wall_s"] / b["wall_s"] <= GRID_TIME_TARGET,
                                       settings=res[key]["settings"])
                             for key in ("grid", "grid_exact_only", "grid_seeds_only")}
-    print("(iv) the grid's arithmetic floor: its multiply-adds at this machine's GEMM rate, the prediction "
-          "subspace's eigensolve ...", flush=True)
-    f = res["floor"] = run_child("floor", common)
-    f["floor_s"] = b["wall_s"] + f["compute_s"]  # the read and the products share the same two cores
-    f["floor_over_bare"], f["grid_over_floor"] = f["floor_s"] / b["wall_s"], g["wall_s"] / f["floor_s"]
     largest_f32_mb = b["largest_numel"] * 4 / 2**20
     ratio = g["wall_s"] / b["wall_s"]
     res["grid_checks"] = dict(
