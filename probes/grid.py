@@ -227,7 +227,7 @@ class _SidePlan:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""
         kmax = self.ks[-1]
         cums = torch.cumsum(energies.reshape(len(self.names) + self.n_seeds, kmax), dim=1).cpu()
-        null_cums = cums[len(self.names):]
+        named, null_cums = cums[:len(self.names)].tolist(), cums[len(self.names):]  # floats: a row is cheap
         norm = math.sqrt(total)
         out = []
         for j, name in enumerate(self.names):
@@ -237,9 +237,9 @@ class _SidePlan:
                     res = RSFResult(self.side, math.nan, math.nan, k, self.d, base, 0.0, "zero delta")
                     vals = torch.full((self.n_seeds,), math.nan, dtype=torch.float64)
                 else:
-                    frac = float(cums[j, k - 1]) / total
+                    frac = named[j][k - 1] / total
                     res = RSFResult(self.side, frac, frac / base, k, self.d, base, norm, None)
-                    vals = null_cums[:, k - 1] / total / base
+                    vals = null_cums[:, k - 1] / total / base if self.n_seeds else null_cums[:, 0]
                 out.append(_row(layer, role, self.side, name, k, self.d, res, vals, spread))
         return out
 
