@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -247,17 +248,19 @@ def step_grid(p: dict) -> dict:
     settings = _grid_settings(p)
     stats, load_s = _load_stats(p)
     anon_after_load = _status_kb("RssAnon")
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     t0 = time.perf_counter()
     pair = CheckpointPair(p["base"], p["post"])
     rows = list(rsf_grid_pair(pair, stats, settings))
     wall = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults  # pages read from disk inside the clock
     # what the stats keep in memory: per (layer, input group) the eigenvalues and 2·SPECTRUM_KEEP eigenvectors
     from rwedit.probes.activations import SPECTRUM_KEEP
 
     dims = _group_dims(pair.base.config)
     n_layers = len(settings.layers) if settings.layers is not None else pair.layout.n_layers
     spectra_bytes = 8 * n_layers * sum(d * (1 + 2 * min(SPECTRUM_KEEP, d // 2)) for d in dims.values())
-    return dict(wall_s=wall, stats_load_s=load_s, anon_after_stats_load_mb=_mb(anon_after_load),
+    return dict(wall_s=wall, major_faults=faults, stats_load_s=load_s, anon_after_stats_load_mb=_mb(anon_after_load),
                 spectra_cache_bytes_est=spectra_bytes, settings=dict(ks=list(settings.ks), null_seeds=settings.null_seeds,
                 null=settings.null, null_methods=null_methods(rows, settings),
                 subspaces=list(settings.subspaces), layers=p.get("layers") or "all"), summary=_summarise_rows(rows),
