@@ -290,7 +290,7 @@ def _side_plan(side: str, d: int, ks: list[int], act: tuple[int, str] | None, pr
     probe = (settings.null_sketch, settings.seed) if settings.null in ("auto", "sketch") else None
     cols = [b.shape[1] for b in parts] + ([probe[0]] if probe else [])
     wide = torch.empty(d, sum(cols), dtype=settings.dtype)
-    for block, src in zip(wide.split(cols, dim=1), parts + ([sketch_probe(d, *probe)] if probe else [])):
+    for block, src in zip(wide.split(cols, dim=1), parts + ([sketch_probe(d, *probe, settings.dtype)] if probe else [])):
         block.copy_(src)  # cast in the copy
     return _SidePlan(side, d, ks, list(bases), settings.null_seeds, parts, wide, probe)
 

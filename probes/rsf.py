@@ -416,8 +416,8 @@ def sketch_probe(d: int, m: int, seed: int, dtype: "torch.dtype | str" = "float6
     """The sketch's Gaussian d × m probe Ω (drawn in float64, then cast to ``dtype``), deterministic in seed, on a
     stream apart from the Haar bases' (whose seeds are small integers). Memoised (every matrix side of this d,
     of every post, sketches with the same Ω): treat the result as read-only."""
-    if as_dtype(dtype) != torch.float64:
-        return sketch_probe(d, m, seed).to(as_dtype(dtype))
+    if as_dtype(dtype) != torch.float64:  # row by row: what products and copies read best
+        return sketch_probe(d, m, seed).to(as_dtype(dtype)).contiguous()
     omega = torch.randn(d, m, generator=torch.Generator().manual_seed((1 << 40) + int(seed)), dtype=torch.float64)
     # stored column by column, as the streamed grid's Z (the transpose of its m × d sum) is: Z − cΩ then runs on
     # like layouts (mixed ones run elementwise, 0.4-0.7 ms where like ones take 0.15 at d = 2048, m = 64)
