@@ -126,14 +126,17 @@ class _Factors:
 CUT_PIECE = 256
 
 
+def _cut_piece_rows(L: torch.Tensor, X: torch.Tensor) -> int:
+    """Rows of one piece of ``Lᵀ X``: :data:`CUT_PIECE` where the CPU runs that faster, else all of X's."""
+    slow = X.device.type == "cpu" and L.shape[1] < 192 and 1024 <= X.shape[1] <= 3072
+    return CUT_PIECE if slow else max(1, X.shape[0])
+
+
 def _add_cut_product(acc: torch.Tensor, L: torch.Tensor, X: torch.Tensor) -> None:
-    """``acc += Lᵀ X`` (added inside the product: no temporary), in :data:`CUT_PIECE`-row pieces where that runs
-    faster on the CPU."""
-    if X.device.type == "cpu" and L.shape[1] < 192 and 1024 <= X.shape[1] <= 3072 and X.shape[0] > CUT_PIECE:
-        for s in range(0, X.shape[0], CUT_PIECE):
-            acc.addmm_(L[s:s + CUT_PIECE].T, X[s:s + CUT_PIECE])
-    else:
-        acc.addmm_(L.T, X)
+    """``acc += Lᵀ X`` (added inside the product: no temporary), in pieces of :func:`_cut_piece_rows` rows."""
+    step = _cut_piece_rows(L, X)
+    for s in range(0, X.shape[0], step):
+        acc.addmm_(L[s:s + step].T, X[s:s + step])
 
 
 #: a basis, or a function that makes it (where only a factored block would need it: made then)

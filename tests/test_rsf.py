@@ -439,6 +439,26 @@ def test_the_sketched_null_is_inside_its_stated_bound(spectrum):
     assert widest < (0.1 if spectrum == "flat" else 1.0)
 
 
+@pytest.mark.parametrize("d_in,width,pieces", [(1024, 64, True), (2048, 128, True), (896, 64, False),
+                                                (1024, 192, False)])
+def test_the_cut_sides_product_in_pieces_is_the_whole_product(d_in, width, pieces):
+    """Projections of a 600-row block whose cut-side product Lᵀ·X runs in 256-row pieces (1024-3072 columns, under
+    192 rows out) or whole: each side's energies those of float64 products of the delta with its bases."""
+    from rwedit.probes.blocks import CUT_PIECE, Projections, _cut_piece_rows
+
+    g = torch.Generator().manual_seed(5)
+    delta = torch.randn(600, d_in, generator=g)
+    read = torch.linalg.qr(torch.randn(d_in, 16, generator=g, dtype=torch.float64))[0]
+    write = torch.linalg.qr(torch.randn(600, width, generator=g, dtype=torch.float64))[0]
+    p = Projections(tuple(delta.shape), read, write)
+    assert (_cut_piece_rows(write, delta) == CUT_PIECE) == pieces
+    for i in range(0, 600, 300):  # two 300-row blocks (a piece and a remainder each), the second added in
+        p.add(0, slice(i, i + 300), delta[i:i + 300])
+    d64 = delta.double()
+    assert torch.allclose(p.energies("write"), ((d64.T @ write) ** 2).sum(0), rtol=1e-5)
+    assert torch.allclose(p.energies("read"), ((d64 @ read) ** 2).sum(0), rtol=1e-5)
+
+
 def test_the_streamed_sketch_is_the_whole_matrix_sketch():
     """GramSketch fed row blocks (axis 0: the d_in-side Gram) or column blocks (axis 1: the d_out side) gives the
     sketch of the delta held whole (of ΔWᵀ for axis 1), the same probe Ω; a delta in factor form gets the exact
