@@ -5,6 +5,7 @@ read side of q k v up gate unembed, write side of o down), random (every side; t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
@@ -200,28 +201,26 @@ class _SidePlan:
     parts: list[torch.Tensor]
     wide: torch.Tensor
     probe: tuple[int, int] | None  # (m, seed) of the Ω in wide's last m columns
-    _made: dict = field(default_factory=dict, repr=False, compare=False)  # stacked, and wide for other probes
+    _widened: dict = field(default_factory=dict, repr=False, compare=False)  # cast with another probe
 
     @property
     def cast(self) -> torch.Tensor:
         """The stacked bases in the settings' dtype (a view of ``wide``)."""
         return self.wide[:, :self.wide.shape[1] - (self.probe[0] if self.probe else 0)]
 
-    @property
+    @functools.cached_property
     def stacked(self) -> torch.Tensor:
         """The stacked bases in float64 (for factored posts, which project exactly): made on first use."""
-        if "stacked" not in self._made:
-            self._made["stacked"] = torch.cat(self.parts, dim=1)
-        return self._made["stacked"]
+        return torch.cat(self.parts, dim=1)
 
     def widened(self, m: int, seed: int) -> torch.Tensor:
         """``cast`` with the sketched null's probe Ω (``m`` columns) appended: the one basis a block is multiplied
         by on this side."""
         if self.probe == (m, seed):
             return self.wide
-        if (m, seed) not in self._made:
-            self._made[m, seed] = torch.cat([self.cast, sketch_probe(self.d, m, seed, self.cast.dtype)], dim=1)
-        return self._made[m, seed]
+        if (m, seed) not in self._widened:
+            self._widened[m, seed] = torch.cat([self.cast, sketch_probe(self.d, m, seed, self.cast.dtype)], dim=1)
+        return self._widened[m, seed]
 
     def rows(self, layer, role, energies: torch.Tensor, total: float, spread: NullSpread | None) -> list[dict]:
         """The grid rows of this side from the per-column energies ‖ΔW b_j‖² and ‖ΔW‖²_F."""

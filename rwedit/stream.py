@@ -196,14 +196,15 @@ def stream_pair(base: Checkpoint, posts: Sequence, views: Sequence[RoleView],
             row_bytes = cols * opened[0][0].element_size()
             held = 0  # the first row whose pages this process still holds
             every = [sink for vs in made for sink in vs]
-            stored = all(f is not None for f in readers[1:])
+            all_stored = all(f is not None for f in readers[1:])
             # every post stored and every sink content with sums: each block summed in chunks, never converted whole
-            loop = _compiled(_chunk_gram_loop) if stored and all(getattr(s, "sums_only", False) for s in every) else None
+            loop = (_compiled(_chunk_gram_loop) if all_stored and all(getattr(s, "sums_only", False) for s in every)
+                    else None)
             sums = loop is not None
             # every post stored and no sink reading the base: each ΔW formed in chunks, the base never converted whole
-            fused = (None if sums or not stored or any(getattr(s, "reads_base", True) for s in every)
+            fused = (None if sums or not all_stored or any(getattr(s, "reads_base", True) for s in every)
                      else _compiled(_chunk_delta_loop))
-            if fused is not None and getattr(local, "scratch", torch.empty(0)).numel() != CHUNK_ELEMS:
+            if fused is not None and not hasattr(local, "scratch"):
                 local.scratch = torch.empty(CHUNK_ELEMS, dtype=dtype)
             for r0 in range(0, rows, per):
                 r1 = min(rows, r0 + per)
